@@ -1,0 +1,3 @@
+//! rollgate: a GitOps rollout reconciler.
+
+pub mod model;
