@@ -3,4 +3,15 @@
 //! Invariant: nothing here does I/O or reads the clock; time is always passed in.
 
 pub mod diagnostics;
+pub mod duration;
+pub mod plan;
+pub mod schema_check;
+pub mod settings;
+pub mod validate;
+pub mod window;
+pub mod wire;
 pub mod yaml;
+
+pub use diagnostics::{Code, Diagnostic, Pos, Severity};
+pub use plan::Plan;
+pub use settings::Settings;

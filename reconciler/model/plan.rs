@@ -1,0 +1,288 @@
+//! Domain types of a rollout plan: validated, defaulted, with presets expanded.
+//!
+//! Built only by `validate`; every value here has passed every check, so the engine
+//! never re-checks. `to_wire` turns a plan back into its file form: validating that
+//! again yields the same plan (a property test holds us to it).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::duration;
+use super::wire;
+use super::window::Windows;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub target: String,
+    pub workload: Workload,
+    pub artifact: String,
+    pub promoted_from: Option<String>,
+    pub strategy: Strategy,
+    pub checks: Vec<Check>,
+    pub min_samples: u64,
+    pub windows: Windows,
+    pub rollback: RollbackPolicy,
+    pub progress_deadline: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    Local(LocalWorkload),
+    Kubernetes(KubernetesWorkload),
+}
+
+impl Workload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Workload::Local(_) => "local",
+            Workload::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalWorkload {
+    pub command: Vec<String>,
+    pub listen: std::net::SocketAddr,
+    pub health_path: String,
+    pub health_status: u16,
+    pub health_timeout: Duration,
+    pub env: BTreeMap<String, String>,
+    pub sticky: Option<Sticky>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesWorkload {
+    pub namespace: String,
+    pub deployment: String,
+    pub container: Option<String>,
+    pub service: String,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Traffic {
+    /// Weights of the stable and canary backendRefs in one HTTPRoute rule.
+    GatewayRoute { route: String, rule: u32 },
+    /// Canary replicas = ceil(total × weight / 100).
+    ReplicaRatio,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    Canary { steps: Vec<Step> },
+    BlueGreen(BlueGreen),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    SetWeight(u8),
+    /// `None`: untimed, waits for a promotion.
+    Pause(Option<Duration>),
+    Analysis(Analysis),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub checks: Vec<String>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlueGreen {
+    pub preview: Option<Analysis>,
+    pub auto_promote: bool,
+    pub scale_down_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub source: String,
+    pub query: String,
+    pub judge: Judge,
+    pub interval: Duration,
+    pub failure_limit: u32,
+    pub consecutive_error_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Increase,
+    Decrease,
+    Either,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Increase => "increase",
+            Direction::Decrease => "decrease",
+            Direction::Either => "either",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judge {
+    Threshold { min: Option<f64>, max: Option<f64> },
+    Baseline { direction: Direction, max_ratio: Option<f64>, max_increase: Option<f64>, alpha: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Revert,
+    Hold,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackPolicy {
+    pub on_failure: OnFailure,
+    pub rollback_window: Duration,
+}
+
+pub const DEFAULT_MIN_SAMPLES: u64 = 100;
+pub const DEFAULT_ALPHA: f64 = 0.05;
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
+
+impl Plan {
+    /// The steps the rollout walks through (blue-green is one switch after its preview).
+    pub fn steps(&self) -> Vec<Step> {
+        match &self.strategy {
+            Strategy::Canary { steps } => steps.clone(),
+            Strategy::BlueGreen(bg) => {
+                let mut s = vec![Step::SetWeight(0)];
+                if let Some(a) = &bg.preview {
+                    s.push(Step::Analysis(a.clone()));
+                }
+                if !bg.auto_promote {
+                    s.push(Step::Pause(None));
+                }
+                s.push(Step::SetWeight(100));
+                s
+            }
+        }
+    }
+
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The file form of this plan.
+    pub fn to_wire(&self) -> wire::PlanFile {
+        wire::PlanFile {
+            api_version: wire::API_VERSION.to_owned(),
+            kind: "RolloutPlan".to_owned(),
+            metadata: wire::Metadata { name: self.name.clone(), labels: self.labels.clone(), annotations: self.annotations.clone() },
+            spec: wire::PlanSpec {
+                target: self.target.clone(),
+                workload: match &self.workload {
+                    Workload::Local(l) => wire::Workload::Local(wire::LocalWorkload {
+                        command: l.command.clone(),
+                        listen: l.listen.to_string(),
+                        health_check: Some(wire::HealthCheck {
+                            path: l.health_path.clone(),
+                            expect_status: Some(l.health_status),
+                            timeout: Some(duration::format(l.health_timeout)),
+                        }),
+                        env: l.env.clone(),
+                        sticky: l.sticky.as_ref().map(|s| match s {
+                            Sticky::Header(h) => wire::Sticky::Header(h.clone()),
+                            Sticky::Cookie(c) => wire::Sticky::Cookie(c.clone()),
+                        }),
+                    }),
+                    Workload::Kubernetes(k) => wire::Workload::Kubernetes(wire::KubernetesWorkload {
+                        namespace: k.namespace.clone(),
+                        deployment: k.deployment.clone(),
+                        container: k.container.clone(),
+                        service: Some(k.service.clone()),
+                        route: match &k.traffic {
+                            Traffic::GatewayRoute { route, .. } => Some(route.clone()),
+                            Traffic::ReplicaRatio => None,
+                        },
+                        route_rule: match &k.traffic {
+                            Traffic::GatewayRoute { rule, .. } => Some(*rule),
+                            Traffic::ReplicaRatio => None,
+                        },
+                    }),
+                },
+                artifact: self.artifact.clone(),
+                promoted_from: self.promoted_from.clone(),
+                strategy: match &self.strategy {
+                    Strategy::Canary { steps } => wire::Strategy::Canary(wire::Canary {
+                        steps: steps
+                            .iter()
+                            .map(|s| match s {
+                                Step::SetWeight(w) => wire::Step::SetWeight(i64::from(*w)),
+                                Step::Pause(d) => wire::Step::Pause(wire::Pause { duration: d.map(duration::format) }),
+                                Step::Analysis(a) => wire::Step::Analysis(analysis_to_wire(a)),
+                            })
+                            .collect(),
+                    }),
+                    Strategy::BlueGreen(bg) => wire::Strategy::BlueGreen(wire::BlueGreen {
+                        preview: bg.preview.as_ref().map(analysis_to_wire),
+                        auto_promote: Some(bg.auto_promote),
+                        scale_down_delay: Some(duration::format(bg.scale_down_delay)),
+                    }),
+                },
+                checks: self
+                    .checks
+                    .iter()
+                    .map(|c| wire::Check {
+                        name: c.name.clone(),
+                        source: c.source.clone(),
+                        query: c.query.clone(),
+                        judge: match &c.judge {
+                            Judge::Threshold { min, max } => wire::Judge { min: *min, max: *max, ..Default::default() },
+                            Judge::Baseline { direction, max_ratio, max_increase, alpha } => wire::Judge {
+                                compare: Some("baseline".to_owned()),
+                                direction: Some(direction.as_str().to_owned()),
+                                max_ratio: *max_ratio,
+                                max_increase: *max_increase,
+                                alpha: Some(*alpha),
+                                ..Default::default()
+                            },
+                        },
+                        interval: Some(duration::format(c.interval)),
+                        failure_limit: Some(c.failure_limit),
+                        consecutive_error_limit: Some(c.consecutive_error_limit),
+                    })
+                    .collect(),
+                min_samples: Some(self.min_samples),
+                windows: Some(wire::Windows {
+                    allow: self.windows.allow.iter().map(|c| c.text.clone()).collect(),
+                    deny: self.windows.deny.iter().map(|c| c.text.clone()).collect(),
+                    timezone: self.windows.timezone.map(|t| t.name().to_owned()),
+                }),
+                rollback: Some(wire::Rollback {
+                    on_failure: Some(
+                        match self.rollback.on_failure {
+                            OnFailure::Revert => "revert",
+                            OnFailure::Hold => "hold",
+                        }
+                        .to_owned(),
+                    ),
+                    rollback_window: Some(duration::format(self.rollback.rollback_window)),
+                }),
+                progress_deadline: Some(duration::format(self.progress_deadline)),
+            },
+        }
+    }
+}
+
+fn analysis_to_wire(a: &Analysis) -> wire::AnalysisStep {
+    wire::AnalysisStep { checks: a.checks.clone(), duration: duration::format(a.duration) }
+}

@@ -1,0 +1,652 @@
+//! From text to validated domain values, collecting every problem.
+//!
+//! Three passes, each reporting all it finds: YAML (syntax and budgets), structure
+//! (the JSON Schema of the wire types: unknown fields, missing fields, types, kinds),
+//! then meaning (weights, durations, names, references, cron, judges). A later pass
+//! runs only when the earlier ones left something to look at; unknown fields do not
+//! stop the meaning pass, so one run shows as much as it can.
+//! Invariant: pure; the caller reads files and passes their text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::diagnostics::{Code, Diagnostic, Pos, did_you_mean};
+use super::duration;
+use super::plan::{self, Analysis, Check, Direction, Judge, OnFailure, Plan, RollbackPolicy, Step, Strategy, Workload};
+use super::schema_check;
+use super::settings::{self, BUILTIN_SOURCE, Settings};
+use super::wire;
+use super::window::{CronExpr, Windows};
+use super::yaml::{self, Node, PathSeg};
+
+/// Queries the builtin metrics source answers.
+pub const BUILTIN_QUERIES: &[&str] = &["success-rate", "error-rate", "latency-p50", "latency-p95", "latency-p99", "replica-health"];
+
+fn plan_schema() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| serde_json::to_value(schemars::schema_for!(wire::PlanFile)).unwrap_or(Value::Null))
+}
+
+fn settings_schema() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| serde_json::to_value(schemars::schema_for!(wire::SettingsFile)).unwrap_or(Value::Null))
+}
+
+/// Is `s` an RFC 1123 DNS label (lowercase alphanumerics and `-`, at most 63)?
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A plan that passed every check, with the document as written (for policies and previews).
+#[derive(Debug, Clone)]
+pub struct ParsedPlan {
+    pub plan: Plan,
+    pub document: Value,
+    /// Where each plan field is, for annotations and policy messages.
+    pub root: Node,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    root: &'a Node,
+    diags: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Copy)]
+enum P<'a> {
+    K(&'a str),
+    I(usize),
+}
+
+impl<'a> Ctx<'a> {
+    fn pos(&self, path: &[P<'_>]) -> Option<Pos> {
+        // The deepest node on the path that exists.
+        let segs: Vec<PathSeg<'_>> = path
+            .iter()
+            .map(|p| match p {
+                P::K(k) => PathSeg::Key(k),
+                P::I(i) => PathSeg::Index(*i),
+            })
+            .collect();
+        (0..=segs.len()).rev().find_map(|n| self.root.at(&segs[..n]).map(|node| node.pos))
+    }
+
+    fn err(&mut self, path: &[P<'_>], code: Code, msg: impl Into<String>) -> &mut Diagnostic {
+        let pos = self.pos(path);
+        self.diags.push(Diagnostic::error(self.file, pos, code, msg));
+        let n = self.diags.len() - 1;
+        &mut self.diags[n]
+    }
+
+    fn dur(&mut self, text: Option<&str>, default: Duration, path: &[P<'_>]) -> Duration {
+        match text {
+            None => default,
+            Some(t) => match duration::parse(t) {
+                Some(d) => d,
+                None => {
+                    self.err(path, Code::BadDuration, format!("`{t}` is not a duration"))
+                        .help = Some("write a number and a unit: `500ms`, `30s`, `10m`, `1h`, `1h30m`".to_owned());
+                    default
+                }
+            },
+        }
+    }
+
+    fn name(&mut self, s: &str, what: &str, path: &[P<'_>]) {
+        if !is_dns_label(s) {
+            self.err(path, Code::BadName, format!("{what} `{s}` is not a DNS label"))
+                .help = Some("use at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit".to_owned());
+        }
+    }
+}
+
+/// Parse and validate one plan file. `file` is the path shown in diagnostics (relative
+/// to the repo); its stem must equal `metadata.name`. `settings` resolves targets and
+/// metrics sources; without settings those references are not checked.
+pub fn parse_plan(file: &str, text: &str, settings: Option<&Settings>) -> Result<ParsedPlan, Vec<Diagnostic>> {
+    let root = yaml::parse(file, text).map_err(|d| vec![d])?;
+    let (json, mut diags) = schema_check::check(file, &root, plan_schema());
+    let Some(json) = json else { return Err(diags) };
+    let wire: wire::PlanFile = match serde_json::from_value(json.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            diags.push(Diagnostic::error(file, Some(root.pos), Code::WrongType, e.to_string()));
+            return Err(diags);
+        }
+    };
+    let mut cx = Ctx { file, root: &root, diags };
+    let plan = plan_from_wire(&mut cx, &wire, settings);
+    let stem = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if !stem.is_empty() && stem != wire.metadata.name && is_dns_label(&wire.metadata.name) {
+        cx.err(&[P::K("metadata"), P::K("name")], Code::NameMismatch, format!("plan `{}` is in a file named `{stem}`", wire.metadata.name))
+            .help = Some(format!("rename the file to `{}.yaml` or the plan to `{stem}`", wire.metadata.name));
+    }
+    if cx.diags.iter().any(Diagnostic::is_error) {
+        let mut d = cx.diags;
+        super::diagnostics::sort(&mut d);
+        return Err(d);
+    }
+    Ok(ParsedPlan { plan, document: json, root })
+}
+
+fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settings>) -> Plan {
+    use P::{I, K};
+    if w.api_version != wire::API_VERSION {
+        cx.err(&[K("apiVersion")], Code::UnknownApiVersion, format!("unknown apiVersion `{}`", w.api_version))
+            .help = Some(format!("use `{}`", wire::API_VERSION));
+    }
+    if w.kind != "RolloutPlan" {
+        let hint = did_you_mean(&w.kind, ["RolloutPlan"]);
+        cx.err(&[K("kind")], Code::UnknownKind, format!("unknown kind `{}` in a plan file", w.kind)).help =
+            Some(hint.map_or("plans have `kind: RolloutPlan`".to_owned(), |h| format!("did you mean `{h}`?")));
+    }
+    cx.name(&w.metadata.name, "plan name", &[K("metadata"), K("name")]);
+    let s = &w.spec;
+    let spec = |rest: &[P<'static>]| -> Vec<P<'static>> {
+        let mut v = vec![K("spec")];
+        v.extend_from_slice(rest);
+        v
+    };
+
+    // Target and workload.
+    if let Some(settings) = settings {
+        match settings.targets.get(&s.target) {
+            None => {
+                let hint = did_you_mean(&s.target, settings.targets.keys().map(String::as_str));
+                let known: Vec<&str> = settings.targets.keys().map(String::as_str).collect();
+                cx.err(&spec(&[K("target")]), Code::UnknownTarget, format!("unknown target `{}`", s.target)).help = Some(match hint {
+                    Some(h) => format!("did you mean `{h}`?"),
+                    None if known.is_empty() => "declare it under `targets` in rollgate.yaml".to_owned(),
+                    None => format!("targets in rollgate.yaml: {}", known.join(", ")),
+                });
+            }
+            Some(t) => {
+                let wk = match &s.workload {
+                    wire::Workload::Local(_) => "local",
+                    wire::Workload::Kubernetes(_) => "kubernetes",
+                };
+                if t.kind() != wk {
+                    cx.err(
+                        &spec(&[K("workload"), K(wk)]),
+                        Code::WorkloadMismatch,
+                        format!("a `{wk}` workload cannot run on target `{}`, which is `{}`", s.target, t.kind()),
+                    );
+                }
+            }
+        }
+    }
+    let workload = match &s.workload {
+        wire::Workload::Local(l) => {
+            let base = spec(&[K("workload"), K("local")]);
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain(rest.iter().copied()).collect() };
+            if l.command.is_empty() || l.command[0].trim().is_empty() {
+                cx.err(&at(&[K("command")]), Code::InvalidValue, "`command` needs at least the program to run");
+            }
+            let listen = match l.listen.parse::<std::net::SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    cx.err(&at(&[K("listen")]), Code::InvalidValue, format!("`{}` is not an address like `127.0.0.1:8080`", l.listen));
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            let hc = l.health_check.clone().unwrap_or(wire::HealthCheck { path: "/healthz".to_owned(), expect_status: None, timeout: None });
+            if !hc.path.starts_with('/') {
+                cx.err(&at(&[K("healthCheck"), K("path")]), Code::InvalidValue, format!("health check path `{}` must start with `/`", hc.path));
+            }
+            let status = hc.expect_status.unwrap_or(200);
+            if !(100..=599).contains(&status) {
+                cx.err(&at(&[K("healthCheck"), K("expectStatus")]), Code::InvalidValue, format!("{status} is not an HTTP status"));
+            }
+            let timeout = cx.dur(hc.timeout.as_deref(), Duration::from_secs(2), &at(&[K("healthCheck"), K("timeout")]));
+            Workload::Local(plan::LocalWorkload {
+                command: l.command.clone(),
+                listen,
+                health_path: hc.path,
+                health_status: status,
+                health_timeout: timeout,
+                env: l.env.clone(),
+                sticky: l.sticky.as_ref().map(|s| match s {
+                    wire::Sticky::Header(h) => plan::Sticky::Header(h.clone()),
+                    wire::Sticky::Cookie(c) => plan::Sticky::Cookie(c.clone()),
+                }),
+            })
+        }
+        wire::Workload::Kubernetes(k) => {
+            let base = spec(&[K("workload"), K("kubernetes")]);
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain(rest.iter().copied()).collect() };
+            cx.name(&k.namespace, "namespace", &at(&[K("namespace")]));
+            cx.name(&k.deployment, "deployment", &at(&[K("deployment")]));
+            if let Some(r) = &k.route {
+                cx.name(r, "route", &at(&[K("route")]));
+            }
+            if let Some(svc) = &k.service {
+                cx.name(svc, "service", &at(&[K("service")]));
+            }
+            Workload::Kubernetes(plan::KubernetesWorkload {
+                namespace: k.namespace.clone(),
+                deployment: k.deployment.clone(),
+                container: k.container.clone(),
+                service: k.service.clone().unwrap_or_else(|| k.deployment.clone()),
+                traffic: match &k.route {
+                    Some(r) => plan::Traffic::GatewayRoute { route: r.clone(), rule: k.route_rule.unwrap_or(0) },
+                    None => plan::Traffic::ReplicaRatio,
+                },
+            })
+        }
+    };
+
+    // Artifact.
+    let artifact = s.artifact.trim();
+    if artifact.is_empty() || artifact.chars().any(|c| c.is_whitespace() || c.is_control()) || artifact.len() > 512 {
+        cx.err(&spec(&[K("artifact")]), Code::BadArtifact, "the artifact must be one non-empty word of at most 512 characters");
+    }
+    if let Some(from) = &s.promoted_from {
+        cx.name(from, "promotedFrom", &spec(&[K("promotedFrom")]));
+        if *from == w.metadata.name {
+            cx.err(&spec(&[K("promotedFrom")]), Code::UnknownPlan, "a plan cannot be promoted from itself");
+        }
+    }
+
+    // Checks.
+    let mut checks = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, c) in s.checks.iter().enumerate() {
+        let at = |rest: &[P<'static>]| -> Vec<P<'static>> { [K("spec"), K("checks"), I(i)].into_iter().chain(rest.iter().copied()).collect() };
+        cx.name(&c.name, "check name", &at(&[K("name")]));
+        if !seen.insert(c.name.clone()) {
+            cx.err(&at(&[K("name")]), Code::DuplicateCheck, format!("check `{}` is declared twice", c.name));
+        }
+        if c.source == BUILTIN_SOURCE {
+            if !BUILTIN_QUERIES.contains(&c.query.as_str()) {
+                let hint = did_you_mean(&c.query, BUILTIN_QUERIES.iter().copied());
+                cx.err(&at(&[K("query")]), Code::InvalidValue, format!("the builtin source has no query `{}`", c.query)).help =
+                    Some(hint.map_or_else(|| format!("builtin queries: {}", BUILTIN_QUERIES.join(", ")), |h| format!("did you mean `{h}`?")));
+            }
+        } else if let Some(settings) = settings {
+            if !settings.metrics.contains_key(&c.source) {
+                let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE).chain(settings.metrics.keys().map(String::as_str)).collect();
+                let hint = did_you_mean(&c.source, names.iter().copied());
+                cx.err(&at(&[K("source")]), Code::UnknownSource, format!("unknown metrics source `{}`", c.source)).help =
+                    Some(hint.map_or_else(|| format!("sources: {}", names.join(", ")), |h| format!("did you mean `{h}`?")));
+            }
+        }
+        if c.query.trim().is_empty() {
+            cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
+        }
+        let judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
+        let interval = cx.dur(c.interval.as_deref(), plan::DEFAULT_INTERVAL, &at(&[K("interval")]));
+        checks.push(Check {
+            name: c.name.clone(),
+            source: c.source.clone(),
+            query: c.query.clone(),
+            judge,
+            interval,
+            failure_limit: c.failure_limit.unwrap_or(0),
+            consecutive_error_limit: c.consecutive_error_limit.unwrap_or(plan::DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+        });
+    }
+    let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();
+    let refs = |cx: &mut Ctx<'_>, names: &[String], path: &[P<'static>]| {
+        if names.is_empty() {
+            cx.err(path, Code::InvalidValue, "an analysis needs at least one check");
+        }
+        for (j, n) in names.iter().enumerate() {
+            if !check_names.contains(n) {
+                let mut p = path.to_vec();
+                p.push(I(j));
+                let hint = did_you_mean(n, check_names.iter().map(String::as_str));
+                cx.err(&p, Code::UnknownCheck, format!("unknown check `{n}`")).help = Some(match hint {
+                    Some(h) => format!("did you mean `{h}`?"),
+                    None if check_names.is_empty() => "declare checks under `spec.checks`".to_owned(),
+                    None => format!("checks in this plan: {}", check_names.join(", ")),
+                });
+            }
+        }
+    };
+
+    // Strategy.
+    let strategy = match &s.strategy {
+        wire::Strategy::Canary(c) => {
+            let base = [K("spec"), K("strategy"), K("canary"), K("steps")];
+            if c.steps.is_empty() {
+                cx.err(&base, Code::EmptyStrategy, "a canary needs at least one step");
+            }
+            let mut steps = Vec::new();
+            let mut last_weight: Option<(u8, usize)> = None;
+            for (i, st) in c.steps.iter().enumerate() {
+                let at = |k: &'static str, rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain([I(i), K(k)]).chain(rest.iter().copied()).collect() };
+                match st {
+                    wire::Step::SetWeight(wt) => {
+                        if !(0..=100).contains(wt) {
+                            cx.err(&at("setWeight", &[]), Code::WeightRange, format!("weight {wt} is outside 0-100"));
+                            continue;
+                        }
+                        let wt = u8::try_from(*wt).unwrap_or(100);
+                        if let Some((prev, _)) = last_weight {
+                            if wt < prev {
+                                cx.err(&at("setWeight", &[]), Code::WeightDecreasing, format!("weight {wt} is lower than the previous step's {prev}"))
+                                    .help = Some("weights only go up; a rollback is what sends traffic back".to_owned());
+                            }
+                        }
+                        last_weight = Some((wt, i));
+                        steps.push(Step::SetWeight(wt));
+                    }
+                    wire::Step::Pause(p) => {
+                        let d = p.duration.as_deref().map(|t| cx.dur(Some(t), Duration::ZERO, &at("pause", &[K("duration")])));
+                        steps.push(Step::Pause(d));
+                    }
+                    wire::Step::Analysis(a) => {
+                        refs(cx, &a.checks, &at("analysis", &[K("checks")]));
+                        let d = cx.dur(Some(&a.duration), Duration::ZERO, &at("analysis", &[K("duration")]));
+                        steps.push(Step::Analysis(Analysis { checks: a.checks.clone(), duration: d }));
+                    }
+                }
+            }
+            let reaches_full = matches!(last_weight, Some((100, _)));
+            let ends_in_promotion = matches!(steps.last(), Some(Step::Pause(None)));
+            if !c.steps.is_empty() && !reaches_full && !ends_in_promotion {
+                cx.err(&base, Code::NeverComplete, "the steps never reach 100% nor end in an untimed pause (a promotion)")
+                    .help = Some("end with `- setWeight: 100`, or with `- pause: {}` to wait for a promotion".to_owned());
+            }
+            Strategy::Canary { steps }
+        }
+        wire::Strategy::BlueGreen(bg) => {
+            let base = [K("spec"), K("strategy"), K("blueGreen")];
+            let preview = bg.preview.as_ref().map(|a| {
+                let p: Vec<P<'static>> = base.iter().copied().chain([K("preview"), K("checks")]).collect();
+                refs(cx, &a.checks, &p);
+                let dp: Vec<P<'static>> = base.iter().copied().chain([K("preview"), K("duration")]).collect();
+                Analysis { checks: a.checks.clone(), duration: cx.dur(Some(&a.duration), Duration::ZERO, &dp) }
+            });
+            let sd: Vec<P<'static>> = base.iter().copied().chain([K("scaleDownDelay")]).collect();
+            Strategy::BlueGreen(plan::BlueGreen {
+                preview,
+                auto_promote: bg.auto_promote.unwrap_or(true),
+                scale_down_delay: cx.dur(bg.scale_down_delay.as_deref(), plan::DEFAULT_SCALE_DOWN_DELAY, &sd),
+            })
+        }
+        wire::Strategy::Preset(p) => {
+            let base = [K("spec"), K("strategy"), K("preset")];
+            let cp: Vec<P<'static>> = base.iter().copied().chain([K("checks")]).collect();
+            if !p.checks.is_empty() {
+                refs(cx, &p.checks, &cp);
+            }
+            match expand_preset(&p.name, &p.checks) {
+                Some(steps) => Strategy::Canary { steps },
+                None => {
+                    let np: Vec<P<'static>> = base.iter().copied().chain([K("name")]).collect();
+                    cx.err(&np, Code::BadPreset, format!("unknown preset `{}`", p.name)).help = Some(
+                        "presets: `CanaryNPercentMMinutes` (e.g. Canary10Percent5Minutes), `LinearNPercentEveryMMinutes` (e.g. Linear10PercentEvery1Minute), `AllAtOnce`".to_owned(),
+                    );
+                    Strategy::Canary { steps: vec![Step::SetWeight(100)] }
+                }
+            }
+        }
+    };
+
+    // Windows.
+    let mut windows = Windows::default();
+    if let Some(wn) = &s.windows {
+        for (list, key, out) in [(&wn.allow, "allow", &mut windows.allow), (&wn.deny, "deny", &mut windows.deny)] {
+            for (i, text) in list.iter().enumerate() {
+                match CronExpr::parse(text) {
+                    Ok(c) => out.push(c),
+                    Err(e) => {
+                        cx.err(&[K("spec"), K("windows"), K(key), I(i)], Code::BadCron, format!("`{text}` is not a cron expression: {e}"))
+                            .help = Some("five fields: minute hour day-of-month month day-of-week, e.g. `* 9-16 * * MON-FRI`".to_owned());
+                    }
+                }
+            }
+        }
+        if let Some(tz) = &wn.timezone {
+            match tz.parse::<chrono_tz::Tz>() {
+                Ok(t) => windows.timezone = Some(t),
+                Err(_) => {
+                    cx.err(&[K("spec"), K("windows"), K("timezone")], Code::BadTimezone, format!("unknown time zone `{tz}`"))
+                        .help = Some("use an IANA name such as `Europe/Berlin` or `UTC`".to_owned());
+                }
+            }
+        }
+    }
+
+    // Rollback.
+    let rb = s.rollback.clone().unwrap_or_default();
+    let on_failure = match rb.on_failure.as_deref() {
+        None | Some("revert") => OnFailure::Revert,
+        Some("hold") => OnFailure::Hold,
+        Some(other) => {
+            let hint = did_you_mean(other, ["revert", "hold"]);
+            cx.err(&[K("spec"), K("rollback"), K("onFailure")], Code::InvalidValue, format!("`onFailure` must be `revert` or `hold`, found `{other}`"))
+                .help = hint.map(|h| format!("did you mean `{h}`?"));
+            OnFailure::Revert
+        }
+    };
+    let rollback_window = cx.dur(rb.rollback_window.as_deref(), plan::DEFAULT_ROLLBACK_WINDOW, &[K("spec"), K("rollback"), K("rollbackWindow")]);
+    let progress_deadline = cx.dur(s.progress_deadline.as_deref(), plan::DEFAULT_PROGRESS_DEADLINE, &[K("spec"), K("progressDeadline")]);
+    let min_samples = s.min_samples.unwrap_or(plan::DEFAULT_MIN_SAMPLES);
+
+    Plan {
+        name: w.metadata.name.clone(),
+        labels: w.metadata.labels.clone(),
+        annotations: w.metadata.annotations.clone(),
+        target: s.target.clone(),
+        workload,
+        artifact: artifact.to_owned(),
+        promoted_from: s.promoted_from.clone(),
+        strategy,
+        checks,
+        min_samples,
+        windows,
+        rollback: RollbackPolicy { on_failure, rollback_window },
+        progress_deadline,
+    }
+}
+
+fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Judge {
+    let at = |k: &'static str| -> Vec<P<'static>> { path.iter().copied().chain([P::K(k)]).collect() };
+    let threshold = j.min.is_some() || j.max.is_some();
+    let baseline = j.compare.is_some() || j.direction.is_some() || j.max_ratio.is_some() || j.max_increase.is_some() || j.alpha.is_some();
+    if threshold && baseline {
+        cx.err(path, Code::BadJudge, "a judge is either a threshold (`min`/`max`) or a baseline comparison (`compare: baseline`), not both");
+        return Judge::Threshold { min: j.min, max: j.max };
+    }
+    if threshold {
+        if let (Some(lo), Some(hi)) = (j.min, j.max) {
+            if lo > hi {
+                cx.err(&at("min"), Code::BadJudge, format!("`min` {lo} is above `max` {hi}: nothing can pass"));
+            }
+        }
+        return Judge::Threshold { min: j.min, max: j.max };
+    }
+    if !baseline {
+        cx.err(path, Code::BadJudge, "the judge is empty").help =
+            Some("give `min` and/or `max`, or `compare: baseline` with `maxRatio` or `maxIncrease`".to_owned());
+        return Judge::Threshold { min: None, max: None };
+    }
+    match j.compare.as_deref() {
+        Some("baseline") => {}
+        Some(other) => {
+            cx.err(&at("compare"), Code::BadJudge, format!("`compare` can only be `baseline`, found `{other}`"));
+        }
+        None => {
+            cx.err(path, Code::BadJudge, "a baseline judge needs `compare: baseline`");
+        }
+    }
+    let direction = match j.direction.as_deref() {
+        None | Some("increase") => Direction::Increase,
+        Some("decrease") => Direction::Decrease,
+        Some("either") => Direction::Either,
+        Some(other) => {
+            let hint = did_you_mean(other, ["increase", "decrease", "either"]);
+            cx.err(&at("direction"), Code::BadJudge, format!("`direction` must be `increase`, `decrease` or `either`, found `{other}`"))
+                .help = hint.map(|h| format!("did you mean `{h}`?"));
+            Direction::Increase
+        }
+    };
+    if j.max_ratio.is_none() && j.max_increase.is_none() {
+        cx.err(path, Code::BadJudge, "a baseline judge needs an effect size: `maxRatio` or `maxIncrease`");
+    }
+    if let Some(r) = j.max_ratio {
+        if !(r.is_finite() && r > 0.0) {
+            cx.err(&at("maxRatio"), Code::BadJudge, format!("`maxRatio` must be above 0, found {r}"));
+        }
+    }
+    if let Some(m) = j.max_increase {
+        if !(m.is_finite() && m >= 0.0) {
+            cx.err(&at("maxIncrease"), Code::BadJudge, format!("`maxIncrease` must be 0 or more, found {m}"));
+        }
+    }
+    let alpha = j.alpha.unwrap_or(plan::DEFAULT_ALPHA);
+    if !(alpha > 0.0 && alpha <= 0.5) {
+        cx.err(&at("alpha"), Code::BadJudge, format!("`alpha` must be in (0, 0.5], found {alpha}"));
+    }
+    Judge::Baseline { direction, max_ratio: j.max_ratio, max_increase: j.max_increase, alpha }
+}
+
+/// Expand a CodeDeploy-style preset into canary steps; `None` for an unknown name.
+pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
+    fn num(s: &str) -> Option<(u32, &str)> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if end == 0 {
+            return None;
+        }
+        Some((s[..end].parse().ok()?, &s[end..]))
+    }
+    let hold = |minutes: u32| -> Step {
+        let d = Duration::from_secs(u64::from(minutes) * 60);
+        if checks.is_empty() { Step::Pause(Some(d)) } else { Step::Analysis(Analysis { checks: checks.to_vec(), duration: d }) }
+    };
+    if name == "AllAtOnce" {
+        return Some(vec![Step::SetWeight(100)]);
+    }
+    if let Some(rest) = name.strip_prefix("Canary") {
+        let (pct, rest) = num(rest)?;
+        let (mins, rest) = num(rest.strip_prefix("Percent")?)?;
+        if !(rest == "Minutes" || rest == "Minute") || pct == 0 || pct >= 100 || mins == 0 {
+            return None;
+        }
+        return Some(vec![Step::SetWeight(u8::try_from(pct).ok()?), hold(mins), Step::SetWeight(100)]);
+    }
+    if let Some(rest) = name.strip_prefix("Linear") {
+        let (pct, rest) = num(rest)?;
+        let (mins, rest) = num(rest.strip_prefix("PercentEvery")?)?;
+        if !(rest == "Minutes" || rest == "Minute") || pct == 0 || pct >= 100 || mins == 0 {
+            return None;
+        }
+        let mut steps = Vec::new();
+        let mut w = pct;
+        while w < 100 {
+            steps.push(Step::SetWeight(u8::try_from(w).ok()?));
+            steps.push(hold(mins));
+            w += pct;
+        }
+        steps.push(Step::SetWeight(100));
+        return Some(steps);
+    }
+    None
+}
+
+/// Parse and validate `rollgate.yaml`.
+pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic>> {
+    use P::K;
+    let root = yaml::parse(file, text).map_err(|d| vec![d])?;
+    let (json, diags) = schema_check::check(file, &root, settings_schema());
+    let Some(json) = json else { return Err(diags) };
+    let w: wire::SettingsFile = match serde_json::from_value(json) {
+        Ok(w) => w,
+        Err(e) => {
+            let mut diags = diags;
+            diags.push(Diagnostic::error(file, Some(root.pos), Code::WrongType, e.to_string()));
+            return Err(diags);
+        }
+    };
+    let mut cx = Ctx { file, root: &root, diags };
+    if w.api_version != wire::API_VERSION {
+        cx.err(&[K("apiVersion")], Code::UnknownApiVersion, format!("unknown apiVersion `{}`", w.api_version)).help =
+            Some(format!("use `{}`", wire::API_VERSION));
+    }
+    if w.kind != "Settings" {
+        cx.err(&[K("kind")], Code::UnknownKind, format!("unknown kind `{}` in rollgate.yaml", w.kind)).help =
+            Some("rollgate.yaml has `kind: Settings`".to_owned());
+    }
+    let mut out = Settings::default();
+    for (name, t) in &w.targets {
+        cx.name(name, "target name", &[K("targets"), K(name)]);
+        out.targets.insert(
+            name.clone(),
+            match t {
+                wire::Target::Local(l) => settings::Target::Local { state_dir: l.state_dir.clone() },
+                wire::Target::Kubernetes(k) => settings::Target::Kubernetes { context: k.context.clone(), in_cluster: k.in_cluster.unwrap_or(false) },
+            },
+        );
+    }
+    for (name, m) in &w.metrics {
+        if name == BUILTIN_SOURCE {
+            cx.err(&[K("metrics"), K(name)], Code::InvalidValue, "`builtin` is reserved for rollgate's own proxy metrics");
+        }
+        let wire::MetricsSource::Prometheus(p) = m;
+        if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+            cx.err(&[K("metrics"), K(name), K("prometheus"), K("url")], Code::InvalidValue, format!("`{}` is not an http(s) URL", p.url));
+        }
+        let timeout = cx.dur(p.timeout.as_deref(), Duration::from_secs(5), &[K("metrics"), K(name), K("prometheus"), K("timeout")]);
+        out.metrics.insert(name.clone(), settings::MetricsSource::Prometheus { url: p.url.clone(), timeout, auth_header_env: p.auth_header_env.clone() });
+    }
+    if let Some(wb) = &w.write_back {
+        let d = settings::WriteBack::default();
+        out.write_back = settings::WriteBack {
+            branch: wb.branch.clone().unwrap_or(d.branch),
+            author: wb.author.as_ref().map_or(d.author, |i| settings::Identity { name: i.name.clone(), email: i.email.clone() }),
+            committer: wb
+                .committer
+                .as_ref()
+                .or(wb.author.as_ref())
+                .map_or(d.committer, |i| settings::Identity { name: i.name.clone(), email: i.email.clone() }),
+            skip_ci: wb.skip_ci.unwrap_or(false),
+            signing: wb.signing.as_ref().map(|s| match s {
+                wire::Signing::Ssh(k) => settings::Signing::Ssh { key: k.key.clone() },
+                wire::Signing::Gpg(k) => settings::Signing::Gpg { key: k.key.clone() },
+            }),
+        };
+    }
+    if cx.diags.iter().any(Diagnostic::is_error) {
+        return Err(cx.diags);
+    }
+    Ok(out)
+}
+
+/// Checks that need every plan at once: duplicate names and `promotedFrom` references.
+/// `plans` maps file path to the plan parsed from it.
+pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let mut by_name: BTreeMap<&str, &str> = BTreeMap::new();
+    for (file, p) in plans {
+        let pos = p.root.at(&[PathSeg::Key("metadata"), PathSeg::Key("name")]).map(|n| n.pos);
+        if let Some(first) = by_name.insert(&p.plan.name, file) {
+            diags.push(
+                Diagnostic::error(file.clone(), pos, Code::DuplicatePlan, format!("plan name `{}` is also used by {first}", p.plan.name))
+                    .with_help("every plan needs a unique name"),
+            );
+        }
+    }
+    for (file, p) in plans {
+        if let Some(from) = &p.plan.promoted_from {
+            if !plans.values().any(|q| &q.plan.name == from) {
+                let pos = p.root.at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")]).map(|n| n.pos);
+                let hint = did_you_mean(from, plans.values().map(|q| q.plan.name.as_str()));
+                let mut d = Diagnostic::error(file.clone(), pos, Code::UnknownPlan, format!("`promotedFrom` names plan `{from}`, which does not exist"));
+                if let Some(h) = hint {
+                    d = d.with_help(format!("did you mean `{h}`?"));
+                }
+                diags.push(d);
+            }
+        }
+    }
+    diags
+}

@@ -1,0 +1,111 @@
+//! Change windows: five-field cron expressions (croner), in a named time zone.
+//!
+//! A window is open in every minute its expression matches, as with Argo CD sync
+//! windows written per minute. Weekdays are standard cron: `1-5` is Monday to
+//! Friday, `0` and `7` are Sunday. Invariant: pure; `now` is always passed in.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+/// A parsed cron expression, kept with its source text.
+#[derive(Debug, Clone)]
+pub struct CronExpr {
+    pub text: String,
+    cron: Cron,
+}
+
+impl PartialEq for CronExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl CronExpr {
+    /// Parse a standard five-field expression (minute hour day-of-month month day-of-week).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        if fields != 5 {
+            return Err(format!("expected 5 fields (minute hour day month weekday), found {fields}"));
+        }
+        let cron = text.parse::<Cron>().map_err(|e| e.to_string())?;
+        Ok(Self { text: text.to_owned(), cron })
+    }
+
+    /// Does the expression match the minute containing `at` (in `tz`)?
+    pub fn matches(&self, at: DateTime<Utc>, tz: Tz) -> bool {
+        self.cron.is_time_matching(&at.with_timezone(&tz)).unwrap_or(false)
+    }
+}
+
+/// When stages may advance.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Windows {
+    pub allow: Vec<CronExpr>,
+    pub deny: Vec<CronExpr>,
+    pub timezone: Option<Tz>,
+}
+
+impl Windows {
+    fn tz(&self) -> Tz {
+        self.timezone.unwrap_or(Tz::UTC)
+    }
+
+    /// Open when any `allow` matches (or there is none) and no `deny` matches.
+    pub fn is_open(&self, at: DateTime<Utc>) -> bool {
+        let tz = self.tz();
+        (self.allow.is_empty() || self.allow.iter().any(|c| c.matches(at, tz))) && !self.deny.iter().any(|c| c.matches(at, tz))
+    }
+
+    /// The first minute at or after `at` when the window is open, searching up to `horizon`.
+    pub fn next_open(&self, at: DateTime<Utc>, horizon: ChronoDuration) -> Option<DateTime<Utc>> {
+        if self.is_open(at) {
+            return Some(at);
+        }
+        let start = at - ChronoDuration::seconds(i64::from(chrono::Timelike::second(&at)));
+        let minutes = horizon.num_minutes().max(0);
+        (1..=minutes).map(|m| start + ChronoDuration::minutes(m)).find(|t| self.is_open(*t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
+    }
+
+    #[test]
+    fn one_to_five_means_monday_to_friday() {
+        let w = Windows { allow: vec![CronExpr::parse("* 9-16 * * 1-5").expect("cron")], ..Default::default() };
+        // 2026-11-23 is a Monday; 2026-11-27 a Friday; 2026-11-29 a Sunday.
+        assert!(w.is_open(utc(2026, 11, 23, 10, 0)));
+        assert!(w.is_open(utc(2026, 11, 27, 16, 59)));
+        assert!(!w.is_open(utc(2026, 11, 29, 10, 0)), "Sunday is closed");
+        assert!(!w.is_open(utc(2026, 11, 28, 10, 0)), "Saturday is closed");
+        assert!(!w.is_open(utc(2026, 11, 23, 17, 0)), "after hours is closed");
+    }
+
+    #[test]
+    fn names_and_time_zones() {
+        let w = Windows {
+            allow: vec![CronExpr::parse("* 9-16 * * MON-THU").expect("cron")],
+            deny: vec![],
+            timezone: Some(chrono_tz::Europe::Berlin),
+        };
+        // 08:30 UTC on a Monday in winter is 09:30 in Berlin.
+        assert!(w.is_open(utc(2026, 11, 23, 8, 30)));
+        assert!(!w.is_open(utc(2026, 11, 27, 10, 0)), "Friday closed");
+        let next = w.next_open(utc(2026, 11, 27, 10, 0), ChronoDuration::days(7)).expect("opens");
+        assert_eq!(next, utc(2026, 11, 30, 8, 0));
+    }
+
+    #[test]
+    fn rejects_six_fields_and_garbage() {
+        assert!(CronExpr::parse("0 0 9 * * 1").is_err());
+        assert!(CronExpr::parse("* 25 * * *").is_err());
+        assert!(CronExpr::parse("nonsense").is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! Wire types: the plan and settings files exactly as users write them.
+//!
+//! These derive serde and schemars and nothing else; they are the JSON Schema users
+//! get from `rollgate schema`. They are checked structurally against that schema
+//! (see `schema_check`) and then converted into the validated domain types in
+//! `plan`/`settings`. Invariant: no logic lives here beyond field names and shapes.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "rollgate.dev/v1alpha1";
+
+/// A rollout plan: `plans/<name>.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, title = "RolloutPlan")]
+pub struct PlanFile {
+    /// Always `rollgate.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `RolloutPlan`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PlanSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label; must equal the file name without `.yaml`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// A target named in `rollgate.yaml`.
+    pub target: String,
+    pub workload: Workload,
+    /// What is rolled out: an image reference, a version, a path. Changing it starts a rollout.
+    pub artifact: String,
+    /// Another plan whose successful artifact this plan may take (environment promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
+    pub strategy: Strategy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+    /// Fewer samples than this on either side make a check inconclusive, never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Windows>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+    /// A stage that is not healthy within this time fails (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
+}
+
+/// Where the workload runs; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Workload {
+    /// Processes on the rollgate host behind its built-in weighted proxy.
+    Local(LocalWorkload),
+    /// A Deployment in a Kubernetes cluster.
+    Kubernetes(KubernetesWorkload),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct LocalWorkload {
+    /// The argv to start one instance; `{{port}}` and `{{version}}` are replaced.
+    pub command: Vec<String>,
+    /// The address the proxy listens on, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Keep a client on one version by header or cookie value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct KubernetesWorkload {
+    pub namespace: String,
+    pub deployment: String,
+    /// The container whose image is the artifact (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The stable Service (default: the deployment's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// A Gateway API HTTPRoute whose backend weights rollgate owns; without it,
+    /// traffic follows the replica ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Index of the route rule holding the stable and canary backends (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_rule: Option<u32>,
+}
+
+/// How traffic moves to the new artifact; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    /// Explicit steps, as in Argo Rollouts.
+    Canary(Canary),
+    /// A preview copy is checked, then traffic switches all at once.
+    BlueGreen(BlueGreen),
+    /// A CodeDeploy-style preset such as `Linear10PercentEvery1Minute`, expanded into steps.
+    Preset(Preset),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Canary {
+    pub steps: Vec<Step>,
+}
+
+/// One canary step; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    /// Send this percentage of traffic (0-100) to the candidate.
+    SetWeight(i64),
+    /// Wait `duration`, or until a promotion when no duration is given.
+    Pause(Pause),
+    /// Judge the named checks for `duration`.
+    Analysis(AnalysisStep),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Pause {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct AnalysisStep {
+    pub checks: Vec<String>,
+    pub duration: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Checks judged against the preview before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<AnalysisStep>,
+    /// Switch as soon as the preview passes (default true); otherwise wait for a promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    /// How long the old version keeps running after the switch (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Preset {
+    /// `CanaryNPercentMMinutes`, `LinearNPercentEveryMMinutes` or `AllAtOnce`.
+    pub name: String,
+    /// Checks judged during each interval; without them each interval is a pause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    /// `builtin`, or a metrics source named in `rollgate.yaml`.
+    pub source: String,
+    /// For `builtin`: `success-rate`, `error-rate`, `latency-p50|p95|p99`; for Prometheus: PromQL.
+    pub query: String,
+    pub judge: Judge,
+    /// How often a measurement is taken (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Failed measurements tolerated before the check fails (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<u32>,
+    /// Consecutive errors (source unreachable) tolerated before the stage holds (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_error_limit: Option<u32>,
+}
+
+/// A threshold (`min` and/or `max`) or a comparison with the baseline.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Judge {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// `baseline`: compare the candidate with the stable version statistically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<String>,
+    /// Which change is harmful: `increase`, `decrease` or `either`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Largest allowed candidate/baseline ratio (the effect-size threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
+    /// Largest allowed absolute difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
+    /// Significance level (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Windows {
+    /// Five-field cron expressions; a stage may advance in a minute any of them matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Minutes matched here are closed even when `allow` matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// IANA time zone for the expressions (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Rollback {
+    /// `revert` (default): push a revert of the plan change; `hold`: restore traffic only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// A change back to an artifact that was stable this recently skips analysis (default `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_window: Option<String>,
+}
+
+/// Repository settings: `rollgate.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, title = "Settings")]
+pub struct SettingsFile {
+    pub api_version: String,
+    /// Always `Settings`.
+    pub kind: String,
+    #[serde(default)]
+    pub targets: BTreeMap<String, Target>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, MetricsSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<WriteBack>,
+}
+
+/// A named place to deploy to; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    Local(LocalTarget),
+    Kubernetes(KubernetesTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct LocalTarget {
+    /// Where process logs and state live (default `.rollgate/local`, outside the repo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct KubernetesTarget {
+    /// A kubeconfig context; without it, the in-cluster configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<bool>,
+}
+
+/// A named metrics source; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricsSource {
+    Prometheus(PrometheusSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PrometheusSource {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Name of an environment variable holding an `Authorization` header value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_header_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WriteBack {
+    /// The branch rollgate watches and writes to (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Identity>,
+    /// Append `[skip ci]` to rollgate's commit messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_ci: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+}
+
+/// How rollgate signs its commits; exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Signing {
+    /// An SSH key file (as `git config gpg.format ssh`).
+    Ssh(SigningKey),
+    /// A GPG key id, signed by the `gpg` program.
+    Gpg(SigningKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SigningKey {
+    pub key: String,
+}

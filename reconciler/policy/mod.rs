@@ -1,0 +1,1 @@
+//! Rego policies (placeholder until the policy engine lands).
