@@ -2,9 +2,11 @@
 //!
 //! Code map (see ARCHITECTURE.md for the long form):
 //! - `model`: plan, settings and diagnostics; parsing and validation; pure.
+//! - `gate`: the check every revision passes: schema, then policy.
 //! - `policy`: Rego policies (built-in and the repo's own), evaluated in-process.
 //! - `source`: reading a repository's files safely.
-//! - `cli`: the `rollgate` command line.
 
+pub mod gate;
 pub mod model;
 pub mod policy;
+pub mod source;

@@ -125,7 +125,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(file: impl Into<String>, pos: Option<Pos>, code: Code, message: impl Into<String>) -> Self {
+    pub fn error(
+        file: impl Into<String>,
+        pos: Option<Pos>,
+        code: Code,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             file: file.into(),
             pos,
@@ -136,7 +141,12 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(file: impl Into<String>, pos: Option<Pos>, code: Code, message: impl Into<String>) -> Self {
+    pub fn warning(
+        file: impl Into<String>,
+        pos: Option<Pos>,
+        code: Code,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             severity: Severity::Warning,
             ..Self::error(file, pos, code, message)
@@ -175,16 +185,29 @@ impl fmt::Display for Diagnostic {
 /// Sort diagnostics by file, then place, so output is stable whatever order checks ran in.
 pub fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| {
-        (a.file.as_str(), a.pos, a.code, a.message.as_str()).cmp(&(b.file.as_str(), b.pos, b.code, b.message.as_str()))
+        (a.file.as_str(), a.pos, a.code, a.message.as_str()).cmp(&(
+            b.file.as_str(),
+            b.pos,
+            b.code,
+            b.message.as_str(),
+        ))
     });
 }
 
 /// The closest candidate to `word`, for a "did you mean" hint; `None` when nothing is close.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -196,8 +219,13 @@ mod tests {
 
     #[test]
     fn renders_file_line_col_code_and_help() {
-        let d = Diagnostic::error("plans/a.yaml", Some(Pos::new(3, 5)), Code::UnknownField, "unknown field `stratgy`")
-            .with_help("did you mean `strategy`?");
+        let d = Diagnostic::error(
+            "plans/a.yaml",
+            Some(Pos::new(3, 5)),
+            Code::UnknownField,
+            "unknown field `stratgy`",
+        )
+        .with_help("did you mean `strategy`?");
         assert_eq!(
             d.to_string(),
             "plans/a.yaml:3:5: error[unknown-field]: unknown field `stratgy`\n  help: did you mean `strategy`?"
@@ -206,8 +234,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("stratgy", ["strategy", "target"]), Some("strategy"));
-        assert_eq!(did_you_mean("setweight", ["setWeight", "pause"]), Some("setWeight"));
+        assert_eq!(
+            did_you_mean("stratgy", ["strategy", "target"]),
+            Some("strategy")
+        );
+        assert_eq!(
+            did_you_mean("setweight", ["setWeight", "pause"]),
+            Some("setWeight")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["strategy", "target"]), None);
     }
 }

@@ -5,6 +5,7 @@
 pub mod diagnostics;
 pub mod duration;
 pub mod plan;
+pub mod schema;
 pub mod schema_check;
 pub mod settings;
 pub mod validate;

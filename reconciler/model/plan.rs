@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::duration;
-use super::wire;
 use super::window::Windows;
+use super::wire;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -134,8 +134,16 @@ impl Direction {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Judge {
-    Threshold { min: Option<f64>, max: Option<f64> },
-    Baseline { direction: Direction, max_ratio: Option<f64>, max_increase: Option<f64>, alpha: f64 },
+    Threshold {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Baseline {
+        direction: Direction,
+        max_ratio: Option<f64>,
+        max_increase: Option<f64>,
+        alpha: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +194,11 @@ impl Plan {
         wire::PlanFile {
             api_version: wire::API_VERSION.to_owned(),
             kind: "RolloutPlan".to_owned(),
-            metadata: wire::Metadata { name: self.name.clone(), labels: self.labels.clone(), annotations: self.annotations.clone() },
+            metadata: wire::Metadata {
+                name: self.name.clone(),
+                labels: self.labels.clone(),
+                annotations: self.annotations.clone(),
+            },
             spec: wire::PlanSpec {
                 target: self.target.clone(),
                 workload: match &self.workload {
@@ -204,20 +216,22 @@ impl Plan {
                             Sticky::Cookie(c) => wire::Sticky::Cookie(c.clone()),
                         }),
                     }),
-                    Workload::Kubernetes(k) => wire::Workload::Kubernetes(wire::KubernetesWorkload {
-                        namespace: k.namespace.clone(),
-                        deployment: k.deployment.clone(),
-                        container: k.container.clone(),
-                        service: Some(k.service.clone()),
-                        route: match &k.traffic {
-                            Traffic::GatewayRoute { route, .. } => Some(route.clone()),
-                            Traffic::ReplicaRatio => None,
-                        },
-                        route_rule: match &k.traffic {
-                            Traffic::GatewayRoute { rule, .. } => Some(*rule),
-                            Traffic::ReplicaRatio => None,
-                        },
-                    }),
+                    Workload::Kubernetes(k) => {
+                        wire::Workload::Kubernetes(wire::KubernetesWorkload {
+                            namespace: k.namespace.clone(),
+                            deployment: k.deployment.clone(),
+                            container: k.container.clone(),
+                            service: Some(k.service.clone()),
+                            route: match &k.traffic {
+                                Traffic::GatewayRoute { route, .. } => Some(route.clone()),
+                                Traffic::ReplicaRatio => None,
+                            },
+                            route_rule: match &k.traffic {
+                                Traffic::GatewayRoute { rule, .. } => Some(*rule),
+                                Traffic::ReplicaRatio => None,
+                            },
+                        })
+                    }
                 },
                 artifact: self.artifact.clone(),
                 promoted_from: self.promoted_from.clone(),
@@ -227,7 +241,9 @@ impl Plan {
                             .iter()
                             .map(|s| match s {
                                 Step::SetWeight(w) => wire::Step::SetWeight(i64::from(*w)),
-                                Step::Pause(d) => wire::Step::Pause(wire::Pause { duration: d.map(duration::format) }),
+                                Step::Pause(d) => wire::Step::Pause(wire::Pause {
+                                    duration: d.map(duration::format),
+                                }),
                                 Step::Analysis(a) => wire::Step::Analysis(analysis_to_wire(a)),
                             })
                             .collect(),
@@ -246,8 +262,17 @@ impl Plan {
                         source: c.source.clone(),
                         query: c.query.clone(),
                         judge: match &c.judge {
-                            Judge::Threshold { min, max } => wire::Judge { min: *min, max: *max, ..Default::default() },
-                            Judge::Baseline { direction, max_ratio, max_increase, alpha } => wire::Judge {
+                            Judge::Threshold { min, max } => wire::Judge {
+                                min: *min,
+                                max: *max,
+                                ..Default::default()
+                            },
+                            Judge::Baseline {
+                                direction,
+                                max_ratio,
+                                max_increase,
+                                alpha,
+                            } => wire::Judge {
                                 compare: Some("baseline".to_owned()),
                                 direction: Some(direction.as_str().to_owned()),
                                 max_ratio: *max_ratio,
@@ -284,5 +309,8 @@ impl Plan {
 }
 
 fn analysis_to_wire(a: &Analysis) -> wire::AnalysisStep {
-    wire::AnalysisStep { checks: a.checks.clone(), duration: duration::format(a.duration) }
+    wire::AnalysisStep {
+        checks: a.checks.clone(),
+        duration: duration::format(a.duration),
+    }
 }

@@ -14,7 +14,11 @@ use super::yaml::{Kind, Node};
 
 /// Walk `node` against `schema` (a schemars root schema with `$defs`).
 pub fn check(file: &str, node: &Node, schema: &Value) -> (Option<Value>, Vec<Diagnostic>) {
-    let mut c = Checker { root: schema, file, diags: Vec::new() };
+    let mut c = Checker {
+        root: schema,
+        file,
+        diags: Vec::new(),
+    };
     let value = c.visit(node, schema, "", None);
     let fatal = c.diags.iter().any(|d| d.code != Code::UnknownField);
     (if fatal { None } else { Some(value) }, c.diags)
@@ -27,15 +31,27 @@ struct Checker<'a> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn where_(path: &str) -> String {
-    if path.is_empty() { "the document".to_owned() } else { format!("`{path}`") }
+    if path.is_empty() {
+        "the document".to_owned()
+    } else {
+        format!("`{path}`")
+    }
 }
 
 fn quote_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    items.into_iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    items
+        .into_iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn kind_matches(kind: &Kind, ty: &str) -> bool {
@@ -66,7 +82,8 @@ fn type_word(ty: &str) -> &str {
 
 impl<'a> Checker<'a> {
     fn err(&mut self, pos: Pos, code: Code, msg: String) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::error(self.file, Some(pos), code, msg));
+        self.diags
+            .push(Diagnostic::error(self.file, Some(pos), code, msg));
         let last = self.diags.len() - 1;
         &mut self.diags[last]
     }
@@ -76,7 +93,9 @@ impl<'a> Checker<'a> {
         let mut s = schema;
         let mut n = name;
         for _ in 0..32 {
-            let Some(r) = s.get("$ref").and_then(Value::as_str) else { break };
+            let Some(r) = s.get("$ref").and_then(Value::as_str) else {
+                break;
+            };
             let def = r.trim_start_matches("#/$defs/");
             match self.root.get("$defs").and_then(|d| d.get(def)) {
                 Some(t) => {
@@ -89,9 +108,19 @@ impl<'a> Checker<'a> {
         (s, n)
     }
 
-    fn visit(&mut self, node: &Node, schema: &'a Value, path: &str, name: Option<&'a str>) -> Value {
+    fn visit(
+        &mut self,
+        node: &Node,
+        schema: &'a Value,
+        path: &str,
+        name: Option<&'a str>,
+    ) -> Value {
         let (schema, name) = self.resolve(schema, name);
-        if let Some(branches) = schema.get("oneOf").or_else(|| schema.get("anyOf")).and_then(Value::as_array) {
+        if let Some(branches) = schema
+            .get("oneOf")
+            .or_else(|| schema.get("anyOf"))
+            .and_then(Value::as_array)
+        {
             return self.visit_union(node, branches, path, name);
         }
         if let Some(ty) = schema.get("type") {
@@ -101,12 +130,24 @@ impl<'a> Checker<'a> {
                 _ => Vec::new(),
             };
             if !types.is_empty() && !types.iter().any(|t| kind_matches(&node.kind, t)) {
-                let expected: Vec<&str> = types.iter().filter(|t| **t != "null").map(|t| type_word(t)).collect();
-                let expected = if expected.is_empty() { "nothing".to_owned() } else { expected.join(" or ") };
+                let expected: Vec<&str> = types
+                    .iter()
+                    .filter(|t| **t != "null")
+                    .map(|t| type_word(t))
+                    .collect();
+                let expected = if expected.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    expected.join(" or ")
+                };
                 self.err(
                     node.pos,
                     Code::WrongType,
-                    format!("{} must be {expected}, found {}", where_(path), node.kind.type_name()),
+                    format!(
+                        "{} must be {expected}, found {}",
+                        where_(path),
+                        node.kind.type_name()
+                    ),
                 );
                 return Value::Null;
             }
@@ -120,7 +161,11 @@ impl<'a> Checker<'a> {
                 let d = self.err(
                     node.pos,
                     Code::InvalidValue,
-                    format!("{} must be one of {}", where_(path), quote_list(words.iter().copied())),
+                    format!(
+                        "{} must be one of {}",
+                        where_(path),
+                        quote_list(words.iter().copied())
+                    ),
                 );
                 if let Some(h) = hint {
                     d.help = Some(format!("did you mean `{h}`?"));
@@ -156,17 +201,31 @@ impl<'a> Checker<'a> {
         };
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
             if v < min {
-                self.err(node.pos, Code::InvalidValue, format!("{} must be at least {min}, found {v}", where_(path)));
+                self.err(
+                    node.pos,
+                    Code::InvalidValue,
+                    format!("{} must be at least {min}, found {v}", where_(path)),
+                );
             }
         }
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
             if v > max {
-                self.err(node.pos, Code::InvalidValue, format!("{} must be at most {max}, found {v}", where_(path)));
+                self.err(
+                    node.pos,
+                    Code::InvalidValue,
+                    format!("{} must be at most {max}, found {v}", where_(path)),
+                );
             }
         }
     }
 
-    fn visit_map(&mut self, node: &Node, entries: &[(Node, Node)], schema: &'a Value, path: &str) -> Value {
+    fn visit_map(
+        &mut self,
+        node: &Node,
+        entries: &[(Node, Node)],
+        schema: &'a Value,
+        path: &str,
+    ) -> Value {
         let props = schema.get("properties").and_then(Value::as_object);
         let extra = schema.get("additionalProperties");
         let mut out = Map::new();
@@ -174,7 +233,11 @@ impl<'a> Checker<'a> {
         for (k, v) in entries {
             let key = k.key_string();
             if !matches!(k.kind, Kind::Str(_)) {
-                self.err(k.pos, Code::WrongType, format!("keys in {} must be strings", where_(path)));
+                self.err(
+                    k.pos,
+                    Code::WrongType,
+                    format!("keys in {} must be strings", where_(path)),
+                );
                 continue;
             }
             let field_path = join(path, &key);
@@ -184,12 +247,20 @@ impl<'a> Checker<'a> {
             } else {
                 match extra {
                     Some(Value::Bool(false)) => {
-                        let known: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                        let known: Vec<&str> = props
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
                         let hint = did_you_mean(&key, known.iter().copied());
-                        let d = self.err(k.pos, Code::UnknownField, format!("unknown field `{key}` in {}", where_(path)));
+                        let d = self.err(
+                            k.pos,
+                            Code::UnknownField,
+                            format!("unknown field `{key}` in {}", where_(path)),
+                        );
                         d.help = Some(match hint {
                             Some(h) => format!("did you mean `{h}`?"),
-                            None => format!("expected one of {}", quote_list(known.iter().copied())),
+                            None => {
+                                format!("expected one of {}", quote_list(known.iter().copied()))
+                            }
                         });
                     }
                     Some(s @ Value::Object(_)) => {
@@ -206,7 +277,11 @@ impl<'a> Checker<'a> {
         if let Some(required) = schema.get("required").and_then(Value::as_array) {
             for r in required.iter().filter_map(Value::as_str) {
                 if !seen.iter().any(|s| s == r) {
-                    self.err(node.pos, Code::MissingField, format!("missing field `{r}` in {}", where_(path)));
+                    self.err(
+                        node.pos,
+                        Code::MissingField,
+                        format!("missing field `{r}` in {}", where_(path)),
+                    );
                 }
             }
         }
@@ -214,7 +289,13 @@ impl<'a> Checker<'a> {
     }
 
     /// An externally tagged enum (every branch an object with one required key) or an `Option`.
-    fn visit_union(&mut self, node: &Node, branches: &'a [Value], path: &str, name: Option<&'a str>) -> Value {
+    fn visit_union(
+        &mut self,
+        node: &Node,
+        branches: &'a [Value],
+        path: &str,
+        name: Option<&'a str>,
+    ) -> Value {
         let non_null: Vec<&'a Value> = branches
             .iter()
             .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
@@ -226,32 +307,59 @@ impl<'a> Checker<'a> {
             .iter()
             .filter_map(|b| {
                 let req = b.get("required")?.as_array()?;
-                if req.len() == 1 && b.get("type").and_then(Value::as_str) == Some("object") { req[0].as_str() } else { None }
+                if req.len() == 1 && b.get("type").and_then(Value::as_str) == Some("object") {
+                    req[0].as_str()
+                } else {
+                    None
+                }
             })
             .collect();
         if tags.len() == non_null.len() && !tags.is_empty() {
-            let what = name.map(|n| n.to_ascii_lowercase()).unwrap_or_else(|| "value".to_owned());
+            let what = name
+                .map(|n| n.to_ascii_lowercase())
+                .unwrap_or_else(|| "value".to_owned());
             let Kind::Map(entries) = &node.kind else {
                 self.err(
                     node.pos,
                     Code::WrongType,
-                    format!("{} must be a mapping with one of {}, found {}", where_(path), quote_list(tags.iter().copied()), node.kind.type_name()),
+                    format!(
+                        "{} must be a mapping with one of {}, found {}",
+                        where_(path),
+                        quote_list(tags.iter().copied()),
+                        node.kind.type_name()
+                    ),
                 );
                 return Value::Null;
             };
-            let known: Vec<&(Node, Node)> = entries.iter().filter(|(k, _)| k.as_str().is_some_and(|s| tags.contains(&s))).collect();
-            let unknown: Vec<&(Node, Node)> = entries.iter().filter(|(k, _)| !k.as_str().is_some_and(|s| tags.contains(&s))).collect();
+            let known: Vec<&(Node, Node)> = entries
+                .iter()
+                .filter(|(k, _)| k.as_str().is_some_and(|s| tags.contains(&s)))
+                .collect();
+            let unknown: Vec<&(Node, Node)> = entries
+                .iter()
+                .filter(|(k, _)| !k.as_str().is_some_and(|s| tags.contains(&s)))
+                .collect();
             match known.len() {
                 1 => {
                     for (k, _) in &unknown {
                         let key = k.key_string();
-                        let d = self.err(k.pos, Code::UnknownField, format!("unknown field `{key}` in {}", where_(path)));
-                        d.help = Some(format!("a {what} has exactly one of {}", quote_list(tags.iter().copied())));
+                        let d = self.err(
+                            k.pos,
+                            Code::UnknownField,
+                            format!("unknown field `{key}` in {}", where_(path)),
+                        );
+                        d.help = Some(format!(
+                            "a {what} has exactly one of {}",
+                            quote_list(tags.iter().copied())
+                        ));
                     }
                     let (k, v) = known[0];
                     let tag = k.key_string();
                     let idx = tags.iter().position(|t| *t == tag).unwrap_or(0);
-                    let sub = non_null[idx].get("properties").and_then(|p| p.get(&tag)).unwrap_or(&Value::Null);
+                    let sub = non_null[idx]
+                        .get("properties")
+                        .and_then(|p| p.get(&tag))
+                        .unwrap_or(&Value::Null);
                     let val = self.visit(v, sub, &join(path, &tag), None);
                     let mut m = Map::new();
                     m.insert(tag, val);
@@ -261,13 +369,28 @@ impl<'a> Checker<'a> {
                     if let Some((k, _)) = unknown.first() {
                         let key = k.key_string();
                         let hint = did_you_mean(&key, tags.iter().copied());
-                        let d = self.err(k.pos, Code::UnknownKind, format!("unknown {what} kind `{key}` in {}", where_(path)));
+                        let d = self.err(
+                            k.pos,
+                            Code::UnknownKind,
+                            format!("unknown {what} kind `{key}` in {}", where_(path)),
+                        );
                         d.help = Some(match hint {
-                            Some(h) => format!("did you mean `{h}`? (known kinds: {})", quote_list(tags.iter().copied())),
+                            Some(h) => format!(
+                                "did you mean `{h}`? (known kinds: {})",
+                                quote_list(tags.iter().copied())
+                            ),
                             None => format!("known kinds: {}", quote_list(tags.iter().copied())),
                         });
                     } else {
-                        self.err(node.pos, Code::MissingField, format!("{} needs one of {}", where_(path), quote_list(tags.iter().copied())));
+                        self.err(
+                            node.pos,
+                            Code::MissingField,
+                            format!(
+                                "{} needs one of {}",
+                                where_(path),
+                                quote_list(tags.iter().copied())
+                            ),
+                        );
                     }
                     Value::Null
                 }
@@ -276,7 +399,11 @@ impl<'a> Checker<'a> {
                     self.err(
                         known[1].0.pos,
                         Code::InvalidValue,
-                        format!("{} has more than one {what} kind ({}); choose one", where_(path), quote_list(names.iter().map(String::as_str))),
+                        format!(
+                            "{} has more than one {what} kind ({}); choose one",
+                            where_(path),
+                            quote_list(names.iter().map(String::as_str))
+                        ),
                     );
                     Value::Null
                 }
@@ -284,7 +411,11 @@ impl<'a> Checker<'a> {
         } else {
             // A plain union: the first branch that fits; else report the best-typed branch.
             for b in &non_null {
-                let mut sub = Checker { root: self.root, file: self.file, diags: Vec::new() };
+                let mut sub = Checker {
+                    root: self.root,
+                    file: self.file,
+                    diags: Vec::new(),
+                };
                 let v = sub.visit(node, b, path, None);
                 if sub.diags.is_empty() {
                     return v;
@@ -292,7 +423,11 @@ impl<'a> Checker<'a> {
             }
             let best = non_null
                 .iter()
-                .find(|b| b.get("type").and_then(Value::as_str).is_some_and(|t| kind_matches(&node.kind, t)))
+                .find(|b| {
+                    b.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| kind_matches(&node.kind, t))
+                })
                 .or(non_null.first());
             match best {
                 Some(b) => self.visit(node, b, path, name),

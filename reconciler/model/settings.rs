@@ -15,8 +15,13 @@ pub struct Settings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Local { state_dir: Option<String> },
-    Kubernetes { context: Option<String>, in_cluster: bool },
+    Local {
+        state_dir: Option<String>,
+    },
+    Kubernetes {
+        context: Option<String>,
+        in_cluster: bool,
+    },
 }
 
 impl Target {
@@ -30,7 +35,11 @@ impl Target {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricsSource {
-    Prometheus { url: String, timeout: Duration, auth_header_env: Option<String> },
+    Prometheus {
+        url: String,
+        timeout: Duration,
+        auth_header_env: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +65,17 @@ pub struct WriteBack {
 
 impl Default for WriteBack {
     fn default() -> Self {
-        let id = Identity { name: "rollgate".to_owned(), email: "rollgate@localhost".to_owned() };
-        Self { branch: "main".to_owned(), author: id.clone(), committer: id, skip_ci: false, signing: None }
+        let id = Identity {
+            name: "rollgate".to_owned(),
+            email: "rollgate@localhost".to_owned(),
+        };
+        Self {
+            branch: "main".to_owned(),
+            author: id.clone(),
+            committer: id,
+            skip_ci: false,
+            signing: None,
+        }
     }
 }
 

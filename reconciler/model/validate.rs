@@ -8,38 +8,40 @@
 //! Invariant: pure; the caller reads files and passes their text.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::diagnostics::{Code, Diagnostic, Pos, did_you_mean};
 use super::duration;
-use super::plan::{self, Analysis, Check, Direction, Judge, OnFailure, Plan, RollbackPolicy, Step, Strategy, Workload};
+use super::plan::{
+    self, Analysis, Check, Direction, Judge, OnFailure, Plan, RollbackPolicy, Step, Strategy,
+    Workload,
+};
 use super::schema_check;
 use super::settings::{self, BUILTIN_SOURCE, Settings};
-use super::wire;
 use super::window::{CronExpr, Windows};
+use super::wire;
 use super::yaml::{self, Node, PathSeg};
 
 /// Queries the builtin metrics source answers.
-pub const BUILTIN_QUERIES: &[&str] = &["success-rate", "error-rate", "latency-p50", "latency-p95", "latency-p99", "replica-health"];
+pub const BUILTIN_QUERIES: &[&str] = &[
+    "success-rate",
+    "error-rate",
+    "latency-p50",
+    "latency-p95",
+    "latency-p99",
+    "replica-health",
+];
 
-fn plan_schema() -> &'static Value {
-    static S: OnceLock<Value> = OnceLock::new();
-    S.get_or_init(|| serde_json::to_value(schemars::schema_for!(wire::PlanFile)).unwrap_or(Value::Null))
-}
-
-fn settings_schema() -> &'static Value {
-    static S: OnceLock<Value> = OnceLock::new();
-    S.get_or_init(|| serde_json::to_value(schemars::schema_for!(wire::SettingsFile)).unwrap_or(Value::Null))
-}
+use super::schema::{plan_schema, settings_schema};
 
 /// Is `s` an RFC 1123 DNS label (lowercase alphanumerics and `-`, at most 63)?
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -75,12 +77,15 @@ impl<'a> Ctx<'a> {
                 P::I(i) => PathSeg::Index(*i),
             })
             .collect();
-        (0..=segs.len()).rev().find_map(|n| self.root.at(&segs[..n]).map(|node| node.pos))
+        (0..=segs.len())
+            .rev()
+            .find_map(|n| self.root.at(&segs[..n]).map(|node| node.pos))
     }
 
     fn err(&mut self, path: &[P<'_>], code: Code, msg: impl Into<String>) -> &mut Diagnostic {
         let pos = self.pos(path);
-        self.diags.push(Diagnostic::error(self.file, pos, code, msg));
+        self.diags
+            .push(Diagnostic::error(self.file, pos, code, msg));
         let n = self.diags.len() - 1;
         &mut self.diags[n]
     }
@@ -92,7 +97,10 @@ impl<'a> Ctx<'a> {
                 Some(d) => d,
                 None => {
                     self.err(path, Code::BadDuration, format!("`{t}` is not a duration"))
-                        .help = Some("write a number and a unit: `500ms`, `30s`, `10m`, `1h`, `1h30m`".to_owned());
+                        .help = Some(
+                        "write a number and a unit: `500ms`, `30s`, `10m`, `1h`, `1h30m`"
+                            .to_owned(),
+                    );
                     default
                 }
             },
@@ -110,42 +118,81 @@ impl<'a> Ctx<'a> {
 /// Parse and validate one plan file. `file` is the path shown in diagnostics (relative
 /// to the repo); its stem must equal `metadata.name`. `settings` resolves targets and
 /// metrics sources; without settings those references are not checked.
-pub fn parse_plan(file: &str, text: &str, settings: Option<&Settings>) -> Result<ParsedPlan, Vec<Diagnostic>> {
+pub fn parse_plan(
+    file: &str,
+    text: &str,
+    settings: Option<&Settings>,
+) -> Result<ParsedPlan, Vec<Diagnostic>> {
     let root = yaml::parse(file, text).map_err(|d| vec![d])?;
     let (json, mut diags) = schema_check::check(file, &root, plan_schema());
     let Some(json) = json else { return Err(diags) };
     let wire: wire::PlanFile = match serde_json::from_value(json.clone()) {
         Ok(w) => w,
         Err(e) => {
-            diags.push(Diagnostic::error(file, Some(root.pos), Code::WrongType, e.to_string()));
+            diags.push(Diagnostic::error(
+                file,
+                Some(root.pos),
+                Code::WrongType,
+                e.to_string(),
+            ));
             return Err(diags);
         }
     };
-    let mut cx = Ctx { file, root: &root, diags };
+    let mut cx = Ctx {
+        file,
+        root: &root,
+        diags,
+    };
     let plan = plan_from_wire(&mut cx, &wire, settings);
-    let stem = std::path::Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let stem = std::path::Path::new(file)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("");
     if !stem.is_empty() && stem != wire.metadata.name && is_dns_label(&wire.metadata.name) {
-        cx.err(&[P::K("metadata"), P::K("name")], Code::NameMismatch, format!("plan `{}` is in a file named `{stem}`", wire.metadata.name))
-            .help = Some(format!("rename the file to `{}.yaml` or the plan to `{stem}`", wire.metadata.name));
+        cx.err(
+            &[P::K("metadata"), P::K("name")],
+            Code::NameMismatch,
+            format!("plan `{}` is in a file named `{stem}`", wire.metadata.name),
+        )
+        .help = Some(format!(
+            "rename the file to `{}.yaml` or the plan to `{stem}`",
+            wire.metadata.name
+        ));
     }
     if cx.diags.iter().any(Diagnostic::is_error) {
         let mut d = cx.diags;
         super::diagnostics::sort(&mut d);
         return Err(d);
     }
-    Ok(ParsedPlan { plan, document: json, root })
+    Ok(ParsedPlan {
+        plan,
+        document: json,
+        root,
+    })
 }
 
 fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settings>) -> Plan {
     use P::{I, K};
     if w.api_version != wire::API_VERSION {
-        cx.err(&[K("apiVersion")], Code::UnknownApiVersion, format!("unknown apiVersion `{}`", w.api_version))
-            .help = Some(format!("use `{}`", wire::API_VERSION));
+        cx.err(
+            &[K("apiVersion")],
+            Code::UnknownApiVersion,
+            format!("unknown apiVersion `{}`", w.api_version),
+        )
+        .help = Some(format!("use `{}`", wire::API_VERSION));
     }
     if w.kind != "RolloutPlan" {
         let hint = did_you_mean(&w.kind, ["RolloutPlan"]);
-        cx.err(&[K("kind")], Code::UnknownKind, format!("unknown kind `{}` in a plan file", w.kind)).help =
-            Some(hint.map_or("plans have `kind: RolloutPlan`".to_owned(), |h| format!("did you mean `{h}`?")));
+        cx.err(
+            &[K("kind")],
+            Code::UnknownKind,
+            format!("unknown kind `{}` in a plan file", w.kind),
+        )
+        .help = Some(
+            hint.map_or("plans have `kind: RolloutPlan`".to_owned(), |h| {
+                format!("did you mean `{h}`?")
+            }),
+        );
     }
     cx.name(&w.metadata.name, "plan name", &[K("metadata"), K("name")]);
     let s = &w.spec;
@@ -161,9 +208,16 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             None => {
                 let hint = did_you_mean(&s.target, settings.targets.keys().map(String::as_str));
                 let known: Vec<&str> = settings.targets.keys().map(String::as_str).collect();
-                cx.err(&spec(&[K("target")]), Code::UnknownTarget, format!("unknown target `{}`", s.target)).help = Some(match hint {
+                cx.err(
+                    &spec(&[K("target")]),
+                    Code::UnknownTarget,
+                    format!("unknown target `{}`", s.target),
+                )
+                .help = Some(match hint {
                     Some(h) => format!("did you mean `{h}`?"),
-                    None if known.is_empty() => "declare it under `targets` in rollgate.yaml".to_owned(),
+                    None if known.is_empty() => {
+                        "declare it under `targets` in rollgate.yaml".to_owned()
+                    }
                     None => format!("targets in rollgate.yaml: {}", known.join(", ")),
                 });
             }
@@ -176,7 +230,11 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                     cx.err(
                         &spec(&[K("workload"), K(wk)]),
                         Code::WorkloadMismatch,
-                        format!("a `{wk}` workload cannot run on target `{}`, which is `{}`", s.target, t.kind()),
+                        format!(
+                            "a `{wk}` workload cannot run on target `{}`, which is `{}`",
+                            s.target,
+                            t.kind()
+                        ),
                     );
                 }
             }
@@ -185,26 +243,52 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
     let workload = match &s.workload {
         wire::Workload::Local(l) => {
             let base = spec(&[K("workload"), K("local")]);
-            let at = |rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain(rest.iter().copied()).collect() };
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
+                base.iter().copied().chain(rest.iter().copied()).collect()
+            };
             if l.command.is_empty() || l.command[0].trim().is_empty() {
-                cx.err(&at(&[K("command")]), Code::InvalidValue, "`command` needs at least the program to run");
+                cx.err(
+                    &at(&[K("command")]),
+                    Code::InvalidValue,
+                    "`command` needs at least the program to run",
+                );
             }
             let listen = match l.listen.parse::<std::net::SocketAddr>() {
                 Ok(a) => a,
                 Err(_) => {
-                    cx.err(&at(&[K("listen")]), Code::InvalidValue, format!("`{}` is not an address like `127.0.0.1:8080`", l.listen));
+                    cx.err(
+                        &at(&[K("listen")]),
+                        Code::InvalidValue,
+                        format!("`{}` is not an address like `127.0.0.1:8080`", l.listen),
+                    );
                     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
                 }
             };
-            let hc = l.health_check.clone().unwrap_or(wire::HealthCheck { path: "/healthz".to_owned(), expect_status: None, timeout: None });
+            let hc = l.health_check.clone().unwrap_or(wire::HealthCheck {
+                path: "/healthz".to_owned(),
+                expect_status: None,
+                timeout: None,
+            });
             if !hc.path.starts_with('/') {
-                cx.err(&at(&[K("healthCheck"), K("path")]), Code::InvalidValue, format!("health check path `{}` must start with `/`", hc.path));
+                cx.err(
+                    &at(&[K("healthCheck"), K("path")]),
+                    Code::InvalidValue,
+                    format!("health check path `{}` must start with `/`", hc.path),
+                );
             }
             let status = hc.expect_status.unwrap_or(200);
             if !(100..=599).contains(&status) {
-                cx.err(&at(&[K("healthCheck"), K("expectStatus")]), Code::InvalidValue, format!("{status} is not an HTTP status"));
+                cx.err(
+                    &at(&[K("healthCheck"), K("expectStatus")]),
+                    Code::InvalidValue,
+                    format!("{status} is not an HTTP status"),
+                );
             }
-            let timeout = cx.dur(hc.timeout.as_deref(), Duration::from_secs(2), &at(&[K("healthCheck"), K("timeout")]));
+            let timeout = cx.dur(
+                hc.timeout.as_deref(),
+                Duration::from_secs(2),
+                &at(&[K("healthCheck"), K("timeout")]),
+            );
             Workload::Local(plan::LocalWorkload {
                 command: l.command.clone(),
                 listen,
@@ -220,7 +304,9 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         }
         wire::Workload::Kubernetes(k) => {
             let base = spec(&[K("workload"), K("kubernetes")]);
-            let at = |rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain(rest.iter().copied()).collect() };
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
+                base.iter().copied().chain(rest.iter().copied()).collect()
+            };
             cx.name(&k.namespace, "namespace", &at(&[K("namespace")]));
             cx.name(&k.deployment, "deployment", &at(&[K("deployment")]));
             if let Some(r) = &k.route {
@@ -235,7 +321,10 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                 container: k.container.clone(),
                 service: k.service.clone().unwrap_or_else(|| k.deployment.clone()),
                 traffic: match &k.route {
-                    Some(r) => plan::Traffic::GatewayRoute { route: r.clone(), rule: k.route_rule.unwrap_or(0) },
+                    Some(r) => plan::Traffic::GatewayRoute {
+                        route: r.clone(),
+                        rule: k.route_rule.unwrap_or(0),
+                    },
                     None => plan::Traffic::ReplicaRatio,
                 },
             })
@@ -244,13 +333,26 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
 
     // Artifact.
     let artifact = s.artifact.trim();
-    if artifact.is_empty() || artifact.chars().any(|c| c.is_whitespace() || c.is_control()) || artifact.len() > 512 {
-        cx.err(&spec(&[K("artifact")]), Code::BadArtifact, "the artifact must be one non-empty word of at most 512 characters");
+    if artifact.is_empty()
+        || artifact
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        || artifact.len() > 512
+    {
+        cx.err(
+            &spec(&[K("artifact")]),
+            Code::BadArtifact,
+            "the artifact must be one non-empty word of at most 512 characters",
+        );
     }
     if let Some(from) = &s.promoted_from {
         cx.name(from, "promotedFrom", &spec(&[K("promotedFrom")]));
         if *from == w.metadata.name {
-            cx.err(&spec(&[K("promotedFrom")]), Code::UnknownPlan, "a plan cannot be promoted from itself");
+            cx.err(
+                &spec(&[K("promotedFrom")]),
+                Code::UnknownPlan,
+                "a plan cannot be promoted from itself",
+            );
         }
     }
 
@@ -258,30 +360,59 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
     let mut checks = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, c) in s.checks.iter().enumerate() {
-        let at = |rest: &[P<'static>]| -> Vec<P<'static>> { [K("spec"), K("checks"), I(i)].into_iter().chain(rest.iter().copied()).collect() };
+        let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
+            [K("spec"), K("checks"), I(i)]
+                .into_iter()
+                .chain(rest.iter().copied())
+                .collect()
+        };
         cx.name(&c.name, "check name", &at(&[K("name")]));
         if !seen.insert(c.name.clone()) {
-            cx.err(&at(&[K("name")]), Code::DuplicateCheck, format!("check `{}` is declared twice", c.name));
+            cx.err(
+                &at(&[K("name")]),
+                Code::DuplicateCheck,
+                format!("check `{}` is declared twice", c.name),
+            );
         }
         if c.source == BUILTIN_SOURCE {
             if !BUILTIN_QUERIES.contains(&c.query.as_str()) {
                 let hint = did_you_mean(&c.query, BUILTIN_QUERIES.iter().copied());
-                cx.err(&at(&[K("query")]), Code::InvalidValue, format!("the builtin source has no query `{}`", c.query)).help =
-                    Some(hint.map_or_else(|| format!("builtin queries: {}", BUILTIN_QUERIES.join(", ")), |h| format!("did you mean `{h}`?")));
+                cx.err(
+                    &at(&[K("query")]),
+                    Code::InvalidValue,
+                    format!("the builtin source has no query `{}`", c.query),
+                )
+                .help = Some(hint.map_or_else(
+                    || format!("builtin queries: {}", BUILTIN_QUERIES.join(", ")),
+                    |h| format!("did you mean `{h}`?"),
+                ));
             }
         } else if let Some(settings) = settings {
             if !settings.metrics.contains_key(&c.source) {
-                let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE).chain(settings.metrics.keys().map(String::as_str)).collect();
+                let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE)
+                    .chain(settings.metrics.keys().map(String::as_str))
+                    .collect();
                 let hint = did_you_mean(&c.source, names.iter().copied());
-                cx.err(&at(&[K("source")]), Code::UnknownSource, format!("unknown metrics source `{}`", c.source)).help =
-                    Some(hint.map_or_else(|| format!("sources: {}", names.join(", ")), |h| format!("did you mean `{h}`?")));
+                cx.err(
+                    &at(&[K("source")]),
+                    Code::UnknownSource,
+                    format!("unknown metrics source `{}`", c.source),
+                )
+                .help = Some(hint.map_or_else(
+                    || format!("sources: {}", names.join(", ")),
+                    |h| format!("did you mean `{h}`?"),
+                ));
             }
         }
         if c.query.trim().is_empty() {
             cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
         }
         let judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
-        let interval = cx.dur(c.interval.as_deref(), plan::DEFAULT_INTERVAL, &at(&[K("interval")]));
+        let interval = cx.dur(
+            c.interval.as_deref(),
+            plan::DEFAULT_INTERVAL,
+            &at(&[K("interval")]),
+        );
         checks.push(Check {
             name: c.name.clone(),
             source: c.source.clone(),
@@ -289,22 +420,31 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             judge,
             interval,
             failure_limit: c.failure_limit.unwrap_or(0),
-            consecutive_error_limit: c.consecutive_error_limit.unwrap_or(plan::DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+            consecutive_error_limit: c
+                .consecutive_error_limit
+                .unwrap_or(plan::DEFAULT_CONSECUTIVE_ERROR_LIMIT),
         });
     }
     let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();
     let refs = |cx: &mut Ctx<'_>, names: &[String], path: &[P<'static>]| {
         if names.is_empty() {
-            cx.err(path, Code::InvalidValue, "an analysis needs at least one check");
+            cx.err(
+                path,
+                Code::InvalidValue,
+                "an analysis needs at least one check",
+            );
         }
         for (j, n) in names.iter().enumerate() {
             if !check_names.contains(n) {
                 let mut p = path.to_vec();
                 p.push(I(j));
                 let hint = did_you_mean(n, check_names.iter().map(String::as_str));
-                cx.err(&p, Code::UnknownCheck, format!("unknown check `{n}`")).help = Some(match hint {
+                cx.err(&p, Code::UnknownCheck, format!("unknown check `{n}`"))
+                    .help = Some(match hint {
                     Some(h) => format!("did you mean `{h}`?"),
-                    None if check_names.is_empty() => "declare checks under `spec.checks`".to_owned(),
+                    None if check_names.is_empty() => {
+                        "declare checks under `spec.checks`".to_owned()
+                    }
                     None => format!("checks in this plan: {}", check_names.join(", ")),
                 });
             }
@@ -316,60 +456,112 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         wire::Strategy::Canary(c) => {
             let base = [K("spec"), K("strategy"), K("canary"), K("steps")];
             if c.steps.is_empty() {
-                cx.err(&base, Code::EmptyStrategy, "a canary needs at least one step");
+                cx.err(
+                    &base,
+                    Code::EmptyStrategy,
+                    "a canary needs at least one step",
+                );
             }
             let mut steps = Vec::new();
             let mut last_weight: Option<(u8, usize)> = None;
             for (i, st) in c.steps.iter().enumerate() {
-                let at = |k: &'static str, rest: &[P<'static>]| -> Vec<P<'static>> { base.iter().copied().chain([I(i), K(k)]).chain(rest.iter().copied()).collect() };
+                let at = |k: &'static str, rest: &[P<'static>]| -> Vec<P<'static>> {
+                    base.iter()
+                        .copied()
+                        .chain([I(i), K(k)])
+                        .chain(rest.iter().copied())
+                        .collect()
+                };
                 match st {
                     wire::Step::SetWeight(wt) => {
                         if !(0..=100).contains(wt) {
-                            cx.err(&at("setWeight", &[]), Code::WeightRange, format!("weight {wt} is outside 0-100"));
+                            cx.err(
+                                &at("setWeight", &[]),
+                                Code::WeightRange,
+                                format!("weight {wt} is outside 0-100"),
+                            );
                             continue;
                         }
                         let wt = u8::try_from(*wt).unwrap_or(100);
                         if let Some((prev, _)) = last_weight {
                             if wt < prev {
-                                cx.err(&at("setWeight", &[]), Code::WeightDecreasing, format!("weight {wt} is lower than the previous step's {prev}"))
-                                    .help = Some("weights only go up; a rollback is what sends traffic back".to_owned());
+                                cx.err(
+                                    &at("setWeight", &[]),
+                                    Code::WeightDecreasing,
+                                    format!("weight {wt} is lower than the previous step's {prev}"),
+                                )
+                                .help = Some(
+                                    "weights only go up; a rollback is what sends traffic back"
+                                        .to_owned(),
+                                );
                             }
                         }
                         last_weight = Some((wt, i));
                         steps.push(Step::SetWeight(wt));
                     }
                     wire::Step::Pause(p) => {
-                        let d = p.duration.as_deref().map(|t| cx.dur(Some(t), Duration::ZERO, &at("pause", &[K("duration")])));
+                        let d = p.duration.as_deref().map(|t| {
+                            cx.dur(Some(t), Duration::ZERO, &at("pause", &[K("duration")]))
+                        });
                         steps.push(Step::Pause(d));
                     }
                     wire::Step::Analysis(a) => {
                         refs(cx, &a.checks, &at("analysis", &[K("checks")]));
-                        let d = cx.dur(Some(&a.duration), Duration::ZERO, &at("analysis", &[K("duration")]));
-                        steps.push(Step::Analysis(Analysis { checks: a.checks.clone(), duration: d }));
+                        let d = cx.dur(
+                            Some(&a.duration),
+                            Duration::ZERO,
+                            &at("analysis", &[K("duration")]),
+                        );
+                        steps.push(Step::Analysis(Analysis {
+                            checks: a.checks.clone(),
+                            duration: d,
+                        }));
                     }
                 }
             }
             let reaches_full = matches!(last_weight, Some((100, _)));
             let ends_in_promotion = matches!(steps.last(), Some(Step::Pause(None)));
             if !c.steps.is_empty() && !reaches_full && !ends_in_promotion {
-                cx.err(&base, Code::NeverComplete, "the steps never reach 100% nor end in an untimed pause (a promotion)")
-                    .help = Some("end with `- setWeight: 100`, or with `- pause: {}` to wait for a promotion".to_owned());
+                cx.err(
+                    &base,
+                    Code::NeverComplete,
+                    "the steps never reach 100% nor end in an untimed pause (a promotion)",
+                )
+                .help = Some(
+                    "end with `- setWeight: 100`, or with `- pause: {}` to wait for a promotion"
+                        .to_owned(),
+                );
             }
             Strategy::Canary { steps }
         }
         wire::Strategy::BlueGreen(bg) => {
             let base = [K("spec"), K("strategy"), K("blueGreen")];
             let preview = bg.preview.as_ref().map(|a| {
-                let p: Vec<P<'static>> = base.iter().copied().chain([K("preview"), K("checks")]).collect();
+                let p: Vec<P<'static>> = base
+                    .iter()
+                    .copied()
+                    .chain([K("preview"), K("checks")])
+                    .collect();
                 refs(cx, &a.checks, &p);
-                let dp: Vec<P<'static>> = base.iter().copied().chain([K("preview"), K("duration")]).collect();
-                Analysis { checks: a.checks.clone(), duration: cx.dur(Some(&a.duration), Duration::ZERO, &dp) }
+                let dp: Vec<P<'static>> = base
+                    .iter()
+                    .copied()
+                    .chain([K("preview"), K("duration")])
+                    .collect();
+                Analysis {
+                    checks: a.checks.clone(),
+                    duration: cx.dur(Some(&a.duration), Duration::ZERO, &dp),
+                }
             });
             let sd: Vec<P<'static>> = base.iter().copied().chain([K("scaleDownDelay")]).collect();
             Strategy::BlueGreen(plan::BlueGreen {
                 preview,
                 auto_promote: bg.auto_promote.unwrap_or(true),
-                scale_down_delay: cx.dur(bg.scale_down_delay.as_deref(), plan::DEFAULT_SCALE_DOWN_DELAY, &sd),
+                scale_down_delay: cx.dur(
+                    bg.scale_down_delay.as_deref(),
+                    plan::DEFAULT_SCALE_DOWN_DELAY,
+                    &sd,
+                ),
             })
         }
         wire::Strategy::Preset(p) => {
@@ -385,7 +577,9 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                     cx.err(&np, Code::BadPreset, format!("unknown preset `{}`", p.name)).help = Some(
                         "presets: `CanaryNPercentMMinutes` (e.g. Canary10Percent5Minutes), `LinearNPercentEveryMMinutes` (e.g. Linear10PercentEvery1Minute), `AllAtOnce`".to_owned(),
                     );
-                    Strategy::Canary { steps: vec![Step::SetWeight(100)] }
+                    Strategy::Canary {
+                        steps: vec![Step::SetWeight(100)],
+                    }
                 }
             }
         }
@@ -394,7 +588,10 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
     // Windows.
     let mut windows = Windows::default();
     if let Some(wn) = &s.windows {
-        for (list, key, out) in [(&wn.allow, "allow", &mut windows.allow), (&wn.deny, "deny", &mut windows.deny)] {
+        for (list, key, out) in [
+            (&wn.allow, "allow", &mut windows.allow),
+            (&wn.deny, "deny", &mut windows.deny),
+        ] {
             for (i, text) in list.iter().enumerate() {
                 match CronExpr::parse(text) {
                     Ok(c) => out.push(c),
@@ -409,8 +606,12 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             match tz.parse::<chrono_tz::Tz>() {
                 Ok(t) => windows.timezone = Some(t),
                 Err(_) => {
-                    cx.err(&[K("spec"), K("windows"), K("timezone")], Code::BadTimezone, format!("unknown time zone `{tz}`"))
-                        .help = Some("use an IANA name such as `Europe/Berlin` or `UTC`".to_owned());
+                    cx.err(
+                        &[K("spec"), K("windows"), K("timezone")],
+                        Code::BadTimezone,
+                        format!("unknown time zone `{tz}`"),
+                    )
+                    .help = Some("use an IANA name such as `Europe/Berlin` or `UTC`".to_owned());
                 }
             }
         }
@@ -423,13 +624,25 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         Some("hold") => OnFailure::Hold,
         Some(other) => {
             let hint = did_you_mean(other, ["revert", "hold"]);
-            cx.err(&[K("spec"), K("rollback"), K("onFailure")], Code::InvalidValue, format!("`onFailure` must be `revert` or `hold`, found `{other}`"))
-                .help = hint.map(|h| format!("did you mean `{h}`?"));
+            cx.err(
+                &[K("spec"), K("rollback"), K("onFailure")],
+                Code::InvalidValue,
+                format!("`onFailure` must be `revert` or `hold`, found `{other}`"),
+            )
+            .help = hint.map(|h| format!("did you mean `{h}`?"));
             OnFailure::Revert
         }
     };
-    let rollback_window = cx.dur(rb.rollback_window.as_deref(), plan::DEFAULT_ROLLBACK_WINDOW, &[K("spec"), K("rollback"), K("rollbackWindow")]);
-    let progress_deadline = cx.dur(s.progress_deadline.as_deref(), plan::DEFAULT_PROGRESS_DEADLINE, &[K("spec"), K("progressDeadline")]);
+    let rollback_window = cx.dur(
+        rb.rollback_window.as_deref(),
+        plan::DEFAULT_ROLLBACK_WINDOW,
+        &[K("spec"), K("rollback"), K("rollbackWindow")],
+    );
+    let progress_deadline = cx.dur(
+        s.progress_deadline.as_deref(),
+        plan::DEFAULT_PROGRESS_DEADLINE,
+        &[K("spec"), K("progressDeadline")],
+    );
     let min_samples = s.min_samples.unwrap_or(plan::DEFAULT_MIN_SAMPLES);
 
     Plan {
@@ -444,39 +657,70 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         checks,
         min_samples,
         windows,
-        rollback: RollbackPolicy { on_failure, rollback_window },
+        rollback: RollbackPolicy {
+            on_failure,
+            rollback_window,
+        },
         progress_deadline,
     }
 }
 
 fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Judge {
-    let at = |k: &'static str| -> Vec<P<'static>> { path.iter().copied().chain([P::K(k)]).collect() };
+    let at =
+        |k: &'static str| -> Vec<P<'static>> { path.iter().copied().chain([P::K(k)]).collect() };
     let threshold = j.min.is_some() || j.max.is_some();
-    let baseline = j.compare.is_some() || j.direction.is_some() || j.max_ratio.is_some() || j.max_increase.is_some() || j.alpha.is_some();
+    let baseline = j.compare.is_some()
+        || j.direction.is_some()
+        || j.max_ratio.is_some()
+        || j.max_increase.is_some()
+        || j.alpha.is_some();
     if threshold && baseline {
         cx.err(path, Code::BadJudge, "a judge is either a threshold (`min`/`max`) or a baseline comparison (`compare: baseline`), not both");
-        return Judge::Threshold { min: j.min, max: j.max };
+        return Judge::Threshold {
+            min: j.min,
+            max: j.max,
+        };
     }
     if threshold {
         if let (Some(lo), Some(hi)) = (j.min, j.max) {
             if lo > hi {
-                cx.err(&at("min"), Code::BadJudge, format!("`min` {lo} is above `max` {hi}: nothing can pass"));
+                cx.err(
+                    &at("min"),
+                    Code::BadJudge,
+                    format!("`min` {lo} is above `max` {hi}: nothing can pass"),
+                );
             }
         }
-        return Judge::Threshold { min: j.min, max: j.max };
+        return Judge::Threshold {
+            min: j.min,
+            max: j.max,
+        };
     }
     if !baseline {
-        cx.err(path, Code::BadJudge, "the judge is empty").help =
-            Some("give `min` and/or `max`, or `compare: baseline` with `maxRatio` or `maxIncrease`".to_owned());
-        return Judge::Threshold { min: None, max: None };
+        cx.err(path, Code::BadJudge, "the judge is empty").help = Some(
+            "give `min` and/or `max`, or `compare: baseline` with `maxRatio` or `maxIncrease`"
+                .to_owned(),
+        );
+        return Judge::Threshold {
+            min: None,
+            max: None,
+        };
     }
     match j.compare.as_deref() {
         Some("baseline") => {}
         Some(other) => {
-            cx.err(&at("compare"), Code::BadJudge, format!("`compare` can only be `baseline`, found `{other}`"));
+            cx.err(
+                &at("compare"),
+                Code::BadJudge,
+                format!("`compare` can only be `baseline`, found `{other}`"),
+            );
         }
         None => {
-            cx.err(path, Code::BadJudge, "a baseline judge needs `compare: baseline`");
+            cx.err(
+                path,
+                Code::BadJudge,
+                "a baseline judge needs `compare: baseline`",
+            );
         }
     }
     let direction = match j.direction.as_deref() {
@@ -485,29 +729,54 @@ fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Ju
         Some("either") => Direction::Either,
         Some(other) => {
             let hint = did_you_mean(other, ["increase", "decrease", "either"]);
-            cx.err(&at("direction"), Code::BadJudge, format!("`direction` must be `increase`, `decrease` or `either`, found `{other}`"))
-                .help = hint.map(|h| format!("did you mean `{h}`?"));
+            cx.err(
+                &at("direction"),
+                Code::BadJudge,
+                format!("`direction` must be `increase`, `decrease` or `either`, found `{other}`"),
+            )
+            .help = hint.map(|h| format!("did you mean `{h}`?"));
             Direction::Increase
         }
     };
     if j.max_ratio.is_none() && j.max_increase.is_none() {
-        cx.err(path, Code::BadJudge, "a baseline judge needs an effect size: `maxRatio` or `maxIncrease`");
+        cx.err(
+            path,
+            Code::BadJudge,
+            "a baseline judge needs an effect size: `maxRatio` or `maxIncrease`",
+        );
     }
     if let Some(r) = j.max_ratio {
         if !(r.is_finite() && r > 0.0) {
-            cx.err(&at("maxRatio"), Code::BadJudge, format!("`maxRatio` must be above 0, found {r}"));
+            cx.err(
+                &at("maxRatio"),
+                Code::BadJudge,
+                format!("`maxRatio` must be above 0, found {r}"),
+            );
         }
     }
     if let Some(m) = j.max_increase {
         if !(m.is_finite() && m >= 0.0) {
-            cx.err(&at("maxIncrease"), Code::BadJudge, format!("`maxIncrease` must be 0 or more, found {m}"));
+            cx.err(
+                &at("maxIncrease"),
+                Code::BadJudge,
+                format!("`maxIncrease` must be 0 or more, found {m}"),
+            );
         }
     }
     let alpha = j.alpha.unwrap_or(plan::DEFAULT_ALPHA);
     if !(alpha > 0.0 && alpha <= 0.5) {
-        cx.err(&at("alpha"), Code::BadJudge, format!("`alpha` must be in (0, 0.5], found {alpha}"));
+        cx.err(
+            &at("alpha"),
+            Code::BadJudge,
+            format!("`alpha` must be in (0, 0.5], found {alpha}"),
+        );
     }
-    Judge::Baseline { direction, max_ratio: j.max_ratio, max_increase: j.max_increase, alpha }
+    Judge::Baseline {
+        direction,
+        max_ratio: j.max_ratio,
+        max_increase: j.max_increase,
+        alpha,
+    }
 }
 
 /// Expand a CodeDeploy-style preset into canary steps; `None` for an unknown name.
@@ -521,7 +790,14 @@ pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
     }
     let hold = |minutes: u32| -> Step {
         let d = Duration::from_secs(u64::from(minutes) * 60);
-        if checks.is_empty() { Step::Pause(Some(d)) } else { Step::Analysis(Analysis { checks: checks.to_vec(), duration: d }) }
+        if checks.is_empty() {
+            Step::Pause(Some(d))
+        } else {
+            Step::Analysis(Analysis {
+                checks: checks.to_vec(),
+                duration: d,
+            })
+        }
     };
     if name == "AllAtOnce" {
         return Some(vec![Step::SetWeight(100)]);
@@ -532,7 +808,11 @@ pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
         if !(rest == "Minutes" || rest == "Minute") || pct == 0 || pct >= 100 || mins == 0 {
             return None;
         }
-        return Some(vec![Step::SetWeight(u8::try_from(pct).ok()?), hold(mins), Step::SetWeight(100)]);
+        return Some(vec![
+            Step::SetWeight(u8::try_from(pct).ok()?),
+            hold(mins),
+            Step::SetWeight(100),
+        ]);
     }
     if let Some(rest) = name.strip_prefix("Linear") {
         let (pct, rest) = num(rest)?;
@@ -563,18 +843,35 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
         Ok(w) => w,
         Err(e) => {
             let mut diags = diags;
-            diags.push(Diagnostic::error(file, Some(root.pos), Code::WrongType, e.to_string()));
+            diags.push(Diagnostic::error(
+                file,
+                Some(root.pos),
+                Code::WrongType,
+                e.to_string(),
+            ));
             return Err(diags);
         }
     };
-    let mut cx = Ctx { file, root: &root, diags };
+    let mut cx = Ctx {
+        file,
+        root: &root,
+        diags,
+    };
     if w.api_version != wire::API_VERSION {
-        cx.err(&[K("apiVersion")], Code::UnknownApiVersion, format!("unknown apiVersion `{}`", w.api_version)).help =
-            Some(format!("use `{}`", wire::API_VERSION));
+        cx.err(
+            &[K("apiVersion")],
+            Code::UnknownApiVersion,
+            format!("unknown apiVersion `{}`", w.api_version),
+        )
+        .help = Some(format!("use `{}`", wire::API_VERSION));
     }
     if w.kind != "Settings" {
-        cx.err(&[K("kind")], Code::UnknownKind, format!("unknown kind `{}` in rollgate.yaml", w.kind)).help =
-            Some("rollgate.yaml has `kind: Settings`".to_owned());
+        cx.err(
+            &[K("kind")],
+            Code::UnknownKind,
+            format!("unknown kind `{}` in rollgate.yaml", w.kind),
+        )
+        .help = Some("rollgate.yaml has `kind: Settings`".to_owned());
     }
     let mut out = Settings::default();
     for (name, t) in &w.targets {
@@ -582,32 +879,62 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
         out.targets.insert(
             name.clone(),
             match t {
-                wire::Target::Local(l) => settings::Target::Local { state_dir: l.state_dir.clone() },
-                wire::Target::Kubernetes(k) => settings::Target::Kubernetes { context: k.context.clone(), in_cluster: k.in_cluster.unwrap_or(false) },
+                wire::Target::Local(l) => settings::Target::Local {
+                    state_dir: l.state_dir.clone(),
+                },
+                wire::Target::Kubernetes(k) => settings::Target::Kubernetes {
+                    context: k.context.clone(),
+                    in_cluster: k.in_cluster.unwrap_or(false),
+                },
             },
         );
     }
     for (name, m) in &w.metrics {
         if name == BUILTIN_SOURCE {
-            cx.err(&[K("metrics"), K(name)], Code::InvalidValue, "`builtin` is reserved for rollgate's own proxy metrics");
+            cx.err(
+                &[K("metrics"), K(name)],
+                Code::InvalidValue,
+                "`builtin` is reserved for rollgate's own proxy metrics",
+            );
         }
         let wire::MetricsSource::Prometheus(p) = m;
         if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-            cx.err(&[K("metrics"), K(name), K("prometheus"), K("url")], Code::InvalidValue, format!("`{}` is not an http(s) URL", p.url));
+            cx.err(
+                &[K("metrics"), K(name), K("prometheus"), K("url")],
+                Code::InvalidValue,
+                format!("`{}` is not an http(s) URL", p.url),
+            );
         }
-        let timeout = cx.dur(p.timeout.as_deref(), Duration::from_secs(5), &[K("metrics"), K(name), K("prometheus"), K("timeout")]);
-        out.metrics.insert(name.clone(), settings::MetricsSource::Prometheus { url: p.url.clone(), timeout, auth_header_env: p.auth_header_env.clone() });
+        let timeout = cx.dur(
+            p.timeout.as_deref(),
+            Duration::from_secs(5),
+            &[K("metrics"), K(name), K("prometheus"), K("timeout")],
+        );
+        out.metrics.insert(
+            name.clone(),
+            settings::MetricsSource::Prometheus {
+                url: p.url.clone(),
+                timeout,
+                auth_header_env: p.auth_header_env.clone(),
+            },
+        );
     }
     if let Some(wb) = &w.write_back {
         let d = settings::WriteBack::default();
         out.write_back = settings::WriteBack {
             branch: wb.branch.clone().unwrap_or(d.branch),
-            author: wb.author.as_ref().map_or(d.author, |i| settings::Identity { name: i.name.clone(), email: i.email.clone() }),
+            author: wb.author.as_ref().map_or(d.author, |i| settings::Identity {
+                name: i.name.clone(),
+                email: i.email.clone(),
+            }),
             committer: wb
                 .committer
                 .as_ref()
                 .or(wb.author.as_ref())
-                .map_or(d.committer, |i| settings::Identity { name: i.name.clone(), email: i.email.clone() }),
+                .map_or(d.committer, |i| settings::Identity {
+                    name: i.name.clone(),
+                    email: i.email.clone(),
+                }),
             skip_ci: wb.skip_ci.unwrap_or(false),
             signing: wb.signing.as_ref().map(|s| match s {
                 wire::Signing::Ssh(k) => settings::Signing::Ssh { key: k.key.clone() },
@@ -627,20 +954,36 @@ pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let mut by_name: BTreeMap<&str, &str> = BTreeMap::new();
     for (file, p) in plans {
-        let pos = p.root.at(&[PathSeg::Key("metadata"), PathSeg::Key("name")]).map(|n| n.pos);
+        let pos = p
+            .root
+            .at(&[PathSeg::Key("metadata"), PathSeg::Key("name")])
+            .map(|n| n.pos);
         if let Some(first) = by_name.insert(&p.plan.name, file) {
             diags.push(
-                Diagnostic::error(file.clone(), pos, Code::DuplicatePlan, format!("plan name `{}` is also used by {first}", p.plan.name))
-                    .with_help("every plan needs a unique name"),
+                Diagnostic::error(
+                    file.clone(),
+                    pos,
+                    Code::DuplicatePlan,
+                    format!("plan name `{}` is also used by {first}", p.plan.name),
+                )
+                .with_help("every plan needs a unique name"),
             );
         }
     }
     for (file, p) in plans {
         if let Some(from) = &p.plan.promoted_from {
             if !plans.values().any(|q| &q.plan.name == from) {
-                let pos = p.root.at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")]).map(|n| n.pos);
+                let pos = p
+                    .root
+                    .at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")])
+                    .map(|n| n.pos);
                 let hint = did_you_mean(from, plans.values().map(|q| q.plan.name.as_str()));
-                let mut d = Diagnostic::error(file.clone(), pos, Code::UnknownPlan, format!("`promotedFrom` names plan `{from}`, which does not exist"));
+                let mut d = Diagnostic::error(
+                    file.clone(),
+                    pos,
+                    Code::UnknownPlan,
+                    format!("`promotedFrom` names plan `{from}`, which does not exist"),
+                );
                 if let Some(h) = hint {
                     d = d.with_help(format!("did you mean `{h}`?"));
                 }

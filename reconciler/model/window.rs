@@ -26,15 +26,22 @@ impl CronExpr {
     pub fn parse(text: &str) -> Result<Self, String> {
         let fields = text.split_whitespace().count();
         if fields != 5 {
-            return Err(format!("expected 5 fields (minute hour day month weekday), found {fields}"));
+            return Err(format!(
+                "expected 5 fields (minute hour day month weekday), found {fields}"
+            ));
         }
         let cron = text.parse::<Cron>().map_err(|e| e.to_string())?;
-        Ok(Self { text: text.to_owned(), cron })
+        Ok(Self {
+            text: text.to_owned(),
+            cron,
+        })
     }
 
     /// Does the expression match the minute containing `at` (in `tz`)?
     pub fn matches(&self, at: DateTime<Utc>, tz: Tz) -> bool {
-        self.cron.is_time_matching(&at.with_timezone(&tz)).unwrap_or(false)
+        self.cron
+            .is_time_matching(&at.with_timezone(&tz))
+            .unwrap_or(false)
     }
 }
 
@@ -54,7 +61,8 @@ impl Windows {
     /// Open when any `allow` matches (or there is none) and no `deny` matches.
     pub fn is_open(&self, at: DateTime<Utc>) -> bool {
         let tz = self.tz();
-        (self.allow.is_empty() || self.allow.iter().any(|c| c.matches(at, tz))) && !self.deny.iter().any(|c| c.matches(at, tz))
+        (self.allow.is_empty() || self.allow.iter().any(|c| c.matches(at, tz)))
+            && !self.deny.iter().any(|c| c.matches(at, tz))
     }
 
     /// The first minute at or after `at` when the window is open, searching up to `horizon`.
@@ -64,7 +72,9 @@ impl Windows {
         }
         let start = at - ChronoDuration::seconds(i64::from(chrono::Timelike::second(&at)));
         let minutes = horizon.num_minutes().max(0);
-        (1..=minutes).map(|m| start + ChronoDuration::minutes(m)).find(|t| self.is_open(*t))
+        (1..=minutes)
+            .map(|m| start + ChronoDuration::minutes(m))
+            .find(|t| self.is_open(*t))
     }
 }
 
@@ -74,18 +84,26 @@ mod tests {
     use chrono::TimeZone;
 
     fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .expect("valid time")
     }
 
     #[test]
     fn one_to_five_means_monday_to_friday() {
-        let w = Windows { allow: vec![CronExpr::parse("* 9-16 * * 1-5").expect("cron")], ..Default::default() };
+        let w = Windows {
+            allow: vec![CronExpr::parse("* 9-16 * * 1-5").expect("cron")],
+            ..Default::default()
+        };
         // 2026-11-23 is a Monday; 2026-11-27 a Friday; 2026-11-29 a Sunday.
         assert!(w.is_open(utc(2026, 11, 23, 10, 0)));
         assert!(w.is_open(utc(2026, 11, 27, 16, 59)));
         assert!(!w.is_open(utc(2026, 11, 29, 10, 0)), "Sunday is closed");
         assert!(!w.is_open(utc(2026, 11, 28, 10, 0)), "Saturday is closed");
-        assert!(!w.is_open(utc(2026, 11, 23, 17, 0)), "after hours is closed");
+        assert!(
+            !w.is_open(utc(2026, 11, 23, 17, 0)),
+            "after hours is closed"
+        );
     }
 
     #[test]
@@ -98,7 +116,9 @@ mod tests {
         // 08:30 UTC on a Monday in winter is 09:30 in Berlin.
         assert!(w.is_open(utc(2026, 11, 23, 8, 30)));
         assert!(!w.is_open(utc(2026, 11, 27, 10, 0)), "Friday closed");
-        let next = w.next_open(utc(2026, 11, 27, 10, 0), ChronoDuration::days(7)).expect("opens");
+        let next = w
+            .next_open(utc(2026, 11, 27, 10, 0), ChronoDuration::days(7))
+            .expect("opens");
         assert_eq!(next, utc(2026, 11, 30, 8, 0));
     }
 

@@ -62,7 +62,10 @@ impl Node {
     /// A mapping's entry by key.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
-            Kind::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -90,7 +93,12 @@ impl Node {
             Kind::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
             Kind::Str(s) => Value::String(s.clone()),
             Kind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
-            Kind::Map(entries) => Value::Object(entries.iter().map(|(k, v)| (k.key_string(), v.to_json())).collect()),
+            Kind::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.key_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 
@@ -141,11 +149,23 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Diagnostic> {
             file,
             None,
             Code::InputLimit,
-            format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", text.len()),
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                text.len()
+            ),
         ));
     }
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Err(Diagnostic::error(file, Some(Pos::new(1, 1)), Code::MissingField, "file is empty"));
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(Diagnostic::error(
+            file,
+            Some(Pos::new(1, 1)),
+            Code::MissingField,
+            "file is empty",
+        ));
     }
     match serde_saphyr::from_str_with_options::<Node>(text, options()) {
         Ok(node) => Ok(node),
@@ -160,7 +180,10 @@ fn syntax_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
         .map(|l| Pos::new(clamp(l.line()), clamp(l.column())));
     let msg = first_line(&e.to_string());
     let lower = msg.to_ascii_lowercase();
-    let code = if ["budget", "limit", "exceed", "too many", "depth", "alias"].iter().any(|w| lower.contains(w)) {
+    let code = if ["budget", "limit", "exceed", "too many", "depth", "alias"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         Code::InputLimit
     } else {
         Code::YamlSyntax
@@ -177,7 +200,10 @@ fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("").trim();
     let stripped = line
         .split_once(": ")
-        .filter(|(head, _)| head.chars().all(|c| c.is_ascii_digit() || c == ':' || c == ' '))
+        .filter(|(head, _)| {
+            head.chars()
+                .all(|c| c.is_ascii_digit() || c == ':' || c == ' ')
+        })
         .map_or(line, |(_, rest)| rest);
     stripped.to_owned()
 }
@@ -186,7 +212,10 @@ impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<Kind>::deserialize(d)?;
         Ok(Node {
-            pos: Pos::new(clamp(spanned.referenced.line()), clamp(spanned.referenced.column())),
+            pos: Pos::new(
+                clamp(spanned.referenced.line()),
+                clamp(spanned.referenced.column()),
+            ),
             kind: spanned.value,
         })
     }
@@ -265,13 +294,26 @@ mod tests {
 
     #[test]
     fn keeps_places_of_keys_and_values() {
-        let n = parse("a.yaml", "spec:\n  target: prod\n  steps:\n    - setWeight: 5\n").expect("parses");
+        let n = parse(
+            "a.yaml",
+            "spec:\n  target: prod\n  steps:\n    - setWeight: 5\n",
+        )
+        .expect("parses");
         let spec = n.get("spec").expect("spec");
         assert_eq!(spec.get("target").map(|t| t.pos), Some(Pos::new(2, 11)));
-        let Kind::Map(entries) = &spec.kind else { panic!("map") };
+        let Kind::Map(entries) = &spec.kind else {
+            panic!("map")
+        };
         assert_eq!(entries[0].0.pos, Pos::new(2, 3));
-        let step = spec.at(&[PathSeg::Key("steps"), PathSeg::Index(0), PathSeg::Key("setWeight")]);
-        assert_eq!(step.map(|s| (&s.kind, s.pos)), Some((&Kind::Int(5), Pos::new(4, 18))));
+        let step = spec.at(&[
+            PathSeg::Key("steps"),
+            PathSeg::Index(0),
+            PathSeg::Key("setWeight"),
+        ]);
+        assert_eq!(
+            step.map(|s| (&s.kind, s.pos)),
+            Some((&Kind::Int(5), Pos::new(4, 18)))
+        );
     }
 
     #[test]
@@ -297,7 +339,9 @@ mod tests {
         let s = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
         let e = parse("deep.yaml", &s).expect_err("deep refused");
         assert_eq!(e.code, Code::InputLimit, "{e}");
-        let s: String = (0..20_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let s: String = (0..20_000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect();
         let e = parse("deep2.yaml", &s).expect_err("deep refused");
         assert_eq!(e.code, Code::InputLimit, "{e}");
     }

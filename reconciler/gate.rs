@@ -1,0 +1,387 @@
+//! The gate every revision passes before it may touch a target: schema, then policy.
+//!
+//! ```text
+//!   Snapshot ──parse──▶ settings ──▶ plans (each: YAML → schema → meaning)
+//!                                      │ cross-check (duplicates, promotedFrom)
+//!                                      ▼
+//!                                policy (Rego, per plan)  ──▶  GateReport
+//! ```
+//! Invariant (safety 2 and 3): a plan with any error-level diagnostic is in
+//! `rejected`, never in `accepted`; one bad plan never hides the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::model::validate::{self, ParsedPlan};
+use crate::model::yaml::PathSeg;
+use crate::model::{Code, Diagnostic, Settings, diagnostics};
+use crate::source::{SETTINGS_FILE, Snapshot};
+
+/// One policy finding: which policy said it, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub policy: String,
+    pub message: String,
+}
+
+/// What the policies said about one plan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Findings {
+    pub deny: Vec<Finding>,
+    pub warn: Vec<Finding>,
+}
+
+/// The extension point for policy-as-code. Implementations must be deterministic for a
+/// given input and bound their own running time.
+pub trait PolicyEngine: Send {
+    fn evaluate(&mut self, input: &Value) -> Result<Findings, String>;
+    /// An independent copy for another worker thread.
+    fn fork(&self) -> Box<dyn PolicyEngine>;
+}
+
+/// What we know about the change being checked (for `input.change`).
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub commit: Option<String>,
+    pub author: Option<String>,
+    pub files: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct GateReport {
+    pub settings: Option<Settings>,
+    /// Plans that passed schema and policy, by plan name.
+    pub accepted: BTreeMap<String, ParsedPlan>,
+    /// Files of plans that failed, with why in `diagnostics`.
+    pub rejected: BTreeSet<String>,
+    /// Every diagnostic, errors and warnings, sorted by file and place.
+    pub diagnostics: Vec<Diagnostic>,
+    pub plan_files: usize,
+}
+
+impl GateReport {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+}
+
+/// Everything the gate needs besides the snapshot.
+#[derive(Debug)]
+pub struct GateContext<'a> {
+    pub base: Option<&'a Snapshot>,
+    pub change: Change,
+    pub now: DateTime<Utc>,
+    /// Check only these plan files (others are still parsed for cross-checks); `None`: all.
+    pub only: Option<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for dyn PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyEngine")
+    }
+}
+
+/// Run the gate over a snapshot. `policy` is `None` to check schema only.
+pub fn check(
+    snap: &Snapshot,
+    cx: &GateContext<'_>,
+    policy: Option<&dyn PolicyEngine>,
+) -> GateReport {
+    let mut report = GateReport {
+        diagnostics: snap.refused.clone(),
+        ..Default::default()
+    };
+    for d in &snap.refused {
+        if crate::source::is_plan_path(&d.file) {
+            report.rejected.insert(d.file.clone());
+        }
+    }
+    let settings_doc = match snap.files.get(SETTINGS_FILE) {
+        None => {
+            report.diagnostics.push(
+                Diagnostic::error(
+                    SETTINGS_FILE,
+                    None,
+                    Code::Io,
+                    "no rollgate.yaml at the repository root",
+                )
+                .with_help("it names the targets and metrics sources plans refer to"),
+            );
+            Value::Null
+        }
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Err(_) => {
+                report.diagnostics.push(Diagnostic::error(
+                    SETTINGS_FILE,
+                    None,
+                    Code::YamlSyntax,
+                    "file is not UTF-8 text",
+                ));
+                Value::Null
+            }
+            Ok(text) => match validate::parse_settings(SETTINGS_FILE, text) {
+                Ok(s) => {
+                    report.settings = Some(s);
+                    crate::model::yaml::parse(SETTINGS_FILE, text)
+                        .map(|n| n.to_json())
+                        .unwrap_or(Value::Null)
+                }
+                Err(d) => {
+                    report.diagnostics.extend(d);
+                    Value::Null
+                }
+            },
+        },
+    };
+
+    // Parse every plan, in parallel: validation is CPU-bound and independent per file.
+    let files: Vec<(&String, &Vec<u8>)> = snap.plan_files().collect();
+    report.plan_files = files.len()
+        + snap
+            .refused
+            .iter()
+            .filter(|d| crate::source::is_plan_path(&d.file))
+            .count();
+    let settings = report.settings.as_ref();
+    let parsed = parallel_map(&files, |(file, bytes)| parse_one(file, bytes, settings));
+    let mut ok: BTreeMap<String, ParsedPlan> = BTreeMap::new();
+    for ((file, _), result) in files.iter().zip(parsed) {
+        match result {
+            Ok(p) => {
+                ok.insert((*file).clone(), p);
+            }
+            Err(d) => {
+                report.rejected.insert((*file).clone());
+                report.diagnostics.extend(d);
+            }
+        }
+    }
+    let cross = validate::cross_check(&ok.iter().map(|(f, p)| (f.clone(), p)).collect());
+    for d in &cross {
+        report.rejected.insert(d.file.clone());
+    }
+    report.diagnostics.extend(cross);
+    ok.retain(|f, _| !report.rejected.contains(f));
+    if let Some(only) = &cx.only {
+        ok.retain(|f, _| only.contains(f));
+    }
+
+    // Policies.
+    if let Some(engine) = policy {
+        let statuses = status_docs(snap);
+        let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
+        let shared = Shared {
+            statuses,
+            settings: settings_doc,
+            base_plans,
+            change: &cx.change,
+            now: cx.now,
+        };
+        let entries: Vec<(&String, &ParsedPlan)> = ok.iter().collect();
+        let results = parallel_map_with(&entries, engine, |engine, (file, p)| {
+            let input = policy_input(file, p, &shared);
+            (
+                engine.evaluate(&input),
+                p.root
+                    .at(&[PathSeg::Key("metadata"), PathSeg::Key("name")])
+                    .map(|n| n.pos),
+            )
+        });
+        for ((file, _), (result, pos)) in entries.iter().zip(results) {
+            match result {
+                Ok(f) => {
+                    for d in f.deny {
+                        report.rejected.insert((*file).clone());
+                        report.diagnostics.push(
+                            Diagnostic::error(file.as_str(), pos, Code::PolicyDenied, d.message)
+                                .with_help(format!("policy {}", d.policy)),
+                        );
+                    }
+                    for w in f.warn {
+                        report.diagnostics.push(
+                            Diagnostic::warning(file.as_str(), pos, Code::PolicyWarning, w.message)
+                                .with_help(format!("policy {}", w.policy)),
+                        );
+                    }
+                }
+                Err(e) => {
+                    report.rejected.insert((*file).clone());
+                    report.diagnostics.push(Diagnostic::error(
+                        file.as_str(),
+                        pos,
+                        Code::PolicyError,
+                        format!("policy evaluation failed: {e}"),
+                    ));
+                }
+            }
+        }
+        ok.retain(|f, _| !report.rejected.contains(f));
+    }
+    report.accepted = ok.into_values().map(|p| (p.plan.name.clone(), p)).collect();
+    diagnostics::sort(&mut report.diagnostics);
+    report
+}
+
+fn parse_one(
+    file: &str,
+    bytes: &[u8],
+    settings: Option<&Settings>,
+) -> Result<ParsedPlan, Vec<Diagnostic>> {
+    if bytes.contains(&0) {
+        return Err(vec![Diagnostic::error(
+            file,
+            None,
+            Code::YamlSyntax,
+            "file is binary (contains NUL bytes), not YAML",
+        )]);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        vec![Diagnostic::error(
+            file,
+            None,
+            Code::YamlSyntax,
+            format!(
+                "file is not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )]
+    })?;
+    validate::parse_plan(file, text, settings)
+}
+
+struct Shared<'a> {
+    statuses: Value,
+    settings: Value,
+    base_plans: BTreeMap<String, Value>,
+    change: &'a Change,
+    now: DateTime<Utc>,
+}
+
+/// The document policies see as `input` (documented in the README).
+fn policy_input(file: &str, p: &ParsedPlan, s: &Shared<'_>) -> Value {
+    let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
+    json!({
+        "file": file,
+        "plan": p.document,
+        "steps": steps,
+        "basePlan": s.base_plans.get(&p.plan.name).cloned().unwrap_or(Value::Null),
+        "change": {
+            "commit": s.change.commit,
+            "author": s.change.author,
+            "files": s.change.files,
+            "labels": s.change.labels,
+        },
+        "statuses": s.statuses,
+        "settings": s.settings,
+        "windowOpen": p.plan.windows.is_open(s.now),
+        "now": s.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// A domain step in the file form (`{"setWeight": 5}` …).
+pub fn step_json(step: &crate::model::plan::Step) -> Value {
+    use crate::model::duration::format;
+    use crate::model::plan::Step;
+    match step {
+        Step::SetWeight(w) => json!({ "setWeight": w }),
+        Step::Pause(None) => json!({ "pause": {} }),
+        Step::Pause(Some(d)) => json!({ "pause": { "duration": format(*d) } }),
+        Step::Analysis(a) => {
+            json!({ "analysis": { "checks": a.checks, "duration": format(a.duration) } })
+        }
+    }
+}
+
+fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    crate::model::yaml::parse(file, text)
+        .ok()
+        .map(|n| n.to_json())
+}
+
+fn status_docs(snap: &Snapshot) -> Value {
+    let mut out = serde_json::Map::new();
+    for (file, bytes) in snap.status_files() {
+        if let Some(doc) = yaml_json(file, bytes) {
+            let name = doc
+                .get("plan")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    std::path::Path::new(file)
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                });
+            out.insert(name, doc);
+        }
+    }
+    Value::Object(out)
+}
+
+fn base_plan_docs(base: &Snapshot) -> BTreeMap<String, Value> {
+    base.plan_files()
+        .filter_map(|(file, bytes)| {
+            let doc = yaml_json(file, bytes)?;
+            let name = doc.pointer("/metadata/name")?.as_str()?.to_owned();
+            Some((name, doc))
+        })
+        .collect()
+}
+
+fn workers(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    cores.min(n / 64 + 1).max(1)
+}
+
+/// Map `f` over `items` on all cores, keeping order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let n = workers(items.len());
+    if n <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// Like `parallel_map`, giving each worker its own fork of the policy engine.
+fn parallel_map_with<T: Sync, R: Send>(
+    items: &[T],
+    engine: &dyn PolicyEngine,
+    f: impl Fn(&mut dyn PolicyEngine, &T) -> R + Sync,
+) -> Vec<R> {
+    let n = workers(items.len());
+    let chunk = items.len().div_ceil(n).max(1);
+    let mut forks: Vec<Box<dyn PolicyEngine>> = (0..n).map(|_| engine.fork()).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .zip(forks.iter_mut())
+            .map(|(c, eng)| {
+                let f = &f;
+                s.spawn(move || {
+                    c.iter()
+                        .map(|item| f(eng.as_mut(), item))
+                        .collect::<Vec<R>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
