@@ -6,7 +6,9 @@
 //! - `policy`: Rego policies (built-in and the repo's own), evaluated in-process.
 //! - `source`: reading a repository's files safely.
 
+pub mod engine;
 pub mod gate;
 pub mod model;
 pub mod policy;
 pub mod source;
+pub mod writeback;

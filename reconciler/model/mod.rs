@@ -8,6 +8,7 @@ pub mod plan;
 pub mod schema;
 pub mod schema_check;
 pub mod settings;
+pub mod status;
 pub mod validate;
 pub mod window;
 pub mod wire;

@@ -993,3 +993,70 @@ pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     }
     diags
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: &str = "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n  k8s: { kubernetes: { context: c } }\n";
+
+    fn settings() -> Settings {
+        parse_settings("rollgate.yaml", SETTINGS).expect("settings parse")
+    }
+
+    fn plan(strategy: &str) -> String {
+        format!(
+            "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: local\n  workload:\n    local: {{ command: [srv], listen: \"127.0.0.1:9000\" }}\n  artifact: v2\n  strategy:\n{strategy}\n  checks:\n    - {{ name: ok, source: builtin, query: success-rate, judge: {{ min: 0.99 }} }}\n"
+        )
+    }
+
+    #[test]
+    fn linear_preset_expands_into_weights_and_analyses() {
+        let p = parse_plan("plans/p.yaml", &plan("    preset: { name: Linear25PercentEvery2Minutes, checks: [ok] }"), Some(&settings()))
+            .expect("valid");
+        let weights: Vec<u8> = p.plan.steps().iter().filter_map(|s| if let Step::SetWeight(w) = s { Some(*w) } else { None }).collect();
+        assert_eq!(weights, vec![25, 50, 75, 100]);
+        assert!(p.plan.steps().iter().any(|s| matches!(s, Step::Analysis(a) if a.duration == Duration::from_secs(120))));
+    }
+
+    #[test]
+    fn canary_preset_has_one_hold() {
+        let steps = expand_preset("Canary10Percent5Minutes", &[]).expect("known preset");
+        assert_eq!(steps, vec![Step::SetWeight(10), Step::Pause(Some(Duration::from_secs(300))), Step::SetWeight(100)]);
+        assert_eq!(expand_preset("Linear0PercentEvery1Minute", &[]), None);
+        assert_eq!(expand_preset("Sideways10", &[]), None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let text = plan("    canary:\n      steps: [ { setWeight: 120 }, { pause: { duration: soon } }, { analysis: { checks: [nope], duration: 1m } } ]");
+        let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+        let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+        for code in [Code::WeightRange, Code::BadDuration, Code::UnknownCheck, Code::NeverComplete] {
+            assert!(codes.contains(&code), "{code} missing from {codes:?}");
+        }
+        assert!(diags.iter().all(|d| d.pos.is_some()), "{diags:?}");
+    }
+
+    #[test]
+    fn workload_must_match_the_target_kind() {
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace("target: local", "target: k8s");
+        let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+        assert_eq!(diags[0].code, Code::WorkloadMismatch);
+    }
+
+    #[test]
+    fn baseline_judge_needs_an_effect_size() {
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace("judge: { min: 0.99 }", "judge: { compare: baseline }");
+        let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+        assert!(diags.iter().any(|d| d.code == Code::BadJudge && d.message.contains("effect size")), "{diags:?}");
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("checkout-eu-1"));
+        for bad in ["", "-a", "a-", "A", "../../x", "a_b", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+}

@@ -1,1 +1,317 @@
-//! Rego policies (placeholder until the policy engine lands).
+//! Rego policies, evaluated in-process with regorus: the built-in ones embedded in the
+//! binary, plus the repository's own `policies/` folder.
+//!
+//! ```text
+//!   policies/*.rego + data.json (built-in, include_str!)  ─┐
+//!   <repo>/policies/*.rego + *.json|*.yaml (optional)      ─┴─▶ load: parse once, prepare
+//!                                                                  │ clone per worker
+//!   input (one plan, its steps, statuses, change, …) ──▶ evaluate ─▶ PolicyOutcome { deny, warn }
+//! ```
+//!
+//! Conventions (those of OPA and conftest): a policy is `package rollgate.<name>` with
+//! `import rego.v1` and rules `deny contains msg if { … }` / `warn contains msg if { … }`,
+//! `msg` a string. Built-ins live under `rollgate.builtin.<name>`. Packages outside
+//! `rollgate` are loaded (they may hold helpers) but their `deny` and `warn` are ignored.
+//! Data files merge into `data`; a repository file overrides a built-in value at the same
+//! path (e.g. `rollgate.limits.maxFirstStepWeight`).
+//!
+//! Invariants: policies are parsed and prepared once, in [`PolicySet::load`]; every
+//! evaluation runs under regorus' cooperative execution timer ([`EVAL_TIME_LIMIT`]), so a
+//! slow policy yields [`PolicyError::TimeLimit`] instead of stalling the gate. Repository
+//! files are read without following symlinks and with a size cap.
+
+mod load;
+mod test_runner;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use regorus::Engine;
+use serde_json::Value;
+
+use crate::model::diagnostics::Diagnostic;
+
+pub use test_runner::{TestReport, TestResult, run_tests};
+
+/// The wall-clock budget of one [`PolicySet::evaluate`] call (and of one policy test).
+pub const EVAL_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// The rule that gathers every `deny` and `warn` of every `rollgate.*` package in one
+/// evaluation; generated at load time (see `load::collector_module`).
+const COLLECTOR_RULE: &str = "data.rollgate_internal__.findings";
+
+/// A prepared policy engine: built-in plus repository policies and data.
+///
+/// Cloning is cheap-ish (the parsed modules are shared) and gives an independent engine:
+/// clone once per worker thread. A shared `PolicySet` also works across threads, but
+/// evaluations on it take turns.
+pub struct PolicySet {
+    engine: Mutex<Engine>,
+    /// The `deny`/`warn` rules found at load time, in package order.
+    rules: Vec<RuleRef>,
+}
+
+/// One `deny` or `warn` rule of one `rollgate.*` package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleRef {
+    /// The package, dotted: `rollgate.builtin.digest`.
+    policy: String,
+    kind: Kind,
+    /// The Rego reference to the rule: `data.rollgate.builtin.digest.deny`.
+    path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deny,
+    Warn,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deny => "deny",
+            Kind::Warn => "warn",
+        }
+    }
+}
+
+impl Clone for PolicySet {
+    fn clone(&self) -> Self {
+        let engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Self {
+            engine: Mutex::new(engine),
+            rules: self.rules.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("policies", &self.policies())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the policies said about one input.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PolicyOutcome {
+    pub deny: Vec<Finding>,
+    pub warn: Vec<Finding>,
+}
+
+impl PolicyOutcome {
+    pub fn is_denied(&self) -> bool {
+        !self.deny.is_empty()
+    }
+}
+
+/// One message from one policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The package that produced it, e.g. `rollgate.builtin.digest`.
+    pub policy: String,
+    pub message: String,
+}
+
+/// Why an evaluation produced no outcome. Callers treat any of these as a failed policy
+/// check (fail closed), never as a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy evaluation exceeded its time limit of {limit:?}{}", in_policy(.policy))]
+    TimeLimit { limit: Duration, policy: Option<String> },
+    #[error("policy evaluation failed{}: {message}", in_policy(.policy))]
+    Eval { policy: Option<String>, message: String },
+}
+
+fn in_policy(policy: &Option<String>) -> String {
+    policy.as_ref().map(|p| format!(" in {p}")).unwrap_or_default()
+}
+
+impl PolicySet {
+    /// The built-in policies plus, when given, the repository's policy folder: every
+    /// `*.rego` except `*_test.rego`, and data files `*.json`, `*.yaml`, `*.yml`. The
+    /// folder is not searched recursively. Diagnostics name files as `<folder>/<file>`
+    /// (e.g. `policies/foo.rego`), with line and column when the problem has a place.
+    pub fn load(repo_policy_dir: Option<&std::path::Path>) -> Result<PolicySet, Vec<Diagnostic>> {
+        let mut sources = load::Sources::builtin();
+        if let Some(dir) = repo_policy_dir {
+            sources.add_dir(dir, load::Include::PoliciesOnly, true)?;
+        }
+        let engine = sources.into_engine()?;
+        Self::prepare(engine)
+    }
+
+    /// The built-in policies only.
+    pub fn builtin() -> PolicySet {
+        match load::Sources::builtin().into_engine().and_then(Self::prepare) {
+            Ok(set) => set,
+            // Unreachable while the built-ins' own tests pass; an engine with no policies
+            // is the least surprising fallback, and the failure is logged.
+            Err(diags) => {
+                for d in &diags {
+                    tracing::error!(%d, "built-in policy failed to load");
+                }
+                Self {
+                    engine: Mutex::new(Engine::new()),
+                    rules: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn prepare(mut engine: Engine) -> Result<PolicySet, Vec<Diagnostic>> {
+        let rules = load::find_rules(&engine)?;
+        engine
+            .add_policy(load::COLLECTOR_FILE.to_string(), load::collector_module(&rules))
+            .map_err(|e| vec![load::diagnostic(&e, load::COLLECTOR_FILE)])?;
+        load::set_limits(&mut engine);
+        // A trivial query runs regorus' preparation (analysis, scheduling, rule indexing)
+        // now, without evaluating any policy: clones start prepared, and semantic errors
+        // (unsafe variables, conflicting rules) surface as diagnostics at load time.
+        engine
+            .eval_query("true".to_string(), false)
+            .map_err(|e| vec![load::diagnostic(&e, "policies")])?;
+        Ok(PolicySet {
+            engine: Mutex::new(engine),
+            rules,
+        })
+    }
+
+    /// The packages whose `deny`/`warn` rules are evaluated, sorted.
+    pub fn policies(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.rules.iter().map(|r| r.policy.clone()).collect();
+        names.dedup();
+        names
+    }
+
+    /// Evaluate every `deny` and `warn` set of every `rollgate.*` package against `input`,
+    /// in one engine call bounded by [`EVAL_TIME_LIMIT`]. Findings are ordered by package,
+    /// then message.
+    pub fn evaluate(&self, input: &Value) -> Result<PolicyOutcome, PolicyError> {
+        let started = Instant::now();
+        let mut engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
+        engine.set_input(regorus::Value::from(input.clone()));
+        let collected = engine.eval_rule(COLLECTOR_RULE.to_string());
+        discard_prints(&mut engine);
+        match collected {
+            Ok(value) if value != regorus::Value::Undefined => self.outcome(&value),
+            // The whole budget is spent: say so, without running anything again (so we
+            // cannot tell which policy was slow).
+            Err(e) if matches!(policy_error(&e, None), PolicyError::TimeLimit { .. }) => Err(PolicyError::TimeLimit {
+                limit: EVAL_TIME_LIMIT,
+                policy: None,
+            }),
+            // Some rule failed, or a `deny`/`warn` that is not a partial set came out
+            // undefined: evaluate rule by rule, within what is left of the budget, to
+            // name the culprit.
+            Ok(_) | Err(_) => {
+                let outcome = self.evaluate_each(&mut engine, started);
+                load::set_time_limit(&mut engine, EVAL_TIME_LIMIT);
+                outcome
+            }
+        }
+    }
+
+    fn outcome(&self, collected: &regorus::Value) -> Result<PolicyOutcome, PolicyError> {
+        let values = collected.as_array().map_err(|e| PolicyError::Eval {
+            policy: None,
+            message: load::one_line(&e),
+        })?;
+        let mut outcome = PolicyOutcome::default();
+        for (rule, value) in self.rules.iter().zip(values.iter()) {
+            push_findings(&mut outcome, rule, value)?;
+        }
+        Ok(outcome)
+    }
+
+    fn evaluate_each(&self, engine: &mut Engine, started: Instant) -> Result<PolicyOutcome, PolicyError> {
+        let mut outcome = PolicyOutcome::default();
+        for rule in &self.rules {
+            let left = EVAL_TIME_LIMIT.saturating_sub(started.elapsed());
+            load::set_time_limit(engine, left.max(Duration::from_millis(1)));
+            let value = engine.eval_rule(rule.path.clone());
+            discard_prints(engine);
+            let value = value.map_err(|e| policy_error(&e, Some(&rule.policy)))?;
+            push_findings(&mut outcome, rule, &value)?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// `print()` output is gathered, not written to stderr (a repo policy must not be able to
+/// flood the daemon's output), and dropped after each evaluation.
+fn discard_prints(engine: &mut Engine) {
+    if let Ok(prints) = engine.take_prints() {
+        for line in prints {
+            tracing::trace!(%line, "policy print");
+        }
+    }
+}
+
+fn push_findings(outcome: &mut PolicyOutcome, rule: &RuleRef, value: &regorus::Value) -> Result<(), PolicyError> {
+    if *value == regorus::Value::Undefined {
+        return Ok(());
+    }
+    let json = serde_json::to_value(value).map_err(|e| PolicyError::Eval {
+        policy: Some(rule.policy.clone()),
+        message: e.to_string(),
+    })?;
+    let list = match rule.kind {
+        Kind::Deny => &mut outcome.deny,
+        Kind::Warn => &mut outcome.warn,
+    };
+    let mut push = |v: &Value| {
+        list.push(Finding {
+            policy: rule.policy.clone(),
+            message: message_text(v),
+        });
+    };
+    match &json {
+        // A set (the convention) or an array: one finding per element.
+        Value::Array(items) => items.iter().for_each(&mut push),
+        // A complete rule that said nothing.
+        Value::Null | Value::Bool(false) => {}
+        // A complete rule `deny := "…"`: one finding.
+        other => push(other),
+    }
+    Ok(())
+}
+
+/// A finding's text: the string itself, or conftest's `{"msg": "…"}` form, or compact JSON.
+fn message_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Object(map) => match map.get("msg") {
+            Some(Value::String(s)) => s.clone(),
+            _ => value.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn policy_error(err: &anyhow::Error, policy: Option<&str>) -> PolicyError {
+    let policy = policy.map(str::to_string);
+    let timed_out = err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<regorus::LimitError>(),
+            Some(regorus::LimitError::TimeLimitExceeded { .. })
+        )
+    }) || err.to_string().contains("exceeded time limit");
+    if timed_out {
+        PolicyError::TimeLimit {
+            limit: EVAL_TIME_LIMIT,
+            policy,
+        }
+    } else {
+        PolicyError::Eval {
+            policy,
+            message: load::one_line(err),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! and at most `MAX_FILE_BYTES` long; anything else becomes a diagnostic, not a read.
 
 pub mod fs;
+pub mod git;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,270 @@
+//! Analysis steps, with Argo Rollouts' semantics.
+//!
+//! Each check of the step is measured every `interval`; every measurement is judged
+//! (see `judge`) and counted. A check *fails* when its failures exceed `failureLimit`
+//! (the step fails at once); it *errors out* when its consecutive source errors exceed
+//! `consecutiveErrorLimit` (the step holds: no evidence is not a pass). The step
+//! passes only when its duration has elapsed and every check has at least one pass
+//! and has not failed; otherwise it holds for a human at the end.
+//! Invariants: pure; measurements taken before the step started, or not after a
+//! check's last recorded one, are ignored, so feeding the same observation twice
+//! counts it once.
+
+use chrono::{DateTime, Utc};
+
+use super::judge::{Measurement, judge};
+use super::plus;
+use crate::model::plan::{Analysis, Plan};
+use crate::model::status::{CheckRun, Judgement, Verdict};
+
+/// One measurement the daemon took (or failed to take) for a check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub check: String,
+    pub at: DateTime<Utc>,
+    /// `Err`: the source could not answer (unreachable, bad query); counted as an error.
+    pub result: Result<Measurement, String>,
+}
+
+/// Where an analysis step stands after the latest measurements.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Keep measuring.
+    Running,
+    /// Duration elapsed, every check passed at least once and none failed.
+    Passed,
+    /// A check failed more often than its `failureLimit`.
+    Failed {
+        reason: String,
+        evidence: Vec<Judgement>,
+    },
+    /// No verdict can be reached without a human: too many errors, or inconclusive at the end.
+    Held { reason: String },
+}
+
+/// Fresh counters for the checks of `analysis`.
+pub fn start(analysis: &Analysis) -> Vec<CheckRun> {
+    analysis.checks.iter().map(|c| CheckRun::new(c)).collect()
+}
+
+/// Count the measurements in `observed` that belong to this step; true when any did.
+pub fn record(
+    plan: &Plan,
+    runs: &mut [CheckRun],
+    started: DateTime<Utc>,
+    observed: &[Observed],
+) -> bool {
+    let mut sorted: Vec<&Observed> = observed.iter().collect();
+    sorted.sort_by_key(|o| o.at);
+    let mut changed = false;
+    for o in sorted {
+        let Some(run) = runs.iter_mut().find(|r| r.check == o.check) else {
+            continue;
+        };
+        if o.at < started || run.last_measured_at.is_some_and(|last| o.at <= last) {
+            continue;
+        }
+        let Some(check) = plan.check(&o.check) else {
+            continue;
+        };
+        changed = true;
+        run.measurements += 1;
+        run.last_measured_at = Some(o.at);
+        match &o.result {
+            Err(e) => {
+                run.errors += 1;
+                run.consecutive_errors += 1;
+                run.last_error = Some(e.clone());
+            }
+            Ok(m) => {
+                run.consecutive_errors = 0;
+                let j = judge(check, plan.min_samples, *m, o.at);
+                match j.verdict {
+                    Verdict::Pass => run.passes += 1,
+                    Verdict::Fail { .. } => run.failures += 1,
+                    Verdict::Inconclusive { .. } => run.inconclusives += 1,
+                }
+                run.last = Some(j);
+            }
+        }
+    }
+    changed
+}
+
+/// Judge the step as a whole.
+pub fn evaluate(
+    plan: &Plan,
+    analysis: &Analysis,
+    runs: &[CheckRun],
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let run_of = |name: &str| runs.iter().find(|r| r.check == name);
+    for name in &analysis.checks {
+        let (Some(check), Some(run)) = (plan.check(name), run_of(name)) else {
+            continue;
+        };
+        if run.failures > check.failure_limit {
+            return Outcome::Failed {
+                reason: format!(
+                    "check {name} failed {} times (failureLimit {})",
+                    run.failures, check.failure_limit
+                ),
+                evidence: run.last.iter().cloned().collect(),
+            };
+        }
+    }
+    for name in &analysis.checks {
+        let (Some(check), Some(run)) = (plan.check(name), run_of(name)) else {
+            continue;
+        };
+        if run.consecutive_errors > check.consecutive_error_limit {
+            return Outcome::Held {
+                reason: format!(
+                    "check {name}: {} consecutive errors (consecutiveErrorLimit {}): {}",
+                    run.consecutive_errors,
+                    check.consecutive_error_limit,
+                    run.last_error.as_deref().unwrap_or("unknown error")
+                ),
+            };
+        }
+    }
+    if now < plus(started, analysis.duration) {
+        return Outcome::Running;
+    }
+    let lacking: Vec<String> = analysis
+        .checks
+        .iter()
+        .filter(|name| plan.check(name).is_none() || run_of(name).is_none_or(|r| r.passes == 0))
+        .map(|name| {
+            let why = run_of(name)
+                .and_then(|r| r.last.as_ref())
+                .and_then(|j| j.verdict.reason())
+                .unwrap_or("no measurement");
+            format!("{name} ({why})")
+        })
+        .collect();
+    if lacking.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Held {
+            reason: format!(
+                "inconclusive: no passing measurement for {}",
+                lacking.join(", ")
+            ),
+        }
+    }
+}
+
+/// When each check of the step is due next: `started` first, then every `interval`.
+fn due_at(plan: &Plan, run: &CheckRun, started: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let check = plan.check(&run.check)?;
+    Some(match run.last_measured_at {
+        None => started,
+        Some(last) => plus(last, check.interval),
+    })
+}
+
+/// The checks due for a measurement at `now`; the daemon measures these before deciding.
+pub fn due<'a>(
+    plan: &Plan,
+    runs: &'a [CheckRun],
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<&'a str> {
+    runs.iter()
+        .filter(|r| due_at(plan, r, started).is_some_and(|d| d <= now))
+        .map(|r| r.check.as_str())
+        .collect()
+}
+
+/// The earliest of the next measurement and the end of the step.
+pub fn next_wakeup(
+    plan: &Plan,
+    analysis: &Analysis,
+    runs: &[CheckRun],
+    started: DateTime<Utc>,
+) -> DateTime<Utc> {
+    runs.iter()
+        .filter_map(|r| due_at(plan, r, started))
+        .chain([plus(started, analysis.duration)])
+        .min()
+        .unwrap_or(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::{PlanBuilder, analysis_step, err, ok, t};
+
+    fn given() -> (Plan, Analysis) {
+        let plan = PlanBuilder::new()
+            .threshold("sr", Some(0.99), None)
+            .failure_limit("sr", 1)
+            .build();
+        (plan, analysis_step(&["sr"], 10))
+    }
+
+    #[test]
+    fn failures_up_to_the_limit_are_tolerated_and_one_more_fails() {
+        let (plan, a) = given();
+        let mut runs = start(&a);
+        record(&plan, &mut runs, t(0), &[ok("sr", t(1), 0.5, 500)]);
+        assert_eq!(evaluate(&plan, &a, &runs, t(0), t(1)), Outcome::Running);
+        record(&plan, &mut runs, t(0), &[ok("sr", t(2), 0.5, 500)]);
+        let out = evaluate(&plan, &a, &runs, t(0), t(2));
+        assert!(matches!(out, Outcome::Failed { ref evidence, .. } if evidence.len() == 1));
+    }
+
+    #[test]
+    fn the_same_measurement_is_counted_once_and_stale_ones_not_at_all() {
+        let (plan, a) = given();
+        let mut runs = start(&a);
+        let obs = [ok("sr", t(3), 0.999, 500)];
+        assert!(record(&plan, &mut runs, t(2), &obs));
+        assert!(!record(&plan, &mut runs, t(2), &obs));
+        assert!(!record(
+            &plan,
+            &mut runs,
+            t(2),
+            &[ok("sr", t(1), 0.999, 500)]
+        ));
+        assert_eq!(runs[0].measurements, 1);
+    }
+
+    #[test]
+    fn passes_only_after_the_duration() {
+        let (plan, a) = given();
+        let mut runs = start(&a);
+        record(&plan, &mut runs, t(0), &[ok("sr", t(1), 0.999, 500)]);
+        assert_eq!(evaluate(&plan, &a, &runs, t(0), t(9)), Outcome::Running);
+        assert_eq!(evaluate(&plan, &a, &runs, t(0), t(10)), Outcome::Passed);
+    }
+
+    #[test]
+    fn an_error_resets_nothing_but_a_success_resets_the_error_streak() {
+        let (plan, a) = given();
+        let mut runs = start(&a);
+        record(
+            &plan,
+            &mut runs,
+            t(0),
+            &[err("sr", t(1)), err("sr", t(2)), ok("sr", t(3), 0.999, 500)],
+        );
+        assert_eq!(runs[0].errors, 2);
+        assert_eq!(runs[0].consecutive_errors, 0);
+        assert_eq!(runs[0].passes, 1);
+    }
+
+    #[test]
+    fn due_checks_follow_the_interval() {
+        let (plan, a) = given();
+        let mut runs = start(&a);
+        assert_eq!(due(&plan, &runs, t(0), t(0)), vec!["sr"]);
+        record(&plan, &mut runs, t(0), &[ok("sr", t(0), 0.999, 500)]);
+        // the builder's interval is one minute
+        assert!(due(&plan, &runs, t(0), t(0)).is_empty());
+        assert_eq!(due(&plan, &runs, t(0), t(1)), vec!["sr"]);
+        assert_eq!(next_wakeup(&plan, &a, &runs, t(0)), t(1));
+    }
+}

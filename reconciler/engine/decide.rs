@@ -1,0 +1,523 @@
+//! The lifecycle state machine behind `decide`.
+//!
+//! Rules, in the order they are applied to a status:
+//! 1. Terminal (`Succeeded`, `RolledBack`): a new artifact starts a rollout (`Pending`),
+//!    fast-tracked when it was stable within `rollbackWindow`; `retry`, or a new plan
+//!    commit naming it again, restarts a rolled-back rollout of the same artifact.
+//! 2. `RollingBack` ends (`RolledBack`) once the target is healthy; until then the
+//!    rollback is re-issued. Nothing blocks it.
+//! 3. In flight: the plan back at the stable artifact is a human revert (roll back, no
+//!    revert commit); another artifact supersedes the rollout; `abort` rolls back;
+//!    an unhealthy target or a missed `progressDeadline` fails the stage.
+//! 4. Otherwise the current step runs; when it is done the next one is entered, but
+//!    only while the change window is open (else `Held`, released at the opening).
+//!    Entering step 0 starts the candidate; entering step n promotes.
+//!
+//! Invariant: at most one transition per decision; a transition is a change of
+//! phase, step, hold, candidate or fast-track, and nothing else is committed.
+
+use chrono::{DateTime, Utc};
+
+use super::analysis::{self, Outcome};
+use super::{
+    Action, Command, Decision, Observation, POLL, Revert, TargetHealth, Transition,
+    WINDOW_HORIZON_DAYS, plus,
+};
+use crate::model::duration;
+use crate::model::plan::{OnFailure, Plan, Step};
+use crate::model::status::{Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success};
+
+/// The steps a rollout walks: the plan's, or only its weight steps when fast-tracked.
+pub fn steps(plan: &Plan, fast_track: bool) -> Vec<Step> {
+    let all = plan.steps();
+    if fast_track {
+        all.into_iter()
+            .filter(|s| matches!(s, Step::SetWeight(_)))
+            .collect()
+    } else {
+        all
+    }
+}
+
+/// The checks to measure before the next `decide` (empty outside a running analysis).
+pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<String> {
+    if status.phase != Phase::Progressing {
+        return Vec::new();
+    }
+    let Some(Step::Analysis(_)) = steps(plan, status.fast_track).get(status.step) else {
+        return Vec::new();
+    };
+    let started = status.step_started_at.unwrap_or(now);
+    analysis::due(plan, &status.analysis, started, now)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Decide what to do next for one plan. Pure: the same inputs give the same decision.
+pub fn decide(
+    plan: &Plan,
+    status: Option<&Status>,
+    obs: &Observation,
+    now: DateTime<Utc>,
+) -> Decision {
+    let cx = match status {
+        None => {
+            let mut cx = Cx::new(plan, None, Status::pending(&plan.name, "", ""), obs, now);
+            cx.begin();
+            cx
+        }
+        Some(before) => {
+            let mut cx = Cx::new(plan, Some(before), before.clone(), obs, now);
+            cx.run();
+            cx
+        }
+    };
+    cx.finish()
+}
+
+struct Cx<'a> {
+    plan: &'a Plan,
+    before: Option<&'a Status>,
+    s: Status,
+    obs: &'a Observation,
+    now: DateTime<Utc>,
+    actions: Vec<Action>,
+    reason: Option<String>,
+    verdicts: Vec<String>,
+    revert: Option<Revert>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(
+        plan: &'a Plan,
+        before: Option<&'a Status>,
+        s: Status,
+        obs: &'a Observation,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            plan,
+            before,
+            s,
+            obs,
+            now,
+            actions: Vec::new(),
+            reason: None,
+            verdicts: Vec::new(),
+            revert: None,
+        }
+    }
+
+    fn has(&self, c: Command) -> bool {
+        self.obs.commands.contains(&c)
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        steps(self.plan, self.s.fast_track)
+    }
+
+    fn run(&mut self) {
+        let artifact = self.plan.artifact.as_str();
+        let phase = self.s.phase;
+        if phase.is_terminal() {
+            let same = artifact == self.s.candidate;
+            if phase == Phase::RolledBack && same && self.has(Command::Retry) {
+                self.begin();
+                self.reason = Some(format!("retry of {artifact} requested"));
+            } else if !same && self.s.stable.as_deref() != Some(artifact) {
+                self.begin();
+            } else if phase == Phase::RolledBack && same && self.obs.revision != self.s.revision {
+                // The plan was changed again to name the rolled-back artifact: a human re-proposes it.
+                self.begin();
+            }
+            return;
+        }
+        if phase == Phase::RollingBack {
+            if self.obs.health == TargetHealth::Healthy {
+                self.s.phase = Phase::RolledBack;
+                self.reason = Some(match &self.s.stable {
+                    Some(stable) => format!("rolled back to {stable}"),
+                    None => format!("rolled back: {} removed", self.s.candidate),
+                });
+            } else {
+                self.actions.push(Action::Rollback {
+                    stable: self.s.stable.clone(),
+                });
+            }
+            return;
+        }
+
+        // In flight: Pending, Progressing, Paused, Held, Promoting.
+        if self.s.stable.as_deref() == Some(artifact) {
+            return self.roll_back(
+                format!("reverted by a human: the plan is back at {artifact}"),
+                Vec::new(),
+                None,
+            );
+        }
+        if artifact != self.s.candidate {
+            let old = self.s.candidate.clone();
+            self.actions.push(Action::Rollback {
+                stable: self.s.stable.clone(),
+            });
+            self.begin();
+            let why = self.reason.take().unwrap_or_default();
+            self.reason = Some(format!("{old} superseded; {why}"));
+            return;
+        }
+        if self.has(Command::Abort) {
+            return self.roll_back("aborted by command".to_owned(), Vec::new(), None);
+        }
+        if phase != Phase::Pending {
+            match &self.obs.health {
+                TargetHealth::Unhealthy { reason } => {
+                    return self.fail(format!("target unhealthy: {reason}"), Vec::new());
+                }
+                TargetHealth::Progressing if self.past_deadline() => {
+                    return self.fail(
+                        format!(
+                            "progressDeadline {} exceeded",
+                            duration::format(self.plan.progress_deadline)
+                        ),
+                        Vec::new(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let unreachable = match &self.obs.health {
+            TargetHealth::Unreachable { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        match phase {
+            Phase::Pending => self.advance_to(0, "rollout starts".to_owned()),
+            Phase::Held => {
+                let kind = self.s.hold.as_ref().map_or(HoldKind::Evidence, |h| h.kind);
+                match kind {
+                    HoldKind::Window => {
+                        self.advance_to(self.s.step, "change window opened".to_owned())
+                    }
+                    HoldKind::Target if unreachable.is_none() => {
+                        self.advance_to(self.s.step, "target reachable again".to_owned())
+                    }
+                    HoldKind::Target => {}
+                    HoldKind::Evidence => {
+                        if self.has(Command::Promote) {
+                            self.complete_step("promoted by command".to_owned());
+                        } else if self.has(Command::Retry) {
+                            self.enter(self.s.step, "retry requested".to_owned());
+                        }
+                    }
+                }
+            }
+            Phase::Promoting => match self.obs.health {
+                TargetHealth::Healthy => self.succeed(),
+                _ => self.actions.push(Action::Promote {
+                    artifact: self.s.candidate.clone(),
+                }),
+            },
+            Phase::Progressing | Phase::Paused => {
+                if let Some(reason) = unreachable {
+                    self.hold(HoldKind::Target, format!("target unreachable: {reason}"));
+                } else if self.has(Command::Promote) {
+                    self.complete_step("promoted by command".to_owned());
+                } else {
+                    self.run_step();
+                }
+            }
+            Phase::Succeeded | Phase::RollingBack | Phase::RolledBack => {}
+        }
+    }
+
+    fn started(&self) -> DateTime<Utc> {
+        self.s.step_started_at.unwrap_or(self.now)
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.now > plus(self.started(), self.plan.progress_deadline)
+    }
+
+    /// The current step, at the target's current health (Healthy or Progressing).
+    fn run_step(&mut self) {
+        let healthy = self.obs.health == TargetHealth::Healthy;
+        let steps = self.steps();
+        let started = self.started();
+        match steps.get(self.s.step) {
+            None => self.advance_to(steps.len(), "all steps done".to_owned()),
+            Some(Step::SetWeight(w)) => {
+                if healthy {
+                    self.complete_step(format!("weight {w} is serving"));
+                }
+            }
+            Some(Step::Pause(None)) => {}
+            Some(Step::Pause(Some(d))) => {
+                if healthy && self.now >= plus(started, *d) {
+                    self.complete_step(format!("pause of {} ended", duration::format(*d)));
+                }
+            }
+            Some(Step::Analysis(a)) => {
+                analysis::record(
+                    self.plan,
+                    &mut self.s.analysis,
+                    started,
+                    &self.obs.measurements,
+                );
+                match analysis::evaluate(self.plan, a, &self.s.analysis, started, self.now) {
+                    Outcome::Running => {}
+                    Outcome::Passed if healthy => self.complete_step("analysis passed".to_owned()),
+                    Outcome::Passed => {}
+                    Outcome::Failed { reason, evidence } => self.fail(reason, evidence),
+                    Outcome::Held { reason } => {
+                        self.verdicts = self.analysis_verdicts();
+                        self.hold(HoldKind::Evidence, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn analysis_verdicts(&self) -> Vec<String> {
+        self.s
+            .analysis
+            .iter()
+            .filter_map(|r| r.last.as_ref().map(Judgement::to_string))
+            .collect()
+    }
+
+    /// The current step is done (or skipped by a promotion): go to the next one.
+    fn complete_step(&mut self, reason: String) {
+        if let Some(Step::Analysis(_)) = self.steps().get(self.s.step) {
+            self.verdicts = self.analysis_verdicts();
+        }
+        self.advance_to(self.s.step + 1, reason);
+    }
+
+    /// Enter step `i` if the change window allows; otherwise hold until it opens.
+    fn advance_to(&mut self, i: usize, reason: String) {
+        if !self.s.fast_track && !self.plan.windows.is_open(self.now) {
+            self.s.step = i.min(self.steps().len());
+            self.s.analysis.clear();
+            self.hold(HoldKind::Window, "change window closed".to_owned());
+            return;
+        }
+        self.enter(i, reason);
+    }
+
+    fn enter(&mut self, i: usize, reason: String) {
+        let steps = self.steps();
+        let n = steps.len();
+        let candidate = self.s.candidate.clone();
+        self.s.hold = None;
+        self.s.step_started_at = Some(self.now);
+        self.s.analysis.clear();
+        self.s.step = i.min(n);
+        if i == 0 {
+            self.actions.push(Action::StartCandidate {
+                artifact: candidate.clone(),
+            });
+        }
+        let what = match steps.get(i) {
+            None => {
+                self.s.phase = Phase::Promoting;
+                self.actions.push(Action::Promote {
+                    artifact: candidate.clone(),
+                });
+                format!("promoting {candidate}")
+            }
+            Some(Step::SetWeight(w)) => {
+                self.s.phase = Phase::Progressing;
+                self.s.weight = *w;
+                self.actions.push(Action::SetWeight(*w));
+                format!("setWeight {w}")
+            }
+            Some(Step::Pause(d)) => {
+                self.s.phase = Phase::Paused;
+                match d {
+                    Some(d) => format!("pause {}", duration::format(*d)),
+                    None => "pause until promoted".to_owned(),
+                }
+            }
+            Some(Step::Analysis(a)) => {
+                self.s.phase = Phase::Progressing;
+                self.s.analysis = analysis::start(a);
+                format!(
+                    "analysis of {} for {}",
+                    a.checks.join(", "),
+                    duration::format(a.duration)
+                )
+            }
+        };
+        self.reason = Some(format!("{reason}: {what}"));
+    }
+
+    fn hold(&mut self, kind: HoldKind, reason: String) {
+        self.s.phase = Phase::Held;
+        self.s.hold = Some(Hold {
+            kind,
+            reason: reason.clone(),
+        });
+        self.reason = Some(format!("held: {reason}"));
+    }
+
+    fn succeed(&mut self) {
+        let artifact = self.s.candidate.clone();
+        self.s.phase = Phase::Succeeded;
+        self.s.stable = Some(artifact.clone());
+        self.s.weight = 100;
+        self.s.hold = None;
+        self.s.analysis.clear();
+        self.s.succeeded.retain(|x| x.artifact != artifact);
+        self.s.succeeded.push(Success {
+            artifact: artifact.clone(),
+            at: self.now,
+        });
+        let excess = self.s.succeeded.len().saturating_sub(MAX_SUCCEEDED);
+        self.s.succeeded.drain(..excess);
+        self.reason = Some(format!("{artifact} is stable"));
+    }
+
+    /// A failed judgement: roll back, and revert the plan change when the plan says so.
+    fn fail(&mut self, reason: String, evidence: Vec<Judgement>) {
+        let revert = (self.plan.rollback.on_failure == OnFailure::Revert).then(|| Revert {
+            of_revision: self.s.revision.clone(),
+            reason: reason.clone(),
+            evidence: evidence.clone(),
+        });
+        self.roll_back(reason, evidence, revert);
+    }
+
+    fn roll_back(&mut self, reason: String, evidence: Vec<Judgement>, revert: Option<Revert>) {
+        self.s.phase = Phase::RollingBack;
+        self.s.hold = None;
+        self.s.weight = 0;
+        self.s.step_started_at = Some(self.now);
+        self.actions.push(Action::Rollback {
+            stable: self.s.stable.clone(),
+        });
+        self.verdicts = evidence.iter().map(Judgement::to_string).collect();
+        self.reason = Some(format!("rolling back: {reason}"));
+        self.revert = revert;
+    }
+
+    /// Start a rollout of the plan's artifact (fast-tracked when it was recently stable).
+    fn begin(&mut self) {
+        let artifact = self.plan.artifact.clone();
+        let fast_track = was_recently_stable(
+            &self.s.succeeded,
+            self.s.stable.as_deref(),
+            &artifact,
+            self.now,
+            self.plan.rollback.rollback_window,
+        );
+        let mut next = Status::pending(&self.plan.name, &artifact, &self.obs.revision);
+        next.stable = self.s.stable.clone();
+        next.succeeded = self.s.succeeded.clone();
+        next.fast_track = fast_track;
+        next.last_transition_at = self.s.last_transition_at;
+        next.message = self.s.message.clone();
+        self.s = next;
+        self.reason = Some(if fast_track {
+            format!("fast-tracked rollout of {artifact}: stable within the rollback window")
+        } else {
+            format!("rollout of {artifact} pending")
+        });
+    }
+
+    fn finish(mut self) -> Decision {
+        let key = |s: &Status| {
+            (
+                s.phase,
+                s.step,
+                s.hold.clone(),
+                s.candidate.clone(),
+                s.fast_track,
+            )
+        };
+        let transitioned = self.before.is_none_or(|b| key(b) != key(&self.s));
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| "status changed".to_owned());
+        if transitioned {
+            self.s.last_transition_at = Some(self.now);
+            self.s.message = Some(reason.clone());
+        }
+        let n = self.steps().len();
+        let transition = transitioned.then(|| Transition {
+            from: self.before.map(|b| b.phase),
+            to: self.s.phase,
+            step: if self.s.phase == Phase::Pending {
+                (0, n)
+            } else {
+                ((self.s.step + 1).min(n), n)
+            },
+            reason,
+            verdicts: std::mem::take(&mut self.verdicts),
+        });
+        let next_wakeup = wakeup(self.plan, &self.s, self.now);
+        let status = (self.before != Some(&self.s)).then_some(self.s);
+        Decision {
+            status,
+            actions: self.actions,
+            transition,
+            revert: self.revert,
+            next_wakeup,
+        }
+    }
+}
+
+/// Was `artifact` the stable artifact at some time within `window` before `now`?
+/// It stopped being stable when the next success replaced it.
+fn was_recently_stable(
+    succeeded: &[Success],
+    stable: Option<&str>,
+    artifact: &str,
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+) -> bool {
+    if stable.is_none() || stable == Some(artifact) {
+        return false;
+    }
+    let Some(k) = succeeded.iter().rposition(|x| x.artifact == artifact) else {
+        return false;
+    };
+    match succeeded.get(k + 1) {
+        Some(next) => plus(next.at, window) >= now,
+        None => true,
+    }
+}
+
+/// When to decide again, from the status alone.
+fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let poll = plus(now, POLL);
+    let started = s.step_started_at.unwrap_or(now);
+    match s.phase {
+        Phase::Pending => Some(now),
+        Phase::Succeeded | Phase::RolledBack => None,
+        Phase::Promoting | Phase::RollingBack => Some(poll),
+        Phase::Held => match s.hold.as_ref().map(|h| h.kind) {
+            Some(HoldKind::Window) => {
+                let horizon = chrono::Duration::days(WINDOW_HORIZON_DAYS);
+                plan.windows
+                    .next_open(now, horizon)
+                    .or_else(|| now.checked_add_signed(horizon))
+            }
+            Some(HoldKind::Target) => Some(poll),
+            Some(HoldKind::Evidence) | None => None,
+        },
+        Phase::Progressing | Phase::Paused => match steps(plan, s.fast_track).get(s.step) {
+            Some(Step::Pause(None)) => None,
+            Some(Step::Pause(Some(d))) => {
+                let end = plus(started, *d);
+                Some(if end > now { end } else { poll })
+            }
+            Some(Step::Analysis(a)) => {
+                Some(analysis::next_wakeup(plan, a, &s.analysis, started).max(now))
+            }
+            Some(Step::SetWeight(_)) | None => {
+                Some(poll.min(plus(started, plan.progress_deadline)).max(now))
+            }
+        },
+    }
+}

@@ -1,0 +1,149 @@
+//! The decision core: `decide(plan, status, observation, now) -> Decision`.
+//!
+//! ```text
+//!             ┌──────── promote / pause ends ───────┐
+//!             v                                     │
+//!  Pending ─> Progressing(step i) ⇄ Paused ─> … ─> Promoting ─> Succeeded
+//!    │             │      │                             │
+//!    │             │      └─> Held (window / evidence / target) ─┐
+//!    └─────────────┴──────────── fail, abort, human revert ──────┴─> RollingBack ─> RolledBack
+//! ```
+//!
+//! The daemon gathers what it observed (target health, new measurements, commands in
+//! Git), calls `decide`, executes the returned actions in order, and records the
+//! transition as one status commit (plus a revert commit when asked).
+//! Invariants: no I/O and no clock (`now` is an argument); the same inputs give the
+//! same decision; a decision with nothing new has no transition; stages advance only
+//! inside the change window while rollbacks are never blocked; nothing is promoted
+//! without a passing verdict or an explicit promotion.
+
+mod analysis;
+mod decide;
+mod judge;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use analysis::{Observed, Outcome};
+pub use decide::{decide, due_checks, steps};
+pub use judge::{Measurement, judge};
+
+use crate::model::status::{Judgement, Phase, Status};
+
+/// What the daemon saw since the last decision, gathered before deciding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The commit that last changed the plan file (becomes the rollout's revision).
+    pub revision: String,
+    /// The target's state for the current step.
+    pub health: TargetHealth,
+    /// Measurements taken since the last decision (see `due_checks`).
+    pub measurements: Vec<Observed>,
+    /// Commands found in Git since the last decision, oldest first.
+    pub commands: Vec<Command>,
+}
+
+impl Observation {
+    /// Nothing new, the target is healthy.
+    pub fn quiet(revision: &str) -> Self {
+        Self {
+            revision: revision.to_owned(),
+            health: TargetHealth::Healthy,
+            measurements: Vec::new(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+/// The target's view of the desired state of the current step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHealth {
+    /// The step's desired state is in place and serving.
+    Healthy,
+    /// Still converging (pods starting, weights propagating).
+    Progressing,
+    /// The candidate is broken (crash loop, failing health checks): the stage fails.
+    Unhealthy { reason: String },
+    /// The target could not be asked: the rollout holds.
+    Unreachable { reason: String },
+}
+
+/// A human's command, written to Git (CLI, plain commit, or PR comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Pass an untimed pause, accept an inconclusive analysis, or force the next step.
+    Promote,
+    /// Roll back now (no revert commit: the human chose to stop).
+    Abort,
+    /// Restart a rolled-back rollout of the same artifact, or re-run a held analysis.
+    Retry,
+}
+
+/// A change to make on the target; every action is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run the candidate next to the stable version, without traffic.
+    StartCandidate { artifact: String },
+    /// Send this share (0..=100) of traffic to the candidate.
+    SetWeight(u8),
+    /// Make the candidate the stable version at full traffic; retire the old one.
+    Promote { artifact: String },
+    /// Send all traffic to the stable version and remove the candidate.
+    Rollback { stable: Option<String> },
+}
+
+/// One status commit's worth of change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// `None` for a plan seen for the first time.
+    pub from: Option<Phase>,
+    pub to: Phase,
+    /// `(i, n)`: 1-based step and step count, as in `Rollgate-Step: i/n` (0 while pending).
+    pub step: (usize, usize),
+    pub reason: String,
+    /// The verdicts behind the transition, one `Rollgate-Verdict` trailer each.
+    pub verdicts: Vec<String>,
+}
+
+/// A revert of the plan change to push, because a judgement failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revert {
+    pub of_revision: String,
+    pub reason: String,
+    pub evidence: Vec<Judgement>,
+}
+
+/// The outcome of one `decide`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The new status, or `None` when nothing changed. A new status without a
+    /// transition only updates counters: keep it, write it with the next transition.
+    pub status: Option<Status>,
+    /// Target actions, to execute in order before recording the transition.
+    pub actions: Vec<Action>,
+    /// The transition to record as one status commit; `None`: no commit.
+    pub transition: Option<Transition>,
+    /// Push a revert of the plan change (after the status commit).
+    pub revert: Option<Revert>,
+    /// When to decide again at the latest (next measurement, pause end, window opening).
+    pub next_wakeup: Option<DateTime<Utc>>,
+}
+
+/// How often a waiting rollout looks again (target converging, unreachable, promoting).
+pub const POLL: Duration = Duration::from_secs(10);
+
+/// How far ahead a closed window's opening is searched.
+pub const WINDOW_HORIZON_DAYS: i64 = 8;
+
+/// `t + d`, saturating instead of overflowing.
+pub(crate) fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

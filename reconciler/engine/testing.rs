@@ -1,0 +1,289 @@
+//! Fixtures for engine tests: a plan builder, observations, statuses and a driver.
+//!
+//! Invariant: test-only (`#[cfg(test)]`); times are minutes after Monday
+//! 2026-11-23 10:00 UTC, inside the builder's optional office-hours window.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{
+    Action, Command, Decision, Measurement, Observation, Observed, TargetHealth, Transition, decide,
+};
+use crate::model::plan::{
+    Analysis, BlueGreen, Check, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLBACK_WINDOW, Judge,
+    LocalWorkload, OnFailure, Plan, RollbackPolicy, Step, Strategy, Workload,
+};
+use crate::model::status::{Phase, Status, Success};
+use crate::model::window::{CronExpr, Windows};
+
+pub const REV: &str = "rev-v2";
+
+/// `m` minutes after Monday 2026-11-23 10:00 UTC (may be negative).
+pub fn t(m: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+        .single()
+        .expect("valid time")
+        + chrono::Duration::minutes(m)
+}
+
+pub fn mins(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
+
+pub fn threshold_check(name: &str, min: Option<f64>, max: Option<f64>) -> Check {
+    Check {
+        name: name.to_owned(),
+        source: "builtin".to_owned(),
+        query: "success-rate".to_owned(),
+        judge: Judge::Threshold { min, max },
+        interval: mins(1),
+        failure_limit: 0,
+        consecutive_error_limit: 2,
+    }
+}
+
+pub fn analysis_step(checks: &[&str], minutes: u64) -> Analysis {
+    Analysis {
+        checks: checks.iter().map(|c| (*c).to_owned()).collect(),
+        duration: mins(minutes),
+    }
+}
+
+pub fn weight(w: u8) -> Step {
+    Step::SetWeight(w)
+}
+
+pub fn pause(minutes: u64) -> Step {
+    Step::Pause(Some(mins(minutes)))
+}
+
+pub fn pause_untimed() -> Step {
+    Step::Pause(None)
+}
+
+pub fn analysis(checks: &[&str], minutes: u64) -> Step {
+    Step::Analysis(analysis_step(checks, minutes))
+}
+
+/// A measurement of `check` at `at`.
+pub fn ok(check: &str, at: DateTime<Utc>, value: f64, samples: u64) -> Observed {
+    Observed {
+        check: check.to_owned(),
+        at,
+        result: Ok(Measurement {
+            value: Some(value),
+            samples,
+        }),
+    }
+}
+
+/// A failed attempt to measure `check` at `at`.
+pub fn err(check: &str, at: DateTime<Utc>) -> Observed {
+    Observed {
+        check: check.to_owned(),
+        at,
+        result: Err("connection refused".to_owned()),
+    }
+}
+
+#[derive(Debug)]
+pub struct PlanBuilder {
+    plan: Plan,
+}
+
+impl PlanBuilder {
+    /// `checkout`, artifact `app:v2`, steps 5% → 100%, no checks, minSamples 100, always open.
+    pub fn new() -> Self {
+        Self {
+            plan: Plan {
+                name: "checkout".to_owned(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                target: "local".to_owned(),
+                workload: Workload::Local(LocalWorkload {
+                    command: vec!["app".to_owned()],
+                    listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    health_path: "/healthz".to_owned(),
+                    health_status: 200,
+                    health_timeout: Duration::from_secs(1),
+                    env: BTreeMap::new(),
+                    sticky: None,
+                }),
+                artifact: "app:v2".to_owned(),
+                promoted_from: None,
+                strategy: Strategy::Canary {
+                    steps: vec![weight(5), weight(100)],
+                },
+                checks: Vec::new(),
+                min_samples: 100,
+                windows: Windows::default(),
+                rollback: RollbackPolicy {
+                    on_failure: OnFailure::Revert,
+                    rollback_window: DEFAULT_ROLLBACK_WINDOW,
+                },
+                progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            },
+        }
+    }
+
+    pub fn artifact(mut self, a: &str) -> Self {
+        a.clone_into(&mut self.plan.artifact);
+        self
+    }
+
+    pub fn steps(mut self, steps: Vec<Step>) -> Self {
+        self.plan.strategy = Strategy::Canary { steps };
+        self
+    }
+
+    pub fn blue_green(mut self, preview: Option<Analysis>, auto_promote: bool) -> Self {
+        self.plan.strategy = Strategy::BlueGreen(BlueGreen {
+            preview,
+            auto_promote,
+            scale_down_delay: Duration::from_secs(30),
+        });
+        self
+    }
+
+    pub fn threshold(mut self, name: &str, min: Option<f64>, max: Option<f64>) -> Self {
+        self.plan.checks.push(threshold_check(name, min, max));
+        self
+    }
+
+    fn check_mut(&mut self, name: &str) -> &mut Check {
+        self.plan
+            .checks
+            .iter_mut()
+            .find(|c| c.name == name)
+            .expect("check added first")
+    }
+
+    pub fn failure_limit(mut self, name: &str, n: u32) -> Self {
+        self.check_mut(name).failure_limit = n;
+        self
+    }
+
+    pub fn consecutive_error_limit(mut self, name: &str, n: u32) -> Self {
+        self.check_mut(name).consecutive_error_limit = n;
+        self
+    }
+
+    pub fn min_samples(mut self, n: u64) -> Self {
+        self.plan.min_samples = n;
+        self
+    }
+
+    /// Stages may advance only in minutes matching `cron` (UTC).
+    pub fn window(mut self, cron: &str) -> Self {
+        self.plan
+            .windows
+            .allow
+            .push(CronExpr::parse(cron).expect("valid cron"));
+        self
+    }
+
+    pub fn on_failure(mut self, f: OnFailure) -> Self {
+        self.plan.rollback.on_failure = f;
+        self
+    }
+
+    pub fn rollback_window(mut self, d: Duration) -> Self {
+        self.plan.rollback.rollback_window = d;
+        self
+    }
+
+    pub fn progress_deadline(mut self, d: Duration) -> Self {
+        self.plan.progress_deadline = d;
+        self
+    }
+
+    pub fn build(self) -> Plan {
+        self.plan
+    }
+}
+
+/// The status of a plan whose `artifact` has been stable since `at`.
+pub fn stable_status(artifact: &str, at: DateTime<Utc>) -> Status {
+    let mut s = Status::pending("checkout", artifact, "rev-v1");
+    s.phase = Phase::Succeeded;
+    s.stable = Some(artifact.to_owned());
+    s.weight = 100;
+    s.succeeded = vec![Success {
+        artifact: artifact.to_owned(),
+        at,
+    }];
+    s.last_transition_at = Some(at);
+    s
+}
+
+/// Nothing new; the target is healthy.
+pub fn quiet() -> Observation {
+    Observation::quiet(REV)
+}
+
+impl Observation {
+    pub fn health(mut self, h: TargetHealth) -> Self {
+        self.health = h;
+        self
+    }
+
+    pub fn measured(mut self, m: Vec<Observed>) -> Self {
+        self.measurements = m;
+        self
+    }
+
+    pub fn command(mut self, c: Command) -> Self {
+        self.commands.push(c);
+        self
+    }
+}
+
+pub fn progressing() -> Observation {
+    quiet().health(TargetHealth::Progressing)
+}
+
+/// Drives a plan through decisions the way the daemon would, recording what happened.
+#[derive(Debug)]
+pub struct Rollout {
+    pub plan: Plan,
+    pub status: Option<Status>,
+    pub transitions: Vec<Transition>,
+    pub actions: Vec<Action>,
+}
+
+impl Rollout {
+    pub fn new(plan: Plan, status: Option<Status>) -> Self {
+        Self {
+            plan,
+            status,
+            transitions: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Decide once and apply the decision.
+    pub fn decide(&mut self, obs: &Observation, now: DateTime<Utc>) -> Decision {
+        let d = decide(&self.plan, self.status.as_ref(), obs, now);
+        if let Some(s) = &d.status {
+            self.status = Some(s.clone());
+        }
+        self.transitions.extend(d.transition.clone());
+        self.actions.extend(d.actions.iter().cloned());
+        d
+    }
+
+    pub fn status(&self) -> &Status {
+        self.status.as_ref().expect("a status")
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.status().phase
+    }
+
+    /// `(phase, 1-based step)` of every transition so far.
+    pub fn story(&self) -> Vec<(Phase, usize)> {
+        self.transitions.iter().map(|t| (t.to, t.step.0)).collect()
+    }
+}

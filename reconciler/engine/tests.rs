@@ -1,0 +1,675 @@
+//! Lifecycle stories for `decide`, told Given/When/Then.
+//!
+//! Invariant: each test starts from builders in `testing` and drives decisions the
+//! way the daemon does (observe, decide, apply), never by poking at internals.
+
+use super::testing::*;
+use super::*;
+use crate::model::plan::{OnFailure, Plan};
+use crate::model::status::{HoldKind, Phase};
+
+fn v1_stable_v2_planned() -> PlanBuilder {
+    PlanBuilder::new().artifact("app:v2")
+}
+
+fn hold_kind(r: &Rollout) -> Option<HoldKind> {
+    r.status().hold.as_ref().map(|h| h.kind)
+}
+
+#[test]
+fn a_plan_change_walks_every_step_to_succeeded_with_one_transition_per_change() {
+    // Given v1 is stable and the plan now names v2 with a canary of five steps
+    let plan = v1_stable_v2_planned()
+        .threshold("sr", Some(0.99), None)
+        .steps(vec![
+            weight(5),
+            analysis(&["sr"], 2),
+            weight(25),
+            pause(5),
+            weight(100),
+        ])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+
+    // When the daemon sees the change, then works through each step
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Pending);
+    assert_eq!(d.next_wakeup, Some(t(0)));
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StartCandidate {
+                artifact: "app:v2".to_owned()
+            },
+            Action::SetWeight(5)
+        ]
+    );
+    assert_eq!(r.decide(&progressing(), t(0)).transition, None);
+    r.decide(&quiet(), t(1)); // 5% healthy: analysis starts
+    assert_eq!(due_checks(&r.plan, r.status(), t(1)), vec!["sr".to_owned()]);
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(1), 0.995, 500)]), t(1));
+    assert!(
+        d.status.is_some() && d.transition.is_none(),
+        "counters only"
+    );
+    assert_eq!(d.next_wakeup, Some(t(2)));
+    r.decide(&quiet().measured(vec![ok("sr", t(2), 0.996, 500)]), t(2));
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(3), 0.997, 500)]), t(3));
+    let passed = d.transition.expect("analysis passed");
+    assert_eq!(passed.verdicts, vec!["pass sr value=0.997 min=0.99 n=500"]);
+    assert_eq!(d.actions, vec![Action::SetWeight(25)]);
+    r.decide(&quiet(), t(4)); // 25% healthy: pause 5m
+    assert_eq!(r.phase(), Phase::Paused);
+    r.decide(&quiet(), t(8));
+    assert_eq!(r.phase(), Phase::Paused);
+    r.decide(&quiet(), t(9)); // pause over: 100%
+    r.decide(&quiet(), t(10)); // 100% healthy: promote
+    assert_eq!(r.phase(), Phase::Promoting);
+    r.decide(&progressing(), t(10));
+    let d = r.decide(&quiet(), t(11));
+
+    // Then it succeeded, v2 is stable, and each change was one transition
+    assert_eq!(r.phase(), Phase::Succeeded);
+    assert_eq!(d.next_wakeup, None);
+    assert_eq!(r.status().stable.as_deref(), Some("app:v2"));
+    assert_eq!(
+        r.story(),
+        vec![
+            (Phase::Pending, 0),
+            (Phase::Progressing, 1),
+            (Phase::Progressing, 2),
+            (Phase::Progressing, 3),
+            (Phase::Paused, 4),
+            (Phase::Progressing, 5),
+            (Phase::Promoting, 5),
+            (Phase::Succeeded, 5),
+        ]
+    );
+    let weights: Vec<u8> = r
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetWeight(w) => Some(*w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(weights, vec![5, 25, 100]);
+    assert!(r.actions.contains(&Action::Promote {
+        artifact: "app:v2".to_owned()
+    }));
+    assert!(r.transitions.iter().all(|t| t.step.1 == 5));
+    // and nothing more happens afterwards
+    assert_eq!(r.decide(&quiet(), t(12)).status, None);
+}
+
+#[test]
+fn a_first_plan_starts_from_no_status() {
+    let plan = PlanBuilder::new().build();
+    let d = decide(&plan, None, &quiet(), t(0));
+    let tr = d.transition.expect("first transition");
+    assert_eq!((tr.from, tr.to), (None, Phase::Pending));
+    let s = d.status.expect("status");
+    assert_eq!((s.candidate.as_str(), s.revision.as_str()), ("app:v2", REV));
+    assert_eq!(s.stable, None);
+}
+
+#[test]
+fn a_timed_pause_waits_until_its_time() {
+    // Given a rollout paused for 15 minutes from t(0)
+    let plan = v1_stable_v2_planned()
+        .steps(vec![pause(15), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-1));
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Paused);
+    assert_eq!(d.next_wakeup, Some(t(15)));
+    // When the daemon wakes early, Then nothing changes
+    let d = r.decide(&quiet(), t(14));
+    assert_eq!((d.status, d.transition), (None, None));
+    // When its time has come, Then the next step starts
+    let d = r.decide(&quiet(), t(15));
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+    assert_eq!(r.phase(), Phase::Progressing);
+}
+
+#[test]
+fn an_untimed_pause_waits_for_a_promote_command() {
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(50), pause_untimed(), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet(), t(1));
+    assert_eq!(r.phase(), Phase::Paused);
+    assert_eq!(d.next_wakeup, None, "only a human moves an untimed pause");
+    // When days pass, Then it still waits
+    assert_eq!(r.decide(&quiet(), t(3 * 24 * 60)).transition, None);
+    // When a promotion is committed, Then the next step starts
+    let d = r.decide(&quiet().command(Command::Promote), t(3 * 24 * 60 + 1));
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+    assert!(d.transition.expect("moved").reason.contains("promoted"));
+}
+
+fn in_analysis(plan: Plan) -> Rollout {
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-2));
+    r.decide(&quiet(), t(-1)); // 5%
+    r.decide(&quiet(), t(0)); // analysis starts at t(0)
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert_eq!(r.status().analysis.len(), r.plan.checks.len());
+    r
+}
+
+fn analysed(builder: PlanBuilder) -> Plan {
+    builder
+        .steps(vec![weight(5), analysis(&["sr", "p99"], 3), weight(100)])
+        .build()
+}
+
+#[test]
+fn an_analysis_with_all_passes_advances() {
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    for m in 0..3 {
+        let d = r.decide(
+            &quiet().measured(vec![ok("sr", t(m), 0.999, 800), ok("p99", t(m), 0.2, 800)]),
+            t(m),
+        );
+        assert_eq!(d.transition, None, "still measuring at minute {m}");
+    }
+    let d = r.decide(
+        &quiet().measured(vec![ok("sr", t(3), 0.999, 800), ok("p99", t(3), 0.2, 800)]),
+        t(3),
+    );
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+    assert_eq!(d.transition.expect("advanced").verdicts.len(), 2);
+}
+
+#[test]
+fn a_check_failing_beyond_its_failure_limit_rolls_back_with_a_revert_carrying_the_evidence() {
+    // Given an analysis whose success-rate check tolerates one failure
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .failure_limit("sr", 1)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    // When it fails once, Then the rollout carries on
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(1), 0.9, 800)]), t(1));
+    assert_eq!(d.transition, None);
+    // When it fails twice
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(2), 0.8, 800)]), t(2));
+    // Then traffic goes back to v1 and the plan change is reverted, with the evidence
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(
+        d.actions,
+        vec![Action::Rollback {
+            stable: Some("app:v1".to_owned())
+        }]
+    );
+    let revert = d.revert.expect("a revert");
+    assert_eq!(revert.of_revision, REV);
+    assert!(
+        revert.reason.contains("failed 2 times"),
+        "{}",
+        revert.reason
+    );
+    assert_eq!(revert.evidence.len(), 1);
+    assert_eq!(revert.evidence[0].evidence.value, Some(0.8));
+    let tr = d.transition.expect("transition");
+    assert_eq!(
+        tr.verdicts,
+        vec!["fail sr value=0.8 min=0.99 n=800 (0.8 is below min 0.99)"]
+    );
+    // When the target reports v1 serving, Then the rollout is rolled back
+    assert_eq!(
+        r.decide(&progressing(), t(3)).actions.len(),
+        1,
+        "rollback re-issued"
+    );
+    r.decide(&quiet(), t(4));
+    assert_eq!(r.phase(), Phase::RolledBack);
+    assert_eq!(
+        r.decide(&quiet(), t(5)).status,
+        None,
+        "nothing re-applies v2"
+    );
+}
+
+#[test]
+fn on_failure_hold_restores_traffic_without_a_revert() {
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .threshold("p99", None, Some(0.3))
+            .on_failure(OnFailure::Hold),
+    );
+    let mut r = in_analysis(plan);
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(1), 0.5, 800)]), t(1));
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(d.revert, None);
+}
+
+#[test]
+fn too_few_samples_is_inconclusive_and_holds_never_promoting() {
+    // Given a quiet service: every measurement has 10 samples, below minSamples 100
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .min_samples(100)
+            .threshold("sr", Some(0.99), None)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    for m in 0..=3 {
+        r.decide(
+            &quiet().measured(vec![ok("sr", t(m), 1.0, 10), ok("p99", t(m), 0.1, 10)]),
+            t(m),
+        );
+    }
+    // Then at the end of the analysis the rollout holds for a human
+    assert_eq!(r.phase(), Phase::Held);
+    assert_eq!(hold_kind(&r), Some(HoldKind::Evidence));
+    let reason = &r.status().hold.as_ref().expect("hold").reason;
+    assert!(reason.contains("too few samples"), "{reason}");
+    // and stays held, however long it waits, with nothing scheduled
+    let d = r.decide(&quiet(), t(600));
+    assert_eq!((d.status, d.next_wakeup), (None, None));
+    assert!(
+        !r.actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote { .. } | Action::SetWeight(100))),
+        "never promoted without evidence"
+    );
+    // Until a human accepts it
+    let d = r.decide(&quiet().command(Command::Promote), t(601));
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+}
+
+#[test]
+fn consecutive_errors_beyond_the_limit_hold_and_retry_reruns_the_analysis() {
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .consecutive_error_limit("sr", 2)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    r.decide(
+        &quiet().measured(vec![err("sr", t(0)), err("sr", t(1))]),
+        t(1),
+    );
+    assert_eq!(r.phase(), Phase::Progressing, "two errors are tolerated");
+    r.decide(&quiet().measured(vec![err("sr", t(2))]), t(2));
+    assert_eq!(r.phase(), Phase::Held);
+    assert_eq!(hold_kind(&r), Some(HoldKind::Evidence));
+    assert!(
+        r.status()
+            .hold
+            .as_ref()
+            .expect("hold")
+            .reason
+            .contains("3 consecutive errors")
+    );
+    // When a human asks for a retry, Then the analysis starts over with fresh counters
+    let d = r.decide(&quiet().command(Command::Retry), t(5));
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert!(d.transition.is_some());
+    assert!(r.status().analysis.iter().all(|c| c.measurements == 0));
+    assert_eq!(r.status().step_started_at, Some(t(5)));
+}
+
+#[test]
+fn a_closed_window_holds_until_it_opens_while_rollback_stays_allowed() {
+    // Given office hours, and a plan change merged on Monday at 17:00
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(5), weight(50), weight(100)])
+        .window("* 9-16 * * 1-5")
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(7 * 60));
+    // When the daemon would start the first step
+    let d = r.decide(&quiet(), t(7 * 60));
+    // Then it holds, with no action, and wakes at Tuesday 09:00
+    assert_eq!(r.phase(), Phase::Held);
+    assert_eq!(hold_kind(&r), Some(HoldKind::Window));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(23 * 60)));
+    assert_eq!(
+        r.decide(&quiet(), t(8 * 60)).status,
+        None,
+        "no no-op commits"
+    );
+    // When the window opens, Then the first step starts
+    let d = r.decide(&quiet(), t(23 * 60));
+    assert_eq!(d.actions[1], Action::SetWeight(5));
+    // When the 5% step turns healthy only after closing time (Tuesday 17:00)
+    assert_eq!(r.phase(), Phase::Progressing);
+    r.decide(&quiet(), t(31 * 60));
+    // Then the next step waits for Wednesday 09:00, at the weight it had
+    assert_eq!(hold_kind(&r), Some(HoldKind::Window));
+    assert_eq!(r.status().weight, 5, "weight stays where it was");
+    // and a failing candidate is still rolled back while the window is closed
+    let d = r.decide(
+        &quiet().health(TargetHealth::Unhealthy {
+            reason: "crash loop".to_owned(),
+        }),
+        t(32 * 60),
+    );
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert!(d.revert.is_some());
+    r.decide(&quiet(), t(32 * 60 + 1));
+    assert_eq!(r.phase(), Phase::RolledBack);
+}
+
+#[test]
+fn a_human_revert_mid_rollout_aborts_at_once_without_a_revert_commit() {
+    // Given a rollout of v2 at 25%
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(25), pause_untimed(), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(1));
+    assert_eq!(r.phase(), Phase::Paused);
+    // When a human reverts the plan back to v1
+    r.plan.artifact = "app:v1".to_owned();
+    let d = r.decide(&quiet(), t(2));
+    // Then traffic goes back to v1 at once, and rollgate pushes no revert of its own
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(
+        d.actions,
+        vec![Action::Rollback {
+            stable: Some("app:v1".to_owned())
+        }]
+    );
+    assert_eq!(d.revert, None);
+    assert!(
+        d.transition
+            .expect("transition")
+            .reason
+            .contains("reverted by a human")
+    );
+    r.decide(&quiet(), t(3));
+    assert_eq!(r.phase(), Phase::RolledBack);
+    assert_eq!(r.decide(&quiet(), t(4)).status, None);
+}
+
+#[test]
+fn a_revert_to_a_recently_stable_artifact_after_success_is_fast_tracked() {
+    // Given v1 was stable until v2 succeeded an hour ago
+    let plan = PlanBuilder::new()
+        .artifact("app:v1")
+        .threshold("sr", Some(0.99), None)
+        .steps(vec![
+            weight(5),
+            analysis(&["sr"], 10),
+            weight(50),
+            pause(30),
+            weight(100),
+        ])
+        .window("* 9-16 * * 1-5")
+        .build();
+    let mut status = stable_status("app:v1", t(-3000));
+    status.succeeded.push(crate::model::status::Success {
+        artifact: "app:v2".to_owned(),
+        at: t(-60),
+    });
+    status.stable = Some("app:v2".to_owned());
+    status.candidate = "app:v2".to_owned();
+    // When a human reverts the plan to v1 after hours
+    let mut r = Rollout::new(plan, Some(status));
+    let d = r.decide(&quiet(), t(8 * 60));
+    assert!(r.status().fast_track);
+    assert!(d.transition.expect("t").reason.contains("fast-tracked"));
+    // Then it walks its weights only, ignoring the window, straight to success
+    for m in 0..6 {
+        r.decide(&quiet(), t(8 * 60 + m));
+    }
+    assert_eq!(r.phase(), Phase::Succeeded);
+    assert_eq!(r.status().stable.as_deref(), Some("app:v1"));
+    assert!(
+        r.story()
+            .iter()
+            .all(|(p, _)| *p != Phase::Paused && *p != Phase::Held)
+    );
+    assert!(r.transitions.iter().all(|t| t.step.1 == 3), "5, 50, 100");
+}
+
+#[test]
+fn a_revert_to_an_artifact_replaced_long_ago_is_a_normal_rollout() {
+    let plan = PlanBuilder::new()
+        .artifact("app:v1")
+        .rollback_window(mins(60))
+        .build();
+    let mut status = stable_status("app:v1", t(-3000));
+    status.succeeded.push(crate::model::status::Success {
+        artifact: "app:v2".to_owned(),
+        at: t(-61),
+    });
+    status.stable = Some("app:v2".to_owned());
+    status.candidate = "app:v2".to_owned();
+    let d = decide(&plan, Some(&status), &quiet(), t(0));
+    assert!(!d.status.expect("pending").fast_track);
+}
+
+#[test]
+fn abort_rolls_back_and_retry_restarts_the_same_artifact() {
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), pause_untimed(), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    // When a human aborts
+    let d = r.decide(&quiet().command(Command::Abort), t(1));
+    // Then it rolls back without reverting the plan
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(d.revert, None);
+    r.decide(&quiet(), t(2));
+    assert_eq!(r.phase(), Phase::RolledBack);
+    // When a promote or nothing arrives, Then it stays rolled back
+    assert_eq!(
+        r.decide(&quiet().command(Command::Promote), t(3)).status,
+        None
+    );
+    // When a human asks for a retry, Then the same artifact is rolled out again
+    let d = r.decide(&quiet().command(Command::Retry), t(4));
+    assert_eq!(r.phase(), Phase::Pending);
+    assert!(d.transition.expect("t").reason.contains("retry"));
+    let d = r.decide(&quiet(), t(4));
+    assert_eq!(
+        d.actions[0],
+        Action::StartCandidate {
+            artifact: "app:v2".to_owned()
+        }
+    );
+}
+
+#[test]
+fn a_new_artifact_mid_rollout_supersedes_the_candidate() {
+    let plan = v1_stable_v2_planned().build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    r.plan.artifact = "app:v3".to_owned();
+    let d = r.decide(&Observation::quiet("rev-v3"), t(1));
+    assert_eq!(r.phase(), Phase::Pending);
+    assert_eq!(r.status().candidate, "app:v3");
+    assert_eq!(r.status().revision, "rev-v3");
+    assert_eq!(r.status().stable.as_deref(), Some("app:v1"));
+    assert!(matches!(d.actions[..], [Action::Rollback { .. }]));
+}
+
+#[test]
+fn an_unreachable_target_holds_and_the_step_resumes_when_it_answers() {
+    let plan = v1_stable_v2_planned().build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let down = quiet().health(TargetHealth::Unreachable {
+        reason: "no route to host".to_owned(),
+    });
+    let d = r.decide(&down, t(1));
+    assert_eq!(hold_kind(&r), Some(HoldKind::Target));
+    assert!(d.next_wakeup.is_some());
+    assert_eq!(r.decide(&down, t(2)).status, None);
+    let d = r.decide(&progressing(), t(3));
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StartCandidate {
+                artifact: "app:v2".to_owned()
+            },
+            Action::SetWeight(5)
+        ]
+    );
+}
+
+#[test]
+fn a_target_progressing_beyond_the_deadline_fails_the_stage() {
+    let plan = v1_stable_v2_planned().progress_deadline(mins(5)).build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    assert_eq!(r.decide(&progressing(), t(5)).transition, None);
+    let d = r.decide(&progressing(), t(6));
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert!(
+        d.revert
+            .expect("revert")
+            .reason
+            .contains("progressDeadline 5m")
+    );
+}
+
+#[test]
+fn blue_green_previews_then_switches() {
+    let plan = v1_stable_v2_planned()
+        .threshold("sr", Some(0.99), None)
+        .blue_green(Some(analysis_step(&["sr"], 1)), false)
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(d.actions[1], Action::SetWeight(0));
+    r.decide(&quiet(), t(1));
+    r.decide(&quiet().measured(vec![ok("sr", t(2), 0.999, 500)]), t(2));
+    assert_eq!(r.phase(), Phase::Paused, "waits for a promotion");
+    r.decide(&quiet().command(Command::Promote), t(3));
+    r.decide(&quiet(), t(4));
+    r.decide(&quiet(), t(5));
+    assert_eq!(r.phase(), Phase::Succeeded);
+}
+
+#[test]
+fn deciding_is_idempotent() {
+    // Given a rollout in each of its waiting states
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan.clone());
+    let obs = quiet().measured(vec![ok("sr", t(1), 0.999, 800), ok("p99", t(1), 0.1, 800)]);
+    // When deciding twice with the same inputs, Then the decisions are equal
+    let before = r.status.clone();
+    let first = decide(&plan, before.as_ref(), &obs, t(1));
+    let second = decide(&plan, before.as_ref(), &obs, t(1));
+    assert_eq!(first, second);
+    // When deciding again on the decided status with the same measurements,
+    // Then nothing is counted twice and nothing is committed
+    r.decide(&obs, t(1));
+    let again = r.decide(&obs, t(1));
+    assert_eq!((again.status, again.transition), (None, None));
+    assert_eq!(r.status().analysis[0].measurements, 1);
+    // and the same holds in every state that waits for time or for a human
+    let waiting = [(Phase::Paused, pause_untimed()), (Phase::Paused, pause(10))];
+    for (phase, step) in waiting {
+        let plan = v1_stable_v2_planned()
+            .steps(vec![step, weight(100)])
+            .build();
+        let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+        r.decide(&quiet(), t(0));
+        r.decide(&quiet(), t(0));
+        assert_eq!(r.phase(), phase);
+        let d = r.decide(&quiet(), t(1));
+        assert_eq!((d.status, d.transition), (None, None));
+    }
+}
+
+#[test]
+fn a_reverted_artifact_proposed_again_by_a_new_commit_rolls_out_again() {
+    // Given v2 failed, was rolled back, and rollgate's revert put v1 back in the plan
+    let plan = v1_stable_v2_planned().build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let broken = quiet().health(TargetHealth::Unhealthy {
+        reason: "crash loop".to_owned(),
+    });
+    assert!(r.decide(&broken, t(1)).revert.is_some());
+    r.decide(&quiet(), t(2));
+    r.plan.artifact = "app:v1".to_owned();
+    assert_eq!(
+        r.decide(&Observation::quiet("rev-revert"), t(3)).status,
+        None
+    );
+    // When the same plan commit is seen again, Then nothing restarts
+    r.plan.artifact = "app:v2".to_owned();
+    assert_eq!(r.decide(&quiet(), t(4)).status, None);
+    // When a human commits v2 to the plan again, Then it rolls out again
+    r.decide(&Observation::quiet("rev-v2-again"), t(5));
+    assert_eq!(r.phase(), Phase::Pending);
+    assert_eq!(r.status().revision, "rev-v2-again");
+}
+
+#[test]
+fn a_promotion_while_the_window_is_closed_waits_for_the_opening() {
+    // Given an untimed pause at 16:00 on Monday, inside office hours
+    let plan = v1_stable_v2_planned()
+        .steps(vec![pause_untimed(), weight(100)])
+        .window("* 9-16 * * 1-5")
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(6 * 60));
+    r.decide(&quiet(), t(6 * 60));
+    assert_eq!(r.phase(), Phase::Paused);
+    // When a human promotes after closing time
+    let d = r.decide(&quiet().command(Command::Promote), t(8 * 60));
+    // Then the pause is done but the next step waits for Tuesday 09:00
+    assert_eq!(hold_kind(&r), Some(HoldKind::Window));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(23 * 60)));
+    let d = r.decide(&quiet(), t(23 * 60));
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+}
+
+#[test]
+fn the_status_file_of_a_decided_rollout_reads_back_the_same() {
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    r.decide(
+        &quiet().measured(vec![ok("sr", t(0), 0.999, 800), err("p99", t(0))]),
+        t(0),
+    );
+    let s = r.status();
+    let text = s.to_yaml().expect("writes");
+    assert_eq!(
+        &crate::model::status::Status::from_yaml(&text).expect("reads"),
+        s
+    );
+}

@@ -1,0 +1,714 @@
+//! The status of one plan's rollout: what `status/<plan>.yaml` holds.
+//!
+//! `Status` is the domain form the engine reads and returns; `StatusFile` is its wire
+//! form (camelCase, `apiVersion: rollgate.dev/v1alpha1`, `kind: RolloutStatus`).
+//! Invariants: only rollgate writes the file, yet parsing it is total (a bad file is
+//! a `StatusError`, never a panic); `Status::from_yaml(s.to_yaml()?)` gives back `s`;
+//! times are UTC and written as RFC 3339.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::wire::API_VERSION;
+use super::yaml::MAX_FILE_BYTES;
+
+pub const KIND: &str = "RolloutStatus";
+
+/// How many recent successes a status remembers (for the rollback window and promotion policies).
+pub const MAX_SUCCEEDED: usize = 10;
+
+/// Where a rollout stands.
+///
+/// `Pending → Progressing(step) ⇄ Paused → Promoting → Succeeded`, with
+/// `→ RollingBack → RolledBack` on a failure, an abort or a human revert, and `Held`
+/// when a window is closed, evidence is missing or the target is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Pending,
+    Progressing,
+    Paused,
+    Promoting,
+    Succeeded,
+    RollingBack,
+    RolledBack,
+    Held,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoting,
+        Phase::Succeeded,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Held,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Promoting => "Promoting",
+            Phase::Succeeded => "Succeeded",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Held => "Held",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// A rollout is moving forward (a candidate may be taking traffic, or is about to).
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting | Phase::Held
+        )
+    }
+
+    /// Nothing moves until the plan changes or a command arrives.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a rollout is held, which decides what releases it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldKind {
+    /// The change window is closed; released when it opens. `step` is the step to enter next.
+    Window,
+    /// Evidence is missing or inconclusive; released by a human (promote, retry, abort).
+    Evidence,
+    /// The target is unreachable; released when it answers again (the step is re-entered).
+    Target,
+}
+
+impl HoldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldKind::Window => "window",
+            HoldKind::Evidence => "evidence",
+            HoldKind::Target => "target",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HoldKind> {
+        [HoldKind::Window, HoldKind::Evidence, HoldKind::Target]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Hold {
+    pub kind: HoldKind,
+    pub reason: String,
+}
+
+/// The outcome of judging one measurement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Pass,
+    Fail { reason: String },
+    Inconclusive { reason: String },
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail { .. } => "fail",
+            Verdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Fail { reason } | Verdict::Inconclusive { reason } => Some(reason),
+        }
+    }
+}
+
+/// What a verdict was based on: the value, the threshold it was held to, the sample count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    pub check: String,
+    pub value: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub samples: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// A verdict with its evidence attached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub evidence: Evidence,
+}
+
+impl std::fmt::Display for Judgement {
+    /// The trailer form: `fail success-rate value=0.98 min=0.999 n=1532 (below min)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.evidence;
+        write!(f, "{} {}", self.verdict.as_str(), e.check)?;
+        match e.value {
+            Some(v) => write!(f, " value={v}")?,
+            None => write!(f, " value=none")?,
+        }
+        if let Some(min) = e.min {
+            write!(f, " min={min}")?;
+        }
+        if let Some(max) = e.max {
+            write!(f, " max={max}")?;
+        }
+        write!(f, " n={}", e.samples)?;
+        if let Some(r) = self.verdict.reason() {
+            write!(f, " ({r})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one check during the current analysis step (Argo Rollouts' semantics).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckRun {
+    pub check: String,
+    pub measurements: u32,
+    pub passes: u32,
+    pub failures: u32,
+    pub inconclusives: u32,
+    pub errors: u32,
+    pub consecutive_errors: u32,
+    pub last_measured_at: Option<DateTime<Utc>>,
+    pub last: Option<Judgement>,
+    pub last_error: Option<String>,
+}
+
+impl CheckRun {
+    pub fn new(check: &str) -> Self {
+        Self {
+            check: check.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An artifact that became stable, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Success {
+    pub artifact: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The rollout status of one plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub plan: String,
+    pub phase: Phase,
+    /// The artifact being (or last) rolled out; equals `stable` after a success.
+    pub candidate: String,
+    /// The artifact serving when the candidate is not; `None` before the first success.
+    pub stable: Option<String>,
+    /// The plan commit that started this rollout.
+    pub revision: String,
+    /// Index into the rollout's steps (see `engine::steps`); equals their count while promoting.
+    pub step: usize,
+    /// Traffic weight of the candidate, 0..=100.
+    pub weight: u8,
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// A change back to a recently stable artifact: analysis and pauses are skipped.
+    pub fast_track: bool,
+    pub hold: Option<Hold>,
+    /// Counters of the current (or, after a failure, the last) analysis step.
+    pub analysis: Vec<CheckRun>,
+    /// Recent stable artifacts, oldest first, at most `MAX_SUCCEEDED`.
+    pub succeeded: Vec<Success>,
+    pub last_transition_at: Option<DateTime<Utc>>,
+    /// The reason given with the last transition.
+    pub message: Option<String>,
+}
+
+impl Status {
+    /// The status of a rollout about to start.
+    pub fn pending(plan: &str, candidate: &str, revision: &str) -> Self {
+        Self {
+            plan: plan.to_owned(),
+            phase: Phase::Pending,
+            candidate: candidate.to_owned(),
+            stable: None,
+            revision: revision.to_owned(),
+            step: 0,
+            weight: 0,
+            step_started_at: None,
+            fast_track: false,
+            hold: None,
+            analysis: Vec::new(),
+            succeeded: Vec::new(),
+            last_transition_at: None,
+            message: None,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_file(&self) -> StatusFile {
+        StatusFile {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: StatusMetadata {
+                name: self.plan.clone(),
+            },
+            status: StatusBody {
+                phase: self.phase.as_str().to_owned(),
+                candidate: self.candidate.clone(),
+                stable: self.stable.clone(),
+                revision: self.revision.clone(),
+                step_index: self.step,
+                weight: self.weight,
+                step_started_at: self.step_started_at.map(time_to_wire),
+                fast_track: self.fast_track,
+                hold: self.hold.as_ref().map(|h| HoldFile {
+                    kind: h.kind.as_str().to_owned(),
+                    reason: h.reason.clone(),
+                }),
+                analysis: self.analysis.iter().map(check_run_to_wire).collect(),
+                succeeded: self
+                    .succeeded
+                    .iter()
+                    .map(|s| SuccessFile {
+                        artifact: s.artifact.clone(),
+                        at: time_to_wire(s.at),
+                    })
+                    .collect(),
+                last_transition_at: self.last_transition_at.map(time_to_wire),
+                message: self.message.clone(),
+            },
+        }
+    }
+
+    /// The validated domain form of a parsed file.
+    pub fn from_file(f: &StatusFile) -> Result<Self, StatusError> {
+        if f.api_version != API_VERSION {
+            return Err(StatusError::ApiVersion(f.api_version.clone()));
+        }
+        if f.kind != KIND {
+            return Err(StatusError::Kind(f.kind.clone()));
+        }
+        let s = &f.status;
+        let phase = Phase::parse(&s.phase).ok_or_else(|| StatusError::Phase(s.phase.clone()))?;
+        if s.weight > 100 {
+            return Err(StatusError::Weight(s.weight));
+        }
+        let hold = match &s.hold {
+            None => None,
+            Some(h) => Some(Hold {
+                kind: HoldKind::parse(&h.kind)
+                    .ok_or_else(|| StatusError::HoldKind(h.kind.clone()))?,
+                reason: h.reason.clone(),
+            }),
+        };
+        Ok(Self {
+            plan: f.metadata.name.clone(),
+            phase,
+            candidate: s.candidate.clone(),
+            stable: s.stable.clone(),
+            revision: s.revision.clone(),
+            step: s.step_index,
+            weight: s.weight,
+            step_started_at: opt_time("stepStartedAt", s.step_started_at.as_deref())?,
+            fast_track: s.fast_track,
+            hold,
+            analysis: s
+                .analysis
+                .iter()
+                .map(check_run_from_wire)
+                .collect::<Result<_, _>>()?,
+            succeeded: s
+                .succeeded
+                .iter()
+                .map(|x| {
+                    Ok(Success {
+                        artifact: x.artifact.clone(),
+                        at: time_from_wire("succeeded.at", &x.at)?,
+                    })
+                })
+                .collect::<Result<_, StatusError>>()?,
+            last_transition_at: opt_time("lastTransitionAt", s.last_transition_at.as_deref())?,
+            message: s.message.clone(),
+        })
+    }
+
+    /// The text of `status/<plan>.yaml`.
+    pub fn to_yaml(&self) -> Result<String, StatusError> {
+        serde_saphyr::to_string(&self.to_file()).map_err(|e| StatusError::Write(e.to_string()))
+    }
+
+    /// Parse `status/<plan>.yaml`; any flaw is an error, never a panic.
+    pub fn from_yaml(text: &str) -> Result<Self, StatusError> {
+        if text.len() > MAX_FILE_BYTES {
+            return Err(StatusError::TooLarge(text.len()));
+        }
+        let file: StatusFile =
+            serde_saphyr::from_str(text).map_err(|e| StatusError::Yaml(e.to_string()))?;
+        Self::from_file(&file)
+    }
+}
+
+/// Why a status file could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("status file is {0} bytes; the limit is {MAX_FILE_BYTES}")]
+    TooLarge(usize),
+    #[error("status file is not valid: {0}")]
+    Yaml(String),
+    #[error("cannot write status: {0}")]
+    Write(String),
+    #[error("unsupported apiVersion `{0}`; expected `{API_VERSION}`")]
+    ApiVersion(String),
+    #[error("unexpected kind `{0}`; expected `{KIND}`")]
+    Kind(String),
+    #[error("unknown phase `{0}`")]
+    Phase(String),
+    #[error("unknown hold kind `{0}`")]
+    HoldKind(String),
+    #[error("unknown verdict `{0}`")]
+    Verdict(String),
+    #[error("weight {0} is above 100")]
+    Weight(u8),
+    #[error("`{field}` is not an RFC 3339 time: `{value}`")]
+    Time { field: &'static str, value: String },
+}
+
+// ---- wire form -------------------------------------------------------------------
+
+/// `status/<plan>.yaml` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusFile {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: StatusMetadata,
+    pub status: StatusBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMetadata {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusBody {
+    pub phase: String,
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    pub revision: String,
+    /// 0-based index into the rollout's steps.
+    #[serde(default)]
+    pub step_index: usize,
+    #[serde(default)]
+    pub weight: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fast_track: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<CheckRunFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub succeeded: Vec<SuccessFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldFile {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessFile {
+    pub artifact: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRunFile {
+    pub check: String,
+    #[serde(default)]
+    pub measurements: u32,
+    #[serde(default)]
+    pub passes: u32,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub inconclusives: u32,
+    #[serde(default)]
+    pub errors: u32,
+    #[serde(default)]
+    pub consecutive_errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_measured_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<JudgementFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JudgementFile {
+    /// `pass`, `fail` or `inconclusive`.
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub samples: u64,
+    pub at: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn time_to_wire(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn time_from_wire(field: &'static str, s: &str) -> Result<DateTime<Utc>, StatusError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StatusError::Time {
+            field,
+            value: s.to_owned(),
+        })
+}
+
+fn opt_time(field: &'static str, s: Option<&str>) -> Result<Option<DateTime<Utc>>, StatusError> {
+    s.map(|s| time_from_wire(field, s)).transpose()
+}
+
+fn check_run_to_wire(c: &CheckRun) -> CheckRunFile {
+    CheckRunFile {
+        check: c.check.clone(),
+        measurements: c.measurements,
+        passes: c.passes,
+        failures: c.failures,
+        inconclusives: c.inconclusives,
+        errors: c.errors,
+        consecutive_errors: c.consecutive_errors,
+        last_measured_at: c.last_measured_at.map(time_to_wire),
+        last: c.last.as_ref().map(|j| JudgementFile {
+            verdict: j.verdict.as_str().to_owned(),
+            reason: j.verdict.reason().map(str::to_owned),
+            value: j.evidence.value,
+            min: j.evidence.min,
+            max: j.evidence.max,
+            samples: j.evidence.samples,
+            at: time_to_wire(j.evidence.at),
+        }),
+        last_error: c.last_error.clone(),
+    }
+}
+
+fn check_run_from_wire(c: &CheckRunFile) -> Result<CheckRun, StatusError> {
+    let last = match &c.last {
+        None => None,
+        Some(j) => {
+            let reason = j.reason.clone().unwrap_or_default();
+            let verdict = match j.verdict.as_str() {
+                "pass" => Verdict::Pass,
+                "fail" => Verdict::Fail { reason },
+                "inconclusive" => Verdict::Inconclusive { reason },
+                other => return Err(StatusError::Verdict(other.to_owned())),
+            };
+            Some(Judgement {
+                verdict,
+                evidence: Evidence {
+                    check: c.check.clone(),
+                    value: j.value,
+                    min: j.min,
+                    max: j.max,
+                    samples: j.samples,
+                    at: time_from_wire("analysis.last.at", &j.at)?,
+                },
+            })
+        }
+    };
+    Ok(CheckRun {
+        check: c.check.clone(),
+        measurements: c.measurements,
+        passes: c.passes,
+        failures: c.failures,
+        inconclusives: c.inconclusives,
+        errors: c.errors,
+        consecutive_errors: c.consecutive_errors,
+        last_measured_at: opt_time("analysis.lastMeasuredAt", c.last_measured_at.as_deref())?,
+        last,
+        last_error: c.last_error.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, min, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn full_status() -> Status {
+        let mut s = Status::pending("checkout", "reg/checkout@sha256:bbb", "abc123");
+        s.phase = Phase::Held;
+        s.stable = Some("reg/checkout@sha256:aaa".to_owned());
+        s.step = 1;
+        s.weight = 5;
+        s.step_started_at = Some(at(5));
+        s.hold = Some(Hold {
+            kind: HoldKind::Evidence,
+            reason: "check latency: 4 consecutive errors".to_owned(),
+        });
+        s.analysis = vec![
+            CheckRun {
+                check: "success-rate".to_owned(),
+                measurements: 3,
+                passes: 2,
+                inconclusives: 1,
+                last_measured_at: Some(at(7)),
+                last: Some(Judgement {
+                    verdict: Verdict::Pass,
+                    evidence: Evidence {
+                        check: "success-rate".to_owned(),
+                        value: Some(0.9992),
+                        min: Some(0.999),
+                        max: None,
+                        samples: 1532,
+                        at: at(7),
+                    },
+                }),
+                ..CheckRun::new("success-rate")
+            },
+            CheckRun {
+                check: "latency".to_owned(),
+                measurements: 5,
+                errors: 5,
+                consecutive_errors: 5,
+                last_error: Some("connection refused".to_owned()),
+                last: Some(Judgement {
+                    verdict: Verdict::Inconclusive {
+                        reason: "too few samples".to_owned(),
+                    },
+                    evidence: Evidence {
+                        check: "latency".to_owned(),
+                        value: None,
+                        min: None,
+                        max: Some(0.25),
+                        samples: 3,
+                        at: at(6),
+                    },
+                }),
+                ..CheckRun::new("latency")
+            },
+        ];
+        s.succeeded = vec![Success {
+            artifact: "reg/checkout@sha256:aaa".to_owned(),
+            at: at(1),
+        }];
+        s.last_transition_at = Some(at(8));
+        s.message = Some("held: evidence missing".to_owned());
+        s
+    }
+
+    #[test]
+    fn status_round_trips_through_its_file() {
+        // Given a status with every field set
+        let s = full_status();
+        // When it is written and read back
+        let text = s.to_yaml().expect("writes");
+        let back = Status::from_yaml(&text).expect("reads");
+        // Then nothing is lost, and the file says what it is
+        assert_eq!(back, s);
+        assert!(text.contains("apiVersion: rollgate.dev/v1alpha1"), "{text}");
+        assert!(text.contains("kind: RolloutStatus"), "{text}");
+        assert!(text.contains("stepStartedAt:"), "{text}");
+    }
+
+    #[test]
+    fn a_minimal_status_round_trips() {
+        let s = Status::pending("web", "v2", "deadbeef");
+        let back = Status::from_yaml(&s.to_yaml().expect("writes")).expect("reads");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_broken_status_file_is_an_error_not_a_panic() {
+        let good = full_status().to_yaml().expect("writes");
+        let cases = [
+            String::new(),
+            "[1, 2".to_owned(),
+            "just text".to_owned(),
+            good.replace("Held", "Flying"),
+            good.replace("RolloutStatus", "RolloutPlan"),
+            good.replace("rollgate.dev/v1alpha1", "rollgate.dev/v9"),
+            good.replace("2026-11-23T10:05:00Z", "yesterday"),
+            good.replace("kind: evidence", "kind: mood"),
+            good.replace("verdict: pass", "verdict: maybe"),
+            good.replace("weight: 5", "weight: 300"),
+            good.replace("weight: 5", "weight: 101"),
+            format!("{good}surprise: 1\n"),
+        ];
+        for text in cases {
+            assert!(Status::from_yaml(&text).is_err(), "accepted:\n{text}");
+        }
+        let huge = "a".repeat(MAX_FILE_BYTES + 1);
+        assert_eq!(
+            Status::from_yaml(&huge),
+            Err(StatusError::TooLarge(MAX_FILE_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn judgements_render_as_trailers() {
+        let s = full_status();
+        let j = s.analysis[0].last.as_ref().expect("judged");
+        assert_eq!(
+            j.to_string(),
+            "pass success-rate value=0.9992 min=0.999 n=1532"
+        );
+        let j = s.analysis[1].last.as_ref().expect("judged");
+        assert_eq!(
+            j.to_string(),
+            "inconclusive latency value=none max=0.25 n=3 (too few samples)"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Git as the source of plans: a private bare clone of the remote, fetched on demand.
+//!
+//! rollgate never works in a user's checkout: it keeps its own bare repository under
+//! its state directory, fetches the tracked branch from the remote (a path, `file://`,
+//! ssh or https URL), reads snapshots straight from commit trees, and pushes from there.
+//! Invariant: tree entries that are symlinks or submodules, or blobs over the size cap,
+//! are refused with a diagnostic and never read.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use git2::{FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
+
+use super::{SETTINGS_FILE, Snapshot, is_yaml};
+use crate::model::yaml::MAX_FILE_BYTES;
+use crate::model::{Code, Diagnostic};
+
+/// The folders (and the one file) rollgate reads from a tree.
+pub const WATCHED: &[&str] = &[SETTINGS_FILE, "plans", "status", "policies"];
+
+/// The trailer that marks rollgate's own commits.
+pub const TRAILER_PLAN: &str = "Rollgate-Plan";
+pub const TRAILER_COMMAND: &str = "Rollgate-Command";
+
+pub struct GitSource {
+    repo: Repository,
+    url: String,
+    branch: String,
+}
+
+/// One commit, as the reconciler needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub id: Oid,
+    pub summary: String,
+    pub author: String,
+    pub time: i64,
+    pub trailers: Vec<(String, String)>,
+}
+
+impl CommitInfo {
+    pub fn trailer(&self, key: &str) -> Option<&str> {
+        self.trailers.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    }
+
+    /// Written by rollgate itself (a status, revert or restore commit): never reacted to.
+    /// Command commits (`Rollgate-Command`) are made for humans and are acted on.
+    pub fn is_rollgate(&self) -> bool {
+        self.trailer(TRAILER_PLAN).is_some() && self.trailer(TRAILER_COMMAND).is_none()
+    }
+}
+
+/// Credentials from the environment only (never from files in the repo, never logged).
+pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    cb.credentials(|_url, user, allowed| {
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN") {
+                return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
+            }
+        }
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let user = user.unwrap_or("git");
+            if let Ok(key) = std::env::var("ROLLGATE_GIT_SSH_KEY") {
+                return git2::Cred::ssh_key(user, None, Path::new(&key), None);
+            }
+            return git2::Cred::ssh_key_from_agent(user);
+        }
+        Err(git2::Error::from_str("no credentials: set ROLLGATE_GIT_TOKEN or ROLLGATE_GIT_SSH_KEY"))
+    });
+    cb
+}
+
+/// A local path becomes a `file://` URL; URLs pass through.
+pub fn normalize_url(repo: &str) -> Result<String> {
+    if repo.contains("://") || repo.starts_with("git@") {
+        return Ok(repo.to_owned());
+    }
+    let path = std::fs::canonicalize(repo).with_context(|| format!("repository {repo} not found"))?;
+    Ok(path.display().to_string())
+}
+
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource").field("url", &self.url).field("branch", &self.branch).finish()
+    }
+}
+
+impl GitSource {
+    /// Open (or create) the private bare clone in `work_dir` for `url`, tracking `branch`.
+    pub fn open(url: &str, work_dir: &Path, branch: &str) -> Result<Self> {
+        let url = normalize_url(url)?;
+        std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+        let repo = match Repository::open_bare(work_dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(work_dir).with_context(|| format!("cannot create a repository in {}", work_dir.display()))?,
+        };
+        match repo.find_remote("origin") {
+            Ok(r) if r.url().ok() == Some(url.as_str()) => {}
+            Ok(_) => repo.remote_set_url("origin", &url)?,
+            Err(_) => {
+                repo.remote("origin", &url)?;
+            }
+        }
+        Ok(Self { repo, url, branch: branch.to_owned() })
+    }
+
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// For a local remote, the paths whose change means the branch moved (for `notify`).
+    pub fn local_ref_paths(&self) -> Option<Vec<PathBuf>> {
+        let p = PathBuf::from(&self.url);
+        if !p.is_absolute() {
+            return None;
+        }
+        let git_dir = if p.join(".git").is_dir() { p.join(".git") } else { p };
+        Some(vec![git_dir.join("refs/heads"), git_dir.join("packed-refs"), git_dir.clone()])
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    /// Fetch the branch; returns its head on the remote.
+    pub fn fetch(&self) -> Result<Oid> {
+        let mut remote = self.repo.find_remote("origin")?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks());
+        let spec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
+        remote
+            .fetch(&[spec.as_str()], Some(&mut opts), None)
+            .with_context(|| format!("cannot fetch {} from {}", self.branch, self.url))?;
+        self.head()
+    }
+
+    /// The last fetched head of the branch.
+    pub fn head(&self) -> Result<Oid> {
+        let r = self
+            .repo
+            .find_reference(&self.tracking_ref())
+            .with_context(|| format!("branch {} not found on {}", self.branch, self.url))?;
+        r.target().ok_or_else(|| anyhow!("branch {} is a symbolic reference", self.branch))
+    }
+
+    /// Read the rollgate files of `commit` into a snapshot.
+    pub fn snapshot(&self, commit: Oid) -> Result<Snapshot> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let mut snap = Snapshot::default();
+        for top in WATCHED {
+            self.read_path(&tree, top, &mut snap)?;
+        }
+        Ok(snap)
+    }
+
+    /// Refresh `snap` (taken at some earlier commit) to `commit`, given the paths that changed.
+    pub fn update_snapshot(&self, snap: &mut Snapshot, commit: Oid, changed: &[String]) -> Result<()> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        snap.refused.retain(|d| !changed.contains(&d.file));
+        for path in changed {
+            snap.files.remove(path);
+            self.read_path(&tree, path, snap)?;
+        }
+        Ok(())
+    }
+
+    fn read_path(&self, tree: &git2::Tree<'_>, path: &str, snap: &mut Snapshot) -> Result<()> {
+        let Ok(entry) = tree.get_path(Path::new(path)) else { return Ok(()) };
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                if path.contains('/') {
+                    return Ok(()); // one level only: plans/<name>.yaml
+                }
+                let sub = self.repo.find_tree(entry.id())?;
+                for e in sub.iter() {
+                    let Ok(name) = e.name() else { continue };
+                    let child = format!("{path}/{name}");
+                    if wanted(&child) {
+                        self.read_entry(&child, &e, snap)?;
+                    }
+                }
+            }
+            _ => {
+                if wanted(path) {
+                    self.read_entry(path, &entry, snap)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_entry(&self, path: &str, e: &git2::TreeEntry<'_>, snap: &mut Snapshot) -> Result<()> {
+        match e.filemode() {
+            0o120000 => {
+                snap.refused.push(
+                    Diagnostic::error(path, None, Code::UnsafePath, "refusing to follow a symlink")
+                        .with_help("commit the file itself; rollgate never reads through links"),
+                );
+                return Ok(());
+            }
+            0o160000 => {
+                snap.refused.push(Diagnostic::error(path, None, Code::UnsafePath, "a submodule is not a file"));
+                return Ok(());
+            }
+            _ => {}
+        }
+        if e.kind() != Some(ObjectType::Blob) {
+            return Ok(());
+        }
+        let (size, _) = self.repo.odb()?.read_header(e.id())?;
+        if size > MAX_FILE_BYTES {
+            snap.refused.push(Diagnostic::error(path, None, Code::InputLimit, format!("file is {size} bytes; the limit is {MAX_FILE_BYTES}")));
+            return Ok(());
+        }
+        let blob = self.repo.find_blob(e.id())?;
+        snap.files.insert(path.to_owned(), blob.content().to_vec());
+        Ok(())
+    }
+
+    /// Paths under the watched folders that differ between two commits.
+    pub fn changed_paths(&self, old: Option<Oid>, new: Oid) -> Result<Vec<String>> {
+        let new_tree = self.repo.find_commit(new)?.tree()?;
+        let old_tree = match old {
+            Some(o) => Some(self.repo.find_commit(o)?.tree()?),
+            None => None,
+        };
+        let mut opts = git2::DiffOptions::new();
+        for p in WATCHED {
+            opts.pathspec(p);
+        }
+        let diff = self.repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))?;
+        let mut out = BTreeSet::new();
+        for d in diff.deltas() {
+            for f in [d.old_file(), d.new_file()] {
+                if let Some(p) = f.path().and_then(Path::to_str) {
+                    out.insert(p.to_owned());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// First-parent commits after `old` up to `new`, oldest first (at most `limit`).
+    pub fn commits_between(&self, old: Option<Oid>, new: Oid, limit: usize) -> Result<Vec<CommitInfo>> {
+        let mut walk = self.repo.revwalk()?;
+        walk.push(new)?;
+        walk.simplify_first_parent()?;
+        if let Some(o) = old {
+            walk.hide(o)?;
+        }
+        let mut out = Vec::new();
+        for id in walk.take(limit) {
+            out.push(self.commit_info(id?)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn commit_info(&self, id: Oid) -> Result<CommitInfo> {
+        let c = self.repo.find_commit(id)?;
+        let msg = c.message().unwrap_or("");
+        let trailers = git2::message_trailers_strs(msg)
+            .map(|t| t.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+            .unwrap_or_default();
+        let author = c.author();
+        Ok(CommitInfo {
+            id,
+            summary: c.summary().ok().flatten().unwrap_or("").to_owned(),
+            author: format!("{} <{}>", author.name().unwrap_or(""), author.email().unwrap_or("")),
+            time: c.time().seconds(),
+            trailers,
+        })
+    }
+
+    /// The most recent commit (first-parent from `head`) that changed `path`, if any
+    /// within `limit` commits.
+    pub fn last_change_of(&self, head: Oid, path: &str, limit: usize) -> Result<Option<Oid>> {
+        let mut walk = self.repo.revwalk()?;
+        walk.push(head)?;
+        walk.simplify_first_parent()?;
+        for id in walk.take(limit) {
+            let id = id?;
+            let c = self.repo.find_commit(id)?;
+            let this = c.tree()?.get_path(Path::new(path)).ok().map(|e| e.id());
+            let parent = match c.parent(0) {
+                Ok(p) => p.tree()?.get_path(Path::new(path)).ok().map(|e| e.id()),
+                Err(_) => None,
+            };
+            if this != parent {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A file's content at a commit.
+    pub fn file_at(&self, commit: Oid, path: &str) -> Result<Option<Vec<u8>>> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let Ok(entry) = tree.get_path(Path::new(path)) else { return Ok(None) };
+        if entry.filemode() == 0o120000 || entry.kind() != Some(ObjectType::Blob) {
+            return Ok(None);
+        }
+        Ok(Some(self.repo.find_blob(entry.id())?.content().to_vec()))
+    }
+}
+
+fn wanted(path: &str) -> bool {
+    if path == SETTINGS_FILE {
+        return true;
+    }
+    match path.split_once('/') {
+        Some(("plans" | "status", rest)) => !rest.contains('/') && is_yaml(rest),
+        Some(("policies", rest)) => !rest.contains('/') && (rest.ends_with(".rego") || rest.ends_with(".json") || is_yaml(rest)),
+        _ => false,
+    }
+}

@@ -1,0 +1,262 @@
+//! The single Git writer: status, revert and restore commits, pushed as compare-and-swap.
+//!
+//! ```text
+//!   loop: fetch head ─▶ compute(head) ─▶ commit on head ─▶ push (fast-forward only)
+//!            ▲                                               │ rejected: someone pushed
+//!            └────────────── jittered backoff ◀──────────────┘
+//! ```
+//! Invariants: never force-pushes (a push is accepted only as a fast-forward of the
+//! head it was computed on, so a human commit can never be dropped); the change is
+//! recomputed on the new head after a lost race, never replayed blindly; a change that
+//! leaves the tree as it is makes no commit (no empty or no-op commits).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use git2::{Oid, PushOptions, Signature};
+
+use crate::model::settings::{Signing, WriteBack};
+use crate::source::git::{GitSource, callbacks};
+
+/// One file change in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub path: String,
+    /// `None` deletes the file.
+    pub content: Option<Vec<u8>>,
+}
+
+/// What to commit on top of the current head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSpec {
+    pub subject: String,
+    pub body: Option<String>,
+    pub trailers: Vec<(String, String)>,
+    /// Revert this commit first (its inverse applied to the head), then apply `edits`.
+    pub revert: Option<Oid>,
+    pub edits: Vec<Edit>,
+}
+
+impl CommitSpec {
+    pub fn message(&self, skip_ci: bool) -> String {
+        let mut m = self.subject.clone();
+        if skip_ci {
+            m.push_str(" [skip ci]");
+        }
+        m.push_str("\n\n");
+        if let Some(b) = &self.body {
+            m.push_str(b.trim_end());
+            m.push_str("\n\n");
+        }
+        for (k, v) in &self.trailers {
+            // A trailer value is one line; never let a value smuggle in another trailer.
+            let v = v.replace(['\n', '\r'], " ");
+            m.push_str(&format!("{k}: {v}\n"));
+        }
+        m
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Pushed { commit: Oid, attempts: u32 },
+    /// Nothing to write: the change is already in the head (or `compute` said so).
+    NoChange,
+}
+
+/// Why a revert could not be applied cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("revert of {0} conflicts with later changes")]
+pub struct RevertConflict(pub Oid);
+
+#[derive(Debug)]
+pub struct Writer<'a> {
+    src: &'a GitSource,
+    settings: &'a WriteBack,
+    pub max_attempts: u32,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(src: &'a GitSource, settings: &'a WriteBack) -> Self {
+        Self { src, settings, max_attempts: 50 }
+    }
+
+    /// Fetch, compute the change on the head, commit, push; on a lost race, again.
+    pub fn write(&self, mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>) -> Result<WriteOutcome> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let head = self.src.fetch()?;
+            let Some(spec) = compute(head)? else { return Ok(WriteOutcome::NoChange) };
+            let Some(commit) = self.make_commit(head, &spec)? else { return Ok(WriteOutcome::NoChange) };
+            match self.push(commit)? {
+                true => return Ok(WriteOutcome::Pushed { commit, attempts: attempt }),
+                false if attempt >= self.max_attempts => {
+                    bail!("push to {} lost the race {attempt} times; giving up for now", self.src.branch())
+                }
+                false => {
+                    tracing::debug!(attempt, "push rejected (the branch moved); recomputing on the new head");
+                    std::thread::sleep(backoff(attempt));
+                }
+            }
+        }
+    }
+
+    /// Build the commit object (not yet on any branch). `None` when the tree would not change.
+    pub fn make_commit(&self, head: Oid, spec: &CommitSpec) -> Result<Option<Oid>> {
+        let repo = self.src.repo();
+        let parent = repo.find_commit(head)?;
+        let base_tree = parent.tree()?;
+        let mut tree_id = base_tree.id();
+        if let Some(rev) = spec.revert {
+            let to_revert = repo.find_commit(rev)?;
+            let mut index = repo.revert_commit(&to_revert, &parent, 0, None)?;
+            if index.has_conflicts() {
+                return Err(RevertConflict(rev).into());
+            }
+            tree_id = index.write_tree_to(repo)?;
+        }
+        for e in &spec.edits {
+            tree_id = put_path(repo, tree_id, &e.path, e.content.as_deref())?;
+        }
+        if tree_id == base_tree.id() {
+            return Ok(None);
+        }
+        let tree = repo.find_tree(tree_id)?;
+        let now = git2::Time::new(chrono::Utc::now().timestamp(), 0);
+        let author = Signature::new(&self.settings.author.name, &self.settings.author.email, &now)?;
+        let committer = Signature::new(&self.settings.committer.name, &self.settings.committer.email, &now)?;
+        let message = spec.message(self.settings.skip_ci);
+        let id = match &self.settings.signing {
+            None => repo.commit(None, &author, &committer, &message, &tree, &[&parent])?,
+            Some(signing) => {
+                let buf = repo.commit_create_buffer(&author, &committer, &message, &tree, &[&parent])?;
+                let content = std::str::from_utf8(&buf).context("commit buffer is not UTF-8")?;
+                let sig = sign(signing, content.as_bytes())?;
+                repo.commit_signed(content, &sig, Some("gpgsig"))?
+            }
+        };
+        Ok(Some(id))
+    }
+
+    /// Push `commit` to the branch as a fast-forward. `Ok(false)`: rejected (the branch moved).
+    pub fn push(&self, commit: Oid) -> Result<bool> {
+        let repo = self.src.repo();
+        let branch = self.src.branch();
+        let local = format!("refs/rollgate/outgoing/{branch}");
+        repo.reference(&local, commit, true, "rollgate: outgoing")?;
+        let mut remote = repo.find_remote("origin")?;
+        let mut rejected: Option<String> = None;
+        let result = {
+            let mut cb = callbacks();
+            cb.push_update_reference(|_name, status| {
+                if let Some(s) = status {
+                    rejected = Some(s.to_owned());
+                }
+                Ok(())
+            });
+            let mut opts = PushOptions::new();
+            opts.remote_callbacks(cb);
+            // No leading `+`: the remote accepts only a fast-forward.
+            let refspec = format!("{local}:refs/heads/{branch}");
+            remote.push(&[refspec.as_str()], Some(&mut opts))
+        };
+        match result {
+            Ok(()) if rejected.is_none() => {
+                repo.reference(&format!("refs/remotes/origin/{branch}"), commit, true, "rollgate: pushed")?;
+                Ok(true)
+            }
+            Ok(()) => Ok(false),
+            Err(e) if is_rejection(&e) => Ok(false),
+            Err(e) => Err(anyhow!(e).context(format!("cannot push to {}", self.src.url()))),
+        }
+    }
+}
+
+fn is_rejection(e: &git2::Error) -> bool {
+    let m = e.message().to_ascii_lowercase();
+    e.code() == git2::ErrorCode::NotFastForward
+        || m.contains("fast-forward")
+        || m.contains("fast forward")
+        || m.contains("rejected")
+        || m.contains("stale")
+        || m.contains("failed to lock")
+        || m.contains("lock")
+}
+
+/// Jittered exponential backoff: 5 ms doubling to 500 ms, ± half.
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64.saturating_mul(1 << attempt.min(7)).min(500);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let jitter = u64::from(nanos) % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// Write `content` (or delete) at `path` in the tree `root`, returning the new tree.
+fn put_path(repo: &git2::Repository, root: Oid, path: &str, content: Option<&[u8]>) -> Result<Oid> {
+    let tree = repo.find_tree(root)?;
+    let (head, rest) = match path.split_once('/') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let mut builder = repo.treebuilder(Some(&tree))?;
+    match rest {
+        None => match content {
+            Some(bytes) => {
+                let blob = repo.blob(bytes)?;
+                builder.insert(head, blob, 0o100644)?;
+            }
+            None => {
+                if builder.get(head)?.is_some() {
+                    builder.remove(head)?;
+                }
+            }
+        },
+        Some(rest) => {
+            let sub = match tree.get_name(head) {
+                Some(e) if e.kind() == Some(git2::ObjectType::Tree) => e.id(),
+                _ => repo.treebuilder(None)?.write()?,
+            };
+            let new_sub = put_path(repo, sub, rest, content)?;
+            if repo.find_tree(new_sub)?.is_empty() {
+                if builder.get(head)?.is_some() {
+                    builder.remove(head)?;
+                }
+            } else {
+                builder.insert(head, new_sub, 0o040000)?;
+            }
+        }
+    }
+    Ok(builder.write()?)
+}
+
+/// Sign a commit buffer the way git does: `ssh-keygen -Y sign` or `gpg --detach-sign`.
+fn sign(signing: &Signing, data: &[u8]) -> Result<String> {
+    let mut cmd = match signing {
+        Signing::Ssh { key } => {
+            let mut c = Command::new("ssh-keygen");
+            c.args(["-Y", "sign", "-n", "git", "-f", key]);
+            c
+        }
+        Signing::Gpg { key } => {
+            let mut c = Command::new("gpg");
+            c.args(["--batch", "--yes", "--detach-sign", "--armor", "--local-user", key]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start the signing program")?;
+    child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?.write_all(data)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        // The program's message names the key file or id, never key material.
+        bail!("signing failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout).context("signature is not text")?)
+}

@@ -1,0 +1,107 @@
+//! Test fixtures shared by the integration tests: real repositories, bare remotes,
+//! and the real `git` CLI playing the human.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Run the real `git` in `dir`; panics with its output when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Human")
+        .env("GIT_AUTHOR_EMAIL", "human@example.com")
+        .env("GIT_COMMITTER_NAME", "Human")
+        .env("GIT_COMMITTER_EMAIL", "human@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Like `git`, but returns whether it succeeded instead of panicking.
+pub fn git_ok(dir: &Path, args: &[&str]) -> bool {
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Human")
+        .env("GIT_AUTHOR_EMAIL", "human@example.com")
+        .env("GIT_COMMITTER_NAME", "Human")
+        .env("GIT_COMMITTER_EMAIL", "human@example.com")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A bare remote holding a copy of `files` (from a folder) on `main`, and a human's clone.
+pub struct Remote {
+    pub dir: tempfile::TempDir,
+    pub bare: PathBuf,
+    pub human: PathBuf,
+}
+
+impl Remote {
+    /// Given a folder to seed the first commit from (e.g. `example-repo`).
+    pub fn seeded_from(folder: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bare = dir.path().join("remote.git");
+        let human = dir.path().join("human");
+        git(dir.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("utf8")]);
+        git(&bare, &["config", "core.logAllRefUpdates", "always"]);
+        git(dir.path(), &["clone", "-q", bare.to_str().expect("utf8"), human.to_str().expect("utf8")]);
+        git(&human, &["checkout", "-q", "-B", "main"]);
+        copy_dir(folder, &human);
+        git(&human, &["add", "-A"]);
+        git(&human, &["commit", "-q", "-m", "Seed the GitOps repository"]);
+        git(&human, &["push", "-q", "origin", "main"]);
+        Self { dir, bare, human }
+    }
+
+    pub fn work_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The human pulls, edits a file with `edit`, commits and pushes.
+    pub fn human_commit(&self, path: &str, edit: impl FnOnce(String) -> String, message: &str) -> String {
+        git(&self.human, &["pull", "-q", "--rebase", "origin", "main"]);
+        let p = self.human.join(path);
+        let before = std::fs::read_to_string(&p).unwrap_or_default();
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, edit(before)).expect("write");
+        git(&self.human, &["add", "-A"]);
+        git(&self.human, &["commit", "-q", "-m", message]);
+        git(&self.human, &["push", "-q", "origin", "main"]);
+        git(&self.human, &["rev-parse", "HEAD"])
+    }
+
+    /// `git log` of the remote's main with a format.
+    pub fn log(&self, format: &str) -> String {
+        git(&self.bare, &["log", "main", &format!("--format={format}")])
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+pub fn example_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo")
+}
