@@ -19,19 +19,7 @@ use crate::model::yaml::PathSeg;
 use crate::model::{Code, Diagnostic, Settings, diagnostics};
 use crate::source::{SETTINGS_FILE, Snapshot};
 
-/// One policy finding: which policy said it, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub policy: String,
-    pub message: String,
-}
-
-/// What the policies said about one plan.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Findings {
-    pub deny: Vec<Finding>,
-    pub warn: Vec<Finding>,
-}
+pub use crate::policy::{Finding, PolicyOutcome as Findings};
 
 /// The extension point for policy-as-code. Implementations must be deterministic for a
 /// given input and bound their own running time.
@@ -76,6 +64,17 @@ pub struct GateContext<'a> {
     pub now: DateTime<Utc>,
     /// Check only these plan files (others are still parsed for cross-checks); `None`: all.
     pub only: Option<BTreeSet<String>>,
+}
+
+/// The Rego engine (`crate::policy`) is the production implementation.
+impl PolicyEngine for crate::policy::PolicySet {
+    fn evaluate(&mut self, input: &Value) -> Result<Findings, String> {
+        crate::policy::PolicySet::evaluate(self, input).map_err(|e| e.to_string())
+    }
+
+    fn fork(&self) -> Box<dyn PolicyEngine> {
+        Box::new(self.clone())
+    }
 }
 
 impl std::fmt::Debug for dyn PolicyEngine {

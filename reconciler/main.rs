@@ -64,7 +64,7 @@ enum Command {
 enum PolicyCommand {
     /// Run every `test_*` rule in `*_test.rego` files, like `opa test`.
     Test {
-        /// Folders of policies and their tests (default: the built-in policies).
+        /// Folders of policies and their tests (default: `policies`).
         dirs: Vec<PathBuf>,
     },
 }
@@ -218,23 +218,11 @@ fn schema_text(kind: SchemaKind) -> String {
 
 /// The Rego engine with the built-in policies and the repo's own (when the folder exists).
 fn load_policy_engine(dir: &Path) -> Result<Box<dyn PolicyEngine>, Vec<Diagnostic>> {
-    let _ = dir;
-    Err(Vec::new())
+    let dir = dir.is_dir().then_some(dir);
+    Ok(Box::new(rollgate::policy::PolicySet::load(dir)?))
 }
 
-struct PolicyTests;
-impl PolicyTests {
-    fn render(&self) -> String {
-        String::new()
-    }
-    fn failed(&self) -> usize {
-        0
-    }
-    fn passed(&self) -> usize {
-        0
-    }
-}
-fn run_policy_tests(dirs: &[PathBuf]) -> Result<PolicyTests, Vec<Diagnostic>> {
-    let _ = dirs;
-    Ok(PolicyTests)
+fn run_policy_tests(dirs: &[PathBuf]) -> Result<rollgate::policy::TestReport, Vec<Diagnostic>> {
+    let dirs = if dirs.is_empty() { vec![PathBuf::from("policies")] } else { dirs.to_vec() };
+    rollgate::policy::run_tests(&dirs)
 }
