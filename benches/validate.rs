@@ -89,7 +89,11 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let no_policy = std::env::args().any(|a| a == "--no-policy");
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     std::fs::create_dir_all(root.join("plans")).expect("plans dir");
@@ -98,21 +102,38 @@ fn main() {
         std::fs::write(root.join(format!("plans/svc-{i:05}.yaml")), plan(i)).expect("plan");
     }
     let rss_before = peak_rss_kib();
-    let policies = rollgate::policy::PolicySet::load(Some(Path::new("/nonexistent"))).expect("built-in policies load");
+    let policies = rollgate::policy::PolicySet::load(Some(Path::new("/nonexistent")))
+        .expect("built-in policies load");
     let mut times = Vec::new();
     for run in 0..5 {
         let start = Instant::now();
         let snap = rollgate::source::fs::read_dir(root).expect("read repo");
-        let cx = GateContext { base: None, change: Change::default(), now: chrono::Utc::now(), only: None };
-        let report = gate::check(&snap, &cx, Some(&policies as &dyn PolicyEngine));
+        let cx = GateContext {
+            base: None,
+            change: Change::default(),
+            now: chrono::Utc::now(),
+            only: None,
+        };
+        let engine = (!no_policy).then_some(&policies as &dyn PolicyEngine);
+        let report = gate::check(&snap, &cx, engine);
         let took = start.elapsed();
-        assert_eq!(report.accepted.len(), n, "every generated plan is valid: {:?}", report.diagnostics.first());
-        println!("run {run}: validated {n} plans with policies in {:.3} s", took.as_secs_f64());
+        assert_eq!(
+            report.accepted.len(),
+            n,
+            "every generated plan is valid: {:?}",
+            report.diagnostics.first()
+        );
+        println!(
+            "run {run}: validated {n} plans (policies: {}) in {:.3} s",
+            !no_policy,
+            took.as_secs_f64()
+        );
         times.push(took.as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "validate {n} plans with policies: median {:.3} s (min {:.3} s); peak RSS {} MiB (generator and files before: {} MiB)",
+        "validate {n} plans (policies: {}): median {:.3} s (min {:.3} s); peak RSS {} MiB (generator and files before: {} MiB)",
+        !no_policy,
         times[times.len() / 2],
         times[0],
         peak_rss_kib() / 1024,

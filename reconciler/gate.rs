@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::model::validate::{self, ParsedPlan};
-use crate::model::yaml::PathSeg;
 use crate::model::{Code, Diagnostic, Settings, diagnostics};
 use crate::source::{SETTINGS_FILE, Snapshot};
 
@@ -182,12 +181,7 @@ pub fn check(
         let entries: Vec<(&String, &ParsedPlan)> = ok.iter().collect();
         let results = parallel_map_with(&entries, engine, |engine, (file, p)| {
             let input = policy_input(file, p, &shared);
-            (
-                engine.evaluate(&input),
-                p.root
-                    .at(&[PathSeg::Key("metadata"), PathSeg::Key("name")])
-                    .map(|n| n.pos),
-            )
+            (engine.evaluate(&input), p.name_pos)
         });
         for ((file, _), (result, pos)) in entries.iter().zip(results) {
             match result {

@@ -223,6 +223,10 @@ fn load_policy_engine(dir: &Path) -> Result<Box<dyn PolicyEngine>, Vec<Diagnosti
 }
 
 fn run_policy_tests(dirs: &[PathBuf]) -> Result<rollgate::policy::TestReport, Vec<Diagnostic>> {
-    let dirs = if dirs.is_empty() { vec![PathBuf::from("policies")] } else { dirs.to_vec() };
+    let dirs = if dirs.is_empty() {
+        vec![PathBuf::from("policies")]
+    } else {
+        dirs.to_vec()
+    };
     rollgate::policy::run_tests(&dirs)
 }

@@ -462,7 +462,8 @@ fn plan() -> impl Strategy<Value = GenPlan> {
 }
 
 // ---------------------------------------------------------------------------------
-// Rendering: block style for structure, flow style for small maps, every string quoted.
+// Rendering: block style for structure, flow style for small maps, every string quoted
+// (unquoted, YAML 1.1 reads a name such as `y`, `no` or `on` as a boolean).
 
 /// A YAML double-quoted scalar (JSON's escapes are a subset of YAML's).
 fn q(s: &str) -> String {
@@ -484,7 +485,7 @@ fn render(p: &GenPlan) -> String {
     line(0, "apiVersion: rollgate.dev/v1alpha1");
     line(0, "kind: RolloutPlan");
     line(0, "metadata:");
-    line(1, &format!("name: {}", p.name));
+    line(1, &format!("name: {}", q(&p.name)));
     for (key, map) in [("labels", &p.labels), ("annotations", &p.annotations)] {
         if !map.is_empty() {
             line(1, &format!("{key}:"));
@@ -521,7 +522,7 @@ fn render(p: &GenPlan) -> String {
             if !env.is_empty() {
                 line(3, "env:");
                 for (k, v) in env {
-                    line(4, &format!("{k}: {}", q(v)));
+                    line(4, &format!("{}: {}", q(k), q(v)));
                 }
             }
             if let Some((kind, value)) = sticky {
@@ -539,17 +540,17 @@ fn render(p: &GenPlan) -> String {
             line(1, "target: prod-eu");
             line(1, "workload:");
             let mut fields = vec![
-                format!("namespace: {namespace}"),
-                format!("deployment: {deployment}"),
+                format!("namespace: {}", q(namespace)),
+                format!("deployment: {}", q(deployment)),
             ];
             if let Some(c) = container {
-                fields.push(format!("container: {c}"));
+                fields.push(format!("container: {}", q(c)));
             }
             if let Some(s) = service {
-                fields.push(format!("service: {s}"));
+                fields.push(format!("service: {}", q(s)));
             }
             if let Some(r) = route {
-                fields.push(format!("route: {r}"));
+                fields.push(format!("route: {}", q(r)));
             }
             if let Some(r) = route_rule {
                 fields.push(format!("routeRule: {r}"));
@@ -559,7 +560,7 @@ fn render(p: &GenPlan) -> String {
     }
     line(1, &format!("artifact: {}", q(&p.artifact)));
     if let Some(from) = &p.promoted_from {
-        line(1, &format!("promotedFrom: {from}"));
+        line(1, &format!("promotedFrom: {}", q(from)));
     }
     line(1, "strategy:");
     match &p.strategy {
@@ -611,7 +612,7 @@ fn render(p: &GenPlan) -> String {
     if !p.checks.is_empty() {
         line(1, "checks:");
         for c in &p.checks {
-            line(2, &format!("- name: {}", c.name));
+            line(2, &format!("- name: {}", q(&c.name)));
             match c.builtin {
                 Some(query) => {
                     line(3, "source: builtin");
@@ -830,7 +831,11 @@ fn assert_round_trips(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases unless PROPTEST_CASES says otherwise (e.g. 20000 for a longer hunt).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn valid_plans_are_accepted_and_round_trip(p in plan()) {

@@ -7,8 +7,14 @@ use std::path::Path;
 fn committed_schemas_are_current() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
     for (file, text) in [
-        ("rollgate-plan.schema.json", rollgate::model::schema::plan_schema_text()),
-        ("rollgate-settings.schema.json", rollgate::model::schema::settings_schema_text()),
+        (
+            "rollgate-plan.schema.json",
+            rollgate::model::schema::plan_schema_text(),
+        ),
+        (
+            "rollgate-settings.schema.json",
+            rollgate::model::schema::settings_schema_text(),
+        ),
     ] {
         let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         assert!(
@@ -32,5 +38,8 @@ fn example_plans_point_editors_at_the_schema() {
         );
         seen += 1;
     }
-    assert!(seen >= 4, "example-repo has at least four plans, found {seen}");
+    assert!(
+        seen >= 4,
+        "example-repo has at least four plans, found {seen}"
+    );
 }

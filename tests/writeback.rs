@@ -2,8 +2,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rollgate::model::settings::WriteBack;
 use rollgate::source::git::GitSource;
@@ -14,9 +14,15 @@ fn status_spec(n: usize) -> CommitSpec {
     CommitSpec {
         subject: format!("hello: step {n}"),
         body: None,
-        trailers: vec![("Rollgate-Plan".into(), "hello".into()), ("Rollgate-Step".into(), format!("{n}/50"))],
+        trailers: vec![
+            ("Rollgate-Plan".into(), "hello".into()),
+            ("Rollgate-Step".into(), format!("{n}/50")),
+        ],
         revert: None,
-        edits: vec![Edit { path: "status/hello.yaml".into(), content: Some(format!("plan: hello\nstep: {n}\n").into_bytes()) }],
+        edits: vec![Edit {
+            path: "status/hello.yaml".into(),
+            content: Some(format!("plan: hello\nstep: {n}\n").into_bytes()),
+        }],
     }
 }
 
@@ -24,50 +30,94 @@ fn status_spec(n: usize) -> CommitSpec {
 fn a_status_commit_carries_its_trailers_and_a_repeat_is_not_committed() {
     // Given a remote seeded with the example repository
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
     let settings = WriteBack::default();
     let writer = Writer::new(&src, &settings);
     // When rollgate writes a status change
     let out = writer.write(|_| Ok(Some(status_spec(1)))).expect("write");
     assert!(matches!(out, WriteOutcome::Pushed { .. }), "{out:?}");
     // Then the remote's head has the file and the trailers
-    assert_eq!(git(&remote.bare, &["show", "main:status/hello.yaml"]), "plan: hello\nstep: 1");
+    assert_eq!(
+        git(&remote.bare, &["show", "main:status/hello.yaml"]),
+        "plan: hello\nstep: 1"
+    );
     let trailers = remote.log("%(trailers:key=Rollgate-Step,valueonly)");
     assert_eq!(trailers.lines().next(), Some("1/50"));
     assert_eq!(remote.log("%an").lines().next(), Some("rollgate"));
     // And writing the same content again makes no commit
     let count = remote.log("%H").lines().count();
-    assert_eq!(writer.write(|_| Ok(Some(status_spec(1)))).expect("write"), WriteOutcome::NoChange);
+    assert_eq!(
+        writer.write(|_| Ok(Some(status_spec(1)))).expect("write"),
+        WriteOutcome::NoChange
+    );
     assert_eq!(remote.log("%H").lines().count(), count);
 }
 
 #[test]
 fn skip_ci_is_a_setting() {
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
-    let settings = WriteBack { skip_ci: true, ..WriteBack::default() };
-    Writer::new(&src, &settings).write(|_| Ok(Some(status_spec(2)))).expect("write");
-    assert_eq!(remote.log("%s").lines().next(), Some("hello: step 2 [skip ci]"));
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
+    let settings = WriteBack {
+        skip_ci: true,
+        ..WriteBack::default()
+    };
+    Writer::new(&src, &settings)
+        .write(|_| Ok(Some(status_spec(2))))
+        .expect("write");
+    assert_eq!(
+        remote.log("%s").lines().next(),
+        Some("hello: step 2 [skip ci]")
+    );
 }
 
 #[test]
 fn a_revert_commit_undoes_the_plan_change() {
     let remote = Remote::seeded_from(&example_repo());
-    let change = remote.human_commit("plans/hello.yaml", |s| s.replace("artifact: v1", "artifact: v2"), "hello: v2");
-    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
+    let change = remote.human_commit(
+        "plans/hello.yaml",
+        |s| s.replace("artifact: v1", "artifact: v2"),
+        "hello: v2",
+    );
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
     let settings = WriteBack::default();
     let oid = git2::Oid::from_str(&change).expect("oid");
     let spec = CommitSpec {
         subject: "Roll back hello: success-rate failed".into(),
         body: None,
-        trailers: vec![("Rollgate-Plan".into(), "hello".into()), ("Rollgate-Rollback-Of".into(), change.clone())],
+        trailers: vec![
+            ("Rollgate-Plan".into(), "hello".into()),
+            ("Rollgate-Rollback-Of".into(), change.clone()),
+        ],
         revert: Some(oid),
         edits: vec![],
     };
-    Writer::new(&src, &settings).write(|_| Ok(Some(spec.clone()))).expect("write");
+    Writer::new(&src, &settings)
+        .write(|_| Ok(Some(spec.clone())))
+        .expect("write");
     let plan = git(&remote.bare, &["show", "main:plans/hello.yaml"]);
     assert!(plan.contains("artifact: v1"), "{plan}");
-    assert_eq!(remote.log("%(trailers:key=Rollgate-Rollback-Of,valueonly)").lines().next(), Some(change.as_str()));
+    assert_eq!(
+        remote
+            .log("%(trailers:key=Rollgate-Rollback-Of,valueonly)")
+            .lines()
+            .next(),
+        Some(change.as_str())
+    );
 }
 
 #[test]
@@ -82,7 +132,8 @@ fn push_race_never_drops_a_human_commit_and_never_force_pushes() {
         let mut i = 0;
         while !stop2.load(Ordering::Relaxed) && i < 200 {
             i += 1;
-            std::fs::write(human_dir.join(format!("notes-{i}.txt")), format!("{i}\n")).expect("write");
+            std::fs::write(human_dir.join(format!("notes-{i}.txt")), format!("{i}\n"))
+                .expect("write");
             git(&human_dir, &["add", "-A"]);
             git(&human_dir, &["commit", "-q", "-m", &format!("human {i}")]);
             // Push, pulling with rebase when rollgate got there first.
@@ -97,7 +148,12 @@ fn push_race_never_drops_a_human_commit_and_never_force_pushes() {
         pushed
     });
     // When rollgate writes 30 status commits meanwhile
-    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
     let settings = WriteBack::default();
     let writer = Writer::new(&src, &settings);
     let mut retries = 0;
@@ -115,18 +171,31 @@ fn push_race_never_drops_a_human_commit_and_never_force_pushes() {
         assert!(subjects.lines().any(|l| l == h), "{h} was dropped");
     }
     // And every rollgate step too, in order
-    let steps: Vec<String> = subjects.lines().filter(|l| l.starts_with("hello: step")).map(str::to_owned).collect();
+    let steps: Vec<String> = subjects
+        .lines()
+        .filter(|l| l.starts_with("hello: step"))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(steps.len(), 30);
     // And the remote's reflog shows only fast-forwards: each new value descends from the old
-    let reflog = git(&remote.bare, &["reflog", "show", "--format=%H", "refs/heads/main"]);
+    let reflog = git(
+        &remote.bare,
+        &["reflog", "show", "--format=%H", "refs/heads/main"],
+    );
     let ids: Vec<&str> = reflog.lines().collect();
     for pair in ids.windows(2) {
         assert!(
-            support::git_ok(&remote.bare, &["merge-base", "--is-ancestor", pair[1], pair[0]]),
+            support::git_ok(
+                &remote.bare,
+                &["merge-base", "--is-ancestor", pair[1], pair[0]]
+            ),
             "{} replaced {} without descending from it: a force-push",
             pair[0],
             pair[1]
         );
     }
-    eprintln!("human pushed {} commits; rollgate lost {retries} races and recomputed", pushed.len());
+    eprintln!(
+        "human pushed {} commits; rollgate lost {retries} races and recomputed",
+        pushed.len()
+    );
 }

@@ -51,8 +51,10 @@ pub fn is_dns_label(s: &str) -> bool {
 pub struct ParsedPlan {
     pub plan: Plan,
     pub document: Value,
-    /// Where each plan field is, for annotations and policy messages.
-    pub root: Node,
+    /// Where `metadata.name` is (policy findings point here).
+    pub name_pos: Option<Pos>,
+    /// Where `spec.promotedFrom` is, when present.
+    pub promoted_from_pos: Option<Pos>,
 }
 
 struct Ctx<'a> {
@@ -126,7 +128,7 @@ pub fn parse_plan(
     let root = yaml::parse(file, text).map_err(|d| vec![d])?;
     let (json, mut diags) = schema_check::check(file, &root, plan_schema());
     let Some(json) = json else { return Err(diags) };
-    let wire: wire::PlanFile = match serde_json::from_value(json.clone()) {
+    let wire: wire::PlanFile = match serde::Deserialize::deserialize(&json) {
         Ok(w) => w,
         Err(e) => {
             diags.push(Diagnostic::error(
@@ -164,10 +166,17 @@ pub fn parse_plan(
         super::diagnostics::sort(&mut d);
         return Err(d);
     }
+    let name_pos = root
+        .at(&[PathSeg::Key("metadata"), PathSeg::Key("name")])
+        .map(|n| n.pos);
+    let promoted_from_pos = root
+        .at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")])
+        .map(|n| n.pos);
     Ok(ParsedPlan {
         plan,
         document: json,
-        root,
+        name_pos,
+        promoted_from_pos,
     })
 }
 
@@ -954,10 +963,7 @@ pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     let mut by_name: BTreeMap<&str, &str> = BTreeMap::new();
     for (file, p) in plans {
-        let pos = p
-            .root
-            .at(&[PathSeg::Key("metadata"), PathSeg::Key("name")])
-            .map(|n| n.pos);
+        let pos = p.name_pos;
         if let Some(first) = by_name.insert(&p.plan.name, file) {
             diags.push(
                 Diagnostic::error(
@@ -972,12 +978,9 @@ pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     }
     for (file, p) in plans {
         if let Some(from) = &p.plan.promoted_from {
-            if !plans.values().any(|q| &q.plan.name == from) {
-                let pos = p
-                    .root
-                    .at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")])
-                    .map(|n| n.pos);
-                let hint = did_you_mean(from, plans.values().map(|q| q.plan.name.as_str()));
+            if !by_name.contains_key(from.as_str()) {
+                let pos = p.promoted_from_pos;
+                let hint = did_you_mean(from, by_name.keys().copied());
                 let mut d = Diagnostic::error(
                     file.clone(),
                     pos,
@@ -1012,27 +1015,61 @@ mod tests {
 
     #[test]
     fn linear_preset_expands_into_weights_and_analyses() {
-        let p = parse_plan("plans/p.yaml", &plan("    preset: { name: Linear25PercentEvery2Minutes, checks: [ok] }"), Some(&settings()))
-            .expect("valid");
-        let weights: Vec<u8> = p.plan.steps().iter().filter_map(|s| if let Step::SetWeight(w) = s { Some(*w) } else { None }).collect();
+        let p = parse_plan(
+            "plans/p.yaml",
+            &plan("    preset: { name: Linear25PercentEvery2Minutes, checks: [ok] }"),
+            Some(&settings()),
+        )
+        .expect("valid");
+        let weights: Vec<u8> = p
+            .plan
+            .steps()
+            .iter()
+            .filter_map(|s| {
+                if let Step::SetWeight(w) = s {
+                    Some(*w)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(weights, vec![25, 50, 75, 100]);
-        assert!(p.plan.steps().iter().any(|s| matches!(s, Step::Analysis(a) if a.duration == Duration::from_secs(120))));
+        assert!(
+            p.plan
+                .steps()
+                .iter()
+                .any(|s| matches!(s, Step::Analysis(a) if a.duration == Duration::from_secs(120)))
+        );
     }
 
     #[test]
     fn canary_preset_has_one_hold() {
         let steps = expand_preset("Canary10Percent5Minutes", &[]).expect("known preset");
-        assert_eq!(steps, vec![Step::SetWeight(10), Step::Pause(Some(Duration::from_secs(300))), Step::SetWeight(100)]);
+        assert_eq!(
+            steps,
+            vec![
+                Step::SetWeight(10),
+                Step::Pause(Some(Duration::from_secs(300))),
+                Step::SetWeight(100)
+            ]
+        );
         assert_eq!(expand_preset("Linear0PercentEvery1Minute", &[]), None);
         assert_eq!(expand_preset("Sideways10", &[]), None);
     }
 
     #[test]
     fn every_problem_is_reported_not_just_the_first() {
-        let text = plan("    canary:\n      steps: [ { setWeight: 120 }, { pause: { duration: soon } }, { analysis: { checks: [nope], duration: 1m } } ]");
+        let text = plan(
+            "    canary:\n      steps: [ { setWeight: 120 }, { pause: { duration: soon } }, { analysis: { checks: [nope], duration: 1m } } ]",
+        );
         let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
         let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
-        for code in [Code::WeightRange, Code::BadDuration, Code::UnknownCheck, Code::NeverComplete] {
+        for code in [
+            Code::WeightRange,
+            Code::BadDuration,
+            Code::UnknownCheck,
+            Code::NeverComplete,
+        ] {
             assert!(codes.contains(&code), "{code} missing from {codes:?}");
         }
         assert!(diags.iter().all(|d| d.pos.is_some()), "{diags:?}");
@@ -1040,16 +1077,23 @@ mod tests {
 
     #[test]
     fn workload_must_match_the_target_kind() {
-        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace("target: local", "target: k8s");
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }")
+            .replace("target: local", "target: k8s");
         let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
         assert_eq!(diags[0].code, Code::WorkloadMismatch);
     }
 
     #[test]
     fn baseline_judge_needs_an_effect_size() {
-        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace("judge: { min: 0.99 }", "judge: { compare: baseline }");
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }")
+            .replace("judge: { min: 0.99 }", "judge: { compare: baseline }");
         let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
-        assert!(diags.iter().any(|d| d.code == Code::BadJudge && d.message.contains("effect size")), "{diags:?}");
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.code == Code::BadJudge && d.message.contains("effect size")),
+            "{diags:?}"
+        );
     }
 
     #[test]

@@ -24,19 +24,31 @@ pub(super) const MAX_FILE_BYTES: u64 = 1024 * 1024;
 pub(super) const COLLECTOR_FILE: &str = "<rollgate-collector>";
 
 /// Work units between two clock reads of regorus' execution timer.
-const TIMER_CHECK_INTERVAL: NonZeroU32 = NonZeroU32::MIN.saturating_add(63);
+const TIMER_CHECK_INTERVAL: NonZeroU32 = NonZeroU32::MIN.saturating_add(1023);
 
 /// The built-in policies, embedded in the binary. Labelled `builtin/<file>` so they never
 /// clash with a repository's `policies/<file>`.
 const BUILTIN_POLICIES: &[(&str, &str)] = &[
-    ("builtin/digest.rego", include_str!("../../policies/digest.rego")),
-    ("builtin/first_step.rego", include_str!("../../policies/first_step.rego")),
+    (
+        "builtin/digest.rego",
+        include_str!("../../policies/digest.rego"),
+    ),
+    (
+        "builtin/first_step.rego",
+        include_str!("../../policies/first_step.rego"),
+    ),
     (
         "builtin/production_analysis.rego",
         include_str!("../../policies/production_analysis.rego"),
     ),
-    ("builtin/promotion.rego", include_str!("../../policies/promotion.rego")),
-    ("builtin/windows.rego", include_str!("../../policies/windows.rego")),
+    (
+        "builtin/promotion.rego",
+        include_str!("../../policies/promotion.rego"),
+    ),
+    (
+        "builtin/windows.rego",
+        include_str!("../../policies/windows.rego"),
+    ),
 ];
 
 const BUILTIN_DATA: &str = include_str!("../../policies/data.json");
@@ -81,7 +93,12 @@ impl Sources {
 
     /// Add a folder's `.rego` files and data files (`.json`, `.yaml`, `.yml`), in name
     /// order, not recursively. A missing folder is empty when `missing_ok`.
-    pub(super) fn add_dir(&mut self, dir: &Path, include: Include, missing_ok: bool) -> Result<(), Vec<Diagnostic>> {
+    pub(super) fn add_dir(
+        &mut self,
+        dir: &Path,
+        include: Include,
+        missing_ok: bool,
+    ) -> Result<(), Vec<Diagnostic>> {
         let label = dir_label(dir);
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -107,7 +124,9 @@ impl Sources {
             let file = format!("{label}/{name}");
             let is_rego = name.ends_with(".rego");
             let is_test = name.ends_with("_test.rego");
-            let is_data = [".json", ".yaml", ".yml"].iter().any(|ext| name.ends_with(ext));
+            let is_data = [".json", ".yaml", ".yml"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
             if !(is_rego || is_data) || (is_test && include == Include::PoliciesOnly) {
                 continue;
             }
@@ -149,7 +168,11 @@ impl Sources {
                 format!("cannot load policy data: {}", one_line(&e)),
             ));
         }
-        if diags.is_empty() { Ok(engine) } else { Err(diags) }
+        if diags.is_empty() {
+            Ok(engine)
+        } else {
+            Err(diags)
+        }
     }
 }
 
@@ -164,7 +187,8 @@ fn dir_label(dir: &Path) -> String {
 /// A regular file's text; `None` for directories and other non-files; an error for
 /// symlinks, oversized or non-UTF-8 files.
 fn read_bounded(path: &Path, file: &str) -> Result<Option<String>, Diagnostic> {
-    let io_error = |e: io::Error| Diagnostic::error(file, None, Code::Io, format!("cannot read file: {e}"));
+    let io_error =
+        |e: io::Error| Diagnostic::error(file, None, Code::Io, format!("cannot read file: {e}"));
     let meta = fs::symlink_metadata(path).map_err(io_error)?;
     if meta.file_type().is_symlink() {
         return Err(Diagnostic::error(
@@ -182,14 +206,21 @@ fn read_bounded(path: &Path, file: &str) -> Result<Option<String>, Diagnostic> {
             file,
             None,
             Code::InputLimit,
-            format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", meta.len()),
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                meta.len()
+            ),
         ));
     }
     fs::read_to_string(path).map(Some).map_err(io_error)
 }
 
 /// A data file as a JSON object, to merge into `data`.
-fn parse_data(file: &str, name: &str, text: &str) -> Result<serde_json::Map<String, Value>, Diagnostic> {
+fn parse_data(
+    file: &str,
+    name: &str,
+    text: &str,
+) -> Result<serde_json::Map<String, Value>, Diagnostic> {
     let value = if name.ends_with(".json") {
         serde_json::from_str::<Value>(text).map_err(|e| {
             let line = u32::try_from(e.line()).unwrap_or(u32::MAX);
@@ -213,7 +244,10 @@ fn parse_data(file: &str, name: &str, text: &str) -> Result<serde_json::Map<Stri
 
 /// Deep-merge `overlay` into `base`: mappings merge key by key, anything else in
 /// `overlay` replaces what `base` had (so a repository file overrides a built-in value).
-pub(super) fn merge(base: &mut serde_json::Map<String, Value>, overlay: serde_json::Map<String, Value>) {
+pub(super) fn merge(
+    base: &mut serde_json::Map<String, Value>,
+    overlay: serde_json::Map<String, Value>,
+) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {
             (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
@@ -241,7 +275,14 @@ pub(super) fn set_time_limit(engine: &mut Engine, limit: std::time::Duration) {
 /// The `deny` and `warn` rules declared in `rollgate` and `rollgate.*` packages, sorted
 /// by package, `deny` before `warn`, without duplicates (a package may span files).
 pub(super) fn find_rules(engine: &Engine) -> Result<Vec<RuleRef>, Vec<Diagnostic>> {
-    let internal = |e: anyhow::Error| vec![Diagnostic::error("policies", None, Code::PolicyError, one_line(&e))];
+    let internal = |e: anyhow::Error| {
+        vec![Diagnostic::error(
+            "policies",
+            None,
+            Code::PolicyError,
+            one_line(&e),
+        )]
+    };
     let mut found = BTreeSet::new();
     for package in engine.get_policy_package_components().map_err(internal)? {
         if package.components.first().map(String::as_str) != Some("rollgate") {
@@ -252,7 +293,11 @@ pub(super) fn find_rules(engine: &Engine) -> Result<Vec<RuleRef>, Vec<Diagnostic
                 .has_declared_rule_rooted_at(&package.source_file, kind.as_str())
                 .map_err(|e| vec![diagnostic(&e, &package.source_file)])?
             {
-                found.insert((package.components.join("."), order, rule_path(&package.components, kind.as_str())));
+                found.insert((
+                    package.components.join("."),
+                    order,
+                    rule_path(&package.components, kind.as_str()),
+                ));
             }
         }
     }
@@ -285,11 +330,13 @@ pub(super) fn rule_path(components: &[String], rule: &str) -> String {
 
 fn is_identifier(s: &str) -> bool {
     const KEYWORDS: &[&str] = &[
-        "as", "contains", "default", "else", "every", "false", "if", "import", "in", "not", "null", "package", "some",
-        "true", "with",
+        "as", "contains", "default", "else", "every", "false", "if", "import", "in", "not", "null",
+        "package", "some", "true", "with",
     ];
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !KEYWORDS.contains(&s)
 }
@@ -321,7 +368,10 @@ pub(super) fn diagnostic(err: &anyhow::Error, fallback_file: &str) -> Diagnostic
 pub(super) fn one_line(err: &anyhow::Error) -> String {
     let text = format!("{err:#}");
     match locate(&text) {
-        Some(loc) => format!("{}:{}:{}: {}", loc.file, loc.pos.line, loc.pos.col, loc.message),
+        Some(loc) => format!(
+            "{}:{}:{}: {}",
+            loc.file, loc.pos.line, loc.pos.col, loc.message
+        ),
         None => squash(&text),
     }
 }
@@ -344,7 +394,11 @@ fn locate(text: &str) -> Option<Located> {
         Some(i) => after.get(i + "error: ".len()..).unwrap_or_default(),
         None => after.lines().last().unwrap_or_default(),
     };
-    let prefix = text.get(..start).unwrap_or_default().trim().trim_end_matches(':');
+    let prefix = text
+        .get(..start)
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches(':');
     let message = if prefix.is_empty() {
         squash(message)
     } else {

@@ -31,6 +31,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use regorus::Engine;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::model::diagnostics::Diagnostic;
@@ -82,7 +83,11 @@ impl Kind {
 
 impl Clone for PolicySet {
     fn clone(&self) -> Self {
-        let engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Self {
             engine: Mutex::new(engine),
             rules: self.rules.clone(),
@@ -95,6 +100,33 @@ impl fmt::Debug for PolicySet {
         f.debug_struct("PolicySet")
             .field("policies", &self.policies())
             .finish_non_exhaustive()
+    }
+}
+
+/// Input keys shared by many evaluations, converted to the engine's value type once;
+/// cloning one into an input is a reference-count increment. See
+/// [`PolicySet::evaluate_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedInput {
+    parts: Vec<(regorus::Value, regorus::Value)>,
+}
+
+impl SharedInput {
+    /// Every key of `shared` (a JSON object; anything else is empty).
+    pub fn new(shared: &Value) -> Self {
+        let parts = match shared {
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        regorus::Value::from(k.as_str()),
+                        regorus::Value::from(v.clone()),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self { parts }
     }
 }
 
@@ -124,13 +156,22 @@ pub struct Finding {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy evaluation exceeded its time limit of {limit:?}{}", in_policy(.policy))]
-    TimeLimit { limit: Duration, policy: Option<String> },
+    TimeLimit {
+        limit: Duration,
+        policy: Option<String>,
+    },
     #[error("policy evaluation failed{}: {message}", in_policy(.policy))]
-    Eval { policy: Option<String>, message: String },
+    Eval {
+        policy: Option<String>,
+        message: String,
+    },
 }
 
 fn in_policy(policy: &Option<String>) -> String {
-    policy.as_ref().map(|p| format!(" in {p}")).unwrap_or_default()
+    policy
+        .as_ref()
+        .map(|p| format!(" in {p}"))
+        .unwrap_or_default()
 }
 
 impl PolicySet {
@@ -149,7 +190,10 @@ impl PolicySet {
 
     /// The built-in policies only.
     pub fn builtin() -> PolicySet {
-        match load::Sources::builtin().into_engine().and_then(Self::prepare) {
+        match load::Sources::builtin()
+            .into_engine()
+            .and_then(Self::prepare)
+        {
             Ok(set) => set,
             // Unreachable while the built-ins' own tests pass; an engine with no policies
             // is the least surprising fallback, and the failure is logged.
@@ -168,7 +212,10 @@ impl PolicySet {
     fn prepare(mut engine: Engine) -> Result<PolicySet, Vec<Diagnostic>> {
         let rules = load::find_rules(&engine)?;
         engine
-            .add_policy(load::COLLECTOR_FILE.to_string(), load::collector_module(&rules))
+            .add_policy(
+                load::COLLECTOR_FILE.to_string(),
+                load::collector_module(&rules),
+            )
             .map_err(|e| vec![load::diagnostic(&e, load::COLLECTOR_FILE)])?;
         load::set_limits(&mut engine);
         // A trivial query runs regorus' preparation (analysis, scheduling, rule indexing)
@@ -194,19 +241,46 @@ impl PolicySet {
     /// in one engine call bounded by [`EVAL_TIME_LIMIT`]. Findings are ordered by package,
     /// then message.
     pub fn evaluate(&self, input: &Value) -> Result<PolicyOutcome, PolicyError> {
+        self.evaluate_value(to_regorus(input)?)
+    }
+
+    /// [`evaluate`](Self::evaluate) with the parts of the input that every plan of a
+    /// revision shares (`statuses`, `settings`, `change`, `now`) converted once, in
+    /// [`SharedInput::new`], instead of once per plan: with thousands of plans, every
+    /// status file in every input would make the gate quadratic. A key present in
+    /// `input` wins over the same key in `shared`.
+    pub fn evaluate_with(
+        &self,
+        shared: &SharedInput,
+        input: &Value,
+    ) -> Result<PolicyOutcome, PolicyError> {
+        let mut value = to_regorus(input)?;
+        if let Ok(object) = value.as_object_mut() {
+            for (key, part) in &shared.parts {
+                if !object.contains_key(key) {
+                    object.insert(key.clone(), part.clone());
+                }
+            }
+        }
+        self.evaluate_value(value)
+    }
+
+    fn evaluate_value(&self, input: regorus::Value) -> Result<PolicyOutcome, PolicyError> {
         let started = Instant::now();
         let mut engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(input);
         let collected = engine.eval_rule(COLLECTOR_RULE.to_string());
         discard_prints(&mut engine);
         match collected {
             Ok(value) if value != regorus::Value::Undefined => self.outcome(&value),
             // The whole budget is spent: say so, without running anything again (so we
             // cannot tell which policy was slow).
-            Err(e) if matches!(policy_error(&e, None), PolicyError::TimeLimit { .. }) => Err(PolicyError::TimeLimit {
-                limit: EVAL_TIME_LIMIT,
-                policy: None,
-            }),
+            Err(e) if matches!(policy_error(&e, None), PolicyError::TimeLimit { .. }) => {
+                Err(PolicyError::TimeLimit {
+                    limit: EVAL_TIME_LIMIT,
+                    policy: None,
+                })
+            }
             // Some rule failed, or a `deny`/`warn` that is not a partial set came out
             // undefined: evaluate rule by rule, within what is left of the budget, to
             // name the culprit.
@@ -230,7 +304,11 @@ impl PolicySet {
         Ok(outcome)
     }
 
-    fn evaluate_each(&self, engine: &mut Engine, started: Instant) -> Result<PolicyOutcome, PolicyError> {
+    fn evaluate_each(
+        &self,
+        engine: &mut Engine,
+        started: Instant,
+    ) -> Result<PolicyOutcome, PolicyError> {
         let mut outcome = PolicyOutcome::default();
         for rule in &self.rules {
             let left = EVAL_TIME_LIMIT.saturating_sub(started.elapsed());
@@ -244,6 +322,14 @@ impl PolicySet {
     }
 }
 
+/// Convert without cloning the JSON tree first.
+fn to_regorus(input: &Value) -> Result<regorus::Value, PolicyError> {
+    regorus::Value::deserialize(input).map_err(|e| PolicyError::Eval {
+        policy: None,
+        message: format!("cannot convert the policy input: {e}"),
+    })
+}
+
 /// `print()` output is gathered, not written to stderr (a repo policy must not be able to
 /// flood the daemon's output), and dropped after each evaluation.
 fn discard_prints(engine: &mut Engine) {
@@ -254,7 +340,11 @@ fn discard_prints(engine: &mut Engine) {
     }
 }
 
-fn push_findings(outcome: &mut PolicyOutcome, rule: &RuleRef, value: &regorus::Value) -> Result<(), PolicyError> {
+fn push_findings(
+    outcome: &mut PolicyOutcome,
+    rule: &RuleRef,
+    value: &regorus::Value,
+) -> Result<(), PolicyError> {
     if *value == regorus::Value::Undefined {
         return Ok(());
     }

@@ -115,7 +115,9 @@ pub fn run_tests(dirs: &[PathBuf]) -> Result<TestReport, Vec<Diagnostic>> {
 
 /// (package components, rule name) of every `test_*` rule in a `*_test.rego` module,
 /// without duplicates (a test may have several bodies), sorted.
-fn discover(engine: &mut regorus::Engine) -> Result<BTreeSet<(Vec<String>, String)>, Vec<Diagnostic>> {
+fn discover(
+    engine: &mut regorus::Engine,
+) -> Result<BTreeSet<(Vec<String>, String)>, Vec<Diagnostic>> {
     let packages = engine
         .get_policy_package_components()
         .map_err(|e| vec![load::diagnostic(&e, "policies")])?;

@@ -41,7 +41,10 @@ pub struct CommitInfo {
 
 impl CommitInfo {
     pub fn trailer(&self, key: &str) -> Option<&str> {
-        self.trailers.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+        self.trailers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Written by rollgate itself (a status, revert or restore commit): never reacted to.
@@ -67,7 +70,9 @@ pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
             }
             return git2::Cred::ssh_key_from_agent(user);
         }
-        Err(git2::Error::from_str("no credentials: set ROLLGATE_GIT_TOKEN or ROLLGATE_GIT_SSH_KEY"))
+        Err(git2::Error::from_str(
+            "no credentials: set ROLLGATE_GIT_TOKEN or ROLLGATE_GIT_SSH_KEY",
+        ))
     });
     cb
 }
@@ -77,13 +82,17 @@ pub fn normalize_url(repo: &str) -> Result<String> {
     if repo.contains("://") || repo.starts_with("git@") {
         return Ok(repo.to_owned());
     }
-    let path = std::fs::canonicalize(repo).with_context(|| format!("repository {repo} not found"))?;
+    let path =
+        std::fs::canonicalize(repo).with_context(|| format!("repository {repo} not found"))?;
     Ok(path.display().to_string())
 }
 
 impl std::fmt::Debug for GitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitSource").field("url", &self.url).field("branch", &self.branch).finish()
+        f.debug_struct("GitSource")
+            .field("url", &self.url)
+            .field("branch", &self.branch)
+            .finish()
     }
 }
 
@@ -91,10 +100,12 @@ impl GitSource {
     /// Open (or create) the private bare clone in `work_dir` for `url`, tracking `branch`.
     pub fn open(url: &str, work_dir: &Path, branch: &str) -> Result<Self> {
         let url = normalize_url(url)?;
-        std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("cannot create {}", work_dir.display()))?;
         let repo = match Repository::open_bare(work_dir) {
             Ok(r) => r,
-            Err(_) => Repository::init_bare(work_dir).with_context(|| format!("cannot create a repository in {}", work_dir.display()))?,
+            Err(_) => Repository::init_bare(work_dir)
+                .with_context(|| format!("cannot create a repository in {}", work_dir.display()))?,
         };
         match repo.find_remote("origin") {
             Ok(r) if r.url().ok() == Some(url.as_str()) => {}
@@ -103,7 +114,11 @@ impl GitSource {
                 repo.remote("origin", &url)?;
             }
         }
-        Ok(Self { repo, url, branch: branch.to_owned() })
+        Ok(Self {
+            repo,
+            url,
+            branch: branch.to_owned(),
+        })
     }
 
     pub fn repo(&self) -> &Repository {
@@ -124,8 +139,16 @@ impl GitSource {
         if !p.is_absolute() {
             return None;
         }
-        let git_dir = if p.join(".git").is_dir() { p.join(".git") } else { p };
-        Some(vec![git_dir.join("refs/heads"), git_dir.join("packed-refs"), git_dir.clone()])
+        let git_dir = if p.join(".git").is_dir() {
+            p.join(".git")
+        } else {
+            p
+        };
+        Some(vec![
+            git_dir.join("refs/heads"),
+            git_dir.join("packed-refs"),
+            git_dir.clone(),
+        ])
     }
 
     fn tracking_ref(&self) -> String {
@@ -150,7 +173,8 @@ impl GitSource {
             .repo
             .find_reference(&self.tracking_ref())
             .with_context(|| format!("branch {} not found on {}", self.branch, self.url))?;
-        r.target().ok_or_else(|| anyhow!("branch {} is a symbolic reference", self.branch))
+        r.target()
+            .ok_or_else(|| anyhow!("branch {} is a symbolic reference", self.branch))
     }
 
     /// Read the rollgate files of `commit` into a snapshot.
@@ -164,7 +188,12 @@ impl GitSource {
     }
 
     /// Refresh `snap` (taken at some earlier commit) to `commit`, given the paths that changed.
-    pub fn update_snapshot(&self, snap: &mut Snapshot, commit: Oid, changed: &[String]) -> Result<()> {
+    pub fn update_snapshot(
+        &self,
+        snap: &mut Snapshot,
+        commit: Oid,
+        changed: &[String],
+    ) -> Result<()> {
         let tree = self.repo.find_commit(commit)?.tree()?;
         snap.refused.retain(|d| !changed.contains(&d.file));
         for path in changed {
@@ -175,7 +204,9 @@ impl GitSource {
     }
 
     fn read_path(&self, tree: &git2::Tree<'_>, path: &str, snap: &mut Snapshot) -> Result<()> {
-        let Ok(entry) = tree.get_path(Path::new(path)) else { return Ok(()) };
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            return Ok(());
+        };
         match entry.kind() {
             Some(ObjectType::Tree) => {
                 if path.contains('/') {
@@ -209,7 +240,12 @@ impl GitSource {
                 return Ok(());
             }
             0o160000 => {
-                snap.refused.push(Diagnostic::error(path, None, Code::UnsafePath, "a submodule is not a file"));
+                snap.refused.push(Diagnostic::error(
+                    path,
+                    None,
+                    Code::UnsafePath,
+                    "a submodule is not a file",
+                ));
                 return Ok(());
             }
             _ => {}
@@ -219,7 +255,12 @@ impl GitSource {
         }
         let (size, _) = self.repo.odb()?.read_header(e.id())?;
         if size > MAX_FILE_BYTES {
-            snap.refused.push(Diagnostic::error(path, None, Code::InputLimit, format!("file is {size} bytes; the limit is {MAX_FILE_BYTES}")));
+            snap.refused.push(Diagnostic::error(
+                path,
+                None,
+                Code::InputLimit,
+                format!("file is {size} bytes; the limit is {MAX_FILE_BYTES}"),
+            ));
             return Ok(());
         }
         let blob = self.repo.find_blob(e.id())?;
@@ -238,7 +279,9 @@ impl GitSource {
         for p in WATCHED {
             opts.pathspec(p);
         }
-        let diff = self.repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))?;
+        let diff =
+            self.repo
+                .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))?;
         let mut out = BTreeSet::new();
         for d in diff.deltas() {
             for f in [d.old_file(), d.new_file()] {
@@ -251,7 +294,12 @@ impl GitSource {
     }
 
     /// First-parent commits after `old` up to `new`, oldest first (at most `limit`).
-    pub fn commits_between(&self, old: Option<Oid>, new: Oid, limit: usize) -> Result<Vec<CommitInfo>> {
+    pub fn commits_between(
+        &self,
+        old: Option<Oid>,
+        new: Oid,
+        limit: usize,
+    ) -> Result<Vec<CommitInfo>> {
         let mut walk = self.repo.revwalk()?;
         walk.push(new)?;
         walk.simplify_first_parent()?;
@@ -270,13 +318,21 @@ impl GitSource {
         let c = self.repo.find_commit(id)?;
         let msg = c.message().unwrap_or("");
         let trailers = git2::message_trailers_strs(msg)
-            .map(|t| t.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
             .unwrap_or_default();
         let author = c.author();
         Ok(CommitInfo {
             id,
             summary: c.summary().ok().flatten().unwrap_or("").to_owned(),
-            author: format!("{} <{}>", author.name().unwrap_or(""), author.email().unwrap_or("")),
+            author: format!(
+                "{} <{}>",
+                author.name().unwrap_or(""),
+                author.email().unwrap_or("")
+            ),
             time: c.time().seconds(),
             trailers,
         })
@@ -306,7 +362,9 @@ impl GitSource {
     /// A file's content at a commit.
     pub fn file_at(&self, commit: Oid, path: &str) -> Result<Option<Vec<u8>>> {
         let tree = self.repo.find_commit(commit)?.tree()?;
-        let Ok(entry) = tree.get_path(Path::new(path)) else { return Ok(None) };
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            return Ok(None);
+        };
         if entry.filemode() == 0o120000 || entry.kind() != Some(ObjectType::Blob) {
             return Ok(None);
         }
@@ -320,7 +378,10 @@ fn wanted(path: &str) -> bool {
     }
     match path.split_once('/') {
         Some(("plans" | "status", rest)) => !rest.contains('/') && is_yaml(rest),
-        Some(("policies", rest)) => !rest.contains('/') && (rest.ends_with(".rego") || rest.ends_with(".json") || is_yaml(rest)),
+        Some(("policies", rest)) => {
+            !rest.contains('/')
+                && (rest.ends_with(".rego") || rest.ends_with(".json") || is_yaml(rest))
+        }
         _ => false,
     }
 }

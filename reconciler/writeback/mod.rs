@@ -61,7 +61,10 @@ impl CommitSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    Pushed { commit: Oid, attempts: u32 },
+    Pushed {
+        commit: Oid,
+        attempts: u32,
+    },
     /// Nothing to write: the change is already in the head (or `compute` said so).
     NoChange,
 }
@@ -80,24 +83,46 @@ pub struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     pub fn new(src: &'a GitSource, settings: &'a WriteBack) -> Self {
-        Self { src, settings, max_attempts: 50 }
+        Self {
+            src,
+            settings,
+            max_attempts: 50,
+        }
     }
 
     /// Fetch, compute the change on the head, commit, push; on a lost race, again.
-    pub fn write(&self, mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>) -> Result<WriteOutcome> {
+    pub fn write(
+        &self,
+        mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>,
+    ) -> Result<WriteOutcome> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let head = self.src.fetch()?;
-            let Some(spec) = compute(head)? else { return Ok(WriteOutcome::NoChange) };
-            let Some(commit) = self.make_commit(head, &spec)? else { return Ok(WriteOutcome::NoChange) };
+            let Some(spec) = compute(head)? else {
+                return Ok(WriteOutcome::NoChange);
+            };
+            let Some(commit) = self.make_commit(head, &spec)? else {
+                return Ok(WriteOutcome::NoChange);
+            };
             match self.push(commit)? {
-                true => return Ok(WriteOutcome::Pushed { commit, attempts: attempt }),
+                true => {
+                    return Ok(WriteOutcome::Pushed {
+                        commit,
+                        attempts: attempt,
+                    });
+                }
                 false if attempt >= self.max_attempts => {
-                    bail!("push to {} lost the race {attempt} times; giving up for now", self.src.branch())
+                    bail!(
+                        "push to {} lost the race {attempt} times; giving up for now",
+                        self.src.branch()
+                    )
                 }
                 false => {
-                    tracing::debug!(attempt, "push rejected (the branch moved); recomputing on the new head");
+                    tracing::debug!(
+                        attempt,
+                        "push rejected (the branch moved); recomputing on the new head"
+                    );
                     std::thread::sleep(backoff(attempt));
                 }
             }
@@ -126,13 +151,22 @@ impl<'a> Writer<'a> {
         }
         let tree = repo.find_tree(tree_id)?;
         let now = git2::Time::new(chrono::Utc::now().timestamp(), 0);
-        let author = Signature::new(&self.settings.author.name, &self.settings.author.email, &now)?;
-        let committer = Signature::new(&self.settings.committer.name, &self.settings.committer.email, &now)?;
+        let author = Signature::new(
+            &self.settings.author.name,
+            &self.settings.author.email,
+            &now,
+        )?;
+        let committer = Signature::new(
+            &self.settings.committer.name,
+            &self.settings.committer.email,
+            &now,
+        )?;
         let message = spec.message(self.settings.skip_ci);
         let id = match &self.settings.signing {
             None => repo.commit(None, &author, &committer, &message, &tree, &[&parent])?,
             Some(signing) => {
-                let buf = repo.commit_create_buffer(&author, &committer, &message, &tree, &[&parent])?;
+                let buf =
+                    repo.commit_create_buffer(&author, &committer, &message, &tree, &[&parent])?;
                 let content = std::str::from_utf8(&buf).context("commit buffer is not UTF-8")?;
                 let sig = sign(signing, content.as_bytes())?;
                 repo.commit_signed(content, &sig, Some("gpgsig"))?
@@ -165,7 +199,12 @@ impl<'a> Writer<'a> {
         };
         match result {
             Ok(()) if rejected.is_none() => {
-                repo.reference(&format!("refs/remotes/origin/{branch}"), commit, true, "rollgate: pushed")?;
+                repo.reference(
+                    &format!("refs/remotes/origin/{branch}"),
+                    commit,
+                    true,
+                    "rollgate: pushed",
+                )?;
                 Ok(true)
             }
             Ok(()) => Ok(false),
@@ -189,7 +228,9 @@ fn is_rejection(e: &git2::Error) -> bool {
 /// Jittered exponential backoff: 5 ms doubling to 500 ms, ± half.
 fn backoff(attempt: u32) -> Duration {
     let base = 5u64.saturating_mul(1 << attempt.min(7)).min(500);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let jitter = u64::from(nanos) % (base + 1);
     Duration::from_millis(base / 2 + jitter)
 }
@@ -242,7 +283,14 @@ fn sign(signing: &Signing, data: &[u8]) -> Result<String> {
         }
         Signing::Gpg { key } => {
             let mut c = Command::new("gpg");
-            c.args(["--batch", "--yes", "--detach-sign", "--armor", "--local-user", key]);
+            c.args([
+                "--batch",
+                "--yes",
+                "--detach-sign",
+                "--armor",
+                "--local-user",
+                key,
+            ]);
             c
         }
     };
@@ -252,11 +300,18 @@ fn sign(signing: &Signing, data: &[u8]) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start the signing program")?;
-    child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?.write_all(data)?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(data)?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         // The program's message names the key file or id, never key material.
-        bail!("signing failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "signing failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8(out.stdout).context("signature is not text")?)
 }

@@ -53,13 +53,34 @@ impl Remote {
         let dir = tempfile::tempdir().expect("temp dir");
         let bare = dir.path().join("remote.git");
         let human = dir.path().join("human");
-        git(dir.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("utf8")]);
+        git(
+            dir.path(),
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                bare.to_str().expect("utf8"),
+            ],
+        );
         git(&bare, &["config", "core.logAllRefUpdates", "always"]);
-        git(dir.path(), &["clone", "-q", bare.to_str().expect("utf8"), human.to_str().expect("utf8")]);
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                bare.to_str().expect("utf8"),
+                human.to_str().expect("utf8"),
+            ],
+        );
         git(&human, &["checkout", "-q", "-B", "main"]);
         copy_dir(folder, &human);
         git(&human, &["add", "-A"]);
-        git(&human, &["commit", "-q", "-m", "Seed the GitOps repository"]);
+        git(
+            &human,
+            &["commit", "-q", "-m", "Seed the GitOps repository"],
+        );
         git(&human, &["push", "-q", "origin", "main"]);
         Self { dir, bare, human }
     }
@@ -69,7 +90,12 @@ impl Remote {
     }
 
     /// The human pulls, edits a file with `edit`, commits and pushes.
-    pub fn human_commit(&self, path: &str, edit: impl FnOnce(String) -> String, message: &str) -> String {
+    pub fn human_commit(
+        &self,
+        path: &str,
+        edit: impl FnOnce(String) -> String,
+        message: &str,
+    ) -> String {
         git(&self.human, &["pull", "-q", "--rebase", "origin", "main"]);
         let p = self.human.join(path);
         let before = std::fs::read_to_string(&p).unwrap_or_default();
