@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::model::status::Status;
 use crate::model::validate::{self, ParsedPlan};
 use crate::model::{Code, Diagnostic, Settings, diagnostics};
 use crate::source::{SETTINGS_FILE, Snapshot};
@@ -295,25 +296,31 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
         .map(|n| n.to_json())
 }
 
+/// Every status file as policies see it (`input.statuses`), by plan name. A status
+/// file that does not parse is left out: policies that need it then deny (fail closed).
 fn status_docs(snap: &Snapshot) -> Value {
     let mut out = serde_json::Map::new();
-    for (file, bytes) in snap.status_files() {
-        if let Some(doc) = yaml_json(file, bytes) {
-            let name = doc
-                .get("plan")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    std::path::Path::new(file)
-                        .file_stem()
-                        .and_then(|s| s.to_str())
-                        .unwrap_or_default()
-                        .to_owned()
-                });
-            out.insert(name, doc);
-        }
+    for (_, bytes) in snap.status_files() {
+        let Some(status) = std::str::from_utf8(bytes).ok().and_then(|t| Status::from_yaml(t).ok()) else { continue };
+        out.insert(status.plan.clone(), status_doc(&status));
     }
     Value::Object(out)
+}
+
+/// The policy view of one status: a small, stable contract (documented in the README).
+pub fn status_doc(s: &Status) -> Value {
+    json!({
+        "plan": s.plan,
+        "phase": s.phase.as_str(),
+        "artifact": s.candidate,
+        "stableArtifact": s.stable,
+        "step": s.step,
+        "weight": s.weight,
+        "succeeded": s.succeeded.iter().map(|x| json!({
+            "artifact": x.artifact,
+            "at": x.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn base_plan_docs(base: &Snapshot) -> BTreeMap<String, Value> {

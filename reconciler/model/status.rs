@@ -239,6 +239,9 @@ pub struct Status {
     pub last_transition_at: Option<DateTime<Utc>>,
     /// The reason given with the last transition.
     pub message: Option<String>,
+    /// The last command commit (`Rollgate-Command`) this plan has acted on; commands
+    /// after it in first-parent history are pending.
+    pub last_command: Option<String>,
 }
 
 impl Status {
@@ -259,6 +262,7 @@ impl Status {
             succeeded: Vec::new(),
             last_transition_at: None,
             message: None,
+            last_command: None,
         }
     }
 
@@ -294,6 +298,7 @@ impl Status {
                     .collect(),
                 last_transition_at: self.last_transition_at.map(time_to_wire),
                 message: self.message.clone(),
+                last_command: self.last_command.clone(),
             },
         }
     }
@@ -347,6 +352,7 @@ impl Status {
                 .collect::<Result<_, StatusError>>()?,
             last_transition_at: opt_time("lastTransitionAt", s.last_transition_at.as_deref())?,
             message: s.message.clone(),
+            last_command: s.last_command.clone(),
         })
     }
 
@@ -436,6 +442,8 @@ pub struct StatusBody {
     pub last_transition_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -117,12 +117,7 @@ impl SharedInput {
         let parts = match shared {
             Value::Object(map) => map
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        regorus::Value::from(k.as_str()),
-                        regorus::Value::from(v.clone()),
-                    )
-                })
+                .filter_map(|(k, v)| Some((regorus::Value::from(k.as_str()), to_regorus(v).ok()?)))
                 .collect(),
             _ => Vec::new(),
         };
