@@ -114,6 +114,7 @@ fn main() {
             now: chrono::Utc::now(),
             only: None,
         };
+        let policies = rollgate::gate::Rego::new(policies.clone());
         let engine = (!no_policy).then_some(&policies as &dyn PolicyEngine);
         let report = gate::check(&snap, &cx, engine);
         let took = start.elapsed();

@@ -24,6 +24,10 @@ pub use crate::policy::{Finding, PolicyOutcome as Findings};
 /// The extension point for policy-as-code. Implementations must be deterministic for a
 /// given input and bound their own running time.
 pub trait PolicyEngine: Send {
+    /// The parts of the input every plan of one revision shares (`statuses`,
+    /// `settings`, `change`, `now`), converted once rather than once per plan.
+    fn set_shared(&mut self, shared: &Value);
+    /// Evaluate one plan's input, merged over the shared parts.
     fn evaluate(&mut self, input: &Value) -> Result<Findings, String>;
     /// An independent copy for another worker thread.
     fn fork(&self) -> Box<dyn PolicyEngine>;
@@ -66,10 +70,30 @@ pub struct GateContext<'a> {
     pub only: Option<BTreeSet<String>>,
 }
 
-/// The Rego engine (`crate::policy`) is the production implementation.
-impl PolicyEngine for crate::policy::PolicySet {
+/// The production implementation: the Rego policies of `crate::policy`.
+#[derive(Debug, Clone)]
+pub struct Rego {
+    set: crate::policy::PolicySet,
+    shared: Option<std::sync::Arc<crate::policy::SharedInput>>,
+}
+
+impl Rego {
+    pub fn new(set: crate::policy::PolicySet) -> Self {
+        Self { set, shared: None }
+    }
+}
+
+impl PolicyEngine for Rego {
+    fn set_shared(&mut self, shared: &Value) {
+        self.shared = Some(std::sync::Arc::new(crate::policy::SharedInput::new(shared)));
+    }
+
     fn evaluate(&mut self, input: &Value) -> Result<Findings, String> {
-        crate::policy::PolicySet::evaluate(self, input).map_err(|e| e.to_string())
+        let result = match &self.shared {
+            Some(shared) => self.set.evaluate_with(shared, input),
+            None => self.set.evaluate(input),
+        };
+        result.map_err(|e| e.to_string())
     }
 
     fn fork(&self) -> Box<dyn PolicyEngine> {
@@ -179,8 +203,20 @@ pub fn check(
             change: &cx.change,
             now: cx.now,
         };
+        let mut prepared = engine.fork();
+        prepared.set_shared(&json!({
+            "change": {
+                "commit": shared.change.commit,
+                "author": shared.change.author,
+                "files": shared.change.files,
+                "labels": shared.change.labels,
+            },
+            "statuses": shared.statuses,
+            "settings": shared.settings,
+            "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }));
         let entries: Vec<(&String, &ParsedPlan)> = ok.iter().collect();
-        let results = parallel_map_with(&entries, engine, |engine, (file, p)| {
+        let results = parallel_map_with(&entries, prepared.as_ref(), |engine, (file, p)| {
             let input = policy_input(file, p, &shared);
             (engine.evaluate(&input), p.name_pos)
         });
@@ -254,7 +290,8 @@ struct Shared<'a> {
     now: DateTime<Utc>,
 }
 
-/// The document policies see as `input` (documented in the README).
+/// The per-plan part of the document policies see as `input` (documented in the
+/// README); `change`, `statuses`, `settings` and `now` are shared (`set_shared`).
 fn policy_input(file: &str, p: &ParsedPlan, s: &Shared<'_>) -> Value {
     let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
     json!({
@@ -262,16 +299,7 @@ fn policy_input(file: &str, p: &ParsedPlan, s: &Shared<'_>) -> Value {
         "plan": p.document,
         "steps": steps,
         "basePlan": s.base_plans.get(&p.plan.name).cloned().unwrap_or(Value::Null),
-        "change": {
-            "commit": s.change.commit,
-            "author": s.change.author,
-            "files": s.change.files,
-            "labels": s.change.labels,
-        },
-        "statuses": s.statuses,
-        "settings": s.settings,
         "windowOpen": p.plan.windows.is_open(s.now),
-        "now": s.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
 }
 
@@ -301,7 +329,12 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 fn status_docs(snap: &Snapshot) -> Value {
     let mut out = serde_json::Map::new();
     for (_, bytes) in snap.status_files() {
-        let Some(status) = std::str::from_utf8(bytes).ok().and_then(|t| Status::from_yaml(t).ok()) else { continue };
+        let Some(status) = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| Status::from_yaml(t).ok())
+        else {
+            continue;
+        };
         out.insert(status.plan.clone(), status_doc(&status));
     }
     Value::Object(out)

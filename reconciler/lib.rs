@@ -8,7 +8,9 @@
 
 pub mod engine;
 pub mod gate;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod source;
+pub mod target;
 pub mod writeback;

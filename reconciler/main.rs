@@ -219,7 +219,9 @@ fn schema_text(kind: SchemaKind) -> String {
 /// The Rego engine with the built-in policies and the repo's own (when the folder exists).
 fn load_policy_engine(dir: &Path) -> Result<Box<dyn PolicyEngine>, Vec<Diagnostic>> {
     let dir = dir.is_dir().then_some(dir);
-    Ok(Box::new(rollgate::policy::PolicySet::load(dir)?))
+    Ok(Box::new(rollgate::gate::Rego::new(
+        rollgate::policy::PolicySet::load(dir)?,
+    )))
 }
 
 fn run_policy_tests(dirs: &[PathBuf]) -> Result<rollgate::policy::TestReport, Vec<Diagnostic>> {

@@ -204,7 +204,7 @@ fn billion_laughs() {
     let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for i in 1..10 {
         let prev = format!("*a{}", i - 1);
-        let items = vec![prev.as_str(); 10].join(", ");
+        let items = [prev.as_str(); 10].join(", ");
         text.push_str(&format!("a{i}: &a{i} [{items}]\n"));
     }
     hostile(
@@ -225,7 +225,7 @@ fn billion_laughs_inside_a_plan() {
     );
     for i in 1..10 {
         let prev = format!("*a{}", i - 1);
-        let items = vec![prev.as_str(); 10].join(", ");
+        let items = [prev.as_str(); 10].join(", ");
         extra.push_str(&format!("    a{i}: &a{i} [{items}]\n"));
     }
     hostile(

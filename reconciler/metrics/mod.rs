@@ -1,0 +1,30 @@
+//! Where measurements come from: the `MetricsSource` extension point.
+//!
+//! One trait, one file per implementation (`builtin.rs` for the proxy's counters and
+//! `prometheus.rs` follow). A source answers one check for one version over a window;
+//! an unreachable source or an empty result is an error or a measurement without a
+//! value, which the judge treats as inconclusive, never as a pass.
+
+use std::time::Duration;
+
+use crate::engine::Measurement;
+use crate::model::plan::Check;
+
+/// What a query is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryContext<'a> {
+    pub plan: &'a str,
+    /// The version being judged (the candidate's artifact).
+    pub version: &'a str,
+    /// The stable version, for baseline comparisons.
+    pub baseline: Option<&'a str>,
+    /// How far back to look.
+    pub window: Duration,
+}
+
+/// A source of measurements.
+pub trait MetricsSource: Send {
+    /// Measure `check` for `ctx.version`. `Err` is a source error (counted against
+    /// `consecutiveErrorLimit`), never a verdict.
+    fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String>;
+}

@@ -1,0 +1,40 @@
+//! Where rollouts happen: the `Target` extension point.
+//!
+//! One trait, one file per implementation (`dry_run.rs` now; `local.rs` and
+//! `kubernetes.rs` follow). Every method is idempotent: the daemon may call any of them
+//! again after a crash or a lost race, and the target converges to the same state.
+//! `contract` holds the test every implementation must pass.
+
+pub mod contract;
+pub mod dry_run;
+
+use crate::engine::TargetHealth;
+use crate::model::Plan;
+
+/// What the target should look like now, for health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub stable: Option<String>,
+    /// `None` when no candidate should be running.
+    pub candidate: Option<String>,
+    pub weight: u8,
+}
+
+/// An error talking to the target. The rollout holds; it never counts as a pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
+
+/// A place rollouts run: processes on this host, a Kubernetes cluster, a function platform.
+pub trait Target: Send {
+    /// Run `artifact` as the candidate next to the stable version, with no traffic.
+    fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError>;
+    /// Send `weight`% of traffic to the candidate.
+    fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError>;
+    /// Make `artifact` the stable version at 100% and retire the old stable and the candidate.
+    fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError>;
+    /// Send all traffic to the stable version, then remove the candidate.
+    fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError>;
+    /// How close the target is to `desired`.
+    fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth;
+}
