@@ -20,7 +20,7 @@ metrics:
 
 fn plan(i: usize) -> String {
     let name = format!("svc-{i:05}");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!(
             "apiVersion: rollgate.dev/v1alpha1
 kind: RolloutPlan
@@ -89,10 +89,20 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return; // test runners list targets; a benchmark has no tests to list
+    }
+    // `cargo bench` passes `--bench`; under `cargo test` run a small smoke check only.
+    let default_n = if args.iter().any(|a| a == "--bench") {
+        10_000
+    } else {
+        200
+    };
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(default_n);
     let no_policy = std::env::args().any(|a| a == "--no-policy");
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();

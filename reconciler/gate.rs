@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::model::status::Status;
 use crate::model::validate::{self, ParsedPlan};
-use crate::model::{Code, Diagnostic, Settings, diagnostics};
+use crate::model::{Code, Diagnostic, Pos, Settings, diagnostics};
 use crate::source::{SETTINGS_FILE, Snapshot};
 
 pub use crate::policy::{Finding, PolicyOutcome as Findings};
@@ -192,9 +192,19 @@ pub fn check(
         ok.retain(|f, _| only.contains(f));
     }
 
+    // Without valid settings no target or source can be resolved: fail closed.
+    if report.settings.is_none() {
+        for f in ok.keys() {
+            report.rejected.insert(f.clone());
+        }
+        ok.clear();
+    }
+
+    let (statuses, status_diags) = status_docs(snap);
+    report.diagnostics.extend(status_diags);
+
     // Policies.
     if let Some(engine) = policy {
-        let statuses = status_docs(snap);
         let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
         let shared = Shared {
             statuses,
@@ -243,7 +253,7 @@ pub fn check(
                         file.as_str(),
                         pos,
                         Code::PolicyError,
-                        format!("policy evaluation failed: {e}"),
+                        e,
                     ));
                 }
             }
@@ -269,14 +279,18 @@ fn parse_one(
         )]);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+        let col = good.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        let pos = Pos::new(
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(col).unwrap_or(u32::MAX),
+        );
         vec![Diagnostic::error(
             file,
-            None,
+            Some(pos),
             Code::YamlSyntax,
-            format!(
-                "file is not UTF-8 text (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
+            "file is not UTF-8 text (an invalid byte here)",
         )]
     })?;
     validate::parse_plan(file, text, settings)
@@ -325,19 +339,27 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 }
 
 /// Every status file as policies see it (`input.statuses`), by plan name. A status
-/// file that does not parse is left out: policies that need it then deny (fail closed).
-fn status_docs(snap: &Snapshot) -> Value {
+/// file that does not parse is an error diagnostic and is left out, so policies that
+/// need it deny (fail closed).
+fn status_docs(snap: &Snapshot) -> (Value, Vec<Diagnostic>) {
     let mut out = serde_json::Map::new();
-    for (_, bytes) in snap.status_files() {
-        let Some(status) = std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|t| Status::from_yaml(t).ok())
-        else {
-            continue;
-        };
-        out.insert(status.plan.clone(), status_doc(&status));
+    let mut diags = Vec::new();
+    for (file, bytes) in snap.status_files() {
+        let parsed = std::str::from_utf8(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(status) => {
+                out.insert(status.plan.clone(), status_doc(&status));
+            }
+            Err(e) => diags.push(
+                Diagnostic::error(file.as_str(), None, Code::BadStatus, e).with_help(
+                    "status files are written by rollgate; restore it from history (`git log -p -- status/`)",
+                ),
+            ),
+        }
     }
-    Value::Object(out)
+    (Value::Object(out), diags)
 }
 
 /// The policy view of one status: a small, stable contract (documented in the README).

@@ -131,6 +131,17 @@ fn validate(repo: &Path, output: Output, no_policy: bool) -> Result<ExitCode> {
         only: None,
     };
     let mut report = gate::check(&snap, &cx, engine.as_deref());
+    if !extra.is_empty() {
+        // The policies could not be loaded, so no plan was checked against them.
+        let names: Vec<String> = report.accepted.keys().cloned().collect();
+        for name in names {
+            if let Some(p) = report.accepted.remove(&name) {
+                report
+                    .rejected
+                    .insert(format!("plans/{}.yaml", p.plan.name));
+            }
+        }
+    }
     report.diagnostics.extend(extra);
     rollgate::model::diagnostics::sort(&mut report.diagnostics);
     let errors = report.errors();

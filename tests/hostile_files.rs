@@ -368,7 +368,6 @@ fn symlink_to_etc_passwd() {
 }
 
 #[test]
-#[ignore = "known bug: source::fs reads plans/ through a symlinked folder"]
 fn symlinked_plans_folder() {
     // Not only files: a `plans` link to a folder outside the repository.
     let outside = tempfile::tempdir().expect("temp dir");

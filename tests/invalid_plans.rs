@@ -47,10 +47,11 @@ const CODES: &[&str] = &[
     "unknown-plan",
     "policy-denied",
     "policy-error",
+    "bad-status",
 ];
 
 /// Codes whose problem is the file itself, not a place in it.
-const CODES_WITHOUT_PLACE: &[&str] = &["io", "input-limit", "unsafe-path"];
+const CODES_WITHOUT_PLACE: &[&str] = &["io", "input-limit", "unsafe-path", "bad-status"];
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
@@ -216,6 +217,7 @@ fn check_case(case: &str) {
     for d in &diags {
         let allowed_file = d.file.starts_with("plans/")
             || (d.code == "io" && d.file == "rollgate.yaml")
+            || (d.code == "bad-status" && d.file.starts_with("status/"))
             || (with_policy && d.file.starts_with("policies/"));
         assert!(
             allowed_file,
@@ -273,6 +275,7 @@ cases! {
     bad_name => "bad-name",
     bad_name_namespace => "bad-name-namespace",
     bad_preset => "bad-preset",
+    bad_status => "bad-status",
     bad_timezone => "bad-timezone",
     duplicate_check => "duplicate-check",
     duplicate_plan => "duplicate-plan",
@@ -283,6 +286,7 @@ cases! {
     invalid_value_builtin_query => "invalid-value-builtin-query",
     invalid_value_health_status => "invalid-value-health-status",
     invalid_value_listen => "invalid-value-listen",
+    invalid_value_route_rule_overflow => "invalid-value-route-rule-overflow",
     invalid_value_negative_min_samples => "invalid-value-negative-min-samples",
     invalid_value_two_strategies => "invalid-value-two-strategies",
     io_settings_is_a_directory => "io-settings-is-a-directory",
@@ -318,7 +322,6 @@ cases! {
     wrong_type => "wrong-type",
     wrong_type_checks_mapping => "wrong-type-checks-mapping",
     wrong_type_label_value => "wrong-type-label-value",
-    wrong_type_route_rule_overflow => "wrong-type-route-rule-overflow",
     wrong_type_set_weight_string => "wrong-type-set-weight-string",
     wrong_type_weight_overflow => "wrong-type-weight-overflow",
     yaml_syntax => "yaml-syntax",

@@ -64,7 +64,7 @@ fn kind_matches(kind: &Kind, ty: &str) -> bool {
             | (Kind::Str(_), "string")
             | (Kind::Seq(_), "array")
             | (Kind::Map(_), "object")
-    ) || matches!((kind, ty), (Kind::Float(f), "integer") if f.fract() == 0.0 && f.is_finite())
+    ) || matches!((kind, ty), (Kind::Float(f), "integer") if f.fract() == 0.0 && f.abs() < 9.0e15)
 }
 
 fn type_word(ty: &str) -> &str {
@@ -199,23 +199,30 @@ impl<'a> Checker<'a> {
             Kind::Float(f) => f,
             _ => return,
         };
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-            if v < min {
-                self.err(
-                    node.pos,
-                    Code::InvalidValue,
-                    format!("{} must be at least {min}, found {v}", where_(path)),
-                );
-            }
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && v < min
+        {
+            self.err(
+                node.pos,
+                Code::InvalidValue,
+                format!("{} must be at least {min}, found {v}", where_(path)),
+            );
         }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-            if v > max {
-                self.err(
-                    node.pos,
-                    Code::InvalidValue,
-                    format!("{} must be at most {max}, found {v}", where_(path)),
-                );
-            }
+        let format_max = match schema.get("format").and_then(Value::as_str) {
+            Some("uint8") => Some(f64::from(u8::MAX)),
+            Some("uint16") => Some(f64::from(u16::MAX)),
+            Some("uint32") => Some(f64::from(u32::MAX)),
+            Some("int32") => Some(f64::from(i32::MAX)),
+            _ => None,
+        };
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64).or(format_max)
+            && v > max
+        {
+            self.err(
+                node.pos,
+                Code::InvalidValue,
+                format!("{} must be at most {max}, found {v}", where_(path)),
+            );
         }
     }
 

@@ -22,7 +22,7 @@ use super::schema_check;
 use super::settings::{self, BUILTIN_SOURCE, Settings};
 use super::window::{CronExpr, Windows};
 use super::wire;
-use super::yaml::{self, Node, PathSeg};
+use super::yaml::{self, Kind, Node, PathSeg};
 
 /// Queries the builtin metrics source answers.
 pub const BUILTIN_QUERIES: &[&str] = &[
@@ -79,9 +79,21 @@ impl<'a> Ctx<'a> {
                 P::I(i) => PathSeg::Index(*i),
             })
             .collect();
-        (0..=segs.len())
-            .rev()
-            .find_map(|n| self.root.at(&segs[..n]).map(|node| node.pos))
+        // The deepest node on the path that exists; a mapping's place is its key's
+        // (the value of `local:` starts at its first field, which would mislead).
+        (0..=segs.len()).rev().find_map(|n| {
+            let node = self.root.at(&segs[..n])?;
+            if let (Kind::Map(_), Some(PathSeg::Key(k)), Some(parent)) = (
+                &node.kind,
+                segs[..n].last(),
+                n.checked_sub(1).and_then(|m| self.root.at(&segs[..m])),
+            ) && let Kind::Map(entries) = &parent.kind
+                && let Some((key, _)) = entries.iter().find(|(key, _)| key.as_str() == Some(k))
+            {
+                return Some(key.pos);
+            }
+            Some(node.pos)
+        })
     }
 
     fn err(&mut self, path: &[P<'_>], code: Code, msg: impl Into<String>) -> &mut Diagnostic {
@@ -348,11 +360,16 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             .any(|c| c.is_whitespace() || c.is_control())
         || artifact.len() > 512
     {
-        cx.err(
-            &spec(&[K("artifact")]),
-            Code::BadArtifact,
-            "the artifact must be one non-empty word of at most 512 characters",
-        );
+        let why = if artifact.is_empty() {
+            "is empty".to_owned()
+        } else if artifact.len() > 512 {
+            format!("is {} characters long", artifact.len())
+        } else {
+            "contains spaces or control characters".to_owned()
+        };
+        let shown: String = artifact.chars().take(80).collect();
+        cx.err(&spec(&[K("artifact")]), Code::BadArtifact, format!("artifact `{shown}` {why}"))
+            .help = Some("an artifact is one word of at most 512 characters: an image reference, a version or a path".to_owned());
     }
     if let Some(from) = &s.promoted_from {
         cx.name(from, "promotedFrom", &spec(&[K("promotedFrom")]));
@@ -396,22 +413,22 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                     |h| format!("did you mean `{h}`?"),
                 ));
             }
-        } else if let Some(settings) = settings {
-            if !settings.metrics.contains_key(&c.source) {
-                let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE)
-                    .chain(settings.metrics.keys().map(String::as_str))
-                    .collect();
-                let hint = did_you_mean(&c.source, names.iter().copied());
-                cx.err(
-                    &at(&[K("source")]),
-                    Code::UnknownSource,
-                    format!("unknown metrics source `{}`", c.source),
-                )
-                .help = Some(hint.map_or_else(
-                    || format!("sources: {}", names.join(", ")),
-                    |h| format!("did you mean `{h}`?"),
-                ));
-            }
+        } else if let Some(settings) = settings
+            && !settings.metrics.contains_key(&c.source)
+        {
+            let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE)
+                .chain(settings.metrics.keys().map(String::as_str))
+                .collect();
+            let hint = did_you_mean(&c.source, names.iter().copied());
+            cx.err(
+                &at(&[K("source")]),
+                Code::UnknownSource,
+                format!("unknown metrics source `{}`", c.source),
+            )
+            .help = Some(hint.map_or_else(
+                || format!("sources: {}", names.join(", ")),
+                |h| format!("did you mean `{h}`?"),
+            ));
         }
         if c.query.trim().is_empty() {
             cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
@@ -473,6 +490,7 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             }
             let mut steps = Vec::new();
             let mut last_weight: Option<(u8, usize)> = None;
+            let mut bad_weight = false;
             for (i, st) in c.steps.iter().enumerate() {
                 let at = |k: &'static str, rest: &[P<'static>]| -> Vec<P<'static>> {
                     base.iter()
@@ -489,21 +507,22 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                                 Code::WeightRange,
                                 format!("weight {wt} is outside 0-100"),
                             );
+                            bad_weight = true;
                             continue;
                         }
                         let wt = u8::try_from(*wt).unwrap_or(100);
-                        if let Some((prev, _)) = last_weight {
-                            if wt < prev {
-                                cx.err(
-                                    &at("setWeight", &[]),
-                                    Code::WeightDecreasing,
-                                    format!("weight {wt} is lower than the previous step's {prev}"),
-                                )
-                                .help = Some(
-                                    "weights only go up; a rollback is what sends traffic back"
-                                        .to_owned(),
-                                );
-                            }
+                        if let Some((prev, _)) = last_weight
+                            && wt < prev
+                        {
+                            cx.err(
+                                &at("setWeight", &[]),
+                                Code::WeightDecreasing,
+                                format!("weight {wt} is lower than the previous step's {prev}"),
+                            )
+                            .help = Some(
+                                "weights only go up; a rollback is what sends traffic back"
+                                    .to_owned(),
+                            );
                         }
                         last_weight = Some((wt, i));
                         steps.push(Step::SetWeight(wt));
@@ -516,11 +535,15 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                     }
                     wire::Step::Analysis(a) => {
                         refs(cx, &a.checks, &at("analysis", &[K("checks")]));
-                        let d = cx.dur(
-                            Some(&a.duration),
-                            Duration::ZERO,
-                            &at("analysis", &[K("duration")]),
-                        );
+                        let dp = at("analysis", &[K("duration")]);
+                        let d = cx.dur(Some(&a.duration), Duration::ZERO, &dp);
+                        if d.is_zero() && duration::parse(&a.duration).is_some() {
+                            cx.err(
+                                &dp,
+                                Code::BadDuration,
+                                "an analysis must last longer than 0s",
+                            );
+                        }
                         steps.push(Step::Analysis(Analysis {
                             checks: a.checks.clone(),
                             duration: d,
@@ -530,9 +553,11 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             }
             let reaches_full = matches!(last_weight, Some((100, _)));
             let ends_in_promotion = matches!(steps.last(), Some(Step::Pause(None)));
-            if !c.steps.is_empty() && !reaches_full && !ends_in_promotion {
+            if !c.steps.is_empty() && !reaches_full && !ends_in_promotion && !bad_weight {
+                let last: Vec<P<'static>> =
+                    base.iter().copied().chain([I(c.steps.len() - 1)]).collect();
                 cx.err(
-                    &base,
+                    &last,
                     Code::NeverComplete,
                     "the steps never reach 100% nor end in an untimed pause (a promotion)",
                 )
@@ -653,6 +678,15 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         &[K("spec"), K("progressDeadline")],
     );
     let min_samples = s.min_samples.unwrap_or(plan::DEFAULT_MIN_SAMPLES);
+    if min_samples == 0 {
+        cx.err(
+            &[K("spec"), K("minSamples")],
+            Code::InvalidValue,
+            "`minSamples` must be at least 1",
+        )
+        .help =
+            Some("with no samples there is no evidence, and no evidence never promotes".to_owned());
+    }
 
     Plan {
         name: w.metadata.name.clone(),
@@ -691,14 +725,14 @@ fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Ju
         };
     }
     if threshold {
-        if let (Some(lo), Some(hi)) = (j.min, j.max) {
-            if lo > hi {
-                cx.err(
-                    &at("min"),
-                    Code::BadJudge,
-                    format!("`min` {lo} is above `max` {hi}: nothing can pass"),
-                );
-            }
+        if let (Some(lo), Some(hi)) = (j.min, j.max)
+            && lo > hi
+        {
+            cx.err(
+                &at("min"),
+                Code::BadJudge,
+                format!("`min` {lo} is above `max` {hi}: nothing can pass"),
+            );
         }
         return Judge::Threshold {
             min: j.min,
@@ -754,23 +788,23 @@ fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Ju
             "a baseline judge needs an effect size: `maxRatio` or `maxIncrease`",
         );
     }
-    if let Some(r) = j.max_ratio {
-        if !(r.is_finite() && r > 0.0) {
-            cx.err(
-                &at("maxRatio"),
-                Code::BadJudge,
-                format!("`maxRatio` must be above 0, found {r}"),
-            );
-        }
+    if let Some(r) = j.max_ratio
+        && !(r.is_finite() && r > 0.0)
+    {
+        cx.err(
+            &at("maxRatio"),
+            Code::BadJudge,
+            format!("`maxRatio` must be above 0, found {r}"),
+        );
     }
-    if let Some(m) = j.max_increase {
-        if !(m.is_finite() && m >= 0.0) {
-            cx.err(
-                &at("maxIncrease"),
-                Code::BadJudge,
-                format!("`maxIncrease` must be 0 or more, found {m}"),
-            );
-        }
+    if let Some(m) = j.max_increase
+        && !(m.is_finite() && m >= 0.0)
+    {
+        cx.err(
+            &at("maxIncrease"),
+            Code::BadJudge,
+            format!("`maxIncrease` must be 0 or more, found {m}"),
+        );
     }
     let alpha = j.alpha.unwrap_or(plan::DEFAULT_ALPHA);
     if !(alpha > 0.0 && alpha <= 0.5) {
@@ -961,37 +995,44 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
 /// `plans` maps file path to the plan parsed from it.
 pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    let mut by_name: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (file, p) in plans {
-        let pos = p.name_pos;
-        if let Some(first) = by_name.insert(&p.plan.name, file) {
+        by_name.entry(&p.plan.name).or_default().push(file);
+    }
+    for (name, files) in &by_name {
+        if files.len() < 2 {
+            continue;
+        }
+        // Every file with the name is rejected: which one was meant is for a human to say.
+        for file in files {
+            let others: Vec<&str> = files.iter().copied().filter(|f| f != file).collect();
             diags.push(
                 Diagnostic::error(
-                    file.clone(),
-                    pos,
+                    *file,
+                    plans[*file].name_pos,
                     Code::DuplicatePlan,
-                    format!("plan name `{}` is also used by {first}", p.plan.name),
+                    format!("plan name `{name}` is also used by {}", others.join(", ")),
                 )
                 .with_help("every plan needs a unique name"),
             );
         }
     }
     for (file, p) in plans {
-        if let Some(from) = &p.plan.promoted_from {
-            if !by_name.contains_key(from.as_str()) {
-                let pos = p.promoted_from_pos;
-                let hint = did_you_mean(from, by_name.keys().copied());
-                let mut d = Diagnostic::error(
-                    file.clone(),
-                    pos,
-                    Code::UnknownPlan,
-                    format!("`promotedFrom` names plan `{from}`, which does not exist"),
-                );
-                if let Some(h) = hint {
-                    d = d.with_help(format!("did you mean `{h}`?"));
-                }
-                diags.push(d);
+        if let Some(from) = &p.plan.promoted_from
+            && !by_name.contains_key(from.as_str())
+        {
+            let pos = p.promoted_from_pos;
+            let hint = did_you_mean(from, by_name.keys().copied());
+            let mut d = Diagnostic::error(
+                file.clone(),
+                pos,
+                Code::UnknownPlan,
+                format!("`promotedFrom` names plan `{from}`, which does not exist"),
+            );
+            if let Some(h) = hint {
+                d = d.with_help(format!("did you mean `{h}`?"));
             }
+            diags.push(d);
         }
     }
     diags
@@ -1064,15 +1105,12 @@ mod tests {
         );
         let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
         let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
-        for code in [
-            Code::WeightRange,
-            Code::BadDuration,
-            Code::UnknownCheck,
-            Code::NeverComplete,
-        ] {
+        for code in [Code::WeightRange, Code::BadDuration, Code::UnknownCheck] {
             assert!(codes.contains(&code), "{code} missing from {codes:?}");
         }
         assert!(diags.iter().all(|d| d.pos.is_some()), "{diags:?}");
+        // A knock-on error is not reported: the bad weight already explains it.
+        assert!(!codes.contains(&Code::NeverComplete), "{codes:?}");
     }
 
     #[test]

@@ -396,10 +396,11 @@ impl Node {
 
 /// The YAML 1.2 core schema: what a scalar means.
 fn resolve(value: &str, style: ScalarStyle, tag: Option<&Tag>) -> Kind {
-    if let Some(t) = tag {
-        if t.is_yaml_core_schema() && t.suffix() == "str" {
-            return Kind::Str(value.to_owned());
-        }
+    if let Some(t) = tag
+        && t.is_yaml_core_schema()
+        && t.suffix() == "str"
+    {
+        return Kind::Str(value.to_owned());
     }
     if style != ScalarStyle::Plain {
         return Kind::Str(value.to_owned());
@@ -420,20 +421,21 @@ fn resolve(value: &str, style: ScalarStyle, tag: Option<&Tag>) -> Kind {
         .strip_prefix(b"-")
         .or_else(|| bytes.strip_prefix(b"+"))
         .unwrap_or(bytes);
-    if !unsigned.is_empty() && unsigned.iter().all(u8::is_ascii_digit) {
-        if let Ok(i) = value.parse::<i64>() {
-            return Kind::Int(i);
-        }
+    if !unsigned.is_empty()
+        && unsigned.iter().all(u8::is_ascii_digit)
+        && let Ok(i) = value.parse::<i64>()
+    {
+        return Kind::Int(i);
     }
-    if let Some(hex) = value.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Kind::Int(i);
-        }
+    if let Some(hex) = value.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Kind::Int(i);
     }
-    if let Some(oct) = value.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Kind::Int(i);
-        }
+    if let Some(oct) = value.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Kind::Int(i);
     }
     let numeric = unsigned
         .first()
@@ -442,10 +444,8 @@ fn resolve(value: &str, style: ScalarStyle, tag: Option<&Tag>) -> Kind {
             .iter()
             .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
         && unsigned.iter().any(u8::is_ascii_digit);
-    if numeric {
-        if let Ok(f) = value.parse::<f64>() {
-            return Kind::Float(f);
-        }
+    if numeric && let Ok(f) = value.parse::<f64>() {
+        return Kind::Float(f);
     }
     Kind::Str(value.to_owned())
 }

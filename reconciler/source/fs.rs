@@ -13,7 +13,10 @@ use crate::model::yaml::MAX_FILE_BYTES;
 use crate::model::{Code, Diagnostic};
 
 /// The folders rollgate reads, and which files in them.
-const DIRS: &[(&str, fn(&str) -> bool)] = &[
+/// Which file names a folder's reader takes.
+type Wanted = fn(&str) -> bool;
+
+const DIRS: &[(&str, Wanted)] = &[
     ("plans", is_yaml),
     ("status", is_yaml),
     ("policies", |p| {
@@ -33,7 +36,20 @@ pub fn read_dir(root: &Path) -> std::io::Result<Snapshot> {
     let mut snap = Snapshot::default();
     read_one(root, SETTINGS_FILE, &mut snap);
     for (dir, wanted) in DIRS {
-        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+        let path = root.join(dir);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            snap.refused.push(
+                Diagnostic::error(
+                    *dir,
+                    None,
+                    Code::UnsafePath,
+                    format!("refusing to read `{dir}/` through a symlink"),
+                )
+                .with_help("commit the folder itself; rollgate never reads through links"),
+            );
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&path) else {
             continue;
         };
         let mut names: Vec<String> = entries
@@ -78,6 +94,15 @@ fn read_one(root: &Path, rel: &str, snap: &mut Snapshot) {
             )
             .with_help("commit the file itself; rollgate never reads through links"),
         );
+        return;
+    }
+    if meta.is_dir() {
+        snap.refused.push(Diagnostic::error(
+            rel,
+            None,
+            Code::Io,
+            "is a folder, not a file",
+        ));
         return;
     }
     if !meta.is_file() {

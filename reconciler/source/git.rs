@@ -58,10 +58,10 @@ impl CommitInfo {
 pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     cb.credentials(|_url, user, allowed| {
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-            if let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN") {
-                return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
-            }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+            && let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN")
+        {
+            return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
         }
         if allowed.contains(git2::CredentialType::SSH_KEY) {
             let user = user.unwrap_or("git");
