@@ -9,7 +9,8 @@
 //! Invariant (safety 2 and 3): a plan with any error-level diagnostic is in
 //! `rejected`, never in `accepted`; one bad plan never hides the others.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -46,7 +47,7 @@ pub struct Change {
 pub struct GateReport {
     pub settings: Option<Settings>,
     /// Plans that passed schema and policy, by plan name.
-    pub accepted: BTreeMap<String, ParsedPlan>,
+    pub accepted: BTreeMap<String, Arc<ParsedPlan>>,
     /// Files of plans that failed, with why in `diagnostics`.
     pub rejected: BTreeSet<String>,
     /// Every diagnostic, errors and warnings, sorted by file and place.
@@ -113,6 +114,43 @@ pub fn check(
     cx: &GateContext<'_>,
     policy: Option<&dyn PolicyEngine>,
 ) -> GateReport {
+    check_with(snap, cx, policy, &mut GateCache::default())
+}
+
+/// Parse and policy results kept between revisions, so a new commit costs what it
+/// changed, not what the repository holds. Invalidate with the paths a diff names.
+#[derive(Debug, Default)]
+pub struct GateCache {
+    parsed: HashMap<String, Result<Arc<ParsedPlan>, Vec<Diagnostic>>>,
+    findings: HashMap<String, Result<Findings, String>>,
+}
+
+impl GateCache {
+    /// Forget what `changed` (repo-relative paths) may have changed. Settings or
+    /// policies changing invalidates everything.
+    pub fn invalidate(&mut self, changed: &[String]) {
+        if changed
+            .iter()
+            .any(|p| p == SETTINGS_FILE || p.starts_with("policies/"))
+        {
+            self.parsed.clear();
+            self.findings.clear();
+            return;
+        }
+        for p in changed {
+            self.parsed.remove(p);
+            self.findings.remove(p);
+        }
+    }
+}
+
+/// [`check`], reusing and refreshing `cache`.
+pub fn check_with(
+    snap: &Snapshot,
+    cx: &GateContext<'_>,
+    policy: Option<&dyn PolicyEngine>,
+    cache: &mut GateCache,
+) -> GateReport {
     let mut report = GateReport {
         diagnostics: snap.refused.clone(),
         ..Default::default()
@@ -169,20 +207,33 @@ pub fn check(
             .filter(|d| crate::source::is_plan_path(&d.file))
             .count();
     let settings = report.settings.as_ref();
-    let parsed = parallel_map(&files, |(file, bytes)| parse_one(file, bytes, settings));
-    let mut ok: BTreeMap<String, ParsedPlan> = BTreeMap::new();
-    for ((file, _), result) in files.iter().zip(parsed) {
-        match result {
-            Ok(p) => {
-                ok.insert((*file).clone(), p);
+    let missing: Vec<(&String, &Vec<u8>)> = files
+        .iter()
+        .copied()
+        .filter(|(f, _)| !cache.parsed.contains_key(*f))
+        .collect();
+    let fresh = parallel_map(&missing, |(file, bytes)| {
+        parse_one(file, bytes, settings).map(Arc::new)
+    });
+    let reparsed = !missing.is_empty();
+    for ((file, _), result) in missing.iter().zip(fresh) {
+        cache.parsed.insert((*file).clone(), result);
+    }
+    cache.parsed.retain(|f, _| snap.files.contains_key(f));
+    let mut ok: BTreeMap<String, Arc<ParsedPlan>> = BTreeMap::new();
+    for (file, _) in &files {
+        match cache.parsed.get(*file) {
+            Some(Ok(p)) => {
+                ok.insert((*file).clone(), p.clone());
             }
-            Err(d) => {
+            Some(Err(d)) => {
                 report.rejected.insert((*file).clone());
-                report.diagnostics.extend(d);
+                report.diagnostics.extend(d.iter().cloned());
             }
+            None => {}
         }
     }
-    let cross = validate::cross_check(&ok.iter().map(|(f, p)| (f.clone(), p)).collect());
+    let cross = validate::cross_check(&ok.iter().map(|(f, p)| (f.clone(), p.as_ref())).collect());
     for d in &cross {
         report.rejected.insert(d.file.clone());
     }
@@ -200,11 +251,19 @@ pub fn check(
         ok.clear();
     }
 
-    let (statuses, status_diags) = status_docs(snap);
-    report.diagnostics.extend(status_diags);
-
-    // Policies.
-    if let Some(engine) = policy {
+    // Policies, for the plans not judged yet at this content.
+    let pending: Vec<(&String, &Arc<ParsedPlan>)> = ok
+        .iter()
+        .filter(|(f, _)| policy.is_some() && !cache.findings.contains_key(*f))
+        .collect();
+    let statuses = if reparsed || !pending.is_empty() {
+        let (statuses, status_diags) = status_docs(snap);
+        report.diagnostics.extend(status_diags);
+        statuses
+    } else {
+        Value::Null
+    };
+    if let (Some(engine), false) = (policy, pending.is_empty()) {
         let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
         let shared = Shared {
             statuses,
@@ -225,13 +284,21 @@ pub fn check(
             "settings": shared.settings,
             "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }));
-        let entries: Vec<(&String, &ParsedPlan)> = ok.iter().collect();
-        let results = parallel_map_with(&entries, prepared.as_ref(), |engine, (file, p)| {
+        let results = parallel_map_with(&pending, prepared.as_ref(), |engine, (file, p)| {
             let input = policy_input(file, p, &shared);
-            (engine.evaluate(&input), p.name_pos)
+            engine.evaluate(&input)
         });
-        for ((file, _), (result, pos)) in entries.iter().zip(results) {
-            match result {
+        for ((file, _), result) in pending.iter().zip(results) {
+            cache.findings.insert((*file).clone(), result);
+        }
+    }
+    if policy.is_some() {
+        for (file, p) in &ok {
+            let Some(result) = cache.findings.get(file) else {
+                continue;
+            };
+            let pos = p.name_pos;
+            match result.clone() {
                 Ok(f) => {
                     for d in f.deny {
                         report.rejected.insert((*file).clone());
@@ -258,8 +325,8 @@ pub fn check(
                 }
             }
         }
-        ok.retain(|f, _| !report.rejected.contains(f));
     }
+    ok.retain(|f, _| !report.rejected.contains(f));
     report.accepted = ok.into_values().map(|p| (p.plan.name.clone(), p)).collect();
     diagnostics::sort(&mut report.diagnostics);
     report
@@ -306,7 +373,7 @@ struct Shared<'a> {
 
 /// The per-plan part of the document policies see as `input` (documented in the
 /// README); `change`, `statuses`, `settings` and `now` are shared (`set_shared`).
-fn policy_input(file: &str, p: &ParsedPlan, s: &Shared<'_>) -> Value {
+fn policy_input(file: &str, p: &Arc<ParsedPlan>, s: &Shared<'_>) -> Value {
     let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
     json!({
         "file": file,

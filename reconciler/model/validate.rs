@@ -49,6 +49,8 @@ pub fn is_dns_label(s: &str) -> bool {
 /// A plan that passed every check, with the document as written (for policies and previews).
 #[derive(Debug, Clone)]
 pub struct ParsedPlan {
+    /// The repo-relative path the plan was read from.
+    pub file: String,
     pub plan: Plan,
     pub document: Value,
     /// Where `metadata.name` is (policy findings point here).
@@ -185,6 +187,7 @@ pub fn parse_plan(
         .at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")])
         .map(|n| n.pos);
     Ok(ParsedPlan {
+        file: file.to_owned(),
         plan,
         document: json,
         name_pos,
