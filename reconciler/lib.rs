@@ -6,8 +6,11 @@
 //! - `policy`: Rego policies (built-in and the repo's own), evaluated in-process.
 //! - `source`: reading a repository's files safely.
 
+pub mod commands;
+pub mod daemon;
 pub mod engine;
 pub mod gate;
+pub mod history;
 pub mod metrics;
 pub mod model;
 pub mod policy;

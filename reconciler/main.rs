@@ -58,6 +58,71 @@ enum Command {
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Run the reconciler: watch the repository and roll out every plan change.
+    Run(RunArgs),
+    /// Promote a rollout past an untimed pause or a held analysis (a command commit).
+    Promote(CommandArgs),
+    /// Abort a rollout: traffic back to stable, the candidate removed (a command commit).
+    Abort(CommandArgs),
+    /// Retry a rolled-back rollout or a held analysis (a command commit).
+    Retry(CommandArgs),
+    /// Every transition of every rollout, from the commit trailers alone.
+    History {
+        /// Only this plan.
+        plan: Option<String>,
+        #[arg(long, default_value = ".")]
+        repo: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The live table: every plan's status at the head of the branch.
+    Status {
+        #[arg(long, default_value = ".")]
+        repo: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The GitOps repository: a path (a bare repository or a checkout's remote) or a URL.
+    #[arg(long)]
+    repo: String,
+    /// The branch to watch and write to.
+    #[arg(long, default_value = "main")]
+    branch: String,
+    /// Work until every rollout is finished or waiting on time or a human, then exit.
+    #[arg(long)]
+    once: bool,
+    /// How often to fetch when nothing else wakes the loop.
+    #[arg(long, default_value = "30s")]
+    interval: String,
+    /// Where rollgate keeps its private clone and target state.
+    #[arg(long, default_value = ".rollgate")]
+    state_dir: PathBuf,
+    /// Change nothing on targets: record what would be done in `STATE_DIR/dry-run/`.
+    #[arg(long)]
+    dry_run: bool,
+    /// Log lines as text or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct CommandArgs {
+    /// The plan to act on.
+    plan: String,
+    /// A checkout of the GitOps repository.
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Push the command commit to `origin`.
+    #[arg(long)]
+    push: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +162,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: PolicyCommand::Test { dirs },
         } => policy_test(dirs),
         Command::Schema { which, write } => schema(which, write.as_deref()),
+        Command::Run(args) => run_daemon(args),
+        Command::Promote(a) => command(rollgate::engine::Command::Promote, a),
+        Command::Abort(a) => command(rollgate::engine::Command::Abort, a),
+        Command::Retry(a) => command(rollgate::engine::Command::Retry, a),
+        Command::History {
+            plan,
+            repo,
+            branch,
+            output,
+        } => history(&repo, branch.as_deref(), plan.as_deref(), output),
+        Command::Status {
+            repo,
+            branch,
+            output,
+        } => status(&repo, branch.as_deref(), output),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -242,4 +322,191 @@ fn run_policy_tests(dirs: &[PathBuf]) -> Result<rollgate::policy::TestReport, Ve
         dirs.to_vec()
     };
     rollgate::policy::run_tests(&dirs)
+}
+
+fn command(c: rollgate::engine::Command, a: CommandArgs) -> Result<ExitCode> {
+    let repo = git2::Repository::discover(&a.repo)
+        .with_context(|| format!("{} is not in a Git checkout", a.repo.display()))?;
+    let id = rollgate::commands::commit(&repo, c, &a.plan, a.push)?;
+    println!(
+        "{} {}: commit {}{}",
+        rollgate::commands::word(c),
+        a.plan,
+        &id.to_string()[..12],
+        if a.push {
+            " pushed"
+        } else {
+            " (push it, or use --push)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn history(
+    repo: &str,
+    branch: Option<&str>,
+    plan: Option<&str>,
+    output: Output,
+) -> Result<ExitCode> {
+    let r = rollgate::history::open(repo)?;
+    let head = rollgate::history::resolve(&r, branch)?;
+    let entries = rollgate::history::collect(&r, head, plan)?;
+    match output {
+        Output::Text => print!("{}", rollgate::history::render_text(&entries)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(repo: &str, branch: Option<&str>, output: Output) -> Result<ExitCode> {
+    let r = rollgate::history::open(repo)?;
+    let head = rollgate::history::resolve(&r, branch)?;
+    let statuses = rollgate::history::statuses(&r, head)?;
+    match output {
+        Output::Text => print!("{}", rollgate::history::render_status(&statuses)),
+        Output::Json => {
+            let docs: Vec<_> = statuses.iter().map(rollgate::gate::status_doc).collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: Output) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        Output::Json => builder.json().init(),
+        Output::Text => builder.init(),
+    }
+}
+
+/// The private clone lives under the state dir, one per remote URL.
+fn work_dir(state: &Path, url: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    state.join("git").join(format!("{:016x}", h.finish()))
+}
+
+fn run_daemon(args: RunArgs) -> Result<ExitCode> {
+    init_logging(args.log_format);
+    let interval = rollgate::model::duration::parse(&args.interval)
+        .with_context(|| format!("--interval `{}` is not a duration like 30s", args.interval))?;
+    let url = rollgate::source::git::normalize_url(&args.repo)?;
+    let src = rollgate::source::git::GitSource::open(
+        &url,
+        &work_dir(&args.state_dir, &url),
+        &args.branch,
+    )?;
+    let head = src.fetch()?;
+    let snap = src.snapshot(head)?;
+    let settings = snap
+        .files
+        .get(rollgate::source::SETTINGS_FILE)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| {
+            rollgate::model::validate::parse_settings(rollgate::source::SETTINGS_FILE, t).ok()
+        })
+        .unwrap_or_default();
+    let mut targets: std::collections::BTreeMap<String, Box<dyn rollgate::target::Target>> =
+        std::collections::BTreeMap::new();
+    for name in settings.targets.keys() {
+        if args.dry_run {
+            let dir = args.state_dir.join("dry-run");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            targets.insert(
+                name.clone(),
+                Box::new(rollgate::target::dry_run::DryRun::with_journal(
+                    dir.join(format!("{name}.journal")),
+                )),
+            );
+        } else {
+            tracing::warn!(target_name = %name, "no target driver for this kind in this build yet; use --dry-run; rollouts on it hold");
+        }
+    }
+    let metrics = std::collections::BTreeMap::new();
+    let policy_dir = args.state_dir.join("policies");
+    let loader: rollgate::daemon::PolicyLoader = Box::new(move |snap| {
+        // The repository's policies at this revision, materialised for the loader.
+        let _ = std::fs::remove_dir_all(&policy_dir);
+        std::fs::create_dir_all(&policy_dir).map_err(|e| {
+            vec![Diagnostic::error(
+                "policies",
+                None,
+                rollgate::model::Code::Io,
+                e.to_string(),
+            )]
+        })?;
+        for (path, bytes) in snap
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with("policies/"))
+        {
+            let name = path.trim_start_matches("policies/");
+            std::fs::write(policy_dir.join(name), bytes).map_err(|e| {
+                vec![Diagnostic::error(
+                    path.as_str(),
+                    None,
+                    rollgate::model::Code::Io,
+                    e.to_string(),
+                )]
+            })?;
+        }
+        Ok(Box::new(rollgate::gate::Rego::new(
+            rollgate::policy::PolicySet::load(Some(&policy_dir))?,
+        )) as Box<dyn PolicyEngine>)
+    });
+    let watch_paths = src.local_ref_paths();
+    let mut rec =
+        rollgate::daemon::Reconciler::new(src, None, targets, metrics).with_policy_loader(loader);
+
+    // A local remote is watched: a push wakes the loop within milliseconds.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let _watcher = watch_paths.and_then(|paths| {
+        use notify::Watcher;
+        let tx = tx.clone();
+        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .ok()?;
+        for p in paths.iter().filter(|p| p.exists()) {
+            let mode = if p.is_dir() { notify::RecursiveMode::Recursive } else { notify::RecursiveMode::NonRecursive };
+            if let Err(e) = w.watch(p, mode) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot watch; falling back to the fetch interval");
+            }
+        }
+        Some(w)
+    });
+    tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, "rollgate running");
+    loop {
+        let report = match rec.tick(chrono::Utc::now()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "pass failed; retrying");
+                rollgate::daemon::TickReport::default()
+            }
+        };
+        let moved = report.transitions > 0 || report.reverts > 0;
+        if args.once && !moved {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if moved {
+            continue;
+        }
+        let wait = report
+            .next_wakeup
+            .and_then(|w| (w - chrono::Utc::now()).to_std().ok())
+            .map_or(interval, |d| d.min(interval))
+            .max(std::time::Duration::from_millis(20));
+        if rx.recv_timeout(wait).is_ok() {
+            // Coalesce a burst of file events into one pass.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            while rx.try_recv().is_ok() {}
+        }
+    }
 }

@@ -20,6 +20,8 @@ use git2::{Oid, PushOptions, Signature};
 use crate::model::settings::{Signing, WriteBack};
 use crate::source::git::{GitSource, callbacks};
 
+pub mod messages;
+
 /// One file change in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {

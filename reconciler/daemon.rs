@@ -1,0 +1,651 @@
+//! The reconcile loop: Git in, decisions out, Git again.
+//!
+//! ```text
+//!  fetch ─▶ new head? ─▶ diff ─▶ snapshot += changed files ─▶ gate (changed plans only)
+//!                                   │                             │ commands from commits
+//!                                   ▼                             ▼
+//!  for each accepted plan:  status (Git) ─▶ observe (target health, due measurements)
+//!                             ─▶ engine::decide ─▶ target actions ─▶ revert? ─▶ status commit
+//! ```
+//! Invariants: the state is the status files at head plus the plans, so a restart
+//! resumes from Git alone (in-flight steps are re-applied, idempotently); a plan the
+//! gate rejected gets no target call; one plan's failure is logged and never stops the
+//! others; rollgate's own commits are never taken as commands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use git2::Oid;
+
+use crate::engine::{self, Command, Decision, Observation, Observed, TargetHealth};
+use crate::gate::{self, Change, GateCache, GateContext, GateReport, PolicyEngine};
+use crate::metrics::{MetricsSource, QueryContext};
+use crate::model::settings::WriteBack;
+use crate::model::status::{Phase, Status};
+use crate::model::validate::ParsedPlan;
+use crate::model::{Diagnostic, Plan};
+use crate::source::Snapshot;
+use crate::source::git::{CommitInfo, GitSource};
+use crate::target::{Desired, Target};
+use crate::writeback::messages::{self, status_path};
+use crate::writeback::{RevertConflict, WriteOutcome, Writer};
+
+/// How many commits back a (re)start looks for commands and plan revisions.
+pub const HISTORY_LIMIT: usize = 10_000;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub head: Option<String>,
+    /// Status commits written.
+    pub transitions: usize,
+    /// Target actions executed.
+    pub actions: usize,
+    /// Revert or restore commits written.
+    pub reverts: usize,
+    /// Plans whose reconcile failed this pass (logged; the others went on).
+    pub errors: usize,
+    /// The earliest time any plan wants to be looked at again.
+    pub next_wakeup: Option<DateTime<Utc>>,
+}
+
+/// Per-plan memory that is not in Git (and need not survive a restart).
+#[derive(Debug, Default)]
+struct Memo {
+    /// A decision's counters (measurements so far) on top of `based_on`, the file's status.
+    counters: Option<(Option<Status>, Status)>,
+    reapplied: bool,
+    /// When the engine wants to look again (reported to the run loop).
+    wakeup: Option<DateTime<Utc>>,
+}
+
+/// Builds the policy engine from a revision's `policies/` files.
+pub type PolicyLoader =
+    Box<dyn Fn(&Snapshot) -> Result<Box<dyn PolicyEngine>, Vec<Diagnostic>> + Send>;
+
+pub struct Reconciler {
+    src: GitSource,
+    policy: Option<Box<dyn PolicyEngine>>,
+    loader: Option<PolicyLoader>,
+    /// Why the policies could not be loaded at this head (then every plan is rejected).
+    policy_errors: Vec<Diagnostic>,
+    targets: BTreeMap<String, Box<dyn Target>>,
+    metrics: BTreeMap<String, Box<dyn MetricsSource>>,
+    cache: GateCache,
+    snapshot: Snapshot,
+    head: Option<Oid>,
+    report: GateReport,
+    memo: HashMap<String, Memo>,
+    /// Command commits seen, per plan, oldest first.
+    commands: HashMap<String, Vec<(String, Command)>>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("src", &self.src)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parse a command word (`promote`, `abort`, `retry`).
+pub fn parse_command(word: &str) -> Option<Command> {
+    match word.trim().to_ascii_lowercase().as_str() {
+        "promote" => Some(Command::Promote),
+        "abort" => Some(Command::Abort),
+        "retry" => Some(Command::Retry),
+        _ => None,
+    }
+}
+
+/// What the target should look like for a status (health is judged against this).
+pub fn desired(s: &Status) -> Desired {
+    match s.phase {
+        Phase::Promoting | Phase::Succeeded => Desired {
+            stable: Some(s.candidate.clone()),
+            candidate: None,
+            weight: 0,
+        },
+        Phase::Pending | Phase::RollingBack | Phase::RolledBack => Desired {
+            stable: s.stable.clone(),
+            candidate: None,
+            weight: 0,
+        },
+        Phase::Progressing | Phase::Paused | Phase::Held => Desired {
+            stable: s.stable.clone(),
+            candidate: Some(s.candidate.clone()),
+            weight: s.weight,
+        },
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        src: GitSource,
+        policy: Option<Box<dyn PolicyEngine>>,
+        targets: BTreeMap<String, Box<dyn Target>>,
+        metrics: BTreeMap<String, Box<dyn MetricsSource>>,
+    ) -> Self {
+        Self {
+            src,
+            policy,
+            loader: None,
+            policy_errors: Vec::new(),
+            targets,
+            metrics,
+            cache: GateCache::default(),
+            snapshot: Snapshot::default(),
+            head: None,
+            report: GateReport::default(),
+            memo: HashMap::new(),
+            commands: HashMap::new(),
+        }
+    }
+
+    /// Load the repository's own policies from each revision (re-loaded when they change).
+    #[must_use]
+    pub fn with_policy_loader(mut self, loader: PolicyLoader) -> Self {
+        self.loader = Some(loader);
+        self
+    }
+
+    pub fn source(&self) -> &GitSource {
+        &self.src
+    }
+
+    /// The gate's verdict on the current head.
+    pub fn report(&self) -> &GateReport {
+        &self.report
+    }
+
+    pub fn target_mut(&mut self, name: &str) -> Option<&mut Box<dyn Target>> {
+        self.targets.get_mut(name)
+    }
+
+    /// The status of a plan at the last fetched head.
+    pub fn status(&self, plan: &str) -> Option<Status> {
+        let bytes = self.snapshot.files.get(&status_path(plan))?;
+        Status::from_yaml(std::str::from_utf8(bytes).ok()?).ok()
+    }
+
+    fn write_back(&self) -> WriteBack {
+        self.report
+            .settings
+            .as_ref()
+            .map(|s| s.write_back.clone())
+            .unwrap_or_default()
+    }
+
+    /// One pass: fetch, take in any new commits, and reconcile every accepted plan.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Result<TickReport> {
+        let head = self.src.fetch()?;
+        if Some(head) != self.head {
+            self.advance(head, now)?;
+        }
+        let mut report = TickReport {
+            head: Some(head.to_string()),
+            ..TickReport::default()
+        };
+        let names: Vec<String> = self.report.accepted.keys().cloned().collect();
+        for name in names {
+            let span = tracing::info_span!("plan", plan = %name);
+            let _enter = span.enter();
+            if let Err(e) = self.reconcile(&name, now, &mut report) {
+                report.errors += 1;
+                tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
+            }
+            if let Some(w) = self.memo.get(&name).and_then(|m| m.wakeup) {
+                report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Take in the commits up to `head`: changed files only, then the gate, then commands.
+    fn advance(&mut self, head: Oid, now: DateTime<Utc>) -> Result<()> {
+        let changed = match self.head {
+            Some(old) => {
+                let changed = self.src.changed_paths(Some(old), head)?;
+                self.src
+                    .update_snapshot(&mut self.snapshot, head, &changed)?;
+                self.cache.invalidate(&changed);
+                changed
+            }
+            None => {
+                self.snapshot = self.src.snapshot(head)?;
+                self.cache = GateCache::default();
+                self.snapshot.files.keys().cloned().collect()
+            }
+        };
+        let limit = if self.head.is_some() {
+            HISTORY_LIMIT
+        } else {
+            1_000
+        };
+        let commits = self.src.commits_between(self.head, head, limit)?;
+        for c in &commits {
+            self.take_command(c);
+        }
+        let author = commits.last().map(|c| c.author.clone());
+        let cx = GateContext {
+            base: None,
+            change: Change {
+                commit: Some(head.to_string()),
+                author,
+                files: changed.clone(),
+                labels: Vec::new(),
+            },
+            now,
+            only: None,
+        };
+        let policies_changed =
+            self.head.is_none() || changed.iter().any(|p| p.starts_with("policies/"));
+        if let (Some(loader), true) = (&self.loader, policies_changed) {
+            match loader(&self.snapshot) {
+                Ok(engine) => {
+                    self.policy = Some(engine);
+                    self.policy_errors.clear();
+                }
+                Err(d) => self.policy_errors = d,
+            }
+        }
+        let prev_rejected = std::mem::take(&mut self.report.rejected);
+        self.report =
+            gate::check_with(&self.snapshot, &cx, self.policy.as_deref(), &mut self.cache);
+        if !self.policy_errors.is_empty() {
+            // Fail closed: no plan is accepted while the policies do not load.
+            let all: Vec<String> = self
+                .report
+                .accepted
+                .values()
+                .map(|p| p.file.clone())
+                .collect();
+            self.report.rejected.extend(all);
+            self.report.accepted.clear();
+            self.report
+                .diagnostics
+                .extend(self.policy_errors.iter().cloned());
+        }
+        for d in &self.report.diagnostics {
+            // Log what this change broke (not every old problem again).
+            if changed.contains(&d.file)
+                || !prev_rejected.contains(&d.file) && self.report.rejected.contains(&d.file)
+            {
+                log_diagnostic(d);
+            }
+        }
+        self.head = Some(head);
+        Ok(())
+    }
+
+    fn take_command(&mut self, c: &CommitInfo) {
+        let (Some(word), Some(plan)) = (
+            c.trailer(crate::source::git::TRAILER_COMMAND),
+            c.trailer(crate::source::git::TRAILER_PLAN),
+        ) else {
+            return;
+        };
+        match parse_command(word) {
+            Some(cmd) => {
+                tracing::info!(plan, command = word, commit = %c.id, "command found");
+                self.commands
+                    .entry(plan.to_owned())
+                    .or_default()
+                    .push((c.id.to_string(), cmd));
+            }
+            None => tracing::warn!(plan, command = word, commit = %c.id, "unknown command ignored"),
+        }
+    }
+
+    /// Commands for `plan` not yet acted on by `status`.
+    fn pending_commands(&self, plan: &str, status: Option<&Status>) -> Vec<(String, Command)> {
+        let Some(all) = self.commands.get(plan) else {
+            return Vec::new();
+        };
+        let Some(status) = status else {
+            return Vec::new();
+        };
+        if let Some(last) = &status.last_command
+            && let Some(i) = all.iter().position(|(sha, _)| sha == last)
+        {
+            return all[i + 1..].to_vec();
+        }
+        // Commands older than the rollout are for an earlier one.
+        let repo = self.src.repo();
+        let Ok(rev) = Oid::from_str(&status.revision) else {
+            return all.clone();
+        };
+        all.iter()
+            .filter(|(sha, _)| {
+                Oid::from_str(sha)
+                    .is_ok_and(|c| c != rev && repo.graph_descendant_of(c, rev).unwrap_or(false))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn reconcile(&mut self, name: &str, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
+        let Some(pp) = self.report.accepted.get(name).cloned() else {
+            return Ok(());
+        };
+        let plan = &pp.plan;
+        let file_status = match self.snapshot.files.get(&status_path(name)) {
+            None => None,
+            Some(bytes) => match std::str::from_utf8(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // Fail safe: without a readable state, touch nothing.
+                    anyhow::bail!(
+                        "status/{name}.yaml is unreadable ({e}); not reconciling this plan"
+                    );
+                }
+            },
+        };
+        let memo = self.memo.entry(name.to_owned()).or_default();
+        let status = match &memo.counters {
+            Some((based_on, counted)) if *based_on == file_status => Some(counted.clone()),
+            _ => file_status.clone(),
+        };
+        // After a (re)start, put the target back in the state Git says it is in.
+        if !memo.reapplied {
+            memo.reapplied = true;
+            if let Some(s) = &status {
+                report.actions += self.reapply(plan, s);
+            }
+        }
+
+        let revision = match &status {
+            Some(s) if s.candidate == plan.artifact && !s.revision.is_empty() => s.revision.clone(),
+            _ => {
+                let head = self.head.context("no head")?;
+                self.src
+                    .last_change_of(head, &pp.file, HISTORY_LIMIT)?
+                    .unwrap_or(head)
+                    .to_string()
+            }
+        };
+        let health = match (&status, self.targets.get_mut(&plan.target)) {
+            (_, None) => TargetHealth::Unreachable {
+                reason: format!("no `{}` target is available in this daemon", plan.target),
+            },
+            (Some(s), Some(t)) => t.health(plan, &desired(s)),
+            (None, Some(_)) => TargetHealth::Healthy,
+        };
+        let measurements = match &status {
+            Some(s) => self.measure(plan, s, now),
+            None => Vec::new(),
+        };
+        let commands = self.pending_commands(name, status.as_ref());
+        let obs = Observation {
+            revision,
+            health,
+            measurements,
+            commands: commands.iter().map(|(_, c)| *c).collect(),
+        };
+        let decision = engine::decide(plan, status.as_ref(), &obs, now);
+        self.execute(
+            &pp,
+            status.as_ref(),
+            file_status,
+            decision,
+            commands.last().map(|(sha, _)| sha.clone()),
+            report,
+        )
+    }
+
+    fn measure(&mut self, plan: &Plan, s: &Status, now: DateTime<Utc>) -> Vec<Observed> {
+        let mut out = Vec::new();
+        for check_name in engine::due_checks(plan, s, now) {
+            let Some(check) = plan.check(&check_name) else {
+                continue;
+            };
+            let ctx = QueryContext {
+                plan: &plan.name,
+                version: &s.candidate,
+                baseline: s.stable.as_deref(),
+                window: check.interval,
+            };
+            let result = match self.metrics.get_mut(&check.source) {
+                Some(source) => source.measure(check, &ctx),
+                None => Err(format!(
+                    "metrics source `{}` is not available in this daemon",
+                    check.source
+                )),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(check = %check_name, error = %e, "measurement failed (counts as an error, never a pass)");
+            }
+            out.push(Observed {
+                check: check_name,
+                at: now,
+                result,
+            });
+        }
+        out
+    }
+
+    /// Re-apply the current step of an in-flight rollout (idempotent on every target).
+    fn reapply(&mut self, plan: &Plan, s: &Status) -> usize {
+        let Some(t) = self.targets.get_mut(&plan.target) else {
+            return 0;
+        };
+        let result = match s.phase {
+            Phase::Progressing | Phase::Paused | Phase::Held => t
+                .start_candidate(plan, &s.candidate)
+                .and_then(|()| t.set_weight(plan, s.weight))
+                .map(|()| 2),
+            Phase::Promoting => t.promote(plan, &s.candidate).map(|()| 1),
+            Phase::RollingBack => t.rollback(plan, s.stable.as_deref()).map(|()| 1),
+            Phase::Pending | Phase::Succeeded | Phase::RolledBack => Ok(0),
+        };
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        phase = s.phase.as_str(),
+                        step = s.step,
+                        weight = s.weight,
+                        "re-applied the current step after a start"
+                    );
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-apply the current step; the engine will hold");
+                0
+            }
+        }
+    }
+
+    /// Do what was decided: target actions, then the revert, then the status commit.
+    fn execute(
+        &mut self,
+        pp: &Arc<ParsedPlan>,
+        before: Option<&Status>,
+        file_status: Option<Status>,
+        d: Decision,
+        last_command: Option<String>,
+        report: &mut TickReport,
+    ) -> Result<()> {
+        let plan = &pp.plan;
+        let name = plan.name.clone();
+        for action in &d.actions {
+            let Some(t) = self.targets.get_mut(&plan.target) else {
+                anyhow::bail!("no `{}` target is available in this daemon", plan.target);
+            };
+            let result = match action {
+                engine::Action::StartCandidate { artifact } => t.start_candidate(plan, artifact),
+                engine::Action::SetWeight(w) => t.set_weight(plan, *w),
+                engine::Action::Promote { artifact } => t.promote(plan, artifact),
+                engine::Action::Rollback { stable } => t.rollback(plan, stable.as_deref()),
+            };
+            report.actions += 1;
+            if let Err(e) = result {
+                // Not recorded: the same decision comes again next pass and re-applies.
+                self.memo.entry(name.clone()).or_default().wakeup = Some(engine_poll(Utc::now()));
+                return Err(anyhow::anyhow!("target action {action:?} failed: {e}"));
+            }
+        }
+        if let (Some(rev), Some(before)) = (&d.revert, before)
+            && self.push_revert(pp, before, rev)?
+        {
+            report.reverts += 1;
+        }
+        let mut next = d.status.clone().or_else(|| before.cloned());
+        let acked = match (&mut next, &last_command) {
+            (Some(s), Some(sha)) if s.last_command.as_deref() != Some(sha) => {
+                s.last_command = Some(sha.clone());
+                Some(sha.clone())
+            }
+            _ => None,
+        };
+        let memo = self.memo.entry(name.clone()).or_default();
+        memo.wakeup = d.next_wakeup;
+        let Some(next) = next else { return Ok(()) };
+        if d.transition.is_none() && acked.is_none() {
+            // Counters only: keep them in memory, on top of the file they came from.
+            if let Some(s) = d.status {
+                memo.counters = Some((file_status, s));
+            }
+            return Ok(());
+        }
+        memo.counters = None;
+        let text = next.to_yaml().map_err(|e| anyhow::anyhow!(e))?;
+        let spec = messages::status_commit(&next, d.transition.as_ref(), acked.as_deref(), text);
+        let wb = self.write_back();
+        let outcome = Writer::new(&self.src, &wb).write(|_| Ok(Some(spec.clone())))?;
+        if let WriteOutcome::Pushed { commit, attempts } = outcome {
+            report.transitions += 1;
+            tracing::info!(
+                commit = %commit,
+                phase = next.phase.as_str(),
+                step = next.step,
+                weight = next.weight,
+                attempts,
+                reason = d.transition.as_ref().map_or("", |t| t.reason.as_str()),
+                "status written"
+            );
+        }
+        if let Some(c) = self.commands.get_mut(&name)
+            && let Some(sha) = &last_command
+            && let Some(i) = c.iter().position(|(s, _)| s == sha)
+        {
+            c.drain(..=i);
+        }
+        Ok(())
+    }
+
+    /// Push the revert of the failed plan change, or restore the stable artifact when the
+    /// change touched more than this plan or the plan changed again since.
+    fn push_revert(
+        &self,
+        pp: &Arc<ParsedPlan>,
+        before: &Status,
+        rev: &engine::Revert,
+    ) -> Result<bool> {
+        let wb = self.write_back();
+        let writer = Writer::new(&self.src, &wb);
+        let name = pp.plan.name.clone();
+        let file = pp.file.clone();
+        let candidate = before.candidate.clone();
+        let still_names_candidate = |head: Oid| -> Result<Option<String>> {
+            let Some(bytes) = self.src.file_at(head, &file)? else {
+                return Ok(None);
+            };
+            let text = String::from_utf8(bytes).context("plan file is not UTF-8")?;
+            let root = crate::model::yaml::parse(&file, &text).ok();
+            let artifact = root
+                .as_ref()
+                .and_then(|r| {
+                    r.at(&[
+                        crate::model::yaml::PathSeg::Key("spec"),
+                        crate::model::yaml::PathSeg::Key("artifact"),
+                    ])
+                })
+                .and_then(|n| n.as_str().map(str::to_owned));
+            Ok((artifact.as_deref() == Some(candidate.as_str())).then_some(text))
+        };
+        let only_this_plan = Oid::from_str(&rev.of_revision).ok().and_then(|o| {
+            let c = self.src.repo().find_commit(o).ok()?;
+            let parent = c.parent_id(0).ok();
+            self.src.changed_paths(parent, o).ok()
+        }) == Some(vec![file.clone()]);
+        if only_this_plan {
+            let spec = messages::revert_commit(&name, before.stable.as_deref(), rev)?;
+            let result =
+                writer.write(|head| Ok(still_names_candidate(head)?.map(|_| spec.clone())));
+            match result {
+                Ok(WriteOutcome::Pushed { commit, .. }) => {
+                    tracing::info!(%commit, of = %rev.of_revision, "revert pushed");
+                    return Ok(true);
+                }
+                Ok(WriteOutcome::NoChange) => return Ok(false),
+                Err(e) if e.downcast_ref::<RevertConflict>().is_some() => {
+                    tracing::info!(
+                        "revert conflicts with later changes; restoring the stable artifact instead"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(stable) = before.stable.clone() else {
+            tracing::warn!(
+                "no stable artifact to restore and no clean revert: the plan still names the failed artifact"
+            );
+            return Ok(false);
+        };
+        let outcome = writer.write(|head| {
+            let Some(text) = still_names_candidate(head)? else {
+                return Ok(None);
+            };
+            let Some(restored) = messages::replace_artifact(&text, &stable) else {
+                anyhow::bail!("cannot find `spec.artifact` in {file} to restore it");
+            };
+            Ok(Some(messages::restore_commit(
+                &name, &file, restored, &stable, rev,
+            )))
+        })?;
+        Ok(matches!(outcome, WriteOutcome::Pushed { .. }))
+    }
+
+    /// Tick until nothing moves: every rollout finished or waiting on time or a human.
+    pub fn run_until_idle(&mut self, max_ticks: usize) -> Result<Vec<TickReport>> {
+        let mut reports = Vec::new();
+        for _ in 0..max_ticks {
+            let r = self.tick(Utc::now())?;
+            let moved = r.transitions > 0 || r.reverts > 0;
+            reports.push(r);
+            if !moved {
+                break;
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Diagnostics of the last gate run (for `status` and logs).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.report.diagnostics
+    }
+}
+
+fn engine_poll(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(engine::POLL).unwrap_or_else(|_| chrono::Duration::seconds(10))
+}
+
+fn log_diagnostic(d: &Diagnostic) {
+    if d.is_error() {
+        tracing::warn!(file = %d.file, code = %d.code, "{d}");
+    } else {
+        tracing::info!(file = %d.file, code = %d.code, "{d}");
+    }
+}
+
+/// How long the loop sleeps at most between passes when nothing is due.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);

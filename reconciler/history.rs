@@ -1,0 +1,198 @@
+//! `rollgate history` and `rollgate status`: the story of every rollout, from Git alone.
+//!
+//! History reads only commit trailers (`Rollgate-*`), so it needs no state besides the
+//! repository; it is the audit trail `git log --format='%(trailers)'` shows, laid out
+//! as a timeline with a weight bar per transition.
+
+use anyhow::{Context, Result};
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::model::status::Status;
+use crate::writeback::messages as m;
+
+/// One recorded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub commit: String,
+    pub time: i64,
+    pub plan: String,
+    /// `transition`, `revert`, `command`.
+    pub kind: String,
+    pub phase: Option<String>,
+    pub from: Option<String>,
+    pub step: Option<String>,
+    pub weight: Option<u8>,
+    pub artifact: Option<String>,
+    pub revision: Option<String>,
+    pub reason: Option<String>,
+    pub verdicts: Vec<String>,
+    pub subject: String,
+}
+
+/// Open a repository by path (a checkout or a bare repository).
+pub fn open(path: &str) -> Result<Repository> {
+    Repository::open(path)
+        .or_else(|_| Repository::open_bare(path))
+        .with_context(|| format!("{path} is not a Git repository"))
+}
+
+/// The commit a branch name (or `HEAD`) points at.
+pub fn resolve(repo: &Repository, branch: Option<&str>) -> Result<Oid> {
+    let obj = match branch {
+        Some(b) => repo
+            .revparse_single(&format!("refs/heads/{b}"))
+            .or_else(|_| repo.revparse_single(&format!("refs/remotes/origin/{b}")))
+            .or_else(|_| repo.revparse_single(b)),
+        None => repo.revparse_single("HEAD"),
+    }
+    .with_context(|| format!("branch {} not found", branch.unwrap_or("HEAD")))?;
+    Ok(obj.peel_to_commit()?.id())
+}
+
+/// Every rollgate event reachable from `head` (first-parent), oldest first.
+pub fn collect(repo: &Repository, head: Oid, plan: Option<&str>) -> Result<Vec<Entry>> {
+    let mut walk = repo.revwalk()?;
+    walk.push(head)?;
+    walk.simplify_first_parent()?;
+    let mut out = Vec::new();
+    for id in walk {
+        let c = repo.find_commit(id?)?;
+        let msg = c.message().unwrap_or("");
+        let Ok(trailers) = git2::message_trailers_strs(msg) else {
+            continue;
+        };
+        let get = |k: &str| {
+            trailers
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.to_owned())
+        };
+        let Some(p) = get(m::PLAN) else { continue };
+        if plan.is_some_and(|want| want != p) {
+            continue;
+        }
+        let kind = if get(m::COMMAND).is_some() {
+            "command"
+        } else if get(m::ROLLBACK_OF).is_some() {
+            "revert"
+        } else {
+            "transition"
+        };
+        out.push(Entry {
+            commit: c.id().to_string(),
+            time: c.time().seconds(),
+            plan: p,
+            kind: kind.to_owned(),
+            phase: get(m::PHASE).or_else(|| get(m::COMMAND)),
+            from: get(m::FROM),
+            step: get(m::STEP),
+            weight: get(m::WEIGHT).and_then(|w| w.parse().ok()),
+            artifact: get(m::ARTIFACT),
+            revision: get(m::REVISION).or_else(|| get(m::ROLLBACK_OF)),
+            reason: get(m::REASON),
+            verdicts: trailers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(m::VERDICT))
+                .map(|(_, v)| v.to_owned())
+                .collect(),
+            subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn bar(weight: Option<u8>) -> String {
+    let Some(w) = weight else {
+        return " ".repeat(12);
+    };
+    let cells = usize::from(w) * 10 / 100;
+    format!("[{}{}]", "█".repeat(cells), "·".repeat(10 - cells))
+}
+
+/// The timeline as text: one line per event, a weight bar, verdicts indented below.
+pub fn render_text(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    let mut last_plan = String::new();
+    for e in entries {
+        if e.plan != last_plan {
+            out.push_str(&format!("\n{}\n", e.plan));
+            last_plan = e.plan.clone();
+        }
+        let time = chrono::DateTime::from_timestamp(e.time, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let what = match e.kind.as_str() {
+            "command" => format!("command {}", e.phase.as_deref().unwrap_or("?")),
+            "revert" => "revert pushed".to_owned(),
+            _ => e.phase.clone().unwrap_or_default(),
+        };
+        out.push_str(&format!(
+            "  {time}  {:<7} {:<12} {} {:>4}  {}\n",
+            &e.commit[..7.min(e.commit.len())],
+            what,
+            bar(e.weight),
+            e.weight.map(|w| format!("{w}%")).unwrap_or_default(),
+            e.reason.as_deref().unwrap_or(&e.subject),
+        ));
+        for v in &e.verdicts {
+            out.push_str(&format!("{:>40}{v}\n", ""));
+        }
+    }
+    if entries.is_empty() {
+        out.push_str("no rollgate history on this branch\n");
+    }
+    out
+}
+
+/// Every status file at `head`.
+pub fn statuses(repo: &Repository, head: Oid) -> Result<Vec<Status>> {
+    let tree = repo.find_commit(head)?.tree()?;
+    let Ok(entry) = tree.get_path(std::path::Path::new("status")) else {
+        return Ok(Vec::new());
+    };
+    let dir = repo.find_tree(entry.id())?;
+    let mut out = Vec::new();
+    for e in dir.iter() {
+        if e.filemode() == 0o120000 {
+            continue;
+        }
+        let Ok(blob) = repo.find_blob(e.id()) else {
+            continue;
+        };
+        if let Some(s) = std::str::from_utf8(blob.content())
+            .ok()
+            .and_then(|t| Status::from_yaml(t).ok())
+        {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The live table of `rollgate status`.
+pub fn render_status(statuses: &[Status]) -> String {
+    let mut out = format!(
+        "{:<20} {:<12} {:>6} {:>6}  {:<30} {}\n",
+        "PLAN", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "NOTE"
+    );
+    for s in statuses {
+        let note = s
+            .hold
+            .as_ref()
+            .map(|h| h.reason.clone())
+            .or_else(|| s.message.clone())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<20} {:<12} {:>6} {:>5}%  {:<30} {}\n",
+            s.plan,
+            s.phase.as_str(),
+            s.step + 1,
+            s.weight,
+            s.candidate,
+            note
+        ));
+    }
+    out
+}

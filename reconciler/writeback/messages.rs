@@ -1,0 +1,208 @@
+//! Commit messages and file edits for each kind of rollgate commit.
+//!
+//! Subjects are short and human; the facts are trailers, so
+//! `git log --format='%(trailers)'` tells the whole story and `rollgate history`
+//! can render it without any other state.
+
+use crate::engine::{Revert, Transition};
+use crate::model::status::Status;
+
+use super::{CommitSpec, Edit};
+
+pub const PLAN: &str = "Rollgate-Plan";
+pub const REVISION: &str = "Rollgate-Revision";
+pub const ARTIFACT: &str = "Rollgate-Artifact";
+pub const PHASE: &str = "Rollgate-Phase";
+pub const FROM: &str = "Rollgate-From";
+pub const STEP: &str = "Rollgate-Step";
+pub const WEIGHT: &str = "Rollgate-Weight";
+pub const VERDICT: &str = "Rollgate-Verdict";
+pub const REASON: &str = "Rollgate-Reason";
+pub const ROLLBACK_OF: &str = "Rollgate-Rollback-Of";
+pub const COMMAND: &str = "Rollgate-Command";
+pub const ACK: &str = "Rollgate-Command-Ack";
+
+/// The path of a plan's status file.
+pub fn status_path(plan: &str) -> String {
+    format!("status/{plan}.yaml")
+}
+
+fn short(artifact: &str) -> String {
+    // `registry/app@sha256:4f1c…` reads better than 64 hex digits in a subject.
+    match artifact.split_once("@sha256:") {
+        Some((name, digest)) => format!("{name}@sha256:{}", &digest[..digest.len().min(12)]),
+        None => artifact.to_owned(),
+    }
+}
+
+/// One status commit for one transition (or a command acknowledged without one).
+pub fn status_commit(
+    status: &Status,
+    transition: Option<&Transition>,
+    acked: Option<&str>,
+    text: String,
+) -> CommitSpec {
+    let plan = &status.plan;
+    let subject = match transition {
+        Some(t) if t.step.1 > 0 && t.step.0 > 0 => {
+            format!(
+                "{plan}: {} step {}/{} at {}% ({})",
+                t.to.as_str(),
+                t.step.0,
+                t.step.1,
+                status.weight,
+                short(&status.candidate)
+            )
+        }
+        Some(t) => format!("{plan}: {} ({})", t.to.as_str(), short(&status.candidate)),
+        None => format!("{plan}: command acknowledged"),
+    };
+    let mut trailers = vec![
+        (PLAN.to_owned(), plan.clone()),
+        (REVISION.to_owned(), status.revision.clone()),
+        (ARTIFACT.to_owned(), status.candidate.clone()),
+        (PHASE.to_owned(), status.phase.as_str().to_owned()),
+    ];
+    if let Some(t) = transition {
+        if let Some(from) = t.from {
+            trailers.push((FROM.to_owned(), from.as_str().to_owned()));
+        }
+        trailers.push((STEP.to_owned(), format!("{}/{}", t.step.0, t.step.1)));
+        trailers.push((WEIGHT.to_owned(), status.weight.to_string()));
+        for v in &t.verdicts {
+            trailers.push((VERDICT.to_owned(), v.clone()));
+        }
+        trailers.push((REASON.to_owned(), t.reason.clone()));
+    }
+    if let Some(sha) = acked {
+        trailers.push((ACK.to_owned(), sha.to_owned()));
+    }
+    CommitSpec {
+        subject,
+        body: None,
+        trailers,
+        revert: None,
+        edits: vec![Edit {
+            path: status_path(plan),
+            content: Some(text.into_bytes()),
+        }],
+    }
+}
+
+/// The revert of the plan change that started a failed rollout.
+pub fn revert_commit(
+    plan: &str,
+    stable: Option<&str>,
+    revert: &Revert,
+) -> Result<CommitSpec, git2::Error> {
+    let target = stable.map_or_else(|| "its previous state".to_owned(), short);
+    let mut trailers = vec![
+        (PLAN.to_owned(), plan.to_owned()),
+        (ROLLBACK_OF.to_owned(), revert.of_revision.clone()),
+        (REASON.to_owned(), revert.reason.clone()),
+    ];
+    for j in &revert.evidence {
+        trailers.push((VERDICT.to_owned(), j.to_string()));
+    }
+    Ok(CommitSpec {
+        subject: format!("Roll back {plan} to {target}"),
+        body: Some(format!("rollgate rolled {plan} back: {}.", revert.reason)),
+        trailers,
+        revert: Some(git2::Oid::from_str(&revert.of_revision)?),
+        edits: Vec::new(),
+    })
+}
+
+/// Instead of a conflicting revert: put the stable artifact back into the plan file.
+pub fn restore_commit(
+    plan: &str,
+    file: &str,
+    text: String,
+    stable: &str,
+    revert: &Revert,
+) -> CommitSpec {
+    let mut trailers = vec![
+        (PLAN.to_owned(), plan.to_owned()),
+        (ROLLBACK_OF.to_owned(), revert.of_revision.clone()),
+        (REASON.to_owned(), revert.reason.clone()),
+    ];
+    for j in &revert.evidence {
+        trailers.push((VERDICT.to_owned(), j.to_string()));
+    }
+    CommitSpec {
+        subject: format!("Restore {plan} to {}", short(stable)),
+        body: Some(format!(
+            "The plan changed again after the failed change, so a revert would conflict; \
+             this puts the last stable artifact back instead. Reason: {}.",
+            revert.reason
+        )),
+        trailers,
+        revert: None,
+        edits: vec![Edit {
+            path: file.to_owned(),
+            content: Some(text.into_bytes()),
+        }],
+    }
+}
+
+/// Replace the value of `spec.artifact` in a plan file's text, keeping everything else
+/// (comments, layout) as it is. `None` when the value cannot be found in place.
+pub fn replace_artifact(text: &str, new: &str) -> Option<String> {
+    let root = crate::model::yaml::parse("plan", text).ok()?;
+    let node = root.at(&[
+        crate::model::yaml::PathSeg::Key("spec"),
+        crate::model::yaml::PathSeg::Key("artifact"),
+    ])?;
+    let line_idx = usize::try_from(node.pos.line).ok()?.checked_sub(1)?;
+    let col = usize::try_from(node.pos.col).ok()?.checked_sub(1)?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let line = *lines.get(line_idx)?;
+    let start = line.char_indices().nth(col).map(|(i, _)| i)?;
+    let rest = &line[start..];
+    let len = match rest.chars().next()? {
+        q @ ('"' | '\'') => rest[1..].find(q)? + 2,
+        _ => rest
+            .find(" #")
+            .unwrap_or_else(|| rest.find([',', '}']).unwrap_or(rest.len()))
+            .min(rest.len()),
+    };
+    let replaced = format!(
+        "{}{}{}",
+        &line[..start],
+        new,
+        &line[start + rest[..len].trim_end().len()..]
+    );
+    lines[line_idx] = &replaced;
+    let out = lines.join("\n");
+    // Only if the result still says what we meant.
+    let check = crate::model::yaml::parse("plan", &out).ok()?;
+    let value = check.at(&[
+        crate::model::yaml::PathSeg::Key("spec"),
+        crate::model::yaml::PathSeg::Key("artifact"),
+    ])?;
+    (value.as_str() == Some(new)).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_artifact_and_keeps_the_rest() {
+        let text = "# comment\nspec:\n  artifact: v3  # the new one\n  target: local\n";
+        assert_eq!(
+            replace_artifact(text, "v2").as_deref(),
+            Some("# comment\nspec:\n  artifact: v2  # the new one\n  target: local\n")
+        );
+        let quoted = "spec:\n  artifact: \"reg/app:3\"\n";
+        assert_eq!(
+            replace_artifact(quoted, "reg/app:2").as_deref(),
+            Some("spec:\n  artifact: reg/app:2\n")
+        );
+        let flow = "spec: { artifact: v3, target: local }\n";
+        assert_eq!(
+            replace_artifact(flow, "v2").as_deref(),
+            Some("spec: { artifact: v2, target: local }\n")
+        );
+    }
+}
