@@ -441,9 +441,13 @@ impl Reconciler {
                 .start_candidate(plan, &s.candidate)
                 .and_then(|()| t.set_weight(plan, s.weight))
                 .map(|()| 2),
-            Phase::Promoting => t.promote(plan, &s.candidate).map(|()| 1),
+            // A finished rollout still has a stable version that must be running.
+            Phase::Promoting | Phase::Succeeded => t.promote(plan, &s.candidate).map(|()| 1),
             Phase::RollingBack => t.rollback(plan, s.stable.as_deref()).map(|()| 1),
-            Phase::Pending | Phase::Succeeded | Phase::RolledBack => Ok(0),
+            Phase::RolledBack if s.stable.is_some() => {
+                t.rollback(plan, s.stable.as_deref()).map(|()| 1)
+            }
+            Phase::Pending | Phase::RolledBack => Ok(0),
         };
         match result {
             Ok(n) => {

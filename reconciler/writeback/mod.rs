@@ -146,7 +146,7 @@ impl<'a> Writer<'a> {
             tree_id = index.write_tree_to(repo)?;
         }
         for e in &spec.edits {
-            tree_id = put_path(repo, tree_id, &e.path, e.content.as_deref())?;
+            tree_id = put_file(repo, tree_id, &e.path, e.content.as_deref())?;
         }
         if tree_id == base_tree.id() {
             return Ok(None);
@@ -238,7 +238,12 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Write `content` (or delete) at `path` in the tree `root`, returning the new tree.
-fn put_path(repo: &git2::Repository, root: Oid, path: &str, content: Option<&[u8]>) -> Result<Oid> {
+pub fn put_file(
+    repo: &git2::Repository,
+    root: Oid,
+    path: &str,
+    content: Option<&[u8]>,
+) -> Result<Oid> {
     let tree = repo.find_tree(root)?;
     let (head, rest) = match path.split_once('/') {
         Some((h, r)) => (h, Some(r)),
@@ -262,7 +267,7 @@ fn put_path(repo: &git2::Repository, root: Oid, path: &str, content: Option<&[u8
                 Some(e) if e.kind() == Some(git2::ObjectType::Tree) => e.id(),
                 _ => repo.treebuilder(None)?.write()?,
             };
-            let new_sub = put_path(repo, sub, rest, content)?;
+            let new_sub = put_file(repo, sub, rest, content)?;
             if repo.find_tree(new_sub)?.is_empty() {
                 if builder.get(head)?.is_some() {
                     builder.remove(head)?;
