@@ -199,3 +199,45 @@ fn push_race_never_drops_a_human_commit_and_never_force_pushes() {
         pushed.len()
     );
 }
+
+#[test]
+fn ssh_signed_status_commits_verify_with_git() {
+    // Given an SSH key made for this test and a writer configured to sign with it
+    let remote = Remote::seeded_from(&example_repo());
+    let key = remote.work_dir("signing_key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "rollgate@example.com", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(made.success());
+    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
+    let settings = WriteBack {
+        signing: Some(rollgate::model::settings::Signing::Ssh { key: key.display().to_string() }),
+        author: rollgate::model::settings::Identity { name: "rollgate".into(), email: "rollgate@example.com".into() },
+        committer: rollgate::model::settings::Identity { name: "rollgate".into(), email: "rollgate@example.com".into() },
+        ..WriteBack::default()
+    };
+    // When it writes a status commit
+    Writer::new(&src, &settings).write(|_| Ok(Some(status_spec(7)))).expect("signed write");
+    // Then git itself verifies the signature against the allowed signer
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let allowed = remote.work_dir("allowed_signers");
+    std::fs::write(&allowed, format!("rollgate@example.com {public}")).expect("allowed signers");
+    let verify = std::process::Command::new("git")
+        .args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("gpg.ssh.allowedSignersFile={}", allowed.display()))
+        .args(["verify-commit", "main"])
+        .current_dir(&remote.bare)
+        .output()
+        .expect("git verify-commit runs");
+    assert!(
+        verify.status.success(),
+        "signature does not verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // And the private key appears nowhere in the commit
+    let raw = git(&remote.bare, &["cat-file", "commit", "main"]);
+    let private = std::fs::read_to_string(&key).expect("private key");
+    assert!(!raw.contains(private.lines().nth(1).expect("key body")), "private key leaked into the commit");
+}
