@@ -194,7 +194,15 @@ impl Reconciler {
         for name in names {
             let span = tracing::info_span!("plan", plan = %name);
             let _enter = span.enter();
-            if let Err(e) = self.reconcile(&name, now, &mut report) {
+            let started = std::time::Instant::now();
+            let result = self.reconcile(&name, now, &mut report);
+            let t = crate::telemetry::global();
+            t.reconciles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.reconcile_took(started.elapsed());
+            if let Err(e) = result {
+                t.reconcile_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 report.errors += 1;
                 tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
             }
@@ -278,6 +286,15 @@ impl Reconciler {
                 log_diagnostic(d);
             }
         }
+        let t = crate::telemetry::global();
+        t.accepted_plans.store(
+            self.report.accepted.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        t.rejected_plans.store(
+            self.report.rejected.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.head = Some(head);
         Ok(())
     }
@@ -390,6 +407,19 @@ impl Reconciler {
             commands: commands.iter().map(|(_, c)| *c).collect(),
         };
         let decision = engine::decide(plan, status.as_ref(), &obs, now);
+        if let Some(next) = &decision.status {
+            for run in &next.analysis {
+                let before = status
+                    .as_ref()
+                    .and_then(|s| s.analysis.iter().find(|r| r.check == run.check))
+                    .map_or(0, |r| r.measurements);
+                if run.measurements > before
+                    && let Some(j) = &run.last
+                {
+                    crate::telemetry::global().judged(j.verdict.as_str());
+                }
+            }
+        }
         self.execute(
             &pp,
             status.as_ref(),
@@ -406,11 +436,16 @@ impl Reconciler {
             let Some(check) = plan.check(&check_name) else {
                 continue;
             };
+            // The window is the analysis so far: samples accumulate over the step.
+            let since = s
+                .step_started_at
+                .and_then(|t| (now - t).to_std().ok())
+                .unwrap_or(check.interval);
             let ctx = QueryContext {
                 plan: &plan.name,
                 version: &s.candidate,
                 baseline: s.stable.as_deref(),
-                window: check.interval,
+                window: since.max(check.interval).min(Duration::from_secs(3600)),
             };
             let result = match self.metrics.get_mut(&check.source) {
                 Some(source) => source.measure(check, &ctx),
@@ -437,10 +472,14 @@ impl Reconciler {
             return 0;
         };
         let result = match s.phase {
-            Phase::Progressing | Phase::Paused | Phase::Held => t
-                .start_candidate(plan, &s.candidate)
+            // The stable version first (it carries the rest of the traffic), then the candidate.
+            Phase::Progressing | Phase::Paused | Phase::Held => s
+                .stable
+                .as_deref()
+                .map_or(Ok(()), |stable| t.promote(plan, stable))
+                .and_then(|()| t.start_candidate(plan, &s.candidate))
                 .and_then(|()| t.set_weight(plan, s.weight))
-                .map(|()| 2),
+                .map(|()| 3),
             // A finished rollout still has a stable version that must be running.
             Phase::Promoting | Phase::Succeeded => t.promote(plan, &s.candidate).map(|()| 1),
             Phase::RollingBack => t.rollback(plan, s.stable.as_deref()).map(|()| 1),
@@ -501,6 +540,9 @@ impl Reconciler {
             && self.push_revert(pp, before, rev)?
         {
             report.reverts += 1;
+            crate::telemetry::global()
+                .reverts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let mut next = d.status.clone().or_else(|| before.cloned());
         let acked = match (&mut next, &last_command) {
@@ -527,6 +569,16 @@ impl Reconciler {
         let outcome = Writer::new(&self.src, &wb).write(|_| Ok(Some(spec.clone())))?;
         if let WriteOutcome::Pushed { commit, attempts } = outcome {
             report.transitions += 1;
+            let t = crate::telemetry::global();
+            t.writeback_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.writeback_retries.fetch_add(
+                u64::from(attempts.saturating_sub(1)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if d.transition.is_some() {
+                t.transition(next.phase);
+            }
             tracing::info!(
                 commit = %commit,
                 phase = next.phase.as_str(),

@@ -8,12 +8,16 @@
 
 pub mod commands;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod gate;
 pub mod history;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod proxy;
+pub mod server;
 pub mod source;
 pub mod target;
+pub mod telemetry;
 pub mod writeback;

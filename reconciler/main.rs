@@ -66,6 +66,35 @@ enum Command {
     Abort(CommandArgs),
     /// Retry a rolled-back rollout or a held analysis (a command commit).
     Retry(CommandArgs),
+    /// A whole rollout story on this machine: real processes, real traffic, real Git.
+    Demo {
+        /// Short analysis stages: the story in under 90 seconds.
+        #[arg(long)]
+        fast: bool,
+        /// Keep the GitOps repository and state here (default: a temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Requests per second from the built-in load generator.
+        #[arg(long, default_value_t = 200)]
+        rps: u32,
+    },
+    /// The demo's HTTP service (started by the local target in the demo).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        version: String,
+        /// This version answers a share of requests with 500.
+        #[arg(long)]
+        fail_version: Option<String>,
+        /// The share of failing requests for `--fail-version` (0..1).
+        #[arg(long, default_value_t = 0.2)]
+        fail_rate: f64,
+        /// Milliseconds of work per request.
+        #[arg(long, default_value_t = 2)]
+        work_ms: u64,
+    },
     /// Every transition of every rollout, from the commit trailers alone.
     History {
         /// Only this plan.
@@ -111,6 +140,9 @@ struct RunArgs {
     /// Log lines as text or JSON.
     #[arg(long, value_enum, default_value = "text")]
     log_format: Output,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +195,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => policy_test(dirs),
         Command::Schema { which, write } => schema(which, write.as_deref()),
         Command::Run(args) => run_daemon(args),
+        Command::Demo { fast, dir, rps } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_logging(Output::Text);
+            }
+            rollgate::demo::run(&rollgate::demo::DemoOptions { fast, dir, rps })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoService {
+            port,
+            version,
+            fail_version,
+            fail_rate,
+            work_ms,
+        } => {
+            let failing = fail_version.as_deref() == Some(version.as_str());
+            let errors_per_mille = if failing {
+                (fail_rate.clamp(0.0, 1.0) * 1000.0).round() as u64
+            } else {
+                0
+            };
+            rollgate::demo::service::serve(rollgate::demo::service::ServiceConfig {
+                port,
+                version,
+                errors_per_mille,
+                work_ms,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Promote(a) => command(rollgate::engine::Command::Promote, a),
         Command::Abort(a) => command(rollgate::engine::Command::Abort, a),
         Command::Retry(a) => command(rollgate::engine::Command::Retry, a),
@@ -414,7 +474,8 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     let mut targets: std::collections::BTreeMap<String, Box<dyn rollgate::target::Target>> =
         std::collections::BTreeMap::new();
-    for name in settings.targets.keys() {
+    let registry: rollgate::metrics::builtin::Registry = std::sync::Arc::default();
+    for (name, kind) in &settings.targets {
         if args.dry_run {
             let dir = args.state_dir.join("dry-run");
             std::fs::create_dir_all(&dir)
@@ -425,11 +486,56 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     dir.join(format!("{name}.journal")),
                 )),
             );
-        } else {
-            tracing::warn!(target_name = %name, "no target driver for this kind in this build yet; use --dry-run; rollouts on it hold");
+            continue;
+        }
+        match kind {
+            rollgate::model::settings::Target::Local { state_dir } => {
+                let dir = state_dir
+                    .as_ref()
+                    .map_or_else(|| args.state_dir.join("local").join(name), PathBuf::from);
+                targets.insert(
+                    name.clone(),
+                    Box::new(rollgate::target::local::LocalTarget::new(
+                        dir,
+                        registry.clone(),
+                    )),
+                );
+            }
+            rollgate::model::settings::Target::Kubernetes { .. } => {
+                tracing::warn!(target_name = %name, "the kubernetes target arrives in a later version; rollouts on it hold (or use --dry-run)");
+            }
         }
     }
-    let metrics = std::collections::BTreeMap::new();
+    let mut metrics: std::collections::BTreeMap<String, Box<dyn rollgate::metrics::MetricsSource>> =
+        std::collections::BTreeMap::new();
+    metrics.insert(
+        "builtin".to_owned(),
+        Box::new(rollgate::metrics::builtin::Builtin::new(registry)),
+    );
+    for (name, source) in &settings.metrics {
+        let rollgate::model::settings::MetricsSource::Prometheus {
+            url,
+            timeout,
+            auth_header_env,
+        } = source;
+        match rollgate::metrics::prometheus::Prometheus::new(url, *timeout, auth_header_env.clone())
+        {
+            Ok(p) => {
+                metrics.insert(name.clone(), Box::new(p));
+            }
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "metrics source unavailable; its checks will hold")
+            }
+        }
+    }
+    let health = std::sync::Arc::new(rollgate::server::Health::default());
+    let _server = match args.listen {
+        Some(addr) => Some(
+            rollgate::server::start(addr, health.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let policy_dir = args.state_dir.join("policies");
     let loader: rollgate::daemon::PolicyLoader = Box::new(move |snap| {
         // The repository's policies at this revision, materialised for the loader.
@@ -485,7 +591,12 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, "rollgate running");
     loop {
         let report = match rec.tick(chrono::Utc::now()) {
-            Ok(r) => r,
+            Ok(r) => {
+                health
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                r
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "pass failed; retrying");
                 rollgate::daemon::TickReport::default()

@@ -32,6 +32,7 @@ pub fn judge(check: &Check, min_samples: u64, m: Measurement, at: DateTime<Utc>)
         max,
         samples: m.samples,
         at,
+        comparison: None,
     };
     let verdict = verdict(&check.judge, min_samples, m);
     Judgement { verdict, evidence }

@@ -18,8 +18,10 @@
 //! without a passing verdict or an explicit promotion.
 
 mod analysis;
+pub mod compare;
 mod decide;
 mod judge;
+pub mod stats;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -30,6 +32,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use analysis::{Observed, Outcome};
+pub use compare::{judge_continuous, judge_ratio};
 pub use decide::{decide, due_checks, steps};
 pub use judge::{Measurement, judge};
 

@@ -5,6 +5,9 @@
 //! an unreachable source or an empty result is an error or a measurement without a
 //! value, which the judge treats as inconclusive, never as a pass.
 
+pub mod builtin;
+pub mod prometheus;
+
 use std::time::Duration;
 
 use crate::engine::Measurement;

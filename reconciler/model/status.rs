@@ -150,6 +150,42 @@ pub struct Evidence {
     pub max: Option<f64>,
     pub samples: u64,
     pub at: DateTime<Utc>,
+    /// The statistical comparison behind a baseline judgement (`compare: baseline`);
+    /// `None` for threshold judgements.
+    pub comparison: Option<Comparison>,
+}
+
+/// The statistics of a canary-versus-baseline judgement (see `engine::compare`).
+///
+/// Invariant: no field is NaN (an undefined ratio is `None`); infinities mean
+/// "unbounded" (an interval the samples cannot bound, a side the direction allows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// `mann-whitney` (normal approximation), `mann-whitney-exact`, `fisher`, or
+    /// `two-proportion-z`.
+    pub test: String,
+    /// U of the canary (Mann-Whitney), z (two-proportion), or the odds ratio (Fisher);
+    /// `None` when undefined.
+    pub statistic: Option<f64>,
+    /// The p-value against the harmful direction (two-sided for `either`).
+    pub p_value: f64,
+    /// The estimated effect, canary − baseline: the Hodges-Lehmann shift, or the
+    /// difference of the two ratios.
+    pub effect: f64,
+    /// The two-sided `1 − alpha` confidence interval of `effect`.
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// The harmless band for `effect` the plan allows (`-inf`/`inf` on a side the
+    /// direction does not judge).
+    pub allowed_low: f64,
+    pub allowed_high: f64,
+    /// Canary over baseline: of the medians, or of the harmful outcome's rates.
+    pub ratio: Option<f64>,
+    /// The canary's and the baseline's centre: the median, or the ratio good/total.
+    pub canary: f64,
+    pub baseline: f64,
+    pub canary_samples: u64,
+    pub baseline_samples: u64,
 }
 
 /// A verdict with its evidence attached.
@@ -160,10 +196,19 @@ pub struct Judgement {
 }
 
 impl std::fmt::Display for Judgement {
-    /// The trailer form: `fail success-rate value=0.98 min=0.999 n=1532 (below min)`.
+    /// The trailer form: `fail success-rate value=0.98 min=0.999 n=1532 (below min)`,
+    /// or for a baseline comparison `fail latency mann-whitney U=85 p=0.00081
+    /// canary=100 baseline=1 shift=+99 ci=[0,99] max=+0.2 ratio=100 n=10/10 (…)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = &self.evidence;
         write!(f, "{} {}", self.verdict.as_str(), e.check)?;
+        if let Some(c) = &e.comparison {
+            write!(f, " {c}")?;
+            if let Some(r) = self.verdict.reason() {
+                write!(f, " ({r})")?;
+            }
+            return Ok(());
+        }
         match e.value {
             Some(v) => write!(f, " value={v}")?,
             None => write!(f, " value=none")?,
@@ -179,6 +224,97 @@ impl std::fmt::Display for Judgement {
             write!(f, " ({r})")?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for Comparison {
+    /// `mann-whitney U=85 p=0.00081 canary=100 baseline=1 shift=+99 ci=[0,99] max=+0.2
+    /// ratio=100 n=10/10`: numbers to four significant digits, p to two.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (label, effect) = if self.test.starts_with("mann-whitney") {
+            ("U", "shift")
+        } else if self.test == "fisher" {
+            ("or", "diff")
+        } else {
+            ("z", "diff")
+        };
+        write!(f, "{}", self.test)?;
+        if let Some(s) = self.statistic {
+            write!(f, " {label}={}", Num(s, 4))?;
+        }
+        write!(
+            f,
+            " p={} canary={} baseline={} {effect}={} ci=[{},{}]",
+            Num(self.p_value, 2),
+            Num(self.canary, 4),
+            Num(self.baseline, 4),
+            Signed(self.effect),
+            Num(self.ci_low, 4),
+            Num(self.ci_high, 4),
+        )?;
+        match (self.allowed_low.is_finite(), self.allowed_high.is_finite()) {
+            (false, true) => write!(f, " max={}", Signed(self.allowed_high))?,
+            (true, false) => write!(f, " min={}", Signed(self.allowed_low))?,
+            (true, true) => write!(
+                f,
+                " allowed=[{},{}]",
+                Signed(self.allowed_low),
+                Signed(self.allowed_high)
+            )?,
+            (false, false) => {}
+        }
+        if let Some(r) = self.ratio {
+            write!(f, " ratio={}", Num(r, 4))?;
+        }
+        write!(f, " n={}/{}", self.canary_samples, self.baseline_samples)
+    }
+}
+
+/// A number to `.1` significant digits, without trailing zeros: `0.00081`, `99`, `1.2e-7`.
+struct Num(f64, usize);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (v, digits) = (self.0, self.1.max(1));
+        if v.is_nan() {
+            return f.write_str("nan");
+        }
+        if v.is_infinite() {
+            return f.write_str(if v > 0.0 { "inf" } else { "-inf" });
+        }
+        if v == 0.0 {
+            return f.write_str("0");
+        }
+        let exp = v.abs().log10().floor() as i32;
+        if !(-4..6).contains(&exp) {
+            let s = format!("{:.*e}", digits - 1, v);
+            // 1.200e-7 -> 1.2e-7
+            return match s.split_once('e') {
+                Some((m, e)) if m.contains('.') => {
+                    write!(f, "{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+                }
+                _ => f.write_str(&s),
+            };
+        }
+        let decimals = (digits as i32 - 1 - exp).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            f.write_str(s.trim_end_matches('0').trim_end_matches('.'))
+        } else {
+            f.write_str(&s)
+        }
+    }
+}
+
+/// A number with its sign always shown: `+99`, `-0.03`, `0`.
+struct Signed(f64);
+
+impl std::fmt::Display for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 > 0.0 {
+            f.write_str("+")?;
+        }
+        write!(f, "{}", Num(self.0, 4))
     }
 }
 
@@ -500,6 +636,67 @@ pub struct JudgementFile {
     #[serde(default)]
     pub samples: u64,
     pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<ComparisonFile>,
+}
+
+/// `Comparison` as written (infinities as `.inf` / `-.inf`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComparisonFile {
+    pub test: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    pub p_value: f64,
+    pub effect: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub allowed_low: f64,
+    pub allowed_high: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    pub canary: f64,
+    pub baseline: f64,
+    pub canary_samples: u64,
+    pub baseline_samples: u64,
+}
+
+impl ComparisonFile {
+    fn from_domain(c: &Comparison) -> Self {
+        Self {
+            test: c.test.clone(),
+            statistic: c.statistic,
+            p_value: c.p_value,
+            effect: c.effect,
+            ci_low: c.ci_low,
+            ci_high: c.ci_high,
+            allowed_low: c.allowed_low,
+            allowed_high: c.allowed_high,
+            ratio: c.ratio,
+            canary: c.canary,
+            baseline: c.baseline,
+            canary_samples: c.canary_samples,
+            baseline_samples: c.baseline_samples,
+        }
+    }
+
+    fn to_domain(&self) -> Comparison {
+        Comparison {
+            test: self.test.clone(),
+            statistic: self.statistic,
+            p_value: self.p_value,
+            effect: self.effect,
+            ci_low: self.ci_low,
+            ci_high: self.ci_high,
+            allowed_low: self.allowed_low,
+            allowed_high: self.allowed_high,
+            ratio: self.ratio,
+            canary: self.canary,
+            baseline: self.baseline,
+            canary_samples: self.canary_samples,
+            baseline_samples: self.baseline_samples,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -541,6 +738,11 @@ fn check_run_to_wire(c: &CheckRun) -> CheckRunFile {
             max: j.evidence.max,
             samples: j.evidence.samples,
             at: time_to_wire(j.evidence.at),
+            comparison: j
+                .evidence
+                .comparison
+                .as_ref()
+                .map(ComparisonFile::from_domain),
         }),
         last_error: c.last_error.clone(),
     }
@@ -566,6 +768,7 @@ fn check_run_from_wire(c: &CheckRunFile) -> Result<CheckRun, StatusError> {
                     max: j.max,
                     samples: j.samples,
                     at: time_from_wire("analysis.last.at", &j.at)?,
+                    comparison: j.comparison.as_ref().map(ComparisonFile::to_domain),
                 },
             })
         }
@@ -622,6 +825,7 @@ mod tests {
                         max: None,
                         samples: 1532,
                         at: at(7),
+                        comparison: None,
                     },
                 }),
                 ..CheckRun::new("success-rate")
@@ -643,9 +847,44 @@ mod tests {
                         max: Some(0.25),
                         samples: 3,
                         at: at(6),
+                        comparison: None,
                     },
                 }),
                 ..CheckRun::new("latency")
+            },
+            CheckRun {
+                check: "p99".to_owned(),
+                measurements: 1,
+                failures: 1,
+                last: Some(Judgement {
+                    verdict: Verdict::Fail {
+                        reason: "canary is worse".to_owned(),
+                    },
+                    evidence: Evidence {
+                        check: "p99".to_owned(),
+                        value: Some(100.0),
+                        min: None,
+                        max: None,
+                        samples: 10,
+                        at: at(6),
+                        comparison: Some(Comparison {
+                            test: "mann-whitney".to_owned(),
+                            statistic: Some(85.0),
+                            p_value: 0.000_807_6,
+                            effect: 99.0,
+                            ci_low: 0.0,
+                            ci_high: 99.0,
+                            allowed_low: f64::NEG_INFINITY,
+                            allowed_high: 0.2,
+                            ratio: Some(100.0),
+                            canary: 100.0,
+                            baseline: 1.0,
+                            canary_samples: 10,
+                            baseline_samples: 10,
+                        }),
+                    },
+                }),
+                ..CheckRun::new("p99")
             },
         ];
         s.succeeded = vec![Success {
@@ -718,5 +957,48 @@ mod tests {
             j.to_string(),
             "inconclusive latency value=none max=0.25 n=3 (too few samples)"
         );
+        let j = s.analysis[2].last.as_ref().expect("judged");
+        assert_eq!(
+            j.to_string(),
+            "fail p99 mann-whitney U=85 p=0.00081 canary=100 baseline=1 shift=+99 ci=[0,99] max=+0.2 ratio=100 n=10/10 (canary is worse)"
+        );
+    }
+
+    #[test]
+    fn comparison_numbers_are_compact() {
+        let c = Comparison {
+            test: "fisher".to_owned(),
+            statistic: None,
+            p_value: 9.4123e-7,
+            effect: -0.03,
+            ci_low: -0.084_47,
+            ci_high: -0.010_3,
+            allowed_low: -0.01,
+            allowed_high: f64::INFINITY,
+            ratio: Some(f64::INFINITY),
+            canary: 0.97,
+            baseline: 1.0,
+            canary_samples: 100,
+            baseline_samples: 10_000,
+        };
+        assert_eq!(
+            c.to_string(),
+            "fisher p=9.4e-7 canary=0.97 baseline=1 diff=-0.03 ci=[-0.08447,-0.0103] min=-0.01 ratio=inf n=100/10000"
+        );
+        let c = Comparison {
+            test: "two-proportion-z".to_owned(),
+            statistic: Some(-1.234_56),
+            allowed_low: -0.5,
+            allowed_high: 0.25,
+            ratio: None,
+            p_value: 0.5,
+            ..c
+        };
+        assert!(
+            c.to_string()
+                .starts_with("two-proportion-z z=-1.235 p=0.5 "),
+            "{c}"
+        );
+        assert!(c.to_string().contains(" allowed=[-0.5,+0.25] n="), "{c}");
     }
 }

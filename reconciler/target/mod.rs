@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod dry_run;
+pub mod local;
 
 use crate::engine::TargetHealth;
 use crate::model::Plan;

@@ -1,0 +1,212 @@
+//! The `builtin` metrics source: the counters of rollgate's own proxy (`local` targets).
+//!
+//! Reads a shared registry of each plan's proxy `Stats`, filled by the local target.
+//! Queries: `success-rate`, `error-rate`, `latency-p50`, `latency-p95`, `latency-p99`
+//! (seconds), for one version over the context's window.
+//! Invariants: `samples` is the number of requests in the window; no requests give a
+//! measurement without a value (inconclusive), never a pass; a plan without a proxy or
+//! an unknown query is an error, never a default.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{MetricsSource, QueryContext};
+use crate::engine::Measurement;
+use crate::model::plan::Check;
+use crate::proxy::Stats;
+
+/// Each plan's proxy statistics, by plan name.
+pub type Registry = Arc<Mutex<HashMap<String, Arc<Stats>>>>;
+
+/// The queries this source answers.
+pub const QUERIES: [&str; 5] = [
+    "success-rate",
+    "error-rate",
+    "latency-p50",
+    "latency-p95",
+    "latency-p99",
+];
+
+#[derive(Debug, Clone)]
+pub struct Builtin {
+    registry: Registry,
+}
+
+impl Builtin {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+}
+
+impl MetricsSource for Builtin {
+    fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String> {
+        let query = check.query.trim();
+        if query == "replica-health" {
+            return Err("replica-health is only available on kubernetes targets".to_owned());
+        }
+        if !QUERIES.contains(&query) {
+            return Err(format!(
+                "unknown builtin query {query:?}; expected one of: {}",
+                QUERIES.join(", ")
+            ));
+        }
+        let stats = {
+            let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            registry
+                .get(ctx.plan)
+                .cloned()
+                .ok_or_else(|| format!("no proxy for plan {}", ctx.plan))?
+        };
+        let w = stats.window(ctx.version, ctx.window);
+        let value = match query {
+            "success-rate" => w.success_rate(),
+            "error-rate" => w.error_rate(),
+            "latency-p50" => w.p50(),
+            "latency-p95" => w.p95(),
+            _ => w.p99(),
+        };
+        Ok(Measurement {
+            value,
+            samples: w.requests,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::plan::Judge;
+
+    fn check(query: &str) -> Check {
+        Check {
+            name: query.to_owned(),
+            source: "builtin".to_owned(),
+            query: query.to_owned(),
+            judge: Judge::Threshold {
+                min: None,
+                max: None,
+            },
+            interval: Duration::from_secs(60),
+            failure_limit: 1,
+            consecutive_error_limit: 3,
+        }
+    }
+
+    fn ctx<'a>(plan: &'a str, version: &'a str) -> QueryContext<'a> {
+        QueryContext {
+            plan,
+            version,
+            baseline: Some("v1"),
+            window: Duration::from_secs(30),
+        }
+    }
+
+    /// Given a proxy's stats with 96 fast successes, 4 slow 5xx for v2 and one v1 request.
+    fn source() -> Builtin {
+        let stats = Arc::new(Stats::new());
+        for _ in 0..96 {
+            stats.record("v2", 200, Duration::from_millis(10));
+        }
+        for _ in 0..4 {
+            stats.record("v2", 503, Duration::from_millis(800));
+        }
+        stats.record("v1", 200, Duration::from_millis(1));
+        let registry: Registry = Arc::default();
+        registry
+            .lock()
+            .expect("not poisoned")
+            .insert("checkout".to_owned(), stats);
+        Builtin::new(registry)
+    }
+
+    fn near(m: Measurement, want: f64, samples: u64) {
+        let got = m.value.expect("a value");
+        assert!((got - want).abs() <= want * 0.035, "got {got}, want {want}");
+        assert_eq!(m.samples, samples);
+    }
+
+    #[test]
+    fn answers_each_query_over_the_window() {
+        let mut b = source();
+        let c = ctx("checkout", "v2");
+        near(
+            b.measure(&check("success-rate"), &c).expect("measured"),
+            0.96,
+            100,
+        );
+        near(
+            b.measure(&check("error-rate"), &c).expect("measured"),
+            0.04,
+            100,
+        );
+        near(
+            b.measure(&check("latency-p50"), &c).expect("measured"),
+            0.010,
+            100,
+        );
+        near(
+            b.measure(&check("latency-p95"), &c).expect("measured"),
+            0.010,
+            100,
+        );
+        near(
+            b.measure(&check("latency-p99"), &c).expect("measured"),
+            0.800,
+            100,
+        );
+        near(
+            b.measure(&check(" latency-p99 "), &ctx("checkout", "v1"))
+                .expect("measured"),
+            0.001,
+            1,
+        );
+    }
+
+    #[test]
+    fn no_requests_is_no_value_not_a_pass() {
+        let mut b = source();
+        let m = b
+            .measure(&check("success-rate"), &ctx("checkout", "v3"))
+            .expect("measured");
+        assert_eq!(
+            m,
+            Measurement {
+                value: None,
+                samples: 0
+            }
+        );
+        let zero = QueryContext {
+            window: Duration::ZERO,
+            ..ctx("checkout", "v2")
+        };
+        assert_eq!(
+            b.measure(&check("latency-p99"), &zero),
+            Ok(Measurement {
+                value: None,
+                samples: 0
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_plan_and_queries_are_errors() {
+        let mut b = source();
+        assert_eq!(
+            b.measure(&check("success-rate"), &ctx("billing", "v2")),
+            Err("no proxy for plan billing".to_owned())
+        );
+        assert_eq!(
+            b.measure(&check("replica-health"), &ctx("checkout", "v2")),
+            Err("replica-health is only available on kubernetes targets".to_owned())
+        );
+        let e = b
+            .measure(
+                &check("rate(http_requests_total[1m])"),
+                &ctx("checkout", "v2"),
+            )
+            .expect_err("unknown");
+        assert!(e.starts_with("unknown builtin query"), "{e}");
+    }
+}

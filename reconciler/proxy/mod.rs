@@ -1,0 +1,390 @@
+//! rollgate's built-in weighted HTTP/1.1 proxy, for the `local` target.
+//!
+//! ```text
+//!   client ──▶ listen ──▶ Table (stable, candidate, weight) ──weight%──▶ candidate
+//!              │                                          └──rest────▶ stable
+//!              └─ GET /.rollgate/metrics: Prometheus text of Stats (never proxied)
+//! ```
+//! The proxy runs on its own small tokio runtime and thread, so callers stay synchronous.
+//! Routing is a table swapped whole by `set_routes`; the choice is smooth (see `route`),
+//! or sticky by a header or cookie. Requests stream both ways over pooled keep-alive
+//! connections; a backend that cannot be reached gives 502, no backend 503.
+//! Invariants: a request is counted in flight to its backend *under the table's read
+//! lock*, so once `set_routes` returns, every request routed by an older table is
+//! already counted and `drain` waits for it; a request finishes on the backend it
+//! started on; its statistics are recorded once, when its response ends.
+//! Not supported: protocol upgrades (WebSocket) and HTTP/2.
+
+mod forward;
+mod route;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+use self::forward::{ProxyBody, Tracker, add_forwarded_for, plain, strip_hop_by_hop};
+use self::route::{Routed, Table, request_bucket};
+pub use self::stats::{Stats, WindowStats};
+pub use crate::model::plan::Sticky;
+
+/// The path the proxy answers itself with its metrics; everything else is proxied.
+pub const METRICS_PATH: &str = "/.rollgate/metrics";
+
+/// One process serving one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub version: String,
+    pub addr: SocketAddr,
+}
+
+/// A running proxy. Clones share it; it stops on `shutdown` or when the last clone drops.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .field("sticky", &self.shared.sticky)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the request tasks share with the handle.
+struct Shared {
+    table: RwLock<Arc<Table>>,
+    /// In-flight counters by backend address; an entry lives while a table or a request
+    /// holds it.
+    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    stats: Arc<Stats>,
+    sticky: Option<Sticky>,
+}
+
+type BackendClient = Client<HttpConnector, hyper::body::Incoming>;
+
+impl Proxy {
+    /// Bind `listen` and serve on a small dedicated tokio runtime (own threads), so
+    /// callers stay synchronous. No routes yet: requests get 503 until `set_routes`.
+    pub fn start(listen: SocketAddr, sticky: Option<Sticky>) -> std::io::Result<Proxy> {
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("rollgate-proxy")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = rt.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let shared = Arc::new(Shared {
+            table: RwLock::new(Arc::new(Table::default())),
+            in_flight: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::new()),
+            sticky,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rollgate-proxy {addr}"))
+            .spawn(move || {
+                rt.block_on(accept_loop(listener, serving, stopped));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        tracing::debug!(%addr, "proxy listening");
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                addr,
+                shared,
+                stop,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Atomically replace the routing: `weight`% (0..=100) of requests to `candidate`,
+    /// the rest to `stable`. With one backend only, it takes everything. Requests
+    /// already in flight finish where they are.
+    pub fn set_routes(&self, stable: Option<Backend>, candidate: Option<Backend>, weight: u8) {
+        let shared = &self.inner.shared;
+        let weight = weight.min(100);
+        if self.routes() == (stable.clone(), candidate.clone(), weight) {
+            return; // idempotent: keep the smooth sequence where it is
+        }
+        let mut in_flight = shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut routed = |b: Option<Backend>| {
+            b.map(|backend| Routed {
+                in_flight: in_flight.entry(backend.addr).or_default().clone(),
+                version: Arc::from(backend.version.as_str()),
+                backend,
+            })
+        };
+        let table = Arc::new(Table::new(routed(stable), routed(candidate), weight));
+        *shared.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+        // Forget counters nobody holds any more (no table, no request).
+        in_flight.retain(|_, n| Arc::strong_count(n) > 1 || n.load(Ordering::SeqCst) > 0);
+    }
+
+    pub fn routes(&self) -> (Option<Backend>, Option<Backend>, u8) {
+        let table = self
+            .inner
+            .shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let backend = |r: &Option<Routed>| r.as_ref().map(|r| r.backend.clone());
+        (
+            backend(&table.stable),
+            backend(&table.candidate),
+            table.weight,
+        )
+    }
+
+    /// Block until no request is in flight to `addr` (or `timeout`); true when drained.
+    /// Call it after `set_routes` has taken `addr` out of the routes.
+    pub fn drain(&self, addr: SocketAddr, timeout: Duration) -> bool {
+        let counter = {
+            let in_flight = self
+                .inner
+                .shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match in_flight.get(&addr) {
+                Some(c) => c.clone(),
+                None => return true,
+            }
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if counter.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(%addr, in_flight = counter.load(Ordering::SeqCst), "drain timed out");
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+        }
+    }
+
+    /// Requests in flight to `addr` right now.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        let in_flight = self
+            .inner
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_flight.get(&addr).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inner.shared.stats.clone()
+    }
+
+    /// Stop listening and serving (for every clone), and wait for the proxy's thread.
+    pub fn shutdown(self) {
+        self.inner.stop();
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        self.stop.send_replace(true);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!(addr = %self.addr, "proxy thread panicked");
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: BackendClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let for_connections = stopped.clone();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let client = client.clone();
+                    let mut stopped = for_connections.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(shared.clone(), client.clone(), peer, req));
+                        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, "client connection: {e}") },
+                            _ = stopped.wait_for(|s| *s) => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("proxy accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    client: BackendClient,
+    peer: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    if req.uri().path() == METRICS_PATH {
+        return Ok(metrics_response(&shared, req.method()));
+    }
+    let bucket = shared
+        .sticky
+        .as_ref()
+        .and_then(|s| request_bucket(s, req.headers()));
+    let picked = {
+        let table = shared.table.read().unwrap_or_else(PoisonError::into_inner);
+        table.pick(bucket).map(|r| {
+            (
+                r.backend.addr,
+                Tracker::start(&r.in_flight, &r.version, &shared.stats, start),
+            )
+        })
+    };
+    let Some((addr, mut tracker)) = picked else {
+        shared.stats.record_unrouted();
+        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no backend\n"));
+    };
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded_for(&mut parts.headers, peer);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match Uri::try_from(format!("http://{addr}{path}")) {
+        Ok(uri) => uri,
+        Err(_) => {
+            tracker.status = Some(StatusCode::BAD_REQUEST.as_u16());
+            return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
+        }
+    };
+    parts.version = Version::HTTP_11;
+
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            tracker.status = Some(parts.status.as_u16());
+            Ok(Response::from_parts(
+                parts,
+                ProxyBody::Tracked {
+                    inner: body,
+                    tracker: Some(tracker),
+                },
+            ))
+        }
+        Err(e) => {
+            tracing::debug!(%addr, "backend request failed: {e}");
+            tracker.status = Some(StatusCode::BAD_GATEWAY.as_u16());
+            Ok(plain(StatusCode::BAD_GATEWAY, "backend unavailable\n"))
+        }
+    }
+}
+
+fn metrics_response(shared: &Shared, method: &Method) -> Response<ProxyBody> {
+    if method != Method::GET && method != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let mut text = String::new();
+    shared.stats.render_prometheus(&mut text);
+    let table = shared
+        .table
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    text.push_str(
+        "# HELP rollgate_proxy_in_flight_requests Requests being served now, by routed version.\n",
+    );
+    text.push_str("# TYPE rollgate_proxy_in_flight_requests gauge\n");
+    for r in [&table.stable, &table.candidate].into_iter().flatten() {
+        text.push_str(&format!(
+            "rollgate_proxy_in_flight_requests{{version=\"{}\"}} {}\n",
+            stats::escape_label(&r.version),
+            r.in_flight.load(Ordering::SeqCst)
+        ));
+    }
+    text.push_str(
+        "# HELP rollgate_proxy_candidate_weight Percent of requests routed to the candidate.\n",
+    );
+    text.push_str("# TYPE rollgate_proxy_candidate_weight gauge\n");
+    text.push_str(&format!(
+        "rollgate_proxy_candidate_weight {}\n",
+        table.weight
+    ));
+    let mut resp = Response::new(ProxyBody::text(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

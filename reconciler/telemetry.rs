@@ -1,0 +1,202 @@
+//! rollgate's own metrics, in Prometheus text format on the daemon's `/metrics`.
+//!
+//! A small fixed set of series with a small fixed set of label values (phases,
+//! verdicts), never labels built from user input, so cardinality stays bounded.
+//! Invariant: recording is lock-free (atomics) and cannot fail or block a reconcile.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::model::status::Phase;
+
+const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub reconciles: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    transitions: [AtomicU64; 8],
+    judge: [AtomicU64; 3],
+    pub writeback_retries: AtomicU64,
+    pub writeback_commits: AtomicU64,
+    pub reverts: AtomicU64,
+    pub rejected_plans: AtomicU64,
+    pub accepted_plans: AtomicU64,
+    buckets: [AtomicU64; 10],
+    duration_count: AtomicU64,
+    duration_micros: AtomicU64,
+}
+
+/// The process-wide registry.
+pub fn global() -> &'static Telemetry {
+    static T: OnceLock<Telemetry> = OnceLock::new();
+    T.get_or_init(Telemetry::default)
+}
+
+fn phase_index(p: Phase) -> usize {
+    Phase::ALL.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+impl Telemetry {
+    pub fn transition(&self, to: Phase) {
+        self.transitions[phase_index(to)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `verdict`: "pass", "fail" or "inconclusive".
+    pub fn judged(&self, verdict: &str) {
+        let i = match verdict {
+            "pass" => 0,
+            "fail" => 1,
+            _ => 2,
+        };
+        self.judge[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reconcile_took(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
+        self.duration_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "rollgate_reconciles_total",
+            "Plan reconciles performed.",
+            g(&self.reconciles),
+        );
+        counter(
+            &mut o,
+            "rollgate_reconcile_errors_total",
+            "Plan reconciles that failed (the plan is retried; others go on).",
+            g(&self.reconcile_errors),
+        );
+        counter(
+            &mut o,
+            "rollgate_writeback_commits_total",
+            "Commits pushed by the writer.",
+            g(&self.writeback_commits),
+        );
+        counter(
+            &mut o,
+            "rollgate_writeback_retries_total",
+            "Pushes lost to a concurrent push and recomputed.",
+            g(&self.writeback_retries),
+        );
+        counter(
+            &mut o,
+            "rollgate_reverts_total",
+            "Revert or restore commits pushed after a failed judgement.",
+            g(&self.reverts),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_plans Plans at the last head, by gate outcome.\n# TYPE rollgate_plans gauge"
+        );
+        let _ = writeln!(
+            o,
+            "rollgate_plans{{gate=\"accepted\"}} {}",
+            g(&self.accepted_plans)
+        );
+        let _ = writeln!(
+            o,
+            "rollgate_plans{{gate=\"rejected\"}} {}",
+            g(&self.rejected_plans)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_transitions_total Status transitions written, by the phase entered.\n# TYPE rollgate_transitions_total counter"
+        );
+        for (i, p) in Phase::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_transitions_total{{phase=\"{}\"}} {}",
+                p.as_str(),
+                g(&self.transitions[i])
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_judgements_total Check judgements, by verdict.\n# TYPE rollgate_judgements_total counter"
+        );
+        for (i, v) in ["pass", "fail", "inconclusive"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_judgements_total{{verdict=\"{v}\"}} {}",
+                g(&self.judge[i])
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_reconcile_duration_seconds Time to reconcile one plan.\n# TYPE rollgate_reconcile_duration_seconds histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                g(&self.buckets[i])
+            );
+        }
+        let count = g(&self.duration_count);
+        let _ = writeln!(
+            o,
+            "rollgate_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "rollgate_reconcile_duration_seconds_sum {}",
+            g(&self.duration_micros) as f64 / 1e6
+        );
+        let _ = writeln!(o, "rollgate_reconcile_duration_seconds_count {count}");
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_exposition_lines() {
+        let t = Telemetry::default();
+        t.transition(Phase::Progressing);
+        t.judged("fail");
+        t.reconcile_took(Duration::from_millis(3));
+        let text = t.render();
+        assert!(
+            text.contains("rollgate_transitions_total{phase=\"Progressing\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rollgate_judgements_total{verdict=\"fail\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rollgate_reconcile_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(
+                !name.is_empty() && value.parse::<f64>().is_ok(),
+                "bad line {line:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The `local` target end to end: real processes (the demo service), real HTTP traffic
+//! through rollgate's proxy, and the daemon as a real subprocess against a bare remote.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rollgate::demo::load::Generator;
+use rollgate::model::Plan;
+use rollgate::target::Target;
+use rollgate::target::local::LocalTarget;
+use support::git;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn plan_yaml(name: &str, port: u16, artifact: &str, steps: &str, checks: &str) -> String {
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: {name}, labels: {{ team: test }} }}
+spec:
+  target: local
+  workload:
+    local:
+      command: [\"{exe}\", demo-service, --port, \"{{{{port}}}}\", --version, \"{{{{version}}}}\", --fail-version, v3, --fail-rate, \"0.2\", --work-ms, \"1\"]
+      listen: \"127.0.0.1:{port}\"
+      healthCheck: {{ path: /healthz, expectStatus: 200, timeout: 1s }}
+  artifact: {artifact}
+  strategy:
+    canary:
+      steps: {steps}
+{checks}  minSamples: 20
+",
+        exe = env!("CARGO_BIN_EXE_rollgate")
+    )
+}
+
+fn plan(port: u16) -> Plan {
+    rollgate::model::validate::parse_plan(
+        "plans/web.yaml",
+        &plan_yaml("web", port, "v1", "[ { setWeight: 100 } ]", ""),
+        None,
+    )
+    .expect("valid plan")
+    .plan
+}
+
+/// `n` requests, counted by the version that answered.
+fn shares(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let code = rollgate::target::local::http_get(addr, "/", Duration::from_secs(2))
+            .expect("request answered");
+        *out.entry(code.1.trim().rsplit(' ').next().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn wait_healthy(t: &mut LocalTarget, plan: &Plan, desired: &rollgate::target::Desired) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if t.health(plan, desired) == rollgate::engine::TargetHealth::Healthy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("target never became healthy for {desired:?}");
+}
+
+#[test]
+fn local_target_passes_the_target_contract() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let plan = plan(port);
+    let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
+    rollgate::target::contract::run(
+        &mut t,
+        &plan,
+        None,
+        "v2",
+        "v3",
+        300,
+        Duration::from_millis(20),
+    );
+}
+
+#[test]
+fn the_candidate_share_follows_the_weight() {
+    // Given v1 stable and v2 as candidate behind the proxy
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let plan = plan(port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
+    t.start_candidate(&plan, "v1").expect("start v1");
+    t.promote(&plan, "v1").expect("v1 stable");
+    t.start_candidate(&plan, "v2").expect("start v2");
+    for weight in [5u8, 25, 50] {
+        // When the weight is set
+        t.set_weight(&plan, weight).expect("weight");
+        wait_healthy(
+            &mut t,
+            &plan,
+            &rollgate::target::Desired {
+                stable: Some("v1".into()),
+                candidate: Some("v2".into()),
+                weight,
+            },
+        );
+        // Then over 4,000 real requests v2's share is within 3 points of it
+        let s = shares(addr, 4_000);
+        let v2 = s.get("v2").copied().unwrap_or(0) as f64 / 4_000.0 * 100.0;
+        eprintln!("weight {weight}%: {s:?} -> v2 {v2:.2}%");
+        assert!(
+            (v2 - f64::from(weight)).abs() <= 3.0,
+            "weight {weight}: v2 got {v2:.2}% ({s:?})"
+        );
+    }
+}
+
+#[test]
+fn promotion_and_rollback_lose_no_request() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let plan = plan(port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
+    t.start_candidate(&plan, "v1").expect("start v1");
+    t.promote(&plan, "v1").expect("v1 stable");
+    // Given steady traffic
+    let load = Generator::start(addr, 400);
+    std::thread::sleep(Duration::from_millis(300));
+    // When v2 goes 50% then is promoted, and v4 goes 50% then is rolled back
+    t.start_candidate(&plan, "v2").expect("start v2");
+    t.set_weight(&plan, 50).expect("50%");
+    std::thread::sleep(Duration::from_millis(400));
+    t.promote(&plan, "v2").expect("promote v2");
+    std::thread::sleep(Duration::from_millis(400));
+    t.start_candidate(&plan, "v4").expect("start v4");
+    t.set_weight(&plan, 50).expect("50%");
+    std::thread::sleep(Duration::from_millis(400));
+    t.rollback(&plan, Some("v2")).expect("rollback");
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = load.stop();
+    eprintln!("{}", counts.summary());
+    // Then every request was answered, and by a healthy version
+    assert_eq!(counts.failed, 0, "{}", counts.summary());
+    assert_eq!(counts.server_errors, 0, "{}", counts.summary());
+    assert!(
+        counts.ok.get("v2").copied().unwrap_or(0) > 100,
+        "{}",
+        counts.summary()
+    );
+    assert!(
+        counts.ok.get("v4").copied().unwrap_or(0) > 10,
+        "{}",
+        counts.summary()
+    );
+}
+
+#[test]
+fn a_crash_looping_candidate_is_unhealthy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let text = plan_yaml("crashy", port, "v1", "[ { setWeight: 100 } ]", "").replace(
+        &format!("[\"{}\", demo-service", env!("CARGO_BIN_EXE_rollgate")),
+        "[\"/bin/sh\", \"-c\", \"exit 3\", demo-service",
+    );
+    let plan = rollgate::model::validate::parse_plan("plans/crashy.yaml", &text, None)
+        .expect("valid")
+        .plan;
+    let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
+    let _ = t.start_candidate(&plan, "v1");
+    let desired = rollgate::target::Desired {
+        stable: None,
+        candidate: Some("v1".into()),
+        weight: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match t.health(&plan, &desired) {
+            rollgate::engine::TargetHealth::Unhealthy { reason } => {
+                assert!(reason.contains("crashing"), "{reason}");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "still {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A bare remote with settings and one local plan at v1, already rolled out by a daemon.
+struct Story {
+    remote: support::Remote,
+    port: u16,
+    state: std::path::PathBuf,
+}
+
+fn daemon(story: &Story) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["run", "--repo"])
+        .arg(&story.remote.bare)
+        .args(["--interval", "200ms", "--state-dir"])
+        .arg(&story.state)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(story.state.join("daemon.log"))
+                .expect("log"),
+        ))
+        .spawn()
+        .expect("daemon starts")
+}
+
+fn status_of(story: &Story) -> Option<rollgate::model::status::Status> {
+    let out = Command::new("git")
+        .args(["show", "main:status/web.yaml"])
+        .current_dir(&story.remote.bare)
+        .output()
+        .ok()?;
+    rollgate::model::status::Status::from_yaml(&String::from_utf8_lossy(&out.stdout)).ok()
+}
+
+fn wait_for(
+    story: &Story,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&rollgate::model::status::Status) -> bool,
+) -> rollgate::model::status::Status {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = status_of(story) {
+            if f(&s) {
+                return s;
+            }
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(story.state.join("daemon.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "timed out waiting for {what}; status {:?}\n{}",
+                status_of(story).map(|s| (s.phase, s.step, s.candidate)),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const ANALYSED: &str = "[ { setWeight: 25 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 50 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 100 } ]";
+const CHECKS: &str = "  checks:\n    - { name: success-rate, source: builtin, query: success-rate, interval: 500ms, judge: { min: 0.95 } }\n";
+
+fn story() -> Story {
+    let seed = tempfile::tempdir().expect("seed");
+    let port = free_port();
+    std::fs::create_dir_all(seed.path().join("plans")).expect("plans");
+    std::fs::write(
+        seed.path().join("rollgate.yaml"),
+        "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n",
+    )
+    .expect("settings");
+    std::fs::write(
+        seed.path().join("plans/web.yaml"),
+        plan_yaml("web", port, "v1", ANALYSED, CHECKS),
+    )
+    .expect("plan");
+    let remote = support::Remote::seeded_from(seed.path());
+    let state = remote.work_dir("state");
+    std::fs::create_dir_all(&state).expect("state");
+    Story {
+        remote,
+        port,
+        state,
+    }
+}
+
+fn set_artifact(story: &Story, artifact: &str) {
+    story.remote.human_commit(
+        "plans/web.yaml",
+        |_| plan_yaml("web", story.port, artifact, ANALYSED, CHECKS),
+        &format!("web {artifact}"),
+    );
+}
+
+#[test]
+fn a_failing_version_is_rolled_back_and_reverted_while_traffic_flows() {
+    // Given a daemon that rolled out v1 under steady traffic
+    let story = story();
+    let mut d = daemon(&story);
+    let load = Generator::start(SocketAddr::from(([127, 0, 0, 1], story.port)), 300);
+    wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    // When v3, which fails 20% of requests, is committed
+    set_artifact(&story, "v3");
+    let began = Instant::now();
+    let s = wait_for(&story, "v3 rolled back", Duration::from_secs(40), |s| {
+        s.phase.as_str() == "RolledBack" && s.candidate == "v3"
+    });
+    let took = began.elapsed();
+    // Then it was rolled back within two analysis intervals of its first full sample, and
+    // the revert is on the remote
+    eprintln!("rolled back {:.2}s after the commit", took.as_secs_f64());
+    let plan_now = git(&story.remote.bare, &["show", "main:plans/web.yaml"]);
+    assert!(
+        plan_now.contains("artifact: v1"),
+        "plan not reverted:\n{plan_now}"
+    );
+    let rollback_of = git(
+        &story.remote.bare,
+        &[
+            "log",
+            "main",
+            "--format=%(trailers:key=Rollgate-Rollback-Of,valueonly)",
+        ],
+    );
+    assert!(!rollback_of.trim().is_empty(), "no revert commit");
+    assert_eq!(s.stable.as_deref(), Some("v1"));
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = load.stop();
+    let _ = d.kill();
+    let _ = d.wait();
+    // And the only failures were v3's own 500s: at most the first second of v1's start-up
+    // (before the proxy listened) failed to connect
+    eprintln!("{}", counts.summary());
+    assert!(counts.failed < 300, "{}", counts.summary());
+}
+
+#[test]
+fn after_sigkill_a_restarted_daemon_finishes_the_rollout_with_traffic_intact() {
+    let story = story();
+    let mut d = daemon(&story);
+    let load = Generator::start(SocketAddr::from(([127, 0, 0, 1], story.port)), 300);
+    wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    set_artifact(&story, "v2");
+    wait_for(&story, "v2 in flight", Duration::from_secs(20), |s| {
+        s.candidate == "v2" && s.step >= 1
+    });
+    // When the daemon is killed mid-rollout and started again
+    d.kill().expect("SIGKILL");
+    let _ = d.wait();
+    let mut d = daemon(&story);
+    let s = wait_for(&story, "v2 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v2"
+    });
+    let counts = load.stop();
+    eprintln!("{}", counts.summary());
+    // Then the rollout finished and the service answers from v2 only
+    assert_eq!(s.stable.as_deref(), Some("v2"));
+    let after = shares(SocketAddr::from(([127, 0, 0, 1], story.port)), 200);
+    let _ = d.kill();
+    let _ = d.wait();
+    assert_eq!(after.get("v2").copied(), Some(200), "{after:?}");
+}
