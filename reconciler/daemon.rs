@@ -172,6 +172,15 @@ impl Reconciler {
         Status::from_yaml(std::str::from_utf8(bytes).ok()?).ok()
     }
 
+    /// The status with the analysis counters gathered since the last commit (for live views).
+    pub fn live_status(&self, plan: &str) -> Option<Status> {
+        let file = self.status(plan);
+        match self.memo.get(plan).and_then(|m| m.counters.as_ref()) {
+            Some((based_on, counted)) if *based_on == file => Some(counted.clone()),
+            _ => file,
+        }
+    }
+
     fn write_back(&self) -> WriteBack {
         self.report
             .settings

@@ -121,10 +121,13 @@ fn describe(s: &Status, load: &load::Counts) -> String {
             ))
         })
         .collect();
+    let cells = usize::from(s.weight) / 10;
     format!(
-        "{:<11} step {:>2}  {:>3}% → {:<3}  {}  | traffic {}",
+        "{:<11} step {:>2} [{}{}] {:>3}% → {:<3}  {}  | traffic {}",
         s.phase.as_str(),
         s.step + 1,
+        "█".repeat(cells),
+        "·".repeat(10 - cells),
         s.weight,
         s.candidate,
         if checks.is_empty() {
@@ -230,14 +233,16 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
             bail!("the demo did not finish within {}s", limit.as_secs());
         }
         let report = rec.tick(Utc::now())?;
-        let status = rec.status("hello");
+        let status = rec.live_status("hello");
         let counts = traffic.counts();
         if let Some(s) = &status {
             let line = describe(s, &counts);
             if let Some(b) = &bar {
                 b.set_message(format!("hello {line}"));
             }
-            let key = format!("{} {} {}", s.phase.as_str(), s.step, s.candidate);
+            // A line per transition and per new measurement (the live line shows the rest).
+            let measured: u32 = s.analysis.iter().map(|c| c.measurements).sum();
+            let key = format!("{} {} {} {measured}", s.phase.as_str(), s.step, s.candidate);
             if key != last_line {
                 say(format!(
                     "[{:>5.1}s] hello {line}",

@@ -636,6 +636,9 @@ fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
     let mut bisect = false;
     for step in 0u32.. {
         if cb - ca <= limit {
+            if std::env::var_os("HL_DEBUG").is_some() {
+                eprintln!("k={k} steps={step} window={}", cb - ca);
+            }
             return select_between(x, y, a, b, k - ca);
         }
         let (ka, kb) = (order_key(a), order_key(b));
