@@ -409,11 +409,16 @@ impl Reconciler {
             None => Vec::new(),
         };
         let commands = self.pending_commands(name, status.as_ref());
+        let slo = match (&plan.slo, &status) {
+            (Some(slo), Some(s)) if s.phase.is_in_flight() => Some(self.slo_reading(plan, slo, s)),
+            _ => None,
+        };
         let obs = Observation {
             revision,
             health,
             measurements,
             commands: commands.iter().map(|(_, c)| *c).collect(),
+            slo,
         };
         let decision = engine::decide(plan, status.as_ref(), &obs, now);
         if let Some(next) = &decision.status {
@@ -437,6 +442,37 @@ impl Reconciler {
             commands.last().map(|(sha, _)| sha.clone()),
             report,
         )
+    }
+
+    /// Error ratios over the SLO's burn-rate windows (one instant query pair each).
+    fn slo_reading(
+        &mut self,
+        plan: &Plan,
+        slo: &crate::model::plan::Slo,
+        s: &Status,
+    ) -> Result<engine::slo::Reading, String> {
+        let source = self
+            .metrics
+            .get_mut(&slo.source)
+            .ok_or_else(|| format!("metrics source `{}` is not available", slo.source))?;
+        let mut ratio = |window: Duration| {
+            let ctx = QueryContext {
+                plan: &plan.name,
+                version: &s.candidate,
+                baseline: s.stable.as_deref(),
+                window,
+            };
+            source.error_ratio(&slo.good, &slo.total, &ctx)
+        };
+        let m = |x: u64| Duration::from_secs(x * 60);
+        let reading = engine::slo::Reading {
+            ratio_5m: ratio(m(5))?,
+            ratio_30m: ratio(m(30))?,
+            ratio_1h: ratio(m(60))?,
+            ratio_6h: ratio(m(360))?,
+            ratio_window: ratio(slo.window)?,
+        };
+        Ok(reading)
     }
 
     fn measure(&mut self, plan: &Plan, s: &Status, now: DateTime<Utc>) -> Vec<Observed> {

@@ -202,6 +202,10 @@ impl<'a> Cx<'a> {
                         self.advance_to(self.s.step, "target reachable again".to_owned())
                     }
                     HoldKind::Target => {}
+                    HoldKind::Slo => self.advance_to(
+                        self.s.step,
+                        "error budget burn is back under the limits".to_owned(),
+                    ),
                     HoldKind::Evidence => {
                         if self.has(Command::Promote) {
                             self.complete_step("promoted by command".to_owned());
@@ -301,7 +305,27 @@ impl<'a> Cx<'a> {
             self.hold(HoldKind::Window, "change window closed".to_owned());
             return;
         }
+        if let Some(why) = self.slo_blocks() {
+            self.s.step = i.min(self.steps().len());
+            self.s.analysis.clear();
+            self.hold(HoldKind::Slo, why);
+            return;
+        }
         self.enter(i, reason);
+    }
+
+    /// The SLO gate (plans without an SLO always pass it; a missing reading blocks).
+    fn slo_blocks(&mut self) -> Option<String> {
+        let slo = self.plan.slo.as_ref()?;
+        match &self.obs.slo {
+            None => Some("SLO burn rates not measured yet".to_owned()),
+            Some(Err(e)) => Some(format!("SLO burn rates unavailable: {e}")),
+            Some(Ok(reading)) => {
+                let b = super::slo::burn(reading, slo.objective);
+                self.s.budget_remaining = Some(b.budget_remaining);
+                super::slo::blocks(&b)
+            }
+        }
     }
 
     fn enter(&mut self, i: usize, reason: String) {
@@ -503,7 +527,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
                     .next_open(now, horizon)
                     .or_else(|| now.checked_add_signed(horizon))
             }
-            Some(HoldKind::Target) => Some(poll),
+            Some(HoldKind::Target | HoldKind::Slo) => Some(poll),
             Some(HoldKind::Evidence) | None => None,
         },
         Phase::Progressing | Phase::Paused => match steps(plan, s.fast_track).get(s.step) {

@@ -21,6 +21,7 @@ mod analysis;
 pub mod compare;
 mod decide;
 mod judge;
+pub mod slo;
 pub mod stats;
 #[cfg(test)]
 mod testing;
@@ -49,6 +50,8 @@ pub struct Observation {
     pub measurements: Vec<Observed>,
     /// Commands found in Git since the last decision, oldest first.
     pub commands: Vec<Command>,
+    /// The SLO's burn rates, when the plan declares an SLO (`Err`: could not be read).
+    pub slo: Option<Result<slo::Reading, String>>,
 }
 
 impl Observation {
@@ -59,6 +62,7 @@ impl Observation {
             health: TargetHealth::Healthy,
             measurements: Vec::new(),
             commands: Vec::new(),
+            slo: None,
         }
     }
 }

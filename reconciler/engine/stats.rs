@@ -634,11 +634,11 @@ fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
     let mut b = xn - y0;
     let mut cb = total;
     let mut bisect = false;
+    let mut moved_a = false;
+    let margin = limit / 4;
     for step in 0u32.. {
         if cb - ca <= limit {
-            if std::env::var_os("HL_DEBUG").is_some() {
-                eprintln!("k={k} steps={step} window={}", cb - ca);
-            }
+            if std::env::var_os("HL_DEBUG").is_some() { eprintln!("k={k} steps={step} window={}", cb - ca); }
             return select_between(x, y, a, b, k - ca);
         }
         let (ka, kb) = (order_key(a), order_key(b));
@@ -646,22 +646,30 @@ fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
             return b + 0.0;
         }
         let midpoint = from_order_key(((i128::from(ka) + i128::from(kb)) >> 1) as i64);
-        let d = if step % 4 == 3 {
+        let d = if bisect && step % 2 == 1 {
             // a tie probe: is b itself the answer?
             from_order_key(kb - 1)
         } else if bisect {
             midpoint
         } else {
-            let t = (k - ca) as f64 / (cb - ca) as f64;
+            // aim just past k on the side that did not move last, so that two steps
+            // close the bracket from both ends (regula falsi alone creeps from one)
+            let target = if moved_a {
+                (k + margin).min(cb - 1)
+            } else {
+                k.saturating_sub(margin).max(ca + 1)
+            };
+            let t = (target - ca) as f64 / (cb - ca) as f64;
             let d = a + t * (b - a);
             if d > a && d < b { d } else { midpoint }
         };
         let c = count_le(x, y, d);
         let before = cb - ca;
-        if c >= k {
-            (b, cb) = (d, c);
-        } else {
+        moved_a = c < k;
+        if moved_a {
             (a, ca) = (d, c);
+        } else {
+            (b, cb) = (d, c);
         }
         bisect = (cb - ca) > before / 2;
     }

@@ -124,6 +124,7 @@ impl PlanBuilder {
                     rollback_window: DEFAULT_ROLLBACK_WINDOW,
                 },
                 progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+                slo: None,
             },
         }
     }
@@ -199,6 +200,17 @@ impl PlanBuilder {
         self
     }
 
+    pub fn slo(mut self, objective: f64) -> Self {
+        self.plan.slo = Some(crate::model::plan::Slo {
+            source: "prometheus".to_owned(),
+            objective,
+            window: Duration::from_secs(30 * 86_400),
+            good: "good".to_owned(),
+            total: "total".to_owned(),
+        });
+        self
+    }
+
     pub fn build(self) -> Plan {
         self.plan
     }
@@ -231,6 +243,11 @@ impl Observation {
 
     pub fn measured(mut self, m: Vec<Observed>) -> Self {
         self.measurements = m;
+        self
+    }
+
+    pub fn slo(mut self, r: Result<crate::engine::slo::Reading, String>) -> Self {
+        self.slo = Some(r);
         self
     }
 

@@ -673,3 +673,53 @@ fn the_status_file_of_a_decided_rollout_reads_back_the_same() {
         s
     );
 }
+
+#[test]
+fn a_burning_error_budget_holds_the_rollout_until_the_burn_stops() {
+    use crate::engine::slo::Reading;
+    // Given a plan with a 99.9% SLO, stable at v1, and a change to v2
+    let plan = PlanBuilder::new()
+        .steps(vec![weight(10), weight(50), weight(100)])
+        .slo(0.999)
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(0))));
+    let calm = Reading {
+        ratio_5m: 0.0,
+        ratio_30m: 0.0,
+        ratio_1h: 0.0,
+        ratio_6h: 0.0,
+        ratio_window: 0.0002,
+    };
+    let burning = Reading {
+        ratio_5m: 0.03,
+        ratio_30m: 0.03,
+        ratio_1h: 0.02,
+        ratio_6h: 0.01,
+        ..calm
+    };
+    r.decide(&quiet().slo(Ok(calm)), t(1));
+    r.decide(&quiet().slo(Ok(calm)), t(2));
+    assert_eq!(r.phase(), Phase::Progressing);
+    let step = r.status().step;
+    // When the budget burns at 20x (1h) and 30x (5m)
+    r.decide(&quiet().slo(Ok(burning)), t(3));
+    // Then the next step is not entered: the rollout holds, and says why
+    assert_eq!(r.phase(), Phase::Held);
+    let hold = r.status().hold.clone().expect("a hold");
+    assert_eq!(hold.kind, HoldKind::Slo);
+    assert!(hold.reason.contains("14.4"), "{}", hold.reason);
+    assert_eq!(r.status().step, step + 1);
+    // And a missing reading keeps it held (no promotion without evidence)
+    r.decide(&quiet().slo(Err("prometheus down".to_owned())), t(4));
+    assert_eq!(r.phase(), Phase::Held);
+    // When the burn stops, Then the rollout goes on, with the remaining budget recorded
+    r.decide(&quiet().slo(Ok(calm)), t(5));
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert!(
+        r.status()
+            .budget_remaining
+            .is_some_and(|b| (b - 0.8).abs() < 1e-9),
+        "{:?}",
+        r.status().budget_remaining
+    );
+}

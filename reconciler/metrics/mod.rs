@@ -30,4 +30,16 @@ pub trait MetricsSource: Send {
     /// Measure `check` for `ctx.version`. `Err` is a source error (counted against
     /// `consecutiveErrorLimit`), never a verdict.
     fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String>;
+
+    /// The error ratio `1 - good/total` over `ctx.window`, for SLO burn rates. Sources
+    /// that cannot answer arbitrary windows say so (the SLO gate then holds).
+    fn error_ratio(
+        &mut self,
+        good: &str,
+        total: &str,
+        ctx: &QueryContext<'_>,
+    ) -> Result<f64, String> {
+        let _ = (good, total, ctx);
+        Err("this metrics source cannot evaluate SLO queries".to_owned())
+    }
 }

@@ -233,6 +233,24 @@ impl MetricsSource for Prometheus {
         };
         Ok(Measurement { value, samples })
     }
+
+    fn error_ratio(
+        &mut self,
+        good: &str,
+        total: &str,
+        ctx: &QueryContext<'_>,
+    ) -> Result<f64, String> {
+        let good = self
+            .instant(&render(good, ctx))?
+            .ok_or("the SLO's good query returned no data")?;
+        let total = self
+            .instant(&render(total, ctx))?
+            .ok_or("the SLO's total query returned no data")?;
+        if total <= 0.0 {
+            return Ok(0.0); // no events: nothing burns
+        }
+        Ok((1.0 - good / total).clamp(0.0, 1.0))
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,16 @@ pub struct Plan {
     pub windows: Windows,
     pub rollback: RollbackPolicy,
     pub progress_deadline: Duration,
+    pub slo: Option<Slo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    pub source: String,
+    pub objective: f64,
+    pub window: Duration,
+    pub good: String,
+    pub total: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -303,6 +313,13 @@ impl Plan {
                     rollback_window: Some(duration::format(self.rollback.rollback_window)),
                 }),
                 progress_deadline: Some(duration::format(self.progress_deadline)),
+                slo: self.slo.as_ref().map(|s| wire::Slo {
+                    source: s.source.clone(),
+                    objective: s.objective,
+                    window: duration::format(s.window),
+                    good: s.good.clone(),
+                    total: s.total.clone(),
+                }),
             },
         }
     }

@@ -92,6 +92,8 @@ pub enum HoldKind {
     Evidence,
     /// The target is unreachable; released when it answers again (the step is re-entered).
     Target,
+    /// The SLO's error budget burns too fast; released when the burn rates fall back.
+    Slo,
 }
 
 impl HoldKind {
@@ -100,13 +102,19 @@ impl HoldKind {
             HoldKind::Window => "window",
             HoldKind::Evidence => "evidence",
             HoldKind::Target => "target",
+            HoldKind::Slo => "slo",
         }
     }
 
     pub fn parse(s: &str) -> Option<HoldKind> {
-        [HoldKind::Window, HoldKind::Evidence, HoldKind::Target]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            HoldKind::Window,
+            HoldKind::Evidence,
+            HoldKind::Target,
+            HoldKind::Slo,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -378,6 +386,8 @@ pub struct Status {
     /// The last command commit (`Rollgate-Command`) this plan has acted on; commands
     /// after it in first-parent history are pending.
     pub last_command: Option<String>,
+    /// The share of the SLO's error budget left at the last check (plans with an SLO).
+    pub budget_remaining: Option<f64>,
 }
 
 impl Status {
@@ -399,6 +409,7 @@ impl Status {
             last_transition_at: None,
             message: None,
             last_command: None,
+            budget_remaining: None,
         }
     }
 
@@ -435,6 +446,7 @@ impl Status {
                 last_transition_at: self.last_transition_at.map(time_to_wire),
                 message: self.message.clone(),
                 last_command: self.last_command.clone(),
+                budget_remaining: self.budget_remaining,
             },
         }
     }
@@ -489,6 +501,7 @@ impl Status {
             last_transition_at: opt_time("lastTransitionAt", s.last_transition_at.as_deref())?,
             message: s.message.clone(),
             last_command: s.last_command.clone(),
+            budget_remaining: s.budget_remaining.filter(|b| b.is_finite()),
         })
     }
 
@@ -580,6 +593,9 @@ pub struct StatusBody {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
+    /// Share of the SLO error budget left (1 = untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_remaining: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

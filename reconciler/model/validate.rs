@@ -680,6 +680,56 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         plan::DEFAULT_PROGRESS_DEADLINE,
         &[K("spec"), K("progressDeadline")],
     );
+    let slo = s.slo.as_ref().map(|w| {
+        let at = |k: &'static str| -> Vec<P<'static>> { vec![K("spec"), K("slo"), K(k)] };
+        if !(w.objective > 0.0 && w.objective < 1.0) {
+            cx.err(
+                &at("objective"),
+                Code::InvalidValue,
+                format!(
+                    "`objective` must be between 0 and 1 (e.g. 0.999), found {}",
+                    w.objective
+                ),
+            );
+        }
+        if w.source == BUILTIN_SOURCE {
+            cx.err(
+                &at("source"),
+                Code::UnknownSource,
+                "an SLO needs a Prometheus source: the builtin proxy counters keep only 15 minutes",
+            );
+        } else if let Some(settings) = settings
+            && !settings.metrics.contains_key(&w.source)
+        {
+            let hint = did_you_mean(&w.source, settings.metrics.keys().map(String::as_str));
+            cx.err(
+                &at("source"),
+                Code::UnknownSource,
+                format!("unknown metrics source `{}`", w.source),
+            )
+            .help = hint.map(|h| format!("did you mean `{h}`?"));
+        }
+        for (k, q) in [("good", &w.good), ("total", &w.total)] {
+            if q.trim().is_empty() {
+                cx.err(
+                    &at(k),
+                    Code::InvalidValue,
+                    format!("`{k}` is an empty query"),
+                );
+            }
+        }
+        plan::Slo {
+            source: w.source.clone(),
+            objective: w.objective,
+            window: cx.dur(
+                Some(&w.window),
+                Duration::from_secs(30 * 86_400),
+                &at("window"),
+            ),
+            good: w.good.clone(),
+            total: w.total.clone(),
+        }
+    });
     let min_samples = s.min_samples.unwrap_or(plan::DEFAULT_MIN_SAMPLES);
     if min_samples == 0 {
         cx.err(
@@ -708,6 +758,7 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             rollback_window,
         },
         progress_deadline,
+        slo,
     }
 }
 

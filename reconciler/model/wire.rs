@@ -61,6 +61,26 @@ pub struct PlanSpec {
     /// A stage that is not healthy within this time fails (default `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<String>,
+    /// A service level objective: no stage advances while its error budget burns too fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+/// An SLO gate, judged with the multiwindow burn rates of the Google SRE workbook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Slo {
+    /// A Prometheus source named in `rollgate.yaml`.
+    pub source: String,
+    /// The target success ratio, e.g. `0.999`.
+    pub objective: f64,
+    /// The SLO's period, e.g. `30d`.
+    pub window: String,
+    /// PromQL counting good events over `{{window}}`.
+    pub good: String,
+    /// PromQL counting all events over `{{window}}`.
+    pub total: String,
 }
 
 /// Where the workload runs; exactly one kind.
