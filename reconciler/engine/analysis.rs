@@ -38,8 +38,11 @@ pub enum Outcome {
         reason: String,
         evidence: Vec<Judgement>,
     },
-    /// No verdict can be reached without a human: too many errors, or inconclusive at the end.
+    /// No verdict can be reached without a human: inconclusive at the end.
     Held { reason: String },
+    /// A source failed more than `consecutiveErrorLimit` times in a row: no evidence can
+    /// be had now. The step holds and restarts when the source answers again.
+    Unavailable { reason: String },
 }
 
 /// Fresh counters for the checks of `analysis`.
@@ -119,7 +122,7 @@ pub fn evaluate(
             continue;
         };
         if run.consecutive_errors > check.consecutive_error_limit {
-            return Outcome::Held {
+            return Outcome::Unavailable {
                 reason: format!(
                     "check {name}: {} consecutive errors (consecutiveErrorLimit {}): {}",
                     run.consecutive_errors,

@@ -41,6 +41,18 @@ pub fn steps(plan: &Plan, fast_track: bool) -> Vec<Step> {
 
 /// The checks to measure before the next `decide` (empty outside a running analysis).
 pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<String> {
+    let probing = status.phase == Phase::Held
+        && status
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.kind == HoldKind::Metrics);
+    if probing {
+        // Held for failing sources: ask every check of the step, to see if they answer.
+        return match steps(plan, status.fast_track).get(status.step) {
+            Some(Step::Analysis(a)) => a.checks.clone(),
+            _ => Vec::new(),
+        };
+    }
     if status.phase != Phase::Progressing {
         return Vec::new();
     }
@@ -202,6 +214,18 @@ impl<'a> Cx<'a> {
                         self.advance_to(self.s.step, "target reachable again".to_owned())
                     }
                     HoldKind::Target => {}
+                    HoldKind::Metrics => {
+                        if self.has(Command::Promote) {
+                            self.complete_step("promoted by command".to_owned());
+                        } else if self.has(Command::Retry) {
+                            self.enter(self.s.step, "retry requested".to_owned());
+                        } else if self.obs.measurements.iter().any(|m| m.result.is_ok()) {
+                            self.enter(
+                                self.s.step,
+                                "metrics answer again: the analysis restarts".to_owned(),
+                            );
+                        }
+                    }
                     HoldKind::Slo => self.advance_to(
                         self.s.step,
                         "error budget burn is back under the limits".to_owned(),
@@ -276,6 +300,7 @@ impl<'a> Cx<'a> {
                         self.verdicts = self.analysis_verdicts();
                         self.hold(HoldKind::Evidence, reason);
                     }
+                    Outcome::Unavailable { reason } => self.hold(HoldKind::Metrics, reason),
                 }
             }
         }
@@ -528,6 +553,19 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
                     .or_else(|| now.checked_add_signed(horizon))
             }
             Some(HoldKind::Target | HoldKind::Slo) => Some(poll),
+            Some(HoldKind::Metrics) => {
+                // Probe the sources at the step's own pace.
+                let every = match steps(plan, s.fast_track).get(s.step) {
+                    Some(Step::Analysis(a)) => a
+                        .checks
+                        .iter()
+                        .filter_map(|c| plan.check(c))
+                        .map(|c| c.interval)
+                        .min(),
+                    _ => None,
+                };
+                Some(every.map_or(poll, |d| plus(now, d)))
+            }
             Some(HoldKind::Evidence) | None => None,
         },
         Phase::Progressing | Phase::Paused => match steps(plan, s.fast_track).get(s.step) {

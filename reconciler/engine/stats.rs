@@ -528,10 +528,11 @@ impl Sorted {
         let (x, y) = (&self.x, &self.y);
         let total = x.len() as u64 * y.len() as u64;
         let half = total / 2;
+        let diffs = Differences::new(x, y);
         let estimate = if total % 2 == 1 {
-            kth_difference(x, y, half + 1)
+            diffs.kth(half + 1)
         } else {
-            let lo = kth_difference(x, y, half);
+            let lo = diffs.kth(half);
             let hi = if count_le(x, y, lo) > half {
                 lo
             } else {
@@ -552,7 +553,7 @@ impl Sorted {
         let (lower, upper) = if k == 0 {
             (f64::NEG_INFINITY, f64::INFINITY)
         } else {
-            (kth_difference(x, y, k), kth_difference(x, y, total - k + 1))
+            (diffs.kth(k), diffs.kth(total - k + 1))
         };
         HodgesLehmann {
             estimate,
@@ -607,73 +608,139 @@ fn from_order_key(k: i64) -> f64 {
     f64::from_bits(b as u64)
 }
 
-/// The `k`-th smallest (1-based) of the `n·m` differences `x_i − y_j`, exactly, in
-/// O(n + m) memory: the n·m differences are never materialised.
-///
-/// A bracket `(a, b]` with `count_le(a) < k <= count_le(b)` shrinks by interpolating
-/// on the counts (the count is a smooth CDF for continuous data, so a few steps
-/// suffice), falling back to bisection over the ordered bit patterns of `f64` when an
-/// interpolation step does not halve it; once at most `4(n + m)` differences remain
-/// inside, they are collected and the answer selected among them. Heavy ties (one
-/// value repeated beyond that) end on the bisection, in at most ~64 more counts.
+/// The `k`-th smallest (1-based) of the `n·m` differences `x_i − y_j`.
+#[cfg(test)]
 fn kth_difference(x: &[f64], y: &[f64], k: u64) -> f64 {
-    let (Some(&x0), Some(&xn), Some(&y0), Some(&ym)) = (x.first(), x.last(), y.first(), y.last())
-    else {
-        return f64::NAN;
-    };
-    let total = x.len() as u64 * y.len() as u64;
-    let limit = 4 * (x.len() + y.len()) as u64 + 64;
-    // invariant: count_le(a) = ca < k <= cb = count_le(b)
-    let min = x0 - ym;
-    let mut a = from_order_key(order_key(min) - 1);
-    if a == min {
-        // min is +0.0 and a is -0.0, which compares equal: step below zero
-        a = from_order_key(order_key(a) - 1);
+    Differences::new(x, y).kth(k)
+}
+
+/// Order statistics of the `n·m` differences `x_i − y_j` (both slices sorted), in
+/// O(n + m) memory: the differences are never materialised.
+struct Differences<'a> {
+    x: &'a [f64],
+    y: &'a [f64],
+    /// The sorted differences of up to 64 × 64 evenly spaced order statistics of each
+    /// sample: a cheap map of where each quantile of the differences lies.
+    sketch: Vec<f64>,
+}
+
+/// Elements per sample in the sketch.
+const SKETCH: usize = 64;
+
+impl<'a> Differences<'a> {
+    fn new(x: &'a [f64], y: &'a [f64]) -> Self {
+        fn spaced(v: &[f64]) -> Vec<f64> {
+            if v.len() <= SKETCH {
+                return v.to_vec();
+            }
+            (0..SKETCH)
+                .map(|i| v[i * (v.len() - 1) / (SKETCH - 1)])
+                .collect()
+        }
+        let (sx, sy) = (spaced(x), spaced(y));
+        let mut sketch: Vec<f64> = sx
+            .iter()
+            .flat_map(|a| sy.iter().map(move |b| a - b))
+            .collect();
+        sketch.sort_unstable_by(f64::total_cmp);
+        Self { x, y, sketch }
     }
-    let mut ca = 0u64;
-    let mut b = xn - y0;
-    let mut cb = total;
-    let mut bisect = false;
-    let mut moved_a = false;
-    let margin = limit / 4;
-    for step in 0u32.. {
-        if cb - ca <= limit {
-            if std::env::var_os("HL_DEBUG").is_some() { eprintln!("k={k} steps={step} window={}", cb - ca); }
-            return select_between(x, y, a, b, k - ca);
-        }
-        let (ka, kb) = (order_key(a), order_key(b));
-        if i128::from(kb) - i128::from(ka) <= 1 {
-            return b + 0.0;
-        }
-        let midpoint = from_order_key(((i128::from(ka) + i128::from(kb)) >> 1) as i64);
-        let d = if bisect && step % 2 == 1 {
-            // a tie probe: is b itself the answer?
-            from_order_key(kb - 1)
-        } else if bisect {
-            midpoint
-        } else {
-            // aim just past k on the side that did not move last, so that two steps
-            // close the bracket from both ends (regula falsi alone creeps from one)
-            let target = if moved_a {
-                (k + margin).min(cb - 1)
-            } else {
-                k.saturating_sub(margin).max(ca + 1)
-            };
-            let t = (target - ca) as f64 / (cb - ca) as f64;
-            let d = a + t * (b - a);
-            if d > a && d < b { d } else { midpoint }
+
+    /// The sketch's guess at quantile `q`.
+    fn guess(&self, q: f64) -> Option<f64> {
+        let last = self.sketch.len().checked_sub(1)?;
+        let i = (q.clamp(0.0, 1.0) * last as f64).round() as usize;
+        self.sketch.get(i).copied()
+    }
+
+    /// The `k`-th smallest difference (1-based), exactly.
+    ///
+    /// A bracket `(a, b]` with `count_le(a) < k <= count_le(b)` starts from the sketch's
+    /// guesses a percent either side of `k`, then shrinks by interpolating on the counts
+    /// (locally the count is a smooth CDF: a few steps suffice), falling back to
+    /// bisection over the ordered bit patterns of `f64` when a step does not halve it.
+    /// Once at most `4(n + m)` differences remain inside, they are collected and the
+    /// answer is selected among them. A value repeated beyond that (heavy ties) ends
+    /// on the bisection, in at most ~64 more counts. Each count is O(n + m).
+    fn kth(&self, k: u64) -> f64 {
+        let (x, y) = (self.x, self.y);
+        let (Some(&x0), Some(&xn), Some(&y0), Some(&ym)) =
+            (x.first(), x.last(), y.first(), y.last())
+        else {
+            return f64::NAN;
         };
-        let c = count_le(x, y, d);
-        let before = cb - ca;
-        moved_a = c < k;
-        if moved_a {
-            (a, ca) = (d, c);
-        } else {
-            (b, cb) = (d, c);
+        let total = x.len() as u64 * y.len() as u64;
+        let limit = 4 * (x.len() + y.len()) as u64 + 64;
+        // invariant: count_le(a) = ca < k <= cb = count_le(b)
+        let min = x0 - ym;
+        let mut a = from_order_key(order_key(min) - 1);
+        if a == min {
+            // min is +0.0 and a is -0.0, which compares equal: step below zero
+            a = from_order_key(order_key(a) - 1);
         }
-        bisect = (cb - ca) > before / 2;
+        let mut ca = 0u64;
+        let mut b = xn - y0;
+        let mut cb = total;
+        if total > limit {
+            let q = (k as f64 - 0.5) / total as f64;
+            for d in [self.guess(q - 0.01), self.guess(q + 0.01)]
+                .into_iter()
+                .flatten()
+            {
+                if d > a && d < b {
+                    let c = count_le(x, y, d);
+                    if c < k {
+                        (a, ca) = (d, c);
+                    } else {
+                        (b, cb) = (d, c);
+                    }
+                }
+            }
+        }
+        let mut bisect = false;
+        let mut moved_a = false;
+        let margin = limit / 4;
+        for step in 0u32.. {
+            if cb - ca <= limit {
+                if std::env::var_os("HL_DEBUG").is_some() {
+                    eprintln!("k={k} steps={step} window={}", cb - ca);
+                }
+                return select_between(x, y, a, b, k - ca);
+            }
+            let (ka, kb) = (order_key(a), order_key(b));
+            if i128::from(kb) - i128::from(ka) <= 1 {
+                return b + 0.0;
+            }
+            let midpoint = from_order_key(((i128::from(ka) + i128::from(kb)) >> 1) as i64);
+            let d = if bisect && step % 2 == 1 {
+                // a tie probe: is b itself the answer?
+                from_order_key(kb - 1)
+            } else if bisect {
+                midpoint
+            } else {
+                // aim just past k on the side that did not move last, so that two
+                // steps close the bracket from both ends (plain regula falsi creeps)
+                let target = if moved_a {
+                    (k + margin).min(cb - 1)
+                } else {
+                    k.saturating_sub(margin).max(ca + 1)
+                };
+                let t = (target - ca) as f64 / (cb - ca) as f64;
+                let d = a + t * (b - a);
+                if d > a && d < b { d } else { midpoint }
+            };
+            let c = count_le(x, y, d);
+            let before = cb - ca;
+            moved_a = c < k;
+            if moved_a {
+                (a, ca) = (d, c);
+            } else {
+                (b, cb) = (d, c);
+            }
+            bisect = (cb - ca) > before / 2;
+        }
+        b
     }
-    b
 }
 
 /// The `r`-th smallest (1-based) of the differences in `(a, b]`.

@@ -309,7 +309,7 @@ fn consecutive_errors_beyond_the_limit_hold_and_retry_reruns_the_analysis() {
     assert_eq!(r.phase(), Phase::Progressing, "two errors are tolerated");
     r.decide(&quiet().measured(vec![err("sr", t(2))]), t(2));
     assert_eq!(r.phase(), Phase::Held);
-    assert_eq!(hold_kind(&r), Some(HoldKind::Evidence));
+    assert_eq!(hold_kind(&r), Some(HoldKind::Metrics));
     assert!(
         r.status()
             .hold
@@ -722,4 +722,35 @@ fn a_burning_error_budget_holds_the_rollout_until_the_burn_stops() {
         "{:?}",
         r.status().budget_remaining
     );
+}
+
+#[test]
+fn a_source_that_answers_again_restarts_the_held_analysis() {
+    // Given an analysis held because its source failed beyond consecutiveErrorLimit
+    let plan = analysed(
+        v1_stable_v2_planned()
+            .threshold("sr", Some(0.99), None)
+            .consecutive_error_limit("sr", 1)
+            .threshold("p99", None, Some(0.3)),
+    );
+    let mut r = in_analysis(plan);
+    r.decide(
+        &quiet().measured(vec![err("sr", t(0)), err("sr", t(1))]),
+        t(1),
+    );
+    assert_eq!(hold_kind(&r), Some(HoldKind::Metrics));
+    // While it keeps failing, the daemon keeps probing and nothing moves
+    assert_eq!(
+        crate::engine::due_checks(&r.plan, r.status(), t(2)),
+        vec!["sr".to_owned(), "p99".to_owned()]
+    );
+    let d = r.decide(&quiet().measured(vec![err("sr", t(2))]), t(2));
+    assert!(d.transition.is_none());
+    assert_eq!(r.phase(), Phase::Held);
+    // When the source answers, Then the analysis starts over (no promotion on old data)
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(3), 1.0, 500)]), t(3));
+    assert!(d.transition.is_some());
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert_eq!(r.status().step_started_at, Some(t(3)));
+    assert!(r.status().analysis.iter().all(|c| c.passes == 0));
 }

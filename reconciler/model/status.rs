@@ -94,6 +94,8 @@ pub enum HoldKind {
     Target,
     /// The SLO's error budget burns too fast; released when the burn rates fall back.
     Slo,
+    /// A metrics source keeps failing; released (the analysis restarts) when it answers.
+    Metrics,
 }
 
 impl HoldKind {
@@ -103,6 +105,7 @@ impl HoldKind {
             HoldKind::Evidence => "evidence",
             HoldKind::Target => "target",
             HoldKind::Slo => "slo",
+            HoldKind::Metrics => "metrics",
         }
     }
 
