@@ -292,7 +292,7 @@ impl Rule {
 
     fn band_low(&self, down: f64) -> f64 {
         match self.direction {
-            Direction::Decrease | Direction::Either => -down,
+            Direction::Decrease | Direction::Either => -down + 0.0,
             Direction::Increase => f64::NEG_INFINITY,
         }
     }
@@ -320,7 +320,7 @@ fn finish(
     } else if significant && harmful {
         Verdict::Fail {
             reason: format!(
-                "the canary is {} than the baseline: {effect_name} {} is beyond {band} and p={} < alpha {}",
+                "canary {}: {effect_name} {} beyond {band}, p={} < alpha {}",
                 if c.effect > 0.0 { "higher" } else { "lower" },
                 signed(c.effect),
                 short(c.p_value),
@@ -332,7 +332,7 @@ fn finish(
     } else {
         Verdict::Inconclusive {
             reason: format!(
-                "cannot rule out a harmful {effect_name}: the {}% interval [{}, {}] reaches beyond {band} (p={})",
+                "cannot rule out a harmful {effect_name}: {}% ci [{}, {}] reaches beyond {band}, p={}",
                 short((1.0 - rule.alpha) * 100.0),
                 short(c.ci_low),
                 short(c.ci_high),
@@ -391,6 +391,9 @@ fn band_text(c: &Comparison) -> String {
 }
 
 fn short(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_owned();
+    }
     if v != 0.0 && v.is_finite() && (v.abs() < 1e-4 || v.abs() >= 1e6) {
         format!("{v:.2e}")
     } else {

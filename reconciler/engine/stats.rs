@@ -98,60 +98,61 @@ pub enum StatsError {
 /// The complementary error function, by W. J. Cody's rational Chebyshev
 /// approximations (CALERF, 1969/1985), accurate to about 1e-16 relative over the
 /// whole line, including the far tail (erfc(26) ≈ 5.7e-296).
+#[allow(clippy::excessive_precision)] // Cody's coefficients, digit for digit as published
 pub fn erfc(x: f64) -> f64 {
     const A: [f64; 5] = [
-        3.161_123_743_870_565_6,
-        1.138_641_541_510_501_6e2,
-        3.774_852_376_853_020_2e2,
-        3.209_377_589_138_469_5e3,
-        1.857_777_061_846_031_5e-1,
+        3.16112374387056560e00,
+        1.13864154151050156e02,
+        3.77485237685302021e02,
+        3.20937758913846947e03,
+        1.85777706184603153e-1,
     ];
     const B: [f64; 4] = [
-        2.360_129_095_234_412_1e1,
-        2.440_246_379_344_441_7e2,
-        1.282_616_526_077_372_3e3,
-        2.844_236_833_439_170_6e3,
+        2.36012909523441209e01,
+        2.44024637934444173e02,
+        1.28261652607737228e03,
+        2.84423683343917062e03,
     ];
     const C: [f64; 9] = [
-        5.641_884_969_886_701e-1,
-        8.883_149_794_388_376,
-        6.611_919_063_714_163e1,
-        2.986_351_381_974_001_3e2,
-        8.819_522_212_417_691e2,
-        1.712_047_612_634_070_6e3,
-        2.051_078_377_826_071_5e3,
-        1.230_339_354_797_997_2e3,
-        2.153_115_354_744_038_5e-8,
+        5.64188496988670089e-1,
+        8.88314979438837594e00,
+        6.61191906371416295e01,
+        2.98635138197400131e02,
+        8.81952221241769090e02,
+        1.71204761263407058e03,
+        2.05107837782607147e03,
+        1.23033935479799725e03,
+        2.15311535474403846e-8,
     ];
     const D: [f64; 8] = [
-        1.574_492_611_070_983_5e1,
-        1.176_939_508_913_125e2,
-        5.371_811_018_620_098_6e2,
-        1.621_389_574_566_690_2e3,
-        3.290_799_235_733_459_6e3,
-        4.362_619_090_143_247e3,
-        3.439_367_674_143_721_6e3,
-        1.230_339_354_803_749_4e3,
+        1.57449261107098347e01,
+        1.17693950891312499e02,
+        5.37181101862009858e02,
+        1.62138957456669019e03,
+        3.29079923573345963e03,
+        4.36261909014324716e03,
+        3.43936767414372164e03,
+        1.23033935480374942e03,
     ];
     const P: [f64; 6] = [
-        3.053_266_349_612_323_4e-1,
-        3.603_448_999_498_044_4e-1,
-        1.257_817_261_112_292_5e-1,
-        1.608_378_514_874_227_7e-2,
-        6.587_491_615_298_378e-4,
-        1.631_538_713_730_209_8e-2,
+        3.05326634961232344e-1,
+        3.60344899949804439e-1,
+        1.25781726111229246e-1,
+        1.60837851487422766e-2,
+        6.58749161529837803e-4,
+        1.63153871373020978e-2,
     ];
     const Q: [f64; 5] = [
-        2.568_520_192_289_822,
-        1.872_952_849_923_460_4,
-        5.279_051_029_514_284e-1,
-        6.051_834_131_244_132e-2,
-        2.335_204_976_268_691_8e-3,
+        2.56852019228982242e00,
+        1.87295284992346047e00,
+        5.27905102951428412e-1,
+        6.05183413124413191e-2,
+        2.33520497626869185e-3,
     ];
     const THRESH: f64 = 0.46875;
     const XSMALL: f64 = 1.11e-16;
     const XBIG: f64 = 26.543;
-    const SQRPI: f64 = 5.641_895_835_477_563e-1; // 1/sqrt(pi)
+    const SQRPI: f64 = 5.6418958354775628695e-1; // 1/sqrt(pi)
 
     if x.is_nan() {
         return f64::NAN;
@@ -210,66 +211,67 @@ pub fn normal_cdf(z: f64) -> f64 {
 
 /// The standard normal quantile (inverse CDF), by M. J. Wichura's AS 241 (PPND16),
 /// accurate to about 1e-16 relative; `-inf`/`+inf` at 0 and 1, NaN outside.
+#[allow(clippy::excessive_precision)] // Wichura's coefficients, digit for digit as published
 pub fn normal_quantile(p: f64) -> f64 {
     const A: [f64; 8] = [
-        3.387_132_872_796_366_5,
-        1.331_416_678_917_843_8e2,
-        1.971_590_950_306_551_3e3,
-        1.373_169_376_550_946e4,
-        4.592_195_393_154_987e4,
-        6.726_577_092_700_87e4,
-        3.343_057_558_358_813e4,
-        2.509_080_928_730_122_7e3,
+        3.3871328727963666080e0,
+        1.3314166789178437745e2,
+        1.9715909503065514427e3,
+        1.3731693765509461125e4,
+        4.5921953931549871457e4,
+        6.7265770927008700853e4,
+        3.3430575583588128105e4,
+        2.5090809287301226727e3,
     ];
     const B: [f64; 8] = [
         1.0,
-        4.231_333_070_160_091e1,
-        6.871_870_074_920_579e2,
-        5.394_196_021_424_751e3,
-        2.121_379_430_158_659_7e4,
-        3.930_789_580_009_271e4,
-        2.872_908_573_572_194_3e4,
-        5.226_495_278_852_545e3,
+        4.2313330701600911252e1,
+        6.8718700749205790830e2,
+        5.3941960214247511077e3,
+        2.1213794301586595867e4,
+        3.9307895800092710610e4,
+        2.8729085735721942674e4,
+        5.2264952788528545610e3,
     ];
     const C: [f64; 8] = [
-        1.423_437_110_749_683_5,
-        4.630_337_846_156_545,
-        5.769_497_221_460_691,
-        3.647_848_324_763_204_5,
-        1.270_458_252_452_368_4,
-        2.417_807_251_774_506e-1,
-        2.272_384_498_926_918_4e-2,
-        7.745_450_142_783_414e-4,
+        1.42343711074968357734e0,
+        4.63033784615654529590e0,
+        5.76949722146069140550e0,
+        3.64784832476320460504e0,
+        1.27045825245236838258e0,
+        2.41780725177450611770e-1,
+        2.27238449892691845833e-2,
+        7.74545014278341407640e-4,
     ];
     const D: [f64; 8] = [
         1.0,
-        2.053_191_626_637_759,
-        1.676_384_830_183_803_8,
-        6.897_673_349_851e-1,
-        1.481_039_764_274_800_8e-1,
-        1.519_866_656_361_645_7e-2,
-        5.475_938_084_995_345e-4,
-        1.050_750_071_644_416_8e-9,
+        2.05319162663775882187e0,
+        1.67638483018380384940e0,
+        6.89767334985100004550e-1,
+        1.48103976427480074590e-1,
+        1.51986665636164571966e-2,
+        5.47593808499534494600e-4,
+        1.05075007164441684324e-9,
     ];
     const E: [f64; 8] = [
-        6.657_904_643_501_103,
-        5.463_784_911_164_114,
-        1.784_826_539_917_291_3,
-        2.965_605_718_285_048_7e-1,
-        2.653_218_952_657_612_4e-2,
-        1.242_660_947_388_078_4e-3,
-        2.711_555_568_743_487_6e-5,
-        2.010_334_399_292_288_1e-7,
+        6.65790464350110377720e0,
+        5.46378491116411436990e0,
+        1.78482653991729133580e0,
+        2.96560571828504891230e-1,
+        2.65321895265761230930e-2,
+        1.24266094738807843860e-3,
+        2.71155556874348757815e-5,
+        2.01033439929228813265e-7,
     ];
     const F: [f64; 8] = [
         1.0,
-        5.998_322_065_558_879e-1,
-        1.369_298_809_227_358e-1,
-        1.487_536_129_085_061_5e-2,
-        7.868_691_311_456_133e-4,
-        1.846_318_317_510_054_8e-5,
-        1.421_511_758_316_446e-7,
-        2.044_263_103_389_939_7e-15,
+        5.99832206555887937690e-1,
+        1.36929880922735805310e-1,
+        1.48753612908506148525e-2,
+        7.86869131145613259100e-4,
+        1.84631831751005468180e-5,
+        1.42151175831644588870e-7,
+        2.04426310338993978564e-15,
     ];
     fn horner(c: &[f64; 8], x: f64) -> f64 {
         c.iter().rev().fold(0.0, |acc, &k| acc * x + k)
@@ -566,17 +568,18 @@ impl Sorted {
 }
 
 /// How many differences `x_i − y_j` (as computed in floating point) are `<= d`;
-/// both slices sorted ascending. O(n + m).
+/// both slices sorted ascending. O(n + m), as a branch-free merge.
 fn count_le(x: &[f64], y: &[f64], d: f64) -> u64 {
-    let m = y.len();
-    let mut p = 0;
+    let (n, m) = (x.len(), y.len());
+    let (mut i, mut p) = (0, 0);
     let mut count = 0u64;
-    for &xi in x {
-        // for this xi the differences fall as j grows: those <= d are the suffix j >= p
-        while p < m && xi - y[p] > d {
-            p += 1;
-        }
-        count += (m - p) as u64;
+    // for x_i the differences fall as j grows: those <= d are the suffix j >= p_i, and
+    // p_i never decreases with i. Each step either advances p or settles x_i.
+    while i < n && p < m {
+        let above = usize::from(x[i] - y[p] > d);
+        count += ((1 - above) * (m - p)) as u64;
+        p += above;
+        i += 1 - above;
     }
     count
 }
@@ -656,10 +659,10 @@ impl<'a> Differences<'a> {
     /// The `k`-th smallest difference (1-based), exactly.
     ///
     /// A bracket `(a, b]` with `count_le(a) < k <= count_le(b)` starts from the sketch's
-    /// guesses a percent either side of `k`, then shrinks by interpolating on the counts
+    /// guesses a few percent either side of `k`, then shrinks by interpolating on the counts
     /// (locally the count is a smooth CDF: a few steps suffice), falling back to
     /// bisection over the ordered bit patterns of `f64` when a step does not halve it.
-    /// Once at most `4(n + m)` differences remain inside, they are collected and the
+    /// Once at most `n + m` differences remain inside, they are collected and the
     /// answer is selected among them. A value repeated beyond that (heavy ties) ends
     /// on the bisection, in at most ~64 more counts. Each count is O(n + m).
     fn kth(&self, k: u64) -> f64 {
@@ -670,7 +673,7 @@ impl<'a> Differences<'a> {
             return f64::NAN;
         };
         let total = x.len() as u64 * y.len() as u64;
-        let limit = 4 * (x.len() + y.len()) as u64 + 64;
+        let limit = (x.len() + y.len()) as u64 + 64;
         // invariant: count_le(a) = ca < k <= cb = count_le(b)
         let min = x0 - ym;
         let mut a = from_order_key(order_key(min) - 1);
@@ -682,40 +685,47 @@ impl<'a> Differences<'a> {
         let mut b = xn - y0;
         let mut cb = total;
         if total > limit {
+            // the sketch's quantiles are good to about 1/64: widen until k is bracketed
             let q = (k as f64 - 0.5) / total as f64;
-            for d in [self.guess(q - 0.01), self.guess(q + 0.01)]
-                .into_iter()
-                .flatten()
-            {
-                if d > a && d < b {
-                    let c = count_le(x, y, d);
-                    if c < k {
-                        (a, ca) = (d, c);
-                    } else {
-                        (b, cb) = (d, c);
-                    }
+            for (side, delta) in [(-1.0, 0.03), (1.0, 0.03), (-1.0, 0.1), (1.0, 0.1)] {
+                let bracketed = if side < 0.0 { ca > 0 } else { cb < total };
+                let Some(d) = self.guess(q + side * delta) else {
+                    break;
+                };
+                if bracketed || !(d > a && d < b) {
+                    continue;
+                }
+                let c = count_le(x, y, d);
+                if c < k {
+                    (a, ca) = (d, c);
+                } else {
+                    (b, cb) = (d, c);
                 }
             }
         }
-        let mut bisect = false;
+        let mut stalls = 0u32;
         let mut moved_a = false;
         let margin = limit / 4;
         for step in 0u32.. {
             if cb - ca <= limit {
-                if std::env::var_os("HL_DEBUG").is_some() {
-                    eprintln!("k={k} steps={step} window={}", cb - ca);
-                }
                 return select_between(x, y, a, b, k - ca);
             }
             let (ka, kb) = (order_key(a), order_key(b));
             if i128::from(kb) - i128::from(ka) <= 1 {
                 return b + 0.0;
             }
-            let midpoint = from_order_key(((i128::from(ka) + i128::from(kb)) >> 1) as i64);
-            let d = if bisect && step % 2 == 1 {
+            let midpoint = {
+                let v = a + (b - a) / 2.0;
+                if v > a && v < b {
+                    v
+                } else {
+                    from_order_key(((i128::from(ka) + i128::from(kb)) >> 1) as i64)
+                }
+            };
+            let d = if stalls >= 2 && step % 2 == 1 {
                 // a tie probe: is b itself the answer?
                 from_order_key(kb - 1)
-            } else if bisect {
+            } else if stalls >= 2 {
                 midpoint
             } else {
                 // aim just past k on the side that did not move last, so that two
@@ -737,7 +747,13 @@ impl<'a> Differences<'a> {
             } else {
                 (b, cb) = (d, c);
             }
-            bisect = (cb - ca) > before / 2;
+            // interpolation that stops halving the bracket (twice running) gives way
+            // to bisection, which always terminates
+            if (cb - ca) > before / 2 {
+                stalls += 1;
+            } else {
+                stalls = 0;
+            }
         }
         b
     }
@@ -913,7 +929,7 @@ pub fn two_proportion_z(
     let (x1, n1, x2, n2) = (x1 as f64, n1 as f64, x2 as f64, n2 as f64);
     let pooled = (x1 + x2) / (n1 + n2);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
-    if !(se > 0.0) {
+    if se.is_nan() || se <= 0.0 {
         return Ok(TwoProportion {
             z: 0.0,
             p_value: 1.0,
@@ -1064,6 +1080,54 @@ mod tests {
                 assert_eq!(kth_difference(&xs, &ys, k), d[k as usize - 1]);
             }
             assert!(hl.lower <= hl.estimate && hl.estimate <= hl.upper);
+        }
+    }
+
+    #[test]
+    fn selection_is_exact_on_large_samples_with_and_without_ties() {
+        // large enough that the bracket search (not just the final selection) runs
+        let mut s = 5;
+        let cases: Vec<(Vec<f64>, Vec<f64>)> = vec![
+            (
+                (0..300).map(|_| lcg(&mut s) * 50.0 + 3.0).collect(),
+                (0..250).map(|_| lcg(&mut s) * 40.0).collect(),
+            ),
+            (
+                // heavy ties: four distinct values, each difference repeated ~9,000 times
+                (0..300).map(|_| (lcg(&mut s) * 4.0).floor()).collect(),
+                (0..300).map(|_| (lcg(&mut s) * 4.0).floor()).collect(),
+            ),
+            (
+                // skewed, far apart, with negative values
+                (0..400).map(|_| -lcg(&mut s).ln() * 100.0).collect(),
+                (0..200).map(|_| -1e3 - lcg(&mut s) * 1e-3).collect(),
+            ),
+        ];
+        for (x, y) in cases {
+            let d = brute_diffs(&x, &y);
+            let mut xs = x.clone();
+            let mut ys = y.clone();
+            xs.sort_unstable_by(f64::total_cmp);
+            ys.sort_unstable_by(f64::total_cmp);
+            let diffs = Differences::new(&xs, &ys);
+            let n = d.len() as u64;
+            for k in [
+                1,
+                2,
+                17,
+                n / 40,
+                n / 3,
+                n / 2,
+                n / 2 + 1,
+                n - n / 40,
+                n - 1,
+                n,
+            ] {
+                assert_eq!(diffs.kth(k), d[k as usize - 1], "k={k} of {n}");
+            }
+            let hl = hodges_lehmann(&x, &y, 0.95).expect("valid");
+            let median = d[d.len() / 2 - 1] + (d[d.len() / 2] - d[d.len() / 2 - 1]) / 2.0;
+            assert_eq!(hl.estimate, median);
         }
     }
 

@@ -41,6 +41,7 @@ pub fn threshold_check(name: &str, min: Option<f64>, max: Option<f64>) -> Check 
         interval: mins(1),
         failure_limit: 0,
         consecutive_error_limit: 2,
+        samples_query: None,
     }
 }
 

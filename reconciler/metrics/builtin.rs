@@ -91,6 +91,7 @@ mod tests {
             interval: Duration::from_secs(60),
             failure_limit: 1,
             consecutive_error_limit: 3,
+            samples_query: None,
         }
     }
 

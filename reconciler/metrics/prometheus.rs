@@ -215,11 +215,14 @@ impl MetricsSource for Prometheus {
     fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String> {
         let q = render(&check.query, ctx);
         let value = self.instant(&q)?;
-        // Prometheus answers with a value, not a count of events; the count is what
-        // the value summarises over the window (one sample per scrape), so a check on
-        // a series that has no data in the window has no samples.
-        let samples = match value {
-            Some(_) => {
+        // The count of events behind the value: the check's samples query when it has
+        // one (e.g. requests), else the data points of the value over the window.
+        let samples = match (value, &check.samples_query) {
+            (None, _) => 0,
+            (Some(_), Some(sq)) => self
+                .instant(&render(sq, ctx))?
+                .map_or(0, |c| c.max(0.0).round() as u64),
+            (Some(_), None) => {
                 let count_q = format!(
                     "count_over_time(({q})[{}s:1s])",
                     ctx.window.as_secs().max(1)
@@ -229,7 +232,6 @@ impl MetricsSource for Prometheus {
                     .flatten()
                     .map_or(0, |c| c.max(0.0) as u64)
             }
-            None => 0,
         };
         Ok(Measurement { value, samples })
     }

@@ -123,6 +123,7 @@ pub struct Check {
     pub interval: Duration,
     pub failure_limit: u32,
     pub consecutive_error_limit: u32,
+    pub samples_query: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +295,7 @@ impl Plan {
                         interval: Some(duration::format(c.interval)),
                         failure_limit: Some(c.failure_limit),
                         consecutive_error_limit: Some(c.consecutive_error_limit),
+                        samples_query: c.samples_query.clone(),
                     })
                     .collect(),
                 min_samples: Some(self.min_samples),

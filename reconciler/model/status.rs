@@ -109,15 +109,16 @@ impl HoldKind {
         }
     }
 
+    pub const ALL: [HoldKind; 5] = [
+        HoldKind::Window,
+        HoldKind::Evidence,
+        HoldKind::Target,
+        HoldKind::Slo,
+        HoldKind::Metrics,
+    ];
+
     pub fn parse(s: &str) -> Option<HoldKind> {
-        [
-            HoldKind::Window,
-            HoldKind::Evidence,
-            HoldKind::Target,
-            HoldKind::Slo,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -804,6 +805,20 @@ fn check_run_from_wire(c: &CheckRunFile) -> Result<CheckRun, StatusError> {
         last,
         last_error: c.last_error.clone(),
     })
+}
+
+#[cfg(test)]
+mod hold_kind_tests {
+    use super::HoldKind;
+
+    /// Regression: a hold kind added without a parse arm made rollgate write a status it
+    /// could not read back, freezing the plan.
+    #[test]
+    fn every_hold_kind_round_trips_through_its_name() {
+        for k in HoldKind::ALL {
+            assert_eq!(HoldKind::parse(k.as_str()), Some(k));
+        }
+    }
 }
 
 #[cfg(test)]

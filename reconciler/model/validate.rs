@@ -452,6 +452,7 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             consecutive_error_limit: c
                 .consecutive_error_limit
                 .unwrap_or(plan::DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+            samples_query: c.samples_query.clone(),
         });
     }
     let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();

@@ -239,6 +239,10 @@ pub struct Check {
     /// Consecutive errors (source unreachable) tolerated before the stage holds (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_error_limit: Option<u32>,
+    /// Prometheus: PromQL counting the events behind the value over `{{window}}` (e.g.
+    /// requests), compared with `minSamples`; without it, samples are the data points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_query: Option<String>,
 }
 
 /// A threshold (`min` and/or `max`) or a comparison with the baseline.

@@ -1,0 +1,419 @@
+//! Analysis against a real Prometheus server (the Debian package, installed by the
+//! README's test command) scraping rollgate's built-in proxy every second.
+//!
+//! Given the daemon as a subprocess, a bare remote, the demo service behind the proxy
+//! and real HTTP load: a candidate with a higher error rate is rolled back; an equally
+//! good candidate passes; stopping Prometheus mid-analysis holds the rollout (no
+//! promotion) and it resumes when Prometheus returns.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rollgate::demo::load::Generator;
+use rollgate::model::status::Status;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn prometheus_binary() -> Option<PathBuf> {
+    ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A Prometheus server on a free loopback port, scraping `target` every second.
+struct Prom {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prom {
+    fn start(dir: &Path, port: u16, target: u16) -> Self {
+        std::fs::create_dir_all(dir).expect("prom dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rollgate-proxy\n    metrics_path: /.rollgate/metrics\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .expect("config");
+        let mut me = Self {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        me.resume();
+        me
+    }
+
+    fn resume(&mut self) {
+        let bin = prometheus_binary().expect("prometheus installed");
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                self.dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("log"))
+                    .expect("log"),
+            ))
+            .spawn()
+            .expect("prometheus starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if rollgate::target::local::http_status(
+                SocketAddr::from(([127, 0, 0, 1], self.port)),
+                "/-/ready",
+                Duration::from_millis(500),
+            ) == Ok(200)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus did not become ready");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Prom {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const QUERY: &str = "sum(rate(rollgate_proxy_requests_total{version=\\\"{{version}}\\\",code!=\\\"5xx\\\"}[5s])) / sum(rate(rollgate_proxy_requests_total{version=\\\"{{version}}\\\"}[5s]))";
+
+/// The requests behind the value: the check passes only with enough of them.
+const SAMPLES: &str =
+    "sum(increase(rollgate_proxy_requests_total{version=\\\"{{version}}\\\"}[{{window}}]))";
+
+fn plan(proxy: u16, artifact: &str, analysis: &str) -> String {
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: web, labels: {{ team: test }} }}
+spec:
+  target: local
+  workload:
+    local:
+      command: [\"{exe}\", demo-service, --port, \"{{{{port}}}}\", --version, \"{{{{version}}}}\", --fail-version, v3, --fail-rate, \"0.2\", --work-ms, \"1\"]
+      listen: \"127.0.0.1:{proxy}\"
+  artifact: {artifact}
+  strategy:
+    canary:
+      steps: [ {{ setWeight: 25 }}, {{ analysis: {{ checks: [success-rate], duration: {analysis} }} }}, {{ setWeight: 100 }} ]
+  checks:
+    - name: success-rate
+      source: prometheus
+      query: \"{QUERY}\"
+      interval: 1s
+      samplesQuery: \"{SAMPLES}\"
+      consecutiveErrorLimit: 2
+      judge: {{ min: 0.95 }}
+  minSamples: 20
+",
+        exe = env!("CARGO_BIN_EXE_rollgate")
+    )
+}
+
+struct World {
+    remote: support::Remote,
+    proxy: u16,
+    prom: Prom,
+    daemon: Child,
+    state: PathBuf,
+    load: Option<Generator>,
+}
+
+impl World {
+    /// Given v1 rolled out (its first rollout has no analysis to pass: traffic is all v1).
+    fn new(analysis: &str) -> Self {
+        let proxy = free_port();
+        let prom_port = free_port();
+        let seed = tempfile::tempdir().expect("seed");
+        std::fs::create_dir_all(seed.path().join("plans")).expect("plans");
+        std::fs::write(
+            seed.path().join("rollgate.yaml"),
+            format!("apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: {{ local: {{}} }}\nmetrics:\n  prometheus: {{ prometheus: {{ url: \"http://127.0.0.1:{prom_port}\", timeout: 2s }} }}\n"),
+        )
+        .expect("settings");
+        std::fs::write(
+            seed.path().join("plans/web.yaml"),
+            plan(proxy, "v1", analysis),
+        )
+        .expect("plan");
+        // v1 is already the stable version (as if rolled out earlier).
+        let mut stable = Status::pending("web", "v1", "0000000000000000000000000000000000000000");
+        stable.phase = rollgate::model::status::Phase::Succeeded;
+        stable.stable = Some("v1".to_owned());
+        stable.weight = 100;
+        std::fs::create_dir_all(seed.path().join("status")).expect("status dir");
+        std::fs::write(
+            seed.path().join("status/web.yaml"),
+            stable.to_yaml().expect("status yaml"),
+        )
+        .expect("status");
+        let remote = support::Remote::seeded_from(seed.path());
+        let state = remote.work_dir("state");
+        std::fs::create_dir_all(&state).expect("state");
+        let prom = Prom::start(&remote.work_dir("prometheus"), prom_port, proxy);
+        let daemon = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["run", "--repo"])
+            .arg(&remote.bare)
+            .args(["--interval", "200ms", "--state-dir"])
+            .arg(&state)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(state.join("daemon.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("daemon");
+        let load = Some(Generator::start(
+            SocketAddr::from(([127, 0, 0, 1], proxy)),
+            200,
+        ));
+        let me = Self {
+            remote,
+            proxy,
+            prom,
+            daemon,
+            state,
+            load,
+        };
+        // Let Prometheus collect a few scrapes of v1 serving before anything changes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = rollgate::metrics::prometheus::Prometheus::new(
+            &format!("http://127.0.0.1:{}", me.prom.port),
+            Duration::from_secs(2),
+            None,
+        )
+        .expect("client");
+        while client
+            .instant("sum(rate(rollgate_proxy_requests_total{version=\"v1\"}[5s])) > 0")
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus never saw v1's traffic"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        me
+    }
+
+    fn status(&self) -> Option<Status> {
+        let out = Command::new("git")
+            .args(["show", "main:status/web.yaml"])
+            .current_dir(&self.remote.bare)
+            .output()
+            .ok()?;
+        Status::from_yaml(&String::from_utf8_lossy(&out.stdout)).ok()
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status().filter(|s| f(s)) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.state.join("daemon.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let prom_log =
+                    std::fs::read_to_string(self.prom.dir.join("log")).unwrap_or_default();
+                eprintln!(
+                    "prometheus log:\n{}",
+                    prom_log
+                        .lines()
+                        .rev()
+                        .take(10)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                let up = rollgate::target::local::http_get(
+                    SocketAddr::from(([127, 0, 0, 1], self.prom.port)),
+                    "/api/v1/query?query=rollgate_proxy_requests_total",
+                    Duration::from_secs(2),
+                );
+                eprintln!("series: {}", up.map(|u| u.0).unwrap_or(0));
+                let raw = Command::new("git")
+                    .args(["show", "main:status/web.yaml"])
+                    .current_dir(&self.remote.bare)
+                    .output()
+                    .expect("git");
+                let raw = String::from_utf8_lossy(&raw.stdout).into_owned();
+                eprintln!(
+                    "status file parse: {:?}\n{raw}",
+                    Status::from_yaml(&raw).err()
+                );
+                let p = rollgate::metrics::prometheus::Prometheus::new(
+                    &format!("http://127.0.0.1:{}", self.prom.port),
+                    Duration::from_secs(2),
+                    None,
+                )
+                .expect("client");
+                let q = QUERY.replace("\\\"", "\"").replace("{{version}}", "v1");
+                eprintln!("query {q} -> {:?}", p.instant(&q));
+                panic!(
+                    "timed out waiting for {what}; status {:?}\n{}",
+                    self.status()
+                        .map(|s| (s.phase, s.step, s.candidate, s.hold)),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn commit(&self, artifact: &str, analysis: &str) {
+        let proxy = self.proxy;
+        self.remote.human_commit(
+            "plans/web.yaml",
+            |_| plan(proxy, artifact, analysis),
+            &format!("web {artifact}"),
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(l) = self.load.take() {
+            l.stop();
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+fn skip_without_prometheus() -> bool {
+    if prometheus_binary().is_none() {
+        eprintln!("SKIPPED: no prometheus binary; `bash .ci/test` installs the Debian package");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn a_candidate_with_more_errors_is_rolled_back_on_prometheus_evidence() {
+    if skip_without_prometheus() {
+        return;
+    }
+    let world = World::new("8s");
+    // When v3, which fails 20% of requests, is committed
+    world.commit("v3", "8s");
+    // Then Prometheus's numbers fail the check and the rollout is rolled back and reverted
+    let s = world.wait("v3 rolled back", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "RolledBack" && s.candidate == "v3"
+    });
+    let failed = s
+        .analysis
+        .iter()
+        .find_map(|c| c.last.as_ref())
+        .expect("evidence");
+    assert_eq!(failed.verdict.as_str(), "fail", "{failed:?}");
+    assert!(
+        failed.evidence.value.is_some_and(|v| v < 0.95),
+        "{failed:?}"
+    );
+    let plan = support::git(&world.remote.bare, &["show", "main:plans/web.yaml"]);
+    assert!(plan.contains("artifact: v1"), "not reverted:\n{plan}");
+}
+
+#[test]
+fn an_equally_good_candidate_passes_on_prometheus_evidence() {
+    if skip_without_prometheus() {
+        return;
+    }
+    let world = World::new("6s");
+    world.commit("v2", "6s");
+    let s = world.wait("v2 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v2"
+    });
+    assert_eq!(s.stable.as_deref(), Some("v2"));
+    let log = support::git(
+        &world.remote.bare,
+        &[
+            "log",
+            "main",
+            "--format=%(trailers:key=Rollgate-Verdict,valueonly)",
+        ],
+    );
+    assert!(
+        log.contains("pass success-rate"),
+        "no passing verdict recorded:\n{log}"
+    );
+}
+
+#[test]
+fn prometheus_down_mid_analysis_holds_and_the_rollout_resumes_when_it_returns() {
+    if skip_without_prometheus() {
+        return;
+    }
+    let mut world = World::new("20s");
+    world.commit("v2", "20s");
+    world.wait("v2 analysing", Duration::from_secs(30), |s| {
+        s.candidate == "v2" && s.step == 1 && s.phase.as_str() == "Progressing"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // When Prometheus stops mid-analysis
+    world.prom.stop();
+    // Then the rollout holds for want of evidence, and is not promoted
+    let held = world.wait("held for metrics", Duration::from_secs(30), |s| {
+        s.phase.as_str() == "Held"
+    });
+    assert_eq!(
+        held.hold.as_ref().map(|h| h.kind.as_str()),
+        Some("metrics"),
+        "{held:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let still = world.status().expect("status");
+    assert_eq!(
+        (still.phase.as_str(), still.candidate.as_str()),
+        ("Held", "v2")
+    );
+    assert_ne!(
+        still.stable.as_deref(),
+        Some("v2"),
+        "promoted without evidence"
+    );
+    // When Prometheus returns, Then the analysis restarts and the rollout finishes
+    world.prom.resume();
+    let s = world.wait("v2 stable", Duration::from_secs(90), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v2"
+    });
+    assert_eq!(s.stable.as_deref(), Some("v2"));
+}
