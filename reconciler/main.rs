@@ -95,6 +95,8 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         work_ms: u64,
     },
+    /// Run the canary-versus-baseline judge offline on numbers, to replay or explain a verdict.
+    Judge(JudgeArgs),
     /// Every transition of every rollout, from the commit trailers alone.
     History {
         /// Only this plan.
@@ -143,6 +145,46 @@ struct RunArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum JudgeKind {
+    /// Raw samples (latencies, durations): one number per line.
+    Continuous,
+    /// Counts: one line `successes total` per file.
+    Ratio,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DirectionArg {
+    Increase,
+    Decrease,
+    Either,
+}
+
+#[derive(Debug, clap::Args)]
+struct JudgeArgs {
+    #[arg(long)]
+    baseline: PathBuf,
+    #[arg(long)]
+    canary: PathBuf,
+    #[arg(long, value_enum, default_value = "continuous")]
+    kind: JudgeKind,
+    /// Which change is harmful (default: increase for continuous, decrease for a success ratio).
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// Largest allowed canary/baseline ratio (the effect size).
+    #[arg(long)]
+    max_ratio: Option<f64>,
+    /// Largest allowed absolute difference.
+    #[arg(long)]
+    max_increase: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    #[arg(long, default_value_t = 1)]
+    min_samples: u64,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => policy_test(dirs),
         Command::Schema { which, write } => schema(which, write.as_deref()),
         Command::Run(args) => run_daemon(args),
+        Command::Judge(args) => judge(&args),
         Command::Demo { fast, dir, rps } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 init_logging(Output::Text);
@@ -620,4 +663,118 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             while rx.try_recv().is_ok() {}
         }
     }
+}
+
+fn read_numbers(path: &Path) -> Result<Vec<f64>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.split_whitespace()
+        .enumerate()
+        .map(|(i, w)| {
+            w.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .with_context(|| {
+                    format!(
+                        "{}: value {} (`{w}`) is not a number",
+                        path.display(),
+                        i + 1
+                    )
+                })
+        })
+        .collect()
+}
+
+fn judge(a: &JudgeArgs) -> Result<ExitCode> {
+    use rollgate::model::plan::{Direction, Judge};
+    let direction = match (a.direction, a.kind) {
+        (Some(DirectionArg::Increase), _) => Direction::Increase,
+        (Some(DirectionArg::Decrease), _) => Direction::Decrease,
+        (Some(DirectionArg::Either), _) => Direction::Either,
+        (None, JudgeKind::Continuous) => Direction::Increase,
+        (None, JudgeKind::Ratio) => Direction::Decrease,
+    };
+    if a.max_ratio.is_none() && a.max_increase.is_none() {
+        anyhow::bail!("give an effect size: --max-ratio or --max-increase");
+    }
+    let spec = Judge::Baseline {
+        direction,
+        max_ratio: a.max_ratio,
+        max_increase: a.max_increase,
+        alpha: a.alpha,
+    };
+    let baseline = read_numbers(&a.baseline)?;
+    let canary = read_numbers(&a.canary)?;
+    let now = chrono::Utc::now();
+    let (j, n) = match a.kind {
+        JudgeKind::Continuous => (
+            rollgate::engine::compare::judge_continuous(
+                "offline",
+                &canary,
+                &baseline,
+                &spec,
+                a.min_samples,
+                now,
+            ),
+            (canary.len() as u64, baseline.len() as u64),
+        ),
+        JudgeKind::Ratio => {
+            let pair = |v: &[f64], p: &Path| -> Result<(u64, u64)> {
+                match v {
+                    [good, total]
+                        if *good >= 0.0
+                            && *total >= *good
+                            && good.fract() == 0.0
+                            && total.fract() == 0.0 =>
+                    {
+                        Ok((*good as u64, *total as u64))
+                    }
+                    _ => anyhow::bail!(
+                        "{}: a ratio file holds `successes total` (two whole numbers, successes <= total)",
+                        p.display()
+                    ),
+                }
+            };
+            let (cg, ct) = pair(&canary, &a.canary)?;
+            let (bg, bt) = pair(&baseline, &a.baseline)?;
+            (
+                rollgate::engine::compare::judge_ratio(
+                    "offline",
+                    cg,
+                    ct,
+                    bg,
+                    bt,
+                    &spec,
+                    a.min_samples,
+                    now,
+                ),
+                (ct, bt),
+            )
+        }
+    };
+    match a.output {
+        Output::Text => println!("{j}"),
+        Output::Json => {
+            let c = j.evidence.comparison.as_ref();
+            let doc = serde_json::json!({
+                "verdict": j.verdict.as_str(),
+                "reason": j.verdict.reason(),
+                "test": c.map(|c| c.test.clone()),
+                "statistic": c.and_then(|c| c.statistic),
+                "pValue": c.map(|c| c.p_value),
+                "effect": c.map(|c| c.effect),
+                "ci": c.map(|c| [c.ci_low, c.ci_high]),
+                "ratio": c.and_then(|c| c.ratio),
+                "n": { "canary": n.0, "baseline": n.1 },
+                "trailer": j.to_string(),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    // Like `diff`: 0 pass, 1 fail, 3 inconclusive (2 stays usage or I/O error).
+    Ok(match j.verdict.as_str() {
+        "pass" => ExitCode::SUCCESS,
+        "fail" => ExitCode::from(1),
+        _ => ExitCode::from(3),
+    })
 }

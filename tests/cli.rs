@@ -97,3 +97,55 @@ fn policy_test_counts_like_opa_test() {
         "{out}"
     );
 }
+
+#[test]
+fn judge_replays_kayentas_miss_as_a_fail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let canary = dir.path().join("canary");
+    let baseline = dir.path().join("baseline");
+    std::fs::write(&canary, "100\n100\n100\n100\n100\n100\n100\n1\n1\n1\n").expect("write");
+    std::fs::write(&baseline, "1\n".repeat(10)).expect("write");
+    let (code, out, err) = rollgate(&[
+        "judge",
+        "--baseline",
+        baseline.to_str().expect("utf8"),
+        "--canary",
+        canary.to_str().expect("utf8"),
+        "--direction",
+        "increase",
+        "--max-ratio",
+        "1.2",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["verdict"], "fail");
+    assert_eq!(v["n"]["canary"], 10);
+    assert!(v["pValue"].as_f64().is_some_and(|p| p < 0.05), "{v}");
+}
+
+#[test]
+fn judge_counts_sparse_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let canary = dir.path().join("canary");
+    let baseline = dir.path().join("baseline");
+    std::fs::write(&canary, "97 100\n").expect("write");
+    std::fs::write(&baseline, "10000 10000\n").expect("write");
+    let (code, out, err) = rollgate(&[
+        "judge",
+        "--kind",
+        "ratio",
+        "--baseline",
+        baseline.to_str().expect("utf8"),
+        "--canary",
+        canary.to_str().expect("utf8"),
+        "--max-ratio",
+        "1.5",
+    ]);
+    assert_eq!(
+        code, 1,
+        "3 errors in 100 against 0 in 10,000 is a fail: {out}{err}"
+    );
+    assert!(out.starts_with("fail "), "{out}");
+}
