@@ -508,10 +508,25 @@ impl Reconciler {
             if let Err(e) = &result {
                 tracing::warn!(check = %check_name, error = %e, "measurement failed (counts as an error, never a pass)");
             }
+            // A baseline judge also needs both versions' data; failing to get it is an error.
+            let (result, sample) = match (result, &check.judge, self.metrics.get_mut(&check.source))
+            {
+                (Ok(m), crate::model::plan::Judge::Baseline { .. }, Some(source)) => {
+                    match source.compare(check, &ctx) {
+                        Ok(sample) => (Ok(m), Some(sample)),
+                        Err(e) => {
+                            tracing::warn!(check = %check_name, error = %e, "baseline data unavailable (counts as an error)");
+                            (Err(e), None)
+                        }
+                    }
+                }
+                (r, _, _) => (r, None),
+            };
             out.push(Observed {
                 check: check_name,
                 at: now,
                 result,
+                sample,
             });
         }
         out

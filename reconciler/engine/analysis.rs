@@ -12,7 +12,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::judge::{Measurement, judge};
+use super::judge::Measurement;
 use super::plus;
 use crate::model::plan::{Analysis, Plan};
 use crate::model::status::{CheckRun, Judgement, Verdict};
@@ -24,6 +24,8 @@ pub struct Observed {
     pub at: DateTime<Utc>,
     /// `Err`: the source could not answer (unreachable, bad query); counted as an error.
     pub result: Result<Measurement, String>,
+    /// Both versions' data, for a `compare: baseline` judge.
+    pub sample: Option<super::judge::Sample>,
 }
 
 /// Where an analysis step stands after the latest measurements.
@@ -81,7 +83,8 @@ pub fn record(
             }
             Ok(m) => {
                 run.consecutive_errors = 0;
-                let j = judge(check, plan.min_samples, *m, o.at);
+                let j =
+                    super::judge::judge_with(check, plan.min_samples, *m, o.sample.as_ref(), o.at);
                 match j.verdict {
                     Verdict::Pass => run.passes += 1,
                     Verdict::Fail { .. } => run.failures += 1,

@@ -19,6 +19,62 @@ pub struct Measurement {
     pub samples: u64,
 }
 
+/// What a source measured of both versions, for a `compare: baseline` judge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// Raw values (latencies, durations): a rank test.
+    Continuous {
+        canary: Vec<f64>,
+        baseline: Vec<f64>,
+    },
+    /// Successes out of totals per version: a proportion test.
+    Counts {
+        canary_good: u64,
+        canary_total: u64,
+        baseline_good: u64,
+        baseline_total: u64,
+    },
+}
+
+/// Judge one measurement of `check` taken at `at`; a baseline judge needs `sample`.
+pub fn judge_with(
+    check: &Check,
+    min_samples: u64,
+    m: Measurement,
+    sample: Option<&Sample>,
+    at: DateTime<Utc>,
+) -> Judgement {
+    if matches!(check.judge, Judge::Baseline { .. }) {
+        return match sample {
+            Some(Sample::Continuous { canary, baseline }) => super::compare::judge_continuous(
+                &check.name,
+                canary,
+                baseline,
+                &check.judge,
+                min_samples,
+                at,
+            ),
+            Some(Sample::Counts {
+                canary_good,
+                canary_total,
+                baseline_good,
+                baseline_total,
+            }) => super::compare::judge_ratio(
+                &check.name,
+                *canary_good,
+                *canary_total,
+                *baseline_good,
+                *baseline_total,
+                &check.judge,
+                min_samples,
+                at,
+            ),
+            None => judge(check, min_samples, m, at),
+        };
+    }
+    judge(check, min_samples, m, at)
+}
+
 /// Judge one measurement of `check` taken at `at`.
 pub fn judge(check: &Check, min_samples: u64, m: Measurement, at: DateTime<Utc>) -> Judgement {
     let (min, max) = match &check.judge {
@@ -71,7 +127,7 @@ fn verdict(judge: &Judge, min_samples: u64, m: Measurement) -> Verdict {
             Verdict::Pass
         }
         Judge::Baseline { .. } => {
-            inconclusive("baseline comparison is not implemented yet (#5)".to_owned())
+            inconclusive("no baseline data: this source measured only the candidate".to_owned())
         }
     }
 }

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 pub use analysis::{Observed, Outcome};
 pub use compare::{judge_continuous, judge_ratio};
 pub use decide::{decide, due_checks, steps};
-pub use judge::{Measurement, judge};
+pub use judge::{Measurement, Sample, judge, judge_with};
 
 use crate::model::status::{Judgement, Phase, Status};
 

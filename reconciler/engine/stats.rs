@@ -534,11 +534,11 @@ impl Sorted {
         let estimate = if total % 2 == 1 {
             diffs.kth(half + 1)
         } else {
-            let lo = diffs.kth(half);
-            let hi = if count_le(x, y, lo) > half {
-                lo
-            } else {
-                next_difference_above(x, y, lo)
+            let (lo, next) = diffs.kth_and_next(half);
+            let hi = match next {
+                Some(hi) => hi,
+                None if count_le(x, y, lo) > half => lo,
+                None => next_difference_above(x, y, lo),
             };
             lo + (hi - lo) / 2.0
         };
@@ -666,11 +666,17 @@ impl<'a> Differences<'a> {
     /// answer is selected among them. A value repeated beyond that (heavy ties) ends
     /// on the bisection, in at most ~64 more counts. Each count is O(n + m).
     fn kth(&self, k: u64) -> f64 {
+        self.kth_and_next(k).0
+    }
+
+    /// The `k`-th smallest difference, and the `(k+1)`-th when the final selection
+    /// happens to hold it (it usually does: the median of an even count needs both).
+    fn kth_and_next(&self, k: u64) -> (f64, Option<f64>) {
         let (x, y) = (self.x, self.y);
         let (Some(&x0), Some(&xn), Some(&y0), Some(&ym)) =
             (x.first(), x.last(), y.first(), y.last())
         else {
-            return f64::NAN;
+            return (f64::NAN, None);
         };
         let total = x.len() as u64 * y.len() as u64;
         let limit = (x.len() + y.len()) as u64 + 64;
@@ -712,7 +718,7 @@ impl<'a> Differences<'a> {
             }
             let (ka, kb) = (order_key(a), order_key(b));
             if i128::from(kb) - i128::from(ka) <= 1 {
-                return b + 0.0;
+                return (b + 0.0, None);
             }
             let midpoint = {
                 let v = a + (b - a) / 2.0;
@@ -755,12 +761,13 @@ impl<'a> Differences<'a> {
                 stalls = 0;
             }
         }
-        b
+        (b, None)
     }
 }
 
-/// The `r`-th smallest (1-based) of the differences in `(a, b]`.
-fn select_between(x: &[f64], y: &[f64], a: f64, b: f64, r: u64) -> f64 {
+/// The `r`-th smallest (1-based) of the differences in `(a, b]`, and the `(r+1)`-th
+/// when it lies there too.
+fn select_between(x: &[f64], y: &[f64], a: f64, b: f64, r: u64) -> (f64, Option<f64>) {
     let m = y.len();
     let (mut pa, mut pb) = (0, 0);
     let mut inside = Vec::new();
@@ -775,10 +782,15 @@ fn select_between(x: &[f64], y: &[f64], a: f64, b: f64, r: u64) -> f64 {
         inside.extend(y[pb..pa].iter().map(|yj| xi - yj));
     }
     let Some(i) = (r as usize).checked_sub(1).filter(|&i| i < inside.len()) else {
-        return b + 0.0;
+        return (b + 0.0, None);
     };
-    let (_, v, _) = inside.select_nth_unstable_by(i, f64::total_cmp);
-    *v + 0.0
+    let (_, v, above) = inside.select_nth_unstable_by(i, f64::total_cmp);
+    let next = above
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)
+        .map(|n| n + 0.0);
+    (*v + 0.0, next)
 }
 
 /// How many of the C(n+m, n) orderings of `n` x's and `m` y's (no ties) give each

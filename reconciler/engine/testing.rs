@@ -77,6 +77,7 @@ pub fn ok(check: &str, at: DateTime<Utc>, value: f64, samples: u64) -> Observed 
             value: Some(value),
             samples,
         }),
+        sample: None,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn err(check: &str, at: DateTime<Utc>) -> Observed {
         check: check.to_owned(),
         at,
         result: Err("connection refused".to_owned()),
+        sample: None,
     }
 }
 

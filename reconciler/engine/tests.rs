@@ -754,3 +754,50 @@ fn a_source_that_answers_again_restarts_the_held_analysis() {
     assert_eq!(r.status().step_started_at, Some(t(3)));
     assert!(r.status().analysis.iter().all(|c| c.passes == 0));
 }
+
+#[test]
+fn a_baseline_judge_rolls_back_sparse_errors_the_stable_version_does_not_have() {
+    use crate::engine::{Measurement, Observed, Sample};
+    use crate::model::plan::{Direction, Judge};
+    // Given a success-rate check judged against the stable version
+    let mut builder = v1_stable_v2_planned()
+        .threshold("sr", None, None)
+        .threshold("p99", None, Some(0.3));
+    let plan = {
+        let mut p = analysed(std::mem::replace(&mut builder, PlanBuilder::new()));
+        let sr = p.checks.iter_mut().find(|c| c.name == "sr").expect("sr");
+        sr.judge = Judge::Baseline {
+            direction: Direction::Decrease,
+            max_ratio: Some(1.5),
+            max_increase: None,
+            alpha: 0.05,
+        };
+        p
+    };
+    let mut r = in_analysis(plan);
+    // When the candidate failed 3 of 100 requests and the baseline none of 10,000
+    let sparse = Observed {
+        check: "sr".to_owned(),
+        at: t(1),
+        result: Ok(Measurement {
+            value: Some(0.97),
+            samples: 100,
+        }),
+        sample: Some(Sample::Counts {
+            canary_good: 97,
+            canary_total: 100,
+            baseline_good: 10_000,
+            baseline_total: 10_000,
+        }),
+    };
+    let d = r.decide(&quiet().measured(vec![sparse]), t(1));
+    // Then the check fails on Fisher's exact test and the rollout is rolled back, with the evidence
+    assert_eq!(r.phase(), Phase::RollingBack);
+    let revert = d.revert.expect("a revert");
+    let evidence = revert.evidence.first().expect("evidence");
+    assert_eq!(evidence.verdict.as_str(), "fail");
+    let c = evidence.evidence.comparison.as_ref().expect("a comparison");
+    assert_eq!(c.test, "fisher");
+    assert!(c.p_value < 1e-5, "{c:?}");
+    assert!(evidence.to_string().contains("n=100/10000"), "{evidence}");
+}

@@ -70,6 +70,49 @@ impl MetricsSource for Builtin {
             samples: w.requests,
         })
     }
+
+    /// Both versions over the window: latency samples for `latency-*` (a rank test),
+    /// counts for `success-rate` (non-5xx of all) and `error-rate` (5xx of all).
+    fn compare(
+        &mut self,
+        check: &Check,
+        ctx: &QueryContext<'_>,
+    ) -> Result<crate::engine::Sample, String> {
+        let baseline = ctx.baseline.ok_or("no stable version to compare with")?;
+        let stats = {
+            let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            registry
+                .get(ctx.plan)
+                .cloned()
+                .ok_or_else(|| format!("no proxy for plan {}", ctx.plan))?
+        };
+        let c = stats.window(ctx.version, ctx.window);
+        let b = stats.window(baseline, ctx.window);
+        let fives = |w: &crate::proxy::stats::WindowStats| w.by_class[4];
+        Ok(match check.query.trim() {
+            "success-rate" => crate::engine::Sample::Counts {
+                canary_good: c.requests - fives(&c),
+                canary_total: c.requests,
+                baseline_good: b.requests - fives(&b),
+                baseline_total: b.requests,
+            },
+            "error-rate" => crate::engine::Sample::Counts {
+                canary_good: fives(&c),
+                canary_total: c.requests,
+                baseline_good: fives(&b),
+                baseline_total: b.requests,
+            },
+            q if q.starts_with("latency-") => crate::engine::Sample::Continuous {
+                canary: c.latency_samples(20_000),
+                baseline: b.latency_samples(20_000),
+            },
+            q => {
+                return Err(format!(
+                    "builtin query {q:?} cannot be compared with a baseline"
+                ));
+            }
+        })
+    }
 }
 
 #[cfg(test)]

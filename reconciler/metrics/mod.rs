@@ -31,6 +31,16 @@ pub trait MetricsSource: Send {
     /// `consecutiveErrorLimit`), never a verdict.
     fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String>;
 
+    /// Both versions' data for a `compare: baseline` judge of `check` over `ctx.window`.
+    fn compare(
+        &mut self,
+        check: &Check,
+        ctx: &QueryContext<'_>,
+    ) -> Result<crate::engine::Sample, String> {
+        let _ = (check, ctx);
+        Err("this metrics source cannot compare the candidate with the baseline".to_owned())
+    }
+
     /// The error ratio `1 - good/total` over `ctx.window`, for SLO burn rates. Sources
     /// that cannot answer arbitrary windows say so (the SLO gate then holds).
     fn error_ratio(

@@ -436,7 +436,14 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         if c.query.trim().is_empty() {
             cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
         }
-        let judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
+        let mut judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
+        // A success rate is harmed by going down: that is its default direction.
+        if let Judge::Baseline { direction, .. } = &mut judge
+            && c.judge.direction.is_none()
+            && c.query.trim() == "success-rate"
+        {
+            *direction = Direction::Decrease;
+        }
         let interval = cx.dur(
             c.interval.as_deref(),
             plan::DEFAULT_INTERVAL,

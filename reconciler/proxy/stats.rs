@@ -174,6 +174,24 @@ impl WindowStats {
         }
     }
 
+    /// The window's latencies (seconds) as samples for a rank test: each request's
+    /// histogram bucket value (about 3% resolution), in bucket order; ties are expected
+    /// and handled by the test. At most `cap` values, thinned evenly beyond that.
+    pub fn latency_samples(&self, cap: usize) -> Vec<f64> {
+        let keep_every = (self.requests as usize).div_ceil(cap.max(1)).max(1);
+        let mut out = Vec::with_capacity((self.requests as usize).min(cap));
+        let mut i_req = 0usize;
+        for (b, n) in self.hist.iter().enumerate() {
+            for _ in 0..*n {
+                if i_req % keep_every == 0 {
+                    out.push(bucket_value(b));
+                }
+                i_req += 1;
+            }
+        }
+        out
+    }
+
     /// Non-5xx requests / all requests; `None` without requests.
     pub fn success_rate(&self) -> Option<f64> {
         self.error_rate().map(|e| 1.0 - e)
