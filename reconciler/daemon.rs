@@ -499,11 +499,8 @@ impl Reconciler {
                     check.source
                 )),
             };
-            match &result {
-                Ok(m) => {
-                    tracing::debug!(check = %check_name, value = ?m.value, samples = m.samples, window_s = ctx.window.as_secs(), "measured")
-                }
-                Err(_) => {}
+            if let Ok(m) = &result {
+                tracing::debug!(check = %check_name, value = ?m.value, samples = m.samples, window_s = ctx.window.as_secs(), "measured");
             }
             if let Err(e) = &result {
                 tracing::warn!(check = %check_name, error = %e, "measurement failed (counts as an error, never a pass)");

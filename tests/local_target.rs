@@ -243,10 +243,8 @@ fn wait_for(
 ) -> rollgate::model::status::Status {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(s) = status_of(story) {
-            if f(&s) {
-                return s;
-            }
+        if let Some(s) = status_of(story).filter(|s| f(s)) {
+            return s;
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(story.state.join("daemon.log")).unwrap_or_default();

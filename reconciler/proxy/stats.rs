@@ -183,7 +183,7 @@ impl WindowStats {
         let mut i_req = 0usize;
         for (b, n) in self.hist.iter().enumerate() {
             for _ in 0..*n {
-                if i_req % keep_every == 0 {
+                if i_req.is_multiple_of(keep_every) {
                     out.push(bucket_value(b));
                 }
                 i_req += 1;
