@@ -60,6 +60,10 @@ struct Memo {
     reapplied: bool,
     /// When the engine wants to look again (reported to the run loop).
     wakeup: Option<DateTime<Utc>>,
+    /// A finished rollout with nothing new: the plan and status it was seen with. While
+    /// both are the same and no command waits, the plan is skipped (10,000 idle plans
+    /// cost a comparison each, not a decision).
+    idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
 }
 
 /// Builds the policy engine from a revision's `policies/` files.
@@ -358,6 +362,16 @@ impl Reconciler {
         let Some(pp) = self.report.accepted.get(name).cloned() else {
             return Ok(());
         };
+        let status_bytes = self.snapshot.files.get(&status_path(name));
+        let commands_waiting = self.commands.get(name).is_some_and(|c| !c.is_empty());
+        if let Some((seen_plan, seen_status)) = self.memo.get(name).and_then(|m| m.idle.as_ref())
+            && Arc::ptr_eq(seen_plan, &pp)
+            && seen_status.as_ref() == status_bytes
+            && !commands_waiting
+        {
+            return Ok(());
+        }
+        let status_bytes = status_bytes.cloned();
         let plan = &pp.plan;
         let file_status = match self.snapshot.files.get(&status_path(name)) {
             None => None,
@@ -390,9 +404,10 @@ impl Reconciler {
         let revision = match &status {
             Some(s) if s.candidate == plan.artifact && !s.revision.is_empty() => s.revision.clone(),
             _ => {
+                // The commit that introduced this artifact (not merely the last edit).
                 let head = self.head.context("no head")?;
                 self.src
-                    .last_change_of(head, &pp.file, HISTORY_LIMIT)?
+                    .artifact_introduced(head, &pp.file, &plan.artifact, HISTORY_LIMIT)?
                     .unwrap_or(head)
                     .to_string()
             }
@@ -434,6 +449,15 @@ impl Reconciler {
                 }
             }
         }
+        let finished = status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::RolledBack));
+        let quiet = finished
+            && decision.actions.is_empty()
+            && decision.transition.is_none()
+            && decision.status.is_none()
+            && decision.revert.is_none()
+            && commands.is_empty();
         self.execute(
             &pp,
             status.as_ref(),
@@ -441,7 +465,11 @@ impl Reconciler {
             decision,
             commands.last().map(|(sha, _)| sha.clone()),
             report,
-        )
+        )?;
+        if quiet {
+            self.memo.entry(name.to_owned()).or_default().idle = Some((pp, status_bytes));
+        }
+        Ok(())
     }
 
     /// Error ratios over the SLO's burn-rate windows (one instant query pair each).
@@ -617,6 +645,7 @@ impl Reconciler {
         };
         let memo = self.memo.entry(name.clone()).or_default();
         memo.wakeup = d.next_wakeup;
+
         let Some(next) = next else { return Ok(()) };
         if d.transition.is_none() && acked.is_none() {
             // Counters only: keep them in memory, on top of the file they came from.
@@ -691,12 +720,26 @@ impl Reconciler {
                 .and_then(|n| n.as_str().map(str::to_owned));
             Ok((artifact.as_deref() == Some(candidate.as_str())).then_some(text))
         };
+        // A revert is exact only when the change touched nothing but this plan and the
+        // plan has not changed since; otherwise put the stable artifact back instead.
         let only_this_plan = Oid::from_str(&rev.of_revision).ok().and_then(|o| {
             let c = self.src.repo().find_commit(o).ok()?;
             let parent = c.parent_id(0).ok();
             self.src.changed_paths(parent, o).ok()
         }) == Some(vec![file.clone()]);
-        if only_this_plan {
+        let unchanged_since = match (Oid::from_str(&rev.of_revision), self.head) {
+            (Ok(o), Some(head)) => {
+                self.src
+                    .file_at(o, &file)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|at_rev| {
+                        self.src.file_at(head, &file).ok().flatten().as_ref() == Some(&at_rev)
+                    })
+            }
+            _ => false,
+        };
+        if only_this_plan && unchanged_since {
             let spec = messages::revert_commit(&name, before.stable.as_deref(), rev)?;
             let result =
                 writer.write(|head| Ok(still_names_candidate(head)?.map(|_| spec.clone())));
@@ -711,7 +754,9 @@ impl Reconciler {
                         "revert conflicts with later changes; restoring the stable artifact instead"
                     );
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "revert failed; restoring the stable artifact instead");
+                }
             }
         }
         let Some(stable) = before.stable.clone() else {

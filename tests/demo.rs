@@ -15,15 +15,34 @@ fn the_demo_plays_the_whole_story() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     // v2 went through every stage and succeeded; v3 was rolled back with its evidence.
-    for needed in ["Succeeded", "RolledBack", "revert pushed", "fail success-rate", "analysis passed"] {
-        assert!(stdout.contains(needed), "demo output lacks {needed:?}:\n{stdout}");
+    for needed in [
+        "Succeeded",
+        "RolledBack",
+        "revert pushed",
+        "fail success-rate",
+        "analysis passed",
+    ] {
+        assert!(
+            stdout.contains(needed),
+            "demo output lacks {needed:?}:\n{stdout}"
+        );
     }
     // The revert is in the repository the demo kept, and the plan is back at v2.
     let bare = dir.path().join("remote.git");
-    let plan = Command::new("git").args(["show", "main:plans/hello.yaml"]).current_dir(&bare).output().expect("git show");
+    let plan = Command::new("git")
+        .args(["show", "main:plans/hello.yaml"])
+        .current_dir(&bare)
+        .output()
+        .expect("git show");
     let plan = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan.contains("artifact: v2"), "plan not reverted to v2:\n{plan}");
+    assert!(
+        plan.contains("artifact: v2"),
+        "plan not reverted to v2:\n{plan}"
+    );
     // No request failed to connect during the whole show (promotion and rollback drain).
-    let traffic = stdout.lines().find(|l| l.starts_with("traffic:")).expect("a traffic summary");
+    let traffic = stdout
+        .lines()
+        .find(|l| l.starts_with("traffic:"))
+        .expect("a traffic summary");
     assert!(traffic.ends_with(" 0 failed"), "{traffic}");
 }

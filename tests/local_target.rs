@@ -310,9 +310,21 @@ fn a_failing_version_is_rolled_back_and_reverted_while_traffic_flows() {
         s.phase.as_str() == "RolledBack" && s.candidate == "v3"
     });
     let took = began.elapsed();
-    // Then it was rolled back within two analysis intervals of its first full sample, and
-    // the revert is on the remote
+    // Then it was rolled back within two analysis intervals: the failing check was
+    // measured at most twice (the first interval may lack minSamples), and the revert
+    // is on the remote
     eprintln!("rolled back {:.2}s after the commit", took.as_secs_f64());
+    let run = s
+        .analysis
+        .iter()
+        .find(|c| c.check == "success-rate")
+        .expect("the check ran");
+    assert!(
+        run.measurements <= 2,
+        "took {} measurements: {run:?}",
+        run.measurements
+    );
+    assert_eq!(run.failures, 1, "{run:?}");
     let plan_now = git(&story.remote.bare, &["show", "main:plans/web.yaml"]);
     assert!(
         plan_now.contains("artifact: v1"),

@@ -206,20 +206,44 @@ fn ssh_signed_status_commits_verify_with_git() {
     let remote = Remote::seeded_from(&example_repo());
     let key = remote.work_dir("signing_key");
     let made = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "rollgate@example.com", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "rollgate@example.com",
+            "-f",
+        ])
         .arg(&key)
         .status()
         .expect("ssh-keygen runs");
     assert!(made.success());
-    let src = GitSource::open(remote.bare.to_str().expect("utf8"), &remote.work_dir("work"), "main").expect("open");
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
     let settings = WriteBack {
-        signing: Some(rollgate::model::settings::Signing::Ssh { key: key.display().to_string() }),
-        author: rollgate::model::settings::Identity { name: "rollgate".into(), email: "rollgate@example.com".into() },
-        committer: rollgate::model::settings::Identity { name: "rollgate".into(), email: "rollgate@example.com".into() },
+        signing: Some(rollgate::model::settings::Signing::Ssh {
+            key: key.display().to_string(),
+        }),
+        author: rollgate::model::settings::Identity {
+            name: "rollgate".into(),
+            email: "rollgate@example.com".into(),
+        },
+        committer: rollgate::model::settings::Identity {
+            name: "rollgate".into(),
+            email: "rollgate@example.com".into(),
+        },
         ..WriteBack::default()
     };
     // When it writes a status commit
-    Writer::new(&src, &settings).write(|_| Ok(Some(status_spec(7)))).expect("signed write");
+    Writer::new(&src, &settings)
+        .write(|_| Ok(Some(status_spec(7))))
+        .expect("signed write");
     // Then git itself verifies the signature against the allowed signer
     let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
     let allowed = remote.work_dir("allowed_signers");
@@ -239,5 +263,8 @@ fn ssh_signed_status_commits_verify_with_git() {
     // And the private key appears nowhere in the commit
     let raw = git(&remote.bare, &["cat-file", "commit", "main"]);
     let private = std::fs::read_to_string(&key).expect("private key");
-    assert!(!raw.contains(private.lines().nth(1).expect("key body")), "private key leaked into the commit");
+    assert!(
+        !raw.contains(private.lines().nth(1).expect("key body")),
+        "private key leaked into the commit"
+    );
 }

@@ -102,6 +102,7 @@ impl GitSource {
         let url = normalize_url(url)?;
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
+        claim(work_dir)?;
         let repo = match Repository::open_bare(work_dir) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(work_dir)
@@ -338,25 +339,49 @@ impl GitSource {
         })
     }
 
-    /// The most recent commit (first-parent from `head`) that changed `path`, if any
-    /// within `limit` commits.
-    pub fn last_change_of(&self, head: Oid, path: &str, limit: usize) -> Result<Option<Oid>> {
+    /// The commit (first-parent from `head`) where the plan file at `path` started to
+    /// name `artifact`: later edits that kept the artifact are not it.
+    pub fn artifact_introduced(
+        &self,
+        head: Oid,
+        path: &str,
+        artifact: &str,
+        limit: usize,
+    ) -> Result<Option<Oid>> {
+        // Most commits (status commits) leave the plan's blob as it is: parse once per blob.
+        let mut last: Option<(Oid, Option<String>)> = None;
+        let mut artifact_at = |c: &git2::Commit<'_>| -> Option<String> {
+            let entry = c.tree().ok()?.get_path(Path::new(path)).ok()?;
+            if let Some((id, a)) = &last
+                && *id == entry.id()
+            {
+                return a.clone();
+            }
+            let blob = self.repo.find_blob(entry.id()).ok()?;
+            let parsed = std::str::from_utf8(blob.content()).ok().and_then(|text| {
+                let root = crate::model::yaml::parse(path, text).ok()?;
+                root.at(&[
+                    crate::model::yaml::PathSeg::Key("spec"),
+                    crate::model::yaml::PathSeg::Key("artifact"),
+                ])?
+                .as_str()
+                .map(str::to_owned)
+            });
+            last = Some((entry.id(), parsed.clone()));
+            parsed
+        };
         let mut walk = self.repo.revwalk()?;
         walk.push(head)?;
         walk.simplify_first_parent()?;
+        let mut candidate = None;
         for id in walk.take(limit) {
-            let id = id?;
-            let c = self.repo.find_commit(id)?;
-            let this = c.tree()?.get_path(Path::new(path)).ok().map(|e| e.id());
-            let parent = match c.parent(0) {
-                Ok(p) => p.tree()?.get_path(Path::new(path)).ok().map(|e| e.id()),
-                Err(_) => None,
-            };
-            if this != parent {
-                return Ok(Some(id));
+            let c = self.repo.find_commit(id?)?;
+            if artifact_at(&c).as_deref() != Some(artifact) {
+                break;
             }
+            candidate = Some(c.id());
         }
-        Ok(None)
+        Ok(candidate)
     }
 
     /// A file's content at a commit.
@@ -370,6 +395,47 @@ impl GitSource {
         }
         Ok(Some(self.repo.find_blob(entry.id())?.content().to_vec()))
     }
+}
+
+/// Make this process the owner of the private clone, then clear the lock files a
+/// killed predecessor may have left (a SIGKILL mid-fetch leaves `*.lock` behind, and
+/// libgit2 would refuse every later fetch). Safe because the clone is private: a live
+/// owner is detected by its pid file and refused.
+fn claim(work_dir: &Path) -> Result<()> {
+    let pid_file = work_dir.join("rollgate.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        && pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.contains("rollgate"))
+    {
+        anyhow::bail!(
+            "another rollgate (pid {pid}) is using {}; one writer per branch",
+            work_dir.display()
+        );
+    }
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let mut stack = vec![work_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                if path.file_name().is_some_and(|n| n != "objects") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|x| x == "lock") {
+                tracing::info!(file = %path.display(), "removing a lock left by a previous run");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn wanted(path: &str) -> bool {

@@ -81,6 +81,8 @@ pub struct Writer<'a> {
     src: &'a GitSource,
     settings: &'a WriteBack,
     pub max_attempts: u32,
+    /// Why the last push was refused (a lost race, or e.g. a lock on the remote).
+    last_rejection: std::sync::Mutex<Option<String>>,
 }
 
 impl<'a> Writer<'a> {
@@ -89,6 +91,7 @@ impl<'a> Writer<'a> {
             src,
             settings,
             max_attempts: 50,
+            last_rejection: std::sync::Mutex::new(None),
         }
     }
 
@@ -116,8 +119,13 @@ impl<'a> Writer<'a> {
                 }
                 false if attempt >= self.max_attempts => {
                     bail!(
-                        "push to {} lost the race {attempt} times; giving up for now",
-                        self.src.branch()
+                        "push to {} was rejected {attempt} times (last: {}); giving up for now",
+                        self.src.branch(),
+                        self.last_rejection
+                            .lock()
+                            .map(|r| r.clone())
+                            .unwrap_or_default()
+                            .unwrap_or_else(|| "the branch moved".to_owned())
                     )
                 }
                 false => {
@@ -139,7 +147,9 @@ impl<'a> Writer<'a> {
         let mut tree_id = base_tree.id();
         if let Some(rev) = spec.revert {
             let to_revert = repo.find_commit(rev)?;
-            let mut index = repo.revert_commit(&to_revert, &parent, 0, None)?;
+            // A merge (a merged pull request) is reverted against its first parent.
+            let mainline = if to_revert.parent_count() > 1 { 1 } else { 0 };
+            let mut index = repo.revert_commit(&to_revert, &parent, mainline, None)?;
             if index.has_conflicts() {
                 return Err(RevertConflict(rev).into());
             }
@@ -209,8 +219,18 @@ impl<'a> Writer<'a> {
                 )?;
                 Ok(true)
             }
-            Ok(()) => Ok(false),
-            Err(e) if is_rejection(&e) => Ok(false),
+            Ok(()) => {
+                if let Ok(mut r) = self.last_rejection.lock() {
+                    *r = rejected;
+                }
+                Ok(false)
+            }
+            Err(e) if is_rejection(&e) => {
+                if let Ok(mut r) = self.last_rejection.lock() {
+                    *r = Some(e.message().to_owned());
+                }
+                Ok(false)
+            }
             Err(e) => Err(anyhow!(e).context(format!("cannot push to {}", self.src.url()))),
         }
     }

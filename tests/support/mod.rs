@@ -2,6 +2,8 @@
 //! and the real `git` CLI playing the human.
 #![allow(dead_code)]
 
+pub mod rollout;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

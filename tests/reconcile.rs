@@ -1,0 +1,833 @@
+//! The reconcile loop end to end: real bare remotes, the real `git` CLI as the human,
+//! an in-process `Reconciler` with a recording target and scripted metrics, and a
+//! synthetic clock handed to `tick(now)` wherever analysis or timed pauses need time.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rollgate::model::status::Phase;
+use support::Remote;
+use support::rollout::{LoggedCommit, PlanFile, World, set_artifact};
+use support::{git, git_ok};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+
+/// Given a remote with `plan` at v1, rolled out to Succeeded (a plan seen for the first time
+/// is rolled out like any change).
+fn rolled_out(plan: &PlanFile) -> World {
+    let mut w = World::new(&[plan]);
+    w.run_until(&plan.name, 10, 40, |s| s.phase == Phase::Succeeded);
+    w
+}
+
+fn is(phase: Phase, candidate: &str) -> impl Fn(&rollgate::model::status::Status) -> bool {
+    let candidate = candidate.to_owned();
+    move |s| s.phase == phase && s.candidate == candidate
+}
+
+/// The commits after `sha` on the remote's main, oldest first.
+fn commits_after(remote: &Remote, sha: &str) -> Vec<LoggedCommit> {
+    let all = remote.commits();
+    let i = all
+        .iter()
+        .position(|c| c.sha == sha)
+        .expect("the commit is on main");
+    all[i + 1..].to_vec()
+}
+
+fn phases_and_steps(commits: &[LoggedCommit]) -> Vec<(String, String)> {
+    commits
+        .iter()
+        .map(|c| {
+            (
+                c.trailer("Rollgate-Phase").unwrap_or("-").to_owned(),
+                c.trailer("Rollgate-Step").unwrap_or("-").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_plan_change_rolls_out_in_stages_with_one_commit_per_transition() {
+    // Given a plan rolled out at v1
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let calls_before = w.target.calls("web").len();
+
+    // When the human changes the artifact to v2
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    let reports = w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+
+    // Then every transition is exactly one status commit, touching only the status file
+    let new = commits_after(&w.remote, &change);
+    let transitions: usize = reports.iter().map(|r| r.transitions).sum();
+    assert_eq!(new.len(), transitions, "one commit per transition");
+    assert!(reports.iter().all(|r| r.transitions <= 1 && r.errors == 0));
+    for c in &new {
+        assert!(c.is_status(), "not a status commit: {c:?}");
+        assert_eq!(c.files, vec!["status/web.yaml".to_owned()], "{c:?}");
+        assert_eq!(c.trailer("Rollgate-Plan"), Some("web"));
+        assert_eq!(c.trailer("Rollgate-Revision"), Some(change.as_str()));
+        assert_eq!(c.trailer("Rollgate-Artifact"), Some("v2"));
+        assert_eq!(c.author, "rollgate");
+    }
+    // And the phases and steps tell the story, stage by stage
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[
+            ("Pending", "0/4"),
+            ("Progressing", "1/4"),
+            ("Progressing", "2/4"),
+            ("Progressing", "3/4"),
+            ("Progressing", "4/4"),
+            ("Promoting", "4/4"),
+            ("Succeeded", "4/4"),
+        ])
+    );
+    let weights: Vec<&str> = new
+        .iter()
+        .filter_map(|c| c.trailer("Rollgate-Weight"))
+        .collect();
+    assert_eq!(weights, ["0", "10", "10", "50", "100", "100", "100"]);
+    // And leaving the analysis carries its passing verdict as evidence
+    let verdicts = new[3].trailers_named("Rollgate-Verdict");
+    assert_eq!(verdicts.len(), 1, "{:?}", new[3]);
+    assert!(verdicts[0].starts_with("pass success-rate"), "{verdicts:?}");
+
+    // And the target was driven in order, once per stage
+    assert_eq!(
+        w.target.calls("web")[calls_before..],
+        [
+            "start v2",
+            "weight 10",
+            "weight 50",
+            "weight 100",
+            "promote v2"
+        ]
+    );
+    let wl = w.target.workload("web");
+    assert_eq!((wl.stable.as_deref(), wl.candidate), (Some("v2"), None));
+    let s = w.status("web");
+    assert_eq!(
+        (s.stable.as_deref(), s.revision.as_str()),
+        (Some("v2"), change.as_str())
+    );
+
+    // And `rollgate history --output json` lists every transition of the rollout
+    let out = Command::new(BIN)
+        .args(["history", "web", "--output", "json", "--repo"])
+        .arg(&w.remote.bare)
+        .output()
+        .expect("rollgate history runs");
+    assert!(out.status.success(), "{out:?}");
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let listed: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| e["revision"] == change.as_str())
+        .map(|e| {
+            (
+                e["phase"].as_str().unwrap_or("-").to_owned(),
+                e["step"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, phases_and_steps(&new));
+    let commits: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["revision"] == change.as_str())
+        .filter_map(|e| e["commit"].as_str())
+        .collect();
+    let expected: Vec<&str> = new.iter().map(|c| c.sha.as_str()).collect();
+    assert_eq!(commits, expected);
+}
+
+#[test]
+fn a_failed_judgement_rolls_back_and_reverts_the_plan_change() {
+    // Given a plan rolled out at v1, and v2 failing its success rate
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let calls_before = w.target.calls("web").len();
+    w.metrics.set("v2", 0.42);
+
+    // When the human changes the artifact to v2
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 40, is(Phase::RolledBack, "v2"));
+
+    // Then rollgate pushed a revert of that change, with the evidence in its trailers
+    let new = commits_after(&w.remote, &change);
+    let reverts: Vec<&LoggedCommit> = new
+        .iter()
+        .filter(|c| c.trailer("Rollgate-Rollback-Of").is_some())
+        .collect();
+    assert_eq!(reverts.len(), 1, "{new:#?}");
+    let revert = reverts[0];
+    assert_eq!(
+        revert.trailer("Rollgate-Rollback-Of"),
+        Some(change.as_str())
+    );
+    assert_eq!(revert.trailer("Rollgate-Plan"), Some("web"));
+    assert_eq!(revert.subject, "Roll back web to v1");
+    assert_eq!(revert.files, vec![plan.path()]);
+    let evidence = revert.trailers_named("Rollgate-Verdict");
+    assert!(
+        evidence.iter().any(|v| v.starts_with("fail success-rate")),
+        "{evidence:?}"
+    );
+    // And the plan file is back at the old artifact, exactly as before the change
+    assert_eq!(w.remote.file(&plan.path()), plan.yaml().trim_end());
+    // And the rollback was recorded as status transitions
+    let phases: Vec<&str> = new
+        .iter()
+        .filter_map(|c| c.trailer("Rollgate-Phase"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "Pending",
+            "Progressing",
+            "Progressing",
+            "RollingBack",
+            "RolledBack"
+        ]
+    );
+    // And the target is back on stable, the candidate gone
+    assert_eq!(
+        w.target.calls("web")[calls_before..],
+        ["start v2", "weight 10", "rollback v1"]
+    );
+    let wl = w.target.workload("web");
+    assert_eq!(
+        (wl.stable.as_deref(), wl.candidate, wl.weight),
+        (Some("v1"), None, 0)
+    );
+    let s = w.status("web");
+    assert_eq!(s.stable.as_deref(), Some("v1"));
+
+    // And nothing re-applies the bad version afterwards
+    let head = w.remote.head();
+    for _ in 0..5 {
+        w.wait(60);
+        let r = w.tick();
+        assert_eq!((r.transitions, r.actions, r.reverts), (0, 0, 0), "{r:?}");
+    }
+    assert_eq!(w.remote.head(), head);
+}
+
+#[test]
+fn a_plan_changed_again_after_the_failing_change_is_restored_not_reverted() {
+    // Given a plan rolled out at v1, and v2 failing its success rate
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.metrics.set("v2", 0.42);
+    // And the human changed the artifact to v2, and the canary is serving
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 10, |s| s.phase == Phase::Progressing);
+
+    // When the human edits the same line again (the artifact stays v2) before the verdict
+    let again = w.remote.human_commit(
+        &plan.path(),
+        |t| t.replace("  artifact: v2\n", "  artifact: v2  # the new build\n"),
+        "web: note the new build",
+    );
+    w.run_until("web", 10, 40, is(Phase::RolledBack, "v2"));
+
+    // Then the stable artifact is restored by a commit that keeps the later edit
+    let new = commits_after(&w.remote, &again);
+    let rollbacks: Vec<&LoggedCommit> = new
+        .iter()
+        .filter(|c| c.trailer("Rollgate-Rollback-Of").is_some())
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{new:#?}");
+    let restore = rollbacks[0];
+    assert_eq!(restore.subject, "Restore web to v1");
+    assert_eq!(
+        restore.trailer("Rollgate-Rollback-Of"),
+        Some(change.as_str())
+    );
+    assert_eq!(restore.files, vec![plan.path()]);
+    let file = w.remote.file(&plan.path());
+    assert!(
+        file.contains("\n  artifact: v1  # the new build\n"),
+        "{file}"
+    );
+    // And no conflicting revert was attempted or pushed
+    assert!(
+        !new.iter().any(|c| c.subject.starts_with("Roll back")),
+        "{new:#?}"
+    );
+    // And the target is back on stable
+    let wl = w.target.workload("web");
+    assert_eq!((wl.stable.as_deref(), wl.candidate), (Some("v1"), None));
+}
+
+/// Given `before` rolled out at v1, the human changes it to `after` (v2); rollgate runs
+/// until `reached`; the human reverts the change with `git revert`.
+fn human_revert_while(
+    before: &PlanFile,
+    after: &PlanFile,
+    reached: impl Fn(&rollgate::model::status::Status) -> bool,
+) {
+    let mut w = rolled_out(before);
+    let change = w
+        .remote
+        .human_commit(&before.path(), |_| after.yaml(), "web: v2");
+    w.run_until("web", 10, 20, reached);
+    let calls_before = w.target.calls("web").len();
+
+    // When the human reverts the plan change
+    w.remote.pull();
+    w.remote.human(&["revert", "--no-edit", &change]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    let reverted = w.remote.head();
+
+    // Then the very next pass rolls back
+    w.wait(1);
+    let r = w.tick();
+    assert_eq!(r.transitions, 1, "{r:?}");
+    let s = w.status("web");
+    assert_eq!(s.phase, Phase::RollingBack);
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("reverted by a human")),
+        "{s:?}"
+    );
+    assert_eq!(w.target.calls("web")[calls_before..], ["rollback v1"]);
+    w.run_until("web", 10, 5, |s| s.phase == Phase::RolledBack);
+
+    // And rollgate pushed no revert of its own: the human's revert is the record
+    let new = commits_after(&w.remote, &reverted);
+    assert!(new.iter().all(LoggedCommit::is_status), "{new:#?}");
+    assert!(
+        w.remote
+            .commits()
+            .iter()
+            .all(|c| c.trailer("Rollgate-Rollback-Of").is_none())
+    );
+    assert_eq!(w.remote.file(&before.path()), before.yaml().trim_end());
+    let wl = w.target.workload("web");
+    assert_eq!(
+        (wl.stable.as_deref(), wl.candidate, wl.weight),
+        (Some("v1"), None, 0)
+    );
+}
+
+#[test]
+fn a_human_revert_during_an_analysis_aborts_at_once() {
+    let plan = PlanFile::new("web");
+    human_revert_while(&plan, &plan.clone().artifact("v2"), |s| {
+        s.phase == Phase::Progressing && s.step == 1
+    });
+}
+
+#[test]
+fn a_human_revert_during_an_untimed_pause_aborts_at_once() {
+    let before = PlanFile::new("web").steps(&["setWeight: 100"]);
+    let after = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 10",
+        "pause: {}",
+        "setWeight: 100",
+    ]);
+    human_revert_while(&before, &after, |s| s.phase == Phase::Paused);
+}
+
+#[test]
+fn a_revert_after_success_to_a_recently_stable_artifact_is_fast_tracked() {
+    // Given v1 then v2 rolled out, both judged on metrics
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+    let asked = w.metrics.asked();
+    assert!(asked > 0);
+    let calls_before = w.target.calls("web").len();
+
+    // When the human reverts the v2 change
+    w.remote.pull();
+    w.remote.human(&["revert", "--no-edit", &change]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    let reverted = w.remote.head();
+    w.run_until("web", 10, 20, is(Phase::Succeeded, "v1"));
+
+    // Then the rollout of v1 skipped every analysis: the metrics source was not asked
+    assert_eq!(w.metrics.asked(), asked, "analysis ran on a fast-track");
+    let new = commits_after(&w.remote, &reverted);
+    let first = new.first().expect("a Pending commit");
+    assert_eq!(first.trailer("Rollgate-Phase"), Some("Pending"));
+    assert!(
+        first
+            .trailer("Rollgate-Reason")
+            .is_some_and(|r| r.contains("fast-tracked")),
+        "{first:?}"
+    );
+    // And only the weight steps ran
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[
+            ("Pending", "0/3"),
+            ("Progressing", "1/3"),
+            ("Progressing", "2/3"),
+            ("Progressing", "3/3"),
+            ("Promoting", "3/3"),
+            ("Succeeded", "3/3"),
+        ])
+    );
+    assert_eq!(
+        w.target.calls("web")[calls_before..],
+        [
+            "start v1",
+            "weight 10",
+            "weight 50",
+            "weight 100",
+            "promote v1"
+        ]
+    );
+    let s = w.status("web");
+    assert!(s.fast_track);
+    assert_eq!(s.stable.as_deref(), Some("v1"));
+}
+
+/// How many status commits acknowledge the command commit `sha`.
+fn acks(remote: &Remote, sha: &str) -> usize {
+    remote
+        .rollgate_commits()
+        .iter()
+        .filter(|c| c.trailer("Rollgate-Command-Ack") == Some(sha))
+        .count()
+}
+
+/// Tick `n` times, an hour apart; assert nothing moved.
+fn nothing_moves(w: &mut World, n: usize) {
+    let head = w.remote.head();
+    for _ in 0..n {
+        w.wait(3600);
+        let r = w.tick();
+        assert_eq!((r.transitions, r.reverts, r.errors), (0, 0, 0), "{r:?}");
+    }
+    assert_eq!(w.remote.head(), head, "a commit was made while waiting");
+}
+
+#[test]
+fn an_untimed_pause_waits_for_a_promote_commit_acted_on_once_across_restarts() {
+    // Given a plan with two untimed pauses, waiting at the first
+    let plan = PlanFile::new("web").steps(&[
+        "setWeight: 10",
+        "pause: {}",
+        "setWeight: 50",
+        "pause: {}",
+        "setWeight: 100",
+    ]);
+    let mut w = World::new(&[&plan]);
+    w.run_until("web", 10, 10, |s| s.phase == Phase::Paused);
+    assert_eq!(w.status("web").step, 1);
+    // When time passes: nothing moves
+    nothing_moves(&mut w, 4);
+
+    // When the human promotes with `rollgate promote --push`
+    w.remote.pull();
+    let out = Command::new(BIN)
+        .args(["promote", "web", "--push", "--repo"])
+        .arg(&w.remote.human)
+        .output()
+        .expect("rollgate promote runs");
+    assert!(out.status.success(), "{out:?}");
+    let first = w.remote.head();
+    // Then the next pass passes the pause, and acknowledges the command
+    let r = w.tick();
+    assert_eq!(r.transitions, 1, "{r:?}");
+    let s = w.status("web");
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Progressing, 2, 50));
+    assert_eq!(s.last_command.as_deref(), Some(first.as_str()));
+    assert_eq!(acks(&w.remote, &first), 1);
+    w.run_until("web", 10, 5, |s| s.phase == Phase::Paused);
+    assert_eq!(w.status("web").step, 3);
+
+    // When the daemon restarts: the old command is not acted on again
+    w.restart();
+    nothing_moves(&mut w, 3);
+    assert_eq!(w.status("web").step, 3);
+
+    // When the human promotes with plain git
+    w.remote.pull();
+    w.remote.human(&[
+        "commit",
+        "--allow-empty",
+        "-q",
+        "-m",
+        "Promote web",
+        "--trailer",
+        "Rollgate-Command: promote",
+        "--trailer",
+        "Rollgate-Plan: web",
+    ]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    let second = w.remote.head();
+    let r = w.tick();
+    assert_eq!(r.transitions, 1, "{r:?}");
+    let s = w.status("web");
+    assert_eq!((s.phase, s.step, s.weight), (Phase::Progressing, 4, 100));
+    w.run_until("web", 10, 5, |s| s.phase == Phase::Succeeded);
+
+    // And after another restart nothing is replayed: each command acknowledged once
+    w.restart();
+    nothing_moves(&mut w, 3);
+    assert_eq!(acks(&w.remote, &first), 1);
+    assert_eq!(acks(&w.remote, &second), 1);
+    // (Each restart re-applied the state Git records, idempotently: the second pause's
+    // weight, then the stable version; no step was taken twice.)
+    assert_eq!(
+        w.target.calls("web"),
+        [
+            "start v1",
+            "weight 10",
+            "weight 50",
+            "start v1",
+            "weight 50",
+            "weight 100",
+            "promote v1",
+            "promote v1"
+        ]
+    );
+}
+
+const DENY_V666: &str = "package rollgate.test.no_v666
+
+import rego.v1
+
+deny contains msg if {
+\tinput.plan.spec.artifact == \"v666\"
+\tmsg := \"v666 is known to be broken\"
+}
+";
+
+#[test]
+fn a_policy_denied_change_touches_no_target() {
+    // Given a repository policy denying v666, a plan at v1 and a plan denied from the start
+    let web = PlanFile::new("web");
+    let evil = PlanFile::new("evil").artifact("v666").port(18081);
+    let remote = Remote::with_files(&[
+        (
+            "rollgate.yaml".to_owned(),
+            support::rollout::SETTINGS.to_owned(),
+        ),
+        (web.path(), web.yaml()),
+        (evil.path(), evil.yaml()),
+        ("policies/no_v666.rego".to_owned(), DENY_V666.to_owned()),
+    ]);
+    let mut w = World::on(remote, true);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    assert!(w.target.calls("evil").is_empty());
+    assert!(w.remote.status("evil").is_none());
+    let calls_before = w.target.calls("web").len();
+
+    // When the human changes web to v666
+    w.remote
+        .human_commit(&web.path(), set_artifact("v666"), "web: v666");
+    let head = w.remote.head();
+    for _ in 0..5 {
+        let r = w.tick();
+        assert_eq!((r.transitions, r.actions), (0, 0), "{r:?}");
+        w.wait(60);
+    }
+
+    // Then the plan is rejected by the policy, and no target was called for it
+    assert!(
+        w.rec.report().rejected.contains(&web.path()),
+        "{:?}",
+        w.rec.report().rejected
+    );
+    assert!(
+        w.rec
+            .diagnostics()
+            .iter()
+            .any(|d| d.file == web.path() && d.to_string().contains("v666 is known to be broken")),
+        "{:?}",
+        w.rec.diagnostics()
+    );
+    assert_eq!(w.target.calls("web").len(), calls_before);
+    assert!(w.target.calls("evil").is_empty());
+    // And nothing was written: the last status still says v1 is stable
+    assert_eq!(w.remote.head(), head);
+    assert_eq!(w.status("web").phase, Phase::Succeeded);
+    assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_schema_invalid_plan_touches_no_target_while_a_valid_one_rolls_out() {
+    // Given a valid plan and an invalid one (an unknown field, a weight over 100)
+    let web = PlanFile::new("web");
+    let broken = PlanFile::new("broken")
+        .port(18082)
+        .steps(&["setWeight: 500", "setWieght: 100"]);
+    let mut w = World::new(&[&web, &broken]);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    assert!(w.rec.report().rejected.contains(&broken.path()));
+    assert!(w.target.calls("broken").is_empty());
+
+    // When one commit changes both: web to v2, broken to v2 (still invalid)
+    w.remote.pull();
+    std::fs::write(
+        w.remote.human.join(web.path()),
+        web.clone().artifact("v2").yaml(),
+    )
+    .expect("write");
+    std::fs::write(
+        w.remote.human.join(broken.path()),
+        broken.clone().artifact("v2").yaml(),
+    )
+    .expect("write");
+    w.remote.human(&["commit", "-qam", "web and broken: v2"]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+
+    // Then the valid plan rolled out, and the invalid one never reached a target
+    assert!(w.target.calls("broken").is_empty());
+    assert!(w.remote.status("broken").is_none());
+    assert!(
+        w.rec
+            .diagnostics()
+            .iter()
+            .any(|d| d.file == broken.path() && d.is_error())
+    );
+    assert_eq!(w.target.workload("web").stable.as_deref(), Some("v2"));
+}
+
+#[test]
+fn rollgate_never_reacts_to_its_own_commits() {
+    // Given a plan with a long timed pause
+    let plan =
+        PlanFile::new("web").steps(&["setWeight: 10", "pause: { duration: 1h }", "setWeight: 100"]);
+    let mut w = World::new(&[&plan]);
+    // When each pass writes a status commit, the pass right after it at the same time,
+    // with nothing due, writes nothing and calls no target
+    loop {
+        let r = w.tick();
+        if r.transitions == 0 {
+            break;
+        }
+        let head = w.remote.head();
+        let own = w.remote.commits().pop().expect("a commit");
+        assert!(own.is_rollgate(), "{own:?}");
+        let calls = w.target.all_calls();
+        let again = w.tick();
+        if w.status("web").phase == Phase::Paused {
+            assert_eq!(
+                (again.transitions, again.actions, again.reverts),
+                (0, 0, 0),
+                "{again:?}"
+            );
+            assert_eq!(w.remote.head(), head);
+            assert_eq!(w.target.all_calls(), calls);
+            break;
+        }
+    }
+    assert_eq!(w.status("web").phase, Phase::Paused);
+    // And many passes later, still inside the pause, nothing more
+    let head = w.remote.head();
+    for _ in 0..10 {
+        w.wait(60);
+        let r = w.tick();
+        assert_eq!((r.transitions, r.actions), (0, 0), "{r:?}");
+    }
+    assert_eq!(w.remote.head(), head);
+    // And once the pause ends the rollout goes on (the loop is not stuck either)
+    w.run_until("web", 600, 10, |s| s.phase == Phase::Succeeded);
+    let head = w.remote.head();
+    for _ in 0..3 {
+        w.wait(3600);
+        assert_eq!(w.tick().transitions, 0);
+    }
+    assert_eq!(w.remote.head(), head);
+}
+
+#[test]
+fn a_push_race_with_a_human_never_drops_a_commit_and_the_rollout_finishes() {
+    // Given a human (the git CLI, another process) pushing commits in a tight loop
+    let plan = PlanFile::new("web").steps(&[
+        "setWeight: 5",
+        "setWeight: 10",
+        "setWeight: 20",
+        "setWeight: 35",
+        "setWeight: 50",
+        "setWeight: 75",
+        "setWeight: 100",
+    ]);
+    let mut w = World::new(&[&plan]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let human_dir = w.remote.human.clone();
+    let stop2 = stop.clone();
+    let human = std::thread::spawn(move || {
+        let mut pushed = Vec::new();
+        let mut i = 0;
+        while !stop2.load(Ordering::Relaxed) && i < 300 {
+            i += 1;
+            std::fs::write(human_dir.join(format!("notes-{i}.txt")), format!("{i}\n"))
+                .expect("write");
+            git(&human_dir, &["add", "-A"]);
+            git(&human_dir, &["commit", "-q", "-m", &format!("human {i}")]);
+            let mut done = false;
+            for _ in 0..100 {
+                if git_ok(&human_dir, &["push", "-q", "origin", "main"]) {
+                    done = true;
+                    break;
+                }
+                git(&human_dir, &["pull", "-q", "--rebase", "origin", "main"]);
+            }
+            assert!(done, "human {i} could not be pushed");
+            pushed.push(format!("human {i}"));
+        }
+        pushed
+    });
+
+    // When a full rollout writes its transitions back meanwhile
+    let mut reports = Vec::new();
+    for _ in 0..60 {
+        reports.push(w.tick());
+        if w.rec
+            .status("web")
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+        {
+            break;
+        }
+        w.wait(10);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let pushed = human.join().expect("human thread");
+
+    // Then the rollout finished, each transition once
+    assert_eq!(w.status("web").phase, Phase::Succeeded);
+    let status_commits: Vec<LoggedCommit> = w
+        .remote
+        .rollgate_commits()
+        .into_iter()
+        .filter(LoggedCommit::is_status)
+        .collect();
+    assert_eq!(status_commits.len(), 1 + 7 + 2, "{status_commits:#?}");
+    assert_eq!(
+        w.target.calls("web"),
+        [
+            "start v1",
+            "weight 5",
+            "weight 10",
+            "weight 20",
+            "weight 35",
+            "weight 50",
+            "weight 75",
+            "weight 100",
+            "promote v1"
+        ]
+    );
+    // And every human commit is in main's history
+    let subjects = w.remote.log("%s");
+    for h in &pushed {
+        assert!(subjects.lines().any(|l| l == h), "{h} was dropped");
+    }
+    assert!(!pushed.is_empty());
+    // And the remote's reflog shows only fast-forwards
+    support::rollout::assert_only_fast_forwards(&w.remote);
+    eprintln!(
+        "human pushed {} commits during a rollout of {} transitions",
+        pushed.len(),
+        status_commits.len()
+    );
+}
+
+/// The plan file at the remote's head names `artifact`.
+fn plan_names(w: &World, plan: &PlanFile, artifact: &str) -> bool {
+    w.remote
+        .file(&plan.path())
+        .contains(&format!("\n  artifact: {artifact}\n"))
+}
+
+#[test]
+fn regression_a_failed_change_merged_with_a_merge_commit_is_rolled_back_in_git() {
+    // Given a plan rolled out at v1, and v2 failing its success rate
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.metrics.set("v2", 0.42);
+
+    // When the change to v2 arrives as a pull request merged with a merge commit
+    w.remote.pull();
+    w.remote.human(&["checkout", "-q", "-b", "bump"]);
+    let path = w.remote.human.join(plan.path());
+    let text = std::fs::read_to_string(&path).expect("read plan");
+    std::fs::write(&path, set_artifact("v2")(text)).expect("write plan");
+    w.remote.human(&["commit", "-qam", "web: v2"]);
+    w.remote.human(&["checkout", "-q", "main"]);
+    w.remote.human(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "--no-edit",
+        "-m",
+        "Merge pull request #7 from bump",
+        "bump",
+    ]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    let mut reports = Vec::new();
+    for _ in 0..12 {
+        reports.push(w.tick());
+        w.wait(10);
+    }
+
+    // Then the rollback is recorded and Git is back at v1, like any failed change
+    let s = w.status("web");
+    assert_eq!(
+        (s.phase, s.candidate.as_str()),
+        (Phase::RolledBack, "v2"),
+        "{reports:#?}\n{}",
+        w.remote.log("%s")
+    );
+    assert!(plan_names(&w, &plan, "v1"), "{}", w.remote.log("%s"));
+    assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
+}
+
+#[test]
+fn regression_a_failed_change_pushed_with_a_later_edit_is_rolled_back_in_git() {
+    // Given a plan rolled out at v1, and v2 failing its success rate
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.metrics.set("v2", 0.42);
+
+    // When the human pushes two commits at once: v2, then an edit of another line
+    w.remote.pull();
+    let path = w.remote.human.join(plan.path());
+    let text = std::fs::read_to_string(&path).expect("read plan");
+    std::fs::write(&path, set_artifact("v2")(text)).expect("write plan");
+    w.remote.human(&["commit", "-qam", "web: v2"]);
+    let text = std::fs::read_to_string(&path).expect("read plan");
+    std::fs::write(
+        &path,
+        text.replace("{ team: demo }", "{ team: demo, tier: web }"),
+    )
+    .expect("write plan");
+    w.remote.human(&["commit", "-qam", "web: tier label"]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.run_until("web", 10, 40, is(Phase::RolledBack, "v2"));
+
+    // Then Git no longer names the failed artifact: what runs (v1) is what the plan says
+    assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
+    assert!(
+        plan_names(&w, &plan, "v1"),
+        "the plan still names v2 after the rollback:\n{}\n{}",
+        w.remote.log("%s%n%(trailers)"),
+        w.remote.file(&plan.path())
+    );
+}
