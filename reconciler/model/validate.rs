@@ -131,6 +131,43 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// A document that passed the YAML and structure passes.
+struct Structured<T> {
+    root: Node,
+    json: Value,
+    wire: T,
+    /// Unknown fields (reported, then dropped): the meaning pass still runs.
+    diags: Vec<Diagnostic>,
+}
+
+/// YAML, then the schema walk, then the wire type: the passes plans and settings share.
+fn structured<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    schema: &Value,
+) -> Result<Structured<T>, Vec<Diagnostic>> {
+    let root = yaml::parse(file, text).map_err(|d| vec![d])?;
+    let (json, mut diags) = schema_check::check(file, &root, schema);
+    let Some(json) = json else { return Err(diags) };
+    match T::deserialize(&json) {
+        Ok(wire) => Ok(Structured {
+            root,
+            json,
+            wire,
+            diags,
+        }),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                file,
+                Some(root.pos),
+                Code::WrongType,
+                e.to_string(),
+            ));
+            Err(diags)
+        }
+    }
+}
+
 /// Parse and validate one plan file. `file` is the path shown in diagnostics (relative
 /// to the repo); its stem must equal `metadata.name`. `settings` resolves targets and
 /// metrics sources; without settings those references are not checked.
@@ -139,21 +176,12 @@ pub fn parse_plan(
     text: &str,
     settings: Option<&Settings>,
 ) -> Result<ParsedPlan, Vec<Diagnostic>> {
-    let root = yaml::parse(file, text).map_err(|d| vec![d])?;
-    let (json, mut diags) = schema_check::check(file, &root, plan_schema());
-    let Some(json) = json else { return Err(diags) };
-    let wire: wire::PlanFile = match serde::Deserialize::deserialize(&json) {
-        Ok(w) => w,
-        Err(e) => {
-            diags.push(Diagnostic::error(
-                file,
-                Some(root.pos),
-                Code::WrongType,
-                e.to_string(),
-            ));
-            return Err(diags);
-        }
-    };
+    let Structured {
+        root,
+        json,
+        wire,
+        diags,
+    } = structured::<wire::PlanFile>(file, text, plan_schema())?;
     let mut cx = Ctx {
         file,
         root: &root,
@@ -941,22 +969,12 @@ pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
 /// Parse and validate `rollgate.yaml`.
 pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic>> {
     use P::K;
-    let root = yaml::parse(file, text).map_err(|d| vec![d])?;
-    let (json, diags) = schema_check::check(file, &root, settings_schema());
-    let Some(json) = json else { return Err(diags) };
-    let w: wire::SettingsFile = match serde_json::from_value(json) {
-        Ok(w) => w,
-        Err(e) => {
-            let mut diags = diags;
-            diags.push(Diagnostic::error(
-                file,
-                Some(root.pos),
-                Code::WrongType,
-                e.to_string(),
-            ));
-            return Err(diags);
-        }
-    };
+    let Structured {
+        root,
+        wire: w,
+        diags,
+        ..
+    } = structured::<wire::SettingsFile>(file, text, settings_schema())?;
     let mut cx = Ctx {
         file,
         root: &root,

@@ -7,8 +7,10 @@
 //! ```
 //! The proxy runs on its own small tokio runtime and thread, so callers stay synchronous.
 //! Routing is a table swapped whole by `set_routes`; the choice is smooth (see `route`),
-//! or sticky by a header or cookie. Requests stream both ways over pooled keep-alive
-//! connections; a backend that cannot be reached gives 502, no backend 503.
+//! or sticky by a header or cookie. Requests stream both ways. Each client connection is
+//! one task that also drives its own keep-alive connections to the backends (one per
+//! routed backend, see `forward::Upstreams`): no pool, no hand-off between tasks. A
+//! backend that cannot be reached gives 502, no backend 503.
 //! Invariants: a request is counted in flight to its backend *under the table's read
 //! lock*, so once `set_routes` returns, every request routed by an older table is
 //! already counted and `drain` waits for it; a request finishes on the backend it
@@ -34,12 +36,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use self::forward::{ProxyBody, Tracker, add_forwarded_for, plain, strip_hop_by_hop};
+use self::forward::{
+    ProxyBody, Tracker, Upstreams, add_forwarded_for, forwarded_for_value, plain, strip_hop_by_hop,
+};
 use self::route::{Routed, Table, request_bucket};
 pub use self::stats::{Stats, WindowStats};
 pub use crate::model::plan::Sticky;
@@ -85,8 +87,6 @@ struct Shared {
     stats: Arc<Stats>,
     sticky: Option<Sticky>,
 }
-
-type BackendClient = Client<HttpConnector, hyper::body::Incoming>;
 
 impl Proxy {
     /// Bind `listen` and serve on a small dedicated tokio runtime (own threads), so
@@ -148,10 +148,12 @@ impl Proxy {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut routed = |b: Option<Backend>| {
-            b.map(|backend| Routed {
-                in_flight: in_flight.entry(backend.addr).or_default().clone(),
-                version: Arc::from(backend.version.as_str()),
-                backend,
+            b.map(|backend| {
+                Arc::new(Routed {
+                    in_flight: in_flight.entry(backend.addr).or_default().clone(),
+                    recorder: shared.stats.recorder(&backend.version),
+                    backend,
+                })
             })
         };
         let table = Arc::new(Table::new(routed(stable), routed(candidate), weight));
@@ -168,7 +170,7 @@ impl Proxy {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let backend = |r: &Option<Routed>| r.as_ref().map(|r| r.backend.clone());
+        let backend = |r: &Option<Arc<Routed>>| r.as_ref().map(|r| r.backend.clone());
         (
             backend(&table.stable),
             backend(&table.candidate),
@@ -253,31 +255,13 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: BackendClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
     let for_connections = stopped.clone();
     loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let shared = shared.clone();
-                    let client = client.clone();
-                    let mut stopped = for_connections.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(shared.clone(), client.clone(), peer, req));
-                        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, "client connection: {e}") },
-                            _ = stopped.wait_for(|s| *s) => {}
-                        }
-                    });
+                    tokio::spawn(serve_client(stream, peer, shared.clone(), for_connections.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -289,10 +273,52 @@ async fn accept_loop(
     }
 }
 
+/// One client connection, and the backend connections its requests use, in one task.
+async fn serve_client(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let upstreams = Arc::new(Upstreams::default());
+    let forwarded_for = forwarded_for_value(peer);
+    let service = {
+        let upstreams = upstreams.clone();
+        service_fn(move |req| {
+            handle(
+                shared.clone(),
+                upstreams.clone(),
+                forwarded_for.clone(),
+                req,
+            )
+        })
+    };
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Backend connections first (a response that arrived is then forwarded in the same
+    // poll), then the client side, then backends again (a request just handed over is
+    // written at once).
+    let served = std::future::poll_fn(|cx| {
+        upstreams.drive(cx);
+        let polled = conn.as_mut().poll(cx);
+        if polled.is_pending() {
+            upstreams.drive(cx);
+        }
+        polled
+    });
+    tokio::select! {
+        r = served => if let Err(e) = r { tracing::debug!(%peer, "client connection: {e}") },
+        _ = stopped.wait_for(|s| *s) => {}
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
-    client: BackendClient,
-    peer: SocketAddr,
+    upstreams: Arc<Upstreams>,
+    forwarded_for: HeaderValue,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -305,32 +331,41 @@ async fn handle(
         .and_then(|s| request_bucket(s, req.headers()));
     let picked = {
         let table = shared.table.read().unwrap_or_else(PoisonError::into_inner);
-        table.pick(bucket).map(|r| {
-            (
-                r.backend.addr,
-                Tracker::start(&r.in_flight, &r.version, &shared.stats, start),
-            )
-        })
+        table
+            .pick(bucket)
+            .map(|r| (r.backend.addr, table.addrs(), Tracker::start(r, start)))
     };
-    let Some((addr, mut tracker)) = picked else {
+    let Some((addr, routed, mut tracker)) = picked else {
         shared.stats.record_unrouted();
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no backend\n"));
     };
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded_for(&mut parts.headers, peer);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match Uri::try_from(format!("http://{addr}{path}")) {
-        Ok(uri) => uri,
-        Err(_) => {
-            tracker.status = Some(StatusCode::BAD_REQUEST.as_u16());
-            return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
+    add_forwarded_for(&mut parts.headers, &forwarded_for);
+    if !parts.headers.contains_key(header::HOST) {
+        // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
+        if let Ok(host) = HeaderValue::try_from(addr.to_string()) {
+            parts.headers.insert(header::HOST, host);
         }
-    };
+    }
+    // The backend gets the origin form (`/path?query`), also of an absolute-form target.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match Uri::try_from(path) {
+            Ok(uri) => uri,
+            Err(_) => {
+                tracker.status = Some(StatusCode::BAD_REQUEST.as_u16());
+                return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n"));
+            }
+        };
+    }
     parts.version = Version::HTTP_11;
 
-    match client.request(Request::from_parts(parts, body)).await {
+    match upstreams
+        .send(addr, routed, Request::from_parts(parts, body))
+        .await
+    {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -369,7 +404,7 @@ fn metrics_response(shared: &Shared, method: &Method) -> Response<ProxyBody> {
     for r in [&table.stable, &table.candidate].into_iter().flatten() {
         text.push_str(&format!(
             "rollgate_proxy_in_flight_requests{{version=\"{}\"}} {}\n",
-            stats::escape_label(&r.version),
+            stats::escape_label(&r.backend.version),
             r.in_flight.load(Ordering::SeqCst)
         ));
     }

@@ -15,6 +15,7 @@ use hyper::HeaderMap;
 use hyper::header::COOKIE;
 
 use super::Backend;
+use super::stats::Recorder;
 use crate::model::plan::Sticky;
 
 /// Whether the `n`-th request (from 0) at `weight`% goes to the candidate.
@@ -60,25 +61,26 @@ pub(crate) fn request_bucket(sticky: &Sticky, headers: &HeaderMap) -> Option<u8>
     }
 }
 
-/// A routed backend and its in-flight counter (shared by every table naming the address).
+/// A routed backend, its in-flight counter (shared by every table naming the address)
+/// and the recorder of its version's statistics.
 #[derive(Debug)]
 pub(crate) struct Routed {
     pub backend: Backend,
-    pub version: Arc<str>,
     pub in_flight: Arc<AtomicUsize>,
+    pub recorder: Recorder,
 }
 
 /// One routing state: replaced as a whole by `Proxy::set_routes`.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    pub stable: Option<Routed>,
-    pub candidate: Option<Routed>,
+    pub stable: Option<Arc<Routed>>,
+    pub candidate: Option<Arc<Routed>>,
     pub weight: u8,
     seq: AtomicU64,
 }
 
 impl Table {
-    pub fn new(stable: Option<Routed>, candidate: Option<Routed>, weight: u8) -> Self {
+    pub fn new(stable: Option<Arc<Routed>>, candidate: Option<Arc<Routed>>, weight: u8) -> Self {
         Self {
             stable,
             candidate,
@@ -87,9 +89,14 @@ impl Table {
         }
     }
 
+    /// The addresses this table routes to.
+    pub fn addrs(&self) -> [Option<std::net::SocketAddr>; 2] {
+        [&self.stable, &self.candidate].map(|r| r.as_ref().map(|r| r.backend.addr))
+    }
+
     /// The backend for the next request; `bucket` is its sticky bucket, if any.
     /// With one backend only, it takes everything.
-    pub fn pick(&self, bucket: Option<u8>) -> Option<&Routed> {
+    pub fn pick(&self, bucket: Option<u8>) -> Option<&Arc<Routed>> {
         match (&self.stable, &self.candidate) {
             (None, None) => None,
             (Some(s), None) => Some(s),

@@ -4,6 +4,8 @@
 //! latency histogram (what `/.rollgate/metrics` exposes to Prometheus), and into a ring
 //! of one-second slots covering the last 15 minutes (what `window` answers for the
 //! analysis: counts, success rate, quantiles over the last N seconds).
+//! The request path records through a `Recorder`, a handle on one version's own lock
+//! taken when the route is set, so recording never touches the map of versions.
 //! Invariants: memory per version is bounded (`RING_SECS` slots, each with a fixed-size
 //! histogram, allocated on first use); a window query counts exactly the requests
 //! recorded in the whole seconds it covers; quantiles come from a log-linear histogram
@@ -13,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How many one-second slots the window ring keeps: the longest window answered.
@@ -136,12 +138,35 @@ impl VersionStats {
     }
 }
 
+type Version = Arc<Mutex<VersionStats>>;
+
+fn lock(v: &Version) -> std::sync::MutexGuard<'_, VersionStats> {
+    v.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records finished requests of one version, without looking the version up.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorder {
+    start: Instant,
+    version: Version,
+}
+
+impl Recorder {
+    pub fn record(&self, status: u16, latency: Duration) {
+        let sec = self.start.elapsed().as_secs();
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        lock(&self.version).record(sec, class_of(status), us);
+    }
+}
+
 /// Statistics of one proxy, by version. Shared (`Arc<Stats>`) between the proxy's
 /// request tasks and readers (the builtin metrics source, the metrics endpoint).
+/// A version is listed once it has a recorded request.
 #[derive(Debug)]
 pub struct Stats {
     start: Instant,
-    versions: Mutex<HashMap<String, VersionStats>>,
+    /// Each version behind its own lock, so requests of two versions never contend.
+    versions: Mutex<HashMap<String, Version>>,
     /// Requests answered 503 because no backend was routed.
     unrouted: AtomicU64,
 }
@@ -252,23 +277,43 @@ impl Stats {
 
     fn record_at(&self, sec: u64, version: &str, status: u16, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        lock(&self.version_at(sec, version)).record(sec, class_of(status), us);
+    }
+
+    /// The recorder of `version`, for the request path.
+    pub(crate) fn recorder(&self, version: &str) -> Recorder {
+        Recorder {
+            start: self.start,
+            version: self.version_at(self.now_sec(), version),
+        }
+    }
+
+    fn version_at(&self, sec: u64, version: &str) -> Version {
         let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
-        match versions.get_mut(version) {
-            Some(v) => v.record(sec, class_of(status), us),
-            None => {
-                // A new version is a rare event: free the rings of versions idle for
-                // longer than the ring covers, so memory stays bounded over many rollouts.
-                for v in versions.values_mut() {
-                    if v.last_sec + RING_SECS < sec {
-                        v.ring = Vec::new();
-                    }
-                }
-                versions
-                    .entry(version.to_owned())
-                    .or_default()
-                    .record(sec, class_of(status), us);
+        if let Some(v) = versions.get(version) {
+            return v.clone();
+        }
+        // A new version is a rare event: free the rings of versions idle for longer
+        // than the ring covers, so memory stays bounded over many rollouts.
+        for v in versions.values() {
+            let mut v = lock(v);
+            if v.last_sec + RING_SECS < sec {
+                v.ring = Vec::new();
             }
         }
+        versions.entry(version.to_owned()).or_default().clone()
+    }
+
+    /// Versions with at least one recorded request, sorted, each with its statistics.
+    fn recorded(&self) -> Vec<(String, Version)> {
+        let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(String, Version)> = versions
+            .iter()
+            .filter(|(_, v)| lock(v).count > 0)
+            .map(|(name, v)| (name.clone(), v.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Count a request that found no backend.
@@ -283,10 +328,7 @@ impl Stats {
 
     /// Versions seen so far, sorted.
     pub fn versions(&self) -> Vec<String> {
-        let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut names: Vec<String> = versions.keys().cloned().collect();
-        names.sort();
-        names
+        self.recorded().into_iter().map(|(name, _)| name).collect()
     }
 
     /// Requests of `version` that finished in the last `window` (whole seconds, rounded
@@ -302,10 +344,16 @@ impl Stats {
         }
         let secs = secs.min(RING_SECS);
         let mut out = WindowStats::empty();
-        let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(v) = versions.get(version) else {
+        let Some(v) = self
+            .versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(version)
+            .cloned()
+        else {
             return out;
         };
+        let v = lock(&v);
         let mut sum_us = 0u64;
         for slot in &v.ring {
             // Slots of the seconds (now - secs, now].
@@ -327,16 +375,15 @@ impl Stats {
 
     /// Prometheus text exposition (format 0.0.4) of the lifetime counters, appended to `out`.
     pub fn render_prometheus(&self, out: &mut String) {
-        let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut names: Vec<&String> = versions.keys().collect();
-        names.sort();
+        let recorded = self.recorded();
+        let versions: Vec<(&String, std::sync::MutexGuard<'_, VersionStats>)> =
+            recorded.iter().map(|(name, v)| (name, lock(v))).collect();
 
         out.push_str(
             "# HELP rollgate_proxy_requests_total Requests proxied, by version and status class.\n",
         );
         out.push_str("# TYPE rollgate_proxy_requests_total counter\n");
-        for name in &names {
-            let v = &versions[*name];
+        for (name, v) in &versions {
             let version = escape_label(name);
             for (class, n) in CLASSES.iter().zip(v.by_class) {
                 let _ = writeln!(
@@ -350,8 +397,7 @@ impl Stats {
             "# HELP rollgate_proxy_request_duration_seconds Time from request received to response finished, by version.\n",
         );
         out.push_str("# TYPE rollgate_proxy_request_duration_seconds histogram\n");
-        for name in &names {
-            let v = &versions[*name];
+        for (name, v) in &versions {
             let version = escape_label(name);
             let mut cumulative = 0;
             for (le, n) in PROMETHEUS_BUCKETS.iter().zip(v.buckets) {
@@ -520,9 +566,9 @@ mod tests {
         stats.record_at(1, "old", 200, ms(1));
         stats.record_at(1 + RING_SECS + 1, "new", 200, ms(1));
         let versions = stats.versions.lock().expect("not poisoned");
-        assert!(versions["old"].ring.is_empty());
-        assert_eq!(versions["old"].count, 1);
-        assert_eq!(versions["new"].ring.len(), RING_SECS as usize);
+        assert!(lock(&versions["old"]).ring.is_empty());
+        assert_eq!(lock(&versions["old"]).count, 1);
+        assert_eq!(lock(&versions["new"]).ring.len(), RING_SECS as usize);
     }
 
     #[test]

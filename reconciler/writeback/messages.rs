@@ -89,6 +89,22 @@ pub fn status_commit(
     }
 }
 
+/// The facts of a rollback commit: what was rolled back, why, and the evidence.
+fn rollback_trailers(plan: &str, revert: &Revert) -> Vec<(String, String)> {
+    let mut trailers = vec![
+        (PLAN.to_owned(), plan.to_owned()),
+        (ROLLBACK_OF.to_owned(), revert.of_revision.clone()),
+        (REASON.to_owned(), revert.reason.clone()),
+    ];
+    trailers.extend(
+        revert
+            .evidence
+            .iter()
+            .map(|j| (VERDICT.to_owned(), j.to_string())),
+    );
+    trailers
+}
+
 /// The revert of the plan change that started a failed rollout.
 pub fn revert_commit(
     plan: &str,
@@ -96,14 +112,7 @@ pub fn revert_commit(
     revert: &Revert,
 ) -> Result<CommitSpec, git2::Error> {
     let target = stable.map_or_else(|| "its previous state".to_owned(), short);
-    let mut trailers = vec![
-        (PLAN.to_owned(), plan.to_owned()),
-        (ROLLBACK_OF.to_owned(), revert.of_revision.clone()),
-        (REASON.to_owned(), revert.reason.clone()),
-    ];
-    for j in &revert.evidence {
-        trailers.push((VERDICT.to_owned(), j.to_string()));
-    }
+    let trailers = rollback_trailers(plan, revert);
     Ok(CommitSpec {
         subject: format!("Roll back {plan} to {target}"),
         body: Some(format!("rollgate rolled {plan} back: {}.", revert.reason)),
@@ -121,18 +130,12 @@ pub fn restore_commit(
     stable: &str,
     revert: &Revert,
 ) -> CommitSpec {
-    let mut trailers = vec![
-        (PLAN.to_owned(), plan.to_owned()),
-        (ROLLBACK_OF.to_owned(), revert.of_revision.clone()),
-        (REASON.to_owned(), revert.reason.clone()),
-    ];
-    for j in &revert.evidence {
-        trailers.push((VERDICT.to_owned(), j.to_string()));
-    }
+    let trailers = rollback_trailers(plan, revert);
     CommitSpec {
         subject: format!("Restore {plan} to {}", short(stable)),
         body: Some(format!(
-            "The plan changed again after the failed change, so a revert would conflict; \
+            "The failed change touched more than this plan, or the plan changed since, so a \
+             revert would undo other work; \
              this puts the last stable artifact back instead. Reason: {}.",
             revert.reason
         )),
