@@ -123,6 +123,30 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// `apiVersion` and `kind` of a file that must be `kind: expected`.
+    fn header(&mut self, api_version: &str, kind: &str, expected: &str, what: &str) {
+        if api_version != wire::API_VERSION {
+            self.err(
+                &[P::K("apiVersion")],
+                Code::UnknownApiVersion,
+                format!("unknown apiVersion `{api_version}`"),
+            )
+            .help = Some(format!("use `{}`", wire::API_VERSION));
+        }
+        if kind != expected {
+            let hint = did_you_mean(kind, [expected]);
+            self.err(
+                &[P::K("kind")],
+                Code::UnknownKind,
+                format!("unknown kind `{kind}` in {what}"),
+            )
+            .help = Some(hint.map_or_else(
+                || format!("{what} has `kind: {expected}`"),
+                |h| format!("did you mean `{h}`?"),
+            ));
+        }
+    }
+
     fn name(&mut self, s: &str, what: &str, path: &[P<'_>]) {
         if !is_dns_label(s) {
             self.err(path, Code::BadName, format!("{what} `{s}` is not a DNS label"))
@@ -225,27 +249,7 @@ pub fn parse_plan(
 
 fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settings>) -> Plan {
     use P::{I, K};
-    if w.api_version != wire::API_VERSION {
-        cx.err(
-            &[K("apiVersion")],
-            Code::UnknownApiVersion,
-            format!("unknown apiVersion `{}`", w.api_version),
-        )
-        .help = Some(format!("use `{}`", wire::API_VERSION));
-    }
-    if w.kind != "RolloutPlan" {
-        let hint = did_you_mean(&w.kind, ["RolloutPlan"]);
-        cx.err(
-            &[K("kind")],
-            Code::UnknownKind,
-            format!("unknown kind `{}` in a plan file", w.kind),
-        )
-        .help = Some(
-            hint.map_or("plans have `kind: RolloutPlan`".to_owned(), |h| {
-                format!("did you mean `{h}`?")
-            }),
-        );
-    }
+    cx.header(&w.api_version, &w.kind, "RolloutPlan", "a plan file");
     cx.name(&w.metadata.name, "plan name", &[K("metadata"), K("name")]);
     let s = &w.spec;
     let spec = |rest: &[P<'static>]| -> Vec<P<'static>> {
@@ -980,22 +984,7 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
         root: &root,
         diags,
     };
-    if w.api_version != wire::API_VERSION {
-        cx.err(
-            &[K("apiVersion")],
-            Code::UnknownApiVersion,
-            format!("unknown apiVersion `{}`", w.api_version),
-        )
-        .help = Some(format!("use `{}`", wire::API_VERSION));
-    }
-    if w.kind != "Settings" {
-        cx.err(
-            &[K("kind")],
-            Code::UnknownKind,
-            format!("unknown kind `{}` in rollgate.yaml", w.kind),
-        )
-        .help = Some("rollgate.yaml has `kind: Settings`".to_owned());
-    }
+    cx.header(&w.api_version, &w.kind, "Settings", "rollgate.yaml");
     let mut out = Settings::default();
     for (name, t) in &w.targets {
         cx.name(name, "target name", &[K("targets"), K(name)]);
