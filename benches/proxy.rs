@@ -1,15 +1,24 @@
-//! Benchmark: the built-in proxy's cost in throughput and latency.
+//! Benchmark: the built-in proxy's cost in throughput, latency and CPU.
 //!
-//! A closed-loop load generator (tokio, N concurrent keep-alive HTTP/1.1 connections,
-//! fixed duration) runs against one backend directly, then through the proxy at weight
-//! 50 between two identical backends. Prints requests/s, p50 and p99 for both, the
-//! throughput loss and the added p99. A second, paced run (a fixed request rate below
-//! saturation) shows the added latency when CPU is not the bottleneck.
+//! A load generator (tokio, N concurrent keep-alive HTTP/1.1 connections, fixed
+//! duration) runs against one backend directly, then through the proxy at weight 50
+//! between two identical backends, in three modes:
+//! - closed loop (requests back to back): requests/s and the throughput loss;
+//! - paced at a low and a high fixed rate (default 5,000/s and 20,000/s, both below what
+//!   either path sustains): the added p50/p99 when CPU is not the bottleneck;
+//! - for every run, the CPU time per request of each party (proxy runtime threads, the
+//!   backends, the load generator), read from `/proc/self/task/*/schedstat`.
+//!
 //! Everything runs in this process on this host: on a machine with few cores the load
-//! generator, the proxy and the backends compete for the same CPUs.
+//! generator, the proxy and the backends compete for the same CPUs, so the closed-loop
+//! loss there mostly measures CPU sharing (a proxy does the HTTP work of a client and a
+//! server per request, on cores the load and the backends need). The proxy's own cost
+//! is its CPU time per request; its capacity on cores of its own is the inverse.
 //! Run: `cargo bench --bench proxy` (options after `--`: `--secs S`, `--connections N`,
-//! `--rate R`). Under `cargo test` (no `--bench`) it runs a short smoke check only.
+//! `--rate R`, `--high-rate R`). Under `cargo test` (no `--bench`) it runs a short smoke
+//! check only.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -54,15 +63,59 @@ async fn backend() -> SocketAddr {
     addr
 }
 
+/// Thread-name prefixes of the parties whose CPU time is accounted.
+const PARTIES: [(&str, &str); 3] = [
+    ("rollgate-proxy", "proxy"),
+    ("bench-backend", "backends"),
+    ("bench-load", "load"),
+];
+
+/// CPU time (ns) used so far by the threads of each party, by party label. Reads the
+/// scheduler's run time (`schedstat`, ns); falls back to `stat` ticks (10 ms).
+fn cpu_by_party() -> HashMap<&'static str, u64> {
+    let mut out = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let Some((_, party)) = PARTIES.iter().find(|(p, _)| comm.starts_with(p)) else {
+            continue;
+        };
+        let ns = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .or_else(|| {
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                let after = &stat[stat.rfind(')')? + 2..];
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(ticks * 10_000_000)
+            });
+        *out.entry(*party).or_default() += ns.unwrap_or(0);
+    }
+    out
+}
+
 #[derive(Debug)]
 struct Run {
     requests: u64,
     errors: u64,
     secs: f64,
     latencies_us: Vec<u64>,
+    /// CPU ns used during the run, by party.
+    cpu_ns: HashMap<&'static str, u64>,
 }
 
 impl Run {
+    /// CPU µs per request of a party during the run.
+    fn cpu_us(&self, party: &str) -> f64 {
+        self.cpu_ns.get(party).copied().unwrap_or(0) as f64 / 1e3 / self.requests.max(1) as f64
+    }
+
     fn rps(&self) -> f64 {
         self.requests as f64 / self.secs
     }
@@ -86,6 +139,7 @@ async fn load(
     duration: Duration,
     rate: Option<u64>,
 ) -> Run {
+    let cpu_before = cpu_by_party();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..connections)
@@ -136,6 +190,7 @@ async fn load(
         errors: 0,
         secs: 0.0,
         latencies_us: Vec::new(),
+        cpu_ns: HashMap::new(),
     };
     for t in tasks {
         let (latencies, errors) = t.await.expect("a load task");
@@ -144,28 +199,43 @@ async fn load(
         run.latencies_us.extend(latencies);
     }
     run.secs = start.elapsed().as_secs_f64();
+    run.cpu_ns = cpu_by_party()
+        .into_iter()
+        .map(|(party, ns)| {
+            (
+                party,
+                ns.saturating_sub(cpu_before.get(party).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
     run
 }
 
-fn report(label: &str, run: &mut Run) -> (f64, f64) {
+fn report(label: &str, run: &mut Run) -> (f64, f64, f64) {
     let (p50, p99) = (run.quantile_ms(0.50), run.quantile_ms(0.99));
     println!(
-        "{label:<28} {:>10.0} req/s   p50 {p50:>7.3} ms   p99 {p99:>7.3} ms   ({} requests, {} errors)",
+        "{label:<30} {:>8.0} req/s   p50 {p50:>6.3} ms   p99 {p99:>6.3} ms   CPU/req: proxy {:>5.1} µs, backend {:>5.1} µs, load {:>5.1} µs   ({} requests, {} errors)",
         run.rps(),
+        run.cpu_us("proxy"),
+        run.cpu_us("backends"),
+        run.cpu_us("load"),
         run.requests,
         run.errors
     );
-    (run.rps(), p99)
+    (run.rps(), p50, p99)
 }
 
-fn compare(direct: &mut Run, proxied: &mut Run, what: &str) {
-    let (d_rps, d_p99) = report(&format!("{what}: direct"), direct);
-    let (p_rps, p_p99) = report(&format!("{what}: through proxy"), proxied);
+/// Print both runs and their difference; returns the proxy's CPU µs per request.
+fn compare(direct: &mut Run, proxied: &mut Run, what: &str) -> f64 {
+    let (d_rps, d_p50, d_p99) = report(&format!("{what}: direct"), direct);
+    let (p_rps, p_p50, p_p99) = report(&format!("{what}: through proxy"), proxied);
     println!(
-        "{what}: throughput loss {:.1} %, added p99 {:.3} ms",
+        "{what}: throughput loss {:.1} %, added p50 {:.3} ms, added p99 {:.3} ms",
         (1.0 - p_rps / d_rps) * 100.0,
+        p_p50 - d_p50,
         p_p99 - d_p99
     );
+    proxied.cpu_us("proxy")
 }
 
 fn main() {
@@ -183,16 +253,19 @@ fn main() {
     };
     let connections = arg(&args, "--connections").unwrap_or(if full { 32 } else { 4 }) as usize;
     let rate = arg(&args, "--rate").unwrap_or(5_000);
+    let high_rate = arg(&args, "--high-rate").unwrap_or(20_000);
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Backends and the load generator each get a small runtime; the proxy has its own.
     let backends_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("bench-backend")
         .enable_all()
         .build()
         .expect("backend runtime");
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("bench-load")
         .enable_all()
         .build()
         .expect("load runtime");
@@ -222,11 +295,31 @@ fn main() {
 
     let mut direct = load_rt.block_on(load(a, connections, duration, None));
     let mut proxied = load_rt.block_on(load(target, connections, duration, None));
-    compare(&mut direct, &mut proxied, "closed loop");
+    let closed_cpu = compare(&mut direct, &mut proxied, "closed loop");
+    let mut errors = direct.errors + proxied.errors;
 
-    let mut direct = load_rt.block_on(load(a, connections, duration, Some(rate)));
-    let mut proxied = load_rt.block_on(load(target, connections, duration, Some(rate)));
-    compare(&mut direct, &mut proxied, &format!("paced {rate}/s"));
+    let mut paced_p99 = Vec::new();
+    for r in [rate, high_rate] {
+        let mut direct = load_rt.block_on(load(a, connections, duration, Some(r)));
+        let mut proxied = load_rt.block_on(load(target, connections, duration, Some(r)));
+        compare(&mut direct, &mut proxied, &format!("paced {r}/s"));
+        paced_p99.push((r, proxied.quantile_ms(0.99) - direct.quantile_ms(0.99)));
+        errors += direct.errors + proxied.errors;
+    }
+
+    println!(
+        "which figure answers which goal:\n\
+         - added latency (goal <= 1 ms at p99): the paced runs, where neither path is CPU-bound: {}\n\
+         - throughput (goal <= 10 % loss): the proxy's own cost is {closed_cpu:.1} µs CPU per request \
+         (closed loop), i.e. about {:.0} req/s per core of its own; the closed-loop loss above also \
+         counts the CPU it takes from the load generator and backends sharing {cores} core(s)",
+        paced_p99
+            .iter()
+            .map(|(r, p)| format!("{r}/s {p:+.3} ms"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        1e6 / closed_cpu.max(f64::MIN_POSITIVE)
+    );
 
     let stats = proxy.stats();
     let window = stats.window("a", Duration::from_secs(60));
@@ -236,9 +329,8 @@ fn main() {
         window.p99().unwrap_or(f64::NAN) * 1e3,
         stats.window("b", Duration::from_secs(60)).requests
     );
-    let errors = direct.errors + proxied.errors;
     assert!(
-        proxied.requests > 0 && errors == 0,
+        window.requests > 0 && errors == 0,
         "the proxy answered with errors: {errors}"
     );
     proxy.shutdown();

@@ -95,6 +95,16 @@ impl Proxy {
         let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            table: RwLock::new(Arc::new(Table::default())),
+            in_flight: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::new()),
+            sticky,
+        });
+        let (stop, stopped) = watch::channel(false);
+        // A multi-thread runtime: work stealing spreads client connections over the
+        // workers (measured: one current-thread runtime per core, each accepting, costs
+        // the same CPU per request but can leave a core idle while the other is busy).
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -105,13 +115,6 @@ impl Proxy {
             let _entered = rt.enter();
             tokio::net::TcpListener::from_std(std_listener)?
         };
-        let shared = Arc::new(Shared {
-            table: RwLock::new(Arc::new(Table::default())),
-            in_flight: Mutex::new(HashMap::new()),
-            stats: Arc::new(Stats::new()),
-            sticky,
-        });
-        let (stop, stopped) = watch::channel(false);
         let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rollgate-proxy {addr}"))
