@@ -544,8 +544,27 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     )),
                 );
             }
-            rollgate::model::settings::Target::Kubernetes { .. } => {
-                tracing::warn!(target_name = %name, "the kubernetes target arrives in a later version; rollouts on it hold (or use --dry-run)");
+            rollgate::model::settings::Target::Kubernetes {
+                context,
+                in_cluster,
+            } => {
+                let connected = if *in_cluster {
+                    rollgate::target::kubernetes::KubernetesTarget::connect()
+                } else {
+                    rollgate::target::kubernetes::KubernetesTarget::from_kubeconfig(
+                        None,
+                        context.as_deref(),
+                    )
+                };
+                match connected {
+                    Ok(t) => {
+                        targets.insert(name.clone(), Box::new(t));
+                    }
+                    // Rollouts on it hold (target unreachable); the other targets go on.
+                    Err(e) => {
+                        tracing::warn!(target_name = %name, error = %format!("{e:#}"), "cannot connect to the cluster")
+                    }
+                }
             }
         }
     }

@@ -1,12 +1,13 @@
 //! Where rollouts happen: the `Target` extension point.
 //!
-//! One trait, one file per implementation (`dry_run.rs` now; `local.rs` and
-//! `kubernetes.rs` follow). Every method is idempotent: the daemon may call any of them
+//! One trait, one file per implementation (`dry_run.rs`, `local.rs`, `kubernetes.rs`).
+//! Every method is idempotent: the daemon may call any of them
 //! again after a crash or a lost race, and the target converges to the same state.
 //! `contract` holds the test every implementation must pass.
 
 pub mod contract;
 pub mod dry_run;
+pub mod kubernetes;
 pub mod local;
 
 use crate::engine::TargetHealth;

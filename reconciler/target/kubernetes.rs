@@ -1,0 +1,952 @@
+//! The Kubernetes target: a canary Deployment next to the stable one, traffic split by
+//! Gateway API weights or by replica counts.
+//!
+//! ```text
+//!   HTTPRoute rule N ──┬── weight 100-w ──▶ Service <svc>         ──▶ Deployment <dep>         (stable, not ours)
+//!                      └── weight w     ──▶ Service <svc>-canary  ──▶ Deployment <dep>-canary  (rollgate-owned)
+//! ```
+//!
+//! rollgate *creates and owns* `<deployment>-canary` (a copy of the stable Deployment
+//! with the artifact as the image of the named container) and `<service>-canary`, both
+//! labelled `app.kubernetes.io/managed-by: rollgate`. It only *patches* what it does not
+//! own: the stable Deployment's image and replicas (a JSON Patch guarded by a `test` of
+//! the container's name), and the `backendRefs` of one rule of one HTTPRoute. The
+//! canary objects and the route are written by server-side apply with field manager
+//! `rollgate`. Every write is computed from what was just read, so re-running any step
+//! converges to the same objects.
+//!
+//! Invariants: an object without the managed-by label is never deleted nor overwritten
+//! (`start_candidate` refuses to adopt a foreign `<deployment>-canary` or
+//! `<service>-canary`, before writing anything); traffic goes back
+//! to the stable version *before* canary objects are deleted; every API call used is
+//! listed in [`RBAC`], which `tests/deploy_manifests.rs` compares to `deploy/kubernetes`.
+//!
+//! HTTPRoute `spec.rules` and `backendRefs` are declared `x-kubernetes-list-type: atomic`
+//! in the Gateway API CRDs, so an apply cannot own just the weights: rollgate applies the
+//! whole `rules` list it has just read, with only the two weights (and the canary
+//! backendRef) changed, and the `resourceVersion` it read, so a concurrent edit makes the
+//! apply fail with a conflict (the rollout holds and retries) instead of being lost.
+//!
+//! The `Target` trait is synchronous: the target owns a small current-thread tokio
+//! runtime and blocks on it for each call.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
+use serde_json::{Value, json};
+
+mod deployment;
+mod route;
+
+pub use deployment::{Rollout, canary_replicas, rollout_of};
+pub use route::{route_weights, rules_with_weight};
+
+use deployment::{container_name, image_of, replicas_of};
+
+use super::{Desired, Target, TargetError};
+use crate::engine::TargetHealth;
+use crate::model::Plan;
+use crate::model::plan::{KubernetesWorkload, Traffic, Workload};
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "rollgate";
+/// The label that marks an object rollgate created (and may therefore delete).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rollgate");
+/// Added to the canary's pods, selector and Service selector.
+pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
+/// On the canary Deployment: the artifact it runs.
+pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
+/// On the canary Deployment: the total replicas to keep in replica-ratio mode.
+pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
+/// Suffix of the canary Deployment and Service names.
+pub const CANARY_SUFFIX: &str = "-canary";
+
+/// Every API call this target makes, as (apiGroup, resource, verbs). The code below
+/// uses exactly these; `deploy/kubernetes` grants exactly these (checked by a test).
+/// - Deployments: `get` (stable, canary), `patch` (apply canary; stable image and
+///   replicas), `delete` (canary).
+/// - Services: `get` (stable selector, canary), `patch` (apply canary), `delete` (canary).
+/// - HTTPRoutes: `get` (rules), `patch` (apply rules with new weights).
+pub const RBAC: &[(&str, &str, &[&str])] = &[
+    ("apps", "deployments", &["get", "patch", "delete"]),
+    ("", "services", &["get", "patch", "delete"]),
+    ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
+];
+
+/// How long `promote` waits for the stable Deployment to roll out, and how often it looks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub promote_wait: Duration,
+    pub poll: Duration,
+    /// Upper bound on any single API call.
+    pub call_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            promote_wait: Duration::from_secs(300),
+            poll: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A Kubernetes cluster as a rollout target.
+pub struct KubernetesTarget {
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for KubernetesTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesTarget")
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A small runtime for the blocking calls of one target.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+impl KubernetesTarget {
+    /// Connect with the default configuration (kubeconfig, or the in-cluster account).
+    pub fn connect() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let runtime = runtime().context("cannot start the kubernetes runtime")?;
+        let client = runtime
+            .block_on(kube::Client::try_default())
+            .context("cannot configure the kubernetes client")?;
+        Ok(Self::new(runtime, client))
+    }
+
+    /// Connect through the kubeconfig at `path` (or the default one when `None`),
+    /// using `context` (or its current context): what a `kubernetes` target in
+    /// `rollgate.yaml` names.
+    pub fn from_kubeconfig(
+        path: Option<&std::path::Path>,
+        context: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let runtime = runtime().context("cannot start the kubernetes runtime")?;
+        let options = kube::config::KubeConfigOptions {
+            context: context.map(str::to_owned),
+            ..Default::default()
+        };
+        let client = runtime.block_on(async {
+            let config = match path {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &options).await
+                }
+                None => kube::Config::from_kubeconfig(&options).await,
+            }
+            .context("cannot load the kubernetes configuration")?;
+            kube::Client::try_from(config).context("cannot configure the kubernetes client")
+        })?;
+        Ok(Self::new(runtime, client))
+    }
+
+    /// Use `client`, which must have been built inside `runtime` (its tasks run there).
+    pub fn new(runtime: tokio::runtime::Runtime, client: kube::Client) -> Self {
+        Self {
+            runtime,
+            client,
+            timing: Timing::default(),
+        }
+    }
+
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Run `fut` on the target's runtime (tests use it to look at the cluster).
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.runtime.block_on(fut)
+    }
+
+    /// Start a task on the target's runtime; it runs while the target is blocked on a call.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(fut)
+    }
+
+    fn cluster<'a>(&self, plan: &'a Plan) -> Result<Cluster<'a>, TargetError> {
+        let Workload::Kubernetes(w) = &plan.workload else {
+            return Err(TargetError(format!(
+                "plan {} has a {} workload; this target runs kubernetes workloads",
+                plan.name,
+                plan.workload.kind()
+            )));
+        };
+        Ok(Cluster {
+            w,
+            deployments: Api::namespaced(self.client.clone(), &w.namespace),
+            services: Api::namespaced(self.client.clone(), &w.namespace),
+            routes: Api::namespaced_with(self.client.clone(), &w.namespace, &http_route()),
+            timing: self.timing,
+        })
+    }
+}
+
+/// The `ApiResource` of `gateway.networking.k8s.io/v1` HTTPRoute.
+pub fn http_route() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
+pub fn canary_name(name: &str) -> String {
+    format!("{name}{CANARY_SUFFIX}")
+}
+
+/// Whether `meta` carries rollgate's managed-by label.
+pub fn is_managed(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .is_some_and(|v| v == MANAGED_BY.1)
+}
+
+/// `what: cause`, the cause once (kube's `Display` of an API error repeats it as `Debug`).
+fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
+    move |e| match e {
+        kube::Error::Api(s) => TargetError(format!(
+            "{what}: {} ({} {})",
+            s.message.trim_end(),
+            s.code,
+            s.reason
+        )),
+        e => TargetError(format!("{what}: {e}")),
+    }
+}
+
+/// The plan's objects in one namespace, and the calls on them (all async).
+struct Cluster<'a> {
+    w: &'a KubernetesWorkload,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    routes: Api<DynamicObject>,
+    timing: Timing,
+}
+
+impl Cluster<'_> {
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, TargetError> {
+        match tokio::time::timeout(self.timing.call_timeout, fut).await {
+            Ok(r) => r.map_err(api_err(what)),
+            Err(_) => Err(TargetError(format!("{what}: timed out"))),
+        }
+    }
+
+    fn canary_deployment(&self) -> String {
+        canary_name(&self.w.deployment)
+    }
+
+    fn canary_service(&self) -> String {
+        canary_name(&self.w.service)
+    }
+
+    fn apply() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    async fn stable(&self) -> Result<Deployment, TargetError> {
+        let name = &self.w.deployment;
+        self.timed(
+            &format!("cannot read deployment {name}"),
+            self.deployments.get_opt(name),
+        )
+        .await?
+        .ok_or_else(|| {
+            TargetError(format!(
+                "deployment {}/{name} does not exist",
+                self.w.namespace
+            ))
+        })
+    }
+
+    async fn canary(&self) -> Result<Option<Deployment>, TargetError> {
+        let name = self.canary_deployment();
+        self.timed(
+            &format!("cannot read deployment {name}"),
+            self.deployments.get_opt(&name),
+        )
+        .await
+    }
+
+    /// Labels on everything rollgate creates.
+    fn owned_labels(base: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+        let mut labels = base.cloned().unwrap_or_default();
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        labels.insert(TRACK.0.into(), TRACK.1.into());
+        labels
+    }
+
+    /// The label values the canary's pods carry instead of the stable's, so the stable
+    /// Service (gateway mode) does not select them: `<value>-canary` for every key of the
+    /// stable selector. In replica-ratio mode the stable Service must select both, so
+    /// nothing is renamed.
+    fn renamed(&self, stable: &Deployment) -> BTreeMap<String, String> {
+        if self.w.traffic == Traffic::ReplicaRatio {
+            return BTreeMap::new();
+        }
+        stable
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, canary_name(&v)))
+            .collect()
+    }
+
+    fn rename(
+        labels: Option<&BTreeMap<String, String>>,
+        renamed: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut out = labels.cloned().unwrap_or_default();
+        for (k, v) in renamed {
+            if out.contains_key(k) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out.insert(TRACK.0.into(), TRACK.1.into());
+        out
+    }
+
+    /// Apply the canary Deployment (a copy of `stable` running `artifact`) and its Service.
+    async fn start(&self, artifact: &str) -> Result<(), TargetError> {
+        let stable = self.stable().await?;
+        let existing = self.canary().await?;
+        // Refuse before writing anything if either canary name is taken by someone else.
+        let service = self.canary_service();
+        if self
+            .timed(
+                &format!("cannot read service {service}"),
+                self.services.get_opt(&service),
+            )
+            .await?
+            .is_some_and(|s| !is_managed(&s.metadata))
+        {
+            return Err(TargetError(format!(
+                "service {service} exists and was not created by rollgate; refusing to adopt it"
+            )));
+        }
+        if let Some(c) = &existing
+            && !is_managed(&c.metadata)
+        {
+            return Err(TargetError(format!(
+                "deployment {} exists and was not created by rollgate; refusing to adopt it",
+                self.canary_deployment()
+            )));
+        }
+        let total = existing
+            .as_ref()
+            .and_then(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(TOTAL_ANNOTATION)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| replicas_of(&stable));
+        let replicas = match (&existing, &self.w.traffic) {
+            // Keep what set_weight chose; a re-run must not reset the split.
+            (Some(c), _) => replicas_of(c),
+            (None, Traffic::ReplicaRatio) => 0,
+            (None, Traffic::GatewayRoute { .. }) => total.max(1),
+        };
+        let container = container_name(&stable, self.w.container.as_deref())?;
+        let renamed = self.renamed(&stable);
+        let Some(mut spec) = stable.spec.clone() else {
+            return Err(TargetError(format!(
+                "deployment {} has no spec",
+                self.w.deployment
+            )));
+        };
+        spec.replicas = Some(replicas);
+        spec.selector.match_labels =
+            Some(Self::rename(spec.selector.match_labels.as_ref(), &renamed));
+        spec.template.metadata = Some(ObjectMeta {
+            labels: Some(Self::rename(
+                spec.template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.as_ref()),
+                &renamed,
+            )),
+            annotations: spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone()),
+            ..ObjectMeta::default()
+        });
+        if let Some(pod) = spec.template.spec.as_mut() {
+            for c in &mut pod.containers {
+                if c.name == container {
+                    c.image = Some(artifact.to_owned());
+                }
+            }
+        }
+        let canary = Deployment {
+            metadata: ObjectMeta {
+                name: Some(self.canary_deployment()),
+                namespace: Some(self.w.namespace.clone()),
+                labels: Some(Self::owned_labels(stable.metadata.labels.as_ref())),
+                annotations: Some(BTreeMap::from([
+                    (ARTIFACT_ANNOTATION.to_owned(), artifact.to_owned()),
+                    (TOTAL_ANNOTATION.to_owned(), total.to_string()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        let name = self.canary_deployment();
+        self.timed(
+            &format!("cannot apply deployment {name}"),
+            self.deployments
+                .patch(&name, &Self::apply(), &Patch::Apply(&canary)),
+        )
+        .await?;
+        self.start_service(&renamed).await
+    }
+
+    async fn start_service(&self, renamed: &BTreeMap<String, String>) -> Result<(), TargetError> {
+        let name = &self.w.service;
+        let stable = self
+            .timed(
+                &format!("cannot read service {name}"),
+                self.services.get_opt(name),
+            )
+            .await?
+            .ok_or_else(|| {
+                TargetError(format!(
+                    "service {}/{name} does not exist",
+                    self.w.namespace
+                ))
+            })?;
+        let canary_name = self.canary_service();
+        let existing = self
+            .timed(
+                &format!("cannot read service {canary_name}"),
+                self.services.get_opt(&canary_name),
+            )
+            .await?;
+        if let Some(c) = &existing
+            && !is_managed(&c.metadata)
+        {
+            return Err(TargetError(format!(
+                "service {canary_name} exists and was not created by rollgate; refusing to adopt it"
+            )));
+        }
+        let spec = stable.spec.unwrap_or_default();
+        let canary = Service {
+            metadata: ObjectMeta {
+                name: Some(canary_name.clone()),
+                namespace: Some(self.w.namespace.clone()),
+                labels: Some(Self::owned_labels(stable.metadata.labels.as_ref())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(Self::rename(spec.selector.as_ref(), renamed)),
+                ports: spec.ports.map(|ports| {
+                    ports
+                        .into_iter()
+                        .map(|mut p| {
+                            p.node_port = None;
+                            p
+                        })
+                        .collect()
+                }),
+                type_: Some("ClusterIP".into()),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        self.timed(
+            &format!("cannot apply service {canary_name}"),
+            self.services
+                .patch(&canary_name, &Self::apply(), &Patch::Apply(&canary)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Set the image and/or `spec.replicas` of the stable Deployment, which rollgate does
+    /// not own: a JSON Patch that first tests the container's name at its index, so it
+    /// changes exactly these fields or fails (no co-ownership through an apply, and no
+    /// list replaced by a merge).
+    async fn patch_stable(
+        &self,
+        image: Option<&str>,
+        replicas: Option<i32>,
+    ) -> Result<(), TargetError> {
+        let name = &self.w.deployment;
+        let stable = self.stable().await?;
+        let mut ops = Vec::new();
+        if let Some(image) = image {
+            let container = container_name(&stable, self.w.container.as_deref())?;
+            let index = stable
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.iter().position(|c| c.name == container))
+                .unwrap_or(0);
+            if image_of(&stable, Some(&container)).as_deref() != Some(image) {
+                let at = format!("/spec/template/spec/containers/{index}");
+                ops.push(json!({ "op": "test", "path": format!("{at}/name"), "value": container }));
+                ops.push(json!({ "op": "add", "path": format!("{at}/image"), "value": image }));
+            }
+        }
+        if let Some(r) = replicas
+            && r != replicas_of(&stable)
+        {
+            ops.push(json!({ "op": "add", "path": "/spec/replicas", "value": r }));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let patch: Patch<()> = Patch::Json(
+            serde_json::from_value(Value::Array(ops))
+                .map_err(|e| TargetError(format!("cannot build a patch for {name}: {e}")))?,
+        );
+        self.timed(
+            &format!("cannot patch deployment {name}"),
+            self.deployments.patch(name, &Self::merge(), &patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The total replicas recorded on the canary (replica-ratio mode).
+    fn total_of(canary: &Deployment) -> Option<i32> {
+        canary
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(TOTAL_ANNOTATION)?
+            .parse()
+            .ok()
+    }
+
+    /// Put `weight`% on the canary; `None` sends everything to stable and removes the
+    /// canary from the route (replica mode: stable back to its total).
+    async fn weigh(&self, weight: Option<u8>) -> Result<(), TargetError> {
+        match &self.w.traffic {
+            Traffic::GatewayRoute { route, rule } => {
+                // Never point traffic at a Service that is not there (or not ours).
+                if weight.is_some_and(|w| w > 0) {
+                    let name = self.canary_service();
+                    let canary = self
+                        .timed(
+                            &format!("cannot read service {name}"),
+                            self.services.get_opt(&name),
+                        )
+                        .await?;
+                    if !canary.is_some_and(|c| is_managed(&c.metadata)) {
+                        return Err(TargetError(format!(
+                            "service {name} does not exist or is not rollgate's; start the candidate first"
+                        )));
+                    }
+                }
+                self.weigh_route(route, *rule, weight).await
+            }
+            Traffic::ReplicaRatio => {
+                let Some(canary) = self.canary().await? else {
+                    return match weight {
+                        None => Ok(()),
+                        Some(_) => Err(TargetError(format!(
+                            "deployment {} does not exist; start the candidate first",
+                            self.canary_deployment()
+                        ))),
+                    };
+                };
+                if !is_managed(&canary.metadata) {
+                    return Err(TargetError(format!(
+                        "deployment {} was not created by rollgate",
+                        self.canary_deployment()
+                    )));
+                }
+                let total = Self::total_of(&canary).unwrap_or_else(|| replicas_of(&canary));
+                let c = canary_replicas(total, weight.unwrap_or(0));
+                // Stable first when shrinking the canary, canary first when growing it,
+                // so the total never drops below `total`.
+                let canary_patch = json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": { "name": self.canary_deployment(), "namespace": self.w.namespace },
+                    "spec": { "replicas": c },
+                });
+                let name = self.canary_deployment();
+                let grow = c >= replicas_of(&canary);
+                if !grow {
+                    self.patch_stable(None, Some(total - c)).await?;
+                }
+                if weight.is_some() {
+                    self.timed(
+                        &format!("cannot apply deployment {name}"),
+                        self.deployments
+                            .patch(&name, &Self::merge(), &Patch::Merge(&canary_patch)),
+                    )
+                    .await?;
+                }
+                if grow {
+                    self.patch_stable(None, Some(total - c)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Params of the non-apply patches: scaling the canary (a merge patch of
+    /// `spec.replicas`; an apply of only `replicas` would drop the rest of what our
+    /// manager applied) and the guarded JSON Patch of the stable.
+    fn merge() -> PatchParams {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        }
+    }
+
+    async fn weigh_route(
+        &self,
+        route: &str,
+        rule: u32,
+        weight: Option<u8>,
+    ) -> Result<(), TargetError> {
+        let current = self
+            .timed(
+                &format!("cannot read httproute {route}"),
+                self.routes.get_opt(route),
+            )
+            .await?
+            .ok_or_else(|| {
+                TargetError(format!(
+                    "httproute {}/{route} does not exist",
+                    self.w.namespace
+                ))
+            })?;
+        let value = serde_json::to_value(&current)
+            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        if let Some((s, c)) = route_weights(&value, rule, &self.w.service) {
+            let want = match weight {
+                Some(w) => (Some(100 - i64::from(w)), Some(i64::from(w))),
+                None => (Some(100), None),
+            };
+            if (s, c) == want {
+                return Ok(());
+            }
+        }
+        let rules = rules_with_weight(&value, rule, &self.w.service, weight)
+            .map_err(|e| TargetError(format!("httproute {route}: {e}")))?;
+        let patch = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {
+                "name": route,
+                "namespace": self.w.namespace,
+                "resourceVersion": current.metadata.resource_version,
+            },
+            "spec": { "rules": rules },
+        });
+        self.timed(
+            &format!("cannot apply httproute {route}"),
+            self.routes
+                .patch(route, &Self::apply(), &Patch::Apply(&patch)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Delete the canary Deployment and Service, only if rollgate created them.
+    async fn remove_canary(&self) -> Result<(), TargetError> {
+        let name = self.canary_service();
+        if let Some(s) = self
+            .timed(
+                &format!("cannot read service {name}"),
+                self.services.get_opt(&name),
+            )
+            .await?
+        {
+            if !is_managed(&s.metadata) {
+                return Err(TargetError(format!(
+                    "service {name} was not created by rollgate; refusing to delete it"
+                )));
+            }
+            let dp = delete_params(&s.metadata);
+            self.timed(&format!("cannot delete service {name}"), async {
+                gone(self.services.delete(&name, &dp).await)
+            })
+            .await?;
+        }
+        let name = self.canary_deployment();
+        if let Some(d) = self.canary().await? {
+            if !is_managed(&d.metadata) {
+                return Err(TargetError(format!(
+                    "deployment {name} was not created by rollgate; refusing to delete it"
+                )));
+            }
+            let dp = delete_params(&d.metadata);
+            self.timed(&format!("cannot delete deployment {name}"), async {
+                gone(self.deployments.delete(&name, &dp).await)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the stable Deployment runs `artifact` and is available.
+    async fn wait_stable(&self, artifact: &str) -> Result<(), TargetError> {
+        let deadline = tokio::time::Instant::now() + self.timing.promote_wait;
+        loop {
+            let stable = self.stable().await?;
+            let image = image_of(&stable, self.w.container.as_deref());
+            let last = match rollout_of(&stable) {
+                Rollout::Failed(reason) => return Err(TargetError(reason)),
+                Rollout::Available if image.as_deref() == Some(artifact) => return Ok(()),
+                Rollout::Available => {
+                    format!("deployment {} still runs {image:?}", self.w.deployment)
+                }
+                Rollout::Progressing(why) => why,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError(format!("promotion not finished: {last}")));
+            }
+            tokio::time::sleep(self.timing.poll).await;
+        }
+    }
+
+    async fn promote(&self, artifact: &str) -> Result<(), TargetError> {
+        let canary = self.canary().await?;
+        let total = match &self.w.traffic {
+            Traffic::ReplicaRatio => canary.as_ref().and_then(Self::total_of),
+            Traffic::GatewayRoute { .. } => None,
+        };
+        let stable = self.stable().await?;
+        if image_of(&stable, self.w.container.as_deref()).as_deref() != Some(artifact)
+            || total.is_some_and(|t| t != replicas_of(&stable))
+        {
+            self.patch_stable(Some(artifact), total).await?;
+        }
+        self.wait_stable(artifact).await?;
+        self.weigh(None).await?;
+        self.remove_canary().await
+    }
+
+    async fn rollback(&self, stable: Option<&str>) -> Result<(), TargetError> {
+        self.weigh(None).await?;
+        self.remove_canary().await?;
+        if let Some(artifact) = stable {
+            let current = self.stable().await?;
+            if image_of(&current, self.w.container.as_deref()).as_deref() != Some(artifact) {
+                self.patch_stable(Some(artifact), None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `start_candidate` in gateway mode: the canary ref at weight 0, unless a weight is
+    /// already set (a re-run after `set_weight` must not take traffic away).
+    async fn weigh_route_at_start(&self) -> Result<(), TargetError> {
+        let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
+            return Ok(());
+        };
+        let current = self
+            .timed(
+                &format!("cannot read httproute {route}"),
+                self.routes.get_opt(route),
+            )
+            .await?
+            .ok_or_else(|| {
+                TargetError(format!(
+                    "httproute {}/{route} does not exist",
+                    self.w.namespace
+                ))
+            })?;
+        let value = serde_json::to_value(&current)
+            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        match route_weights(&value, *rule, &self.w.service) {
+            Some((_, Some(_))) => Ok(()),
+            _ => self.weigh_route(route, *rule, Some(0)).await,
+        }
+    }
+
+    async fn health(&self, desired: &Desired) -> Result<TargetHealth, TargetError> {
+        let stable = self.stable().await?;
+        let image = image_of(&stable, self.w.container.as_deref());
+        let canary = self.canary().await?;
+        let progressing = |why: String| {
+            tracing::debug!(reason = %why, "kubernetes target progressing");
+            Ok(TargetHealth::Progressing)
+        };
+        if let Some(want) = &desired.stable
+            && image.as_ref() != Some(want)
+        {
+            return progressing(format!("stable runs {image:?}, not {want}"));
+        }
+        match rollout_of(&stable) {
+            Rollout::Failed(reason) => return Ok(TargetHealth::Unhealthy { reason }),
+            Rollout::Progressing(why) => return progressing(why),
+            Rollout::Available => {}
+        }
+        let Some(want) = &desired.candidate else {
+            if canary.is_some() {
+                return progressing(format!("{} still exists", self.canary_deployment()));
+            }
+            let name = self.canary_service();
+            if self
+                .timed(
+                    &format!("cannot read service {name}"),
+                    self.services.get_opt(&name),
+                )
+                .await?
+                .is_some()
+            {
+                return progressing(format!("{name} still exists"));
+            }
+            return self.weights_are(None).await;
+        };
+        let Some(canary) = canary else {
+            return progressing(format!("{} does not exist", self.canary_deployment()));
+        };
+        let canary_image = image_of(&canary, self.w.container.as_deref());
+        if canary_image.as_ref() != Some(want) {
+            return progressing(format!("canary runs {canary_image:?}, not {want}"));
+        }
+        match rollout_of(&canary) {
+            Rollout::Failed(reason) => return Ok(TargetHealth::Unhealthy { reason }),
+            Rollout::Progressing(why) => return progressing(why),
+            Rollout::Available => {}
+        }
+        if let Traffic::ReplicaRatio = self.w.traffic {
+            let total = Self::total_of(&canary).unwrap_or(1);
+            let c = canary_replicas(total, desired.weight);
+            if replicas_of(&canary) != c || replicas_of(&stable) != total - c {
+                return progressing(format!(
+                    "replicas are not yet split for {}%",
+                    desired.weight
+                ));
+            }
+            return Ok(TargetHealth::Healthy);
+        }
+        self.weights_are(Some(desired.weight)).await
+    }
+
+    async fn weights_are(&self, weight: Option<u8>) -> Result<TargetHealth, TargetError> {
+        let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
+            return Ok(TargetHealth::Healthy);
+        };
+        let current = self
+            .timed(
+                &format!("cannot read httproute {route}"),
+                self.routes.get_opt(route),
+            )
+            .await?
+            .ok_or_else(|| {
+                TargetError(format!(
+                    "httproute {}/{route} does not exist",
+                    self.w.namespace
+                ))
+            })?;
+        let value = serde_json::to_value(&current)
+            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        let Some((s, c)) = route_weights(&value, *rule, &self.w.service) else {
+            return Ok(TargetHealth::Unhealthy {
+                reason: format!("httproute {route} has no rule {rule} with backendRefs"),
+            });
+        };
+        let ok = match weight {
+            // At rest: stable alone (any weight) or at 100 with the canary gone.
+            None => c.is_none() && s.is_some(),
+            Some(w) => s == Some(100 - i64::from(w)) && c == Some(i64::from(w)),
+        };
+        Ok(if ok {
+            TargetHealth::Healthy
+        } else {
+            TargetHealth::Progressing
+        })
+    }
+}
+
+fn delete_params(meta: &ObjectMeta) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    }
+}
+
+/// A delete whose object is already gone (deleted by someone else between our read
+/// and our delete) has reached its goal.
+fn gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Target for KubernetesTarget {
+    fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        let c = self.cluster(plan)?;
+        self.runtime.block_on(async {
+            c.start(artifact).await?;
+            c.weigh_route_at_start().await
+        })
+    }
+
+    fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
+        let c = self.cluster(plan)?;
+        self.runtime.block_on(c.weigh(Some(weight.min(100))))
+    }
+
+    fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        let c = self.cluster(plan)?;
+        self.runtime.block_on(c.promote(artifact))
+    }
+
+    fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
+        let c = self.cluster(plan)?;
+        self.runtime.block_on(c.rollback(stable))
+    }
+
+    fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
+        let c = match self.cluster(plan) {
+            Ok(c) => c,
+            Err(e) => return TargetHealth::Unhealthy { reason: e.0 },
+        };
+        match self.runtime.block_on(c.health(desired)) {
+            Ok(h) => h,
+            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+        }
+    }
+}

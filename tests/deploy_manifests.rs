@@ -1,0 +1,236 @@
+//! `deploy/`: every Kubernetes manifest parses into its k8s-openapi type, the RBAC
+//! grants exactly what the Kubernetes target calls (`kubernetes::RBAC`), the daemon's
+//! Deployment probes the endpoints it serves, and the image runs as non-root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// Every typed object under deploy/kubernetes, by kind.
+#[derive(Debug, Default)]
+struct Manifests {
+    files: BTreeSet<String>,
+    kustomization: Value,
+    namespaces: Vec<Namespace>,
+    accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    bindings: Vec<RoleBinding>,
+    secrets: Vec<Secret>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(file: &str, doc: Value) -> T {
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn load() -> Manifests {
+    let mut m = Manifests::default();
+    let dir = deploy_dir().join("kubernetes");
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+            .to_owned();
+        assert!(name.ends_with(".yaml"), "unexpected file {name}");
+        let text = std::fs::read_to_string(&path).expect("read");
+        if name == "kustomization.yaml" {
+            m.kustomization = serde_saphyr::from_str(&text).expect("kustomization parses");
+            continue;
+        }
+        m.files.insert(name.clone());
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = doc["kind"].as_str().unwrap_or("").to_owned();
+            match kind.as_str() {
+                "Namespace" => m.namespaces.push(typed(&name, doc)),
+                "ServiceAccount" => m.accounts.push(typed(&name, doc)),
+                "ClusterRole" => m.cluster_roles.push(typed(&name, doc)),
+                "ClusterRoleBinding" => m.cluster_bindings.push(typed(&name, doc)),
+                "Role" => m.roles.push(typed(&name, doc)),
+                "RoleBinding" => m.bindings.push(typed(&name, doc)),
+                "Secret" => m.secrets.push(typed(&name, doc)),
+                "Deployment" => m.deployments.push(typed(&name, doc)),
+                "Service" => m.services.push(typed(&name, doc)),
+                other => panic!("{name}: unexpected kind {other:?}"),
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn every_manifest_parses_and_the_kustomization_lists_them_all() {
+    let m = load();
+    let listed: BTreeSet<String> = m.kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("string").to_owned())
+        .collect();
+    assert_eq!(listed, m.files);
+    assert_eq!(m.kustomization["namespace"], "rollgate");
+    assert_eq!(m.namespaces.len(), 1);
+    assert_eq!(m.deployments.len(), 1);
+    assert_eq!(m.accounts.len(), 1);
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
+    let m = load();
+    assert!(
+        m.roles.is_empty() && m.bindings.is_empty(),
+        "one ClusterRole"
+    );
+    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for role in &m.cluster_roles {
+        for rule in role.rules.iter().flatten() {
+            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    assert_ne!(resource, "*", "no wildcards");
+                    let verbs = granted
+                        .entry((group.clone(), resource.clone()))
+                        .or_default();
+                    for verb in &rule.verbs {
+                        assert_ne!(verb, "*", "no wildcards");
+                        verbs.insert(verb.clone());
+                    }
+                }
+            }
+        }
+    }
+    let used: BTreeMap<(String, String), BTreeSet<String>> = rollgate::target::kubernetes::RBAC
+        .iter()
+        .map(|(group, resource, verbs)| {
+            (
+                ((*group).to_owned(), (*resource).to_owned()),
+                verbs.iter().map(|v| (*v).to_owned()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(granted, used);
+
+    // The binding gives that role to the account the daemon runs as.
+    let role = m.cluster_roles[0].metadata.name.clone().expect("role name");
+    let account = &m.accounts[0];
+    let binding = m
+        .cluster_bindings
+        .iter()
+        .find(|b| b.role_ref.name == role && b.role_ref.kind == "ClusterRole")
+        .expect("a binding of the role");
+    let subject = &binding.subjects.as_ref().expect("subjects")[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
+    assert_eq!(subject.namespace, account.metadata.namespace);
+}
+
+#[test]
+fn the_daemon_deployment_probes_what_it_serves_and_runs_unprivileged() {
+    let m = load();
+    let d = &m.deployments[0];
+    let spec = d.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(1), "one writer per branch");
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(
+        pod.service_account_name.as_ref(),
+        m.accounts[0].metadata.name.as_ref()
+    );
+    let pod_security = pod.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    assert!(
+        args.iter().any(|a| a == "--listen=0.0.0.0:9464"),
+        "{args:?}"
+    );
+    let port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"))
+        .expect("http port");
+    assert_eq!(port.container_port, 9464);
+    let probe_path = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+        p.and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    assert_eq!(
+        probe_path(c.liveness_probe.as_ref()).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(c.readiness_probe.as_ref()).as_deref(),
+        Some("/readyz")
+    );
+    let security = c
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+
+    // The Git token comes from a Secret that the manifests define, under that key.
+    let token = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ROLLGATE_GIT_TOKEN")
+        .expect("ROLLGATE_GIT_TOKEN");
+    assert!(token.value.is_none(), "never inline");
+    let key = token
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("secretKeyRef");
+    let secret = m
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(key.name.as_str()))
+        .expect("the referenced secret");
+    assert!(
+        secret
+            .string_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(&key.key))
+            || secret
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(&key.key))
+    );
+}
+
+#[test]
+fn the_image_is_multi_stage_and_runs_as_non_root() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("Dockerfile");
+    let froms = text.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(froms >= 2, "multi-stage");
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "{user}"
+    );
+    assert!(text.contains("--listen"), "serves the probes");
+    // Everything `include_str!` reads from is copied into the build stage.
+    for dir in ["reconciler", "policies", "example-repo", "benches"] {
+        assert!(text.contains(&format!("COPY {dir} {dir}")), "copies {dir}");
+    }
+}

@@ -1,0 +1,985 @@
+//! The Kubernetes target against an in-memory API server (`kube-fake-client`).
+//!
+//! A tiny "deployment controller" runs next to the target and marks every Deployment
+//! rolled out (or past its progress deadline when its image says `broken`), so the
+//! tests see what a cluster would show. Each test reads as a story: given a cluster
+//! with a stable `web` Deployment, Service and HTTPRoute, when rollgate runs a step,
+//! then these objects and weights exist.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::ObjectMeta;
+use rollgate::engine::TargetHealth;
+use rollgate::model::Plan;
+use rollgate::target::kubernetes::{self, KubernetesTarget, Timing};
+use rollgate::target::{Desired, Target, contract};
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+
+/// The HTTPRoute kind, registered with the fake API like a CRD.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct HttpRoute {
+    metadata: ObjectMeta,
+    spec: Value,
+}
+
+impl kube::Resource for HttpRoute {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        "HTTPRoute".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "gateway.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "httproutes".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+fn plan(route: bool) -> Plan {
+    let workload = if route {
+        "kubernetes: { namespace: shop, deployment: web, container: app, route: web, routeRule: 1 }"
+    } else {
+        "kubernetes: { namespace: shop, deployment: web, container: app }"
+    };
+    let text = format!(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: web }}\nspec:\n  target: prod\n  workload:\n    {workload}\n  artifact: registry.example/web:v2\n  strategy:\n    canary: {{ steps: [ {{ setWeight: 100 }} ] }}\n"
+    );
+    rollgate::model::validate::parse_plan("plans/web.yaml", &text, None)
+        .expect("plan parses")
+        .plan
+}
+
+fn stable_deployment(replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "web", "namespace": NS, "labels": { "app": "web", "team": "shop" } },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web", "tier": "front" } },
+                "spec": { "containers": [
+                    { "name": "proxy", "image": "envoy:1.30" },
+                    { "name": "app", "image": "registry.example/web:v1", "ports": [ { "containerPort": 8080 } ] }
+                ] }
+            }
+        }
+    })
+}
+
+fn stable_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web", "namespace": NS, "labels": { "app": "web" } },
+        "spec": { "selector": { "app": "web" }, "ports": [ { "name": "http", "port": 80, "targetPort": 8080 } ] }
+    })
+}
+
+fn route() -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "name": "web", "namespace": NS },
+        "spec": {
+            "parentRefs": [ { "name": "gw" } ],
+            "rules": [
+                { "matches": [ { "path": { "type": "PathPrefix", "value": "/admin" } } ],
+                  "backendRefs": [ { "name": "admin", "port": 80 } ] },
+                { "backendRefs": [ { "name": "web", "port": 80 } ] }
+            ]
+        }
+    })
+}
+
+/// A cluster with the stable objects (plus `extra`), and a target wired to it.
+fn cluster_with(replicas: i32, extra: Vec<Value>) -> KubernetesTarget {
+    cluster_intercepted(replicas, extra, None)
+}
+
+fn cluster_intercepted(
+    replicas: i32,
+    extra: Vec<Value>,
+    funcs: Option<kube_fake_client::interceptor::Funcs>,
+) -> KubernetesTarget {
+    let runtime = kubernetes::runtime().expect("runtime");
+    let mut objects = vec![stable_deployment(replicas), stable_service(), route()];
+    objects.extend(extra);
+    let mut builder = kube_fake_client::ClientBuilder::new()
+        .with_resource::<HttpRoute>()
+        .with_status_subresource::<Deployment>()
+        .with_runtime_objects(objects);
+    if let Some(funcs) = funcs {
+        builder = builder.with_interceptor_funcs(funcs);
+    }
+    let client = runtime.block_on(builder.build()).expect("fake client");
+    let target = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
+        promote_wait: Duration::from_secs(10),
+        poll: Duration::from_millis(1),
+        call_timeout: Duration::from_secs(10),
+    });
+    target.spawn(async move {
+        loop {
+            let _ = controller_pass(&client).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    target
+}
+
+fn cluster() -> KubernetesTarget {
+    cluster_with(4, Vec::new())
+}
+
+/// What the Deployment controller and kubelet would report: every Deployment rolled
+/// out at its generation, except those running a `broken` image.
+async fn controller_pass(client: &kube::Client) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    for d in api.list(&ListParams::default()).await?.items {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let broken = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .is_some_and(|p| {
+                p.containers
+                    .iter()
+                    .any(|c| c.image.as_deref().is_some_and(|i| i.contains("broken")))
+            });
+        let status = if broken {
+            json!({ "status": {
+                "observedGeneration": d.metadata.generation, "replicas": replicas,
+                "updatedReplicas": replicas, "availableReplicas": 0,
+                "conditions": [ { "type": "Progressing", "status": "False",
+                                  "reason": "ProgressDeadlineExceeded",
+                                  "message": "ReplicaSet has timed out progressing." } ] } })
+        } else {
+            json!({ "status": {
+                "observedGeneration": d.metadata.generation, "replicas": replicas,
+                "updatedReplicas": replicas, "availableReplicas": replicas, "readyReplicas": replicas,
+                "conditions": [ { "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" } ] } })
+        };
+        let now = serde_json::to_value(&d.status).unwrap_or(Value::Null);
+        if now.get("observedGeneration") != status["status"].get("observedGeneration")
+            || now.get("availableReplicas") != status["status"].get("availableReplicas")
+            || now.get("replicas") != status["status"].get("replicas")
+        {
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn deployment(t: &KubernetesTarget, name: &str) -> Option<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+    t.block_on(api.get_opt(name)).expect("get deployment")
+}
+
+fn service(t: &KubernetesTarget, name: &str) -> Option<Service> {
+    let api: Api<Service> = Api::namespaced(t.client(), NS);
+    t.block_on(api.get_opt(name)).expect("get service")
+}
+
+fn route_value(t: &KubernetesTarget) -> Value {
+    let api: Api<DynamicObject> = Api::namespaced_with(t.client(), NS, &kubernetes::http_route());
+    serde_json::to_value(t.block_on(api.get("web")).expect("get route")).expect("json")
+}
+
+/// (stable weight, canary weight) in rule 1.
+fn weights(t: &KubernetesTarget) -> (Option<i64>, Option<i64>) {
+    kubernetes::route_weights(&route_value(t), 1, "web").expect("rule 1")
+}
+
+fn image(d: &Deployment, container: &str) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.iter().find(|c| c.name == container))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+/// Every object's spec, labels and annotations: what "the same state" means.
+fn snapshot(t: &KubernetesTarget) -> Value {
+    let d = |n: &str| {
+        deployment(t, n).map(|d| json!({ "labels": d.metadata.labels, "annotations": d.metadata.annotations, "spec": d.spec }))
+    };
+    let s = |n: &str| service(t, n).map(|s| json!({ "labels": s.metadata.labels, "spec": s.spec }));
+    json!({
+        "web": d("web"), "web-canary": d("web-canary"),
+        "svc": s("web"), "svc-canary": s("web-canary"),
+        "rules": route_value(t)["spec"]["rules"],
+    })
+}
+
+fn settle(t: &mut KubernetesTarget, plan: &Plan, desired: &Desired) -> TargetHealth {
+    let mut last = TargetHealth::Progressing;
+    for _ in 0..500 {
+        last = t.health(plan, desired);
+        if last == TargetHealth::Healthy {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    last
+}
+
+const V2: &str = "registry.example/web:v2";
+const V3: &str = "registry.example/web:v3";
+
+#[test]
+fn gateway_canary_objects_and_weights_after_every_step() {
+    let mut t = cluster();
+    let p = plan(true);
+
+    t.start_candidate(&p, V2).expect("start");
+    let canary = deployment(&t, "web-canary").expect("canary deployment");
+    assert_eq!(image(&canary, "app"), V2);
+    assert_eq!(
+        image(&canary, "proxy"),
+        "envoy:1.30",
+        "only the named container changes"
+    );
+    assert_eq!(replicas(&canary), 4, "a full copy of the stable");
+    let l = labels(&canary.metadata);
+    assert_eq!(
+        l.get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("rollgate")
+    );
+    assert_eq!(l.get("team").map(String::as_str), Some("shop"));
+    let spec = canary.spec.as_ref().expect("spec");
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    assert_eq!(
+        selector.get("app").map(String::as_str),
+        Some("web-canary"),
+        "the stable Service must not select canary pods"
+    );
+    assert_eq!(
+        selector.get("rollgate.dev/track").map(String::as_str),
+        Some("canary")
+    );
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert_eq!(pod_labels.get("tier").map(String::as_str), Some("front"));
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the selector selects its pods"
+    );
+    let svc = service(&t, "web-canary").expect("canary service");
+    assert!(kubernetes::is_managed(&svc.metadata));
+    let svc_selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    assert!(
+        svc_selector
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "canary service selects canary pods"
+    );
+    assert_eq!(weights(&t), (Some(100), Some(0)), "no traffic yet");
+    assert_eq!(
+        settle(
+            &mut t,
+            &p,
+            &Desired {
+                stable: Some("registry.example/web:v1".into()),
+                candidate: Some(V2.into()),
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
+    );
+
+    for w in [5u8, 25, 50, 100] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            weights(&t),
+            (Some(100 - i64::from(w)), Some(i64::from(w))),
+            "at {w}%"
+        );
+        let rules = &route_value(&t)["spec"]["rules"];
+        assert_eq!(
+            rules[0],
+            route()["spec"]["rules"][0],
+            "other rules untouched"
+        );
+        assert_eq!(
+            rules[1]["backendRefs"][1]["port"],
+            json!(80),
+            "canary ref copies the stable port"
+        );
+    }
+
+    t.promote(&p, V2).expect("promote");
+    let stable = deployment(&t, "web").expect("stable survives");
+    assert_eq!(image(&stable, "app"), V2);
+    assert_eq!(image(&stable, "proxy"), "envoy:1.30");
+    assert_eq!(replicas(&stable), 4);
+    assert!(deployment(&t, "web-canary").is_none());
+    assert!(service(&t, "web-canary").is_none());
+    assert_eq!(weights(&t), (Some(100), None));
+    assert!(service(&t, "web").is_some());
+    assert_eq!(
+        settle(
+            &mut t,
+            &p,
+            &Desired {
+                stable: Some(V2.into()),
+                candidate: None,
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
+    );
+}
+
+#[test]
+fn replica_ratio_canary_scales_replicas_after_every_step() {
+    let mut t = cluster();
+    let p = plan(false);
+    t.start_candidate(&p, V2).expect("start");
+    let canary = deployment(&t, "web-canary").expect("canary");
+    assert_eq!(replicas(&canary), 0);
+    let selector = canary
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        selector.get("app").map(String::as_str),
+        Some("web"),
+        "the stable Service selects both"
+    );
+    assert_eq!(
+        weights(&t),
+        (Some(1), None),
+        "the route is not touched in replica mode"
+    );
+
+    for (w, c, s) in [(5u8, 1, 3), (25, 1, 3), (50, 2, 2), (100, 4, 0), (50, 2, 2)] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            replicas(&deployment(&t, "web-canary").expect("canary")),
+            c,
+            "canary at {w}%"
+        );
+        assert_eq!(
+            replicas(&deployment(&t, "web").expect("stable")),
+            s,
+            "stable at {w}%"
+        );
+        assert_eq!(
+            settle(
+                &mut t,
+                &p,
+                &Desired {
+                    stable: None,
+                    candidate: Some(V2.into()),
+                    weight: w
+                }
+            ),
+            TargetHealth::Healthy
+        );
+    }
+
+    t.promote(&p, V2).expect("promote");
+    let stable = deployment(&t, "web").expect("stable");
+    assert_eq!(
+        (image(&stable, "app"), replicas(&stable)),
+        (V2.to_owned(), 4)
+    );
+    assert!(deployment(&t, "web-canary").is_none());
+    assert!(service(&t, "web-canary").is_none());
+}
+
+#[test]
+fn rollback_sends_traffic_to_stable_then_removes_the_canary() {
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = plan(route);
+        t.start_candidate(&p, V3).expect("start");
+        t.set_weight(&p, 50).expect("weight");
+        t.rollback(&p, Some("registry.example/web:v1"))
+            .expect("rollback");
+        let stable = deployment(&t, "web").expect("stable survives");
+        assert_eq!(
+            (image(&stable, "app"), replicas(&stable)),
+            ("registry.example/web:v1".to_owned(), 4)
+        );
+        assert!(deployment(&t, "web-canary").is_none());
+        assert!(service(&t, "web-canary").is_none());
+        if route {
+            assert_eq!(weights(&t), (Some(100), None));
+        }
+        assert_eq!(
+            settle(
+                &mut t,
+                &p,
+                &Desired {
+                    stable: Some("registry.example/web:v1".into()),
+                    candidate: None,
+                    weight: 0
+                }
+            ),
+            TargetHealth::Healthy,
+            "route mode: {route}"
+        );
+    }
+}
+
+#[test]
+fn rolling_back_a_finished_rollout_restores_the_stable_image() {
+    let mut t = cluster();
+    let p = plan(true);
+    t.start_candidate(&p, V2).expect("start");
+    t.promote(&p, V2).expect("promote");
+    t.rollback(&p, Some("registry.example/web:v1"))
+        .expect("rollback");
+    assert_eq!(
+        image(&deployment(&t, "web").expect("stable"), "app"),
+        "registry.example/web:v1"
+    );
+}
+
+#[test]
+fn rerunning_every_step_after_a_crash_converges() {
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = plan(route);
+        type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+        let steps: Vec<(&str, Step)> = vec![
+            (
+                "start",
+                Box::new(move |t| t.start_candidate(&plan(route), V2)),
+            ),
+            ("weight 5", Box::new(move |t| t.set_weight(&plan(route), 5))),
+            (
+                "weight 50",
+                Box::new(move |t| t.set_weight(&plan(route), 50)),
+            ),
+            ("promote", Box::new(move |t| t.promote(&plan(route), V2))),
+            (
+                "start v3",
+                Box::new(move |t| t.start_candidate(&plan(route), V3)),
+            ),
+            (
+                "weight 25",
+                Box::new(move |t| t.set_weight(&plan(route), 25)),
+            ),
+            (
+                "rollback",
+                Box::new(move |t| t.rollback(&plan(route), Some(V2))),
+            ),
+        ];
+        for (name, step) in &steps {
+            step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let once = snapshot(&t);
+            // The process dies after the call and the step runs again, twice.
+            step(&mut t).unwrap_or_else(|e| panic!("{name} again: {e}"));
+            step(&mut t).unwrap_or_else(|e| panic!("{name} a third time: {e}"));
+            assert_eq!(
+                snapshot(&t),
+                once,
+                "{name} (route mode: {route}) is idempotent"
+            );
+        }
+        // A re-run of start after set_weight keeps the traffic split.
+        t.start_candidate(&p, V3).expect("start");
+        t.set_weight(&p, 25).expect("weight");
+        let before = snapshot(&t);
+        t.start_candidate(&p, V3).expect("start again");
+        assert_eq!(
+            snapshot(&t),
+            before,
+            "start after weight (route mode: {route})"
+        );
+    }
+}
+
+#[test]
+fn a_canary_rollgate_did_not_create_is_never_deleted_nor_adopted() {
+    let mut foreign = stable_deployment(2);
+    foreign["metadata"]["name"] = json!("web-canary");
+    for route in [true, false] {
+        let mut t = cluster_with(4, vec![foreign.clone()]);
+        let p = plan(route);
+        let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
+        assert!(err.0.contains("not created by rollgate"), "{err}");
+        assert!(t.rollback(&p, None).is_err(), "refuses to delete");
+        assert!(t.promote(&p, V2).is_err(), "refuses to delete");
+        let still = deployment(&t, "web-canary").expect("foreign deployment survives");
+        assert_eq!(image(&still, "app"), "registry.example/web:v1");
+        assert!(!kubernetes::is_managed(&still.metadata));
+        assert!(deployment(&t, "web").is_some(), "stable survives");
+    }
+}
+
+#[test]
+fn the_stable_deployment_survives_every_path() {
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = plan(route);
+        t.rollback(&p, None).expect("rollback with nothing running");
+        t.start_candidate(&p, V2).expect("start");
+        t.rollback(&p, None).expect("rollback");
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 100).expect("weight");
+        t.promote(&p, V2).expect("promote");
+        t.promote(&p, V2).expect("promote again");
+        let stable = deployment(&t, "web").expect("stable survives");
+        assert!(
+            !kubernetes::is_managed(&stable.metadata),
+            "never relabelled as ours"
+        );
+        assert!(service(&t, "web").is_some(), "stable service survives");
+    }
+}
+
+#[test]
+fn a_candidate_past_its_progress_deadline_is_unhealthy() {
+    let mut t = cluster();
+    let p = plan(true);
+    t.start_candidate(&p, "registry.example/web:broken")
+        .expect("start");
+    let d = Desired {
+        stable: None,
+        candidate: Some("registry.example/web:broken".into()),
+        weight: 0,
+    };
+    let mut last = TargetHealth::Progressing;
+    for _ in 0..500 {
+        last = t.health(&p, &d);
+        if last != TargetHealth::Progressing {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        matches!(&last, TargetHealth::Unhealthy { reason } if reason.contains("ProgressDeadlineExceeded")),
+        "{last:?}"
+    );
+    // Promoting a broken artifact fails instead of waiting forever.
+    let err = t
+        .promote(&p, "registry.example/web:broken")
+        .expect_err("stable never rolls out");
+    assert!(err.0.contains("ProgressDeadlineExceeded"), "{err}");
+}
+
+#[test]
+fn a_missing_stable_deployment_holds_the_rollout() {
+    let runtime = kubernetes::runtime().expect("runtime");
+    let client = runtime
+        .block_on(
+            kube_fake_client::ClientBuilder::new()
+                .with_resource::<HttpRoute>()
+                .build(),
+        )
+        .expect("fake client");
+    let mut t = KubernetesTarget::new(runtime, client);
+    let p = plan(true);
+    assert!(t.start_candidate(&p, V2).is_err());
+    let h = t.health(
+        &p,
+        &Desired {
+            stable: None,
+            candidate: Some(V2.into()),
+            weight: 0,
+        },
+    );
+    assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
+}
+
+#[test]
+fn a_local_plan_is_refused() {
+    let mut t = cluster();
+    let p = rollgate::model::validate::parse_plan(
+        "plans/p.yaml",
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: p }\nspec:\n  target: t\n  workload:\n    local: { command: [srv], listen: \"127.0.0.1:9\" }\n  artifact: v2\n  strategy:\n    canary: { steps: [ { setWeight: 100 } ] }\n",
+        None,
+    )
+    .expect("plan parses")
+    .plan;
+    let err = t.start_candidate(&p, "v2").expect_err("wrong workload");
+    assert!(err.0.contains("local workload"), "{err}");
+}
+
+#[test]
+fn kubernetes_passes_the_target_contract_with_gateway_weights() {
+    let mut t = cluster();
+    contract::run(
+        &mut t,
+        &plan(true),
+        Some("registry.example/web:v1"),
+        V2,
+        V3,
+        500,
+        Duration::from_millis(2),
+    );
+    assert_eq!(weights(&t), (Some(100), None));
+}
+
+#[test]
+fn kubernetes_passes_the_target_contract_with_replica_ratio() {
+    let mut t = cluster();
+    contract::run(
+        &mut t,
+        &plan(false),
+        Some("registry.example/web:v1"),
+        V2,
+        V3,
+        500,
+        Duration::from_millis(2),
+    );
+    assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 4);
+}
+
+/// Why rollgate applies a whole `rules` list: the CRD declares `rules` and `backendRefs`
+/// `x-kubernetes-list-type: atomic`, so no server-side apply can own only the weights.
+#[test]
+fn httproute_rules_and_backend_refs_are_atomic_lists_in_the_crd() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gateway-api/gateway.networking.k8s.io_httproutes.yaml"
+    ))
+    .expect("crd fixture");
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_saphyr::from_str(&text).expect("crd parses");
+    let v1 = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == "v1")
+        .expect("v1");
+    assert!(v1.served && v1.storage);
+    let schema = serde_json::to_value(&v1.schema).expect("json");
+    let rules = schema
+        .pointer("/openAPIV3Schema/properties/spec/properties/rules")
+        .expect("rules");
+    assert_eq!(rules.get("x-kubernetes-list-type"), Some(&json!("atomic")));
+    let refs = rules
+        .pointer("/items/properties/backendRefs")
+        .expect("backendRefs");
+    assert_eq!(refs.get("x-kubernetes-list-type"), Some(&json!("atomic")));
+    assert!(refs.pointer("/items/properties/weight").is_some());
+    // The upstream traffic-splitting example reads the way rollgate writes.
+    let example: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gateway-api/example-traffic-split.yaml"
+        ))
+        .expect("example"),
+    )
+    .expect("example parses");
+    assert_eq!(
+        kubernetes::route_weights(&example, 0, "foo-v1"),
+        Some((Some(90), None))
+    );
+}
+
+/// Every verb the target sends to the API server is one `deploy/kubernetes` grants
+/// (through `kubernetes::RBAC`, which `tests/deploy_manifests.rs` compares with the
+/// ClusterRole). The fake's interceptors see verbs, not resources, so the resources are
+/// checked by reading the code against `RBAC`'s documentation.
+#[test]
+fn the_target_sends_only_verbs_rbac_grants() {
+    use kube_fake_client::interceptor::Funcs;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<std::collections::BTreeSet<&'static str>>> = Arc::default();
+    let record = |verb: &'static str| {
+        let seen = Arc::clone(&seen);
+        move || {
+            seen.lock().expect("lock").insert(verb);
+        }
+    };
+    for gateway in [true, false] {
+        let (get, create, update, replace, delete, list, patch, watch) = (
+            record("get"),
+            record("create"),
+            record("update"),
+            record("replace"),
+            record("delete"),
+            record("list"),
+            record("patch"),
+            record("watch"),
+        );
+        let funcs = Funcs::new()
+            .get(move |_| {
+                get();
+                Ok(None)
+            })
+            .create(move |_| {
+                create();
+                Ok(None)
+            })
+            .update(move |_| {
+                update();
+                Ok(None)
+            })
+            .replace(move |_| {
+                replace();
+                Ok(None)
+            })
+            .delete(move |_| {
+                delete();
+                Ok(None)
+            })
+            .list(move |_| {
+                list();
+                Ok(None)
+            })
+            .patch(move |_| {
+                patch();
+                Ok(None)
+            })
+            .watch(move |_| {
+                watch();
+                Ok(None)
+            });
+        // No controller here (it lists): the stable starts out rolled out.
+        let mut stable = stable_deployment(4);
+        stable["status"] = json!({ "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4 });
+        let runtime = kubernetes::runtime().expect("runtime");
+        let client = runtime
+            .block_on(
+                kube_fake_client::ClientBuilder::new()
+                    .with_resource::<HttpRoute>()
+                    .with_status_subresource::<Deployment>()
+                    .with_runtime_objects(vec![stable, stable_service(), route()])
+                    .with_interceptor_funcs(funcs)
+                    .build(),
+            )
+            .expect("fake client");
+        let mut t = KubernetesTarget::new(runtime, client);
+        let p = plan(gateway);
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 50).expect("weight");
+        let _ = t.health(
+            &p,
+            &Desired {
+                stable: None,
+                candidate: Some(V2.into()),
+                weight: 50,
+            },
+        );
+        t.rollback(&p, None).expect("rollback");
+        t.start_candidate(&p, V2).expect("start");
+        t.promote(&p, V2).expect("promote");
+        assert_eq!(image(&deployment(&t, "web").expect("stable"), "app"), V2);
+    }
+    let granted: std::collections::BTreeSet<&str> = kubernetes::RBAC
+        .iter()
+        .flat_map(|(_, _, verbs)| verbs.iter().copied())
+        .collect();
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen, granted, "verbs sent vs verbs granted");
+}
+
+/// The opt-in suite: the target contract against a real cluster named by
+/// `ROLLGATE_E2E_KUBECONFIG`, in a namespace of its own that it deletes afterwards.
+/// Replica-ratio mode always; Gateway API weights too when the HTTPRoute CRD is installed.
+#[test]
+fn e2e_contract_on_a_real_cluster() {
+    let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
+        println!("SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set");
+        return;
+    };
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{DeleteParams, PostParams};
+    let ns = format!("rollgate-e2e-{}", std::process::id());
+    let mut t = KubernetesTarget::from_kubeconfig(Some(std::path::Path::new(&path)), None)
+        .expect("kubeconfig")
+        .with_timing(Timing {
+            promote_wait: Duration::from_secs(180),
+            poll: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(30),
+        });
+    let client = t.client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace");
+    t.block_on(namespaces.create(&PostParams::default(), &namespace))
+        .expect("create namespace");
+    // Small images that start in a second; the artifacts are their tags.
+    let v1 = "registry.k8s.io/pause:3.10";
+    let (v2, v3) = ("registry.k8s.io/pause:3.9", "registry.k8s.io/pause:3.8");
+    let apply = PatchParams::apply("rollgate-e2e").force();
+    let with_ns = |mut v: Value| {
+        v["metadata"]["namespace"] = json!(ns);
+        v
+    };
+    let mut stable = with_ns(stable_deployment(2));
+    stable["spec"]["template"]["spec"]["containers"] = json!([{ "name": "app", "image": v1 }]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kubernetes::http_route());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.block_on(deployments.patch("web", &apply, &Patch::Apply(&stable)))
+            .expect("stable deployment");
+        t.block_on(services.patch("web", &apply, &Patch::Apply(with_ns(stable_service()))))
+            .expect("stable service");
+        let with_ns_plan = |gateway: bool| {
+            let mut p = plan(gateway);
+            if let rollgate::model::plan::Workload::Kubernetes(k) = &mut p.workload {
+                k.namespace = ns.clone();
+            }
+            p
+        };
+        contract::run(
+            &mut t,
+            &with_ns_plan(false),
+            Some(v1),
+            v2,
+            v3,
+            180,
+            Duration::from_secs(1),
+        );
+        let mut route = with_ns(route());
+        route["spec"]["parentRefs"] = json!([{ "name": "none" }]);
+        if t.block_on(routes.patch("web", &apply, &Patch::Apply(&route)))
+            .is_ok()
+        {
+            // Back to v1 so the gateway contract starts from the same stable.
+            t.rollback(&with_ns_plan(true), Some(v1)).expect("reset");
+            contract::run(
+                &mut t,
+                &with_ns_plan(true),
+                Some(v1),
+                v2,
+                v3,
+                180,
+                Duration::from_secs(1),
+            );
+        } else {
+            println!("gateway mode skipped: no HTTPRoute CRD in the cluster");
+        }
+    }));
+    let _ = t.block_on(namespaces.delete(&ns, &DeleteParams::background()));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Regression guard: test builds compile both rustls providers (kube-fake-client turns
+/// on kube's default `ring`), and rustls with two providers and no process default
+/// panics when a TLS client starts. kube-client installs aws-lc-rs as the default (its
+/// `aws-lc-rs` feature), so the client starts; a cluster that does not answer makes
+/// `health` unreachable (the rollout holds).
+#[test]
+fn a_tls_client_starts_and_an_unreachable_cluster_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: \"https://127.0.0.1:9\" }\nusers:\n- name: u\n  user: { token: not-a-secret }\ncontexts:\n- name: x\n  context: { cluster: c, user: u }\ncurrent-context: x\n",
+    )
+    .expect("write kubeconfig");
+    let mut t = KubernetesTarget::from_kubeconfig(Some(&path), None)
+        .expect("client")
+        .with_timing(Timing {
+            promote_wait: Duration::from_secs(1),
+            poll: Duration::from_millis(10),
+            call_timeout: Duration::from_secs(5),
+        });
+    let h = t.health(
+        &plan(true),
+        &Desired {
+            stable: None,
+            candidate: None,
+            weight: 0,
+        },
+    );
+    assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
+    assert!(t.set_weight(&plan(true), 5).is_err());
+}
+
+#[test]
+fn weight_without_a_candidate_is_refused_and_moves_no_traffic() {
+    for gateway in [true, false] {
+        let mut t = cluster();
+        let p = plan(gateway);
+        let before = snapshot(&t);
+        let err = t.set_weight(&p, 25).expect_err("no candidate yet");
+        assert!(err.0.contains("start the candidate first"), "{err}");
+        assert_eq!(snapshot(&t), before, "nothing changed (gateway: {gateway})");
+    }
+}
+
+/// Someone edits the route between rollgate's read and its apply: the server answers
+/// 409, the step fails (the rollout holds) and changes nothing; the next try converges.
+#[test]
+fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let conflicts = Arc::new(AtomicUsize::new(1));
+    let left = Arc::clone(&conflicts);
+    let funcs = kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
+        if ctx.patch.get("kind").and_then(Value::as_str) == Some("HTTPRoute")
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(kube_fake_client::Error::Conflict(
+                "the object has been modified".into(),
+            ));
+        }
+        Ok(None)
+    });
+    let mut t = cluster_intercepted(4, Vec::new(), Some(funcs));
+    let p = plan(true);
+    let err = t.start_candidate(&p, V2).expect_err("conflict");
+    assert!(err.0.contains("409"), "{err}");
+    assert_eq!(weights(&t), (Some(1), None), "route unchanged");
+    t.start_candidate(&p, V2).expect("retry");
+    t.set_weight(&p, 5).expect("weight");
+    assert_eq!(weights(&t), (Some(95), Some(5)));
+    assert_eq!(conflicts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_foreign_canary_service_stops_start_before_anything_is_written() {
+    let mut foreign = stable_service();
+    foreign["metadata"]["name"] = json!("web-canary");
+    let mut t = cluster_with(4, vec![foreign]);
+    let p = plan(true);
+    let before = snapshot(&t);
+    let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
+    assert!(err.0.contains("not created by rollgate"), "{err}");
+    assert_eq!(snapshot(&t), before);
+    assert!(t.rollback(&p, None).is_err(), "refuses to delete");
+    assert!(
+        service(&t, "web-canary").is_some(),
+        "foreign service survives"
+    );
+}
