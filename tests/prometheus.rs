@@ -417,3 +417,58 @@ fn prometheus_down_mid_analysis_holds_and_the_rollout_resumes_when_it_returns() 
     });
     assert_eq!(s.stable.as_deref(), Some("v2"));
 }
+
+/// A plan without checks whose only gate is a 99.9% SLO over the proxy's requests.
+fn slo_plan(proxy: u16, artifact: &str) -> String {
+    let good = "sum(increase(rollgate_proxy_requests_total{code!=\\\"5xx\\\"}[{{window}}]))";
+    let total = "sum(increase(rollgate_proxy_requests_total[{{window}}]))";
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: web, labels: {{ team: test }} }}
+spec:
+  target: local
+  workload:
+    local:
+      command: [\"{exe}\", demo-service, --port, \"{{{{port}}}}\", --version, \"{{{{version}}}}\", --fail-version, v3, --fail-rate, \"0.2\", --work-ms, \"1\"]
+      listen: \"127.0.0.1:{proxy}\"
+  artifact: {artifact}
+  strategy:
+    canary:
+      steps: [ {{ setWeight: 25 }}, {{ pause: {{ duration: 4s }} }}, {{ setWeight: 100 }} ]
+  slo: {{ source: prometheus, objective: 0.999, window: 30d, good: \"{good}\", total: \"{total}\" }}
+",
+        exe = env!("CARGO_BIN_EXE_rollgate")
+    )
+}
+
+#[test]
+fn a_burning_error_budget_holds_the_rollout_on_prometheus_numbers() {
+    if skip_without_prometheus() {
+        return;
+    }
+    // Given v1 stable and a plan whose only gate is a 99.9% SLO
+    let world = World::new("6s");
+    let proxy = world.proxy;
+    // When v3, which fails 20% of its requests, takes 25% of the traffic
+    world.remote.human_commit(
+        "plans/web.yaml",
+        |_| slo_plan(proxy, "v3"),
+        "web v3 behind an SLO",
+    );
+    // Then the budget burns at about 50x over every window and the next step is not entered
+    let held = world.wait("held by the SLO", Duration::from_secs(60), |s| {
+        s.candidate == "v3" && s.hold.as_ref().is_some_and(|h| h.kind.as_str() == "slo")
+    });
+    let hold = held.hold.as_ref().expect("a hold");
+    assert!(hold.reason.contains("burning"), "{}", hold.reason);
+    assert!(held.budget_remaining.is_some(), "{held:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = world.status().expect("status");
+    assert_ne!(
+        still.stable.as_deref(),
+        Some("v3"),
+        "promoted while the budget burns"
+    );
+    assert!(still.weight <= 25, "{still:?}");
+}
