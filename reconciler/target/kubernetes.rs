@@ -635,12 +635,11 @@ impl Cluster<'_> {
         }
     }
 
-    async fn weigh_route(
+    /// The HTTPRoute, typed and as JSON; a missing route is an error (it is the user's).
+    async fn read_route(
         &self,
         route: &str,
-        rule: u32,
-        weight: Option<u8>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(DynamicObject, serde_json::Value), TargetError> {
         let current = self
             .timed(
                 &format!("cannot read httproute {route}"),
@@ -655,6 +654,16 @@ impl Cluster<'_> {
             })?;
         let value = serde_json::to_value(&current)
             .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        Ok((current, value))
+    }
+
+    async fn weigh_route(
+        &self,
+        route: &str,
+        rule: u32,
+        weight: Option<u8>,
+    ) -> Result<(), TargetError> {
+        let (current, value) = self.read_route(route).await?;
         if let Some((s, c)) = route_weights(&value, rule, &self.w.service) {
             let want = match weight {
                 Some(w) => (Some(100 - i64::from(w)), Some(i64::from(w))),
@@ -778,20 +787,7 @@ impl Cluster<'_> {
         let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
             return Ok(());
         };
-        let current = self
-            .timed(
-                &format!("cannot read httproute {route}"),
-                self.routes.get_opt(route),
-            )
-            .await?
-            .ok_or_else(|| {
-                TargetError(format!(
-                    "httproute {}/{route} does not exist",
-                    self.w.namespace
-                ))
-            })?;
-        let value = serde_json::to_value(&current)
-            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        let (_, value) = self.read_route(route).await?;
         match route_weights(&value, *rule, &self.w.service) {
             Some((_, Some(_))) => Ok(()),
             _ => self.weigh_route(route, *rule, Some(0)).await,
@@ -863,20 +859,7 @@ impl Cluster<'_> {
         let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
             return Ok(TargetHealth::Healthy);
         };
-        let current = self
-            .timed(
-                &format!("cannot read httproute {route}"),
-                self.routes.get_opt(route),
-            )
-            .await?
-            .ok_or_else(|| {
-                TargetError(format!(
-                    "httproute {}/{route} does not exist",
-                    self.w.namespace
-                ))
-            })?;
-        let value = serde_json::to_value(&current)
-            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+        let (_, value) = self.read_route(route).await?;
         let Some((s, c)) = route_weights(&value, *rule, &self.w.service) else {
             return Ok(TargetHealth::Unhealthy {
                 reason: format!("httproute {route} has no rule {rule} with backendRefs"),
