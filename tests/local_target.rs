@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::free_port;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,14 +16,6 @@ use rollgate::model::Plan;
 use rollgate::target::Target;
 use rollgate::target::local::LocalTarget;
 use support::git;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn plan_yaml(name: &str, port: u16, artifact: &str, steps: &str, checks: &str) -> String {
     format!(

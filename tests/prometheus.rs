@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::free_port;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,14 +17,6 @@ use std::time::{Duration, Instant};
 
 use rollgate::demo::load::Generator;
 use rollgate::model::status::Status;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn prometheus_binary() -> Option<PathBuf> {
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
@@ -116,7 +110,8 @@ const QUERY: &str = "sum(rate(rollgate_proxy_requests_total{version=\\\"{{versio
 const SAMPLES: &str =
     "sum(increase(rollgate_proxy_requests_total{version=\\\"{{version}}\\\"}[{{window}}]))";
 
-fn plan(proxy: u16, artifact: &str, analysis: &str) -> String {
+/// The plan `web`: the demo service (v3 fails 20%) behind the proxy on `proxy`.
+fn plan_head(proxy: u16, artifact: &str) -> String {
     format!(
         "apiVersion: rollgate.dev/v1alpha1
 kind: RolloutPlan
@@ -128,7 +123,14 @@ spec:
       command: [\"{exe}\", demo-service, --port, \"{{{{port}}}}\", --version, \"{{{{version}}}}\", --fail-version, v3, --fail-rate, \"0.2\", --work-ms, \"1\"]
       listen: \"127.0.0.1:{proxy}\"
   artifact: {artifact}
-  strategy:
+",
+        exe = env!("CARGO_BIN_EXE_rollgate")
+    )
+}
+
+fn plan(proxy: u16, artifact: &str, analysis: &str) -> String {
+    format!(
+        "{head}  strategy:
     canary:
       steps: [ {{ setWeight: 25 }}, {{ analysis: {{ checks: [success-rate], duration: {analysis} }} }}, {{ setWeight: 100 }} ]
   checks:
@@ -141,7 +143,7 @@ spec:
       judge: {{ min: 0.95 }}
   minSamples: 20
 ",
-        exe = env!("CARGO_BIN_EXE_rollgate")
+        head = plan_head(proxy, artifact)
     )
 }
 
@@ -423,22 +425,12 @@ fn slo_plan(proxy: u16, artifact: &str) -> String {
     let good = "sum(increase(rollgate_proxy_requests_total{code!=\\\"5xx\\\"}[{{window}}]))";
     let total = "sum(increase(rollgate_proxy_requests_total[{{window}}]))";
     format!(
-        "apiVersion: rollgate.dev/v1alpha1
-kind: RolloutPlan
-metadata: {{ name: web, labels: {{ team: test }} }}
-spec:
-  target: local
-  workload:
-    local:
-      command: [\"{exe}\", demo-service, --port, \"{{{{port}}}}\", --version, \"{{{{version}}}}\", --fail-version, v3, --fail-rate, \"0.2\", --work-ms, \"1\"]
-      listen: \"127.0.0.1:{proxy}\"
-  artifact: {artifact}
-  strategy:
+        "{head}  strategy:
     canary:
       steps: [ {{ setWeight: 25 }}, {{ pause: {{ duration: 4s }} }}, {{ setWeight: 100 }} ]
   slo: {{ source: prometheus, objective: 0.999, window: 30d, good: \"{good}\", total: \"{total}\" }}
 ",
-        exe = env!("CARGO_BIN_EXE_rollgate")
+        head = plan_head(proxy, artifact)
     )
 }
 
