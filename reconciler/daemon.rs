@@ -520,7 +520,14 @@ impl Reconciler {
                 baseline: s.stable.as_deref(),
                 window: since.max(check.interval).min(Duration::from_secs(3600)),
             };
+            let from_target = check.source == crate::model::settings::BUILTIN_SOURCE
+                && check.query.trim() == "replica-health";
             let result = match self.metrics.get_mut(&check.source) {
+                // Readiness counts come from the target that runs the candidate.
+                _ if from_target => match self.targets.get_mut(&plan.target) {
+                    Some(t) => t.readiness(plan),
+                    None => Err(format!("target `{}` is not available", plan.target)),
+                },
                 Some(source) => source.measure(check, &ctx),
                 None => Err(format!(
                     "metrics source `{}` is not available in this daemon",
@@ -564,12 +571,8 @@ impl Reconciler {
         };
         let result = match s.phase {
             // The stable version first (it carries the rest of the traffic), then the candidate.
-            Phase::Progressing | Phase::Paused | Phase::Held => s
-                .stable
-                .as_deref()
-                .map_or(Ok(()), |stable| t.promote(plan, stable))
-                .and_then(|()| t.start_candidate(plan, &s.candidate))
-                .and_then(|()| t.set_weight(plan, s.weight))
+            Phase::Progressing | Phase::Paused | Phase::Held => t
+                .resume(plan, s.stable.as_deref(), &s.candidate, s.weight)
                 .map(|()| 3),
             // A finished rollout still has a stable version that must be running.
             Phase::Promoting | Phase::Succeeded => t.promote(plan, &s.candidate).map(|()| 1),

@@ -319,6 +319,7 @@ cases! {
     weight_range => "weight-range",
     weight_range_negative => "weight-range-negative",
     workload_mismatch => "workload-mismatch",
+    workload_mismatch_replica_health => "workload-mismatch-replica-health",
     wrong_type => "wrong-type",
     wrong_type_checks_mapping => "wrong-type-checks-mapping",
     wrong_type_label_value => "wrong-type-label-value",

@@ -149,7 +149,11 @@ fn cluster() -> KubernetesTarget {
 /// What the Deployment controller and kubelet would report: every Deployment rolled
 /// out at its generation, except those running a `broken` image.
 async fn controller_pass(client: &kube::Client) -> Result<(), kube::Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    controller_pass_in(client, NS).await
+}
+
+async fn controller_pass_in(client: &kube::Client, ns: &str) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     for d in api.list(&ListParams::default()).await?.items {
         let name = d.metadata.name.clone().unwrap_or_default();
         let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -204,7 +208,46 @@ fn route_value(t: &KubernetesTarget) -> Value {
 
 /// (stable weight, canary weight) in rule 1.
 fn weights(t: &KubernetesTarget) -> (Option<i64>, Option<i64>) {
-    kubernetes::route_weights(&route_value(t), 1, "web").expect("rule 1")
+    kubernetes::route_weights(&route_value(t), 1, "web", "web-canary").expect("rule 1")
+}
+
+/// (stable weight, preview weight) in rule 1, for blue-green through the route.
+fn preview_weights(t: &KubernetesTarget) -> (Option<i64>, Option<i64>) {
+    kubernetes::route_weights(&route_value(t), 1, "web", "web-preview").expect("rule 1")
+}
+
+/// A blue-green plan: switching by the route's weights or the active Service selector.
+fn bg_plan(route: bool, scale_down_delay: &str) -> Plan {
+    let workload = if route {
+        "kubernetes: { namespace: shop, deployment: web, container: app, route: web, routeRule: 1 }"
+    } else {
+        "kubernetes: { namespace: shop, deployment: web, container: app }"
+    };
+    let text = format!(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: web }}\nspec:\n  target: prod\n  workload:\n    {workload}\n  artifact: registry.example/web:v2\n  strategy:\n    blueGreen: {{ autoPromote: true, scaleDownDelay: {scale_down_delay} }}\n"
+    );
+    rollgate::model::validate::parse_plan("plans/web.yaml", &text, None)
+        .expect("plan parses")
+        .plan
+}
+
+fn selector(t: &KubernetesTarget, name: &str) -> BTreeMap<String, String> {
+    service(t, name)
+        .and_then(|s| s.spec?.selector)
+        .unwrap_or_default()
+}
+
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn selects(selector: &BTreeMap<String, String>, d: &Deployment) -> bool {
+    let labels = pod_labels(d);
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn image(d: &Deployment, container: &str) -> String {
@@ -231,8 +274,8 @@ fn snapshot(t: &KubernetesTarget) -> Value {
     };
     let s = |n: &str| service(t, n).map(|s| json!({ "labels": s.metadata.labels, "spec": s.spec }));
     json!({
-        "web": d("web"), "web-canary": d("web-canary"),
-        "svc": s("web"), "svc-canary": s("web-canary"),
+        "web": d("web"), "web-canary": d("web-canary"), "web-preview": d("web-preview"),
+        "svc": s("web"), "svc-canary": s("web-canary"), "svc-preview": s("web-preview"),
         "rules": route_value(t)["spec"]["rules"],
     })
 }
@@ -702,7 +745,7 @@ fn httproute_rules_and_backend_refs_are_atomic_lists_in_the_crd() {
     )
     .expect("example parses");
     assert_eq!(
-        kubernetes::route_weights(&example, 0, "foo-v1"),
+        kubernetes::route_weights(&example, 0, "foo-v1", "foo-v1-canary"),
         Some((Some(90), None))
     );
 }
@@ -825,6 +868,17 @@ fn e2e_contract_on_a_real_cluster() {
             call_timeout: Duration::from_secs(30),
         });
     let client = t.client();
+    // Clusters without kubelets (kwok, envtest) report no pod readiness: there, play
+    // the Deployment controller by patching status, as the in-memory tests do.
+    if std::env::var_os("ROLLGATE_E2E_SIMULATE_READINESS").is_some() {
+        let (client, ns) = (client.clone(), ns.clone());
+        t.spawn(async move {
+            loop {
+                let _ = controller_pass_in(&client, &ns).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace =
         serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace");
@@ -865,6 +919,33 @@ fn e2e_contract_on_a_real_cluster() {
             180,
             Duration::from_secs(1),
         );
+        // Blue-green by the active Service's selector, starting again from v1.
+        t.rollback(&with_ns_plan(false), Some(v1)).expect("reset");
+        let mut bg = bg_plan(false, "0s");
+        if let rollgate::model::plan::Workload::Kubernetes(k) = &mut bg.workload {
+            k.namespace = ns.clone();
+        }
+        contract::run(&mut t, &bg, Some(v1), v2, v3, 180, Duration::from_secs(1));
+        t.rollback(&bg, Some(v1)).expect("reset");
+        // The Gateway API v1.6.1 HTTPRoute CRD (the fixture copied from ../shared/data).
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/gateway-api/gateway.networking.k8s.io_httproutes.yaml"
+            ))
+            .expect("CRD fixture"),
+        )
+        .expect("CRD parses");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        match t.block_on(crds.patch(
+            "httproutes.gateway.networking.k8s.io",
+            &apply,
+            &Patch::Apply(&crd),
+        )) {
+            Ok(_) => std::thread::sleep(Duration::from_secs(3)), // let discovery see it
+            Err(e) => println!("could not install the HTTPRoute CRD: {e}"),
+        }
         let mut route = with_ns(route());
         route["spec"]["parentRefs"] = json!([{ "name": "none" }]);
         if t.block_on(routes.patch("web", &apply, &Patch::Apply(&route)))
@@ -881,6 +962,12 @@ fn e2e_contract_on_a_real_cluster() {
                 180,
                 Duration::from_secs(1),
             );
+            t.rollback(&with_ns_plan(true), Some(v1)).expect("reset");
+            let mut bg = bg_plan(true, "0s");
+            if let rollgate::model::plan::Workload::Kubernetes(k) = &mut bg.workload {
+                k.namespace = ns.clone();
+            }
+            contract::run(&mut t, &bg, Some(v1), v2, v3, 180, Duration::from_secs(1));
         } else {
             println!("gateway mode skipped: no HTTPRoute CRD in the cluster");
         }
@@ -982,4 +1069,315 @@ fn a_foreign_canary_service_stops_start_before_anything_is_written() {
         service(&t, "web-canary").is_some(),
         "foreign service survives"
     );
+}
+
+const V1: &str = "registry.example/web:v1";
+
+fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
+    Desired {
+        stable: Some(stable.into()),
+        candidate: candidate.map(str::to_owned),
+        weight,
+    }
+}
+
+#[test]
+fn blue_green_switches_the_active_selector_and_retires_the_preview_after_the_delay() {
+    let mut t = cluster();
+    let p = bg_plan(false, "1h");
+
+    t.start_candidate(&p, V2).expect("start");
+    let preview = deployment(&t, "web-preview").expect("preview deployment");
+    let stable = deployment(&t, "web").expect("stable");
+    assert_eq!(image(&preview, "app"), V2);
+    assert_eq!(replicas(&preview), 4, "a full-size preview");
+    assert!(kubernetes::is_managed(&preview.metadata));
+    assert!(
+        selects(&selector(&t, "web-preview"), &preview),
+        "the preview Service selects the preview"
+    );
+    assert!(!selects(&selector(&t, "web-preview"), &stable));
+    assert_eq!(
+        selector(&t, "web"),
+        BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+        "no user traffic on the preview yet"
+    );
+    assert!(!selects(&selector(&t, "web"), &preview));
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 0)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(
+        t.readiness(&p).expect("readiness"),
+        rollgate::engine::Measurement {
+            value: Some(1.0),
+            samples: 4
+        }
+    );
+
+    t.set_weight(&p, 100).expect("switch");
+    let active = selector(&t, "web");
+    assert!(
+        selects(&active, &preview),
+        "active selects the preview: {active:?}"
+    );
+    assert!(!selects(&active, &stable), "and no longer the stable");
+    let stable_after = deployment(&t, "web").expect("stable");
+    assert_eq!(
+        (image(&stable_after, "app"), replicas(&stable_after)),
+        (V1.to_owned(), 4),
+        "the stable waits untouched: rollback is instant"
+    );
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 100)),
+        TargetHealth::Healthy
+    );
+    let half = t.set_weight(&p, 50).expect_err("no half switch");
+    assert!(half.0.contains("all traffic at once"), "{half}");
+
+    t.promote(&p, V2).expect("promote");
+    let stable = deployment(&t, "web").expect("stable");
+    assert_eq!(image(&stable, "app"), V2);
+    assert_eq!(
+        selector(&t, "web"),
+        BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+        "traffic back on the stable Deployment, now running v2"
+    );
+    let preview = deployment(&t, "web-preview").expect("the preview waits out the delay");
+    let at = preview
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kubernetes::SCALE_DOWN_AT_ANNOTATION))
+        .expect("scale-down time recorded");
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339");
+    assert!(
+        at > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "{at}"
+    );
+    assert_eq!(
+        t.health(&p, &desired(V2, None, 0)),
+        TargetHealth::Progressing,
+        "not done while the preview runs"
+    );
+    t.promote(&p, V2).expect("promote again before the delay");
+    assert!(
+        deployment(&t, "web-preview").is_some(),
+        "too early to delete"
+    );
+
+    // The delay passes (moved into the past, as a clock would).
+    let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+    let past = json!({ "metadata": { "annotations": {
+        kubernetes::SCALE_DOWN_AT_ANNOTATION: (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339()
+    } } });
+    t.block_on(api.patch("web-preview", &PatchParams::default(), &Patch::Merge(&past)))
+        .expect("patch");
+    t.promote(&p, V2).expect("promote after the delay");
+    assert!(deployment(&t, "web-preview").is_none());
+    assert!(service(&t, "web-preview").is_none());
+    assert!(
+        service(&t, "web").is_some(),
+        "the active Service is the user's"
+    );
+    assert_eq!(
+        settle(&mut t, &p, &desired(V2, None, 0)),
+        TargetHealth::Healthy
+    );
+}
+
+#[test]
+fn blue_green_rollback_switches_back_at_once_and_removes_the_preview() {
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = bg_plan(route, "30s");
+        t.start_candidate(&p, V3).expect("start");
+        t.set_weight(&p, 100).expect("switch");
+        if route {
+            assert_eq!(preview_weights(&t), (Some(0), Some(100)));
+            assert_eq!(
+                selector(&t, "web").get("app").map(String::as_str),
+                Some("web")
+            );
+        }
+        t.rollback(&p, Some(V1)).expect("rollback");
+        assert_eq!(
+            selector(&t, "web"),
+            BTreeMap::from([("app".to_owned(), "web".to_owned())])
+        );
+        if route {
+            assert_eq!(preview_weights(&t), (Some(100), None));
+        }
+        assert!(deployment(&t, "web-preview").is_none(), "route: {route}");
+        assert!(service(&t, "web-preview").is_none(), "route: {route}");
+        let stable = deployment(&t, "web").expect("stable survives");
+        assert_eq!(
+            (image(&stable, "app"), replicas(&stable)),
+            (V1.to_owned(), 4)
+        );
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, None, 0)),
+            TargetHealth::Healthy,
+            "route: {route}"
+        );
+    }
+}
+
+#[test]
+fn blue_green_through_the_route_moves_weight_zero_to_hundred() {
+    let mut t = cluster();
+    let p = bg_plan(true, "0s");
+    t.start_candidate(&p, V2).expect("start");
+    assert_eq!(preview_weights(&t), (Some(100), Some(0)));
+    assert_eq!(
+        route_value(&t)["spec"]["rules"][1]["backendRefs"][1]["name"],
+        json!("web-preview")
+    );
+    t.set_weight(&p, 100).expect("switch");
+    assert_eq!(preview_weights(&t), (Some(0), Some(100)));
+    assert_eq!(
+        selector(&t, "web").get("app").map(String::as_str),
+        Some("web"),
+        "with a route, the active Service is not touched"
+    );
+    t.promote(&p, V2).expect("promote");
+    assert_eq!(preview_weights(&t), (Some(100), None));
+    assert!(
+        deployment(&t, "web-preview").is_none(),
+        "no delay: gone at once"
+    );
+    assert_eq!(image(&deployment(&t, "web").expect("stable"), "app"), V2);
+}
+
+#[test]
+fn blue_green_steps_rerun_after_a_crash_converge() {
+    for route in [true, false] {
+        let mut t = cluster();
+        type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+        let p = move || bg_plan(route, "0s");
+        let steps: Vec<(&str, Step)> = vec![
+            ("start", Box::new(move |t| t.start_candidate(&p(), V2))),
+            ("switch", Box::new(move |t| t.set_weight(&p(), 100))),
+            // A crash after the switch: start runs again and must keep the original selector.
+            (
+                "start again",
+                Box::new(move |t| t.start_candidate(&p(), V2)),
+            ),
+            ("promote", Box::new(move |t| t.promote(&p(), V2))),
+            ("start v3", Box::new(move |t| t.start_candidate(&p(), V3))),
+            ("switch v3", Box::new(move |t| t.set_weight(&p(), 100))),
+            ("rollback", Box::new(move |t| t.rollback(&p(), Some(V2)))),
+        ];
+        for (name, step) in &steps {
+            step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let once = snapshot(&t);
+            step(&mut t).unwrap_or_else(|e| panic!("{name} again: {e}"));
+            step(&mut t).unwrap_or_else(|e| panic!("{name} a third time: {e}"));
+            assert_eq!(snapshot(&t), once, "{name} (route: {route}) is idempotent");
+        }
+        assert_eq!(
+            selector(&t, "web"),
+            BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+            "route: {route}"
+        );
+    }
+}
+
+#[test]
+fn switching_back_restores_the_selector_recorded_at_start() {
+    let mut t = cluster();
+    let p = bg_plan(false, "0s");
+    t.start_candidate(&p, V2).expect("start");
+    // Someone (Argo CD, a human) changes the active Service after rollgate recorded it.
+    let api: Api<Service> = Api::namespaced(t.client(), NS);
+    let edit = json!({ "spec": { "selector": { "app": "web", "canary-free": "yes" } } });
+    t.block_on(api.patch("web", &PatchParams::default(), &Patch::Merge(&edit)))
+        .expect("edit");
+    // rollgate switches from what it reads now, guarded by a test of that value.
+    t.set_weight(&p, 100).expect("switch");
+    let active = selector(&t, "web");
+    assert_eq!(active.get("app").map(String::as_str), Some("web-preview"));
+    // And switching back restores what was recorded at start, not the edit.
+    t.rollback(&p, None).expect("rollback");
+    assert_eq!(
+        selector(&t, "web"),
+        BTreeMap::from([("app".to_owned(), "web".to_owned())])
+    );
+}
+
+#[test]
+fn kubernetes_passes_the_target_contract_with_blue_green() {
+    for route in [true, false] {
+        let mut t = cluster();
+        contract::run(
+            &mut t,
+            &bg_plan(route, "0s"),
+            Some(V1),
+            V2,
+            V3,
+            500,
+            Duration::from_millis(2),
+        );
+        assert_eq!(
+            selector(&t, "web"),
+            BTreeMap::from([("app".to_owned(), "web".to_owned())])
+        );
+        assert!(deployment(&t, "web-preview").is_none());
+    }
+}
+
+#[test]
+fn replica_health_counts_ready_candidate_replicas() {
+    let mut t = cluster();
+    let p = plan(true);
+    let err = t.readiness(&p).expect_err("no candidate yet");
+    assert!(err.contains("does not exist"), "{err}");
+    t.start_candidate(&p, V2).expect("start");
+    settle(&mut t, &p, &desired(V1, Some(V2), 0));
+    // Two of four pods lose readiness (the controller here only tracks availability).
+    let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+    let status = json!({ "status": { "readyReplicas": 1 } });
+    t.block_on(api.patch_status(
+        "web-canary",
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    ))
+    .expect("status");
+    assert_eq!(
+        t.readiness(&p).expect("readiness"),
+        rollgate::engine::Measurement {
+            value: Some(0.25),
+            samples: 4
+        }
+    );
+    // A replica-ratio canary at 0% has no pods: no evidence, not a pass.
+    let mut t = cluster();
+    let p = plan(false);
+    t.start_candidate(&p, V2).expect("start");
+    assert_eq!(
+        t.readiness(&p).expect("readiness"),
+        rollgate::engine::Measurement {
+            value: None,
+            samples: 0
+        }
+    );
+}
+
+#[test]
+fn resuming_after_a_daemon_restart_moves_no_traffic_and_keeps_the_canary() {
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = plan(route);
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 50).expect("weight");
+        let uid = deployment(&t, "web-canary").and_then(|d| d.metadata.uid);
+        let before = snapshot(&t);
+        t.resume(&p, Some(V1), V2, 50).expect("resume");
+        assert_eq!(snapshot(&t), before, "route: {route}");
+        assert_eq!(
+            deployment(&t, "web-canary").and_then(|d| d.metadata.uid),
+            uid,
+            "the same canary, not a new one (route: {route})"
+        );
+    }
 }

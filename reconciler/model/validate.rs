@@ -436,6 +436,14 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             );
         }
         if c.source == BUILTIN_SOURCE {
+            if c.query == "replica-health" && !matches!(s.workload, wire::Workload::Kubernetes(_)) {
+                cx.err(
+                    &at(&[K("query")]),
+                    Code::WorkloadMismatch,
+                    "replica-health counts the candidate's ready replicas, which only kubernetes workloads have",
+                )
+                .help = Some("judge this workload by its traffic (success-rate, latency-p99) instead".to_owned());
+            }
             if !BUILTIN_QUERIES.contains(&c.query.as_str()) {
                 let hint = did_you_mean(&c.query, BUILTIN_QUERIES.iter().copied());
                 cx.err(

@@ -2,11 +2,14 @@
 //!
 //! Given a fresh target and a plan, it walks start → weights → promote, then a second
 //! rollout that is rolled back, calling every method twice to prove idempotence, and
-//! checks `health` agrees with what was asked at each point.
+//! checks `health` agrees with what was asked at each point. The weights are a canary's
+//! (5, 25, 50, 100) or, for a blue-green plan, its switch (0, 100). Where a target
+//! answers `readiness`, a healthy candidate with traffic must read fully ready.
 
 use super::{Desired, Target};
 use crate::engine::TargetHealth;
 use crate::model::Plan;
+use crate::model::plan::Strategy;
 
 /// Wait (by polling `health`) until the target reports `Healthy` for `desired`.
 fn settle(
@@ -39,6 +42,10 @@ pub fn run(
     pause: std::time::Duration,
 ) {
     let stable = stable.map(str::to_owned);
+    let (weights, rollback_at): (&[u8], u8) = match plan.strategy {
+        Strategy::BlueGreen(_) => (&[0, 100], 100),
+        Strategy::Canary { .. } => (&[5, 25, 50, 100], 25),
+    };
     // A rollout to v2 that succeeds.
     for _ in 0..2 {
         target
@@ -55,7 +62,7 @@ pub fn run(
         TargetHealth::Healthy,
         "candidate v2 at 0%"
     );
-    for w in [5, 25, 50, 100] {
+    for &w in weights {
         for _ in 0..2 {
             target.set_weight(plan, w).expect("set_weight");
         }
@@ -69,6 +76,15 @@ pub fn run(
             TargetHealth::Healthy,
             "v2 at {w}%"
         );
+        if w > 0
+            && let Ok(m) = target.readiness(plan)
+        {
+            assert_eq!(
+                (m.value, m.samples > 0),
+                (Some(1.0), true),
+                "a healthy candidate at {w}% reads fully ready: {m:?}"
+            );
+        }
     }
     for _ in 0..2 {
         target.promote(plan, v2).expect("promote v2");
@@ -87,16 +103,16 @@ pub fn run(
     target
         .start_candidate(plan, v3)
         .expect("start_candidate v3");
-    target.set_weight(plan, 25).expect("set_weight v3");
+    target.set_weight(plan, rollback_at).expect("set_weight v3");
     let d = Desired {
         stable: Some(v2.to_owned()),
         candidate: Some(v3.to_owned()),
-        weight: 25,
+        weight: rollback_at,
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),
         TargetHealth::Healthy,
-        "v3 at 25%"
+        "v3 at {rollback_at}%"
     );
     for _ in 0..2 {
         target.rollback(plan, Some(v2)).expect("rollback");

@@ -27,6 +27,20 @@
 //! backendRef) changed, and the `resourceVersion` it read, so a concurrent edit makes the
 //! apply fail with a conflict (the rollout holds and retries) instead of being lost.
 //!
+//! **Blue-green** (`strategy.blueGreen`) uses the same machinery with `-preview` names:
+//! `<deployment>-preview` is a full-size copy running the artifact and `<service>-preview`
+//! selects it, so checks can reach it before any user does. The switch is either the
+//! route (weights 0 → 100 on the preview's backendRef, when the workload names a
+//! `route`) or, without a route, the **active Service's selector**: its values for the
+//! stable Deployment's selector keys become the preview's (`app: web` → `app:
+//! web-preview`), by a JSON Patch guarded by a `test` of the selector it read. The
+//! original selector is kept as an annotation on the preview Deployment, so a switch
+//! back after a crash restores exactly what was there. Promotion updates the stable
+//! Deployment while traffic is on the preview, waits until it is available, switches
+//! back, and deletes the preview once `scaleDownDelay` has passed (recorded as an
+//! annotation, so the delay survives a restart); rollback switches back at once, which
+//! is instant because the stable Deployment was never touched.
+//!
 //! The `Target` trait is synchronous: the target owns a small current-thread tokio
 //! runtime and blocks on it for each call.
 
@@ -39,6 +53,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditi
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::{Value, json};
 
+mod blue_green;
 mod deployment;
 mod route;
 
@@ -48,9 +63,9 @@ pub use route::{route_weights, rules_with_weight};
 use deployment::{container_name, image_of, replicas_of};
 
 use super::{Desired, Target, TargetError};
-use crate::engine::TargetHealth;
+use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
-use crate::model::plan::{KubernetesWorkload, Traffic, Workload};
+use crate::model::plan::{BlueGreen, KubernetesWorkload, Strategy, Traffic, Workload};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "rollgate";
@@ -64,12 +79,19 @@ pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
 pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
 /// Suffix of the canary Deployment and Service names.
 pub const CANARY_SUFFIX: &str = "-canary";
+/// Suffix of the blue-green preview Deployment and Service names.
+pub const PREVIEW_SUFFIX: &str = "-preview";
+/// On the preview Deployment: the active Service's selector before any switch (JSON).
+pub const ACTIVE_SELECTOR_ANNOTATION: &str = "rollgate.dev/active-selector";
+/// On the preview Deployment after promotion: when it may be deleted (RFC 3339).
+pub const SCALE_DOWN_AT_ANNOTATION: &str = "rollgate.dev/scale-down-at";
 
 /// Every API call this target makes, as (apiGroup, resource, verbs). The code below
 /// uses exactly these; `deploy/kubernetes` grants exactly these (checked by a test).
 /// - Deployments: `get` (stable, canary), `patch` (apply canary; stable image and
 ///   replicas), `delete` (canary).
-/// - Services: `get` (stable selector, canary), `patch` (apply canary), `delete` (canary).
+/// - Services: `get` (stable selector, canary), `patch` (apply canary; the active
+///   Service's selector in a blue-green switch), `delete` (canary).
 /// - HTTPRoutes: `get` (rules), `patch` (apply rules with new weights).
 pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments", &["get", "patch", "delete"]),
@@ -197,8 +219,13 @@ impl KubernetesTarget {
                 plan.workload.kind()
             )));
         };
+        let mode = match &plan.strategy {
+            Strategy::BlueGreen(bg) => Mode::BlueGreen(bg),
+            Strategy::Canary { .. } => Mode::Canary,
+        };
         Ok(Cluster {
             w,
+            mode,
             deployments: Api::namespaced(self.client.clone(), &w.namespace),
             services: Api::namespaced(self.client.clone(), &w.namespace),
             routes: Api::namespaced_with(self.client.clone(), &w.namespace, &http_route()),
@@ -241,9 +268,17 @@ fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
     }
 }
 
+/// Canary (weights over time) or blue-green (a full preview, then one switch).
+#[derive(Debug, Clone, Copy)]
+enum Mode<'a> {
+    Canary,
+    BlueGreen(&'a BlueGreen),
+}
+
 /// The plan's objects in one namespace, and the calls on them (all async).
 struct Cluster<'a> {
     w: &'a KubernetesWorkload,
+    mode: Mode<'a>,
     deployments: Api<Deployment>,
     services: Api<Service>,
     routes: Api<DynamicObject>,
@@ -262,12 +297,33 @@ impl Cluster<'_> {
         }
     }
 
-    fn canary_deployment(&self) -> String {
-        canary_name(&self.w.deployment)
+    fn suffix(&self) -> &'static str {
+        match self.mode {
+            Mode::Canary => CANARY_SUFFIX,
+            Mode::BlueGreen(_) => PREVIEW_SUFFIX,
+        }
     }
 
+    fn track(&self) -> (&'static str, &'static str) {
+        match self.mode {
+            Mode::Canary => TRACK,
+            Mode::BlueGreen(_) => (TRACK.0, "preview"),
+        }
+    }
+
+    /// The candidate Deployment: `<deployment>-canary` or `<deployment>-preview`.
+    fn canary_deployment(&self) -> String {
+        format!("{}{}", self.w.deployment, self.suffix())
+    }
+
+    /// The candidate Service: `<service>-canary` or `<service>-preview`.
     fn canary_service(&self) -> String {
-        canary_name(&self.w.service)
+        format!("{}{}", self.w.service, self.suffix())
+    }
+
+    /// Blue-green without a route: the switch is the active Service's selector.
+    fn switches_selector(&self) -> bool {
+        matches!(self.mode, Mode::BlueGreen(_)) && self.w.traffic == Traffic::ReplicaRatio
     }
 
     fn apply() -> PatchParams {
@@ -299,32 +355,35 @@ impl Cluster<'_> {
     }
 
     /// Labels on everything rollgate creates.
-    fn owned_labels(base: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    fn owned_labels(&self, base: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
         let mut labels = base.cloned().unwrap_or_default();
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-        labels.insert(TRACK.0.into(), TRACK.1.into());
+        let (k, v) = self.track();
+        labels.insert(k.into(), v.into());
         labels
     }
 
     /// The label values the canary's pods carry instead of the stable's, so the stable
-    /// Service (gateway mode) does not select them: `<value>-canary` for every key of the
-    /// stable selector. In replica-ratio mode the stable Service must select both, so
-    /// nothing is renamed.
+    /// Service (gateway mode, blue-green) does not select them: `<value>-canary` (or
+    /// `-preview`) for every key of the stable selector. In replica-ratio canary mode the
+    /// stable Service must select both, so nothing is renamed.
     fn renamed(&self, stable: &Deployment) -> BTreeMap<String, String> {
-        if self.w.traffic == Traffic::ReplicaRatio {
+        if self.w.traffic == Traffic::ReplicaRatio && matches!(self.mode, Mode::Canary) {
             return BTreeMap::new();
         }
+        let suffix = self.suffix();
         stable
             .spec
             .as_ref()
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default()
             .into_iter()
-            .map(|(k, v)| (k, canary_name(&v)))
+            .map(|(k, v)| (k, format!("{v}{suffix}")))
             .collect()
     }
 
     fn rename(
+        &self,
         labels: Option<&BTreeMap<String, String>>,
         renamed: &BTreeMap<String, String>,
     ) -> BTreeMap<String, String> {
@@ -334,7 +393,8 @@ impl Cluster<'_> {
                 out.insert(k.clone(), v.clone());
             }
         }
-        out.insert(TRACK.0.into(), TRACK.1.into());
+        let (k, v) = self.track();
+        out.insert(k.into(), v.into());
         out
     }
 
@@ -375,12 +435,35 @@ impl Cluster<'_> {
                     .ok()
             })
             .unwrap_or_else(|| replicas_of(&stable));
-        let replicas = match (&existing, &self.w.traffic) {
+        let replicas = match (&existing, &self.w.traffic, self.mode) {
             // Keep what set_weight chose; a re-run must not reset the split.
-            (Some(c), _) => replicas_of(c),
-            (None, Traffic::ReplicaRatio) => 0,
-            (None, Traffic::GatewayRoute { .. }) => total.max(1),
+            (Some(c), _, _) => replicas_of(c),
+            (None, Traffic::ReplicaRatio, Mode::Canary) => 0,
+            (None, _, _) => total.max(1),
         };
+        let mut annotations = BTreeMap::from([
+            (ARTIFACT_ANNOTATION.to_owned(), artifact.to_owned()),
+            (TOTAL_ANNOTATION.to_owned(), total.to_string()),
+        ]);
+        if self.switches_selector() {
+            // The selector before any switch: kept from the first start (a re-run after
+            // the switch must not record the switched one).
+            let kept = existing
+                .as_ref()
+                .and_then(|c| {
+                    c.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(ACTIVE_SELECTOR_ANNOTATION)
+                })
+                .cloned();
+            let original = match kept {
+                Some(v) => v,
+                None => serde_json::to_string(&self.active_selector().await?.1)
+                    .map_err(|e| TargetError(format!("cannot record the selector: {e}")))?,
+            };
+            annotations.insert(ACTIVE_SELECTOR_ANNOTATION.to_owned(), original);
+        }
         let container = container_name(&stable, self.w.container.as_deref())?;
         let renamed = self.renamed(&stable);
         let Some(mut spec) = stable.spec.clone() else {
@@ -391,15 +474,17 @@ impl Cluster<'_> {
         };
         spec.replicas = Some(replicas);
         spec.selector.match_labels =
-            Some(Self::rename(spec.selector.match_labels.as_ref(), &renamed));
+            Some(self.rename(spec.selector.match_labels.as_ref(), &renamed));
         spec.template.metadata = Some(ObjectMeta {
-            labels: Some(Self::rename(
-                spec.template
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.labels.as_ref()),
-                &renamed,
-            )),
+            labels: Some(
+                self.rename(
+                    spec.template
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.labels.as_ref()),
+                    &renamed,
+                ),
+            ),
             annotations: spec
                 .template
                 .metadata
@@ -418,11 +503,8 @@ impl Cluster<'_> {
             metadata: ObjectMeta {
                 name: Some(self.canary_deployment()),
                 namespace: Some(self.w.namespace.clone()),
-                labels: Some(Self::owned_labels(stable.metadata.labels.as_ref())),
-                annotations: Some(BTreeMap::from([
-                    (ARTIFACT_ANNOTATION.to_owned(), artifact.to_owned()),
-                    (TOTAL_ANNOTATION.to_owned(), total.to_string()),
-                ])),
+                labels: Some(self.owned_labels(stable.metadata.labels.as_ref())),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             },
             spec: Some(spec),
@@ -471,11 +553,11 @@ impl Cluster<'_> {
             metadata: ObjectMeta {
                 name: Some(canary_name.clone()),
                 namespace: Some(self.w.namespace.clone()),
-                labels: Some(Self::owned_labels(stable.metadata.labels.as_ref())),
+                labels: Some(self.owned_labels(stable.metadata.labels.as_ref())),
                 ..ObjectMeta::default()
             },
             spec: Some(ServiceSpec {
-                selector: Some(Self::rename(spec.selector.as_ref(), renamed)),
+                selector: Some(self.rename(spec.selector.as_ref(), renamed)),
                 ports: spec.ports.map(|ports| {
                     ports
                         .into_iter()
@@ -578,6 +660,7 @@ impl Cluster<'_> {
                 }
                 self.weigh_route(route, *rule, weight).await
             }
+            Traffic::ReplicaRatio if self.switches_selector() => self.switch(weight).await,
             Traffic::ReplicaRatio => {
                 let Some(canary) = self.canary().await? else {
                     return match weight {
@@ -664,7 +747,8 @@ impl Cluster<'_> {
         weight: Option<u8>,
     ) -> Result<(), TargetError> {
         let (current, value) = self.read_route(route).await?;
-        if let Some((s, c)) = route_weights(&value, rule, &self.w.service) {
+        let candidate = self.canary_service();
+        if let Some((s, c)) = route_weights(&value, rule, &self.w.service, &candidate) {
             let want = match weight {
                 Some(w) => (Some(100 - i64::from(w)), Some(i64::from(w))),
                 None => (Some(100), None),
@@ -673,7 +757,7 @@ impl Cluster<'_> {
                 return Ok(());
             }
         }
-        let rules = rules_with_weight(&value, rule, &self.w.service, weight)
+        let rules = rules_with_weight(&value, rule, &self.w.service, &candidate, weight)
             .map_err(|e| TargetError(format!("httproute {route}: {e}")))?;
         let patch = json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
@@ -753,6 +837,9 @@ impl Cluster<'_> {
     }
 
     async fn promote(&self, artifact: &str) -> Result<(), TargetError> {
+        if let Mode::BlueGreen(bg) = self.mode {
+            return self.promote_blue_green(artifact, bg).await;
+        }
         let canary = self.canary().await?;
         let total = match &self.w.traffic {
             Traffic::ReplicaRatio => canary.as_ref().and_then(Self::total_of),
@@ -788,7 +875,7 @@ impl Cluster<'_> {
             return Ok(());
         };
         let (_, value) = self.read_route(route).await?;
-        match route_weights(&value, *rule, &self.w.service) {
+        match route_weights(&value, *rule, &self.w.service, &self.canary_service()) {
             Some((_, Some(_))) => Ok(()),
             _ => self.weigh_route(route, *rule, Some(0)).await,
         }
@@ -827,6 +914,9 @@ impl Cluster<'_> {
             {
                 return progressing(format!("{name} still exists"));
             }
+            if self.switches_selector() {
+                return self.selector_is(None).await;
+            }
             return self.weights_are(None).await;
         };
         let Some(canary) = canary else {
@@ -840,6 +930,9 @@ impl Cluster<'_> {
             Rollout::Failed(reason) => return Ok(TargetHealth::Unhealthy { reason }),
             Rollout::Progressing(why) => return progressing(why),
             Rollout::Available => {}
+        }
+        if self.switches_selector() {
+            return self.selector_is(Some(desired.weight)).await;
         }
         if let Traffic::ReplicaRatio = self.w.traffic {
             let total = Self::total_of(&canary).unwrap_or(1);
@@ -855,12 +948,33 @@ impl Cluster<'_> {
         self.weights_are(Some(desired.weight)).await
     }
 
+    /// Ready replicas of the candidate over its desired replicas. A candidate scaled to
+    /// zero has no value (no evidence), never a pass.
+    async fn readiness(&self) -> Result<Measurement, TargetError> {
+        let name = self.canary_deployment();
+        let canary = self
+            .canary()
+            .await?
+            .ok_or_else(|| TargetError(format!("deployment {name} does not exist")))?;
+        let desired = replicas_of(&canary);
+        let ready = canary
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        Ok(Measurement {
+            value: (desired > 0).then(|| f64::from(ready.min(desired)) / f64::from(desired)),
+            samples: u64::try_from(desired.max(0)).unwrap_or(0),
+        })
+    }
+
     async fn weights_are(&self, weight: Option<u8>) -> Result<TargetHealth, TargetError> {
         let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
             return Ok(TargetHealth::Healthy);
         };
         let (_, value) = self.read_route(route).await?;
-        let Some((s, c)) = route_weights(&value, *rule, &self.w.service) else {
+        let Some((s, c)) = route_weights(&value, *rule, &self.w.service, &self.canary_service())
+        else {
             return Ok(TargetHealth::Unhealthy {
                 reason: format!("httproute {route} has no rule {rule} with backendRefs"),
             });
@@ -920,6 +1034,24 @@ impl Target for KubernetesTarget {
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
         let c = self.cluster(plan)?;
         self.runtime.block_on(c.rollback(stable))
+    }
+
+    /// The cluster kept its state while the daemon was down: re-running the step
+    /// converges without touching the stable Deployment or moving traffic.
+    fn resume(
+        &mut self,
+        plan: &Plan,
+        _stable: Option<&str>,
+        candidate: &str,
+        weight: u8,
+    ) -> Result<(), TargetError> {
+        self.start_candidate(plan, candidate)?;
+        self.set_weight(plan, weight)
+    }
+
+    fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
+        let c = self.cluster(plan).map_err(|e| e.0)?;
+        self.runtime.block_on(c.readiness()).map_err(|e| e.0)
     }
 
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {

@@ -39,4 +39,32 @@ pub trait Target: Send {
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError>;
     /// How close the target is to `desired`.
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth;
+
+    /// After a daemon restart: bring the target to an in-flight step (`stable` serving
+    /// the rest, `candidate` at `weight`). Targets whose state lives outside the
+    /// daemon (a cluster) override this with the cheapest convergent form; the default
+    /// rebuilds everything, which is what a target that lost its processes needs.
+    fn resume(
+        &mut self,
+        plan: &Plan,
+        stable: Option<&str>,
+        candidate: &str,
+        weight: u8,
+    ) -> Result<(), TargetError> {
+        if let Some(stable) = stable {
+            self.promote(plan, stable)?;
+        }
+        self.start_candidate(plan, candidate)?;
+        self.set_weight(plan, weight)
+    }
+
+    /// The `replica-health` check: the share of the candidate's replicas that are
+    /// ready (`value`), over how many it should have (`samples`). `Err` on a target
+    /// that has no replicas to count, or cannot be read (never a pass).
+    fn readiness(&mut self, plan: &Plan) -> Result<crate::engine::Measurement, String> {
+        Err(format!(
+            "replica-health is not available on {} workloads",
+            plan.workload.kind()
+        ))
+    }
 }

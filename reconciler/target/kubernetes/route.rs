@@ -3,37 +3,40 @@
 
 use serde_json::{Value, json};
 
-use super::canary_name;
-
-/// The weights of the stable and canary backendRefs in a route rule: `None` when the
-/// ref is absent. A ref without `weight` counts as 1 (the Gateway API default).
-pub fn route_weights(route: &Value, rule: u32, stable: &str) -> Option<(Option<i64>, Option<i64>)> {
+/// The weights of the stable and candidate (`canary`: the `-canary` or `-preview`
+/// Service) backendRefs in a route rule: `None` when the ref is absent. A ref without
+/// `weight` counts as 1 (the Gateway API default).
+pub fn route_weights(
+    route: &Value,
+    rule: u32,
+    stable: &str,
+    canary: &str,
+) -> Option<(Option<i64>, Option<i64>)> {
     let refs = route
         .pointer(&format!("/spec/rules/{rule}/backendRefs"))?
         .as_array()?;
-    let canary = canary_name(stable);
     let weight = |name: &str| {
         refs.iter()
             .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
             .map(|r| r.get("weight").and_then(Value::as_i64).unwrap_or(1))
     };
-    Some((weight(stable), weight(&canary)))
+    Some((weight(stable), weight(canary)))
 }
 
-/// The route's `rules` with the stable ref at `100 - weight` and the canary ref at
+/// The route's `rules` with the stable ref at `100 - weight` and the `canary` ref at
 /// `weight` (added as a copy of the stable ref if missing), or with the canary ref
 /// removed and stable at 100 when `weight` is `None`. Pure, for tests.
 pub fn rules_with_weight(
     route: &Value,
     rule: u32,
     stable: &str,
+    canary: &str,
     weight: Option<u8>,
 ) -> Result<Value, String> {
     let mut rules = route
         .pointer("/spec/rules")
         .cloned()
         .ok_or("route has no rules")?;
-    let canary = canary_name(stable);
     let refs = rules
         .get_mut(rule as usize)
         .and_then(|r| r.get_mut("backendRefs"))
@@ -44,9 +47,9 @@ pub fn rules_with_weight(
         return Err(format!("rule {rule} has no backendRef to service {stable}"));
     };
     match weight {
-        None => refs.retain(|r| !is(r, &canary)),
+        None => refs.retain(|r| !is(r, canary)),
         Some(_) => {
-            if !refs.iter().any(|r| is(r, &canary)) {
+            if !refs.iter().any(|r| is(r, canary)) {
                 let mut c = stable_ref;
                 c["name"] = json!(canary);
                 refs.push(c);
@@ -56,7 +59,7 @@ pub fn rules_with_weight(
     for r in refs.iter_mut() {
         if is(r, stable) {
             r["weight"] = json!(100 - i64::from(weight.unwrap_or(0).min(100)));
-        } else if is(r, &canary) {
+        } else if is(r, canary) {
             r["weight"] = json!(i64::from(weight.unwrap_or(0).min(100)));
         }
     }
@@ -73,9 +76,12 @@ mod tests {
             { "matches": [ { "path": { "value": "/" } } ],
               "backendRefs": [ { "name": "web", "port": 80 }, { "name": "other", "port": 80, "weight": 0 } ] }
         ] } });
-        let rules = rules_with_weight(&route, 0, "web", Some(25)).expect("rules");
+        let rules = rules_with_weight(&route, 0, "web", "web-canary", Some(25)).expect("rules");
         let with = json!({ "spec": { "rules": rules } });
-        assert_eq!(route_weights(&with, 0, "web"), Some((Some(75), Some(25))));
+        assert_eq!(
+            route_weights(&with, 0, "web", "web-canary"),
+            Some((Some(75), Some(25)))
+        );
         assert_eq!(
             with["spec"]["rules"][0]["backendRefs"][2]["port"],
             json!(80)
@@ -84,10 +90,13 @@ mod tests {
             with["spec"]["rules"][0]["backendRefs"][1]["name"],
             json!("other")
         );
-        let rules = rules_with_weight(&with, 0, "web", None).expect("rules");
+        let rules = rules_with_weight(&with, 0, "web", "web-canary", None).expect("rules");
         let back = json!({ "spec": { "rules": rules } });
-        assert_eq!(route_weights(&back, 0, "web"), Some((Some(100), None)));
-        assert!(rules_with_weight(&route, 1, "web", Some(5)).is_err());
-        assert!(rules_with_weight(&route, 0, "nope", Some(5)).is_err());
+        assert_eq!(
+            route_weights(&back, 0, "web", "web-canary"),
+            Some((Some(100), None))
+        );
+        assert!(rules_with_weight(&route, 1, "web", "web-canary", Some(5)).is_err());
+        assert!(rules_with_weight(&route, 0, "nope", "nope-canary", Some(5)).is_err());
     }
 }
