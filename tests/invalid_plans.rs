@@ -265,6 +265,7 @@ macro_rules! cases {
 
 cases! {
     bad_artifact => "bad-artifact",
+    bad_artifact_lambda => "bad-artifact-lambda",
     bad_cron => "bad-cron",
     bad_cron_hour => "bad-cron-hour",
     bad_duration => "bad-duration",
@@ -284,6 +285,7 @@ cases! {
     input_limit_aliases => "input-limit-aliases",
     invalid_value => "invalid-value",
     invalid_value_builtin_query => "invalid-value-builtin-query",
+    invalid_value_cloudwatch_query => "invalid-value-cloudwatch-query",
     invalid_value_health_status => "invalid-value-health-status",
     invalid_value_listen => "invalid-value-listen",
     invalid_value_route_rule_overflow => "invalid-value-route-rule-overflow",
@@ -320,6 +322,7 @@ cases! {
     weight_range_negative => "weight-range-negative",
     workload_mismatch => "workload-mismatch",
     workload_mismatch_replica_health => "workload-mismatch-replica-health",
+    workload_mismatch_knative => "workload-mismatch-knative",
     wrong_type => "wrong-type",
     wrong_type_checks_mapping => "wrong-type-checks-mapping",
     wrong_type_label_value => "wrong-type-label-value",

@@ -42,13 +42,26 @@ pub struct Slo {
 pub enum Workload {
     Local(LocalWorkload),
     Kubernetes(KubernetesWorkload),
+    Lambda(LambdaWorkload),
+    Knative(KnativeWorkload),
 }
 
 impl Workload {
+    /// The kind of target this workload runs on (`rollgate.yaml` target kinds).
+    pub fn target_kind(&self) -> &'static str {
+        match self {
+            Workload::Local(_) => "local",
+            Workload::Kubernetes(_) | Workload::Knative(_) => "kubernetes",
+            Workload::Lambda(_) => "lambda",
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Workload::Local(_) => "local",
             Workload::Kubernetes(_) => "kubernetes",
+            Workload::Lambda(_) => "lambda",
+            Workload::Knative(_) => "knative",
         }
     }
 }
@@ -77,6 +90,24 @@ pub struct KubernetesWorkload {
     pub container: Option<String>,
     pub service: String,
     pub traffic: Traffic,
+}
+
+/// An AWS Lambda alias; artifacts are published version numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaWorkload {
+    pub function: String,
+    pub alias: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+}
+
+/// A Knative Serving Service; artifacts are images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnativeWorkload {
+    pub namespace: String,
+    pub service: String,
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +274,18 @@ impl Plan {
                             },
                         })
                     }
+                    Workload::Lambda(l) => wire::Workload::Lambda(wire::LambdaWorkload {
+                        function: l.function.clone(),
+                        alias: l.alias.clone(),
+                        region: l.region.clone(),
+                        endpoint: l.endpoint.clone(),
+                        profile: l.profile.clone(),
+                    }),
+                    Workload::Knative(k) => wire::Workload::Knative(wire::KnativeWorkload {
+                        namespace: k.namespace.clone(),
+                        service: k.service.clone(),
+                        container: k.container.clone(),
+                    }),
                 },
                 artifact: self.artifact.clone(),
                 promoted_from: self.promoted_from.clone(),

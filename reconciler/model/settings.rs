@@ -22,6 +22,7 @@ pub enum Target {
         context: Option<String>,
         in_cluster: bool,
     },
+    Lambda,
 }
 
 impl Target {
@@ -29,6 +30,7 @@ impl Target {
         match self {
             Target::Local { .. } => "local",
             Target::Kubernetes { .. } => "kubernetes",
+            Target::Lambda => "lambda",
         }
     }
 }
@@ -40,7 +42,35 @@ pub enum MetricsSource {
         timeout: Duration,
         auth_header_env: Option<String>,
     },
+    /// Amazon CloudWatch (AWS/Lambda metrics per executed version).
+    Cloudwatch {
+        region: String,
+        endpoint: Option<String>,
+        profile: Option<String>,
+        timeout: Duration,
+    },
 }
+
+impl MetricsSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetricsSource::Prometheus { .. } => "prometheus",
+            MetricsSource::Cloudwatch { .. } => "cloudwatch",
+        }
+    }
+}
+
+/// Queries a `cloudwatch` source answers, per executed version of the plan's function.
+pub const CLOUDWATCH_QUERIES: &[&str] = &[
+    "success-rate",
+    "error-rate",
+    "errors",
+    "invocations",
+    "throttles",
+    "duration-p50",
+    "duration-p90",
+    "duration-p99",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -36,6 +36,17 @@ pub const BUILTIN_QUERIES: &[&str] = &[
 
 use super::schema::{plan_schema, settings_schema};
 
+/// Is `s` shaped like an AWS region (`eu-west-1`, `us-gov-east-1`, `ap-southeast-3`)?
+pub fn is_aws_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok_and(|n| n > 0)
+}
+
 /// Is `s` an RFC 1123 DNS label (lowercase alphanumerics and `-`, at most 63)?
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -278,11 +289,13 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                 });
             }
             Some(t) => {
-                let wk = match &s.workload {
-                    wire::Workload::Local(_) => "local",
-                    wire::Workload::Kubernetes(_) => "kubernetes",
+                let (wk, runs_on) = match &s.workload {
+                    wire::Workload::Local(_) => ("local", "local"),
+                    wire::Workload::Kubernetes(_) => ("kubernetes", "kubernetes"),
+                    wire::Workload::Lambda(_) => ("lambda", "lambda"),
+                    wire::Workload::Knative(_) => ("knative", "kubernetes"),
                 };
-                if t.kind() != wk {
+                if t.kind() != runs_on {
                     cx.err(
                         &spec(&[K("workload"), K(wk)]),
                         Code::WorkloadMismatch,
@@ -385,6 +398,73 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                 },
             })
         }
+        wire::Workload::Lambda(l) => {
+            let base = spec(&[K("workload"), K("lambda")]);
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
+                base.iter().copied().chain(rest.iter().copied()).collect()
+            };
+            let word = |v: &str, max: usize| {
+                !v.is_empty()
+                    && v.len() <= max
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if !word(&l.function, 64) {
+                cx.err(
+                    &at(&[K("function")]),
+                    Code::BadName,
+                    format!("`{}` is not a Lambda function name", l.function),
+                )
+                .help = Some("1 to 64 letters, digits, `-` or `_` (a name, not an ARN)".to_owned());
+            }
+            if !word(&l.alias, 128) || l.alias.chars().all(|c| c.is_ascii_digit()) {
+                cx.err(
+                    &at(&[K("alias")]),
+                    Code::BadName,
+                    format!("`{}` is not a Lambda alias name", l.alias),
+                )
+                .help = Some(
+                    "letters, digits, `-` or `_`, not only digits (that is a version)".to_owned(),
+                );
+            }
+            if !is_aws_region(&l.region) {
+                cx.err(
+                    &at(&[K("region")]),
+                    Code::InvalidValue,
+                    format!("`{}` is not an AWS region", l.region),
+                )
+                .help = Some("for example `eu-west-1` or `us-east-2`".to_owned());
+            }
+            if let Some(e) = &l.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                cx.err(
+                    &at(&[K("endpoint")]),
+                    Code::InvalidValue,
+                    format!("`{e}` is not an http(s) URL"),
+                );
+            }
+            Workload::Lambda(plan::LambdaWorkload {
+                function: l.function.clone(),
+                alias: l.alias.clone(),
+                region: l.region.clone(),
+                endpoint: l.endpoint.clone(),
+                profile: l.profile.clone(),
+            })
+        }
+        wire::Workload::Knative(k) => {
+            let base = spec(&[K("workload"), K("knative")]);
+            let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
+                base.iter().copied().chain(rest.iter().copied()).collect()
+            };
+            cx.name(&k.namespace, "namespace", &at(&[K("namespace")]));
+            cx.name(&k.service, "service", &at(&[K("service")]));
+            Workload::Knative(plan::KnativeWorkload {
+                namespace: k.namespace.clone(),
+                service: k.service.clone(),
+                container: k.container.clone(),
+            })
+        }
     };
 
     // Artifact.
@@ -405,6 +485,17 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         let shown: String = artifact.chars().take(80).collect();
         cx.err(&spec(&[K("artifact")]), Code::BadArtifact, format!("artifact `{shown}` {why}"))
             .help = Some("an artifact is one word of at most 512 characters: an image reference, a version or a path".to_owned());
+    } else if matches!(s.workload, wire::Workload::Lambda(_))
+        && !(artifact.chars().all(|c| c.is_ascii_digit())
+            && artifact.parse::<u64>().is_ok_and(|v| v > 0))
+    {
+        let shown: String = artifact.chars().take(80).collect();
+        cx.err(
+            &spec(&[K("artifact")]),
+            Code::BadArtifact,
+            format!("a lambda artifact is a published version number, not `{shown}`"),
+        )
+        .help = Some("publish a version (`aws lambda publish-version`) and pin its number, e.g. `artifact: \"7\"`; `$LATEST` is never rolled out".to_owned());
     }
     if let Some(from) = &s.promoted_from {
         cx.name(from, "promotedFrom", &spec(&[K("promotedFrom")]));
@@ -453,6 +544,36 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                 )
                 .help = Some(hint.map_or_else(
                     || format!("builtin queries: {}", BUILTIN_QUERIES.join(", ")),
+                    |h| format!("did you mean `{h}`?"),
+                ));
+            }
+        } else if let Some(settings::MetricsSource::Cloudwatch { .. }) =
+            settings.and_then(|st| st.metrics.get(&c.source))
+        {
+            if !matches!(s.workload, wire::Workload::Lambda(_)) {
+                cx.err(
+                    &at(&[K("source")]),
+                    Code::WorkloadMismatch,
+                    format!(
+                        "`{}` is a cloudwatch source, which measures lambda workloads",
+                        c.source
+                    ),
+                );
+            }
+            if !settings::CLOUDWATCH_QUERIES.contains(&c.query.trim()) {
+                let hint = did_you_mean(&c.query, settings::CLOUDWATCH_QUERIES.iter().copied());
+                cx.err(
+                    &at(&[K("query")]),
+                    Code::InvalidValue,
+                    format!("a cloudwatch source has no query `{}`", c.query),
+                )
+                .help = Some(hint.map_or_else(
+                    || {
+                        format!(
+                            "cloudwatch queries: {}",
+                            settings::CLOUDWATCH_QUERIES.join(", ")
+                        )
+                    },
                     |h| format!("did you mean `{h}`?"),
                 ));
             }
@@ -1006,6 +1127,7 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                     context: k.context.clone(),
                     in_cluster: k.in_cluster.unwrap_or(false),
                 },
+                wire::Target::Lambda(_) => settings::Target::Lambda,
             },
         );
     }
@@ -1017,7 +1139,43 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 "`builtin` is reserved for rollgate's own proxy metrics",
             );
         }
-        let wire::MetricsSource::Prometheus(p) = m;
+        let p = match m {
+            wire::MetricsSource::Prometheus(p) => p,
+            wire::MetricsSource::Cloudwatch(c) => {
+                let at = |k: &'static str| [K("metrics"), K(name), K("cloudwatch"), K(k)];
+                if !is_aws_region(&c.region) {
+                    cx.err(
+                        &at("region"),
+                        Code::InvalidValue,
+                        format!("`{}` is not an AWS region", c.region),
+                    );
+                }
+                if let Some(e) = &c.endpoint
+                    && !(e.starts_with("http://") || e.starts_with("https://"))
+                {
+                    cx.err(
+                        &at("endpoint"),
+                        Code::InvalidValue,
+                        format!("`{e}` is not an http(s) URL"),
+                    );
+                }
+                let timeout = cx.dur(
+                    c.timeout.as_deref(),
+                    Duration::from_secs(10),
+                    &at("timeout"),
+                );
+                out.metrics.insert(
+                    name.clone(),
+                    settings::MetricsSource::Cloudwatch {
+                        region: c.region.clone(),
+                        endpoint: c.endpoint.clone(),
+                        profile: c.profile.clone(),
+                        timeout,
+                    },
+                );
+                continue;
+            }
+        };
         if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
             cx.err(
                 &[K("metrics"), K(name), K("prometheus"), K("url")],

@@ -91,6 +91,10 @@ pub enum Workload {
     Local(LocalWorkload),
     /// A Deployment in a Kubernetes cluster.
     Kubernetes(KubernetesWorkload),
+    /// An AWS Lambda function alias; the artifact is a published version number.
+    Lambda(LambdaWorkload),
+    /// A Knative Serving Service; the artifact is an image.
+    Knative(KnativeWorkload),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -147,6 +151,36 @@ pub struct KubernetesWorkload {
     /// Index of the route rule holding the stable and canary backends (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_rule: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct LambdaWorkload {
+    /// The function name (not an ARN).
+    pub function: String,
+    /// The alias whose routing config rollgate shifts, e.g. `live`.
+    pub alias: String,
+    /// The AWS region, e.g. `eu-west-1`.
+    pub region: String,
+    /// Another Lambda endpoint (a local emulator, a VPC endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A named profile of the shared AWS config; default: the default credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct KnativeWorkload {
+    pub namespace: String,
+    /// The Knative `serving.knative.dev/v1` Service.
+    pub service: String,
+    /// The container whose image is the artifact (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// How traffic moves to the new artifact; exactly one kind.
@@ -320,7 +354,14 @@ pub struct SettingsFile {
 pub enum Target {
     Local(LocalTarget),
     Kubernetes(KubernetesTarget),
+    /// AWS Lambda, reached with the default credential chain (or a plan's profile).
+    Lambda(LambdaTarget),
 }
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct LambdaTarget {}
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -347,6 +388,23 @@ pub struct KubernetesTarget {
 #[serde(rename_all = "camelCase")]
 pub enum MetricsSource {
     Prometheus(PrometheusSource),
+    /// Amazon CloudWatch `GetMetricData` over the AWS/Lambda namespace.
+    Cloudwatch(CloudwatchSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct CloudwatchSource {
+    pub region: String,
+    /// Another CloudWatch endpoint (a local emulator, a VPC endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Per-call time limit (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
