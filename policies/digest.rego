@@ -1,13 +1,18 @@
-# Kubernetes workloads must pin their artifact by digest: a tag can move after the
-# canary was judged, a digest cannot.
+# Image workloads (Kubernetes, Knative) must pin their artifact by digest: a tag can
+# move after the canary was judged, a digest cannot. (Knative revision names are also
+# derived from the digest.)
 package rollgate.builtin.digest
 
 import rego.v1
 
 plan_name := object.get(input, ["plan", "metadata", "name"], "<unnamed>")
 
+image_workload if input.plan.spec.workload.kubernetes
+
+image_workload if input.plan.spec.workload.knative
+
 deny contains msg if {
-	input.plan.spec.workload.kubernetes
+	image_workload
 	artifact := object.get(input.plan.spec, "artifact", "")
 	not pinned(artifact)
 	msg := sprintf("plan %q: artifact %q is not pinned by digest (use name@sha256:<digest>)", [plan_name, artifact])

@@ -40,3 +40,20 @@ test_local_workload_with_a_tag_is_allowed if {
 		"spec": {"workload": {"local": {"command": ["./api"]}}, "artifact": "api:1.2"},
 	}}
 }
+
+test_tagged_knative_artifact_is_denied if {
+	count(digest.deny) == 1 with input as {"plan": {
+		"metadata": {"name": "hello"},
+		"spec": {"workload": {"knative": {"namespace": "web", "service": "hello"}}, "artifact": "registry.example/hello:2"},
+	}}
+}
+
+test_pinned_knative_artifact_is_allowed if {
+	count(digest.deny) == 0 with input as {"plan": {
+		"metadata": {"name": "hello"},
+		"spec": {
+			"workload": {"knative": {"namespace": "web", "service": "hello"}},
+			"artifact": concat("", ["registry.example/hello@sha256:", digest_hex]),
+		},
+	}}
+}

@@ -45,6 +45,18 @@ pub fn message(c: Command, plan: &str, by: Option<&str>) -> String {
 /// Make a command commit on the checked-out branch of `repo`; push it when asked.
 /// Returns the new commit's id.
 pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<git2::Oid> {
+    commit_as(repo, c, plan, push, None)
+}
+
+/// Like `commit`, saying who asked (`Requested by BY.` in the message), e.g. for a
+/// command given in a GitHub comment.
+pub fn commit_as(
+    repo: &Repository,
+    c: Command,
+    plan: &str,
+    push: bool,
+    by: Option<&str>,
+) -> Result<git2::Oid> {
     if !crate::model::validate::is_dns_label(plan) {
         bail!("`{plan}` is not a plan name");
     }
@@ -62,7 +74,7 @@ pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<g
         Some("HEAD"),
         &sig,
         &sig,
-        &message(c, plan, None),
+        &message(c, plan, by),
         &parent.tree()?,
         &[&parent],
     )?;

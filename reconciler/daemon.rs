@@ -489,6 +489,7 @@ impl Reconciler {
                 version: &s.candidate,
                 baseline: s.stable.as_deref(),
                 window,
+                workload: Some(&plan.workload),
             };
             source.error_ratio(&slo.good, &slo.total, &ctx)
         };
@@ -519,6 +520,7 @@ impl Reconciler {
                 version: &s.candidate,
                 baseline: s.stable.as_deref(),
                 window: since.max(check.interval).min(Duration::from_secs(3600)),
+                workload: Some(&plan.workload),
             };
             let from_target = check.source == crate::model::settings::BUILTIN_SOURCE
                 && check.query.trim() == "replica-health";

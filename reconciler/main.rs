@@ -59,7 +59,7 @@ enum Command {
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Run the reconciler: watch the repository and roll out every plan change.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Promote a rollout past an untimed pause or a held analysis (a command commit).
     Promote(CommandArgs),
     /// Abort a rollout: traffic back to stable, the candidate removed (a command commit).
@@ -108,6 +108,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Preview a change before it is merged: verdicts (judged by base's settings and
+    /// policies), the diff and the dry run of every plan it touches.
+    Plan(PlanArgs),
     /// The live table: every plan's status at the head of the branch.
     Status {
         #[arg(long, default_value = ".")]
@@ -117,6 +120,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct PlanArgs {
+    /// The repository (a checkout or a bare repository).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The revision the change goes into (a sha, a branch, `HEAD~1`): its settings,
+    /// policies and statuses judge the change.
+    #[arg(long)]
+    base: String,
+    /// The change's revision.
+    #[arg(long, default_value = "HEAD")]
+    head: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: PlanOutput,
+    /// Evaluate at this time (RFC 3339) instead of now; for tests.
+    #[arg(long, hide = true)]
+    now: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum PlanOutput {
+    Text,
+    Markdown,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +174,36 @@ struct RunArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// One of several replicas: act only while holding a coordination.k8s.io Lease;
+    /// the others stand by and take over when it lapses.
+    #[arg(long, conflicts_with = "once")]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "rollgate")]
+    lease_name: String,
+    /// The Lease's namespace (default: `POD_NAMESPACE`, else the pod's own, else `default`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Report to this GitHub repository (OWNER/NAME) and serve `POST /webhooks/github` on
+    /// `--listen` (default: from `--repo` when it is a GitHub URL and a GitHub flag is given).
+    #[arg(long)]
+    github_repo: Option<String>,
+    /// The GitHub API; for GitHub Enterprise Server `https://HOST/api/v3`.
+    #[arg(long, default_value = rollgate::github::DEFAULT_API_URL)]
+    github_url: String,
+    /// A file holding the GitHub token (else the `GITHUB_TOKEN` environment variable).
+    #[arg(long)]
+    github_token_file: Option<PathBuf>,
+    /// Authenticate as this GitHub App (with `--github-app-key-file`) instead of a token.
+    #[arg(long)]
+    github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM).
+    #[arg(long)]
+    github_app_key_file: Option<PathBuf>,
+    /// A file holding the webhook secret (else `ROLLGATE_WEBHOOK_SECRET`); the endpoint
+    /// is never served without one.
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -236,7 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: PolicyCommand::Test { dirs },
         } => policy_test(dirs),
         Command::Schema { which, write } => schema(which, write.as_deref()),
-        Command::Run(args) => run_daemon(args),
+        Command::Run(args) => run_daemon(*args),
         Command::Judge(args) => judge(&args),
         Command::Demo { fast, dir, rps } => {
             if std::env::var_os("RUST_LOG").is_some() {
@@ -280,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             branch,
             output,
         } => status(&repo, branch.as_deref(), output),
+        Command::Plan(args) => plan(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -461,6 +521,29 @@ fn history(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rollgate plan`: 0 when every touched plan passes (or none is touched), 1 when any
+/// is rejected or denied, 2 on a usage or I/O error (like `validate`).
+fn plan(a: &PlanArgs) -> Result<ExitCode> {
+    let now = match &a.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .with_context(|| format!("--now `{t}` is not an RFC 3339 time"))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let p = rollgate::preview::preview(&a.repo, &a.base, &a.head, now)?;
+    match a.output {
+        PlanOutput::Text => print!("{}", p.text()),
+        PlanOutput::Markdown => print!("{}", p.markdown()),
+        PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+    }
+    Ok(match p.conclusion() {
+        rollgate::preview::Conclusion::Failure => ExitCode::from(1),
+        rollgate::preview::Conclusion::Success | rollgate::preview::Conclusion::Neutral => {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
 fn status(repo: &str, branch: Option<&str>, output: Output) -> Result<ExitCode> {
     let r = rollgate::history::open(repo)?;
     let head = rollgate::history::resolve(&r, branch)?;
@@ -495,11 +578,86 @@ fn work_dir(state: &Path, url: &str) -> PathBuf {
     state.join("git").join(format!("{:016x}", h.finish()))
 }
 
+/// A campaign ended: exit, so that a restart resumes from Git (2: the lease was lost).
+fn leader_stopped(why: rollgate::leader::Stopped) {
+    match why {
+        rollgate::leader::Stopped::Lost => std::process::exit(2),
+        rollgate::leader::Stopped::Terminated => std::process::exit(0),
+    }
+}
+
+/// The GitHub integration, when a GitHub flag is given. A half configuration is an
+/// error: no repository, no credentials, no `--listen`, or no webhook secret (the
+/// endpoint is never served unauthenticated).
+fn github_options(args: &RunArgs, url: &str) -> Result<Option<rollgate::github::handle::Options>> {
+    use rollgate::github::{Auth, Config, RepoName, Secret, handle::Options};
+    let wanted = args.github_repo.is_some()
+        || args.github_token_file.is_some()
+        || args.github_app_id.is_some()
+        || args.github_app_key_file.is_some()
+        || args.webhook_secret_file.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let repo: RepoName = match &args.github_repo {
+        Some(r) => r.parse()?,
+        None => RepoName::from_url(url)
+            .context("--github-repo OWNER/NAME is needed (--repo is not a GitHub URL)")?,
+    };
+    let auth = Auth::load(
+        args.github_token_file.as_deref(),
+        args.github_app_id,
+        args.github_app_key_file.as_deref(),
+    )?
+    .context(
+        "GitHub needs credentials: GITHUB_TOKEN, --github-token-file, or --github-app-id with --github-app-key-file",
+    )?;
+    let secret = Secret::load(args.webhook_secret_file.as_deref(), "ROLLGATE_WEBHOOK_SECRET")?
+        .context(
+            "refusing to serve /webhooks/github without a secret: set ROLLGATE_WEBHOOK_SECRET or --webhook-secret-file",
+        )?;
+    if args.listen.is_none() {
+        anyhow::bail!("the GitHub webhook endpoint needs --listen ADDR");
+    }
+    Ok(Some(Options {
+        secret,
+        github: Config {
+            api_url: args.github_url.clone(),
+            repo,
+            auth,
+        },
+        repo_url: url.to_owned(),
+        branch: args.branch.clone(),
+        work_dir: work_dir(&args.state_dir.join("github"), url),
+        max_body: rollgate::github::webhook::MAX_BODY,
+    }))
+}
+
 fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     init_logging(args.log_format);
+    let leadership = if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(rollgate::leader::default_namespace);
+        let cfg = rollgate::leader::LeaseConfig::default();
+        Some(
+            rollgate::leader::Leadership::connect(
+                &namespace,
+                &args.lease_name,
+                cfg,
+                Box::new(leader_stopped),
+            )
+            .context("cannot start leader election")?,
+        )
+    } else {
+        rollgate::telemetry::global().set_leader(true);
+        None
+    };
     let interval = rollgate::model::duration::parse(&args.interval)
         .with_context(|| format!("--interval `{}` is not a duration like 30s", args.interval))?;
     let url = rollgate::source::git::normalize_url(&args.repo)?;
+    let github = github_options(&args, &url)?;
     let src = rollgate::source::git::GitSource::open(
         &url,
         &work_dir(&args.state_dir, &url),
@@ -566,8 +724,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     }
                 }
             }
+            // SDK clients are built per plan (region, endpoint, profile) on first use.
             rollgate::model::settings::Target::Lambda => {
-                tracing::warn!(target_name = %name, "lambda targets are not built yet; their rollouts hold");
+                match rollgate::target::lambda::LambdaTarget::new() {
+                    Ok(t) => {
+                        targets.insert(name.clone(), Box::new(t));
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_name = %name, error = %format!("{e:#}"), "cannot start the lambda target")
+                    }
+                }
             }
         }
     }
@@ -578,19 +744,36 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         Box::new(rollgate::metrics::builtin::Builtin::new(registry)),
     );
     for (name, source) in &settings.metrics {
-        let rollgate::model::settings::MetricsSource::Prometheus {
-            url,
-            timeout,
-            auth_header_env,
-        } = source
-        else {
-            tracing::warn!(source = %name, kind = source.kind(), "metrics source kind not built yet; its checks will hold");
-            continue;
+        let built: Result<Box<dyn rollgate::metrics::MetricsSource>, String> = match source {
+            rollgate::model::settings::MetricsSource::Prometheus {
+                url,
+                timeout,
+                auth_header_env,
+            } => rollgate::metrics::prometheus::Prometheus::new(
+                url,
+                *timeout,
+                auth_header_env.clone(),
+            )
+            .map(|p| Box::new(p) as Box<dyn rollgate::metrics::MetricsSource>),
+            rollgate::model::settings::MetricsSource::Cloudwatch {
+                region,
+                endpoint,
+                profile,
+                timeout,
+            } => rollgate::metrics::cloudwatch::Cloudwatch::new(
+                rollgate::target::lambda::AwsAccess {
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                    profile: profile.clone(),
+                },
+                *timeout,
+            )
+            .map(|c| Box::new(c) as Box<dyn rollgate::metrics::MetricsSource>)
+            .map_err(|e| format!("{e:#}")),
         };
-        match rollgate::metrics::prometheus::Prometheus::new(url, *timeout, auth_header_env.clone())
-        {
+        match built {
             Ok(p) => {
-                metrics.insert(name.clone(), Box::new(p));
+                metrics.insert(name.clone(), p);
             }
             Err(e) => {
                 tracing::warn!(source = %name, error = %e, "metrics source unavailable; its checks will hold")
@@ -598,10 +781,19 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
     }
     let health = std::sync::Arc::new(rollgate::server::Health::default());
+    // Wakes the loop: a file event on a local remote, or a verified push webhook.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let webhooks = github
+        .map(|opts| rollgate::github::handle::Webhooks::start(opts, tx.clone()))
+        .transpose()?;
     let _server = match args.listen {
         Some(addr) => Some(
-            rollgate::server::start(addr, health.clone())
-                .with_context(|| format!("cannot listen on {addr}"))?,
+            rollgate::server::start_with(
+                addr,
+                health.clone(),
+                webhooks.as_ref().map(|w| w.router()),
+            )
+            .with_context(|| format!("cannot listen on {addr}"))?,
         ),
         None => None,
     };
@@ -641,7 +833,6 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         rollgate::daemon::Reconciler::new(src, None, targets, metrics).with_policy_loader(loader);
 
     // A local remote is watched: a push wakes the loop within milliseconds.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
     let _watcher = watch_paths.and_then(|paths| {
         use notify::Watcher;
         let tx = tx.clone();
@@ -657,8 +848,20 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
         Some(w)
     });
-    tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, "rollgate running");
+    tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
     loop {
+        if let Some(l) = &leadership
+            && !l.is_leader(chrono::Utc::now())
+        {
+            // A stand-by: no Git write, no target call. Ready once it sees the lease, so
+            // a rolling update of rollgate itself can proceed.
+            health
+                .ready
+                .store(l.standing_by(), std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(l.retry_period());
+            while rx.try_recv().is_ok() {}
+            continue;
+        }
         let report = match rec.tick(chrono::Utc::now()) {
             Ok(r) => {
                 health
@@ -671,6 +874,9 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                 rollgate::daemon::TickReport::default()
             }
         };
+        if let Some(w) = &webhooks {
+            w.report(&rec, &report);
+        }
         let moved = report.transitions > 0 || report.reverts > 0;
         if args.once && !moved {
             return Ok(ExitCode::SUCCESS);

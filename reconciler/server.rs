@@ -1,20 +1,19 @@
-//! The daemon's HTTP side: `/healthz`, `/readyz` and `/metrics` (webhooks join later).
+//! The daemon's HTTP side: `/healthz`, `/readyz`, `/metrics`, and the GitHub webhook
+//! endpoint when it is configured (`github::handle`).
 //!
 //! It runs on its own small tokio runtime so the reconcile loop stays synchronous and
-//! an HTTP flood cannot starve it. Invariant: handlers only read shared state; nothing
-//! an HTTP client sends can reach a target or Git from here.
+//! an HTTP flood cannot starve it. Invariant: handlers only read shared state or hand
+//! events over channels; nothing an HTTP client sends can reach a target or Git from here.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
 /// What the endpoints report.
 #[derive(Debug, Default)]
@@ -30,37 +29,49 @@ pub struct Server {
     _runtime: tokio::runtime::Runtime,
 }
 
-fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
-fn route(health: &Health, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    match (method, path) {
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n".into(), "text/plain"),
-        (&Method::GET, "/readyz") if health.ready.load(Ordering::Relaxed) => {
-            reply(StatusCode::OK, "ready\n".into(), "text/plain")
-        }
-        (&Method::GET, "/readyz") => reply(
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    if health.ready.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first pass has not completed\n".into(),
-            "text/plain",
-        ),
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            crate::telemetry::global().render(),
-            "text/plain; version=0.0.4",
-        ),
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+            "not ready: the first pass has not completed\n",
+        )
     }
 }
 
-/// Listen on `addr` and serve until dropped.
+async fn metrics() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::global().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Listen on `addr` and serve `/healthz`, `/readyz` and `/metrics` until dropped.
 pub fn start(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Server> {
+    start_with(addr, health, None)
+}
+
+/// Like `start`, plus `routes` (the webhook endpoint).
+pub fn start_with(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    routes: Option<Router>,
+) -> std::io::Result<Server> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("rollgate-http")
@@ -68,24 +79,26 @@ pub fn start(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Server> {
         .build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let bound = listener.local_addr()?;
+    let webhooks = routes.is_some();
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
+    if let Some(routes) = routes {
+        app = app.merge(routes);
+    }
+    let app = app.fallback(not_found);
     runtime.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let health = health.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let r = route(&health, req.method(), req.uri().path());
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
-    tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
+    if webhooks {
+        tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics, /webhooks/github");
+    } else {
+        tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
+    }
     Ok(Server {
         addr: bound,
         _runtime: runtime,

@@ -27,6 +27,46 @@ pub struct Telemetry {
     buckets: [AtomicU64; 10],
     duration_count: AtomicU64,
     duration_micros: AtomicU64,
+    /// 1 while this process may write (it holds the lease, or runs without election).
+    leader: AtomicU64,
+    webhooks: [AtomicU64; 7],
+    github_errors: AtomicU64,
+}
+
+/// What became of a webhook delivery (the label of `rollgate_webhooks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Accepted,
+    Ignored,
+    Duplicate,
+    Unauthorized,
+    Malformed,
+    TooLarge,
+    Busy,
+}
+
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 7] = [
+        WebhookOutcome::Accepted,
+        WebhookOutcome::Ignored,
+        WebhookOutcome::Duplicate,
+        WebhookOutcome::Unauthorized,
+        WebhookOutcome::Malformed,
+        WebhookOutcome::TooLarge,
+        WebhookOutcome::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Accepted => "accepted",
+            WebhookOutcome::Ignored => "ignored",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::Unauthorized => "unauthorized",
+            WebhookOutcome::Malformed => "malformed",
+            WebhookOutcome::TooLarge => "too_large",
+            WebhookOutcome::Busy => "busy",
+        }
+    }
 }
 
 /// The process-wide registry.
@@ -52,6 +92,23 @@ impl Telemetry {
             _ => 2,
         };
         self.judge[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        let i = WebhookOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.webhooks[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A GitHub job (preview, command, status) that failed.
+    pub fn github_error(&self) {
+        self.github_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(u64::from(leader), Ordering::Relaxed);
     }
 
     pub fn reconcile_took(&self, d: Duration) {
@@ -104,6 +161,29 @@ impl Telemetry {
             "rollgate_reverts_total",
             "Revert or restore commits pushed after a failed judgement.",
             g(&self.reverts),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_webhooks_total GitHub webhook deliveries, by outcome.\n# TYPE rollgate_webhooks_total counter"
+        );
+        for (i, w) in WebhookOutcome::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_webhooks_total{{outcome=\"{}\"}} {}",
+                w.as_str(),
+                g(&self.webhooks[i])
+            );
+        }
+        counter(
+            &mut o,
+            "rollgate_github_errors_total",
+            "GitHub jobs (previews, comment commands, statuses) that failed.",
+            g(&self.github_errors),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_leader 1 while this process may write to Git and targets (it holds the lease, or runs without --leader-elect).\n# TYPE rollgate_leader gauge\nrollgate_leader {}",
+            g(&self.leader)
         );
         let _ = writeln!(
             o,
@@ -178,9 +258,17 @@ mod tests {
         t.transition(Phase::Progressing);
         t.judged("fail");
         t.reconcile_took(Duration::from_millis(3));
+        t.webhook(WebhookOutcome::Unauthorized);
+        assert!(t.render().contains("\nrollgate_leader 0\n"));
+        t.set_leader(true);
         let text = t.render();
+        assert!(text.contains("\nrollgate_leader 1\n"), "{text}");
         assert!(
             text.contains("rollgate_transitions_total{phase=\"Progressing\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rollgate_webhooks_total{outcome=\"unauthorized\"} 1"),
             "{text}"
         );
         assert!(

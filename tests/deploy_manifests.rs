@@ -1,6 +1,8 @@
 //! `deploy/`: every Kubernetes manifest parses into its k8s-openapi type, the RBAC
-//! grants exactly what the Kubernetes target calls (`kubernetes::RBAC`), the daemon's
-//! Deployment probes the endpoints it serves, and the image runs as non-root.
+//! grants exactly what the Kubernetes target calls (`kubernetes::RBAC`, a ClusterRole)
+//! and what leader election calls (`leader::RBAC`, a Role in rollgate's namespace), the
+//! daemon's Deployment runs two replicas that elect a leader, probes the endpoints it
+//! serves, and the image runs as non-root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -88,54 +90,110 @@ fn every_manifest_parses_and_the_kustomization_lists_them_all() {
     assert_eq!(m.accounts.len(), 1);
 }
 
-#[test]
-fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
-    let m = load();
-    assert!(
-        m.roles.is_empty() && m.bindings.is_empty(),
-        "one ClusterRole"
-    );
-    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for role in &m.cluster_roles {
-        for rule in role.rules.iter().flatten() {
-            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
-            for group in rule.api_groups.iter().flatten() {
-                for resource in rule.resources.iter().flatten() {
-                    assert_ne!(resource, "*", "no wildcards");
-                    let verbs = granted
-                        .entry((group.clone(), resource.clone()))
-                        .or_default();
-                    for verb in &rule.verbs {
-                        assert_ne!(verb, "*", "no wildcards");
-                        verbs.insert(verb.clone());
-                    }
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// (apiGroup, resource) -> verbs granted by `rules`, refusing wildcards and names.
+fn granted<'a>(
+    rules: impl IntoIterator<Item = &'a k8s_openapi::api::rbac::v1::PolicyRule>,
+) -> Grants {
+    let mut granted = Grants::new();
+    for rule in rules {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                assert_ne!(resource, "*", "no wildcards");
+                let verbs = granted
+                    .entry((group.clone(), resource.clone()))
+                    .or_default();
+                for verb in &rule.verbs {
+                    assert_ne!(verb, "*", "no wildcards");
+                    verbs.insert(verb.clone());
                 }
             }
         }
     }
-    let used: BTreeMap<(String, String), BTreeSet<String>> = rollgate::target::kubernetes::RBAC
-        .iter()
+    granted
+}
+
+/// What a module's `RBAC` constant says it calls.
+fn used(rbac: &[(&str, &str, &[&str])]) -> Grants {
+    rbac.iter()
         .map(|(group, resource, verbs)| {
             (
                 ((*group).to_owned(), (*resource).to_owned()),
                 verbs.iter().map(|v| (*v).to_owned()).collect(),
             )
         })
-        .collect();
-    assert_eq!(granted, used);
+        .collect()
+}
+
+/// The binding's one subject is the account the daemon runs as.
+fn binds_the_daemon_account(
+    subjects: Option<&Vec<k8s_openapi::api::rbac::v1::Subject>>,
+    m: &Manifests,
+) {
+    let account = &m.accounts[0];
+    let subjects = subjects.expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), account.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, account.metadata.namespace);
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
+    let m = load();
+    assert_eq!(m.cluster_roles.len(), 1, "one ClusterRole");
+    let role = &m.cluster_roles[0];
+    assert_eq!(
+        granted(role.rules.iter().flatten()),
+        used(
+            &[
+                rollgate::target::kubernetes::RBAC,
+                rollgate::target::knative::RBAC
+            ]
+            .concat()
+        ),
+        "Deployments, Services and HTTPRoutes, and Knative Services and Revisions"
+    );
 
     // The binding gives that role to the account the daemon runs as.
-    let role = m.cluster_roles[0].metadata.name.clone().expect("role name");
-    let account = &m.accounts[0];
-    let binding = m
+    let name = role.metadata.name.clone().expect("role name");
+    let bindings: Vec<_> = m
         .cluster_bindings
         .iter()
-        .find(|b| b.role_ref.name == role && b.role_ref.kind == "ClusterRole")
-        .expect("a binding of the role");
-    let subject = &binding.subjects.as_ref().expect("subjects")[0];
-    assert_eq!(subject.kind, "ServiceAccount");
-    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
-    assert_eq!(subject.namespace, account.metadata.namespace);
+        .filter(|b| b.role_ref.name == name && b.role_ref.kind == "ClusterRole")
+        .collect();
+    assert_eq!(bindings.len(), 1, "one binding of the ClusterRole");
+    binds_the_daemon_account(bindings[0].subjects.as_ref(), &m);
+}
+
+#[test]
+fn rbac_grants_exactly_what_leader_election_calls_in_rollgate_s_own_namespace() {
+    let m = load();
+    assert_eq!(m.roles.len(), 1, "one Role");
+    let role = &m.roles[0];
+    assert_eq!(
+        granted(role.rules.iter().flatten()),
+        used(rollgate::leader::RBAC)
+    );
+    // The Lease lives where the daemon runs (POD_NAMESPACE), and nowhere else.
+    let namespace = m.deployments[0].metadata.namespace.clone();
+    assert_eq!(namespace.as_deref(), Some("rollgate"));
+    assert_eq!(role.metadata.namespace, namespace);
+
+    let name = role.metadata.name.clone().expect("role name");
+    assert_eq!(m.bindings.len(), 1, "one RoleBinding");
+    let binding = &m.bindings[0];
+    assert_eq!(binding.metadata.namespace, namespace);
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("Role", name.as_str())
+    );
+    binds_the_daemon_account(binding.subjects.as_ref(), &m);
 }
 
 #[test]
@@ -143,7 +201,8 @@ fn the_daemon_deployment_probes_what_it_serves_and_runs_unprivileged() {
     let m = load();
     let d = &m.deployments[0];
     let spec = d.spec.as_ref().expect("spec");
-    assert_eq!(spec.replicas, Some(1), "one writer per branch");
+    // Two replicas, one writer per branch: they elect a leader.
+    assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(
         pod.service_account_name.as_ref(),
@@ -158,6 +217,25 @@ fn the_daemon_deployment_probes_what_it_serves_and_runs_unprivileged() {
         args.iter().any(|a| a == "--listen=0.0.0.0:9464"),
         "{args:?}"
     );
+    assert!(args.iter().any(|a| a == "--leader-elect"), "{args:?}");
+    // The Lease holder's identity and the Lease's namespace come from the downward API.
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("{var}"));
+        let path = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(path, Some(field), "{var}");
+    }
     let port = c
         .ports
         .iter()

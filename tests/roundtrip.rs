@@ -296,7 +296,7 @@ fn checks() -> impl Strategy<Value = Vec<GenCheck>> {
                         "latency-p50",
                         "latency-p95",
                         "latency-p99",
-                        "replica-health",
+                        // replica-health is valid only on kubernetes and knative workloads.
                     ])),
                     judge(),
                     prop::option::of(duration()),

@@ -144,6 +144,7 @@ mod tests {
             version,
             baseline: Some("v1"),
             window: Duration::from_secs(30),
+            workload: None,
         }
     }
 

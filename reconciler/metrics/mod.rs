@@ -1,11 +1,12 @@
 //! Where measurements come from: the `MetricsSource` extension point.
 //!
-//! One trait, one file per implementation (`builtin.rs` for the proxy's counters and
-//! `prometheus.rs` follow). A source answers one check for one version over a window;
+//! One trait, one file per implementation (`builtin.rs` for the proxy's counters,
+//! `prometheus.rs`, `cloudwatch.rs` for Lambda's metrics). A source answers one check for one version over a window;
 //! an unreachable source or an empty result is an error or a measurement without a
 //! value, which the judge treats as inconclusive, never as a pass.
 
 pub mod builtin;
+pub mod cloudwatch;
 pub mod prometheus;
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::engine::Measurement;
 use crate::model::plan::Check;
 
 /// What a query is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueryContext<'a> {
     pub plan: &'a str,
     /// The version being judged (the candidate's artifact).
@@ -23,6 +24,9 @@ pub struct QueryContext<'a> {
     pub baseline: Option<&'a str>,
     /// How far back to look.
     pub window: Duration,
+    /// The plan's workload, for sources that query it by name (`cloudwatch`: the
+    /// function and alias); `None` where there is no plan (`rollgate judge`, tests).
+    pub workload: Option<&'a crate::model::plan::Workload>,
 }
 
 /// A source of measurements.

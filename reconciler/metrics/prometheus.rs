@@ -266,6 +266,7 @@ mod tests {
             version: "v2",
             baseline: Some("v1"),
             window: Duration::from_secs(45),
+            workload: None,
         };
         assert_eq!(
             render(

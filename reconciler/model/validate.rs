@@ -527,11 +527,16 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
             );
         }
         if c.source == BUILTIN_SOURCE {
-            if c.query == "replica-health" && !matches!(s.workload, wire::Workload::Kubernetes(_)) {
+            if c.query == "replica-health"
+                && !matches!(
+                    s.workload,
+                    wire::Workload::Kubernetes(_) | wire::Workload::Knative(_)
+                )
+            {
                 cx.err(
                     &at(&[K("query")]),
                     Code::WorkloadMismatch,
-                    "replica-health counts the candidate's ready replicas, which only kubernetes workloads have",
+                    "replica-health counts the candidate's ready replicas, which only kubernetes and knative workloads have",
                 )
                 .help = Some("judge this workload by its traffic (success-rate, latency-p99) instead".to_owned());
             }

@@ -713,6 +713,7 @@ fn window_queries_match_a_scripted_sequence() {
         version: "v2",
         baseline: None,
         window: Duration::from_secs(30),
+        workload: None,
     };
     let m = source
         .measure(&check("success-rate"), &ctx)

@@ -211,6 +211,27 @@ impl KubernetesTarget {
         self.runtime.spawn(fut)
     }
 
+    /// The plan's Knative Service, when its workload is `knative` (same cluster, same client).
+    fn knative<'a>(&self, plan: &'a Plan) -> Option<super::knative::Knative<'a>> {
+        let Workload::Knative(w) = &plan.workload else {
+            return None;
+        };
+        Some(super::knative::Knative {
+            w,
+            services: Api::namespaced_with(
+                self.client.clone(),
+                &w.namespace,
+                &super::knative::service_resource(),
+            ),
+            revisions: Api::namespaced_with(
+                self.client.clone(),
+                &w.namespace,
+                &super::knative::revision_resource(),
+            ),
+            call_timeout: self.timing.call_timeout,
+        })
+    }
+
     fn cluster<'a>(&self, plan: &'a Plan) -> Result<Cluster<'a>, TargetError> {
         let Workload::Kubernetes(w) = &plan.workload else {
             return Err(TargetError(format!(
@@ -256,7 +277,7 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 }
 
 /// `what: cause`, the cause once (kube's `Display` of an API error repeats it as `Debug`).
-fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
+pub(super) fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
     move |e| match e {
         kube::Error::Api(s) => TargetError(format!(
             "{what}: {} ({} {})",
@@ -1014,6 +1035,9 @@ fn gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
 
 impl Target for KubernetesTarget {
     fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        if let Some(k) = self.knative(plan) {
+            return self.runtime.block_on(k.start(artifact));
+        }
         let c = self.cluster(plan)?;
         self.runtime.block_on(async {
             c.start(artifact).await?;
@@ -1022,16 +1046,25 @@ impl Target for KubernetesTarget {
     }
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
+        if let Some(k) = self.knative(plan) {
+            return self.runtime.block_on(k.set_weight(weight.min(100)));
+        }
         let c = self.cluster(plan)?;
         self.runtime.block_on(c.weigh(Some(weight.min(100))))
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        if let Some(k) = self.knative(plan) {
+            return self.runtime.block_on(k.promote(artifact));
+        }
         let c = self.cluster(plan)?;
         self.runtime.block_on(c.promote(artifact))
     }
 
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
+        if let Some(k) = self.knative(plan) {
+            return self.runtime.block_on(k.rollback(stable));
+        }
         let c = self.cluster(plan)?;
         self.runtime.block_on(c.rollback(stable))
     }
@@ -1050,11 +1083,20 @@ impl Target for KubernetesTarget {
     }
 
     fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
+        if let Some(k) = self.knative(plan) {
+            return self.runtime.block_on(k.readiness()).map_err(|e| e.0);
+        }
         let c = self.cluster(plan).map_err(|e| e.0)?;
         self.runtime.block_on(c.readiness()).map_err(|e| e.0)
     }
 
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
+        if let Some(k) = self.knative(plan) {
+            return match self.runtime.block_on(k.health(desired)) {
+                Ok(h) => h,
+                Err(e) => TargetHealth::Unreachable { reason: e.0 },
+            };
+        }
         let c = match self.cluster(plan) {
             Ok(c) => c,
             Err(e) => return TargetHealth::Unhealthy { reason: e.0 },

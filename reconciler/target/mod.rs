@@ -1,13 +1,17 @@
 //! Where rollouts happen: the `Target` extension point.
 //!
-//! One trait, one file per implementation (`dry_run.rs`, `local.rs`, `kubernetes.rs`).
+//! One trait, one file per implementation (`dry_run.rs`, `local.rs`, `kubernetes.rs`;
+//! `knative.rs` is reached through the Kubernetes target, which owns the cluster client;
+//! `lambda.rs` shifts an AWS Lambda alias's weights).
 //! Every method is idempotent: the daemon may call any of them
 //! again after a crash or a lost race, and the target converges to the same state.
 //! `contract` holds the test every implementation must pass.
 
 pub mod contract;
 pub mod dry_run;
+pub mod knative;
 pub mod kubernetes;
+pub mod lambda;
 pub mod local;
 
 use crate::engine::TargetHealth;

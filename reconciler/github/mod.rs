@@ -1,0 +1,773 @@
+//! GitHub: webhooks in, check runs, sticky comments, commit statuses and replies out.
+//!
+//! ```text
+//!  POST /webhooks/github ─▶ webhook::verify (HMAC, constant time) ─▶ dedupe ─▶ parse
+//!        (server.rs, HTTP runtime)                                            │
+//!            push to the tracked branch ──▶ wake the daemon loop (channel) ◀──┤
+//!            pull_request / issue_comment ──▶ Job queue ─▶ handle::Worker ─────┘
+//!                                                   (its own thread: git fetch into a
+//!                                                    scratch clone, preview, commands)
+//!                                                          │
+//!                                                          ▼
+//!                                          Client (octocrab) ─▶ api.github.com / GHE
+//! ```
+//! `Client` is the only door to the GitHub API: a token, or a GitHub App (JWT →
+//! installation token, cached by octocrab and refreshed 30 s before it expires), and a
+//! base URL (GitHub Enterprise, tests). Invariants: secrets (token, App key, webhook
+//! secret) come from the environment or files only and are `Secret`s, whose `Debug` and
+//! `Display` print `***`, so they cannot reach a log line; the HTTP side never touches
+//! Git or a target: it hands work over channels.
+
+pub mod handle;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use octocrab::Octocrab;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The name of rollgate's check run and the prefix of its commit status contexts.
+pub const CHECK_NAME: &str = "rollgate";
+
+/// The first line of rollgate's sticky pull-request comment (the preview's marker).
+pub const STICKY_MARKER: &str = "<!-- rollgate:preview -->";
+
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+/// Every API call gives up after this long (the worker then logs and goes on).
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// GitHub's limits: annotations per request, characters in a comment or a check summary,
+/// characters in a commit status description.
+const ANNOTATIONS_PER_REQUEST: usize = 50;
+const MAX_TEXT: usize = 65_000;
+const MAX_DESCRIPTION: usize = 140;
+
+/// A secret value (token, private key, webhook secret). It prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// `None` for an empty value (an empty secret is no secret).
+    pub fn new(value: impl Into<String>) -> Option<Self> {
+        let v: String = value.into();
+        let trimmed = v.trim_end_matches(['\n', '\r']);
+        (!trimmed.trim().is_empty()).then(|| Secret(trimmed.to_owned()))
+    }
+
+    /// The file when one is named, else the environment variable `env`.
+    pub fn load(file: Option<&Path>, env: &str) -> Result<Option<Self>> {
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the secret file {}", file.display()))?;
+            return Secret::new(text)
+                .map(Some)
+                .with_context(|| format!("the secret file {} is empty", file.display()));
+        }
+        Ok(std::env::var(env).ok().and_then(Secret::new))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `owner/name` of the repository rollgate reports on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoName {
+    pub owner: String,
+    pub name: String,
+}
+
+impl RepoName {
+    /// `owner/name` from a GitHub clone URL (`https://host/owner/name(.git)`,
+    /// `git@host:owner/name.git`, `ssh://git@host/owner/name.git`).
+    pub fn from_url(url: &str) -> Option<Self> {
+        let path = if let Some(rest) = url.strip_prefix("git@") {
+            rest.split_once(':')?.1
+        } else {
+            let (_, rest) = url.split_once("://")?;
+            rest.split_once('/')?.1
+        };
+        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        path.parse().ok()
+    }
+
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+
+    /// Whether a payload's `repository.full_name` is this repository.
+    pub fn is(&self, full_name: &str) -> bool {
+        full_name.eq_ignore_ascii_case(&self.full_name())
+    }
+}
+
+impl std::str::FromStr for RepoName {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some((owner, name)) = s.split_once('/') else {
+            bail!("`{s}` is not OWNER/NAME");
+        };
+        let owner_ok = !owner.is_empty()
+            && owner.len() <= 39
+            && owner
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let name_ok = !name.is_empty()
+            && name.len() <= 100
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !owner_ok || !name_ok {
+            bail!("`{s}` is not OWNER/NAME of a GitHub repository");
+        }
+        Ok(Self {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// How rollgate authenticates to the API.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A personal access token or any other bearer token.
+    Token(Secret),
+    /// A GitHub App: its id and PEM private key (JWT → installation tokens).
+    App { id: u64, key: Secret },
+}
+
+impl Auth {
+    /// From the daemon's flags: an App when `app_id` and `app_key_file` are given, else
+    /// a token from `token_file` or `GITHUB_TOKEN`; `None` when there is nothing.
+    pub fn load(
+        token_file: Option<&Path>,
+        app_id: Option<u64>,
+        app_key_file: Option<&Path>,
+    ) -> Result<Option<Self>> {
+        match (app_id, app_key_file) {
+            (Some(id), Some(file)) => {
+                let key = Secret::load(Some(file), "")?
+                    .with_context(|| format!("the App key file {} is empty", file.display()))?;
+                Ok(Some(Auth::App { id, key }))
+            }
+            (Some(_), None) => bail!("--github-app-id needs --github-app-key-file"),
+            (None, Some(_)) => bail!("--github-app-key-file needs --github-app-id"),
+            (None, None) => Ok(Secret::load(token_file, "GITHUB_TOKEN")?.map(Auth::Token)),
+        }
+    }
+}
+
+/// Where and as whom to call the API.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
+    pub api_url: String,
+    pub repo: RepoName,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conclusion {
+    Success,
+    Failure,
+    Neutral,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnotationLevel {
+    Notice,
+    Warning,
+    Failure,
+}
+
+/// A check-run annotation, in the API's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Annotation {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_column: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_column: Option<u32>,
+    pub annotation_level: AnnotationLevel,
+    pub title: String,
+    pub message: String,
+}
+
+/// What a completed `rollgate` check run says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutput {
+    pub conclusion: Conclusion,
+    pub title: String,
+    /// Markdown.
+    pub summary: String,
+    pub annotations: Vec<Annotation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+/// A collaborator's permission on the repository (`none` when not a collaborator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Admin,
+    Write,
+    Read,
+    None,
+}
+
+impl Permission {
+    /// `admin`, `maintain` and `write` may run commands; `triage`, `read` and others may not.
+    pub fn can_write(self) -> bool {
+        matches!(self, Permission::Admin | Permission::Write)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Id {
+    id: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExistingCheckRun {
+    id: u64,
+    #[serde(default)]
+    output: Option<ExistingOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExistingOutput {
+    #[serde(default)]
+    annotations_count: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckRunList {
+    check_runs: Vec<ExistingCheckRun>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueComment {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullOfCommit {
+    number: u64,
+    #[serde(default)]
+    merged_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PermissionReply {
+    permission: String,
+}
+
+/// The GitHub API, as rollgate uses it.
+pub struct Client {
+    root: Arc<Octocrab>,
+    app: bool,
+    repo: RepoName,
+    /// App: one client per installation; each caches its installation token and
+    /// refreshes it before it expires.
+    /// (Shared, never cloned: a clone of an `Octocrab` starts with its own empty cache.)
+    installations: Mutex<HashMap<u64, Arc<Octocrab>>>,
+    repo_installation: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("repo", &self.repo)
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// An octocrab error as one line (the API's status and message when it answered).
+fn api_error(e: octocrab::Error) -> anyhow::Error {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            anyhow!("GitHub answered {}: {}", source.status_code, source.message)
+        }
+        other => anyhow!("{}", first_line(&other.to_string())),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn is_not_found(e: &octocrab::Error) -> bool {
+    matches!(e, octocrab::Error::GitHub { source, .. } if source.status_code == axum::http::StatusCode::NOT_FOUND)
+}
+
+async fn timed<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, octocrab::Error>>,
+) -> Result<Result<T, octocrab::Error>> {
+    tokio::time::timeout(API_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow!("{what}: no answer from GitHub in {API_TIMEOUT:?}"))
+}
+
+impl Client {
+    /// Build the client. Must be called inside a tokio runtime.
+    pub fn new(config: &Config) -> Result<Self> {
+        let url = config.api_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            bail!("--github-url `{url}` is not an http(s) URL");
+        }
+        let builder = Octocrab::builder()
+            .base_uri(url)
+            .map_err(api_error)
+            .with_context(|| format!("--github-url `{url}` is not a URL"))?
+            .add_header(
+                axum::http::header::ACCEPT,
+                "application/vnd.github+json".to_owned(),
+            );
+        let (root, app) = match &config.auth {
+            Auth::Token(token) => (
+                builder
+                    .personal_token(token.expose().to_owned())
+                    .build()
+                    .map_err(api_error)?,
+                false,
+            ),
+            Auth::App { id, key } => {
+                let key = octocrab::EncodingKey::from_rsa_pem(key.expose().as_bytes())
+                    .map_err(|_| anyhow!("the GitHub App key is not an RSA private key in PEM"))?;
+                (
+                    builder
+                        .app(octocrab::models::AppId(*id), key)
+                        .build()
+                        .map_err(api_error)?,
+                    true,
+                )
+            }
+        };
+        Ok(Self {
+            root: Arc::new(root),
+            app,
+            repo: config.repo.clone(),
+            installations: Mutex::new(HashMap::new()),
+            repo_installation: Mutex::new(None),
+        })
+    }
+
+    pub fn repo(&self) -> &RepoName {
+        &self.repo
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/repos/{}/{}/{rest}", self.repo.owner, self.repo.name)
+    }
+
+    /// The client for a call: the token's, or the installation's (from the event, else
+    /// looked up for the repository once).
+    async fn api(&self, installation: Option<u64>) -> Result<Arc<Octocrab>> {
+        if !self.app {
+            return Ok(self.root.clone());
+        }
+        let known = *self
+            .repo_installation
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?;
+        let id = match installation.or(known) {
+            Some(id) => id,
+            None => {
+                let route = self.path("installation");
+                let found: Id = timed(
+                    "find the App installation",
+                    self.root.get(&route, None::<&()>),
+                )
+                .await?
+                .map_err(api_error)
+                .context("the GitHub App is not installed on the repository")?;
+                *self
+                    .repo_installation
+                    .lock()
+                    .map_err(|_| anyhow!("poisoned"))? = Some(found.id);
+                found.id
+            }
+        };
+        let mut map = self.installations.lock().map_err(|_| anyhow!("poisoned"))?;
+        if let Some(c) = map.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            self.root
+                .installation(octocrab::models::InstallationId(id))
+                .map_err(api_error)?,
+        );
+        map.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Create or update the `rollgate` check run on `head_sha` (completed, with output).
+    /// A check run already there for the commit (a redelivery, a reopen) is updated, not
+    /// duplicated; annotations are only added to a run that has none, because GitHub
+    /// appends them on every update.
+    pub async fn upsert_check_run(
+        &self,
+        installation: Option<u64>,
+        head_sha: &str,
+        out: &CheckOutput,
+    ) -> Result<u64> {
+        let api = self.api(installation).await?;
+        let list: CheckRunList = timed(
+            "list check runs",
+            api.get(
+                self.path(&format!("commits/{head_sha}/check-runs")),
+                Some(&[("check_name", CHECK_NAME), ("filter", "latest")]),
+            ),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot list the commit's check runs")?;
+        let existing = list.check_runs.first();
+        let mut annotations: Vec<Annotation> = if existing
+            .and_then(|r| r.output.as_ref())
+            .is_some_and(|o| o.annotations_count > 0)
+        {
+            Vec::new()
+        } else {
+            out.annotations.iter().map(fix_columns).collect()
+        };
+        let first: Vec<Annotation> = annotations
+            .drain(..annotations.len().min(ANNOTATIONS_PER_REQUEST))
+            .collect();
+        let output = |batch: &[Annotation]| {
+            json!({
+                "title": clip(&out.title, 255),
+                "summary": clip(&out.summary, MAX_TEXT),
+                "annotations": batch,
+            })
+        };
+        let id = match existing {
+            Some(run) => {
+                let body = json!({
+                    "name": CHECK_NAME,
+                    "status": "completed",
+                    "conclusion": out.conclusion,
+                    "output": output(&first),
+                });
+                let _: serde_json::Value = timed(
+                    "update the check run",
+                    api.patch(self.path(&format!("check-runs/{}", run.id)), Some(&body)),
+                )
+                .await?
+                .map_err(api_error)
+                .context("cannot update the check run")?;
+                run.id
+            }
+            None => {
+                let body = json!({
+                    "name": CHECK_NAME,
+                    "head_sha": head_sha,
+                    "status": "completed",
+                    "conclusion": out.conclusion,
+                    "output": output(&first),
+                });
+                let created: Id = timed(
+                    "create the check run",
+                    api.post(self.path("check-runs"), Some(&body)),
+                )
+                .await?
+                .map_err(api_error)
+                .context("cannot create the check run")?;
+                created.id
+            }
+        };
+        // More than 50 annotations: further updates append the rest.
+        while !annotations.is_empty() {
+            let batch: Vec<Annotation> = annotations
+                .drain(..annotations.len().min(ANNOTATIONS_PER_REQUEST))
+                .collect();
+            let body = json!({ "output": output(&batch) });
+            let _: serde_json::Value = timed(
+                "add annotations",
+                api.patch(self.path(&format!("check-runs/{id}")), Some(&body)),
+            )
+            .await?
+            .map_err(api_error)
+            .context("cannot add annotations to the check run")?;
+        }
+        Ok(id)
+    }
+
+    /// The one comment of rollgate on an issue or pull request whose body starts with
+    /// `marker`: updated in place when it exists, created otherwise. Returns its id.
+    pub async fn upsert_sticky_comment(
+        &self,
+        installation: Option<u64>,
+        issue: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<u64> {
+        let api = self.api(installation).await?;
+        let body = clip(body, MAX_TEXT);
+        let mut found = None;
+        // Pages of 100, oldest first; rollgate's comment is usually early.
+        for page in 1..=30u32 {
+            let page_s = page.to_string();
+            let comments: Vec<IssueComment> = timed(
+                "list comments",
+                api.get(
+                    self.path(&format!("issues/{issue}/comments")),
+                    Some(&[("per_page", "100"), ("page", page_s.as_str())]),
+                ),
+            )
+            .await?
+            .map_err(api_error)
+            .context("cannot list the pull request's comments")?;
+            let n = comments.len();
+            found = comments
+                .into_iter()
+                .find(|c| c.body.as_deref().is_some_and(|b| b.starts_with(marker)))
+                .map(|c| c.id);
+            if found.is_some() || n < 100 {
+                break;
+            }
+        }
+        let payload = json!({ "body": body });
+        match found {
+            Some(id) => {
+                let _: serde_json::Value = timed(
+                    "update the comment",
+                    api.patch(self.path(&format!("issues/comments/{id}")), Some(&payload)),
+                )
+                .await?
+                .map_err(api_error)
+                .context("cannot update the comment")?;
+                Ok(id)
+            }
+            None => {
+                let created: Id = timed(
+                    "create the comment",
+                    api.post(
+                        self.path(&format!("issues/{issue}/comments")),
+                        Some(&payload),
+                    ),
+                )
+                .await?
+                .map_err(api_error)
+                .context("cannot create the comment")?;
+                Ok(created.id)
+            }
+        }
+    }
+
+    /// A new comment on an issue or pull request (a reply in its thread).
+    pub async fn comment(&self, installation: Option<u64>, issue: u64, body: &str) -> Result<u64> {
+        let api = self.api(installation).await?;
+        let payload = json!({ "body": clip(body, MAX_TEXT) });
+        let created: Id = timed(
+            "comment",
+            api.post(
+                self.path(&format!("issues/{issue}/comments")),
+                Some(&payload),
+            ),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot comment")?;
+        Ok(created.id)
+    }
+
+    /// Set the commit status `context` on `sha`.
+    pub async fn set_status(
+        &self,
+        installation: Option<u64>,
+        sha: &str,
+        context: &str,
+        state: StatusState,
+        description: &str,
+    ) -> Result<()> {
+        let api = self.api(installation).await?;
+        let payload = json!({
+            "state": state,
+            "context": context,
+            "description": clip(description, MAX_DESCRIPTION),
+        });
+        let _: serde_json::Value = timed(
+            "set the commit status",
+            api.post(self.path(&format!("statuses/{sha}")), Some(&payload)),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot set the commit status")?;
+        Ok(())
+    }
+
+    /// The merged pull requests a commit belongs to (its merge, squash or rebase).
+    pub async fn merged_pulls_of(&self, installation: Option<u64>, sha: &str) -> Result<Vec<u64>> {
+        let api = self.api(installation).await?;
+        let pulls: Vec<PullOfCommit> = timed(
+            "list the commit's pull requests",
+            api.get(self.path(&format!("commits/{sha}/pulls")), None::<&()>),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot list the commit's pull requests")?;
+        Ok(pulls
+            .into_iter()
+            .filter(|p| p.merged_at.is_some())
+            .map(|p| p.number)
+            .collect())
+    }
+
+    /// `login`'s permission on the repository (the collaborator permission API).
+    pub async fn permission(&self, installation: Option<u64>, login: &str) -> Result<Permission> {
+        if !valid_login(login) {
+            return Ok(Permission::None);
+        }
+        let api = self.api(installation).await?;
+        let route = self.path(&format!("collaborators/{login}/permission"));
+        let reply: PermissionReply =
+            match timed("read a permission", api.get(&route, None::<&()>)).await? {
+                Ok(r) => r,
+                Err(e) if is_not_found(&e) => return Ok(Permission::None),
+                Err(e) => {
+                    return Err(api_error(e)).context("cannot read the collaborator's permission");
+                }
+            };
+        Ok(match reply.permission.as_str() {
+            "admin" => Permission::Admin,
+            "maintain" | "write" => Permission::Write,
+            "triage" | "read" => Permission::Read,
+            _ => Permission::None,
+        })
+    }
+}
+
+/// A GitHub login (letters, digits, dashes; an App's `name[bot]`), safe in a URL path.
+pub fn valid_login(login: &str) -> bool {
+    let core = login.strip_suffix("[bot]").unwrap_or(login);
+    !core.is_empty()
+        && core.len() <= 39
+        && core.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// GitHub refuses columns on annotations that span several lines.
+fn fix_columns(a: &Annotation) -> Annotation {
+    let mut a = a.clone();
+    a.end_line = a.end_line.max(a.start_line);
+    if a.start_line != a.end_line {
+        a.start_column = None;
+        a.end_column = None;
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2\n").expect("a secret");
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s} {s:?} {:?}", Some(&s)), "*** *** Some(***)");
+        let auth = Auth::Token(s);
+        assert!(!format!("{auth:?}").contains("hunter2"));
+        assert!(Secret::new("").is_none() && Secret::new(" \n").is_none());
+    }
+
+    #[test]
+    fn repo_names_from_urls_and_flags() {
+        let r = |s: &str| RepoName::from_url(s).map(|r| r.full_name());
+        assert_eq!(
+            r("https://github.com/acme/ops.git").as_deref(),
+            Some("acme/ops")
+        );
+        assert_eq!(
+            r("https://ghe.example/acme/ops").as_deref(),
+            Some("acme/ops")
+        );
+        assert_eq!(
+            r("git@github.com:acme/ops.git").as_deref(),
+            Some("acme/ops")
+        );
+        assert_eq!(
+            r("ssh://git@github.com/acme/ops.git").as_deref(),
+            Some("acme/ops")
+        );
+        assert_eq!(r("/srv/ops.git"), None);
+        assert!("acme/../x".parse::<RepoName>().is_err());
+        assert!("acme".parse::<RepoName>().is_err());
+        assert!("a cme/x".parse::<RepoName>().is_err());
+        assert!("acme/x?y".parse::<RepoName>().is_err());
+        assert!("Codertocat/Hello-World".parse::<RepoName>().is_ok());
+    }
+
+    #[test]
+    fn logins_are_safe_path_segments() {
+        assert!(valid_login("Codertocat") && valid_login("rollgate[bot]"));
+        assert!(!valid_login("../x") && !valid_login("") && !valid_login("a/b"));
+    }
+
+    #[test]
+    fn multi_line_annotations_lose_their_columns() {
+        let a = Annotation {
+            path: "plans/web.yaml".into(),
+            start_line: 3,
+            end_line: 5,
+            start_column: Some(1),
+            end_column: Some(4),
+            annotation_level: AnnotationLevel::Failure,
+            title: "t".into(),
+            message: "m".into(),
+        };
+        let f = fix_columns(&a);
+        assert_eq!((f.start_column, f.end_column), (None, None));
+        let one = Annotation {
+            end_line: 3,
+            ..a.clone()
+        };
+        assert_eq!(fix_columns(&one), one);
+    }
+}

@@ -1,0 +1,865 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, so that several replicas of
+//! `rollgate run` can stand by while exactly one writes to Git and to targets.
+//!
+//! ```text
+//!   every retry period (2 s):  get Lease ──▶ decide (pure) ──▶ create / replace (with the
+//!                                               │               resourceVersion read; 409 = lost)
+//!                                               ▼
+//!             Acquire · Renew · TakeOver ─▶ leader until now + renew deadline (10 s)
+//!             Follow { holder, until }   ─▶ not leader; look again later
+//! ```
+//!
+//! The core, [`decide`], is pure: the Lease as last read, who we are, `now`, and the
+//! timings (client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s) in; a
+//! [`LeaseDecision`] out. [`LeaseElector`] is the adapter that reads and writes the
+//! Lease; [`Leadership`] runs it in the background for the daemon's loop.
+//!
+//! Invariants:
+//! - A process may act (write to Git, call a target) only while [`LeaseElector::is_leader`]
+//!   holds: its last *successful* acquire or renew started less than the renew deadline
+//!   ago. The renew deadline is shorter than the lease duration, so a leader that cannot
+//!   renew stops acting before anyone else may take over.
+//! - Like client-go, a lease held by another process expires one lease duration after
+//!   *this* process first saw its current version (its `resourceVersion`), never by
+//!   comparing the holder's `renewTime` with our clock, so clock offsets between nodes
+//!   cannot make two leaders.
+//! - Every write carries the `resourceVersion` it read (or is a create): of two processes
+//!   racing for the lease, one gets a 409 and follows.
+//! - Every API call made here is listed in [`RBAC`] (checked against `deploy/kubernetes`
+//!   by `tests/deploy_manifests.rs`).
+//!
+//! A new leader needs no hand-over: the state of every rollout is in Git, and the
+//! daemon's first pass resumes from it (re-applying in-flight steps, which are idempotent).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
+use kube::core::ObjectMeta;
+
+/// Every API call the elector makes, as (apiGroup, resource, verbs): `get` the Lease
+/// each round, `create` it when absent, `update` (a PUT carrying the `resourceVersion`
+/// read) to acquire, renew, take over or release it. Leases live in rollgate's own
+/// namespace, so `deploy/kubernetes` grants these with a namespaced Role.
+pub const RBAC: &[(&str, &str, &[&str])] = &[(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
+
+/// Where a pod's namespace is mounted with its service account token.
+pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The timings of an election (client-go's names and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How long a lease holds after its holder's last renewal, as written into the Lease
+    /// (`leaseDurationSeconds`): how long followers wait before taking over.
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal. Shorter than
+    /// `lease_duration`, so it stops before anyone else may take over.
+    pub renew_deadline: Duration,
+    /// How often every process reads (and the leader renews) the Lease.
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// Whether the timings keep the invariant: retry < renew deadline < lease duration.
+    pub fn is_safe(&self) -> bool {
+        self.retry_period < self.renew_deadline && self.renew_deadline < self.lease_duration
+    }
+}
+
+/// What the pure core needs to know about an existing Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// `holderIdentity`; `None` (or empty) when the lease was released.
+    pub holder: Option<String>,
+    /// `leaseDurationSeconds` as written by the holder.
+    pub lease_duration: Option<Duration>,
+    /// `leaseTransitions`.
+    pub transitions: i32,
+    /// When this process first saw this version of the Lease (by its own clock).
+    pub observed_at: DateTime<Utc>,
+}
+
+/// What to do with the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseDecision {
+    /// No lease, or a released one: take it, writing `transitions`.
+    Acquire { transitions: i32 },
+    /// We hold it: renew it.
+    Renew,
+    /// `previous` held it and it expired: take it over, writing `transitions`.
+    TakeOver { previous: String, transitions: i32 },
+    /// `holder` holds it; it cannot be taken before `until`.
+    Follow {
+        holder: String,
+        until: DateTime<Utc>,
+    },
+}
+
+/// `t + d`, saturating.
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The pure core: what process `me` should do with `lease` (as last read) at `now`.
+pub fn decide(
+    lease: Option<&LeaseState>,
+    me: &str,
+    now: DateTime<Utc>,
+    cfg: &LeaseConfig,
+) -> LeaseDecision {
+    let Some(lease) = lease else {
+        return LeaseDecision::Acquire { transitions: 0 };
+    };
+    let next = lease.transitions.saturating_add(1);
+    let holder = match lease.holder.as_deref() {
+        None | Some("") => return LeaseDecision::Acquire { transitions: next },
+        Some(h) if h == me => return LeaseDecision::Renew,
+        Some(h) => h,
+    };
+    let duration = lease
+        .lease_duration
+        .filter(|d| !d.is_zero())
+        .unwrap_or(cfg.lease_duration);
+    let until = after(lease.observed_at, duration);
+    if now < until {
+        LeaseDecision::Follow {
+            holder: holder.to_owned(),
+            until,
+        }
+    } else {
+        LeaseDecision::TakeOver {
+            previous: holder.to_owned(),
+            transitions: next,
+        }
+    }
+}
+
+/// This process's identity in the Lease: `POD_NAME` (the downward API) or the host
+/// name, plus a random suffix, so two processes on one host (or a restarted container
+/// in the same pod) never share one.
+pub fn identity() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let pod = std::env::var("POD_NAME").ok();
+    let host = std::env::var("HOSTNAME").ok().or_else(|| {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+    });
+    // `RandomState` is seeded from the OS's randomness, differently in each process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    identity_from(pod.as_deref(), host.as_deref(), h.finish() as u32)
+}
+
+/// `<pod or host>_<suffix as 8 hex digits>`; `rollgate` when neither is known.
+pub fn identity_from(pod: Option<&str>, host: Option<&str>, suffix: u32) -> String {
+    let base = [pod, host]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("rollgate");
+    format!("{base}_{suffix:08x}")
+}
+
+/// The namespace of the Lease by default: `POD_NAMESPACE` (the downward API), else the
+/// service account's namespace file, else `default`.
+pub fn default_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string(NAMESPACE_FILE).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// A failed call to the API server (the round changes nothing; a leader stays leader
+/// until its renew deadline).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LeaseError(String);
+
+/// `what: cause`, the cause once (kube's `Display` of an API error repeats it).
+fn api_err(what: &str, e: kube::Error) -> LeaseError {
+    match e {
+        kube::Error::Api(s) => LeaseError(format!(
+            "{what}: {} ({} {})",
+            s.message.trim_end(),
+            s.code,
+            s.reason
+        )),
+        e => LeaseError(format!("{what}: {e}")),
+    }
+}
+
+fn micro_time(t: DateTime<Utc>) -> Result<MicroTime, LeaseError> {
+    k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
+        .map(MicroTime)
+        .map_err(|e| LeaseError(format!("time {t} is out of range: {e}")))
+}
+
+/// Where this process stands after one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// This process holds the lease and may act until `until` unless it renews.
+    Leader { until: DateTime<Utc> },
+    /// Another process holds the lease: `holder`, or `None` after losing a write race
+    /// (the winner shows at the next round).
+    Follower { holder: Option<String> },
+}
+
+/// The adapter: one Lease, one identity, rounds of get-decide-write.
+pub struct LeaseElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    cfg: LeaseConfig,
+    /// The `resourceVersion` last read and when we first saw it.
+    observed: Option<(String, DateTime<Utc>)>,
+    /// When the last successful acquire or renew started.
+    renewed_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for LeaseElector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseElector")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .field("cfg", &self.cfg)
+            .field("renewed_at", &self.renewed_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseElector {
+    /// The Lease `namespace/name`, contended for as `identity`.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        cfg: LeaseConfig,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            cfg,
+            observed: None,
+            renewed_at: None,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.cfg
+    }
+
+    /// Until when this process may act, if it holds the lease.
+    pub fn leader_until(&self) -> Option<DateTime<Utc>> {
+        self.renewed_at.map(|t| after(t, self.cfg.renew_deadline))
+    }
+
+    /// Whether this process may act at `now`: its last successful acquire or renew
+    /// started less than the renew deadline before `now`. No I/O.
+    pub fn is_leader(&self, now: DateTime<Utc>) -> bool {
+        self.leader_until().is_some_and(|until| now < until)
+    }
+
+    /// What the pure core sees of `lease`, noting when this version was first seen.
+    fn state_of(&mut self, lease: &Lease, now: DateTime<Utc>) -> LeaseState {
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let observed_at = match &self.observed {
+            Some((v, at)) if *v == version => *at,
+            _ => {
+                self.observed = Some((version, now));
+                now
+            }
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        LeaseState {
+            holder: spec.holder_identity,
+            lease_duration: spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
+            transitions: spec.lease_transitions.unwrap_or(0),
+            observed_at,
+        }
+    }
+
+    /// One round: read the Lease, decide, and create or replace it if ours to take.
+    /// An error leaves the role as it was (a leader stays one until its deadline).
+    pub async fn try_acquire_or_renew(&mut self, now: DateTime<Utc>) -> Result<Role, LeaseError> {
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| api_err(&format!("cannot read lease {}", self.name), e))?;
+        let state = current.as_ref().map(|l| self.state_of(l, now));
+        let decision = decide(state.as_ref(), &self.identity, now, &self.cfg);
+        let (transitions, acquired) = match decision {
+            LeaseDecision::Follow { holder, .. } => {
+                self.renewed_at = None;
+                return Ok(Role::Follower {
+                    holder: Some(holder),
+                });
+            }
+            LeaseDecision::Renew => (None, false),
+            LeaseDecision::Acquire { transitions }
+            | LeaseDecision::TakeOver { transitions, .. } => (Some(transitions), true),
+        };
+        let stamp = micro_time(now)?;
+        let duration = i32::try_from(self.cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        let written = match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        labels: Some(
+                            [(
+                                crate::target::kubernetes::MANAGED_BY.0.to_owned(),
+                                crate::target::kubernetes::MANAGED_BY.1.to_owned(),
+                            )]
+                            .into(),
+                        ),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        lease_duration_seconds: Some(duration),
+                        acquire_time: Some(stamp.clone()),
+                        renew_time: Some(stamp),
+                        lease_transitions: Some(transitions.unwrap_or(0)),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            Some(mut lease) => {
+                // Everything else (metadata with its resourceVersion, other spec fields)
+                // is written back as read.
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                spec.holder_identity = Some(self.identity.clone());
+                spec.lease_duration_seconds = Some(duration);
+                if acquired || spec.acquire_time.is_none() {
+                    spec.acquire_time = Some(stamp.clone());
+                }
+                spec.renew_time = Some(stamp);
+                if let Some(t) = transitions {
+                    spec.lease_transitions = Some(t);
+                }
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(lease) => {
+                self.observed = lease.metadata.resource_version.map(|v| (v, now));
+                self.renewed_at = Some(now);
+                Ok(Role::Leader {
+                    until: after(now, self.cfg.renew_deadline),
+                })
+            }
+            // Someone else wrote the Lease since we read it (or created it first).
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                self.renewed_at = None;
+                self.observed = None;
+                Ok(Role::Follower { holder: None })
+            }
+            Err(e) => Err(api_err(&format!("cannot write lease {}", self.name), e)),
+        }
+    }
+
+    /// Give the lease up (clear `holderIdentity`) if this process holds it, so a
+    /// follower takes it at its next round. Stops acting first, whatever the outcome.
+    /// Returns whether a release was written.
+    pub async fn release(&mut self, now: DateTime<Utc>) -> Result<bool, LeaseError> {
+        self.renewed_at = None;
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| api_err(&format!("cannot read lease {}", self.name), e))?
+        else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(micro_time(now)?);
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(|e| api_err(&format!("cannot release lease {}", self.name), e))?;
+        Ok(true)
+    }
+}
+
+/// Why a background campaign stopped for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// This process led and could not renew within the renew deadline (or someone
+    /// else holds the lease now). Its memory may be stale: restart to resume from Git.
+    Lost,
+    /// SIGTERM: the lease was released (if held); the process should exit.
+    Terminated,
+}
+
+/// Called once when a campaign started by [`Leadership::connect`] stops for good.
+pub type OnStop = Box<dyn Fn(Stopped) + Send + Sync>;
+
+#[derive(Debug)]
+struct Shared {
+    /// Microseconds since the epoch until which this process may act.
+    until: AtomicI64,
+    /// A round has completed: the elector can reach the API and knows where it stands.
+    standing_by: AtomicBool,
+}
+
+/// The daemon's handle: a campaign renewing the lease in the background (so a long
+/// reconcile pass does not let the lease lapse), and a cheap [`Leadership::is_leader`]
+/// for the loop to check before each pass. Dropping it stops the campaign and releases
+/// the lease; that blocks briefly, so drop it outside async code.
+pub struct Leadership {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    stop: Arc<tokio::sync::Notify>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    cfg: LeaseConfig,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("shared", &self.shared)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A small runtime whose worker drives the campaign (and the client's tasks) while the
+/// daemon's loop is busy.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rollgate-leader")
+        .enable_all()
+        .build()
+}
+
+enum Campaigner {
+    Ready(Box<LeaseElector>),
+    /// Build the client (kubeconfig, or the in-cluster account) in the campaign,
+    /// retrying; until it exists this process is not leader.
+    Connect {
+        namespace: String,
+        name: String,
+        identity: String,
+    },
+}
+
+impl Leadership {
+    /// Campaign for `namespace/name` with a client built from the default
+    /// configuration. If the client cannot be built, this process stays a follower and
+    /// the campaign logs why and retries. `on_stop` is called when leadership is lost
+    /// or SIGTERM arrives (after releasing the lease); SIGTERM is caught from now on.
+    pub fn connect(
+        namespace: &str,
+        name: &str,
+        cfg: LeaseConfig,
+        on_stop: OnStop,
+    ) -> std::io::Result<Self> {
+        let campaigner = Campaigner::Connect {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity(),
+        };
+        Ok(Self::spawn(runtime()?, campaigner, cfg, Some(on_stop)))
+    }
+
+    /// Campaign with `elector`, whose client must have been built inside `runtime`.
+    pub fn start(runtime: tokio::runtime::Runtime, elector: LeaseElector) -> Self {
+        let cfg = elector.cfg;
+        Self::spawn(runtime, Campaigner::Ready(Box::new(elector)), cfg, None)
+    }
+
+    fn spawn(
+        runtime: tokio::runtime::Runtime,
+        campaigner: Campaigner,
+        cfg: LeaseConfig,
+        on_stop: Option<OnStop>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            until: AtomicI64::new(i64::MIN),
+            standing_by: AtomicBool::new(false),
+        });
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let task = runtime.spawn(campaign(
+            campaigner,
+            cfg,
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+            on_stop,
+        ));
+        Self {
+            runtime,
+            shared,
+            stop,
+            task: Some(task),
+            cfg,
+        }
+    }
+
+    /// Whether this process may act at `now` (no I/O).
+    pub fn is_leader(&self, now: DateTime<Utc>) -> bool {
+        now.timestamp_micros() < self.shared.until.load(Ordering::Acquire)
+    }
+
+    /// Whether the campaign has completed a round: this process is a working stand-by
+    /// (or the leader), not one that cannot reach the API.
+    pub fn standing_by(&self) -> bool {
+        self.shared.standing_by.load(Ordering::Acquire)
+    }
+
+    /// How long a follower waits before looking again.
+    pub fn retry_period(&self) -> Duration {
+        self.cfg.retry_period
+    }
+
+    /// Stop the campaign and release the lease if held (waits at most a retry period).
+    pub fn shutdown(mut self) {
+        self.stop_and_wait();
+    }
+
+    fn stop_and_wait(&mut self) {
+        self.shared.until.store(i64::MIN, Ordering::Release);
+        self.stop.notify_one();
+        if let Some(task) = self.task.take() {
+            let wait = self.cfg.retry_period.max(Duration::from_secs(1));
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(wait, task).await });
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.stop_and_wait();
+    }
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut s) = signal(SignalKind::terminate()) {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Publish who may act until when (for the loop and the `rollgate_leader` gauge).
+fn publish(shared: &Shared, until: Option<DateTime<Utc>>) {
+    let micros = until.map_or(i64::MIN, |t| t.timestamp_micros());
+    shared.until.store(micros, Ordering::Release);
+    crate::telemetry::global().set_leader(until.is_some_and(|t| Utc::now() < t));
+}
+
+async fn campaign(
+    campaigner: Campaigner,
+    cfg: LeaseConfig,
+    shared: Arc<Shared>,
+    stop: Arc<tokio::sync::Notify>,
+    on_stop: Option<OnStop>,
+) {
+    let stopped = |why| {
+        if let Some(f) = &on_stop {
+            f(why);
+        }
+    };
+    // Only a process that asked to be told of its end catches SIGTERM.
+    let catch_term = on_stop.is_some();
+    let terminate = async move {
+        if catch_term {
+            terminated().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(terminate);
+    let mut elector = match campaigner {
+        Campaigner::Ready(e) => *e,
+        Campaigner::Connect {
+            namespace,
+            name,
+            identity,
+        } => {
+            let mut last_error = String::new();
+            loop {
+                match kube::Client::try_default().await {
+                    Ok(client) => {
+                        break LeaseElector::new(client, &namespace, &name, &identity, cfg);
+                    }
+                    Err(e) => {
+                        let e = format!("{e}");
+                        if e != last_error {
+                            tracing::error!(error = %e, "cannot build the kubernetes client for leader election; not acting as leader");
+                            last_error = e;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(cfg.retry_period) => {}
+                    () = stop.notified() => return,
+                    () = &mut terminate => { stopped(Stopped::Terminated); return; }
+                }
+            }
+        }
+    };
+    tracing::info!(identity = %elector.identity(), lease = %elector.name, "campaigning for the lease");
+    let mut last_error = String::new();
+    let mut last_holder: Option<String> = None;
+    loop {
+        let now = Utc::now();
+        let was_leader = elector.is_leader(now);
+        // A leader's round may not outlive its deadline; a follower's gets as long.
+        let limit = elector
+            .leader_until()
+            .filter(|_| was_leader)
+            .and_then(|until| (until - now).to_std().ok())
+            .unwrap_or(cfg.renew_deadline)
+            .max(Duration::from_millis(100));
+        let round = tokio::select! {
+            r = tokio::time::timeout(limit, elector.try_acquire_or_renew(now)) => r,
+            () = stop.notified() => break,
+            () = &mut terminate => {
+                publish(&shared, None);
+                let _ = tokio::time::timeout(cfg.retry_period, elector.release(Utc::now())).await;
+                stopped(Stopped::Terminated);
+                return;
+            }
+        };
+        match round {
+            Ok(Ok(role)) => {
+                shared.standing_by.store(true, Ordering::Release);
+                last_error.clear();
+                match role {
+                    Role::Leader { .. } if !was_leader => {
+                        tracing::info!(identity = %elector.identity(), "acquired the lease: leading");
+                    }
+                    Role::Follower { holder } if holder != last_holder => {
+                        tracing::info!(holder = holder.as_deref().unwrap_or("?"), "following");
+                        last_holder = holder;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::warn!(error = %e, leader = was_leader, "lease round failed");
+                    last_error = e;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(leader = was_leader, "lease round timed out");
+            }
+        }
+        let now = Utc::now();
+        publish(&shared, elector.leader_until());
+        if was_leader && !elector.is_leader(now) {
+            tracing::error!(identity = %elector.identity(), "lost the lease: no renewal within the renew deadline, or another holder");
+            stopped(Stopped::Lost);
+            if on_stop.is_some() {
+                return;
+            }
+        }
+        // Wake in time to notice a deadline passing, at the latest after a retry period.
+        let wait = elector
+            .leader_until()
+            .and_then(|until| (until - now).to_std().ok())
+            .map_or(cfg.retry_period, |d| d.min(cfg.retry_period));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.notified() => break,
+            () = &mut terminate => {
+                publish(&shared, None);
+                let _ = tokio::time::timeout(cfg.retry_period, elector.release(Utc::now())).await;
+                stopped(Stopped::Terminated);
+                return;
+            }
+        }
+    }
+    // Stopped by the handle: stop acting, then give the lease up.
+    publish(&shared, None);
+    let _ = tokio::time::timeout(cfg.retry_period, elector.release(Utc::now())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).expect("time")
+    }
+
+    fn held(holder: &str, observed: i64) -> LeaseState {
+        LeaseState {
+            holder: Some(holder.to_owned()),
+            lease_duration: Some(Duration::from_secs(15)),
+            transitions: 3,
+            observed_at: t(observed),
+        }
+    }
+
+    #[test]
+    fn defaults_are_client_go_s_and_keep_the_deadline_before_the_expiry() {
+        let cfg = LeaseConfig::default();
+        assert_eq!(cfg.lease_duration, Duration::from_secs(15));
+        assert_eq!(cfg.renew_deadline, Duration::from_secs(10));
+        assert_eq!(cfg.retry_period, Duration::from_secs(2));
+        assert!(cfg.is_safe());
+        assert!(
+            !LeaseConfig {
+                renew_deadline: Duration::from_secs(15),
+                ..cfg
+            }
+            .is_safe()
+        );
+    }
+
+    #[test]
+    fn an_absent_lease_is_acquired_with_no_transitions() {
+        let d = decide(None, "a", t(0), &LeaseConfig::default());
+        assert_eq!(d, LeaseDecision::Acquire { transitions: 0 });
+    }
+
+    #[test]
+    fn a_released_lease_is_acquired_at_once_and_counts_a_transition() {
+        let cfg = LeaseConfig::default();
+        for holder in [None, Some(String::new())] {
+            let lease = LeaseState {
+                holder,
+                ..held("x", 0)
+            };
+            // Just released: no waiting for a lease duration.
+            let d = decide(Some(&lease), "a", t(0), &cfg);
+            assert_eq!(d, LeaseDecision::Acquire { transitions: 4 });
+        }
+    }
+
+    #[test]
+    fn the_holder_renews_even_past_the_duration() {
+        let cfg = LeaseConfig::default();
+        assert_eq!(
+            decide(Some(&held("a", 0)), "a", t(1), &cfg),
+            LeaseDecision::Renew
+        );
+        assert_eq!(
+            decide(Some(&held("a", 0)), "a", t(100), &cfg),
+            LeaseDecision::Renew
+        );
+    }
+
+    #[test]
+    fn another_holder_is_followed_until_one_duration_after_we_first_saw_the_lease() {
+        let cfg = LeaseConfig::default();
+        let lease = held("b", 10);
+        assert_eq!(
+            decide(Some(&lease), "a", t(24), &cfg),
+            LeaseDecision::Follow {
+                holder: "b".into(),
+                until: t(25)
+            }
+        );
+        assert_eq!(
+            decide(Some(&lease), "a", t(25), &cfg),
+            LeaseDecision::TakeOver {
+                previous: "b".into(),
+                transitions: 4
+            }
+        );
+    }
+
+    #[test]
+    fn the_duration_written_in_the_lease_wins_over_ours() {
+        let cfg = LeaseConfig::default();
+        let lease = LeaseState {
+            lease_duration: Some(Duration::from_secs(60)),
+            ..held("b", 0)
+        };
+        assert!(matches!(
+            decide(Some(&lease), "a", t(59), &cfg),
+            LeaseDecision::Follow { until, .. } if until == t(60)
+        ));
+        // A missing or zero duration falls back to ours.
+        for d in [None, Some(Duration::ZERO)] {
+            let lease = LeaseState {
+                lease_duration: d,
+                ..held("b", 0)
+            };
+            assert!(matches!(
+                decide(Some(&lease), "a", t(15), &cfg),
+                LeaseDecision::TakeOver { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_huge_duration_saturates_instead_of_overflowing() {
+        let lease = LeaseState {
+            lease_duration: Some(Duration::MAX),
+            ..held("b", 0)
+        };
+        assert!(matches!(
+            decide(Some(&lease), "a", t(1_000_000), &LeaseConfig::default()),
+            LeaseDecision::Follow { .. }
+        ));
+    }
+
+    #[test]
+    fn identities_prefer_the_pod_name_and_differ_by_suffix() {
+        assert_eq!(
+            identity_from(Some("rollgate-7d9f-abcde"), Some("node-1"), 0xbeef),
+            "rollgate-7d9f-abcde_0000beef"
+        );
+        assert_eq!(identity_from(None, Some("laptop\n"), 1), "laptop_00000001");
+        assert_eq!(identity_from(Some(""), None, 2), "rollgate_00000002");
+        assert_ne!(
+            identity_from(None, Some("h"), 1),
+            identity_from(None, Some("h"), 2)
+        );
+        assert_ne!(identity(), identity(), "two processes on one host differ");
+    }
+}

@@ -1,0 +1,741 @@
+//! The Knative target against an in-memory API server (`kube-fake-client`) with the
+//! Knative Serving v1.23.0 Service and Revision kinds.
+//!
+//! A small stand-in for Knative's controllers runs beside the target: for every
+//! Service it creates the Revision its template names (Ready, or failed when the image
+//! says `broken`) and mirrors `spec.traffic` into `status.traffic`. Every Service
+//! rollgate writes is checked against the CRD's schema: no field a real API server
+//! would prune, every typed field of its type.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ObjectMeta;
+use rollgate::engine::{Measurement, TargetHealth};
+use rollgate::model::Plan;
+use rollgate::target::knative::{self, CANDIDATE_TAG};
+use rollgate::target::kubernetes::{self, KubernetesTarget, Timing};
+use rollgate::target::{Desired, Target, contract};
+use serde_json::{Value, json};
+
+const NS: &str = "web";
+const V1: &str = "registry.example/hello@sha256:1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111";
+const V2: &str = "registry.example/hello@sha256:2222222222bbbbbbbbbb2222222222bbbbbbbbbb2222222222bbbbbbbbbb2222";
+const V3: &str = "registry.example/hello@sha256:3333333333cccccccccc3333333333cccccccccc3333333333cccccccccc3333";
+const BROKEN: &str = "registry.example/broken@sha256:4444444444dddddddddd4444444444dddddddddd4444444444dddddddddd4444";
+
+macro_rules! knative_kind {
+    ($ty:ident, $kind:literal, $plural:literal) => {
+        #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+        struct $ty {
+            #[serde(rename = "apiVersion")]
+            api_version: String,
+            kind: String,
+            metadata: ObjectMeta,
+            #[serde(default)]
+            spec: Value,
+            #[serde(default, skip_serializing_if = "Value::is_null")]
+            status: Value,
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self {
+                    api_version: "serving.knative.dev/v1".into(),
+                    kind: $kind.into(),
+                    metadata: ObjectMeta::default(),
+                    spec: Value::Null,
+                    status: Value::Null,
+                }
+            }
+        }
+
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                "serving.knative.dev".into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+knative_kind!(KService, "Service", "services");
+knative_kind!(KRevision, "Revision", "revisions");
+
+fn plan() -> Plan {
+    let text = format!(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: hello }}\nspec:\n  target: prod\n  workload:\n    knative: {{ namespace: {NS}, service: hello, container: app }}\n  artifact: {V2}\n  strategy:\n    canary: {{ steps: [ {{ setWeight: 10 }}, {{ setWeight: 50 }}, {{ setWeight: 100 }} ] }}\n"
+    );
+    rollgate::model::validate::parse_plan("plans/hello.yaml", &text, None)
+        .expect("plan parses")
+        .plan
+}
+
+/// The user's Service as their GitOps tool wrote it: generated revision names, all
+/// traffic on the latest revision, serving v1 as `hello-00001`.
+fn user_service() -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": { "name": "hello", "namespace": NS, "labels": { "team": "web" } },
+        "spec": {
+            "template": {
+                "metadata": { "annotations": { "autoscaling.knative.dev/min-scale": "1" } },
+                "spec": { "containers": [
+                    { "name": "app", "image": V1, "ports": [ { "containerPort": 8080 } ] },
+                    { "name": "sidecar", "image": "registry.example/log-shipper:3" }
+                ] }
+            },
+            "traffic": [ { "latestRevision": true, "percent": 100 } ]
+        },
+        "status": { "latestReadyRevisionName": "hello-00001" }
+    })
+}
+
+fn user_revision() -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": { "name": "hello-00001", "namespace": NS,
+                      "labels": { "serving.knative.dev/service": "hello" } },
+        "spec": { "containers": [ { "name": "app", "image": V1 } ] }
+    })
+}
+
+fn cluster() -> KubernetesTarget {
+    let runtime = kubernetes::runtime().expect("runtime");
+    let client = runtime
+        .block_on(
+            kube_fake_client::ClientBuilder::new()
+                .with_resource::<KService>()
+                .with_resource::<KRevision>()
+                .with_status_subresource::<KService>()
+                .with_status_subresource::<KRevision>()
+                .with_runtime_objects(vec![user_service(), user_revision()])
+                .build(),
+        )
+        .expect("fake client");
+    let target = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
+        promote_wait: Duration::from_secs(10),
+        poll: Duration::from_millis(1),
+        call_timeout: Duration::from_secs(10),
+    });
+    target.spawn(async move {
+        loop {
+            let _ = knative_pass(&client).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    target
+}
+
+fn services(client: &kube::Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &knative::service_resource())
+}
+
+fn revisions(client: &kube::Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &knative::revision_resource())
+}
+
+/// What Knative's configuration and route reconcilers would report.
+async fn knative_pass(client: &kube::Client) -> Result<(), kube::Error> {
+    let svcs = services(client);
+    let revs = revisions(client);
+    for s in svcs.list(&ListParams::default()).await?.items {
+        let s = serde_json::to_value(&s).unwrap_or_default();
+        let name = s["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut latest = "hello-00001".to_owned();
+        if let Some(rev) = s
+            .pointer("/spec/template/metadata/name")
+            .and_then(Value::as_str)
+        {
+            latest = rev.to_owned();
+            if revs.get_opt(rev).await?.is_none() {
+                let containers = s.pointer("/spec/template/spec/containers").cloned();
+                let revision: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+                    "metadata": { "name": rev, "namespace": NS,
+                                  "labels": { "serving.knative.dev/service": name } },
+                    "spec": { "containers": containers },
+                }))
+                .expect("revision");
+                revs.create(&PostParams::default(), &revision).await?;
+            }
+        }
+        for r in revs.list(&ListParams::default()).await?.items {
+            let r = serde_json::to_value(&r).unwrap_or_default();
+            if r.pointer("/status/conditions").is_some() {
+                continue;
+            }
+            let broken = r
+                .pointer("/spec/containers/0/image")
+                .and_then(Value::as_str)
+                == Some(BROKEN);
+            let status = if broken {
+                json!({ "status": { "actualReplicas": 0, "desiredReplicas": 1, "conditions": [
+                    { "type": "Ready", "status": "False", "reason": "ContainerMissing",
+                      "message": "Unable to fetch image" } ] } })
+            } else {
+                json!({ "status": { "actualReplicas": 2, "desiredReplicas": 2, "conditions": [
+                    { "type": "Ready", "status": "True" } ] } })
+            };
+            let rname = r["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            revs.patch_status(&rname, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+        let traffic: Vec<Value> = s
+            .pointer("/spec/traffic")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut t| {
+                if t.get("latestRevision") == Some(&json!(true)) {
+                    t["revisionName"] = json!(latest);
+                }
+                t
+            })
+            .collect();
+        let status = json!({ "status": {
+            "observedGeneration": s.pointer("/metadata/generation"),
+            "latestReadyRevisionName": latest,
+            "traffic": traffic,
+            "conditions": [ { "type": "RoutesReady", "status": "True" } ],
+        } });
+        if s.pointer("/status/traffic") != status.pointer("/status/traffic")
+            || s.pointer("/status/observedGeneration")
+                != status.pointer("/status/observedGeneration")
+        {
+            svcs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn service(t: &KubernetesTarget) -> Value {
+    serde_json::to_value(
+        t.block_on(services(&t.client()).get("hello"))
+            .expect("service"),
+    )
+    .expect("json")
+}
+
+fn traffic(t: &KubernetesTarget) -> Value {
+    service(t)["spec"]["traffic"].clone()
+}
+
+fn candidate_name(artifact: &str) -> String {
+    knative::revision_name("hello", artifact).expect("name")
+}
+
+fn settle(t: &mut KubernetesTarget, desired: &Desired) -> TargetHealth {
+    let p = plan();
+    let mut last = TargetHealth::Progressing;
+    for _ in 0..500 {
+        last = t.health(&p, desired);
+        if last != TargetHealth::Progressing {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    last
+}
+
+/// The CRD's schema for `spec`, from the v1.23.0 fixture.
+fn service_spec_schema() -> Value {
+    let crd: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/knative-serving/service.yaml"
+        ))
+        .expect("CRD fixture"),
+    )
+    .expect("CRD parses");
+    crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+        .cloned()
+        .expect("spec schema")
+}
+
+/// Paths in `value` a structural schema would prune or reject by type.
+fn schema_violations(value: &Value, schema: &Value, at: &str, out: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+        && schema.get("properties").is_none()
+    {
+        return;
+    }
+    let ty = schema.get("type").and_then(Value::as_str);
+    match value {
+        Value::Object(map) => {
+            if ty.is_some_and(|t| t != "object") {
+                out.push(format!("{at}: object where the schema says {ty:?}"));
+                return;
+            }
+            let props = schema.get("properties");
+            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+            for (k, v) in map {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => schema_violations(v, s, &format!("{at}.{k}"), out),
+                    None => match schema.get("additionalProperties") {
+                        Some(s) if s.is_object() => {
+                            schema_violations(v, s, &format!("{at}.{k}"), out);
+                        }
+                        _ if preserve => {}
+                        _ => out.push(format!("{at}.{k}: not in the schema (pruned)")),
+                    },
+                }
+            }
+        }
+        Value::Array(items) => {
+            if ty.is_some_and(|t| t != "array") {
+                out.push(format!("{at}: array where the schema says {ty:?}"));
+                return;
+            }
+            if let Some(s) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    schema_violations(v, s, &format!("{at}[{i}]"), out);
+                }
+            }
+        }
+        Value::String(_) if ty.is_some_and(|t| t != "string") => {
+            out.push(format!("{at}: string where the schema says {ty:?}"));
+        }
+        Value::Number(n) if ty == Some("integer") && !n.is_i64() => {
+            out.push(format!("{at}: not an integer"));
+        }
+        Value::Bool(_) if ty.is_some_and(|t| t != "boolean") => {
+            out.push(format!("{at}: boolean where the schema says {ty:?}"));
+        }
+        _ => {}
+    }
+}
+
+fn assert_schema_valid(t: &KubernetesTarget, step: &str) {
+    let mut out = Vec::new();
+    schema_violations(
+        &service(t)["spec"],
+        &service_spec_schema(),
+        "spec",
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "{step}: the Service breaks the CRD schema: {out:?}"
+    );
+}
+
+#[test]
+fn the_schema_check_catches_pruned_and_mistyped_fields() {
+    let mut out = Vec::new();
+    let bad = json!({ "traffic": [ { "revisionNmae": "x", "percent": "10" } ] });
+    schema_violations(&bad, &service_spec_schema(), "spec", &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+}
+
+#[test]
+fn traffic_blocks_after_every_step_of_a_canary() {
+    let mut t = cluster();
+    let p = plan();
+    let cand = candidate_name(V2);
+
+    t.start_candidate(&p, V2).expect("start");
+    let s = service(&t);
+    assert_eq!(s["spec"]["template"]["metadata"]["name"], json!(cand));
+    assert_eq!(
+        s["spec"]["template"]["spec"]["containers"][0]["image"],
+        json!(V2)
+    );
+    assert_eq!(
+        s["spec"]["template"]["spec"]["containers"][1]["image"],
+        json!("registry.example/log-shipper:3"),
+        "only the named container changes"
+    );
+    assert_eq!(
+        s["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"],
+        json!("1"),
+        "the rest of the template is the user's and stays"
+    );
+    assert_eq!(
+        traffic(&t),
+        json!([
+            { "revisionName": "hello-00001", "percent": 100 },
+            { "revisionName": cand, "percent": 0, "tag": CANDIDATE_TAG },
+        ]),
+        "pinned: the new revision gets no traffic through latestRevision"
+    );
+    assert_schema_valid(&t, "start");
+    assert_eq!(
+        settle(
+            &mut t,
+            &Desired {
+                stable: Some(V1.into()),
+                candidate: Some(V2.into()),
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
+    );
+
+    for w in [10u8, 50, 100] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            traffic(&t),
+            json!([
+                { "revisionName": "hello-00001", "percent": 100 - i64::from(w) },
+                { "revisionName": cand, "percent": i64::from(w), "tag": CANDIDATE_TAG },
+            ]),
+            "at {w}%"
+        );
+        assert_schema_valid(&t, &format!("weight {w}"));
+        assert_eq!(
+            settle(
+                &mut t,
+                &Desired {
+                    stable: Some(V1.into()),
+                    candidate: Some(V2.into()),
+                    weight: w
+                }
+            ),
+            TargetHealth::Healthy,
+            "at {w}%"
+        );
+    }
+    assert_eq!(
+        t.readiness(&p).expect("readiness"),
+        Measurement {
+            value: Some(1.0),
+            samples: 2
+        }
+    );
+
+    t.promote(&p, V2).expect("promote");
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": cand, "percent": 100 }])
+    );
+    assert_schema_valid(&t, "promote");
+    assert_eq!(
+        settle(
+            &mut t,
+            &Desired {
+                stable: Some(V2.into()),
+                candidate: None,
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
+    );
+}
+
+#[test]
+fn rollback_sends_everything_back_to_the_stable_revision() {
+    let mut t = cluster();
+    let p = plan();
+    t.start_candidate(&p, V2).expect("start");
+    t.set_weight(&p, 50).expect("weight");
+    t.rollback(&p, Some(V1)).expect("rollback");
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": "hello-00001", "percent": 100 }])
+    );
+    assert_schema_valid(&t, "rollback");
+    assert_eq!(
+        settle(
+            &mut t,
+            &Desired {
+                stable: Some(V1.into()),
+                candidate: None,
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
+    );
+    // After a finished rollout, a rollback finds the old artifact's revision by image.
+    t.start_candidate(&p, V2).expect("start");
+    t.promote(&p, V2).expect("promote");
+    t.rollback(&p, Some(V1)).expect("rollback after success");
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": "hello-00001", "percent": 100 }])
+    );
+}
+
+#[test]
+fn a_failed_candidate_revision_is_unhealthy_with_its_reason() {
+    let mut t = cluster();
+    let p = plan();
+    t.start_candidate(&p, BROKEN).expect("start");
+    let h = settle(
+        &mut t,
+        &Desired {
+            stable: Some(V1.into()),
+            candidate: Some(BROKEN.into()),
+            weight: 0,
+        },
+    );
+    assert!(
+        matches!(&h, TargetHealth::Unhealthy { reason } if reason.contains("ContainerMissing")),
+        "{h:?}"
+    );
+    assert_eq!(
+        t.readiness(&p).expect("readiness"),
+        Measurement {
+            value: Some(0.0),
+            samples: 1
+        }
+    );
+}
+
+#[test]
+fn every_step_rerun_after_a_crash_converges() {
+    let mut t = cluster();
+    type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+    let steps: Vec<(&str, Step)> = vec![
+        ("start", Box::new(|t| t.start_candidate(&plan(), V2))),
+        ("weight 10", Box::new(|t| t.set_weight(&plan(), 10))),
+        // A crash after a weight: start runs again and must keep the split.
+        ("start again", Box::new(|t| t.start_candidate(&plan(), V2))),
+        ("weight 50", Box::new(|t| t.set_weight(&plan(), 50))),
+        ("promote", Box::new(|t| t.promote(&plan(), V2))),
+        ("start v3", Box::new(|t| t.start_candidate(&plan(), V3))),
+        ("weight 25", Box::new(|t| t.set_weight(&plan(), 25))),
+        ("rollback", Box::new(|t| t.rollback(&plan(), Some(V2)))),
+    ];
+    let spec = |t: &KubernetesTarget| service(t)["spec"].clone();
+    for (name, step) in &steps {
+        step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let once = spec(&t);
+        step(&mut t).unwrap_or_else(|e| panic!("{name} again: {e}"));
+        step(&mut t).unwrap_or_else(|e| panic!("{name} a third time: {e}"));
+        assert_eq!(spec(&t), once, "{name} is idempotent");
+    }
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": candidate_name(V2), "percent": 100 }])
+    );
+}
+
+#[test]
+fn a_concurrent_edit_of_the_service_fails_the_write_instead_of_losing_it() {
+    use kube_fake_client::interceptor::Funcs;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Between rollgate's read and its patch, someone else updates the Service, five
+    // times in a row: every attempt starts from a fresh read, then the step fails.
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let left = Arc::clone(&conflicts);
+    let runtime = kubernetes::runtime().expect("runtime");
+    let funcs = Funcs::new().patch(move |ctx| {
+        if ctx.name == "hello"
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(kube_fake_client::Error::Conflict(
+                "the object has been modified; please apply your changes to the latest version"
+                    .into(),
+            ));
+        }
+        Ok(None)
+    });
+    let client = runtime
+        .block_on(
+            kube_fake_client::ClientBuilder::new()
+                .with_resource::<KService>()
+                .with_resource::<KRevision>()
+                .with_status_subresource::<KService>()
+                .with_runtime_objects(vec![user_service(), user_revision()])
+                .with_interceptor_funcs(funcs)
+                .build(),
+        )
+        .expect("fake client");
+    let mut t = KubernetesTarget::new(runtime, client);
+    let p = plan();
+    t.start_candidate(&p, V2).expect("start");
+    conflicts.store(1, Ordering::SeqCst);
+    t.set_weight(&p, 5)
+        .expect("one conflict: read again and write");
+    assert_eq!(traffic(&t)[1]["percent"], json!(5));
+    assert_eq!(conflicts.load(Ordering::SeqCst), 0);
+    conflicts.store(5, Ordering::SeqCst);
+    let err = t
+        .set_weight(&p, 10)
+        .expect_err("five conflicts: the step fails");
+    assert!(err.0.contains("modified"), "{err}");
+    assert_eq!(traffic(&t)[1]["percent"], json!(5), "nothing written");
+    assert_eq!(
+        conflicts.load(Ordering::SeqCst),
+        0,
+        "every attempt re-read and was refused"
+    );
+    t.set_weight(&p, 10)
+        .expect("the next pass reads again and converges");
+    assert_eq!(traffic(&t)[1]["percent"], json!(10));
+}
+
+#[test]
+fn the_test_on_resource_version_rejects_a_stale_write() {
+    // The guard itself: a JSON Patch testing an old resourceVersion fails.
+    let t = cluster();
+    let api = services(&t.client());
+    let old = service(&t)["metadata"]["resourceVersion"].clone();
+    let bump = json!({ "metadata": { "labels": { "touched": "yes" } } });
+    t.block_on(api.patch("hello", &PatchParams::default(), &Patch::Merge(&bump)))
+        .expect("bump");
+    let stale: Patch<()> = Patch::Json(
+        serde_json::from_value(json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": old },
+            { "op": "add", "path": "/spec/traffic", "value": [] },
+        ]))
+        .expect("patch"),
+    );
+    assert!(
+        t.block_on(api.patch("hello", &PatchParams::default(), &stale))
+            .is_err()
+    );
+    assert_eq!(traffic(&t), user_service()["spec"]["traffic"]);
+}
+
+#[test]
+fn knative_passes_the_target_contract() {
+    let mut t = cluster();
+    contract::run(
+        &mut t,
+        &plan(),
+        Some(V1),
+        V2,
+        V3,
+        500,
+        Duration::from_millis(2),
+    );
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": candidate_name(V2), "percent": 100 }])
+    );
+}
+
+#[test]
+fn the_target_calls_only_what_rbac_grants_for_knative() {
+    let granted: Vec<(String, String)> = knative::RBAC
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (format!("{g}/{r}"), (*v).to_owned()))
+        })
+        .collect();
+    assert!(granted.contains(&("serving.knative.dev/services".into(), "patch".into())));
+    for (_, _, verbs) in knative::RBAC {
+        assert!(
+            verbs.iter().all(|v| ["get", "list", "patch"].contains(v)),
+            "no create/delete/update on the user's Knative objects: {verbs:?}"
+        );
+    }
+}
+
+/// The opt-in suite: the same contract against the cluster `ROLLGATE_E2E_KUBECONFIG`
+/// names, in a fresh namespace. It installs the Knative Serving v1.23.0 Service and
+/// Revision CRDs when they are missing; without Knative's controllers (or with
+/// `ROLLGATE_E2E_SIMULATE_READINESS` set) the stand-in controller above plays them.
+#[test]
+fn e2e_knative_contract_on_a_real_cluster() {
+    let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
+        println!("SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set");
+        return;
+    };
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::DeleteParams;
+    let mut t = KubernetesTarget::from_kubeconfig(Some(std::path::Path::new(&path)), None)
+        .expect("kubeconfig")
+        .with_timing(Timing {
+            promote_wait: Duration::from_secs(180),
+            poll: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(30),
+        });
+    let client = t.client();
+    let apply = PatchParams::apply("rollgate-e2e").force();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let had_knative = t
+        .block_on(crds.get_opt("services.serving.knative.dev"))
+        .expect("read CRDs")
+        .is_some();
+    if had_knative && std::env::var_os("ROLLGATE_E2E_SIMULATE_READINESS").is_none() {
+        println!(
+            "SKIPPED: Knative's controllers are installed and this suite's images are placeholders they cannot run; \
+             use a cluster without Knative (the CRDs are installed and a stand-in controller plays Knative)"
+        );
+        return;
+    }
+    if !had_knative {
+        for file in ["service.yaml", "revision.yaml"] {
+            let crd: CustomResourceDefinition = serde_saphyr::from_str(
+                &std::fs::read_to_string(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures/knative-serving")
+                        .join(file),
+                )
+                .expect("CRD fixture"),
+            )
+            .expect("CRD parses");
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            t.block_on(crds.patch(&name, &apply, &Patch::Apply(&crd)))
+                .expect("install CRD");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    {
+        println!("the stand-in controller plays Knative's");
+        let client = client.clone();
+        t.spawn(async move {
+            loop {
+                let _ = knative_pass(&client).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": NS } })).expect("namespace");
+    let _ = t.block_on(namespaces.create(&PostParams::default(), &namespace));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.block_on(services(&client).patch("hello", &apply, &Patch::Apply(user_service())))
+            .expect("service");
+        t.block_on(revisions(&client).patch("hello-00001", &apply, &Patch::Apply(user_revision())))
+            .expect("revision");
+        contract::run(
+            &mut t,
+            &plan(),
+            Some(V1),
+            V2,
+            V3,
+            180,
+            Duration::from_secs(1),
+        );
+    }));
+    let _ = t.block_on(namespaces.delete(NS, &DeleteParams::background()));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
