@@ -1381,3 +1381,40 @@ fn resuming_after_a_daemon_restart_moves_no_traffic_and_keeps_the_canary() {
         );
     }
 }
+
+#[test]
+fn a_foreign_preview_is_never_adopted_nor_deleted_and_the_stable_survives_blue_green() {
+    let mut foreign = stable_deployment(2);
+    foreign["metadata"]["name"] = json!("web-preview");
+    for route in [true, false] {
+        let mut t = cluster_with(4, vec![foreign.clone()]);
+        let p = bg_plan(route, "0s");
+        let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
+        assert!(err.0.contains("not created by rollgate"), "{err}");
+        assert!(t.set_weight(&p, 100).is_err(), "no switch to a foreign preview");
+        assert!(t.rollback(&p, None).is_err(), "refuses to delete");
+        let still = deployment(&t, "web-preview").expect("foreign deployment survives");
+        assert!(!kubernetes::is_managed(&still.metadata));
+        assert_eq!(
+            selector(&t, "web"),
+            BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+            "the active Service never pointed at it"
+        );
+    }
+    for route in [true, false] {
+        let mut t = cluster();
+        let p = bg_plan(route, "0s");
+        t.rollback(&p, None).expect("rollback with nothing running");
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 100).expect("switch");
+        t.rollback(&p, None).expect("rollback");
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 100).expect("switch");
+        t.promote(&p, V2).expect("promote");
+        t.promote(&p, V2).expect("promote again");
+        let stable = deployment(&t, "web").expect("stable survives");
+        assert!(!kubernetes::is_managed(&stable.metadata), "never relabelled as ours");
+        assert!(service(&t, "web").is_some(), "active service survives");
+        assert!(!kubernetes::is_managed(&service(&t, "web").expect("svc").metadata));
+    }
+}
