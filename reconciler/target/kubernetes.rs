@@ -541,20 +541,25 @@ impl Cluster<'_> {
         self.start_service(&renamed).await
     }
 
-    async fn start_service(&self, renamed: &BTreeMap<String, String>) -> Result<(), TargetError> {
+    /// The plan's Service (the stable one; in blue-green, the active one). It is the
+    /// user's: a missing Service is an error.
+    async fn stable_service(&self) -> Result<Service, TargetError> {
         let name = &self.w.service;
-        let stable = self
-            .timed(
-                &format!("cannot read service {name}"),
-                self.services.get_opt(name),
-            )
-            .await?
-            .ok_or_else(|| {
-                TargetError(format!(
-                    "service {}/{name} does not exist",
-                    self.w.namespace
-                ))
-            })?;
+        self.timed(
+            &format!("cannot read service {name}"),
+            self.services.get_opt(name),
+        )
+        .await?
+        .ok_or_else(|| {
+            TargetError(format!(
+                "service {}/{name} does not exist",
+                self.w.namespace
+            ))
+        })
+    }
+
+    async fn start_service(&self, renamed: &BTreeMap<String, String>) -> Result<(), TargetError> {
+        let stable = self.stable_service().await?;
         let canary_name = self.canary_service();
         let existing = self
             .timed(

@@ -35,18 +35,7 @@ impl Cluster<'_> {
     /// The active Service and its selector.
     pub(super) async fn active_selector(&self) -> Result<(Service, Selector), TargetError> {
         let name = &self.w.service;
-        let service = self
-            .timed(
-                &format!("cannot read service {name}"),
-                self.services.get_opt(name),
-            )
-            .await?
-            .ok_or_else(|| {
-                TargetError(format!(
-                    "service {}/{name} does not exist",
-                    self.w.namespace
-                ))
-            })?;
+        let service = self.stable_service().await?;
         let selector = service
             .spec
             .as_ref()
