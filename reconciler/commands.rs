@@ -5,10 +5,13 @@
 //! one; plain git does the same:
 //! `git commit --allow-empty -m "Promote checkout" --trailer "Rollgate-Command: promote" --trailer "Rollgate-Plan: checkout"`.
 //! The daemon acts on each command once and records it in the plan's status
-//! (`lastCommand`), so a restart never replays it.
+//! (`lastCommand`), so a restart never replays it. A command given in a GitHub comment
+//! also carries `Rollgate-Comment: <comment id>`, so the same comment delivered again
+//! (after a restart, to another replica, redelivered by hand) finds its commit
+//! (`find_for_comment`) instead of making a second one.
 
 use anyhow::{Context, Result, bail};
-use git2::{PushOptions, Repository, Signature};
+use git2::{Oid, PushOptions, RemoteCallbacks, Repository, Signature};
 
 use crate::engine::Command;
 use crate::source::git::callbacks;
@@ -22,15 +25,24 @@ pub fn word(c: Command) -> &'static str {
     }
 }
 
+/// Who asked for a command, as its commit records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// `Requested by BY.` in the message.
+    pub by: Option<&'a str>,
+    /// The GitHub comment the command was given in (`Rollgate-Comment`).
+    pub comment: Option<u64>,
+}
+
 /// The message of a command commit.
-pub fn message(c: Command, plan: &str, by: Option<&str>) -> String {
+pub fn message(c: Command, plan: &str, origin: &Origin<'_>) -> String {
     let verb = match c {
         Command::Promote => "Promote",
         Command::Abort => "Abort",
         Command::Retry => "Retry",
     };
     let mut msg = format!("{verb} {plan}\n\n");
-    if let Some(by) = by {
+    if let Some(by) = origin.by {
         msg.push_str(&format!("Requested by {by}.\n\n"));
     }
     msg.push_str(&format!(
@@ -39,24 +51,27 @@ pub fn message(c: Command, plan: &str, by: Option<&str>) -> String {
         word(c),
         m::PLAN
     ));
+    if let Some(id) = origin.comment {
+        msg.push_str(&format!("{}: {id}\n", m::COMMENT));
+    }
     msg
 }
 
 /// Make a command commit on the checked-out branch of `repo`; push it when asked.
 /// Returns the new commit's id.
-pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<git2::Oid> {
-    commit_as(repo, c, plan, push, None)
+pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<Oid> {
+    commit_with(repo, c, plan, &Origin::default(), push.then(callbacks))
 }
 
-/// Like `commit`, saying who asked (`Requested by BY.` in the message), e.g. for a
-/// command given in a GitHub comment.
-pub fn commit_as(
+/// Like `commit`, recording who asked (e.g. a GitHub comment), and pushed with `push`'s
+/// credentials when given.
+pub fn commit_with(
     repo: &Repository,
     c: Command,
     plan: &str,
-    push: bool,
-    by: Option<&str>,
-) -> Result<git2::Oid> {
+    origin: &Origin<'_>,
+    push: Option<RemoteCallbacks<'_>>,
+) -> Result<Oid> {
     if !crate::model::validate::is_dns_label(plan) {
         bail!("`{plan}` is not a plan name");
     }
@@ -74,23 +89,24 @@ pub fn commit_as(
         Some("HEAD"),
         &sig,
         &sig,
-        &message(c, plan, by),
+        &message(c, plan, origin),
         &parent.tree()?,
         &[&parent],
     )?;
-    if push {
+    if let Some(mut cb) = push {
         let Some(branch) = branch else {
             bail!("HEAD is detached; check out a branch to push")
         };
         let mut remote = repo
             .find_remote("origin")
             .context("no `origin` remote to push to")?;
-        let mut rejected = None;
+        // Shared with the callback, which may outlive this call's locals.
+        let rejected = std::rc::Rc::new(std::cell::Cell::new(None));
         {
             let mut opts = PushOptions::new();
-            let mut cb = callbacks();
-            cb.push_update_reference(|_, status| {
-                rejected = status.map(str::to_owned);
+            let seen = rejected.clone();
+            cb.push_update_reference(move |_, status| {
+                seen.set(status.map(str::to_owned));
                 Ok(())
             });
             opts.remote_callbacks(cb);
@@ -99,9 +115,93 @@ pub fn commit_as(
                 .push(&[spec.as_str()], Some(&mut opts))
                 .context("push failed (pull first if the branch moved)")?;
         }
-        if let Some(r) = rejected {
+        if let Some(r) = rejected.take() {
             bail!("push rejected: {r} (pull, then push again)");
         }
     }
     Ok(id)
+}
+
+/// The command commit made for GitHub comment `comment`, among the `limit` latest
+/// commits of `head`'s first-parent history (where command commits land).
+pub fn find_for_comment(
+    repo: &Repository,
+    head: Oid,
+    comment: u64,
+    limit: usize,
+) -> Result<Option<Oid>> {
+    let wanted = comment.to_string();
+    let mut walk = repo.revwalk()?;
+    walk.push(head)?;
+    walk.simplify_first_parent()?;
+    for id in walk.take(limit) {
+        let id = id?;
+        let commit = repo.find_commit(id)?;
+        let msg = commit.message().unwrap_or("");
+        if !msg.contains(m::COMMENT) {
+            continue;
+        }
+        let found = git2::message_trailers_strs(msg).is_ok_and(|t| {
+            t.iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case(m::COMMENT) && v.trim() == wanted)
+        });
+        if found {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let repo = Repository::init(dir.path()).expect("a repository");
+        {
+            let sig = Signature::now("t", "t@localhost").expect("a signature");
+            let tree = repo
+                .find_tree(repo.index().expect("index").write_tree().expect("tree"))
+                .expect("tree");
+            repo.commit(Some("HEAD"), &sig, &sig, "Seed", &tree, &[])
+                .expect("seed");
+        }
+        (dir, repo)
+    }
+
+    #[test]
+    fn a_comment_command_names_its_comment_and_is_found_by_it() {
+        let (_dir, repo) = repo();
+        let origin = Origin {
+            by: Some("@octocat via GitHub comment"),
+            comment: Some(42),
+        };
+        let id = commit_with(&repo, Command::Promote, "web", &origin, None).expect("commit");
+        let msg = repo
+            .find_commit(id)
+            .expect("the commit")
+            .message()
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            msg.ends_with("Rollgate-Plan: web\nRollgate-Comment: 42\n"),
+            "{msg}"
+        );
+        let other = commit(&repo, Command::Abort, "web", false).expect("commit");
+        assert!(
+            !repo
+                .find_commit(other)
+                .expect("the commit")
+                .message()
+                .unwrap_or("")
+                .contains("Rollgate-Comment")
+        );
+        assert_eq!(
+            find_for_comment(&repo, other, 42, 500).expect("walk"),
+            Some(id)
+        );
+        assert_eq!(find_for_comment(&repo, other, 4, 500).expect("walk"), None);
+        assert_eq!(find_for_comment(&repo, other, 42, 1).expect("walk"), None);
+    }
 }

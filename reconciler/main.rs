@@ -559,8 +559,15 @@ fn status(repo: &str, branch: Option<&str>, output: Output) -> Result<ExitCode> 
 }
 
 fn init_logging(format: Output) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The AWS SDK's own debug and trace events print access key ids and request headers
+    // (session tokens): never below info, whatever RUST_LOG asks.
+    for target in rollgate::target::lambda::SDK_LOG_TARGETS {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1391,7 +1391,10 @@ fn a_foreign_preview_is_never_adopted_nor_deleted_and_the_stable_survives_blue_g
         let p = bg_plan(route, "0s");
         let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
         assert!(err.0.contains("not created by rollgate"), "{err}");
-        assert!(t.set_weight(&p, 100).is_err(), "no switch to a foreign preview");
+        assert!(
+            t.set_weight(&p, 100).is_err(),
+            "no switch to a foreign preview"
+        );
         assert!(t.rollback(&p, None).is_err(), "refuses to delete");
         let still = deployment(&t, "web-preview").expect("foreign deployment survives");
         assert!(!kubernetes::is_managed(&still.metadata));
@@ -1413,8 +1416,13 @@ fn a_foreign_preview_is_never_adopted_nor_deleted_and_the_stable_survives_blue_g
         t.promote(&p, V2).expect("promote");
         t.promote(&p, V2).expect("promote again");
         let stable = deployment(&t, "web").expect("stable survives");
-        assert!(!kubernetes::is_managed(&stable.metadata), "never relabelled as ours");
+        assert!(
+            !kubernetes::is_managed(&stable.metadata),
+            "never relabelled as ours"
+        );
         assert!(service(&t, "web").is_some(), "active service survives");
-        assert!(!kubernetes::is_managed(&service(&t, "web").expect("svc").metadata));
+        assert!(!kubernetes::is_managed(
+            &service(&t, "web").expect("svc").metadata
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! GitHub webhooks end to end (#7): GitHub's real payloads from
 //! `../shared/data/github-webhooks`, signed here with a known secret, posted to the real
 //! endpoint over loopback; a strict fake of the GitHub API that checks every call;
-//! real bare remotes for the previews and the command commits; and the real `rollgate
+//! real bare remotes for the previews and the command commits (read as paths, or served
+//! by the fake over Git's HTTP to a GitHub App's installation tokens); and the real `rollgate
 //! run` daemon for the push wake-up, the refusal to start without a secret, and the
 //! flood of 1,000 random bodies.
 
@@ -200,6 +201,8 @@ struct Rig {
     wake: std::sync::mpsc::Receiver<()>,
     server: rollgate::server::Server,
     _hooks: Webhooks,
+    auth: Auth,
+    repo_url: String,
 }
 
 impl Rig {
@@ -210,6 +213,16 @@ impl Rig {
     }
 
     fn with_auth(expect: Expect, auth: impl FnOnce(&Remote) -> Auth) -> Self {
+        Self::build(expect, auth, |remote, _| remote.bare.display().to_string())
+    }
+
+    /// `repo_url`: where the worker fetches and pushes (the bare remote's path, or a URL
+    /// the fake serves it at).
+    fn build(
+        expect: Expect,
+        auth: impl FnOnce(&Remote) -> Auth,
+        repo_url: impl FnOnce(&Remote, &FakeGitHub) -> String,
+    ) -> Self {
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -218,36 +231,32 @@ impl Rig {
         }
         let remote = Remote::with_plans(&[&plan()]);
         let fake = FakeGitHub::start(REPO, expect);
+        let auth = auth(&remote);
+        let repo_url = repo_url(&remote, &fake);
         let (tx, wake) = std::sync::mpsc::channel();
-        let hooks = Webhooks::start(
-            Options {
-                secret: Secret::new(SECRET).expect("a secret"),
-                github: Config {
-                    api_url: fake.url.clone(),
-                    repo: REPO.parse().expect("a repository name"),
-                    auth: auth(&remote),
-                },
-                repo_url: remote.bare.display().to_string(),
-                branch: "main".to_owned(),
-                work_dir: remote.work_dir("github"),
-                max_body: MAX_BODY,
-            },
-            tx,
-        )
-        .expect("the webhook endpoint starts");
-        let server = rollgate::server::start_with(
-            "127.0.0.1:0".parse().expect("addr"),
-            std::sync::Arc::default(),
-            Some(hooks.router()),
-        )
-        .expect("the server listens");
+        let (hooks, server) = endpoint(&fake, &auth, &repo_url, remote.work_dir("github"), tx);
         Self {
             remote,
             fake,
             wake,
             server,
             _hooks: hooks,
+            auth,
+            repo_url,
         }
+    }
+
+    /// Another endpoint on the same repository and GitHub, with its own memory and
+    /// scratch clone: a second replica, or this one after a restart.
+    fn replica(&self, name: &str) -> (Webhooks, rollgate::server::Server) {
+        let (tx, _) = std::sync::mpsc::channel();
+        endpoint(
+            &self.fake,
+            &self.auth,
+            &self.repo_url,
+            self.remote.work_dir(name),
+            tx,
+        )
     }
 
     fn addr(&self) -> SocketAddr {
@@ -269,10 +278,57 @@ impl Rig {
         sha
     }
 
+    /// The human pushes `content` at `path` to the tracked branch: base moves, without
+    /// the pull request's commits (the human's clone is left on the new base).
+    fn push_base(&self, path: &str, content: &str, message: &str) {
+        let human = &self.remote.human;
+        support::git(human, &["fetch", "-q", "origin", "main"]);
+        support::git(human, &["checkout", "-q", "-B", "base", "FETCH_HEAD"]);
+        let file = human.join(path);
+        std::fs::create_dir_all(file.parent().expect("a folder")).expect("mkdir");
+        std::fs::write(&file, content).expect("write");
+        support::git(human, &["add", "-A"]);
+        support::git(human, &["commit", "-q", "-m", message]);
+        support::git(human, &["push", "-q", "origin", "HEAD:main"]);
+    }
+
     /// Nothing woke the loop within `d`.
     fn no_wake(&self, d: Duration) -> bool {
         self.wake.recv_timeout(d).is_err()
     }
+}
+
+/// The webhook endpoint and its worker, served on a free loopback port.
+fn endpoint(
+    fake: &FakeGitHub,
+    auth: &Auth,
+    repo_url: &str,
+    work_dir: PathBuf,
+    wake: std::sync::mpsc::Sender<()>,
+) -> (Webhooks, rollgate::server::Server) {
+    let hooks = Webhooks::start(
+        Options {
+            secret: Secret::new(SECRET).expect("a secret"),
+            github: Config {
+                api_url: fake.url.clone(),
+                repo: REPO.parse().expect("a repository name"),
+                auth: auth.clone(),
+            },
+            repo_url: repo_url.to_owned(),
+            branch: "main".to_owned(),
+            work_dir,
+            max_body: MAX_BODY,
+        },
+        wake,
+    )
+    .expect("the webhook endpoint starts");
+    let server = rollgate::server::start_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        std::sync::Arc::default(),
+        Some(hooks.router()),
+    )
+    .expect("the server listens");
+    (hooks, server)
 }
 
 fn set_artifact(to: &'static str) -> impl FnOnce(String) -> String {
@@ -487,7 +543,8 @@ fn a_pull_request_gets_one_check_run_and_one_sticky_comment_updated_in_place() {
     rig.fake.wait_for("the comment edited", WAIT, |h| {
         h.comments_on(2).iter().any(|c| c.edits == 1)
     });
-    // And when the same head is announced again (reopened): the check run is updated
+    // And when the same head is announced again (reopened) with nothing changed: the
+    // comment is edited, and the check run is left as it is (at most re-completed)
     assert_eq!(
         deliver(
             rig.addr(),
@@ -497,13 +554,9 @@ fn a_pull_request_gets_one_check_run_and_one_sticky_comment_updated_in_place() {
         .0,
         202
     );
-    rig.fake
-        .wait_for("the check run and the comment updated", WAIT, |h| {
-            h.check_runs
-                .iter()
-                .any(|r| r.head_sha == second && r.updates == 1)
-                && h.comments_on(2).iter().any(|c| c.edits == 2)
-        });
+    rig.fake.wait_for("the comment updated", WAIT, |h| {
+        h.comments_on(2).iter().any(|c| c.edits == 2)
+    });
     let h = rig.fake.hub();
     assert_eq!(
         h.check_runs.len(),
@@ -538,6 +591,102 @@ fn a_pull_request_gets_one_check_run_and_one_sticky_comment_updated_in_place() {
         .find(|r| r.head_sha == second)
         .expect("run");
     assert_eq!(updated.annotations.len(), h.check_runs[0].annotations.len());
+}
+
+/// A repository policy of base: a `warn` or `deny` rule about plans of team `demo`.
+fn demo_policy(rule: &str, message: &str) -> String {
+    format!(
+        r#"package rollgate.demo
+
+import rego.v1
+
+{rule} contains msg if {{
+	input.plan.metadata.labels.team == "demo"
+	msg := "{message}"
+}}
+"#
+    )
+}
+
+fn messages(annotations: &[Value]) -> Vec<String> {
+    annotations
+        .iter()
+        .map(|a| a["message"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_re_preview_after_base_changed_is_a_new_check_run_without_the_stale_annotations() {
+    // Given base warns about plans of the `demo` team, and a pull request of `web` (a
+    // demo plan) previewed with that warning annotated
+    let rig = Rig::new();
+    rig.push_base(
+        "policies/demo.rego",
+        &demo_policy("warn", "think twice before shipping demo"),
+        "Warn about demo plans",
+    );
+    let head = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    let reopened = pull_request("reopened", &head);
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request("opened", &head)).0,
+        202
+    );
+    rig.fake.wait_for("the first preview", WAIT, |h| {
+        h.check_runs.len() == 1 && h.comments_on(2).len() == 1
+    });
+    let first = rig.fake.hub().check_runs[0].clone();
+    assert!(
+        messages(&first.annotations)
+            .iter()
+            .any(|m| m.contains("think twice")),
+        "{:?}",
+        first.annotations
+    );
+
+    // When base turns the warning into a denial and the same head is previewed again
+    rig.push_base(
+        "policies/demo.rego",
+        &demo_policy("deny", "demo plans may not ship"),
+        "Deny demo plans",
+    );
+    assert_eq!(deliver(rig.addr(), "pull_request", &reopened).0, 202);
+    rig.fake.wait_for("the second preview", WAIT, |h| {
+        h.comments_on(2).iter().any(|c| c.edits == 1)
+    });
+
+    // Then the head has a second, failing run (GitHub shows the latest) holding only the
+    // new annotations; the first run is left as it was
+    {
+        let h = rig.fake.hub();
+        assert_eq!(h.check_runs.len(), 2, "{:#?}", h.check_runs);
+        let second = &h.check_runs[1];
+        assert_eq!(second.head_sha, head);
+        assert_eq!(second.conclusion, "failure", "{}", second.summary);
+        assert_ne!(first.conclusion, "failure");
+        let now = messages(&second.annotations);
+        assert!(now.iter().any(|m| m.contains("may not ship")), "{now:?}");
+        assert!(
+            !now.iter().any(|m| m.contains("think twice")),
+            "a stale annotation: {now:?}"
+        );
+        assert_eq!(h.check_runs[0].annotations, first.annotations);
+        assert_eq!(h.check_runs[0].updates, 0);
+    }
+
+    // When the same head is previewed again with nothing changed: no new run, and no
+    // annotation added to the latest one
+    let before = rig.fake.hub().check_runs[1].annotations.clone();
+    assert_eq!(deliver(rig.addr(), "pull_request", &reopened).0, 202);
+    rig.fake.wait_for("the third preview", WAIT, |h| {
+        h.comments_on(2).iter().any(|c| c.edits == 2)
+    });
+    let h = rig.fake.hub();
+    assert_eq!(h.check_runs.len(), 2, "{:#?}", h.check_runs);
+    assert_eq!(h.check_runs[1].annotations, before);
+    assert_eq!(
+        h.count("POST", "/repos/Codertocat/Hello-World/check-runs"),
+        2
+    );
 }
 
 #[test]
@@ -661,6 +810,58 @@ fn a_comment_command_from_a_writer_is_a_commit_and_a_reply() {
             "/repos/Codertocat/Hello-World/collaborators/Codertocat/permission"
         ),
         1
+    );
+}
+
+#[test]
+fn a_comment_command_delivered_again_under_a_new_delivery_id_is_one_commit() {
+    // Given a writer's `/rollgate promote web`, taken in and done
+    let rig = Rig::new();
+    rig.fake.set_permission("Codertocat", "write");
+    let promote = comment("/rollgate promote web", "Codertocat", false);
+    let comment_id = promote["comment"]["id"].to_string();
+    assert_eq!(deliver(rig.addr(), "issue_comment", &promote).0, 202);
+    rig.fake
+        .wait_for("the reply", WAIT, |h| h.comments_on(1).len() == 1);
+    assert!(rig.wake.recv_timeout(WAIT).is_ok(), "the loop was woken");
+
+    // When the same comment arrives again under new delivery ids, as a redelivery does
+    // once the memory of delivery ids is gone: here, and at a second replica (or this
+    // one restarted) with a scratch clone of its own
+    assert_eq!(deliver(rig.addr(), "issue_comment", &promote).0, 202);
+    rig.fake
+        .wait_for("the second reply", WAIT, |h| h.comments_on(1).len() == 2);
+    let (_replica, server) = rig.replica("github-replica");
+    assert_eq!(deliver(server.addr, "issue_comment", &promote).0, 202);
+    rig.fake
+        .wait_for("the third reply", WAIT, |h| h.comments_on(1).len() == 3);
+
+    // Then the remote holds one command commit, naming the comment, and the later
+    // replies say it was already done in it
+    let commands: Vec<_> = rig
+        .remote
+        .commits()
+        .into_iter()
+        .filter(|c| c.trailer("Rollgate-Command").is_some())
+        .collect();
+    assert_eq!(commands.len(), 1, "{commands:#?}");
+    assert_eq!(
+        commands[0].trailer("Rollgate-Comment"),
+        Some(comment_id.as_str())
+    );
+    let short = &commands[0].sha[..12];
+    let h = rig.fake.hub();
+    let replies: Vec<String> = h.comments_on(1).iter().map(|c| c.body.clone()).collect();
+    assert!(
+        replies[0].starts_with("@Codertocat done") && replies[0].contains(short),
+        "{replies:?}"
+    );
+    for r in &replies[1..] {
+        assert!(r.contains("already") && r.contains(short), "{replies:?}");
+    }
+    assert!(
+        rig.no_wake(Duration::from_millis(100)),
+        "nothing new to act on"
     );
 }
 
@@ -795,6 +996,80 @@ fn a_github_app_uses_installation_tokens_cached_until_near_expiry() {
             1
         );
     }
+}
+
+#[test]
+fn a_github_app_fetches_and_pushes_over_https_with_its_installation_token() {
+    // Given an App, and the GitOps repository served by GitHub over HTTP to installation
+    // tokens only (no ROLLGATE_GIT_TOKEN, no SSH key: nothing else could get in)
+    let rig = Rig::build(
+        Expect::App {
+            id: 4242,
+            token_ttl: Duration::from_secs(3600),
+        },
+        |remote| Auth::App {
+            id: 4242,
+            key: app_key(remote.dir.path()),
+        },
+        |remote, fake| fake.serve_git(remote.dir.path(), "remote.git"),
+    );
+    assert!(std::env::var_os("ROLLGATE_GIT_TOKEN").is_none());
+    rig.fake.set_permission("Codertocat", "write");
+
+    // When a pull request is opened: its head is fetched and previewed
+    let head = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request("opened", &head)).0,
+        202
+    );
+    rig.fake
+        .wait_for("the check run", WAIT, |h| !h.check_runs.is_empty());
+    {
+        let h = rig.fake.hub();
+        assert_eq!(
+            h.check_runs[0].conclusion, "success",
+            "{}",
+            h.check_runs[0].summary
+        );
+    }
+    rig.fake
+        .wait_for("the preview comment", WAIT, |h| h.comments_on(2).len() == 1);
+
+    // When a writer comments a command: the branch is fetched, the commit pushed
+    let before = rig.remote.head();
+    assert_eq!(
+        deliver(
+            rig.addr(),
+            "issue_comment",
+            &comment("/rollgate promote web", "Codertocat", false)
+        )
+        .0,
+        202
+    );
+    rig.fake
+        .wait_for("the reply", WAIT, |h| h.comments_on(1).len() == 1);
+    let h = rig.fake.hub();
+    assert!(
+        h.comments_on(1)[0].body.starts_with("@Codertocat done"),
+        "{}",
+        h.comments_on(1)[0].body
+    );
+    let commits = rig.remote.commits();
+    let last = commits.last().expect("a commit");
+    assert_eq!(last.trailer("Rollgate-Command"), Some("promote"));
+    assert_eq!(
+        support::git(&rig.remote.bare, &["rev-parse", "main~1"]),
+        before
+    );
+    // Then Git authenticated as `x-access-token` with installation tokens (the fake
+    // records a violation for anything else): fetches and the push were served
+    let served = |suffix: &str| {
+        h.git_calls
+            .iter()
+            .any(|c| c.authorized && c.path.ends_with(suffix))
+    };
+    assert!(served("git-upload-pack"), "{:?}", h.git_calls);
+    assert!(served("git-receive-pack"), "{:?}", h.git_calls);
 }
 
 // ---- the real daemon ----

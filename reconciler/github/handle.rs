@@ -10,7 +10,9 @@
 //! and the PR's plans from a scratch clone; only the daemon applies, and only the tracked
 //! branch); a fork's pull request gets the same read-only preview and nothing else; a
 //! comment command is a commit on the tracked branch made only for someone with write
-//! permission, and the daemon acts on it like any other command commit.
+//! permission, and the daemon acts on it like any other command commit; one comment
+//! makes at most one commit, however often it is delivered (its id is a trailer of the
+//! commit, looked for in the freshly fetched branch before committing).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,17 +29,21 @@ use git2::{FetchOptions, Oid, Repository};
 
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{
-    Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, Client, Conclusion, Config, RepoName,
-    STICKY_MARKER, Secret, StatusState,
+    Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, Client, Conclusion, Config, GitToken,
+    RepoName, STICKY_MARKER, Secret, StatusState,
 };
 use crate::daemon::{Reconciler, TickReport};
 use crate::model::Plan;
 use crate::model::status::{Phase, Status};
-use crate::source::git::callbacks;
+use crate::source::git::callbacks_with;
 use crate::telemetry::{self, WebhookOutcome};
 
 /// Jobs waiting for the worker at most; more get 503 until it catches up.
 pub const QUEUE: usize = 64;
+
+/// How many first-parent commits of the tracked branch are searched for a comment's
+/// command commit before one is made (status commits included: days of rollouts).
+pub const RECENT_COMMITS: usize = 500;
 
 /// What the worker does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,10 +563,10 @@ impl Worker {
         Ok(repo)
     }
 
-    fn fetch(repo: &Repository, specs: &[String]) -> Result<()> {
+    fn fetch(repo: &Repository, specs: &[String], token: Option<&GitToken>) -> Result<()> {
         let mut remote = repo.find_remote("origin")?;
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks());
+        opts.remote_callbacks(git_callbacks(token));
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         remote
             .fetch(&specs, Some(&mut opts), None)
@@ -570,7 +576,11 @@ impl Worker {
 
     /// Fetch base and the pull request's head (`refs/pull/N/head`, which GitHub keeps in
     /// the base repository for forks too), then compute the preview. Nothing is run.
-    fn compute_preview(&self, pr: &webhook::PullRequest) -> Result<crate::preview::Preview> {
+    fn compute_preview(
+        &self,
+        pr: &webhook::PullRequest,
+        token: Option<&GitToken>,
+    ) -> Result<crate::preview::Preview> {
         let repo = self.scratch()?;
         let pull_ref = format!("refs/rollgate/pull/{}", pr.number);
         let base_ref = format!("refs/remotes/origin/{}", pr.base_ref);
@@ -580,6 +590,7 @@ impl Worker {
                 format!("+refs/heads/{0}:{base_ref}", pr.base_ref),
                 format!("+refs/pull/{}/head:{pull_ref}", pr.number),
             ],
+            token,
         )?;
         let base = repo
             .refname_to_id(&base_ref)
@@ -601,7 +612,11 @@ impl Worker {
 
     async fn preview(&self, client: &Client, pr: &webhook::PullRequest) -> Result<()> {
         tracing::info!(pr = pr.number, head = %pr.head_sha, fork = pr.fork, "computing a preview");
-        let (out, comment) = match self.compute_preview(pr) {
+        let computed = match client.git_token(pr.installation, &self.repo_url).await {
+            Ok(token) => self.compute_preview(pr, token.as_ref()),
+            Err(e) => Err(e),
+        };
+        let (out, comment) = match computed {
             Ok(p) => {
                 let markdown = p.markdown();
                 (
@@ -676,8 +691,12 @@ impl Worker {
             client.comment(c.installation, c.number, &body).await?;
             return Ok(());
         }
-        let body = match self.commit_command(&cmd, who) {
-            Ok(Some(id)) => {
+        let recorded = match client.git_token(c.installation, &self.repo_url).await {
+            Ok(token) => self.commit_command(&cmd, c, token.as_ref()),
+            Err(e) => Err(e),
+        };
+        let body = match recorded {
+            Ok(Recorded::Committed(id)) => {
                 tracing::info!(login = %who, plan = %cmd.plan, verb, commit = %id, "command commit pushed");
                 let _ = self.wake.send(());
                 format!(
@@ -687,7 +706,17 @@ impl Worker {
                     self.branch
                 )
             }
-            Ok(None) => format!(
+            Ok(Recorded::Already(id)) => {
+                tracing::info!(login = %who, plan = %cmd.plan, verb, comment = c.id, commit = %id, "comment command already committed; not again");
+                format!(
+                    "@{who} `{verb} {}` was already done for this comment: it is commit {} on \
+                     `{}`, so rollgate did nothing more.",
+                    cmd.plan,
+                    &id.to_string()[..12],
+                    self.branch
+                )
+            }
+            Ok(Recorded::NoPlan) => format!(
                 "@{who} there is no plan `{}` on `{}`, so rollgate did nothing.",
                 cmd.plan, self.branch
             ),
@@ -704,31 +733,64 @@ impl Worker {
         Ok(())
     }
 
-    /// The command commit on the tracked branch, pushed (fetched again and retried when
-    /// someone pushed in between). `None` when the plan does not exist there.
-    fn commit_command(&self, cmd: &CommentCommand, login: &str) -> Result<Option<Oid>> {
+    /// The command commit of comment `c` on the tracked branch, pushed (fetched again
+    /// and retried when someone pushed in between), unless the branch already has one:
+    /// a redelivery, or another replica that got there first.
+    fn commit_command(
+        &self,
+        cmd: &CommentCommand,
+        c: &webhook::Comment,
+        token: Option<&GitToken>,
+    ) -> Result<Recorded> {
         let repo = self.scratch()?;
         let local = format!("refs/heads/{}", self.branch);
-        let by = format!("@{login} via GitHub comment");
+        let by = format!("@{} via GitHub comment", c.author);
+        let origin = crate::commands::Origin {
+            by: Some(&by),
+            comment: Some(c.id),
+        };
         let mut last = None;
         for _ in 0..3 {
-            Self::fetch(&repo, &[format!("+{local}:{local}")])?;
+            Self::fetch(&repo, &[format!("+{local}:{local}")], token)?;
             repo.set_head(&local)?;
             let head = repo.find_reference(&local)?.peel_to_commit()?;
+            if let Some(done) =
+                crate::commands::find_for_comment(&repo, head.id(), c.id, RECENT_COMMITS)?
+            {
+                return Ok(Recorded::Already(done));
+            }
             if head
                 .tree()?
                 .get_path(Path::new(&format!("plans/{}.yaml", cmd.plan)))
                 .is_err()
             {
-                return Ok(None);
+                return Ok(Recorded::NoPlan);
             }
-            match crate::commands::commit_as(&repo, cmd.command, &cmd.plan, true, Some(&by)) {
-                Ok(id) => return Ok(Some(id)),
+            let push = Some(git_callbacks(token));
+            match crate::commands::commit_with(&repo, cmd.command, &cmd.plan, &origin, push) {
+                Ok(id) => return Ok(Recorded::Committed(id)),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| anyhow!("push failed")))
     }
+}
+
+/// What became of a comment command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Its commit, pushed now.
+    Committed(Oid),
+    /// Its commit, already on the branch.
+    Already(Oid),
+    /// The plan is not on the branch: nothing done.
+    NoPlan,
+}
+
+/// Git's credentials for the GitOps repository: the environment's (`ROLLGATE_GIT_TOKEN`,
+/// SSH), else the App's installation token where it may go (GitHub's host).
+fn git_callbacks(token: Option<&GitToken>) -> git2::RemoteCallbacks<'_> {
+    callbacks_with(move |url| token.and_then(|t| t.for_url(url)).map(str::to_owned))
 }
 
 fn conclusion(c: crate::preview::Conclusion) -> Conclusion {

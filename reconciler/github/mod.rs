@@ -13,10 +13,14 @@
 //! ```
 //! `Client` is the only door to the GitHub API: a token, or a GitHub App (JWT →
 //! installation token, cached by octocrab and refreshed 30 s before it expires), and a
-//! base URL (GitHub Enterprise, tests). Invariants: secrets (token, App key, webhook
-//! secret) come from the environment or files only and are `Secret`s, whose `Debug` and
-//! `Display` print `***`, so they cannot reach a log line; the HTTP side never touches
-//! Git or a target: it hands work over channels.
+//! base URL (GitHub Enterprise, tests). With an App, the worker's Git over https to
+//! GitHub's own host uses the same cached installation token (`GitToken`,
+//! `x-access-token` basic auth) when `ROLLGATE_GIT_TOKEN` is not set. Invariants:
+//! secrets (token, App key, installation tokens, webhook secret) come from the
+//! environment, files or GitHub only and are `Secret`s, whose `Debug` and `Display`
+//! print `***`, so they cannot reach a log line; a token goes to GitHub's host only, and
+//! never in clear over a network; the HTTP side never touches Git or a target: it hands
+//! work over channels.
 
 pub mod handle;
 pub mod webhook;
@@ -30,6 +34,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use octocrab::Octocrab;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// The name of rollgate's check run and the prefix of its commit status contexts.
 pub const CHECK_NAME: &str = "rollgate";
@@ -41,6 +46,15 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
 /// Every API call gives up after this long (the worker then logs and goes on).
 pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An installation token handed to Git has at least this long to live (a fresh one is
+/// minted otherwise), so a slow fetch or push never outlives it.
+const GIT_TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+/// The hidden last line of a check run's summary: a digest of what a later update
+/// could not replace (conclusion, title, annotations), so a re-preview can tell
+/// whether the run it finds still shows the right annotations.
+const OUTPUT_MARKER: &str = "<!-- rollgate:check-output sha256:";
 
 /// GitHub's limits: annotations per request, characters in a comment or a check summary,
 /// characters in a commit status description.
@@ -87,6 +101,78 @@ impl std::fmt::Display for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
+}
+
+/// A GitHub App's installation token for Git over http(s), bound to GitHub's host: it
+/// is only handed out for a URL on that host, over https (or plain http to loopback,
+/// where no network sees it). Prints its host only.
+#[derive(Clone)]
+pub struct GitToken {
+    host: String,
+    token: Secret,
+}
+
+impl GitToken {
+    /// The token, when Git may send it with a request to `url`.
+    pub fn for_url(&self, url: &str) -> Option<&str> {
+        may_send_token(url, &self.host).then(|| self.token.expose())
+    }
+}
+
+impl std::fmt::Debug for GitToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitToken")
+            .field("host", &self.host)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// `scheme` and `host[:port]` of a URL (no user info), e.g. `("https", "github.com")`.
+fn scheme_and_authority(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    (!scheme.is_empty() && !authority.is_empty()).then_some((scheme, authority))
+}
+
+/// The host (`host[:port]`) serving Git next to the API at `api_url`: `github.com` for
+/// `https://api.github.com`, the same host for GitHub Enterprise Server
+/// (`https://HOST/api/v3`).
+pub fn git_host(api_url: &str) -> Option<String> {
+    let (_, authority) = scheme_and_authority(api_url)?;
+    let authority = authority.to_ascii_lowercase();
+    Some(if authority == "api.github.com" {
+        "github.com".to_owned()
+    } else {
+        authority
+    })
+}
+
+/// Whether a token for `host` may go with a request to `url`: https to that very host,
+/// or plain http to it on loopback (a local proxy, tests); never ssh, files or others.
+pub fn may_send_token(url: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = scheme_and_authority(url) else {
+        return false;
+    };
+    if !authority.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    if scheme.eq_ignore_ascii_case("https") {
+        return true;
+    }
+    scheme.eq_ignore_ascii_case("http") && is_loopback(authority)
+}
+
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `owner/name` of the repository rollgate reports on.
@@ -264,11 +350,17 @@ struct Id {
 struct ExistingCheckRun {
     id: u64,
     #[serde(default)]
+    conclusion: Option<String>,
+    #[serde(default)]
     output: Option<ExistingOutput>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ExistingOutput {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    summary: Option<String>,
     #[serde(default)]
     annotations_count: u64,
 }
@@ -302,6 +394,8 @@ pub struct Client {
     root: Arc<Octocrab>,
     app: bool,
     repo: RepoName,
+    /// Where GitHub serves Git (for the App's tokens), from the API URL.
+    git_host: Option<String>,
     /// App: one client per installation; each caches its installation token and
     /// refreshes it before it expires.
     /// (Shared, never cloned: a clone of an `Octocrab` starts with its own empty cache.)
@@ -393,6 +487,7 @@ impl Client {
             root: Arc::new(root),
             app,
             repo: config.repo.clone(),
+            git_host: git_host(url),
             installations: Mutex::new(HashMap::new()),
             repo_installation: Mutex::new(None),
         })
@@ -447,10 +542,44 @@ impl Client {
         Ok(c)
     }
 
-    /// Create or update the `rollgate` check run on `head_sha` (completed, with output).
-    /// A check run already there for the commit (a redelivery, a reopen) is updated, not
-    /// duplicated; annotations are only added to a run that has none, because GitHub
-    /// appends them on every update.
+    /// The App's installation token for Git to `repo_url`, when that is GitHub's host
+    /// over https: octocrab's cached token, refreshed when it has less than
+    /// `GIT_TOKEN_MARGIN` to live. `None` with a personal token, or for another URL (Git
+    /// then uses `ROLLGATE_GIT_TOKEN` or SSH, as the daemon does).
+    pub async fn git_token(
+        &self,
+        installation: Option<u64>,
+        repo_url: &str,
+    ) -> Result<Option<GitToken>> {
+        let Some(host) = self.git_host.as_ref().filter(|_| self.app) else {
+            return Ok(None);
+        };
+        if !may_send_token(repo_url, host) {
+            return Ok(None);
+        }
+        let api = self.api(installation).await?;
+        let margin = chrono::Duration::from_std(GIT_TOKEN_MARGIN)?;
+        let token = timed(
+            "get an installation token",
+            api.installation_token_with_buffer(margin),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot get an installation token for Git")?;
+        let token = Secret::new(octocrab::secrecy::ExposeSecret::expose_secret(&token))
+            .context("GitHub returned an empty installation token")?;
+        Ok(Some(GitToken {
+            host: host.clone(),
+            token,
+        }))
+    }
+
+    /// Post `out` as the `rollgate` check run of `head_sha` (completed). GitHub appends
+    /// annotations on every update and shows the latest run of a name, so: when the
+    /// latest run there already shows the same conclusion, title and annotations (a
+    /// redelivery, a reopen), only its summary is refreshed (nothing is sent when that
+    /// is the same too); when any of them differ (base moved, the rules changed), a new
+    /// run is created, so no stale annotation stays in view. Returns the run's id.
     pub async fn upsert_check_run(
         &self,
         installation: Option<u64>,
@@ -468,66 +597,61 @@ impl Client {
         .await?
         .map_err(api_error)
         .context("cannot list the commit's check runs")?;
-        let existing = list.check_runs.first();
-        let mut annotations: Vec<Annotation> = if existing
-            .and_then(|r| r.output.as_ref())
-            .is_some_and(|o| o.annotations_count > 0)
+        let mut annotations: Vec<Annotation> = out.annotations.iter().map(fix_columns).collect();
+        let title = clip(&out.title, 255);
+        let digest = output_digest(out.conclusion, &title, &annotations);
+        let summary = with_digest(&out.summary, &digest);
+        let output = |summary: &str, batch: &[Annotation]| json!({ "title": title, "summary": summary, "annotations": batch });
+        if let Some(run) = list.check_runs.first()
+            && let Some(shown) = &run.output
+            && shown.summary.as_deref().and_then(digest_of) == Some(digest.as_str())
+            && usize::try_from(shown.annotations_count).ok() == Some(annotations.len())
         {
-            Vec::new()
-        } else {
-            out.annotations.iter().map(fix_columns).collect()
-        };
+            if shown.summary.as_deref() == Some(summary.as_str())
+                && shown.title.as_deref() == Some(title.as_str())
+                && run.conclusion.as_deref() == Some(out.conclusion.as_str())
+            {
+                return Ok(run.id);
+            }
+            let body = json!({
+                "name": CHECK_NAME,
+                "status": "completed",
+                "conclusion": out.conclusion,
+                "output": output(&summary, &[]),
+            });
+            let _: serde_json::Value = timed(
+                "update the check run",
+                api.patch(self.path(&format!("check-runs/{}", run.id)), Some(&body)),
+            )
+            .await?
+            .map_err(api_error)
+            .context("cannot update the check run")?;
+            return Ok(run.id);
+        }
         let first: Vec<Annotation> = annotations
             .drain(..annotations.len().min(ANNOTATIONS_PER_REQUEST))
             .collect();
-        let output = |batch: &[Annotation]| {
-            json!({
-                "title": clip(&out.title, 255),
-                "summary": clip(&out.summary, MAX_TEXT),
-                "annotations": batch,
-            })
-        };
-        let id = match existing {
-            Some(run) => {
-                let body = json!({
-                    "name": CHECK_NAME,
-                    "status": "completed",
-                    "conclusion": out.conclusion,
-                    "output": output(&first),
-                });
-                let _: serde_json::Value = timed(
-                    "update the check run",
-                    api.patch(self.path(&format!("check-runs/{}", run.id)), Some(&body)),
-                )
-                .await?
-                .map_err(api_error)
-                .context("cannot update the check run")?;
-                run.id
-            }
-            None => {
-                let body = json!({
-                    "name": CHECK_NAME,
-                    "head_sha": head_sha,
-                    "status": "completed",
-                    "conclusion": out.conclusion,
-                    "output": output(&first),
-                });
-                let created: Id = timed(
-                    "create the check run",
-                    api.post(self.path("check-runs"), Some(&body)),
-                )
-                .await?
-                .map_err(api_error)
-                .context("cannot create the check run")?;
-                created.id
-            }
-        };
+        let body = json!({
+            "name": CHECK_NAME,
+            "head_sha": head_sha,
+            "status": "completed",
+            "conclusion": out.conclusion,
+            "output": output(&summary, &first),
+        });
+        let created: Id = timed(
+            "create the check run",
+            api.post(self.path("check-runs"), Some(&body)),
+        )
+        .await?
+        .map_err(api_error)
+        .context("cannot create the check run")?;
+        let id = created.id;
         // More than 50 annotations: further updates append the rest.
         while !annotations.is_empty() {
             let batch: Vec<Annotation> = annotations
                 .drain(..annotations.len().min(ANNOTATIONS_PER_REQUEST))
                 .collect();
-            let body = json!({ "output": output(&batch) });
+            let body = json!({ "output": output(&summary, &batch) });
             let _: serde_json::Value = timed(
                 "add annotations",
                 api.patch(self.path(&format!("check-runs/{id}")), Some(&body)),
@@ -692,6 +816,38 @@ pub fn valid_login(login: &str) -> bool {
         && core.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+impl Conclusion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure => "failure",
+            Conclusion::Neutral => "neutral",
+        }
+    }
+}
+
+/// The digest of what an update of a check run cannot replace: its annotations (GitHub
+/// appends them), with its conclusion and title.
+fn output_digest(conclusion: Conclusion, title: &str, annotations: &[Annotation]) -> String {
+    let mut h = Sha256::new();
+    h.update(json!([conclusion, title, annotations]).to_string());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `summary` (clipped) with the digest as its hidden last line.
+fn with_digest(summary: &str, digest: &str) -> String {
+    let marker = format!("{OUTPUT_MARKER}{digest} -->");
+    let room = MAX_TEXT - marker.chars().count() - 1;
+    format!("{}\n{marker}", clip(summary, room))
+}
+
+/// The digest a summary of ours ends with.
+fn digest_of(summary: &str) -> Option<&str> {
+    let (_, rest) = summary.rsplit_once(OUTPUT_MARKER)?;
+    let digest = rest.trim_end().strip_suffix("-->")?.trim_end();
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
+}
+
 /// GitHub refuses columns on annotations that span several lines.
 fn fix_columns(a: &Annotation) -> Annotation {
     let mut a = a.clone();
@@ -742,6 +898,82 @@ mod tests {
         assert!("a cme/x".parse::<RepoName>().is_err());
         assert!("acme/x?y".parse::<RepoName>().is_err());
         assert!("Codertocat/Hello-World".parse::<RepoName>().is_ok());
+    }
+
+    #[test]
+    fn an_installation_token_goes_to_githubs_host_only_and_never_in_clear() {
+        assert_eq!(
+            git_host("https://api.github.com").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            git_host("https://GHE.example/api/v3").as_deref(),
+            Some("ghe.example")
+        );
+        let ok = |url: &str, host: &str| may_send_token(url, host);
+        assert!(ok("https://github.com/acme/ops.git", "github.com"));
+        assert!(ok("https://x@GitHub.com/acme/ops", "github.com"));
+        assert!(ok("https://ghe.example/acme/ops.git", "ghe.example"));
+        assert!(ok("http://127.0.0.1:8080/git/ops.git", "127.0.0.1:8080"));
+        assert!(ok("http://localhost:8080/ops.git", "localhost:8080"));
+        assert!(ok("http://[::1]:8080/ops.git", "[::1]:8080"));
+        // Another host (or port), plain http over a network, ssh, files: never
+        assert!(!ok("https://gitlab.com/acme/ops.git", "github.com"));
+        assert!(!ok(
+            "https://github.com.evil.example/acme/ops",
+            "github.com"
+        ));
+        assert!(!ok(
+            "https://evil.example/github.com/acme/ops",
+            "github.com"
+        ));
+        assert!(!ok("https://github.com@evil.example/x", "github.com"));
+        assert!(!ok("http://127.0.0.1:9090/ops.git", "127.0.0.1:8080"));
+        assert!(!ok("http://ghe.example/acme/ops.git", "ghe.example"));
+        assert!(!ok("ssh://git@github.com/acme/ops.git", "github.com"));
+        assert!(!ok("git@github.com:acme/ops.git", "github.com"));
+        assert!(!ok("/srv/ops.git", "github.com"));
+        let t = GitToken {
+            host: "github.com".to_owned(),
+            token: Secret::new("ghs_secret").expect("a token"),
+        };
+        assert_eq!(t.for_url("https://github.com/a/b"), Some("ghs_secret"));
+        assert_eq!(t.for_url("https://gitlab.com/a/b"), None);
+        assert!(!format!("{t:?}").contains("ghs_secret"));
+    }
+
+    #[test]
+    fn a_check_summary_carries_the_digest_of_what_updates_cannot_replace() {
+        let a = Annotation {
+            path: "plans/web.yaml".into(),
+            start_line: 3,
+            end_line: 3,
+            start_column: None,
+            end_column: None,
+            annotation_level: AnnotationLevel::Warning,
+            title: "t".into(),
+            message: "m".into(),
+        };
+        let d = output_digest(Conclusion::Success, "ok", std::slice::from_ref(&a));
+        let summary = with_digest("<!-- rollgate:preview -->\nbody", &d);
+        assert!(summary.starts_with("<!-- rollgate:preview -->\nbody\n"));
+        assert_eq!(digest_of(&summary), Some(d.as_str()));
+        assert_eq!(digest_of("a summary of an older rollgate"), None);
+        // Any change of annotations, conclusion or title is another digest
+        let other = Annotation {
+            message: "n".into(),
+            ..a.clone()
+        };
+        assert_ne!(output_digest(Conclusion::Success, "ok", &[other]), d);
+        assert_ne!(
+            output_digest(Conclusion::Failure, "ok", std::slice::from_ref(&a)),
+            d
+        );
+        assert_ne!(output_digest(Conclusion::Success, "no", &[a]), d);
+        // A summary at GitHub's limit keeps its digest
+        let long = with_digest(&"x".repeat(2 * MAX_TEXT), &d);
+        assert!(long.chars().count() <= MAX_TEXT);
+        assert_eq!(digest_of(&long), Some(d.as_str()));
     }
 
     #[test]

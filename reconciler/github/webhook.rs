@@ -187,6 +187,9 @@ pub struct PullRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment {
     pub repo: String,
+    /// The comment's id: unique in the repository, the same on every redelivery, so a
+    /// command commit records it (`Rollgate-Comment`) and is never made twice.
+    pub id: u64,
     /// The issue or pull request the comment is on.
     pub number: u64,
     pub is_pull_request: bool,
@@ -264,6 +267,7 @@ struct WireIssue {
 
 #[derive(Deserialize)]
 struct WireComment {
+    id: u64,
     body: Option<String>,
     user: WireUser,
 }
@@ -350,6 +354,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, ParseError> {
             let p: WireIssueCommentEvent = shape(event, value)?;
             Ok(Event::Comment(Comment {
                 repo: p.repository.full_name,
+                id: p.comment.id,
                 number: p.issue.number,
                 is_pull_request: p.issue.pull_request.is_some(),
                 author_is_bot: p.comment.user.kind.eq_ignore_ascii_case("bot")
@@ -505,6 +510,29 @@ mod tests {
             !why.contains('\u{7}') && why.matches('`').count() == 2,
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_comment_carries_its_id() {
+        let body = br#"{"action": "created", "issue": {"number": 1},
+            "comment": {"id": 492700400, "body": "/rollgate promote web",
+                        "user": {"login": "Codertocat", "type": "User"}},
+            "repository": {"full_name": "Codertocat/Hello-World"}}"#;
+        let Ok(Event::Comment(c)) = parse("issue_comment", body) else {
+            panic!("a comment")
+        };
+        assert_eq!(
+            (c.id, c.number, c.author.as_str()),
+            (492700400, 1, "Codertocat")
+        );
+        // Without its id, a comment cannot be told apart from its redelivery: refused
+        let no_id = br#"{"action": "created", "issue": {"number": 1},
+            "comment": {"body": "/rollgate promote web", "user": {"login": "Codertocat"}},
+            "repository": {"full_name": "Codertocat/Hello-World"}}"#;
+        assert!(matches!(
+            parse("issue_comment", no_id),
+            Err(ParseError::Shape { .. })
+        ));
     }
 
     #[test]

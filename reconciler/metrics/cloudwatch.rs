@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::config::Credentials;
-use aws_sdk_cloudwatch::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_cloudwatch::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 
@@ -37,7 +37,7 @@ use super::{MetricsSource, QueryContext};
 use crate::engine::{Measurement, Sample};
 use crate::model::plan::{Check, Workload};
 use crate::model::settings::CLOUDWATCH_QUERIES;
-use crate::target::lambda::AwsAccess;
+use crate::target::lambda::{AwsAccess, chain};
 
 /// The namespace of Lambda's metrics.
 pub const NAMESPACE: &str = "AWS/Lambda";
@@ -311,7 +311,7 @@ impl Cloudwatch {
                     format!("cloudwatch GetMetricData: {code}: {}", m.trim_end())
                 }
                 (Some(code), None) => format!("cloudwatch GetMetricData: {code}"),
-                _ => format!("cloudwatch GetMetricData: {}", DisplayErrorContext(&e)),
+                _ => format!("cloudwatch GetMetricData: {}", chain(&e)),
             })?;
             for r in page.metric_data_results() {
                 if let Some((vi, metric)) = r.id().and_then(|id| ids.get(id)) {

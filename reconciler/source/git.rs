@@ -56,12 +56,25 @@ impl CommitInfo {
 
 /// Credentials from the environment only (never from files in the repo, never logged).
 pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
+    callbacks_with(|_| None)
+}
+
+/// Like [`callbacks`], with one more source for Git over http(s) when
+/// `ROLLGATE_GIT_TOKEN` is not set: `token(url)`, asked with the URL Git wants
+/// credentials for, gives the password of `x-access-token` there, or `None` (a GitHub
+/// App's installation token, for GitHub's host only). Never logged.
+pub fn callbacks_with<'a>(
+    mut token: impl FnMut(&str) -> Option<String> + 'a,
+) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
-    cb.credentials(|_url, user, allowed| {
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-            && let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN")
-        {
-            return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
+    cb.credentials(move |url, user, allowed| {
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN") {
+                return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
+            }
+            if let Some(token) = token(url) {
+                return git2::Cred::userpass_plaintext("x-access-token", &token);
+            }
         }
         if allowed.contains(git2::CredentialType::SSH_KEY) {
             let user = user.unwrap_or("git");

@@ -8,13 +8,13 @@
 //! The artifact is a published version number: the build publishes versions, the plan
 //! pins one. Nothing is deployed; only the alias moves, through these states:
 //!
-//! | step                     | alias `FunctionVersion` | `AdditionalVersionWeights` |
-//! |--------------------------|-------------------------|----------------------------|
-//! | start (0%)               | stable (unchanged)      | none                       |
-//! | `setWeight: w` (0 < w < 100) | stable              | `{candidate: w/100}`       |
-//! | `setWeight: 100`         | candidate               | `{stable: 0.0}`            |
-//! | promote                  | candidate               | none                       |
-//! | rollback                 | stable                  | none                       |
+//! | step                         | alias `FunctionVersion` | `AdditionalVersionWeights` |
+//! |------------------------------|-------------------------|----------------------------|
+//! | start (0%)                   | stable (unchanged)      | none                       |
+//! | `setWeight: w` (0 < w < 100) | stable                  | `{candidate: w/100}`       |
+//! | `setWeight: 100`             | candidate               | `{stable: 0.0}`            |
+//! | promote                      | candidate               | none                       |
+//! | rollback                     | stable                  | none                       |
 //!
 //! Lambda refuses an additional weight of 1.0 (the alias's own version must keep a
 //! share), so 100% points the alias at the candidate and keeps the stable attached at
@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::config::Credentials;
-use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::types::{AliasRoutingConfiguration, State};
 
 use super::{Desired, Target, TargetError};
@@ -55,6 +55,21 @@ pub const IAM_ACTIONS: &[&str] = &[
     "lambda:GetAlias",
     "lambda:UpdateAlias",
     "lambda:CreateAlias",
+];
+
+/// The AWS SDK's log targets: at debug they print access key ids, at trace request
+/// headers (a session token); `rollgate run` keeps them at info or above.
+pub const SDK_LOG_TARGETS: &[&str] = &[
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_lambda",
+    "aws_sdk_cloudwatch",
+    "aws_sdk_sts",
 ];
 
 /// Where and as whom to reach AWS: what a plan's workload (or a metrics source) names.
@@ -124,8 +139,24 @@ impl AwsFailure {
     }
 }
 
+/// An error and its causes, each once: `dispatch failure: io error: ...`. Only `Display`
+/// (the SDK's `DisplayErrorContext` also appends the `Debug` form, with the raw response).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// `what: Code: message` for a service error, `what: cause chain` otherwise. Built from
-/// the error's code, message and source chain only (never its `Debug`, which would hold
+/// the error's code, message and `Display` chain only (never its `Debug`, which holds
 /// the raw response), so nothing of the request's signature or credentials gets in.
 pub fn classify<E>(what: &str, e: SdkError<E>) -> AwsFailure
 where
@@ -135,7 +166,7 @@ where
     let text = match (&code, e.message()) {
         (Some(code), Some(m)) => format!("{what}: {code}: {}", m.trim_end()),
         (Some(code), None) => format!("{what}: {code}"),
-        _ => format!("{what}: {}", DisplayErrorContext(&e)),
+        _ => format!("{what}: {}", chain(&e)),
     };
     match code.as_deref() {
         Some("ResourceNotFoundException") => AwsFailure::NotFound(text),

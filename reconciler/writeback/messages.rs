@@ -21,6 +21,8 @@ pub const REASON: &str = "Rollgate-Reason";
 pub const ROLLBACK_OF: &str = "Rollgate-Rollback-Of";
 pub const COMMAND: &str = "Rollgate-Command";
 pub const ACK: &str = "Rollgate-Command-Ack";
+/// On a command commit made for a GitHub comment: the comment's id (one commit per comment).
+pub const COMMENT: &str = "Rollgate-Comment";
 
 /// The path of a plan's status file.
 pub fn status_path(plan: &str) -> String {

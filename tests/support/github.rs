@@ -6,8 +6,13 @@
 //! JSON body, field by field. Anything else is a violation; a `FakeGitHub` with
 //! violations fails the test when it is dropped (or at `assert_clean`). It keeps what a
 //! repository would: check runs, issue comments, commit statuses, permissions.
+//! With `serve_git`, it also serves bare repositories over Git's smart HTTP (through the
+//! real `git http-backend`) under `/git/`, as GitHub serves clones: only to Basic auth
+//! `x-access-token:<token>` with the configured token or a live installation token.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +52,16 @@ impl Call {
     }
 }
 
+/// One Git request over HTTP, as received.
+#[derive(Debug, Clone)]
+pub struct GitCall {
+    pub method: String,
+    /// The path under `/git/` (`remote.git/info/refs`, `remote.git/git-receive-pack`).
+    pub path: String,
+    /// It carried credentials the fake accepted (it was served).
+    pub authorized: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct CheckRun {
     pub id: u64,
@@ -81,6 +96,9 @@ pub struct Hub {
     pub tokens: Vec<(String, Instant)>,
     /// commit sha → the pull request that merged it.
     pub merged: HashMap<String, u64>,
+    /// Where the repositories served over Git's HTTP are (`serve_git`).
+    pub git_root: Option<PathBuf>,
+    pub git_calls: Vec<GitCall>,
     next_id: u64,
 }
 
@@ -131,6 +149,8 @@ impl FakeGitHub {
             permissions: HashMap::new(),
             tokens: Vec::new(),
             merged: HashMap::new(),
+            git_root: None,
+            git_calls: Vec::new(),
             next_id: 1000,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,6 +181,13 @@ impl FakeGitHub {
         self.hub()
             .permissions
             .insert(login.to_owned(), permission.to_owned());
+    }
+
+    /// Serve the bare repositories under `root` over Git's smart HTTP; returns the URL
+    /// of `root/<name>`.
+    pub fn serve_git(&self, root: &Path, name: &str) -> String {
+        self.hub().git_root = Some(root.to_path_buf());
+        format!("{}/git/{name}", self.url)
     }
 
     /// `sha` came into the repository by merging pull request `number`.
@@ -244,6 +271,9 @@ async fn handle(State(hub): State<Arc<Mutex<Hub>>>, req: Request<Body>) -> Respo
     let bytes = axum::body::to_bytes(body, 10 << 20)
         .await
         .unwrap_or_default();
+    if let Some(path) = parts.uri.path().strip_prefix("/git/") {
+        return git(&hub, &parts, path.to_owned(), bytes.to_vec()).await;
+    }
     let mut h = hub.lock().unwrap_or_else(|e| e.into_inner());
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -335,6 +365,175 @@ async fn handle(State(hub): State<Arc<Mutex<Hub>>>, req: Request<Body>) -> Respo
             reply(422, json!({"message": "Validation Failed"}))
         }
     }
+}
+
+/// Git's smart HTTP, as GitHub serves it: a request without credentials is challenged
+/// (401 with `WWW-Authenticate: Basic`, as libgit2 expects before it asks for any);
+/// one with credentials must be `x-access-token` and the token (or a live installation
+/// token), else it is a violation; then `git http-backend` answers.
+async fn git(
+    hub: &Arc<Mutex<Hub>>,
+    parts: &axum::http::request::Parts,
+    path: String,
+    body: Vec<u8>,
+) -> Response {
+    let challenge = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Basic realm=\"GitHub\"")],
+            "",
+        )
+            .into_response()
+    };
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let method = parts.method.as_str().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let root = {
+        let mut h = hub.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(root) = h.git_root.clone() else {
+            h.violations
+                .push(format!("{method} /git/{path}: Git is not served here"));
+            return not_found();
+        };
+        let verdict = header("authorization").map(|a| git_credentials(&h, &a));
+        h.git_calls.push(GitCall {
+            method: method.clone(),
+            path: path.clone(),
+            authorized: matches!(verdict, Some(Ok(()))),
+        });
+        match verdict {
+            None => return challenge(),
+            Some(Err(why)) => {
+                h.violations
+                    .push(format!("{method} /git/{path}?{query}: {why}"));
+                return challenge();
+            }
+            Some(Ok(())) => root,
+        }
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let encoding = header("content-encoding");
+    let protocol = header("git-protocol");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = std::process::Command::new("git");
+        c.arg("http-backend")
+            .env("GIT_PROJECT_ROOT", &root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("PATH_INFO", format!("/{path}"))
+            .env("QUERY_STRING", query)
+            .env("REQUEST_METHOD", method)
+            .env("CONTENT_TYPE", content_type)
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("REMOTE_USER", "x-access-token")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(e) = encoding {
+            c.env("HTTP_CONTENT_ENCODING", e);
+        }
+        if let Some(p) = protocol {
+            c.env("GIT_PROTOCOL", p);
+        }
+        let mut child = c.spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&body)?;
+        }
+        child.wait_with_output()
+    })
+    .await;
+    let out = match out {
+        Ok(Ok(o)) => o.stdout,
+        _ => return reply(500, json!({"message": "git http-backend failed"})),
+    };
+    cgi_response(&out)
+}
+
+/// `Basic base64(x-access-token:<token>)` with the token rollgate must use.
+fn git_credentials(h: &Hub, authorization: &str) -> Result<(), String> {
+    let encoded = authorization.strip_prefix("Basic ").ok_or_else(|| {
+        format!(
+            "Git sent {:?}, not Basic auth",
+            authorization.split(' ').next()
+        )
+    })?;
+    let decoded = String::from_utf8(b64(encoded)?).map_err(|e| e.to_string())?;
+    let (user, token) = decoded.split_once(':').ok_or("no password")?;
+    if user != "x-access-token" {
+        return Err(format!("Git's user is {user:?}, not x-access-token"));
+    }
+    let ok = match &h.expect {
+        Expect::Token(t) => token == t,
+        Expect::App { token_ttl, .. } => {
+            let now = Instant::now();
+            h.tokens
+                .iter()
+                .any(|(t, at)| token == t && now.duration_since(*at) < *token_ttl)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("Git's password is not the token or a live installation token".to_owned())
+    }
+}
+
+/// A CGI program's output (headers, a blank line, the body) as a response.
+fn cgi_response(out: &[u8]) -> Response {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4))
+        .or_else(|| {
+            out.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, i + 2))
+        });
+    let Some((end, body_start)) = split else {
+        return reply(500, json!({"message": "no CGI headers"}));
+    };
+    let head = String::from_utf8_lossy(&out[..end]);
+    let mut builder = axum::http::Response::builder().status(200);
+    for line in head.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            let code = v
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(500);
+            builder = builder.status(code);
+        } else {
+            builder = builder.header(k.trim(), v);
+        }
+    }
+    builder
+        .body(Body::from(out[body_start..].to_vec()))
+        .unwrap_or_else(|_| reply(500, json!({"message": "bad CGI headers"})))
+}
+
+/// Standard base64 (with `=` padding).
+fn b64(s: &str) -> Result<Vec<u8>, String> {
+    let std_to_url: String = s
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    b64url(&std_to_url)
 }
 
 fn check_jwt(authorization: &str, app_id: u64) -> Result<(), String> {
