@@ -22,7 +22,7 @@ fn example() -> String {
 fn the_example_repository_is_valid_with_policies() {
     let (code, out, err) = rollgate(&["validate", &example()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("6 valid, 0 invalid"), "{out}");
+    assert!(out.contains("7 valid, 0 invalid"), "{out}");
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn json_output_is_data() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["valid"], true);
-    assert_eq!(v["accepted"].as_array().map(Vec::len), Some(6));
+    assert_eq!(v["accepted"].as_array().map(Vec::len), Some(7));
 }
 
 #[test]

@@ -359,7 +359,7 @@ fn example_repo_is_valid() {
         assert!(
             stdout
                 .trim_end()
-                .ends_with("checked 6 plans: 6 valid, 0 invalid; 0 errors, 0 warnings"),
+                .ends_with("checked 7 plans: 7 valid, 0 invalid; 0 errors, 0 warnings"),
             "{stdout}"
         );
     }
