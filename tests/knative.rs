@@ -471,6 +471,11 @@ fn rollback_sends_everything_back_to_the_stable_revision() {
         ),
         TargetHealth::Healthy
     );
+    // Knative named the stable revision itself: the template keeps the candidate.
+    assert_eq!(
+        service(&t)["spec"]["template"]["metadata"]["name"],
+        json!(candidate_name(V2))
+    );
     // After a finished rollout, a rollback finds the old artifact's revision by image.
     t.start_candidate(&p, V2).expect("start");
     t.promote(&p, V2).expect("promote");
@@ -478,6 +483,36 @@ fn rollback_sends_everything_back_to_the_stable_revision() {
     assert_eq!(
         traffic(&t),
         json!([{ "revisionName": "hello-00001", "percent": 100 }])
+    );
+    // A stable revision rollgate named goes back into the template as well.
+    t.start_candidate(&p, V2).expect("start");
+    t.promote(&p, V2).expect("promote");
+    t.start_candidate(&p, BROKEN).expect("start a broken one");
+    t.rollback(&p, Some(V2)).expect("rollback to v2");
+    let s = service(&t);
+    assert_eq!(
+        s["spec"]["template"]["metadata"]["name"],
+        json!(candidate_name(V2))
+    );
+    assert_eq!(
+        s["spec"]["template"]["spec"]["containers"][0]["image"],
+        json!(V2)
+    );
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": candidate_name(V2), "percent": 100 }])
+    );
+    assert_schema_valid(&t, "rollback to a rollgate-named revision");
+    assert_eq!(
+        settle(
+            &mut t,
+            &Desired {
+                stable: Some(V2.into()),
+                candidate: None,
+                weight: 0
+            }
+        ),
+        TargetHealth::Healthy
     );
 }
 

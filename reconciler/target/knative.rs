@@ -20,8 +20,9 @@
 //! anyone else wrote in between (Knative's controllers update the status all the time),
 //! the write is refused, the Service is read again and the write recomputed, a few
 //! times, then the step fails and holds. A concurrent edit is never overwritten blindly. Promotion sends 100% to the
-//! candidate; rollback sends 100% back to the stable revision and leaves the template
-//! (the next rollout replaces it). Readiness comes from the Service's observed
+//! candidate; rollback sends 100% back to the stable revision and, when rollgate named
+//! that revision, puts it back in the template too (one Knative named itself stays out
+//! of the template until the next rollout replaces it). Readiness comes from the Service's observed
 //! generation, `status.traffic`, and the candidate Revision's `Ready` condition.
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -445,10 +446,20 @@ impl Knative<'_> {
             (Some((name, _)), None) => name,
             (None, None) => return Ok(()),
         };
+        // A stable revision rollgate named is also put back in the template (Knative
+        // takes a template naming an existing revision with its spec, as in its own
+        // BYO-name rollback test), so the Service stops reporting the failed candidate
+        // as its latest. A revision Knative named (before rollgate) is left alone there.
+        let restore = stable.filter(|artifact| {
+            revision_name(&self.w.service, artifact).is_ok_and(|name| name == target)
+        });
         self.update(|service| {
-            Ok(Self::traffic_op(service, traffic(&target, None))
-                .into_iter()
-                .collect())
+            let mut ops = match restore {
+                Some(artifact) => self.template_ops(service, &target, artifact)?,
+                None => Vec::new(),
+            };
+            ops.extend(Self::traffic_op(service, traffic(&target, None)));
+            Ok(ops)
         })
         .await
     }
