@@ -117,30 +117,40 @@ fn user_revision() -> Value {
     })
 }
 
+/// The user's Service and first Revision in an in-memory API, the stand-in Knative
+/// controller running beside the target.
 fn cluster() -> KubernetesTarget {
+    cluster_intercepted(None)
+}
+
+/// Like [`cluster`], with `funcs` intercepting the API calls and no controller (the
+/// Service already carries the status Knative would have written).
+fn cluster_intercepted(funcs: Option<kube_fake_client::interceptor::Funcs>) -> KubernetesTarget {
     let runtime = kubernetes::runtime().expect("runtime");
-    let client = runtime
-        .block_on(
-            kube_fake_client::ClientBuilder::new()
-                .with_resource::<KService>()
-                .with_resource::<KRevision>()
-                .with_status_subresource::<KService>()
-                .with_status_subresource::<KRevision>()
-                .with_runtime_objects(vec![user_service(), user_revision()])
-                .build(),
-        )
-        .expect("fake client");
+    let mut builder = kube_fake_client::ClientBuilder::new()
+        .with_resource::<KService>()
+        .with_resource::<KRevision>()
+        .with_status_subresource::<KService>()
+        .with_status_subresource::<KRevision>()
+        .with_runtime_objects(vec![user_service(), user_revision()]);
+    let controller = funcs.is_none();
+    if let Some(funcs) = funcs {
+        builder = builder.with_interceptor_funcs(funcs);
+    }
+    let client = runtime.block_on(builder.build()).expect("fake client");
     let target = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
         promote_wait: Duration::from_secs(10),
         poll: Duration::from_millis(1),
         call_timeout: Duration::from_secs(10),
     });
-    target.spawn(async move {
-        loop {
-            let _ = knative_pass(&client).await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
+    if controller {
+        target.spawn(async move {
+            loop {
+                let _ = knative_pass(&client).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
     target
 }
 
@@ -580,7 +590,6 @@ fn a_concurrent_edit_of_the_service_fails_the_write_instead_of_losing_it() {
     // times in a row: every attempt starts from a fresh read, then the step fails.
     let conflicts = Arc::new(AtomicUsize::new(0));
     let left = Arc::clone(&conflicts);
-    let runtime = kubernetes::runtime().expect("runtime");
     let funcs = Funcs::new().patch(move |ctx| {
         if ctx.name == "hello"
             && left
@@ -594,18 +603,7 @@ fn a_concurrent_edit_of_the_service_fails_the_write_instead_of_losing_it() {
         }
         Ok(None)
     });
-    let client = runtime
-        .block_on(
-            kube_fake_client::ClientBuilder::new()
-                .with_resource::<KService>()
-                .with_resource::<KRevision>()
-                .with_status_subresource::<KService>()
-                .with_runtime_objects(vec![user_service(), user_revision()])
-                .with_interceptor_funcs(funcs)
-                .build(),
-        )
-        .expect("fake client");
-    let mut t = KubernetesTarget::new(runtime, client);
+    let mut t = cluster_intercepted(Some(funcs));
     let p = plan();
     t.start_candidate(&p, V2).expect("start");
     conflicts.store(1, Ordering::SeqCst);

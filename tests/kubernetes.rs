@@ -903,30 +903,21 @@ fn e2e_contract_on_a_real_cluster() {
             .expect("stable deployment");
         t.block_on(services.patch("web", &apply, &Patch::Apply(with_ns(stable_service()))))
             .expect("stable service");
-        let with_ns_plan = |gateway: bool| {
-            let mut p = plan(gateway);
+        // Each contract starts from v1 as the stable version, and ends by putting it back.
+        let in_ns = |mut p: Plan| {
             if let rollgate::model::plan::Workload::Kubernetes(k) = &mut p.workload {
                 k.namespace = ns.clone();
             }
             p
         };
-        contract::run(
-            &mut t,
-            &with_ns_plan(false),
-            Some(v1),
-            v2,
-            v3,
-            180,
-            Duration::from_secs(1),
-        );
-        // Blue-green by the active Service's selector, starting again from v1.
-        t.rollback(&with_ns_plan(false), Some(v1)).expect("reset");
-        let mut bg = bg_plan(false, "0s");
-        if let rollgate::model::plan::Workload::Kubernetes(k) = &mut bg.workload {
-            k.namespace = ns.clone();
-        }
-        contract::run(&mut t, &bg, Some(v1), v2, v3, 180, Duration::from_secs(1));
-        t.rollback(&bg, Some(v1)).expect("reset");
+        let contract_from_v1 = |t: &mut KubernetesTarget, p: Plan| {
+            let p = in_ns(p);
+            t.rollback(&p, Some(v1)).expect("reset to v1");
+            contract::run(t, &p, Some(v1), v2, v3, 180, Duration::from_secs(1));
+        };
+        contract_from_v1(&mut t, plan(false));
+        // Blue-green by the active Service's selector.
+        contract_from_v1(&mut t, bg_plan(false, "0s"));
         // The Gateway API v1.6.1 HTTPRoute CRD (the fixture copied from ../shared/data).
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let crd: CustomResourceDefinition = serde_saphyr::from_str(
@@ -951,23 +942,8 @@ fn e2e_contract_on_a_real_cluster() {
         if t.block_on(routes.patch("web", &apply, &Patch::Apply(&route)))
             .is_ok()
         {
-            // Back to v1 so the gateway contract starts from the same stable.
-            t.rollback(&with_ns_plan(true), Some(v1)).expect("reset");
-            contract::run(
-                &mut t,
-                &with_ns_plan(true),
-                Some(v1),
-                v2,
-                v3,
-                180,
-                Duration::from_secs(1),
-            );
-            t.rollback(&with_ns_plan(true), Some(v1)).expect("reset");
-            let mut bg = bg_plan(true, "0s");
-            if let rollgate::model::plan::Workload::Kubernetes(k) = &mut bg.workload {
-                k.namespace = ns.clone();
-            }
-            contract::run(&mut t, &bg, Some(v1), v2, v3, 180, Duration::from_secs(1));
+            contract_from_v1(&mut t, plan(true));
+            contract_from_v1(&mut t, bg_plan(true, "0s"));
         } else {
             println!("gateway mode skipped: no HTTPRoute CRD in the cluster");
         }
