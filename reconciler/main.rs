@@ -665,6 +665,21 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         .with_context(|| format!("--interval `{}` is not a duration like 30s", args.interval))?;
     let url = rollgate::source::git::normalize_url(&args.repo)?;
     let github = github_options(&args, &url)?;
+    let app = github
+        .as_ref()
+        .is_some_and(|o| matches!(o.github.auth, rollgate::github::Auth::App { .. }));
+    // Wakes the loop: a file event on a local remote, or a verified push webhook.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Started before the first fetch: with a GitHub App, the daemon's own Git over https
+    // to GitHub's host (fetch, status commits) uses the installation token the worker
+    // got at start and keeps fresh, when ROLLGATE_GIT_TOKEN is not set.
+    let webhooks = github
+        .map(|opts| rollgate::github::handle::Webhooks::start(opts, tx.clone()))
+        .transpose()?;
+    if let Some(w) = webhooks.as_ref().filter(|_| app) {
+        let token = w.git_token();
+        rollgate::source::git::set_token_source(move |url| token.for_url(url))?;
+    }
     let src = rollgate::source::git::GitSource::open(
         &url,
         &work_dir(&args.state_dir, &url),
@@ -788,11 +803,6 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
     }
     let health = std::sync::Arc::new(rollgate::server::Health::default());
-    // Wakes the loop: a file event on a local remote, or a verified push webhook.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let webhooks = github
-        .map(|opts| rollgate::github::handle::Webhooks::start(opts, tx.clone()))
-        .transpose()?;
     let _server = match args.listen {
         Some(addr) => Some(
             rollgate::server::start_with(

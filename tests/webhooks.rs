@@ -3,8 +3,8 @@
 //! endpoint over loopback; a strict fake of the GitHub API that checks every call;
 //! real bare remotes for the previews and the command commits (read as paths, or served
 //! by the fake over Git's HTTP to a GitHub App's installation tokens); and the real `rollgate
-//! run` daemon for the push wake-up, the refusal to start without a secret, and the
-//! flood of 1,000 random bodies.
+//! run` daemon for the push wake-up, the refusal to start without a secret, the flood of
+//! 1,000 random bodies, and its own fetch and status commits as a GitHub App over HTTP.
 
 mod support;
 
@@ -1072,10 +1072,76 @@ fn a_github_app_fetches_and_pushes_over_https_with_its_installation_token() {
     assert!(served("git-receive-pack"), "{:?}", h.git_calls);
 }
 
+#[test]
+fn a_github_app_daemon_fetches_and_writes_status_commits_over_https_with_its_installation_token() {
+    // Given an App, and the GitOps repository served by GitHub over HTTP to installation
+    // tokens only (no ROLLGATE_GIT_TOKEN, no SSH key, no GITHUB_TOKEN for the daemon)
+    let remote = Remote::with_plans(&[&plan()]);
+    let fake = FakeGitHub::start(
+        REPO,
+        Expect::App {
+            id: 4242,
+            token_ttl: Duration::from_secs(3600),
+        },
+    );
+    let url = fake.serve_git(remote.dir.path(), "remote.git");
+    app_key(remote.dir.path());
+    let key = remote.dir.path().join("app-key.pem");
+    let before = remote.commits().len();
+
+    // When `rollgate run` starts on that URL as the App
+    let mut daemon = Daemon::spawn(
+        &remote,
+        &fake,
+        &url,
+        &[
+            "--github-app-id",
+            "4242",
+            "--github-app-key-file",
+            key.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+
+    // Then it fetches the plan and writes its rollout back as status commits
+    daemon.wait_for("v1 rolled out", || succeeded(&remote, "v1"));
+    let commits = remote.commits();
+    assert!(commits.len() > before, "{commits:?}");
+    assert!(
+        commits[before..]
+            .iter()
+            .all(|c| c.is_status() && c.trailer("Rollgate-Plan") == Some("web")),
+        "{commits:?}"
+    );
+    // And every Git request to the server either carried a live installation token
+    // (served) or no credentials at all (challenged, never served); the fetch and the
+    // push were both served
+    let h = fake.hub();
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    assert!(!h.tokens.is_empty(), "an installation token was minted");
+    assert!(
+        h.git_calls.iter().all(|c| c.authorized || !c.credentials),
+        "{:?}",
+        h.git_calls
+    );
+    let served = |suffix: &str| {
+        h.git_calls
+            .iter()
+            .any(|c| c.authorized && c.path.ends_with(suffix))
+    };
+    assert!(served("git-upload-pack"), "{:?}", h.git_calls);
+    assert!(served("git-receive-pack"), "{:?}", h.git_calls);
+    let log = daemon.log();
+    for (t, _) in &h.tokens {
+        assert!(!log.contains(t.as_str()), "a token reached the log");
+    }
+}
+
 // ---- the real daemon ----
 
 /// `rollgate run` against a `file://` URL (so no file watcher: only the fetch interval,
-/// an hour here, or a webhook wakes it), in dry-run, serving webhooks on `port`.
+/// an hour here, or a webhook wakes it), or an http one (`spawn`), in dry-run, serving
+/// webhooks on `port`.
 struct Daemon {
     child: Child,
     addr: SocketAddr,
@@ -1084,14 +1150,32 @@ struct Daemon {
 
 impl Daemon {
     fn start(remote: &Remote, fake: &FakeGitHub) -> Self {
+        Self::spawn(
+            remote,
+            fake,
+            &format!("file://{}", remote.bare.display()),
+            &[],
+            &[("GITHUB_TOKEN", TOKEN)],
+        )
+    }
+
+    /// `rollgate run` on `repo` with extra flags `args` and only `envs` for credentials
+    /// (no `GITHUB_TOKEN`, `ROLLGATE_GIT_TOKEN` or `ROLLGATE_GIT_SSH_KEY` otherwise).
+    fn spawn(
+        remote: &Remote,
+        fake: &FakeGitHub,
+        repo: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let port = support::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let state = remote.work_dir("state");
         std::fs::create_dir_all(&state).expect("state dir");
         let log = state.join("daemon.log");
-        let child = Command::new(BIN)
-            .args(["run", "--dry-run", "--interval", "1h", "--repo"])
-            .arg(format!("file://{}", remote.bare.display()))
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--dry-run", "--interval", "1h", "--repo", repo])
             .arg("--state-dir")
             .arg(&state)
             .args([
@@ -1102,8 +1186,13 @@ impl Daemon {
                 "--github-url",
                 &fake.url,
             ])
+            .args(args)
             .env("ROLLGATE_WEBHOOK_SECRET", SECRET)
-            .env("GITHUB_TOKEN", TOKEN)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("ROLLGATE_GIT_TOKEN")
+            .env_remove("ROLLGATE_GIT_SSH_KEY")
+            .envs(envs.iter().copied());
+        let child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1111,9 +1200,15 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("rollgate run starts");
-        let d = Self { child, addr, log };
+        let mut d = Self { child, addr, log };
         let start = Instant::now();
         while http(d.addr, "GET", "/healthz", &[], b"").is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "the daemon exited ({status}) before listening:\n{}",
+                    d.log()
+                );
+            }
             assert!(
                 start.elapsed() < WAIT,
                 "the daemon never listened:\n{}",

@@ -30,7 +30,7 @@ use git2::{FetchOptions, Oid, Repository};
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{
     Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, Client, Conclusion, Config, GitToken,
-    RepoName, STICKY_MARKER, Secret, StatusState,
+    RepoName, STICKY_MARKER, Secret, SharedGitToken, StatusState,
 };
 use crate::daemon::{Reconciler, TickReport};
 use crate::model::Plan;
@@ -44,6 +44,11 @@ pub const QUEUE: usize = 64;
 /// How many first-parent commits of the tracked branch are searched for a comment's
 /// command commit before one is made (status commits included: days of rollouts).
 pub const RECENT_COMMITS: usize = 500;
+
+/// How often the worker renews the shared installation token for Git (a new one is
+/// minted only when the cached one has under five minutes left), so the daemon's fetch
+/// and push always find a live one.
+const GIT_TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the worker does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,12 +232,16 @@ pub struct Webhooks {
     /// The head the statuses were last read at.
     head: Mutex<Option<String>>,
     started: AtomicBool,
+    git_token: SharedGitToken,
 }
 
 impl Webhooks {
     /// Start the worker. `wake` is the daemon loop's channel: a verified push to the
     /// tracked branch sends on it. Refuses to start without a secret (the `Secret` type
-    /// cannot be empty) and with an unusable API configuration.
+    /// cannot be empty) and with an unusable API configuration. With an App and the
+    /// repository on GitHub's host, an installation token for Git is got first (a
+    /// failure is logged: Git then fails and the daemon retries) and kept fresh by the
+    /// worker: see [`Webhooks::git_token`].
     pub fn start(opts: Options, wake: std::sync::mpsc::Sender<()>) -> Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         std::fs::create_dir_all(&opts.work_dir)
@@ -242,6 +251,7 @@ impl Webhooks {
             branch: opts.branch.clone(),
             dir: opts.work_dir.clone(),
             wake: wake.clone(),
+            git_token: SharedGitToken::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -251,6 +261,8 @@ impl Webhooks {
             let _guard = runtime.enter();
             Client::new(&opts.github)?
         };
+        let git_token = worker.git_token.clone();
+        runtime.block_on(git_token.refresh(&client, &opts.repo_url));
         let thread = std::thread::Builder::new()
             .name("rollgate-github".to_owned())
             .spawn(move || runtime.block_on(worker.run(client, rx)))
@@ -269,6 +281,7 @@ impl Webhooks {
             reported: Mutex::new(HashMap::new()),
             head: Mutex::new(None),
             started: AtomicBool::new(false),
+            git_token,
         })
     }
 
@@ -311,6 +324,12 @@ impl Webhooks {
                 tracing::warn!(plan = %name, "GitHub work queue full; this status update is skipped");
             }
         }
+    }
+
+    /// The App's installation token for Git, for the daemon's own fetch and push (`main`
+    /// installs it with `source::git::set_token_source`).
+    pub fn git_token(&self) -> SharedGitToken {
+        self.git_token.clone()
     }
 
     /// The route to mount on the daemon's HTTP server.
@@ -497,11 +516,28 @@ struct Worker {
     dir: PathBuf,
     /// The daemon loop: woken after a command commit, so it is acted on at once.
     wake: std::sync::mpsc::Sender<()>,
+    /// Renewed between jobs for the daemon's Git.
+    git_token: SharedGitToken,
 }
 
 impl Worker {
     async fn run(self, client: Client, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-        while let Some(job) = rx.recv().await {
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + GIT_TOKEN_REFRESH,
+            GIT_TOKEN_REFRESH,
+        );
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let job = tokio::select! {
+                job = rx.recv() => job,
+                _ = refresh.tick() => {
+                    self.git_token.refresh(&client, &self.repo_url).await;
+                    continue;
+                }
+            };
+            let Some(job) = job else {
+                break;
+            };
             let what = match &job {
                 Job::Preview(pr) => format!("preview of #{}", pr.number),
                 Job::Command { comment, .. } => format!("command on #{}", comment.number),

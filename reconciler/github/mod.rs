@@ -13,9 +13,10 @@
 //! ```
 //! `Client` is the only door to the GitHub API: a token, or a GitHub App (JWT →
 //! installation token, cached by octocrab and refreshed 30 s before it expires), and a
-//! base URL (GitHub Enterprise, tests). With an App, the worker's Git over https to
-//! GitHub's own host uses the same cached installation token (`GitToken`,
-//! `x-access-token` basic auth) when `ROLLGATE_GIT_TOKEN` is not set. Invariants:
+//! base URL (GitHub Enterprise, tests). With an App, Git over https to GitHub's own host
+//! (the worker's, and the daemon's fetch and status commits through `SharedGitToken`,
+//! minted at start and kept fresh by the worker) uses the same cached installation token
+//! (`GitToken`, `x-access-token` basic auth) when `ROLLGATE_GIT_TOKEN` is not set. Invariants:
 //! secrets (token, App key, installation tokens, webhook secret) come from the
 //! environment, files or GitHub only and are `Secret`s, whose `Debug` and `Display`
 //! print `***`, so they cannot reach a log line; a token goes to GitHub's host only, and
@@ -27,7 +28,7 @@ pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -125,6 +126,40 @@ impl std::fmt::Debug for GitToken {
             .field("host", &self.host)
             .field("token", &self.token)
             .finish()
+    }
+}
+
+/// The App's latest installation token for Git, shared between the worker, which keeps
+/// it fresh, and the daemon's own fetch and push (`source::git::set_token_source`).
+/// Hands the token out only through [`GitToken::for_url`]; empty with a personal token
+/// or a repository elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct SharedGitToken(Arc<RwLock<Option<GitToken>>>);
+
+impl SharedGitToken {
+    /// The token, when Git may send it with a request to `url`.
+    pub fn for_url(&self, url: &str) -> Option<String> {
+        let token = self.0.read().ok()?;
+        token.as_ref()?.for_url(url).map(str::to_owned)
+    }
+
+    fn set(&self, token: Option<GitToken>) {
+        if let Ok(mut t) = self.0.write() {
+            *t = token;
+        }
+    }
+
+    /// Replace the token with `client`'s for `repo_url` (minted when the cached one has
+    /// less than `GIT_TOKEN_MARGIN` to live). On failure the old one stays: it may
+    /// still be valid, and Git's failure says the rest.
+    pub async fn refresh(&self, client: &Client, repo_url: &str) {
+        match client.git_token(None, repo_url).await {
+            Ok(token) => self.set(token),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot get an installation token for Git; retrying"
+            ),
+        }
     }
 }
 
@@ -940,6 +975,17 @@ mod tests {
         assert_eq!(t.for_url("https://github.com/a/b"), Some("ghs_secret"));
         assert_eq!(t.for_url("https://gitlab.com/a/b"), None);
         assert!(!format!("{t:?}").contains("ghs_secret"));
+        // The daemon's shared cell hands it out through the same gate, and nothing empty
+        let shared = SharedGitToken::default();
+        assert_eq!(shared.for_url("https://github.com/a/b"), None);
+        shared.set(Some(t));
+        assert_eq!(
+            shared.for_url("https://github.com/a/b").as_deref(),
+            Some("ghs_secret")
+        );
+        assert_eq!(shared.for_url("ssh://git@github.com/a/b"), None);
+        assert_eq!(shared.for_url("file:///srv/ops.git"), None);
+        assert!(!format!("{shared:?}").contains("ghs_secret"));
     }
 
     #[test]

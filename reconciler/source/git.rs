@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow};
 use git2::{FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
@@ -54,9 +55,27 @@ impl CommitInfo {
     }
 }
 
-/// Credentials from the environment only (never from files in the repo, never logged).
+/// A process-wide source of Git over http(s) passwords for `x-access-token`, asked with
+/// the URL Git wants credentials for (see [`set_token_source`]).
+type TokenSource = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+static TOKEN_SOURCE: OnceLock<TokenSource> = OnceLock::new();
+
+/// Install the fallback token source [`callbacks`] asks when `ROLLGATE_GIT_TOKEN` is not
+/// set: `main` installs a GitHub App's installation token, which the source hands out
+/// for GitHub's own host only. Once per process; a second call is an error.
+pub fn set_token_source(
+    source: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> Result<()> {
+    TOKEN_SOURCE
+        .set(Box::new(source))
+        .map_err(|_| anyhow!("a Git token source is already installed"))
+}
+
+/// Credentials from the environment (`ROLLGATE_GIT_TOKEN`, SSH), else the installed token
+/// source (never from files in the repo, never logged).
 pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
-    callbacks_with(|_| None)
+    callbacks_with(|url| TOKEN_SOURCE.get().and_then(|source| source(url)))
 }
 
 /// Like [`callbacks`], with one more source for Git over http(s) when

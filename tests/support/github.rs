@@ -58,6 +58,8 @@ pub struct GitCall {
     pub method: String,
     /// The path under `/git/` (`remote.git/info/refs`, `remote.git/git-receive-pack`).
     pub path: String,
+    /// It carried credentials (an `Authorization` header); without, it was challenged.
+    pub credentials: bool,
     /// It carried credentials the fake accepted (it was served).
     pub authorized: bool,
 }
@@ -405,6 +407,7 @@ async fn git(
         h.git_calls.push(GitCall {
             method: method.clone(),
             path: path.clone(),
+            credentials: verdict.is_some(),
             authorized: matches!(verdict, Some(Ok(()))),
         });
         match verdict {
