@@ -4,7 +4,7 @@
 //! windows written per minute. Weekdays are standard cron: `1-5` is Monday to
 //! Friday, `0` and `7` are Sunday. Invariant: pure; `now` is always passed in.
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
@@ -37,10 +37,16 @@ impl CronExpr {
         })
     }
 
-    /// Does the expression match the minute containing `at` (in `tz`)?
+    /// Does the expression match the minute containing `at` (in `tz`)? A five-field
+    /// expression has an implicit seconds field of `0`, so `at` is taken at the start of
+    /// its minute: 12:44:34 matches what 12:44 matches.
     pub fn matches(&self, at: DateTime<Utc>, tz: Tz) -> bool {
+        let minute = at
+            .with_nanosecond(0)
+            .and_then(|t| t.with_second(0))
+            .unwrap_or(at);
         self.cron
-            .is_time_matching(&at.with_timezone(&tz))
+            .is_time_matching(&minute.with_timezone(&tz))
             .unwrap_or(false)
     }
 }
@@ -70,7 +76,7 @@ impl Windows {
         if self.is_open(at) {
             return Some(at);
         }
-        let start = at - ChronoDuration::seconds(i64::from(chrono::Timelike::second(&at)));
+        let start = at - ChronoDuration::seconds(i64::from(at.second()));
         let minutes = horizon.num_minutes().max(0);
         (1..=minutes)
             .map(|m| start + ChronoDuration::minutes(m))
@@ -120,6 +126,27 @@ mod tests {
             .next_open(utc(2026, 11, 27, 10, 0), ChronoDuration::days(7))
             .expect("opens");
         assert_eq!(next, utc(2026, 11, 30, 8, 0));
+    }
+
+    /// Regression: the whole minute matches, not only its first second (croner gives a
+    /// five-field expression a seconds field of 0).
+    #[test]
+    fn a_window_is_open_for_every_second_of_its_minutes() {
+        let w = Windows {
+            allow: vec![CronExpr::parse("* 9-16 * * MON-THU").expect("cron")],
+            deny: vec![CronExpr::parse("30 12 * * *").expect("cron")],
+            timezone: Some(chrono_tz::Europe::Berlin),
+        };
+        // Thursday 2026-11-26, 11:44:34.5 UTC = 12:44:34.5 in Berlin.
+        let at = utc(2026, 11, 26, 11, 44) + ChronoDuration::milliseconds(34_500);
+        assert!(w.is_open(at));
+        assert_eq!(
+            w.next_open(at, ChronoDuration::days(1)),
+            Some(at),
+            "open now"
+        );
+        let denied = utc(2026, 11, 26, 11, 30) + ChronoDuration::seconds(59);
+        assert!(!w.is_open(denied), "a deny covers its whole minute too");
     }
 
     #[test]
