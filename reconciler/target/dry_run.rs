@@ -118,6 +118,14 @@ impl Target for DryRun {
         self.record(plan, "rollback", stable.unwrap_or(""))
     }
 
+    /// Nothing runs, so there is nothing to count: no evidence, never a pass.
+    fn readiness(&mut self, plan: &Plan) -> Result<crate::engine::Measurement, String> {
+        Err(format!(
+            "dry run: plan {} runs no replicas to count for replica-health",
+            plan.name
+        ))
+    }
+
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
         if let Some(reason) = &self.unreachable {
             return TargetHealth::Unreachable {
