@@ -638,11 +638,12 @@ impl Worker {
                 pr.head_sha
             );
         }
-        crate::preview::preview(
+        crate::preview::preview_with_labels(
             repo.path(),
             &base.to_string(),
             &head.to_string(),
             chrono::Utc::now(),
+            &pr.labels,
         )
     }
 

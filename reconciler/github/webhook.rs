@@ -182,7 +182,14 @@ pub struct PullRequest {
     /// The head lives in another repository (or one since deleted): previews only.
     pub fork: bool,
     pub installation: Option<u64>,
+    /// The pull request's labels, for the policies' `change.labels` (an `emergency`
+    /// label lets a critical plan through a closed window); at most
+    /// [`MAX_LABELS`] of at most 100 characters each.
+    pub labels: Vec<String>,
 }
+
+/// How many of a pull request's labels are passed on (GitHub allows 100).
+pub const MAX_LABELS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Comment {
@@ -245,10 +252,17 @@ struct WireBranch {
 }
 
 #[derive(Deserialize)]
+struct WireLabel {
+    name: String,
+}
+
+#[derive(Deserialize)]
 struct WirePull {
     number: u64,
     head: WireBranch,
     base: WireBranch,
+    #[serde(default)]
+    labels: Vec<WireLabel>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +362,12 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, ParseError> {
                 base_ref: pr.base.git_ref,
                 fork,
                 installation: p.installation.map(|i| i.id),
+                labels: pr
+                    .labels
+                    .into_iter()
+                    .take(MAX_LABELS)
+                    .map(|l| l.name.chars().take(100).collect())
+                    .collect(),
             }))
         }
         "issue_comment" if action.as_deref() == Some("created") => {
@@ -533,6 +553,30 @@ mod tests {
             parse("issue_comment", no_id),
             Err(ParseError::Shape { .. })
         ));
+    }
+
+    #[test]
+    fn a_pull_request_carries_its_labels_capped() {
+        let real = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/github-webhooks/pull_request.opened.payload.json"
+        ))
+        .expect("the real payloads in ../shared/data/github-webhooks");
+        let Ok(Event::PullRequest(pr)) = parse("pull_request", &real) else {
+            panic!("a pull request")
+        };
+        assert_eq!(pr.labels, vec!["bug".to_owned()]);
+        // A hostile payload: many labels with long names.
+        let mut v: serde_json::Value = serde_json::from_slice(&real).expect("json");
+        v["pull_request"]["labels"] = (0..500)
+            .map(|i| serde_json::json!({ "name": format!("{i}{}", "x".repeat(1000)) }))
+            .collect();
+        let body = serde_json::to_vec(&v).expect("json");
+        let Ok(Event::PullRequest(pr)) = parse("pull_request", &body) else {
+            panic!("a pull request")
+        };
+        assert_eq!(pr.labels.len(), MAX_LABELS);
+        assert!(pr.labels.iter().all(|l| l.chars().count() == 100));
     }
 
     #[test]
