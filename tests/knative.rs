@@ -260,6 +260,14 @@ fn candidate_name(artifact: &str) -> String {
     knative::revision_name("hello", artifact).expect("name")
 }
 
+fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
+    Desired {
+        stable: Some(stable.into()),
+        candidate: candidate.map(str::to_owned),
+        weight,
+    }
+}
+
 fn settle(t: &mut KubernetesTarget, desired: &Desired) -> TargetHealth {
     let p = plan();
     let mut last = TargetHealth::Progressing;
@@ -396,14 +404,7 @@ fn traffic_blocks_after_every_step_of_a_canary() {
     );
     assert_schema_valid(&t, "start");
     assert_eq!(
-        settle(
-            &mut t,
-            &Desired {
-                stable: Some(V1.into()),
-                candidate: Some(V2.into()),
-                weight: 0
-            }
-        ),
+        settle(&mut t, &desired(V1, Some(V2), 0)),
         TargetHealth::Healthy
     );
 
@@ -419,14 +420,7 @@ fn traffic_blocks_after_every_step_of_a_canary() {
         );
         assert_schema_valid(&t, &format!("weight {w}"));
         assert_eq!(
-            settle(
-                &mut t,
-                &Desired {
-                    stable: Some(V1.into()),
-                    candidate: Some(V2.into()),
-                    weight: w
-                }
-            ),
+            settle(&mut t, &desired(V1, Some(V2), w)),
             TargetHealth::Healthy,
             "at {w}%"
         );
@@ -445,17 +439,7 @@ fn traffic_blocks_after_every_step_of_a_canary() {
         json!([{ "revisionName": cand, "percent": 100 }])
     );
     assert_schema_valid(&t, "promote");
-    assert_eq!(
-        settle(
-            &mut t,
-            &Desired {
-                stable: Some(V2.into()),
-                candidate: None,
-                weight: 0
-            }
-        ),
-        TargetHealth::Healthy
-    );
+    assert_eq!(settle(&mut t, &desired(V2, None, 0)), TargetHealth::Healthy);
 }
 
 #[test]
@@ -470,17 +454,7 @@ fn rollback_sends_everything_back_to_the_stable_revision() {
         json!([{ "revisionName": "hello-00001", "percent": 100 }])
     );
     assert_schema_valid(&t, "rollback");
-    assert_eq!(
-        settle(
-            &mut t,
-            &Desired {
-                stable: Some(V1.into()),
-                candidate: None,
-                weight: 0
-            }
-        ),
-        TargetHealth::Healthy
-    );
+    assert_eq!(settle(&mut t, &desired(V1, None, 0)), TargetHealth::Healthy);
     // Knative named the stable revision itself: the template keeps the candidate.
     assert_eq!(
         service(&t)["spec"]["template"]["metadata"]["name"],
@@ -513,17 +487,7 @@ fn rollback_sends_everything_back_to_the_stable_revision() {
         json!([{ "revisionName": candidate_name(V2), "percent": 100 }])
     );
     assert_schema_valid(&t, "rollback to a rollgate-named revision");
-    assert_eq!(
-        settle(
-            &mut t,
-            &Desired {
-                stable: Some(V2.into()),
-                candidate: None,
-                weight: 0
-            }
-        ),
-        TargetHealth::Healthy
-    );
+    assert_eq!(settle(&mut t, &desired(V2, None, 0)), TargetHealth::Healthy);
 }
 
 #[test]
@@ -531,14 +495,7 @@ fn a_failed_candidate_revision_is_unhealthy_with_its_reason() {
     let mut t = cluster();
     let p = plan();
     t.start_candidate(&p, BROKEN).expect("start");
-    let h = settle(
-        &mut t,
-        &Desired {
-            stable: Some(V1.into()),
-            candidate: Some(BROKEN.into()),
-            weight: 0,
-        },
-    );
+    let h = settle(&mut t, &desired(V1, Some(BROKEN), 0));
     assert!(
         matches!(&h, TargetHealth::Unhealthy { reason } if reason.contains("ContainerMissing")),
         "{h:?}"
