@@ -1074,6 +1074,19 @@ impl Target for KubernetesTarget {
         self.runtime.block_on(c.rollback(stable))
     }
 
+    /// The cluster kept its state while the daemon was down: re-running the step
+    /// converges without touching the stable Deployment or moving traffic.
+    fn resume(
+        &mut self,
+        plan: &Plan,
+        _stable: Option<&str>,
+        candidate: &str,
+        weight: u8,
+    ) -> Result<(), TargetError> {
+        self.start_candidate(plan, candidate)?;
+        self.set_weight(plan, weight)
+    }
+
     fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
         if let Some(k) = self.knative(plan) {
             return self.runtime.block_on(k.readiness()).map_err(|e| e.0);

@@ -393,22 +393,6 @@ fn stop_leftovers(dir: &Path) {
 }
 
 impl Target for LocalTarget {
-    /// The processes died with the daemon: start the stable version again (it serves
-    /// the rest of the traffic), then the candidate at its weight.
-    fn resume(
-        &mut self,
-        plan: &Plan,
-        stable: Option<&str>,
-        candidate: &str,
-        weight: u8,
-    ) -> Result<(), TargetError> {
-        if let Some(stable) = stable {
-            self.promote(plan, stable)?;
-        }
-        self.start_candidate(plan, candidate)?;
-        self.set_weight(plan, weight)
-    }
-
     fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
         self.runtime(plan)?;
         let running = self

@@ -45,10 +45,9 @@ pub trait Target: Send {
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth;
 
     /// After a daemon restart: bring the target to an in-flight step (`stable` serving
-    /// the rest, `candidate` at `weight`). The default re-runs the step, the cheapest
-    /// convergent form for targets whose state outlived the daemon (a cluster, an
-    /// alias, a journal): it never moves traffic. A target that lost its state with the
-    /// daemon (the local target's processes) rebuilds the stable version first.
+    /// the rest, `candidate` at `weight`). Targets whose state lives outside the
+    /// daemon (a cluster) override this with the cheapest convergent form; the default
+    /// rebuilds everything, which is what a target that lost its processes needs.
     fn resume(
         &mut self,
         plan: &Plan,
@@ -56,7 +55,9 @@ pub trait Target: Send {
         candidate: &str,
         weight: u8,
     ) -> Result<(), TargetError> {
-        let _ = stable;
+        if let Some(stable) = stable {
+            self.promote(plan, stable)?;
+        }
         self.start_candidate(plan, candidate)?;
         self.set_weight(plan, weight)
     }
