@@ -11,10 +11,10 @@
 //! (`find_for_comment`) instead of making a second one.
 
 use anyhow::{Context, Result, bail};
-use git2::{Oid, PushOptions, RemoteCallbacks, Repository, Signature};
+use git2::{Oid, Repository, Signature};
 
 use crate::engine::Command;
-use crate::source::git::callbacks;
+use crate::source::remote::{Push, Remote};
 use crate::writeback::messages as m;
 
 pub fn word(c: Command) -> &'static str {
@@ -57,30 +57,52 @@ pub fn message(c: Command, plan: &str, origin: &Origin<'_>) -> String {
     msg
 }
 
-/// Make a command commit on the checked-out branch of `repo`; push it when asked.
+/// Make a command commit on the checked-out branch of `repo`; push it when asked, with
+/// the user's own `git push origin` (their credential helpers, ssh config and hooks).
 /// Returns the new commit's id.
 pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<Oid> {
-    commit_with(repo, c, plan, &Origin::default(), push.then(callbacks))
+    let id = commit_with(repo, c, plan, &Origin::default(), None)?;
+    if push {
+        let branch = checked_out_branch(repo)?;
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(repo.path())
+            .args(["push", "--porcelain", "origin"])
+            .arg(format!("{id}:refs/heads/{branch}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("cannot run git push (is git installed?)")?;
+        if !out.status.success() {
+            bail!(
+                "push rejected: {} (pull, then push again)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(id)
 }
 
-/// Like `commit`, recording who asked (e.g. a GitHub comment), and pushed with `push`'s
-/// credentials when given.
+fn checked_out_branch(repo: &Repository) -> Result<String> {
+    let head = repo.head().context("the repository has no commits")?;
+    match head.shorthand().ok().filter(|_| head.is_branch()) {
+        Some(b) => Ok(b.to_owned()),
+        None => bail!("HEAD is detached; check out a branch to push"),
+    }
+}
+
+/// Like `commit`, recording who asked (e.g. a GitHub comment), and pushed to `push` when
+/// given, as a compare-and-swap of the branch's head (a moved branch is an error).
 pub fn commit_with(
     repo: &Repository,
     c: Command,
     plan: &str,
     origin: &Origin<'_>,
-    push: Option<RemoteCallbacks<'_>>,
+    push: Option<&Remote>,
 ) -> Result<Oid> {
     if !crate::model::validate::is_dns_label(plan) {
         bail!("`{plan}` is not a plan name");
     }
     let head = repo.head().context("the repository has no commits")?;
-    let branch = head
-        .shorthand()
-        .ok()
-        .filter(|_| head.is_branch())
-        .map(str::to_owned);
     let parent = head.peel_to_commit()?;
     let sig = repo
         .signature()
@@ -93,29 +115,9 @@ pub fn commit_with(
         &parent.tree()?,
         &[&parent],
     )?;
-    if let Some(mut cb) = push {
-        let Some(branch) = branch else {
-            bail!("HEAD is detached; check out a branch to push")
-        };
-        let mut remote = repo
-            .find_remote("origin")
-            .context("no `origin` remote to push to")?;
-        // Shared with the callback, which may outlive this call's locals.
-        let rejected = std::rc::Rc::new(std::cell::Cell::new(None));
-        {
-            let mut opts = PushOptions::new();
-            let seen = rejected.clone();
-            cb.push_update_reference(move |_, status| {
-                seen.set(status.map(str::to_owned));
-                Ok(())
-            });
-            opts.remote_callbacks(cb);
-            let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
-            remote
-                .push(&[spec.as_str()], Some(&mut opts))
-                .context("push failed (pull first if the branch moved)")?;
-        }
-        if let Some(r) = rejected.take() {
+    if let Some(remote) = push {
+        let branch = checked_out_branch(repo)?;
+        if let Push::Rejected(r) = remote.push(repo.path(), id, &branch, Some(parent.id()))? {
             bail!("push rejected: {r} (pull, then push again)");
         }
     }

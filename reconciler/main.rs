@@ -204,6 +204,76 @@ struct RunArgs {
     /// is never served without one.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    git: GitArgs,
+}
+
+/// How rollgate reaches the GitOps repository over https and ssh (README: "Git remotes").
+/// A token is read from a file or `ROLLGATE_GIT_TOKEN`, never from a flag's value.
+#[derive(Debug, clap::Args)]
+struct GitArgs {
+    /// A file holding the token (or password) for Git over https (else `ROLLGATE_GIT_TOKEN`).
+    #[arg(long, env = "ROLLGATE_GIT_TOKEN_FILE")]
+    git_token_file: Option<PathBuf>,
+    /// The user name sent with the token (default `x-access-token`; GitLab: `oauth2`).
+    #[arg(long, env = "ROLLGATE_GIT_USERNAME")]
+    git_username: Option<String>,
+    /// The private key for Git over ssh (else the ssh agent).
+    #[arg(long, env = "ROLLGATE_GIT_SSH_KEY")]
+    git_ssh_key: Option<PathBuf>,
+    /// A file holding the ssh key's passphrase.
+    #[arg(long, env = "ROLLGATE_GIT_SSH_PASSPHRASE_FILE")]
+    git_ssh_passphrase_file: Option<PathBuf>,
+    /// The known_hosts file the ssh host key must be in (default `~/.ssh/known_hosts`).
+    #[arg(long, env = "ROLLGATE_GIT_KNOWN_HOSTS")]
+    git_known_hosts: Option<PathBuf>,
+    /// CA certificates (PEM) for Git over https, e.g. a corporate CA (else `SSL_CERT_FILE`,
+    /// else the system's).
+    #[arg(long, env = "ROLLGATE_GIT_CA_FILE")]
+    git_ca_file: Option<PathBuf>,
+}
+
+impl GitArgs {
+    /// The credentials: the flags, over the environment, with a password taken out of
+    /// `url` (which then holds none).
+    fn auth(
+        &self,
+        url: &mut rollgate::source::remote::RemoteUrl,
+    ) -> Result<rollgate::source::remote::GitAuth> {
+        let mut auth = rollgate::source::remote::GitAuth::from_env();
+        auth.absorb_userinfo(url);
+        if let Some(file) = &self.git_token_file {
+            auth.token = rollgate::github::Secret::load(Some(file), "ROLLGATE_GIT_TOKEN")?;
+        }
+        let set = |slot: &mut Option<PathBuf>, v: &Option<PathBuf>| {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        };
+        if self.git_username.is_some() {
+            auth.username.clone_from(&self.git_username);
+        }
+        set(&mut auth.ssh_key, &self.git_ssh_key);
+        set(&mut auth.ssh_passphrase_file, &self.git_ssh_passphrase_file);
+        set(&mut auth.known_hosts, &self.git_known_hosts);
+        set(&mut auth.ca_file, &self.git_ca_file);
+        for (what, path) in [
+            ("--git-ssh-key", &auth.ssh_key),
+            ("--git-ssh-passphrase-file", &auth.ssh_passphrase_file),
+            ("--git-known-hosts", &auth.known_hosts),
+            ("--git-ca-file", &auth.ca_file),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                anyhow::bail!(
+                    "{what} {}: no such file (from the flag or its environment variable)",
+                    p.display()
+                );
+            }
+        }
+        Ok(auth)
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -663,7 +733,9 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     };
     let interval = rollgate::model::duration::parse(&args.interval)
         .with_context(|| format!("--interval `{}` is not a duration like 30s", args.interval))?;
-    let url = rollgate::source::git::normalize_url(&args.repo)?;
+    let mut remote = rollgate::source::remote::RemoteUrl::parse(&args.repo)?;
+    args.git.auth(&mut remote)?.install()?;
+    let url = remote.as_str().to_owned();
     let github = github_options(&args, &url)?;
     let app = github
         .as_ref()

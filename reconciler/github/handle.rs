@@ -25,7 +25,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use git2::{FetchOptions, Oid, Repository};
+use git2::{Oid, Repository};
 
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{
@@ -35,7 +35,7 @@ use super::{
 use crate::daemon::{Reconciler, TickReport};
 use crate::model::Plan;
 use crate::model::status::{Phase, Status};
-use crate::source::git::callbacks_with;
+use crate::source::remote::{GitAuth, Remote, RemoteUrl};
 use crate::telemetry::{self, WebhookOutcome};
 
 /// Jobs waiting for the worker at most; more get 503 until it catches up.
@@ -599,13 +599,23 @@ impl Worker {
         Ok(repo)
     }
 
-    fn fetch(repo: &Repository, specs: &[String], token: Option<&GitToken>) -> Result<()> {
-        let mut remote = repo.find_remote("origin")?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(git_callbacks(token));
-        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-        remote
-            .fetch(&specs, Some(&mut opts), None)
+    /// The GitOps repository as a remote, with the configured credentials (flags,
+    /// `ROLLGATE_GIT_*`), else the App's installation token where it may go (GitHub's host).
+    fn git_remote(&self, token: Option<&GitToken>) -> Result<Remote> {
+        let url = RemoteUrl::parse(&self.repo_url)?;
+        let mut auth = GitAuth::configured();
+        if auth.token.is_none() {
+            auth.token = token
+                .and_then(|t| t.for_url(url.as_str()))
+                .and_then(Secret::new);
+            auth.username = None;
+        }
+        Ok(Remote::new(url, auth))
+    }
+
+    fn fetch(&self, repo: &Repository, specs: &[String], token: Option<&GitToken>) -> Result<()> {
+        self.git_remote(token)?
+            .fetch(repo.path(), specs)
             .context("cannot fetch from the GitOps repository")?;
         Ok(())
     }
@@ -620,7 +630,7 @@ impl Worker {
         let repo = self.scratch()?;
         let pull_ref = format!("refs/rollgate/pull/{}", pr.number);
         let base_ref = format!("refs/remotes/origin/{}", pr.base_ref);
-        Self::fetch(
+        self.fetch(
             &repo,
             &[
                 format!("+refs/heads/{0}:{base_ref}", pr.base_ref),
@@ -788,7 +798,7 @@ impl Worker {
         };
         let mut last = None;
         for _ in 0..3 {
-            Self::fetch(&repo, &[format!("+{local}:{local}")], token)?;
+            self.fetch(&repo, &[format!("+{local}:{local}")], token)?;
             repo.set_head(&local)?;
             let head = repo.find_reference(&local)?.peel_to_commit()?;
             if let Some(done) =
@@ -803,8 +813,14 @@ impl Worker {
             {
                 return Ok(Recorded::NoPlan);
             }
-            let push = Some(git_callbacks(token));
-            match crate::commands::commit_with(&repo, cmd.command, &cmd.plan, &origin, push) {
+            let remote = self.git_remote(token)?;
+            match crate::commands::commit_with(
+                &repo,
+                cmd.command,
+                &cmd.plan,
+                &origin,
+                Some(&remote),
+            ) {
                 Ok(id) => return Ok(Recorded::Committed(id)),
                 Err(e) => last = Some(e),
             }
@@ -822,12 +838,6 @@ enum Recorded {
     Already(Oid),
     /// The plan is not on the branch: nothing done.
     NoPlan,
-}
-
-/// Git's credentials for the GitOps repository: the environment's (`ROLLGATE_GIT_TOKEN`,
-/// SSH), else the App's installation token where it may go (GitHub's host).
-fn git_callbacks(token: Option<&GitToken>) -> git2::RemoteCallbacks<'_> {
-    callbacks_with(move |url| token.and_then(|t| t.for_url(url)).map(str::to_owned))
 }
 
 fn conclusion(c: crate::preview::Conclusion) -> Conclusion {

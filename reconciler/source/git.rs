@@ -8,10 +8,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow};
-use git2::{FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository};
+use git2::{ObjectType, Oid, Repository};
 
 use super::{SETTINGS_FILE, Snapshot, is_yaml};
 use crate::model::yaml::MAX_FILE_BYTES;
@@ -26,6 +25,7 @@ pub const TRAILER_COMMAND: &str = "Rollgate-Command";
 
 pub struct GitSource {
     repo: Repository,
+    remote: Remote,
     url: String,
     branch: String,
 }
@@ -55,68 +55,13 @@ impl CommitInfo {
     }
 }
 
-/// A process-wide source of Git over http(s) passwords for `x-access-token`, asked with
-/// the URL Git wants credentials for (see [`set_token_source`]).
-type TokenSource = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub use super::remote::set_token_source;
+use super::remote::{GitAuth, Remote, RemoteUrl};
 
-static TOKEN_SOURCE: OnceLock<TokenSource> = OnceLock::new();
-
-/// Install the fallback token source [`callbacks`] asks when `ROLLGATE_GIT_TOKEN` is not
-/// set: `main` installs a GitHub App's installation token, which the source hands out
-/// for GitHub's own host only. Once per process; a second call is an error.
-pub fn set_token_source(
-    source: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
-) -> Result<()> {
-    TOKEN_SOURCE
-        .set(Box::new(source))
-        .map_err(|_| anyhow!("a Git token source is already installed"))
-}
-
-/// Credentials from the environment (`ROLLGATE_GIT_TOKEN`, SSH), else the installed token
-/// source (never from files in the repo, never logged).
-pub fn callbacks<'a>() -> RemoteCallbacks<'a> {
-    callbacks_with(|url| TOKEN_SOURCE.get().and_then(|source| source(url)))
-}
-
-/// Like [`callbacks`], with one more source for Git over http(s) when
-/// `ROLLGATE_GIT_TOKEN` is not set: `token(url)`, asked with the URL Git wants
-/// credentials for, gives the password of `x-access-token` there, or `None` (a GitHub
-/// App's installation token, for GitHub's host only). Never logged.
-pub fn callbacks_with<'a>(
-    mut token: impl FnMut(&str) -> Option<String> + 'a,
-) -> RemoteCallbacks<'a> {
-    let mut cb = RemoteCallbacks::new();
-    cb.credentials(move |url, user, allowed| {
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-            if let Ok(token) = std::env::var("ROLLGATE_GIT_TOKEN") {
-                return git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token);
-            }
-            if let Some(token) = token(url) {
-                return git2::Cred::userpass_plaintext("x-access-token", &token);
-            }
-        }
-        if allowed.contains(git2::CredentialType::SSH_KEY) {
-            let user = user.unwrap_or("git");
-            if let Ok(key) = std::env::var("ROLLGATE_GIT_SSH_KEY") {
-                return git2::Cred::ssh_key(user, None, Path::new(&key), None);
-            }
-            return git2::Cred::ssh_key_from_agent(user);
-        }
-        Err(git2::Error::from_str(
-            "no credentials: set ROLLGATE_GIT_TOKEN or ROLLGATE_GIT_SSH_KEY",
-        ))
-    });
-    cb
-}
-
-/// A local path becomes a `file://` URL; URLs pass through.
+/// A remote as given (a path, `file://`, ssh or https URL) made canonical: a path
+/// becomes absolute, and a password in the URL is taken out (never shown, never stored).
 pub fn normalize_url(repo: &str) -> Result<String> {
-    if repo.contains("://") || repo.starts_with("git@") {
-        return Ok(repo.to_owned());
-    }
-    let path =
-        std::fs::canonicalize(repo).with_context(|| format!("repository {repo} not found"))?;
-    Ok(path.display().to_string())
+    Ok(RemoteUrl::parse(repo)?.as_str().to_owned())
 }
 
 impl std::fmt::Debug for GitSource {
@@ -129,9 +74,16 @@ impl std::fmt::Debug for GitSource {
 }
 
 impl GitSource {
-    /// Open (or create) the private bare clone in `work_dir` for `url`, tracking `branch`.
+    /// Open (or create) the private bare clone in `work_dir` for `url`, tracking `branch`,
+    /// with the configured credentials (`GitAuth::configured`: flags, `ROLLGATE_GIT_*`).
     pub fn open(url: &str, work_dir: &Path, branch: &str) -> Result<Self> {
-        let url = normalize_url(url)?;
+        Self::open_with(url, work_dir, branch, GitAuth::configured())
+    }
+
+    /// Like [`GitSource::open`], with these credentials and verification settings.
+    pub fn open_with(url: &str, work_dir: &Path, branch: &str, auth: GitAuth) -> Result<Self> {
+        let parsed = RemoteUrl::parse(url)?;
+        let url = parsed.as_str().to_owned();
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
         claim(work_dir)?;
@@ -149,9 +101,15 @@ impl GitSource {
         }
         Ok(Self {
             repo,
+            remote: Remote::new(parsed, auth),
             url,
             branch: branch.to_owned(),
         })
+    }
+
+    /// The remote, for fetch and push.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
     }
 
     pub fn repo(&self) -> &Repository {
@@ -190,13 +148,8 @@ impl GitSource {
 
     /// Fetch the branch; returns its head on the remote.
     pub fn fetch(&self) -> Result<Oid> {
-        let mut remote = self.repo.find_remote("origin")?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks());
         let spec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
-        remote
-            .fetch(&[spec.as_str()], Some(&mut opts), None)
-            .with_context(|| format!("cannot fetch {} from {}", self.branch, self.url))?;
+        self.remote.fetch(self.repo.path(), &[spec])?;
         self.head()
     }
 

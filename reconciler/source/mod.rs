@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod git;
+pub mod remote;
 
 use std::collections::BTreeMap;
 

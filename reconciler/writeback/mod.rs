@@ -5,8 +5,9 @@
 //!            ▲                                               │ rejected: someone pushed
 //!            └────────────── jittered backoff ◀──────────────┘
 //! ```
-//! Invariants: never force-pushes (a push is accepted only as a fast-forward of the
-//! head it was computed on, so a human commit can never be dropped); the change is
+//! Invariants: never force-pushes (every push, on every transport, is a compare-and-swap
+//! of the exact head the commit was computed on: `source::remote`), so a human commit can
+//! never be dropped; the change is
 //! recomputed on the new head after a lost race, never replayed blindly; a change that
 //! leaves the tree as it is makes no commit (no empty or no-op commits).
 
@@ -15,10 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use git2::{Oid, PushOptions, Signature};
+use git2::{Oid, Signature};
 
 use crate::model::settings::{Signing, WriteBack};
-use crate::source::git::{GitSource, callbacks};
+use crate::source::git::GitSource;
+use crate::source::remote::Push;
 
 pub mod messages;
 
@@ -187,30 +189,19 @@ impl<'a> Writer<'a> {
         Ok(Some(id))
     }
 
-    /// Push `commit` to the branch as a fast-forward. `Ok(false)`: rejected (the branch moved).
+    /// Push `commit` to the branch as a compare-and-swap of its parent: the branch moves
+    /// only if it is still the head `commit` was made on. `Ok(false)`: rejected (the
+    /// branch moved, or the remote refused for now, e.g. a lock).
     pub fn push(&self, commit: Oid) -> Result<bool> {
         let repo = self.src.repo();
         let branch = self.src.branch();
-        let local = format!("refs/rollgate/outgoing/{branch}");
-        repo.reference(&local, commit, true, "rollgate: outgoing")?;
-        let mut remote = repo.find_remote("origin")?;
-        let mut rejected: Option<String> = None;
-        let result = {
-            let mut cb = callbacks();
-            cb.push_update_reference(|_name, status| {
-                if let Some(s) = status {
-                    rejected = Some(s.to_owned());
-                }
-                Ok(())
-            });
-            let mut opts = PushOptions::new();
-            opts.remote_callbacks(cb);
-            // No leading `+`: the remote accepts only a fast-forward.
-            let refspec = format!("{local}:refs/heads/{branch}");
-            remote.push(&[refspec.as_str()], Some(&mut opts))
-        };
-        match result {
-            Ok(()) if rejected.is_none() => {
+        let expected = repo.find_commit(commit)?.parent_id(0).ok();
+        match self
+            .src
+            .remote()
+            .push(repo.path(), commit, branch, expected)?
+        {
+            Push::Pushed => {
                 repo.reference(
                     &format!("refs/remotes/origin/{branch}"),
                     commit,
@@ -219,32 +210,14 @@ impl<'a> Writer<'a> {
                 )?;
                 Ok(true)
             }
-            Ok(()) => {
+            Push::Rejected(why) => {
                 if let Ok(mut r) = self.last_rejection.lock() {
-                    *r = rejected;
+                    *r = Some(why);
                 }
                 Ok(false)
             }
-            Err(e) if is_rejection(&e) => {
-                if let Ok(mut r) = self.last_rejection.lock() {
-                    *r = Some(e.message().to_owned());
-                }
-                Ok(false)
-            }
-            Err(e) => Err(anyhow!(e).context(format!("cannot push to {}", self.src.url()))),
         }
     }
-}
-
-fn is_rejection(e: &git2::Error) -> bool {
-    let m = e.message().to_ascii_lowercase();
-    e.code() == git2::ErrorCode::NotFastForward
-        || m.contains("fast-forward")
-        || m.contains("fast forward")
-        || m.contains("rejected")
-        || m.contains("stale")
-        || m.contains("failed to lock")
-        || m.contains("lock")
 }
 
 /// Jittered exponential backoff: 5 ms doubling to 500 ms, ± half.
