@@ -2,6 +2,7 @@
 //! and the real `git` CLI playing the human.
 #![allow(dead_code)]
 
+pub mod git_servers;
 pub mod github;
 pub mod rollout;
 
