@@ -757,7 +757,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         &work_dir(&args.state_dir, &url),
         &args.branch,
     )?;
-    let head = src.fetch()?;
+    let head = first_fetch(&src, args.once)?;
     let snap = src.snapshot(head)?;
     let settings = snap
         .files
@@ -938,6 +938,8 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         Some(w)
     });
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
+    let mut failures: u32 = 0;
+    let mut last_error: Option<String> = None;
     loop {
         if let Some(l) = &leadership
             && !l.is_leader(chrono::Utc::now())
@@ -953,14 +955,44 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
         let report = match rec.tick(chrono::Utc::now()) {
             Ok(r) => {
-                health
-                    .ready
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if failures > 0 {
+                    tracing::info!(after = failures, "pass succeeded again");
+                }
+                failures = 0;
+                last_error = None;
+                health.set(Ok(()));
                 r
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "pass failed; retrying");
-                rollgate::daemon::TickReport::default()
+                // Nothing was changed: a pass that cannot fetch stops before any
+                // decision. Back off (exponential, jittered, capped) instead of spinning;
+                // a repeat of the same error is logged at debug only.
+                failures += 1;
+                let message = format!("{e:#}");
+                let remote = e.downcast_ref::<rollgate::source::remote::RemoteError>();
+                let permanent = remote.is_some_and(|r| !r.is_transient());
+                let backoff = failure_backoff(failures);
+                if last_error.as_deref() != Some(message.as_str()) {
+                    if permanent {
+                        tracing::error!(error = %message, retry_in_s = backoff.as_secs(), "the remote refuses; holding until it is fixed");
+                    } else {
+                        tracing::warn!(error = %message, retry_in_s = backoff.as_secs(), "pass failed; retrying with backoff");
+                    }
+                } else {
+                    tracing::debug!(error = %message, failures, "pass failed again");
+                }
+                if permanent || failures >= 3 {
+                    health.set(Err(message.clone()));
+                }
+                last_error = Some(message);
+                if args.once {
+                    anyhow::bail!("{}", last_error.unwrap_or_default());
+                }
+                // Only a push webhook or the backoff ends the wait (file events from a
+                // broken remote would otherwise spin the loop).
+                std::thread::sleep(backoff);
+                while rx.try_recv().is_ok() {}
+                continue;
             }
         };
         if let Some(w) = &webhooks {
@@ -984,6 +1016,42 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             while rx.try_recv().is_ok() {}
         }
     }
+}
+
+/// The first fetch: a network error is retried with backoff (the daemon is useless
+/// until it has the repository); a refusal a person must fix (credentials, host key,
+/// certificate, a missing branch) stops with that error, as does any error with `--once`.
+fn first_fetch(src: &rollgate::source::git::GitSource, once: bool) -> Result<git2::Oid> {
+    let mut failures = 0;
+    loop {
+        match src.fetch() {
+            Ok(head) => return Ok(head),
+            Err(e) => {
+                let transient = e
+                    .downcast_ref::<rollgate::source::remote::RemoteError>()
+                    .is_some_and(rollgate::source::remote::RemoteError::is_transient);
+                if once || !transient {
+                    return Err(e);
+                }
+                failures += 1;
+                let wait = failure_backoff(failures);
+                tracing::warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "cannot fetch yet; retrying");
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// After `failures` failed passes in a row: 1 s doubling to 5 minutes, ± a quarter.
+fn failure_backoff(failures: u32) -> std::time::Duration {
+    let base = 1000u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(9))
+        .min(300_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = u64::from(nanos) % (base / 2 + 1);
+    std::time::Duration::from_millis(base - base / 4 + jitter)
 }
 
 fn read_numbers(path: &Path) -> Result<Vec<f64>> {

@@ -20,6 +20,23 @@ use axum::routing::get;
 pub struct Health {
     /// Set after the first successful pass (fetched, gated): the daemon is useful.
     pub ready: AtomicBool,
+    /// Why the daemon is not ready, when it knows (e.g. the remote refuses its
+    /// credentials); shown by `/readyz`. Never holds a secret (URLs are redacted).
+    pub reason: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Ready, or not ready for `reason`.
+    pub fn set(&self, ready: Result<(), String>) {
+        let (flag, reason) = match ready {
+            Ok(()) => (true, None),
+            Err(r) => (false, Some(r)),
+        };
+        self.ready.store(flag, Ordering::Relaxed);
+        if let Ok(mut slot) = self.reason.lock() {
+            *slot = reason;
+        }
+    }
 }
 
 /// A running server; dropping it stops it.
@@ -39,12 +56,20 @@ async fn healthz() -> Response {
 
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
     if health.ready.load(Ordering::Relaxed) {
-        text(StatusCode::OK, "ready\n")
-    } else {
-        text(
+        return text(StatusCode::OK, "ready\n");
+    }
+    let reason = health.reason.lock().ok().and_then(|r| r.clone());
+    match reason {
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("not ready: {r}\n"),
+        )
+            .into_response(),
+        None => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the first pass has not completed\n",
-        )
+        ),
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::Value;
 
@@ -30,6 +30,7 @@ struct Manifests {
     secrets: Vec<Secret>,
     deployments: Vec<Deployment>,
     services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(file: &str, doc: Value) -> T {
@@ -67,6 +68,7 @@ fn load() -> Manifests {
                 "Secret" => m.secrets.push(typed(&name, doc)),
                 "Deployment" => m.deployments.push(typed(&name, doc)),
                 "Service" => m.services.push(typed(&name, doc)),
+                "ConfigMap" => m.config_maps.push(typed(&name, doc)),
                 other => panic!("{name}: unexpected kind {other:?}"),
             }
         }
@@ -310,5 +312,63 @@ fn the_image_is_multi_stage_and_runs_as_non_root() {
     // Everything `include_str!` reads from is copied into the build stage.
     for dir in ["reconciler", "policies", "example-repo", "benches"] {
         assert!(text.contains(&format!("COPY {dir} {dir}")), "copies {dir}");
+    }
+}
+
+#[test]
+fn ssh_host_keys_come_from_a_mounted_known_hosts_config_map() {
+    // Given the manifests
+    let m = load();
+    let pod = m.deployments[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let c = &pod.containers[0];
+    // Then ROLLGATE_GIT_KNOWN_HOSTS names a file in a read-only mount of a ConfigMap
+    let path = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ROLLGATE_GIT_KNOWN_HOSTS")
+        .and_then(|e| e.value.clone())
+        .expect("ROLLGATE_GIT_KNOWN_HOSTS");
+    let (dir, file) = path.rsplit_once('/').expect("a path");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.mount_path == dir)
+        .expect("a mount holding the known_hosts file");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the volume");
+    let cm_name = volume
+        .config_map
+        .as_ref()
+        .map(|c| c.name.clone())
+        .expect("a ConfigMap volume");
+    let cm = m
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(cm_name.as_str()))
+        .expect("the ConfigMap is in deploy/");
+    // And every line of it is a host key line ssh-keygen accepts
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(file))
+        .expect("the known_hosts key");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert!(fields.len() >= 3, "not a known_hosts line: {line}");
+        assert!(
+            fields[1].starts_with("ssh-") || fields[1].starts_with("ecdsa-"),
+            "{line}"
+        );
     }
 }

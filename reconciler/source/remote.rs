@@ -593,10 +593,6 @@ impl Remote {
             "ConnectTimeout=15".to_owned(),
             "-o".to_owned(),
             "ServerAliveInterval=15".to_owned(),
-            // VERBOSE prints the fingerprint of the key the server offered, which the
-            // unknown-host error names.
-            "-o".to_owned(),
-            "LogLevel=VERBOSE".to_owned(),
         ];
         // With a passphrase, ssh must be allowed to ask (SSH_ASKPASS answers).
         if self.auth.ssh_passphrase_file.is_none() {
@@ -613,6 +609,43 @@ impl Remote {
             ]);
         }
         c.join(" ")
+    }
+
+    /// The fingerprints of the host keys the ssh server offers (`ssh-keyscan`), for the
+    /// unknown-host error: ssh itself does not print them in strict mode.
+    fn scan_host_key(&self) -> Option<String> {
+        let host = self.url.host.as_deref()?;
+        let port = ssh_port(self.url.as_str()).unwrap_or(22);
+        let scan = Command::new("ssh-keyscan")
+            .args(["-T", "5", "-p", &port.to_string(), "--", host])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let mut keygen = Command::new("ssh-keygen")
+            .args(["-l", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        {
+            use std::io::Write;
+            let mut stdin = keygen.stdin.take()?;
+            stdin.write_all(&scan.stdout).ok()?;
+        }
+        let out = keygen.wait_with_output().ok()?;
+        // `256 SHA256:… [127.0.0.1]:2222 (ED25519)` per key
+        let prints: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let fp = w.nth(1)?;
+                let kind = l.rsplit_once('(').map(|(_, k)| k.trim_end_matches(')'))?;
+                Some(format!("{kind} {fp}"))
+            })
+            .collect();
+        (!prints.is_empty()).then(|| prints.join(", "))
     }
 
     /// Turn a failed command's stderr into an error a person can act on.
@@ -638,6 +671,7 @@ impl Remote {
                 host: self.url.host.clone().unwrap_or_default(),
                 state: if changed { "changed" } else { "unknown" },
                 fingerprint: offered_fingerprint(&stderr)
+                    .or_else(|| self.scan_host_key())
                     .unwrap_or_else(|| "a key ssh did not print".to_owned()),
                 known_hosts: self.known_hosts().display().to_string(),
             };
@@ -854,6 +888,18 @@ fn offered_fingerprint(stderr: &str) -> Option<String> {
         .split_whitespace()
         .find(|w| w.starts_with("SHA256:"))
         .map(|w| w.trim_end_matches('.').to_owned())
+}
+
+/// The port of an `ssh://` URL, when it names one.
+fn ssh_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:")?.1,
+        None => hostport.rsplit_once(':')?.1,
+    };
+    port.parse().ok()
 }
 
 fn shell_quote_path(p: &Path) -> String {
