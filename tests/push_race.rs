@@ -6,7 +6,8 @@
 //! The path remote is the regression test for the lost human commits of issue #12
 //! (libgit2's local transport updated the remote ref with force). Human pushes per
 //! transport: `ROLLGATE_RACE_HUMAN_PUSHES` (default 2,000 on the path remote, the
-//! regression, and 500 on file://, https and ssh, to keep CI's time). Before the fix the
+//! regression, 500 on file://, and 150 over https and ssh, where one ssh connection
+//! costs ~0.4 s here, to keep CI's time). Before the fix the
 //! path test failed: `1 of 2166 updates were not fast-forwards: 647b6239 → 69acb7f7`.
 
 mod support;
@@ -16,10 +17,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use rollgate::github::Secret;
 use rollgate::model::settings::WriteBack;
 use rollgate::source::git::GitSource;
 use rollgate::source::remote::GitAuth;
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
+use support::git_servers::{HttpsGit, SshGit};
 use support::{Remote, example_repo, git};
 
 /// How a human reaches the remote: its URL and what `git` needs for it.
@@ -299,5 +302,70 @@ fn a_status_push_to_a_file_url_never_overwrites_a_human_push() {
         GitAuth::default(),
         local_access(&url),
         human_pushes(500),
+    );
+}
+
+#[test]
+fn a_status_push_over_https_never_overwrites_a_human_push() {
+    let server = match HttpsGit::start() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let bare = server.add_bare("race.git", Some(&example_repo()));
+    let ca = server.ca_file.display().to_string();
+    let auth = GitAuth {
+        token: Secret::new(server.token.clone()),
+        username: Some(server.username.clone()),
+        ca_file: Some(server.ca_file.clone()),
+        ..GitAuth::default()
+    };
+    // The humans: the token in the URL, the test CA (this machine's GIT_SSL_CAINFO
+    // would override `http.sslCAInfo`, so it names the test CA too).
+    let humans = HumanAccess {
+        url: server.url_with_token("race.git"),
+        env: vec![("GIT_SSL_CAINFO".to_owned(), ca.clone())],
+        config: vec![format!("http.sslCAInfo={ca}")],
+    };
+    race(
+        &bare,
+        &server.url("race.git"),
+        auth,
+        humans,
+        human_pushes(150),
+    );
+}
+
+#[test]
+fn a_status_push_over_ssh_never_overwrites_a_human_push() {
+    let server = match SshGit::start() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let bare = server.add_bare("race.git", Some(&example_repo()));
+    let auth = GitAuth {
+        ssh_key: Some(server.client_key.clone()),
+        known_hosts: Some(server.known_hosts.clone()),
+        ..GitAuth::default()
+    };
+    let humans = HumanAccess {
+        url: server.url("race.git"),
+        env: vec![(
+            "GIT_SSH_COMMAND".to_owned(),
+            server.ssh_command(&server.client_key, &server.known_hosts),
+        )],
+        config: Vec::new(),
+    };
+    race(
+        &bare,
+        &server.url("race.git"),
+        auth,
+        humans,
+        human_pushes(150),
     );
 }

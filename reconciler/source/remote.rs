@@ -524,7 +524,7 @@ impl Remote {
                 cmd.env("GIT_SSH_COMMAND", self.ssh_command())
                     .env("GIT_SSH_VARIANT", "ssh");
                 if let Some(file) = &self.auth.ssh_passphrase_file {
-                    let askpass = askpass_script().map_err(|e| RemoteError::Other {
+                    let askpass = askpass_script(git_dir).map_err(|e| RemoteError::Other {
                         remote: self.url.to_string(),
                         op: "ssh",
                         detail: e,
@@ -910,26 +910,19 @@ fn shell_quote_path(p: &Path) -> String {
 }
 
 /// An `SSH_ASKPASS` program that prints the passphrase file named in the environment
-/// (`ROLLGATE_SSH_PASSPHRASE_FILE`); the script itself holds no secret.
-fn askpass_script() -> Result<PathBuf, String> {
-    static SCRIPT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    SCRIPT
-        .get_or_init(|| {
-            use std::os::unix::fs::PermissionsExt;
-            let dir = std::env::temp_dir().join(format!("rollgate-askpass-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let path = dir.join("askpass.sh");
-            std::fs::write(
-                &path,
-                "#!/bin/sh\nexec cat -- \"$ROLLGATE_SSH_PASSPHRASE_FILE\"\n",
-            )
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-            Ok(path)
-        })
-        .clone()
+/// (`ROLLGATE_SSH_PASSPHRASE_FILE`), kept in rollgate's own repository folder `git_dir`
+/// (so it goes with the private clone); the script itself holds no secret.
+fn askpass_script(git_dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    const SCRIPT: &str = "#!/bin/sh\nexec cat -- \"$ROLLGATE_SSH_PASSPHRASE_FILE\"\n";
+    let path = git_dir.join("rollgate-ssh-askpass");
+    if std::fs::read_to_string(&path).is_ok_and(|s| s == SCRIPT) {
+        return Ok(path);
+    }
+    std::fs::write(&path, SCRIPT).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 fn warn_once_plain_http(url: &RemoteUrl) {

@@ -17,6 +17,7 @@ use rollgate::model::status::Status;
 use rollgate::model::{Code, Diagnostic, Plan};
 use rollgate::policy::PolicySet;
 use rollgate::source::git::GitSource;
+use rollgate::source::remote::GitAuth;
 use rollgate::target::dry_run::{DryRun, Workload};
 use rollgate::target::{Desired, Target, TargetError};
 
@@ -413,6 +414,9 @@ pub struct World {
     pub now: DateTime<Utc>,
     repo_policies: bool,
     starts: usize,
+    /// The daemon reaches the remote at this URL with these credentials (https, ssh)
+    /// instead of the bare repository's path.
+    access: Option<(String, GitAuth)>,
 }
 
 impl std::fmt::Debug for World {
@@ -434,7 +438,7 @@ impl World {
     pub fn on(remote: Remote, repo_policies: bool) -> Self {
         let target = Recorder::default();
         let metrics = Script::healthy();
-        let rec = start(&remote, 0, &target, &metrics, repo_policies);
+        let rec = start(&remote, 0, &target, &metrics, repo_policies, None);
         Self {
             remote,
             target,
@@ -443,6 +447,27 @@ impl World {
             now: Utc::now(),
             repo_policies,
             starts: 1,
+            access: None,
+        }
+    }
+
+    /// A daemon (no policies) that reaches `remote` at `url` (e.g. the bare repository
+    /// served over https or ssh) with `auth`, on every start; the human still works on
+    /// the bare repository's path.
+    pub fn over(remote: Remote, url: &str, auth: GitAuth) -> Self {
+        let target = Recorder::default();
+        let metrics = Script::healthy();
+        let access = Some((url.to_owned(), auth));
+        let rec = start(&remote, 0, &target, &metrics, false, access.as_ref());
+        Self {
+            remote,
+            target,
+            metrics,
+            rec,
+            now: Utc::now(),
+            repo_policies: false,
+            starts: 1,
+            access,
         }
     }
 
@@ -455,6 +480,7 @@ impl World {
             &self.target,
             &self.metrics,
             self.repo_policies,
+            self.access.as_ref(),
         );
         self.starts += 1;
     }
@@ -505,12 +531,13 @@ fn start(
     target: &Recorder,
     metrics: &Script,
     repo_policies: bool,
+    access: Option<&(String, GitAuth)>,
 ) -> Reconciler {
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir(&format!("daemon-{n}")),
-        "main",
-    )
+    let work_dir = remote.work_dir(&format!("daemon-{n}"));
+    let src = match access {
+        None => GitSource::open(remote.bare.to_str().expect("utf8"), &work_dir, "main"),
+        Some((url, auth)) => GitSource::open_with(url, &work_dir, "main", auth.clone()),
+    }
     .expect("open the remote");
     let mut targets: BTreeMap<String, Box<dyn Target>> = BTreeMap::new();
     targets.insert("local".to_owned(), target.boxed());
