@@ -725,12 +725,14 @@ impl Reconciler {
                 .and_then(|n| n.as_str().map(str::to_owned));
             Ok((artifact.as_deref() == Some(candidate.as_str())).then_some(text))
         };
-        // A revert is exact only when the change touched nothing but this plan and the
+        // A revert is exact only when the change touched nothing but this plan, anywhere
+        // in the tree (the full diff against its first parent: a merged pull request that
+        // also changed `apps/…` or code must not have those reverted unreviewed), and the
         // plan has not changed since; otherwise put the stable artifact back instead.
         let only_this_plan = Oid::from_str(&rev.of_revision).ok().and_then(|o| {
             let c = self.src.repo().find_commit(o).ok()?;
             let parent = c.parent_id(0).ok();
-            self.src.changed_paths(parent, o).ok()
+            self.src.all_changed_paths(parent, o).ok()
         }) == Some(vec![file.clone()]);
         let unchanged_since = match (Oid::from_str(&rev.of_revision), self.head) {
             (Ok(o), Some(head)) => {

@@ -377,3 +377,163 @@ fn after_sigkill_a_restarted_daemon_finishes_the_rollout_with_traffic_intact() {
     let _ = d.wait();
     assert_eq!(after.get("v2").copied(), Some(200), "{after:?}");
 }
+
+/// A daemon and the workloads it started, stopped when the test ends, even on a panic:
+/// the daemon first (so nothing restarts them), then every process named by a pid file
+/// under `pid_dirs` (the target's and the workloads' own).
+struct Running {
+    daemon: Child,
+    pid_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let mut dirs = self.pid_dirs.clone();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "pid")
+                    && let Some(pid) = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok())
+                {
+                    let _ = Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn regression_a_workload_never_inherits_rollgate_secrets() {
+    // Given a local plan whose workload dumps its environment (and its pid) before it
+    // becomes the demo service, with two variables of its own
+    let seed = tempfile::tempdir().expect("seed");
+    let dumps = tempfile::tempdir().expect("dumps");
+    let port = free_port();
+    std::fs::create_dir_all(seed.path().join("plans")).expect("plans");
+    std::fs::write(
+        seed.path().join("rollgate.yaml"),
+        "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n",
+    )
+    .expect("settings");
+    let script = r#"env > "$0.env.tmp" && mv "$0.env.tmp" "$0.env"; echo $$ > "$0.pid"; exec "$1" demo-service --port "$2" --version "$3""#;
+    std::fs::write(
+        seed.path().join("plans/web.yaml"),
+        format!(
+            "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: web, labels: {{ team: test }} }}
+spec:
+  target: local
+  workload:
+    local:
+      command:
+        - /bin/sh
+        - -c
+        - '{script}'
+        - '{dump}'
+        - '{exe}'
+        - '{{{{port}}}}'
+        - '{{{{version}}}}'
+      listen: \"127.0.0.1:{port}\"
+      healthCheck: {{ path: /healthz, expectStatus: 200, timeout: 1s }}
+      env:
+        GREETING: hello from the plan
+        APP_PORT: '{{{{port}}}}'
+  artifact: v1
+  strategy:
+    canary:
+      steps: [ {{ setWeight: 25 }}, {{ setWeight: 100 }} ]
+",
+            dump = dumps.path().join("workload-{{version}}").display(),
+            exe = env!("CARGO_BIN_EXE_rollgate"),
+        ),
+    )
+    .expect("plan");
+    let remote = support::Remote::seeded_from(seed.path());
+    let state = remote.work_dir("state");
+    std::fs::create_dir_all(&state).expect("state");
+    let story = Story {
+        remote,
+        port,
+        state,
+    };
+
+    // When the daemon runs with rollgate's secrets in its own environment
+    let secrets = [
+        ("ROLLGATE_GIT_TOKEN", "rg-git-token-5ec2e7"),
+        ("GITHUB_TOKEN", "ghp_githubtoken5ec2e7"),
+        ("ROLLGATE_WEBHOOK_SECRET", "webhook-secret-5ec2e7"),
+        ("AWS_ACCESS_KEY_ID", "AKIA5EC2E7EXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-key-5ec2e7"),
+        ("AWS_SESSION_TOKEN", "aws-session-token-5ec2e7"),
+    ];
+    let daemon = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["run", "--repo"])
+        .arg(&story.remote.bare)
+        .args(["--interval", "200ms", "--state-dir"])
+        .arg(&story.state)
+        .envs(secrets)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(story.state.join("daemon.log")).expect("log"),
+        ))
+        .spawn()
+        .expect("daemon starts");
+    let _running = Running {
+        daemon,
+        pid_dirs: vec![story.state.clone(), dumps.path().to_path_buf()],
+    };
+    wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    let dump_path = dumps.path().join("workload-v1.env");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dump_path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dump = std::fs::read_to_string(&dump_path).expect("the workload dumped its env");
+    let env: BTreeMap<&str, &str> = dump.lines().filter_map(|l| l.split_once('=')).collect();
+
+    // Then the workload sees none of the secrets, by name or by value
+    for (name, value) in secrets {
+        assert!(!env.contains_key(name), "the workload got {name}:\n{dump}");
+        assert!(
+            !dump.contains(value),
+            "the workload got {name}'s value:\n{dump}"
+        );
+    }
+    // And nothing but the allowlist, the plan's env, PORT and ROLLGATE_VERSION (and the
+    // variables the shell sets itself)
+    let shell_own = ["PWD", "OLDPWD", "SHLVL", "_"];
+    let plan_own = ["GREETING", "APP_PORT", "PORT", "ROLLGATE_VERSION"];
+    for name in env.keys() {
+        assert!(
+            rollgate::target::local::INHERITED_ENV.contains(name)
+                || plan_own.contains(name)
+                || shell_own.contains(name),
+            "the workload inherited {name}:\n{dump}"
+        );
+    }
+    // And it still has what a process needs to run, and its plan's own variables
+    let path = std::env::var("PATH").expect("the test has a PATH");
+    assert_eq!(env.get("PATH").copied(), Some(path.as_str()), "{dump}");
+    assert_eq!(
+        env.get("GREETING").copied(),
+        Some("hello from the plan"),
+        "{dump}"
+    );
+    let app_port = env.get("APP_PORT").copied().expect("APP_PORT");
+    assert!(app_port.parse::<u16>().is_ok(), "{dump}");
+    assert_eq!(env.get("PORT").copied(), Some(app_port), "{dump}");
+    assert_eq!(env.get("ROLLGATE_VERSION").copied(), Some("v1"), "{dump}");
+}

@@ -831,3 +831,113 @@ fn regression_a_failed_change_pushed_with_a_later_edit_is_rolled_back_in_git() {
         w.remote.file(&plan.path())
     );
 }
+
+/// How a human change lands on main.
+#[derive(Debug, Clone, Copy)]
+enum Landing {
+    /// One commit pushed to main.
+    Commit,
+    /// The same commit on a branch, merged with a merge commit (a merged pull request).
+    MergeCommit,
+}
+
+#[test]
+fn regression_a_rollback_never_reverts_files_outside_the_plan() {
+    for landing in [Landing::Commit, Landing::MergeCommit] {
+        // Given a plan rolled out at v1 next to an app's values outside rollgate's
+        // folders, and v2 failing its success rate
+        let plan = PlanFile::new("web");
+        let values = "apps/web/values.yaml";
+        let remote = Remote::with_files(&[
+            (
+                "rollgate.yaml".to_owned(),
+                support::rollout::SETTINGS.to_owned(),
+            ),
+            (plan.path(), plan.yaml()),
+            (values.to_owned(), "replicas: 2\nimage: web:v1\n".to_owned()),
+        ]);
+        let mut w = World::on(remote, false);
+        w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+        w.metrics.set("v2", 0.42);
+
+        // When one human change names v2 in the plan AND edits the app's values
+        w.remote.pull();
+        if let Landing::MergeCommit = landing {
+            w.remote.human(&["checkout", "-q", "-b", "bump"]);
+        }
+        let plan_path = w.remote.human.join(plan.path());
+        let text = std::fs::read_to_string(&plan_path).expect("read plan");
+        std::fs::write(&plan_path, set_artifact("v2")(text)).expect("write plan");
+        let human_values = "replicas: 5\nimage: web:v2\nresources: { cpu: 500m }\n";
+        std::fs::write(w.remote.human.join(values), human_values).expect("write values");
+        w.remote
+            .human(&["commit", "-qam", "web: v2, five replicas"]);
+        if let Landing::MergeCommit = landing {
+            w.remote.human(&["checkout", "-q", "main"]);
+            w.remote.human(&[
+                "merge",
+                "-q",
+                "--no-ff",
+                "--no-edit",
+                "-m",
+                "Merge pull request #9 from bump",
+                "bump",
+            ]);
+        }
+        w.remote.human(&["push", "-q", "origin", "main"]);
+        let change = w.remote.head();
+        w.run_until("web", 10, 40, is(Phase::RolledBack, "v2"));
+
+        // Then rollgate restored the stable artifact (no revert of the whole change) in
+        // a commit that touches the plan file alone
+        let new = commits_after(&w.remote, &change);
+        let rollbacks: Vec<&LoggedCommit> = new
+            .iter()
+            .filter(|c| c.trailer("Rollgate-Rollback-Of").is_some())
+            .collect();
+        assert_eq!(rollbacks.len(), 1, "{landing:?}: {new:#?}");
+        let restore = rollbacks[0];
+        assert_eq!(
+            restore.subject, "Restore web to v1",
+            "{landing:?}: {new:#?}"
+        );
+        assert_eq!(restore.files, vec![plan.path()], "{landing:?}: {new:#?}");
+        assert!(
+            !new.iter().any(|c| c.subject.starts_with("Roll back")),
+            "{landing:?}: {new:#?}"
+        );
+        // And every rollgate commit since stayed out of the app's folder
+        for c in &new {
+            assert!(
+                !c.files.iter().any(|f| f == values),
+                "{landing:?}: {} touched {values}: {:?}",
+                c.subject,
+                c.files
+            );
+        }
+        // And the app's values at head are byte for byte what the human committed
+        let at_head = Command::new("git")
+            .args(["show", &format!("main:{values}")])
+            .current_dir(&w.remote.bare)
+            .output()
+            .expect("git show");
+        assert!(
+            at_head.status.success(),
+            "{landing:?}: {values} is gone at head"
+        );
+        assert_eq!(
+            at_head.stdout,
+            human_values.as_bytes(),
+            "{landing:?}: {}",
+            String::from_utf8_lossy(&at_head.stdout)
+        );
+        // And the plan is back at v1, exactly as before the change
+        assert!(
+            plan_names(&w, &plan, "v1"),
+            "{}",
+            w.remote.file(&plan.path())
+        );
+        assert_eq!(w.remote.file(&plan.path()), plan.yaml().trim_end());
+        assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
+    }
+}

@@ -256,13 +256,23 @@ impl GitSource {
 
     /// Paths under the watched folders that differ between two commits.
     pub fn changed_paths(&self, old: Option<Oid>, new: Oid) -> Result<Vec<String>> {
+        self.diff_paths(old, new, WATCHED)
+    }
+
+    /// Every path that differs between two commits, in or out of the watched folders
+    /// (whether a revert of `new` would touch anything but rollgate's files).
+    pub fn all_changed_paths(&self, old: Option<Oid>, new: Oid) -> Result<Vec<String>> {
+        self.diff_paths(old, new, &[])
+    }
+
+    fn diff_paths(&self, old: Option<Oid>, new: Oid, only: &[&str]) -> Result<Vec<String>> {
         let new_tree = self.repo.find_commit(new)?.tree()?;
         let old_tree = match old {
             Some(o) => Some(self.repo.find_commit(o)?.tree()?),
             None => None,
         };
         let mut opts = git2::DiffOptions::new();
-        for p in WATCHED {
+        for p in only {
             opts.pathspec(p);
         }
         let diff =

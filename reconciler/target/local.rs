@@ -256,8 +256,13 @@ impl LocalTarget {
                     .create(true)
                     .append(true)
                     .open(&log_path)?;
+                // A cleared environment: the workload never inherits rollgate's own
+                // secrets (Git and GitHub tokens, the webhook secret, AWS_*, metrics
+                // auth), only the allowlist and the plan's `env`.
                 let c = Command::new(&argv[0])
                     .args(&argv[1..])
+                    .env_clear()
+                    .envs(inherited_env())
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
@@ -524,4 +529,31 @@ impl Drop for LocalTarget {
             rt.proxy.shutdown();
         }
     }
+}
+
+/// The variables a local workload inherits from rollgate: what a process needs to run
+/// (`PATH`, `HOME`, locale, time zone, temp dir, user), nothing that can hold a secret.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+];
+
+fn inherited_env() -> Vec<(String, String)> {
+    INHERITED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect()
 }
