@@ -715,7 +715,7 @@ impl Remote {
             };
             return RemoteError::Auth { remote, detail };
         }
-        if lc.contains("couldn't find remote ref") || lc.contains("couldn't find remote ref") {
+        if lc.contains("couldn't find remote ref") {
             let branch = refspecs
                 .iter()
                 .find_map(|s| {
@@ -803,7 +803,7 @@ fn wait_with_deadline(
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let deadline = std::time::Instant::now() + limit;
-    let mut nap = Duration::from_micros(500);
+    let mut nap = Duration::from_micros(250);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -817,7 +817,7 @@ fn wait_with_deadline(
             }
             Ok(None) => {
                 std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(20));
+                nap = (nap * 2).min(Duration::from_millis(2));
             }
             Err(e) => return Err(format!("could not be waited for: {e}")),
         }
