@@ -1009,3 +1009,122 @@ fn a_rollout_succeeds_and_one_is_rolled_back_over_ssh() {
         "{accepted} ssh logins for {pushes} pushes and the fetches"
     );
 }
+
+/// A daemon that is killed (and waited for) when the test ends, even on a panic.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET /readyz` on `port`: the status code and the body.
+fn readyz(port: u16) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((code, body))
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn revoked_credentials_hold_in_readyz_without_spinning_and_recover() {
+    // Given a daemon reconciling over https, ready
+    let server = start_or_skip!(HttpsGit);
+    server.add_bare("ops.git", Some(&example_repo()));
+    let state = tempfile::tempdir().expect("state dir");
+    let port = support::free_port();
+    let ca = server.ca_file.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+    for var in GIT_CREDENTIAL_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.args([
+        "run",
+        "--dry-run",
+        "--interval",
+        "1s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--repo",
+        &server.url("ops.git"),
+        "--state-dir",
+        state.path().to_str().expect("utf8"),
+    ])
+    .env("ROLLGATE_GIT_TOKEN", &server.token)
+    .env("ROLLGATE_GIT_USERNAME", &server.username)
+    .env("ROLLGATE_GIT_CA_FILE", &ca)
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(state.path().join("daemon.log")).expect("log file"));
+    let mut daemon = Daemon(cmd.spawn().expect("rollgate runs"));
+    wait_for("ready", Duration::from_secs(30), || {
+        assert!(
+            daemon.0.try_wait().expect("wait").is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(state.path().join("daemon.log")).unwrap_or_default()
+        );
+        readyz(port).is_some_and(|(c, _)| c == 200)
+    });
+    // When the server stops accepting the token (revoked)
+    let htpasswd = server.dir().join("htpasswd");
+    let good = std::fs::read(&htpasswd).expect("htpasswd");
+    std::fs::write(&htpasswd, "rollgate-bot:$apr1$x$invalidinvalidinvalid00\n").expect("revoke");
+    let refused_before = server
+        .access_log()
+        .matches("\" 401 user=rollgate-bot")
+        .count();
+    // Then /readyz says why, naming the remote and never the token
+    let mut body = String::new();
+    wait_for("not ready", Duration::from_secs(15), || {
+        match readyz(port) {
+            Some((503, b)) => {
+                body = b;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(body.contains("authentication failed"), "{body}");
+    assert!(body.contains(&server.url("ops.git")), "{body}");
+    assert!(!body.contains(&server.token), "{body}");
+    // And over the next 6 s it backs off instead of fetching every second or spinning
+    std::thread::sleep(Duration::from_secs(6));
+    let refused = server
+        .access_log()
+        .matches("\" 401 user=rollgate-bot")
+        .count()
+        - refused_before;
+    assert!(
+        refused <= 10,
+        "{refused} refused requests in ~6 s: not backing off"
+    );
+    // And when the token is accepted again, it is ready again by itself
+    std::fs::write(&htpasswd, good).expect("restore");
+    wait_for("ready again", Duration::from_secs(40), || {
+        readyz(port).is_some_and(|(c, _)| c == 200)
+    });
+    // And the log said it once, not once per try
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    let log = std::fs::read_to_string(state.path().join("daemon.log")).expect("log");
+    assert!(!log.contains(&server.token), "the token is in the log");
+    let holds = log.matches("the remote refuses; holding").count();
+    assert_eq!(holds, 1, "{log}");
+    assert!(log.contains("pass succeeded again"), "{log}");
+}
