@@ -32,9 +32,15 @@ pub struct Entry {
 
 /// Open a repository by path (a checkout or a bare repository).
 pub fn open(path: &str) -> Result<Repository> {
+    // libgit2's own message repeats the path: a URL's password must not reach it.
     Repository::open(path)
         .or_else(|_| Repository::open_bare(path))
-        .with_context(|| format!("{path} is not a Git repository"))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a Git repository on this machine",
+                crate::source::remote::redact(path)
+            )
+        })
 }
 
 /// The commit a branch name (or `HEAD`) points at.
