@@ -22,11 +22,28 @@ use serde_json::{Value, json};
 
 const NS: &str = "shop";
 
-/// The HTTPRoute kind, registered with the fake API like a CRD.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// The HTTPRoute kind, registered with the fake API like a CRD. It serializes its
+/// `apiVersion` and `kind`, which the fake's typed `get` needs (see [`apply_creates`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct HttpRoute {
+    #[serde(flatten)]
+    types: kube::core::TypeMeta,
     metadata: ObjectMeta,
+    #[serde(default)]
     spec: Value,
+}
+
+impl Default for HttpRoute {
+    fn default() -> Self {
+        Self {
+            types: kube::core::TypeMeta {
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: "HTTPRoute".into(),
+            },
+            metadata: ObjectMeta::default(),
+            spec: Value::Null,
+        }
+    }
 }
 
 impl kube::Resource for HttpRoute {
@@ -750,10 +767,49 @@ fn httproute_rules_and_backend_refs_are_atomic_lists_in_the_crd() {
     );
 }
 
+/// The (apiGroup, resource) a server-side apply of an *absent* object creates, or `None`
+/// (not an apply, or the object exists). A real API server authorizes such an apply as
+/// `create` as well as `patch`; the fake reports every apply as a PATCH and creates the
+/// object silently, so this asks the fake, before the call, whether the object exists.
+fn apply_creates(
+    ctx: &kube_fake_client::interceptor::PatchContext<'_>,
+) -> Option<(&'static str, &'static str)> {
+    if ctx.patch_type != kube_fake_client::PatchType::ApplyPatch {
+        return None;
+    }
+    fn exists<T>(r: kube_fake_client::Result<T>) -> bool {
+        match r {
+            Ok(_) => true,
+            Err(kube_fake_client::Error::NotFound { .. }) => false,
+            Err(e) => panic!("cannot look the applied object up: {e}"),
+        }
+    }
+    let (ns, name) = (ctx.namespace, ctx.name);
+    let (resource, present) = match ctx.patch["kind"].as_str() {
+        Some("Deployment") => (
+            ("apps", "deployments"),
+            exists(ctx.client.get::<Deployment>(ns, name)),
+        ),
+        Some("Service") => (
+            ("", "services"),
+            exists(ctx.client.get::<Service>(ns, name)),
+        ),
+        Some("HTTPRoute") => (
+            ("gateway.networking.k8s.io", "httproutes"),
+            exists(ctx.client.get::<HttpRoute>(ns, name)),
+        ),
+        other => panic!("an apply of kind {other:?}: teach apply_creates to look it up"),
+    };
+    (!present).then_some(resource)
+}
+
 /// Every verb the target sends to the API server is one `deploy/kubernetes` grants
 /// (through `kubernetes::RBAC`, which `tests/deploy_manifests.rs` compares with the
-/// ClusterRole). The fake's interceptors see verbs, not resources, so the resources are
-/// checked by reading the code against `RBAC`'s documentation.
+/// ClusterRole), as the API server authorizes it: a server-side apply that creates its
+/// object counts as `create` too. The fake's interceptors see verbs, not resources
+/// (except an apply's, checked per resource by
+/// `regression_an_apply_that_creates_the_canary_is_authorized_as_create`), so the other
+/// resources are checked by reading the code against `RBAC`'s documentation.
 #[test]
 fn the_target_sends_only_verbs_rbac_grants() {
     use kube_fake_client::interceptor::Funcs;
@@ -766,6 +822,7 @@ fn the_target_sends_only_verbs_rbac_grants() {
         }
     };
     for gateway in [true, false] {
+        let apply_created = record("create");
         let (get, create, update, replace, delete, list, patch, watch) = (
             record("get"),
             record("create"),
@@ -801,7 +858,10 @@ fn the_target_sends_only_verbs_rbac_grants() {
                 list();
                 Ok(None)
             })
-            .patch(move |_| {
+            .patch(move |ctx| {
+                if apply_creates(&ctx).is_some() {
+                    apply_created();
+                }
                 patch();
                 Ok(None)
             })
@@ -846,6 +906,83 @@ fn the_target_sends_only_verbs_rbac_grants() {
         .collect();
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen, granted, "verbs sent vs verbs granted");
+}
+
+/// A real API server refused the canary (issue #15): an apply that creates its object
+/// is authorized as `create` as well as `patch`, and the ClusterRole granted only
+/// `patch`. Every apply the target sends, in canary and blue-green mode, with and
+/// without a route, must be granted `patch` on its resource, and `create` too when the
+/// object was absent; and starting a candidate on a fresh cluster does create both
+/// candidate objects by apply.
+#[test]
+fn regression_an_apply_that_creates_the_canary_is_authorized_as_create() {
+    use kube_fake_client::interceptor::Funcs;
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    type Needed = BTreeSet<(&'static str, &'static str, &'static str)>;
+    let granted: Needed = kubernetes::RBAC
+        .iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (*g, *r, *v)))
+        .collect();
+    let plans = [
+        plan(true),
+        plan(false),
+        bg_plan(true, "0s"),
+        bg_plan(false, "0s"),
+    ];
+    for p in plans {
+        let needed: Arc<Mutex<Needed>> = Arc::default();
+        let record = Arc::clone(&needed);
+        let funcs = Funcs::new().patch(move |ctx| {
+            if ctx.patch_type == kube_fake_client::PatchType::ApplyPatch {
+                let resource = match ctx.patch["kind"].as_str() {
+                    Some("Deployment") => ("apps", "deployments"),
+                    Some("Service") => ("", "services"),
+                    Some("HTTPRoute") => ("gateway.networking.k8s.io", "httproutes"),
+                    other => panic!("an apply of kind {other:?}"),
+                };
+                let mut needed = record.lock().expect("lock");
+                needed.insert((resource.0, resource.1, "patch"));
+                if let Some((g, r)) = apply_creates(&ctx) {
+                    needed.insert((g, r, "create"));
+                }
+            }
+            Ok(None)
+        });
+        let mut stable = stable_deployment(4);
+        stable["status"] = json!({ "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4 });
+        let runtime = kubernetes::runtime().expect("runtime");
+        let client = runtime
+            .block_on(
+                kube_fake_client::ClientBuilder::new()
+                    .with_resource::<HttpRoute>()
+                    .with_status_subresource::<Deployment>()
+                    .with_runtime_objects(vec![stable, stable_service(), route()])
+                    .with_interceptor_funcs(funcs)
+                    .build(),
+            )
+            .expect("fake client");
+        let mut t = KubernetesTarget::new(runtime, client);
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 100).expect("weight");
+        // Again, on existing objects: an apply that updates needs only `patch`.
+        t.start_candidate(&p, V2).expect("start again");
+        let needed = needed.lock().expect("lock").clone();
+        for creates in [
+            ("apps", "deployments", "create"),
+            ("", "services", "create"),
+        ] {
+            assert!(
+                needed.contains(&creates),
+                "starting a candidate creates {creates:?} by apply: {needed:?}"
+            );
+        }
+        let missing: Needed = needed.difference(&granted).copied().collect();
+        assert!(
+            missing.is_empty(),
+            "applies the API server would refuse, as (apiGroup, resource, verb): {missing:?}"
+        );
+    }
 }
 
 /// The opt-in suite: the target contract against a real cluster named by

@@ -88,14 +88,20 @@ pub const SCALE_DOWN_AT_ANNOTATION: &str = "rollgate.dev/scale-down-at";
 
 /// Every API call this target makes, as (apiGroup, resource, verbs). The code below
 /// uses exactly these; `deploy/kubernetes` grants exactly these (checked by a test).
-/// - Deployments: `get` (stable, canary), `patch` (apply canary; stable image and
-///   replicas), `delete` (canary).
-/// - Services: `get` (stable selector, canary), `patch` (apply canary; the active
-///   Service's selector in a blue-green switch), `delete` (canary).
-/// - HTTPRoutes: `get` (rules), `patch` (apply rules with new weights).
+/// A server-side apply is a PATCH, but the API server authorizes an apply of an absent
+/// object as `create` too (as well as `patch`), so every kind rollgate creates by apply
+/// needs both.
+/// - Deployments: `get` (stable, canary), `create` and `patch` (apply the canary or
+///   preview, which creates it; `patch` alone: stable image and replicas, canary
+///   replicas, preview annotations), `delete` (canary).
+/// - Services: `get` (stable selector, canary), `create` and `patch` (apply the canary
+///   or preview, which creates it; `patch` alone: the active Service's selector in a
+///   blue-green switch), `delete` (canary).
+/// - HTTPRoutes: `get` (rules), `patch` (apply rules with new weights; the route is the
+///   user's and must exist, so this apply never creates it).
 pub const RBAC: &[(&str, &str, &[&str])] = &[
-    ("apps", "deployments", &["get", "patch", "delete"]),
-    ("", "services", &["get", "patch", "delete"]),
+    ("apps", "deployments", &["get", "create", "patch", "delete"]),
+    ("", "services", &["get", "create", "patch", "delete"]),
     ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
 ];
 
