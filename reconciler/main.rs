@@ -921,16 +921,26 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     let mut rec =
         rollgate::daemon::Reconciler::new(src, None, targets, metrics).with_policy_loader(loader);
 
-    // A local remote is watched: a push wakes the loop within milliseconds.
+    // A local remote is watched: a push wakes the loop within milliseconds. Only a
+    // change of a branch ref or of packed-refs wakes it: the daemon's own fetch opens and
+    // reads the remote's files, and waking on those would spin the loop.
     let _watcher = watch_paths.and_then(|paths| {
         use notify::Watcher;
         let tx = tx.clone();
-        let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        let refs = paths.first().cloned()?;
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok_and(|e| moves_a_ref(&e, &refs)) {
+                let _ = tx.send(());
+            }
         })
         .ok()?;
-        for p in paths.iter().filter(|p| p.exists()) {
-            let mode = if p.is_dir() { notify::RecursiveMode::Recursive } else { notify::RecursiveMode::NonRecursive };
+        for (i, p) in paths.iter().enumerate().filter(|(_, p)| p.exists()) {
+            // refs/heads (branches may nest); the git dir itself only for packed-refs.
+            let mode = if i == 0 {
+                notify::RecursiveMode::Recursive
+            } else {
+                notify::RecursiveMode::NonRecursive
+            };
             if let Err(e) = w.watch(p, mode) {
                 tracing::warn!(path = %p.display(), error = %e, "cannot watch; falling back to the fetch interval");
             }
@@ -1016,6 +1026,24 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             while rx.try_recv().is_ok() {}
         }
     }
+}
+
+/// Whether a file event on a local remote can mean a branch moved: a create, write,
+/// rename or removal under `refs/heads`, or of `packed-refs`. Opens, reads and
+/// metadata changes (the daemon's own fetch) never are.
+fn moves_a_ref(e: &notify::Event, refs_heads: &Path) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    let kind = matches!(
+        e.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+    );
+    kind && e.paths.iter().any(|p| {
+        p.starts_with(refs_heads) && p.extension().is_none_or(|x| x != "lock")
+            || p.file_name().is_some_and(|n| n == "packed-refs")
+    })
 }
 
 /// The first fetch: a network error is retried with backoff (the daemon is useless

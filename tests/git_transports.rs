@@ -1128,3 +1128,90 @@ fn revoked_credentials_hold_in_readyz_without_spinning_and_recover() {
     assert_eq!(holds, 1, "{log}");
     assert!(log.contains("pass succeeded again"), "{log}");
 }
+
+/// `rollgate_reconciles_total` from the daemon's `/metrics` on `port`.
+fn reconciles(port: u16) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .filter(|l| l.starts_with("rollgate_reconciles_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[test]
+fn regression_an_idle_daemon_is_not_woken_by_its_own_fetch_of_a_path_remote() {
+    // Given a daemon on a bare repository on disk (watched for pushes) with nothing to do
+    let seed = tempfile::tempdir().expect("seed");
+    std::fs::write(
+        seed.path().join("rollgate.yaml"),
+        support::rollout::SETTINGS,
+    )
+    .expect("settings");
+    let plan = PlanFile::new("web").steps(&["setWeight: 25", "setWeight: 100"]);
+    std::fs::create_dir_all(seed.path().join("plans")).expect("plans");
+    std::fs::write(seed.path().join(plan.path()), plan.yaml()).expect("plan");
+    let remote = Remote::seeded_from(seed.path());
+    let state = tempfile::tempdir().expect("state dir");
+    let port = support::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+    for var in GIT_CREDENTIAL_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.args([
+        "run",
+        "--dry-run",
+        "--interval",
+        "30s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--repo",
+        remote.bare.to_str().expect("utf8"),
+        "--state-dir",
+        state.path().to_str().expect("utf8"),
+    ])
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(state.path().join("daemon.log")).expect("log file"));
+    let mut daemon = Daemon(cmd.spawn().expect("rollgate runs"));
+    wait_for("ready", Duration::from_secs(30), || {
+        assert!(
+            daemon.0.try_wait().expect("wait").is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(state.path().join("daemon.log")).unwrap_or_default()
+        );
+        readyz(port).is_some_and(|(c, _)| c == 200)
+    });
+    // When its one rollout (a dry run) has succeeded and it idles for 6 s
+    wait_for("the rollout to succeed", Duration::from_secs(30), || {
+        support::git_ok(&remote.bare, &["cat-file", "-e", "main:status/web.yaml"])
+            && git(&remote.bare, &["show", "main:status/web.yaml"]).contains("Succeeded")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = reconciles(port).expect("metrics");
+    std::thread::sleep(Duration::from_secs(6));
+    let idle = reconciles(port).expect("metrics") - before;
+    // Then it made no pass at all (the interval is 30 s), not one per file event of its
+    // own fetch (it ran ~80 a second)
+    assert!(
+        idle <= 1.0,
+        "{idle} passes in 6 s of idleness with --interval 30s"
+    );
+    // And a human push still wakes it within a second (long before the interval)
+    let before = reconciles(port).expect("metrics");
+    remote.human_commit("notes.txt", |_| "hello\n".to_owned(), "A note");
+    let woke = Instant::now();
+    wait_for("a pass after the push", Duration::from_secs(3), || {
+        reconciles(port).is_some_and(|n| n > before)
+    });
+    assert!(
+        woke.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        woke.elapsed()
+    );
+}

@@ -124,7 +124,8 @@ impl GitSource {
         &self.branch
     }
 
-    /// For a local remote, the paths whose change means the branch moved (for `notify`).
+    /// For a local path remote, the folders whose change can mean the branch moved (for
+    /// `notify`): `refs/heads`, then the git dir (for `packed-refs`).
     pub fn local_ref_paths(&self) -> Option<Vec<PathBuf>> {
         let p = PathBuf::from(&self.url);
         if !p.is_absolute() {
@@ -135,11 +136,9 @@ impl GitSource {
         } else {
             p
         };
-        Some(vec![
-            git_dir.join("refs/heads"),
-            git_dir.join("packed-refs"),
-            git_dir.clone(),
-        ])
+        // First the branches (watched recursively), then the git dir itself (watched
+        // for `packed-refs` only).
+        Some(vec![git_dir.join("refs/heads"), git_dir])
     }
 
     fn tracking_ref(&self) -> String {
