@@ -17,7 +17,7 @@ use rollgate::source::git::GitSource;
 use rollgate::source::remote::GitAuth;
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
 use support::example_repo;
-use support::git_servers::{HttpsGit, SshGit};
+use support::git_servers::{HttpsGit, SshGit, https_auth, ssh_auth};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -46,25 +46,14 @@ fn main() {
     match &https {
         Ok(h) => {
             h.add_bare("bench.git", Some(&seed));
-            let auth = GitAuth {
-                token: rollgate::github::Secret::new(h.token.clone()),
-                username: Some(h.username.clone()),
-                ca_file: Some(h.ca_file.clone()),
-                ..GitAuth::default()
-            };
-            measure("https", &h.url("bench.git"), auth, rounds);
+            measure("https", &h.url("bench.git"), https_auth(h), rounds);
         }
         Err(why) => println!("https      skipped: {why}"),
     }
     match &ssh {
         Ok(s) => {
             let bare = s.add_bare("bench.git", Some(&seed));
-            let auth = GitAuth {
-                ssh_key: Some(s.client_key.clone()),
-                known_hosts: Some(s.known_hosts.clone()),
-                ..GitAuth::default()
-            };
-            measure("ssh", &s.url(&bare), auth, rounds);
+            measure("ssh", &s.url(&bare), ssh_auth(s), rounds);
         }
         Err(why) => println!("ssh        skipped: {why}"),
     }

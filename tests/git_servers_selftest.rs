@@ -13,27 +13,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Instant;
 
 use support::git;
-use support::git_servers::{HttpsGit, SshGit};
-
-/// Starts a server, or prints why this machine cannot and ends the test.
-macro_rules! start_or_skip {
-    ($server:ty) => {{
-        let started = Instant::now();
-        match <$server>::start() {
-            Ok(server) => {
-                eprintln!("{} started in {:?}", stringify!($server), started.elapsed());
-                server
-            }
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
-    }};
-}
+use support::git_servers::{HttpsGit, SshGit, start_or_skip};
 
 /// The real `git` in `dir` with extra environment; never prompts.
 fn git_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {

@@ -25,47 +25,11 @@ use rollgate::model::status::{Phase, Status};
 use rollgate::source::git::GitSource;
 use rollgate::source::remote::{GitAuth, RemoteError};
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
-use support::git_servers::{HttpsGit, SshGit};
+use support::git_servers::{HttpsGit, SshGit, https_auth, ssh_auth, start_or_skip};
 use support::rollout::{LoggedCommit, PlanFile, World, assert_only_fast_forwards, set_artifact};
 use support::{Remote, example_repo, git};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
-
-/// Starts a server, or prints why this machine cannot and ends the test.
-macro_rules! start_or_skip {
-    ($server:ty) => {{
-        let started = Instant::now();
-        match <$server>::start() {
-            Ok(server) => {
-                eprintln!("{} started in {:?}", stringify!($server), started.elapsed());
-                server
-            }
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
-    }};
-}
-
-/// The server's token and user name, and its test CA.
-fn https_auth(server: &HttpsGit) -> GitAuth {
-    GitAuth {
-        token: Secret::new(server.token.clone()),
-        username: Some(server.username.clone()),
-        ca_file: Some(server.ca_file.clone()),
-        ..GitAuth::default()
-    }
-}
-
-/// The authorized key without a passphrase, and the right known_hosts.
-fn ssh_auth(server: &SshGit) -> GitAuth {
-    GitAuth {
-        ssh_key: Some(server.client_key.clone()),
-        known_hosts: Some(server.known_hosts.clone()),
-        ..GitAuth::default()
-    }
-}
 
 /// `remote`'s bare repository, served by `server` as `name`.
 fn serve_https(server: &HttpsGit, remote: &Remote, name: &str) -> String {

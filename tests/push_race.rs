@@ -17,12 +17,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use rollgate::github::Secret;
 use rollgate::model::settings::WriteBack;
 use rollgate::source::git::GitSource;
 use rollgate::source::remote::GitAuth;
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
-use support::git_servers::{HttpsGit, SshGit};
+use support::git_servers::{HttpsGit, SshGit, https_auth, ssh_auth, start_or_skip};
 use support::{Remote, example_repo, git};
 
 /// How a human reaches the remote: its URL and what `git` needs for it.
@@ -307,21 +306,10 @@ fn a_status_push_to_a_file_url_never_overwrites_a_human_push() {
 
 #[test]
 fn a_status_push_over_https_never_overwrites_a_human_push() {
-    let server = match HttpsGit::start() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let server = start_or_skip!(HttpsGit);
     let bare = server.add_bare("race.git", Some(&example_repo()));
     let ca = server.ca_file.display().to_string();
-    let auth = GitAuth {
-        token: Secret::new(server.token.clone()),
-        username: Some(server.username.clone()),
-        ca_file: Some(server.ca_file.clone()),
-        ..GitAuth::default()
-    };
+    let auth = https_auth(&server);
     // The humans: the token in the URL, the test CA (this machine's GIT_SSL_CAINFO
     // would override `http.sslCAInfo`, so it names the test CA too).
     let humans = HumanAccess {
@@ -340,19 +328,9 @@ fn a_status_push_over_https_never_overwrites_a_human_push() {
 
 #[test]
 fn a_status_push_over_ssh_never_overwrites_a_human_push() {
-    let server = match SshGit::start() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let server = start_or_skip!(SshGit);
     let bare = server.add_bare("race.git", Some(&example_repo()));
-    let auth = GitAuth {
-        ssh_key: Some(server.client_key.clone()),
-        known_hosts: Some(server.known_hosts.clone()),
-        ..GitAuth::default()
-    };
+    let auth = ssh_auth(&server);
     let humans = HumanAccess {
         url: server.url("race.git"),
         env: vec![(

@@ -26,7 +26,6 @@ pub const TRAILER_COMMAND: &str = "Rollgate-Command";
 pub struct GitSource {
     repo: Repository,
     remote: Remote,
-    url: String,
     branch: String,
 }
 
@@ -58,16 +57,10 @@ impl CommitInfo {
 pub use super::remote::set_token_source;
 use super::remote::{GitAuth, Remote, RemoteUrl};
 
-/// A remote as given (a path, `file://`, ssh or https URL) made canonical: a path
-/// becomes absolute, and a password in the URL is taken out (never shown, never stored).
-pub fn normalize_url(repo: &str) -> Result<String> {
-    Ok(RemoteUrl::parse(repo)?.as_str().to_owned())
-}
-
 impl std::fmt::Debug for GitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitSource")
-            .field("url", &self.url)
+            .field("url", &self.url())
             .field("branch", &self.branch)
             .finish()
     }
@@ -83,7 +76,7 @@ impl GitSource {
     /// Like [`GitSource::open`], with these credentials and verification settings.
     pub fn open_with(url: &str, work_dir: &Path, branch: &str, auth: GitAuth) -> Result<Self> {
         let parsed = RemoteUrl::parse(url)?;
-        let url = parsed.as_str().to_owned();
+        let url = parsed.as_str();
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
         claim(work_dir)?;
@@ -93,16 +86,15 @@ impl GitSource {
                 .with_context(|| format!("cannot create a repository in {}", work_dir.display()))?,
         };
         match repo.find_remote("origin") {
-            Ok(r) if r.url().ok() == Some(url.as_str()) => {}
-            Ok(_) => repo.remote_set_url("origin", &url)?,
+            Ok(r) if r.url().ok() == Some(url) => {}
+            Ok(_) => repo.remote_set_url("origin", url)?,
             Err(_) => {
-                repo.remote("origin", &url)?;
+                repo.remote("origin", url)?;
             }
         }
         Ok(Self {
             repo,
             remote: Remote::new(parsed, auth),
-            url,
             branch: branch.to_owned(),
         })
     }
@@ -117,7 +109,7 @@ impl GitSource {
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        self.remote.url().as_str()
     }
 
     pub fn branch(&self) -> &str {
@@ -127,7 +119,7 @@ impl GitSource {
     /// For a local path remote, the folders whose change can mean the branch moved (for
     /// `notify`): `refs/heads`, then the git dir (for `packed-refs`).
     pub fn local_ref_paths(&self) -> Option<Vec<PathBuf>> {
-        let p = PathBuf::from(&self.url);
+        let p = PathBuf::from(self.url());
         if !p.is_absolute() {
             return None;
         }
@@ -157,7 +149,7 @@ impl GitSource {
         let r = self
             .repo
             .find_reference(&self.tracking_ref())
-            .with_context(|| format!("branch {} not found on {}", self.branch, self.url))?;
+            .with_context(|| format!("branch {} not found on {}", self.branch, self.url()))?;
         r.target()
             .ok_or_else(|| anyhow!("branch {} is a symbolic reference", self.branch))
     }

@@ -23,7 +23,51 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rollgate::github::Secret;
+use rollgate::source::remote::GitAuth;
+
 use super::{copy_dir, free_port, git};
+
+/// Starts a server, or prints why this machine cannot and ends the test. (Every test
+/// binary compiles `support`; only some start servers.)
+#[allow(unused_macros)]
+macro_rules! start_or_skip {
+    ($server:ty) => {{
+        let started = std::time::Instant::now();
+        match <$server>::start() {
+            Ok(server) => {
+                eprintln!("{} started in {:?}", stringify!($server), started.elapsed());
+                server
+            }
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use start_or_skip;
+
+/// rollgate's credentials for `server`: its token and user name, and the test CA.
+pub fn https_auth(server: &HttpsGit) -> GitAuth {
+    GitAuth {
+        token: Secret::new(server.token.clone()),
+        username: Some(server.username.clone()),
+        ca_file: Some(server.ca_file.clone()),
+        ..GitAuth::default()
+    }
+}
+
+/// rollgate's credentials for `server`: the authorized key without a passphrase, and the
+/// right known_hosts.
+pub fn ssh_auth(server: &SshGit) -> GitAuth {
+    GitAuth {
+        ssh_key: Some(server.client_key.clone()),
+        known_hosts: Some(server.known_hosts.clone()),
+        ..GitAuth::default()
+    }
+}
 
 /// How long a server may take to answer before its start counts as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
