@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod daemon;
+pub mod dataplane;
 pub mod demo;
 pub mod engine;
 pub mod gate;

@@ -111,6 +111,11 @@ enum Command {
     /// Preview a change before it is merged: verdicts (judged by base's settings and
     /// policies), the diff and the dry run of every plan it touches.
     Plan(PlanArgs),
+    /// The `local` target's data plane: proxies and workloads that outlive the daemon.
+    Dataplane {
+        #[command(subcommand)]
+        command: DataplaneCommand,
+    },
     /// The live table: every plan's status at the head of the branch.
     Status {
         #[arg(long, default_value = ".")]
@@ -119,6 +124,28 @@ enum Command {
         branch: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataplaneCommand {
+    /// Serve in the foreground (`rollgate run` starts one by itself when none answers).
+    Serve {
+        /// The local target's folder (default for `rollgate run`: STATE/local/<target>).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop everything: drain and stop every workload and proxy, then the data plane.
+    Stop {
+        /// A data plane's folder, or a `rollgate run --state-dir` (stops all under it).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Is a data plane running, and who is it.
+    Status {
+        /// A data plane's folder, or a `rollgate run --state-dir`.
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -410,6 +437,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => status(&repo, branch.as_deref(), output),
         Command::Plan(args) => plan(&args),
+        Command::Dataplane { command } => dataplane(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -769,7 +797,8 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     let mut targets: std::collections::BTreeMap<String, Box<dyn rollgate::target::Target>> =
         std::collections::BTreeMap::new();
-    let registry: rollgate::metrics::builtin::Registry = std::sync::Arc::default();
+    let mut counters: Vec<std::sync::Arc<dyn rollgate::metrics::builtin::ProxyCounters>> =
+        Vec::new();
     for (name, kind) in &settings.targets {
         if args.dry_run {
             let dir = args.state_dir.join("dry-run");
@@ -788,11 +817,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                 let dir = state_dir
                     .as_ref()
                     .map_or_else(|| args.state_dir.join("local").join(name), PathBuf::from);
+                // The data plane outlives this daemon: started when none answers,
+                // adopted as it is when one does.
+                counters.push(std::sync::Arc::new(
+                    rollgate::dataplane::client::DataPlaneCounters::new(dir.clone()),
+                ));
                 targets.insert(
                     name.clone(),
-                    Box::new(rollgate::target::local::LocalTarget::new(
+                    Box::new(rollgate::dataplane::client::DataPlaneTarget::new(
                         dir,
-                        registry.clone(),
+                        rollgate::dataplane::client::Launch::Detached,
                     )),
                 );
             }
@@ -835,7 +869,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         std::collections::BTreeMap::new();
     metrics.insert(
         "builtin".to_owned(),
-        Box::new(rollgate::metrics::builtin::Builtin::new(registry)),
+        Box::new(rollgate::metrics::builtin::Builtin::with(counters)),
     );
     for (name, source) in &settings.metrics {
         let built: Result<Box<dyn rollgate::metrics::MetricsSource>, String> = match source {
@@ -1194,4 +1228,56 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
         "fail" => ExitCode::from(1),
         _ => ExitCode::from(3),
     })
+}
+
+fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
+    use rollgate::dataplane;
+    match command {
+        DataplaneCommand::Serve { dir } => {
+            dataplane::serve(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DataplaneCommand::Stop { dir } => {
+            let planes = dataplane::planes_under(&dir);
+            if planes.is_empty() {
+                println!("no data plane under {}", dir.display());
+            }
+            for p in planes {
+                let was = dataplane::stop(&p, std::time::Duration::from_secs(60))?;
+                println!(
+                    "{}: {}",
+                    p.display(),
+                    if was { "stopped" } else { "was not running" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataplaneCommand::Status { dir } => {
+            let planes = dataplane::planes_under(&dir);
+            let mut all_up = !planes.is_empty();
+            if planes.is_empty() {
+                println!("no data plane under {}", dir.display());
+            }
+            for p in planes {
+                match dataplane::client::hello(&p) {
+                    Ok(h) => println!(
+                        "{}: running (pid {}, rollgate {}, protocol {})",
+                        p.display(),
+                        h.identity.pid,
+                        h.version,
+                        h.protocol
+                    ),
+                    Err(e) => {
+                        all_up = false;
+                        println!("{}: not running ({e})", p.display());
+                    }
+                }
+            }
+            Ok(if all_up {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }

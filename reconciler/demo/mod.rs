@@ -3,14 +3,16 @@
 //! ```text
 //!  DIR/remote.git  ◀── the "human" commits (v2, then v3)
 //!       │ fetch
-//!  Reconciler ──▶ LocalTarget ──▶ proxy 127.0.0.1:PORT ──▶ demo-service v1/v2/v3 processes
-//!       │                           ▲ load generator (real HTTP)
-//!       └── builtin metrics ◀───────┘ (the proxy's counters)
+//!  Reconciler ──▶ data plane (its own process) ──▶ proxy 127.0.0.1:PORT ──▶ demo-service v1/v2/v3
+//!       │                                          ▲ load generator (real HTTP)
+//!       └── builtin metrics ◀──────────────────────┘ (the proxy's counters)
 //! ```
 //! The repository is made from the embedded `example-repo/` (its `local` plan; the
 //! Kubernetes plans need a cluster and are left out), v1 is seeded as stable, v2 is
 //! rolled out through its analysis stages and succeeds, v3 fails a share of requests,
 //! is rolled back, and rollgate pushes the revert. `rollgate history` ends the show.
+//! The data plane is started as `rollgate run` starts it, but in the demo's process group
+//! (a Ctrl-C stops both) and stopped, with its workloads, when the demo ends.
 //! Invariant: the demo drives the same `Reconciler` as `rollgate run`; nothing is faked.
 
 pub mod load;
@@ -19,7 +21,7 @@ pub mod service;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -27,10 +29,10 @@ use chrono::Utc;
 use git2::{Repository, Signature};
 
 use crate::daemon::Reconciler;
+use crate::dataplane::client::{DataPlaneCounters, DataPlaneTarget, Launch};
 use crate::metrics::builtin::Builtin;
 use crate::model::status::{Phase, Status};
 use crate::source::git::GitSource;
-use crate::target::local::LocalTarget;
 
 const SETTINGS: &str = include_str!("../../example-repo/rollgate.yaml");
 const PLAN: &str = include_str!("../../example-repo/plans/hello.yaml");
@@ -45,6 +47,18 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// Requests per second from the built-in load generator.
     pub rps: u32,
+}
+
+/// Stops the demo's data plane and its workloads when the demo ends, however it ends.
+#[derive(Debug)]
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = crate::dataplane::stop(&self.0, Duration::from_secs(30)) {
+            eprintln!("rollgate demo: {e:#}");
+        }
+    }
 }
 
 /// The plan text for this run: the demo's port, its timings, and an artifact.
@@ -170,15 +184,19 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         "Seed the demo GitOps repository (hello v1 is stable)",
     )?;
 
-    let registry = Arc::new(Mutex::new(std::collections::HashMap::new()));
     let state = dir.join("state");
+    let plane = state.join("local");
+    let stop_plane = StopOnDrop(plane.clone());
     let mut targets: BTreeMap<String, Box<dyn crate::target::Target>> = BTreeMap::new();
     targets.insert(
         "local".to_owned(),
-        Box::new(LocalTarget::new(state.join("local"), registry.clone())),
+        Box::new(DataPlaneTarget::new(plane.clone(), Launch::Attached)),
     );
     let mut metrics: BTreeMap<String, Box<dyn crate::metrics::MetricsSource>> = BTreeMap::new();
-    metrics.insert("builtin".to_owned(), Box::new(Builtin::new(registry)));
+    metrics.insert(
+        "builtin".to_owned(),
+        Box::new(Builtin::with(vec![Arc::new(DataPlaneCounters::new(plane))])),
+    );
     let src = GitSource::open(
         bare.to_str().context("path is not UTF-8")?,
         &state.join("git"),
@@ -295,6 +313,8 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     let history = crate::history::render_text(&crate::history::collect(&repo, head, None)?);
     println!("\nrollgate history --repo {}{history}", bare.display());
     drop(rec);
+    // Everything stops before its folder goes.
+    drop(stop_plane);
     if opts.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

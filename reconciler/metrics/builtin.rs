@@ -1,6 +1,8 @@
 //! The `builtin` metrics source: the counters of rollgate's own proxy (`local` targets).
 //!
-//! Reads a shared registry of each plan's proxy `Stats`, filled by the local target.
+//! Reads each plan's proxy counters through `ProxyCounters`: in-process from a
+//! `Registry` the local target fills, or from the data plane over its socket
+//! (`dataplane::client::DataPlaneCounters`).
 //! Queries: `success-rate`, `error-rate`, `latency-p50`, `latency-p95`, `latency-p99`
 //! (seconds), for one version over the context's window.
 //! Invariants: `samples` is the number of requests in the window; no requests give a
@@ -9,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use super::{MetricsSource, QueryContext};
 use crate::engine::Measurement;
 use crate::model::plan::Check;
-use crate::proxy::Stats;
+use crate::proxy::{Stats, WindowStats};
 
 /// Each plan's proxy statistics, by plan name.
 pub type Registry = Arc<Mutex<HashMap<String, Arc<Stats>>>>;
@@ -27,14 +30,75 @@ pub const QUERIES: [&str; 5] = [
     "latency-p99",
 ];
 
+/// Where a plan's proxy counters are read: the one narrow seam of this source.
+pub trait ProxyCounters: Send + Sync + std::fmt::Debug {
+    /// `version`'s requests over the last `window` on `plan`'s proxy, and when that
+    /// proxy began counting (a window reaching before it is incomplete). `Ok(None)`:
+    /// no proxy for `plan` here.
+    fn window(
+        &self,
+        plan: &str,
+        version: &str,
+        window: Duration,
+    ) -> Result<Option<(WindowStats, SystemTime)>, String>;
+}
+
+impl ProxyCounters for Registry {
+    fn window(
+        &self,
+        plan: &str,
+        version: &str,
+        window: Duration,
+    ) -> Result<Option<(WindowStats, SystemTime)>, String> {
+        let stats = self
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(plan)
+            .cloned();
+        Ok(stats.map(|s| (s.window(version, window), s.started_at())))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Builtin {
-    registry: Registry,
+    places: Vec<Arc<dyn ProxyCounters>>,
 }
 
 impl Builtin {
+    /// Counters of proxies in this process.
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self::with(vec![Arc::new(registry)])
+    }
+
+    /// Counters from several places (one per local target); a plan is in at most one.
+    pub fn with(places: Vec<Arc<dyn ProxyCounters>>) -> Self {
+        Self { places }
+    }
+
+    fn window(
+        &self,
+        plan: &str,
+        version: &str,
+        window: Duration,
+    ) -> Result<(WindowStats, SystemTime), String> {
+        let mut errors = Vec::new();
+        for place in &self.places {
+            match place.window(plan, version, window) {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(if errors.is_empty() {
+            format!("no proxy for plan {plan}")
+        } else {
+            errors.join("; ")
+        })
+    }
+
+    /// When the counters of `plan`'s proxy began: samples before it are lost.
+    pub fn counting_since(&self, plan: &str) -> Option<SystemTime> {
+        self.window(plan, "", Duration::ZERO).ok().map(|(_, t)| t)
     }
 }
 
@@ -50,14 +114,7 @@ impl MetricsSource for Builtin {
                 QUERIES.join(", ")
             ));
         }
-        let stats = {
-            let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-            registry
-                .get(ctx.plan)
-                .cloned()
-                .ok_or_else(|| format!("no proxy for plan {}", ctx.plan))?
-        };
-        let w = stats.window(ctx.version, ctx.window);
+        let (w, _) = self.window(ctx.plan, ctx.version, ctx.window)?;
         let value = match query {
             "success-rate" => w.success_rate(),
             "error-rate" => w.error_rate(),
@@ -79,15 +136,8 @@ impl MetricsSource for Builtin {
         ctx: &QueryContext<'_>,
     ) -> Result<crate::engine::Sample, String> {
         let baseline = ctx.baseline.ok_or("no stable version to compare with")?;
-        let stats = {
-            let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-            registry
-                .get(ctx.plan)
-                .cloned()
-                .ok_or_else(|| format!("no proxy for plan {}", ctx.plan))?
-        };
-        let c = stats.window(ctx.version, ctx.window);
-        let b = stats.window(baseline, ctx.window);
+        let (c, _) = self.window(ctx.plan, ctx.version, ctx.window)?;
+        let (b, _) = self.window(ctx.plan, baseline, ctx.window)?;
         let fives = |w: &crate::proxy::stats::WindowStats| w.by_class[4];
         Ok(match check.query.trim() {
             "success-rate" => crate::engine::Sample::Counts {

@@ -165,6 +165,8 @@ impl Recorder {
 #[derive(Debug)]
 pub struct Stats {
     start: Instant,
+    /// When counting began, on the wall clock: samples before it do not exist here.
+    started_at: std::time::SystemTime,
     /// Each version behind its own lock, so requests of two versions never contend.
     versions: Mutex<HashMap<String, Version>>,
     /// Requests answered 503 because no backend was routed.
@@ -190,6 +192,27 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
+    /// The parts as sent between processes: requests, counts by class, latency sum
+    /// and the latency histogram (`None` when its length is not this build's).
+    pub fn from_parts(
+        requests: u64,
+        by_class: [u64; 5],
+        latency_sum: Duration,
+        hist: Vec<u64>,
+    ) -> Option<Self> {
+        (hist.len() == HIST_LEN).then_some(Self {
+            requests,
+            by_class,
+            latency_sum,
+            hist,
+        })
+    }
+
+    /// The latency histogram (buckets of about 3%).
+    pub fn hist(&self) -> &[u64] {
+        &self.hist
+    }
+
     fn empty() -> Self {
         Self {
             requests: 0,
@@ -261,9 +284,16 @@ impl Stats {
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
+            started_at: std::time::SystemTime::now(),
             versions: Mutex::new(HashMap::new()),
             unrouted: AtomicU64::new(0),
         }
+    }
+
+    /// When this proxy began counting (wall clock). A window reaching before it is
+    /// incomplete: the samples of an earlier proxy died with it.
+    pub fn started_at(&self) -> std::time::SystemTime {
+        self.started_at
     }
 
     fn now_sec(&self) -> u64 {

@@ -10,10 +10,16 @@
 //! `STATE/<plan>/<version>.log`. Promotion routes everything to the candidate, drains
 //! the old stable and only then stops it; rollback routes everything to stable, drains
 //! the candidate, then stops it: no request is dropped by a route change.
-//! After a daemon restart, processes are restarted from the state in Git (the
-//! daemon re-applies the current step), and leftovers of the previous run, found by
-//! their pid files, are stopped first.
-//! Invariants: every method is idempotent; nothing outside `STATE/<plan>/` is written.
+//! This is the data plane's engine: `rollgate dataplane` (see `crate::dataplane`) hosts
+//! one `LocalTarget` in a process of its own, so proxies and workloads outlive the
+//! daemon; the daemon reaches it through `dataplane::client::DataPlaneTarget`. Both
+//! go through `LocalTarget::run`, one dispatch of an `Op` on a plan's `Spec`.
+//! Each process has a pid file `STATE/<plan>/<version>-<pid>.pid` holding its
+//! `Identity` (pid, start time, boot, argv). Leftovers of an earlier data plane are
+//! matched by identity and stopped before anything new starts for that plan, on every
+//! path (start, resume, promote, rollback).
+//! Invariants: every method is idempotent; `resume` of the state already running moves
+//! no traffic; nothing outside `STATE/<plan>/` is written.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -25,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Desired, Target, TargetError};
+use crate::dataplane::identity::Identity;
 use crate::engine::TargetHealth;
 use crate::metrics::builtin::Registry;
 use crate::model::Plan;
@@ -34,6 +41,58 @@ use crate::proxy::{Backend, Proxy};
 /// Restarts within a short time after which a process counts as crash-looping.
 const CRASH_LOOP_RESTARTS: u32 = 3;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped workload has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the local target needs of a plan: its name and its `local` workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub plan: String,
+    pub workload: LocalWorkload,
+}
+
+impl Spec {
+    /// The local part of `plan`; an error for any other kind of workload.
+    pub fn of(plan: &Plan) -> Result<Spec, TargetError> {
+        Ok(Spec {
+            plan: plan.name.clone(),
+            workload: local(plan)?.clone(),
+        })
+    }
+}
+
+/// One `Target` call, as a value: the same dispatch runs in-process and in the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    StartCandidate {
+        artifact: String,
+    },
+    SetWeight {
+        weight: u8,
+    },
+    Promote {
+        artifact: String,
+    },
+    Rollback {
+        stable: Option<String>,
+    },
+    Resume {
+        stable: Option<String>,
+        candidate: String,
+        weight: u8,
+    },
+    Health {
+        desired: Desired,
+    },
+}
+
+/// What an `Op` came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed(String),
+    Health(TargetHealth),
+}
 
 #[derive(Debug)]
 struct Instance {
@@ -43,23 +102,26 @@ struct Instance {
     restarts: Arc<AtomicU32>,
     child: Arc<Mutex<Option<Child>>>,
     supervisor: Option<std::thread::JoinHandle<()>>,
-    pid_file: PathBuf,
+    /// The pid file of the current process (a restart writes a new one).
+    pid_file: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl Instance {
+    /// SIGTERM, `STOP_GRACE` to exit, then SIGKILL; the pid file goes last.
     fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Ok(mut c) = self.child.lock() {
             if let Some(child) = c.as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
+                terminate(child, STOP_GRACE);
             }
             *c = None;
         }
         if let Some(h) = self.supervisor.take() {
             let _ = h.join();
         }
-        let _ = std::fs::remove_file(&self.pid_file);
+        if let Some(p) = self.pid_file.lock().ok().and_then(|mut p| p.take()) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     fn alive(&self) -> bool {
@@ -120,6 +182,29 @@ fn local(plan: &Plan) -> Result<&LocalWorkload, TargetError> {
     }
 }
 
+/// Stop our own child: SIGTERM, up to `grace` to exit, then SIGKILL. The child is not
+/// reaped before this returns, so its pid cannot have been reused.
+fn terminate(child: &mut Child, grace: Duration) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    if let Some(pid) = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn free_port() -> Result<u16, TargetError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("no free port: {e}")))?;
     Ok(l.local_addr().map_err(|e| err(e.to_string()))?.port())
@@ -166,8 +251,16 @@ pub fn http_status(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u1
 
 impl LocalTarget {
     /// `state_dir` holds logs and pid files; `registry` receives each plan's proxy stats
-    /// for the builtin metrics source.
+    /// for the builtin metrics source. Processes that an earlier owner of `state_dir`
+    /// left running are stopped (by identity) before anything starts.
     pub fn new(state_dir: PathBuf, registry: Registry) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&state_dir) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    stop_leftovers(&e.path());
+                }
+            }
+        }
         Self {
             state_dir,
             plans: HashMap::new(),
@@ -175,24 +268,31 @@ impl LocalTarget {
         }
     }
 
+    /// The proxy statistics of `plan`, while it has a proxy here.
+    pub fn stats(&self, plan: &str) -> Option<Arc<crate::proxy::Stats>> {
+        self.plans.get(plan).map(|rt| rt.proxy.stats())
+    }
+
     fn plan_dir(&self, plan: &str) -> PathBuf {
         self.state_dir.join(plan)
     }
 
-    fn runtime(&mut self, plan: &Plan) -> Result<&mut Runtime, TargetError> {
-        if !self.plans.contains_key(&plan.name) {
-            let l = local(plan)?;
-            let dir = self.plan_dir(&plan.name);
+    /// The plan's proxy, created on first use; leftovers in its folder are stopped first,
+    /// so this runs before any process of the plan starts.
+    fn runtime(&mut self, spec: &Spec) -> Result<&mut Runtime, TargetError> {
+        if !self.plans.contains_key(&spec.plan) {
+            let l = &spec.workload;
+            let dir = self.plan_dir(&spec.plan);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
             stop_leftovers(&dir);
             let proxy = Proxy::start(l.listen, l.sticky.clone())
                 .map_err(|e| err(format!("proxy cannot listen on {}: {e}", l.listen)))?;
             if let Ok(mut r) = self.registry.lock() {
-                r.insert(plan.name.clone(), proxy.stats());
+                r.insert(spec.plan.clone(), proxy.stats());
             }
             self.plans.insert(
-                plan.name.clone(),
+                spec.plan.clone(),
                 Runtime {
                     proxy,
                     stable: None,
@@ -202,12 +302,15 @@ impl LocalTarget {
             );
         }
         self.plans
-            .get_mut(&plan.name)
+            .get_mut(&spec.plan)
             .ok_or_else(|| err("runtime vanished"))
     }
 
-    fn spawn(&self, plan: &Plan, version: &str) -> Result<Instance, TargetError> {
-        let l = local(plan)?;
+    /// Start `version` and wait until it answers its health check (bounded).
+    fn spawn(&mut self, spec: &Spec, version: &str) -> Result<Instance, TargetError> {
+        // Leftovers first: a new process never starts next to an old one of the plan.
+        self.runtime(spec)?;
+        let l = &spec.workload;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let fill = |s: &str| {
@@ -221,7 +324,7 @@ impl LocalTarget {
                 argv[0] = exe.display().to_string();
             }
         }
-        let dir = self.plan_dir(&plan.name);
+        let dir = self.plan_dir(&spec.plan);
         let safe: String = version
             .chars()
             .map(|c| {
@@ -233,7 +336,6 @@ impl LocalTarget {
             })
             .collect();
         let log_path = dir.join(format!("{safe}.log"));
-        let pid_file = dir.join(format!("{safe}.pid"));
         let env: Vec<(String, String)> = l
             .env
             .iter()
@@ -246,6 +348,7 @@ impl LocalTarget {
         let stop = Arc::new(AtomicBool::new(false));
         let restarts = Arc::new(AtomicU32::new(0));
         let child: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+        let pid_file: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));
         let start = {
             let argv = argv.clone();
             let env = env.clone();
@@ -259,7 +362,7 @@ impl LocalTarget {
                 // A cleared environment: the workload never inherits rollgate's own
                 // secrets (Git and GitHub tokens, the webhook secret, AWS_*, metrics
                 // auth), only the allowlist and the plan's `env`.
-                let c = Command::new(&argv[0])
+                let mut c = Command::new(&argv[0])
                     .args(&argv[1..])
                     .env_clear()
                     .envs(inherited_env())
@@ -268,7 +371,19 @@ impl LocalTarget {
                     .stdout(log.try_clone()?)
                     .stderr(log)
                     .spawn()?;
-                std::fs::write(&pid_file, c.id().to_string())?;
+                // The record names this process exactly (pid, start time, argv), so a
+                // later data plane stops it and nothing else.
+                let path = log_path.with_file_name(format!("{safe}-{}.pid", c.id()));
+                let recorded = Identity::of(c.id())
+                    .ok_or_else(|| std::io::Error::other("the process exited at once"))
+                    .and_then(|id| id.write(&path));
+                if let Err(e) = recorded {
+                    terminate(&mut c, Duration::ZERO);
+                    return Err(e);
+                }
+                if let Some(old) = pid_file.lock().ok().and_then(|mut p| p.replace(path)) {
+                    let _ = std::fs::remove_file(old);
+                }
                 Ok(c)
             }
         };
@@ -276,14 +391,14 @@ impl LocalTarget {
         *child.lock().map_err(|_| err("lock poisoned"))? = Some(first);
         let supervisor = {
             let (stop, restarts, child) = (stop.clone(), restarts.clone(), child.clone());
-            let plan_name = plan.name.clone();
+            let plan_name = spec.plan.clone();
             let version = version.to_owned();
             std::thread::spawn(move || {
                 supervise(&plan_name, &version, &stop, &restarts, &child, &start)
             })
         };
-        tracing::info!(plan = %plan.name, version, %addr, log = %log_path.display(), "process started");
-        Ok(Instance {
+        tracing::info!(plan = %spec.plan, version, %addr, log = %log_path.display(), "process started");
+        let inst = Instance {
             version: version.to_owned(),
             addr,
             stop,
@@ -291,11 +406,12 @@ impl LocalTarget {
             child,
             supervisor: Some(supervisor),
             pid_file,
-        })
+        };
+        Self::wait_ready(l, &inst);
+        Ok(inst)
     }
 
-    fn healthy(plan: &Plan, i: &Instance) -> Result<(), String> {
-        let l = local(plan).map_err(|e| e.0)?;
+    fn healthy(l: &LocalWorkload, i: &Instance) -> Result<(), String> {
         if i.restarts.load(Ordering::SeqCst) >= CRASH_LOOP_RESTARTS {
             return Err(format!(
                 "{} keeps crashing ({} restarts)",
@@ -318,15 +434,198 @@ impl LocalTarget {
 
     /// Wait until a fresh instance answers its health check (bounded), so traffic is
     /// never routed to a process that is still starting.
-    fn wait_ready(plan: &Plan, i: &Instance) {
+    fn wait_ready(l: &LocalWorkload, i: &Instance) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if Self::healthy(plan, i).is_ok()
+            if Self::healthy(l, i).is_ok()
                 || !i.alive() && i.restarts.load(Ordering::SeqCst) >= CRASH_LOOP_RESTARTS
             {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run one `Op` on the plan `spec` describes: the one entry of both the in-process
+    /// `Target` and the data plane's socket.
+    pub fn run(&mut self, spec: &Spec, op: &Op) -> Outcome {
+        let done = |r: Result<(), TargetError>| match r {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e.0),
+        };
+        match op {
+            Op::StartCandidate { artifact } => done(self.start_candidate_of(spec, artifact)),
+            Op::SetWeight { weight } => done(self.set_weight_of(spec, *weight)),
+            Op::Promote { artifact } => done(self.promote_of(spec, artifact)),
+            Op::Rollback { stable } => done(self.rollback_of(spec, stable.as_deref())),
+            Op::Resume {
+                stable,
+                candidate,
+                weight,
+            } => done(self.resume_of(spec, stable.as_deref(), candidate, *weight)),
+            Op::Health { desired } => Outcome::Health(self.health_of(spec, desired)),
+        }
+    }
+
+    fn start_candidate_of(&mut self, spec: &Spec, artifact: &str) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        let running = rt.candidate.as_ref().is_some_and(|c| c.version == artifact);
+        let is_stable = rt.stable.as_ref().is_some_and(|s| s.version == artifact);
+        if running || is_stable {
+            return Ok(());
+        }
+        let inst = self.spawn(spec, artifact)?;
+        let rt = self.runtime(spec)?;
+        let old = rt.candidate.replace(inst);
+        rt.weight = 0;
+        rt.route();
+        if let Some(old) = old {
+            rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
+            old.stop();
+        }
+        Ok(())
+    }
+
+    fn set_weight_of(&mut self, spec: &Spec, weight: u8) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        if rt.candidate.is_none() {
+            return Err(err(format!("no candidate is running for {}", spec.plan)));
+        }
+        if rt.weight != weight.min(100) {
+            rt.weight = weight.min(100);
+            rt.route();
+        }
+        Ok(())
+    }
+
+    fn promote_of(&mut self, spec: &Spec, artifact: &str) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        if rt.stable.as_ref().is_some_and(|s| s.version == artifact) && rt.candidate.is_none() {
+            return Ok(());
+        }
+        if rt.stable.as_ref().is_some_and(|s| s.version == artifact) {
+            // The stable already is `artifact`: only a candidate is left to retire.
+            return self.rollback_of(spec, Some(artifact));
+        }
+        if rt.candidate.as_ref().is_none_or(|c| c.version != artifact) {
+            // After a restart the candidate may be gone: start it again first.
+            self.start_candidate_of(spec, artifact)?;
+        }
+        let rt = self.runtime(spec)?;
+        let new = rt
+            .candidate
+            .take()
+            .ok_or_else(|| err("no candidate to promote"))?;
+        let old = rt.stable.replace(new);
+        rt.weight = 0;
+        rt.route();
+        if let Some(old) = old {
+            rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
+            old.stop();
+        }
+        Ok(())
+    }
+
+    fn rollback_of(&mut self, spec: &Spec, stable: Option<&str>) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        let need_stable = stable.is_some_and(|v| rt.stable.as_ref().is_none_or(|s| s.version != v));
+        if let (true, Some(v)) = (need_stable, stable) {
+            // The stable process must serve before traffic moves to it.
+            let inst = self.spawn(spec, v)?;
+            let rt = self.runtime(spec)?;
+            if let Some(old) = rt.stable.replace(inst) {
+                rt.route();
+                rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
+                old.stop();
+            }
+        }
+        let rt = self.runtime(spec)?;
+        let cand = rt.candidate.take();
+        rt.weight = 0;
+        rt.route();
+        if let Some(c) = cand {
+            rt.proxy.drain(c.addr, DRAIN_TIMEOUT);
+            c.stop();
+        }
+        Ok(())
+    }
+
+    /// Bring the plan to an in-flight step. What already runs as asked stays as it is
+    /// (an adopted data plane after a daemon restart): no process restarts, no route
+    /// changes. Only what is missing starts, the stable first.
+    fn resume_of(
+        &mut self,
+        spec: &Spec,
+        stable: Option<&str>,
+        candidate: &str,
+        weight: u8,
+    ) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        let stable_ok = match stable {
+            None => true,
+            Some(v) => rt.stable.as_ref().is_some_and(|s| s.version == v),
+        };
+        if !stable_ok && let Some(v) = stable {
+            let inst = self.spawn(spec, v)?;
+            let rt = self.runtime(spec)?;
+            let old = rt.stable.replace(inst);
+            rt.route();
+            if let Some(old) = old {
+                rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
+                old.stop();
+            }
+        }
+        let rt = self.runtime(spec)?;
+        if stable.is_none() && rt.stable.as_ref().is_some_and(|s| s.version == candidate) {
+            // Nothing behind the candidate: it already serves everything as the stable.
+            return Ok(());
+        }
+        self.start_candidate_of(spec, candidate)?;
+        self.set_weight_of(spec, weight)
+    }
+
+    fn health_of(&mut self, spec: &Spec, desired: &Desired) -> TargetHealth {
+        let l = &spec.workload;
+        let Some(rt) = self.plans.get(&spec.plan) else {
+            return if desired.stable.is_none() && desired.candidate.is_none() {
+                TargetHealth::Healthy
+            } else {
+                TargetHealth::Progressing
+            };
+        };
+        let version = |i: &Option<Instance>| i.as_ref().map(|x| x.version.clone());
+        if version(&rt.stable) != desired.stable && desired.stable.is_some()
+            || version(&rt.candidate) != desired.candidate
+        {
+            return TargetHealth::Progressing;
+        }
+        if desired.candidate.is_some() && rt.weight != desired.weight {
+            return TargetHealth::Progressing;
+        }
+        for i in [&rt.candidate, &rt.stable].into_iter().flatten() {
+            if let Err(reason) = Self::healthy(l, i) {
+                return if i.restarts.load(Ordering::SeqCst) >= CRASH_LOOP_RESTARTS {
+                    TargetHealth::Unhealthy { reason }
+                } else {
+                    TargetHealth::Progressing
+                };
+            }
+        }
+        TargetHealth::Healthy
+    }
+
+    /// Stop every plan's processes (after draining) and proxies.
+    pub fn shutdown(&mut self) {
+        for (name, rt) in self.plans.drain() {
+            rt.proxy.set_routes(None, None, 0);
+            for i in [rt.candidate, rt.stable].into_iter().flatten() {
+                rt.proxy.drain(i.addr, DRAIN_TIMEOUT);
+                i.stop();
+            }
+            rt.proxy.shutdown();
+            if let Ok(mut r) = self.registry.lock() {
+                r.remove(&name);
+            }
         }
     }
 }
@@ -376,7 +675,9 @@ fn supervise(
     }
 }
 
-/// Stop processes a previous run left behind (their pid files are in `dir`).
+/// Stop the processes an earlier owner of `dir` left behind: each pid file's record is
+/// matched by identity before any signal (a reused pid is a stranger, left alone);
+/// every pid file is removed.
 fn stop_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -384,13 +685,11 @@ fn stop_leftovers(dir: &Path) {
     for e in entries.filter_map(Result::ok) {
         let path = e.path();
         if path.extension().is_some_and(|x| x == "pid") {
-            if let Some(pid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                && Path::new(&format!("/proc/{pid}")).exists()
+            if let Some(id) = Identity::read(&path)
+                && id.is_alive()
             {
-                tracing::info!(pid, "stopping a process left by a previous run");
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                tracing::info!(pid = id.pid, file = %path.display(), "stopping a process left by an earlier run");
+                id.stop(STOP_GRACE);
             }
             let _ = std::fs::remove_file(&path);
         }
@@ -399,124 +698,36 @@ fn stop_leftovers(dir: &Path) {
 
 impl Target for LocalTarget {
     fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
-        self.runtime(plan)?;
-        let running = self
-            .plans
-            .get(&plan.name)
-            .and_then(|r| r.candidate.as_ref())
-            .is_some_and(|c| c.version == artifact);
-        let is_stable = self
-            .plans
-            .get(&plan.name)
-            .and_then(|r| r.stable.as_ref())
-            .is_some_and(|s| s.version == artifact);
-        if running || is_stable {
-            return Ok(());
-        }
-        let inst = self.spawn(plan, artifact)?;
-        Self::wait_ready(plan, &inst);
-        let rt = self.runtime(plan)?;
-        let old = rt.candidate.replace(inst);
-        rt.weight = 0;
-        rt.route();
-        if let Some(old) = old {
-            rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
-            old.stop();
-        }
-        Ok(())
+        self.start_candidate_of(&Spec::of(plan)?, artifact)
     }
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
-        let rt = self.runtime(plan)?;
-        if rt.candidate.is_none() {
-            return Err(err(format!("no candidate is running for {}", plan.name)));
-        }
-        rt.weight = weight.min(100);
-        rt.route();
-        Ok(())
+        self.set_weight_of(&Spec::of(plan)?, weight)
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
-        self.runtime(plan)?;
-        let rt = self
-            .plans
-            .get(&plan.name)
-            .ok_or_else(|| err("runtime vanished"))?;
-        if rt.stable.as_ref().is_some_and(|s| s.version == artifact) && rt.candidate.is_none() {
-            return Ok(());
-        }
-        if rt.candidate.as_ref().is_none_or(|c| c.version != artifact) {
-            // After a restart the candidate may be gone: start it again first.
-            self.start_candidate(plan, artifact)?;
-        }
-        let rt = self.runtime(plan)?;
-        let new = rt
-            .candidate
-            .take()
-            .ok_or_else(|| err("no candidate to promote"))?;
-        let old = rt.stable.replace(new);
-        rt.weight = 0;
-        rt.route();
-        if let Some(old) = old {
-            rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
-            old.stop();
-        }
-        Ok(())
+        self.promote_of(&Spec::of(plan)?, artifact)
     }
 
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
-        let need_stable = stable.is_some_and(|v| {
-            self.plans
-                .get(&plan.name)
-                .is_none_or(|r| r.stable.as_ref().is_none_or(|s| s.version != v))
-        });
-        if let (true, Some(v)) = (need_stable, stable) {
-            // After a restart the stable process must come back before traffic moves to it.
-            let inst = self.spawn(plan, v)?;
-            Self::wait_ready(plan, &inst);
-            let rt = self.runtime(plan)?;
-            if let Some(old) = rt.stable.replace(inst) {
-                old.stop();
-            }
-        }
-        let rt = self.runtime(plan)?;
-        let cand = rt.candidate.take();
-        rt.weight = 0;
-        rt.route();
-        if let Some(c) = cand {
-            rt.proxy.drain(c.addr, DRAIN_TIMEOUT);
-            c.stop();
-        }
-        Ok(())
+        self.rollback_of(&Spec::of(plan)?, stable)
     }
 
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
-        let Some(rt) = self.plans.get(&plan.name) else {
-            return if desired.stable.is_none() && desired.candidate.is_none() {
-                TargetHealth::Healthy
-            } else {
-                TargetHealth::Progressing
-            };
-        };
-        let version = |i: &Option<Instance>| i.as_ref().map(|x| x.version.clone());
-        if version(&rt.stable) != desired.stable && desired.stable.is_some()
-            || version(&rt.candidate) != desired.candidate
-        {
-            return TargetHealth::Progressing;
+        match Spec::of(plan) {
+            Ok(spec) => self.health_of(&spec, desired),
+            Err(e) => TargetHealth::Unreachable { reason: e.0 },
         }
-        if desired.candidate.is_some() && rt.weight != desired.weight {
-            return TargetHealth::Progressing;
-        }
-        for i in [&rt.candidate, &rt.stable].into_iter().flatten() {
-            if let Err(reason) = Self::healthy(plan, i) {
-                return if i.restarts.load(Ordering::SeqCst) >= CRASH_LOOP_RESTARTS {
-                    TargetHealth::Unhealthy { reason }
-                } else {
-                    TargetHealth::Progressing
-                };
-            }
-        }
-        TargetHealth::Healthy
+    }
+
+    fn resume(
+        &mut self,
+        plan: &Plan,
+        stable: Option<&str>,
+        candidate: &str,
+        weight: u8,
+    ) -> Result<(), TargetError> {
+        self.resume_of(&Spec::of(plan)?, stable, candidate, weight)
     }
 }
 
@@ -551,7 +762,8 @@ pub const INHERITED_ENV: &[&str] = &[
     "TERM",
 ];
 
-fn inherited_env() -> Vec<(String, String)> {
+/// The allowlisted variables of this process, to pass on.
+pub fn inherited_env() -> Vec<(String, String)> {
     INHERITED_ENV
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))

@@ -4,6 +4,7 @@
 
 pub mod git_servers;
 pub mod github;
+pub mod local;
 pub mod rollout;
 
 use std::path::{Path, PathBuf};
@@ -143,4 +144,22 @@ pub fn free_port() -> u16 {
 
 pub fn example_repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo")
+}
+
+/// Stops, when dropped (a panic included), every data plane under a state folder (a
+/// `rollgate run --state-dir` or a data plane's own folder) and all the workloads it
+/// runs. `rollgate run` leaves its data plane serving on purpose when the daemon dies or
+/// stops: a test that starts a daemon with a `local` target holds one of these,
+/// declared *before* the daemon's own guard (drops run in reverse order, so the daemon
+/// goes first and cannot start a new data plane behind this one).
+pub struct DataPlanes(pub PathBuf);
+
+impl Drop for DataPlanes {
+    fn drop(&mut self) {
+        for dir in rollgate::dataplane::planes_under(&self.0) {
+            if let Err(e) = rollgate::dataplane::stop(&dir, std::time::Duration::from_secs(30)) {
+                eprintln!("could not stop the data plane of {}: {e:#}", dir.display());
+            }
+        }
+    }
 }

@@ -1,0 +1,177 @@
+//! The data plane outlives the control plane: proxies and workloads keep serving, on
+//! the weights last set, while the daemon is SIGKILLed, stopped with SIGTERM, or replaced
+//! by a new binary; the new daemon adopts them (same processes, no traffic moved).
+//! `rollgate dataplane stop` stops everything. Real processes, real HTTP, real Git.
+
+mod support;
+
+use std::time::Duration;
+
+use rollgate::dataplane::identity::Identity;
+use support::local::{Traffic, World};
+
+const STEPS: &str = "[ { setWeight: 25 }, { pause: {} } ]";
+
+/// A world with v1 stable and v2 paused at 25% (an untimed pause), under traffic.
+fn paused_at_25() -> (World, support::local::Daemon, Traffic) {
+    let w = World::new(STEPS);
+    let d = w.daemon();
+    w.wait("v1 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    w.roll_out("v2", false);
+    w.wait("v2 paused at 25%", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Paused" && s.candidate == "v2" && s.weight == 25
+    });
+    let traffic = Traffic::start(w.addr(), 100);
+    std::thread::sleep(Duration::from_millis(500));
+    (w, d, traffic)
+}
+
+fn plane(w: &World) -> Identity {
+    rollgate::dataplane::client::hello(&w.plane_dir())
+        .expect("the data plane answers")
+        .identity
+}
+
+/// The share of v2 among the 200s seen between two readings.
+fn share_of_v2(before: &support::local::Seen, after: &support::local::Seen) -> f64 {
+    let n = |s: &support::local::Seen, v: &str| s.versions.get(v).copied().unwrap_or(0);
+    let v1 = n(after, "v1") - n(before, "v1");
+    let v2 = n(after, "v2") - n(before, "v2");
+    v2 as f64 / (v1 + v2).max(1) as f64
+}
+
+#[test]
+fn a_sigkilled_daemon_moves_no_traffic_and_its_successor_adopts_the_same_processes() {
+    // Given v2 at 25% behind the proxy, under 100 req/s
+    let (w, mut d, traffic) = paused_at_25();
+    let workloads = w.workloads();
+    assert_eq!(workloads.len(), 2, "v1 and v2 run: {workloads:?}");
+    let dp = plane(&w);
+    // When the daemon is SIGKILLed and stays dead for 2 s
+    let before = traffic.seen();
+    d.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let dead = traffic.seen();
+    // Then every request was answered, on the same weights
+    assert_eq!(dead.connection_failures, 0, "{dead:?}");
+    assert_eq!(dead.proxy_errors(), 0, "{dead:?}");
+    let share = share_of_v2(&before, &dead);
+    assert!(
+        (0.15..0.35).contains(&share),
+        "v2 got {share:.2} of traffic, not ~0.25"
+    );
+    // When a new daemon starts on the same state folder
+    let _d = w.daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = traffic.stop();
+    // Then it adopted the same data plane and the same workload processes
+    assert_eq!(plane(&w), dp);
+    assert_eq!(w.workloads(), workloads, "no workload was restarted");
+    assert_eq!(after.connection_failures, 0, "{after:?}");
+    assert_eq!(after.proxy_errors(), 0, "{after:?}");
+    let share = share_of_v2(&dead, &after);
+    assert!(
+        (0.15..0.35).contains(&share),
+        "v2 got {share:.2} after the restart"
+    );
+    assert!(after.total() > 300, "traffic flowed: {after:?}");
+}
+
+#[test]
+fn sigterm_then_restart_and_a_binary_upgrade_fail_no_request() {
+    // Given v2 at 25% behind the proxy, under 100 req/s
+    let (w, mut d, traffic) = paused_at_25();
+    let workloads = w.workloads();
+    let dp = plane(&w);
+    // When the daemon gets SIGTERM (it stops the control plane only) and starts again
+    d.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut d = w.daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    // And then is upgraded: stopped, and a new binary started on the same state folder
+    let release = tempfile::tempdir().expect("release dir");
+    let new_binary = release.path().join("rollgate");
+    std::fs::copy(support::local::BIN, &new_binary).expect("copy the binary");
+    d.terminate();
+    let _d = w.daemon_from(&new_binary);
+    std::thread::sleep(Duration::from_secs(2));
+    // Then no request failed, and the same processes serve
+    let seen = traffic.stop();
+    assert_eq!(seen.connection_failures, 0, "{seen:?}");
+    assert_eq!(seen.proxy_errors(), 0, "{seen:?}");
+    assert!(seen.total() > 250, "traffic flowed: {seen:?}");
+    assert_eq!(plane(&w), dp);
+    assert_eq!(w.workloads(), workloads);
+    // And the new daemon still drives the rollout: a promote finishes it
+    support::git(
+        &w.remote.human,
+        &["pull", "-q", "--rebase", "origin", "main"],
+    );
+    let out = std::process::Command::new(support::local::BIN)
+        .args(["promote", "web", "--push", "--repo"])
+        .arg(&w.remote.human)
+        .output()
+        .expect("rollgate promote");
+    assert!(out.status.success(), "{out:?}");
+    w.wait("v2 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v2"
+    });
+}
+
+#[test]
+fn dataplane_stop_stops_every_workload_and_the_proxy() {
+    // Given v2 at 25% and the daemon stopped (SIGTERM: the data plane keeps serving)
+    let (w, mut d, traffic) = paused_at_25();
+    drop(traffic);
+    d.terminate();
+    let workloads = w.workloads();
+    assert_eq!(workloads.len(), 2);
+    assert!(rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(2)).is_ok());
+    // When everything is stopped the documented way
+    let out = std::process::Command::new(support::local::BIN)
+        .args(["dataplane", "stop", "--dir"])
+        .arg(&w.state)
+        .output()
+        .expect("rollgate dataplane stop");
+    assert!(out.status.success(), "{out:?}");
+    // Then no workload, no data plane and no proxy is left
+    assert_eq!(w.workloads(), Vec::new());
+    assert!(workloads.iter().all(|i| !i.is_alive()));
+    assert!(rollgate::dataplane::client::hello(&w.plane_dir()).is_err());
+    assert!(rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_restarts() {
+    // Given v2 at 25%, then the data plane itself SIGKILLed: its workloads are orphans
+    let (w, mut d, traffic) = paused_at_25();
+    drop(traffic);
+    d.kill();
+    let orphans = w.workloads();
+    assert_eq!(orphans.len(), 2);
+    let dp = plane(&w);
+    assert!(dp.stop(Duration::ZERO));
+    assert!(orphans.iter().all(Identity::is_alive), "orphans run on");
+    // When the daemon starts again (and with it a new data plane)
+    let _d = w.daemon();
+    w.wait("serving again", Duration::from_secs(30), |_| {
+        rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(1)) == Ok(200)
+            && w.workloads().len() == 2
+            && w.workloads().iter().all(|i| !orphans.contains(i))
+    });
+    // Then every orphan was stopped (by identity) and exactly one new v1 and v2 serve
+    assert!(orphans.iter().all(|i| !i.is_alive()), "an orphan survived");
+    let versions: Vec<String> = w
+        .workloads()
+        .iter()
+        .filter_map(|i| {
+            let at = i.argv.iter().position(|a| a == "--version")?;
+            i.argv.get(at + 1).cloned()
+        })
+        .collect();
+    assert_eq!(versions.len(), 2);
+    assert!(versions.contains(&"v1".to_owned()) && versions.contains(&"v2".to_owned()));
+    assert_ne!(plane(&w), dp);
+}
