@@ -307,3 +307,122 @@ fn regression_a_lock_file_left_by_a_killed_fetch_does_not_stop_the_daemon() {
     // rollout finishes
     setup.finish(Duration::from_secs(15));
 }
+
+/// Analysis steps on the proxy's own counters: each needs live samples from the data plane.
+const ANALYSED: &str = "[ { setWeight: 20 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 50 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 100 } ]";
+
+#[test]
+fn fifty_sigkills_over_ten_rollouts_under_traffic_fail_no_request_and_hold_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use support::local::{Traffic, World};
+
+    // (`ROLLGATE_CHAOS_KILLS=<n>` and `CRASH_SEED=<n>` explore further.)
+    let kills_wanted: usize = std::env::var("ROLLGATE_CHAOS_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x00c4_a05e);
+    // Given v1 rolled out by a daemon on the local target, and ~100 req/s through the proxy
+    let w = Arc::new(World::new(ANALYSED));
+    let daemon = Arc::new(Mutex::new(w.daemon()));
+    w.wait("v1 stable", Duration::from_secs(60), |s| {
+        s.phase == Phase::Succeeded && s.candidate == "v1"
+    });
+    let traffic = Traffic::start(w.addr(), 100);
+
+    // When ten versions are rolled out one after another (two of them fail 20% of
+    // requests), while the daemon is SIGKILLed at seeded random moments and restarted
+    let done = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let (w, daemon, done) = (w.clone(), daemon.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut rng = Lcg(seed);
+            let mut kills = 0;
+            while kills < kills_wanted && !done.load(Ordering::SeqCst) {
+                std::thread::sleep(rng.millis(150, 900));
+                let mut d = daemon.lock().expect("daemon");
+                d.kill();
+                kills += 1;
+                // Dead for a moment: the data plane serves alone.
+                std::thread::sleep(rng.millis(0, 300));
+                *d = w.daemon();
+            }
+            kills
+        })
+    };
+    let mut stable = "v1".to_owned();
+    let mut ends = Vec::new();
+    let started = Instant::now();
+    for i in 2..=11 {
+        let bad = i == 4 || i == 8;
+        let version = format!("{}{i}", if bad { "b" } else { "g" });
+        w.roll_out(&version, bad);
+        let s = w.wait(
+            &format!("{version} settled"),
+            Duration::from_secs(120),
+            |s| s.candidate == version && matches!(s.phase, Phase::Succeeded | Phase::RolledBack),
+        );
+        ends.push((version.clone(), s.phase, s.stable.clone()));
+        if !bad {
+            stable = version;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let kills = chaos.join().expect("the chaos thread");
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = traffic.stop();
+
+    // Then every rollout ended as an uninterrupted one does: good ones stable, bad ones
+    // rolled back to the good one before them
+    let mut expect_stable = "v1".to_owned();
+    for (version, phase, stable_after) in &ends {
+        if version.starts_with('g') {
+            expect_stable.clone_from(version);
+            assert_eq!(*phase, Phase::Succeeded, "{version}: {ends:?}");
+        } else {
+            assert_eq!(*phase, Phase::RolledBack, "{version}: {ends:?}");
+        }
+        assert_eq!(
+            stable_after.as_deref(),
+            Some(expect_stable.as_str()),
+            "{ends:?}"
+        );
+    }
+    assert_eq!(expect_stable, stable);
+    // And no request failed, and the only 5xx were the bad versions' own
+    assert_eq!(seen.connection_failures, 0, "{seen:?}");
+    assert_eq!(seen.proxy_errors(), 0, "{seen:?}");
+    assert!(
+        seen.failed_by.keys().all(|v| v.starts_with('b')),
+        "{seen:?}"
+    );
+    // And no rollout was ever held (no analysis judged on samples it lost)
+    let held: Vec<String> = w
+        .remote
+        .log("%(trailers:key=Rollgate-Phase,valueonly)")
+        .lines()
+        .filter(|l| l.trim() == "Held")
+        .map(str::to_owned)
+        .collect();
+    assert!(held.is_empty(), "held {} times", held.len());
+    // And exactly one process (the stable) runs: no orphan of any kill
+    let left = w.workloads();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].argv.contains(&stable), "{left:?}");
+    drop(daemon.lock().map(|mut d| d.kill()));
+    eprintln!(
+        "seed {seed}: {kills} SIGKILLs over 10 rollouts in {:.1}s; {} requests: {} connection failures, {} proxy 5xx, {} 500s of bad versions ({:?})",
+        took.as_secs_f64(),
+        seen.total(),
+        seen.connection_failures,
+        seen.proxy_errors(),
+        seen.failed_by.values().sum::<u64>(),
+        seen.failed_by
+    );
+    assert!(kills >= kills_wanted.min(40), "only {kills} kills happened");
+}

@@ -175,3 +175,126 @@ fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_res
     assert!(versions.contains(&"v1".to_owned()) && versions.contains(&"v2".to_owned()));
     assert_ne!(plane(&w), dp);
 }
+
+/// A data plane started by hand (`Launch::Never`: a test binary is not `rollgate`), and
+/// stopped with everything it runs when dropped.
+struct Plane {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Plane {
+    fn start() -> Plane {
+        let dir = tempfile::tempdir().expect("tmp");
+        let child = std::process::Command::new(support::local::BIN)
+            .args(["dataplane", "serve", "--dir"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rollgate dataplane serve");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rollgate::dataplane::client::hello(dir.path()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the data plane did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Plane { dir, child }
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = rollgate::dataplane::stop(self.dir.path(), Duration::from_secs(30));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn local_plan(port: u16) -> rollgate::model::Plan {
+    rollgate::model::validate::parse_plan(
+        "plans/web.yaml",
+        &support::local::plan_yaml(
+            port,
+            "v1",
+            false,
+            "[ { setWeight: 20 }, { pause: {} } ]",
+            "contract",
+        ),
+        None,
+    )
+    .expect("valid plan")
+    .plan
+}
+
+#[test]
+fn the_data_plane_client_passes_the_target_contract() {
+    use rollgate::dataplane::client::{DataPlaneTarget, Launch};
+    let plane = Plane::start();
+    let plan = local_plan(support::free_port());
+    let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
+    rollgate::target::contract::run(
+        &mut t,
+        &plan,
+        None,
+        "v2",
+        "v3",
+        300,
+        Duration::from_millis(20),
+    );
+}
+
+#[test]
+fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else() {
+    use rollgate::dataplane::client::{DataPlaneTarget, Launch};
+    use rollgate::target::{Desired, Target};
+    // Given v1 stable and v2 at 20% through the client
+    let plane = Plane::start();
+    let port = support::free_port();
+    let plan = local_plan(port);
+    let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
+    t.promote(&plan, "v1").expect("v1");
+    t.start_candidate(&plan, "v2").expect("v2");
+    t.set_weight(&plan, 20).expect("20%");
+    // When the data plane dies (SIGKILL) and another one starts on the same folder
+    let old = rollgate::dataplane::client::hello(plane.dir.path())
+        .expect("hello")
+        .identity;
+    assert!(old.stop(Duration::ZERO));
+    let _second = Plane {
+        child: std::process::Command::new(support::local::BIN)
+            .args(["dataplane", "serve", "--dir"])
+            .arg(plane.dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("a second data plane"),
+        dir: tempfile::tempdir().expect("unused"),
+    };
+    let desired = Desired {
+        stable: Some("v1".to_owned()),
+        candidate: Some("v2".to_owned()),
+        weight: 20,
+    };
+    // Then the client's next call finds it, replays v1 + v2 at 20%, and reads healthy
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = t.health(&plan, &desired);
+        if h == rollgate::engine::TargetHealth::Healthy {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {h:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new = rollgate::dataplane::client::hello(plane.dir.path())
+        .expect("hello")
+        .identity;
+    assert_ne!(new, old);
+    let seen =
+        support::local::Traffic::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)), 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = seen.stop();
+    let v2 = seen.versions.get("v2").copied().unwrap_or(0) as f64;
+    let all = seen.versions.values().sum::<u64>() as f64;
+    assert!((0.1..0.3).contains(&(v2 / all)), "{seen:?}");
+}

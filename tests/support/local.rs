@@ -223,6 +223,8 @@ pub struct Seen {
     pub codes: BTreeMap<u16, u64>,
     /// 200 answers by the version that gave them.
     pub versions: BTreeMap<String, u64>,
+    /// The workload's own 500s (`<version> failed`), by version.
+    pub failed_by: BTreeMap<String, u64>,
     /// No answer at all: refused, reset, timed out.
     pub connection_failures: u64,
 }
@@ -232,13 +234,16 @@ impl Seen {
         self.codes.values().sum::<u64>() + self.connection_failures
     }
 
-    /// 5xx answers other than the workload's own 500 (the proxy's 502 and 503).
+    /// 5xx answers other than a workload's own failures (the proxy's 502 and 503, and
+    /// any 500 that is not `<version> failed`).
     pub fn proxy_errors(&self) -> u64 {
-        self.codes
+        let fives: u64 = self
+            .codes
             .iter()
-            .filter(|(c, _)| **c >= 500 && **c != 500)
+            .filter(|(c, _)| **c >= 500)
             .map(|(_, n)| n)
-            .sum()
+            .sum();
+        fives - self.failed_by.values().sum::<u64>()
     }
 }
 
@@ -267,9 +272,14 @@ impl Traffic {
                             match r {
                                 Ok((code, body)) => {
                                     *s.codes.entry(code).or_default() += 1;
+                                    let body = body.trim();
                                     if code == 200 {
-                                        let v = body.trim().rsplit(' ').next().unwrap_or("?");
+                                        let v = body.rsplit(' ').next().unwrap_or("?");
                                         *s.versions.entry(v.to_owned()).or_default() += 1;
+                                    } else if code == 500
+                                        && let Some(v) = body.strip_suffix(" failed")
+                                    {
+                                        *s.failed_by.entry(v.to_owned()).or_default() += 1;
                                     }
                                 }
                                 Err(_) => s.connection_failures += 1,
