@@ -492,6 +492,9 @@ fn plain_http_to_a_host_that_is_not_loopback_never_gets_the_token() {
     let in_url = repo.replacen("http://", &format!("http://bot:{token}@"), 1);
     for (n, repo) in [&repo, &in_url].into_iter().enumerate() {
         let state_dir = state.path().join(n.to_string());
+        // Not a dry run, against the example's `local` plan: were the fetch to succeed,
+        // the data plane it starts would outlive the daemon.
+        let _planes = support::DataPlanes(state_dir.clone());
         let out = rollgate(
             &[
                 "run",

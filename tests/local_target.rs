@@ -195,14 +195,29 @@ fn a_crash_looping_candidate_is_unhealthy() {
 }
 
 /// A bare remote with settings and one local plan at v1, already rolled out by a daemon.
+/// Fields drop in order: the data planes under `state` (and their workloads) are stopped
+/// before `remote` removes the folder they live in.
 struct Story {
+    _planes: support::DataPlanes,
     remote: support::Remote,
     port: u16,
     state: std::path::PathBuf,
 }
 
-fn daemon(story: &Story) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rollgate"))
+/// A daemon subprocess, killed and reaped when dropped, a failed assertion included.
+/// `rollgate run` leaves its data plane serving on purpose: the `Story`'s `DataPlanes`,
+/// declared before the daemon, stops that after the daemon is gone.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(story: &Story) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
         .args(["run", "--repo"])
         .arg(&story.remote.bare)
         .args(["--interval", "200ms", "--state-dir"])
@@ -217,7 +232,8 @@ fn daemon(story: &Story) -> Child {
                 .expect("log"),
         ))
         .spawn()
-        .expect("daemon starts")
+        .expect("daemon starts");
+    Daemon(child)
 }
 
 fn status_of(story: &Story) -> Option<rollgate::model::status::Status> {
@@ -274,6 +290,7 @@ fn story() -> Story {
     let state = remote.work_dir("state");
     std::fs::create_dir_all(&state).expect("state");
     Story {
+        _planes: support::DataPlanes(state.clone()),
         remote,
         port,
         state,
@@ -292,7 +309,7 @@ fn set_artifact(story: &Story, artifact: &str) {
 fn a_failing_version_is_rolled_back_and_reverted_while_traffic_flows() {
     // Given a daemon that rolled out v1 under steady traffic
     let story = story();
-    let mut d = daemon(&story);
+    let d = daemon(&story);
     let load = Generator::start(SocketAddr::from(([127, 0, 0, 1], story.port)), 300);
     wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
         s.phase.as_str() == "Succeeded" && s.candidate == "v1"
@@ -341,8 +358,7 @@ fn a_failing_version_is_rolled_back_and_reverted_while_traffic_flows() {
     assert_eq!(s.stable.as_deref(), Some("v1"));
     std::thread::sleep(Duration::from_millis(500));
     let counts = load.stop();
-    let _ = d.kill();
-    let _ = d.wait();
+    drop(d);
     // And the only failures were v3's own 500s: at most the first second of v1's start-up
     // (before the proxy listened) failed to connect
     eprintln!("{}", counts.summary());
@@ -362,9 +378,9 @@ fn after_sigkill_a_restarted_daemon_finishes_the_rollout_with_traffic_intact() {
         s.candidate == "v2" && s.step >= 1
     });
     // When the daemon is killed mid-rollout and started again
-    d.kill().expect("SIGKILL");
-    let _ = d.wait();
-    let mut d = daemon(&story);
+    d.0.kill().expect("SIGKILL");
+    let _ = d.0.wait();
+    let d = daemon(&story);
     let s = wait_for(&story, "v2 stable", Duration::from_secs(60), |s| {
         s.phase.as_str() == "Succeeded" && s.candidate == "v2"
     });
@@ -373,48 +389,14 @@ fn after_sigkill_a_restarted_daemon_finishes_the_rollout_with_traffic_intact() {
     // Then the rollout finished and the service answers from v2 only
     assert_eq!(s.stable.as_deref(), Some("v2"));
     let after = shares(SocketAddr::from(([127, 0, 0, 1], story.port)), 200);
-    let _ = d.kill();
-    let _ = d.wait();
+    drop(d);
     assert_eq!(after.get("v2").copied(), Some(200), "{after:?}");
-}
-
-/// A daemon and the workloads it started, stopped when the test ends, even on a panic:
-/// the daemon first (so nothing restarts them), then every process named by a pid file
-/// under `pid_dirs` (the target's and the workloads' own).
-struct Running {
-    daemon: Child,
-    pid_dirs: Vec<std::path::PathBuf>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let mut dirs = self.pid_dirs.clone();
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|x| x == "pid")
-                    && let Some(pid) = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok())
-                {
-                    let _ = Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-        }
-    }
 }
 
 #[test]
 fn regression_a_workload_never_inherits_rollgate_secrets() {
-    // Given a local plan whose workload dumps its environment (and its pid) before it
-    // becomes the demo service, with two variables of its own
+    // Given a local plan whose workload dumps its environment before it becomes the
+    // demo service, with two variables of its own
     let seed = tempfile::tempdir().expect("seed");
     let dumps = tempfile::tempdir().expect("dumps");
     let port = free_port();
@@ -424,7 +406,7 @@ fn regression_a_workload_never_inherits_rollgate_secrets() {
         "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n",
     )
     .expect("settings");
-    let script = r#"env > "$0.env.tmp" && mv "$0.env.tmp" "$0.env"; echo $$ > "$0.pid"; exec "$1" demo-service --port "$2" --version "$3""#;
+    let script = r#"env > "$0.env.tmp" && mv "$0.env.tmp" "$0.env"; exec "$1" demo-service --port "$2" --version "$3""#;
     std::fs::write(
         seed.path().join("plans/web.yaml"),
         format!(
@@ -462,6 +444,7 @@ spec:
     let state = remote.work_dir("state");
     std::fs::create_dir_all(&state).expect("state");
     let story = Story {
+        _planes: support::DataPlanes(state.clone()),
         remote,
         port,
         state,
@@ -476,23 +459,21 @@ spec:
         ("AWS_SECRET_ACCESS_KEY", "aws-secret-key-5ec2e7"),
         ("AWS_SESSION_TOKEN", "aws-session-token-5ec2e7"),
     ];
-    let daemon = Command::new(env!("CARGO_BIN_EXE_rollgate"))
-        .args(["run", "--repo"])
-        .arg(&story.remote.bare)
-        .args(["--interval", "200ms", "--state-dir"])
-        .arg(&story.state)
-        .envs(secrets)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(story.state.join("daemon.log")).expect("log"),
-        ))
-        .spawn()
-        .expect("daemon starts");
-    let _running = Running {
-        daemon,
-        pid_dirs: vec![story.state.clone(), dumps.path().to_path_buf()],
-    };
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["run", "--repo"])
+            .arg(&story.remote.bare)
+            .args(["--interval", "200ms", "--state-dir"])
+            .arg(&story.state)
+            .envs(secrets)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(story.state.join("daemon.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("daemon starts"),
+    );
     wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
         s.phase.as_str() == "Succeeded" && s.candidate == "v1"
     });

@@ -147,13 +147,29 @@ fn plan(proxy: u16, artifact: &str, analysis: &str) -> String {
     )
 }
 
+/// A daemon subprocess, killed and reaped when dropped, a failed assertion included.
+/// `rollgate run` leaves its data plane serving on purpose: a `support::DataPlanes`
+/// dropped after the daemon stops that.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fields drop in order, once `World::drop` has stopped the load: the daemon (so it
+/// cannot start another data plane), the data plane and its workloads, Prometheus, and
+/// only then the folders they use.
 struct World {
+    _daemon: Daemon,
+    _planes: support::DataPlanes,
+    prom: Prom,
+    load: Option<Generator>,
     remote: support::Remote,
     proxy: u16,
-    prom: Prom,
-    daemon: Child,
     state: PathBuf,
-    load: Option<Generator>,
 }
 
 impl World {
@@ -188,6 +204,7 @@ impl World {
         let state = remote.work_dir("state");
         std::fs::create_dir_all(&state).expect("state");
         let prom = Prom::start(&remote.work_dir("prometheus"), prom_port, proxy);
+        let planes = support::DataPlanes(state.clone());
         let daemon = Command::new(env!("CARGO_BIN_EXE_rollgate"))
             .args(["run", "--repo"])
             .arg(&remote.bare)
@@ -199,18 +216,20 @@ impl World {
                 std::fs::File::create(state.join("daemon.log")).expect("log"),
             ))
             .spawn()
+            .map(Daemon)
             .expect("daemon");
         let load = Some(Generator::start(
             SocketAddr::from(([127, 0, 0, 1], proxy)),
             200,
         ));
         let me = Self {
+            _daemon: daemon,
+            _planes: planes,
+            prom,
+            load,
             remote,
             proxy,
-            prom,
-            daemon,
             state,
-            load,
         };
         // Let Prometheus collect a few scrapes of v1 serving before anything changes.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -315,8 +334,6 @@ impl Drop for World {
         if let Some(l) = self.load.take() {
             l.stop();
         }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
     }
 }
 
