@@ -2,8 +2,13 @@
 //! endpoint when it is configured (`github::handle`).
 //!
 //! It runs on its own small tokio runtime so the reconcile loop stays synchronous and
-//! an HTTP flood cannot starve it. Invariant: handlers only read shared state or hand
-//! events over channels; nothing an HTTP client sends can reach a target or Git from here.
+//! an HTTP flood cannot starve it. Its own accept loop (not `axum::serve`, which sets no
+//! timeouts) bounds what a client can hold: at most `MAX_CONNECTIONS` open (more are
+//! closed at once), `HEADER_TIMEOUT` to send a request's headers (an idle keep-alive
+//! connection included: slowloris connections die), `REQUEST_TIMEOUT` for the whole
+//! request, body included (then 408).
+//! Invariant: handlers only read shared state or hand events over channels; nothing an
+//! HTTP client sends can reach a target or Git from here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +19,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+/// Open client connections at most; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time to send a request's headers, waiting for the next request on a kept-alive
+/// connection included.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time for a whole request, reading its body included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the endpoints report.
 #[derive(Debug, Default)]
@@ -114,11 +127,7 @@ pub fn start_with(
         app = app.merge(routes);
     }
     let app = app.fallback(not_found);
-    runtime.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    runtime.spawn(accept_loop(listener, app));
     if webhooks {
         tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics, /webhooks/github");
     } else {
@@ -130,8 +139,50 @@ pub fn start_with(
     })
 }
 
+/// Accept connections under `MAX_CONNECTIONS`, each served with the timeouts above.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "the HTTP server cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            crate::telemetry::global().connection_refused();
+            drop(stream);
+            continue;
+        };
+        let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let call = hyper::service::Service::call(&inner, req);
+            async move {
+                match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(text(StatusCode::REQUEST_TIMEOUT, "request timeout\n")),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -150,5 +201,67 @@ mod tests {
         assert_eq!(code, 200);
         assert!(body.contains("rollgate_reconciles_total"), "{body}");
         assert_eq!(get("/nope").0, 404);
+    }
+
+    /// `n` connections that each sent half a request's headers and then nothing.
+    pub(crate) fn half_open(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+        use std::io::Write;
+        (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
+                    .expect("half a request");
+                s
+            })
+            .collect()
+    }
+
+    /// The slowest of five `/healthz` answers.
+    pub(crate) fn slowest_of_five(addr: SocketAddr, path: &str) -> std::time::Duration {
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let (code, _) =
+                    crate::target::local::http_get(addr, path, std::time::Duration::from_secs(5))
+                        .expect("answers");
+                assert_eq!(code, 200);
+                t.elapsed()
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn regression_a_slowloris_connection_is_closed_after_the_header_timeout() {
+        use std::io::Read;
+        // Given a client that sent half its headers and went quiet
+        let server = start(SocketAddr::from(([127, 0, 0, 1], 0)), Arc::default()).expect("listens");
+        let mut slow = half_open(server.addr, 1).remove(0);
+        slow.set_read_timeout(Some(HEADER_TIMEOUT + std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        // Then the server closes it once the header timeout has passed (before: never)
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = slow.read_to_end(&mut buf);
+        let took = started.elapsed();
+        assert!(read.is_ok(), "still open after {took:?}: {read:?}");
+        assert!(
+            took >= HEADER_TIMEOUT - std::time::Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn regression_two_thousand_idle_half_open_connections_do_not_starve_healthz() {
+        // Given the server, and 2,000 clients that sent half their headers and went quiet
+        let server = start(SocketAddr::from(([127, 0, 0, 1], 0)), Arc::default()).expect("listens");
+        let idle = half_open(server.addr, 2000);
+        // Then /healthz still answers, within 100 ms every time
+        let slowest = slowest_of_five(server.addr, "/healthz");
+        assert!(
+            slowest < std::time::Duration::from_millis(100),
+            "{slowest:?}"
+        );
+        drop(idle);
     }
 }

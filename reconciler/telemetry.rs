@@ -31,6 +31,8 @@ pub struct Telemetry {
     leader: AtomicU64,
     webhooks: [AtomicU64; 7],
     github_errors: AtomicU64,
+    /// HTTP connections closed at once because `server::MAX_CONNECTIONS` were open.
+    connections_refused: AtomicU64,
 }
 
 /// What became of a webhook delivery (the label of `rollgate_webhooks_total`).
@@ -107,6 +109,11 @@ impl Telemetry {
         self.github_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An HTTP connection closed unserved: the connection cap was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(u64::from(leader), Ordering::Relaxed);
     }
@@ -179,6 +186,12 @@ impl Telemetry {
             "rollgate_github_errors_total",
             "GitHub jobs (previews, comment commands, statuses) that failed.",
             g(&self.github_errors),
+        );
+        counter(
+            &mut o,
+            "rollgate_http_connections_refused_total",
+            "HTTP connections closed unserved because the connection cap was reached.",
+            g(&self.connections_refused),
         );
         let _ = writeln!(
             o,

@@ -15,6 +15,9 @@
 //! lock*, so once `set_routes` returns, every request routed by an older table is
 //! already counted and `drain` waits for it; a request finishes on the backend it
 //! started on; its statistics are recorded once, when its response ends.
+//! Limits against slow or idle clients (slowloris): at most `MAX_CONNECTIONS` client
+//! connections (more are closed at once) and `HEADER_TIMEOUT` to send a request's
+//! headers, the wait for the next request on a kept-alive connection included.
 //! Not supported: protocol upgrades (WebSocket) and HTTP/2.
 
 mod forward;
@@ -45,6 +48,11 @@ use self::forward::{
 use self::route::{Routed, Table, request_bucket};
 pub use self::stats::{Stats, WindowStats};
 pub use crate::model::plan::Sticky;
+
+/// Client connections at most; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Time for a client to send a request's headers (and to start the next one).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path the proxy answers itself with its metrics; everything else is proxied.
 pub const METRICS_PATH: &str = "/.rollgate/metrics";
@@ -259,12 +267,22 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let for_connections = stopped.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_client(stream, peer, shared.clone(), for_connections.clone()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        shared.stats.record_refused();
+                        drop(stream);
+                        continue;
+                    };
+                    let (shared, stopped) = (shared.clone(), for_connections.clone());
+                    tokio::spawn(async move {
+                        serve_client(stream, peer, shared, stopped).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -299,6 +317,8 @@ async fn serve_client(
     };
     let conn = http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     // Backend connections first (a response that arrived is then forwarded in the same

@@ -171,6 +171,8 @@ pub struct Stats {
     versions: Mutex<HashMap<String, Version>>,
     /// Requests answered 503 because no backend was routed.
     unrouted: AtomicU64,
+    /// Client connections closed unserved: the connection cap was reached.
+    refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -287,6 +289,7 @@ impl Stats {
             started_at: std::time::SystemTime::now(),
             versions: Mutex::new(HashMap::new()),
             unrouted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -349,6 +352,16 @@ impl Stats {
     /// Count a request that found no backend.
     pub fn record_unrouted(&self) {
         self.unrouted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a client connection closed unserved (the connection cap was reached).
+    pub fn record_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client connections closed unserved, since the proxy started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Requests that found no backend, since the proxy started.
@@ -460,6 +473,13 @@ impl Stats {
             out,
             "rollgate_proxy_unrouted_requests_total {}",
             self.unrouted()
+        );
+        out.push_str("# HELP rollgate_proxy_connections_refused_total Client connections closed unserved because the connection cap was reached.\n");
+        out.push_str("# TYPE rollgate_proxy_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "rollgate_proxy_connections_refused_total {}",
+            self.refused()
         );
     }
 }

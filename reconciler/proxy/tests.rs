@@ -737,3 +737,14 @@ fn shutdown_frees_the_port() {
     std::net::TcpListener::bind(addr).expect("the port is free again");
     drop(clone); // already stopped: dropping is a no-op
 }
+
+#[test]
+fn regression_two_thousand_idle_half_open_connections_do_not_starve_the_proxy() {
+    // Given a proxy, and 2,000 clients that sent half their headers and went quiet
+    let proxy = start_proxy(None);
+    let idle = crate::server::tests::half_open(proxy.local_addr(), 2000);
+    // Then the proxy still answers (its own metrics path), within 100 ms every time
+    let slowest = crate::server::tests::slowest_of_five(proxy.local_addr(), METRICS_PATH);
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+    drop(idle);
+}
