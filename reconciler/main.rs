@@ -134,6 +134,9 @@ enum DataplaneCommand {
         /// The local target's folder (default for `rollgate run`: STATE/local/<target>).
         #[arg(long)]
         dir: PathBuf,
+        /// Stop (with every workload) when this process is gone (`rollgate demo`).
+        #[arg(long, hide = true)]
+        owner_pid: Option<u32>,
     },
     /// Stop everything: drain and stop every workload and proxy, then the data plane.
     Stop {
@@ -1246,8 +1249,8 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
 fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
     use rollgate::dataplane;
     match command {
-        DataplaneCommand::Serve { dir } => {
-            dataplane::serve(&dir)?;
+        DataplaneCommand::Serve { dir, owner_pid } => {
+            dataplane::serve(&dir, owner_pid)?;
             Ok(ExitCode::SUCCESS)
         }
         DataplaneCommand::Stop { dir } => {

@@ -298,3 +298,55 @@ fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else()
     let all = seen.versions.values().sum::<u64>() as f64;
     assert!((0.1..0.3).contains(&(v2 / all)), "{seen:?}");
 }
+
+#[test]
+fn regression_a_killed_demo_leaves_no_data_plane_and_no_workload_behind() {
+    // Given `rollgate demo` serving (its data plane started for it alone)
+    let dir = tempfile::tempdir().expect("tmp");
+    let _planes = support::DataPlanes(dir.path().join("state"));
+    let mut demo = support::local::Daemon(Some(
+        std::process::Command::new(support::local::BIN)
+            .args(["demo", "--fast", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rollgate demo"),
+    ));
+    let plane_dir = dir.path().join("state/local");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let recorded = || -> Vec<Identity> {
+        std::fs::read_dir(plane_dir.join("hello"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            .filter_map(|e| Identity::read(&e.path()))
+            .collect()
+    };
+    while recorded().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo never served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plane = rollgate::dataplane::client::recorded(&plane_dir).expect("a data plane");
+    let workloads = recorded();
+    // When the demo alone is SIGKILLed (not its process group)
+    demo.kill();
+    // Then its data plane and workloads stop by themselves, within seconds
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while plane.is_alive() || workloads.iter().any(Identity::is_alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: plane {}, workloads {:?}",
+            plane.is_alive(),
+            workloads
+                .iter()
+                .filter(|i| i.is_alive())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -4,6 +4,7 @@
 mod support;
 
 use support::free_port;
+use support::local::Daemon;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -204,18 +205,6 @@ struct Story {
     state: std::path::PathBuf,
 }
 
-/// A daemon subprocess, killed and reaped when dropped, a failed assertion included.
-/// `rollgate run` leaves its data plane serving on purpose: the `Story`'s `DataPlanes`,
-/// declared before the daemon, stops that after the daemon is gone.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn daemon(story: &Story) -> Daemon {
     let child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
         .args(["run", "--repo"])
@@ -233,7 +222,7 @@ fn daemon(story: &Story) -> Daemon {
         ))
         .spawn()
         .expect("daemon starts");
-    Daemon(child)
+    Daemon(Some(child))
 }
 
 fn status_of(story: &Story) -> Option<rollgate::model::status::Status> {
@@ -378,8 +367,7 @@ fn after_sigkill_a_restarted_daemon_finishes_the_rollout_with_traffic_intact() {
         s.candidate == "v2" && s.step >= 1
     });
     // When the daemon is killed mid-rollout and started again
-    d.0.kill().expect("SIGKILL");
-    let _ = d.0.wait();
+    d.kill();
     let d = daemon(&story);
     let s = wait_for(&story, "v2 stable", Duration::from_secs(60), |s| {
         s.phase.as_str() == "Succeeded" && s.candidate == "v2"
@@ -459,7 +447,7 @@ spec:
         ("AWS_SECRET_ACCESS_KEY", "aws-secret-key-5ec2e7"),
         ("AWS_SESSION_TOKEN", "aws-session-token-5ec2e7"),
     ];
-    let _daemon = Daemon(
+    let _daemon = Daemon(Some(
         Command::new(env!("CARGO_BIN_EXE_rollgate"))
             .args(["run", "--repo"])
             .arg(&story.remote.bare)
@@ -473,7 +461,7 @@ spec:
             ))
             .spawn()
             .expect("daemon starts"),
-    );
+    ));
     wait_for(&story, "v1 stable", Duration::from_secs(40), |s| {
         s.phase.as_str() == "Succeeded" && s.candidate == "v1"
     });

@@ -9,6 +9,7 @@
 mod support;
 
 use support::free_port;
+use support::local::Daemon;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -147,18 +148,6 @@ fn plan(proxy: u16, artifact: &str, analysis: &str) -> String {
     )
 }
 
-/// A daemon subprocess, killed and reaped when dropped, a failed assertion included.
-/// `rollgate run` leaves its data plane serving on purpose: a `support::DataPlanes`
-/// dropped after the daemon stops that.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Fields drop in order, once `World::drop` has stopped the load: the daemon (so it
 /// cannot start another data plane), the data plane and its workloads, Prometheus, and
 /// only then the folders they use.
@@ -216,7 +205,7 @@ impl World {
                 std::fs::File::create(state.join("daemon.log")).expect("log"),
             ))
             .spawn()
-            .map(Daemon)
+            .map(|c| Daemon(Some(c)))
             .expect("daemon");
         let load = Some(Generator::start(
             SocketAddr::from(([127, 0, 0, 1], proxy)),

@@ -41,7 +41,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Launch {
     /// In its own process group: it outlives the daemon (`rollgate run`).
     Detached,
-    /// In the daemon's process group: a Ctrl-C stops both (`rollgate demo`).
+    /// For this process alone (`rollgate demo`): in its process group (a Ctrl-C stops
+    /// both), and it stops by itself when this process is gone, however it ended.
     Attached,
     /// Never: only talk to one that runs (metrics readers, `stop`).
     Never,
@@ -226,8 +227,14 @@ impl DataPlaneTarget {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log);
-        if self.launch == Launch::Detached {
-            cmd.process_group(0);
+        match self.launch {
+            Launch::Detached => {
+                cmd.process_group(0);
+            }
+            Launch::Attached => {
+                cmd.arg("--owner-pid").arg(std::process::id().to_string());
+            }
+            Launch::Never => {}
         }
         let child = cmd
             .spawn()

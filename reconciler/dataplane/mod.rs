@@ -14,7 +14,9 @@
 //! the builtin metrics keep counting here, so no analysis loses samples.
 //! Stopping: SIGTERM or SIGINT to the data plane, or `rollgate dataplane stop`, drains
 //! and stops every workload and proxy. SIGTERM to the daemon stops the control plane only.
-//! A data plane whose socket file is removed (its folder deleted) stops as well.
+//! A data plane whose socket file is removed (its folder deleted) stops as well, and so
+//! does one started for a single process (`--owner-pid`, the demo) when that process is
+//! gone, however it ended.
 //! Invariants: one data plane per DIR (an exclusive lock on `DIR/dataplane.lock` held for
 //! its whole life); leftovers of an earlier data plane are stopped by identity before
 //! anything starts; the socket and DIR are private to the user (0600/0700); the data
@@ -56,8 +58,13 @@ fn lock_path(dir: &Path) -> PathBuf {
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Run the data plane of `dir` until it is told to stop (a `Stop` request, SIGTERM or
-/// SIGINT). Errors when another data plane already owns `dir`.
-pub fn serve(dir: &Path) -> Result<()> {
+/// SIGINT), its socket is removed, or `owner` (when given: the process that started it
+/// for itself, like `rollgate demo`) is gone. Errors when another data plane already
+/// owns `dir`.
+pub fn serve(dir: &Path, owner: Option<u32>) -> Result<()> {
+    let owner = owner
+        .map(|pid| Identity::of(pid).with_context(|| format!("the owner process {pid} is gone")))
+        .transpose()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot make {} private", dir.display()))?;
@@ -111,6 +118,10 @@ pub fn serve(dir: &Path) -> Result<()> {
                     std::thread::sleep(Duration::from_millis(500));
                     if !socket_path(&plane.dir).exists() {
                         tracing::warn!(dir = %plane.dir.display(), "the data plane's socket is gone");
+                        plane.finish();
+                    }
+                    if owner.as_ref().is_some_and(|o| !o.is_alive()) {
+                        tracing::warn!("the process that owns this data plane is gone");
                         plane.finish();
                     }
                 }
@@ -255,18 +266,25 @@ fn handle(
     false
 }
 
+fn holds_plane(dir: &Path) -> bool {
+    socket_path(dir).exists() || pid_path(dir).exists()
+}
+
 /// The data plane folders under `dir`: `dir` itself when it holds a data plane, else
-/// every `dir/local/<target>` that does (a `rollgate run --state-dir`).
+/// `dir/local` (the demo's) and every `dir/local/<target>` (a `rollgate run --state-dir`)
+/// that does.
 pub fn planes_under(dir: &Path) -> Vec<PathBuf> {
-    if socket_path(dir).exists() || pid_path(dir).exists() {
+    if holds_plane(dir) {
         return vec![dir.to_path_buf()];
     }
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join("local"))
+    let local = dir.join("local");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&local)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| socket_path(p).exists() || pid_path(p).exists())
+        .chain([local.clone()])
+        .filter(|p| holds_plane(p))
         .collect();
     out.sort();
     out

@@ -374,15 +374,25 @@ impl LocalTarget {
                 // The record names this process exactly (pid, start time, argv), so a
                 // later data plane stops it and nothing else.
                 let path = log_path.with_file_name(format!("{safe}-{}.pid", c.id()));
-                let recorded = Identity::of(c.id())
-                    .ok_or_else(|| std::io::Error::other("the process exited at once"))
-                    .and_then(|id| id.write(&path));
-                if let Err(e) = recorded {
-                    terminate(&mut c, Duration::ZERO);
-                    return Err(e);
-                }
-                if let Some(old) = pid_file.lock().ok().and_then(|mut p| p.replace(path)) {
-                    let _ = std::fs::remove_file(old);
+                // A process that already exited needs no record: the supervisor sees it.
+                let recorded = match Identity::of(c.id()) {
+                    Some(id) => id.write(&path).map(|()| Some(path)),
+                    None => Ok(None),
+                };
+                match recorded {
+                    Err(e) => {
+                        terminate(&mut c, Duration::ZERO);
+                        return Err(e);
+                    }
+                    Ok(path) => {
+                        let old = pid_file
+                            .lock()
+                            .ok()
+                            .and_then(|mut slot| std::mem::replace(&mut *slot, path));
+                        if let Some(old) = old {
+                            let _ = std::fs::remove_file(old);
+                        }
+                    }
                 }
                 Ok(c)
             }
