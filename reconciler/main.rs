@@ -385,6 +385,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The folder of local target `name`: `STATE/local/<name>`, or the settings' `stateDir`
+/// taken relative to `STATE/local/`; an absolute path or one that climbs out with `..`
+/// is refused.
+fn confined_local_dir(state: &Path, name: &str, from_settings: Option<&str>) -> Result<PathBuf, String> {
+    let base = state.join("local");
+    let Some(rel) = from_settings else {
+        return Ok(base.join(name));
+    };
+    let p = Path::new(rel);
+    let inside = !rel.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if inside {
+        Ok(base.join(p))
+    } else {
+        Err(format!(
+            "stateDir {rel:?} of local target {name} must be a relative folder inside {} (no `..`, not absolute)",
+            base.display()
+        ))
+    }
+}
+
 /// The daemon and the data plane hold a connection per client: take the hard limit on
 /// open files as the soft one (a 1,024 default is a handful of slow clients away from
 /// failing fetches, pushes and webhooks).
@@ -830,9 +852,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
         match kind {
             rollgate::model::settings::Target::Local { state_dir } => {
-                let dir = state_dir
-                    .as_ref()
-                    .map_or_else(|| args.state_dir.join("local").join(name), PathBuf::from);
+                // The folder comes from the repository's settings: it is confined
+                // under --state-dir, so a settings change can never point the data plane
+                // (which stops leftovers it finds there) at /var or another user's files.
+                let dir = match confined_local_dir(&args.state_dir, name, state_dir.as_deref()) {
+                    Ok(dir) => dir,
+                    Err(why) => {
+                        tracing::warn!(target_name = %name, "{why}; this target's plans hold");
+                        continue;
+                    }
+                };
                 // The data plane outlives this daemon: started when none answers,
                 // adopted as it is when one does.
                 counters.push(std::sync::Arc::new(
@@ -1294,6 +1323,26 @@ fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn regression_a_local_state_dir_from_settings_never_leaves_the_state_folder() {
+        let state = std::path::Path::new("/srv/rollgate");
+        assert_eq!(
+            super::confined_local_dir(state, "local", None),
+            Ok(state.join("local/local"))
+        );
+        assert_eq!(
+            super::confined_local_dir(state, "edge", Some("edge/web")),
+            Ok(state.join("local/edge/web"))
+        );
+        for bad in ["/var", "../../etc", "a/../../b", ""] {
+            let e = super::confined_local_dir(state, "edge", Some(bad)).expect_err(bad);
+            assert!(e.contains("must be a relative folder"), "{e}");
         }
     }
 }
