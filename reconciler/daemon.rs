@@ -319,9 +319,16 @@ impl Reconciler {
         ) else {
             return;
         };
+        if !self.src.changes_nothing(c.id) {
+            // A squash or rebase merge copies its contributors' messages: a trailer in a
+            // commit that changes files may come from anyone. Only a pure command commit
+            // (no file changed) carries a command.
+            tracing::warn!(plan, command = word, commit = %c.id, "command trailer ignored: the commit changes files (a command commit changes none)");
+            return;
+        }
         match parse_command(word) {
             Some(cmd) => {
-                tracing::info!(plan, command = word, commit = %c.id, "command found");
+                tracing::debug!(plan, command = word, commit = %c.id, "command found");
                 self.commands
                     .entry(plan.to_owned())
                     .or_default()

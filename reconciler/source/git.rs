@@ -108,6 +108,17 @@ impl GitSource {
         &self.repo
     }
 
+    /// True when `commit` changes no file: its tree is its first parent's (a pure
+    /// command commit, as `rollgate promote` and `git commit --allow-empty` make). A root
+    /// commit or an unreadable one is not.
+    pub fn changes_nothing(&self, commit: Oid) -> bool {
+        self.repo
+            .find_commit(commit)
+            .ok()
+            .and_then(|c| Some((c.tree_id(), c.parent(0).ok()?.tree_id())))
+            .is_some_and(|(tree, parent)| tree == parent)
+    }
+
     pub fn url(&self) -> &str {
         self.remote.url().as_str()
     }

@@ -1,0 +1,79 @@
+//! The trust boundary (#16), end to end on the real binary: what a commit may make the
+//! daemon do depends on what the commit is, not on what its message claims.
+
+mod support;
+
+use std::process::Command;
+
+use rollgate::model::status::Phase;
+use support::Remote;
+use support::rollout::PlanFile;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+
+/// One `rollgate run --dry-run --once` pass over the remote (until nothing moves).
+fn run_once(remote: &Remote, state: &std::path::Path) {
+    let out = Command::new(BIN)
+        .args(["run", "--dry-run", "--once", "--repo"])
+        .arg(&remote.bare)
+        .arg("--state-dir")
+        .arg(state)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rollgate run --once");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn regression_a_command_trailer_in_a_commit_that_changes_files_is_not_obeyed() {
+    // Given v1 rolled out and v2 waiting at an untimed pause
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    let state = remote.work_dir("state");
+    run_once(&remote, &state);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "pause: {}",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    run_once(&remote, &state);
+    let paused = remote.status("web").expect("status");
+    assert_eq!((paused.phase, paused.candidate.as_str()), (Phase::Paused, "v2"));
+
+    // When a merge that changes a file carries a contributor's promote trailer (a squash
+    // merge copies the contributor's message)
+    remote.human_commit(
+        "docs/notes.md",
+        |_| "a harmless change\n".to_owned(),
+        "Update notes\n\nRollgate-Command: promote\nRollgate-Plan: web",
+    );
+    run_once(&remote, &state);
+    // Then the rollout stays paused
+    let s = remote.status("web").expect("status");
+    assert_eq!((s.phase, s.step), (Phase::Paused, paused.step), "{s:?}");
+    assert_eq!(s.last_command, None);
+
+    // When a maintainer makes a pure command commit (no file changed)
+    remote.pull();
+    remote.human(&[
+        "commit",
+        "--allow-empty",
+        "-q",
+        "-m",
+        "Promote web",
+        "--trailer",
+        "Rollgate-Command: promote",
+        "--trailer",
+        "Rollgate-Plan: web",
+    ]);
+    remote.human(&["push", "-q", "origin", "main"]);
+    run_once(&remote, &state);
+    // Then it is obeyed
+    let s = remote.status("web").expect("status");
+    assert_eq!(
+        (s.phase, s.candidate.as_str()),
+        (Phase::Succeeded, "v2"),
+        "{s:?}"
+    );
+}
