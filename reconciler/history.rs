@@ -27,6 +27,8 @@ pub struct Entry {
     pub revision: Option<String>,
     pub reason: Option<String>,
     pub verdicts: Vec<String>,
+    /// `direct` or `steps` on the transitions of a rollout with no stable version.
+    pub first_rollout: Option<String>,
     pub subject: String,
 }
 
@@ -102,6 +104,7 @@ pub fn collect(repo: &Repository, head: Oid, plan: Option<&str>) -> Result<Vec<E
                 .filter(|(k, _)| k.eq_ignore_ascii_case(m::VERDICT))
                 .map(|(_, v)| v.to_owned())
                 .collect(),
+            first_rollout: get(m::FIRST_ROLLOUT),
             subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
         });
     }

@@ -286,6 +286,7 @@ cases! {
     invalid_value => "invalid-value",
     invalid_value_builtin_query => "invalid-value-builtin-query",
     invalid_value_cloudwatch_query => "invalid-value-cloudwatch-query",
+    invalid_value_first_rollout => "invalid-value-first-rollout",
     invalid_value_health_status => "invalid-value-health-status",
     invalid_value_listen => "invalid-value-listen",
     invalid_value_route_rule_overflow => "invalid-value-route-rule-overflow",

@@ -601,12 +601,14 @@ fn credentials_are_never_printed() {
         ("rollgate.yaml".to_owned(), settings),
         (
             "plans/pay.yaml".to_owned(),
+            // Its steps walked on its first rollout, so the first one moves the alias.
             plan_yaml(
                 &fx.function,
                 fx.endpoint(),
                 "2",
                 &["setWeight: 20", "pause: {}"],
-            ),
+            )
+            .replace("  strategy:\n", "  firstRollout: steps\n  strategy:\n"),
         ),
         (
             "plans/ghost.yaml".to_owned(),

@@ -14,7 +14,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use rollgate::model::Code;
 use rollgate::preview::{
-    AnnotationLevel, ChangeKind, Conclusion, MARKER, Preview, Verdict, preview, preview_with_labels,
+    AnnotationLevel, ChangeKind, Conclusion, MARKER, Preview, StageKind, Verdict, preview,
+    preview_with_labels,
 };
 use support::{Remote, example_repo, git};
 
@@ -99,6 +100,42 @@ fn too_big_a_first_step(repo: &Path) {
     );
 }
 
+/// Given `main` where rollgate rolled `plan` out at `artifact` (as it records it): a
+/// change of the plan is then a rollout replacing a stable version, not a first rollout.
+fn given_rollgate_runs(r: &Remote, plan: &str, artifact: &str) {
+    edit(&r.human, &format!("status/{plan}.yaml"), |_| {
+        format!(
+            "# Written by rollgate; read it, do not edit it.
+apiVersion: rollgate.dev/v1alpha1
+kind: RolloutStatus
+metadata:
+  name: {plan}
+status:
+  phase: Succeeded
+  candidate: {artifact}
+  stable: {artifact}
+  revision: 0b5e1c7d2f1e4b3a29180716f5e4d3c2b1a09f8e
+  stepIndex: 7
+  weight: 100
+  succeeded:
+    - artifact: {artifact}
+      at: \"2026-11-19T10:00:00Z\"
+  lastTransitionAt: \"2026-11-19T10:00:00Z\"
+  message: {artifact} is stable
+"
+        )
+    });
+    commit(&r.human, &format!("Status: {plan} succeeded"));
+}
+
+fn given_checkout_runs_the_old_artifact(r: &Remote) {
+    given_rollgate_runs(
+        r,
+        "checkout",
+        &format!("registry.example/checkout@{OLD_CHECKOUT}"),
+    );
+}
+
 fn snapshot(name: &str, p: &Preview) {
     insta::with_settings!({ omit_expression => true }, {
         insta::assert_snapshot!(name, comment(p));
@@ -108,6 +145,7 @@ fn snapshot(name: &str, p: &Preview) {
 #[test]
 fn a_canary_artifact_bump_passes_with_its_dry_run() {
     let r = given_the_example_repository();
+    given_checkout_runs_the_old_artifact(&r);
     let p = pull_request(&r, |repo| {
         replace(repo, "plans/checkout.yaml", OLD_CHECKOUT, NEW_CHECKOUT);
     });
@@ -126,6 +164,14 @@ fn a_canary_artifact_bump_passes_with_its_dry_run() {
         "{}",
         plan.diff
     );
+    assert!(
+        plan.effect.starts_with(&format!(
+            "rollout of `registry.example/checkout@{NEW_CHECKOUT}`, replacing stable `registry.example/checkout@{OLD_CHECKOUT}`"
+        )),
+        "{}",
+        plan.effect
+    );
+    assert!(!plan.direct);
     // Seven steps and the promotion; the weight 50 waits for Monday's window.
     assert_eq!(plan.stages.len(), 8);
     let monday = Utc.with_ymd_and_hms(2026, 11, 30, 8, 0, 0).single();
@@ -137,6 +183,7 @@ fn a_canary_artifact_bump_passes_with_its_dry_run() {
 #[test]
 fn a_first_step_over_25_percent_is_denied_by_policy() {
     let r = given_the_example_repository();
+    given_checkout_runs_the_old_artifact(&r);
     let p = pull_request(&r, |repo| {
         too_big_a_first_step(repo);
     });
@@ -151,6 +198,68 @@ fn a_first_step_over_25_percent_is_denied_by_policy() {
         plan.diagnostics
     );
     snapshot("policy_denial", &p);
+}
+
+/// A new plan: `hello` copied as `greeter`, on its own port.
+fn a_new_plan(repo: &Path, extra: &str) {
+    let hello = std::fs::read_to_string(repo.join("plans/hello.yaml")).expect("hello");
+    let greeter = hello
+        .replace("name: hello", "name: greeter")
+        .replace("127.0.0.1:18080", "127.0.0.1:18090")
+        .replace("  artifact: v1\n", &format!("  artifact: v1\n{extra}"));
+    std::fs::write(repo.join("plans/greeter.yaml"), greeter).expect("write");
+}
+
+#[test]
+fn a_new_plan_is_a_first_rollout_deployed_directly() {
+    let r = given_the_example_repository();
+    let p = pull_request(&r, |repo| a_new_plan(repo, ""));
+    assert_eq!(p.conclusion(), Conclusion::Success, "{}", p.text());
+    let [plan] = p.plans.as_slice() else {
+        panic!("one plan touched: {p:?}")
+    };
+    assert_eq!(
+        (plan.name.as_str(), plan.change, plan.verdict),
+        ("greeter", ChangeKind::Added, Verdict::Accepted)
+    );
+    // Then merging deploys v1 directly: nothing is stable to shift from or compare with
+    assert!(plan.direct && !plan.fast_track);
+    assert!(
+        plan.effect.starts_with(
+            "first rollout of `v1`: no stable version to compare with, so it is deployed directly at 100%"
+        ),
+        "{}",
+        plan.effect
+    );
+    let [stage] = plan.stages.as_slice() else {
+        panic!("one stage: {:?}", plan.stages)
+    };
+    assert_eq!(
+        (stage.step, stage.kind, stage.weight),
+        (1, StageKind::Deploy, 100)
+    );
+    assert_eq!(stage.earliest_completion, Some(now()));
+    assert!(p.text().contains("deploy directly"), "{}", p.text());
+    snapshot("first_rollout", &p);
+}
+
+#[test]
+fn a_new_plan_with_first_rollout_steps_shows_its_steps() {
+    let r = given_the_example_repository();
+    let p = pull_request(&r, |repo| a_new_plan(repo, "  firstRollout: steps\n"));
+    assert_eq!(p.conclusion(), Conclusion::Success, "{}", p.text());
+    let plan = &p.plans[0];
+    assert!(!plan.direct);
+    assert!(
+        plan.effect.starts_with(
+            "first rollout of `v1`: no stable version, and `firstRollout: steps` walks the steps anyway"
+        ),
+        "{}",
+        plan.effect
+    );
+    // Seven steps and the promotion.
+    assert_eq!(plan.stages.len(), 8);
+    assert_eq!(plan.stages[0].kind, StageKind::SetWeight);
 }
 
 #[test]
@@ -257,10 +366,19 @@ fn given_staging_succeeded_with_the_new_artifact(r: &Remote) {
 fn a_promotion_from_staging_shows_that_the_artifact_succeeded_there() {
     let r = given_the_example_repository();
     given_staging_succeeded_with_the_new_artifact(&r);
+    given_rollgate_runs(
+        &r,
+        "prod-payments",
+        &format!("registry.example/payments-api@{STAGED}"),
+    );
     let p = pull_request(&r, |repo| {
         replace(repo, "plans/prod-payments.yaml", STAGED, PROMOTED);
     });
     assert_eq!(p.conclusion(), Conclusion::Success, "{}", p.text());
+    assert!(
+        !p.plans[0].direct,
+        "production ran staging's previous artifact"
+    );
     let promotion = p.plans[0].promotion.as_ref().expect("a promotion");
     assert!(promotion.succeeded);
     assert_eq!(promotion.from, "staging-payments");

@@ -16,7 +16,7 @@ use support::{git, git_ok};
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
 /// Given a remote with `plan` at v1, rolled out to Succeeded (a plan seen for the first time
-/// is rolled out like any change).
+/// has no stable version: it is deployed directly).
 fn rolled_out(plan: &PlanFile) -> World {
     let mut w = World::new(&[plan]);
     w.run_until(&plan.name, 10, 40, |s| s.phase == Phase::Succeeded);
@@ -150,6 +150,102 @@ fn a_plan_change_rolls_out_in_stages_with_one_commit_per_transition() {
         .collect();
     let expected: Vec<&str> = new.iter().map(|c| c.sha.as_str()).collect();
     assert_eq!(commits, expected);
+}
+
+#[test]
+fn a_new_plan_is_deployed_directly_in_one_status_commit_then_confirmed() {
+    // Given a remote with a new plan at v1 (steps 10% → analysis → 50% → 100%) and no status
+    let plan = PlanFile::new("web");
+    let mut w = World::new(&[&plan]);
+    let seeded = w.remote.head();
+
+    // When the daemon runs until v1 is stable
+    let reports = w.run_until("web", 10, 5, |s| s.phase == Phase::Succeeded);
+
+    // Then v1 was deployed directly: one commit saying so, one confirming it serves
+    assert!(reports.iter().all(|r| r.errors == 0), "{reports:?}");
+    let new = commits_after(&w.remote, &seeded);
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[("Promoting", "0/0"), ("Succeeded", "0/0")])
+    );
+    let deploy = &new[0];
+    assert_eq!(deploy.subject, "web: first rollout, deploying v1 directly");
+    assert_eq!(deploy.files, vec!["status/web.yaml".to_owned()]);
+    assert_eq!(deploy.trailer("Rollgate-First-Rollout"), Some("direct"));
+    assert_eq!(deploy.trailer("Rollgate-Weight"), Some("100"));
+    assert_eq!(
+        deploy.trailer("Rollgate-Reason"),
+        Some("first rollout of v1: no stable version to compare with; deployed directly")
+    );
+    assert!(deploy.trailers_named("Rollgate-Verdict").is_empty());
+    assert_eq!(new[1].trailer("Rollgate-First-Rollout"), None);
+    // And the target got one promotion: no candidate beside nothing, no weights, no analysis
+    assert_eq!(w.target.calls("web"), ["promote v1"]);
+    let wl = w.target.workload("web");
+    assert_eq!((wl.stable.as_deref(), wl.candidate), (Some("v1"), None));
+    assert_eq!(w.metrics.asked(), 0, "nothing to judge on a first rollout");
+    let s = w.status("web");
+    assert!(s.direct);
+    assert_eq!((s.stable.as_deref(), s.weight), (Some("v1"), 100));
+
+    // And `rollgate history` tells it from the trailers
+    let out = Command::new(BIN)
+        .args(["history", "web", "--output", "json", "--repo"])
+        .arg(&w.remote.bare)
+        .output()
+        .expect("rollgate history runs");
+    assert!(out.status.success(), "{out:?}");
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(entries[0]["first_rollout"], "direct", "{entries:?}");
+
+    // And the next change walks every step with v1 behind the other share
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+    assert_eq!(commits_after(&w.remote, &change).len(), 7);
+    assert!(!w.status("web").direct);
+}
+
+#[test]
+fn a_new_plan_with_first_rollout_steps_walks_its_steps_with_nothing_behind() {
+    // Given a new plan that asks for its steps even on the first rollout
+    let plan = PlanFile::new("web").first_rollout_steps();
+    let mut w = World::new(&[&plan]);
+    let seeded = w.remote.head();
+    // When it runs to the end
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    // Then it walked every step, said why at the start, and judged its threshold check
+    let new = commits_after(&w.remote, &seeded);
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[
+            ("Pending", "0/4"),
+            ("Progressing", "1/4"),
+            ("Progressing", "2/4"),
+            ("Progressing", "3/4"),
+            ("Progressing", "4/4"),
+            ("Promoting", "4/4"),
+            ("Succeeded", "4/4"),
+        ])
+    );
+    assert_eq!(new[0].trailer("Rollgate-First-Rollout"), Some("steps"));
+    assert!(
+        new[3].trailers_named("Rollgate-Verdict")[0].starts_with("pass success-rate"),
+        "{:?}",
+        new[3]
+    );
+    assert_eq!(
+        w.target.calls("web"),
+        [
+            "start v1",
+            "weight 10",
+            "weight 50",
+            "weight 100",
+            "promote v1"
+        ]
+    );
 }
 
 #[test]
@@ -426,14 +522,16 @@ fn nothing_moves(w: &mut World, n: usize) {
 
 #[test]
 fn an_untimed_pause_waits_for_a_promote_commit_acted_on_once_across_restarts() {
-    // Given a plan with two untimed pauses, waiting at the first
-    let plan = PlanFile::new("web").steps(&[
-        "setWeight: 10",
-        "pause: {}",
-        "setWeight: 50",
-        "pause: {}",
-        "setWeight: 100",
-    ]);
+    // Given a plan with two untimed pauses, walked on its first rollout, waiting at the first
+    let plan = PlanFile::new("web")
+        .steps(&[
+            "setWeight: 10",
+            "pause: {}",
+            "setWeight: 50",
+            "pause: {}",
+            "setWeight: 100",
+        ])
+        .first_rollout_steps();
     let mut w = World::new(&[&plan]);
     w.run_until("web", 10, 10, |s| s.phase == Phase::Paused);
     assert_eq!(w.status("web").step, 1);
@@ -611,9 +709,10 @@ fn a_schema_invalid_plan_touches_no_target_while_a_valid_one_rolls_out() {
 
 #[test]
 fn rollgate_never_reacts_to_its_own_commits() {
-    // Given a plan with a long timed pause
-    let plan =
-        PlanFile::new("web").steps(&["setWeight: 10", "pause: { duration: 1h }", "setWeight: 100"]);
+    // Given a plan with a long timed pause, walked on its first rollout
+    let plan = PlanFile::new("web")
+        .steps(&["setWeight: 10", "pause: { duration: 1h }", "setWeight: 100"])
+        .first_rollout_steps();
     let mut w = World::new(&[&plan]);
     // When each pass writes a status commit, the pass right after it at the same time,
     // with nothing due, writes nothing and calls no target
@@ -659,16 +758,19 @@ fn rollgate_never_reacts_to_its_own_commits() {
 
 #[test]
 fn a_push_race_with_a_human_never_drops_a_commit_and_the_rollout_finishes() {
-    // Given a human (the git CLI, another process) pushing commits in a tight loop
-    let plan = PlanFile::new("web").steps(&[
-        "setWeight: 5",
-        "setWeight: 10",
-        "setWeight: 20",
-        "setWeight: 35",
-        "setWeight: 50",
-        "setWeight: 75",
-        "setWeight: 100",
-    ]);
+    // Given a human (the git CLI, another process) pushing commits in a tight loop, and a
+    // plan of seven steps walked on its first rollout
+    let plan = PlanFile::new("web")
+        .steps(&[
+            "setWeight: 5",
+            "setWeight: 10",
+            "setWeight: 20",
+            "setWeight: 35",
+            "setWeight: 50",
+            "setWeight: 75",
+            "setWeight: 100",
+        ])
+        .first_rollout_steps();
     let mut w = World::new(&[&plan]);
     let stop = Arc::new(AtomicBool::new(false));
     let human_dir = w.remote.human.clone();

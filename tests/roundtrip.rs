@@ -49,6 +49,7 @@ struct GenPlan {
     on_failure: Option<&'static str>,
     rollback_window: Option<String>,
     progress_deadline: Option<String>,
+    first_rollout: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -433,6 +434,7 @@ fn plan() -> impl Strategy<Value = GenPlan> {
         prop::option::of(prop::sample::select(vec!["revert", "hold"])),
         prop::option::of(duration()),
         prop::option::of(duration()),
+        prop::option::of(prop::sample::select(vec!["direct", "steps"])),
     );
     (head, tail, checks())
         .prop_flat_map(|(head, tail, checks)| {
@@ -441,7 +443,14 @@ fn plan() -> impl Strategy<Value = GenPlan> {
         })
         .prop_map(|(head, tail, checks, strategy)| {
             let (name, labels, annotations, workload, artifact, promoted_from) = head;
-            let (min_samples, windows, on_failure, rollback_window, progress_deadline) = tail;
+            let (
+                min_samples,
+                windows,
+                on_failure,
+                rollback_window,
+                progress_deadline,
+                first_rollout,
+            ) = tail;
             let promoted_from = promoted_from.filter(|p| *p != name);
             GenPlan {
                 name,
@@ -457,6 +466,7 @@ fn plan() -> impl Strategy<Value = GenPlan> {
                 on_failure,
                 rollback_window,
                 progress_deadline,
+                first_rollout,
             }
         })
 }
@@ -694,6 +704,9 @@ fn render(p: &GenPlan) -> String {
     }
     if let Some(d) = &p.progress_deadline {
         line(1, &format!("progressDeadline: {d}"));
+    }
+    if let Some(f) = p.first_rollout {
+        line(1, &format!("firstRollout: {f}"));
     }
     y
 }

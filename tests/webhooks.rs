@@ -1512,12 +1512,15 @@ fn the_daemon_reconciles_on_a_push_webhook_and_survives_1000_random_deliveries()
 
 #[test]
 fn rollout_progress_is_a_commit_status_and_a_rollback_is_told_on_the_merged_pull_request() {
-    // Given two plans merged by pull request #2: `api` rolls out by weights alone, `web`
-    // waits in an untimed pause
+    // Given two plans merged by pull request #2, walking their steps on their first
+    // rollout: `api` rolls out by weights alone, `web` waits in an untimed pause
     let api = PlanFile::new("api")
         .port(18081)
-        .steps(&["setWeight: 10", "setWeight: 100"]);
-    let web = PlanFile::new("web").steps(&["setWeight: 10", "pause: {}", "setWeight: 100"]);
+        .steps(&["setWeight: 10", "setWeight: 100"])
+        .first_rollout_steps();
+    let web = PlanFile::new("web")
+        .steps(&["setWeight: 10", "pause: {}", "setWeight: 100"])
+        .first_rollout_steps();
     let remote = Remote::with_plans(&[&api, &web]);
     let merge = remote.head();
     let fake = FakeGitHub::start(REPO, Expect::Token(TOKEN.to_owned()));

@@ -6,6 +6,9 @@
 //! `consecutiveErrorLimit` (the step holds: no evidence is not a pass). The step
 //! passes only when its duration has elapsed and every check has at least one pass
 //! and has not failed; otherwise it holds for a human at the end.
+//! A check judged against a baseline (`compare: baseline`) is *skipped* when there is no
+//! stable version to compare with (a first rollout walking its steps): it is never
+//! measured, never counts as a pass, and never holds the step.
 //! Invariants: pure; measurements taken before the step started, or not after a
 //! check's last recorded one, are ignored, so feeding the same observation twice
 //! counts it once.
@@ -14,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::judge::Measurement;
 use super::plus;
-use crate::model::plan::{Analysis, Plan};
+use crate::model::plan::{Analysis, Judge, Plan};
 use crate::model::status::{CheckRun, Judgement, Verdict};
 
 /// One measurement the daemon took (or failed to take) for a check.
@@ -33,7 +36,7 @@ pub struct Observed {
 pub enum Outcome {
     /// Keep measuring.
     Running,
-    /// Duration elapsed, every check passed at least once and none failed.
+    /// Duration elapsed, every check not skipped passed at least once and none failed.
     Passed,
     /// A check failed more often than its `failureLimit`.
     Failed {
@@ -47,9 +50,33 @@ pub enum Outcome {
     Unavailable { reason: String },
 }
 
-/// Fresh counters for the checks of `analysis`.
-pub fn start(analysis: &Analysis) -> Vec<CheckRun> {
-    analysis.checks.iter().map(|c| CheckRun::new(c)).collect()
+/// Why a baseline check is not judged when there is no stable version.
+pub const NO_BASELINE: &str = "no stable version to compare with";
+
+/// Fresh counters for the checks of `analysis`; `baseline`: a stable version runs beside
+/// the candidate (without one, checks judged against a baseline are skipped).
+pub fn start(plan: &Plan, analysis: &Analysis, baseline: bool) -> Vec<CheckRun> {
+    analysis
+        .checks
+        .iter()
+        .map(|c| {
+            let compares = plan
+                .check(c)
+                .is_some_and(|c| matches!(c.judge, Judge::Baseline { .. }));
+            CheckRun {
+                skipped: (compares && !baseline).then(|| NO_BASELINE.to_owned()),
+                ..CheckRun::new(c)
+            }
+        })
+        .collect()
+}
+
+/// The names of the skipped checks among `runs`.
+pub fn skipped(runs: &[CheckRun]) -> Vec<&str> {
+    runs.iter()
+        .filter(|r| r.skipped.is_some())
+        .map(|r| r.check.as_str())
+        .collect()
 }
 
 /// Count the measurements in `observed` that belong to this step; true when any did.
@@ -63,7 +90,10 @@ pub fn record(
     sorted.sort_by_key(|o| o.at);
     let mut changed = false;
     for o in sorted {
-        let Some(run) = runs.iter_mut().find(|r| r.check == o.check) else {
+        let Some(run) = runs
+            .iter_mut()
+            .find(|r| r.check == o.check && r.skipped.is_none())
+        else {
             continue;
         };
         if o.at < started || run.last_measured_at.is_some_and(|last| o.at <= last) {
@@ -141,6 +171,7 @@ pub fn evaluate(
     let lacking: Vec<String> = analysis
         .checks
         .iter()
+        .filter(|name| run_of(name).is_none_or(|r| r.skipped.is_none()))
         .filter(|name| plan.check(name).is_none() || run_of(name).is_none_or(|r| r.passes == 0))
         .map(|name| {
             let why = run_of(name)
@@ -162,8 +193,12 @@ pub fn evaluate(
     }
 }
 
-/// When each check of the step is due next: `started` first, then every `interval`.
+/// When each check of the step is due next: `started` first, then every `interval`
+/// (never, for a skipped check).
 fn due_at(plan: &Plan, run: &CheckRun, started: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if run.skipped.is_some() {
+        return None;
+    }
     let check = plan.check(&run.check)?;
     Some(match run.last_measured_at {
         None => started,
@@ -214,7 +249,7 @@ mod tests {
     #[test]
     fn failures_up_to_the_limit_are_tolerated_and_one_more_fails() {
         let (plan, a) = given();
-        let mut runs = start(&a);
+        let mut runs = start(&plan, &a, true);
         record(&plan, &mut runs, t(0), &[ok("sr", t(1), 0.5, 500)]);
         assert_eq!(evaluate(&plan, &a, &runs, t(0), t(1)), Outcome::Running);
         record(&plan, &mut runs, t(0), &[ok("sr", t(2), 0.5, 500)]);
@@ -225,7 +260,7 @@ mod tests {
     #[test]
     fn the_same_measurement_is_counted_once_and_stale_ones_not_at_all() {
         let (plan, a) = given();
-        let mut runs = start(&a);
+        let mut runs = start(&plan, &a, true);
         let obs = [ok("sr", t(3), 0.999, 500)];
         assert!(record(&plan, &mut runs, t(2), &obs));
         assert!(!record(&plan, &mut runs, t(2), &obs));
@@ -241,7 +276,7 @@ mod tests {
     #[test]
     fn passes_only_after_the_duration() {
         let (plan, a) = given();
-        let mut runs = start(&a);
+        let mut runs = start(&plan, &a, true);
         record(&plan, &mut runs, t(0), &[ok("sr", t(1), 0.999, 500)]);
         assert_eq!(evaluate(&plan, &a, &runs, t(0), t(9)), Outcome::Running);
         assert_eq!(evaluate(&plan, &a, &runs, t(0), t(10)), Outcome::Passed);
@@ -250,7 +285,7 @@ mod tests {
     #[test]
     fn an_error_resets_nothing_but_a_success_resets_the_error_streak() {
         let (plan, a) = given();
-        let mut runs = start(&a);
+        let mut runs = start(&plan, &a, true);
         record(
             &plan,
             &mut runs,
@@ -265,7 +300,7 @@ mod tests {
     #[test]
     fn due_checks_follow_the_interval() {
         let (plan, a) = given();
-        let mut runs = start(&a);
+        let mut runs = start(&plan, &a, true);
         assert_eq!(due(&plan, &runs, t(0), t(0)), vec!["sr"]);
         record(&plan, &mut runs, t(0), &[ok("sr", t(0), 0.999, 500)]);
         // the builder's interval is one minute

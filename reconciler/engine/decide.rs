@@ -1,6 +1,11 @@
 //! The lifecycle state machine behind `decide`.
 //!
 //! Rules, in the order they are applied to a status:
+//! 0. A rollout starts `Pending`, except a first one: with no stable version (no status
+//!    yet, or none stable) and `firstRollout: direct` (the default), the artifact is
+//!    deployed directly (`Promoting`, one `Promote` action) in the same decision, as Argo
+//!    Rollouts does; with `firstRollout: steps` it walks the steps, and checks judged
+//!    against a baseline are skipped for want of one.
 //! 1. Terminal (`Succeeded`, `RolledBack`): a new artifact starts a rollout (`Pending`),
 //!    fast-tracked when it was stable within `rollbackWindow`; `retry`, or a new plan
 //!    commit naming it again, restarts a rolled-back rollout of the same artifact.
@@ -11,10 +16,11 @@
 //!    an unhealthy target or a missed `progressDeadline` fails the stage.
 //! 4. Otherwise the current step runs; when it is done the next one is entered, but
 //!    only while the change window is open (else `Held`, released at the opening).
-//!    Entering step 0 starts the candidate; entering step n promotes.
+//!    Entering step 0 starts the candidate; entering step n promotes (a direct first
+//!    rollout has no steps: n = 0, and the promotion starts the candidate itself).
 //!
 //! Invariant: at most one transition per decision; a transition is a change of
-//! phase, step, hold, candidate or fast-track, and nothing else is committed.
+//! phase, step, hold, candidate, fast-track or direct, and nothing else is committed.
 
 use chrono::{DateTime, Utc};
 
@@ -24,7 +30,7 @@ use super::{
     WINDOW_HORIZON_DAYS, plus,
 };
 use crate::model::duration;
-use crate::model::plan::{OnFailure, Plan, Step};
+use crate::model::plan::{FirstRollout, OnFailure, Plan, Step};
 use crate::model::status::{Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success};
 
 /// The steps a rollout walks: the plan's, or only its weight steps when fast-tracked.
@@ -39,6 +45,16 @@ pub fn steps(plan: &Plan, fast_track: bool) -> Vec<Step> {
     }
 }
 
+/// The steps the rollout recorded in `status` walks: none for a first rollout deployed
+/// directly, else as `steps`.
+pub fn rollout_steps(plan: &Plan, status: &Status) -> Vec<Step> {
+    if status.direct {
+        Vec::new()
+    } else {
+        steps(plan, status.fast_track)
+    }
+}
+
 /// The checks to measure before the next `decide` (empty outside a running analysis).
 pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<String> {
     let probing = status.phase == Phase::Held
@@ -48,15 +64,21 @@ pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<Strin
             .is_some_and(|h| h.kind == HoldKind::Metrics);
     if probing {
         // Held for failing sources: ask every check of the step, to see if they answer.
-        return match steps(plan, status.fast_track).get(status.step) {
-            Some(Step::Analysis(a)) => a.checks.clone(),
+        let skipped = analysis::skipped(&status.analysis);
+        return match rollout_steps(plan, status).get(status.step) {
+            Some(Step::Analysis(a)) => a
+                .checks
+                .iter()
+                .filter(|c| !skipped.contains(&c.as_str()))
+                .cloned()
+                .collect(),
             _ => Vec::new(),
         };
     }
     if status.phase != Phase::Progressing {
         return Vec::new();
     }
-    let Some(Step::Analysis(_)) = steps(plan, status.fast_track).get(status.step) else {
+    let Some(Step::Analysis(_)) = rollout_steps(plan, status).get(status.step) else {
         return Vec::new();
     };
     let started = status.step_started_at.unwrap_or(now);
@@ -98,6 +120,8 @@ struct Cx<'a> {
     reason: Option<String>,
     verdicts: Vec<String>,
     revert: Option<Revert>,
+    /// Set when this decision starts a rollout with no stable version.
+    first_rollout: Option<FirstRollout>,
 }
 
 impl<'a> Cx<'a> {
@@ -118,6 +142,7 @@ impl<'a> Cx<'a> {
             reason: None,
             verdicts: Vec::new(),
             revert: None,
+            first_rollout: None,
         }
     }
 
@@ -126,7 +151,7 @@ impl<'a> Cx<'a> {
     }
 
     fn steps(&self) -> Vec<Step> {
-        steps(self.plan, self.s.fast_track)
+        rollout_steps(self.plan, &self.s)
     }
 
     fn run(&mut self) {
@@ -136,7 +161,11 @@ impl<'a> Cx<'a> {
             let same = artifact == self.s.candidate;
             if phase == Phase::RolledBack && same && self.has(Command::Retry) {
                 self.begin();
-                self.reason = Some(format!("retry of {artifact} requested"));
+                let retry = format!("retry of {artifact} requested");
+                self.reason = Some(match (self.s.direct, self.reason.take()) {
+                    (true, Some(why)) => format!("{retry}; {why}"),
+                    _ => retry,
+                });
             } else if !same && self.s.stable.as_deref() != Some(artifact) {
                 self.begin();
             } else if phase == Phase::RolledBack && same && self.obs.revision != self.s.revision {
@@ -203,6 +232,8 @@ impl<'a> Cx<'a> {
             _ => None,
         };
         match phase {
+            // A pending first rollout (a status written before `firstRollout` existed).
+            Phase::Pending if self.goes_direct() => self.deploy_directly(),
             Phase::Pending => self.advance_to(0, "rollout starts".to_owned()),
             Phase::Held => {
                 let kind = self.s.hold.as_ref().map_or(HoldKind::Evidence, |h| h.kind);
@@ -293,7 +324,10 @@ impl<'a> Cx<'a> {
                 );
                 match analysis::evaluate(self.plan, a, &self.s.analysis, started, self.now) {
                     Outcome::Running => {}
-                    Outcome::Passed if healthy => self.complete_step("analysis passed".to_owned()),
+                    Outcome::Passed if healthy => {
+                        let reason = self.passed_reason(a);
+                        self.complete_step(reason);
+                    }
                     Outcome::Passed => {}
                     Outcome::Failed { reason, evidence } => self.fail(reason, evidence),
                     Outcome::Held { reason } => {
@@ -303,6 +337,27 @@ impl<'a> Cx<'a> {
                     Outcome::Unavailable { reason } => self.hold(HoldKind::Metrics, reason),
                 }
             }
+        }
+    }
+
+    /// Why a passed analysis is done, naming the checks it skipped: a skipped check is
+    /// no evidence, so an analysis that judged nothing does not say it passed.
+    fn passed_reason(&self, a: &crate::model::plan::Analysis) -> String {
+        let skipped = analysis::skipped(&self.s.analysis);
+        if skipped.is_empty() {
+            "analysis passed".to_owned()
+        } else if skipped.len() == a.checks.len() {
+            format!(
+                "analysis over, nothing judged: {} skipped ({})",
+                skipped.join(", "),
+                analysis::NO_BASELINE
+            )
+        } else {
+            format!(
+                "analysis passed; {} skipped ({})",
+                skipped.join(", "),
+                analysis::NO_BASELINE
+            )
         }
     }
 
@@ -361,7 +416,7 @@ impl<'a> Cx<'a> {
         self.s.step_started_at = Some(self.now);
         self.s.analysis.clear();
         self.s.step = i.min(n);
-        if i == 0 {
+        if i == 0 && n > 0 {
             self.actions.push(Action::StartCandidate {
                 artifact: candidate.clone(),
             });
@@ -369,6 +424,11 @@ impl<'a> Cx<'a> {
         let what = match steps.get(i) {
             None => {
                 self.s.phase = Phase::Promoting;
+                if self.s.direct {
+                    // Deployed directly: the promotion puts it at full traffic at once.
+                    self.s.weight = 100;
+                    self.first_rollout = Some(FirstRollout::Direct);
+                }
                 self.actions.push(Action::Promote {
                     artifact: candidate.clone(),
                 });
@@ -389,12 +449,21 @@ impl<'a> Cx<'a> {
             }
             Some(Step::Analysis(a)) => {
                 self.s.phase = Phase::Progressing;
-                self.s.analysis = analysis::start(a);
-                format!(
+                self.s.analysis = analysis::start(self.plan, a, self.s.stable.is_some());
+                let skipped = analysis::skipped(&self.s.analysis);
+                let mut what = format!(
                     "analysis of {} for {}",
                     a.checks.join(", "),
                     duration::format(a.duration)
-                )
+                );
+                if !skipped.is_empty() {
+                    what.push_str(&format!(
+                        " ({} skipped: {})",
+                        skipped.join(", "),
+                        analysis::NO_BASELINE
+                    ));
+                }
+                what
             }
         };
         self.reason = Some(format!("{reason}: {what}"));
@@ -466,11 +535,44 @@ impl<'a> Cx<'a> {
         next.last_transition_at = self.s.last_transition_at;
         next.message = self.s.message.clone();
         self.s = next;
+        if self.s.stable.is_none() {
+            if self.goes_direct() {
+                return self.deploy_directly();
+            }
+            self.first_rollout = Some(FirstRollout::Steps);
+            self.reason = Some(format!(
+                "first rollout of {artifact} pending: no stable version; walking the steps (firstRollout: steps), checks against a baseline skipped"
+            ));
+            return;
+        }
         self.reason = Some(if fast_track {
             format!("fast-tracked rollout of {artifact}: stable within the rollback window")
         } else {
             format!("rollout of {artifact} pending")
         });
+    }
+
+    /// A rollout about to start with no stable version, and the plan asks for it directly.
+    fn goes_direct(&self) -> bool {
+        self.s.stable.is_none()
+            && !self.s.fast_track
+            && self.plan.first_rollout == FirstRollout::Direct
+    }
+
+    /// A first rollout: no stable version to shift traffic from or compare with, so the
+    /// candidate becomes the stable version at 100% in one transition (`Promoting`, then
+    /// `Succeeded` once the target reports it healthy), inside the change window.
+    fn deploy_directly(&mut self) {
+        self.s.direct = true;
+        self.s.step = 0;
+        self.first_rollout = Some(FirstRollout::Direct);
+        self.advance_to(0, String::new());
+        if self.s.phase == Phase::Promoting {
+            self.reason = Some(format!(
+                "first rollout of {}: no stable version to compare with; deployed directly",
+                self.s.candidate
+            ));
+        }
     }
 
     fn finish(mut self) -> Decision {
@@ -481,6 +583,7 @@ impl<'a> Cx<'a> {
                 s.hold.clone(),
                 s.candidate.clone(),
                 s.fast_track,
+                s.direct,
             )
         };
         let transitioned = self.before.is_none_or(|b| key(b) != key(&self.s));
@@ -503,6 +606,7 @@ impl<'a> Cx<'a> {
             },
             reason,
             verdicts: std::mem::take(&mut self.verdicts),
+            first_rollout: self.first_rollout,
         });
         let next_wakeup = wakeup(self.plan, &self.s, self.now);
         let status = (self.before != Some(&self.s)).then_some(self.s);
@@ -555,7 +659,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
             Some(HoldKind::Target | HoldKind::Slo) => Some(poll),
             Some(HoldKind::Metrics) => {
                 // Probe the sources at the step's own pace.
-                let every = match steps(plan, s.fast_track).get(s.step) {
+                let every = match rollout_steps(plan, s).get(s.step) {
                     Some(Step::Analysis(a)) => a
                         .checks
                         .iter()
@@ -568,7 +672,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
             }
             Some(HoldKind::Evidence) | None => None,
         },
-        Phase::Progressing | Phase::Paused => match steps(plan, s.fast_track).get(s.step) {
+        Phase::Progressing | Phase::Paused => match rollout_steps(plan, s).get(s.step) {
             Some(Step::Pause(None)) => None,
             Some(Step::Pause(Some(d))) => {
                 let end = plus(started, *d);

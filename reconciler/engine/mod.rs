@@ -34,9 +34,10 @@ use chrono::{DateTime, Utc};
 
 pub use analysis::{Observed, Outcome};
 pub use compare::{judge_continuous, judge_ratio};
-pub use decide::{decide, due_checks, steps};
+pub use decide::{decide, due_checks, rollout_steps, steps};
 pub use judge::{Measurement, Sample, judge, judge_with};
 
+use crate::model::plan::FirstRollout;
 use crate::model::status::{Judgement, Phase, Status};
 
 /// What the daemon saw since the last decision, gathered before deciding.
@@ -115,6 +116,9 @@ pub struct Transition {
     pub reason: String,
     /// The verdicts behind the transition, one `Rollgate-Verdict` trailer each.
     pub verdicts: Vec<String>,
+    /// On the transitions that start or deploy a rollout with no stable version: how it
+    /// goes (`Rollgate-First-Rollout: direct|steps`).
+    pub first_rollout: Option<FirstRollout>,
 }
 
 /// A revert of the plan change to push, because a judgement failed.

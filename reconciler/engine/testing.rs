@@ -12,8 +12,9 @@ use super::{
     Action, Command, Decision, Measurement, Observation, Observed, TargetHealth, Transition, decide,
 };
 use crate::model::plan::{
-    Analysis, BlueGreen, Check, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLBACK_WINDOW, Judge,
-    LocalWorkload, OnFailure, Plan, RollbackPolicy, Step, Strategy, Workload,
+    Analysis, BlueGreen, Check, DEFAULT_ALPHA, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLBACK_WINDOW,
+    Direction, FirstRollout, Judge, LocalWorkload, OnFailure, Plan, RollbackPolicy, Step, Strategy,
+    Workload,
 };
 use crate::model::status::{Phase, Status, Success};
 use crate::model::window::{CronExpr, Windows};
@@ -97,7 +98,8 @@ pub struct PlanBuilder {
 }
 
 impl PlanBuilder {
-    /// `checkout`, artifact `app:v2`, steps 5% → 100%, no checks, minSamples 100, always open.
+    /// `checkout`, artifact `app:v2`, steps 5% → 100%, no checks, minSamples 100, always
+    /// open, a first rollout deployed directly.
     pub fn new() -> Self {
         Self {
             plan: Plan {
@@ -128,6 +130,7 @@ impl PlanBuilder {
                 },
                 progress_deadline: DEFAULT_PROGRESS_DEADLINE,
                 slo: None,
+                first_rollout: FirstRollout::Direct,
             },
         }
     }
@@ -153,6 +156,25 @@ impl PlanBuilder {
 
     pub fn threshold(mut self, name: &str, min: Option<f64>, max: Option<f64>) -> Self {
         self.plan.checks.push(threshold_check(name, min, max));
+        self
+    }
+
+    /// A check of the candidate against the stable version (`compare: baseline`).
+    pub fn baseline(mut self, name: &str) -> Self {
+        let mut c = threshold_check(name, None, None);
+        c.judge = Judge::Baseline {
+            direction: Direction::Increase,
+            max_ratio: Some(1.2),
+            max_increase: None,
+            alpha: DEFAULT_ALPHA,
+        };
+        self.plan.checks.push(c);
+        self
+    }
+
+    /// `spec.firstRollout`.
+    pub fn first_rollout(mut self, f: FirstRollout) -> Self {
+        self.plan.first_rollout = f;
         self
     }
 

@@ -5,7 +5,7 @@
 
 use super::testing::*;
 use super::*;
-use crate::model::plan::{OnFailure, Plan};
+use crate::model::plan::{FirstRollout, OnFailure, Plan};
 use crate::model::status::{HoldKind, Phase};
 
 fn v1_stable_v2_planned() -> PlanBuilder {
@@ -103,15 +103,272 @@ fn a_plan_change_walks_every_step_to_succeeded_with_one_transition_per_change() 
     assert_eq!(r.decide(&quiet(), t(12)).status, None);
 }
 
+/// A plan of 20% → 50% → untimed pause → 100%, judged by a threshold and a baseline check.
+fn first_plan(first: FirstRollout) -> Plan {
+    PlanBuilder::new()
+        .threshold("sr", Some(0.99), None)
+        .baseline("latency")
+        .steps(vec![
+            weight(20),
+            analysis(&["sr", "latency"], 2),
+            weight(50),
+            pause_untimed(),
+            weight(100),
+        ])
+        .first_rollout(first)
+        .build()
+}
+
+fn promote_of(artifact: &str) -> Action {
+    Action::Promote {
+        artifact: artifact.to_owned(),
+    }
+}
+
 #[test]
-fn a_first_plan_starts_from_no_status() {
-    let plan = PlanBuilder::new().build();
-    let d = decide(&plan, None, &quiet(), t(0));
-    let tr = d.transition.expect("first transition");
-    assert_eq!((tr.from, tr.to), (None, Phase::Pending));
-    let s = d.status.expect("status");
+fn a_first_rollout_with_no_stable_is_deployed_directly_in_one_transition() {
+    // Given a plan seen for the first time: no status, so no stable version
+    let mut r = Rollout::new(first_plan(FirstRollout::Direct), None);
+
+    // When the daemon decides
+    let d = r.decide(&quiet(), t(0));
+
+    // Then v2 is deployed directly: one transition, one promote, no step walked
+    assert_eq!(d.actions, vec![promote_of("app:v2")]);
+    let tr = d.transition.expect("one transition");
+    assert_eq!((tr.from, tr.to), (None, Phase::Promoting));
+    assert_eq!(tr.first_rollout, Some(FirstRollout::Direct));
+    assert_eq!(tr.step, (0, 0), "a direct rollout walks no steps");
+    assert_eq!(
+        tr.reason,
+        "first rollout of app:v2: no stable version to compare with; deployed directly"
+    );
+    assert!(tr.verdicts.is_empty(), "nothing was judged");
+    let s = r.status();
+    assert!(s.direct);
     assert_eq!((s.candidate.as_str(), s.revision.as_str()), ("app:v2", REV));
-    assert_eq!(s.stable, None);
+    assert_eq!((s.stable.as_deref(), s.weight), (None, 100));
+    assert_eq!(s.message.as_deref(), Some(tr.reason.as_str()));
+    assert_eq!(d.next_wakeup, Some(t(0) + chrono::Duration::seconds(10)));
+    // When the target is still converging, Then the promotion is re-issued, nothing committed
+    let d = r.decide(&progressing(), t(1));
+    assert_eq!(
+        (d.actions, d.transition),
+        (vec![promote_of("app:v2")], None)
+    );
+    // When it serves, Then v2 is the stable version
+    let d = r.decide(&quiet(), t(2));
+    assert_eq!(r.phase(), Phase::Succeeded);
+    assert_eq!(r.status().stable.as_deref(), Some("app:v2"));
+    assert_eq!(d.transition.expect("succeeded").first_rollout, None);
+    assert_eq!(
+        r.story(),
+        vec![(Phase::Promoting, 0), (Phase::Succeeded, 0)]
+    );
+    assert!(
+        r.actions
+            .iter()
+            .all(|a| matches!(a, Action::Promote { .. })),
+        "no candidate beside a stable that does not exist, no weights: {:?}",
+        r.actions
+    );
+
+    // And the next artifact, with v2 stable behind it, walks every step as usual
+    r.plan.artifact = "app:v3".to_owned();
+    r.decide(&Observation::quiet("rev-v3"), t(3));
+    assert_eq!(r.phase(), Phase::Pending);
+    assert!(!r.status().direct);
+    let d = r.decide(&Observation::quiet("rev-v3"), t(3));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StartCandidate {
+                artifact: "app:v3".to_owned()
+            },
+            Action::SetWeight(20)
+        ]
+    );
+    assert_eq!(d.transition.expect("step 1").first_rollout, None);
+}
+
+#[test]
+fn a_first_rollout_deployed_directly_waits_for_the_change_window() {
+    // Given a first plan merged on Monday at 17:00, outside office hours
+    let plan = PlanBuilder::new()
+        .window("* 9-16 * * 1-5")
+        .steps(vec![weight(20), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, None);
+    let d = r.decide(&quiet(), t(7 * 60));
+    // Then it holds for the window, touching nothing, and says how it will go
+    assert_eq!(hold_kind(&r), Some(HoldKind::Window));
+    assert!(d.actions.is_empty());
+    assert!(r.status().direct);
+    assert_eq!(
+        d.transition.expect("held").first_rollout,
+        Some(FirstRollout::Direct)
+    );
+    // When the window opens, Then it is deployed directly
+    let d = r.decide(&quiet(), t(23 * 60));
+    assert_eq!(d.actions, vec![promote_of("app:v2")]);
+    assert_eq!(r.phase(), Phase::Promoting);
+    assert_eq!(r.status().weight, 100);
+}
+
+#[test]
+fn a_first_rollout_deployed_directly_that_never_serves_is_rolled_back_to_nothing() {
+    let mut r = Rollout::new(first_plan(FirstRollout::Direct), None);
+    r.decide(&quiet(), t(0));
+    let d = r.decide(
+        &quiet().health(TargetHealth::Unhealthy {
+            reason: "crash loop".to_owned(),
+        }),
+        t(1),
+    );
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(d.actions, vec![Action::Rollback { stable: None }]);
+    assert!(
+        d.revert.is_some(),
+        "the plan change is reverted, as for any failure"
+    );
+    r.decide(&quiet(), t(2));
+    assert_eq!(r.phase(), Phase::RolledBack);
+    // When a human retries, Then it is deployed directly again
+    let d = r.decide(&quiet().command(Command::Retry), t(3));
+    assert_eq!(d.actions, vec![promote_of("app:v2")]);
+    let reason = d.transition.expect("retried").reason;
+    assert!(
+        reason.starts_with("retry of app:v2 requested; first rollout"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_new_artifact_during_a_direct_first_rollout_replaces_it_directly() {
+    let mut r = Rollout::new(first_plan(FirstRollout::Direct), None);
+    r.decide(&progressing(), t(0));
+    r.plan.artifact = "app:v3".to_owned();
+    let d = r.decide(&Observation::quiet("rev-v3"), t(1));
+    assert_eq!(
+        d.actions,
+        vec![Action::Rollback { stable: None }, promote_of("app:v3")]
+    );
+    assert_eq!(
+        (r.phase(), r.status().candidate.as_str()),
+        (Phase::Promoting, "app:v3")
+    );
+    assert!(
+        d.transition
+            .expect("t")
+            .reason
+            .starts_with("app:v2 superseded; first rollout")
+    );
+}
+
+#[test]
+fn a_first_rollout_with_first_rollout_steps_walks_the_steps_and_skips_baseline_checks() {
+    // Given a first plan that opts into its steps, with a threshold and a baseline check
+    let mut r = Rollout::new(first_plan(FirstRollout::Steps), None);
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Pending);
+    let tr = d.transition.expect("pending");
+    assert_eq!(tr.first_rollout, Some(FirstRollout::Steps));
+    assert!(tr.reason.contains("firstRollout: steps"), "{}", tr.reason);
+    assert!(!r.status().direct);
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(d.actions[1], Action::SetWeight(20));
+
+    // When the analysis starts
+    let d = r.decide(&quiet(), t(0));
+    // Then the baseline check is skipped with its reason, and never asked for
+    let reason = d.transition.expect("analysis").reason;
+    assert!(
+        reason.ends_with("(latency skipped: no stable version to compare with)"),
+        "{reason}"
+    );
+    let latency = &r.status().analysis[1];
+    assert_eq!(latency.check, "latency");
+    assert_eq!(
+        latency.skipped.as_deref(),
+        Some("no stable version to compare with")
+    );
+    assert_eq!(due_checks(&r.plan, r.status(), t(0)), vec!["sr".to_owned()]);
+    // and a latency reading, were one taken, is not counted
+    for m in 0..2 {
+        r.decide(
+            &quiet().measured(vec![
+                ok("sr", t(m), 0.999, 500),
+                ok("latency", t(m), 0.1, 500),
+            ]),
+            t(m),
+        );
+    }
+    assert_eq!(r.phase(), Phase::Progressing);
+    assert_eq!(r.status().analysis[1].measurements, 0);
+
+    // When the duration is over with sr passing
+    let d = r.decide(&quiet().measured(vec![ok("sr", t(2), 0.999, 500)]), t(2));
+    // Then the step is done on sr's evidence alone, and says latency was not judged
+    let tr = d.transition.expect("advanced");
+    assert_eq!(
+        tr.reason,
+        "analysis passed; latency skipped (no stable version to compare with): setWeight 50"
+    );
+    assert_eq!(tr.verdicts, vec!["pass sr value=0.999 min=0.99 n=500"]);
+    assert_eq!(d.actions, vec![Action::SetWeight(50)]);
+}
+
+#[test]
+fn an_analysis_of_only_baseline_checks_in_a_first_rollout_is_never_held_and_never_claims_a_pass() {
+    // Given a first rollout walking its steps, whose analysis only compares with a baseline
+    let plan = PlanBuilder::new()
+        .baseline("latency")
+        .steps(vec![weight(20), analysis(&["latency"], 2), weight(100)])
+        .first_rollout(FirstRollout::Steps)
+        .build();
+    let mut r = Rollout::new(plan, None);
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Progressing);
+    // Then nothing is measured, the step only waits out its duration
+    assert!(due_checks(&r.plan, r.status(), t(0)).is_empty());
+    assert_eq!(d.next_wakeup, Some(t(2)));
+    assert_eq!(r.decide(&quiet(), t(1)).transition, None);
+    // When the duration is over, Then it moves on, held for no one, with no verdict
+    let d = r.decide(&quiet(), t(2));
+    assert_ne!(r.phase(), Phase::Held);
+    let tr = d.transition.expect("advanced");
+    assert!(tr.verdicts.is_empty(), "{:?}", tr.verdicts);
+    assert!(
+        tr.reason
+            .starts_with("analysis over, nothing judged: latency skipped"),
+        "{}",
+        tr.reason
+    );
+    assert!(!tr.reason.contains("passed"), "{}", tr.reason);
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+}
+
+#[test]
+fn baseline_checks_are_judged_whenever_a_stable_version_exists() {
+    let plan = PlanBuilder::new()
+        .baseline("latency")
+        .steps(vec![weight(20), analysis(&["latency"], 2), weight(100)])
+        .first_rollout(FirstRollout::Steps)
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    assert!(r.status().analysis.iter().all(|c| c.skipped.is_none()));
+    assert_eq!(
+        due_checks(&r.plan, r.status(), t(0)),
+        vec!["latency".to_owned()]
+    );
+    // and with no evidence at the end, it holds for a human as before
+    r.decide(&quiet(), t(2));
+    assert_eq!(hold_kind(&r), Some(HoldKind::Evidence));
 }
 
 #[test]

@@ -104,11 +104,12 @@ fn value(check: &str, v: f64) -> String {
 
 /// What to tell GitHub about `status` of `plan` (pure).
 pub fn progress(plan: &Plan, status: &Status) -> Progress {
-    let n = crate::engine::steps(plan, status.fast_track).len();
+    let n = crate::engine::rollout_steps(plan, status).len();
     let step = format!("step {}/{n}", (status.step + 1).min(n.max(1)));
     let mut d = match status.phase {
         Phase::Pending => format!("pending · {}", no_ticks(&status.candidate)),
         Phase::Succeeded => format!("succeeded · {} is stable", no_ticks(&status.candidate)),
+        Phase::Promoting if status.direct => "first rollout · deploying directly · 100%".to_owned(),
         Phase::Promoting => format!("{step} · promoting · 100%"),
         Phase::RollingBack => format!("rolling back · {}%", status.weight),
         Phase::RolledBack => "rolled back".to_owned(),

@@ -27,6 +27,34 @@ pub struct Plan {
     pub rollback: RollbackPolicy,
     pub progress_deadline: Duration,
     pub slo: Option<Slo>,
+    /// How the artifact is rolled out when no version is stable yet.
+    pub first_rollout: FirstRollout,
+}
+
+/// How a rollout starts when there is no stable version (`spec.firstRollout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstRollout {
+    /// Deploy the artifact at once as the stable version at 100% (Argo Rollouts' way):
+    /// there is no other version to share traffic with or to compare against.
+    #[default]
+    Direct,
+    /// Walk the strategy's steps anyway; checks judged against a baseline are skipped.
+    Steps,
+}
+
+impl FirstRollout {
+    pub const ALL: [FirstRollout; 2] = [FirstRollout::Direct, FirstRollout::Steps];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirstRollout::Direct => "direct",
+            FirstRollout::Steps => "steps",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FirstRollout> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,6 +386,7 @@ impl Plan {
                     rollback_window: Some(duration::format(self.rollback.rollback_window)),
                 }),
                 progress_deadline: Some(duration::format(self.progress_deadline)),
+                first_rollout: Some(self.first_rollout.as_str().to_owned()),
                 slo: self.slo.as_ref().map(|s| wire::Slo {
                     source: s.source.clone(),
                     objective: s.objective,

@@ -343,6 +343,9 @@ pub struct CheckRun {
     pub last_measured_at: Option<DateTime<Utc>>,
     pub last: Option<Judgement>,
     pub last_error: Option<String>,
+    /// Why the check is not judged in this step (a baseline judge with no stable version
+    /// to compare with); a skipped check is never measured and never counts as a pass.
+    pub skipped: Option<String>,
 }
 
 impl CheckRun {
@@ -379,6 +382,9 @@ pub struct Status {
     pub step_started_at: Option<DateTime<Utc>>,
     /// A change back to a recently stable artifact: analysis and pauses are skipped.
     pub fast_track: bool,
+    /// A first rollout (no stable version) deployed directly: no steps, straight to
+    /// promotion (`spec.firstRollout: direct`).
+    pub direct: bool,
     pub hold: Option<Hold>,
     /// Counters of the current (or, after a failure, the last) analysis step.
     pub analysis: Vec<CheckRun>,
@@ -407,6 +413,7 @@ impl Status {
             weight: 0,
             step_started_at: None,
             fast_track: false,
+            direct: false,
             hold: None,
             analysis: Vec::new(),
             succeeded: Vec::new(),
@@ -434,6 +441,7 @@ impl Status {
                 weight: self.weight,
                 step_started_at: self.step_started_at.map(time_to_wire),
                 fast_track: self.fast_track,
+                direct: self.direct,
                 hold: self.hold.as_ref().map(|h| HoldFile {
                     kind: h.kind.as_str().to_owned(),
                     reason: h.reason.clone(),
@@ -486,6 +494,7 @@ impl Status {
             weight: s.weight,
             step_started_at: opt_time("stepStartedAt", s.step_started_at.as_deref())?,
             fast_track: s.fast_track,
+            direct: s.direct,
             hold,
             analysis: s
                 .analysis
@@ -585,6 +594,9 @@ pub struct StatusBody {
     pub step_started_at: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub fast_track: bool,
+    /// A first rollout deployed directly, without steps.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub direct: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -638,6 +650,9 @@ pub struct CheckRunFile {
     pub last: Option<JudgementFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why the check is not judged in this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -765,6 +780,7 @@ fn check_run_to_wire(c: &CheckRun) -> CheckRunFile {
                 .map(ComparisonFile::from_domain),
         }),
         last_error: c.last_error.clone(),
+        skipped: c.skipped.clone(),
     }
 }
 
@@ -804,6 +820,7 @@ fn check_run_from_wire(c: &CheckRunFile) -> Result<CheckRun, StatusError> {
         last_measured_at: opt_time("analysis.lastMeasuredAt", c.last_measured_at.as_deref())?,
         last,
         last_error: c.last_error.clone(),
+        skipped: c.skipped.clone(),
     })
 }
 
@@ -921,6 +938,10 @@ mod tests {
                 ..CheckRun::new("p99")
             },
         ];
+        s.analysis.push(CheckRun {
+            skipped: Some("no stable version to compare with".to_owned()),
+            ..CheckRun::new("latency-vs-stable")
+        });
         s.succeeded = vec![Success {
             artifact: "reg/checkout@sha256:aaa".to_owned(),
             at: at(1),
@@ -942,6 +963,20 @@ mod tests {
         assert!(text.contains("apiVersion: rollgate.dev/v1alpha1"), "{text}");
         assert!(text.contains("kind: RolloutStatus"), "{text}");
         assert!(text.contains("stepStartedAt:"), "{text}");
+    }
+
+    #[test]
+    fn a_first_rollout_deployed_directly_round_trips() {
+        let mut s = Status::pending("web", "v1", "deadbeef");
+        s.phase = Phase::Promoting;
+        s.direct = true;
+        s.weight = 100;
+        let text = s.to_yaml().expect("writes");
+        assert!(text.contains("direct: true"), "{text}");
+        assert_eq!(Status::from_yaml(&text).expect("reads"), s);
+        // and a status without it (every status written before it existed) reads as false
+        let plain = Status::pending("web", "v1", "deadbeef");
+        assert!(!plain.to_yaml().expect("writes").contains("direct"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::diagnostics::{Code, Diagnostic, Pos, did_you_mean};
 use super::duration;
 use super::plan::{
-    self, Analysis, Check, Direction, Judge, OnFailure, Plan, RollbackPolicy, Step, Strategy,
-    Workload,
+    self, Analysis, Check, Direction, FirstRollout, Judge, OnFailure, Plan, RollbackPolicy, Step,
+    Strategy, Workload,
 };
 use super::schema_check;
 use super::settings::{self, BUILTIN_SOURCE, Settings};
@@ -854,6 +854,26 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         plan::DEFAULT_PROGRESS_DEADLINE,
         &[K("spec"), K("progressDeadline")],
     );
+    let first_rollout = match s.first_rollout.as_deref() {
+        None => FirstRollout::default(),
+        Some(text) => FirstRollout::parse(text).unwrap_or_else(|| {
+            let names = FirstRollout::ALL.map(FirstRollout::as_str);
+            let hint = did_you_mean(text, names);
+            cx.err(
+                &[K("spec"), K("firstRollout")],
+                Code::InvalidValue,
+                format!("`firstRollout` must be `direct` or `steps`, found `{text}`"),
+            )
+            .help = Some(hint.map_or_else(
+                || {
+                    "`direct` deploys the first artifact at once; `steps` walks the steps anyway"
+                        .to_owned()
+                },
+                |h| format!("did you mean `{h}`?"),
+            ));
+            FirstRollout::default()
+        }),
+    };
     let slo = s.slo.as_ref().map(|w| {
         let at = |k: &'static str| -> Vec<P<'static>> { vec![K("spec"), K("slo"), K(k)] };
         if !(w.objective > 0.0 && w.objective < 1.0) {
@@ -933,6 +953,7 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         },
         progress_deadline,
         slo,
+        first_rollout,
     }
 }
 
@@ -1372,6 +1393,26 @@ mod tests {
                 .any(|d| d.code == Code::BadJudge && d.message.contains("effect size")),
             "{diags:?}"
         );
+    }
+
+    #[test]
+    fn a_first_rollout_is_direct_unless_the_plan_asks_for_steps() {
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }");
+        let p = parse_plan("plans/p.yaml", &text, Some(&settings())).expect("valid");
+        assert_eq!(p.plan.first_rollout, FirstRollout::Direct);
+        let steps = text.replace(
+            "  artifact: v2\n",
+            "  artifact: v2\n  firstRollout: steps\n",
+        );
+        let p = parse_plan("plans/p.yaml", &steps, Some(&settings())).expect("valid");
+        assert_eq!(p.plan.first_rollout, FirstRollout::Steps);
+        let typo = text.replace(
+            "  artifact: v2\n",
+            "  artifact: v2\n  firstRollout: Steps\n",
+        );
+        let diags = parse_plan("plans/p.yaml", &typo, Some(&settings())).expect_err("invalid");
+        assert_eq!(diags[0].code, Code::InvalidValue);
+        assert_eq!(diags[0].help.as_deref(), Some("did you mean `steps`?"));
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub struct PlanSpec {
     /// A stage that is not healthy within this time fails (default `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<String>,
+    /// How an artifact is rolled out when no version is stable yet (nothing to shift
+    /// traffic from or compare with): `direct` (default) deploys it at once at 100%, as
+    /// Argo Rollouts does; `steps` walks the strategy's steps anyway (checks judged
+    /// against a baseline are skipped, for want of one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_rollout: Option<String>,
     /// A service level objective: no stage advances while its error budget burns too fast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,

@@ -4,7 +4,8 @@
 //! It follows the engine's rules (`engine::decide`): every step, and the promotion
 //! after the last one, is entered only while the change window is open (a fast-tracked
 //! rollout ignores windows); a weight step is done once entered, a timed pause or an
-//! analysis once its duration is over, an untimed pause when a human promotes. Earliest
+//! analysis once its duration is over, an untimed pause when a human promotes; a first
+//! rollout deployed directly is one stage, the deployment, entered inside the window. Earliest
 //! means: the target is healthy at once, every check passes, and every promotion comes
 //! the moment it is asked for. Invariant: pure; `now` is an argument.
 
@@ -31,6 +32,9 @@ pub enum StageKind {
     Analysis,
     /// After the last step: the candidate becomes stable at full traffic.
     Promote,
+    /// A first rollout (no stable version) deployed directly: the only stage, the
+    /// candidate becomes stable at full traffic at once.
+    Deploy,
 }
 
 impl StageKind {
@@ -40,6 +44,7 @@ impl StageKind {
             StageKind::Pause => "pause",
             StageKind::Analysis => "analysis",
             StageKind::Promote => "promote",
+            StageKind::Deploy => "deploy",
         }
     }
 }
@@ -81,10 +86,24 @@ impl Stage {
     }
 }
 
-/// The stages of a rollout of `plan` that starts at `now` (`fast_track`: weight steps
-/// only, windows not waited for, as the engine does for a recently stable artifact).
-pub fn stages(plan: &Plan, fast_track: bool, now: DateTime<Utc>) -> Vec<Stage> {
-    let steps = crate::engine::steps(plan, fast_track);
+/// How a rollout walks the plan (the engine decides which, see `engine::decide`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Every step, each entered inside the change window.
+    Steps,
+    /// Weight steps only, windows not waited for: a change back to a recently stable artifact.
+    FastTrack,
+    /// No steps: a first rollout with no stable version, deployed at once (in the window).
+    Direct,
+}
+
+/// The stages of a rollout of `plan` that starts at `now`, walked as `walk` says.
+pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
+    let fast_track = walk == Walk::FastTrack;
+    let steps = match walk {
+        Walk::Direct => Vec::new(),
+        Walk::Steps | Walk::FastTrack => crate::engine::steps(plan, fast_track),
+    };
     let horizon = chrono::Duration::days(HORIZON_DAYS);
     let mut out = Vec::with_capacity(steps.len() + 1);
     let mut at = Some(now);
@@ -132,7 +151,11 @@ pub fn stages(plan: &Plan, fast_track: bool, now: DateTime<Utc>) -> Vec<Stage> {
     let start = enter(at);
     out.push(Stage {
         step: steps.len() + 1,
-        kind: StageKind::Promote,
+        kind: if walk == Walk::Direct {
+            StageKind::Deploy
+        } else {
+            StageKind::Promote
+        },
         weight: 100,
         duration: None,
         checks: Vec::new(),
@@ -198,7 +221,7 @@ mod tests {
             "        - setWeight: 10\n        - analysis: { checks: [ok], duration: 10m }\n        - pause: { duration: 5m }\n        - setWeight: 100",
             "",
         );
-        let s = stages(&p, false, utc(23, 10, 0));
+        let s = stages(&p, Walk::Steps, utc(23, 10, 0));
         let ends: Vec<_> = s.iter().map(|s| s.earliest_completion).collect();
         assert_eq!(
             ends,
@@ -221,14 +244,14 @@ mod tests {
             "        - setWeight: 10\n        - pause: { duration: 1h }\n        - setWeight: 100",
             "  windows: { allow: [\"* 9-16 * * 1-5\"] }\n",
         );
-        let s = stages(&p, false, utc(27, 16, 30));
+        let s = stages(&p, Walk::Steps, utc(27, 16, 30));
         assert_eq!(s[0].earliest_completion, Some(utc(27, 16, 30)));
         assert_eq!(s[1].earliest_completion, Some(utc(27, 17, 30)));
         // Saturday and Sunday are closed: the next weight waits for Monday 09:00.
         assert_eq!(s[2].earliest_start, Some(utc(30, 9, 0)));
         assert!(s[2].waited_for_window(s[1].earliest_completion));
         // A fast-tracked rollout takes the weight steps only and never waits.
-        let fast = stages(&p, true, utc(27, 16, 30));
+        let fast = stages(&p, Walk::FastTrack, utc(27, 16, 30));
         assert_eq!(fast.len(), 3);
         assert!(
             fast.iter()
@@ -242,9 +265,27 @@ mod tests {
             "        - setWeight: 10\n        - pause: {}\n        - setWeight: 100",
             "",
         );
-        let s = stages(&p, false, utc(23, 10, 0));
+        let s = stages(&p, Walk::Steps, utc(23, 10, 0));
         assert!(s[1].waits_for_promotion && !s[1].after_promotion);
         assert!(s[2].after_promotion && s[3].after_promotion);
+    }
+
+    #[test]
+    fn a_first_rollout_deployed_directly_is_one_stage_that_waits_for_the_window() {
+        // Weekdays 9-16 UTC; 2026-11-27 is a Friday, 2026-11-30 a Monday.
+        let p = plan(
+            "        - setWeight: 10\n        - pause: { duration: 1h }\n        - setWeight: 100",
+            "  windows: { allow: [\"* 9-16 * * 1-5\"] }\n",
+        );
+        let s = stages(&p, Walk::Direct, utc(27, 12, 0));
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(
+            (s[0].step, s[0].kind, s[0].weight),
+            (1, StageKind::Deploy, 100)
+        );
+        assert_eq!(s[0].earliest_completion, Some(utc(27, 12, 0)));
+        let s = stages(&p, Walk::Direct, utc(27, 18, 0));
+        assert_eq!(s[0].earliest_completion, Some(utc(30, 9, 0)));
     }
 
     #[test]
@@ -254,7 +295,7 @@ mod tests {
             "        - setWeight: 100",
             "  windows: { allow: [\"* * 30 2 *\"] }\n",
         );
-        let s = stages(&p, false, utc(23, 10, 0));
+        let s = stages(&p, Walk::Steps, utc(23, 10, 0));
         assert!(s.iter().all(|s| s.earliest_completion.is_none()));
     }
 }

@@ -25,11 +25,12 @@ use serde::Serialize;
 
 use crate::engine::{self, Observation};
 use crate::gate::{self, Change, GateContext, PolicyEngine};
+use crate::model::plan::FirstRollout;
 use crate::model::status::{Phase, Status};
 use crate::model::{Code, Diagnostic, Plan, Settings, Severity};
 use crate::source::{SETTINGS_FILE, Snapshot, is_plan_path};
 
-pub use dry_run::{HORIZON_DAYS, Stage, StageKind};
+pub use dry_run::{HORIZON_DAYS, Stage, StageKind, Walk};
 
 /// The marker line a bot finds its own sticky comment by (the first line of `markdown`).
 pub const MARKER: &str = "<!-- rollgate:preview -->";
@@ -78,6 +79,8 @@ pub struct PlanPreview {
     pub artifact: Option<String>,
     /// The rollout would be fast-tracked (weight steps only, no windows).
     pub fast_track: bool,
+    /// The rollout would deploy the artifact directly: a first rollout, no stable version.
+    pub direct: bool,
     /// The plan's change windows, e.g. ``allow `* 9-16 * * MON-THU` (Europe/Berlin)``;
     /// `None` when always open.
     pub windows: Option<String>,
@@ -543,6 +546,7 @@ fn plan_preview(
         effect: String::new(),
         artifact: None,
         fast_track: false,
+        direct: false,
         windows: None,
         promotion: None,
     };
@@ -570,9 +574,10 @@ fn plan_preview(
         .promoted_from
         .as_ref()
         .map(|from| promotion(from, &plan.artifact, f.statuses.get(from)));
-    let (effect, fast_track, starts) = effect(plan, f.statuses.get(&plan.name), f.head, f.now);
-    out.fast_track = fast_track && starts;
-    out.stages = dry_run::stages(plan, out.fast_track, f.now);
+    let (effect, walk) = effect(plan, f.statuses.get(&plan.name), f.head, f.now);
+    out.fast_track = walk == Walk::FastTrack;
+    out.direct = walk == Walk::Direct;
+    out.stages = dry_run::stages(plan, walk, f.now);
     out.effect = if verdict.passes() {
         effect
     } else {
@@ -591,28 +596,36 @@ fn plan_preview(
 }
 
 /// What merging does to the rollout of `plan`, given base's status: the engine decides.
-/// Returns the sentence, whether the rollout is fast-tracked, and whether one starts.
-fn effect(
-    plan: &Plan,
-    before: Option<&Status>,
-    head: &str,
-    now: DateTime<Utc>,
-) -> (String, bool, bool) {
+/// Returns the sentence and how the stages below are walked (the rollout that starts, or
+/// the next one).
+fn effect(plan: &Plan, before: Option<&Status>, head: &str, now: DateTime<Utc>) -> (String, Walk) {
     let d = engine::decide(plan, before, &Observation::quiet(head), now);
     let after = d.status.as_ref().or(before);
     let artifact = &plan.artifact;
     let Some(after) = after else {
-        return (format!("no rollout of `{artifact}` starts"), false, false);
+        return (format!("no rollout of `{artifact}` starts"), Walk::Steps);
     };
-    let begins = after.phase == Phase::Pending
-        && after.candidate == *artifact
-        && before.is_none_or(|b| b.phase != Phase::Pending || b.candidate != *artifact);
+    // The next rollout, when none starts: a first one (nothing stable) goes as the plan says.
+    let next_is_first = after.stable.is_none()
+        && !after.phase.is_in_flight()
+        && plan.first_rollout == FirstRollout::Direct;
+    let next = if (after.direct && after.phase.is_in_flight()) || next_is_first {
+        Walk::Direct
+    } else {
+        Walk::Steps
+    };
+    // A rollout starts: pending, or (a first one) already deploying directly.
+    let fresh = |s: &Status| {
+        s.candidate == *artifact
+            && (s.phase == Phase::Pending || (s.direct && s.phase.is_in_flight()))
+    };
+    let begins = fresh(after) && before.is_none_or(|b| !fresh(b));
     if begins {
         let mut s = match before {
             None => format!("first rollout of `{artifact}`"),
             Some(b) => match &b.stable {
                 Some(stable) => format!("rollout of `{artifact}`, replacing stable `{stable}`"),
-                None => format!("rollout of `{artifact}`"),
+                None => format!("rollout of `{artifact}`, with no stable version"),
             },
         };
         if let Some(b) = before.filter(|b| !b.phase.is_terminal() && b.candidate != *artifact) {
@@ -626,7 +639,27 @@ fn effect(
                 "; fast-tracked (stable within the rollback window): weight steps only, no analysis, pauses or windows",
             );
         }
-        return (s, after.fast_track, true);
+        if after.direct {
+            s.push_str(
+                ": no stable version to compare with, so it is deployed directly at 100% (no steps, no analysis; `firstRollout: steps` walks the steps instead)",
+            );
+            if after.phase == Phase::Held {
+                let why = after.hold.as_ref().map_or("", |h| h.reason.as_str());
+                s.push_str(&format!("; held first: {why}"));
+            }
+        } else if after.stable.is_none() {
+            s.push_str(
+                ": no stable version, and `firstRollout: steps` walks the steps anyway (the other share of traffic has no version to go to; checks against a baseline are skipped)",
+            );
+        }
+        let walk = if after.fast_track {
+            Walk::FastTrack
+        } else if after.direct {
+            Walk::Direct
+        } else {
+            Walk::Steps
+        };
+        return (s, walk);
     }
     match before {
         Some(b) if after.phase == Phase::RollingBack && b.phase != Phase::RollingBack => (
@@ -634,8 +667,14 @@ fn effect(
                 "a human revert: the rollout of `{}` in flight ({} at {}%) is rolled back to `{artifact}`",
                 b.candidate, b.phase, b.weight
             ),
-            false,
-            false,
+            next,
+        ),
+        Some(b) if b.phase.is_in_flight() && b.candidate == *artifact && b.direct => (
+            format!(
+                "no new rollout: the first rollout of `{artifact}`, deployed directly, goes on ({})",
+                b.phase
+            ),
+            next,
         ),
         Some(b) if b.phase.is_in_flight() && b.candidate == *artifact => (
             format!(
@@ -643,22 +682,19 @@ fn effect(
                 b.phase,
                 b.step + 1
             ),
-            false,
-            false,
+            next,
         ),
         Some(b) if b.stable.as_deref() == Some(artifact.as_str()) => (
             format!(
                 "no rollout: `{artifact}` is already stable; the stages below apply to the next artifact"
             ),
-            false,
-            false,
+            next,
         ),
         _ => (
             format!(
                 "no rollout of `{artifact}` starts; the stages below apply to the next artifact"
             ),
-            false,
-            false,
+            next,
         ),
     }
 }

@@ -344,6 +344,7 @@ fn action(s: &Stage) -> String {
         StageKind::Pause => "pause".to_owned(),
         StageKind::Analysis => "analysis".to_owned(),
         StageKind::Promote => "promote".to_owned(),
+        StageKind::Deploy => "deploy directly".to_owned(),
     }
 }
 

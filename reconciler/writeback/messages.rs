@@ -5,7 +5,8 @@
 //! can render it without any other state.
 
 use crate::engine::{Revert, Transition};
-use crate::model::status::Status;
+use crate::model::plan::FirstRollout;
+use crate::model::status::{Phase, Status};
 
 use super::{CommitSpec, Edit};
 
@@ -19,6 +20,8 @@ pub const WEIGHT: &str = "Rollgate-Weight";
 pub const VERDICT: &str = "Rollgate-Verdict";
 pub const REASON: &str = "Rollgate-Reason";
 pub const ROLLBACK_OF: &str = "Rollgate-Rollback-Of";
+/// On the transitions of a rollout with no stable version: `direct` or `steps`.
+pub const FIRST_ROLLOUT: &str = "Rollgate-First-Rollout";
 pub const COMMAND: &str = "Rollgate-Command";
 pub const ACK: &str = "Rollgate-Command-Ack";
 /// On a command commit made for a GitHub comment: the comment's id (one commit per comment).
@@ -46,6 +49,12 @@ pub fn status_commit(
 ) -> CommitSpec {
     let plan = &status.plan;
     let subject = match transition {
+        Some(t) if t.first_rollout == Some(FirstRollout::Direct) && t.to == Phase::Promoting => {
+            format!(
+                "{plan}: first rollout, deploying {} directly",
+                short(&status.candidate)
+            )
+        }
         Some(t) if t.step.1 > 0 && t.step.0 > 0 => {
             format!(
                 "{plan}: {} step {}/{} at {}% ({})",
@@ -73,6 +82,9 @@ pub fn status_commit(
         trailers.push((WEIGHT.to_owned(), status.weight.to_string()));
         for v in &t.verdicts {
             trailers.push((VERDICT.to_owned(), v.clone()));
+        }
+        if let Some(f) = t.first_rollout {
+            trailers.push((FIRST_ROLLOUT.to_owned(), f.as_str().to_owned()));
         }
         trailers.push((REASON.to_owned(), t.reason.clone()));
     }

@@ -38,6 +38,8 @@ pub struct PlanFile {
     pub steps: Vec<String>,
     pub port: u16,
     pub labels: String,
+    /// `spec.firstRollout`, when set.
+    pub first_rollout: Option<String>,
 }
 
 impl PlanFile {
@@ -56,7 +58,16 @@ impl PlanFile {
             .to_vec(),
             port: 18080,
             labels: "{ team: demo }".to_owned(),
+            first_rollout: None,
         }
+    }
+
+    /// Walk the steps even on the first rollout (`firstRollout: steps`): without it, a
+    /// plan seen for the first time is deployed directly.
+    #[must_use]
+    pub fn first_rollout_steps(mut self) -> Self {
+        self.first_rollout = Some("steps".to_owned());
+        self
     }
 
     #[must_use]
@@ -107,7 +118,12 @@ spec:
       judge: {{ min: 0.99 }}
   minSamples: 100
   rollback: {{ onFailure: revert, rollbackWindow: 24h }}
-",
+{first_rollout}",
+            first_rollout = self
+                .first_rollout
+                .as_ref()
+                .map(|f| format!("  firstRollout: {f}\n"))
+                .unwrap_or_default(),
             name = self.name,
             labels = self.labels,
             port = self.port,
