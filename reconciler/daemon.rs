@@ -242,6 +242,7 @@ impl Reconciler {
                 self.snapshot.files.keys().cloned().collect()
             }
         };
+        self.distrust_foreign_status(head, &changed)?;
         let limit = if self.head.is_some() {
             HISTORY_LIMIT
         } else {
@@ -309,6 +310,53 @@ impl Reconciler {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.head = Some(head);
+        Ok(())
+    }
+
+    /// Status is rollgate's alone: a `status/` file whose last change at `head` was made
+    /// by a commit rollgate did not write (its trailers and its configured author) is
+    /// replaced, in the snapshot everything reads, by its content as rollgate last wrote
+    /// it. Git keeps the foreign change; the daemon says so and ignores it.
+    fn distrust_foreign_status(&mut self, head: Oid, changed: &[String]) -> Result<()> {
+        let paths: Vec<String> = changed
+            .iter()
+            .filter(|p| p.starts_with("status/"))
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let author = self
+            .snapshot
+            .files
+            .get(crate::source::SETTINGS_FILE)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| {
+                crate::model::validate::parse_settings(crate::source::SETTINGS_FILE, t).ok()
+            })
+            .unwrap_or_default()
+            .write_back
+            .author;
+        let ours = format!("{} <{}>", author.name, author.email);
+        let trusted = |c: &CommitInfo| c.is_rollgate() && c.author == ours;
+        let foreign =
+            self.src
+                .untrusted_changes(head, "status/", &paths, HISTORY_LIMIT, &trusted)?;
+        for (path, (good, by)) in foreign {
+            tracing::warn!(
+                file = %path,
+                commits = %by.iter().map(|o| o.to_string()[..12].to_owned()).collect::<Vec<_>>().join(", "),
+                "status changed by a commit rollgate did not write: ignored; the last status rollgate wrote stays in force"
+            );
+            match good {
+                Some(bytes) => {
+                    self.snapshot.files.insert(path, bytes);
+                }
+                None => {
+                    self.snapshot.files.remove(&path);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -441,6 +489,7 @@ impl Reconciler {
             measurements,
             commands: commands.iter().map(|(_, c)| *c).collect(),
             slo,
+            samples_since: None,
         };
         let decision = engine::decide(plan, status.as_ref(), &obs, now);
         if let Some(next) = &decision.status {

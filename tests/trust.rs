@@ -39,7 +39,10 @@ fn regression_a_command_trailer_in_a_commit_that_changes_files_is_not_obeyed() {
     remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
     run_once(&remote, &state);
     let paused = remote.status("web").expect("status");
-    assert_eq!((paused.phase, paused.candidate.as_str()), (Phase::Paused, "v2"));
+    assert_eq!(
+        (paused.phase, paused.candidate.as_str()),
+        (Phase::Paused, "v2")
+    );
 
     // When a merge that changes a file carries a contributor's promote trailer (a squash
     // merge copies the contributor's message)
@@ -75,5 +78,74 @@ fn regression_a_command_trailer_in_a_commit_that_changes_files_is_not_obeyed() {
         (s.phase, s.candidate.as_str()),
         (Phase::Succeeded, "v2"),
         "{s:?}"
+    );
+}
+
+#[test]
+fn regression_a_status_file_forged_by_a_human_commit_is_ignored() {
+    use rollgate::target::dry_run::{DryRun, Workload};
+    // Given v1 rolled out and v2 waiting at an untimed pause at 20%
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    let state = remote.work_dir("state");
+    run_once(&remote, &state);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "pause: {}",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    run_once(&remote, &state);
+    let paused = remote.status("web").expect("status");
+    assert_eq!((paused.phase, paused.weight), (Phase::Paused, 20));
+
+    // When a human commit (a merged PR) rewrites the status: v2 succeeded, at 100%
+    let mut forged = paused.clone();
+    forged.phase = Phase::Succeeded;
+    forged.stable = Some("v2".to_owned());
+    forged.weight = 100;
+    let forged_yaml = forged.to_yaml().expect("yaml");
+    remote.human_commit(
+        "status/web.yaml",
+        |_| forged_yaml.clone(),
+        "Mark web v2 done",
+    );
+    // And a daemon starts on it (re-applying the state it trusts to the target)
+    run_once(&remote, &state);
+
+    // Then the target still runs v1 with v2 at 20%: the forged status was not believed
+    let journal = state.join("dry-run").join("local.journal");
+    assert_eq!(
+        DryRun::with_journal(journal).workload("web"),
+        Workload {
+            stable: Some("v1".to_owned()),
+            candidate: Some("v2".to_owned()),
+            weight: 20
+        }
+    );
+    // And a real promote continues from the state rollgate wrote, and Git converges
+    remote.pull();
+    remote.human(&[
+        "commit",
+        "--allow-empty",
+        "-q",
+        "-m",
+        "Promote web",
+        "--trailer",
+        "Rollgate-Command: promote",
+        "--trailer",
+        "Rollgate-Plan: web",
+    ]);
+    remote.human(&["push", "-q", "origin", "main"]);
+    run_once(&remote, &state);
+    let s = remote.status("web").expect("status");
+    assert_eq!(
+        (s.phase, s.stable.as_deref()),
+        (Phase::Succeeded, Some("v2"))
+    );
+    assert_ne!(
+        s.to_yaml().expect("yaml"),
+        forged_yaml,
+        "written by rollgate"
     );
 }

@@ -6,7 +6,7 @@
 //! Invariant: tree entries that are symlinks or submodules, or blobs over the size cap,
 //! are refused with a diagnostic and never read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
@@ -310,6 +310,86 @@ impl GitSource {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Which of `paths` (all under `folder/`, e.g. `status/`) hold at `head` content that a
+    /// commit `trusted` refuses wrote last, and the content before it: walking first-parent
+    /// history back from `head` (at most `limit` commits), a path's last change by a
+    /// trusted commit is its good content (`None`: deleted or absent). The repository's
+    /// root commit (its initial import) counts as trusted; a path not changed within
+    /// `limit` is taken as it is. Each entry: path → (good content, untrusted commits).
+    pub fn untrusted_changes(
+        &self,
+        head: Oid,
+        folder: &str,
+        paths: &[String],
+        limit: usize,
+        trusted: &dyn Fn(&CommitInfo) -> bool,
+    ) -> Result<BTreeMap<String, (Option<Vec<u8>>, Vec<Oid>)>> {
+        let mut open: BTreeMap<String, Vec<Oid>> =
+            paths.iter().map(|p| (p.clone(), Vec::new())).collect();
+        let mut found = BTreeMap::new();
+        let sub = |c: &git2::Commit<'_>| -> Option<Oid> {
+            c.tree()
+                .ok()?
+                .get_path(Path::new(folder.trim_end_matches('/')))
+                .ok()
+                .map(|e| e.id())
+        };
+        let mut walk = self.repo.revwalk()?;
+        walk.push(head)?;
+        walk.simplify_first_parent()?;
+        for id in walk.take(limit) {
+            if open.is_empty() {
+                break;
+            }
+            let c = self.repo.find_commit(id?)?;
+            let parent = c.parent(0).ok();
+            if let Some(p) = &parent
+                && sub(&c) == sub(p)
+            {
+                continue;
+            }
+            let blob_at = |commit: Option<&git2::Commit<'_>>, path: &str| -> Option<Oid> {
+                commit?
+                    .tree()
+                    .ok()?
+                    .get_path(Path::new(path))
+                    .ok()
+                    .map(|e| e.id())
+            };
+            let changed: Vec<String> = open
+                .keys()
+                .filter(|path| blob_at(Some(&c), path) != blob_at(parent.as_ref(), path))
+                .cloned()
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            let ok = parent.is_none() || trusted(&self.commit_info(c.id())?);
+            for path in changed {
+                if ok {
+                    let untrusted = open.remove(&path).unwrap_or_default();
+                    if !untrusted.is_empty() {
+                        let good = match blob_at(Some(&c), &path) {
+                            Some(b) => Some(self.repo.find_blob(b)?.content().to_vec()),
+                            None => None,
+                        };
+                        found.insert(path, (good, untrusted));
+                    }
+                } else if let Some(by) = open.get_mut(&path) {
+                    by.push(c.id());
+                }
+            }
+        }
+        // Changed only by untrusted commits back to the limit (or to the root's parent):
+        // no good content is known.
+        for (path, by) in open {
+            if !by.is_empty() {
+                found.insert(path, (None, by));
+            }
+        }
+        Ok(found)
     }
 
     pub fn commit_info(&self, id: Oid) -> Result<CommitInfo> {
