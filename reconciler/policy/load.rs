@@ -26,6 +26,16 @@ pub(super) const COLLECTOR_FILE: &str = "<rollgate-collector>";
 /// Work units between two clock reads of regorus' execution timer.
 const TIMER_CHECK_INTERVAL: NonZeroU32 = NonZeroU32::MIN.saturating_add(1023);
 
+/// Whether repository files may declare the built-in packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Packages {
+    ReserveBuiltin,
+    Any,
+}
+
+/// The packages of the built-in policies: no repository policy may declare them.
+const RESERVED_PACKAGE: &str = "data.rollgate.builtin";
+
 /// The built-in policies, embedded in the binary. Labelled `builtin/<file>` so they never
 /// clash with a repository's `policies/<file>`.
 const BUILTIN_POLICIES: &[(&str, &str)] = &[
@@ -150,14 +160,38 @@ impl Sources {
         if diags.is_empty() { Ok(()) } else { Err(diags) }
     }
 
-    /// Parse every policy (reporting every file that fails) and load the data.
-    pub(super) fn into_engine(self) -> Result<Engine, Vec<Diagnostic>> {
+    /// Parse every policy (reporting every file that fails) and load the data. With
+    /// `Packages::ReserveBuiltin` (the gate), a file that is not a built-in may not declare
+    /// a built-in package; `rollgate policy test` over the built-ins' own folder may.
+    pub(super) fn into_engine(self, packages: Packages) -> Result<Engine, Vec<Diagnostic>> {
         let mut engine = Engine::new();
         engine.set_gather_prints(true);
         let mut diags = Vec::new();
         for (file, text) in self.policies {
-            if let Err(e) = engine.add_policy(file.clone(), text) {
-                diags.push(diagnostic(&e, &file));
+            match engine.add_policy(file.clone(), text) {
+                Err(e) => diags.push(diagnostic(&e, &file)),
+                // A repository policy may add packages and rules, never join a built-in
+                // package: rules of one package combine across files, so it could
+                // redefine what a built-in rule relies on.
+                Ok(package)
+                    if packages == Packages::ReserveBuiltin
+                        && !file.starts_with("builtin/")
+                        && (package == RESERVED_PACKAGE
+                            || package.starts_with(&format!("{RESERVED_PACKAGE}."))) =>
+                {
+                    let shown = package.trim_start_matches("data.");
+                    diags.push(Diagnostic::error(
+                        file.as_str(),
+                        Some(Pos::new(1, 1)),
+                        Code::PolicyError,
+                        format!(
+                            "package {shown} is reserved for rollgate's built-in policies; \
+                             a repository policy uses a package of its own (e.g. rollgate.team.{})",
+                            shown.rsplit('.').next().unwrap_or("rules")
+                        ),
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         if let Err(e) = engine.add_data(regorus::Value::from(Value::Object(self.data))) {

@@ -179,14 +179,14 @@ impl PolicySet {
         if let Some(dir) = repo_policy_dir {
             sources.add_dir(dir, load::Include::PoliciesOnly, true)?;
         }
-        let engine = sources.into_engine()?;
+        let engine = sources.into_engine(load::Packages::ReserveBuiltin)?;
         Self::prepare(engine)
     }
 
     /// The built-in policies only.
     pub fn builtin() -> PolicySet {
         match load::Sources::builtin()
-            .into_engine()
+            .into_engine(load::Packages::ReserveBuiltin)
             .and_then(Self::prepare)
         {
             Ok(set) => set,

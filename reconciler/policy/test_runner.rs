@@ -82,7 +82,7 @@ pub fn run_tests(dirs: &[PathBuf]) -> Result<TestReport, Vec<Diagnostic>> {
     if !diags.is_empty() {
         return Err(diags);
     }
-    let mut engine = sources.into_engine()?;
+    let mut engine = sources.into_engine(super::load::Packages::Any)?;
     load::set_limits(&mut engine);
     // Prepare now, so a semantic error (unsafe variable, conflicting rules) is reported
     // once, with its place, rather than as the failure of every test.

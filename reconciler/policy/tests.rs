@@ -516,3 +516,30 @@ fn a_test_folder_with_a_syntax_error_is_a_diagnostic() {
     let missing = run_tests(&[repo.path().join("nope")]).expect_err("missing folder");
     assert_eq!(missing[0].code, Code::Io);
 }
+
+#[test]
+fn regression_a_repository_policy_cannot_join_a_builtin_package() {
+    // Given a repository policy that declares a built-in package, to add to its rules
+    let repo = repo_policies(&[(
+        "windows.rego",
+        "package rollgate.builtin.windows\n\nimport rego.v1\n\nin_window(_) := true\n",
+    )]);
+    // Then the set does not load, and the diagnostic names the file and the package
+    let diags = PolicySet::load(Some(&repo.path().join("policies"))).expect_err("reserved");
+    let d = diags
+        .iter()
+        .find(|d| d.message.contains("reserved"))
+        .unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(d.file, "policies/windows.rego");
+    assert!(
+        d.message.contains("rollgate.builtin.windows"),
+        "{}",
+        d.message
+    );
+    // And a package of its own loads
+    let own = repo_policies(&[(
+        "windows.rego",
+        "package rollgate.team.windows\n\nimport rego.v1\n\ndeny contains \"no\" if { false }\n",
+    )]);
+    assert!(PolicySet::load(Some(&own.path().join("policies"))).is_ok());
+}
