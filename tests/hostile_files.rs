@@ -417,3 +417,55 @@ fn invalid_utf8() {
         },
     );
 }
+
+#[test]
+fn regression_a_tree_of_two_thousand_plans_naming_one_big_blob_is_refused_before_reading() {
+    // Given a revision whose plans/ holds 2,000 entries that all name one 1 MB blob
+    // (a few KB in a pack, 2 GB when read)
+    let dir = tempfile::tempdir().expect("tmp");
+    let bare = dir.path().join("remote.git");
+    let repo = git2::Repository::init_bare(&bare).expect("init");
+    let big = repo
+        .blob(&vec![b'#'; rollgate::model::yaml::MAX_FILE_BYTES - 1])
+        .expect("blob");
+    let mut plans = repo.treebuilder(None).expect("treebuilder");
+    for i in 0..2000 {
+        plans
+            .insert(format!("p{i}.yaml"), big, 0o100_644)
+            .expect("entry");
+    }
+    let plans = plans.write().expect("plans tree");
+    let mut root = repo.treebuilder(None).expect("treebuilder");
+    root.insert("plans", plans, 0o040_000).expect("plans");
+    let tree = repo.find_tree(root.write().expect("root")).expect("tree");
+    let sig = git2::Signature::now("Attacker", "a@example.com").expect("sig");
+    let head = repo
+        .commit(Some("refs/heads/main"), &sig, &sig, "bomb", &tree, &[])
+        .expect("commit");
+    drop(tree);
+    let src = rollgate::source::git::GitSource::open(
+        bare.to_str().expect("utf8"),
+        &dir.path().join("clone"),
+        "main",
+    )
+    .expect("open");
+    let fetched = src.fetch().expect("fetch");
+    assert_eq!(fetched, head);
+    let rss_before = own_peak_rss();
+    // When it is read
+    let started = std::time::Instant::now();
+    let err = src.snapshot(head).expect_err("refused");
+    let took = started.elapsed();
+    // Then it is refused, fast and small, with a typed error that says why
+    let typed = err
+        .downcast_ref::<rollgate::source::git::SnapshotError>()
+        .unwrap_or_else(|| panic!("{err:#}"));
+    assert!(
+        matches!(typed, rollgate::source::git::SnapshotError::TooLarge { .. }),
+        "{typed}"
+    );
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    let grew = own_peak_rss().saturating_sub(rss_before);
+    assert!(grew < 100 << 20, "peak RSS grew by {:.1} MiB", mib(grew));
+    eprintln!("refused in {took:?}: {err}");
+}

@@ -19,6 +19,27 @@ use crate::model::{Code, Diagnostic};
 /// The folders (and the one file) rollgate reads from a tree.
 pub const WATCHED: &[&str] = &[SETTINGS_FILE, "plans", "status", "policies"];
 
+/// At most this many entries in one watched folder of a revision (a 10,000-plan
+/// repository fits twice over).
+pub const MAX_FOLDER_ENTRIES: usize = 25_000;
+/// At most this many bytes of rollgate files read from one revision, all folders
+/// together. Checked on blob headers before any blob is read: 2,000 tree entries naming
+/// one 1 MB blob pack into a few KB but would read as 2 GB.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A revision refused before any of its files was read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "{folder}/ holds {entries} entries; rollgate reads at most {MAX_FOLDER_ENTRIES} per folder (the revision was refused before reading any file)"
+    )]
+    TooManyEntries { folder: String, entries: usize },
+    #[error(
+        "the revision's rollgate files come to {bytes} bytes; rollgate reads at most {MAX_SNAPSHOT_BYTES} bytes per revision (refused before reading any file)"
+    )]
+    TooLarge { bytes: usize },
+}
+
 /// The trailer that marks rollgate's own commits.
 pub const TRAILER_PLAN: &str = "Rollgate-Plan";
 pub const TRAILER_COMMAND: &str = "Rollgate-Command";
@@ -168,6 +189,8 @@ impl GitSource {
     /// Read the rollgate files of `commit` into a snapshot.
     pub fn snapshot(&self, commit: Oid) -> Result<Snapshot> {
         let tree = self.repo.find_commit(commit)?.tree()?;
+        let paths: Vec<String> = WATCHED.iter().map(|p| (*p).to_owned()).collect();
+        self.within_budget(&tree, &paths, 0)?;
         let mut snap = Snapshot::default();
         for top in WATCHED {
             self.read_path(&tree, top, &mut snap)?;
@@ -183,10 +206,70 @@ impl GitSource {
         changed: &[String],
     ) -> Result<()> {
         let tree = self.repo.find_commit(commit)?.tree()?;
+        let kept: usize = snap
+            .files
+            .iter()
+            .filter(|(p, _)| !changed.contains(p))
+            .map(|(_, b)| b.len())
+            .sum();
+        self.within_budget(&tree, changed, kept)?;
         snap.refused.retain(|d| !changed.contains(&d.file));
         for path in changed {
             snap.files.remove(path);
             self.read_path(&tree, path, snap)?;
+        }
+        Ok(())
+    }
+
+    /// Refuse (with a `SnapshotError`) when reading `paths` of `tree` on top of `kept`
+    /// bytes would pass the budgets; only tree entries and blob headers are looked at.
+    fn within_budget(&self, tree: &git2::Tree<'_>, paths: &[String], kept: usize) -> Result<()> {
+        let odb = self.repo.odb()?;
+        let mut bytes = kept;
+        let size_of = |e: &git2::TreeEntry<'_>| -> Result<usize> {
+            if e.kind() != Some(ObjectType::Blob) || e.filemode() == 0o120000 {
+                return Ok(0);
+            }
+            let (size, _) = odb.read_header(e.id())?;
+            // Files over the per-file cap are refused one by one, never read.
+            Ok(if size > MAX_FILE_BYTES { 0 } else { size })
+        };
+        let mut per_folder: std::collections::BTreeMap<&str, usize> = BTreeMap::new();
+        for path in paths {
+            let Ok(entry) = tree.get_path(Path::new(path)) else {
+                continue;
+            };
+            if entry.kind() == Some(ObjectType::Tree) && !path.contains('/') {
+                let sub = self.repo.find_tree(entry.id())?;
+                if sub.len() > MAX_FOLDER_ENTRIES {
+                    return Err(SnapshotError::TooManyEntries {
+                        folder: path.clone(),
+                        entries: sub.len(),
+                    }
+                    .into());
+                }
+                for e in sub.iter() {
+                    if e.name().is_ok_and(|n| wanted(&format!("{path}/{n}"))) {
+                        bytes = bytes.saturating_add(size_of(&e)?);
+                    }
+                }
+            } else if wanted(path) {
+                if let Some((folder, _)) = path.split_once('/') {
+                    let n = per_folder.entry(folder).or_default();
+                    *n += 1;
+                    if *n > MAX_FOLDER_ENTRIES {
+                        return Err(SnapshotError::TooManyEntries {
+                            folder: folder.to_owned(),
+                            entries: *n,
+                        }
+                        .into());
+                    }
+                }
+                bytes = bytes.saturating_add(size_of(&entry)?);
+            }
+            if bytes > MAX_SNAPSHOT_BYTES {
+                return Err(SnapshotError::TooLarge { bytes }.into());
+            }
         }
         Ok(())
     }
