@@ -388,15 +388,23 @@ fn main() -> ExitCode {
 /// The folder of local target `name`: `STATE/local/<name>`, or the settings' `stateDir`
 /// taken relative to `STATE/local/`; an absolute path or one that climbs out with `..`
 /// is refused.
-fn confined_local_dir(state: &Path, name: &str, from_settings: Option<&str>) -> Result<PathBuf, String> {
+fn confined_local_dir(
+    state: &Path,
+    name: &str,
+    from_settings: Option<&str>,
+) -> Result<PathBuf, String> {
     let base = state.join("local");
     let Some(rel) = from_settings else {
         return Ok(base.join(name));
     };
     let p = Path::new(rel);
     let inside = !rel.is_empty()
-        && p.components()
-            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        && p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
     if inside {
         Ok(base.join(p))
     } else {
