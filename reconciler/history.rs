@@ -29,6 +29,8 @@ pub struct Entry {
     pub verdicts: Vec<String>,
     /// `direct` or `steps` on the transitions of a rollout with no stable version.
     pub first_rollout: Option<String>,
+    /// The new start of an analysis window restarted because builtin samples were lost.
+    pub analysis_restarted: Option<String>,
     pub subject: String,
 }
 
@@ -105,6 +107,7 @@ pub fn collect(repo: &Repository, head: Oid, plan: Option<&str>) -> Result<Vec<E
                 .map(|(_, v)| v.to_owned())
                 .collect(),
             first_rollout: get(m::FIRST_ROLLOUT),
+            analysis_restarted: get(m::ANALYSIS_RESTARTED),
             subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
         });
     }
@@ -147,6 +150,9 @@ pub fn render_text(entries: &[Entry]) -> String {
         ));
         for v in &e.verdicts {
             out.push_str(&format!("{:>40}{v}\n", ""));
+        }
+        if let Some(at) = &e.analysis_restarted {
+            out.push_str(&format!("{:>40}analysis restarted at {at}\n", ""));
         }
     }
     if entries.is_empty() {

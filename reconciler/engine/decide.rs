@@ -14,13 +14,18 @@
 //! 3. In flight: the plan back at the stable artifact is a human revert (roll back, no
 //!    revert commit); another artifact supersedes the rollout; `abort` rolls back;
 //!    an unhealthy target or a missed `progressDeadline` fails the stage.
-//! 4. Otherwise the current step runs; when it is done the next one is entered, but
+//! 4. Otherwise the current step runs. An analysis step with a builtin check whose
+//!    window began before `samples_since` (the proxy counting the builtin samples
+//!    restarted, and lost them) restarts its window there, once, with fresh counters:
+//!    only a full window of complete data may end inconclusive and hold for a human.
+//!    When a step is done the next one is entered, but
 //!    only while the change window is open (else `Held`, released at the opening).
 //!    Entering step 0 starts the candidate; entering step n promotes (a direct first
 //!    rollout has no steps: n = 0, and the promotion starts the candidate itself).
 //!
 //! Invariant: at most one transition per decision; a transition is a change of
-//! phase, step, hold, candidate, fast-track or direct, and nothing else is committed.
+//! phase, step, hold, candidate, fast-track, direct or analysis restart, and nothing
+//! else is committed.
 
 use chrono::{DateTime, Utc};
 
@@ -30,8 +35,11 @@ use super::{
     WINDOW_HORIZON_DAYS, plus,
 };
 use crate::model::duration;
-use crate::model::plan::{FirstRollout, OnFailure, Plan, Step};
-use crate::model::status::{Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success};
+use crate::model::plan::{Analysis, FirstRollout, OnFailure, Plan, Step};
+use crate::model::settings::BUILTIN_SOURCE;
+use crate::model::status::{
+    AnalysisRestart, Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success,
+};
 
 /// The steps a rollout walks: the plan's, or only its weight steps when fast-tracked.
 pub fn steps(plan: &Plan, fast_track: bool) -> Vec<Step> {
@@ -122,6 +130,8 @@ struct Cx<'a> {
     revert: Option<Revert>,
     /// Set when this decision starts a rollout with no stable version.
     first_rollout: Option<FirstRollout>,
+    /// Set when this decision restarted the analysis window (its new start).
+    restarted_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> Cx<'a> {
@@ -143,6 +153,7 @@ impl<'a> Cx<'a> {
             verdicts: Vec::new(),
             revert: None,
             first_rollout: None,
+            restarted_at: None,
         }
     }
 
@@ -316,6 +327,8 @@ impl<'a> Cx<'a> {
                 }
             }
             Some(Step::Analysis(a)) => {
+                self.restart_if_samples_lost(a);
+                let started = self.started();
                 analysis::record(
                     self.plan,
                     &mut self.s.analysis,
@@ -338,6 +351,42 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+    }
+
+    /// The builtin source lost the samples of this analysis from before `samples_since`
+    /// (its proxy restarted): judging the step on what is left would hold it for a
+    /// human for want of traffic that was there. Restart the window where the data is
+    /// complete, once (the new start is no longer before `samples_since`). Other
+    /// sources keep their history, so a step without a builtin check goes on.
+    fn restart_if_samples_lost(&mut self, a: &Analysis) {
+        let (Some(since), Some(started)) = (self.obs.samples_since, self.s.step_started_at) else {
+            return;
+        };
+        if since <= started || since > self.now {
+            return;
+        }
+        let builtin = a
+            .checks
+            .iter()
+            .filter_map(|c| self.plan.check(c))
+            .any(|c| c.source == BUILTIN_SOURCE);
+        if !builtin {
+            return;
+        }
+        let reason = format!(
+            "analysis restarted at {}: the builtin samples before it were lost (the data plane restarted)",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let count = self.s.analysis_restart.as_ref().map_or(0, |r| r.count) + 1;
+        self.s.step_started_at = Some(since);
+        self.s.analysis = analysis::start(self.plan, a, self.s.stable.is_some());
+        self.s.analysis_restart = Some(AnalysisRestart {
+            count,
+            at: since,
+            reason: reason.clone(),
+        });
+        self.restarted_at = Some(since);
+        self.reason = Some(reason);
     }
 
     /// Why a passed analysis is done, naming the checks it skipped: a skipped check is
@@ -382,12 +431,14 @@ impl<'a> Cx<'a> {
         if !self.s.fast_track && !self.plan.windows.is_open(self.now) {
             self.s.step = i.min(self.steps().len());
             self.s.analysis.clear();
+            self.s.analysis_restart = None;
             self.hold(HoldKind::Window, "change window closed".to_owned());
             return;
         }
         if let Some(why) = self.slo_blocks() {
             self.s.step = i.min(self.steps().len());
             self.s.analysis.clear();
+            self.s.analysis_restart = None;
             self.hold(HoldKind::Slo, why);
             return;
         }
@@ -415,6 +466,7 @@ impl<'a> Cx<'a> {
         self.s.hold = None;
         self.s.step_started_at = Some(self.now);
         self.s.analysis.clear();
+        self.s.analysis_restart = None;
         self.s.step = i.min(n);
         if i == 0 && n > 0 {
             self.actions.push(Action::StartCandidate {
@@ -485,6 +537,7 @@ impl<'a> Cx<'a> {
         self.s.weight = 100;
         self.s.hold = None;
         self.s.analysis.clear();
+        self.s.analysis_restart = None;
         self.s.succeeded.retain(|x| x.artifact != artifact);
         self.s.succeeded.push(Success {
             artifact: artifact.clone(),
@@ -584,6 +637,7 @@ impl<'a> Cx<'a> {
                 s.candidate.clone(),
                 s.fast_track,
                 s.direct,
+                s.analysis_restart.as_ref().map(|r| r.count),
             )
         };
         let transitioned = self.before.is_none_or(|b| key(b) != key(&self.s));
@@ -607,6 +661,7 @@ impl<'a> Cx<'a> {
             reason,
             verdicts: std::mem::take(&mut self.verdicts),
             first_rollout: self.first_rollout,
+            analysis_restarted_at: self.restarted_at,
         });
         let next_wakeup = wakeup(self.plan, &self.s, self.now);
         let status = (self.before != Some(&self.s)).then_some(self.s);

@@ -53,6 +53,11 @@ pub struct Observation {
     pub commands: Vec<Command>,
     /// The SLO's burn rates, when the plan declares an SLO (`Err`: could not be read).
     pub slo: Option<Result<slo::Reading, String>>,
+    /// The moment from which the builtin metrics source's data for this plan is complete
+    /// (when the proxy that counts it started); `None` when unknown or not applicable.
+    /// An analysis step with a builtin check that started earlier restarts its window
+    /// there, once: the samples before it are gone.
+    pub samples_since: Option<DateTime<Utc>>,
 }
 
 impl Observation {
@@ -64,6 +69,7 @@ impl Observation {
             measurements: Vec::new(),
             commands: Vec::new(),
             slo: None,
+            samples_since: None,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct Transition {
     /// On the transitions that start or deploy a rollout with no stable version: how it
     /// goes (`Rollgate-First-Rollout: direct|steps`).
     pub first_rollout: Option<FirstRollout>,
+    /// The new start of the analysis window, when this transition restarted it because
+    /// the builtin samples before it were lost (`Rollgate-Analysis-Restarted: <time>`).
+    pub analysis_restarted_at: Option<DateTime<Utc>>,
 }
 
 /// A revert of the plan change to push, because a judgement failed.

@@ -280,6 +280,12 @@ impl Observation {
         self.commands.push(c);
         self
     }
+
+    /// The builtin source's data is complete from `t` on (its proxy started then).
+    pub fn samples_since(mut self, t: DateTime<Utc>) -> Self {
+        self.samples_since = Some(t);
+        self
+    }
 }
 
 pub fn progressing() -> Observation {

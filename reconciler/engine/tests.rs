@@ -1058,3 +1058,171 @@ fn a_baseline_judge_rolls_back_sparse_errors_the_stable_version_does_not_have() 
     assert!(c.p_value < 1e-5, "{c:?}");
     assert!(evidence.to_string().contains("n=100/10000"), "{evidence}");
 }
+
+/// v1 stable, v2 in a 10-minute analysis of a builtin success-rate check, entered at
+/// t(0) and committed: what the status file holds when the daemon (and its counters in
+/// memory) restarts.
+fn in_builtin_analysis() -> Rollout {
+    let plan = v1_stable_v2_planned()
+        .threshold("sr", Some(0.99), None)
+        .steps(vec![weight(5), analysis(&["sr"], 10), weight(100)])
+        .build();
+    assert_eq!(
+        plan.checks[0].source,
+        crate::model::settings::BUILTIN_SOURCE
+    );
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-2));
+    r.decide(&quiet(), t(-1));
+    r.decide(&quiet(), t(0));
+    assert_eq!(r.status().step_started_at, Some(t(0)));
+    r
+}
+
+const RESTARTED_AT_11: &str = "analysis restarted at 2026-11-23T10:11:00Z: the builtin samples before it were lost (the data plane restarted)";
+
+#[test]
+fn regression_an_analysis_that_lost_its_builtin_samples_restarts_its_window_instead_of_holding() {
+    // Given an analysis from t(0) to t(10), and the daemon and its data plane down from
+    // t(3): the data plane is back at t(11) and has counted requests since then only
+    let mut r = in_builtin_analysis();
+    let status = r.status.clone();
+    // When the daemon measures at t(12): one minute of traffic, too few samples
+    let thin = vec![ok("sr", t(12), 1.0, 30)];
+    // (Without knowing when the samples begin, the step would end inconclusive and wait
+    // for a human, though the traffic was there: the bug.)
+    let blind = decide(
+        &r.plan,
+        status.as_ref(),
+        &quiet().measured(thin.clone()),
+        t(12),
+    );
+    assert_eq!(blind.status.expect("held").phase, Phase::Held);
+    let d = r.decide(&quiet().measured(thin.clone()).samples_since(t(11)), t(12));
+
+    // Then the window restarts where the samples are complete, with fresh counters
+    assert_eq!(r.phase(), Phase::Progressing);
+    let s = r.status();
+    assert_eq!(s.step_started_at, Some(t(11)));
+    assert_eq!(
+        s.analysis[0].measurements, 1,
+        "the reading after t(11) counts"
+    );
+    assert_eq!(s.analysis[0].inconclusives, 1);
+    let restart = s.analysis_restart.as_ref().expect("recorded");
+    assert_eq!((restart.count, restart.at), (1, t(11)));
+    assert_eq!(restart.reason, RESTARTED_AT_11);
+    // and it is one status commit saying so
+    let tr = d.transition.expect("a transition");
+    assert_eq!(tr.analysis_restarted_at, Some(t(11)));
+    assert_eq!(tr.reason, RESTARTED_AT_11);
+    assert_eq!(tr.step, (2, 3));
+    assert!(d.actions.is_empty());
+    // When the same observation comes again, Then nothing restarts twice
+    let again = r.decide(&quiet().measured(thin).samples_since(t(11)), t(12));
+    assert_eq!((again.status, again.transition), (None, None));
+    // When the traffic comes back over the new window, Then the step passes at its end
+    for m in 13..21 {
+        let d = r.decide(
+            &quiet()
+                .measured(vec![ok("sr", t(m), 0.999, 500)])
+                .samples_since(t(11)),
+            t(m),
+        );
+        assert_eq!(d.transition, None, "still measuring at minute {m}");
+    }
+    let d = r.decide(
+        &quiet()
+            .measured(vec![ok("sr", t(21), 0.999, 500)])
+            .samples_since(t(11)),
+        t(21),
+    );
+    assert_eq!(d.actions, vec![Action::SetWeight(100)]);
+    assert_eq!(r.status().analysis_restart, None, "a new step starts clean");
+}
+
+#[test]
+fn a_restarted_analysis_with_too_little_traffic_over_its_full_window_still_holds() {
+    // Given an analysis restarted at t(11) when the data plane came back
+    let mut r = in_builtin_analysis();
+    r.decide(&quiet().samples_since(t(11)), t(12));
+    assert_eq!(r.status().step_started_at, Some(t(11)));
+    // When a full window of complete data has too few samples
+    for m in 12..=21 {
+        r.decide(
+            &quiet()
+                .measured(vec![ok("sr", t(m), 1.0, 10)])
+                .samples_since(t(11)),
+            t(m),
+        );
+    }
+    // Then, and only then, it holds for a human, as before
+    assert_eq!(hold_kind(&r), Some(HoldKind::Evidence));
+    assert!(
+        r.status()
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.reason.contains("too few samples"))
+    );
+}
+
+#[test]
+fn each_data_plane_restart_restarts_the_window_once_and_is_counted() {
+    let mut r = in_builtin_analysis();
+    r.decide(&quiet().samples_since(t(2)), t(3));
+    assert_eq!(
+        r.decide(&quiet().samples_since(t(2)), t(4)).transition,
+        None
+    );
+    let d = r.decide(&quiet().samples_since(t(6)), t(7));
+    assert_eq!(
+        d.transition.expect("restarted").analysis_restarted_at,
+        Some(t(6))
+    );
+    let restart = r.status().analysis_restart.clone().expect("recorded");
+    assert_eq!((restart.count, restart.at), (2, t(6)));
+    assert_eq!(r.status().step_started_at, Some(t(6)));
+    // and the status file says so
+    let text = r.status().to_yaml().expect("writes");
+    assert!(text.contains("analysisRestart:"), "{text}");
+    assert_eq!(
+        &crate::model::status::Status::from_yaml(&text).expect("reads"),
+        r.status()
+    );
+}
+
+#[test]
+fn samples_lost_outside_a_builtin_analysis_change_nothing() {
+    // A Prometheus check keeps its history: the daemon re-queries the whole window
+    let plan = v1_stable_v2_planned()
+        .threshold("sr", Some(0.99), None)
+        .steps(vec![weight(5), analysis(&["sr"], 10), weight(100)])
+        .build();
+    let mut prom = plan.clone();
+    prom.checks[0].source = "prometheus".to_owned();
+    let mut r = Rollout::new(prom, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-2));
+    r.decide(&quiet(), t(-1));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet().samples_since(t(5)), t(6));
+    assert_eq!((d.status, d.transition), (None, None));
+    assert_eq!(r.status().step_started_at, Some(t(0)));
+    // A pause has no checks to restart
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(5), pause(10), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-2));
+    r.decide(&quiet(), t(-1));
+    r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Paused);
+    let d = r.decide(&quiet().samples_since(t(5)), t(6));
+    assert_eq!((d.status, d.transition), (None, None));
+    // Samples complete since before the step began, or "since" a moment still to come
+    let mut r = in_builtin_analysis();
+    for since in [t(-5), t(0), t(9)] {
+        let d = r.decide(&quiet().samples_since(since), t(6));
+        assert_eq!((d.status, d.transition), (None, None), "since {since}");
+    }
+    assert_eq!(r.status().step_started_at, Some(t(0)));
+}

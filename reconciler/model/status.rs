@@ -357,6 +357,17 @@ impl CheckRun {
     }
 }
 
+/// The current analysis step's measurement window was moved forward because the builtin
+/// source's samples before a moment were lost (the data plane that counts them restarted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisRestart {
+    /// How many times this step's window restarted.
+    pub count: u32,
+    /// The new start of the window: from then on the samples are complete.
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
 /// An artifact that became stable, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Success {
@@ -388,6 +399,8 @@ pub struct Status {
     pub hold: Option<Hold>,
     /// Counters of the current (or, after a failure, the last) analysis step.
     pub analysis: Vec<CheckRun>,
+    /// The last restart of the current analysis step's window, if it restarted.
+    pub analysis_restart: Option<AnalysisRestart>,
     /// Recent stable artifacts, oldest first, at most `MAX_SUCCEEDED`.
     pub succeeded: Vec<Success>,
     pub last_transition_at: Option<DateTime<Utc>>,
@@ -416,6 +429,7 @@ impl Status {
             direct: false,
             hold: None,
             analysis: Vec::new(),
+            analysis_restart: None,
             succeeded: Vec::new(),
             last_transition_at: None,
             message: None,
@@ -447,6 +461,11 @@ impl Status {
                     reason: h.reason.clone(),
                 }),
                 analysis: self.analysis.iter().map(check_run_to_wire).collect(),
+                analysis_restart: self.analysis_restart.as_ref().map(|r| AnalysisRestartFile {
+                    count: r.count,
+                    at: time_to_wire(r.at),
+                    reason: r.reason.clone(),
+                }),
                 succeeded: self
                     .succeeded
                     .iter()
@@ -501,6 +520,14 @@ impl Status {
                 .iter()
                 .map(check_run_from_wire)
                 .collect::<Result<_, _>>()?,
+            analysis_restart: match &s.analysis_restart {
+                None => None,
+                Some(r) => Some(AnalysisRestart {
+                    count: r.count,
+                    at: time_from_wire("analysisRestart.at", &r.at)?,
+                    reason: r.reason.clone(),
+                }),
+            },
             succeeded: s
                 .succeeded
                 .iter()
@@ -601,6 +628,8 @@ pub struct StatusBody {
     pub hold: Option<HoldFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<CheckRunFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_restart: Option<AnalysisRestartFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub succeeded: Vec<SuccessFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -618,6 +647,14 @@ pub struct StatusBody {
 #[serde(deny_unknown_fields)]
 pub struct HoldFile {
     pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRestartFile {
+    pub count: u32,
+    pub at: String,
     pub reason: String,
 }
 
@@ -942,6 +979,11 @@ mod tests {
             skipped: Some("no stable version to compare with".to_owned()),
             ..CheckRun::new("latency-vs-stable")
         });
+        s.analysis_restart = Some(AnalysisRestart {
+            count: 2,
+            at: at(5),
+            reason: "analysis restarted at 2026-11-23T10:05:00Z: the builtin samples before it were lost (the data plane restarted)".to_owned(),
+        });
         s.succeeded = vec![Success {
             artifact: "reg/checkout@sha256:aaa".to_owned(),
             at: at(1),
@@ -1001,6 +1043,11 @@ mod tests {
             good.replace("verdict: pass", "verdict: maybe"),
             good.replace("weight: 5", "weight: 300"),
             good.replace("weight: 5", "weight: 101"),
+            good.replace("count: 2", "count: -2"),
+            good.replace(
+                "at: \"2026-11-23T10:05:00Z\"\n    reason: \"analysis",
+                "at: soon\n    reason: \"analysis",
+            ),
             format!("{good}surprise: 1\n"),
         ];
         for text in cases {

@@ -22,6 +22,8 @@ pub const REASON: &str = "Rollgate-Reason";
 pub const ROLLBACK_OF: &str = "Rollgate-Rollback-Of";
 /// On the transitions of a rollout with no stable version: `direct` or `steps`.
 pub const FIRST_ROLLOUT: &str = "Rollgate-First-Rollout";
+/// On a transition that restarted an analysis window: its new start (RFC 3339).
+pub const ANALYSIS_RESTARTED: &str = "Rollgate-Analysis-Restarted";
 pub const COMMAND: &str = "Rollgate-Command";
 pub const ACK: &str = "Rollgate-Command-Ack";
 /// On a command commit made for a GitHub comment: the comment's id (one commit per comment).
@@ -85,6 +87,12 @@ pub fn status_commit(
         }
         if let Some(f) = t.first_rollout {
             trailers.push((FIRST_ROLLOUT.to_owned(), f.as_str().to_owned()));
+        }
+        if let Some(at) = t.analysis_restarted_at {
+            trailers.push((
+                ANALYSIS_RESTARTED.to_owned(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ));
         }
         trailers.push((REASON.to_owned(), t.reason.clone()));
     }
@@ -203,6 +211,37 @@ pub fn replace_artifact(text: &str, new: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_analysis_window_is_a_trailer_of_its_status_commit() {
+        use chrono::TimeZone;
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 10, 11, 0)
+            .single()
+            .expect("valid time");
+        let mut status = Status::pending("web", "v2", "abc123");
+        status.phase = Phase::Progressing;
+        let t = Transition {
+            from: Some(Phase::Progressing),
+            to: Phase::Progressing,
+            step: (2, 4),
+            reason: "analysis restarted at 2026-11-23T10:11:00Z: the builtin samples before it were lost (the data plane restarted)".to_owned(),
+            verdicts: Vec::new(),
+            first_rollout: None,
+            analysis_restarted_at: Some(at),
+        };
+        let spec = status_commit(&status, Some(&t), None, String::new());
+        let trailer = |k: &str| {
+            spec.trailers
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(trailer(ANALYSIS_RESTARTED), Some("2026-11-23T10:11:00Z"));
+        assert_eq!(trailer(REASON), Some(t.reason.as_str()));
+        assert_eq!(trailer(FIRST_ROLLOUT), None);
+        assert_eq!(spec.subject, "web: Progressing step 2/4 at 0% (v2)");
+    }
 
     #[test]
     fn replaces_the_artifact_and_keeps_the_rest() {
