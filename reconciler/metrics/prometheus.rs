@@ -52,6 +52,14 @@ fn encode(s: &str) -> String {
     out
 }
 
+/// `localhost`, or an IP address of the loopback network.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Prometheus {
     /// `url` like `http://127.0.0.1:9090` (a path prefix is kept). https needs a TLS
     /// build and is refused here with a clear error.
@@ -71,6 +79,13 @@ impl Prometheus {
             ),
             None => (authority.to_owned(), 80),
         };
+        if let Some(var) = &auth_header_env
+            && !is_loopback_host(&host)
+        {
+            return Err(format!(
+                "authHeaderEnv {var}: a credential goes over plain http only to loopback, not to `{host}` (this build has no https client)"
+            ));
+        }
         let base_path = if path.is_empty() {
             String::new()
         } else {
@@ -101,7 +116,10 @@ impl Prometheus {
             "GET {}{path_and_query} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nAccept: application/json\r\n",
             self.base_path, self.host, self.port
         );
+        // Checked again on the address actually dialled: a name that resolves elsewhere
+        // never receives the credential.
         if let Some(var) = &self.auth_header_env
+            && addr.ip().is_loopback()
             && let Ok(v) = std::env::var(var)
         {
             req.push_str(&format!("Authorization: {v}\r\n"));
@@ -258,6 +276,17 @@ impl MetricsSource for Prometheus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_a_credential_is_never_sent_over_plain_http_off_the_host() {
+        let t = Duration::from_secs(1);
+        let e = Prometheus::new("http://10.1.2.3:9090", t, Some("PROM_TOKEN".to_owned()))
+            .expect_err("off the host");
+        assert!(e.contains("PROM_TOKEN") && e.contains("10.1.2.3"), "{e}");
+        assert!(Prometheus::new("http://127.0.0.1:9090", t, Some("PROM_TOKEN".to_owned())).is_ok());
+        assert!(Prometheus::new("http://[::1]:9090", t, Some("PROM_TOKEN".to_owned())).is_ok());
+        assert!(Prometheus::new("http://10.1.2.3:9090", t, None).is_ok());
+    }
 
     #[test]
     fn placeholders_are_filled() {

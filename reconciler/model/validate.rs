@@ -1209,6 +1209,32 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 format!("`{}` is not an http(s) URL", p.url),
             );
         }
+        if let Some(var) = &p.auth_header_env {
+            let at = [K("metrics"), K(name), K("prometheus"), K("authHeaderEnv")];
+            if is_reserved_secret(var) {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!(
+                        "{var} holds one of rollgate's own credentials (Git, GitHub, webhook or AWS); a metrics source may not send it anywhere"
+                    ),
+                );
+            } else if let Some(host) = p
+                .url
+                .strip_prefix("http://")
+                .map(|r| r.split('/').next().unwrap_or(r))
+                .map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h))
+                && !crate::metrics::prometheus::is_loopback_host(host)
+            {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!(
+                        "the credential in {var} would go over plain http to `{host}`; send it only to a loopback address (e.g. a local auth proxy)"
+                    ),
+                );
+            }
+        }
         let timeout = cx.dur(
             p.timeout.as_deref(),
             Duration::from_secs(5),
@@ -1313,6 +1339,42 @@ mod tests {
         format!(
             "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: local\n  workload:\n    local: {{ command: [srv], listen: \"127.0.0.1:9000\" }}\n  artifact: v2\n  strategy:\n{strategy}\n  checks:\n    - {{ name: ok, source: builtin, query: success-rate, judge: {{ min: 0.99 }} }}\n"
         )
+    }
+
+    fn with_prometheus(url: &str, var: &str) -> Result<Settings, Vec<Diagnostic>> {
+        parse_settings(
+            "rollgate.yaml",
+            &format!(
+                "{SETTINGS}metrics:\n  prom:\n    prometheus:\n      url: {url}\n      authHeaderEnv: {var}\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn regression_auth_header_env_cannot_send_rollgates_own_credentials_or_cross_plain_http() {
+        // Given settings naming one of rollgate's own secret variables
+        for var in [
+            "ROLLGATE_GIT_TOKEN",
+            "ROLLGATE_WEBHOOK_SECRET",
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_TOKEN",
+        ] {
+            let d = with_prometheus("http://127.0.0.1:9090", var).expect_err(var);
+            // Then it is refused, at the key's place, naming the variable
+            assert_eq!(d[0].code, Code::InvalidValue, "{d:?}");
+            assert_eq!(d[0].pos.map(|p| p.line), Some(10), "{d:?}");
+            assert!(d[0].message.contains(var), "{}", d[0].message);
+        }
+        // And a credential of its own may go to loopback only, over plain http
+        let d =
+            with_prometheus("http://prometheus.example:9090", "PROM_TOKEN").expect_err("remote");
+        assert!(
+            d[0].message.contains("prometheus.example"),
+            "{}",
+            d[0].message
+        );
+        assert!(with_prometheus("http://127.0.0.1:9090/prom", "PROM_TOKEN").is_ok());
+        assert!(with_prometheus("http://localhost:9090", "PROM_TOKEN").is_ok());
     }
 
     #[test]
@@ -1422,4 +1484,18 @@ mod tests {
             assert!(!is_dns_label(bad), "{bad}");
         }
     }
+}
+
+/// Variables that hold rollgate's own credentials: no repository setting may name them
+/// as something to send (`authHeaderEnv`).
+pub fn is_reserved_secret(var: &str) -> bool {
+    const EXACT: &[&str] = &["GITHUB_TOKEN", "GH_TOKEN", "GIT_ASKPASS", "SSH_AUTH_SOCK"];
+    const PREFIXES: &[&str] = &[
+        "AWS_",
+        "ROLLGATE_GIT",
+        "ROLLGATE_GITHUB",
+        "ROLLGATE_WEBHOOK",
+    ];
+    let upper = var.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
 }
