@@ -322,6 +322,12 @@ enum DirectionArg {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("effect")
+        .required(true)
+        .multiple(true)
+        .args(["max_ratio", "max_increase"])
+))]
 struct JudgeArgs {
     #[arg(long)]
     baseline: PathBuf,
@@ -561,7 +567,14 @@ fn validate(repo: &Path, output: Output, no_policy: bool) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }
-    Ok(if errors == 0 {
+    // An I/O error (no rollgate.yaml, an unreadable file) is not a verdict on the plans.
+    let io = report
+        .diagnostics
+        .iter()
+        .any(|d| d.code == rollgate::model::diagnostics::Code::Io);
+    Ok(if io {
+        ExitCode::from(2)
+    } else if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -702,6 +715,12 @@ fn status(repo: &str, branch: Option<&str>, output: Output) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Colour only on a terminal, and never with `NO_COLOR` set (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: Output) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -712,8 +731,15 @@ fn init_logging(format: Output) {
             filter = filter.add_directive(d);
         }
     }
+    // The watcher logs every inotify watch it drops at info (six lines per push).
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("notify"))
+        && let Ok(d) = "notify=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         Output::Json => builder.json().init(),
@@ -1198,9 +1224,6 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
         (None, JudgeKind::Continuous) => Direction::Increase,
         (None, JudgeKind::Ratio) => Direction::Decrease,
     };
-    if a.max_ratio.is_none() && a.max_increase.is_none() {
-        anyhow::bail!("give an effect size: --max-ratio or --max-increase");
-    }
     let spec = Judge::Baseline {
         direction,
         max_ratio: a.max_ratio,
@@ -1287,6 +1310,7 @@ fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
     use rollgate::dataplane;
     match command {
         DataplaneCommand::Serve { dir, owner_pid } => {
+            init_logging(Output::Text);
             dataplane::serve(&dir, owner_pid)?;
             Ok(ExitCode::SUCCESS)
         }

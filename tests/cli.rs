@@ -149,3 +149,153 @@ fn judge_counts_sparse_errors() {
     );
     assert!(out.starts_with("fail "), "{out}");
 }
+
+#[test]
+fn regression_logs_written_to_a_file_carry_no_colour_codes() {
+    // Given a repository with one plan, and the daemon's log going to a file (not a tty)
+    let remote = tempfile::tempdir().expect("tmp");
+    let bare = remote.path().join("remote.git");
+    let seed = remote.path().join("seed");
+    std::fs::create_dir_all(seed.join("plans")).expect("seed");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Human")
+            .env("GIT_AUTHOR_EMAIL", "h@example.com")
+            .env("GIT_COMMITTER_NAME", "Human")
+            .env("GIT_COMMITTER_EMAIL", "h@example.com")
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(
+        remote.path(),
+        &["init", "-q", "--bare", "-b", "main", "remote.git"],
+    );
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::copy(
+        std::path::Path::new(&example()).join("rollgate.yaml"),
+        seed.join("rollgate.yaml"),
+    )
+    .expect("settings");
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "seed"]);
+    git(&seed, &["push", "-q", bare.to_str().expect("utf8"), "main"]);
+    let log = remote.path().join("daemon.log");
+    // When it runs one pass, with and without NO_COLOR
+    for no_color in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+        cmd.args(["run", "--once", "--dry-run", "--repo"])
+            .arg(&bare)
+            .arg("--state-dir")
+            .arg(remote.path().join("state"))
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stderr(std::fs::File::create(&log).expect("log"));
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let status = cmd.status().expect("rollgate run");
+        assert!(status.success());
+        // Then the log has lines, and no escape sequence
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(text.contains("rollgate running"), "{text}");
+        assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    }
+}
+
+#[test]
+fn regression_validate_exits_2_on_an_io_error_as_the_readme_says() {
+    // Given a folder with no rollgate.yaml
+    let empty = tempfile::tempdir().expect("tmp");
+    // When it is validated
+    let (code, out, _) = rollgate(&["validate", empty.path().to_str().expect("utf8")]);
+    // Then the exit code is 2 (not 1, which means "a plan is invalid"), with the reason
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("error[io]"), "{out}");
+}
+
+/// Every `rollgate …` command line in the README: in code blocks, and in inline code.
+fn readme_command_lines() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut inline = String::new();
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            if let Some(at) = line.find("rollgate ")
+                && line[..at].trim().is_empty()
+            {
+                out.push(line[at..].to_owned());
+            }
+            continue;
+        }
+        // Inline code may wrap over lines: join the paragraph's text.
+        inline.push_str(line);
+        inline.push(' ');
+        if line.trim().is_empty() {
+            for (i, chunk) in inline.split('`').enumerate() {
+                if i % 2 == 1 && chunk.starts_with("rollgate ") {
+                    out.push(chunk.to_owned());
+                }
+            }
+            inline.clear();
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_names_only_subcommands_and_flags_that_exist() {
+    let mut help_of: std::collections::BTreeMap<Vec<String>, String> = Default::default();
+    let mut checked = 0;
+    for line in readme_command_lines() {
+        // The command itself, not a comment or a shell pipeline after it.
+        let cmd = line.split(" # ").next().unwrap_or(&line);
+        let cmd = cmd.split(" && ").next().unwrap_or(cmd);
+        let words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        let Some(first) = words.first() else { continue };
+        if first.starts_with('-') {
+            continue; // `rollgate --version`: checked by completions_and_version
+        }
+        for sub in first.split('|') {
+            let mut path = vec![sub.to_owned()];
+            if let Some(second) = words.get(1)
+                && matches!(sub, "policy" | "dataplane")
+            {
+                path.push(second.split('|').next().unwrap_or(second).to_owned());
+            }
+            let help = help_of.entry(path.clone()).or_insert_with(|| {
+                let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+                args.push("--help");
+                let (code, out, err) = rollgate(&args);
+                assert_eq!(
+                    code,
+                    0,
+                    "README: `{line}`: `rollgate {}` is no command: {err}",
+                    path.join(" ")
+                );
+                out
+            });
+            for flag in cmd
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .filter(|w| w.starts_with("--") && w.len() > 2)
+            {
+                assert!(
+                    help.contains(flag),
+                    "README: `{line}`: `rollgate {}` has no {flag}",
+                    path.join(" ")
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} flags found in the README");
+}
