@@ -27,6 +27,10 @@ pub const MAX_FOLDER_ENTRIES: usize = 25_000;
 /// one 1 MB blob pack into a few KB but would read as 2 GB.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
+/// A file's good content (`None`: absent) and the commits, newest first, whose later
+/// changes to it were not trusted.
+pub type Distrusted = (Option<Vec<u8>>, Vec<Oid>);
+
 /// A revision refused before any of its files was read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
@@ -408,7 +412,7 @@ impl GitSource {
         paths: &[String],
         limit: usize,
         trusted: &dyn Fn(&CommitInfo) -> bool,
-    ) -> Result<BTreeMap<String, (Option<Vec<u8>>, Vec<Oid>)>> {
+    ) -> Result<BTreeMap<String, Distrusted>> {
         let mut open: BTreeMap<String, Vec<Oid>> =
             paths.iter().map(|p| (p.clone(), Vec::new())).collect();
         let mut found = BTreeMap::new();
