@@ -489,7 +489,23 @@ impl Reconciler {
             measurements,
             commands: commands.iter().map(|(_, c)| *c).collect(),
             slo,
-            samples_since: None,
+            // When the builtin counters of this plan began (a data plane that restarted
+            // lost the samples before): an analysis across that gap restarts its window.
+            // Asked only where it can matter: an analysis in flight with a builtin check.
+            samples_since: match &status {
+                Some(s)
+                    if s.phase == Phase::Progressing
+                        && plan
+                            .checks
+                            .iter()
+                            .any(|c| c.source == crate::model::settings::BUILTIN_SOURCE) =>
+                {
+                    self.metrics
+                        .get_mut(crate::model::settings::BUILTIN_SOURCE)
+                        .and_then(|m| m.complete_since(name))
+                }
+                _ => None,
+            },
         };
         let decision = engine::decide(plan, status.as_ref(), &obs, now);
         if let Some(next) = &decision.status {

@@ -350,3 +350,48 @@ fn regression_a_killed_demo_leaves_no_data_plane_and_no_workload_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn regression_an_analysis_whose_data_plane_restarted_restarts_its_window_instead_of_holding() {
+    use rollgate::model::status::Phase;
+    // Given v1 stable, and v2 in a 4 s builtin analysis at 25% under 100 req/s
+    let w = World::new(
+        "[ { setWeight: 25 }, { analysis: { checks: [success-rate], duration: 4s } }, { setWeight: 100 } ]",
+    );
+    let _d = w.daemon();
+    w.wait("v1 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    let traffic = Traffic::start(w.addr(), 100);
+    w.roll_out("v2", false);
+    w.wait("v2 analysing", Duration::from_secs(60), |s| {
+        s.candidate == "v2" && s.phase == Phase::Progressing && s.step >= 1
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // When the data plane itself dies mid-analysis (its counters with it) and the daemon
+    // starts a new one
+    let old = plane(&w);
+    assert!(old.stop(Duration::ZERO));
+    // Then the rollout does not hold for the lost samples: the window restarts where the
+    // new counters begin, and v2 succeeds on a full window of fresh evidence
+    let s = w.wait("v2 stable", Duration::from_secs(60), |s| {
+        s.candidate == "v2" && matches!(s.phase, Phase::Succeeded | Phase::Held | Phase::RolledBack)
+    });
+    drop(traffic);
+    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+    assert_ne!(plane(&w), old);
+    let restarted = w
+        .remote
+        .log("%(trailers:key=Rollgate-Analysis-Restarted,valueonly)");
+    assert!(
+        !restarted.trim().is_empty(),
+        "no restart was recorded:\n{}",
+        w.remote.log("%s")
+    );
+    let held = w.remote.log("%(trailers:key=Rollgate-Phase,valueonly)");
+    assert!(
+        !held.lines().any(|l| l.trim() == "Held"),
+        "held:\n{}",
+        w.remote.log("%s")
+    );
+}

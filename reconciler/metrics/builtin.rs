@@ -103,6 +103,11 @@ impl Builtin {
 }
 
 impl MetricsSource for Builtin {
+    fn complete_since(&mut self, plan: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.counting_since(plan)
+            .map(chrono::DateTime::<chrono::Utc>::from)
+    }
+
     fn measure(&mut self, check: &Check, ctx: &QueryContext<'_>) -> Result<Measurement, String> {
         let query = check.query.trim();
         if query == "replica-health" {

@@ -45,6 +45,14 @@ pub trait MetricsSource: Send {
         Err("this metrics source cannot compare the candidate with the baseline".to_owned())
     }
 
+    /// From when this source's data for `plan` is complete: samples before it were lost
+    /// (the builtin source's proxy restarted). `None`: complete as far back as asked
+    /// (a server that keeps its own history, like Prometheus).
+    fn complete_since(&mut self, plan: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let _ = plan;
+        None
+    }
+
     /// The error ratio `1 - good/total` over `ctx.window`, for SLO burn rates. Sources
     /// that cannot answer arbitrary windows say so (the SLO gate then holds).
     fn error_ratio(
