@@ -57,29 +57,161 @@ pub fn message(c: Command, plan: &str, origin: &Origin<'_>) -> String {
     msg
 }
 
-/// Make a command commit on the checked-out branch of `repo`; push it when asked, with
-/// the user's own `git push origin` (their credential helpers, ssh config and hooks).
+/// Why the CLI refuses a command: the daemon would ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Refuse `c` on `plan` when the daemon would ignore it at `commit`: an unknown plan, no
+/// rollout, or a phase where the command does nothing.
+pub fn applicable(repo: &Repository, commit: Oid, c: Command, plan: &str) -> Result<()> {
+    use crate::model::status::{HoldKind, Phase, Status};
+    let tree = repo.find_commit(commit)?.tree()?;
+    let read = |path: &str| -> Option<String> {
+        let entry = tree.get_path(std::path::Path::new(path)).ok()?;
+        let blob = repo.find_blob(entry.id()).ok()?;
+        std::str::from_utf8(blob.content()).ok().map(str::to_owned)
+    };
+    let plan_path = format!("plans/{plan}.yaml");
+    let Some(plan_text) = read(&plan_path) else {
+        let known: Vec<String> = tree
+            .get_path(std::path::Path::new("plans"))
+            .ok()
+            .and_then(|e| repo.find_tree(e.id()).ok())
+            .map(|t| {
+                t.iter()
+                    .filter_map(|e| {
+                        e.name()
+                            .ok()
+                            .map(|n| n.trim_end_matches(".yaml").to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(Refused(format!(
+            "no plan named {plan} in plans/ (plans: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    };
+    let artifact = crate::model::yaml::parse(&plan_path, &plan_text)
+        .ok()
+        .and_then(|root| {
+            root.at(&[
+                crate::model::yaml::PathSeg::Key("spec"),
+                crate::model::yaml::PathSeg::Key("artifact"),
+            ])?
+            .as_str()
+            .map(str::to_owned)
+        });
+    let Some(status) = read(&m::status_path(plan)).and_then(|t| Status::from_yaml(&t).ok()) else {
+        return Err(Refused(format!("nothing to {}: {plan} has no rollout yet", word(c))).into());
+    };
+    let same = artifact.as_deref() == Some(status.candidate.as_str());
+    let judged_hold = status.phase == Phase::Held
+        && status
+            .hold
+            .as_ref()
+            .is_none_or(|h| matches!(h.kind, HoldKind::Evidence | HoldKind::Metrics));
+    let acts = match c {
+        Command::Promote => {
+            same && (matches!(status.phase, Phase::Progressing | Phase::Paused) || judged_hold)
+        }
+        Command::Retry => same && (status.phase == Phase::RolledBack || judged_hold),
+        Command::Abort => same && status.phase.is_in_flight(),
+    };
+    if acts {
+        return Ok(());
+    }
+    let now = match (status.phase, status.stable.as_deref()) {
+        (Phase::Succeeded, Some(stable)) => format!("{plan} is Succeeded ({stable} is stable)"),
+        (phase, _) if !same => format!(
+            "{plan}'s plan names {} but its rollout is of {} ({})",
+            artifact.as_deref().unwrap_or("no artifact"),
+            status.candidate,
+            phase.as_str()
+        ),
+        (phase, _) => format!("{plan} is {}", phase.as_str()),
+    };
+    Err(Refused(format!("nothing to {}: {now}", word(c))).into())
+}
+
+/// Make a command commit for `plan`, refused when the daemon would ignore it.
+/// Without `push`: on the checked-out branch of `repo`, for the user to push. With
+/// `push`: on the remote's current head (fetched with the user's own `git`, their
+/// credential helpers, ssh config and hooks), pushed as a fast-forward; a push that lost
+/// a race (the daemon had just pushed) fetches, checks again, and tries again.
 /// Returns the new commit's id.
 pub fn commit(repo: &Repository, c: Command, plan: &str, push: bool) -> Result<Oid> {
-    let id = commit_with(repo, c, plan, &Origin::default(), None)?;
-    if push {
-        let branch = checked_out_branch(repo)?;
-        let out = std::process::Command::new("git")
+    if !push {
+        let head = repo
+            .head()
+            .context("the repository has no commits")?
+            .peel_to_commit()?;
+        applicable(repo, head.id(), c, plan)?;
+        return commit_with(repo, c, plan, &Origin::default(), None);
+    }
+    let branch = checked_out_branch(repo)?;
+    let git = |args: &[&str]| -> Result<std::process::Output> {
+        std::process::Command::new("git")
             .arg("--git-dir")
             .arg(repo.path())
-            .args(["push", "--porcelain", "origin"])
-            .arg(format!("{id}:refs/heads/{branch}"))
+            .args(args)
             .stdin(std::process::Stdio::null())
             .output()
-            .context("cannot run git push (is git installed?)")?;
-        if !out.status.success() {
+            .context("cannot run git (is git installed?)")
+    };
+    let mut last = String::new();
+    for _ in 0..5 {
+        let fetched = git(&["fetch", "-q", "origin", &format!("refs/heads/{branch}")])?;
+        if !fetched.status.success() {
             bail!(
-                "push rejected: {} (pull, then push again)",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "cannot fetch {branch} from origin: {}",
+                String::from_utf8_lossy(&fetched.stderr).trim()
             );
         }
+        let remote_head = repo.refname_to_id("FETCH_HEAD")?;
+        applicable(repo, remote_head, c, plan)?;
+        let parent = repo.find_commit(remote_head)?;
+        let sig = repo
+            .signature()
+            .or_else(|_| Signature::now("rollgate CLI", "rollgate@localhost"))?;
+        let id = repo.commit(
+            None,
+            &sig,
+            &sig,
+            &message(c, plan, &Origin::default()),
+            &parent.tree()?,
+            &[&parent],
+        )?;
+        let out = git(&[
+            "push",
+            "--porcelain",
+            "origin",
+            &format!("{id}:refs/heads/{branch}"),
+        ])?;
+        if out.status.success() {
+            // The checkout was at the remote's head: it moves on with the command commit
+            // (same tree, so no file changes). Otherwise the user pulls it later.
+            let local = repo.head()?.peel_to_commit()?.id();
+            if local == remote_head {
+                repo.reference(
+                    &format!("refs/heads/{branch}"),
+                    id,
+                    true,
+                    "rollgate: command commit pushed",
+                )?;
+            }
+            return Ok(id);
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        tracing::info!(branch, "the push lost a race; fetching and trying again");
     }
-    Ok(id)
+    bail!("push rejected five times: {last}")
 }
 
 fn checked_out_branch(repo: &Repository) -> Result<String> {
@@ -190,7 +322,8 @@ mod tests {
             msg.ends_with("Rollgate-Plan: web\nRollgate-Comment: 42\n"),
             "{msg}"
         );
-        let other = commit(&repo, Command::Abort, "web", false).expect("commit");
+        let other =
+            commit_with(&repo, Command::Abort, "web", &Origin::default(), None).expect("commit");
         assert!(
             !repo
                 .find_commit(other)

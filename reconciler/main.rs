@@ -647,7 +647,14 @@ fn run_policy_tests(dirs: &[PathBuf]) -> Result<rollgate::policy::TestReport, Ve
 fn command(c: rollgate::engine::Command, a: CommandArgs) -> Result<ExitCode> {
     let repo = git2::Repository::discover(&a.repo)
         .with_context(|| format!("{} is not in a Git checkout", a.repo.display()))?;
-    let id = rollgate::commands::commit(&repo, c, &a.plan, a.push)?;
+    let id = match rollgate::commands::commit(&repo, c, &a.plan, a.push) {
+        Ok(id) => id,
+        Err(e) if e.downcast_ref::<rollgate::commands::Refused>().is_some() => {
+            eprintln!("refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
     println!(
         "{} {}: commit {}{}",
         rollgate::commands::word(c),
@@ -931,9 +938,11 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     }
                 }
             }
-            // SDK clients are built per plan (region, endpoint, profile) on first use.
-            rollgate::model::settings::Target::Lambda => {
-                match rollgate::target::lambda::LambdaTarget::new() {
+            // Endpoint and profile are the target's (settings), never a plan's; SDK
+            // clients are built per plan region on first use.
+            rollgate::model::settings::Target::Lambda { endpoint, profile } => {
+                match rollgate::target::lambda::LambdaTarget::new(endpoint.clone(), profile.clone())
+                {
                     Ok(t) => {
                         targets.insert(name.clone(), Box::new(t));
                     }

@@ -1,0 +1,123 @@
+//! `rollgate promote|abort|retry` as users meet them: refused when the daemon would
+//! ignore them, and pushed as a fast-forward that survives a race with the daemon.
+
+mod support;
+
+use std::process::Command;
+
+use rollgate::model::status::Phase;
+use support::Remote;
+use support::rollout::PlanFile;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+
+fn run_once(remote: &Remote) {
+    let out = Command::new(BIN)
+        .args(["run", "--dry-run", "--once", "--repo"])
+        .arg(&remote.bare)
+        .arg("--state-dir")
+        .arg(remote.work_dir("state"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rollgate run --once");
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn cli(remote: &Remote, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--repo")
+        .arg(&remote.human)
+        .output()
+        .expect("rollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// v1 stable, v2 paused at an untimed pause.
+fn paused() -> Remote {
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    run_once(&remote);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "pause: {}",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    run_once(&remote);
+    assert_eq!(remote.status("web").expect("status").phase, Phase::Paused);
+    remote
+}
+
+#[test]
+fn regression_a_command_for_an_unknown_plan_is_refused_and_nothing_is_pushed() {
+    let remote = paused();
+    let before = remote.head();
+    let (code, out) = cli(&remote, &["promote", "nosuch", "--push"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no plan named nosuch") && out.contains("web"),
+        "{out}"
+    );
+    assert_eq!(remote.head(), before);
+}
+
+#[test]
+fn regression_a_command_with_nothing_to_act_on_is_refused() {
+    // Given v2 paused: retry has nothing to do
+    let remote = paused();
+    let before = remote.head();
+    let (code, out) = cli(&remote, &["retry", "web", "--push"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing to retry: web is Paused"), "{out}");
+    // And once v2 succeeded, promote and abort have nothing to do either
+    let (code, out) = cli(&remote, &["promote", "web", "--push"]);
+    assert_eq!(code, 0, "{out}");
+    run_once(&remote);
+    assert_eq!(
+        remote.status("web").expect("status").phase,
+        Phase::Succeeded
+    );
+    for verb in ["promote", "abort"] {
+        let (code, out) = cli(&remote, &[verb, "web", "--push"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!(
+                "nothing to {verb}: web is Succeeded (v2 is stable)"
+            )),
+            "{out}"
+        );
+    }
+    assert_ne!(remote.head(), before);
+}
+
+#[test]
+fn regression_a_push_that_lost_a_race_to_the_daemon_is_fetched_rechecked_and_retried() {
+    // Given v2 paused, and a human checkout that is behind the remote (the daemon has
+    // pushed status commits since it last pulled)
+    let remote = paused();
+    let stale = remote.human(&["rev-parse", "HEAD"]);
+    let remote_head = remote.head();
+    assert_ne!(stale, remote_head, "the checkout is behind");
+    // When the human promotes with --push from the stale checkout
+    let (code, out) = cli(&remote, &["promote", "web", "--push"]);
+    // Then exactly one command commit lands, on top of the remote's head
+    assert_eq!(code, 0, "{out}");
+    let parents = support::git(&remote.bare, &["log", "-1", "--format=%P", "main"]);
+    assert_eq!(parents, remote_head);
+    let msg = support::git(&remote.bare, &["log", "-1", "--format=%B", "main"]);
+    assert!(msg.contains("Rollgate-Command: promote"), "{msg}");
+    // And the daemon acts on it
+    run_once(&remote);
+    assert_eq!(
+        remote.status("web").expect("status").phase,
+        Phase::Succeeded
+    );
+}
