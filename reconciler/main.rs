@@ -186,7 +186,9 @@ struct RunArgs {
     /// The branch to watch and write to.
     #[arg(long, default_value = "main")]
     branch: String,
-    /// Work until every rollout is finished or waiting on time or a human, then exit.
+    /// Work until every rollout is finished or waiting on a human, a change window or a
+    /// pause longer than 10 minutes, then exit: 0, or 1 when a plan could not be
+    /// reconciled, 2 when a pass failed (the remote).
     #[arg(long)]
     once: bool,
     /// How often to fetch when nothing else wakes the loop.
@@ -1132,7 +1134,27 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
         let moved = report.transitions > 0 || report.reverts > 0;
         if args.once && !moved {
-            return Ok(ExitCode::SUCCESS);
+            // A rollout that moves on by itself soon (an analysis measuring, a timed
+            // pause) is waited for; one that waits on a human, a change window or a
+            // long pause ends the run. Plans that could not be reconciled fail it.
+            let soon = report
+                .next_wakeup
+                .and_then(|w| (w - chrono::Utc::now()).to_std().ok());
+            match soon {
+                Some(d) if d <= ONCE_WAITS_AT_MOST && report.errors == 0 => {
+                    std::thread::sleep(d.max(std::time::Duration::from_millis(20)));
+                    continue;
+                }
+                _ if report.errors > 0 => {
+                    eprintln!(
+                        "error: {} plan{} could not be reconciled (see the log)",
+                        report.errors,
+                        if report.errors == 1 { "" } else { "s" }
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                _ => return Ok(ExitCode::SUCCESS),
+            }
         }
         if moved {
             continue;
@@ -1149,6 +1171,10 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         }
     }
 }
+
+/// `run --once` waits for a rollout that moves on by itself within this long (an
+/// analysis, a timed pause); a longer wait (a change window, a long pause) ends the run.
+const ONCE_WAITS_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Whether a file event on a local remote can mean a branch moved: a create, write,
 /// rename or removal under `refs/heads`, or of `packed-refs`. Opens, reads and

@@ -121,3 +121,60 @@ fn regression_a_push_that_lost_a_race_to_the_daemon_is_fetched_rechecked_and_ret
         Phase::Succeeded
     );
 }
+
+#[test]
+fn regression_run_once_waits_for_a_rollout_that_moves_on_by_itself() {
+    // Given v1 stable and a change to v2 with a timed pause and a later step
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    run_once(&remote);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "pause: { duration: 2s }",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    // When `run --once` runs
+    let started = std::time::Instant::now();
+    run_once(&remote);
+    // Then it waited through the pause and the rollout finished (before: it exited at
+    // the pause, with Git saying Paused 20%)
+    let s = remote.status("web").expect("status");
+    assert_eq!(
+        (s.phase, s.candidate.as_str()),
+        (Phase::Succeeded, "v2"),
+        "{s:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn regression_run_once_fails_when_a_plan_cannot_be_reconciled() {
+    // Given a plan whose status file (imported with the repository) is unreadable:
+    // reconciling it is refused
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_files(&[
+        (
+            "rollgate.yaml".to_owned(),
+            "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n"
+                .to_owned(),
+        ),
+        (v1.path(), v1.yaml()),
+        ("status/web.yaml".to_owned(), "{ not: [a status".to_owned()),
+    ]);
+    // When `run --once` runs
+    let out = Command::new(BIN)
+        .args(["run", "--dry-run", "--once", "--repo"])
+        .arg(&remote.bare)
+        .arg("--state-dir")
+        .arg(remote.work_dir("state2"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rollgate run --once");
+    // Then it says so and exits 1 (before: 0)
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not be reconciled"),
+        "{out:?}"
+    );
+}
