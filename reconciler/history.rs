@@ -49,15 +49,56 @@ pub fn open(path: &str) -> Result<Repository> {
 
 /// The commit a branch name (or `HEAD`) points at.
 pub fn resolve(repo: &Repository, branch: Option<&str>) -> Result<Oid> {
-    let obj = match branch {
-        Some(b) => repo
-            .revparse_single(&format!("refs/heads/{b}"))
+    let named = |b: &str| {
+        repo.revparse_single(&format!("refs/heads/{b}"))
             .or_else(|_| repo.revparse_single(&format!("refs/remotes/origin/{b}")))
-            .or_else(|_| repo.revparse_single(b)),
-        None => repo.revparse_single("HEAD"),
+            .or_else(|_| repo.revparse_single(b))
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id())
+    };
+    if let Some(b) = branch {
+        return named(b).with_context(|| format!("branch {b} not found"));
     }
-    .with_context(|| format!("branch {} not found", branch.unwrap_or("HEAD")))?;
-    Ok(obj.peel_to_commit()?.id())
+    // The branch rollgate writes to: `writeBack.branch` in the settings, else HEAD (a
+    // checkout's branch; a bare remote's default), else `main` (the default of `run`),
+    // `master`, or the only branch there is.
+    let start = repo
+        .revparse_single("HEAD")
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .or_else(|_| named("main"))
+        .or_else(|_| named("master"));
+    let start = match start {
+        Ok(id) => id,
+        Err(_) => {
+            let branches: Vec<String> = repo
+                .branches(None)?
+                .flatten()
+                .filter_map(|(b, _)| b.name().ok().flatten().map(str::to_owned))
+                .collect();
+            match branches.as_slice() {
+                [only] => named(only)?,
+                [] => anyhow::bail!("the repository has no branch"),
+                many => anyhow::bail!(
+                    "HEAD names no branch here; give --branch (branches: {})",
+                    many.join(", ")
+                ),
+            }
+        }
+    };
+    let write_back = repo
+        .find_commit(start)?
+        .tree()?
+        .get_path(std::path::Path::new(crate::source::SETTINGS_FILE))
+        .ok()
+        .and_then(|e| repo.find_blob(e.id()).ok())
+        .and_then(|b| std::str::from_utf8(b.content()).ok().map(str::to_owned))
+        .and_then(|t| crate::model::validate::parse_settings(crate::source::SETTINGS_FILE, &t).ok())
+        .map(|s| s.write_back.branch);
+    Ok(match write_back {
+        Some(b) => named(&b).unwrap_or(start),
+        None => start,
+    })
 }
 
 /// Every rollgate event reachable from `head` (first-parent), oldest first.

@@ -178,3 +178,26 @@ fn regression_run_once_fails_when_a_plan_cannot_be_reconciled() {
         "{out:?}"
     );
 }
+
+#[test]
+fn regression_status_and_history_work_on_a_bare_remote_whose_head_names_master() {
+    // Given a plain `git init --bare` (HEAD → master, unborn) that was pushed `main`
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    support::git(&remote.bare, &["symbolic-ref", "HEAD", "refs/heads/master"]);
+    run_once(&remote);
+    // When status and history are asked without --branch
+    for sub in ["status", "history"] {
+        let out = Command::new(BIN)
+            .args([sub, "--repo"])
+            .arg(&remote.bare)
+            .output()
+            .expect("rollgate");
+        // Then they read main (the branch rollgate writes), not the unborn HEAD
+        assert!(out.status.success(), "{sub}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("web"),
+            "{sub}: {out:?}"
+        );
+    }
+}

@@ -52,13 +52,7 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// `localhost`, or an IP address of the loopback network.
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::source::remote::is_loopback_host;
 
 impl Prometheus {
     /// `url` like `http://127.0.0.1:9090` (a path prefix is kept). https needs a TLS

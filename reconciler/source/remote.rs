@@ -275,8 +275,9 @@ fn host_of(hostport: &str) -> String {
     }
 }
 
-/// `localhost`, `127.0.0.0/8` or `::1`.
+/// `localhost`, `127.0.0.0/8` or `::1` (bracketed or not).
 pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
