@@ -78,6 +78,18 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rps: u32,
     },
+    /// Steady HTTP load on a service (the demo's load generator, on its own): builtin
+    /// analysis on a local target judges real requests, so something must send them.
+    Load {
+        /// Where to send `GET /`: `127.0.0.1:8080` or `http://127.0.0.1:8080`.
+        url: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100)]
+        rps: u32,
+        /// How long; without it, until Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+    },
     /// The demo's HTTP service (started by the local target in the demo).
     #[command(hide = true)]
     DemoService {
@@ -491,6 +503,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => status(&repo, branch.as_deref(), output),
         Command::Plan(args) => plan(&args),
+        Command::Load { url, rps, duration } => load(&url, rps, duration.as_deref()),
         Command::Dataplane { command } => dataplane(command),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -1412,4 +1425,46 @@ mod tests {
             assert!(e.contains("must be a relative folder"), "{e}");
         }
     }
+}
+
+/// `rollgate load`: the demo's generator against any address, a line per second.
+fn load(url: &str, rps: u32, duration: Option<&str>) -> Result<ExitCode> {
+    use std::net::ToSocketAddrs;
+    let hostport = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or(url);
+    let addr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("`{url}` is not host:port"))?
+        .next()
+        .with_context(|| format!("`{url}` resolves to no address"))?;
+    let limit = duration
+        .map(|d| {
+            rollgate::model::duration::parse(d)
+                .with_context(|| format!("--duration `{d}` is not a duration like 30s"))
+        })
+        .transpose()?;
+    let generator = rollgate::demo::load::Generator::start(addr, rps);
+    let started = std::time::Instant::now();
+    println!("sending {rps} requests/s to http://{addr}/ (Ctrl-C stops)");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        println!(
+            "[{:>5.0}s] {}",
+            started.elapsed().as_secs_f64(),
+            generator.counts().summary()
+        );
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            break;
+        }
+    }
+    let counts = generator.stop();
+    println!("total: {}", counts.summary());
+    Ok(if counts.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -299,3 +299,63 @@ fn the_readme_names_only_subcommands_and_flags_that_exist() {
     }
     assert!(checked > 40, "only {checked} flags found in the README");
 }
+
+#[test]
+fn load_sends_steady_requests_and_counts_them_by_version() {
+    // Given the demo service on a free port
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _service = Kill(
+        Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args([
+                "demo-service",
+                "--port",
+                &port.to_string(),
+                "--version",
+                "v7",
+            ])
+            .spawn()
+            .expect("demo-service"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // When `rollgate load` runs for 2 s at 50 requests a second
+    let (code, out, err) = rollgate(&[
+        "load",
+        &format!("http://{addr}"),
+        "--rps",
+        "50",
+        "--duration",
+        "2s",
+    ]);
+    // Then every request was answered, by v7, about 100 in all
+    assert_eq!(code, 0, "{out}{err}");
+    let total = out
+        .lines()
+        .find(|l| l.starts_with("total: "))
+        .expect("a total line");
+    let n: u64 = total
+        .trim_start_matches("total: v7=")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{total}"));
+    assert!((60..=140).contains(&n), "{total}");
+    assert!(total.ends_with("0 errors (5xx), 0 failed"), "{total}");
+}
