@@ -206,8 +206,9 @@ struct RunArgs {
     /// How often to fetch when nothing else wakes the loop.
     #[arg(long, default_value = "30s")]
     interval: String,
-    /// Where rollgate keeps its private clone and target state.
-    #[arg(long, default_value = ".rollgate")]
+    /// Where rollgate keeps its private clone and target state (default: the user's
+    /// state folder, $XDG_STATE_HOME/rollgate or ~/.local/state/rollgate).
+    #[arg(long, env = "ROLLGATE_STATE_DIR", default_value_os_t = default_state_dir())]
     state_dir: PathBuf,
     /// Change nothing on targets: record what would be done in `STATE_DIR/dry-run/`.
     #[arg(long)]
@@ -1467,4 +1468,20 @@ fn load(url: &str, rps: u32, duration: Option<&str>) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The per-user state folder (XDG Base Directory): `$XDG_STATE_HOME/rollgate`, else
+/// `$HOME/.local/state/rollgate`; `.rollgate` only where neither is set (it would show
+/// in `git status` of the folder it is started from).
+fn default_state_dir() -> PathBuf {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_STATE_HOME")
+        .filter(|p| p.is_absolute())
+        .map(|p| p.join("rollgate"))
+        .or_else(|| from("HOME").map(|h| h.join(".local/state/rollgate")))
+        .unwrap_or_else(|| PathBuf::from(".rollgate"))
 }

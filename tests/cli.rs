@@ -359,3 +359,22 @@ fn load_sends_steady_requests_and_counts_them_by_version() {
     assert!((60..=140).contains(&n), "{total}");
     assert!(total.ends_with("0 errors (5xx), 0 failed"), "{total}");
 }
+
+#[test]
+fn regression_the_default_state_folder_is_the_users_not_the_current_folder() {
+    let help = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["run", "--help"])
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("ROLLGATE_STATE_DIR")
+            .envs(env.iter().copied())
+            .output()
+            .expect("help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        help(&[("XDG_STATE_HOME", "/srv/state"), ("HOME", "/home/u")])
+            .contains("[default: /srv/state/rollgate]")
+    );
+    assert!(help(&[("HOME", "/home/u")]).contains("[default: /home/u/.local/state/rollgate]"));
+}
