@@ -18,6 +18,7 @@ mod relay;
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,20 +29,23 @@ use rollgate::engine::TargetHealth;
 use rollgate::metrics::cloudwatch::Cloudwatch;
 use rollgate::metrics::{MetricsSource, QueryContext};
 use rollgate::model::Plan;
+use rollgate::model::diagnostics::{Code, Pos};
 use rollgate::model::plan::{Check, Judge};
+use rollgate::model::settings;
 use rollgate::model::status::{Phase, Status};
+use rollgate::model::validate::{parse_plan, parse_settings};
 use rollgate::source::git::GitSource;
 use rollgate::target::lambda::{AliasState, AwsAccess, LambdaTarget, Timing};
 use rollgate::target::{Desired, Target, contract};
 
-use moto::{Fixture, REGION, creds};
+use moto::{Fixture, REGION};
 use relay::RevisionShim;
 use support::Remote;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
-/// A canary plan for `function` reached through `endpoint`.
-fn plan_yaml(function: &str, endpoint: &str, artifact: &str, steps: &[&str]) -> String {
+/// A canary plan for `function` on the target `aws` (whose settings say where it is).
+fn plan_yaml(function: &str, artifact: &str, steps: &[&str]) -> String {
     let steps: String = steps.iter().map(|s| format!("        - {s}\n")).collect();
     format!(
         "apiVersion: rollgate.dev/v1alpha1
@@ -50,7 +54,7 @@ metadata: {{ name: pay, labels: {{ team: payments }} }}
 spec:
   target: aws
   workload:
-    lambda: {{ function: {function}, alias: live, region: {REGION}, endpoint: \"{endpoint}\" }}
+    lambda: {{ function: {function}, alias: live, region: {REGION} }}
   artifact: \"{artifact}\"
   strategy:
     canary:
@@ -67,10 +71,10 @@ spec:
     )
 }
 
-fn plan(function: &str, endpoint: &str) -> Plan {
+fn plan(function: &str) -> Plan {
     rollgate::model::validate::parse_plan(
         "plans/pay.yaml",
-        &plan_yaml(function, endpoint, "2", &["setWeight: 100"]),
+        &plan_yaml(function, "2", &["setWeight: 100"]),
         None,
     )
     .expect("plan parses")
@@ -91,7 +95,7 @@ fn lambda_passes_the_target_contract() {
     let mut t = fx.target();
     contract::run(
         &mut t,
-        &plan(&fx.function, fx.endpoint()),
+        &plan(&fx.function),
         Some("1"),
         "2",
         "3",
@@ -107,7 +111,7 @@ fn each_step_writes_the_alias_routing_config() {
     // Given live → 1
     let fx = Fixture::new("steps");
     let mut t = fx.target();
-    let p = plan(&fx.function, fx.endpoint());
+    let p = plan(&fx.function);
 
     // When the candidate starts, the alias is not repointed and has no routing config
     t.start_candidate(&p, "2").expect("start");
@@ -154,7 +158,7 @@ fn each_step_writes_the_alias_routing_config() {
 fn a_missing_version_or_alias_is_refused_before_anything_is_written() {
     let fx = Fixture::new("missing");
     let mut t = fx.target();
-    let p = plan(&fx.function, fx.endpoint());
+    let p = plan(&fx.function);
     let err = t.start_candidate(&p, "9").expect_err("no version 9");
     assert!(
         err.0.contains("version 9") && err.0.contains("does not exist"),
@@ -194,14 +198,11 @@ fn a_missing_version_or_alias_is_refused_before_anything_is_written() {
 fn an_unreachable_endpoint_holds_the_rollout() {
     let fx = Fixture::new("unreachable");
     let closed = format!("http://127.0.0.1:{}", support::free_port());
-    let mut t = LambdaTarget::new()
-        .expect("target")
-        .with_credentials(creds())
-        .with_timing(Timing {
-            call_timeout: Duration::from_secs(5),
-            max_attempts: 2,
-        });
-    let p = plan(&fx.function, &closed);
+    let mut t = fx.target_via(&closed).with_timing(Timing {
+        call_timeout: Duration::from_secs(5),
+        max_attempts: 2,
+    });
+    let p = plan(&fx.function);
     assert!(t.start_candidate(&p, "2").is_err());
     let h = t.health(&p, &desired("1", Some("2"), 10));
     assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
@@ -212,8 +213,8 @@ fn a_stale_revision_id_is_read_again_and_no_update_is_lost() {
     // Given live → 1, reached through a shim that enforces RevisionId
     let fx = Fixture::new("revision");
     let shim = RevisionShim::start(fx.endpoint());
-    let mut t = fx.target();
-    let p = plan(&fx.function, &shim.endpoint);
+    let mut t = fx.target_via(&shim.endpoint);
+    let p = plan(&fx.function);
     t.start_candidate(&p, "2").expect("start");
 
     // When someone repoints the alias at 3 (a hotfix) between our read and our write
@@ -249,11 +250,11 @@ fn a_stale_revision_id_is_read_again_and_no_update_is_lost() {
 fn an_alias_that_keeps_changing_fails_the_step_after_bounded_attempts() {
     let fx = Fixture::new("contended");
     let shim = RevisionShim::start(fx.endpoint());
-    let mut t = fx.target().with_timing(Timing {
+    let mut t = fx.target_via(&shim.endpoint).with_timing(Timing {
         call_timeout: Duration::from_secs(20),
         max_attempts: 3,
     });
-    let p = plan(&fx.function, &shim.endpoint);
+    let p = plan(&fx.function);
     t.start_candidate(&p, "2").expect("start");
     shim.race(serde_json::json!({ "Description": "busy" }), 100);
     let err = t.set_weight(&p, 25).expect_err("gives up");
@@ -295,7 +296,7 @@ fn cloudwatch_measures_each_version_by_its_executed_version_dimension() {
     fx.publish_metrics("2", 1000.0, 30.0, &[120.0, 80.0, 300.0]);
     fx.publish_metrics("1", 9000.0, 9.0, &[100.0]);
     let mut cw = fx.cloudwatch_source();
-    let p = plan(&fx.function, fx.endpoint());
+    let p = plan(&fx.function);
     let ctx = |version| QueryContext {
         plan: "pay",
         version,
@@ -374,16 +375,16 @@ impl Daemon {
             "apiVersion: rollgate.dev/v1alpha1
 kind: Settings
 targets:
-  aws: {{ lambda: {{}} }}
+  aws: {{ lambda: {{ endpoint: \"{}\" }} }}
 metrics:
   cloudwatch:
     cloudwatch: {{ region: {REGION}, endpoint: \"{}\" }}
 ",
+            fx.endpoint(),
             fx.relay.endpoint
         );
         let plan = plan_yaml(
             &fx.function,
-            fx.endpoint(),
             artifact,
             &[
                 "setWeight: 10",
@@ -553,19 +554,25 @@ fn credentials_are_never_printed() {
     let secret = Credentials::new(KEY_ID, SECRET, Some(TOKEN.to_owned()), None, "test");
 
     // Errors and Debug output of the target and the source, with credentials in use
-    let mut t = LambdaTarget::new()
-        .expect("target")
-        .with_credentials(secret.clone());
+    let target = |endpoint: &str| {
+        LambdaTarget::new(Some(endpoint.to_owned()), None)
+            .expect("target")
+            .with_credentials(secret.clone())
+    };
+    let mut t = target(fx.endpoint());
     let closed = format!("http://127.0.0.1:{}", support::free_port());
-    let p = plan(&fx.function, fx.endpoint());
-    let ghost = plan("no-such-function", fx.endpoint());
-    let down = plan(&fx.function, &closed);
+    let mut down = target(&closed);
+    let p = plan(&fx.function);
+    let ghost = plan("no-such-function");
     let mut seen = Vec::new();
     t.start_candidate(&p, "2").expect("start");
-    for (plan, v) in [(&ghost, "2"), (&down, "2"), (&p, "9")] {
+    let mut fail = |t: &mut LambdaTarget, plan: &Plan, v: &str| {
         seen.push(t.start_candidate(plan, v).expect_err("fails").0);
         seen.push(format!("{:?}", t.health(plan, &desired("1", Some(v), 10))));
-    }
+    };
+    fail(&mut t, &ghost, "2");
+    fail(&mut down, &p, "2");
+    fail(&mut t, &p, "9");
     seen.push(format!("{t:?}"));
     let mut cw = Cloudwatch::new(
         AwsAccess {
@@ -593,8 +600,16 @@ fn credentials_are_never_printed() {
 
     // The daemon's log, with credentials from the environment (the default chain)
     let settings = format!(
-        "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  aws: {{ lambda: {{}} }}\n\
-         metrics:\n  cloudwatch:\n    cloudwatch: {{ region: {REGION}, endpoint: \"{}\" }}\n",
+        "apiVersion: rollgate.dev/v1alpha1
+kind: Settings
+targets:
+  aws: {{ lambda: {{ endpoint: \"{}\" }} }}
+  down: {{ lambda: {{ endpoint: \"{closed}\" }} }}
+metrics:
+  cloudwatch:
+    cloudwatch: {{ region: {REGION}, endpoint: \"{}\" }}
+",
+        fx.endpoint(),
         fx.relay.endpoint
     );
     let remote = Remote::with_files(&[
@@ -602,19 +617,13 @@ fn credentials_are_never_printed() {
         (
             "plans/pay.yaml".to_owned(),
             // Its steps walked on its first rollout, so the first one moves the alias.
-            plan_yaml(
-                &fx.function,
-                fx.endpoint(),
-                "2",
-                &["setWeight: 20", "pause: {}"],
-            )
-            .replace("  strategy:\n", "  firstRollout: steps\n  strategy:\n"),
+            plan_yaml(&fx.function, "2", &["setWeight: 20", "pause: {}"])
+                .replace("  strategy:\n", "  firstRollout: steps\n  strategy:\n"),
         ),
         (
             "plans/ghost.yaml".to_owned(),
             plan_yaml(
                 "no-such-function",
-                fx.endpoint(),
                 "2",
                 &["setWeight: 10", "setWeight: 100"],
             )
@@ -622,16 +631,27 @@ fn credentials_are_never_printed() {
         ),
         (
             "plans/down.yaml".to_owned(),
-            plan_yaml(
-                &fx.function,
-                &closed,
-                "2",
-                &["setWeight: 10", "setWeight: 100"],
-            )
-            .replace("name: pay", "name: down"),
+            // On the target `down`, whose settings point at a closed port.
+            plan_yaml(&fx.function, "2", &["setWeight: 10", "setWeight: 100"])
+                .replace("name: pay", "name: down")
+                .replace("target: aws", "target: down"),
         ),
     ]);
-    let state = remote.work_dir("state");
+    let (code, log) = run_once(&remote, "state");
+    // (two plans could not be reconciled: exit 1)
+    assert_eq!(code, Some(1), "{log}");
+    // The daemon did reach AWS with those credentials: the good plan moved the alias,
+    // and the failures were logged.
+    assert_eq!(fx.alias(), AliasState::at("1").with("2", 0.2), "{log}");
+    assert!(log.contains("no-such-function"), "{log}");
+    assert_no_secret("the daemon's log", &log);
+}
+
+/// `rollgate run --once` on `remote`, with credentials in the environment (the default
+/// chain, a session token included) and trace logging: its exit code and its output.
+/// `state` names a fresh state folder.
+fn run_once(remote: &Remote, state: &str) -> (Option<i32>, String) {
+    let state = remote.work_dir(state);
     let out = Command::new(BIN)
         .args(["run", "--once", "--state-dir"])
         .arg(&state)
@@ -652,10 +672,249 @@ fn credentials_are_never_printed() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{log}");
-    // The daemon did reach AWS with those credentials: the good plan moved the alias,
-    // and the failures were logged.
-    assert_eq!(fx.alias(), AliasState::at("1").with("2", 0.2), "{log}");
-    assert!(log.contains("no-such-function"), "{log}");
+    (out.status.code(), log)
+}
+
+// ---------------------------------------------------------------------------------
+// Where signed requests go, and as whom: the target's settings, never a plan (#16).
+
+/// Settings with the target `aws` and a CloudWatch source, each with these fields.
+fn settings_yaml(lambda: &str, cloudwatch: &str) -> String {
+    let cloudwatch = match cloudwatch {
+        "" => String::new(),
+        more => format!(", {more}"),
+    };
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1
+kind: Settings
+targets:
+  aws:
+    lambda: {{ {lambda} }}
+metrics:
+  cloudwatch:
+    cloudwatch: {{ region: {REGION}{cloudwatch} }}
+"
+    )
+}
+
+/// `plan_yaml` with `extra` fields in its lambda workload.
+fn with_workload_fields(plan: &str, extra: &str) -> String {
+    let region = format!("region: {REGION} }}");
+    assert!(plan.contains(&region), "{plan}");
+    plan.replace(&region, &format!("region: {REGION}, {extra} }}"))
+}
+
+/// The 1-based line and column where `needle` first appears in `text`.
+fn place_of(text: &str, needle: &str) -> Pos {
+    let (line, l) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` in:\n{text}"));
+    let col = l.find(needle).expect("on that line") + 1;
+    Pos {
+        line: u32::try_from(line + 1).expect("short"),
+        col: u32::try_from(col).expect("short"),
+    }
+}
+
+#[test]
+fn regression_a_plan_cannot_point_signed_aws_requests_at_another_host() {
+    // Given a host that is not the target's, listening
+    let elsewhere = TcpListener::bind("127.0.0.1:0").expect("listen");
+    elsewhere.set_nonblocking(true).expect("non-blocking");
+    let url = format!("http://{}", elsewhere.local_addr().expect("address"));
+    // And a plan naming it, and a profile, in its lambda workload (as plans could before)
+    let fx = Fixture::new("elsewhere");
+    let good = plan_yaml(&fx.function, "2", &["setWeight: 20", "pause: {}"])
+        .replace("  strategy:\n", "  firstRollout: steps\n  strategy:\n");
+    let bad = with_workload_fields(&good, &format!("endpoint: \"{url}\", profile: attacker"));
+    let settings = settings_yaml(
+        &format!("endpoint: \"{}\"", fx.endpoint()),
+        &format!("endpoint: \"{}\"", fx.relay.endpoint),
+    );
+
+    // When it is validated
+    let parsed = parse_settings("rollgate.yaml", &settings).expect("settings");
+    let diags = parse_plan("plans/pay.yaml", &bad, Some(&parsed)).expect_err("refused");
+
+    // Then each field is an error at its own line and column, saying where it lives now
+    for (key, why) in [
+        ("endpoint", "cannot point signed AWS requests elsewhere"),
+        ("profile", "cannot choose whose credentials sign"),
+    ] {
+        let d = diags
+            .iter()
+            .find(|d| d.message.starts_with(&format!("`{key}`")))
+            .unwrap_or_else(|| panic!("no diagnostic for {key}: {diags:#?}"));
+        assert_eq!(d.code, Code::UnknownField, "{d:?}");
+        assert_eq!(d.file, "plans/pay.yaml");
+        assert_eq!(d.pos, Some(place_of(&bad, &format!("{key}:"))), "{d:?}");
+        assert!(
+            d.message
+                .contains(&format!("rollgate.yaml (`targets.aws.lambda.{key}`)"))
+                && d.message.contains(why),
+            "{}",
+            d.message
+        );
+    }
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+
+    let remote = Remote::with_files(&[
+        ("rollgate.yaml".to_owned(), settings),
+        ("plans/pay.yaml".to_owned(), bad.clone()),
+    ]);
+    // And `rollgate validate` prints them with the file, line and column
+    let out = Command::new(BIN)
+        .args(["validate", "--no-policy"])
+        .arg(&remote.human)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("rollgate validate");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let at = place_of(&bad, "endpoint:");
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "plans/pay.yaml:{}:{}: error[unknown-field]: `endpoint` is set on the lambda target in rollgate.yaml",
+            at.line, at.col
+        )),
+        "{printed}"
+    );
+
+    // When the daemon, holding credentials, meets that plan on its branch
+    let (_, log) = run_once(&remote, "state");
+    // Then it reports the plan as refused
+    assert!(
+        log.contains("error[unknown-field]: `endpoint` is set on the lambda target"),
+        "{log}"
+    );
+    // And nothing reached that host, and the alias did not move
+    assert!(
+        matches!(elsewhere.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a request went to the plan's endpoint:\n{log}"
+    );
+    assert_eq!(fx.alias(), AliasState::at("1"), "{log}");
     assert_no_secret("the daemon's log", &log);
+
+    // And once the plan names neither, the target's endpoint (moto) is where it goes
+    remote.human_commit("plans/pay.yaml", |_| good, "pay: endpoint is the target's");
+    let (code, log) = run_once(&remote, "state-2");
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(fx.alias(), AliasState::at("1").with("2", 0.2), "{log}");
+    assert!(elsewhere.accept().is_err(), "{log}");
+}
+
+#[test]
+fn regression_a_lambda_endpoint_over_plain_http_must_be_loopback() {
+    let port = support::free_port();
+    let settings = |endpoint: &str| settings_yaml(&format!("endpoint: \"{endpoint}\""), "");
+    // Given a lambda target whose endpoint would carry signed requests over plain http
+    // off the host (or hides its host behind user info, or a name that only starts
+    // like a loopback address)
+    for endpoint in [
+        "http://evil.example".to_owned(),
+        format!("http://evil.example:{port}/"),
+        format!("http://127.0.0.1:{port}@evil.example"),
+        "http://127.0.0.1.evil.example".to_owned(),
+        "http://localhost.evil.example".to_owned(),
+        "http://[::ffff:10.0.0.1]:4566".to_owned(),
+        "ftp://127.0.0.1".to_owned(),
+    ] {
+        let text = settings(&endpoint);
+        // When the settings are validated
+        let d = parse_settings("rollgate.yaml", &text).expect_err(&endpoint);
+        // Then they are refused at the endpoint's line and column
+        assert_eq!(d.len(), 1, "{endpoint}: {d:#?}");
+        assert_eq!(d[0].code, Code::InvalidValue, "{d:?}");
+        assert_eq!(
+            d[0].pos,
+            Some(place_of(&text, &format!("\"{endpoint}"))),
+            "{d:?}"
+        );
+        assert!(d[0].message.contains(&endpoint), "{}", d[0].message);
+        // And the target refuses it too, whoever builds it
+        assert!(
+            LambdaTarget::new(Some(endpoint.clone()), None).is_err(),
+            "{endpoint}"
+        );
+    }
+    assert!(
+        parse_settings("rollgate.yaml", &settings("http://evil.example")).expect_err("plain")[0]
+            .message
+            .contains("over plain http to `evil.example`; use https")
+    );
+    // And https anywhere, or plain http to loopback (an emulator), is accepted
+    for endpoint in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.9:{port}/"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+        "https://lambda.eu-west-1.amazonaws.com".to_owned(),
+        "https://vpce-0123-abcd.lambda.eu-west-1.vpce.amazonaws.com:443/".to_owned(),
+    ] {
+        let parsed = parse_settings("rollgate.yaml", &settings(&endpoint))
+            .unwrap_or_else(|d| panic!("{endpoint}: {d:#?}"));
+        assert_eq!(
+            parsed.targets["aws"],
+            settings::Target::Lambda {
+                endpoint: Some(endpoint.clone()),
+                profile: None
+            }
+        );
+        assert!(LambdaTarget::new(Some(endpoint.clone()), None).is_ok());
+    }
+    // And a profile is the target's too
+    let parsed =
+        parse_settings("rollgate.yaml", &settings_yaml("profile: deploy", "")).expect("a profile");
+    assert_eq!(
+        parsed.targets["aws"],
+        settings::Target::Lambda {
+            endpoint: None,
+            profile: Some("deploy".to_owned())
+        }
+    );
+}
+
+#[test]
+fn regression_a_cloudwatch_endpoint_over_plain_http_must_be_loopback() {
+    let port = support::free_port();
+    let settings = |endpoint: &str| settings_yaml("", &format!("endpoint: \"{endpoint}\""));
+    let access = |endpoint: &str| AwsAccess {
+        region: REGION.to_owned(),
+        endpoint: Some(endpoint.to_owned()),
+        profile: None,
+    };
+    // Given a CloudWatch source whose endpoint is plain http off the host
+    for endpoint in [
+        format!("http://monitoring.evil.example:{port}"),
+        format!("http://localhost:{port}@evil.example/"),
+    ] {
+        let text = settings(&endpoint);
+        // Then the settings are refused at its line and column, and so is the source
+        let d = parse_settings("rollgate.yaml", &text).expect_err(&endpoint);
+        assert_eq!(d.len(), 1, "{endpoint}: {d:#?}");
+        assert_eq!(d[0].code, Code::InvalidValue, "{d:?}");
+        assert_eq!(
+            d[0].pos,
+            Some(place_of(&text, &format!("\"{endpoint}"))),
+            "{d:?}"
+        );
+        assert!(
+            Cloudwatch::new(access(&endpoint), Duration::from_secs(5)).is_err(),
+            "{endpoint}"
+        );
+    }
+    // And https anywhere, or plain http to loopback, is accepted
+    for endpoint in [
+        format!("http://127.0.0.1:{port}"),
+        "https://monitoring.eu-west-1.amazonaws.com".to_owned(),
+    ] {
+        let parsed = parse_settings("rollgate.yaml", &settings(&endpoint))
+            .unwrap_or_else(|d| panic!("{endpoint}: {d:#?}"));
+        assert!(
+            matches!(&parsed.metrics["cloudwatch"], settings::MetricsSource::Cloudwatch { endpoint: Some(e), .. } if *e == endpoint)
+        );
+        assert!(Cloudwatch::new(access(&endpoint), Duration::from_secs(5)).is_ok());
+    }
 }

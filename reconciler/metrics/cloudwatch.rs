@@ -22,7 +22,8 @@
 //!
 //! Invariants: a series with no datapoints is a measurement without a value (no
 //! evidence, never a pass); an AWS error is a source error. Credentials come from the
-//! SDK's default chain (or the source's profile) and are never logged.
+//! SDK's default chain (or the source's profile) and are never logged; the source's
+//! `endpoint` (from `rollgate.yaml`, never a plan) is `https://` or loopback only.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,7 +37,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use super::{MetricsSource, QueryContext};
 use crate::engine::{Measurement, Sample};
 use crate::model::plan::{Check, Workload};
-use crate::model::settings::CLOUDWATCH_QUERIES;
+use crate::model::settings::{CLOUDWATCH_QUERIES, endpoint_problem};
 use crate::target::lambda::{AwsAccess, chain};
 
 /// The namespace of Lambda's metrics.
@@ -209,9 +210,13 @@ impl std::fmt::Debug for Cloudwatch {
 
 impl Cloudwatch {
     /// A source in `region` (through `endpoint` when given) with the default credential
-    /// chain, or `profile`; each call bounded by `timeout`. Connects on first use.
+    /// chain, or `profile`; each call bounded by `timeout`. Connects on first use. An
+    /// endpoint over plain http to a host that is not loopback is refused.
     pub fn new(access: AwsAccess, timeout: Duration) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        if let Some(problem) = access.endpoint.as_deref().and_then(endpoint_problem) {
+            anyhow::bail!("{problem}");
+        }
         Ok(Self {
             runtime: crate::target::kubernetes::runtime()
                 .context("cannot start the cloudwatch runtime")?,

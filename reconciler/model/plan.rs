@@ -120,14 +120,13 @@ pub struct KubernetesWorkload {
     pub traffic: Traffic,
 }
 
-/// An AWS Lambda alias; artifacts are published version numbers.
+/// An AWS Lambda alias; artifacts are published version numbers. Where requests go and
+/// as whom is the target's (`settings::Target::Lambda`), never the plan's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LambdaWorkload {
     pub function: String,
     pub alias: String,
     pub region: String,
-    pub endpoint: Option<String>,
-    pub profile: Option<String>,
 }
 
 /// A Knative Serving Service; artifacts are images.
@@ -306,8 +305,6 @@ impl Plan {
                         function: l.function.clone(),
                         alias: l.alias.clone(),
                         region: l.region.clone(),
-                        endpoint: l.endpoint.clone(),
-                        profile: l.profile.clone(),
                     }),
                     Workload::Knative(k) => wire::Workload::Knative(wire::KnativeWorkload {
                         namespace: k.namespace.clone(),

@@ -22,7 +22,13 @@ pub enum Target {
         context: Option<String>,
         in_cluster: bool,
     },
-    Lambda,
+    /// AWS Lambda. `endpoint` and `profile` are here, reviewed with the settings, and
+    /// never in a plan: a plan cannot point signed AWS requests (a session token
+    /// included) at another host, nor choose whose credentials sign them.
+    Lambda {
+        endpoint: Option<String>,
+        profile: Option<String>,
+    },
 }
 
 impl Target {
@@ -30,7 +36,7 @@ impl Target {
         match self {
             Target::Local { .. } => "local",
             Target::Kubernetes { .. } => "kubernetes",
-            Target::Lambda => "lambda",
+            Target::Lambda { .. } => "lambda",
         }
     }
 }
@@ -58,6 +64,75 @@ impl MetricsSource {
             MetricsSource::Cloudwatch { .. } => "cloudwatch",
         }
     }
+}
+
+/// Why an AWS endpoint URL (a Lambda target's, a CloudWatch source's) is refused, if it
+/// is. Signed requests carry a session token: they go over `https://` to any host, or
+/// over plain `http://` only to a loopback host (`127.0.0.0/8`, `::1`, `localhost`: a
+/// local emulator). The URL is read strictly (no user info, no escapes, a numeric
+/// port), so the host checked here is the host the SDK connects to.
+pub fn endpoint_problem(url: &str) -> Option<String> {
+    let (plain, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (true, rest)
+    } else {
+        return Some(format!("`{url}` is not an http(s) URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    if authority.contains('@') {
+        return Some(format!(
+            "`{url}` has user info before its host; an endpoint is a scheme, a host and a port"
+        ));
+    }
+    if authority
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || "-._:[]".contains(c)))
+    {
+        return Some(format!(
+            "`{url}` has a host that is not a plain name or address"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        // `[::1]` or `[::1]:4566`: an IPv6 address, nothing else, in the brackets.
+        let bracketed = v6.split_once(']').and_then(|(h, after)| {
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            h.parse::<std::net::Ipv6Addr>().is_ok().then_some((h, port))
+        });
+        match bracketed {
+            Some(hp) => hp,
+            None => {
+                return Some(format!(
+                    "`{url}` has a host that is not an IPv6 address in `[]`"
+                ));
+            }
+        }
+    } else {
+        let (h, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if h.is_empty() || h.contains(['[', ']']) {
+            return Some(format!("`{url}` has no host, or not a plain one"));
+        }
+        (h, port)
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Some(format!(
+            "`{url}` has a port that is not a number up to 65535"
+        ));
+    }
+    if plain && !crate::metrics::prometheus::is_loopback_host(host) {
+        return Some(format!(
+            "`{url}` would send signed AWS requests over plain http to `{host}`; use https, or http only to a loopback address (a local emulator)"
+        ));
+    }
+    None
 }
 
 /// Queries a `cloudwatch` source answers, per executed version of the plan's function.
@@ -111,3 +186,51 @@ impl Default for WriteBack {
 
 /// The metrics source every plan may name without declaring it.
 pub const BUILTIN_SOURCE: &str = "builtin";
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_problem;
+
+    #[test]
+    fn an_aws_endpoint_is_https_or_loopback_and_read_strictly() {
+        for ok in [
+            "https://lambda.eu-west-1.amazonaws.com",
+            "https://vpce-1.lambda.eu-west-1.vpce.amazonaws.com:443/",
+            "https://[2001:db8::1]:8443",
+            "http://127.0.0.1:4566",
+            "http://127.1.2.3",
+            "http://localhost:4566/",
+            "http://LOCALHOST:4566",
+            "http://[::1]:4566",
+            "http://[::1]",
+        ] {
+            assert_eq!(endpoint_problem(ok), None, "{ok}");
+        }
+        for (bad, says) in [
+            ("lambda.amazonaws.com", "not an http(s) URL"),
+            ("HTTP://127.0.0.1", "not an http(s) URL"),
+            ("ftp://127.0.0.1", "not an http(s) URL"),
+            ("http://evil.example", "plain http to `evil.example`"),
+            ("http://10.0.0.1:4566", "plain http to `10.0.0.1`"),
+            ("http://127.0.0.1.evil.example", "plain http"),
+            ("http://localhost.evil.example:4566", "plain http"),
+            ("http://[::ffff:127.0.0.1]", "plain http"),
+            ("http://127.0.0.1:4566@evil.example", "user info"),
+            ("https://user:pass@lambda.example", "user info"),
+            ("http://127.0.0.1%2fevil.example", "not a plain name"),
+            ("http://127.0.0.1\\evil.example", "not a plain name"),
+            ("http://127.0.0.1\\@evil.example", "user info"),
+            ("http://", "no host"),
+            ("http://:4566", "no host"),
+            ("http://127.0.0.1:", "port"),
+            ("http://127.0.0.1:99999", "port"),
+            ("http://127.0.0.1:45:66", "port"),
+            ("http://[::1", "IPv6"),
+            ("http://[::1]x", "IPv6"),
+            ("http://[evil.example]", "IPv6"),
+        ] {
+            let problem = endpoint_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(problem.contains(says), "{bad}: {problem}");
+        }
+    }
+}

@@ -435,21 +435,11 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                 )
                 .help = Some("for example `eu-west-1` or `us-east-2`".to_owned());
             }
-            if let Some(e) = &l.endpoint
-                && !(e.starts_with("http://") || e.starts_with("https://"))
-            {
-                cx.err(
-                    &at(&[K("endpoint")]),
-                    Code::InvalidValue,
-                    format!("`{e}` is not an http(s) URL"),
-                );
-            }
+            moved_to_lambda_target(cx, &s.target);
             Workload::Lambda(plan::LambdaWorkload {
                 function: l.function.clone(),
                 alias: l.alias.clone(),
                 region: l.region.clone(),
-                endpoint: l.endpoint.clone(),
-                profile: l.profile.clone(),
             })
         }
         wire::Workload::Knative(k) => {
@@ -1125,6 +1115,54 @@ pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
     None
 }
 
+/// A lambda workload's `endpoint` and `profile` (plan fields until #16): the schema
+/// walk reported them as unknown fields; say where they live now, and why. Where signed
+/// AWS requests go and whose credentials sign them is the target's, in `rollgate.yaml`,
+/// whose changes are reviewed as settings; a plan (any PR author) cannot choose them.
+fn moved_to_lambda_target(cx: &mut Ctx<'_>, target: &str) {
+    let lambda = [
+        PathSeg::Key("spec"),
+        PathSeg::Key("workload"),
+        PathSeg::Key("lambda"),
+    ];
+    let Some(Kind::Map(entries)) = cx.root.at(&lambda).map(|n| &n.kind) else {
+        return;
+    };
+    for (key, why) in [
+        (
+            "endpoint",
+            "a plan cannot point signed AWS requests elsewhere",
+        ),
+        (
+            "profile",
+            "a plan cannot choose whose credentials sign AWS requests",
+        ),
+    ] {
+        let Some((k, _)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) else {
+            continue;
+        };
+        let message = format!(
+            "`{key}` is set on the lambda target in rollgate.yaml (`targets.{target}.lambda.{key}`), where settings changes are reviewed; {why}"
+        );
+        let help = format!("remove `{key}` from this plan; the target `{target}` decides it");
+        let place = Some(k.pos);
+        match cx
+            .diags
+            .iter_mut()
+            .find(|d| d.code == Code::UnknownField && d.pos == place)
+        {
+            Some(d) => {
+                d.message = message;
+                d.help = Some(help);
+            }
+            None => {
+                let d = Diagnostic::error(cx.file, place, Code::UnknownField, message);
+                cx.diags.push(d.with_help(help));
+            }
+        }
+    }
+}
+
 /// Parse and validate `rollgate.yaml`.
 pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic>> {
     use P::K;
@@ -1153,7 +1191,21 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                     context: k.context.clone(),
                     in_cluster: k.in_cluster.unwrap_or(false),
                 },
-                wire::Target::Lambda(_) => settings::Target::Lambda,
+                wire::Target::Lambda(l) => {
+                    if let Some(e) = &l.endpoint
+                        && let Some(problem) = settings::endpoint_problem(e)
+                    {
+                        cx.err(
+                            &[K("targets"), K(name), K("lambda"), K("endpoint")],
+                            Code::InvalidValue,
+                            problem,
+                        );
+                    }
+                    settings::Target::Lambda {
+                        endpoint: l.endpoint.clone(),
+                        profile: l.profile.clone(),
+                    }
+                }
             },
         );
     }
@@ -1177,13 +1229,9 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                     );
                 }
                 if let Some(e) = &c.endpoint
-                    && !(e.starts_with("http://") || e.starts_with("https://"))
+                    && let Some(problem) = settings::endpoint_problem(e)
                 {
-                    cx.err(
-                        &at("endpoint"),
-                        Code::InvalidValue,
-                        format!("`{e}` is not an http(s) URL"),
-                    );
+                    cx.err(&at("endpoint"), Code::InvalidValue, problem);
                 }
                 let timeout = cx.dur(
                     c.timeout.as_deref(),

@@ -159,6 +159,8 @@ pub struct KubernetesWorkload {
     pub route_rule: Option<u32>,
 }
 
+/// A function's alias. Where requests go and as whom (`endpoint`, `profile`) is set on
+/// the lambda target in `rollgate.yaml`, never in a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
@@ -169,12 +171,6 @@ pub struct LambdaWorkload {
     pub alias: String,
     /// The AWS region, e.g. `eu-west-1`.
     pub region: String,
-    /// Another Lambda endpoint (a local emulator, a VPC endpoint).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// A named profile of the shared AWS config; default: the default credential chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -360,14 +356,24 @@ pub struct SettingsFile {
 pub enum Target {
     Local(LocalTarget),
     Kubernetes(KubernetesTarget),
-    /// AWS Lambda, reached with the default credential chain (or a plan's profile).
+    /// AWS Lambda, reached with the default credential chain (or the target's profile).
     Lambda(LambdaTarget),
 }
 
+/// Where a Lambda target's signed requests go, and as whom. Here and not in plans:
+/// settings changes are reviewed, and a plan must not redirect rollgate's credentials.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub struct LambdaTarget {}
+pub struct LambdaTarget {
+    /// Another Lambda endpoint (a local emulator, a VPC endpoint): `https://`, or
+    /// `http://` to a loopback address only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A named profile of the shared AWS config; default: the default credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -403,9 +409,11 @@ pub enum MetricsSource {
 #[schemars(deny_unknown_fields)]
 pub struct CloudwatchSource {
     pub region: String,
-    /// Another CloudWatch endpoint (a local emulator, a VPC endpoint).
+    /// Another CloudWatch endpoint (a local emulator, a VPC endpoint): `https://`, or
+    /// `http://` to a loopback address only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// A named profile of the shared AWS config; default: the default credential chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// Per-call time limit (default 10s).

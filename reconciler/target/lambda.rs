@@ -29,12 +29,15 @@
 //! missing alias is an error telling the operator to create it at the version that
 //! serves now: rollgate cannot know it at that point); only `promote` and `rollback`,
 //! which name the version that takes all traffic, create it when it is missing.
-//! Credentials come only from the SDK's default chain (or the plan's named profile);
-//! they are never logged, and neither errors nor `Debug` output carry them.
+//! Credentials come only from the SDK's default chain (or the target's named profile);
+//! they are never logged, and neither errors nor `Debug` output carry them. Where signed
+//! requests go (`endpoint`) and as whom (`profile`) is the target's, from `rollgate.yaml`
+//! (reviewed as settings, `https://` or loopback only); a plan names only its region,
+//! function and alias, so no plan can send rollgate's credentials to another host.
 //!
 //! The `Target` trait is synchronous: the target owns a small current-thread tokio
 //! runtime and blocks on it for each call, like the Kubernetes target. SDK clients are
-//! built lazily, one per (region, endpoint, profile) that plans name, and cached.
+//! built lazily, one per (region, endpoint, profile), and cached.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -48,6 +51,7 @@ use super::{Desired, Target, TargetError};
 use crate::engine::TargetHealth;
 use crate::model::Plan;
 use crate::model::plan::{LambdaWorkload, Workload};
+use crate::model::settings::endpoint_problem;
 
 /// The IAM actions this target calls (documented in the README).
 pub const IAM_ACTIONS: &[&str] = &[
@@ -72,7 +76,8 @@ pub const SDK_LOG_TARGETS: &[&str] = &[
     "aws_sdk_sts",
 ];
 
-/// Where and as whom to reach AWS: what a plan's workload (or a metrics source) names.
+/// Where and as whom to reach AWS: a region (a plan's workload names it, or a metrics
+/// source), and the endpoint and profile of a target or source in `rollgate.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AwsAccess {
     pub region: String,
@@ -83,14 +88,6 @@ pub struct AwsAccess {
 }
 
 impl AwsAccess {
-    pub fn of(w: &LambdaWorkload) -> Self {
-        Self {
-            region: w.region.clone(),
-            endpoint: w.endpoint.clone(),
-            profile: w.profile.clone(),
-        }
-    }
-
     /// The SDK configuration: the default credential chain (environment, shared files
     /// or `profile`, web identity, container and instance roles) unless `credentials`
     /// are given; each call bounded by `timeout`, with the SDK's standard retries.
@@ -334,6 +331,9 @@ impl Default for Timing {
 /// AWS Lambda as a rollout target.
 pub struct LambdaTarget {
     runtime: tokio::runtime::Runtime,
+    /// The target's endpoint and profile (from `rollgate.yaml`, never a plan).
+    endpoint: Option<String>,
+    profile: Option<String>,
     clients: HashMap<AwsAccess, Client>,
     credentials: Option<Credentials>,
     /// The candidate each plan's rollout started (set by `start_candidate`).
@@ -347,6 +347,8 @@ impl std::fmt::Debug for LambdaTarget {
         let mut regions: Vec<&str> = self.clients.keys().map(|a| a.region.as_str()).collect();
         regions.sort_unstable();
         f.debug_struct("LambdaTarget")
+            .field("endpoint", &self.endpoint)
+            .field("profile", &self.profile)
             .field("regions", &regions)
             .field(
                 "credentials",
@@ -363,11 +365,18 @@ impl std::fmt::Debug for LambdaTarget {
 }
 
 impl LambdaTarget {
-    /// A target that reaches AWS with the default credential chain.
-    pub fn new() -> anyhow::Result<Self> {
+    /// A target that reaches AWS through `endpoint` (default: the region's own) with the
+    /// default credential chain, or `profile`: a `lambda` target's settings. An endpoint
+    /// over plain http to a host that is not loopback is refused.
+    pub fn new(endpoint: Option<String>, profile: Option<String>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        if let Some(problem) = endpoint.as_deref().and_then(endpoint_problem) {
+            anyhow::bail!("{problem}");
+        }
         Ok(Self {
             runtime: super::kubernetes::runtime().context("cannot start the lambda runtime")?,
+            endpoint,
+            profile,
             clients: HashMap::new(),
             credentials: None,
             candidates: HashMap::new(),
@@ -389,7 +398,8 @@ impl LambdaTarget {
         self
     }
 
-    /// The client for a plan's (region, endpoint, profile), built on first use.
+    /// The client for a plan's region through this target's endpoint and profile,
+    /// built on first use.
     fn alias<'p>(&mut self, plan: &'p Plan) -> Result<Alias<'p>, TargetError> {
         let Workload::Lambda(w) = &plan.workload else {
             return Err(TargetError(format!(
@@ -398,7 +408,11 @@ impl LambdaTarget {
                 plan.workload.kind()
             )));
         };
-        let access = AwsAccess::of(w);
+        let access = AwsAccess {
+            region: w.region.clone(),
+            endpoint: self.endpoint.clone(),
+            profile: self.profile.clone(),
+        };
         let client = match self.clients.get(&access) {
             Some(c) => c.clone(),
             None => {

@@ -259,8 +259,14 @@ impl Fixture {
             .expect("put metric data");
     }
 
+    /// A `lambda` target whose settings point at moto.
     pub fn target(&self) -> LambdaTarget {
-        LambdaTarget::new()
+        self.target_via(self.endpoint())
+    }
+
+    /// A `lambda` target whose settings point at `endpoint` (a shim in front of moto).
+    pub fn target_via(&self, endpoint: &str) -> LambdaTarget {
+        LambdaTarget::new(Some(endpoint.to_owned()), None)
             .expect("target")
             .with_credentials(creds())
     }
