@@ -1539,3 +1539,24 @@ fn a_foreign_preview_is_never_adopted_nor_deleted_and_the_stable_survives_blue_g
         ));
     }
 }
+
+#[test]
+fn regression_a_named_context_missing_from_the_kubeconfig_is_reported_by_name() {
+    // Given a kubeconfig with one context, `staging`
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("config");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: https://127.0.0.1:6443 }\nusers:\n- name: u\n  user: { token: t }\ncontexts:\n- name: staging\n  context: { cluster: c, user: u }\ncurrent-context: staging\n",
+    )
+    .expect("kubeconfig");
+    // When the target names the context `research`
+    let err = KubernetesTarget::from_kubeconfig(Some(&path), Some("research"))
+        .err()
+        .expect("refused");
+    // Then the error names the context, the file and the contexts there are
+    let text = format!("{err:#}");
+    assert!(text.contains("`research` is not in"), "{text}");
+    assert!(text.contains("contexts: staging"), "{text}");
+    assert!(!text.contains("current context"), "{text}");
+}

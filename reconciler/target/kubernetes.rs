@@ -170,6 +170,33 @@ impl KubernetesTarget {
             context: context.map(str::to_owned),
             ..Default::default()
         };
+        // A named context that the kubeconfig lacks is said as such (kube's own error
+        // reads "failed to load current context", as if none had been named).
+        if let Some(wanted) = context {
+            let (read, place) = match path {
+                Some(p) => (
+                    kube::config::Kubeconfig::read_from(p),
+                    p.display().to_string(),
+                ),
+                None => (
+                    kube::config::Kubeconfig::read(),
+                    std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".to_owned()),
+                ),
+            };
+            if let Ok(kc) = read
+                && !kc.contexts.iter().any(|c| c.name == wanted)
+            {
+                let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+                anyhow::bail!(
+                    "kubeconfig context `{wanted}` is not in {place} (contexts: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
         let client = runtime.block_on(async {
             let config = match path {
                 Some(path) => {
