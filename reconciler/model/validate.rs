@@ -1373,6 +1373,20 @@ pub fn cross_check(plans: &BTreeMap<String, &ParsedPlan>) -> Vec<Diagnostic> {
     diags
 }
 
+/// Variables that hold rollgate's own credentials: no repository setting may name them
+/// as something to send (`authHeaderEnv`).
+pub fn is_reserved_secret(var: &str) -> bool {
+    const EXACT: &[&str] = &["GITHUB_TOKEN", "GH_TOKEN", "GIT_ASKPASS", "SSH_AUTH_SOCK"];
+    const PREFIXES: &[&str] = &[
+        "AWS_",
+        "ROLLGATE_GIT",
+        "ROLLGATE_GITHUB",
+        "ROLLGATE_WEBHOOK",
+    ];
+    let upper = var.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1532,18 +1546,4 @@ mod tests {
             assert!(!is_dns_label(bad), "{bad}");
         }
     }
-}
-
-/// Variables that hold rollgate's own credentials: no repository setting may name them
-/// as something to send (`authHeaderEnv`).
-pub fn is_reserved_secret(var: &str) -> bool {
-    const EXACT: &[&str] = &["GITHUB_TOKEN", "GH_TOKEN", "GIT_ASKPASS", "SSH_AUTH_SOCK"];
-    const PREFIXES: &[&str] = &[
-        "AWS_",
-        "ROLLGATE_GIT",
-        "ROLLGATE_GITHUB",
-        "ROLLGATE_WEBHOOK",
-    ];
-    let upper = var.to_ascii_uppercase();
-    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
 }
