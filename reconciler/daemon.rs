@@ -64,6 +64,44 @@ struct Memo {
     /// both are the same and no command waits, the plan is skipped (10,000 idle plans
     /// cost a comparison each, not a decision).
     idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
+    /// The last target action that failed, while it keeps failing.
+    failure: Option<Failure>,
+}
+
+/// A target action that failed, and when to try again: until then, and while the plan
+/// and its commands stay the same, the plan is not looked at (however often the loop
+/// wakes), so a failing target is asked `retry_backoff` apart, not on every pass.
+#[derive(Debug)]
+struct Failure {
+    /// Failures in a row.
+    count: u32,
+    retry_at: DateTime<Utc>,
+    plan: Arc<ParsedPlan>,
+    /// How many command commits the plan had: a new one (an abort) is acted on at once.
+    commands: usize,
+    message: String,
+}
+
+/// Where jitter for retries comes from: a number in `0.0..1.0` per call.
+pub type Jitter = Box<dyn FnMut() -> f64 + Send>;
+
+/// Jitter from a small generator seeded by the clock and the process id (no crate needed:
+/// it only spreads retries apart).
+fn default_jitter() -> Jitter {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut state = seed | 1;
+    Box::new(move || {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Builds the policy engine from a revision's `policies/` files.
@@ -85,6 +123,8 @@ pub struct Reconciler {
     memo: HashMap<String, Memo>,
     /// Command commits seen, per plan, oldest first.
     commands: HashMap<String, Vec<(String, Command)>>,
+    /// Spreads the retries of failed target actions (`engine::retry_backoff`).
+    jitter: Jitter,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -147,7 +187,13 @@ impl Reconciler {
             report: GateReport::default(),
             memo: HashMap::new(),
             commands: HashMap::new(),
+            jitter: default_jitter(),
         }
+    }
+
+    /// Where the jitter of retry backoffs comes from (tests pass a fixed one).
+    pub fn set_jitter(&mut self, jitter: Jitter) {
+        self.jitter = jitter;
     }
 
     /// Load the repository's own policies from each revision (re-loaded when they change).
@@ -426,6 +472,17 @@ impl Reconciler {
         {
             return Ok(());
         }
+        let commands_seen = self.commands.get(name).map_or(0, Vec::len);
+        if let Some(memo) = self.memo.get_mut(name)
+            && let Some(f) = &memo.failure
+            && now < f.retry_at
+            && Arc::ptr_eq(&f.plan, &pp)
+            && f.commands == commands_seen
+        {
+            // A target action failed: back off (nothing changed that could help).
+            memo.wakeup = Some(f.retry_at);
+            return Ok(());
+        }
         let status_bytes = status_bytes.cloned();
         let plan = &pp.plan;
         let file_status = match self.snapshot.files.get(&status_path(name)) {
@@ -536,6 +593,7 @@ impl Reconciler {
             file_status,
             decision,
             commands.last().map(|(sha, _)| sha.clone()),
+            now,
             report,
         )?;
         if quiet {
@@ -675,7 +733,78 @@ impl Reconciler {
         }
     }
 
+    /// Run a decision's target actions in order, up to the first that fails.
+    fn act(
+        &mut self,
+        plan: &Plan,
+        d: &Decision,
+        report: &mut TickReport,
+    ) -> Option<(engine::Action, String)> {
+        for action in &d.actions {
+            let result = match self.targets.get_mut(&plan.target) {
+                None => Err(format!(
+                    "no `{}` target is available in this daemon",
+                    plan.target
+                )),
+                Some(t) => match action {
+                    engine::Action::StartCandidate { artifact } => {
+                        t.start_candidate(plan, artifact)
+                    }
+                    engine::Action::SetWeight(w) => t.set_weight(plan, *w),
+                    engine::Action::Promote { artifact } => t.promote(plan, artifact),
+                    engine::Action::Rollback { stable } => t.rollback(plan, stable.as_deref()),
+                }
+                .map_err(|e| e.to_string()),
+            };
+            report.actions += 1;
+            if let Err(e) = result {
+                return Some((action.clone(), e));
+            }
+        }
+        None
+    }
+
+    /// A target action failed: count it, back off, say so in the log once per cause, and
+    /// turn the decision into what Git should record instead (`engine::action_failed`).
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &mut self,
+        pp: &Arc<ParsedPlan>,
+        before: Option<&Status>,
+        d: &Decision,
+        action: &engine::Action,
+        error: &str,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Decision {
+        let plan = &pp.plan;
+        report.errors += 1;
+        crate::telemetry::global().target_action_failed(action.kind());
+        let commands = self.commands.get(&plan.name).map_or(0, Vec::len);
+        let jitter = (self.jitter)();
+        let memo = self.memo.entry(plan.name.clone()).or_default();
+        let count = memo.failure.as_ref().map_or(0, |f| f.count) + 1;
+        let wait = engine::retry_backoff(count, jitter);
+        let retry_at = engine_after(now, wait);
+        let message = format!("{action}: {error}");
+        if memo.failure.as_ref().is_none_or(|f| f.message != message) {
+            tracing::warn!(%action, error, failures = count, retry_in_ms = wait.as_millis() as u64, "target action failed; held, retrying with backoff");
+        } else {
+            tracing::debug!(%action, error, failures = count, retry_in_ms = wait.as_millis() as u64, "target action failed again");
+        }
+        memo.failure = Some(Failure {
+            count,
+            retry_at,
+            plan: pp.clone(),
+            commands,
+            message: message.clone(),
+        });
+        engine::action_failed(plan, before, d, &message, now, retry_at)
+    }
+
     /// Do what was decided: target actions, then the revert, then the status commit.
+    /// A failed action turns the decision into a hold (`engine::action_failed`).
+    #[allow(clippy::too_many_arguments)]
     fn execute(
         &mut self,
         pp: &Arc<ParsedPlan>,
@@ -683,27 +812,23 @@ impl Reconciler {
         file_status: Option<Status>,
         d: Decision,
         last_command: Option<String>,
+        now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> Result<()> {
         let plan = &pp.plan;
         let name = plan.name.clone();
-        for action in &d.actions {
-            let Some(t) = self.targets.get_mut(&plan.target) else {
-                anyhow::bail!("no `{}` target is available in this daemon", plan.target);
-            };
-            let result = match action {
-                engine::Action::StartCandidate { artifact } => t.start_candidate(plan, artifact),
-                engine::Action::SetWeight(w) => t.set_weight(plan, *w),
-                engine::Action::Promote { artifact } => t.promote(plan, artifact),
-                engine::Action::Rollback { stable } => t.rollback(plan, stable.as_deref()),
-            };
-            report.actions += 1;
-            if let Err(e) = result {
-                // Not recorded: the same decision comes again next pass and re-applies.
-                self.memo.entry(name.clone()).or_default().wakeup = Some(engine_poll(Utc::now()));
-                return Err(anyhow::anyhow!("target action {action:?} failed: {e}"));
+        let d = match self.act(plan, &d, report) {
+            Some((action, error)) => self.failed(pp, before, &d, &action, &error, now, report),
+            None => {
+                if !d.actions.is_empty()
+                    && let Some(memo) = self.memo.get_mut(&name)
+                    && let Some(f) = memo.failure.take()
+                {
+                    tracing::info!(after = f.count, "target actions succeed again");
+                }
+                d
             }
-        }
+        };
         if let (Some(rev), Some(before)) = (&d.revert, before)
             && self.push_revert(pp, before, rev)?
         {
@@ -878,8 +1003,11 @@ impl Reconciler {
     }
 }
 
-fn engine_poll(now: DateTime<Utc>) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(engine::POLL).unwrap_or_else(|_| chrono::Duration::seconds(10))
+fn engine_after(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn log_diagnostic(d: &Diagnostic) {

@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub writeback_retries: AtomicU64,
     pub writeback_commits: AtomicU64,
     pub reverts: AtomicU64,
+    /// Target actions that failed, by `engine::Action::kind` (see `ACTION_KINDS`).
+    action_failures: [AtomicU64; 4],
     pub rejected_plans: AtomicU64,
     pub accepted_plans: AtomicU64,
     buckets: [AtomicU64; 10],
@@ -81,9 +83,21 @@ fn phase_index(p: Phase) -> usize {
     Phase::ALL.iter().position(|x| *x == p).unwrap_or(0)
 }
 
+/// The label values of `rollgate_target_action_failures_total{action}`.
+pub const ACTION_KINDS: [&str; 4] = ["start_candidate", "set_weight", "promote", "rollback"];
+
 impl Telemetry {
     pub fn transition(&self, to: Phase) {
         self.transitions[phase_index(to)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A target action that failed; `kind` is one of `ACTION_KINDS` (others count as the last).
+    pub fn target_action_failed(&self, kind: &str) {
+        let i = ACTION_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(ACTION_KINDS.len() - 1);
+        self.action_failures[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `verdict`: "pass", "fail" or "inconclusive".
@@ -169,6 +183,17 @@ impl Telemetry {
             "Revert or restore commits pushed after a failed judgement.",
             g(&self.reverts),
         );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_target_action_failures_total Target actions that failed (the rollout holds and retries with backoff), by action.\n# TYPE rollgate_target_action_failures_total counter"
+        );
+        for (i, k) in ACTION_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_target_action_failures_total{{action=\"{k}\"}} {}",
+                g(&self.action_failures[i])
+            );
+        }
         let _ = writeln!(
             o,
             "# HELP rollgate_webhooks_total GitHub webhook deliveries, by outcome.\n# TYPE rollgate_webhooks_total counter"

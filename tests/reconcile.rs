@@ -1043,3 +1043,104 @@ fn regression_a_rollback_never_reverts_files_outside_the_plan() {
         assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
     }
 }
+
+/// `rollgate ARGS --repo REMOTE`, its stdout (it must succeed).
+fn rollgate_on(remote: &Remote, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--repo")
+        .arg(&remote.bare)
+        .output()
+        .expect("rollgate runs");
+    assert!(out.status.success(), "rollgate {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn regression_a_failing_target_action_backs_off_and_is_held_in_git_once() {
+    // Given a plan rolled out at v1, a daemon whose retry jitter is none, and a target that
+    // now refuses every action with a 403 (while it still answers health checks)
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.rec.set_jitter(Box::new(|| 0.5));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    w.target.before_each_action(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err("403 Forbidden: deployments.apps \"web\" is forbidden".to_owned())
+    });
+
+    // When the human changes the artifact to v2 and the loop wakes every 200 ms for 61 s
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    let mut errors = 0;
+    for _ in 0..305 {
+        errors += w.tick().errors;
+        w.now += chrono::Duration::milliseconds(200);
+    }
+
+    // Then the failing action was retried with backoff (1 s doubling: 0, 1, 3, 7, 15, 31 s
+    // after the first try), not on every pass
+    let tried = attempts.load(Ordering::SeqCst);
+    assert!((5..=7).contains(&tried), "{tried} attempts in 61 s");
+    assert_eq!(errors, tried, "each failed attempt is an error of its pass");
+    // And Git says so once: held for the target, with the target's error
+    let new = commits_after(&w.remote, &change);
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[("Pending", "0/4"), ("Held", "1/4")]),
+        "{new:#?}"
+    );
+    let s = w.status("web");
+    let hold = s.hold.clone().expect("held");
+    assert_eq!(hold.kind.as_str(), "target");
+    assert!(hold.reason.contains("403 Forbidden"), "{hold:?}");
+    assert!(hold.reason.contains("start candidate v2"), "{hold:?}");
+    assert_eq!(s.weight, 0, "nothing of v2 serves");
+    // And `rollgate status`, `rollgate history` and /metrics show it
+    let table = rollgate_on(&w.remote, &["status"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .expect("a row for web");
+    assert!(
+        row.contains("Held") && row.contains("403 Forbidden"),
+        "{table}"
+    );
+    let history = rollgate_on(&w.remote, &["history", "web"]);
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("Held") && l.contains("403 Forbidden")),
+        "{history}"
+    );
+    let metrics = rollgate::telemetry::global().render();
+    assert!(
+        metrics.contains(&format!(
+            "rollgate_target_action_failures_total{{action=\"start_candidate\"}} {tried}"
+        )),
+        "{metrics}"
+    );
+
+    // When the target accepts actions again
+    w.target.clear_hook();
+    let held_at = w.remote.head();
+    w.run_until("web", 10, 10, |s| s.phase == Phase::Progressing);
+
+    // Then the next attempt clears the hold with a transition, and the rollout goes on
+    let recovered = &commits_after(&w.remote, &held_at)[0];
+    assert_eq!(recovered.trailer("Rollgate-From"), Some("Held"));
+    assert!(
+        recovered
+            .trailer("Rollgate-Reason")
+            .is_some_and(|r| r.starts_with("target answers again")),
+        "{recovered:?}"
+    );
+    assert_eq!(w.status("web").hold, None);
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+    assert_eq!(
+        w.target.calls("web").last().map(String::as_str),
+        Some("promote v2")
+    );
+}

@@ -186,6 +186,9 @@ impl<'a> Cx<'a> {
             return;
         }
         if phase == Phase::RollingBack {
+            // A failed rollback action is recorded as the hold of `RollingBack` (see
+            // `action_failed`); re-issuing it clears that, so its success is a transition.
+            self.s.hold = None;
             if self.obs.health == TargetHealth::Healthy {
                 self.s.phase = Phase::RolledBack;
                 self.reason = Some(match &self.s.stable {
@@ -196,6 +199,7 @@ impl<'a> Cx<'a> {
                 self.actions.push(Action::Rollback {
                     stable: self.s.stable.clone(),
                 });
+                self.reason = Some("rolling back: the target answers again".to_owned());
             }
             return;
         }
@@ -221,7 +225,15 @@ impl<'a> Cx<'a> {
         if self.has(Command::Abort) {
             return self.roll_back("aborted by command".to_owned(), Vec::new(), None);
         }
-        if phase != Phase::Pending {
+        // Held for the target (unreachable, or an action that failed): the step is not in
+        // place, so its health and its deadline say nothing; clocks stop while it lasts.
+        let held_for_target = phase == Phase::Held
+            && self
+                .s
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.kind == HoldKind::Target);
+        if phase != Phase::Pending && !held_for_target {
             match &self.obs.health {
                 TargetHealth::Unhealthy { reason } => {
                     return self.fail(format!("target unhealthy: {reason}"), Vec::new());
@@ -253,7 +265,7 @@ impl<'a> Cx<'a> {
                         self.advance_to(self.s.step, "change window opened".to_owned())
                     }
                     HoldKind::Target if unreachable.is_none() => {
-                        self.advance_to(self.s.step, "target reachable again".to_owned())
+                        self.advance_to(self.s.step, "target answers again".to_owned())
                     }
                     HoldKind::Target => {}
                     HoldKind::Metrics => {
@@ -629,17 +641,6 @@ impl<'a> Cx<'a> {
     }
 
     fn finish(mut self) -> Decision {
-        let key = |s: &Status| {
-            (
-                s.phase,
-                s.step,
-                s.hold.clone(),
-                s.candidate.clone(),
-                s.fast_track,
-                s.direct,
-                s.analysis_restart.as_ref().map(|r| r.count),
-            )
-        };
         let transitioned = self.before.is_none_or(|b| key(b) != key(&self.s));
         let reason = self
             .reason
@@ -673,6 +674,89 @@ impl<'a> Cx<'a> {
             next_wakeup,
         }
     }
+}
+
+/// What makes a change of status a transition (one status commit); nothing else is.
+type Key = (Phase, usize, Option<Hold>, String, bool, bool, Option<u32>);
+
+fn key(s: &Status) -> Key {
+    (
+        s.phase,
+        s.step,
+        s.hold.clone(),
+        s.candidate.clone(),
+        s.fast_track,
+        s.direct,
+        s.analysis_restart.as_ref().map(|r| r.count),
+    )
+}
+
+/// What to record when a target action of `failed` (decided on `before`) could not be
+/// executed (`error`): the decided change did not happen, so it is not recorded.
+/// Instead a rollout moving forward holds (kind `target`) at the step it was entering,
+/// at the weight that was serving, with the target's error as the reason; a rollback is
+/// never held: it is recorded as `RollingBack` with the error as its hold (and its revert,
+/// if any, still goes), and re-issued. Either is a transition the first time only: the
+/// same error again changes nothing. The daemon decides again at `retry_at` (its backoff,
+/// see `retry_backoff`), and the step's actions are issued again: when they succeed, that
+/// is the transition that clears the hold.
+pub fn action_failed(
+    plan: &Plan,
+    before: Option<&Status>,
+    failed: &Decision,
+    error: &str,
+    now: DateTime<Utc>,
+    retry_at: DateTime<Utc>,
+) -> Decision {
+    let quiet = Observation::quiet("");
+    let Some(mut s) = failed.status.clone().or_else(|| before.cloned()) else {
+        return Decision {
+            status: None,
+            actions: Vec::new(),
+            transition: None,
+            revert: None,
+            next_wakeup: Some(retry_at),
+        };
+    };
+    let reason = format!("target action failed: {error}");
+    let rolling_back = s.phase == Phase::RollingBack;
+    if !rolling_back {
+        s.phase = Phase::Held;
+        // What serves is what served before the failed step (a new candidate: nothing yet).
+        s.weight = before
+            .filter(|b| b.candidate == s.candidate && b.phase != Phase::Pending)
+            .map_or(0, |b| b.weight);
+    }
+    s.hold = Some(Hold {
+        kind: HoldKind::Target,
+        reason: reason.clone(),
+    });
+    if before.is_some_and(|b| key(b) == key(&s)) {
+        // Recorded already: the same failure again changes nothing in Git.
+        return Decision {
+            status: None,
+            actions: Vec::new(),
+            transition: None,
+            revert: failed.revert.clone(),
+            next_wakeup: Some(retry_at),
+        };
+    }
+    let mut cx = Cx::new(plan, before, s, &quiet, now);
+    cx.reason = Some(if rolling_back {
+        format!("rolling back, {reason}")
+    } else {
+        format!("held: {reason}")
+    });
+    cx.revert = failed.revert.clone().filter(|_| rolling_back);
+    cx.verdicts = failed
+        .transition
+        .as_ref()
+        .filter(|_| rolling_back)
+        .map(|t| t.verdicts.clone())
+        .unwrap_or_default();
+    let mut d = cx.finish();
+    d.next_wakeup = Some(retry_at);
+    d
 }
 
 /// Was `artifact` the stable artifact at some time within `window` before `now`?

@@ -12,6 +12,9 @@
 //! The daemon gathers what it observed (target health, new measurements, commands in
 //! Git), calls `decide`, executes the returned actions in order, and records the
 //! transition as one status commit (plus a revert commit when asked).
+//! A target action that fails did not happen: `action_failed` turns the decision into a
+//! hold (kind `target`, the target's error as the reason; a rollback stays
+//! `RollingBack`), recorded once, and the daemon tries again after `retry_backoff`.
 //! Invariants: no I/O and no clock (`now` is an argument); the same inputs give the
 //! same decision; a decision with nothing new has no transition; stages advance only
 //! inside the change window while rollbacks are never blocked; nothing is promoted
@@ -34,7 +37,7 @@ use chrono::{DateTime, Utc};
 
 pub use analysis::{Observed, Outcome};
 pub use compare::{judge_continuous, judge_ratio};
-pub use decide::{decide, due_checks, rollout_steps, steps};
+pub use decide::{action_failed, decide, due_checks, rollout_steps, steps};
 pub use judge::{Measurement, Sample, judge, judge_with};
 
 use crate::model::plan::FirstRollout;
@@ -111,6 +114,31 @@ pub enum Action {
     Rollback { stable: Option<String> },
 }
 
+impl Action {
+    /// A fixed name per kind (a metric label): `start_candidate`, `set_weight`,
+    /// `promote`, `rollback`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::StartCandidate { .. } => "start_candidate",
+            Action::SetWeight(_) => "set_weight",
+            Action::Promote { .. } => "promote",
+            Action::Rollback { .. } => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::StartCandidate { artifact } => write!(f, "start candidate {artifact}"),
+            Action::SetWeight(w) => write!(f, "set weight {w}"),
+            Action::Promote { artifact } => write!(f, "promote {artifact}"),
+            Action::Rollback { stable: Some(s) } => write!(f, "roll back to {s}"),
+            Action::Rollback { stable: None } => f.write_str("roll back (remove the candidate)"),
+        }
+    }
+}
+
 /// One status commit's worth of change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -156,6 +184,27 @@ pub struct Decision {
 
 /// How often a waiting rollout looks again (target converging, unreachable, promoting).
 pub const POLL: Duration = Duration::from_secs(10);
+
+/// The first wait after a failed target action; it doubles with each failure in a row.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two attempts of a failing target action.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long to wait before trying a target action again after `failures` failures in a
+/// row (1 for the first): `RETRY_FIRST` doubling, spread by ± a quarter with `jitter`
+/// (in `0.0..1.0`, 0.5 for none) so that many plans failing at once do not retry in
+/// step, and never beyond `RETRY_MAX`. Pure: the caller passes the randomness.
+pub fn retry_backoff(failures: u32, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let base = RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    base.mul_f64(0.75 + jitter / 2.0).min(RETRY_MAX)
+}
 
 /// How far ahead a closed window's opening is searched.
 pub const WINDOW_HORIZON_DAYS: i64 = 8;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{
-    Action, Command, Decision, Measurement, Observation, Observed, TargetHealth, Transition, decide,
+    Action, Command, Decision, Measurement, Observation, Observed, TargetHealth, Transition,
+    action_failed, decide,
 };
 use crate::model::plan::{
     Analysis, BlueGreen, Check, DEFAULT_ALPHA, DEFAULT_PROGRESS_DEADLINE, DEFAULT_ROLLBACK_WINDOW,
@@ -320,6 +321,25 @@ impl Rollout {
         self.transitions.extend(d.transition.clone());
         self.actions.extend(d.actions.iter().cloned());
         d
+    }
+
+    /// Decide once, but the target refuses the decision's actions with `error`: apply
+    /// what `action_failed` records instead (retry a minute later).
+    pub fn decide_refused(
+        &mut self,
+        obs: &Observation,
+        now: DateTime<Utc>,
+        error: &str,
+    ) -> Decision {
+        let d = decide(&self.plan, self.status.as_ref(), obs, now);
+        assert!(!d.actions.is_empty(), "nothing to refuse: {d:?}");
+        let retry_at = now + chrono::Duration::minutes(1);
+        let f = action_failed(&self.plan, self.status.as_ref(), &d, error, now, retry_at);
+        if let Some(s) = &f.status {
+            self.status = Some(s.clone());
+        }
+        self.transitions.extend(f.transition.clone());
+        f
     }
 
     pub fn status(&self) -> &Status {

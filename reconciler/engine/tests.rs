@@ -793,6 +793,81 @@ fn an_unreachable_target_holds_and_the_step_resumes_when_it_answers() {
 }
 
 #[test]
+fn regression_a_refused_target_action_is_held_once_with_its_error_and_cleared_when_it_succeeds() {
+    // Given v1 stable, v2 planned and pending
+    let plan = v1_stable_v2_planned().progress_deadline(mins(5)).build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    // When the target refuses to start the candidate
+    let d = r.decide_refused(&quiet(), t(0), "start candidate app:v2: 403 Forbidden");
+    // Then the rollout is held for the target, with the error, at the step it was entering
+    let held = d.transition.expect("a transition");
+    assert_eq!(
+        (held.from, held.to, held.step),
+        (Some(Phase::Pending), Phase::Held, (1, 2))
+    );
+    assert!(held.reason.contains("403 Forbidden"), "{held:?}");
+    assert_eq!(hold_kind(&r), Some(HoldKind::Target));
+    assert_eq!(r.status().weight, 0);
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(1)), "retried at the daemon's backoff");
+    // When it refuses again, long after the progress deadline: nothing new is recorded,
+    // and the deadline does not fail a step that never started
+    let again = r.decide_refused(&quiet(), t(30), "start candidate app:v2: 403 Forbidden");
+    assert_eq!((again.status, again.transition), (None, None));
+    // When the target accepts: the step is entered, the hold cleared by that transition
+    let d = r.decide(&quiet(), t(31));
+    let t1 = d.transition.expect("a transition");
+    assert_eq!((t1.from, t1.to), (Some(Phase::Held), Phase::Progressing));
+    assert!(t1.reason.starts_with("target answers again"), "{t1:?}");
+    assert_eq!(r.status().hold, None);
+    assert_eq!(d.actions.len(), 2);
+}
+
+#[test]
+fn a_refused_rollback_is_never_held_and_keeps_its_revert() {
+    // Given a rollout at its first step whose stage fails
+    let plan = v1_stable_v2_planned().build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let sick = quiet().health(TargetHealth::Unhealthy {
+        reason: "crash loop".to_owned(),
+    });
+    // When the target refuses the rollback
+    let d = r.decide_refused(&sick, t(1), "roll back to app:v1: 503");
+    // Then Git says it is rolling back, with the error; the plan change is still reverted
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(hold_kind(&r), Some(HoldKind::Target));
+    assert!(d.revert.is_some());
+    assert!(d.transition.expect("t").reason.contains("503"));
+    // When it refuses again: nothing new; when it succeeds: the error is cleared
+    let again = r.decide_refused(&progressing(), t(2), "roll back to app:v1: 503");
+    assert_eq!(again.transition, None);
+    let d = r.decide(&progressing(), t(3));
+    assert!(matches!(d.actions[..], [Action::Rollback { .. }]));
+    assert_eq!(r.status().hold, None);
+    assert!(d.transition.is_some());
+    r.decide(&quiet(), t(4));
+    assert_eq!(r.phase(), Phase::RolledBack);
+}
+
+#[test]
+fn retry_backoff_doubles_from_one_second_to_five_minutes_spread_by_a_quarter() {
+    use std::time::Duration;
+    let s = Duration::from_secs;
+    assert_eq!(retry_backoff(1, 0.5), s(1));
+    assert_eq!(retry_backoff(2, 0.5), s(2));
+    assert_eq!(retry_backoff(6, 0.5), s(32));
+    assert_eq!(retry_backoff(9, 0.5), s(256));
+    assert_eq!(retry_backoff(10, 0.5), s(300));
+    assert_eq!(retry_backoff(u32::MAX, 1.0), s(300), "never beyond the cap");
+    assert_eq!(retry_backoff(3, 0.0), Duration::from_millis(3000));
+    assert_eq!(retry_backoff(3, 1.0), Duration::from_millis(5000));
+    assert_eq!(retry_backoff(3, f64::NAN), s(4));
+}
+
+#[test]
 fn a_target_progressing_beyond_the_deadline_fails_the_stage() {
     let plan = v1_stable_v2_planned().progress_deadline(mins(5)).build();
     let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));

@@ -301,13 +301,46 @@ pub fn commits_of(repo: &Path) -> Vec<LoggedCommit> {
     out
 }
 
+/// Called with every target action (`plan action arg`) before it is recorded.
+pub type Hook = Box<dyn FnMut(&str) -> Result<(), String> + Send>;
+
 /// A `DryRun` target the test keeps a handle on while the reconciler owns a box of it.
-#[derive(Debug, Clone, Default)]
-pub struct Recorder(pub Arc<Mutex<DryRun>>);
+#[derive(Clone, Default)]
+pub struct Recorder(pub Arc<Mutex<DryRun>>, Arc<Mutex<Option<Hook>>>);
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Recorder")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Recorder {
     fn lock(&self) -> MutexGuard<'_, DryRun> {
         self.0.lock().expect("recorder lock")
+    }
+
+    /// Call `hook` with every action (`plan action arg`) before it is done: it may look
+    /// at the world at that moment, and an `Err` fails the action with that message (a
+    /// target that refuses, e.g. a 403), which is then not recorded. Health is unaffected.
+    pub fn before_each_action(
+        &self,
+        hook: impl FnMut(&str) -> Result<(), String> + Send + 'static,
+    ) {
+        *self.1.lock().expect("hook lock") = Some(Box::new(hook));
+    }
+
+    /// No hook any more: every action succeeds again.
+    pub fn clear_hook(&self) {
+        *self.1.lock().expect("hook lock") = None;
+    }
+
+    fn hook(&self, plan: &Plan, action: &str, arg: &str) -> Result<(), TargetError> {
+        match self.1.lock().expect("hook lock").as_mut() {
+            Some(hook) => hook(&format!("{} {action} {arg}", plan.name)).map_err(TargetError),
+            None => Ok(()),
+        }
     }
 
     /// Every call for `plan`, as `action arg`, in order.
@@ -335,18 +368,22 @@ impl Recorder {
 
 impl Target for Recorder {
     fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        self.hook(plan, "start", artifact)?;
         self.lock().start_candidate(plan, artifact)
     }
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
+        self.hook(plan, "weight", &weight.to_string())?;
         self.lock().set_weight(plan, weight)
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        self.hook(plan, "promote", artifact)?;
         self.lock().promote(plan, artifact)
     }
 
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
+        self.hook(plan, "rollback", stable.unwrap_or(""))?;
         self.lock().rollback(plan, stable)
     }
 
