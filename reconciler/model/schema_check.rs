@@ -237,6 +237,12 @@ impl<'a> Checker<'a> {
         let extra = schema.get("additionalProperties");
         let mut out = Map::new();
         let mut seen: Vec<String> = Vec::new();
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let present: Vec<String> = entries.iter().map(|(k, _)| k.key_string()).collect();
         for (k, v) in entries {
             let key = k.key_string();
             if !matches!(k.kind, Kind::Str(_)) {
@@ -269,6 +275,20 @@ impl<'a> Checker<'a> {
                                 format!("expected one of {}", quote_list(known.iter().copied()))
                             }
                         });
+                        // A misspelt required field (`stratgy`): its content is checked
+                        // as the field it was meant to be, so one typo does not hide
+                        // every problem inside it. The typo stays an error; the missing
+                        // field is that same problem and is not reported again.
+                        if let Some(h) = hint
+                            && required.contains(&h)
+                            && !present.iter().any(|p| p == h)
+                            && !seen.iter().any(|s| s == h)
+                            && let Some(sub) = props.and_then(|p| p.get(h))
+                        {
+                            let val = self.visit(v, sub, &join(path, h), None);
+                            out.insert(h.to_owned(), val);
+                            seen.push(h.to_owned());
+                        }
                     }
                     Some(s @ Value::Object(_)) => {
                         let val = self.visit(v, s, &field_path, None);
@@ -281,8 +301,8 @@ impl<'a> Checker<'a> {
             }
             seen.push(key);
         }
-        if let Some(required) = schema.get("required").and_then(Value::as_array) {
-            for r in required.iter().filter_map(Value::as_str) {
+        {
+            for r in required.iter().copied() {
                 if !seen.iter().any(|s| s == r) {
                     self.err(
                         node.pos,

@@ -1440,6 +1440,49 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_misspelt_section_hides_none_of_the_other_errors() {
+        // Given a plan whose `strategy` is misspelt `stratgy`, with five more problems
+        let text = "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: { name: p }
+spec:
+  target: nowhere
+  workload:
+    local: { command: [srv], listen: \"127.0.0.1:9000\" }
+  artifact: v2
+  stratgy:
+    canary:
+      steps:
+        - setWeight: 50
+        - setWeight: 20
+        - analysis: { checks: [nosuch], duration: 5x }
+  checks:
+    - { name: ok, source: builtin, query: success-rate, judge: { min: 0.99 } }
+";
+        // When it is validated
+        let d = parse_plan("plans/p.yaml", text, Some(&settings())).expect_err("invalid");
+        let codes: Vec<&str> = d.iter().map(|d| d.code.as_str()).collect();
+        // Then the typo is reported, and every problem inside and beside it as well
+        for code in [
+            "unknown-field",
+            "unknown-target",
+            "weight-decreasing",
+            "never-complete",
+            "unknown-check",
+            "bad-duration",
+        ] {
+            assert!(codes.contains(&code), "{code} missing from {codes:?}");
+        }
+        // And the typo is not reported twice (as a missing `strategy` as well)
+        assert!(!codes.contains(&"missing-field"), "{codes:?}");
+        let typo = d
+            .iter()
+            .find(|d| d.code == Code::UnknownField)
+            .expect("typo");
+        assert_eq!(typo.help.as_deref(), Some("did you mean `strategy`?"));
+    }
+
+    #[test]
     fn linear_preset_expands_into_weights_and_analyses() {
         let p = parse_plan(
             "plans/p.yaml",
