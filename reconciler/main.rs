@@ -1408,25 +1408,6 @@ fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn regression_a_local_state_dir_from_settings_never_leaves_the_state_folder() {
-        let state = std::path::Path::new("/srv/rollgate");
-        assert_eq!(
-            super::confined_local_dir(state, "local", None),
-            Ok(state.join("local/local"))
-        );
-        assert_eq!(
-            super::confined_local_dir(state, "edge", Some("edge/web")),
-            Ok(state.join("local/edge/web"))
-        );
-        for bad in ["/var", "../../etc", "a/../../b", ""] {
-            let e = super::confined_local_dir(state, "edge", Some(bad)).expect_err(bad);
-            assert!(e.contains("must be a relative folder"), "{e}");
-        }
-    }
-}
 
 /// `rollgate load`: the demo's generator against any address, a line per second.
 fn load(url: &str, rps: u32, duration: Option<&str>) -> Result<ExitCode> {
@@ -1484,4 +1465,24 @@ fn default_state_dir() -> PathBuf {
         .map(|p| p.join("rollgate"))
         .or_else(|| from("HOME").map(|h| h.join(".local/state/rollgate")))
         .unwrap_or_else(|| PathBuf::from(".rollgate"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn regression_a_local_state_dir_from_settings_never_leaves_the_state_folder() {
+        let state = std::path::Path::new("/srv/rollgate");
+        assert_eq!(
+            super::confined_local_dir(state, "local", None),
+            Ok(state.join("local/local"))
+        );
+        assert_eq!(
+            super::confined_local_dir(state, "edge", Some("edge/web")),
+            Ok(state.join("local/edge/web"))
+        );
+        for bad in ["/var", "../../etc", "a/../../b", ""] {
+            let e = super::confined_local_dir(state, "edge", Some(bad)).expect_err(bad);
+            assert!(e.contains("must be a relative folder"), "{e}");
+        }
+    }
 }
