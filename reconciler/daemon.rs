@@ -816,19 +816,71 @@ impl Reconciler {
         report: &mut TickReport,
     ) -> Result<()> {
         let plan = &pp.plan;
-        let name = plan.name.clone();
+        if d.record_first && d.transition.is_some() {
+            // Decide, record, then do: Git says what is in flight (Promoting) while the
+            // target does it, and the next pass records the outcome (Succeeded once healthy).
+            let mut first = d.clone();
+            first.actions.clear();
+            let Some(written) =
+                self.record(pp, before, file_status, first, last_command, report)?
+            else {
+                return Ok(());
+            };
+            let doing = Decision {
+                status: Some(written.clone()),
+                actions: d.actions,
+                transition: None,
+                revert: None,
+                next_wakeup: d.next_wakeup,
+                record_first: false,
+            };
+            return match self.act(plan, &doing, report) {
+                None => {
+                    self.recovered(&plan.name, &doing);
+                    Ok(())
+                }
+                Some((action, error)) => {
+                    let held =
+                        self.failed(pp, Some(&written), &doing, &action, &error, now, report);
+                    let file = Some(written.clone());
+                    self.record(pp, Some(&written), file, held, None, report)
+                        .map(|_| ())
+                }
+            };
+        }
         let d = match self.act(plan, &d, report) {
             Some((action, error)) => self.failed(pp, before, &d, &action, &error, now, report),
             None => {
-                if !d.actions.is_empty()
-                    && let Some(memo) = self.memo.get_mut(&name)
-                    && let Some(f) = memo.failure.take()
-                {
-                    tracing::info!(after = f.count, "target actions succeed again");
-                }
+                self.recovered(&plan.name, &d);
                 d
             }
         };
+        self.record(pp, before, file_status, d, last_command, report)
+            .map(|_| ())
+    }
+
+    /// The actions of `d` all succeeded: a failure streak, if any, is over.
+    fn recovered(&mut self, name: &str, d: &Decision) {
+        if !d.actions.is_empty()
+            && let Some(memo) = self.memo.get_mut(name)
+            && let Some(f) = memo.failure.take()
+        {
+            tracing::info!(after = f.count, "target actions succeed again");
+        }
+    }
+
+    /// Record a decision whose actions are done (or not needed): the revert, then the
+    /// status commit (or only the counters, in memory). Returns the status now in force.
+    fn record(
+        &mut self,
+        pp: &Arc<ParsedPlan>,
+        before: Option<&Status>,
+        file_status: Option<Status>,
+        d: Decision,
+        last_command: Option<String>,
+        report: &mut TickReport,
+    ) -> Result<Option<Status>> {
+        let name = pp.plan.name.clone();
         if let (Some(rev), Some(before)) = (&d.revert, before)
             && self.push_revert(pp, before, rev)?
         {
@@ -848,13 +900,13 @@ impl Reconciler {
         let memo = self.memo.entry(name.clone()).or_default();
         memo.wakeup = d.next_wakeup;
 
-        let Some(next) = next else { return Ok(()) };
+        let Some(next) = next else { return Ok(None) };
         if d.transition.is_none() && acked.is_none() {
             // Counters only: keep them in memory, on top of the file they came from.
             if let Some(s) = d.status {
                 memo.counters = Some((file_status, s));
             }
-            return Ok(());
+            return Ok(Some(next));
         }
         memo.counters = None;
         let text = next.to_yaml().map_err(|e| anyhow::anyhow!(e))?;
@@ -889,7 +941,7 @@ impl Reconciler {
         {
             c.drain(..=i);
         }
-        Ok(())
+        Ok(Some(next))
     }
 
     /// Push the revert of the failed plan change, or restore the stable artifact when the

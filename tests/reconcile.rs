@@ -1144,3 +1144,71 @@ fn regression_a_failing_target_action_backs_off_and_is_held_in_git_once() {
         Some("promote v2")
     );
 }
+
+/// The phase and candidate of `plan` in the status file at the head of the bare remote.
+fn phase_at(bare: &std::path::Path, plan: &str) -> Option<(String, String)> {
+    let repo = git2::Repository::open_bare(bare).ok()?;
+    let head = repo
+        .revparse_single("refs/heads/main")
+        .ok()?
+        .peel_to_commit()
+        .ok()?;
+    let entry = head
+        .tree()
+        .ok()?
+        .get_path(std::path::Path::new(&format!("status/{plan}.yaml")))
+        .ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    let s = rollgate::model::status::Status::from_yaml(std::str::from_utf8(blob.content()).ok()?)
+        .ok()?;
+    Some((s.phase.as_str().to_owned(), s.candidate))
+}
+
+#[test]
+fn regression_promoting_is_in_git_before_the_target_promotes() {
+    // Given a new plan, and a target that notes what Git says at each action it is asked for
+    let plan = PlanFile::new("web");
+    let mut w = World::new(&[&plan]);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(
+        String,
+        Option<(String, String)>,
+    )>::new()));
+    let (log, bare) = (seen.clone(), w.remote.bare.clone());
+    w.target.before_each_action(move |call| {
+        let at = phase_at(&bare, "web");
+        log.lock().expect("log").push((call.to_owned(), at));
+        Ok(())
+    });
+    let promoted_while = |artifact: &str| -> Vec<Option<(String, String)>> {
+        seen.lock()
+            .expect("log")
+            .iter()
+            .filter(|(call, _)| *call == format!("web promote {artifact}"))
+            .map(|(_, at)| at.clone())
+            .collect()
+    };
+
+    // When it is deployed directly (first rollout)
+    w.run_until("web", 10, 10, is(Phase::Succeeded, "v1"));
+    // Then Git said Promoting v1 while the target promoted it
+    assert_eq!(
+        promoted_while("v1"),
+        [Some(("Promoting".to_owned(), "v1".to_owned()))]
+    );
+
+    // When v2 walks its steps to the promotion
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+    // Then Git said Promoting v2 before the promotion began, and Succeeded only after it
+    assert_eq!(
+        promoted_while("v2"),
+        [Some(("Promoting".to_owned(), "v2".to_owned()))]
+    );
+    let phases: Vec<String> = phases_and_steps(&commits_after(&w.remote, &change))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(&phases[phases.len() - 2..], ["Promoting", "Succeeded"]);
+}

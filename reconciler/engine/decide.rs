@@ -665,6 +665,13 @@ impl<'a> Cx<'a> {
             analysis_restarted_at: self.restarted_at,
         });
         let next_wakeup = wakeup(self.plan, &self.s, self.now);
+        let retrying = self.before.is_some_and(|b| {
+            b.phase == Phase::Held && b.hold.as_ref().is_some_and(|h| h.kind == HoldKind::Target)
+        });
+        let record_first = !retrying
+            && transition
+                .as_ref()
+                .is_some_and(|t| t.to == Phase::Promoting);
         let status = (self.before != Some(&self.s)).then_some(self.s);
         Decision {
             status,
@@ -672,6 +679,7 @@ impl<'a> Cx<'a> {
             transition,
             revert: self.revert,
             next_wakeup,
+            record_first,
         }
     }
 }
@@ -716,15 +724,17 @@ pub fn action_failed(
             transition: None,
             revert: None,
             next_wakeup: Some(retry_at),
+            record_first: false,
         };
     };
     let reason = format!("target action failed: {error}");
     let rolling_back = s.phase == Phase::RollingBack;
     if !rolling_back {
         s.phase = Phase::Held;
-        // What serves is what served before the failed step (a new candidate: nothing yet).
+        // What serves is what served before the failed step (a new candidate, or one
+        // deployed directly: nothing yet).
         s.weight = before
-            .filter(|b| b.candidate == s.candidate && b.phase != Phase::Pending)
+            .filter(|b| b.candidate == s.candidate && b.phase != Phase::Pending && !s.direct)
             .map_or(0, |b| b.weight);
     }
     s.hold = Some(Hold {
@@ -739,6 +749,7 @@ pub fn action_failed(
             transition: None,
             revert: failed.revert.clone(),
             next_wakeup: Some(retry_at),
+            record_first: false,
         };
     }
     let mut cx = Cx::new(plan, before, s, &quiet, now);
@@ -756,6 +767,7 @@ pub fn action_failed(
         .unwrap_or_default();
     let mut d = cx.finish();
     d.next_wakeup = Some(retry_at);
+    d.record_first = false;
     d
 }
 

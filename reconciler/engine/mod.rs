@@ -172,14 +172,21 @@ pub struct Decision {
     /// The new status, or `None` when nothing changed. A new status without a
     /// transition only updates counters: keep it, write it with the next transition.
     pub status: Option<Status>,
-    /// Target actions, to execute in order before recording the transition.
+    /// Target actions, to execute in order before recording the transition (after it
+    /// when `record_first`).
     pub actions: Vec<Action>,
     /// The transition to record as one status commit; `None`: no commit.
     pub transition: Option<Transition>,
-    /// Push a revert of the plan change (after the status commit).
+    /// Push a revert of the plan change (before the status commit, so that a crash in
+    /// between resumes as a human revert).
     pub revert: Option<Revert>,
     /// When to decide again at the latest (next measurement, pause end, window opening).
     pub next_wakeup: Option<DateTime<Utc>>,
+    /// Record the transition before the actions run: it says what is in flight, not what
+    /// is done. Set on the way into `Promoting` (Git says Promoting while the target
+    /// promotes; `Succeeded` follows once it is healthy), except when retrying after a
+    /// failed action (held for the target), so a failing promotion is recorded once.
+    pub record_first: bool,
 }
 
 /// How often a waiting rollout looks again (target converging, unreachable, promoting).

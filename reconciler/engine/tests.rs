@@ -853,6 +853,55 @@ fn a_refused_rollback_is_never_held_and_keeps_its_revert() {
 }
 
 #[test]
+fn a_promotion_is_recorded_before_it_runs_and_a_refused_one_is_held_without_flapping() {
+    // Given a rollout at its last step (setWeight 100), serving
+    let plan = v1_stable_v2_planned().build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet(), t(1));
+    assert_eq!(r.status().weight, 100);
+    assert!(!d.record_first, "a weight is recorded once it serves");
+    // When it promotes: the transition is to be recorded before the promotion runs
+    let d = r.decide(&quiet(), t(2));
+    assert_eq!(r.phase(), Phase::Promoting);
+    assert!(d.record_first);
+    assert!(matches!(d.actions[..], [Action::Promote { .. }]));
+    // When the target refuses the promotion (re-issued while Promoting): held, once
+    let d = r.decide_refused(&progressing(), t(3), "promote app:v2: 403");
+    assert_eq!(
+        (d.transition.expect("t").from, r.phase()),
+        (Some(Phase::Promoting), Phase::Held)
+    );
+    assert_eq!(
+        r.status().weight,
+        100,
+        "the candidate still serves at its last weight"
+    );
+    // When it is retried: the promotion runs before anything is recorded, and a second
+    // refusal records nothing (no Promoting/Held pair per retry)
+    let retry = decide(&r.plan, r.status.as_ref(), &quiet(), t(4));
+    assert_eq!(
+        retry.transition.as_ref().map(|t| t.to),
+        Some(Phase::Promoting)
+    );
+    assert!(!retry.record_first);
+    let again = r.decide_refused(&quiet(), t(4), "promote app:v2: 403");
+    assert_eq!(again.transition, None);
+}
+
+#[test]
+fn a_first_rollout_deployed_directly_is_recorded_before_it_runs() {
+    let d = decide(&first_plan(FirstRollout::Direct), None, &quiet(), t(0));
+    assert_eq!(d.transition.as_ref().map(|t| t.to), Some(Phase::Promoting));
+    assert!(d.record_first);
+    // And a refused direct deployment serves nothing
+    let mut r = Rollout::new(first_plan(FirstRollout::Direct), None);
+    r.decide_refused(&quiet(), t(0), "promote app:v2: 403");
+    assert_eq!((r.phase(), r.status().weight), (Phase::Held, 0));
+}
+
+#[test]
 fn retry_backoff_doubles_from_one_second_to_five_minutes_spread_by_a_quarter() {
     use std::time::Duration;
     let s = Duration::from_secs;
