@@ -602,3 +602,32 @@ fn rollgate_plan_exits_0_when_every_plan_passes_1_when_one_fails_2_on_usage_erro
     let (code, _, err) = rollgate_plan(r.dir.path(), &["--base", "main"]);
     assert_eq!(code, 2, "not a repository: {err}");
 }
+
+#[test]
+fn regression_a_change_that_edits_a_status_file_fails_the_preview() {
+    // Given a pull request that edits only a status file (no plan)
+    let r = given_the_example_repository();
+    let p = pull_request(&r, |repo| {
+        replace(repo, "status/staging-payments.yaml", STAGED, PROMOTED);
+    });
+    // Then the check fails (before: neutral, which GitHub takes as passing), with a
+    // failure annotation on the file and a headline that says why
+    assert!(p.plans.is_empty());
+    assert_eq!(p.conclusion(), Conclusion::Failure, "{}", p.text());
+    let a = p
+        .annotations()
+        .into_iter()
+        .find(|a| a.path == "status/staging-payments.yaml")
+        .expect("an annotation");
+    assert_eq!(a.level, rollgate::preview::AnnotationLevel::Failure);
+    assert!(
+        p.markdown().contains("edits status files"),
+        "{}",
+        p.markdown()
+    );
+    assert!(
+        p.text().contains("written by rollgate only"),
+        "{}",
+        p.text()
+    );
+}

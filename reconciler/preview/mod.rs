@@ -199,8 +199,20 @@ pub enum AnnotationLevel {
 }
 
 impl Preview {
+    /// The `status/` files the change edits: rollgate's alone, so the change fails.
+    pub fn status_edits(&self) -> Vec<&String> {
+        self.base_only_changes
+            .iter()
+            .filter(|f| f.starts_with("status/"))
+            .collect()
+    }
+
     pub fn conclusion(&self) -> Conclusion {
-        if self.plans.is_empty() {
+        if !self.status_edits().is_empty() {
+            // The daemon ignores a status it did not write: merging would put Git and
+            // what runs at odds, so the check fails.
+            Conclusion::Failure
+        } else if self.plans.is_empty() {
             Conclusion::Neutral
         } else if self.plans.iter().all(|p| p.verdict.passes()) {
             Conclusion::Success
@@ -229,7 +241,25 @@ impl Preview {
                 out.push(annotation(p, d));
             }
         }
-        for f in &self.base_only_changes {
+        for f in self.status_edits() {
+            out.push(Annotation {
+                path: f.clone(),
+                start_line: 1,
+                end_line: 1,
+                start_column: None,
+                end_column: None,
+                level: AnnotationLevel::Failure,
+                title: "rollgate: status is written by rollgate only".to_owned(),
+                message: format!(
+                    "{f} is rollgate's record of what runs; the daemon ignores a change to it that rollgate did not write. Use `rollgate promote|abort|retry` (or a revert of the plan) instead"
+                ),
+            });
+        }
+        for f in self
+            .base_only_changes
+            .iter()
+            .filter(|f| !f.starts_with("status/"))
+        {
             out.push(Annotation {
                 path: f.clone(),
                 start_line: 1,

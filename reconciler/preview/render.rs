@@ -31,6 +31,14 @@ fn markdown_with(p: &Preview, diffs: bool) -> String {
     out.push_str(MARKER);
     out.push('\n');
     let _ = writeln!(out, "## {}\n", headline(p, true));
+    if !p.status_edits().is_empty() {
+        let files: Vec<String> = p.status_edits().iter().map(|f| code(f)).collect();
+        let _ = writeln!(
+            out,
+            "> **This change edits rollgate's status:** {}. Status files are written by rollgate only; the daemon ignores a change it did not write. Use `rollgate promote`, `abort` or `retry` (or revert the plan) instead.\n",
+            files.join(", ")
+        );
+    }
     if !p.base_only_changes.is_empty() {
         let files: Vec<String> = p.base_only_changes.iter().map(|f| code(f)).collect();
         let _ = writeln!(
@@ -216,6 +224,14 @@ pub fn text(p: &Preview) -> String {
         short(&p.base),
         short(&p.head)
     );
+    if !p.status_edits().is_empty() {
+        let files: Vec<&str> = p.status_edits().iter().map(|f| f.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "error: this change edits rollgate's status ({}): status files are written by rollgate only (use promote, abort or retry)",
+            files.join(", ")
+        );
+    }
     if !p.base_only_changes.is_empty() {
         let _ = writeln!(
             out,
@@ -298,6 +314,10 @@ fn headline(p: &Preview, marks: bool) -> String {
     let n = p.plans.len();
     let failed = p.plans.iter().filter(|x| !x.verdict.passes()).count();
     let (mark, words) = match p.conclusion() {
+        Conclusion::Failure if !p.status_edits().is_empty() => (
+            "❌ ",
+            "rollgate: this change edits status files, which rollgate alone writes".to_owned(),
+        ),
         Conclusion::Neutral => ("", "rollgate: this change touches no plan".to_owned()),
         Conclusion::Success if n == 1 => ("✅ ", "rollgate: the touched plan passes".to_owned()),
         Conclusion::Success => ("✅ ", format!("rollgate: all {n} touched plans pass")),
