@@ -1408,7 +1408,6 @@ fn dataplane(command: DataplaneCommand) -> Result<ExitCode> {
     }
 }
 
-
 /// `rollgate load`: the demo's generator against any address, a line per second.
 fn load(url: &str, rps: u32, duration: Option<&str>) -> Result<ExitCode> {
     use std::net::ToSocketAddrs;
