@@ -21,7 +21,7 @@ use rollgate::github::{Auth, Config, STICKY_MARKER, Secret};
 use rollgate::model::status::Phase;
 use serde_json::{Value, json};
 use support::Remote;
-use support::github::{BOT, Expect, FakeGitHub};
+use support::github::{BOT, Expect, FakeGitHub, TOKEN_USER};
 use support::rollout::PlanFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
@@ -518,11 +518,7 @@ fn a_pull_request_gets_one_check_run_and_one_sticky_comment_updated_in_place() {
         );
         assert!(run.summary.starts_with(STICKY_MARKER), "{}", run.summary);
         assert!(run.summary.contains("web"), "{}", run.summary);
-        let ours: Vec<_> = h
-            .comments_on(2)
-            .into_iter()
-            .filter(|c| c.user == BOT)
-            .collect();
+        let ours = h.ours_on(2);
         assert_eq!(ours.len(), 1);
         assert!(ours[0].body.starts_with(STICKY_MARKER));
         assert!(ours[0].body.contains("v2"), "{}", ours[0].body);
@@ -564,11 +560,7 @@ fn a_pull_request_gets_one_check_run_and_one_sticky_comment_updated_in_place() {
         "one check run per head: {:?}",
         h.check_runs
     );
-    let ours: Vec<_> = h
-        .comments_on(2)
-        .into_iter()
-        .filter(|c| c.user == BOT)
-        .collect();
+    let ours = h.ours_on(2);
     assert_eq!(ours.len(), 1, "one sticky comment, never two");
     assert!(ours[0].body.contains("v3"), "{}", ours[0].body);
     assert_eq!(ours[0].edits, 2);
@@ -761,7 +753,7 @@ fn a_fork_gets_a_preview_and_nothing_is_applied() {
     assert!(
         calls
             .iter()
-            .all(|c| c.contains("/check-runs") || c.contains("/comments")),
+            .all(|c| c.contains("/check-runs") || c.contains("/comments") || c == "GET /user"),
         "{calls:?}"
     );
     // And no secret travelled in what was posted
@@ -1627,4 +1619,153 @@ fn rollout_progress_is_a_commit_status_and_a_rollback_is_told_on_the_merged_pull
         remote.status("web").map(|s| s.phase),
         Some(Phase::RolledBack)
     );
+}
+
+// ---- regressions (#16: the trust boundary; #14) ----
+
+#[test]
+fn regression_a_sticky_marker_posted_first_by_someone_else_is_never_edited() {
+    // Given someone posted rollgate's marker on the pull request before rollgate did
+    let rig = Rig::new();
+    let fake_body = format!("{STICKY_MARKER}\n### Every changed plan passes\nMerge away!");
+    rig.fake.human_comment(2, "mallory", &fake_body);
+
+    // When the pull request is previewed, then previewed again on a new head
+    let first = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request("opened", &first)).0,
+        202
+    );
+    rig.fake
+        .wait_for("rollgate's own comment", WAIT, |h| h.ours_on(2).len() == 1);
+    let second = rig.push_pull_request(set_artifact("v3"), "web: v3");
+    assert_eq!(
+        deliver(
+            rig.addr(),
+            "pull_request",
+            &pull_request("synchronize", &second)
+        )
+        .0,
+        202
+    );
+    rig.fake.wait_for("rollgate's comment edited", WAIT, |h| {
+        h.ours_on(2).first().is_some_and(|c| c.edits == 1)
+    });
+
+    // Then rollgate wrote and edited only its own comment (the fake records a violation
+    // for an edit of anyone else's), and asked who it is once
+    let h = rig.fake.hub();
+    let all = h.comments_on(2);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!((all[0].user.as_str(), all[0].edits), ("mallory", 0));
+    assert_eq!(all[0].body, fake_body);
+    assert_eq!(all[1].user, TOKEN_USER);
+    assert!(all[1].body.contains("v3"), "{}", all[1].body);
+    assert_eq!(h.count("GET", "/user"), 1);
+}
+
+#[test]
+fn regression_an_app_edits_only_its_own_bots_sticky_comment() {
+    // Given, before rollgate's preview, the marker posted by a person, by another App's
+    // bot, and by a person through rollgate's own App (a user-to-server token)
+    let rig = Rig::with_auth(
+        Expect::App {
+            id: 4242,
+            token_ttl: Duration::from_secs(3600),
+        },
+        |remote| Auth::App {
+            id: 4242,
+            key: app_key(remote.dir.path()),
+        },
+    );
+    let fake_body = format!("{STICKY_MARKER}\nall good");
+    rig.fake.comment_as(2, "mallory", "User", None, &fake_body);
+    rig.fake
+        .comment_as(2, "evil[bot]", "Bot", Some(666), &fake_body);
+    rig.fake
+        .comment_as(2, "mallory", "User", Some(4242), &fake_body);
+
+    // When the pull request is previewed twice
+    let first = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request("opened", &first)).0,
+        202
+    );
+    rig.fake
+        .wait_for("the App's own comment", WAIT, |h| h.ours_on(2).len() == 1);
+    let second = rig.push_pull_request(set_artifact("v3"), "web: v3");
+    assert_eq!(
+        deliver(
+            rig.addr(),
+            "pull_request",
+            &pull_request("synchronize", &second)
+        )
+        .0,
+        202
+    );
+    rig.fake.wait_for("the App's comment edited", WAIT, |h| {
+        h.ours_on(2).first().is_some_and(|c| c.edits == 1)
+    });
+
+    // Then only the App's bot comment was written and edited; the App was asked once
+    let h = rig.fake.hub();
+    let all = h.comments_on(2);
+    assert_eq!(all.len(), 4, "{all:#?}");
+    for c in &all[..3] {
+        assert_eq!((c.edits, c.body.as_str()), (0, fake_body.as_str()), "{c:?}");
+    }
+    assert_eq!(
+        (all[3].user.as_str(), all[3].kind.as_str(), all[3].app),
+        (BOT, "Bot", Some(4242))
+    );
+    assert_eq!(h.count("GET", "/app"), 1);
+}
+
+#[test]
+fn regression_a_rollback_marker_posted_first_by_someone_else_is_never_edited() {
+    // Given `web` merged by pull request #2 and paused in its first rollout, and
+    // someone who posted the marker of its rollback comment on #2 beforehand
+    let web = PlanFile::new("web")
+        .steps(&["setWeight: 10", "pause: {}", "setWeight: 100"])
+        .first_rollout_steps();
+    let remote = Remote::with_plans(&[&web]);
+    let merge = remote.head();
+    let fake = FakeGitHub::start(REPO, Expect::Token(TOKEN.to_owned()));
+    fake.merged(&merge, 2);
+    fake.set_permission("Codertocat", "write");
+    let marker = rollgate::github::handle::rollback_marker("web", &merge);
+    let fake_body = format!("{marker}\n### rollgate rolled back `web`\nSee https://evil.example");
+    fake.human_comment(2, "mallory", &fake_body);
+    let mut daemon = Daemon::start(&remote, &fake);
+    daemon.wait_for("web paused", || {
+        fake.hub().statuses.iter().any(|s| {
+            s["context"] == "rollgate/web"
+                && s["description"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with("paused"))
+        })
+    });
+
+    // When a writer aborts it from a comment, and it rolls back
+    let (code, _) = deliver(
+        daemon.addr,
+        "issue_comment",
+        &comment("/rollgate abort web", "Codertocat", false),
+    );
+    assert_eq!(code, 202);
+    daemon.wait_for("the rollback told on #2", || {
+        !fake.hub().ours_on(2).is_empty()
+    });
+
+    // Then rollgate's rollback comment is its own; the other is as it was
+    let h = fake.hub();
+    let all = h.comments_on(2);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(
+        (all[0].edits, all[0].body.as_str()),
+        (0, fake_body.as_str())
+    );
+    assert_eq!(all[1].user, TOKEN_USER);
+    assert!(all[1].body.starts_with(&marker), "{}", all[1].body);
+    assert!(all[1].body.contains("rolled back `web`"), "{}", all[1].body);
 }

@@ -12,7 +12,8 @@
 //! comment command is a commit on the tracked branch made only for someone with write
 //! permission, and the daemon acts on it like any other command commit; one comment
 //! makes at most one commit, however often it is delivered (its id is a trailer of the
-//! commit, looked for in the freshly fetched branch before committing).
+//! commit, looked for in the freshly fetched branch before committing); only comments
+//! rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -21,7 +21,8 @@
 //! environment, files or GitHub only and are `Secret`s, whose `Debug` and `Display`
 //! print `***`, so they cannot reach a log line; a token goes to GitHub's host only, and
 //! never in clear over a network; the HTTP side never touches Git or a target: it hands
-//! work over channels.
+//! work over channels. rollgate edits only comments it wrote itself (its [`Identity`]:
+//! the token's user, or the App's bot), never one that merely starts with its marker.
 
 pub mod handle;
 pub mod webhook;
@@ -410,6 +411,54 @@ struct IssueComment {
     id: u64,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    user: Option<CommentUser>,
+    #[serde(default)]
+    performed_via_github_app: Option<Id>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommentUser {
+    login: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+}
+
+/// `GET /user` (a token's owner) and `GET /app` (the App, with its JWT).
+#[derive(Debug, Deserialize)]
+struct Login {
+    login: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct App {
+    id: u64,
+    slug: String,
+}
+
+/// Who rollgate's comments are written by: the token's owner (`GET /user`), or the
+/// App (its id, and its bot user `<slug>[bot]`, from `GET /app`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    User(String),
+    App { id: u64, slug: String },
+}
+
+impl Identity {
+    /// Whether a comment by `login` (of user type `kind`), made through the App
+    /// `via_app` if any, is rollgate's own. For a token: its owner's. For an App: its bot
+    /// user's, known by its login `<slug>[bot]` or by the App it was made through; a
+    /// comment of a person made through the App (a user-to-server token) is that
+    /// person's, never rollgate's.
+    pub fn wrote(&self, login: &str, kind: &str, via_app: Option<u64>) -> bool {
+        match self {
+            Identity::User(me) => login.eq_ignore_ascii_case(me),
+            Identity::App { id, slug } => {
+                kind.eq_ignore_ascii_case("bot")
+                    && (login.eq_ignore_ascii_case(&format!("{slug}[bot]")) || via_app == Some(*id))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +485,8 @@ pub struct Client {
     /// (Shared, never cloned: a clone of an `Octocrab` starts with its own empty cache.)
     installations: Mutex<HashMap<u64, Arc<Octocrab>>>,
     repo_installation: Mutex<Option<u64>>,
+    /// Who rollgate's comments are by, asked once (`GET /user` or `GET /app`).
+    identity: Mutex<Option<Identity>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -525,7 +576,45 @@ impl Client {
             git_host: git_host(url),
             installations: Mutex::new(HashMap::new()),
             repo_installation: Mutex::new(None),
+            identity: Mutex::new(None),
         })
+    }
+
+    /// Who rollgate's comments are by: with a token, its owner (`GET /user`); with an
+    /// App, the App and its bot user (`GET /app`, with the App's JWT). Asked once.
+    pub async fn identity(&self) -> Result<Identity> {
+        if let Some(known) = self
+            .identity
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .clone()
+        {
+            return Ok(known);
+        }
+        let found = if self.app {
+            let app: App = timed("read the App", self.root.get("/app", None::<&()>))
+                .await?
+                .map_err(api_error)
+                .context("cannot read the GitHub App (GET /app)")?;
+            Identity::App {
+                id: app.id,
+                slug: app.slug,
+            }
+        } else {
+            let me: Login = timed("read the token's user", self.root.get("/user", None::<&()>))
+                .await?
+                .map_err(api_error)
+                .context("cannot read the token's user (GET /user)")?;
+            if !valid_login(&me.login) {
+                bail!(
+                    "GitHub named the token's user `{}`: not a login",
+                    clip(&me.login, 60)
+                );
+            }
+            Identity::User(me.login)
+        };
+        *self.identity.lock().map_err(|_| anyhow!("poisoned"))? = Some(found.clone());
+        Ok(found)
     }
 
     pub fn repo(&self) -> &RepoName {
@@ -700,6 +789,8 @@ impl Client {
 
     /// The one comment of rollgate on an issue or pull request whose body starts with
     /// `marker`: updated in place when it exists, created otherwise. Returns its id.
+    /// Only a comment rollgate wrote ([`Identity::wrote`]) is ever edited: a marker is
+    /// plain text anyone can post first.
     pub async fn upsert_sticky_comment(
         &self,
         installation: Option<u64>,
@@ -707,6 +798,7 @@ impl Client {
         marker: &str,
         body: &str,
     ) -> Result<u64> {
+        let me = self.identity().await?;
         let api = self.api(installation).await?;
         let body = clip(body, MAX_TEXT);
         let mut found = None;
@@ -726,7 +818,16 @@ impl Client {
             let n = comments.len();
             found = comments
                 .into_iter()
-                .find(|c| c.body.as_deref().is_some_and(|b| b.starts_with(marker)))
+                .find(|c| {
+                    c.body.as_deref().is_some_and(|b| b.starts_with(marker))
+                        && c.user.as_ref().is_some_and(|u| {
+                            me.wrote(
+                                &u.login,
+                                &u.kind,
+                                c.performed_via_github_app.as_ref().map(|a| a.id),
+                            )
+                        })
+                })
                 .map(|c| c.id);
             if found.is_some() || n < 100 {
                 break;
@@ -1020,6 +1121,31 @@ mod tests {
         let long = with_digest(&"x".repeat(2 * MAX_TEXT), &d);
         assert!(long.chars().count() <= MAX_TEXT);
         assert_eq!(digest_of(&long), Some(d.as_str()));
+    }
+
+    #[test]
+    fn regression_only_rollgates_own_comments_are_its_own() {
+        // A token: its owner's comments only
+        let me = Identity::User("rollgate-ci".into());
+        assert!(me.wrote("rollgate-ci", "User", None));
+        assert!(me.wrote("Rollgate-CI", "User", None));
+        assert!(!me.wrote("mallory", "User", None));
+        assert!(!me.wrote("rollgate-ci[bot]", "Bot", Some(7)));
+        // An App: its bot user, by its login or by the App it came through
+        let app = Identity::App {
+            id: 4242,
+            slug: "rollgate".into(),
+        };
+        assert!(app.wrote("rollgate[bot]", "Bot", None));
+        assert!(app.wrote("rollgate[bot]", "Bot", Some(4242)));
+        assert!(app.wrote("renamed[bot]", "Bot", Some(4242)));
+        // Not: a person named like the bot, another App's bot, a person acting through
+        // the App (a user-to-server token), a login without the bot's type
+        assert!(!app.wrote("rollgate", "User", None));
+        assert!(!app.wrote("evil[bot]", "Bot", Some(666)));
+        assert!(!app.wrote("evil[bot]", "Bot", None));
+        assert!(!app.wrote("mallory", "User", Some(4242)));
+        assert!(!app.wrote("rollgate[bot]", "User", None));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! JSON body, field by field. Anything else is a violation; a `FakeGitHub` with
 //! violations fails the test when it is dropped (or at `assert_clean`). It keeps what a
 //! repository would: check runs, issue comments, commit statuses, permissions.
+//! Comments have authors as on GitHub: a token's comments are its owner's (`GET /user`
+//! names [`TOKEN_USER`]), an App's are its bot user's ([`BOT`], type `Bot`, made
+//! through the App: `performed_via_github_app`; `GET /app` names its slug); editing a
+//! comment written by anyone else is a violation.
 //! With `serve_git`, it also serves bare repositories over Git's smart HTTP (through the
 //! real `git http-backend`) under `/git/`, as GitHub serves clones: only to Basic auth
 //! `x-access-token:<token>` with the configured token or a live installation token.
@@ -22,8 +26,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// The login rollgate's comments are posted as.
+/// The login of a GitHub App's comments: its bot user, `<slug>[bot]`.
 pub const BOT: &str = "rollgate[bot]";
+/// The App's slug (`GET /app`).
+pub const APP_SLUG: &str = "rollgate";
+/// The owner of the token (`GET /user`): a token's comments are this user's.
+pub const TOKEN_USER: &str = "rollgate-ci";
 
 /// How rollgate must authenticate.
 #[derive(Debug, Clone)]
@@ -79,6 +87,10 @@ pub struct CheckRun {
 pub struct Comment {
     pub id: u64,
     pub user: String,
+    /// `User` or `Bot`.
+    pub kind: String,
+    /// The App it was made through (`performed_via_github_app`), if any.
+    pub app: Option<u64>,
     pub body: String,
     pub edits: usize,
 }
@@ -119,6 +131,23 @@ impl Hub {
             .iter()
             .filter(|c| c.is(method, path_prefix))
             .count()
+    }
+
+    /// Who rollgate's comments are by: (login, type, App).
+    pub fn me(&self) -> (String, String, Option<u64>) {
+        match self.expect {
+            Expect::Token(_) => (TOKEN_USER.to_owned(), "User".to_owned(), None),
+            Expect::App { id, .. } => (BOT.to_owned(), "Bot".to_owned(), Some(id)),
+        }
+    }
+
+    /// Rollgate's own comments on `issue`.
+    pub fn ours_on(&self, issue: u64) -> Vec<Comment> {
+        let (login, _, _) = self.me();
+        self.comments_on(issue)
+            .into_iter()
+            .filter(|c| c.user == login)
+            .collect()
     }
 }
 
@@ -199,11 +228,18 @@ impl FakeGitHub {
 
     /// A comment someone else wrote (it must be left alone).
     pub fn human_comment(&self, issue: u64, user: &str, body: &str) {
+        self.comment_as(issue, user, "User", None, body);
+    }
+
+    /// A comment by `user` of type `kind` (`User`, `Bot`), made through the App `app`.
+    pub fn comment_as(&self, issue: u64, user: &str, kind: &str, app: Option<u64>, body: &str) {
         let mut h = self.hub();
         let id = h.id();
         h.comments.entry(issue).or_default().push(Comment {
             id,
             user: user.to_owned(),
+            kind: kind.to_owned(),
+            app,
             body: body.to_owned(),
             edits: 0,
         });
@@ -717,6 +753,29 @@ fn route(
             }),
         ));
     }
+    // Who the credentials are: a token's owner, or the App (with its JWT).
+    match (method, segs, &h.expect) {
+        ("GET", ["user"], Expect::Token(_)) => {
+            return Ok(reply(
+                200,
+                json!({"login": TOKEN_USER, "id": 583231, "type": "User", "site_admin": false}),
+            ));
+        }
+        ("GET", ["user"], Expect::App { .. }) => {
+            return Err("GET /user with an App's credentials (GitHub answers 403)".to_owned());
+        }
+        ("GET", ["app"], Expect::App { id, .. }) => {
+            return Ok(reply(
+                200,
+                json!({"id": id, "slug": APP_SLUG, "name": "rollgate",
+                       "owner": {"login": "Codertocat", "type": "User"}}),
+            ));
+        }
+        ("GET", ["app"], Expect::Token(_)) => {
+            return Err("GET /app with a token (GitHub answers 401)".to_owned());
+        }
+        _ => {}
+    }
     let ["repos", owner, name, rest @ ..] = segs else {
         return Err("not a repository route".to_owned());
     };
@@ -825,7 +884,20 @@ fn route(
                 .iter()
                 .skip((page.max(1) - 1) * 100)
                 .take(100)
-                .map(|c| json!({"id": c.id, "body": c.body, "user": {"login": c.user, "type": "Bot"}}))
+                .map(|c| {
+                    let app = c.app.map(|id| {
+                        let slug = if c.user == BOT {
+                            APP_SLUG
+                        } else {
+                            "another-app"
+                        };
+                        json!({"id": id, "slug": slug})
+                    });
+                    json!({"id": c.id, "body": c.body,
+                           "user": {"login": c.user, "type": c.kind},
+                           "performed_via_github_app": app,
+                           "author_association": "NONE"})
+                })
                 .collect();
             Ok(reply(200, Value::Array(list)))
         }
@@ -837,9 +909,12 @@ fn route(
                 return Err("an empty comment".to_owned());
             }
             let id = h.id();
+            let (user, kind, app) = h.me();
             h.comments.entry(n).or_default().push(Comment {
                 id,
-                user: BOT.to_owned(),
+                user,
+                kind,
+                app,
                 body: text.clone(),
                 edits: 0,
             });
@@ -849,14 +924,16 @@ fn route(
             let id: u64 = id.parse().map_err(|_| "comment id")?;
             let o = obj(body, &["body"])?;
             let text = string(o, "body")?.to_owned();
+            let (me, kind, _) = h.me();
             let c = h
                 .comments
                 .values_mut()
                 .flatten()
                 .find(|c| c.id == id)
                 .ok_or("no such comment")?;
-            if c.user != BOT {
-                return Err(format!("edited {}'s comment", c.user));
+            // GitHub would let a writer edit anyone's comment: rollgate must not.
+            if c.user != me || c.kind != kind {
+                return Err(format!("edited {}'s comment (rollgate is {me})", c.user));
             }
             c.body = text;
             c.edits += 1;
