@@ -180,7 +180,7 @@ impl Telemetry {
         counter(
             &mut o,
             "rollgate_reverts_total",
-            "Revert or restore commits pushed after a failed judgement.",
+            "Revert or restore commits pushed after a failed judgement or an abort.",
             g(&self.reverts),
         );
         let _ = writeln!(

@@ -1212,3 +1212,122 @@ fn regression_promoting_is_in_git_before_the_target_promotes() {
         .collect();
     assert_eq!(&phases[phases.len() - 2..], ["Promoting", "Succeeded"]);
 }
+
+/// The human aborts `plan` with a plain command commit, pushed.
+fn abort(remote: &Remote, plan: &str) -> String {
+    remote.pull();
+    remote.human(&[
+        "commit",
+        "--allow-empty",
+        "-q",
+        "-m",
+        &format!("Abort {plan}"),
+        "--trailer",
+        "Rollgate-Command: abort",
+        "--trailer",
+        &format!("Rollgate-Plan: {plan}"),
+    ]);
+    remote.human(&["push", "-q", "origin", "main"]);
+    remote.head()
+}
+
+/// Given `plan` (with an untimed pause) stable at v1, then changed to v2 and paused at
+/// 10%: the commit that changed it.
+fn paused_at_v2(w: &mut World, plan: &PlanFile, edit: impl FnOnce(String) -> String) -> String {
+    w.run_until(&plan.name, 10, 10, is(Phase::Succeeded, "v1"));
+    let change = w.remote.human_commit(&plan.path(), edit, "web: v2");
+    w.run_until(&plan.name, 10, 10, is(Phase::Paused, "v2"));
+    change
+}
+
+#[test]
+fn regression_abort_puts_the_plan_back_at_the_stable_artifact() {
+    // Given web at v2, paused at 10% over v1
+    let plan = PlanFile::new("web").steps(&["setWeight: 10", "pause: {}", "setWeight: 100"]);
+    let mut w = World::new(&[&plan]);
+    let change = paused_at_v2(&mut w, &plan, set_artifact("v2"));
+
+    // When the human aborts
+    let aborted = abort(&w.remote, "web");
+    w.run_until("web", 10, 10, is(Phase::RolledBack, "v2"));
+
+    // Then v1 serves, and the plan at head names v1 again, through a revert of the change
+    let wl = w.target.workload("web");
+    assert_eq!((wl.stable.as_deref(), wl.candidate), (Some("v1"), None));
+    assert!(
+        w.remote.file(&plan.path()).contains("  artifact: v1\n"),
+        "{}",
+        w.remote.file(&plan.path())
+    );
+    let reverts: Vec<LoggedCommit> = commits_after(&w.remote, &aborted)
+        .into_iter()
+        .filter(|c| c.trailer("Rollgate-Rollback-Of").is_some())
+        .collect();
+    assert_eq!(reverts.len(), 1, "{reverts:#?}");
+    assert_eq!(
+        reverts[0].trailer("Rollgate-Rollback-Of"),
+        Some(change.as_str())
+    );
+    assert_eq!(
+        reverts[0].trailer("Rollgate-Reason"),
+        Some("aborted by command")
+    );
+    assert_eq!(reverts[0].files, vec![plan.path()]);
+    // And nothing rolls v2 out again
+    nothing_moves(&mut w, 2);
+    assert_eq!(w.status("web").stable.as_deref(), Some("v1"));
+}
+
+#[test]
+fn an_abort_of_a_change_that_touched_more_than_the_plan_restores_the_stable_artifact() {
+    // Given web at v2 through a change that also edited another file, paused at 10%
+    let plan = PlanFile::new("web").steps(&["setWeight: 10", "pause: {}", "setWeight: 100"]);
+    let mut w = World::new(&[&plan]);
+    w.run_until("web", 10, 10, is(Phase::Succeeded, "v1"));
+    w.remote.pull();
+    std::fs::write(w.remote.human.join("NOTES.md"), "v2 notes\n").expect("write");
+    let text = std::fs::read_to_string(w.remote.human.join(plan.path())).expect("plan");
+    std::fs::write(w.remote.human.join(plan.path()), set_artifact("v2")(text)).expect("write");
+    w.remote.human(&["add", "-A"]);
+    w.remote
+        .human(&["commit", "-q", "-m", "web: v2, with notes"]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.run_until("web", 10, 10, is(Phase::Paused, "v2"));
+
+    // When the human aborts
+    let aborted = abort(&w.remote, "web");
+    w.run_until("web", 10, 10, is(Phase::RolledBack, "v2"));
+
+    // Then the plan names v1 again through a restore of the plan file only; the notes stay
+    assert!(w.remote.file(&plan.path()).contains("  artifact: v1\n"));
+    assert_eq!(w.remote.file("NOTES.md"), "v2 notes");
+    let restore = commits_after(&w.remote, &aborted)
+        .into_iter()
+        .find(|c| c.trailer("Rollgate-Rollback-Of").is_some())
+        .expect("a restore commit");
+    assert_eq!(restore.files, vec![plan.path()]);
+    assert_eq!(restore.subject, "Restore web to v1");
+}
+
+#[test]
+fn an_abort_with_on_failure_hold_keeps_the_plan_as_it_is() {
+    // Given web at v2 with `rollback: { onFailure: hold }`, paused at 10%
+    let plan = PlanFile::new("web").steps(&["setWeight: 10", "pause: {}", "setWeight: 100"]);
+    let mut w = World::new(&[&plan]);
+    paused_at_v2(&mut w, &plan, |text| {
+        set_artifact("v2")(text.replace("onFailure: revert", "onFailure: hold"))
+    });
+
+    // When the human aborts
+    let aborted = abort(&w.remote, "web");
+    w.run_until("web", 10, 10, is(Phase::RolledBack, "v2"));
+
+    // Then traffic is back on v1 and Git is left as the plan asks: no revert, no restore
+    assert_eq!(w.target.workload("web").stable.as_deref(), Some("v1"));
+    assert!(w.remote.file(&plan.path()).contains("  artifact: v2\n"));
+    assert!(
+        commits_after(&w.remote, &aborted)
+            .iter()
+            .all(|c| c.trailer("Rollgate-Rollback-Of").is_none())
+    );
+}

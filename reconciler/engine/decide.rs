@@ -12,8 +12,10 @@
 //! 2. `RollingBack` ends (`RolledBack`) once the target is healthy; until then the
 //!    rollback is re-issued. Nothing blocks it.
 //! 3. In flight: the plan back at the stable artifact is a human revert (roll back, no
-//!    revert commit); another artifact supersedes the rollout; `abort` rolls back;
-//!    an unhealthy target or a missed `progressDeadline` fails the stage.
+//!    revert commit); another artifact supersedes the rollout; `abort` rolls back and,
+//!    like a failed stage, reverts the plan change unless `rollback.onFailure: hold`;
+//!    an unhealthy target or a missed `progressDeadline` fails the stage (not while held
+//!    for the target: that step is not in place).
 //! 4. Otherwise the current step runs. An analysis step with a builtin check whose
 //!    window began before `samples_since` (the proxy counting the builtin samples
 //!    restarted, and lost them) restarts its window there, once, with fresh counters:
@@ -223,7 +225,9 @@ impl<'a> Cx<'a> {
             return;
         }
         if self.has(Command::Abort) {
-            return self.roll_back("aborted by command".to_owned(), Vec::new(), None);
+            // A rollback a human asked for: Git goes back to the stable artifact as for a
+            // failed judgement (a revert, or a restore), unless `onFailure: hold` keeps it.
+            return self.fail("aborted by command".to_owned(), Vec::new());
         }
         // Held for the target (unreachable, or an action that failed): the step is not in
         // place, so its health and its deadline say nothing; clocks stop while it lasts.
@@ -560,7 +564,9 @@ impl<'a> Cx<'a> {
         self.reason = Some(format!("{artifact} is stable"));
     }
 
-    /// A failed judgement: roll back, and revert the plan change when the plan says so.
+    /// A failed judgement or an abort: roll back, and revert the plan change when the
+    /// plan says so (`rollback.onFailure: revert`, the default), so that Git names what
+    /// runs again.
     fn fail(&mut self, reason: String, evidence: Vec<Judgement>) {
         let revert = (self.plan.rollback.on_failure == OnFailure::Revert).then(|| Revert {
             of_revision: self.s.revision.clone(),

@@ -95,7 +95,8 @@ pub enum TargetHealth {
 pub enum Command {
     /// Pass an untimed pause, accept an inconclusive analysis, or force the next step.
     Promote,
-    /// Roll back now (no revert commit: the human chose to stop).
+    /// Roll back now; the plan change is reverted (or the stable artifact restored) as
+    /// for a failed stage, unless `rollback.onFailure: hold` leaves Git as it is.
     Abort,
     /// Restart a rolled-back rollout of the same artifact, or re-run a held analysis.
     Retry,

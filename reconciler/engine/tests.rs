@@ -719,9 +719,31 @@ fn a_revert_to_an_artifact_replaced_long_ago_is_a_normal_rollout() {
 }
 
 #[test]
-fn abort_rolls_back_and_retry_restarts_the_same_artifact() {
+fn regression_abort_reverts_the_plan_change_like_a_failed_stage() {
     let plan = v1_stable_v2_planned()
         .steps(vec![weight(10), pause_untimed(), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    // When a human aborts
+    let d = r.decide(&quiet().command(Command::Abort), t(1));
+    // Then it rolls back, and the plan change is to be reverted (Git back at v1)
+    assert_eq!(r.phase(), Phase::RollingBack);
+    let revert = d.revert.expect("a revert");
+    assert_eq!(
+        (revert.of_revision.as_str(), revert.reason.as_str()),
+        (REV, "aborted by command")
+    );
+    assert!(revert.evidence.is_empty());
+}
+
+#[test]
+fn abort_rolls_back_and_retry_restarts_the_same_artifact() {
+    // Given a plan that keeps Git as it is on a rollback (`onFailure: hold`)
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), pause_untimed(), weight(100)])
+        .on_failure(OnFailure::Hold)
         .build();
     let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
     r.decide(&quiet(), t(0));
