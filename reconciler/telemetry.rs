@@ -33,6 +33,7 @@ pub struct Telemetry {
     leader: AtomicU64,
     webhooks: [AtomicU64; 7],
     github_errors: AtomicU64,
+    comments_ignored: [AtomicU64; 2],
     /// HTTP connections closed at once because `server::MAX_CONNECTIONS` were open.
     connections_refused: AtomicU64,
 }
@@ -69,6 +70,27 @@ impl WebhookOutcome {
             WebhookOutcome::Malformed => "malformed",
             WebhookOutcome::TooLarge => "too_large",
             WebhookOutcome::Busy => "busy",
+        }
+    }
+}
+
+/// Why a comment command was not acted on without being refused by name (the label of
+/// `rollgate_github_comment_commands_ignored_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommentIgnored {
+    /// Its author is not a collaborator: no reply at all.
+    Stranger,
+    /// It is older than the bound (a redelivery or a replay).
+    Stale,
+}
+
+impl CommentIgnored {
+    pub const ALL: [CommentIgnored; 2] = [CommentIgnored::Stranger, CommentIgnored::Stale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommentIgnored::Stranger => "stranger",
+            CommentIgnored::Stale => "stale",
         }
     }
 }
@@ -121,6 +143,15 @@ impl Telemetry {
     /// A GitHub job (preview, command, status) that failed.
     pub fn github_error(&self) {
         self.github_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A comment command not acted on (see [`CommentIgnored`]).
+    pub fn comment_ignored(&self, why: CommentIgnored) {
+        let i = CommentIgnored::ALL
+            .iter()
+            .position(|w| *w == why)
+            .unwrap_or(0);
+        self.comments_ignored[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An HTTP connection closed unserved: the connection cap was reached.
@@ -212,6 +243,18 @@ impl Telemetry {
             "GitHub jobs (previews, comment commands, statuses) that failed.",
             g(&self.github_errors),
         );
+        let _ = writeln!(
+            o,
+            "# HELP rollgate_github_comment_commands_ignored_total Comment commands not acted on: by someone not a collaborator (no reply), or too old.\n# TYPE rollgate_github_comment_commands_ignored_total counter"
+        );
+        for (i, w) in CommentIgnored::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "rollgate_github_comment_commands_ignored_total{{reason=\"{}\"}} {}",
+                w.as_str(),
+                g(&self.comments_ignored[i])
+            );
+        }
         counter(
             &mut o,
             "rollgate_http_connections_refused_total",

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rollgate::github::handle::{Options, Webhooks};
+use rollgate::github::handle::{COMMANDS_PER_ISSUE, Clock, Options, Webhooks};
 use rollgate::github::webhook::{MAX_BODY, sign};
 use rollgate::github::{Auth, Config, STICKY_MARKER, Secret};
 use rollgate::model::status::Phase;
@@ -180,11 +180,14 @@ fn fork_pull_request(action: &str, head: &str) -> Value {
     p
 }
 
-/// `issue_comment.created` with `body`, by `login`, on issue #1 (or the PR #2).
+/// `issue_comment.created` with `body`, by `login`, on issue #1 (or the PR #2), written
+/// just now.
 fn comment(body: &str, login: &str, on_pull_request: bool) -> Value {
     let mut p = payload("issue_comment.created");
     p["comment"]["body"] = json!(body);
     p["comment"]["user"]["login"] = json!(login);
+    p["comment"]["created_at"] =
+        json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     if on_pull_request {
         p["issue"]["number"] = json!(2);
         p["issue"]["pull_request"] = json!({
@@ -234,7 +237,14 @@ impl Rig {
         let auth = auth(&remote);
         let repo_url = repo_url(&remote, &fake);
         let (tx, wake) = std::sync::mpsc::channel();
-        let (hooks, server) = endpoint(&fake, &auth, &repo_url, remote.work_dir("github"), tx);
+        let (hooks, server) = endpoint(
+            &fake,
+            &auth,
+            &repo_url,
+            remote.work_dir("github"),
+            tx,
+            chrono::Utc::now,
+        );
         Self {
             remote,
             fake,
@@ -249,6 +259,11 @@ impl Rig {
     /// Another endpoint on the same repository and GitHub, with its own memory and
     /// scratch clone: a second replica, or this one after a restart.
     fn replica(&self, name: &str) -> (Webhooks, rollgate::server::Server) {
+        self.replica_at(name, chrono::Utc::now)
+    }
+
+    /// The same, its worker reading the time from `clock`.
+    fn replica_at(&self, name: &str, clock: Clock) -> (Webhooks, rollgate::server::Server) {
         let (tx, _) = std::sync::mpsc::channel();
         endpoint(
             &self.fake,
@@ -256,7 +271,32 @@ impl Rig {
             &self.repo_url,
             self.remote.work_dir(name),
             tx,
+            clock,
         )
+    }
+
+    /// The human pushes a change of `web` off base to `refs/pull/<number>/head`;
+    /// returns its sha.
+    fn push_pull(&self, number: u64, edit: impl FnOnce(String) -> String, message: &str) -> String {
+        let human = &self.remote.human;
+        support::git(human, &["fetch", "-q", "origin", "main"]);
+        support::git(human, &["checkout", "-q", "-B", "pr", "FETCH_HEAD"]);
+        let path = human.join("plans/web.yaml");
+        let text = std::fs::read_to_string(&path).expect("the plan");
+        std::fs::write(&path, edit(text)).expect("edit");
+        support::git(human, &["commit", "-q", "-am", message]);
+        let sha = support::git(human, &["rev-parse", "HEAD"]);
+        support::git(
+            human,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+        sha
     }
 
     fn addr(&self) -> SocketAddr {
@@ -305,8 +345,9 @@ fn endpoint(
     repo_url: &str,
     work_dir: PathBuf,
     wake: std::sync::mpsc::Sender<()>,
+    clock: Clock,
 ) -> (Webhooks, rollgate::server::Server) {
-    let hooks = Webhooks::start(
+    let hooks = Webhooks::start_with_clock(
         Options {
             secret: Secret::new(SECRET).expect("a secret"),
             github: Config {
@@ -320,6 +361,7 @@ fn endpoint(
             max_body: MAX_BODY,
         },
         wake,
+        clock,
     )
     .expect("the webhook endpoint starts");
     let server = rollgate::server::start_with(
@@ -862,7 +904,8 @@ fn a_comment_command_without_write_permission_is_refused_politely() {
     let rig = Rig::new();
     rig.fake.set_permission("reader", "read");
     let before = rig.remote.head();
-    // On a pull request, by a reader; then by someone who is not a collaborator at all
+    // On a pull request, by a reader (refused politely); then by someone who is not a
+    // collaborator at all (no answer: see the regression test for comment spam)
     assert_eq!(
         deliver(
             rig.addr(),
@@ -881,16 +924,23 @@ fn a_comment_command_without_write_permission_is_refused_politely() {
         .0,
         202
     );
-    rig.fake.wait_for("two refusals", WAIT, |h| {
-        h.comments_on(2).len() == 1 && h.comments_on(1).len() == 1
-    });
+    rig.fake.wait_for(
+        "the refusal, and the stranger's permission read",
+        WAIT,
+        |h| {
+            h.comments_on(2).len() == 1
+                && h.count(
+                    "GET",
+                    "/repos/Codertocat/Hello-World/collaborators/stranger/permission",
+                ) == 1
+        },
+    );
     let h = rig.fake.hub();
     let refusal = &h.comments_on(2)[0].body;
     assert!(
         refusal.starts_with("Sorry @reader") && refusal.contains("write access"),
         "{refusal}"
     );
-    assert!(h.comments_on(1)[0].body.starts_with("Sorry @stranger"));
     assert_eq!(rig.remote.head(), before, "no command commit");
     drop(h);
 
@@ -915,14 +965,18 @@ fn a_comment_command_without_write_permission_is_refused_politely() {
         202
     );
     rig.fake
-        .wait_for("two more replies", WAIT, |h| h.comments_on(1).len() == 3);
+        .wait_for("two more replies", WAIT, |h| h.comments_on(1).len() == 2);
     let h = rig.fake.hub();
     let replies: Vec<String> = h.comments_on(1).iter().map(|c| c.body.clone()).collect();
     assert!(
-        replies[1].contains("`/rollgate promote|abort|retry PLAN`"),
+        replies[0].contains("`/rollgate promote|abort|retry PLAN`"),
         "{replies:?}"
     );
-    assert!(replies[2].contains("no plan `nope`"), "{replies:?}");
+    assert!(replies[1].contains("no plan `nope`"), "{replies:?}");
+    assert!(
+        !replies.iter().any(|r| r.contains("stranger")),
+        "{replies:?}"
+    );
     assert!(
         replies
             .iter()
@@ -1623,6 +1677,80 @@ fn rollout_progress_is_a_commit_status_and_a_rollback_is_told_on_the_merged_pull
 
 // ---- regressions (#16: the trust boundary; #14) ----
 
+/// `n` empty commits on `main` of the bare remote (by `git fast-import`, in one go).
+fn push_empty_commits(remote: &Remote, n: usize) {
+    let head = remote.head();
+    let mut stream = String::new();
+    for i in 0..n {
+        stream.push_str(&format!(
+            "commit refs/heads/main\ncommitter Human <human@example.com> {} +0000\ndata <<EOT\nchore {i}\nEOT\n",
+            1_700_000_000 + i
+        ));
+        if i == 0 {
+            stream.push_str(&format!("from {head}\n"));
+        }
+        stream.push('\n');
+    }
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(&remote.bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("git fast-import runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stream.as_bytes())
+        .expect("the stream");
+    assert!(child.wait().expect("fast-import ends").success());
+}
+
+#[test]
+fn regression_an_old_comment_delivered_again_after_a_restart_and_600_commits_acts_once() {
+    // Given a writer's `/rollgate promote web`, taken in and done
+    let rig = Rig::new();
+    rig.fake.set_permission("Codertocat", "write");
+    let promote = comment("/rollgate promote web", "Codertocat", false);
+    assert_eq!(deliver(rig.addr(), "issue_comment", &promote).0, 202);
+    rig.fake
+        .wait_for("the reply", WAIT, |h| h.comments_on(1).len() == 1);
+    // And 600 commits on the branch since: its command commit is past the look-up
+    push_empty_commits(&rig.remote, 600);
+    assert_eq!(
+        support::git(&rig.remote.bare, &["rev-list", "--count", "main"])
+            .parse::<usize>()
+            .expect("a count"),
+        rig.remote.commits().len()
+    );
+
+    // When rollgate restarts (a fresh worker and scratch clone, no memory of delivery
+    // ids) eleven minutes later, and the same comment is delivered again
+    let (_restarted, server) = rig.replica_at("github-restarted", || {
+        chrono::Utc::now() + chrono::TimeDelta::minutes(11)
+    });
+    assert_eq!(deliver(server.addr, "issue_comment", &promote).0, 202);
+    rig.fake
+        .wait_for("the second answer", WAIT, |h| h.comments_on(1).len() == 2);
+
+    // Then there is still one command commit, and the writer is told why not again
+    let commands: Vec<_> = rig
+        .remote
+        .commits()
+        .into_iter()
+        .filter(|c| c.trailer("Rollgate-Command").is_some())
+        .collect();
+    assert_eq!(commands.len(), 1, "{commands:#?}");
+    let h = rig.fake.hub();
+    let answer = &h.comments_on(1)[1].body;
+    assert!(
+        answer.starts_with("@Codertocat this comment was written at")
+            && answer.contains("more than 10 minutes ago")
+            && answer.contains("did not act"),
+        "{answer}"
+    );
+}
+
 #[test]
 fn regression_a_sticky_marker_posted_first_by_someone_else_is_never_edited() {
     // Given someone posted rollgate's marker on the pull request before rollgate did
@@ -1768,4 +1896,141 @@ fn regression_a_rollback_marker_posted_first_by_someone_else_is_never_edited() {
     assert_eq!(all[1].user, TOKEN_USER);
     assert!(all[1].body.starts_with(&marker), "{}", all[1].body);
     assert!(all[1].body.contains("rolled back `web`"), "{}", all[1].body);
+}
+
+#[test]
+fn regression_a_strangers_comment_commands_get_no_reply_and_cost_at_most_one_call() {
+    // Given someone who is not a collaborator
+    let rig = Rig::new();
+    rig.fake.set_permission("Codertocat", "write");
+    // When they post commands, readable or not, on an issue and on a pull request
+    for (body, on_pull_request) in [
+        ("/rollgate promote web", false),
+        ("/rollgate deploy web", false),
+        ("/rollgate abort web", true),
+    ] {
+        assert_eq!(
+            deliver(
+                rig.addr(),
+                "issue_comment",
+                &comment(body, "stranger", on_pull_request)
+            )
+            .0,
+            202
+        );
+    }
+    // (and then a writer's command, so the worker is known to be past theirs)
+    assert_eq!(
+        deliver(
+            rig.addr(),
+            "issue_comment",
+            &comment("/rollgate promote nope", "Codertocat", false)
+        )
+        .0,
+        202
+    );
+    rig.fake
+        .wait_for("the writer's answer", WAIT, |h| h.comments_on(1).len() == 1);
+
+    // Then nothing answered them, their permission was read once, nothing was committed
+    let h = rig.fake.hub();
+    assert!(h.comments_on(2).is_empty(), "{:?}", h.comments_on(2));
+    assert!(
+        h.comments_on(1)[0].body.contains("no plan `nope`"),
+        "{:?}",
+        h.comments_on(1)
+    );
+    assert_eq!(
+        h.count(
+            "GET",
+            "/repos/Codertocat/Hello-World/collaborators/stranger/permission"
+        ),
+        1
+    );
+    assert_eq!(h.count("POST", "/repos/Codertocat/Hello-World/issues/"), 1);
+    drop(h);
+    let (_, metrics) = get(rig.addr(), "/metrics");
+    assert!(
+        metrics.contains("rollgate_github_comment_commands_ignored_total{reason=\"stranger\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn regression_a_flood_of_deliveries_on_one_pull_request_is_bounded() {
+    // Given the worker busy: its job (a reader's command on #2) is stuck in an API call
+    let rig = Rig::new();
+    rig.fake.set_permission("reader", "read");
+    rig.fake.hold(true);
+    let command = || comment("/rollgate abort web", "reader", true);
+    assert_eq!(deliver(rig.addr(), "issue_comment", &command()).0, 202);
+    rig.fake.wait_for("the worker stuck", WAIT, |h| {
+        h.calls.iter().any(|c| c.path.starts_with("(held)"))
+    });
+
+    // When ten more commands arrive on #2: a few wait, the rest are refused busy (503)
+    let codes: Vec<u16> = (0..10)
+        .map(|_| deliver(rig.addr(), "issue_comment", &command()).0)
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == 202).count(),
+        COMMANDS_PER_ISSUE,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == 503).count(),
+        10 - COMMANDS_PER_ISSUE,
+        "{codes:?}"
+    );
+    // While a command on another issue is still taken
+    assert_eq!(
+        deliver(
+            rig.addr(),
+            "issue_comment",
+            &comment("/rollgate abort web", "reader", false)
+        )
+        .0,
+        202
+    );
+    // And three pushes to #2 in a row are all taken, as one waiting preview
+    let mut head = String::new();
+    for artifact in ["v2", "v3", "v4"] {
+        head = rig.push_pull(2, set_artifact(artifact), &format!("web: {artifact}"));
+        assert_eq!(
+            deliver(
+                rig.addr(),
+                "pull_request",
+                &pull_request("synchronize", &head)
+            )
+            .0,
+            202
+        );
+    }
+
+    // Then, the worker free again: one refusal per command taken, and one preview, of
+    // the newest head
+    rig.fake.hold(false);
+    rig.fake.wait_for("every job done", WAIT, |h| {
+        h.comments_on(2).len() == 1 + COMMANDS_PER_ISSUE + 1
+            && h.comments_on(1).len() == 1
+            && !h.check_runs.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let h = rig.fake.hub();
+    assert_eq!(h.check_runs.len(), 1, "{:#?}", h.check_runs);
+    assert_eq!(h.check_runs[0].head_sha, head);
+    assert!(
+        h.ours_on(2).iter().any(|c| c.body.contains("v4")),
+        "{:?}",
+        h.ours_on(2)
+    );
+    drop(h);
+    let (_, metrics) = get(rig.addr(), "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "rollgate_webhooks_total{{outcome=\"busy\"}} {}",
+            10 - COMMANDS_PER_ISSUE
+        )),
+        "{metrics}"
+    );
 }

@@ -5,21 +5,27 @@
 //! branch wakes the daemon loop through its channel; pull requests and comments become
 //! `Job`s on a bounded queue (full: 503, and the delivery is not remembered, so GitHub's
 //! redelivery is taken). The worker runs the jobs one at a time, so two deliveries for
-//! one pull request never race to create two comments.
+//! one pull request never race to create two comments. One thread cannot fill the queue
+//! for all: a pull request has at most one preview waiting (a newer delivery replaces
+//! it) and an issue or pull request at most [`COMMANDS_PER_ISSUE`] commands (more: 503,
+//! `busy`).
 //! Invariants: nothing from a pull request is ever applied (a preview reads base's rules
 //! and the PR's plans from a scratch clone; only the daemon applies, and only the tracked
 //! branch); a fork's pull request gets the same read-only preview and nothing else; a
 //! comment command is a commit on the tracked branch made only for someone with write
 //! permission, and the daemon acts on it like any other command commit; one comment
 //! makes at most one commit, however often it is delivered (its id is a trailer of the
-//! commit, looked for in the freshly fetched branch before committing); only comments
-//! rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`).
+//! commit, looked for in the freshly fetched branch before committing, and a comment
+//! older than [`webhook::MAX_COMMENT_AGE`] is never acted on, so neither a restart nor a
+//! busy branch lets an old comment act again); someone who is not a collaborator gets
+//! no answer at all (one permission call, no reply), so comment spam costs little; only
+//! comments rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use axum::body::Body;
@@ -31,16 +37,27 @@ use git2::{Oid, Repository};
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{
     Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, Client, Conclusion, Config, GitToken,
-    RepoName, STICKY_MARKER, Secret, SharedGitToken, StatusState,
+    Permission, RepoName, STICKY_MARKER, Secret, SharedGitToken, StatusState,
 };
 use crate::daemon::{Reconciler, TickReport};
 use crate::model::Plan;
 use crate::model::status::{Phase, Status};
 use crate::source::remote::{GitAuth, Remote, RemoteUrl};
-use crate::telemetry::{self, WebhookOutcome};
+use crate::telemetry::{self, CommentIgnored, WebhookOutcome};
 
 /// Jobs waiting for the worker at most; more get 503 until it catches up.
 pub const QUEUE: usize = 64;
+
+/// Comment commands waiting on one issue or pull request at most; more get 503 (`busy`).
+pub const COMMANDS_PER_ISSUE: usize = 4;
+
+/// How long someone found not to be a collaborator stays known as such: their next
+/// commands in that time cost no API call at all.
+const STRANGER_TTL: Duration = Duration::from_secs(60);
+const STRANGERS_KEPT: usize = 1024;
+
+/// The worker's clock, for the age of comment commands (`chrono::Utc::now` but in tests).
+pub type Clock = fn() -> chrono::DateTime<chrono::Utc>;
 
 /// How many first-parent commits of the tracked branch are searched for a comment's
 /// command commit before one is made (status commits included: days of rollouts).
@@ -222,6 +239,42 @@ pub struct Receiver {
     deliveries: Mutex<Deliveries>,
     wake: std::sync::mpsc::Sender<()>,
     jobs: tokio::sync::mpsc::Sender<Job>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// What waits in the queue per issue or pull request (shared by the handler, which
+/// adds, and the worker, which takes).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Pull requests with a preview job queued, and their latest delivery: the job
+    /// previews that one, so a burst of pushes is one preview, of the newest head.
+    previews: HashMap<u64, webhook::PullRequest>,
+    /// Comment commands queued per issue or pull request.
+    commands: HashMap<u64, usize>,
+}
+
+impl Pending {
+    /// The worker took `job` off the queue: it stops counting, and a preview becomes
+    /// the latest delivery's.
+    fn taken(&mut self, job: Job) -> Job {
+        match job {
+            Job::Preview(pr) => Job::Preview(self.previews.remove(&pr.number).unwrap_or(pr)),
+            Job::Command { comment, command } => {
+                self.command_done(comment.number);
+                Job::Command { comment, command }
+            }
+            other => other,
+        }
+    }
+
+    fn command_done(&mut self, number: u64) {
+        if let Some(n) = self.commands.get_mut(&number) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.commands.remove(&number);
+            }
+        }
+    }
 }
 
 /// The webhook endpoint and its worker; dropping it stops the worker after its job.
@@ -245,15 +298,28 @@ impl Webhooks {
     /// failure is logged: Git then fails and the daemon retries) and kept fresh by the
     /// worker: see [`Webhooks::git_token`].
     pub fn start(opts: Options, wake: std::sync::mpsc::Sender<()>) -> Result<Self> {
+        Self::start_with_clock(opts, wake, chrono::Utc::now)
+    }
+
+    /// [`Webhooks::start`], with the worker reading the time from `clock` (tests).
+    pub fn start_with_clock(
+        opts: Options,
+        wake: std::sync::mpsc::Sender<()>,
+        clock: Clock,
+    ) -> Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         std::fs::create_dir_all(&opts.work_dir)
             .with_context(|| format!("cannot create {}", opts.work_dir.display()))?;
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let worker = Worker {
             repo_url: opts.repo_url.clone(),
             branch: opts.branch.clone(),
             dir: opts.work_dir.clone(),
             wake: wake.clone(),
             git_token: SharedGitToken::default(),
+            pending: pending.clone(),
+            clock,
+            strangers: Mutex::new(HashMap::new()),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -278,6 +344,7 @@ impl Webhooks {
                 deliveries: Mutex::new(Deliveries::default()),
                 wake,
                 jobs: tx,
+                pending,
             }),
             worker: Some(thread),
             reported: Mutex::new(HashMap::new()),
@@ -459,24 +526,28 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         tracing::debug!(event, delivery, why, "webhook ignored");
         answer(WebhookOutcome::Ignored, StatusCode::OK, why)
     };
+    let busy = |why: &str| {
+        forget();
+        answer(WebhookOutcome::Busy, StatusCode::SERVICE_UNAVAILABLE, why)
+    };
+    // Whether the job is queued (a full queue: logged, and the caller answers `busy`).
     let queue = |job: Job| match r.jobs.try_send(job) {
         Ok(()) => {
             tracing::info!(event, delivery, "webhook taken in");
-            answer(WebhookOutcome::Accepted, StatusCode::ACCEPTED, "queued")
+            true
         }
         Err(_) => {
-            forget();
             tracing::warn!(
                 event,
                 delivery,
                 "GitHub work queue full; asking for a redelivery"
             );
-            answer(
-                WebhookOutcome::Busy,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy, redeliver later",
-            )
+            false
         }
+    };
+    let queued = || answer(WebhookOutcome::Accepted, StatusCode::ACCEPTED, "queued");
+    let Ok(mut pending) = r.pending.lock() else {
+        return busy("busy, redeliver later");
     };
     match parsed {
         Event::Ping => answer(WebhookOutcome::Ignored, StatusCode::OK, "pong"),
@@ -497,15 +568,51 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         }
         Event::PullRequest(pr) if !r.repo.is(&pr.repo) => ignore("another repository"),
         Event::PullRequest(pr) if pr.base_ref != r.branch => ignore("not into the tracked branch"),
-        Event::PullRequest(pr) => queue(Job::Preview(pr)),
+        Event::PullRequest(pr) => {
+            let number = pr.number;
+            if let Some(waiting) = pending.previews.get_mut(&number) {
+                tracing::info!(event, delivery, pr = number, head = %pr.head_sha, "a preview of this pull request is waiting: it will show this head");
+                *waiting = pr;
+                return answer(
+                    WebhookOutcome::Accepted,
+                    StatusCode::ACCEPTED,
+                    "queued (the waiting preview shows this head)",
+                );
+            }
+            pending.previews.insert(number, pr.clone());
+            if queue(Job::Preview(pr)) {
+                return queued();
+            }
+            pending.previews.remove(&number);
+            busy("busy, redeliver later")
+        }
         Event::Comment(c) if !r.repo.is(&c.repo) => ignore("another repository"),
         Event::Comment(c) if c.author_is_bot => ignore("a bot's comment"),
         Event::Comment(c) => match webhook::parse_comment(&c.body) {
             None => ignore("not a rollgate command"),
-            Some(command) => queue(Job::Command {
-                comment: c,
-                command,
-            }),
+            Some(command) => {
+                let number = c.number;
+                let waiting = pending.commands.entry(number).or_default();
+                if *waiting >= COMMANDS_PER_ISSUE {
+                    tracing::info!(
+                        event,
+                        delivery,
+                        issue = number,
+                        login = %c.author,
+                        "{COMMANDS_PER_ISSUE} commands already wait on this issue; this one is dropped"
+                    );
+                    return busy("too many commands waiting on this issue");
+                }
+                *waiting += 1;
+                if queue(Job::Command {
+                    comment: c,
+                    command,
+                }) {
+                    return queued();
+                }
+                pending.command_done(number);
+                busy("busy, redeliver later")
+            }
         },
     }
 }
@@ -520,6 +627,11 @@ struct Worker {
     wake: std::sync::mpsc::Sender<()>,
     /// Renewed between jobs for the daemon's Git.
     git_token: SharedGitToken,
+    /// What waits, per issue (shared with the handler).
+    pending: Arc<Mutex<Pending>>,
+    clock: Clock,
+    /// Logins found not to be collaborators, and when.
+    strangers: Mutex<HashMap<String, Instant>>,
 }
 
 impl Worker {
@@ -539,6 +651,10 @@ impl Worker {
             };
             let Some(job) = job else {
                 break;
+            };
+            let job = match self.pending.lock() {
+                Ok(mut p) => p.taken(job),
+                Err(_) => job,
             };
             let what = match &job {
                 Job::Preview(pr) => format!("preview of #{}", pr.number),
@@ -710,6 +826,29 @@ impl Worker {
         Ok(())
     }
 
+    /// `login`'s permission, with no API call for someone found not to be a
+    /// collaborator in the last `STRANGER_TTL`.
+    async fn permission(&self, client: &Client, c: &webhook::Comment) -> Result<Permission> {
+        let key = c.author.to_ascii_lowercase();
+        let now = Instant::now();
+        if let Ok(mut strangers) = self.strangers.lock() {
+            strangers.retain(|_, at| now.saturating_duration_since(*at) < STRANGER_TTL);
+            if strangers.contains_key(&key) {
+                return Ok(Permission::None);
+            }
+        }
+        let permission = client.permission(c.installation, &c.author).await?;
+        if permission == Permission::None
+            && let Ok(mut strangers) = self.strangers.lock()
+        {
+            if strangers.len() >= STRANGERS_KEPT {
+                strangers.clear();
+            }
+            strangers.insert(key, now);
+        }
+        Ok(permission)
+    }
+
     async fn command(
         &self,
         client: &Client,
@@ -717,6 +856,14 @@ impl Worker {
         command: Result<CommentCommand, String>,
     ) -> Result<()> {
         let who = &c.author;
+        // Who asks comes first: someone who is not a collaborator gets no answer at all,
+        // so a flood of comments costs a permission call each (or none), never a reply.
+        let permission = self.permission(client, c).await?;
+        if permission == Permission::None {
+            telemetry::global().comment_ignored(CommentIgnored::Stranger);
+            tracing::debug!(login = %who, issue = c.number, comment = c.id, "comment command from someone who is not a collaborator: ignored, no reply");
+            return Ok(());
+        }
         let cmd = match command {
             Ok(cmd) => cmd,
             Err(why) => {
@@ -728,13 +875,30 @@ impl Worker {
                 return Ok(());
             }
         };
-        let permission = client.permission(c.installation, who).await?;
         let verb = crate::commands::word(cmd.command);
         if !permission.can_write() {
             tracing::info!(login = %who, plan = %cmd.plan, verb, "comment command refused: no write permission");
             let body = format!(
                 "Sorry @{who}, `{verb} {}` needs write access to this repository, so rollgate \
                  did nothing. Someone with write access can run it for you.",
+                cmd.plan
+            );
+            client.comment(c.installation, c.number, &body).await?;
+            return Ok(());
+        }
+        // An old comment is never acted on: it may be a redelivery after a restart (the
+        // memory of deliveries is gone) or after so many commits that its command commit
+        // is past the look-up.
+        let now = (self.clock)();
+        if !webhook::is_fresh(c.created_at, now) {
+            telemetry::global().comment_ignored(CommentIgnored::Stale);
+            tracing::warn!(login = %who, plan = %cmd.plan, verb, comment = c.id, created_at = %c.created_at, "comment command too old; not acted on");
+            let minutes = webhook::MAX_COMMENT_AGE.as_secs() / 60;
+            let body = format!(
+                "@{who} this comment was written at {} UTC, more than {minutes} minutes ago, so \
+                 rollgate did not act on `{verb} {}` now: an old comment may be a replay. If \
+                 it is still wanted, please comment it again.",
+                c.created_at.format("%Y-%m-%d %H:%M"),
                 cmd.plan
             );
             client.comment(c.installation, c.number, &body).await?;
@@ -888,5 +1052,33 @@ mod tests {
         assert_eq!(why("rolled back: v1 removed"), "v1 removed");
         assert_eq!(no_ticks("a`b"), "a'b");
         assert_eq!(context("web"), "rollgate/web");
+    }
+
+    #[test]
+    fn a_waiting_preview_shows_the_latest_delivery_and_commands_are_counted_per_issue() {
+        let pr = |head: &str| webhook::PullRequest {
+            repo: "Codertocat/Hello-World".into(),
+            action: "synchronize".into(),
+            number: 2,
+            head_sha: head.into(),
+            base_ref: "main".into(),
+            fork: false,
+            installation: None,
+            labels: Vec::new(),
+        };
+        let mut p = Pending::default();
+        // The queued job names the first head; a newer delivery replaced it meanwhile
+        p.previews.insert(2, pr("b"));
+        assert_eq!(p.taken(Job::Preview(pr("a"))), Job::Preview(pr("b")));
+        assert!(p.previews.is_empty());
+        // Without a waiting entry (none recorded), the job's own
+        assert_eq!(p.taken(Job::Preview(pr("c"))), Job::Preview(pr("c")));
+        // Commands: counted down as taken, forgotten at zero
+        p.commands.insert(7, 2);
+        p.command_done(7);
+        assert_eq!(p.commands.get(&7), Some(&1));
+        p.command_done(7);
+        p.command_done(7);
+        assert!(p.commands.is_empty());
     }
 }

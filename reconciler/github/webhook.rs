@@ -10,6 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -29,6 +30,23 @@ pub const MAX_BODY: usize = 2 << 20;
 /// are also stale for every other reason).
 pub const DELIVERIES_KEPT: usize = 10_000;
 pub const DELIVERIES_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// How old a comment may be when its command is acted on (by the comment's own
+/// `created_at`). The memory of delivery ids dies with the process and the look-up of a
+/// comment's command commit covers the branch's last commits only, so an old comment
+/// delivered again (a restart, a redelivery by hand, a replay) could otherwise act twice.
+pub const MAX_COMMENT_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a comment written at `created_at` may still be acted on at `now`: at most
+/// [`MAX_COMMENT_AGE`] old, and not more than that ahead of `now` either (a clock that
+/// far off is no clock to judge by).
+pub fn is_fresh(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let Ok(bound) = chrono::TimeDelta::from_std(MAX_COMMENT_AGE) else {
+        return false;
+    };
+    let age = now.signed_duration_since(created_at);
+    -bound <= age && age <= bound
+}
 
 /// `sha256=<hex>`: the `X-Hub-Signature-256` GitHub sends for `body` under `secret`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -204,6 +222,9 @@ pub struct Comment {
     pub author_is_bot: bool,
     pub body: String,
     pub installation: Option<u64>,
+    /// When it was written (GitHub's clock): a command is acted on only while fresh
+    /// ([`is_fresh`]).
+    pub created_at: DateTime<Utc>,
 }
 
 /// Why a body was refused (answered 400 and logged).
@@ -284,6 +305,7 @@ struct WireComment {
     id: u64,
     body: Option<String>,
     user: WireUser,
+    created_at: String,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +394,13 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, ParseError> {
         }
         "issue_comment" if action.as_deref() == Some("created") => {
             let p: WireIssueCommentEvent = shape(event, value)?;
+            // Without its time, a comment cannot be told from a replay of an old one.
+            let created_at = DateTime::parse_from_rfc3339(&p.comment.created_at)
+                .map_err(|e| ParseError::Shape {
+                    event: event.to_owned(),
+                    message: format!("comment.created_at is not a time: {e}"),
+                })?
+                .with_timezone(&Utc);
             Ok(Event::Comment(Comment {
                 repo: p.repository.full_name,
                 id: p.comment.id,
@@ -382,6 +411,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, ParseError> {
                 author: p.comment.user.login,
                 body: p.comment.body.unwrap_or_default(),
                 installation: p.installation.map(|i| i.id),
+                created_at,
             }))
         }
         _ => Ok(Event::Ignored {
@@ -533,9 +563,10 @@ mod tests {
     }
 
     #[test]
-    fn a_comment_carries_its_id() {
+    fn a_comment_carries_its_id_and_time() {
         let body = br#"{"action": "created", "issue": {"number": 1},
             "comment": {"id": 492700400, "body": "/rollgate promote web",
+                        "created_at": "2019-05-15T15:20:21Z",
                         "user": {"login": "Codertocat", "type": "User"}},
             "repository": {"full_name": "Codertocat/Hello-World"}}"#;
         let Ok(Event::Comment(c)) = parse("issue_comment", body) else {
@@ -545,14 +576,65 @@ mod tests {
             (c.id, c.number, c.author.as_str()),
             (492700400, 1, "Codertocat")
         );
+        assert_eq!(c.created_at.to_rfc3339(), "2019-05-15T15:20:21+00:00");
         // Without its id, a comment cannot be told apart from its redelivery: refused
         let no_id = br#"{"action": "created", "issue": {"number": 1},
-            "comment": {"body": "/rollgate promote web", "user": {"login": "Codertocat"}},
+            "comment": {"body": "/rollgate promote web", "created_at": "2019-05-15T15:20:21Z",
+                        "user": {"login": "Codertocat"}},
             "repository": {"full_name": "Codertocat/Hello-World"}}"#;
         assert!(matches!(
             parse("issue_comment", no_id),
             Err(ParseError::Shape { .. })
         ));
+        // Nor without its time (or with one that is not a time): refused
+        for time in ["", r#", "created_at": "yesterday""#, r#", "created_at": 0"#] {
+            let body = format!(
+                r#"{{"action": "created", "issue": {{"number": 1}},
+                "comment": {{"id": 1, "body": "/rollgate promote web",
+                            "user": {{"login": "Codertocat"}}{time}}},
+                "repository": {{"full_name": "Codertocat/Hello-World"}}}}"#
+            );
+            assert!(
+                matches!(
+                    parse("issue_comment", body.as_bytes()),
+                    Err(ParseError::Shape { .. })
+                ),
+                "{time}"
+            );
+        }
+        // GitHub's own example parses
+        let real = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/github-webhooks/issue_comment.created.payload.json"
+        ))
+        .expect("the real payloads in ../shared/data/github-webhooks");
+        assert!(matches!(
+            parse("issue_comment", &real),
+            Ok(Event::Comment(_))
+        ));
+    }
+
+    #[test]
+    fn regression_an_old_comment_is_not_fresh() {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("a time")
+                .with_timezone(&Utc)
+        };
+        let written = t("2019-05-15T15:20:21Z");
+        assert!(is_fresh(written, written));
+        assert!(
+            is_fresh(written, t("2019-05-15T15:30:21Z")),
+            "10 min: fresh"
+        );
+        assert!(
+            !is_fresh(written, t("2019-05-15T15:30:22Z")),
+            "10 min 1 s: stale"
+        );
+        assert!(!is_fresh(written, t("2024-01-01T00:00:00Z")), "years later");
+        // A little ahead of our clock is skew; far ahead is no clock to trust
+        assert!(is_fresh(written, t("2019-05-15T15:19:21Z")));
+        assert!(!is_fresh(written, t("2019-05-15T15:00:00Z")));
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct Hub {
     /// Where the repositories served over Git's HTTP are (`serve_git`).
     pub git_root: Option<PathBuf>,
     pub git_calls: Vec<GitCall>,
+    /// While set, API calls wait (the caller is stuck mid-call).
+    pub held: bool,
     next_id: u64,
 }
 
@@ -182,6 +184,7 @@ impl FakeGitHub {
             merged: HashMap::new(),
             git_root: None,
             git_calls: Vec::new(),
+            held: false,
             next_id: 1000,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -243,6 +246,11 @@ impl FakeGitHub {
             body: body.to_owned(),
             edits: 0,
         });
+    }
+
+    /// Hold every API call (it waits unanswered) until `hold(false)`.
+    pub fn hold(&self, held: bool) {
+        self.hub().held = held;
     }
 
     /// Wait until `cond` holds (checking every 20 ms), or panic after `limit`.
@@ -311,6 +319,25 @@ async fn handle(State(hub): State<Arc<Mutex<Hub>>>, req: Request<Body>) -> Respo
         .unwrap_or_default();
     if let Some(path) = parts.uri.path().strip_prefix("/git/") {
         return git(&hub, &parts, path.to_owned(), bytes.to_vec()).await;
+    }
+    let held = {
+        let mut h = hub.lock().unwrap_or_else(|e| e.into_inner());
+        if h.held {
+            // Recorded now (the caller is seen waiting), answered once released.
+            h.calls.push(Call {
+                method: parts.method.as_str().to_owned(),
+                path: format!("(held) {}", parts.uri.path()),
+                query: String::new(),
+                authorization: String::new(),
+                body: None,
+            });
+        }
+        h.held
+    };
+    if held {
+        while hub.lock().unwrap_or_else(|e| e.into_inner()).held {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let mut h = hub.lock().unwrap_or_else(|e| e.into_inner());
     let method = parts.method.as_str().to_owned();
