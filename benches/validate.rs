@@ -48,6 +48,7 @@ fn main() {
             change: Change::default(),
             now: chrono::Utc::now(),
             only: None,
+            namespaces: None,
         };
         let policies = rollgate::gate::Rego::new(policies.clone());
         let engine = (!no_policy).then_some(&policies as &dyn PolicyEngine);

@@ -125,6 +125,8 @@ pub struct Reconciler {
     commands: HashMap<String, Vec<(String, Command)>>,
     /// Spreads the retries of failed target actions (`engine::retry_backoff`).
     jitter: Jitter,
+    /// The operator's namespace allowlist for the gate (`None`: the settings decide).
+    namespaces: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -188,7 +190,14 @@ impl Reconciler {
             memo: HashMap::new(),
             commands: HashMap::new(),
             jitter: default_jitter(),
+            namespaces: None,
         }
+    }
+
+    /// Only these namespaces may be touched (the operator's `--namespaces`): plans for
+    /// others are rejected by the gate.
+    pub fn set_namespaces(&mut self, namespaces: Vec<String>) {
+        self.namespaces = Some(namespaces);
     }
 
     /// Where the jitter of retry backoffs comes from (tests pass a fixed one).
@@ -309,6 +318,7 @@ impl Reconciler {
             },
             now,
             only: None,
+            namespaces: self.namespaces.clone(),
         };
         let policies_changed =
             self.head.is_none() || changed.iter().any(|p| p.starts_with("policies/"));

@@ -69,6 +69,23 @@ pub struct GateContext<'a> {
     pub now: DateTime<Utc>,
     /// Check only these plan files (others are still parsed for cross-checks); `None`: all.
     pub only: Option<BTreeSet<String>>,
+    /// The namespaces the operator lets rollgate touch (`run --namespaces`); `None`: as
+    /// the settings say. Kubernetes targets' lists are narrowed to it before any plan is
+    /// checked, so a plan for another namespace is rejected here, never at run time.
+    pub namespaces: Option<Vec<String>>,
+}
+
+/// Narrow every Kubernetes target's namespaces to the operator's `allowed`.
+pub fn narrow_namespaces(settings: &mut crate::model::Settings, allowed: Option<&[String]>) {
+    let Some(allowed) = allowed else { return };
+    for t in settings.targets.values_mut() {
+        if let crate::model::settings::Target::Kubernetes { namespaces, .. } = t {
+            *namespaces = Some(match namespaces.take() {
+                Some(own) => own.into_iter().filter(|n| allowed.contains(n)).collect(),
+                None => allowed.to_vec(),
+            });
+        }
+    }
 }
 
 /// The production implementation: the Rego policies of `crate::policy`.
@@ -184,7 +201,8 @@ pub fn check_with(
                 Value::Null
             }
             Ok(text) => match validate::parse_settings(SETTINGS_FILE, text) {
-                Ok(s) => {
+                Ok(mut s) => {
+                    narrow_namespaces(&mut s, cx.namespaces.as_deref());
                     report.settings = Some(s);
                     crate::model::yaml::parse(SETTINGS_FILE, text)
                         .map(|n| n.to_json())

@@ -210,6 +210,11 @@ struct RunArgs {
     /// state folder, $XDG_STATE_HOME/rollgate or ~/.local/state/rollgate).
     #[arg(long, env = "ROLLGATE_STATE_DIR", default_value_os_t = default_state_dir())]
     state_dir: PathBuf,
+    /// The only namespaces rollgate may touch (comma-separated). Plans for others are
+    /// rejected at validation; `namespaces:` on a Kubernetes target in rollgate.yaml can
+    /// narrow this further, never widen it.
+    #[arg(long, env = "ROLLGATE_NAMESPACES", value_delimiter = ',')]
+    namespaces: Option<Vec<String>>,
     /// Change nothing on targets: record what would be done in `STATE_DIR/dry-run/`.
     #[arg(long)]
     dry_run: bool,
@@ -538,6 +543,7 @@ fn validate(repo: &Path, output: Output, no_policy: bool) -> Result<ExitCode> {
         change: Change::default(),
         now: chrono::Utc::now(),
         only: None,
+        namespaces: None,
     };
     let mut report = gate::check(&snap, &cx, engine.as_deref());
     if !extra.is_empty() {
@@ -935,6 +941,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             rollgate::model::settings::Target::Kubernetes {
                 context,
                 in_cluster,
+                ..
             } => {
                 let connected = if *in_cluster {
                     rollgate::target::kubernetes::KubernetesTarget::connect()
@@ -1058,6 +1065,9 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     let watch_paths = src.local_ref_paths();
     let mut rec =
         rollgate::daemon::Reconciler::new(src, None, targets, metrics).with_policy_loader(loader);
+    if let Some(ns) = &args.namespaces {
+        rec.set_namespaces(ns.clone());
+    }
 
     // A local remote is watched: a push wakes the loop within milliseconds. Only a
     // change of a branch ref or of packed-refs wakes it: the daemon's own fetch opens and

@@ -149,3 +149,101 @@ fn regression_a_status_file_forged_by_a_human_commit_is_ignored() {
         "written by rollgate"
     );
 }
+
+/// A Kubernetes plan for `namespace`.
+fn k8s_plan(namespace: &str) -> String {
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: dns, labels: {{ team: infra }} }}
+spec:
+  target: cluster
+  workload:
+    kubernetes: {{ namespace: {namespace}, deployment: coredns }}
+  artifact: registry.example/coredns@sha256:{digest}
+  strategy:
+    canary:
+      steps: [ {{ setWeight: 20 }}, {{ setWeight: 100 }} ]
+",
+        digest = "a".repeat(64)
+    )
+}
+
+#[test]
+fn regression_a_plan_for_a_namespace_outside_the_allowlist_is_rejected_at_validation() {
+    // Given a repository whose settings let the cluster target touch `shop` only, and a
+    // merged plan that repoints kube-system/coredns
+    let settings = "apiVersion: rollgate.dev/v1alpha1
+kind: Settings
+targets:
+  cluster: { kubernetes: { context: c, namespaces: [shop] } }
+";
+    let remote = Remote::with_files(&[
+        ("rollgate.yaml".to_owned(), settings.to_owned()),
+        ("plans/dns.yaml".to_owned(), k8s_plan("kube-system")),
+    ]);
+    // Then `validate` rejects it at the namespace, naming the allowed ones
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&remote.human)
+        .arg("--no-policy")
+        .output()
+        .expect("validate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("plans/dns.yaml:7:") && text.contains("namespace `kube-system`"),
+        "{text}"
+    );
+    assert!(text.contains("allowed namespaces: shop"), "{text}");
+
+    // And with no list in the settings, the operator's --namespaces does the same: the
+    // daemon never rolls it out (no status is written)
+    let open = Remote::with_files(&[
+        (
+            "rollgate.yaml".to_owned(),
+            "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  cluster: { kubernetes: { context: c } }\n".to_owned(),
+        ),
+        ("plans/dns.yaml".to_owned(), k8s_plan("kube-system")),
+    ]);
+    let state = open.work_dir("state");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--dry-run", "--once", "--repo"])
+            .arg(&open.bare)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--namespaces", "shop,web"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("namespace `kube-system`"),
+        "{out:?}"
+    );
+    assert!(open.status("dns").is_none(), "the plan was rolled out");
+    // (Without the flag the same plan is accepted and rolled out, on the dry-run target.)
+    assert!(run(&[]).status.success());
+    assert!(open.status("dns").is_some());
+}
+
+#[test]
+fn the_operators_namespaces_narrow_the_settings_never_widen_them() {
+    use rollgate::model::settings::Target;
+    let mut s = rollgate::model::validate::parse_settings(
+        "rollgate.yaml",
+        "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  a: { kubernetes: { context: c, namespaces: [shop, web] } }\n  b: { kubernetes: { context: c } }\n",
+    )
+    .expect("settings");
+    let allowed = ["web".to_owned(), "ops".to_owned()];
+    rollgate::gate::narrow_namespaces(&mut s, Some(&allowed));
+    let ns = |name: &str| match &s.targets[name] {
+        Target::Kubernetes { namespaces, .. } => namespaces.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ns("a"), Some(vec!["web".to_owned()]));
+    assert_eq!(ns("b"), Some(vec!["web".to_owned(), "ops".to_owned()]));
+}

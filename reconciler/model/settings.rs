@@ -21,6 +21,9 @@ pub enum Target {
     Kubernetes {
         context: Option<String>,
         in_cluster: bool,
+        /// The namespaces its plans may use (`None`: any). The gate intersects it with
+        /// the operator's `--namespaces`.
+        namespaces: Option<Vec<String>>,
     },
     /// AWS Lambda. `endpoint` and `profile` are here, reviewed with the settings, and
     /// never in a plan: a plan cannot point signed AWS requests (a session token

@@ -306,6 +306,34 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
                         ),
                     );
                 }
+                let namespace = match &s.workload {
+                    wire::Workload::Kubernetes(k) => Some(&k.namespace),
+                    wire::Workload::Knative(k) => Some(&k.namespace),
+                    _ => None,
+                };
+                if let (
+                    Some(ns),
+                    settings::Target::Kubernetes {
+                        namespaces: Some(allowed),
+                        ..
+                    },
+                ) = (namespace, t)
+                    && !allowed.contains(ns)
+                {
+                    cx.err(
+                        &spec(&[K("workload"), K(wk), K("namespace")]),
+                        Code::InvalidValue,
+                        format!(
+                            "namespace `{ns}` is not one target `{}` may touch",
+                            s.target
+                        ),
+                    )
+                    .help = Some(if allowed.is_empty() {
+                        "this target may touch no namespace".to_owned()
+                    } else {
+                        format!("allowed namespaces: {}", allowed.join(", "))
+                    });
+                }
             }
         }
     }
@@ -1190,6 +1218,7 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 wire::Target::Kubernetes(k) => settings::Target::Kubernetes {
                     context: k.context.clone(),
                     in_cluster: k.in_cluster.unwrap_or(false),
+                    namespaces: k.namespaces.clone(),
                 },
                 wire::Target::Lambda(l) => {
                     if let Some(e) = &l.endpoint

@@ -393,6 +393,10 @@ pub struct KubernetesTarget {
     pub context: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_cluster: Option<bool>,
+    /// The namespaces plans on this target may use; a plan for another is rejected at
+    /// validation. (The daemon's `--namespaces` narrows it further.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 /// A named metrics source; exactly one kind.

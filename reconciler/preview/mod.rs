@@ -363,6 +363,7 @@ pub fn preview_with_labels(
         },
         now,
         only: Some(only),
+        namespaces: None,
     };
     let (report, policy_errors) = match &policy {
         Ok(engine) => (gate::check(&judged, &cx, Some(engine.as_ref())), Vec::new()),
