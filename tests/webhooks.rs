@@ -166,6 +166,14 @@ fn pull_request(action: &str, head: &str) -> Value {
     p
 }
 
+/// `pull_request.opened` for pull request `number` at `head`, into `main`.
+fn pull_request_number(number: u64, head: &str) -> Value {
+    let mut p = pull_request("opened", head);
+    p["number"] = json!(number);
+    p["pull_request"]["number"] = json!(number);
+    p
+}
+
 /// The same, from a fork: the head repository is `Octocoders/Hello-World` (the fork in
 /// GitHub's `ping` example).
 fn fork_pull_request(action: &str, head: &str) -> Value {
@@ -273,6 +281,15 @@ impl Rig {
             tx,
             clock,
         )
+    }
+
+    /// The scratch clone's `refs/rollgate/pull/*`.
+    fn pull_refs(&self) -> Vec<String> {
+        let out = support::git(
+            &self.remote.work_dir("github"),
+            &["for-each-ref", "--format=%(refname)", "refs/rollgate/pull/"],
+        );
+        out.lines().map(str::to_owned).collect()
     }
 
     /// The human pushes a change of `web` off base to `refs/pull/<number>/head`;
@@ -1221,7 +1238,14 @@ impl Daemon {
         let log = state.join("daemon.log");
         let mut command = Command::new(BIN);
         command
-            .args(["run", "--dry-run", "--interval", "1h", "--repo", repo])
+            .args([
+                "run",
+                "--journal-targets",
+                "--interval",
+                "1h",
+                "--repo",
+                repo,
+            ])
             .arg("--state-dir")
             .arg(&state)
             .args([
@@ -1369,7 +1393,7 @@ fn the_daemon_refuses_to_serve_webhooks_without_a_secret() {
     let state = remote.work_dir("state");
     let run = |envs: &[(&str, &str)], extra: &[&str]| {
         let mut c = Command::new(BIN);
-        c.args(["run", "--once", "--dry-run", "--repo"])
+        c.args(["run", "--once", "--journal-targets", "--repo"])
             .arg(&remote.bare)
             .arg("--state-dir")
             .arg(&state)
@@ -2033,4 +2057,33 @@ fn regression_a_flood_of_deliveries_on_one_pull_request_is_bounded() {
         )),
         "{metrics}"
     );
+}
+
+#[test]
+fn regression_previews_leave_no_pull_request_refs_in_the_scratch_clone() {
+    // Given three pull requests, previewed one after the other
+    let rig = Rig::new();
+    for (number, artifact) in [(2, "v2"), (3, "v3"), (4, "v4")] {
+        let head = rig.push_pull(number, set_artifact(artifact), &format!("web: {artifact}"));
+        assert_eq!(
+            deliver(
+                rig.addr(),
+                "pull_request",
+                &pull_request_number(number, &head)
+            )
+            .0,
+            202
+        );
+        rig.fake.wait_for("the preview", WAIT, |h| {
+            h.check_runs.iter().any(|r| r.head_sha == head) && !h.ours_on(number).is_empty()
+        });
+        // Then each preview is right, and the scratch clone keeps no pull request ref
+        assert!(
+            rig.fake.hub().ours_on(number)[0].body.contains(artifact),
+            "{:?}",
+            rig.fake.hub().ours_on(number)
+        );
+        assert_eq!(rig.pull_refs(), Vec::<String>::new());
+    }
+    assert_eq!(rig.fake.hub().check_runs.len(), 3);
 }

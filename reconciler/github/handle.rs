@@ -19,7 +19,8 @@
 //! older than [`webhook::MAX_COMMENT_AGE`] is never acted on, so neither a restart nor a
 //! busy branch lets an old comment act again); someone who is not a collaborator gets
 //! no answer at all (one permission call, no reply), so comment spam costs little; only
-//! comments rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`).
+//! comments rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`); the
+//! scratch clone keeps no pull request's ref after its preview.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -740,16 +741,33 @@ impl Worker {
 
     /// Fetch base and the pull request's head (`refs/pull/N/head`, which GitHub keeps in
     /// the base repository for forks too), then compute the preview. Nothing is run.
+    /// The pull request's ref is gone from the scratch clone afterwards, whatever became
+    /// of the preview: fork pull requests cannot grow the clone's refs without bound (the
+    /// objects they brought are unreachable then: the automatic gc a fetch runs once
+    /// objects pile up prunes them when they are two weeks old).
     fn compute_preview(
         &self,
         pr: &webhook::PullRequest,
         token: Option<&GitToken>,
     ) -> Result<crate::preview::Preview> {
         let repo = self.scratch()?;
+        let preview = self.preview_in(&repo, pr, token);
+        if let Err(e) = prune_pull_refs(&repo) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot remove pull request refs from the scratch clone");
+        }
+        preview
+    }
+
+    fn preview_in(
+        &self,
+        repo: &Repository,
+        pr: &webhook::PullRequest,
+        token: Option<&GitToken>,
+    ) -> Result<crate::preview::Preview> {
         let pull_ref = format!("refs/rollgate/pull/{}", pr.number);
         let base_ref = format!("refs/remotes/origin/{}", pr.base_ref);
         self.fetch(
-            &repo,
+            repo,
             &[
                 format!("+refs/heads/{0}:{base_ref}", pr.base_ref),
                 format!("+refs/pull/{}/head:{pull_ref}", pr.number),
@@ -1012,6 +1030,20 @@ fn conclusion(c: crate::preview::Conclusion) -> Conclusion {
         crate::preview::Conclusion::Failure => Conclusion::Failure,
         crate::preview::Conclusion::Neutral => Conclusion::Neutral,
     }
+}
+
+/// Remove every `refs/rollgate/pull/*` of the scratch clone.
+fn prune_pull_refs(repo: &Repository) -> Result<()> {
+    let names: Vec<String> = repo
+        .references_glob("refs/rollgate/pull/*")?
+        .filter_map(|r| r.ok().and_then(|r| r.name().ok().map(str::to_owned)))
+        .collect();
+    for name in names {
+        repo.find_reference(&name)?
+            .delete()
+            .with_context(|| format!("cannot delete {name}"))?;
+    }
+    Ok(())
 }
 
 fn title(c: crate::preview::Conclusion) -> &'static str {
