@@ -729,7 +729,8 @@ impl Reconciler {
                 if n > 0 {
                     tracing::info!(
                         phase = s.phase.as_str(),
-                        step = s.step,
+                        step = %s.step_label(),
+                        step_index = s.step,
                         weight = s.weight,
                         "re-applied the current step after a start"
                     );
@@ -938,7 +939,8 @@ impl Reconciler {
             tracing::info!(
                 commit = %commit,
                 phase = next.phase.as_str(),
-                step = next.step,
+                step = %next.step_label(),
+                step_index = next.step,
                 weight = next.weight,
                 attempts,
                 reason = d.transition.as_ref().map_or("", |t| t.reason.as_str()),

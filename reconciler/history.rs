@@ -21,6 +21,8 @@ pub struct Entry {
     pub kind: String,
     pub phase: Option<String>,
     pub from: Option<String>,
+    /// The `Rollgate-Step` trailer: the step as people count it, `i/n`
+    /// (`model::status::step_number`).
     pub step: Option<String>,
     pub weight: Option<u8>,
     pub artifact: Option<String>,
@@ -182,18 +184,19 @@ pub fn render_text(entries: &[Entry]) -> String {
             _ => e.phase.clone().unwrap_or_default(),
         };
         out.push_str(&format!(
-            "  {time}  {:<7} {:<12} {} {:>4}  {}\n",
+            "  {time}  {:<7} {:<12} {:>5} {} {:>4}  {}\n",
             &e.commit[..7.min(e.commit.len())],
             what,
+            e.step.as_deref().unwrap_or(""),
             bar(e.weight),
             e.weight.map(|w| format!("{w}%")).unwrap_or_default(),
             e.reason.as_deref().unwrap_or(&e.subject),
         ));
         for v in &e.verdicts {
-            out.push_str(&format!("{:>40}{v}\n", ""));
+            out.push_str(&format!("{:>46}{v}\n", ""));
         }
         if let Some(at) = &e.analysis_restarted {
-            out.push_str(&format!("{:>40}analysis restarted at {at}\n", ""));
+            out.push_str(&format!("{:>46}analysis restarted at {at}\n", ""));
         }
     }
     if entries.is_empty() {
@@ -227,7 +230,8 @@ pub fn statuses(repo: &Repository, head: Oid) -> Result<Vec<Status>> {
     Ok(out)
 }
 
-/// The live table of `rollgate status`.
+/// The live table of `rollgate status`; STEP is `i/n` as in commit subjects and trailers
+/// (`Status::step_label`).
 pub fn render_status(statuses: &[Status]) -> String {
     let mut out = format!(
         "{:<20} {:<12} {:>6} {:>6}  {:<30} {}\n",
@@ -244,7 +248,7 @@ pub fn render_status(statuses: &[Status]) -> String {
             "{:<20} {:<12} {:>6} {:>5}%  {:<30} {}\n",
             s.plan,
             s.phase.as_str(),
-            s.step + 1,
+            s.step_label(),
             s.weight,
             s.candidate,
             note

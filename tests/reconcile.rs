@@ -1331,3 +1331,80 @@ fn an_abort_with_on_failure_hold_keeps_the_plan_as_it_is() {
             .all(|c| c.trailer("Rollgate-Rollback-Of").is_none())
     );
 }
+
+/// Where a person reads the step of `plan` at the remote's head: the `rollgate status`
+/// table, the last line of `rollgate history` text, and the last status commit's subject
+/// and `Rollgate-Step` trailer; and where a machine reads it: `--output json`.
+fn steps_everywhere(w: &World, plan: &str) -> (String, String, String, String, serde_json::Value) {
+    let table = rollgate_on(&w.remote, &["status"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{plan} ")))
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "STEP")
+        .expect("a STEP column");
+    let last = w
+        .remote
+        .commits()
+        .into_iter()
+        .rev()
+        .find(|c| c.is_status())
+        .expect("a status commit");
+    let history = rollgate_on(&w.remote, &["history", plan]);
+    let line = history
+        .lines()
+        .find(|l| l.contains(&last.sha[..7]))
+        .expect("the last commit in the history")
+        .to_owned();
+    let json: serde_json::Value =
+        serde_json::from_str(&rollgate_on(&w.remote, &["status", "--output", "json"]))
+            .expect("json");
+    let doc = json
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["plan"] == plan))
+        .expect("the plan in json")
+        .clone();
+    (
+        row[col].to_owned(),
+        line,
+        last.subject.clone(),
+        last.trailer("Rollgate-Step").unwrap_or("-").to_owned(),
+        doc["step"].clone(),
+    )
+}
+
+#[test]
+fn regression_status_history_and_commits_agree_on_the_step_and_json_carries_the_index() {
+    // Given web (4 steps) stable at v1, changed to v2, in its analysis: the second step
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 10, |s| s.candidate == "v2" && s.step == 1);
+
+    // Then people read 2/4 everywhere, and machines the 0-based index 1
+    let (table, history, subject, trailer, index) = steps_everywhere(&w, "web");
+    assert_eq!((table.as_str(), trailer.as_str()), ("2/4", "2/4"));
+    assert!(subject.contains("step 2/4"), "{subject}");
+    assert!(history.contains(" 2/4 "), "{history}");
+    assert_eq!(index, serde_json::json!(1));
+    assert_eq!(w.status("web").step, 1, "stepIndex in the status file");
+
+    // When it succeeds: every step done is 4/4 (never a fifth step), the index is 4
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v2"));
+    let (table, history, subject, trailer, index) = steps_everywhere(&w, "web");
+    assert_eq!((table.as_str(), trailer.as_str()), ("4/4", "4/4"));
+    assert!(subject.contains("step 4/4"), "{subject}");
+    assert!(history.contains(" 4/4 "), "{history}");
+    assert_eq!(index, serde_json::json!(4));
+}

@@ -78,6 +78,7 @@ fn seed_status() -> Result<String> {
     s.stable = Some("v1".to_owned());
     s.weight = 100;
     s.step = 7;
+    s.step_count = Some(7);
     s.message = Some("seeded by rollgate demo: v1 is the stable version".to_owned());
     s.succeeded.push(crate::model::status::Success {
         artifact: "v1".to_owned(),
@@ -137,9 +138,9 @@ fn describe(s: &Status, load: &load::Counts) -> String {
         .collect();
     let cells = usize::from(s.weight) / 10;
     format!(
-        "{:<11} step {:>2} [{}{}] {:>3}% → {:<3}  {}  | traffic {}",
+        "{:<11} step {:>5} [{}{}] {:>3}% → {:<3}  {}  | traffic {}",
         s.phase.as_str(),
-        s.step + 1,
+        s.step_label(),
         "█".repeat(cells),
         "·".repeat(10 - cells),
         s.weight,

@@ -40,7 +40,7 @@ use crate::model::duration;
 use crate::model::plan::{Analysis, FirstRollout, OnFailure, Plan, Step};
 use crate::model::settings::BUILTIN_SOURCE;
 use crate::model::status::{
-    AnalysisRestart, Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success,
+    AnalysisRestart, Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success, step_number,
 };
 
 /// The steps a rollout walks: the plan's, or only its weight steps when fast-tracked.
@@ -652,19 +652,16 @@ impl<'a> Cx<'a> {
             .reason
             .take()
             .unwrap_or_else(|| "status changed".to_owned());
+        let n = self.steps().len();
         if transitioned {
             self.s.last_transition_at = Some(self.now);
             self.s.message = Some(reason.clone());
+            self.s.step_count = Some(n);
         }
-        let n = self.steps().len();
         let transition = transitioned.then(|| Transition {
             from: self.before.map(|b| b.phase),
             to: self.s.phase,
-            step: if self.s.phase == Phase::Pending {
-                (0, n)
-            } else {
-                ((self.s.step + 1).min(n), n)
-            },
+            step: step_number(self.s.phase, self.s.step, n),
             reason,
             verdicts: std::mem::take(&mut self.verdicts),
             first_rollout: self.first_rollout,

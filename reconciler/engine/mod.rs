@@ -146,7 +146,8 @@ pub struct Transition {
     /// `None` for a plan seen for the first time.
     pub from: Option<Phase>,
     pub to: Phase,
-    /// `(i, n)`: 1-based step and step count, as in `Rollgate-Step: i/n` (0 while pending).
+    /// `(i, n)`: the step as people count it, as in `Rollgate-Step: i/n`
+    /// (`model::status::step_number`: 1-based, 0 while pending, `n/n` once all are done).
     pub step: (usize, usize),
     pub reason: String,
     /// The verdicts behind the transition, one `Rollgate-Verdict` trailer each.

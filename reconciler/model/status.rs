@@ -387,7 +387,11 @@ pub struct Status {
     /// The plan commit that started this rollout.
     pub revision: String,
     /// Index into the rollout's steps (see `engine::steps`); equals their count while promoting.
+    /// For machines; people read `step_label` (see `step_number`).
     pub step: usize,
+    /// How many steps the rollout walks, as of the last transition (`None` in a status
+    /// written before it was recorded).
+    pub step_count: Option<usize>,
     /// Traffic weight of the candidate, 0..=100.
     pub weight: u8,
     pub step_started_at: Option<DateTime<Utc>>,
@@ -413,7 +417,42 @@ pub struct Status {
     pub budget_remaining: Option<f64>,
 }
 
+/// The step as people count it, `(i, n)` written `i/n`: 1-based, the first step is 1;
+/// `0/n` before the first (Pending); `n/n` once every step is done (Promoting,
+/// Succeeded: the index is then `n`, and there is no step `n + 1`). A rollout with no
+/// steps (a first rollout deployed directly) is `0/0`. This is the one convention for
+/// people: commit subjects and `Rollgate-Step` trailers, `rollgate status` and
+/// `rollgate history`, logs, the demo. Machines get the 0-based `index` itself
+/// (`stepIndex` in the status file, `step` in `--output json`).
+pub fn step_number(phase: Phase, index: usize, count: usize) -> (usize, usize) {
+    if phase == Phase::Pending {
+        (0, count)
+    } else {
+        ((index + 1).min(count), count)
+    }
+}
+
 impl Status {
+    /// `i/n` for people (see [`step_number`]); `i/?` for a status written before the
+    /// step count was recorded.
+    pub fn step_label(&self) -> String {
+        match self.step_count {
+            Some(n) => {
+                let (i, n) = step_number(self.phase, self.step, n);
+                format!("{i}/{n}")
+            }
+            None => {
+                // Every step done: the index is the count already.
+                let i = match self.phase {
+                    Phase::Pending => 0,
+                    Phase::Promoting | Phase::Succeeded => self.step,
+                    _ => self.step + 1,
+                };
+                format!("{i}/?")
+            }
+        }
+    }
+
     /// The status of a rollout about to start.
     pub fn pending(plan: &str, candidate: &str, revision: &str) -> Self {
         Self {
@@ -423,6 +462,7 @@ impl Status {
             stable: None,
             revision: revision.to_owned(),
             step: 0,
+            step_count: None,
             weight: 0,
             step_started_at: None,
             fast_track: false,
@@ -452,6 +492,7 @@ impl Status {
                 stable: self.stable.clone(),
                 revision: self.revision.clone(),
                 step_index: self.step,
+                step_count: self.step_count,
                 weight: self.weight,
                 step_started_at: self.step_started_at.map(time_to_wire),
                 fast_track: self.fast_track,
@@ -510,6 +551,7 @@ impl Status {
             stable: s.stable.clone(),
             revision: s.revision.clone(),
             step: s.step_index,
+            step_count: s.step_count,
             weight: s.weight,
             step_started_at: opt_time("stepStartedAt", s.step_started_at.as_deref())?,
             fast_track: s.fast_track,
@@ -615,6 +657,10 @@ pub struct StatusBody {
     /// 0-based index into the rollout's steps.
     #[serde(default)]
     pub step_index: usize,
+    /// How many steps the rollout walks (people read `stepIndex + 1` of it, see
+    /// `step_number`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_count: Option<usize>,
     #[serde(default)]
     pub weight: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
