@@ -1,7 +1,7 @@
 //! Benchmark: how fast the reconcile loop reacts, and how fast it writes back.
 //!
 //! (a) a human pushes a plan change to a bare remote (git CLI) → the daemon (`rollgate run
-//!     --dry-run`, woken by its notify watcher) makes its first target call, seen as the
+//!     --journal-targets`, woken by its notify watcher) makes its first target call, seen as the
 //!     line in its dry-run journal; timed from the end of the push. Goal: p50 ≤ 50 ms.
 //! (b) one status commit pushed to the bare remote by `Writer`. Goal: p50 ≤ 20 ms.
 //! (c) both again with 10,000 other plans (finished rollouts) in the repository; plus
@@ -279,7 +279,7 @@ fn status_spec(i: usize) -> CommitSpec {
     }
 }
 
-/// `rollgate run --dry-run` as a subprocess, and a reader of its journal.
+/// `rollgate run --journal-targets` as a subprocess, and a reader of its journal.
 struct Daemon {
     child: Child,
     journal: PathBuf,
@@ -290,7 +290,7 @@ struct Daemon {
 impl Daemon {
     fn start(remote: &Remote, state: &Path) -> Self {
         let child = Command::new(BIN)
-            .args(["run", "--dry-run", "--interval", "30s", "--repo"])
+            .args(["run", "--journal-targets", "--interval", "30s", "--repo"])
             .arg(&remote.bare)
             .arg("--state-dir")
             .arg(state)

@@ -127,6 +127,8 @@ pub struct Reconciler {
     jitter: Jitter,
     /// The operator's namespace allowlist for the gate (`None`: the settings decide).
     namespaces: Option<Vec<String>>,
+    /// Write nothing to Git (`run --dry-run`).
+    dry_run: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -191,7 +193,14 @@ impl Reconciler {
             commands: HashMap::new(),
             jitter: default_jitter(),
             namespaces: None,
+            dry_run: false,
         }
+    }
+
+    /// A dry run: status commits, reverts and restores are not written (logged, and the
+    /// statuses kept in memory so the rollout plays on); targets are the caller's choice.
+    pub fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
     }
 
     /// Only these namespaces may be touched (the operator's `--namespaces`): plans for
@@ -919,9 +928,17 @@ impl Reconciler {
             }
             return Ok(Some(next));
         }
-        memo.counters = None;
         let text = next.to_yaml().map_err(|e| anyhow::anyhow!(e))?;
         let spec = messages::status_commit(&next, d.transition.as_ref(), acked.as_deref(), text);
+        if self.dry_run {
+            // A dry run writes nothing: the status it would commit is kept in memory, on
+            // top of the file it came from (as counters are), and the loop goes on.
+            tracing::info!(subject = %spec.subject, "dry run: would commit");
+            memo.counters = Some((file_status, next.clone()));
+            report.transitions += 1;
+            return Ok(Some(next));
+        }
+        memo.counters = None;
         let wb = self.write_back();
         let outcome = Writer::new(&self.src, &wb).write(|_| Ok(Some(spec.clone())))?;
         if let WriteOutcome::Pushed { commit, attempts } = outcome {
@@ -964,6 +981,10 @@ impl Reconciler {
         before: &Status,
         rev: &engine::Revert,
     ) -> Result<bool> {
+        if self.dry_run {
+            tracing::info!(plan = %pp.plan.name, revert_of = %rev.of_revision, "dry run: would push a revert or restore of the plan");
+            return Ok(false);
+        }
         let wb = self.write_back();
         let writer = Writer::new(&self.src, &wb);
         let name = pp.plan.name.clone();

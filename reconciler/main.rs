@@ -215,9 +215,15 @@ struct RunArgs {
     /// narrow this further, never widen it.
     #[arg(long, env = "ROLLGATE_NAMESPACES", value_delimiter = ',')]
     namespaces: Option<Vec<String>>,
-    /// Change nothing on targets: record what would be done in `STATE_DIR/dry-run/`.
+    /// Change nothing anywhere: targets only journal what they would do (in
+    /// `STATE_DIR/dry-run/`), nothing is committed or pushed (the statuses it would write
+    /// are logged and kept in memory), and the GitHub side stays off.
     #[arg(long)]
     dry_run: bool,
+    /// Targets journal what they would do, while Git is written as in a real run (a
+    /// rehearsal of the write-back against a scratch remote; used by the tests).
+    #[arg(long, hide = true)]
+    journal_targets: bool,
     /// Log lines as text or JSON.
     #[arg(long, value_enum, default_value = "text")]
     log_format: Output,
@@ -866,6 +872,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     args.git.auth(&mut remote)?.install()?;
     let url = remote.as_str().to_owned();
     let github = github_options(&args, &url)?;
+    // A dry run writes to no remote: no check runs, comments, statuses or command commits.
+    let github = match github {
+        Some(_) if args.dry_run => {
+            tracing::warn!(
+                "a dry run writes nothing to GitHub: webhooks, previews and comment commands are off"
+            );
+            None
+        }
+        g => g,
+    };
     let app = github
         .as_ref()
         .is_some_and(|o| matches!(o.github.auth, rollgate::github::Auth::App { .. }));
@@ -901,7 +917,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     let mut counters: Vec<std::sync::Arc<dyn rollgate::metrics::builtin::ProxyCounters>> =
         Vec::new();
     for (name, kind) in &settings.targets {
-        if args.dry_run {
+        if args.dry_run || args.journal_targets {
             let dir = args.state_dir.join("dry-run");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -1068,6 +1084,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     if let Some(ns) = &args.namespaces {
         rec.set_namespaces(ns.clone());
     }
+    rec.set_dry_run(args.dry_run);
 
     // A local remote is watched: a push wakes the loop within milliseconds. Only a
     // change of a branch ref or of packed-refs wakes it: the daemon's own fetch opens and

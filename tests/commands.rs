@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
 fn run_once(remote: &Remote) {
     let out = Command::new(BIN)
-        .args(["run", "--dry-run", "--once", "--repo"])
+        .args(["run", "--journal-targets", "--once", "--repo"])
         .arg(&remote.bare)
         .arg("--state-dir")
         .arg(remote.work_dir("state"))
@@ -164,7 +164,7 @@ fn regression_run_once_fails_when_a_plan_cannot_be_reconciled() {
     ]);
     // When `run --once` runs
     let out = Command::new(BIN)
-        .args(["run", "--dry-run", "--once", "--repo"])
+        .args(["run", "--journal-targets", "--once", "--repo"])
         .arg(&remote.bare)
         .arg("--state-dir")
         .arg(remote.work_dir("state2"))
@@ -200,4 +200,45 @@ fn regression_status_and_history_work_on_a_bare_remote_whose_head_names_master()
             "{sub}: {out:?}"
         );
     }
+}
+
+#[test]
+fn regression_a_dry_run_pushes_nothing_and_plays_the_rollout_in_memory() {
+    // Given v1 stable and a change to v2 pushed
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_plans(&[&v1]);
+    run_once(&remote);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "setWeight: 50",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    let before = remote.head();
+    let state = remote.work_dir("dry");
+    // When `run --dry-run --once` runs
+    let out = Command::new(BIN)
+        .args(["run", "--dry-run", "--once", "--repo"])
+        .arg(&remote.bare)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("rollgate run --dry-run");
+    assert!(out.status.success(), "{out:?}");
+    // Then the remote is untouched (before: Pending, Progressing… commits were pushed)
+    assert_eq!(remote.head(), before);
+    // And the log says what it would have committed, through to the end of the rollout
+    let log = String::from_utf8_lossy(&out.stderr);
+    let would: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dry run: would commit"))
+        .collect();
+    assert!(would.len() >= 3, "{log}");
+    assert!(would.iter().any(|l| l.contains("Succeeded")), "{log}");
+    // And the targets only journalled
+    let journal = rollgate::target::dry_run::DryRun::with_journal(
+        state.join("dry-run").join("local.journal"),
+    );
+    assert!(!journal.calls.is_empty());
 }

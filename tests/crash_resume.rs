@@ -69,7 +69,7 @@ impl Setup {
         let state = remote.work_dir("state");
         // Given v1 rolled out by the daemon (`--once` works until nothing moves)
         let out = Command::new(BIN)
-            .args(["run", "--dry-run", "--once", "--repo"])
+            .args(["run", "--journal-targets", "--once", "--repo"])
             .arg(&remote.bare)
             .arg("--state-dir")
             .arg(&state)
@@ -95,7 +95,7 @@ impl Setup {
             .open(self.state.join("daemon.log"))
             .expect("log file");
         Command::new(BIN)
-            .args(["run", "--dry-run", "--interval", "50ms", "--repo"])
+            .args(["run", "--journal-targets", "--interval", "50ms", "--repo"])
             .arg(&self.remote.bare)
             .arg("--state-dir")
             .arg(&self.state)

@@ -579,7 +579,7 @@ fn the_binary_fetches_and_pushes_over_https_to_loopback_with_the_token() {
             &[
                 "run",
                 "--once",
-                "--dry-run",
+                "--journal-targets",
                 "--repo",
                 repo,
                 "--state-dir",
@@ -1022,7 +1022,7 @@ fn revoked_credentials_hold_in_readyz_without_spinning_and_recover() {
     }
     cmd.args([
         "run",
-        "--dry-run",
+        "--journal-targets",
         "--interval",
         "1s",
         "--listen",
@@ -1131,7 +1131,7 @@ fn regression_an_idle_daemon_is_not_woken_by_its_own_fetch_of_a_path_remote() {
     }
     cmd.args([
         "run",
-        "--dry-run",
+        "--journal-targets",
         "--interval",
         "30s",
         "--listen",

@@ -11,10 +11,10 @@ use support::rollout::PlanFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
-/// One `rollgate run --dry-run --once` pass over the remote (until nothing moves).
+/// One `rollgate run --journal-targets --once` pass over the remote (until nothing moves).
 fn run_once(remote: &Remote, state: &std::path::Path) {
     let out = Command::new(BIN)
-        .args(["run", "--dry-run", "--once", "--repo"])
+        .args(["run", "--journal-targets", "--once", "--repo"])
         .arg(&remote.bare)
         .arg("--state-dir")
         .arg(state)
@@ -209,7 +209,7 @@ targets:
     let state = open.work_dir("state");
     let run = |extra: &[&str]| {
         Command::new(BIN)
-            .args(["run", "--dry-run", "--once", "--repo"])
+            .args(["run", "--journal-targets", "--once", "--repo"])
             .arg(&open.bare)
             .arg("--state-dir")
             .arg(&state)
@@ -225,7 +225,7 @@ targets:
         "{out:?}"
     );
     assert!(open.status("dns").is_none(), "the plan was rolled out");
-    // (Without the flag the same plan is accepted and rolled out, on the dry-run target.)
+    // (Without the flag the same plan is accepted and rolled out, on the journalling target.)
     assert!(run(&[]).status.success());
     assert!(open.status("dns").is_some());
 }
