@@ -134,6 +134,41 @@ fn cluster_intercepted(
     extra: Vec<Value>,
     funcs: Option<kube_fake_client::interceptor::Funcs>,
 ) -> KubernetesTarget {
+    cluster_built(replicas, extra, funcs, Readiness::default())
+}
+
+/// Whether the stand-in controller lets the candidate's pods become ready: cleared, the
+/// `-canary` and `-preview` Deployments run pods that never pass their readiness probe
+/// (or a cluster with no kubelet): replicas exist, none ready, no condition written.
+#[derive(Clone, Default)]
+struct Readiness(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Readiness {
+    fn withheld() -> Self {
+        let r = Self::default();
+        r.withhold(true);
+        r
+    }
+    fn withhold(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn is_withheld(&self, deployment: &str) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+            && (deployment.ends_with("-canary") || deployment.ends_with("-preview"))
+    }
+}
+
+/// A cluster whose candidate pods never become ready until `readiness.withhold(false)`.
+fn cluster_withholding(readiness: &Readiness) -> KubernetesTarget {
+    cluster_built(4, Vec::new(), None, readiness.clone())
+}
+
+fn cluster_built(
+    replicas: i32,
+    extra: Vec<Value>,
+    funcs: Option<kube_fake_client::interceptor::Funcs>,
+    readiness: Readiness,
+) -> KubernetesTarget {
     let runtime = kubernetes::runtime().expect("runtime");
     let mut objects = vec![stable_deployment(replicas), stable_service(), route()];
     objects.extend(extra);
@@ -152,7 +187,7 @@ fn cluster_intercepted(
     });
     target.spawn(async move {
         loop {
-            let _ = controller_pass(&client).await;
+            let _ = controller_pass_in(&client, NS, &readiness).await;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
@@ -164,12 +199,13 @@ fn cluster() -> KubernetesTarget {
 }
 
 /// What the Deployment controller and kubelet would report: every Deployment rolled
-/// out at its generation, except those running a `broken` image.
-async fn controller_pass(client: &kube::Client) -> Result<(), kube::Error> {
-    controller_pass_in(client, NS).await
-}
-
-async fn controller_pass_in(client: &kube::Client, ns: &str) -> Result<(), kube::Error> {
+/// out at its generation, except those running a `broken` image (past their progress
+/// deadline) and candidates whose readiness is withheld (no pod ready, no condition).
+async fn controller_pass_in(
+    client: &kube::Client,
+    ns: &str,
+    readiness: &Readiness,
+) -> Result<(), kube::Error> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     for d in api.list(&ListParams::default()).await?.items {
         let name = d.metadata.name.clone().unwrap_or_default();
@@ -183,7 +219,11 @@ async fn controller_pass_in(client: &kube::Client, ns: &str) -> Result<(), kube:
                     .iter()
                     .any(|c| c.image.as_deref().is_some_and(|i| i.contains("broken")))
             });
-        let status = if broken {
+        let status = if readiness.is_withheld(&name) {
+            json!({ "status": {
+                "observedGeneration": d.metadata.generation, "replicas": replicas,
+                "updatedReplicas": replicas, "availableReplicas": 0, "readyReplicas": 0 } })
+        } else if broken {
             json!({ "status": {
                 "observedGeneration": d.metadata.generation, "replicas": replicas,
                 "updatedReplicas": replicas, "availableReplicas": 0,
@@ -295,6 +335,24 @@ fn snapshot(t: &KubernetesTarget) -> Value {
         "svc": s("web"), "svc-canary": s("web-canary"), "svc-preview": s("web-preview"),
         "rules": route_value(t)["spec"]["rules"],
     })
+}
+
+/// Wait until the stand-in controller has reported every Deployment at its generation,
+/// with every replica ready: the candidate can take traffic.
+fn wait_rolled_out(t: &KubernetesTarget) {
+    let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+    for _ in 0..1000 {
+        let all = t.block_on(api.list(&ListParams::default())).expect("list");
+        if all.items.iter().all(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            s.observed_generation >= d.metadata.generation
+                && s.ready_replicas.unwrap_or(0) == replicas(d)
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the stand-in controller never caught up");
 }
 
 fn settle(t: &mut KubernetesTarget, plan: &Plan, desired: &Desired) -> TargetHealth {
@@ -454,11 +512,7 @@ fn replica_ratio_canary_scales_replicas_after_every_step() {
             c,
             "canary at {w}%"
         );
-        assert_eq!(
-            replicas(&deployment(&t, "web").expect("stable")),
-            s,
-            "stable at {w}%"
-        );
+        // The stable gives up replicas once the canary's are ready (a health pass).
         assert_eq!(
             settle(
                 &mut t,
@@ -470,6 +524,11 @@ fn replica_ratio_canary_scales_replicas_after_every_step() {
                 }
             ),
             TargetHealth::Healthy
+        );
+        assert_eq!(
+            replicas(&deployment(&t, "web").expect("stable")),
+            s,
+            "stable at {w}%"
         );
     }
 
@@ -563,6 +622,10 @@ fn rerunning_every_step_after_a_crash_converges() {
             ),
         ];
         for (name, step) in &steps {
+            // A step whose traffic waited for the candidate's readiness finishes on a
+            // later call; from then on, re-running it changes nothing.
+            step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
+            wait_rolled_out(&t);
             step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
             let once = snapshot(&t);
             // The process dies after the call and the step runs again, twice.
@@ -576,6 +639,9 @@ fn rerunning_every_step_after_a_crash_converges() {
         }
         // A re-run of start after set_weight keeps the traffic split.
         t.start_candidate(&p, V3).expect("start");
+        wait_rolled_out(&t);
+        t.set_weight(&p, 25).expect("weight");
+        wait_rolled_out(&t);
         t.set_weight(&p, 25).expect("weight");
         let before = snapshot(&t);
         t.start_candidate(&p, V3).expect("start again");
@@ -654,6 +720,162 @@ fn a_candidate_past_its_progress_deadline_is_unhealthy() {
         .promote(&p, "registry.example/web:broken")
         .expect_err("stable never rolls out");
     assert!(err.0.contains("ProgressDeadlineExceeded"), "{err}");
+}
+
+/// Issue #15: with readiness withheld, the HTTPRoute went to 80/20 while `web-canary`
+/// had no ready replica, so a fifth of the users were sent to nothing. The weight now
+/// waits for the canary's ready replicas to cover its share, and health says
+/// `Progressing` (never `Healthy`) until they do; then the next pass moves it.
+#[test]
+fn regression_traffic_never_moves_to_a_canary_that_is_not_ready() {
+    // Given a gateway canary whose pods never pass their readiness probe
+    let readiness = Readiness::withheld();
+    let mut t = cluster_withholding(&readiness);
+    let p = plan(true);
+    t.start_candidate(&p, V2).expect("start");
+    // When the step asks for 20%, and again (a re-run after a crash)
+    t.set_weight(&p, 20)
+        .expect("a weight that waits is not an error");
+    t.set_weight(&p, 20).expect("again");
+    // Then the route stays on the stable while the canary has no ready replica
+    for _ in 0..20 {
+        assert_eq!(
+            weights(&t),
+            (Some(100), Some(0)),
+            "no weight before readiness"
+        );
+        assert_eq!(
+            t.health(&p, &desired(V1, Some(V2), 20)),
+            TargetHealth::Progressing,
+            "not serving: the canary is not ready"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(weights(&t), (Some(100), Some(0)));
+    // When its pods become ready, the next passes move the weight and call it serving
+    readiness.withhold(false);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 20)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(weights(&t), (Some(80), Some(20)));
+}
+
+/// Replica-ratio mode: the canary grows at once (pods, not traffic), but the stable
+/// gives up its replicas only when the canary's are ready, so capacity never drops.
+#[test]
+fn regression_the_stable_keeps_its_replicas_until_the_canary_is_ready() {
+    let readiness = Readiness::withheld();
+    let mut t = cluster_withholding(&readiness);
+    let p = plan(false);
+    t.start_candidate(&p, V2).expect("start");
+    t.set_weight(&p, 50).expect("weight");
+    assert_eq!(
+        replicas(&deployment(&t, "web-canary").expect("canary")),
+        2,
+        "the canary grows first"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            t.health(&p, &desired(V1, Some(V2), 50)),
+            TargetHealth::Progressing
+        );
+        assert_eq!(
+            replicas(&deployment(&t, "web").expect("stable")),
+            4,
+            "the stable keeps every replica while the canary has no ready one"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    readiness.withhold(false);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 50)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 2);
+}
+
+/// Blue-green: the switch (selector or route) waits for every replica of the preview.
+#[test]
+fn regression_blue_green_switches_only_to_a_ready_preview() {
+    for route in [true, false] {
+        let readiness = Readiness::withheld();
+        let mut t = cluster_withholding(&readiness);
+        let p = bg_plan(route, "0s");
+        t.start_candidate(&p, V2).expect("start");
+        t.set_weight(&p, 100).expect("switch");
+        for _ in 0..20 {
+            assert_eq!(
+                selector(&t, "web"),
+                BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+                "route: {route}"
+            );
+            if route {
+                assert_eq!(preview_weights(&t), (Some(100), Some(0)));
+            }
+            assert_eq!(
+                t.health(&p, &desired(V1, Some(V2), 100)),
+                TargetHealth::Progressing
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        readiness.withhold(false);
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, Some(V2), 100)),
+            TargetHealth::Healthy,
+            "route: {route}"
+        );
+        if route {
+            assert_eq!(preview_weights(&t), (Some(0), Some(100)));
+        } else {
+            assert_eq!(
+                selector(&t, "web").get("app").map(String::as_str),
+                Some("web-preview")
+            );
+        }
+    }
+}
+
+/// Pods that never become ready (a probe that never passes, a cluster with no kubelet)
+/// may never earn a `ProgressDeadlineExceeded` from any controller: the target's own
+/// deadline, the plan's `progressDeadline`, makes the stage fail with the reason, and
+/// the canary never got its share.
+#[test]
+fn a_canary_not_ready_within_the_progress_deadline_is_unhealthy_without_traffic() {
+    for route in [true, false] {
+        let readiness = Readiness::withheld();
+        let mut t = cluster_withholding(&readiness);
+        let mut p = plan(route);
+        p.progress_deadline = Duration::from_millis(400);
+        t.start_candidate(&p, V2).expect("start");
+        let asked = std::time::Instant::now();
+        t.set_weight(&p, 20).expect("weight");
+        let mut last = TargetHealth::Progressing;
+        while asked.elapsed() < Duration::from_secs(3) {
+            last = t.health(&p, &desired(V1, Some(V2), 20));
+            if last != TargetHealth::Progressing {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            asked.elapsed() >= Duration::from_millis(300),
+            "not before the deadline (route: {route})"
+        );
+        let TargetHealth::Unhealthy { reason } = &last else {
+            panic!("route: {route}: {last:?}");
+        };
+        assert!(
+            reason.contains("web-canary") && reason.contains("0 of 1 ready"),
+            "{reason}"
+        );
+        assert!(reason.contains("progressDeadline 400ms"), "{reason}");
+        if route {
+            assert_eq!(weights(&t), (Some(100), Some(0)));
+        } else {
+            assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 4);
+        }
+    }
 }
 
 #[test]
@@ -1011,7 +1233,7 @@ fn e2e_contract_on_a_real_cluster() {
         let (client, ns) = (client.clone(), ns.clone());
         t.spawn(async move {
             loop {
-                let _ = controller_pass_in(&client, &ns).await;
+                let _ = controller_pass_in(&client, &ns, &Readiness::default()).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -1162,6 +1384,7 @@ fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
     assert!(err.0.contains("409"), "{err}");
     assert_eq!(weights(&t), (Some(1), None), "route unchanged");
     t.start_candidate(&p, V2).expect("retry");
+    wait_rolled_out(&t);
     t.set_weight(&p, 5).expect("weight");
     assert_eq!(weights(&t), (Some(95), Some(5)));
     assert_eq!(conflicts.load(Ordering::SeqCst), 0);
@@ -1305,6 +1528,7 @@ fn blue_green_rollback_switches_back_at_once_and_removes_the_preview() {
         let mut t = cluster();
         let p = bg_plan(route, "30s");
         t.start_candidate(&p, V3).expect("start");
+        wait_rolled_out(&t);
         t.set_weight(&p, 100).expect("switch");
         if route {
             assert_eq!(preview_weights(&t), (Some(0), Some(100)));
@@ -1342,6 +1566,7 @@ fn blue_green_through_the_route_moves_weight_zero_to_hundred() {
     let p = bg_plan(true, "0s");
     t.start_candidate(&p, V2).expect("start");
     assert_eq!(preview_weights(&t), (Some(100), Some(0)));
+    wait_rolled_out(&t);
     assert_eq!(
         route_value(&t)["spec"]["rules"][1]["backendRefs"][1]["name"],
         json!("web-preview")
@@ -1382,6 +1607,10 @@ fn blue_green_steps_rerun_after_a_crash_converge() {
             ("rollback", Box::new(move |t| t.rollback(&p(), Some(V2)))),
         ];
         for (name, step) in &steps {
+            // A step whose traffic waited for the candidate's readiness finishes on a
+            // later call; from then on, re-running it changes nothing.
+            step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
+            wait_rolled_out(&t);
             step(&mut t).unwrap_or_else(|e| panic!("{name}: {e}"));
             let once = snapshot(&t);
             step(&mut t).unwrap_or_else(|e| panic!("{name} again: {e}"));
@@ -1401,6 +1630,7 @@ fn switching_back_restores_the_selector_recorded_at_start() {
     let mut t = cluster();
     let p = bg_plan(false, "0s");
     t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
     // Someone (Argo CD, a human) changes the active Service after rollgate recorded it.
     let api: Api<Service> = Api::namespaced(t.client(), NS);
     let edit = json!({ "spec": { "selector": { "app": "web", "canary-free": "yes" } } });
@@ -1483,6 +1713,10 @@ fn resuming_after_a_daemon_restart_moves_no_traffic_and_keeps_the_canary() {
         let p = plan(route);
         t.start_candidate(&p, V2).expect("start");
         t.set_weight(&p, 50).expect("weight");
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, Some(V2), 50)),
+            TargetHealth::Healthy
+        );
         let uid = deployment(&t, "web-canary").and_then(|d| d.metadata.uid);
         let before = snapshot(&t);
         t.resume(&p, Some(V1), V2, 50).expect("resume");
@@ -1551,9 +1785,8 @@ fn regression_a_named_context_missing_from_the_kubeconfig_is_reported_by_name() 
     )
     .expect("kubeconfig");
     // When the target names the context `research`
-    let err = KubernetesTarget::from_kubeconfig(Some(&path), Some("research"))
-        .err()
-        .expect("refused");
+    let err =
+        KubernetesTarget::from_kubeconfig(Some(&path), Some("research")).expect_err("refused");
     // Then the error names the context, the file and the contexts there are
     let text = format!("{err:#}");
     assert!(text.contains("`research` is not in"), "{text}");

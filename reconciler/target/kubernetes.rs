@@ -21,6 +21,16 @@
 //! to the stable version *before* canary objects are deleted; every API call used is
 //! listed in [`RBAC`], which `tests/deploy_manifests.rs` compares to `deploy/kubernetes`.
 //!
+//! **Traffic never moves to a candidate that is not ready.** A weight (a route weight,
+//! the stable giving up replicas in replica-ratio mode, a blue-green switch) moves
+//! towards the candidate only once its ready replicas of the current generation cover
+//! the share: ceil(total × weight / 100), at least one. Until then `set_weight` leaves
+//! the traffic where it is (and succeeds: the step is asked for, not refused) and
+//! `health` says `Progressing`; each `health` pass moves the weight as soon as the
+//! replicas are ready. A candidate short of them for the plan's `progressDeadline` is
+//! `Unhealthy` with the reason, so the stage fails even where no controller ever writes
+//! `ProgressDeadlineExceeded`. Moving traffic *away* from the candidate is never held.
+//!
 //! HTTPRoute `spec.rules` and `backendRefs` are declared `x-kubernetes-list-type: atomic`
 //! in the Gateway API CRDs, so an apply cannot own just the weights: rollgate applies the
 //! whole `rules` list it has just read, with only the two weights (and the canary
@@ -44,8 +54,9 @@
 //! The `Target` trait is synchronous: the target owns a small current-thread tokio
 //! runtime and blocks on it for each call.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
@@ -57,10 +68,16 @@ mod blue_green;
 mod deployment;
 mod route;
 
-pub use deployment::{Rollout, canary_replicas, rollout_of};
+pub use deployment::{Rollout, canary_replicas, needed_ready, ready_replicas, rollout_of};
 pub use route::{route_weights, rules_with_weight};
 
 use deployment::{container_name, image_of, replicas_of};
+
+/// How long before the plan's `progressDeadline` the target gives up on a candidate
+/// that is not ready (a tenth of the deadline, at most this): the engine fails a stage
+/// still progressing at that deadline with a bare "progressDeadline exceeded", and the
+/// target's reason (which Deployment, how many ready of how many) is the useful one.
+const DEADLINE_LEAD: Duration = Duration::from_secs(5);
 
 use super::{Desired, Target, TargetError};
 use crate::engine::{Measurement, TargetHealth};
@@ -129,6 +146,16 @@ pub struct KubernetesTarget {
     runtime: tokio::runtime::Runtime,
     client: kube::Client,
     timing: Timing,
+    memory: Mutex<Memory>,
+}
+
+/// What the target remembers between calls (not across restarts: after one, a wait
+/// starts again, and the engine's own `progressDeadline`, kept in Git, still bounds it).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Since when each candidate (by namespace, name and uid) has been short of the
+    /// ready replicas its weight needs.
+    unready_since: HashMap<String, Instant>,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -218,6 +245,7 @@ impl KubernetesTarget {
             runtime,
             client,
             timing: Timing::default(),
+            memory: Mutex::default(),
         }
     }
 
@@ -265,7 +293,7 @@ impl KubernetesTarget {
         })
     }
 
-    fn cluster<'a>(&self, plan: &'a Plan) -> Result<Cluster<'a>, TargetError> {
+    fn cluster<'a>(&'a self, plan: &'a Plan) -> Result<Cluster<'a>, TargetError> {
         let Workload::Kubernetes(w) = &plan.workload else {
             return Err(TargetError(format!(
                 "plan {} has a {} workload; this target runs kubernetes workloads",
@@ -284,6 +312,8 @@ impl KubernetesTarget {
             services: Api::namespaced(self.client.clone(), &w.namespace),
             routes: Api::namespaced_with(self.client.clone(), &w.namespace, &http_route()),
             timing: self.timing,
+            deadline: plan.progress_deadline,
+            memory: &self.memory,
         })
     }
 }
@@ -337,6 +367,42 @@ struct Cluster<'a> {
     services: Api<Service>,
     routes: Api<DynamicObject>,
     timing: Timing,
+    /// The plan's `progressDeadline`: how long a candidate may stay short of the ready
+    /// replicas its weight needs.
+    deadline: Duration,
+    memory: &'a Mutex<Memory>,
+}
+
+/// How many ready replicas a candidate has, and how many its weight needs.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    weight: u8,
+    ready: i32,
+    need: i32,
+}
+
+impl Share {
+    fn of(canary: &Deployment, weight: u8) -> Self {
+        let total = Cluster::total_of(canary).unwrap_or_else(|| replicas_of(canary));
+        Self {
+            weight,
+            ready: ready_replicas(canary),
+            need: needed_ready(total, weight),
+        }
+    }
+
+    fn covered(&self) -> bool {
+        self.ready >= self.need
+    }
+}
+
+/// The traffic a step wants, compared with what the cluster shows.
+enum Observed {
+    AsDesired,
+    /// What differs, in words.
+    Differs(String),
+    /// The traffic cannot be read as rollgate writes it (a route rule gone).
+    Broken(String),
 }
 
 impl Cluster<'_> {
@@ -703,7 +769,7 @@ impl Cluster<'_> {
         match &self.w.traffic {
             Traffic::GatewayRoute { route, rule } => {
                 // Never point traffic at a Service that is not there (or not ours).
-                if weight.is_some_and(|w| w > 0) {
+                if let Some(w) = weight.filter(|w| *w > 0) {
                     let name = self.canary_service();
                     let canary = self
                         .timed(
@@ -715,6 +781,17 @@ impl Cluster<'_> {
                         return Err(TargetError(format!(
                             "service {name} does not exist or is not rollgate's; start the candidate first"
                         )));
+                    }
+                    // Nor more of it at a candidate whose ready replicas do not cover it.
+                    let canary = self.owned_canary().await?;
+                    let (_, value) = self.read_route(route).await?;
+                    let now = route_weights(&value, *rule, &self.w.service, &name)
+                        .and_then(|(_, c)| c)
+                        .unwrap_or(0);
+                    let share = Share::of(&canary, w);
+                    if i64::from(w) > now && !share.covered() {
+                        self.defer(&canary, share);
+                        return Ok(());
                     }
                 }
                 self.weigh_route(route, *rule, weight).await
@@ -738,8 +815,10 @@ impl Cluster<'_> {
                 }
                 let total = Self::total_of(&canary).unwrap_or_else(|| replicas_of(&canary));
                 let c = canary_replicas(total, weight.unwrap_or(0));
-                // Stable first when shrinking the canary, canary first when growing it,
-                // so the total never drops below `total`.
+                // Stable first when shrinking the canary; when growing it, the canary
+                // first, and the stable gives up replicas only once the canary's are
+                // ready (a later `health` pass finishes the step), so the ready total
+                // never drops below `total`.
                 let canary_patch = json!({
                     "apiVersion": "apps/v1",
                     "kind": "Deployment",
@@ -751,7 +830,7 @@ impl Cluster<'_> {
                 if !grow {
                     self.patch_stable(None, Some(total - c)).await?;
                 }
-                if weight.is_some() {
+                if weight.is_some() && c != replicas_of(&canary) {
                     self.timed(
                         &format!("cannot apply deployment {name}"),
                         self.deployments
@@ -760,6 +839,12 @@ impl Cluster<'_> {
                     .await?;
                 }
                 if grow {
+                    let share = Share::of(&canary, weight.unwrap_or(0));
+                    // Just scaled: its pods are not ready yet.
+                    if c != replicas_of(&canary) || !share.covered() {
+                        self.defer(&canary, share);
+                        return Ok(());
+                    }
                     self.patch_stable(None, Some(total - c)).await?;
                 }
                 Ok(())
@@ -775,6 +860,112 @@ impl Cluster<'_> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         }
+    }
+
+    /// The candidate Deployment, which must exist and be rollgate's.
+    async fn owned_canary(&self) -> Result<Deployment, TargetError> {
+        let name = self.canary_deployment();
+        let canary = self.canary().await?.ok_or_else(|| {
+            TargetError(format!(
+                "deployment {name} does not exist; start the candidate first"
+            ))
+        })?;
+        if !is_managed(&canary.metadata) {
+            return Err(TargetError(format!(
+                "deployment {name} was not created by rollgate"
+            )));
+        }
+        Ok(canary)
+    }
+
+    /// The key of one candidate in [`Memory`]: a new canary (new uid) waits afresh.
+    fn wait_key(&self, canary: &Deployment) -> String {
+        format!(
+            "{}/{}@{}",
+            self.w.namespace,
+            self.canary_deployment(),
+            canary.metadata.uid.as_deref().unwrap_or("")
+        )
+    }
+
+    /// Where the traffic a candidate is not ready for stays, in words.
+    fn stays_on(&self) -> String {
+        match (&self.w.traffic, self.mode) {
+            (Traffic::GatewayRoute { .. }, _) => format!("service {}", self.w.service),
+            (Traffic::ReplicaRatio, Mode::BlueGreen(_)) => {
+                format!("the stable pods service {} selects", self.w.service)
+            }
+            (Traffic::ReplicaRatio, Mode::Canary) => {
+                format!("the replicas of deployment {}", self.w.deployment)
+            }
+        }
+    }
+
+    /// Traffic was asked for but the candidate's ready replicas do not cover it: keep
+    /// the traffic where it is, and start the wait (the `health` passes move it).
+    fn defer(&self, canary: &Deployment, share: Share) {
+        let key = self.wait_key(canary);
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = memory.unready_since.entry(key) {
+            e.insert(Instant::now());
+            tracing::info!(
+                namespace = %self.w.namespace,
+                deployment = %self.canary_deployment(),
+                weight = share.weight,
+                ready = share.ready,
+                needed = share.need,
+                "candidate not ready for its share; traffic waits on {}",
+                self.stays_on()
+            );
+        }
+    }
+
+    /// The candidate is still short of `share`: `Progressing`, or, once it has been so
+    /// for the plan's `progressDeadline` (less a small lead, see [`DEADLINE_LEAD`]),
+    /// `Unhealthy` with the reason. Works where no controller ever writes
+    /// `ProgressDeadlineExceeded` (pods that never pass their readiness probe, a
+    /// cluster without kubelets).
+    fn waiting(&self, canary: &Deployment, share: Share) -> TargetHealth {
+        let key = self.wait_key(canary);
+        let since = *self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unready_since
+            .entry(key)
+            .or_insert_with(Instant::now);
+        let lead = (self.deadline / 10).min(DEADLINE_LEAD);
+        if since.elapsed() + lead >= self.deadline {
+            return TargetHealth::Unhealthy {
+                reason: format!(
+                    "deployment {}/{} has {} of {} ready replicas that {}% of the traffic needs, for the whole progressDeadline {}; that traffic stayed on {}",
+                    self.w.namespace,
+                    self.canary_deployment(),
+                    share.ready,
+                    share.need,
+                    share.weight,
+                    crate::model::duration::format(self.deadline),
+                    self.stays_on()
+                ),
+            };
+        }
+        tracing::debug!(
+            deployment = %self.canary_deployment(),
+            ready = share.ready,
+            needed = share.need,
+            "kubernetes target progressing: candidate not ready for its share"
+        );
+        TargetHealth::Progressing
+    }
+
+    /// The candidate covers its share: whatever wait there was is over.
+    fn ready_again(&self, canary: &Deployment) {
+        let key = self.wait_key(canary);
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unready_since
+            .remove(&key);
     }
 
     /// The HTTPRoute, typed and as JSON; a missing route is an error (it is the user's).
@@ -974,9 +1165,9 @@ impl Cluster<'_> {
                 return progressing(format!("{name} still exists"));
             }
             if self.switches_selector() {
-                return self.selector_is(None).await;
+                return self.selector_at_rest().await;
             }
-            return self.weights_are(None).await;
+            return self.weights_at_rest().await;
         };
         let Some(canary) = canary else {
             return progressing(format!("{} does not exist", self.canary_deployment()));
@@ -985,26 +1176,87 @@ impl Cluster<'_> {
         if canary_image.as_ref() != Some(want) {
             return progressing(format!("canary runs {canary_image:?}, not {want}"));
         }
-        match rollout_of(&canary) {
-            Rollout::Failed(reason) => return Ok(TargetHealth::Unhealthy { reason }),
-            Rollout::Progressing(why) => return progressing(why),
-            Rollout::Available => {}
+        if let Rollout::Failed(reason) = rollout_of(&canary) {
+            return Ok(TargetHealth::Unhealthy { reason });
         }
-        if self.switches_selector() {
-            return self.selector_is(Some(desired.weight)).await;
-        }
-        if let Traffic::ReplicaRatio = self.w.traffic {
-            let total = Self::total_of(&canary).unwrap_or(1);
-            let c = canary_replicas(total, desired.weight);
-            if replicas_of(&canary) != c || replicas_of(&stable) != total - c {
-                return progressing(format!(
-                    "replicas are not yet split for {}%",
-                    desired.weight
-                ));
+        // Traffic where the step puts it: a weight that waited for readiness moves now
+        // (`weigh` still refuses to move it towards a candidate that is not ready).
+        let w = desired.weight;
+        let observed = self.observe(&stable, &canary, w).await?;
+        match &observed {
+            Observed::Broken(reason) => {
+                return Ok(TargetHealth::Unhealthy {
+                    reason: reason.clone(),
+                });
             }
-            return Ok(TargetHealth::Healthy);
+            Observed::Differs(_) => self.weigh(Some(w)).await?,
+            Observed::AsDesired => {}
         }
-        self.weights_are(Some(desired.weight)).await
+        let share = Share::of(&canary, w);
+        if !share.covered() {
+            return Ok(self.waiting(&canary, share));
+        }
+        self.ready_again(&canary);
+        if let Observed::Differs(what) = observed {
+            return progressing(what);
+        }
+        match rollout_of(&canary) {
+            Rollout::Failed(reason) => Ok(TargetHealth::Unhealthy { reason }),
+            Rollout::Progressing(why) => progressing(why),
+            Rollout::Available => Ok(TargetHealth::Healthy),
+        }
+    }
+
+    /// The step's traffic (`weight`% on the candidate) against the cluster's: the
+    /// route's two weights, the active Service's selector (blue-green without a route),
+    /// or the replica split.
+    async fn observe(
+        &self,
+        stable: &Deployment,
+        canary: &Deployment,
+        weight: u8,
+    ) -> Result<Observed, TargetError> {
+        if self.switches_selector() {
+            return self.selector_observed(weight).await;
+        }
+        match &self.w.traffic {
+            Traffic::GatewayRoute { route, rule } => {
+                let (_, value) = self.read_route(route).await?;
+                let candidate = self.canary_service();
+                let Some((s, c)) = route_weights(&value, *rule, &self.w.service, &candidate) else {
+                    return Ok(Observed::Broken(format!(
+                        "httproute {route} has no rule {rule} with backendRefs"
+                    )));
+                };
+                let want = (100 - i64::from(weight), i64::from(weight));
+                if (s, c) == (Some(want.0), Some(want.1)) {
+                    return Ok(Observed::AsDesired);
+                }
+                let show = |w: Option<i64>| w.map_or("no backendRef".to_owned(), |w| w.to_string());
+                Ok(Observed::Differs(format!(
+                    "httproute {route} rule {rule} weighs {} {} and {candidate} {}, the step {} and {}",
+                    self.w.service,
+                    show(s),
+                    show(c),
+                    want.0,
+                    want.1
+                )))
+            }
+            Traffic::ReplicaRatio => {
+                let total = Self::total_of(canary).unwrap_or_else(|| replicas_of(canary));
+                let c = canary_replicas(total, weight);
+                let (has_c, has_s) = (replicas_of(canary), replicas_of(stable));
+                if (has_c, has_s) == (c, total - c) {
+                    return Ok(Observed::AsDesired);
+                }
+                Ok(Observed::Differs(format!(
+                    "replicas {} {has_s} and {} {has_c}, the step {} and {c}",
+                    self.w.deployment,
+                    self.canary_deployment(),
+                    total - c
+                )))
+            }
+        }
     }
 
     /// Ready replicas of the candidate over its desired replicas. A candidate scaled to
@@ -1027,7 +1279,9 @@ impl Cluster<'_> {
         })
     }
 
-    async fn weights_are(&self, weight: Option<u8>) -> Result<TargetHealth, TargetError> {
+    /// At rest (no candidate): healthy when the route sends everything to the stable
+    /// Service (alone, at any weight) and the candidate's backendRef is gone.
+    async fn weights_at_rest(&self) -> Result<TargetHealth, TargetError> {
         let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
             return Ok(TargetHealth::Healthy);
         };
@@ -1038,12 +1292,7 @@ impl Cluster<'_> {
                 reason: format!("httproute {route} has no rule {rule} with backendRefs"),
             });
         };
-        let ok = match weight {
-            // At rest: stable alone (any weight) or at 100 with the canary gone.
-            None => c.is_none() && s.is_some(),
-            Some(w) => s == Some(100 - i64::from(w)) && c == Some(i64::from(w)),
-        };
-        Ok(if ok {
+        Ok(if c.is_none() && s.is_some() {
             TargetHealth::Healthy
         } else {
             TargetHealth::Progressing

@@ -15,7 +15,8 @@ use kube::api::Patch;
 use serde_json::json;
 
 use super::{
-    ACTIVE_SELECTOR_ANNOTATION, Cluster, SCALE_DOWN_AT_ANNOTATION, TargetError, is_managed,
+    ACTIVE_SELECTOR_ANNOTATION, Cluster, Observed, SCALE_DOWN_AT_ANNOTATION, Share, TargetError,
+    is_managed,
 };
 use crate::engine::TargetHealth;
 use crate::model::plan::BlueGreen;
@@ -116,6 +117,15 @@ impl Cluster<'_> {
         if current == want {
             return Ok(());
         }
+        // Users go to the preview only once every one of its replicas is ready.
+        if to_preview {
+            let preview = self.owned_canary().await?;
+            let share = Share::of(&preview, 100);
+            if !share.covered() {
+                self.defer(&preview, share);
+                return Ok(());
+            }
+        }
         let name = &self.w.service;
         let ops = json!([
             { "op": "test", "path": "/spec/selector", "value": current },
@@ -133,27 +143,41 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    /// Healthy when the active Service selects what `weight` asks for (`None`: at
-    /// rest, no selector value of the preview's left).
-    pub(super) async fn selector_is(
-        &self,
-        weight: Option<u8>,
-    ) -> Result<TargetHealth, TargetError> {
+    /// The active Service's selector against what `weight` (0 or 100) asks for, while a
+    /// preview runs.
+    pub(super) async fn selector_observed(&self, weight: u8) -> Result<Observed, TargetError> {
         let (_, current) = self.active_selector().await?;
-        let ok = match (weight, self.original_selector().await?) {
-            (Some(100), Some(original)) => current == self.preview_selector(&original).await?,
-            (Some(_), Some(original)) => current == original,
-            (Some(_), None) => false,
-            (None, _) => {
-                let stable = self.stable().await?;
-                let renamed = self.renamed(&stable);
-                !renamed.iter().any(|(k, v)| current.get(k) == Some(v))
-            }
+        let Some(original) = self.original_selector().await? else {
+            return Ok(Observed::Differs(format!(
+                "deployment {} does not exist",
+                self.canary_deployment()
+            )));
         };
-        Ok(if ok {
-            TargetHealth::Healthy
+        let want = if weight == 100 {
+            self.preview_selector(&original).await?
         } else {
+            original
+        };
+        Ok(if current == want {
+            Observed::AsDesired
+        } else {
+            Observed::Differs(format!(
+                "service {} selects {current:?}, the step {want:?}",
+                self.w.service
+            ))
+        })
+    }
+
+    /// At rest (no preview): healthy when the active Service selects none of the
+    /// preview's selector values.
+    pub(super) async fn selector_at_rest(&self) -> Result<TargetHealth, TargetError> {
+        let (_, current) = self.active_selector().await?;
+        let stable = self.stable().await?;
+        let renamed = self.renamed(&stable);
+        Ok(if renamed.iter().any(|(k, v)| current.get(k) == Some(v)) {
             TargetHealth::Progressing
+        } else {
+            TargetHealth::Healthy
         })
     }
 
