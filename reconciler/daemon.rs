@@ -66,6 +66,8 @@ struct Memo {
     idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
     /// The last target action that failed, while it keeps failing.
     failure: Option<Failure>,
+    /// The last warning said per cause (`Reconciler::news`): a repeat is not news.
+    said: HashMap<String, String>,
 }
 
 /// A target action that failed, and when to try again: until then, and while the plan
@@ -277,11 +279,21 @@ impl Reconciler {
             t.reconciles
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             t.reconcile_took(started.elapsed());
-            if let Err(e) = result {
-                t.reconcile_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                report.errors += 1;
-                tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
+            match result {
+                Err(e) => {
+                    t.reconcile_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    report.errors += 1;
+                    let error = format!("{e:#}");
+                    if self.news(&name, "reconcile", Some(&error)) {
+                        tracing::warn!(%error, "reconcile failed; other plans go on");
+                    } else {
+                        tracing::debug!(%error, "reconcile failed again");
+                    }
+                }
+                Ok(()) => {
+                    self.news(&name, "reconcile", None);
+                }
             }
             if let Some(w) = self.memo.get(&name).and_then(|m| m.wakeup) {
                 report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
@@ -621,6 +633,30 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Whether `message` is news for `plan` under `cause`, to log it at WARN once per
+    /// change of cause instead of on every pass: it is when it differs from the last
+    /// message said for that cause. `None` (the cause is gone) forgets it, so the same
+    /// failure coming back later is news again.
+    fn news(&mut self, plan: &str, cause: &str, message: Option<&str>) -> bool {
+        match message {
+            None => {
+                if let Some(memo) = self.memo.get_mut(plan) {
+                    memo.said.remove(cause);
+                }
+                false
+            }
+            Some(m) => {
+                let said = &mut self.memo.entry(plan.to_owned()).or_default().said;
+                if said.get(cause).is_some_and(|last| last == m) {
+                    false
+                } else {
+                    said.insert(cause.to_owned(), m.to_owned());
+                    true
+                }
+            }
+        }
+    }
+
     /// Error ratios over the SLO's burn-rate windows (one instant query pair each).
     fn slo_reading(
         &mut self,
@@ -688,8 +724,17 @@ impl Reconciler {
             if let Ok(m) = &result {
                 tracing::debug!(check = %check_name, value = ?m.value, samples = m.samples, window_s = ctx.window.as_secs(), "measured");
             }
-            if let Err(e) = &result {
-                tracing::warn!(check = %check_name, error = %e, "measurement failed (counts as an error, never a pass)");
+            let cause = format!("measure {check_name}");
+            match &result {
+                Err(e) if self.news(&plan.name, &cause, Some(e)) => {
+                    tracing::warn!(check = %check_name, error = %e, "measurement failed (counts as an error, never a pass)");
+                }
+                Err(e) => {
+                    tracing::debug!(check = %check_name, error = %e, "measurement failed again");
+                }
+                Ok(_) => {
+                    self.news(&plan.name, &cause, None);
+                }
             }
             // A baseline judge also needs both versions' data; failing to get it is an error.
             let (result, sample) = match (result, &check.judge, self.metrics.get_mut(&check.source))
@@ -698,7 +743,12 @@ impl Reconciler {
                     match source.compare(check, &ctx) {
                         Ok(sample) => (Ok(m), Some(sample)),
                         Err(e) => {
-                            tracing::warn!(check = %check_name, error = %e, "baseline data unavailable (counts as an error)");
+                            let cause = format!("baseline {check_name}");
+                            if self.news(&plan.name, &cause, Some(&e)) {
+                                tracing::warn!(check = %check_name, error = %e, "baseline data unavailable (counts as an error)");
+                            } else {
+                                tracing::debug!(check = %check_name, error = %e, "baseline data unavailable again");
+                            }
                             (Err(e), None)
                         }
                     }

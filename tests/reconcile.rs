@@ -1408,3 +1408,111 @@ fn regression_status_history_and_commits_agree_on_the_step_and_json_carries_the_
     assert!(history.contains(" 4/4 "), "{history}");
     assert_eq!(index, serde_json::json!(4));
 }
+
+/// Log lines written while it is in force (this thread only), without colour.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+    }
+
+    /// WARN lines that contain `needle`.
+    fn warnings(&self, needle: &str) -> usize {
+        self.text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains(needle))
+            .count()
+    }
+}
+
+#[test]
+fn regression_a_missing_target_or_metrics_source_is_logged_once_per_cause_not_every_pass() {
+    // Given settings naming a target (`other`) and a metrics source (`prom`) this daemon
+    // does not have, as in a copied example repository: `api` on that target, and `web`
+    // whose analysis asks that source
+    let settings = "apiVersion: rollgate.dev/v1alpha1
+kind: Settings
+targets:
+  local: { local: {} }
+  other: { local: {} }
+metrics:
+  prom: { prometheus: { url: \"http://127.0.0.1:9\" } }
+";
+    let web = PlanFile::new("web").first_rollout_steps();
+    let api = PlanFile::new("api").port(18081);
+    let remote = Remote::with_files(&[
+        ("rollgate.yaml".to_owned(), settings.to_owned()),
+        (
+            web.path(),
+            web.yaml()
+                .replace("source: builtin", "source: prom")
+                .replace("query: success-rate", "query: up"),
+        ),
+        (
+            api.path(),
+            api.yaml().replace("target: local", "target: other"),
+        ),
+    ]);
+    let mut w = World::on(remote, false);
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // When the daemon runs for ten minutes, a pass every 10 s (web's analysis asks the
+    // source at each of its three measurements, then holds: inconclusive)
+    for _ in 0..60 {
+        w.tick();
+        w.wait(10);
+    }
+
+    // Then each cause was said once at WARN (repeats at debug only), and Git says why
+    let api_status = w.status("api");
+    assert_eq!(api_status.phase, Phase::Held);
+    assert!(
+        api_status
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.reason.contains("no `other` target")),
+        "{api_status:?}"
+    );
+    let text = log.text();
+    assert_eq!(log.warnings("no `other` target"), 1, "{text}");
+    let measured = text
+        .lines()
+        .filter(|l| l.contains("metrics source `prom` is not available"))
+        .count();
+    assert!(
+        measured >= 3,
+        "the source was asked again and again: {text}"
+    );
+    assert_eq!(
+        log.warnings("metrics source `prom` is not available"),
+        1,
+        "{text}"
+    );
+}
