@@ -1203,8 +1203,8 @@ fn a_github_app_daemon_fetches_and_writes_status_commits_over_https_with_its_ins
 // ---- the real daemon ----
 
 /// `rollgate run` against a `file://` URL (so no file watcher: only the fetch interval,
-/// an hour here, or a webhook wakes it), or an http one (`spawn`), in dry-run, serving
-/// webhooks on `port`.
+/// an hour here, or a webhook wakes it), or an http one (`spawn`), with journalling
+/// targets (`--journal-targets`: Git and GitHub are real), serving webhooks on `port`.
 struct Daemon {
     child: Child,
     addr: SocketAddr,
@@ -2086,4 +2086,120 @@ fn regression_previews_leave_no_pull_request_refs_in_the_scratch_clone() {
         assert_eq!(rig.pull_refs(), Vec::<String>::new());
     }
     assert_eq!(rig.fake.hub().check_runs.len(), 3);
+}
+
+/// Every log line of the process, from here on (a test binary runs each test in a
+/// process of its own under nextest; under `cargo test` another test may have set
+/// the subscriber first: `None` then).
+fn capture_logs() -> Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .try_init()
+        .ok()
+        .map(|()| buf)
+}
+
+#[test]
+fn regression_a_token_refused_check_runs_still_previews_with_a_commit_status_and_the_comment() {
+    // Given a personal access token, to which GitHub refuses check runs (403)
+    let logs = capture_logs();
+    let rig = Rig::new();
+    rig.fake.refuse_check_runs();
+
+    // When a passing pull request (#2) and then a rejected one (#3) are previewed
+    let good = rig.push_pull(2, set_artifact("v2"), "web: v2");
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request_number(2, &good)).0,
+        202
+    );
+    rig.fake.wait_for("the first preview", WAIT, |h| {
+        h.statuses.iter().any(|s| s["sha"] == good.as_str()) && !h.ours_on(2).is_empty()
+    });
+    let bad = rig.push_pull(
+        3,
+        |t| t.replace("setWeight: 10", "setWeight: 150"),
+        "web: too much",
+    );
+    assert_eq!(
+        deliver(rig.addr(), "pull_request", &pull_request_number(3, &bad)).0,
+        202
+    );
+    rig.fake.wait_for("the second preview", WAIT, |h| {
+        h.statuses.iter().any(|s| s["sha"] == bad.as_str()) && !h.ours_on(3).is_empty()
+    });
+
+    // Then each head has the commit status `rollgate` for its conclusion, and the
+    // sticky comment; check runs were tried once, by the first preview only
+    let h = rig.fake.hub();
+    let status = |sha: &str| {
+        let s = h
+            .statuses
+            .iter()
+            .find(|s| s["sha"] == sha)
+            .expect("a status");
+        assert_eq!(s["context"], "rollgate", "{s}");
+        (
+            s["state"].as_str().unwrap_or("").to_owned(),
+            s["description"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(
+        status(&good),
+        ("success".to_owned(), "Every changed plan passes".to_owned())
+    );
+    assert_eq!(
+        status(&bad),
+        (
+            "failure".to_owned(),
+            "A changed plan is rejected".to_owned()
+        )
+    );
+    assert_eq!(h.statuses.len(), 2, "{:?}", h.statuses);
+    for (number, says) in [(2, "v2"), (3, "150")] {
+        let ours = h.ours_on(number);
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        assert!(ours[0].body.starts_with(STICKY_MARKER) && ours[0].body.contains(says));
+    }
+    assert!(h.check_runs.is_empty());
+    assert_eq!(
+        h.count("POST", "/repos/Codertocat/Hello-World/check-runs"),
+        1
+    );
+    assert_eq!(
+        h.calls
+            .iter()
+            .filter(|c| c.path.ends_with("/check-runs"))
+            .count(),
+        2,
+        "one list and one create: {:?}",
+        h.calls
+    );
+    // And the log says so once, not once per pull request
+    if let Some(logs) = logs {
+        let text =
+            String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        assert_eq!(
+            text.matches("GitHub refuses check runs").count(),
+            1,
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN), "{text}");
+    }
 }

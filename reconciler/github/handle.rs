@@ -37,8 +37,8 @@ use git2::{Oid, Repository};
 
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{
-    Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, Client, Conclusion, Config, GitToken,
-    Permission, RepoName, STICKY_MARKER, Secret, SharedGitToken, StatusState,
+    Annotation, AnnotationLevel, CHECK_NAME, CheckOutput, CheckRunPosted, Client, Conclusion,
+    Config, GitToken, Permission, RepoName, STICKY_MARKER, Secret, SharedGitToken, StatusState,
 };
 use crate::daemon::{Reconciler, TickReport};
 use crate::model::Plan;
@@ -799,7 +799,7 @@ impl Worker {
             Ok(token) => self.compute_preview(pr, token.as_ref()),
             Err(e) => Err(e),
         };
-        let (out, comment) = match computed {
+        let (out, comment, state) = match computed {
             Ok(p) => {
                 let markdown = p.markdown();
                 (
@@ -810,6 +810,7 @@ impl Worker {
                         annotations: p.annotations().into_iter().map(annotation).collect(),
                     },
                     Some(markdown),
+                    status_state(p.conclusion()),
                 )
             }
             Err(e) => {
@@ -825,23 +826,42 @@ impl Worker {
                         annotations: Vec::new(),
                     },
                     None,
+                    StatusState::Error,
                 )
             }
         };
-        client
+        // The check run, or where GitHub refuses it (a personal access token), the
+        // commit status `rollgate`; and the comment either way.
+        let checked = match client
             .upsert_check_run(pr.installation, &pr.head_sha, &out)
-            .await?;
-        if let Some(markdown) = comment {
-            let body = if markdown.starts_with(STICKY_MARKER) {
-                markdown
-            } else {
-                format!("{STICKY_MARKER}\n{markdown}")
-            };
-            client
-                .upsert_sticky_comment(pr.installation, pr.number, STICKY_MARKER, &body)
-                .await?;
+            .await
+        {
+            Ok(CheckRunPosted::Run(_)) => Ok(()),
+            Ok(CheckRunPosted::Refused) => {
+                client
+                    .set_status(pr.installation, &pr.head_sha, CHECK_NAME, state, &out.title)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let commented = match comment {
+            Some(markdown) => {
+                let body = if markdown.starts_with(STICKY_MARKER) {
+                    markdown
+                } else {
+                    format!("{STICKY_MARKER}\n{markdown}")
+                };
+                client
+                    .upsert_sticky_comment(pr.installation, pr.number, STICKY_MARKER, &body)
+                    .await
+                    .map(|_| ())
+            }
+            None => Ok(()),
+        };
+        match (checked, commented) {
+            (Ok(()), r) | (r, Ok(())) => r,
+            (Err(a), Err(b)) => Err(anyhow!("{a:#}; and {b:#}")),
         }
-        Ok(())
     }
 
     /// `login`'s permission, with no API call for someone found not to be a
@@ -1029,6 +1049,17 @@ fn conclusion(c: crate::preview::Conclusion) -> Conclusion {
         crate::preview::Conclusion::Success => Conclusion::Success,
         crate::preview::Conclusion::Failure => Conclusion::Failure,
         crate::preview::Conclusion::Neutral => Conclusion::Neutral,
+    }
+}
+
+/// The commit status standing in for the check run where GitHub refuses check runs. A
+/// neutral preview (no plan changed) passes, as a neutral check run does.
+fn status_state(c: crate::preview::Conclusion) -> StatusState {
+    match c {
+        crate::preview::Conclusion::Success | crate::preview::Conclusion::Neutral => {
+            StatusState::Success
+        }
+        crate::preview::Conclusion::Failure => StatusState::Failure,
     }
 }
 

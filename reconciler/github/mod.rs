@@ -23,12 +23,15 @@
 //! never in clear over a network; the HTTP side never touches Git or a target: it hands
 //! work over channels. rollgate edits only comments it wrote itself (its [`Identity`]:
 //! the token's user, or the App's bot), never one that merely starts with its marker.
+//! Where GitHub refuses check runs (403: a personal access token), a preview falls back
+//! to a commit status; the refusal is remembered for the process's life.
 
 pub mod handle;
 pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -461,6 +464,17 @@ impl Identity {
     }
 }
 
+/// What became of a preview's check run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckRunPosted {
+    /// Created or updated (or already right): its id.
+    Run(u64),
+    /// GitHub refuses check runs to these credentials (only a GitHub App may create
+    /// them): the caller falls back to a commit status. Remembered for the process's
+    /// life, so later previews make no check-run call at all.
+    Refused,
+}
+
 #[derive(Debug, Deserialize)]
 struct PullOfCommit {
     number: u64,
@@ -487,6 +501,8 @@ pub struct Client {
     repo_installation: Mutex<Option<u64>>,
     /// Who rollgate's comments are by, asked once (`GET /user` or `GET /app`).
     identity: Mutex<Option<Identity>>,
+    /// GitHub answered 403 to a check-run call: previews use a commit status instead.
+    checks_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -509,6 +525,10 @@ fn clip(s: &str, max: usize) -> String {
 
 /// An octocrab error as one line (the API's status and message when it answered).
 fn api_error(e: octocrab::Error) -> anyhow::Error {
+    api_error_ref(&e)
+}
+
+fn api_error_ref(e: &octocrab::Error) -> anyhow::Error {
     match e {
         octocrab::Error::GitHub { source, .. } => {
             anyhow!("GitHub answered {}: {}", source.status_code, source.message)
@@ -523,6 +543,15 @@ fn first_line(s: &str) -> String {
 
 fn is_not_found(e: &octocrab::Error) -> bool {
     matches!(e, octocrab::Error::GitHub { source, .. } if source.status_code == axum::http::StatusCode::NOT_FOUND)
+}
+
+/// A 403 that is a refusal of the credentials (`You must authenticate via a GitHub
+/// App.`, `Resource not accessible by personal access token`), not a rate limit (which
+/// GitHub also answers 403, and which passes).
+fn is_refusal(e: &octocrab::Error) -> bool {
+    matches!(e, octocrab::Error::GitHub { source, .. }
+        if source.status_code == axum::http::StatusCode::FORBIDDEN
+            && !source.message.to_ascii_lowercase().contains("rate limit"))
 }
 
 async fn timed<T>(
@@ -577,7 +606,29 @@ impl Client {
             installations: Mutex::new(HashMap::new()),
             repo_installation: Mutex::new(None),
             identity: Mutex::new(None),
+            checks_refused: AtomicBool::new(false),
         })
+    }
+
+    /// Whether GitHub refused check runs to these credentials (see [`CheckRunPosted`]).
+    pub fn check_runs_refused(&self) -> bool {
+        self.checks_refused.load(Ordering::Relaxed)
+    }
+
+    /// Remember that check runs are refused; said once in the log, on the first refusal.
+    fn refuse_check_runs(&self, e: &octocrab::Error) {
+        if !self.checks_refused.swap(true, Ordering::Relaxed) {
+            let kind = if self.app {
+                "the GitHub App (does it have the checks: write permission?)"
+            } else {
+                "this token (only a GitHub App can create check runs)"
+            };
+            tracing::warn!(
+                error = %format!("{:#}", api_error_ref(e)),
+                "GitHub refuses check runs to {kind}: previews are posted as the commit \
+                 status `{CHECK_NAME}` and the sticky comment instead, until rollgate restarts"
+            );
+        }
     }
 
     /// Who rollgate's comments are by: with a token, its owner (`GET /user`); with an
@@ -703,15 +754,20 @@ impl Client {
     /// latest run there already shows the same conclusion, title and annotations (a
     /// redelivery, a reopen), only its summary is refreshed (nothing is sent when that
     /// is the same too); when any of them differ (base moved, the rules changed), a new
-    /// run is created, so no stale annotation stays in view. Returns the run's id.
+    /// run is created, so no stale annotation stays in view. Returns the run's id, or
+    /// `Refused` when GitHub answers 403 to these credentials (a personal access token:
+    /// only Apps may create check runs), now or earlier in the process's life.
     pub async fn upsert_check_run(
         &self,
         installation: Option<u64>,
         head_sha: &str,
         out: &CheckOutput,
-    ) -> Result<u64> {
+    ) -> Result<CheckRunPosted> {
+        if self.check_runs_refused() {
+            return Ok(CheckRunPosted::Refused);
+        }
         let api = self.api(installation).await?;
-        let list: CheckRunList = timed(
+        let list: CheckRunList = match timed(
             "list check runs",
             api.get(
                 self.path(&format!("commits/{head_sha}/check-runs")),
@@ -719,8 +775,14 @@ impl Client {
             ),
         )
         .await?
-        .map_err(api_error)
-        .context("cannot list the commit's check runs")?;
+        {
+            Ok(list) => list,
+            Err(e) if is_refusal(&e) => {
+                self.refuse_check_runs(&e);
+                return Ok(CheckRunPosted::Refused);
+            }
+            Err(e) => return Err(api_error(e)).context("cannot list the commit's check runs"),
+        };
         let mut annotations: Vec<Annotation> = out.annotations.iter().map(fix_columns).collect();
         let title = clip(&out.title, 255);
         let digest = output_digest(out.conclusion, &title, &annotations);
@@ -735,7 +797,7 @@ impl Client {
                 && shown.title.as_deref() == Some(title.as_str())
                 && run.conclusion.as_deref() == Some(out.conclusion.as_str())
             {
-                return Ok(run.id);
+                return Ok(CheckRunPosted::Run(run.id));
             }
             let body = json!({
                 "name": CHECK_NAME,
@@ -743,14 +805,19 @@ impl Client {
                 "conclusion": out.conclusion,
                 "output": output(&summary, &[]),
             });
-            let _: serde_json::Value = timed(
+            let updated: Result<serde_json::Value, _> = timed(
                 "update the check run",
                 api.patch(self.path(&format!("check-runs/{}", run.id)), Some(&body)),
             )
-            .await?
-            .map_err(api_error)
-            .context("cannot update the check run")?;
-            return Ok(run.id);
+            .await?;
+            return match updated {
+                Ok(_) => Ok(CheckRunPosted::Run(run.id)),
+                Err(e) if is_refusal(&e) => {
+                    self.refuse_check_runs(&e);
+                    Ok(CheckRunPosted::Refused)
+                }
+                Err(e) => Err(api_error(e)).context("cannot update the check run"),
+            };
         }
         let first: Vec<Annotation> = annotations
             .drain(..annotations.len().min(ANNOTATIONS_PER_REQUEST))
@@ -762,13 +829,19 @@ impl Client {
             "conclusion": out.conclusion,
             "output": output(&summary, &first),
         });
-        let created: Id = timed(
+        let created: Id = match timed(
             "create the check run",
             api.post(self.path("check-runs"), Some(&body)),
         )
         .await?
-        .map_err(api_error)
-        .context("cannot create the check run")?;
+        {
+            Ok(created) => created,
+            Err(e) if is_refusal(&e) => {
+                self.refuse_check_runs(&e);
+                return Ok(CheckRunPosted::Refused);
+            }
+            Err(e) => return Err(api_error(e)).context("cannot create the check run"),
+        };
         let id = created.id;
         // More than 50 annotations: further updates append the rest.
         while !annotations.is_empty() {
@@ -784,7 +857,7 @@ impl Client {
             .map_err(api_error)
             .context("cannot add annotations to the check run")?;
         }
-        Ok(id)
+        Ok(CheckRunPosted::Run(id))
     }
 
     /// The one comment of rollgate on an issue or pull request whose body starts with

@@ -9,7 +9,8 @@
 //! Comments have authors as on GitHub: a token's comments are its owner's (`GET /user`
 //! names [`TOKEN_USER`]), an App's are its bot user's ([`BOT`], type `Bot`, made
 //! through the App: `performed_via_github_app`; `GET /app` names its slug); editing a
-//! comment written by anyone else is a violation.
+//! comment written by anyone else is a violation. With `refuse_check_runs`, check runs
+//! are refused to a token as GitHub does (403).
 //! With `serve_git`, it also serves bare repositories over Git's smart HTTP (through the
 //! real `git http-backend`) under `/git/`, as GitHub serves clones: only to Basic auth
 //! `x-access-token:<token>` with the configured token or a live installation token.
@@ -113,6 +114,8 @@ pub struct Hub {
     /// Where the repositories served over Git's HTTP are (`serve_git`).
     pub git_root: Option<PathBuf>,
     pub git_calls: Vec<GitCall>,
+    /// Refuse check runs to a token (403), as GitHub does.
+    pub refuse_check_runs: bool,
     /// While set, API calls wait (the caller is stuck mid-call).
     pub held: bool,
     next_id: u64,
@@ -184,6 +187,7 @@ impl FakeGitHub {
             merged: HashMap::new(),
             git_root: None,
             git_calls: Vec::new(),
+            refuse_check_runs: false,
             held: false,
             next_id: 1000,
         }));
@@ -246,6 +250,11 @@ impl FakeGitHub {
             body: body.to_owned(),
             edits: 0,
         });
+    }
+
+    /// Refuse check runs to the token (403), as github.com does for any token but an App's.
+    pub fn refuse_check_runs(&self) {
+        self.hub().refuse_check_runs = true;
     }
 
     /// Hold every API call (it waits unanswered) until `hold(false)`.
@@ -846,6 +855,16 @@ fn route(
                 .into_iter()
                 .collect();
             Ok(reply(200, Value::Array(pulls)))
+        }
+        ("POST", ["check-runs"]) | ("PATCH", ["check-runs", _])
+            if h.refuse_check_runs && matches!(h.expect, Expect::Token(_)) =>
+        {
+            Ok(reply(
+                403,
+                json!({"message": "You must authenticate via a GitHub App.",
+                       "documentation_url": "https://docs.github.com/rest/checks/runs#create-a-check-run",
+                       "status": "403"}),
+            ))
         }
         ("POST", ["check-runs"]) => {
             let o = obj(
