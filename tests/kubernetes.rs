@@ -878,6 +878,112 @@ fn a_canary_not_ready_within_the_progress_deadline_is_unhealthy_without_traffic(
     }
 }
 
+/// Issue #15: at 20%, another manager force-applied the route back to `web` 100 (as
+/// Argo CD would) and rollgate kept saying "weight 20 is serving". Health reads the
+/// weights on every pass, is not `Healthy` while they differ from the step, and puts
+/// them back (rollgate owns them: a server-side apply with force).
+#[test]
+fn regression_a_route_forced_back_to_stable_is_repaired_not_reported_as_serving() {
+    // Given a canary serving 20% through the route
+    let mut t = cluster();
+    let p = plan(true);
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    t.set_weight(&p, 20).expect("weight");
+    let at_20 = desired(V1, Some(V2), 20);
+    assert_eq!(settle(&mut t, &p, &at_20), TargetHealth::Healthy);
+    // When another manager force-applies the rule back to the stable alone
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(t.client(), NS, &kubernetes::http_route());
+    let mut theirs = route();
+    theirs["spec"]["rules"][1]["backendRefs"] =
+        json!([{ "name": "web", "port": 80, "weight": 100 }]);
+    t.block_on(routes.patch(
+        "web",
+        &PatchParams::apply("argocd").force(),
+        &Patch::Apply(&theirs),
+    ))
+    .expect("argocd applies");
+    assert_eq!(weights(&t), (Some(100), None));
+    // Then the next pass does not call it serving, and puts the weights back
+    assert_eq!(
+        t.health(&p, &at_20),
+        TargetHealth::Progressing,
+        "drifted traffic is never reported as serving"
+    );
+    assert_eq!(weights(&t), (Some(80), Some(20)), "re-applied at once");
+    assert_eq!(settle(&mut t, &p, &at_20), TargetHealth::Healthy);
+    // And a weight edited in place is put back the same way
+    let mut edited = route_value(&t);
+    edited["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(50);
+    edited["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(50);
+    t.block_on(routes.patch(
+        "web",
+        &PatchParams::apply("someone").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "web", "namespace": NS },
+            "spec": { "rules": edited["spec"]["rules"] },
+        })),
+    ))
+    .expect("edit");
+    assert_eq!(weights(&t), (Some(50), Some(50)));
+    assert_eq!(t.health(&p, &at_20), TargetHealth::Progressing);
+    assert_eq!(weights(&t), (Some(80), Some(20)));
+}
+
+/// Blue-green without a route: a selector switched back behind rollgate's back is
+/// switched again, and the step is not healthy meanwhile.
+#[test]
+fn regression_a_blue_green_selector_switched_back_is_repaired() {
+    let mut t = cluster();
+    let p = bg_plan(false, "0s");
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    t.set_weight(&p, 100).expect("switch");
+    let switched = desired(V1, Some(V2), 100);
+    assert_eq!(settle(&mut t, &p, &switched), TargetHealth::Healthy);
+    let api: Api<Service> = Api::namespaced(t.client(), NS);
+    let back: Patch<()> = Patch::Json(
+        serde_json::from_value(json!([
+            { "op": "replace", "path": "/spec/selector", "value": { "app": "web" } }
+        ]))
+        .expect("patch"),
+    );
+    t.block_on(api.patch("web", &PatchParams::default(), &back))
+        .expect("switch back");
+    assert_eq!(t.health(&p, &switched), TargetHealth::Progressing);
+    assert_eq!(
+        selector(&t, "web").get("app").map(String::as_str),
+        Some("web-preview"),
+        "switched again"
+    );
+    assert_eq!(settle(&mut t, &p, &switched), TargetHealth::Healthy);
+}
+
+/// Replica-ratio mode: a stable scaled back to its full size by someone else is
+/// scaled to the step's split again.
+#[test]
+fn regression_a_replica_split_undone_behind_rollgate_s_back_is_repaired() {
+    let mut t = cluster();
+    let p = plan(false);
+    t.start_candidate(&p, V2).expect("start");
+    t.set_weight(&p, 50).expect("weight");
+    let at_50 = desired(V1, Some(V2), 50);
+    assert_eq!(settle(&mut t, &p, &at_50), TargetHealth::Healthy);
+    let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+    t.block_on(api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "replicas": 4 } })),
+    ))
+    .expect("scale");
+    wait_rolled_out(&t);
+    assert_eq!(t.health(&p, &at_50), TargetHealth::Progressing);
+    assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 2);
+    assert_eq!(settle(&mut t, &p, &at_50), TargetHealth::Healthy);
+}
+
 #[test]
 fn a_missing_stable_deployment_holds_the_rollout() {
     let runtime = kubernetes::runtime().expect("runtime");

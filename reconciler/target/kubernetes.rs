@@ -31,6 +31,15 @@
 //! `Unhealthy` with the reason, so the stage fails even where no controller ever writes
 //! `ProgressDeadlineExceeded`. Moving traffic *away* from the candidate is never held.
 //!
+//! **Drift is repaired.** rollgate owns the traffic fields of a rollout in flight: the
+//! two weights of its route rule, the active Service's selector during a blue-green
+//! switch, and the replicas of both Deployments in replica-ratio mode. `health` reads
+//! them on every pass; when they differ from the step (a GitOps tool re-applied the
+//! route, a human edited the selector), it writes them again (the route by a forced
+//! server-side apply under field manager `rollgate`) and reports `Progressing` until a
+//! pass reads them back, so traffic that is not where Git says is never reported as
+//! serving. Each drift is logged once, as a warning, and its end once.
+//!
 //! HTTPRoute `spec.rules` and `backendRefs` are declared `x-kubernetes-list-type: atomic`
 //! in the Gateway API CRDs, so an apply cannot own just the weights: rollgate applies the
 //! whole `rules` list it has just read, with only the two weights (and the canary
@@ -156,6 +165,9 @@ struct Memory {
     /// Since when each candidate (by namespace, name and uid) has been short of the
     /// ready replicas its weight needs.
     unready_since: HashMap<String, Instant>,
+    /// The traffic drift last logged for each workload (namespace and candidate name),
+    /// so a drift is logged once, not on every pass.
+    drift: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for KubernetesTarget {
@@ -958,6 +970,56 @@ impl Cluster<'_> {
         TargetHealth::Progressing
     }
 
+    /// Whether a move towards this candidate is waiting for its readiness.
+    fn is_waiting(&self, canary: &Deployment) -> bool {
+        let key = self.wait_key(canary);
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unready_since
+            .contains_key(&key)
+    }
+
+    /// The workload's key in [`Memory::drift`].
+    fn drift_key(&self) -> String {
+        format!("{}/{}", self.w.namespace, self.canary_deployment())
+    }
+
+    /// The traffic differs from the step and no move of rollgate's is pending: someone
+    /// changed it (a GitOps tool re-applying the route, a human). Logged once per drift.
+    fn drifted(&self, what: &str) {
+        let key = self.drift_key();
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if memory.drift.get(&key).is_none_or(|seen| seen != what) {
+            tracing::warn!(
+                namespace = %self.w.namespace,
+                deployment = %self.w.deployment,
+                drift = %what,
+                "traffic differs from the step; rollgate re-applies it"
+            );
+            memory.drift.insert(key, what.to_owned());
+        }
+    }
+
+    /// The traffic is where the step puts it: a drift logged before is over.
+    fn no_drift(&self) {
+        let key = self.drift_key();
+        let over = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drift
+            .remove(&key);
+        if let Some(what) = over {
+            tracing::info!(
+                namespace = %self.w.namespace,
+                deployment = %self.w.deployment,
+                was = %what,
+                "traffic drift repaired"
+            );
+        }
+    }
+
     /// The candidate covers its share: whatever wait there was is over.
     fn ready_again(&self, canary: &Deployment) {
         let key = self.wait_key(canary);
@@ -1179,18 +1241,26 @@ impl Cluster<'_> {
         if let Rollout::Failed(reason) = rollout_of(&canary) {
             return Ok(TargetHealth::Unhealthy { reason });
         }
-        // Traffic where the step puts it: a weight that waited for readiness moves now
-        // (`weigh` still refuses to move it towards a candidate that is not ready).
+        // Traffic where the step puts it, read on every pass: a weight that waited for
+        // the candidate's readiness moves now, and traffic someone changed behind
+        // rollgate's back (drift) is put back; `weigh` still never moves it towards a
+        // candidate that is not ready. Not healthy until the next pass reads it back.
         let w = desired.weight;
         let observed = self.observe(&stable, &canary, w).await?;
+        let awaited = self.is_waiting(&canary);
         match &observed {
             Observed::Broken(reason) => {
                 return Ok(TargetHealth::Unhealthy {
                     reason: reason.clone(),
                 });
             }
-            Observed::Differs(_) => self.weigh(Some(w)).await?,
-            Observed::AsDesired => {}
+            Observed::Differs(what) => {
+                if !awaited {
+                    self.drifted(what);
+                }
+                self.weigh(Some(w)).await?;
+            }
+            Observed::AsDesired => self.no_drift(),
         }
         let share = Share::of(&canary, w);
         if !share.covered() {
@@ -1198,6 +1268,14 @@ impl Cluster<'_> {
         }
         self.ready_again(&canary);
         if let Observed::Differs(what) = observed {
+            if awaited {
+                tracing::info!(
+                    namespace = %self.w.namespace,
+                    deployment = %self.canary_deployment(),
+                    weight = w,
+                    "candidate ready for its share; traffic moves"
+                );
+            }
             return progressing(what);
         }
         match rollout_of(&canary) {
