@@ -170,6 +170,29 @@ fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
     binds_the_daemon_account(bindings[0].subjects.as_ref(), &m);
 }
 
+/// The install steps tell the operator to opt each workload in with the label the
+/// target checks, and the ClusterRole says RBAC is not the whole fence (issue #15).
+#[test]
+fn the_install_steps_name_the_opt_in_label_the_target_checks() {
+    let (k, v) = rollgate::target::kubernetes::OPT_IN;
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let install = readme
+        .split("### Install on a cluster")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("an install section");
+    assert!(
+        install.contains("label deployment") && install.contains(&format!("{k}={v}")),
+        "the install section opts a workload in with {k}={v}"
+    );
+    let rbac = std::fs::read_to_string(deploy_dir().join("kubernetes/rbac.yaml")).expect("rbac");
+    assert!(
+        rbac.contains(&format!("{k}: \"{v}\"")),
+        "rbac.yaml names {k}: \"{v}\""
+    );
+}
+
 #[test]
 fn rbac_grants_exactly_what_leader_election_calls_in_rollgate_s_own_namespace() {
     let m = load();

@@ -83,10 +83,12 @@ fn plan(route: bool) -> Plan {
         .plan
 }
 
+/// The stable Deployment, opted in to rollgate (`rollgate.dev/managed: "true"`).
 fn stable_deployment(replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": "web", "namespace": NS, "labels": { "app": "web", "team": "shop" } },
+        "metadata": { "name": "web", "namespace": NS,
+                      "labels": { "app": "web", "team": "shop", "rollgate.dev/managed": "true" } },
         "spec": {
             "replicas": replicas,
             "selector": { "matchLabels": { "app": "web" } },
@@ -390,6 +392,11 @@ fn gateway_canary_objects_and_weights_after_every_step() {
         Some("rollgate")
     );
     assert_eq!(l.get("team").map(String::as_str), Some("shop"));
+    assert_eq!(
+        l.get(kubernetes::OPT_IN.0),
+        None,
+        "the copy is rollgate's, not a Deployment opted in to be patched"
+    );
     let spec = canary.spec.as_ref().expect("spec");
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
     assert_eq!(
@@ -982,6 +989,53 @@ fn regression_a_replica_split_undone_behind_rollgate_s_back_is_repaired() {
     assert_eq!(t.health(&p, &at_50), TargetHealth::Progressing);
     assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 2);
     assert_eq!(settle(&mut t, &p, &at_50), TargetHealth::Healthy);
+}
+
+/// Issue #15: a merged plan could name any Deployment, `kube-system/coredns` included,
+/// and rollgate would copy it, patch its image and move its traffic. It touches only a
+/// stable Deployment that opted in with the label `rollgate.dev/managed: "true"`, and
+/// says so; without it nothing is created, patched or moved, in any mode.
+#[test]
+fn regression_a_deployment_without_the_opt_in_label_is_refused_and_nothing_is_created() {
+    for p in [
+        plan(true),
+        plan(false),
+        bg_plan(true, "0s"),
+        bg_plan(false, "0s"),
+    ] {
+        // Given a stable Deployment that never opted in
+        let mut t = cluster();
+        let api: Api<Deployment> = Api::namespaced(t.client(), NS);
+        let remove = json!({ "metadata": { "labels": { "rollgate.dev/managed": null } } });
+        t.block_on(api.patch("web", &PatchParams::default(), &Patch::Merge(&remove)))
+            .expect("remove the label");
+        wait_rolled_out(&t);
+        let before = snapshot(&t);
+        // When rollgate is asked to roll it out, in every way it can be asked
+        let err = t.start_candidate(&p, V2).expect_err("refused");
+        // Then it refuses, says why and how to opt in, and nothing changed
+        assert!(
+            err.0.contains("rollgate.dev/managed=true") && err.0.contains("shop/web"),
+            "{err}"
+        );
+        assert!(err.0.contains("kubectl"), "says how to opt in: {err}");
+        assert!(t.set_weight(&p, 100).is_err());
+        assert!(t.promote(&p, V2).is_err());
+        assert!(t.resume(&p, Some(V1), V2, 50).is_err());
+        let h = t.health(&p, &desired(V1, Some(V2), 0));
+        assert!(
+            matches!(&h, TargetHealth::Unreachable { reason } if reason.contains("rollgate.dev/managed")),
+            "held with the reason, never healthy: {h:?}"
+        );
+        let _ = t.rollback(&p, Some(V1));
+        assert_eq!(snapshot(&t), before, "nothing created, patched or moved");
+        assert!(deployment(&t, "web-canary").is_none() && deployment(&t, "web-preview").is_none());
+        // And once the owner opts in, the same plan starts
+        let add = json!({ "metadata": { "labels": { "rollgate.dev/managed": "true" } } });
+        t.block_on(api.patch("web", &PatchParams::default(), &Patch::Merge(&add)))
+            .expect("opt in");
+        t.start_candidate(&p, V2).expect("starts once opted in");
+    }
 }
 
 #[test]

@@ -15,11 +15,14 @@
 //! `rollgate`. Every write is computed from what was just read, so re-running any step
 //! converges to the same objects.
 //!
-//! Invariants: an object without the managed-by label is never deleted nor overwritten
-//! (`start_candidate` refuses to adopt a foreign `<deployment>-canary` or
-//! `<service>-canary`, before writing anything); traffic goes back
-//! to the stable version *before* canary objects are deleted; every API call used is
-//! listed in [`RBAC`], which `tests/deploy_manifests.rs` compares to `deploy/kubernetes`.
+//! Invariants: the stable Deployment is read, copied and patched only when it carries
+//! the opt-in label `rollgate.dev/managed: "true"` ([`OPT_IN`]; otherwise every step
+//! fails with the reason and nothing is written); an object without the managed-by
+//! label is never deleted nor overwritten (`start_candidate` refuses to adopt a foreign
+//! `<deployment>-canary` or `<service>-canary`, before writing anything); traffic goes
+//! back to the stable version *before* canary objects are deleted; a route with no
+//! candidate backendRef is at rest and never written; every API call used is listed in
+//! [`RBAC`], which `tests/deploy_manifests.rs` compares to `deploy/kubernetes`.
 //!
 //! **Traffic never moves to a candidate that is not ready.** A weight (a route weight,
 //! the stable giving up replicas in replica-ratio mode, a blue-green switch) moves
@@ -97,6 +100,10 @@ use crate::model::plan::{BlueGreen, KubernetesWorkload, Strategy, Traffic, Workl
 pub const FIELD_MANAGER: &str = "rollgate";
 /// The label that marks an object rollgate created (and may therefore delete).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rollgate");
+/// The label a stable Deployment must carry before rollgate reads, copies or patches
+/// it: its owner's consent. A label, not an annotation, so that `kubectl get deploy -A
+/// -l rollgate.dev/managed=true` lists everything rollgate may touch.
+pub const OPT_IN: (&str, &str) = ("rollgate.dev/managed", "true");
 /// Added to the canary's pods, selector and Service selector.
 pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
 /// On the canary Deployment: the artifact it runs.
@@ -351,6 +358,14 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
         .is_some_and(|v| v == MANAGED_BY.1)
 }
 
+/// Whether `meta` carries the opt-in label [`OPT_IN`].
+pub fn opted_in(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(OPT_IN.0))
+        .is_some_and(|v| v == OPT_IN.1)
+}
+
 /// `what: cause`, the cause once (kube's `Display` of an API error repeats it as `Debug`).
 pub(super) fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
     move |e| match e {
@@ -462,19 +477,26 @@ impl Cluster<'_> {
         PatchParams::apply(FIELD_MANAGER).force()
     }
 
+    /// The stable Deployment, refused unless it opted in ([`OPT_IN`]): every path that
+    /// reads, copies or patches it comes through here, so a plan naming any other
+    /// Deployment (`kube-system/coredns`) creates, patches and moves nothing.
     async fn stable(&self) -> Result<Deployment, TargetError> {
         let name = &self.w.deployment;
-        self.timed(
-            &format!("cannot read deployment {name}"),
-            self.deployments.get_opt(name),
-        )
-        .await?
-        .ok_or_else(|| {
-            TargetError(format!(
-                "deployment {}/{name} does not exist",
-                self.w.namespace
-            ))
-        })
+        let ns = &self.w.namespace;
+        let stable = self
+            .timed(
+                &format!("cannot read deployment {name}"),
+                self.deployments.get_opt(name),
+            )
+            .await?
+            .ok_or_else(|| TargetError(format!("deployment {ns}/{name} does not exist")))?;
+        if !opted_in(&stable.metadata) {
+            let (k, v) = OPT_IN;
+            return Err(TargetError(format!(
+                "deployment {ns}/{name} does not carry the label {k}={v}; rollgate touches only Deployments that opt in (`kubectl -n {ns} label deployment {name} {k}={v}`)"
+            )));
+        }
+        Ok(stable)
     }
 
     async fn canary(&self) -> Result<Option<Deployment>, TargetError> {
@@ -486,9 +508,11 @@ impl Cluster<'_> {
         .await
     }
 
-    /// Labels on everything rollgate creates.
+    /// Labels on everything rollgate creates (never the opt-in: a copy is rollgate's,
+    /// not a Deployment its owner opted in to be patched).
     fn owned_labels(&self, base: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
         let mut labels = base.cloned().unwrap_or_default();
+        labels.remove(OPT_IN.0);
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         let (k, v) = self.track();
         labels.insert(k.into(), v.into());
@@ -1061,11 +1085,12 @@ impl Cluster<'_> {
         let (current, value) = self.read_route(route).await?;
         let candidate = self.canary_service();
         if let Some((s, c)) = route_weights(&value, rule, &self.w.service, &candidate) {
-            let want = match weight {
-                Some(w) => (Some(100 - i64::from(w)), Some(i64::from(w))),
-                None => (Some(100), None),
+            let done = match weight {
+                Some(w) => (s, c) == (Some(100 - i64::from(w)), Some(i64::from(w))),
+                // At rest: the stable alone, at whatever weight its owner wrote.
+                None => s.is_some() && c.is_none(),
             };
-            if (s, c) == want {
+            if done {
                 return Ok(());
             }
         }
