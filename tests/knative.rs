@@ -644,6 +644,37 @@ fn the_target_calls_only_what_rbac_grants_for_knative() {
     }
 }
 
+/// The opt-in suites' target: the kubeconfig's user, or every call impersonating the
+/// user `ROLLGATE_E2E_IMPERSONATE` names (`system:serviceaccount:rollgate:rollgate`:
+/// `deploy/`'s rights, which must be installed); and a client for the test's own setup
+/// (namespaces, CRDs, the user's objects, simulated readiness) that never impersonates.
+fn e2e_target(path: &std::path::Path) -> (KubernetesTarget, kube::Client) {
+    let user = std::env::var("ROLLGATE_E2E_IMPERSONATE").ok();
+    if let Some(user) = &user {
+        println!("the target impersonates {user}; the test's setup does not");
+    }
+    let t = KubernetesTarget::from_kubeconfig_as(Some(path), None, user.as_deref())
+        .expect("kubeconfig")
+        .with_timing(Timing {
+            promote_wait: Duration::from_secs(180),
+            poll: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(30),
+        });
+    let setup = t
+        .block_on(async {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            Ok::<_, kube::config::KubeconfigError>(kube::Client::try_from(config))
+        })
+        .expect("kubeconfig")
+        .expect("setup client");
+    (t, setup)
+}
+
+/// What an opt-in suite prints when it does not run.
+const E2E_SKIPPED: &str = "SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set (with it: ROLLGATE_E2E_IMPERSONATE=system:serviceaccount:NS:NAME runs the target as that account, ROLLGATE_E2E_SIMULATE_READINESS=1 plays the controllers where none run)";
+
 /// The opt-in suite: the same contract against the cluster `ROLLGATE_E2E_KUBECONFIG`
 /// names, in a fresh namespace. It installs the Knative Serving v1.23.0 Service and
 /// Revision CRDs when they are missing; without Knative's controllers (or with
@@ -651,20 +682,13 @@ fn the_target_calls_only_what_rbac_grants_for_knative() {
 #[test]
 fn e2e_knative_contract_on_a_real_cluster() {
     let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
-        println!("SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set");
+        println!("{E2E_SKIPPED}");
         return;
     };
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::DeleteParams;
-    let mut t = KubernetesTarget::from_kubeconfig(Some(std::path::Path::new(&path)), None)
-        .expect("kubeconfig")
-        .with_timing(Timing {
-            promote_wait: Duration::from_secs(180),
-            poll: Duration::from_secs(1),
-            call_timeout: Duration::from_secs(30),
-        });
-    let client = t.client();
+    let (mut t, client) = e2e_target(std::path::Path::new(&path));
     let apply = PatchParams::apply("rollgate-e2e").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let had_knative = t

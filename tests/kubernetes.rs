@@ -1367,26 +1367,50 @@ fn regression_an_apply_that_creates_the_canary_is_authorized_as_create() {
     }
 }
 
-/// The opt-in suite: the target contract against a real cluster named by
-/// `ROLLGATE_E2E_KUBECONFIG`, in a namespace of its own that it deletes afterwards.
-/// Replica-ratio mode always; Gateway API weights too when the HTTPRoute CRD is installed.
-#[test]
-fn e2e_contract_on_a_real_cluster() {
-    let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
-        println!("SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set");
-        return;
-    };
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{DeleteParams, PostParams};
-    let ns = format!("rollgate-e2e-{}", std::process::id());
-    let mut t = KubernetesTarget::from_kubeconfig(Some(std::path::Path::new(&path)), None)
+/// The opt-in suites' target: the kubeconfig's user, or every call impersonating the
+/// user `ROLLGATE_E2E_IMPERSONATE` names (`system:serviceaccount:rollgate:rollgate`:
+/// `deploy/`'s rights, which must be installed); and a client for the test's own setup
+/// (namespaces, CRDs, the user's objects, simulated readiness) that never impersonates.
+fn e2e_target(path: &std::path::Path) -> (KubernetesTarget, kube::Client) {
+    let user = std::env::var("ROLLGATE_E2E_IMPERSONATE").ok();
+    if let Some(user) = &user {
+        println!("the target impersonates {user}; the test's setup does not");
+    }
+    let t = KubernetesTarget::from_kubeconfig_as(Some(path), None, user.as_deref())
         .expect("kubeconfig")
         .with_timing(Timing {
             promote_wait: Duration::from_secs(180),
             poll: Duration::from_secs(1),
             call_timeout: Duration::from_secs(30),
         });
-    let client = t.client();
+    let setup = t
+        .block_on(async {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            Ok::<_, kube::config::KubeconfigError>(kube::Client::try_from(config))
+        })
+        .expect("kubeconfig")
+        .expect("setup client");
+    (t, setup)
+}
+
+/// What an opt-in suite prints when it does not run.
+const E2E_SKIPPED: &str = "SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set (with it: ROLLGATE_E2E_IMPERSONATE=system:serviceaccount:NS:NAME runs the target as that account, ROLLGATE_E2E_SIMULATE_READINESS=1 plays the controllers where none run)";
+
+/// The opt-in suite: the target contract against a real cluster named by
+/// `ROLLGATE_E2E_KUBECONFIG`, in a namespace of its own that it deletes afterwards.
+/// Replica-ratio mode always; Gateway API weights too when the HTTPRoute CRD is installed.
+#[test]
+fn e2e_contract_on_a_real_cluster() {
+    let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
+        println!("{E2E_SKIPPED}");
+        return;
+    };
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{DeleteParams, PostParams};
+    let ns = format!("rollgate-e2e-{}", std::process::id());
+    let (mut t, client) = e2e_target(std::path::Path::new(&path));
     // Clusters without kubelets (kwok, envtest) report no pod readiness: there, play
     // the Deployment controller by patching status, as the in-memory tests do.
     if std::env::var_os("ROLLGATE_E2E_SIMULATE_READINESS").is_some() {
@@ -1471,6 +1495,97 @@ fn e2e_contract_on_a_real_cluster() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// `ROLLGATE_E2E_IMPERSONATE` runs only against a real cluster; what holds here: a
+/// target built with `from_kubeconfig_as` sends the impersonation headers on every call
+/// (the ServiceAccount and its groups), a client from the same kubeconfig without it
+/// sends none, and a malformed account name is refused up front.
+#[test]
+fn the_target_impersonates_a_service_account_and_the_setup_client_does_not() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // Given an HTTP server that records each request's headers and answers 404
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                head.push(line.trim_end().to_ascii_lowercase());
+                line.clear();
+            }
+            record.lock().expect("lock").push(head);
+            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"not found","reason":"NotFound","code":404}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{ server: \"http://{addr}\" }}\nusers:\n- name: u\n  user: {{ token: admin-token }}\ncontexts:\n- name: x\n  context: {{ cluster: c, user: u }}\ncurrent-context: x\n"),
+    )
+    .expect("kubeconfig");
+    let ask = |t: &mut KubernetesTarget| {
+        let h = t.health(&plan(true), &desired(V1, Some(V2), 0));
+        assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
+        seen.lock().expect("lock").drain(..).collect::<Vec<_>>()
+    };
+    // When the target impersonates deploy/'s ServiceAccount
+    let mut t = KubernetesTarget::from_kubeconfig_as(
+        Some(&path),
+        None,
+        Some("system:serviceaccount:rollgate:rollgate"),
+    )
+    .expect("target");
+    let requests = ask(&mut t);
+    // Then every call it makes says so, with the account's groups
+    assert!(!requests.is_empty());
+    for head in &requests {
+        assert!(
+            head.contains(&"impersonate-user: system:serviceaccount:rollgate:rollgate".into()),
+            "{head:?}"
+        );
+        for group in [
+            "system:serviceaccounts",
+            "system:serviceaccounts:rollgate",
+            "system:authenticated",
+        ] {
+            assert!(
+                head.contains(&format!("impersonate-group: {group}")),
+                "{group}: {head:?}"
+            );
+        }
+    }
+    // And a target from the same kubeconfig without it does not impersonate
+    let mut plain = KubernetesTarget::from_kubeconfig(Some(&path), None).expect("target");
+    let requests = ask(&mut plain);
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .flatten()
+            .all(|h| !h.starts_with("impersonate-")),
+        "{requests:?}"
+    );
+    // And a ServiceAccount without its namespace is refused before any call
+    let err = KubernetesTarget::from_kubeconfig_as(
+        Some(&path),
+        None,
+        Some("system:serviceaccount:rollgate"),
+    )
+    .expect_err("malformed");
+    assert!(format!("{err:#}").contains("NAMESPACE:NAME"), "{err:#}");
 }
 
 /// Regression guard: test builds compile both rustls providers (kube-fake-client turns

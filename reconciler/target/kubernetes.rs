@@ -210,6 +210,19 @@ impl KubernetesTarget {
         path: Option<&std::path::Path>,
         context: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::from_kubeconfig_as(path, context, None)
+    }
+
+    /// [`Self::from_kubeconfig`], every request of this target impersonating `user`
+    /// (`system:serviceaccount:NS:NAME`: with that account's groups too, so the calls
+    /// carry exactly the rights RBAC gives the account). What the opt-in real-cluster
+    /// suites use to run the target with `deploy/`'s rights while their own setup keeps
+    /// the kubeconfig's user.
+    pub fn from_kubeconfig_as(
+        path: Option<&std::path::Path>,
+        context: Option<&str>,
+        user: Option<&str>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let runtime = runtime().context("cannot start the kubernetes runtime")?;
         let options = kube::config::KubeConfigOptions {
@@ -253,6 +266,10 @@ impl KubernetesTarget {
                 None => kube::Config::from_kubeconfig(&options).await,
             }
             .context("cannot load the kubernetes configuration")?;
+            let config = match user {
+                Some(user) => impersonating(config, user)?,
+                None => config,
+            };
             kube::Client::try_from(config).context("cannot configure the kubernetes client")
         })?;
         Ok(Self::new(runtime, client))
@@ -335,6 +352,36 @@ impl KubernetesTarget {
             memory: &self.memory,
         })
     }
+}
+
+/// `config` with every request impersonating `user` (the `Impersonate-User` and
+/// `Impersonate-Group` headers; the kubeconfig's own credentials must be allowed to
+/// impersonate). A ServiceAccount (`system:serviceaccount:NS:NAME`) also takes the
+/// groups the API server gives its tokens (`system:serviceaccounts`,
+/// `system:serviceaccounts:NS`, `system:authenticated`), so RBAC bound to them applies.
+pub fn impersonating(mut config: kube::Config, user: &str) -> anyhow::Result<kube::Config> {
+    let groups = match user.strip_prefix("system:serviceaccount:") {
+        Some(rest) => {
+            let ns = match rest.split_once(':') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(':') => ns,
+                _ => anyhow::bail!(
+                    "cannot impersonate `{user}`: a ServiceAccount is system:serviceaccount:NAMESPACE:NAME"
+                ),
+            };
+            Some(vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".to_owned(),
+            ])
+        }
+        None if user.is_empty() => anyhow::bail!("cannot impersonate an empty user name"),
+        // Another user: its groups are not ours to guess (the API server adds
+        // system:authenticated).
+        None => None,
+    };
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups = groups;
+    Ok(config)
 }
 
 /// The `ApiResource` of `gateway.networking.k8s.io/v1` HTTPRoute.
