@@ -124,7 +124,8 @@ fn value(check: &str, v: f64) -> String {
 /// What to tell GitHub about `status` of `plan` (pure).
 pub fn progress(plan: &Plan, status: &Status) -> Progress {
     let n = crate::engine::rollout_steps(plan, status).len();
-    let step = format!("step {}/{n}", (status.step + 1).min(n.max(1)));
+    let (i, n) = crate::model::status::step_number(status.phase, status.step, n);
+    let step = format!("step {i}/{n}");
     let mut d = match status.phase {
         Phase::Pending => format!("pending · {}", no_ticks(&status.candidate)),
         Phase::Succeeded => format!("succeeded · {} is stable", no_ticks(&status.candidate)),
