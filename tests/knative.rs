@@ -80,8 +80,12 @@ knative_kind!(KService, "Service", "services");
 knative_kind!(KRevision, "Revision", "revisions");
 
 fn plan() -> Plan {
+    plan_in(NS)
+}
+
+fn plan_in(ns: &str) -> Plan {
     let text = format!(
-        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: hello }}\nspec:\n  target: prod\n  workload:\n    knative: {{ namespace: {NS}, service: hello, container: app }}\n  artifact: {V2}\n  strategy:\n    canary: {{ steps: [ {{ setWeight: 10 }}, {{ setWeight: 50 }}, {{ setWeight: 100 }} ] }}\n"
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: hello }}\nspec:\n  target: prod\n  workload:\n    knative: {{ namespace: {ns}, service: hello, container: app }}\n  artifact: {V2}\n  strategy:\n    canary: {{ steps: [ {{ setWeight: 10 }}, {{ setWeight: 50 }}, {{ setWeight: 100 }} ] }}\n"
     );
     rollgate::model::validate::parse_plan("plans/hello.yaml", &text, None)
         .expect("plan parses")
@@ -89,11 +93,21 @@ fn plan() -> Plan {
 }
 
 /// The user's Service as their GitOps tool wrote it: generated revision names, all
-/// traffic on the latest revision, serving v1 as `hello-00001`.
+/// traffic on the latest revision, serving v1 as `hello-00001`, with the status
+/// Knative reported (see [`user_service_spec`] for what a client can write).
 fn user_service() -> Value {
+    let mut s = user_service_spec(NS);
+    s["status"] = json!({ "latestReadyRevisionName": "hello-00001" });
+    s
+}
+
+/// The user's Service as a client writes it: no `status`. A real API server ignores a
+/// `status` in a write to the main resource of a kind with a status subresource (the
+/// in-memory one keeps it): only Knative's controllers, through `/status`, write it.
+fn user_service_spec(ns: &str) -> Value {
     json!({
         "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-        "metadata": { "name": "hello", "namespace": NS, "labels": { "team": "web" } },
+        "metadata": { "name": "hello", "namespace": ns, "labels": { "team": "web" } },
         "spec": {
             "template": {
                 "metadata": { "annotations": { "autoscaling.knative.dev/min-scale": "1" } },
@@ -103,15 +117,18 @@ fn user_service() -> Value {
                 ] }
             },
             "traffic": [ { "latestRevision": true, "percent": 100 } ]
-        },
-        "status": { "latestReadyRevisionName": "hello-00001" }
+        }
     })
 }
 
 fn user_revision() -> Value {
+    user_revision_in(NS)
+}
+
+fn user_revision_in(ns: &str) -> Value {
     json!({
         "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
-        "metadata": { "name": "hello-00001", "namespace": NS,
+        "metadata": { "name": "hello-00001", "namespace": ns,
                       "labels": { "serving.knative.dev/service": "hello" } },
         "spec": { "containers": [ { "name": "app", "image": V1 } ] }
     })
@@ -126,14 +143,23 @@ fn cluster() -> KubernetesTarget {
 /// Like [`cluster`], with `funcs` intercepting the API calls and no controller (the
 /// Service already carries the status Knative would have written).
 fn cluster_intercepted(funcs: Option<kube_fake_client::interceptor::Funcs>) -> KubernetesTarget {
+    let controller = funcs.is_none();
+    cluster_of(vec![user_service(), user_revision()], funcs, controller)
+}
+
+/// An in-memory API holding `objects`, with or without the stand-in controller.
+fn cluster_of(
+    objects: Vec<Value>,
+    funcs: Option<kube_fake_client::interceptor::Funcs>,
+    controller: bool,
+) -> KubernetesTarget {
     let runtime = kubernetes::runtime().expect("runtime");
     let mut builder = kube_fake_client::ClientBuilder::new()
         .with_resource::<KService>()
         .with_resource::<KRevision>()
         .with_status_subresource::<KService>()
         .with_status_subresource::<KRevision>()
-        .with_runtime_objects(vec![user_service(), user_revision()]);
-    let controller = funcs.is_none();
+        .with_runtime_objects(objects);
     if let Some(funcs) = funcs {
         builder = builder.with_interceptor_funcs(funcs);
     }
@@ -155,17 +181,25 @@ fn cluster_intercepted(funcs: Option<kube_fake_client::interceptor::Funcs>) -> K
 }
 
 fn services(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &knative::service_resource())
+    services_in(client, NS)
 }
 
-fn revisions(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &knative::revision_resource())
+fn services_in(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &knative::service_resource())
+}
+
+fn revisions_in(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &knative::revision_resource())
 }
 
 /// What Knative's configuration and route reconcilers would report.
 async fn knative_pass(client: &kube::Client) -> Result<(), kube::Error> {
-    let svcs = services(client);
-    let revs = revisions(client);
+    knative_pass_in(client, NS).await
+}
+
+async fn knative_pass_in(client: &kube::Client, ns: &str) -> Result<(), kube::Error> {
+    let svcs = services_in(client, ns);
+    let revs = revisions_in(client, ns);
     for s in svcs.list(&ListParams::default()).await?.items {
         let s = serde_json::to_value(&s).unwrap_or_default();
         let name = s["metadata"]["name"]
@@ -182,7 +216,7 @@ async fn knative_pass(client: &kube::Client) -> Result<(), kube::Error> {
                 let containers = s.pointer("/spec/template/spec/containers").cloned();
                 let revision: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
-                    "metadata": { "name": rev, "namespace": NS,
+                    "metadata": { "name": rev, "namespace": ns,
                                   "labels": { "serving.knative.dev/service": name } },
                     "spec": { "containers": containers },
                 }))
@@ -509,6 +543,62 @@ fn a_failed_candidate_revision_is_unhealthy_with_its_reason() {
     );
 }
 
+/// Issue #15: `start_candidate v2: TargetError("knative service hello has no ready
+/// revision to keep serving; deploy one first")`, 3.5 s into the real-cluster run. A
+/// Service Knative has not reported on yet (just applied: a real API server keeps no
+/// status from a client's write) is a state the target legitimately meets, not the
+/// user's mistake: the start holds (the daemon retries it) and says it waits for
+/// Knative, writes nothing, and goes ahead once Knative has reported a ready revision.
+#[test]
+fn regression_a_service_knative_has_not_reported_on_yet_holds_the_start_with_the_reason() {
+    // Given the user's Service as the API server holds it right after their apply
+    let mut t = cluster_of(vec![user_service_spec(NS), user_revision()], None, false);
+    let p = plan();
+    let before = service(&t)["spec"].clone();
+    // When rollgate starts the candidate
+    let err = t.start_candidate(&p, V2).expect_err("nothing serves yet");
+    // Then it holds with the reason, not as the user's error, and writes nothing
+    assert!(
+        err.0
+            .contains("web/hello has no ready revision serving yet")
+            && err.0.contains("Knative has not reported on it yet"),
+        "{err}"
+    );
+    assert!(!err.0.contains("deploy one first"), "{err}");
+    assert_eq!(service(&t)["spec"], before, "nothing written");
+    assert_eq!(
+        t.health(&p, &desired(V1, Some(V2), 0)),
+        TargetHealth::Progressing
+    );
+    // When Knative reports the first revision ready, the same step goes ahead
+    t.block_on(knative_pass(&t.client()))
+        .expect("knative reports");
+    t.start_candidate(&p, V2).expect("start");
+    assert_eq!(traffic(&t)[1]["revisionName"], json!(candidate_name(V2)));
+}
+
+/// A Service Knative has reconciled whose only revision failed: nothing serves, and
+/// the reason is Knative's.
+#[test]
+fn a_service_whose_first_revision_failed_holds_the_start_with_knative_s_reason() {
+    let mut failed = user_service_spec(NS);
+    failed["status"] = json!({
+        "observedGeneration": 1,
+        "latestCreatedRevisionName": "hello-00001",
+        "conditions": [ { "type": "Ready", "status": "False", "reason": "RevisionFailed",
+                          "message": "Revision \"hello-00001\" failed with message: Unable to fetch image." } ]
+    });
+    failed["metadata"]["generation"] = json!(1);
+    let mut t = cluster_of(vec![failed, user_revision()], None, false);
+    let err = t.start_candidate(&plan(), V2).expect_err("nothing serves");
+    assert!(
+        err.0.contains("no ready revision serving yet")
+            && err.0.contains("RevisionFailed")
+            && err.0.contains("Unable to fetch image"),
+        "{err}"
+    );
+}
+
 #[test]
 fn every_step_rerun_after_a_crash_converges() {
     let mut t = cluster();
@@ -675,6 +765,96 @@ fn e2e_target(path: &std::path::Path) -> (KubernetesTarget, kube::Client) {
 /// What an opt-in suite prints when it does not run.
 const E2E_SKIPPED: &str = "SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set (with it: ROLLGATE_E2E_IMPERSONATE=system:serviceaccount:NS:NAME runs the target as that account, ROLLGATE_E2E_SIMULATE_READINESS=1 plays the controllers where none run)";
 
+/// What a user's GitOps tool does before any rollout, the way a real API server sees
+/// it: apply the Service (no `status`: see [`user_service_spec`]) and its first
+/// Revision, then wait until Knative (or the stand-in) reports that Revision ready and
+/// serving. The contract's precondition is a stable version already running; issue
+/// #15's e2e run failed 3.5 s in because the Service's status was written in the apply
+/// (and dropped by the API server) and nothing waited for the controller to write it.
+fn set_up_the_user_service(
+    t: &KubernetesTarget,
+    client: &kube::Client,
+    ns: &str,
+    within: Duration,
+) {
+    let apply = PatchParams::apply("rollgate-e2e").force();
+    t.block_on(services_in(client, ns).patch(
+        "hello",
+        &apply,
+        &Patch::Apply(user_service_spec(ns)),
+    ))
+    .expect("service");
+    t.block_on(revisions_in(client, ns).patch(
+        "hello-00001",
+        &apply,
+        &Patch::Apply(user_revision_in(ns)),
+    ))
+    .expect("revision");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let s = serde_json::to_value(
+            t.block_on(services_in(client, ns).get("hello"))
+                .expect("service"),
+        )
+        .expect("json");
+        let observed = s
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64);
+        if s.pointer("/status/latestReadyRevisionName").is_some()
+            && observed >= s.pointer("/metadata/generation").and_then(Value::as_i64)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "knative service {ns}/hello reports no ready revision after {within:?}: {}",
+            s["status"]
+        );
+        // Sleeping on the target's runtime lets the stand-in controller run.
+        t.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    }
+}
+
+/// The real-cluster suite's setup, run against the in-memory API with no Service
+/// seeded: every write is what a client may write (no status), and the contract runs
+/// only once the stand-in controller has reported the stable revision.
+#[test]
+fn the_real_cluster_setup_waits_for_the_stable_revision_then_the_contract_passes() {
+    let runtime = kubernetes::runtime().expect("runtime");
+    let client = runtime
+        .block_on(
+            kube_fake_client::ClientBuilder::new()
+                .with_resource::<KService>()
+                .with_resource::<KRevision>()
+                .with_status_subresource::<KService>()
+                .with_status_subresource::<KRevision>()
+                .build(),
+        )
+        .expect("fake client");
+    let mut t = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
+        promote_wait: Duration::from_secs(10),
+        poll: Duration::from_millis(1),
+        call_timeout: Duration::from_secs(10),
+    });
+    let controller = client.clone();
+    t.spawn(async move {
+        loop {
+            let _ = knative_pass_in(&controller, NS).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    set_up_the_user_service(&t, &client, NS, Duration::from_secs(10));
+    contract::run(
+        &mut t,
+        &plan(),
+        Some(V1),
+        V2,
+        V3,
+        500,
+        Duration::from_millis(2),
+    );
+}
+
 /// The opt-in suite: the same contract against the cluster `ROLLGATE_E2E_KUBECONFIG`
 /// names, in a fresh namespace. It installs the Knative Serving v1.23.0 Service and
 /// Revision CRDs when they are missing; without Knative's controllers (or with
@@ -719,28 +899,29 @@ fn e2e_knative_contract_on_a_real_cluster() {
         }
         std::thread::sleep(Duration::from_secs(3));
     }
+    // A namespace of its own (a fixed one could be someone's, or still terminating
+    // after the previous run).
+    let ns = format!("rollgate-e2e-knative-{}", std::process::id());
     {
         println!("the stand-in controller plays Knative's");
-        let client = client.clone();
+        let (client, ns) = (client.clone(), ns.clone());
         t.spawn(async move {
             loop {
-                let _ = knative_pass(&client).await;
+                let _ = knative_pass_in(&client, &ns).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": NS } })).expect("namespace");
-    let _ = t.block_on(namespaces.create(&PostParams::default(), &namespace));
+        serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace");
+    t.block_on(namespaces.create(&PostParams::default(), &namespace))
+        .expect("create namespace");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        t.block_on(services(&client).patch("hello", &apply, &Patch::Apply(user_service())))
-            .expect("service");
-        t.block_on(revisions(&client).patch("hello-00001", &apply, &Patch::Apply(user_revision())))
-            .expect("revision");
+        set_up_the_user_service(&t, &client, &ns, Duration::from_secs(120));
         contract::run(
             &mut t,
-            &plan(),
+            &plan_in(&ns),
             Some(V1),
             V2,
             V3,
@@ -748,7 +929,7 @@ fn e2e_knative_contract_on_a_real_cluster() {
             Duration::from_secs(1),
         );
     }));
-    let _ = t.block_on(namespaces.delete(NS, &DeleteParams::background()));
+    let _ = t.block_on(namespaces.delete(&ns, &DeleteParams::background()));
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

@@ -15,7 +15,10 @@
 //!
 //! Start writes the template and pins the traffic in **one** JSON Patch, so the new
 //! revision never receives traffic through `latestRevision: true`: stable 100, candidate
-//! 0 and tagged `candidate` (its own URL for checks). Each write is a JSON Patch whose
+//! 0 and tagged `candidate` (its own URL for checks). A Service with no ready revision
+//! serving yet (just applied, before Knative has written its status through `/status`;
+//! or its first revision failed) has no stable to pin: start writes nothing and fails
+//! with why ([`not_serving_yet`]), which holds the rollout until a retry finds one. Each write is a JSON Patch whose
 //! first operation tests the `resourceVersion` just read, computed from that read: when
 //! anyone else wrote in between (Knative's controllers update the status all the time),
 //! the write is refused, the Service is read again and the write recomputed, a few
@@ -127,6 +130,45 @@ pub fn split_of(service: &Value) -> Split {
         split.stable = latest_ready.map(|n| (n.to_owned(), 100));
     }
     split
+}
+
+/// Why a Service has no ready revision to keep serving, from what Knative reported: not
+/// reconciled yet (a Service just applied has no status until Knative writes it
+/// through `/status`; a real API server keeps none from a client's write), its latest
+/// revision failed (Knative's reason), or its first revision is still starting.
+pub fn not_serving_yet(service: &Value) -> String {
+    let generation = service
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
+    let observed = service
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    let ready = service
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+    let text = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match (observed, ready) {
+        (None, _) => "Knative has not reported on it yet (no status)".to_owned(),
+        (Some(seen), _) if generation.is_some_and(|g| seen < g) => format!(
+            "Knative has not reported on generation {} yet (observed {seen})",
+            generation.unwrap_or_default()
+        ),
+        (_, Some(c)) if c.get("status").and_then(Value::as_str) == Some("False") => {
+            format!("{} {}", text(c, "reason"), text(c, "message"))
+                .trim()
+                .to_owned()
+        }
+        _ => match service
+            .pointer("/status/latestCreatedRevisionName")
+            .and_then(Value::as_str)
+        {
+            Some(name) => format!("revision {name} is not ready yet"),
+            None => "Knative has created no revision yet".to_owned(),
+        },
+    }
 }
 
 /// The `spec.traffic` for stable at `100 - weight` and the candidate at `weight`
@@ -344,8 +386,10 @@ impl Knative<'_> {
         let split = split_of(service);
         let Some((stable, _)) = split.stable.clone() else {
             return Err(TargetError(format!(
-                "knative service {} has no ready revision to keep serving; deploy one first",
-                self.w.service
+                "knative service {}/{} has no ready revision serving yet: {}; the candidate starts once one serves",
+                self.w.namespace,
+                self.w.service,
+                not_serving_yet(service)
             )));
         };
         if stable == candidate {
