@@ -110,6 +110,13 @@ fn verdict(judge: &Judge, min_samples: u64, m: Measurement) -> Verdict {
     }
     match judge {
         Judge::Threshold { min, max } => {
+            // A bound that is not a number compares false both ways: it would pass every
+            // value. Validation refuses one; here it is never evidence of a pass.
+            if min.is_some_and(|b| !b.is_finite()) || max.is_some_and(|b| !b.is_finite()) {
+                return inconclusive(format!(
+                    "the threshold is not a finite number (min {min:?}, max {max:?})"
+                ));
+            }
             if let Some(min) = min
                 && value < *min
             {
@@ -134,6 +141,30 @@ fn verdict(judge: &Judge, min_samples: u64, m: Measurement) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn regression_a_nan_threshold_never_passes() {
+        // Found by the judge fuzz target: NaN compares false both ways.
+        let check = Check {
+            name: "errors".to_owned(),
+            source: "builtin".to_owned(),
+            query: "error-rate".to_owned(),
+            judge: Judge::Threshold {
+                min: Some(f64::NAN),
+                max: Some(f64::NAN),
+            },
+            interval: std::time::Duration::from_secs(60),
+            failure_limit: 0,
+            consecutive_error_limit: 2,
+            samples_query: None,
+        };
+        let m = Measurement {
+            value: Some(-1.0),
+            samples: 11_883_349_200_590,
+        };
+        let j = judge(&check, 0, m, chrono::DateTime::UNIX_EPOCH);
+        assert!(matches!(j.verdict, Verdict::Inconclusive { .. }), "{j:?}");
+    }
     use super::*;
     use crate::engine::testing::{t, threshold_check};
     use crate::model::plan::{DEFAULT_ALPHA, Direction};

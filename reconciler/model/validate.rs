@@ -1512,6 +1512,20 @@ spec:
     }
 
     #[test]
+    fn regression_a_threshold_that_is_not_a_finite_number_is_refused() {
+        for bound in [".nan", ".inf", "-.inf"] {
+            let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace(
+                "judge: { min: 0.99 }",
+                &format!("judge: {{ min: {bound} }}"),
+            );
+            let d = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err(bound);
+            // (A non-finite number has no JSON form: the bound is dropped on the way in,
+            // and a judge with no bound left is refused.)
+            assert!(d.iter().any(|d| d.code == Code::BadJudge), "{bound}: {d:?}");
+        }
+    }
+
+    #[test]
     fn linear_preset_expands_into_weights_and_analyses() {
         let p = parse_plan(
             "plans/p.yaml",
