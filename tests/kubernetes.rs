@@ -139,11 +139,18 @@ fn cluster_intercepted(
     cluster_built(replicas, extra, funcs, Readiness::default())
 }
 
-/// Whether the stand-in controller lets the candidate's pods become ready: cleared, the
-/// `-canary` and `-preview` Deployments run pods that never pass their readiness probe
-/// (or a cluster with no kubelet): replicas exist, none ready, no condition written.
-#[derive(Clone, Default)]
-struct Readiness(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// How many of the candidate's pods the stand-in controller lets become ready. Capped,
+/// the `-canary` and `-preview` Deployments run pods beyond the cap that never pass
+/// their readiness probe (or a cluster with no kubelet): the replicas exist, at most
+/// the cap ready, no condition written. Negative: no cap.
+#[derive(Clone)]
+struct Readiness(std::sync::Arc<std::sync::atomic::AtomicI32>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicI32::new(-1)))
+    }
+}
 
 impl Readiness {
     fn withheld() -> Self {
@@ -151,12 +158,21 @@ impl Readiness {
         r.withhold(true);
         r
     }
+    /// No candidate pod ready (`true`), or every one (`false`).
     fn withhold(&self, on: bool) {
-        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.cap(if on { 0 } else { -1 });
     }
-    fn is_withheld(&self, deployment: &str) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-            && (deployment.ends_with("-canary") || deployment.ends_with("-preview"))
+    /// At most `n` candidate pods ready.
+    fn cap(&self, n: i32) {
+        self.0.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// The ready replicas `deployment` may report, when capped below `replicas`.
+    fn capped(&self, deployment: &str, replicas: i32) -> Option<i32> {
+        let cap = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        (cap >= 0
+            && cap < replicas
+            && (deployment.ends_with("-canary") || deployment.ends_with("-preview")))
+        .then_some(cap)
     }
 }
 
@@ -221,10 +237,10 @@ async fn controller_pass_in(
                     .iter()
                     .any(|c| c.image.as_deref().is_some_and(|i| i.contains("broken")))
             });
-        let status = if readiness.is_withheld(&name) {
+        let status = if let Some(ready) = readiness.capped(&name, replicas) {
             json!({ "status": {
                 "observedGeneration": d.metadata.generation, "replicas": replicas,
-                "updatedReplicas": replicas, "availableReplicas": 0, "readyReplicas": 0 } })
+                "updatedReplicas": replicas, "availableReplicas": ready, "readyReplicas": ready } })
         } else if broken {
             json!({ "status": {
                 "observedGeneration": d.metadata.generation, "replicas": replicas,
@@ -385,7 +401,11 @@ fn gateway_canary_objects_and_weights_after_every_step() {
         "envoy:1.30",
         "only the named container changes"
     );
-    assert_eq!(replicas(&canary), 4, "a full copy of the stable");
+    assert_eq!(
+        replicas(&canary),
+        1,
+        "proportional: one replica while it takes no traffic"
+    );
     let l = labels(&canary.metadata);
     assert_eq!(
         l.get("app.kubernetes.io/managed-by").map(String::as_str),
@@ -446,8 +466,19 @@ fn gateway_canary_objects_and_weights_after_every_step() {
         TargetHealth::Healthy
     );
 
-    for w in [5u8, 25, 50, 100] {
+    // Proportional canary: ceil(4 × weight / 100) replicas, at least one.
+    for (w, size) in [(5u8, 1), (25, 1), (50, 2), (100, 4)] {
         t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            replicas(&deployment(&t, "web-canary").expect("canary")),
+            size,
+            "canary replicas at {w}%"
+        );
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, Some(V2), w)),
+            TargetHealth::Healthy,
+            "at {w}%"
+        );
         assert_eq!(
             weights(&t),
             (Some(100 - i64::from(w)), Some(i64::from(w))),
@@ -487,6 +518,67 @@ fn gateway_canary_objects_and_weights_after_every_step() {
         ),
         TargetHealth::Healthy
     );
+}
+
+/// Issue #15: the canary was a full-size copy even at 20% (2 replicas beside a
+/// 2-replica stable), doubling the resources of every rollout. In Gateway API mode the
+/// canary now runs ceil(total × weight / 100) replicas, at least one: it grows before
+/// its traffic moves (and the traffic waits for the new pods), and shrinks after its
+/// traffic has left. The stable keeps every replica, so a rollback is instant.
+#[test]
+fn regression_a_gateway_canary_runs_only_the_replicas_its_weight_needs() {
+    let mut t = cluster_with(2, Vec::new());
+    let p = plan(true);
+    t.start_candidate(&p, V2).expect("start");
+    assert_eq!(replicas(&deployment(&t, "web-canary").expect("canary")), 1);
+    wait_rolled_out(&t);
+    for (w, size) in [(20u8, 1), (50, 1), (60, 2), (100, 2), (50, 1)] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, Some(V2), w)),
+            TargetHealth::Healthy,
+            "at {w}%"
+        );
+        assert_eq!(
+            replicas(&deployment(&t, "web-canary").expect("canary")),
+            size,
+            "canary at {w}%"
+        );
+        assert_eq!(weights(&t), (Some(100 - i64::from(w)), Some(i64::from(w))));
+        assert_eq!(
+            replicas(&deployment(&t, "web").expect("stable")),
+            2,
+            "the stable keeps its replicas"
+        );
+    }
+    // Growing: the weight waits for the new replica.
+    let readiness = Readiness::withheld();
+    let mut t = cluster_withholding(&readiness);
+    t.start_candidate(&p, V2).expect("start");
+    readiness.withhold(false);
+    t.set_weight(&p, 20).expect("weight");
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 20)),
+        TargetHealth::Healthy
+    );
+    readiness.cap(1);
+    t.set_weight(&p, 50).expect("weight");
+    assert_eq!(replicas(&deployment(&t, "web-canary").expect("canary")), 2);
+    assert_eq!(
+        t.health(&p, &desired(V1, Some(V2), 50)),
+        TargetHealth::Progressing
+    );
+    assert_eq!(
+        weights(&t),
+        (Some(80), Some(20)),
+        "50% waits for the second replica"
+    );
+    readiness.withhold(false);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V1, Some(V2), 50)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(weights(&t), (Some(50), Some(50)));
 }
 
 #[test]
@@ -1951,8 +2043,9 @@ fn replica_health_counts_ready_candidate_replicas() {
     let err = t.readiness(&p).expect_err("no candidate yet");
     assert!(err.contains("does not exist"), "{err}");
     t.start_candidate(&p, V2).expect("start");
-    settle(&mut t, &p, &desired(V1, Some(V2), 0));
-    // Two of four pods lose readiness (the controller here only tracks availability).
+    t.set_weight(&p, 100).expect("weight");
+    settle(&mut t, &p, &desired(V1, Some(V2), 100));
+    // One of four pods loses readiness (the controller here only tracks availability).
     let api: Api<Deployment> = Api::namespaced(t.client(), NS);
     let status = json!({ "status": { "readyReplicas": 1 } });
     t.block_on(api.patch_status(

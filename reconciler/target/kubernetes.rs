@@ -8,7 +8,9 @@
 //!
 //! rollgate *creates and owns* `<deployment>-canary` (a copy of the stable Deployment
 //! with the artifact as the image of the named container) and `<service>-canary`, both
-//! labelled `app.kubernetes.io/managed-by: rollgate`. It only *patches* what it does not
+//! labelled `app.kubernetes.io/managed-by: rollgate`. In Gateway API mode the canary is
+//! sized by its weight ([`GATEWAY_CANARY_SCALING`]): ceil(total × weight / 100)
+//! replicas, at least one, grown before its traffic moves and shrunk after it left. It only *patches* what it does not
 //! own: the stable Deployment's image and replicas (a JSON Patch guarded by a `test` of
 //! the container's name), and the `backendRefs` of one rule of one HTTPRoute. The
 //! canary objects and the route are written by server-side apply with field manager
@@ -110,6 +112,22 @@ pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
 pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
 /// On the canary Deployment: the total replicas to keep in replica-ratio mode.
 pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
+/// How a canary Deployment is sized in Gateway API mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryScaling {
+    /// ceil(total × weight / 100) replicas, at least one: it grows before its traffic
+    /// moves and shrinks after the traffic has left (Argo Rollouts'
+    /// `dynamicStableScale`, without scaling the stable down).
+    Proportional,
+    /// A full copy of the stable Deployment, whatever the weight.
+    Full,
+}
+
+/// The Gateway API canary's sizing. A constant until plans can choose it: that needs a
+/// plan field (`workload.kubernetes.canaryScale: proportional | full` in the wire and
+/// model types, the schema and the validation), which this target does not own.
+pub const GATEWAY_CANARY_SCALING: CanaryScaling = CanaryScaling::Proportional;
+
 /// Suffix of the canary Deployment and Service names.
 pub const CANARY_SUFFIX: &str = "-canary";
 /// Suffix of the blue-green preview Deployment and Service names.
@@ -642,7 +660,7 @@ impl Cluster<'_> {
             // Keep what set_weight chose; a re-run must not reset the split.
             (Some(c), _, _) => replicas_of(c),
             (None, Traffic::ReplicaRatio, Mode::Canary) => 0,
-            (None, _, _) => total.max(1),
+            (None, _, _) => self.size_for(total, 0).unwrap_or(total).max(1),
         };
         let mut annotations = BTreeMap::from([
             (ARTIFACT_ANNOTATION.to_owned(), artifact.to_owned()),
@@ -867,17 +885,35 @@ impl Cluster<'_> {
                     }
                     // Nor more of it at a candidate whose ready replicas do not cover it.
                     let canary = self.owned_canary().await?;
+                    let share = Share::of(&canary, w);
+                    // A proportional canary grows first; its new pods are not ready yet.
+                    if let Some(size) = self.size_of(&canary, w)
+                        && size > replicas_of(&canary)
+                    {
+                        self.scale_canary(size).await?;
+                        self.defer(&canary, share);
+                        return Ok(());
+                    }
                     let (_, value) = self.read_route(route).await?;
                     let now = route_weights(&value, *rule, &self.w.service, &name)
                         .and_then(|(_, c)| c)
                         .unwrap_or(0);
-                    let share = Share::of(&canary, w);
                     if i64::from(w) > now && !share.covered() {
                         self.defer(&canary, share);
                         return Ok(());
                     }
                 }
-                self.weigh_route(route, *rule, weight).await
+                self.weigh_route(route, *rule, weight).await?;
+                // ... and shrinks once its traffic has left.
+                if let Some(w) = weight
+                    && let Some(canary) = self.canary().await?
+                    && is_managed(&canary.metadata)
+                    && let Some(size) = self.size_of(&canary, w)
+                    && size < replicas_of(&canary)
+                {
+                    self.scale_canary(size).await?;
+                }
+                Ok(())
             }
             Traffic::ReplicaRatio if self.switches_selector() => self.switch(weight).await,
             Traffic::ReplicaRatio => {
@@ -902,24 +938,12 @@ impl Cluster<'_> {
                 // first, and the stable gives up replicas only once the canary's are
                 // ready (a later `health` pass finishes the step), so the ready total
                 // never drops below `total`.
-                let canary_patch = json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": { "name": self.canary_deployment(), "namespace": self.w.namespace },
-                    "spec": { "replicas": c },
-                });
-                let name = self.canary_deployment();
                 let grow = c >= replicas_of(&canary);
                 if !grow {
                     self.patch_stable(None, Some(total - c)).await?;
                 }
                 if weight.is_some() && c != replicas_of(&canary) {
-                    self.timed(
-                        &format!("cannot apply deployment {name}"),
-                        self.deployments
-                            .patch(&name, &Self::merge(), &Patch::Merge(&canary_patch)),
-                    )
-                    .await?;
+                    self.scale_canary(c).await?;
                 }
                 if grow {
                     let share = Share::of(&canary, weight.unwrap_or(0));
@@ -943,6 +967,35 @@ impl Cluster<'_> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         }
+    }
+
+    /// Set the candidate's `spec.replicas` (a merge patch: an apply of only `replicas`
+    /// would drop the rest of what our manager applied).
+    async fn scale_canary(&self, replicas: i32) -> Result<(), TargetError> {
+        let name = self.canary_deployment();
+        let patch = json!({ "spec": { "replicas": replicas } });
+        self.timed(
+            &format!("cannot scale deployment {name}"),
+            self.deployments
+                .patch(&name, &Self::merge(), &Patch::Merge(&patch)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The replicas a canary of `total` runs at `weight`%, when it is sized by its
+    /// weight (a proportional Gateway API canary); `None`: sized otherwise (full-size
+    /// copy, blue-green preview, replica-ratio split).
+    fn size_for(&self, total: i32, weight: u8) -> Option<i32> {
+        let proportional = matches!(self.mode, Mode::Canary)
+            && matches!(self.w.traffic, Traffic::GatewayRoute { .. })
+            && GATEWAY_CANARY_SCALING == CanaryScaling::Proportional;
+        proportional.then(|| canary_replicas(total, weight).max(1))
+    }
+
+    fn size_of(&self, canary: &Deployment, weight: u8) -> Option<i32> {
+        let total = Self::total_of(canary).unwrap_or_else(|| replicas_of(canary));
+        self.size_for(total, weight)
     }
 
     /// The candidate Deployment, which must exist and be rollgate's.
@@ -1380,7 +1433,14 @@ impl Cluster<'_> {
                 };
                 let want = (100 - i64::from(weight), i64::from(weight));
                 if (s, c) == (Some(want.0), Some(want.1)) {
-                    return Ok(Observed::AsDesired);
+                    return Ok(match self.size_of(canary, weight) {
+                        Some(size) if size != replicas_of(canary) => Observed::Differs(format!(
+                            "deployment {} runs {} replicas, the step {size}",
+                            self.canary_deployment(),
+                            replicas_of(canary)
+                        )),
+                        _ => Observed::AsDesired,
+                    });
                 }
                 let show = |w: Option<i64>| w.map_or("no backendRef".to_owned(), |w| w.to_string());
                 Ok(Observed::Differs(format!(
