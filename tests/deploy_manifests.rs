@@ -395,3 +395,60 @@ fn ssh_host_keys_come_from_a_mounted_known_hosts_config_map() {
         );
     }
 }
+
+#[test]
+fn the_namespaced_overlay_binds_per_namespace_and_tells_the_daemon_the_same_list() {
+    // Rendered by kustomize itself (kubectl's built-in), as `kubectl apply -k` would.
+    let dir = deploy_dir().join("kubernetes-namespaced");
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED: kubectl is not installed ({e}); the overlay was not rendered");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
+        .expect("rendered manifests parse");
+    let of = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    // Then no cluster-wide binding is left
+    assert!(of("ClusterRoleBinding").is_empty());
+    // And the ClusterRole is bound to rollgate's account in each listed namespace
+    let mut bound: Vec<String> = of("RoleBinding")
+        .into_iter()
+        .map(|b| typed::<RoleBinding>("overlay", b.clone()))
+        .filter(|b| b.role_ref.kind == "ClusterRole" && b.role_ref.name == "rollgate")
+        .inspect(|b| {
+            let s = &b.subjects.as_ref().expect("subjects")[0];
+            assert_eq!(
+                (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),
+                ("ServiceAccount", "rollgate", Some("rollgate"))
+            );
+        })
+        .filter_map(|b| b.metadata.namespace)
+        .collect();
+    bound.sort();
+    assert!(!bound.is_empty());
+    // And the daemon is told exactly those namespaces
+    let deployment = typed::<Deployment>("overlay", of("Deployment")[0].clone());
+    let args = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    let flag = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--namespaces="))
+        .expect("--namespaces");
+    let mut told: Vec<String> = flag.split(',').map(str::to_owned).collect();
+    told.sort();
+    assert_eq!(told, bound);
+}
