@@ -990,7 +990,32 @@ impl Reconciler {
         }
         memo.counters = None;
         let wb = self.write_back();
-        let outcome = Writer::new(&self.src, &wb).write(|_| Ok(Some(spec.clone())))?;
+        // Compare-and-swap on the status itself: this decision rests on the status file
+        // as it was at the head this pass read. If another writer changed it since (a
+        // killed daemon's push that still landed, another replica), the decision is
+        // stale: nothing is written and the next pass decides again from what is there.
+        let path = status_path(&name);
+        let basis = match self.head {
+            Some(h) => self.src.file_at(h, &path)?,
+            None => None,
+        };
+        let stale = std::cell::Cell::new(false);
+        let outcome = Writer::new(&self.src, &wb).write(|head| {
+            if self.src.file_at(head, &path)? != basis {
+                tracing::info!("the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
+                stale.set(true);
+                return Ok(None);
+            }
+            Ok(Some(spec.clone()))
+        })?;
+        if stale.get() {
+            // The target may be ahead of Git now: put it back where Git says first.
+            if let Some(memo) = self.memo.get_mut(&name) {
+                memo.reapplied = false;
+                memo.counters = None;
+            }
+            return Ok(None);
+        }
         if let WriteOutcome::Pushed { commit, attempts } = outcome {
             report.transitions += 1;
             let t = crate::telemetry::global();

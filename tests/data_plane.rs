@@ -152,7 +152,7 @@ fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_res
     let orphans = w.workloads();
     assert_eq!(orphans.len(), 2);
     let dp = plane(&w);
-    assert!(dp.stop(Duration::ZERO));
+    support::local::sigkill(&dp);
     assert!(orphans.iter().all(Identity::is_alive), "orphans run on");
     // When the daemon starts again (and with it a new data plane)
     let _d = w.daemon();
@@ -261,7 +261,7 @@ fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else()
     let old = rollgate::dataplane::client::hello(plane.dir.path())
         .expect("hello")
         .identity;
-    assert!(old.stop(Duration::ZERO));
+    support::local::sigkill(&old);
     let _second = Plane {
         child: std::process::Command::new(support::local::BIN)
             .args(["dataplane", "serve", "--dir"])
@@ -371,7 +371,7 @@ fn regression_an_analysis_whose_data_plane_restarted_restarts_its_window_instead
     // When the data plane itself dies mid-analysis (its counters with it) and the daemon
     // starts a new one
     let old = plane(&w);
-    assert!(old.stop(Duration::ZERO));
+    support::local::sigkill(&old);
     // Then the rollout does not hold for the lost samples: the window restarts where the
     // new counters begin, and v2 succeeds on a full window of fresh evidence
     let s = w.wait("v2 stable", Duration::from_secs(60), |s| {

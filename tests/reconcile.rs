@@ -1516,3 +1516,73 @@ metrics:
         "{text}"
     );
 }
+
+#[test]
+fn regression_a_status_another_writer_changed_since_the_pass_read_it_is_not_written_again() {
+    // Given v1 stable and a change to v2 (steps without analysis)
+    let plan = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let mut w = World::new(&[&plan]);
+    w.run_until("web", 10, 10, is(Phase::Succeeded, "v1"));
+    w.remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 10, |s| {
+        s.candidate == "v2" && s.phase == Phase::Progressing
+    });
+    // And another writer (a killed daemon's push that still lands, another replica)
+    // that changes the status while this pass is acting on what it read
+    let other = w.remote.work_dir("other");
+    support::git(
+        w.remote.dir.path(),
+        &[
+            "clone",
+            "-q",
+            w.remote.bare.to_str().expect("utf8"),
+            other.to_str().expect("utf8"),
+        ],
+    );
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = fired.clone();
+    w.target.before_each_action(move |call| {
+        if call.starts_with("web weight") && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            support::git(&other, &["pull", "-q", "origin", "main"]);
+            let path = other.join("status/web.yaml");
+            let text = std::fs::read_to_string(&path).expect("status");
+            std::fs::write(&path, format!("{text}# written by another replica\n")).expect("write");
+            support::git(&other, &["add", "-A"]);
+            support::git(
+                &other,
+                &[
+                    "-c",
+                    "user.name=rollgate",
+                    "-c",
+                    "user.email=rollgate@localhost",
+                    "commit",
+                    "-q",
+                    "--author",
+                    "rollgate <rollgate@localhost>",
+                    "-m",
+                    "web: written by another replica\n\nRollgate-Plan: web",
+                ],
+            );
+            support::git(&other, &["push", "-q", "origin", "HEAD:main"]);
+        }
+        Ok(())
+    });
+    let head_before = w.remote.head();
+    // When the pass that moves the weight runs
+    let r = w.tick();
+    // Then it writes nothing on top of the other writer's status (before: a second
+    // commit of the same transition), and the next passes finish the rollout
+    assert!(
+        fired.load(std::sync::atomic::Ordering::SeqCst),
+        "the other writer ran"
+    );
+    assert_eq!(r.transitions, 0, "{r:?}");
+    let subjects = support::git(
+        &w.remote.bare,
+        &["log", "--format=%s", &format!("{head_before}..main")],
+    );
+    assert_eq!(subjects, "web: written by another replica", "{subjects}");
+    w.target.clear_hook();
+    w.run_until("web", 10, 10, is(Phase::Succeeded, "v2"));
+}

@@ -182,6 +182,19 @@ impl World {
     }
 }
 
+/// SIGKILL the process `id` names (no chance to clean up), and wait until it is gone.
+pub fn sigkill(id: &Identity) {
+    assert!(id.is_alive(), "{id:?} is not running");
+    let _ = Command::new("kill")
+        .args(["-KILL", &id.pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while id.is_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!id.is_alive(), "{id:?} survived SIGKILL");
+}
+
 /// A daemon process, SIGKILLed and reaped when dropped (a failing test included).
 pub struct Daemon(pub Option<Child>);
 
