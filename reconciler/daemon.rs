@@ -50,6 +50,11 @@ pub struct TickReport {
     pub errors: usize,
     /// The earliest time any plan wants to be looked at again.
     pub next_wakeup: Option<DateTime<Utc>>,
+    /// The earliest wakeup of a rollout that moves on by itself (an analysis, a timed
+    /// pause, a promotion), not of one held (a failing target's backoff, a window).
+    pub moves_on_at: Option<DateTime<Utc>>,
+    /// Plans held because their target refused an action (kind `target`).
+    pub held_on_target: usize,
 }
 
 /// Per-plan memory that is not in Git (and need not survive a restart).
@@ -295,8 +300,25 @@ impl Reconciler {
                     self.news(&name, "reconcile", None);
                 }
             }
+            if self.live_status(&name).is_some_and(|s| {
+                s.phase == Phase::Held
+                    && s.hold
+                        .as_ref()
+                        .is_some_and(|h| h.kind == crate::model::status::HoldKind::Target)
+            }) {
+                report.held_on_target += 1;
+            }
             if let Some(w) = self.memo.get(&name).and_then(|m| m.wakeup) {
                 report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
+                let moving = self.live_status(&name).is_some_and(|s| {
+                    matches!(
+                        s.phase,
+                        Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
+                    )
+                });
+                if moving {
+                    report.moves_on_at = Some(report.moves_on_at.map_or(w, |n| n.min(w)));
+                }
             }
         }
         Ok(report)

@@ -1179,18 +1179,18 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             // pause) is waited for; one that waits on a human, a change window or a
             // long pause ends the run. Plans that could not be reconciled fail it.
             let soon = report
-                .next_wakeup
+                .moves_on_at
                 .and_then(|w| (w - chrono::Utc::now()).to_std().ok());
             match soon {
                 Some(d) if d <= ONCE_WAITS_AT_MOST && report.errors == 0 => {
                     std::thread::sleep(d.max(std::time::Duration::from_millis(20)));
                     continue;
                 }
-                _ if report.errors > 0 => {
+                _ if report.errors > 0 || report.held_on_target > 0 => {
+                    let n = report.errors + report.held_on_target;
                     eprintln!(
-                        "error: {} plan{} could not be reconciled (see the log)",
-                        report.errors,
-                        if report.errors == 1 { "" } else { "s" }
+                        "error: {n} plan{} could not be reconciled: an error, or a target that refused (see the log)",
+                        if n == 1 { "" } else { "s" }
                     );
                     return Ok(ExitCode::from(1));
                 }
