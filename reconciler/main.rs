@@ -1115,6 +1115,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
     let mut failures: u32 = 0;
     let mut last_error: Option<String> = None;
+    let mut last_cause: Option<String> = None;
     loop {
         if let Some(l) = &leadership
             && !l.is_leader(chrono::Utc::now())
@@ -1135,6 +1136,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                 }
                 failures = 0;
                 last_error = None;
+                last_cause = None;
                 health.set(Ok(()));
                 r
             }
@@ -1147,7 +1149,13 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                 let remote = e.downcast_ref::<rollgate::source::remote::RemoteError>();
                 let permanent = remote.is_some_and(|r| !r.is_transient());
                 let backoff = failure_backoff(failures);
-                if last_error.as_deref() != Some(message.as_str()) {
+                // The same cause is logged once: a remote error by its kind (git words
+                // one refusal differently from try to try), anything else by its text.
+                let cause = match remote {
+                    Some(r) => format!("{:?}", std::mem::discriminant(r)),
+                    None => message.clone(),
+                };
+                if last_cause.as_deref() != Some(cause.as_str()) {
                     if permanent {
                         tracing::error!(error = %message, retry_in_s = backoff.as_secs(), "the remote refuses; holding until it is fixed");
                     } else {
@@ -1159,6 +1167,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                 if permanent || failures >= 3 {
                     health.set(Err(message.clone()));
                 }
+                last_cause = Some(cause);
                 last_error = Some(message);
                 if args.once {
                     anyhow::bail!("{}", last_error.unwrap_or_default());

@@ -156,7 +156,7 @@ fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_res
     assert!(orphans.iter().all(Identity::is_alive), "orphans run on");
     // When the daemon starts again (and with it a new data plane)
     let _d = w.daemon();
-    w.wait("serving again", Duration::from_secs(30), |_| {
+    w.wait("serving again", Duration::from_secs(60), |_| {
         rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(1)) == Ok(200)
             && w.workloads().len() == 2
             && w.workloads().iter().all(|i| !orphans.contains(i))
