@@ -1114,7 +1114,6 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     });
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
     let mut failures: u32 = 0;
-    let mut last_error: Option<String> = None;
     let mut last_cause: Option<String> = None;
     loop {
         if let Some(l) = &leadership
@@ -1135,7 +1134,6 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     tracing::info!(after = failures, "pass succeeded again");
                 }
                 failures = 0;
-                last_error = None;
                 last_cause = None;
                 health.set(Ok(()));
                 r
@@ -1168,9 +1166,8 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
                     health.set(Err(message.clone()));
                 }
                 last_cause = Some(cause);
-                last_error = Some(message);
                 if args.once {
-                    anyhow::bail!("{}", last_error.unwrap_or_default());
+                    anyhow::bail!("{message}");
                 }
                 // Only a push webhook or the backoff ends the wait (file events from a
                 // broken remote would otherwise spin the loop).
