@@ -181,6 +181,8 @@ fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_res
 struct Plane {
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// In the argv of every workload of this plane's plans.
+    marker: String,
 }
 
 impl Plane {
@@ -200,7 +202,8 @@ impl Plane {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Plane { dir, child }
+        let marker = format!("plane-{}-{}", std::process::id(), support::free_port());
+        Plane { dir, child, marker }
     }
 }
 
@@ -209,10 +212,11 @@ impl Drop for Plane {
         let _ = rollgate::dataplane::stop(self.dir.path(), Duration::from_secs(30));
         let _ = self.child.kill();
         let _ = self.child.wait();
+        support::local::kill_marked(&self.marker);
     }
 }
 
-fn local_plan(port: u16) -> rollgate::model::Plan {
+fn local_plan(port: u16, marker: &str) -> rollgate::model::Plan {
     rollgate::model::validate::parse_plan(
         "plans/web.yaml",
         &support::local::plan_yaml(
@@ -220,7 +224,7 @@ fn local_plan(port: u16) -> rollgate::model::Plan {
             "v1",
             false,
             "[ { setWeight: 20 }, { pause: {} } ]",
-            "contract",
+            marker,
         ),
         None,
     )
@@ -232,7 +236,7 @@ fn local_plan(port: u16) -> rollgate::model::Plan {
 fn the_data_plane_client_passes_the_target_contract() {
     use rollgate::dataplane::client::{DataPlaneTarget, Launch};
     let plane = Plane::start();
-    let plan = local_plan(support::free_port());
+    let plan = local_plan(support::free_port(), &plane.marker);
     let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
     rollgate::target::contract::run(
         &mut t,
@@ -252,7 +256,7 @@ fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else()
     // Given v1 stable and v2 at 20% through the client
     let plane = Plane::start();
     let port = support::free_port();
-    let plan = local_plan(port);
+    let plan = local_plan(port, &plane.marker);
     let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
     t.promote(&plan, "v1").expect("v1");
     t.start_candidate(&plan, "v2").expect("v2");
@@ -270,6 +274,7 @@ fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else()
             .spawn()
             .expect("a second data plane"),
         dir: tempfile::tempdir().expect("unused"),
+        marker: plane.marker.clone(),
     };
     let desired = Desired {
         stable: Some("v1".to_owned()),

@@ -166,19 +166,42 @@ impl World {
 
     /// The live processes of this test's workloads (found by the marker in their argv).
     pub fn workloads(&self) -> Vec<Identity> {
-        let mut out: Vec<Identity> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(Identity::of)
-            .filter(|id| {
-                id.argv.iter().any(|a| a == "demo-service")
-                    && id.argv.iter().any(|a| a.contains(&self.marker))
-            })
-            .collect();
-        out.sort_by_key(|i| i.pid);
-        out
+        marked(&self.marker)
+    }
+}
+
+/// Live `demo-service` processes with `marker` in their argv.
+pub fn marked(marker: &str) -> Vec<Identity> {
+    let mut out: Vec<Identity> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(Identity::of)
+        .filter(|id| {
+            id.argv.iter().any(|a| a == "demo-service")
+                && id.argv.iter().any(|a| a.contains(marker))
+        })
+        .collect();
+    out.sort_by_key(|i| i.pid);
+    out
+}
+
+/// Last line of defence after the data planes were stopped: no workload of this test
+/// may outlive it, whatever went wrong in between.
+pub fn kill_marked(marker: &str) {
+    for id in marked(marker) {
+        id.stop(Duration::from_millis(200));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // `_planes` (the first field) stops the data planes after this; the workloads
+        // of a data plane that could not be asked are stopped here by their marker.
+        let planes = std::mem::replace(&mut self._planes, DataPlanes(PathBuf::new()));
+        drop(planes);
+        kill_marked(&self.marker);
     }
 }
 
