@@ -162,7 +162,8 @@ fn bar(weight: Option<u8>) -> String {
     let Some(w) = weight else {
         return " ".repeat(12);
     };
-    let cells = usize::from(w) * 10 / 100;
+    // A trailer is anyone's text: a weight above 100 fills the bar, never underflows it.
+    let cells = usize::from(w.min(100)) * 10 / 100;
     format!("[{}{}]", "█".repeat(cells), "·".repeat(10 - cells))
 }
 

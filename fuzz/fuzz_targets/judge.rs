@@ -7,8 +7,6 @@
 //! Input: built with `arbitrary` (no seeds needed; libFuzzer grows its own).
 #![no_main]
 
-use std::sync::OnceLock;
-
 use chrono::DateTime;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -179,54 +177,6 @@ fn counts(a: u64, b: u64, c: u64, d: u64, alt: Alternative, confidence: f64) {
     }
 }
 
-/// Whether to skip the inputs of the open bug `name` (`known_bug_*` below): yes, unless
-/// `ROLLGATE_FUZZ_KNOWN_BUGS` names it (a comma-separated list) or is `all`, to check a
-/// fix: `ROLLGATE_FUZZ_KNOWN_BUGS=NAME cargo fuzz run …` must then find nothing.
-fn skip_known(name: &str) -> bool {
-    static CHECKED: OnceLock<String> = OnceLock::new();
-    let checked =
-        CHECKED.get_or_init(|| std::env::var("ROLLGATE_FUZZ_KNOWN_BUGS").unwrap_or_default());
-    !checked
-        .split(',')
-        .any(|c| c.trim() == name || c.trim() == "all")
-}
-
-/// Known bug `counts`, skipped until fixed (tests/fuzz_regressions.rs): counts whose sum
-/// does not fit in a u64 overflow (`counts_beyond_u64_do_not_overflow_the_ratio_judge`);
-/// Fisher's test builds one weight per possible table, so a table with a small expected
-/// cell but huge margins allocates without bound (`huge_counts_do_not_exhaust_memory`);
-/// beyond 2^53 (where f64 stops counting by ones) its p-value can be NaN
-/// (`fisher_p_is_never_nan_for_counts_beyond_2_pow_53`).
-fn known_bug_counts(s: &Sample) -> bool {
-    let Sample::Counts {
-        canary_good: cg,
-        canary_total: ct,
-        baseline_good: bg,
-        baseline_total: bt,
-    } = *s
-    else {
-        return false;
-    };
-    let Some(big_n) = ct.checked_add(bt) else {
-        return true;
-    };
-    if big_n > 1 << 53 {
-        return true;
-    }
-    if cg > ct || bg > bt || ct == 0 || bt == 0 {
-        return false;
-    }
-    // judge_ratio's table is [[cg, ct - cg], [bg, bt - bg]]: rows ct, bt; columns
-    // cg + bg and the rest; Fisher's weights run over min(row, column) + 1 values.
-    let col = cg + bg;
-    let expected = [ct, bt]
-        .iter()
-        .flat_map(|&r| [col, big_n - col].map(move |c| r as f64 * c as f64 / big_n as f64))
-        .fold(f64::INFINITY, f64::min);
-    let lo = (u128::from(ct) + u128::from(col)).saturating_sub(u128::from(big_n));
-    expected < 5.0 && u128::from(ct.min(col)) - lo > 10_000_000
-}
-
 fuzz_target!(|input: Input| {
     let judge = match input.judge {
         J::Threshold { min, max } => Judge::Threshold {
@@ -274,9 +224,6 @@ fuzz_target!(|input: Input| {
             baseline_total: bt.get(),
         },
     });
-    if skip_known("counts") && sample.as_ref().is_some_and(known_bug_counts) {
-        return;
-    }
     match &sample {
         Some(Sample::Continuous { canary, baseline }) => {
             statistics(canary, baseline, alt, confidence);

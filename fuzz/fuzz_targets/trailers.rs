@@ -14,8 +14,6 @@
 //! Seeds: a few commit messages (`fuzz/seed.sh`).
 #![no_main]
 
-use std::sync::OnceLock;
-
 use chrono::DateTime;
 use git2::{Odb, Oid, Repository, Signature, Time};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
@@ -31,18 +29,6 @@ use rollgate::writeback::CommitSpec;
 use rollgate::writeback::messages::{self as m, restore_commit, revert_commit, status_commit};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// Whether to skip the inputs of the open bug `name` (`known_bug_*` below): yes, unless
-/// `ROLLGATE_FUZZ_KNOWN_BUGS` names it (a comma-separated list) or is `all`, to check a
-/// fix: `ROLLGATE_FUZZ_KNOWN_BUGS=NAME cargo fuzz run …` must then find nothing.
-fn skip_known(name: &str) -> bool {
-    static CHECKED: OnceLock<String> = OnceLock::new();
-    let checked =
-        CHECKED.get_or_init(|| std::env::var("ROLLGATE_FUZZ_KNOWN_BUGS").unwrap_or_default());
-    !checked
-        .split(',')
-        .any(|c| c.trim() == name || c.trim() == "all")
-}
 
 /// A repository with no files: objects in memory only.
 fn repo() -> Repository {
@@ -87,11 +73,7 @@ fn read(repo: &Repository, message: &str) {
     };
     let entries = history::collect(repo, id, None).expect("history of one commit");
     assert!(entries.len() <= 1);
-    // Known bug `weight_bar`, skipped until fixed: a `Rollgate-Weight` above 100 panics
-    // the weight bar (tests/fuzz_regressions.rs, `history_renders_a_weight_above_100`).
-    if !skip_known("weight_bar") || !entries.iter().any(|e| e.weight.is_some_and(|w| w > 100)) {
-        let _ = history::render_text(&entries);
-    }
+    let _ = history::render_text(&entries);
     serde_json::to_string(&entries).expect("entries serialise");
     let info = commit_info(id, message);
     assert_eq!(
@@ -144,20 +126,9 @@ fn phase(i: u8) -> Phase {
 
 /// An artifact as validation lets it through: one word of at most 512 bytes.
 fn artifact(s: String) -> String {
-    let ok = !s.is_empty()
-        && s.len() <= 512
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        && !(skip_known("short_digest") && known_bug_short_digest(&s));
+    let ok =
+        !s.is_empty() && s.len() <= 512 && !s.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok { s } else { "v2".to_owned() }
-}
-
-/// Known bug `short_digest`, skipped until fixed: a commit subject cuts an artifact's digest at 12
-/// bytes, inside a multi-byte character when there is one there (a panic;
-/// tests/fuzz_regressions.rs, `a_multibyte_digest_does_not_panic_the_status_commit`).
-fn known_bug_short_digest(artifact: &str) -> bool {
-    artifact
-        .split_once("@sha256:")
-        .is_some_and(|(_, digest)| !digest.is_char_boundary(digest.len().min(12)))
 }
 
 fn spec(f: Facts) -> Option<(CommitSpec, &'static str)> {
@@ -242,19 +213,10 @@ fn spec(f: Facts) -> Option<(CommitSpec, &'static str)> {
     })
 }
 
-/// Known bug `patch_divider`, skipped until fixed: a body line starting with `---` (a
-/// revert's reason, from a target's own words, may hold one) is where Git's trailer
-/// parser takes a patch to start, and it then reads no trailers at all: the commit is
-/// no longer rollgate's (`a_reason_with_a_dashed_line_keeps_the_trailers`).
-fn known_bug_patch_divider(spec: &CommitSpec) -> bool {
-    spec.body
-        .as_deref()
-        .is_some_and(|b| b.lines().any(|l| l.starts_with("---")))
-}
-
 /// What Git keeps of a trailer value rollgate writes: one line, trimmed.
 fn as_read(v: &str) -> String {
-    v.replace(['\n', '\r'], " ").trim().to_owned()
+    let v = v.replace(['\n', '\r'], " ").trim().to_owned();
+    if v.is_empty() { "-".to_owned() } else { v }
 }
 
 fn write(repo: &Repository, data: &[u8]) {
@@ -274,9 +236,6 @@ fn write(repo: &Repository, data: &[u8]) {
     if message.contains('\0') {
         return; // Git refuses the commit: the writer reports it
     }
-    if skip_known("patch_divider") && known_bug_patch_divider(&spec) {
-        return;
-    }
     // libgit2 reads an empty value as "\n": compare what is left of a value, trimmed.
     let read: Vec<(String, String)> = git2::message_trailers_strs(&message)
         .expect("trailers")
@@ -288,12 +247,7 @@ fn write(repo: &Repository, data: &[u8]) {
         .iter()
         .map(|(k, v)| (k.clone(), as_read(v)))
         .collect();
-    // Known bug `empty_value`, skipped until fixed: an empty value (`Rollgate-Reason: `)
-    // reads as the next trailer's line (tests/fuzz_regressions.rs,
-    // `an_empty_trailer_value_keeps_the_next_trailer`).
-    if !skip_known("empty_value") || meant.iter().all(|(_, v)| !v.is_empty()) {
-        assert_eq!(read, meant, "{message:?}");
-    }
+    assert_eq!(read, meant, "{message:?}");
     let id = commit(repo, &message).expect("a commit");
     let info = commit_info(id, &message);
     assert!(info.is_rollgate(), "{message:?}");

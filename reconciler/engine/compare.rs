@@ -171,12 +171,22 @@ pub fn judge_ratio(
             );
         }
     }
+    if canary_total > stats::MAX_EXACT_COUNT || baseline_total > stats::MAX_EXACT_COUNT {
+        return inconclusive(
+            evidence,
+            format!(
+                "counts beyond 2^53 ({canary_total} and {baseline_total} requests) cannot be judged exactly"
+            ),
+        );
+    }
     let (cg, ct, bg, bt) = (canary_good, canary_total, baseline_good, baseline_total);
     let pc = cg as f64 / ct as f64;
     let pb = bg as f64 / bt as f64;
     let alt = rule.alternative();
     let table = [[cg, ct - cg], [bg, bt - bg]];
-    let (test, statistic, p_value) = if min_expected(table) < FISHER_BELOW_EXPECTED {
+    let exact = min_expected(table) < FISHER_BELOW_EXPECTED
+        && stats::fisher_support(table) <= stats::FISHER_MAX_SUPPORT;
+    let (test, statistic, p_value) = if exact {
         let f = stats::fisher_exact(table, alt);
         let odds = (!f.odds_ratio.is_nan()).then_some(f.odds_ratio);
         ("fisher", odds, f.p_value)

@@ -864,6 +864,24 @@ pub struct Fisher {
 /// p = 1. The two-sided p sums every table at most as probable as the observed one.
 pub fn fisher_exact(table: [[u64; 2]; 2], alt: Alternative) -> Fisher {
     let [[a, b], [c, d]] = table;
+    // Beyond exact counting (f64 counts by ones up to 2^53), or with more tables than
+    // are worth a weight each, the exact test claims nothing: p = 1, never NaN, and no
+    // allocation that grows with the counts.
+    let no_claim = Fisher {
+        odds_ratio: f64::NAN,
+        p_value: 1.0,
+    };
+    let Some(big_n) = a
+        .checked_add(b)
+        .and_then(|s| s.checked_add(c))
+        .and_then(|s| s.checked_add(d))
+        .filter(|n| *n <= MAX_EXACT_COUNT)
+    else {
+        return no_claim;
+    };
+    if fisher_support(table) > FISHER_MAX_SUPPORT {
+        return no_claim;
+    }
     let (af, bf, cf, df) = (a as f64, b as f64, c as f64, d as f64);
     if a + b == 0 || c + d == 0 || a + c == 0 || b + d == 0 {
         return Fisher {
@@ -877,7 +895,6 @@ pub fn fisher_exact(table: [[u64; 2]; 2], alt: Alternative) -> Fisher {
         f64::INFINITY
     };
     // a ~ Hypergeometric(population N, K = a + b marked, n = a + c drawn)
-    let big_n = a + b + c + d;
     let k = a + b;
     let n = a + c;
     let lo = (n + k).saturating_sub(big_n);
@@ -897,6 +914,26 @@ pub fn fisher_exact(table: [[u64; 2]; 2], alt: Alternative) -> Fisher {
         odds_ratio,
         p_value: p.clamp(0.0, 1.0),
     }
+}
+
+/// Counts up to this are exact in an f64; the exact tests refuse to reason beyond.
+pub const MAX_EXACT_COUNT: u64 = 1 << 53;
+/// At most this many tables (hence weights) for Fisher's test; beyond, use the normal
+/// approximation (which is then excellent).
+pub const FISHER_MAX_SUPPORT: u64 = 1_000_000;
+
+/// How many tables Fisher's test sums over for these margins (`u64::MAX` when the
+/// counts overflow).
+pub fn fisher_support(table: [[u64; 2]; 2]) -> u64 {
+    let [[a, b], [c, d]] = table;
+    let (Some(k), Some(n)) = (a.checked_add(b), a.checked_add(c)) else {
+        return u64::MAX;
+    };
+    let Some(big_n) = k.checked_add(c).and_then(|s| s.checked_add(d)) else {
+        return u64::MAX;
+    };
+    let lo = n.saturating_add(k).saturating_sub(big_n);
+    k.min(n) - lo.min(k.min(n)) + 1
 }
 
 /// Unnormalised hypergeometric probabilities for `x` in `lo..=hi`, 1 at the mode,

@@ -129,6 +129,18 @@ impl<'a> Checker<'a> {
                 Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
                 _ => Vec::new(),
             };
+            // `.inf` and `.nan` are YAML numbers with no JSON form: dropped on the way to
+            // the wire types, a bound like `min: .inf` would vanish in silence.
+            if let Kind::Float(f) = node.kind
+                && !f.is_finite()
+            {
+                self.err(
+                    node.pos,
+                    Code::InvalidValue,
+                    format!("{} must be a finite number, found {f}", where_(path)),
+                );
+                return Value::Null;
+            }
             if !types.is_empty() && !types.iter().any(|t| kind_matches(&node.kind, t)) {
                 let expected: Vec<&str> = types
                     .iter()

@@ -37,7 +37,10 @@ pub fn status_path(plan: &str) -> String {
 fn short(artifact: &str) -> String {
     // `registry/app@sha256:4f1c…` reads better than 64 hex digits in a subject.
     match artifact.split_once("@sha256:") {
-        Some((name, digest)) => format!("{name}@sha256:{}", &digest[..digest.len().min(12)]),
+        Some((name, digest)) => format!(
+            "{name}@sha256:{}",
+            digest.chars().take(12).collect::<String>()
+        ),
         None => artifact.to_owned(),
     }
 }

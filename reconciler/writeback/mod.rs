@@ -51,12 +51,27 @@ impl CommitSpec {
         }
         m.push_str("\n\n");
         if let Some(b) = &self.body {
-            m.push_str(b.trim_end());
-            m.push_str("\n\n");
+            // Git reads no trailers after a line starting with `---` (a patch would start
+            // there): such a line of the body (a reason in a target's own words) is
+            // indented by one space.
+            for line in b.trim_end().lines() {
+                if line.starts_with("---") {
+                    m.push(' ');
+                }
+                m.push_str(line);
+                m.push('\n');
+            }
+            m.push('\n');
         }
         for (k, v) in &self.trailers {
             // A trailer value is one line; never let a value smuggle in another trailer.
             let v = v.replace(['\n', '\r'], " ");
+            // An empty value would make Git read the next line as this trailer's value.
+            let v = if v.trim().is_empty() {
+                "-".to_owned()
+            } else {
+                v
+            };
             m.push_str(&format!("{k}: {v}\n"));
         }
         m
