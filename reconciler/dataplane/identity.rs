@@ -62,6 +62,19 @@ impl Identity {
         })
     }
 
+    /// The identity of `pid`, a child just spawned with `argv`. Right after `spawn`
+    /// returns, `/proc/PID/cmdline` can still be empty: the kernel wakes the parent
+    /// during `execve`, before it lays out the new program's arguments. Read then, a
+    /// record would name no argv, never match the process again, and a later data plane
+    /// would leave it running as a stranger. The argv is the one passed to `execve`,
+    /// which is what `/proc` shows once the exec is done.
+    pub fn of_spawned(pid: u32, argv: &[String]) -> Option<Identity> {
+        Self::of(pid).map(|id| Identity {
+            argv: argv.to_vec(),
+            ..id
+        })
+    }
+
     /// This process.
     pub fn current() -> Option<Identity> {
         Self::of(std::process::id())
@@ -144,6 +157,46 @@ mod tests {
             ..me
         };
         assert!(!other_argv.is_alive());
+    }
+
+    /// Children killed and reaped when dropped, whatever the test found.
+    struct Children(Vec<std::process::Child>);
+
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn regression_a_record_written_right_after_spawn_still_names_the_process() {
+        // Given children recorded the moment `spawn` returns (when /proc/PID/cmdline can
+        // still be empty: the data plane then wrote a record no later read matched, and
+        // the workload outlived every data plane as a stranger)
+        let argv: Vec<String> = ["sleep", "30"].map(str::to_owned).to_vec();
+        let mut children = Children(Vec::new());
+        let mut records = Vec::new();
+        for _ in 0..40 {
+            let c = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .spawn()
+                .expect("sleep");
+            records.push(Identity::of_spawned(c.id(), &argv).expect("a live child"));
+            children.0.push(c);
+        }
+        // Then every record names its process once it runs
+        for r in &records {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Identity::of(r.pid).is_none_or(|now| now.argv.is_empty())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(r.is_alive(), "{r:?} vs {:?}", Identity::of(r.pid));
+        }
     }
 
     #[test]

@@ -375,7 +375,7 @@ impl LocalTarget {
                 // later data plane stops it and nothing else.
                 let path = log_path.with_file_name(format!("{safe}-{}.pid", c.id()));
                 // A process that already exited needs no record: the supervisor sees it.
-                let recorded = match Identity::of(c.id()) {
+                let recorded = match Identity::of_spawned(c.id(), &argv) {
                     Some(id) => id.write(&path).map(|()| Some(path)),
                     None => Ok(None),
                 };

@@ -142,10 +142,30 @@ impl World {
                 "timed out waiting for {what}; status {:?}\n{}",
                 self.status()
                     .map(|s| (s.phase, s.step, s.candidate, s.message)),
-                self.log_tail(40)
+                self.diagnosis()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What a failed wait shows: the proxy's answer, the workloads, and the tails of the
+    /// daemon's and the data plane's logs.
+    pub fn diagnosis(&self) -> String {
+        let plane_log =
+            std::fs::read_to_string(self.plane_dir().join("dataplane.log")).unwrap_or_default();
+        let mut plane_tail: Vec<&str> = plane_log.lines().rev().take(30).collect();
+        plane_tail.reverse();
+        format!(
+            "proxy at {}: {:?}\nworkloads: {:?}\n--- daemon log\n{}\n--- data plane log\n{}",
+            self.addr(),
+            rollgate::target::local::http_status(self.addr(), "/", Duration::from_secs(1)),
+            self.workloads()
+                .iter()
+                .map(|i| (i.pid, i.argv.join(" ")))
+                .collect::<Vec<_>>(),
+            self.log_tail(40),
+            plane_tail.join("\n")
+        )
     }
 
     pub fn log_tail(&self, n: usize) -> String {
