@@ -1114,6 +1114,8 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     });
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
     let mut failures: u32 = 0;
+    // Quiet passes in a row with a failing plan (`run --once`).
+    let mut erring_passes: u32 = 0;
     let mut last_cause: Option<String> = None;
     loop {
         if let Some(l) = &leadership
@@ -1187,8 +1189,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             let soon = report
                 .moves_on_at
                 .and_then(|w| (w - chrono::Utc::now()).to_std().ok());
+            // A plan's error does not end the run while another rollout still moves on
+            // by itself (its next step would be lost); an error that lasts
+            // ONCE_ERROR_PASSES quiet passes does.
+            erring_passes = if report.errors > 0 {
+                erring_passes + 1
+            } else {
+                0
+            };
             match soon {
-                Some(d) if d <= ONCE_WAITS_AT_MOST && report.errors == 0 => {
+                Some(d) if d <= ONCE_WAITS_AT_MOST && erring_passes < ONCE_ERROR_PASSES => {
                     std::thread::sleep(d.max(std::time::Duration::from_millis(20)));
                     continue;
                 }
@@ -1222,6 +1232,10 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
 /// `run --once` waits for a rollout that moves on by itself within this long (an
 /// analysis, a timed pause); a longer wait (a change window, a long pause) ends the run.
 const ONCE_WAITS_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// `run --once` ends (exit 1) after this many passes in a row that moved nothing and
+/// had a plan fail, even while another rollout would still move on.
+const ONCE_ERROR_PASSES: u32 = 5;
 
 /// Whether a file event on a local remote can mean a branch moved: a create, write,
 /// rename or removal under `refs/heads`, or of `packed-refs`. Opens, reads and

@@ -180,6 +180,56 @@ fn regression_run_once_fails_when_a_plan_cannot_be_reconciled() {
 }
 
 #[test]
+fn regression_run_once_does_not_end_a_moving_rollout_because_another_plan_fails() {
+    // Given a plan that cannot be reconciled (an unreadable status file) beside a rollout
+    // of v2 with a timed pause and a later step
+    let settings =
+        "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n";
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let broken = PlanFile::new("broken").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_files(&[
+        ("rollgate.yaml".to_owned(), settings.to_owned()),
+        (v1.path(), v1.yaml()),
+        (broken.path(), broken.yaml()),
+        (
+            "status/broken.yaml".to_owned(),
+            "{ not: [a status".to_owned(),
+        ),
+    ]);
+    let once = || {
+        Command::new(BIN)
+            .args(["run", "--journal-targets", "--once", "--repo"])
+            .arg(&remote.bare)
+            .arg("--state-dir")
+            .arg(remote.work_dir("state"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("rollgate run --once")
+    };
+    let first = once();
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    assert_eq!(remote.status("web").expect("v1").phase, Phase::Succeeded);
+    let v2 = PlanFile::new("web").artifact("v2").steps(&[
+        "setWeight: 20",
+        "pause: { duration: 2s }",
+        "setWeight: 100",
+    ]);
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    // When `run --once` runs
+    let out = once();
+    // Then the rollout went through its pause to the end (before: the run ended at the
+    // pause, because the other plan failed in that quiet pass), and the run still says
+    // that a plan failed
+    let s = remote.status("web").expect("status");
+    assert_eq!(
+        (s.phase, s.candidate.as_str()),
+        (Phase::Succeeded, "v2"),
+        "{s:?}\n{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+#[test]
 fn regression_status_and_history_work_on_a_bare_remote_whose_head_names_master() {
     // Given a plain `git init --bare` (HEAD → master, unborn) that was pushed `main`
     let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
