@@ -1,0 +1,195 @@
+//! `rollgate.yaml`: `parse_settings` and its helpers: targets, metrics sources and
+//! write-back, and which variables no setting may send (`is_reserved_secret`).
+//!
+//! Invariants: pure (a variable is judged by its name, never read); the same three
+//! passes as a plan (YAML, structure, meaning), every problem reported in the order
+//! found; `builtin` is reserved for rollgate's own proxy metrics; a credential named by
+//! `authHeaderEnv` is never one of rollgate's own and never crosses plain http except
+//! to a loopback address.
+
+use std::time::Duration;
+
+use crate::model::diagnostics::{Code, Diagnostic};
+use crate::model::schema::settings_schema;
+use crate::model::settings::{self, BUILTIN_SOURCE, Settings};
+use crate::model::wire;
+
+use super::{Ctx, P, Structured, is_aws_region, structured};
+
+/// Parse and validate `rollgate.yaml`.
+pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic>> {
+    use P::K;
+    let Structured {
+        root,
+        wire: w,
+        diags,
+        ..
+    } = structured::<wire::SettingsFile>(file, text, settings_schema())?;
+    let mut cx = Ctx {
+        file,
+        root: &root,
+        diags,
+    };
+    cx.header(&w.api_version, &w.kind, "Settings", "rollgate.yaml");
+    let mut out = Settings::default();
+    for (name, t) in &w.targets {
+        cx.name(name, "target name", &[K("targets"), K(name)]);
+        out.targets.insert(
+            name.clone(),
+            match t {
+                wire::Target::Local(l) => settings::Target::Local {
+                    state_dir: l.state_dir.clone(),
+                },
+                wire::Target::Kubernetes(k) => settings::Target::Kubernetes {
+                    context: k.context.clone(),
+                    in_cluster: k.in_cluster.unwrap_or(false),
+                    namespaces: k.namespaces.clone(),
+                },
+                wire::Target::Lambda(l) => {
+                    if let Some(e) = &l.endpoint
+                        && let Some(problem) = settings::endpoint_problem(e)
+                    {
+                        cx.err(
+                            &[K("targets"), K(name), K("lambda"), K("endpoint")],
+                            Code::InvalidValue,
+                            problem,
+                        );
+                    }
+                    settings::Target::Lambda {
+                        endpoint: l.endpoint.clone(),
+                        profile: l.profile.clone(),
+                    }
+                }
+            },
+        );
+    }
+    for (name, m) in &w.metrics {
+        if name == BUILTIN_SOURCE {
+            cx.err(
+                &[K("metrics"), K(name)],
+                Code::InvalidValue,
+                "`builtin` is reserved for rollgate's own proxy metrics",
+            );
+        }
+        let p = match m {
+            wire::MetricsSource::Prometheus(p) => p,
+            wire::MetricsSource::Cloudwatch(c) => {
+                let at = |k: &'static str| [K("metrics"), K(name), K("cloudwatch"), K(k)];
+                if !is_aws_region(&c.region) {
+                    cx.err(
+                        &at("region"),
+                        Code::InvalidValue,
+                        format!("`{}` is not an AWS region", c.region),
+                    );
+                }
+                if let Some(e) = &c.endpoint
+                    && let Some(problem) = settings::endpoint_problem(e)
+                {
+                    cx.err(&at("endpoint"), Code::InvalidValue, problem);
+                }
+                let timeout = cx.dur(
+                    c.timeout.as_deref(),
+                    Duration::from_secs(10),
+                    &at("timeout"),
+                );
+                out.metrics.insert(
+                    name.clone(),
+                    settings::MetricsSource::Cloudwatch {
+                        region: c.region.clone(),
+                        endpoint: c.endpoint.clone(),
+                        profile: c.profile.clone(),
+                        timeout,
+                    },
+                );
+                continue;
+            }
+        };
+        if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+            cx.err(
+                &[K("metrics"), K(name), K("prometheus"), K("url")],
+                Code::InvalidValue,
+                format!("`{}` is not an http(s) URL", p.url),
+            );
+        }
+        if let Some(var) = &p.auth_header_env {
+            let at = [K("metrics"), K(name), K("prometheus"), K("authHeaderEnv")];
+            if is_reserved_secret(var) {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!(
+                        "{var} holds one of rollgate's own credentials (Git, GitHub, webhook or AWS); a metrics source may not send it anywhere"
+                    ),
+                );
+            } else if let Some(host) = p
+                .url
+                .strip_prefix("http://")
+                .map(|r| r.split('/').next().unwrap_or(r))
+                .map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h))
+                && !crate::metrics::prometheus::is_loopback_host(host)
+            {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!(
+                        "the credential in {var} would go over plain http to `{host}`; send it only to a loopback address (e.g. a local auth proxy)"
+                    ),
+                );
+            }
+        }
+        let timeout = cx.dur(
+            p.timeout.as_deref(),
+            Duration::from_secs(5),
+            &[K("metrics"), K(name), K("prometheus"), K("timeout")],
+        );
+        out.metrics.insert(
+            name.clone(),
+            settings::MetricsSource::Prometheus {
+                url: p.url.clone(),
+                timeout,
+                auth_header_env: p.auth_header_env.clone(),
+            },
+        );
+    }
+    if let Some(wb) = &w.write_back {
+        let d = settings::WriteBack::default();
+        out.write_back = settings::WriteBack {
+            branch: wb.branch.clone().unwrap_or(d.branch),
+            author: wb.author.as_ref().map_or(d.author, |i| settings::Identity {
+                name: i.name.clone(),
+                email: i.email.clone(),
+            }),
+            committer: wb
+                .committer
+                .as_ref()
+                .or(wb.author.as_ref())
+                .map_or(d.committer, |i| settings::Identity {
+                    name: i.name.clone(),
+                    email: i.email.clone(),
+                }),
+            skip_ci: wb.skip_ci.unwrap_or(false),
+            signing: wb.signing.as_ref().map(|s| match s {
+                wire::Signing::Ssh(k) => settings::Signing::Ssh { key: k.key.clone() },
+                wire::Signing::Gpg(k) => settings::Signing::Gpg { key: k.key.clone() },
+            }),
+        };
+    }
+    if cx.diags.iter().any(Diagnostic::is_error) {
+        return Err(cx.diags);
+    }
+    Ok(out)
+}
+
+/// Variables that hold rollgate's own credentials: no repository setting may name them
+/// as something to send (`authHeaderEnv`).
+pub fn is_reserved_secret(var: &str) -> bool {
+    const EXACT: &[&str] = &["GITHUB_TOKEN", "GH_TOKEN", "GIT_ASKPASS", "SSH_AUTH_SOCK"];
+    const PREFIXES: &[&str] = &[
+        "AWS_",
+        "ROLLGATE_GIT",
+        "ROLLGATE_GITHUB",
+        "ROLLGATE_WEBHOOK",
+    ];
+    let upper = var.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
+}

@@ -1,0 +1,243 @@
+//! `spec.strategy`: a canary's steps, a blue-green switch, or a CodeDeploy-style preset
+//! expanded into canary steps (`expand_preset`).
+//!
+//! Invariants: pure; weights are 0-100 and never go down; a canary reaches 100% or ends
+//! in an untimed pause (a promotion), unless a bad weight already explains why not; a
+//! canary's analysis lasts longer than 0s; an analysis (a canary step, a blue-green
+//! preview, a preset's holds) names at least one check, each declared in `spec.checks`
+//! (a preset without checks holds with pauses instead); an unknown preset still yields
+//! a strategy (all at once) so the rest of the plan is checked.
+
+use std::time::Duration;
+
+use crate::model::diagnostics::{Code, did_you_mean};
+use crate::model::duration;
+use crate::model::plan::{self, Analysis, Step, Strategy};
+use crate::model::wire;
+
+use super::{Ctx, P};
+
+/// Check the strategy and build it; analyses are checked against `s.checks` by name.
+pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec) -> Strategy {
+    use P::{I, K};
+    let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();
+    match &s.strategy {
+        wire::Strategy::Canary(c) => {
+            let base = [K("spec"), K("strategy"), K("canary"), K("steps")];
+            if c.steps.is_empty() {
+                cx.err(
+                    &base,
+                    Code::EmptyStrategy,
+                    "a canary needs at least one step",
+                );
+            }
+            let mut steps = Vec::new();
+            let mut last_weight: Option<(u8, usize)> = None;
+            let mut bad_weight = false;
+            for (i, st) in c.steps.iter().enumerate() {
+                let at = |k: &'static str, rest: &[P<'static>]| -> Vec<P<'static>> {
+                    base.iter()
+                        .copied()
+                        .chain([I(i), K(k)])
+                        .chain(rest.iter().copied())
+                        .collect()
+                };
+                match st {
+                    wire::Step::SetWeight(wt) => {
+                        if !(0..=100).contains(wt) {
+                            cx.err(
+                                &at("setWeight", &[]),
+                                Code::WeightRange,
+                                format!("weight {wt} is outside 0-100"),
+                            );
+                            bad_weight = true;
+                            continue;
+                        }
+                        let wt = u8::try_from(*wt).unwrap_or(100);
+                        if let Some((prev, _)) = last_weight
+                            && wt < prev
+                        {
+                            cx.err(
+                                &at("setWeight", &[]),
+                                Code::WeightDecreasing,
+                                format!("weight {wt} is lower than the previous step's {prev}"),
+                            )
+                            .help = Some(
+                                "weights only go up; a rollback is what sends traffic back"
+                                    .to_owned(),
+                            );
+                        }
+                        last_weight = Some((wt, i));
+                        steps.push(Step::SetWeight(wt));
+                    }
+                    wire::Step::Pause(p) => {
+                        let d = p.duration.as_deref().map(|t| {
+                            cx.dur(Some(t), Duration::ZERO, &at("pause", &[K("duration")]))
+                        });
+                        steps.push(Step::Pause(d));
+                    }
+                    wire::Step::Analysis(a) => {
+                        refs(cx, &check_names, &a.checks, &at("analysis", &[K("checks")]));
+                        let dp = at("analysis", &[K("duration")]);
+                        let d = cx.dur(Some(&a.duration), Duration::ZERO, &dp);
+                        if d.is_zero() && duration::parse(&a.duration).is_some() {
+                            cx.err(
+                                &dp,
+                                Code::BadDuration,
+                                "an analysis must last longer than 0s",
+                            );
+                        }
+                        steps.push(Step::Analysis(Analysis {
+                            checks: a.checks.clone(),
+                            duration: d,
+                        }));
+                    }
+                }
+            }
+            let reaches_full = matches!(last_weight, Some((100, _)));
+            let ends_in_promotion = matches!(steps.last(), Some(Step::Pause(None)));
+            if !c.steps.is_empty() && !reaches_full && !ends_in_promotion && !bad_weight {
+                let last: Vec<P<'static>> =
+                    base.iter().copied().chain([I(c.steps.len() - 1)]).collect();
+                cx.err(
+                    &last,
+                    Code::NeverComplete,
+                    "the steps never reach 100% nor end in an untimed pause (a promotion)",
+                )
+                .help = Some(
+                    "end with `- setWeight: 100`, or with `- pause: {}` to wait for a promotion"
+                        .to_owned(),
+                );
+            }
+            Strategy::Canary { steps }
+        }
+        wire::Strategy::BlueGreen(bg) => {
+            let base = [K("spec"), K("strategy"), K("blueGreen")];
+            let preview = bg.preview.as_ref().map(|a| {
+                let p: Vec<P<'static>> = base
+                    .iter()
+                    .copied()
+                    .chain([K("preview"), K("checks")])
+                    .collect();
+                refs(cx, &check_names, &a.checks, &p);
+                let dp: Vec<P<'static>> = base
+                    .iter()
+                    .copied()
+                    .chain([K("preview"), K("duration")])
+                    .collect();
+                Analysis {
+                    checks: a.checks.clone(),
+                    duration: cx.dur(Some(&a.duration), Duration::ZERO, &dp),
+                }
+            });
+            let sd: Vec<P<'static>> = base.iter().copied().chain([K("scaleDownDelay")]).collect();
+            Strategy::BlueGreen(plan::BlueGreen {
+                preview,
+                auto_promote: bg.auto_promote.unwrap_or(true),
+                scale_down_delay: cx.dur(
+                    bg.scale_down_delay.as_deref(),
+                    plan::DEFAULT_SCALE_DOWN_DELAY,
+                    &sd,
+                ),
+            })
+        }
+        wire::Strategy::Preset(p) => {
+            let base = [K("spec"), K("strategy"), K("preset")];
+            let cp: Vec<P<'static>> = base.iter().copied().chain([K("checks")]).collect();
+            if !p.checks.is_empty() {
+                refs(cx, &check_names, &p.checks, &cp);
+            }
+            match expand_preset(&p.name, &p.checks) {
+                Some(steps) => Strategy::Canary { steps },
+                None => {
+                    let np: Vec<P<'static>> = base.iter().copied().chain([K("name")]).collect();
+                    cx.err(&np, Code::BadPreset, format!("unknown preset `{}`", p.name)).help = Some(
+                        "presets: `CanaryNPercentMMinutes` (e.g. Canary10Percent5Minutes), `LinearNPercentEveryMMinutes` (e.g. Linear10PercentEvery1Minute), `AllAtOnce`".to_owned(),
+                    );
+                    Strategy::Canary {
+                        steps: vec![Step::SetWeight(100)],
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The checks an analysis names (at `path`): at least one, each declared in the plan.
+fn refs(cx: &mut Ctx<'_>, check_names: &[String], names: &[String], path: &[P<'static>]) {
+    use P::I;
+    if names.is_empty() {
+        cx.err(
+            path,
+            Code::InvalidValue,
+            "an analysis needs at least one check",
+        );
+    }
+    for (j, n) in names.iter().enumerate() {
+        if !check_names.contains(n) {
+            let mut p = path.to_vec();
+            p.push(I(j));
+            let hint = did_you_mean(n, check_names.iter().map(String::as_str));
+            cx.err(&p, Code::UnknownCheck, format!("unknown check `{n}`"))
+                .help = Some(match hint {
+                Some(h) => format!("did you mean `{h}`?"),
+                None if check_names.is_empty() => "declare checks under `spec.checks`".to_owned(),
+                None => format!("checks in this plan: {}", check_names.join(", ")),
+            });
+        }
+    }
+}
+
+/// Expand a CodeDeploy-style preset into canary steps; `None` for an unknown name.
+pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
+    fn num(s: &str) -> Option<(u32, &str)> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if end == 0 {
+            return None;
+        }
+        Some((s[..end].parse().ok()?, &s[end..]))
+    }
+    let hold = |minutes: u32| -> Step {
+        let d = Duration::from_secs(u64::from(minutes) * 60);
+        if checks.is_empty() {
+            Step::Pause(Some(d))
+        } else {
+            Step::Analysis(Analysis {
+                checks: checks.to_vec(),
+                duration: d,
+            })
+        }
+    };
+    if name == "AllAtOnce" {
+        return Some(vec![Step::SetWeight(100)]);
+    }
+    if let Some(rest) = name.strip_prefix("Canary") {
+        let (pct, rest) = num(rest)?;
+        let (mins, rest) = num(rest.strip_prefix("Percent")?)?;
+        if !(rest == "Minutes" || rest == "Minute") || pct == 0 || pct >= 100 || mins == 0 {
+            return None;
+        }
+        return Some(vec![
+            Step::SetWeight(u8::try_from(pct).ok()?),
+            hold(mins),
+            Step::SetWeight(100),
+        ]);
+    }
+    if let Some(rest) = name.strip_prefix("Linear") {
+        let (pct, rest) = num(rest)?;
+        let (mins, rest) = num(rest.strip_prefix("PercentEvery")?)?;
+        if !(rest == "Minutes" || rest == "Minute") || pct == 0 || pct >= 100 || mins == 0 {
+            return None;
+        }
+        let mut steps = Vec::new();
+        let mut w = pct;
+        while w < 100 {
+            steps.push(Step::SetWeight(u8::try_from(w).ok()?));
+            steps.push(hold(mins));
+            w += pct;
+        }
+        steps.push(Step::SetWeight(100));
+        return Some(steps);
+    }
+    None
+}

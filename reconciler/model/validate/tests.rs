@@ -1,0 +1,227 @@
+//! Unit tests of the validator, through `parse_plan`, `parse_settings` and the public
+//! helpers: every problem is reported, at its place, and nothing hides another.
+//!
+//! Invariant: test-only (`#[cfg(test)]`); texts are written inline, no file is read.
+
+use std::time::Duration;
+
+use super::*;
+use crate::model::diagnostics::{Code, Diagnostic};
+use crate::model::plan::{FirstRollout, Step};
+use crate::model::settings::Settings;
+
+const SETTINGS: &str = "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { local: {} }\n  k8s: { kubernetes: { context: c } }\n";
+
+fn settings() -> Settings {
+    parse_settings("rollgate.yaml", SETTINGS).expect("settings parse")
+}
+
+fn plan(strategy: &str) -> String {
+    format!(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: local\n  workload:\n    local: {{ command: [srv], listen: \"127.0.0.1:9000\" }}\n  artifact: v2\n  strategy:\n{strategy}\n  checks:\n    - {{ name: ok, source: builtin, query: success-rate, judge: {{ min: 0.99 }} }}\n"
+    )
+}
+
+fn with_prometheus(url: &str, var: &str) -> Result<Settings, Vec<Diagnostic>> {
+    parse_settings(
+        "rollgate.yaml",
+        &format!(
+            "{SETTINGS}metrics:\n  prom:\n    prometheus:\n      url: {url}\n      authHeaderEnv: {var}\n"
+        ),
+    )
+}
+
+#[test]
+fn regression_auth_header_env_cannot_send_rollgates_own_credentials_or_cross_plain_http() {
+    // Given settings naming one of rollgate's own secret variables
+    for var in [
+        "ROLLGATE_GIT_TOKEN",
+        "ROLLGATE_WEBHOOK_SECRET",
+        "AWS_SECRET_ACCESS_KEY",
+        "GITHUB_TOKEN",
+    ] {
+        let d = with_prometheus("http://127.0.0.1:9090", var).expect_err(var);
+        // Then it is refused, at the key's place, naming the variable
+        assert_eq!(d[0].code, Code::InvalidValue, "{d:?}");
+        assert_eq!(d[0].pos.map(|p| p.line), Some(10), "{d:?}");
+        assert!(d[0].message.contains(var), "{}", d[0].message);
+    }
+    // And a credential of its own may go to loopback only, over plain http
+    let d = with_prometheus("http://prometheus.example:9090", "PROM_TOKEN").expect_err("remote");
+    assert!(
+        d[0].message.contains("prometheus.example"),
+        "{}",
+        d[0].message
+    );
+    assert!(with_prometheus("http://127.0.0.1:9090/prom", "PROM_TOKEN").is_ok());
+    assert!(with_prometheus("http://localhost:9090", "PROM_TOKEN").is_ok());
+}
+
+#[test]
+fn regression_a_misspelt_section_hides_none_of_the_other_errors() {
+    // Given a plan whose `strategy` is misspelt `stratgy`, with five more problems
+    let text = "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: { name: p }
+spec:
+  target: nowhere
+  workload:
+    local: { command: [srv], listen: \"127.0.0.1:9000\" }
+  artifact: v2
+  stratgy:
+    canary:
+      steps:
+        - setWeight: 50
+        - setWeight: 20
+        - analysis: { checks: [nosuch], duration: 5x }
+  checks:
+    - { name: ok, source: builtin, query: success-rate, judge: { min: 0.99 } }
+";
+    // When it is validated
+    let d = parse_plan("plans/p.yaml", text, Some(&settings())).expect_err("invalid");
+    let codes: Vec<&str> = d.iter().map(|d| d.code.as_str()).collect();
+    // Then the typo is reported, and every problem inside and beside it as well
+    for code in [
+        "unknown-field",
+        "unknown-target",
+        "weight-decreasing",
+        "never-complete",
+        "unknown-check",
+        "bad-duration",
+    ] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+    // And the typo is not reported twice (as a missing `strategy` as well)
+    assert!(!codes.contains(&"missing-field"), "{codes:?}");
+    let typo = d
+        .iter()
+        .find(|d| d.code == Code::UnknownField)
+        .expect("typo");
+    assert_eq!(typo.help.as_deref(), Some("did you mean `strategy`?"));
+}
+
+#[test]
+fn regression_a_threshold_that_is_not_a_finite_number_is_refused() {
+    for bound in [".nan", ".inf", "-.inf"] {
+        let text = plan("    canary: { steps: [ { setWeight: 100 } ] }").replace(
+            "judge: { min: 0.99 }",
+            &format!("judge: {{ min: {bound} }}"),
+        );
+        let d = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err(bound);
+        // (A non-finite number has no JSON form: it is refused where it stands,
+        // never dropped on the way in.)
+        assert!(
+            d.iter()
+                .any(|d| d.code == Code::InvalidValue && d.message.contains("finite")),
+            "{bound}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn linear_preset_expands_into_weights_and_analyses() {
+    let p = parse_plan(
+        "plans/p.yaml",
+        &plan("    preset: { name: Linear25PercentEvery2Minutes, checks: [ok] }"),
+        Some(&settings()),
+    )
+    .expect("valid");
+    let weights: Vec<u8> = p
+        .plan
+        .steps()
+        .iter()
+        .filter_map(|s| {
+            if let Step::SetWeight(w) = s {
+                Some(*w)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(weights, vec![25, 50, 75, 100]);
+    assert!(
+        p.plan
+            .steps()
+            .iter()
+            .any(|s| matches!(s, Step::Analysis(a) if a.duration == Duration::from_secs(120)))
+    );
+}
+
+#[test]
+fn canary_preset_has_one_hold() {
+    let steps = expand_preset("Canary10Percent5Minutes", &[]).expect("known preset");
+    assert_eq!(
+        steps,
+        vec![
+            Step::SetWeight(10),
+            Step::Pause(Some(Duration::from_secs(300))),
+            Step::SetWeight(100)
+        ]
+    );
+    assert_eq!(expand_preset("Linear0PercentEvery1Minute", &[]), None);
+    assert_eq!(expand_preset("Sideways10", &[]), None);
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = plan(
+        "    canary:\n      steps: [ { setWeight: 120 }, { pause: { duration: soon } }, { analysis: { checks: [nope], duration: 1m } } ]",
+    );
+    let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+    let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+    for code in [Code::WeightRange, Code::BadDuration, Code::UnknownCheck] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+    assert!(diags.iter().all(|d| d.pos.is_some()), "{diags:?}");
+    // A knock-on error is not reported: the bad weight already explains it.
+    assert!(!codes.contains(&Code::NeverComplete), "{codes:?}");
+}
+
+#[test]
+fn workload_must_match_the_target_kind() {
+    let text = plan("    canary: { steps: [ { setWeight: 100 } ] }")
+        .replace("target: local", "target: k8s");
+    let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+    assert_eq!(diags[0].code, Code::WorkloadMismatch);
+}
+
+#[test]
+fn baseline_judge_needs_an_effect_size() {
+    let text = plan("    canary: { steps: [ { setWeight: 100 } ] }")
+        .replace("judge: { min: 0.99 }", "judge: { compare: baseline }");
+    let diags = parse_plan("plans/p.yaml", &text, Some(&settings())).expect_err("invalid");
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.code == Code::BadJudge && d.message.contains("effect size")),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn a_first_rollout_is_direct_unless_the_plan_asks_for_steps() {
+    let text = plan("    canary: { steps: [ { setWeight: 100 } ] }");
+    let p = parse_plan("plans/p.yaml", &text, Some(&settings())).expect("valid");
+    assert_eq!(p.plan.first_rollout, FirstRollout::Direct);
+    let steps = text.replace(
+        "  artifact: v2\n",
+        "  artifact: v2\n  firstRollout: steps\n",
+    );
+    let p = parse_plan("plans/p.yaml", &steps, Some(&settings())).expect("valid");
+    assert_eq!(p.plan.first_rollout, FirstRollout::Steps);
+    let typo = text.replace(
+        "  artifact: v2\n",
+        "  artifact: v2\n  firstRollout: Steps\n",
+    );
+    let diags = parse_plan("plans/p.yaml", &typo, Some(&settings())).expect_err("invalid");
+    assert_eq!(diags[0].code, Code::InvalidValue);
+    assert_eq!(diags[0].help.as_deref(), Some("did you mean `steps`?"));
+}
+
+#[test]
+fn dns_labels() {
+    assert!(is_dns_label("checkout-eu-1"));
+    for bad in ["", "-a", "a-", "A", "../../x", "a_b", &"a".repeat(64)] {
+        assert!(!is_dns_label(bad), "{bad}");
+    }
+}
