@@ -525,3 +525,30 @@ fn parallel_map_with<T: Sync, R: Send>(
             .collect()
     })
 }
+
+/// The policies of a revision (`policies/` in its snapshot), written out to `dir` and
+/// loaded as a `Rego` engine: the daemon's policy loader. `dir` is emptied first, so a
+/// policy removed in Git is gone from the engine too.
+pub fn repository_policies(
+    dir: std::path::PathBuf,
+) -> impl Fn(&Snapshot) -> Result<Box<dyn PolicyEngine>, Vec<Diagnostic>> + Send {
+    move |snap| {
+        let io = |file: &str, e: std::io::Error| {
+            vec![Diagnostic::error(file, None, Code::Io, e.to_string())]
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| io("policies", e))?;
+        for (path, bytes) in snap
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with("policies/"))
+        {
+            let name = path.trim_start_matches("policies/");
+            std::fs::write(dir.join(name), bytes).map_err(|e| io(path, e))?;
+        }
+        Ok(
+            Box::new(Rego::new(crate::policy::PolicySet::load(Some(&dir))?))
+                as Box<dyn PolicyEngine>,
+        )
+    }
+}

@@ -417,36 +417,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The folder of local target `name`: `STATE/local/<name>`, or the settings' `stateDir`
-/// taken relative to `STATE/local/`; an absolute path or one that climbs out with `..`
-/// is refused.
-fn confined_local_dir(
-    state: &Path,
-    name: &str,
-    from_settings: Option<&str>,
-) -> Result<PathBuf, String> {
-    let base = state.join("local");
-    let Some(rel) = from_settings else {
-        return Ok(base.join(name));
-    };
-    let p = Path::new(rel);
-    let inside = !rel.is_empty()
-        && p.components().all(|c| {
-            matches!(
-                c,
-                std::path::Component::Normal(_) | std::path::Component::CurDir
-            )
-        });
-    if inside {
-        Ok(base.join(p))
-    } else {
-        Err(format!(
-            "stateDir {rel:?} of local target {name} must be a relative folder inside {} (no `..`, not absolute)",
-            base.display()
-        ))
-    }
-}
-
 /// The daemon and the data plane hold a connection per client: take the hard limit on
 /// open files as the soft one (a 1,024 default is a handful of slow clients away from
 /// failing fetches, pushes and webhooks).
@@ -902,139 +872,31 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         &work_dir(&args.state_dir, &url),
         &args.branch,
     )?;
-    let head = first_fetch(&src, args.once)?;
+    let head = rollgate::daemon::run::first_fetch(&src, args.once)?;
+    // An invalid settings file at start is an error, said with its place; one that
+    // turns invalid later keeps the targets built last (the gate rejects its plans).
     let snap = src.snapshot(head)?;
-    let settings = snap
-        .files
-        .get(rollgate::source::SETTINGS_FILE)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| {
-            rollgate::model::validate::parse_settings(rollgate::source::SETTINGS_FILE, t).ok()
-        })
-        .unwrap_or_default();
-    let mut targets: std::collections::BTreeMap<String, Box<dyn rollgate::target::Target>> =
-        std::collections::BTreeMap::new();
-    let mut counters: Vec<std::sync::Arc<dyn rollgate::metrics::builtin::ProxyCounters>> =
-        Vec::new();
-    for (name, kind) in &settings.targets {
-        if args.dry_run || args.journal_targets {
-            let dir = args.state_dir.join("dry-run");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            targets.insert(
-                name.clone(),
-                Box::new(rollgate::target::dry_run::DryRun::with_journal(
-                    dir.join(format!("{name}.journal")),
-                )),
+    if let Some(bytes) = snap.files.get(rollgate::source::SETTINGS_FILE) {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{} is not UTF-8", rollgate::source::SETTINGS_FILE))?;
+        if let Err(diagnostics) =
+            rollgate::model::validate::parse_settings(rollgate::source::SETTINGS_FILE, text)
+        {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            anyhow::bail!(
+                "{} at {head} is not valid: fix it first (`rollgate validate`)",
+                rollgate::source::SETTINGS_FILE
             );
-            continue;
-        }
-        match kind {
-            rollgate::model::settings::Target::Local { state_dir } => {
-                // The folder comes from the repository's settings: it is confined
-                // under --state-dir, so a settings change can never point the data plane
-                // (which stops leftovers it finds there) at /var or another user's files.
-                let dir = match confined_local_dir(&args.state_dir, name, state_dir.as_deref()) {
-                    Ok(dir) => dir,
-                    Err(why) => {
-                        tracing::warn!(target_name = %name, "{why}; this target's plans hold");
-                        continue;
-                    }
-                };
-                // The data plane outlives this daemon: started when none answers,
-                // adopted as it is when one does.
-                counters.push(std::sync::Arc::new(
-                    rollgate::dataplane::client::DataPlaneCounters::new(dir.clone()),
-                ));
-                targets.insert(
-                    name.clone(),
-                    Box::new(rollgate::dataplane::client::DataPlaneTarget::new(
-                        dir,
-                        rollgate::dataplane::client::Launch::Detached,
-                    )),
-                );
-            }
-            rollgate::model::settings::Target::Kubernetes {
-                context,
-                in_cluster,
-                ..
-            } => {
-                let connected = if *in_cluster {
-                    rollgate::target::kubernetes::KubernetesTarget::connect()
-                } else {
-                    rollgate::target::kubernetes::KubernetesTarget::from_kubeconfig(
-                        None,
-                        context.as_deref(),
-                    )
-                };
-                match connected {
-                    Ok(t) => {
-                        targets.insert(name.clone(), Box::new(t));
-                    }
-                    // Rollouts on it hold (target unreachable); the other targets go on.
-                    Err(e) => {
-                        tracing::warn!(target_name = %name, error = %format!("{e:#}"), "cannot connect to the cluster")
-                    }
-                }
-            }
-            // Endpoint and profile are the target's (settings), never a plan's; SDK
-            // clients are built per plan region on first use.
-            rollgate::model::settings::Target::Lambda { endpoint, profile } => {
-                match rollgate::target::lambda::LambdaTarget::new(endpoint.clone(), profile.clone())
-                {
-                    Ok(t) => {
-                        targets.insert(name.clone(), Box::new(t));
-                    }
-                    Err(e) => {
-                        tracing::warn!(target_name = %name, error = %format!("{e:#}"), "cannot start the lambda target")
-                    }
-                }
-            }
         }
     }
-    let mut metrics: std::collections::BTreeMap<String, Box<dyn rollgate::metrics::MetricsSource>> =
-        std::collections::BTreeMap::new();
-    metrics.insert(
-        "builtin".to_owned(),
-        Box::new(rollgate::metrics::builtin::Builtin::with(counters)),
-    );
-    for (name, source) in &settings.metrics {
-        let built: Result<Box<dyn rollgate::metrics::MetricsSource>, String> = match source {
-            rollgate::model::settings::MetricsSource::Prometheus {
-                url,
-                timeout,
-                auth_header_env,
-            } => rollgate::metrics::prometheus::Prometheus::new(
-                url,
-                *timeout,
-                auth_header_env.clone(),
-            )
-            .map(|p| Box::new(p) as Box<dyn rollgate::metrics::MetricsSource>),
-            rollgate::model::settings::MetricsSource::Cloudwatch {
-                region,
-                endpoint,
-                profile,
-                timeout,
-            } => rollgate::metrics::cloudwatch::Cloudwatch::new(
-                rollgate::target::lambda::AwsAccess {
-                    region: region.clone(),
-                    endpoint: endpoint.clone(),
-                    profile: profile.clone(),
-                },
-                *timeout,
-            )
-            .map(|c| Box::new(c) as Box<dyn rollgate::metrics::MetricsSource>)
-            .map_err(|e| format!("{e:#}")),
-        };
-        match built {
-            Ok(p) => {
-                metrics.insert(name.clone(), p);
-            }
-            Err(e) => {
-                tracing::warn!(source = %name, error = %e, "metrics source unavailable; its checks will hold")
-            }
-        }
-    }
+    // Targets and metrics sources are built from the settings at head, and rebuilt
+    // when a later head changes their entry.
+    let adapters = rollgate::target::factory::Options {
+        state_dir: args.state_dir.clone(),
+        journal: (args.dry_run || args.journal_targets).then(|| args.state_dir.join("dry-run")),
+    };
     let health = std::sync::Arc::new(rollgate::server::Health::default());
     let _server = match args.listen {
         Some(addr) => Some(
@@ -1047,248 +909,45 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let policy_dir = args.state_dir.join("policies");
-    let loader: rollgate::daemon::PolicyLoader = Box::new(move |snap| {
-        // The repository's policies at this revision, materialised for the loader.
-        let _ = std::fs::remove_dir_all(&policy_dir);
-        std::fs::create_dir_all(&policy_dir).map_err(|e| {
-            vec![Diagnostic::error(
-                "policies",
-                None,
-                rollgate::model::Code::Io,
-                e.to_string(),
-            )]
-        })?;
-        for (path, bytes) in snap
-            .files
-            .iter()
-            .filter(|(p, _)| p.starts_with("policies/"))
-        {
-            let name = path.trim_start_matches("policies/");
-            std::fs::write(policy_dir.join(name), bytes).map_err(|e| {
-                vec![Diagnostic::error(
-                    path.as_str(),
-                    None,
-                    rollgate::model::Code::Io,
-                    e.to_string(),
-                )]
-            })?;
-        }
-        Ok(Box::new(rollgate::gate::Rego::new(
-            rollgate::policy::PolicySet::load(Some(&policy_dir))?,
-        )) as Box<dyn PolicyEngine>)
-    });
+    let loader: rollgate::daemon::PolicyLoader = Box::new(rollgate::gate::repository_policies(
+        args.state_dir.join("policies"),
+    ));
     let watch_paths = src.local_ref_paths();
     let mut rec =
-        rollgate::daemon::Reconciler::new(src, None, targets, metrics).with_policy_loader(loader);
+        rollgate::daemon::Reconciler::new(src, None, Default::default(), Default::default())
+            .with_adapters(adapters)
+            .with_policy_loader(loader);
     if let Some(ns) = &args.namespaces {
         rec.set_namespaces(ns.clone());
     }
     rec.set_dry_run(args.dry_run);
 
-    // A local remote is watched: a push wakes the loop within milliseconds. Only a
-    // change of a branch ref or of packed-refs wakes it: the daemon's own fetch opens and
-    // reads the remote's files, and waking on those would spin the loop.
-    let _watcher = watch_paths.and_then(|paths| {
-        use notify::Watcher;
-        let tx = tx.clone();
-        let refs = paths.first().cloned()?;
-        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| moves_a_ref(&e, &refs)) {
-                let _ = tx.send(());
-            }
-        })
-        .ok()?;
-        for (i, p) in paths.iter().enumerate().filter(|(_, p)| p.exists()) {
-            // refs/heads (branches may nest); the git dir itself only for packed-refs.
-            let mode = if i == 0 {
-                notify::RecursiveMode::Recursive
-            } else {
-                notify::RecursiveMode::NonRecursive
-            };
-            if let Err(e) = w.watch(p, mode) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot watch; falling back to the fetch interval");
-            }
-        }
-        Some(w)
-    });
+    // A local remote is watched: a push wakes the loop within milliseconds.
+    let _watcher =
+        watch_paths.and_then(|paths| rollgate::source::watch::local_refs(&paths, tx.clone()));
     tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
-    let mut failures: u32 = 0;
-    // Quiet passes in a row with a failing plan (`run --once`).
-    let mut erring_passes: u32 = 0;
-    let mut last_cause: Option<String> = None;
-    loop {
-        if let Some(l) = &leadership
-            && !l.is_leader(chrono::Utc::now())
-        {
-            // A stand-by: no Git write, no target call. Ready once it sees the lease, so
-            // a rolling update of rollgate itself can proceed.
-            health
-                .ready
-                .store(l.standing_by(), std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(l.retry_period());
-            while rx.try_recv().is_ok() {}
-            continue;
-        }
-        let report = match rec.tick(chrono::Utc::now()) {
-            Ok(r) => {
-                if failures > 0 {
-                    tracing::info!(after = failures, "pass succeeded again");
-                }
-                failures = 0;
-                last_cause = None;
-                health.set(Ok(()));
-                r
-            }
-            Err(e) => {
-                // Nothing was changed: a pass that cannot fetch stops before any
-                // decision. Back off (exponential, jittered, capped) instead of spinning;
-                // a repeat of the same error is logged at debug only.
-                failures += 1;
-                let message = format!("{e:#}");
-                let remote = e.downcast_ref::<rollgate::source::remote::RemoteError>();
-                let permanent = remote.is_some_and(|r| !r.is_transient());
-                let backoff = failure_backoff(failures);
-                // The same cause is logged once: a remote error by its kind (git words
-                // one refusal differently from try to try), anything else by its text.
-                let cause = match remote {
-                    Some(r) => format!("{:?}", std::mem::discriminant(r)),
-                    None => message.clone(),
-                };
-                if last_cause.as_deref() != Some(cause.as_str()) {
-                    if permanent {
-                        tracing::error!(error = %message, retry_in_s = backoff.as_secs(), "the remote refuses; holding until it is fixed");
-                    } else {
-                        tracing::warn!(error = %message, retry_in_s = backoff.as_secs(), "pass failed; retrying with backoff");
-                    }
-                } else {
-                    tracing::debug!(error = %message, failures, "pass failed again");
-                }
-                if permanent || failures >= 3 {
-                    health.set(Err(message.clone()));
-                }
-                last_cause = Some(cause);
-                if args.once {
-                    anyhow::bail!("{message}");
-                }
-                // Only a push webhook or the backoff ends the wait (file events from a
-                // broken remote would otherwise spin the loop).
-                std::thread::sleep(backoff);
-                while rx.try_recv().is_ok() {}
-                continue;
-            }
-        };
+    let options = rollgate::daemon::run::Options {
+        once: args.once,
+        interval,
+        leadership: leadership.as_ref(),
+        health: &health,
+        wake: &rx,
+    };
+    let finished = rollgate::daemon::run::run(&mut rec, &options, &mut |rec, report| {
         if let Some(w) = &webhooks {
-            w.report(&rec, &report);
+            w.report(rec, report);
         }
-        let moved = report.transitions > 0 || report.reverts > 0;
-        if args.once && !moved {
-            // A rollout that moves on by itself soon (an analysis measuring, a timed
-            // pause) is waited for; one that waits on a human, a change window or a
-            // long pause ends the run. Plans that could not be reconciled fail it.
-            let soon = report
-                .moves_on_at
-                .and_then(|w| (w - chrono::Utc::now()).to_std().ok());
-            // A plan's error does not end the run while another rollout still moves on
-            // by itself (its next step would be lost); an error that lasts
-            // ONCE_ERROR_PASSES quiet passes does.
-            erring_passes = if report.errors > 0 {
-                erring_passes + 1
-            } else {
-                0
-            };
-            match soon {
-                Some(d) if d <= ONCE_WAITS_AT_MOST && erring_passes < ONCE_ERROR_PASSES => {
-                    std::thread::sleep(d.max(std::time::Duration::from_millis(20)));
-                    continue;
-                }
-                _ if report.errors > 0 || report.held_on_target > 0 => {
-                    let n = report.errors + report.held_on_target;
-                    eprintln!(
-                        "error: {n} plan{} could not be reconciled: an error, or a target that refused (see the log)",
-                        if n == 1 { "" } else { "s" }
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                _ => return Ok(ExitCode::SUCCESS),
-            }
+    })?;
+    Ok(match finished {
+        rollgate::daemon::run::Finished::Idle => ExitCode::SUCCESS,
+        rollgate::daemon::run::Finished::PlansFailed(n) => {
+            eprintln!(
+                "error: {n} plan{} could not be reconciled: an error, or a target that refused (see the log)",
+                plural(n)
+            );
+            ExitCode::from(1)
         }
-        if moved {
-            continue;
-        }
-        let wait = report
-            .next_wakeup
-            .and_then(|w| (w - chrono::Utc::now()).to_std().ok())
-            .map_or(interval, |d| d.min(interval))
-            .max(std::time::Duration::from_millis(20));
-        if rx.recv_timeout(wait).is_ok() {
-            // Coalesce a burst of file events into one pass.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            while rx.try_recv().is_ok() {}
-        }
-    }
-}
-
-/// `run --once` waits for a rollout that moves on by itself within this long (an
-/// analysis, a timed pause); a longer wait (a change window, a long pause) ends the run.
-const ONCE_WAITS_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-
-/// `run --once` ends (exit 1) after this many passes in a row that moved nothing and
-/// had a plan fail, even while another rollout would still move on.
-const ONCE_ERROR_PASSES: u32 = 5;
-
-/// Whether a file event on a local remote can mean a branch moved: a create, write,
-/// rename or removal under `refs/heads`, or of `packed-refs`. Opens, reads and
-/// metadata changes (the daemon's own fetch) never are.
-fn moves_a_ref(e: &notify::Event, refs_heads: &Path) -> bool {
-    use notify::EventKind;
-    use notify::event::ModifyKind;
-    let kind = matches!(
-        e.kind,
-        EventKind::Create(_)
-            | EventKind::Remove(_)
-            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
-    );
-    kind && e.paths.iter().any(|p| {
-        p.starts_with(refs_heads) && p.extension().is_none_or(|x| x != "lock")
-            || p.file_name().is_some_and(|n| n == "packed-refs")
     })
-}
-
-/// The first fetch: a network error is retried with backoff (the daemon is useless
-/// until it has the repository); a refusal a person must fix (credentials, host key,
-/// certificate, a missing branch) stops with that error, as does any error with `--once`.
-fn first_fetch(src: &rollgate::source::git::GitSource, once: bool) -> Result<git2::Oid> {
-    let mut failures = 0;
-    loop {
-        match src.fetch() {
-            Ok(head) => return Ok(head),
-            Err(e) => {
-                let transient = e
-                    .downcast_ref::<rollgate::source::remote::RemoteError>()
-                    .is_some_and(rollgate::source::remote::RemoteError::is_transient);
-                if once || !transient {
-                    return Err(e);
-                }
-                failures += 1;
-                let wait = failure_backoff(failures);
-                tracing::warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "cannot fetch yet; retrying");
-                std::thread::sleep(wait);
-            }
-        }
-    }
-}
-
-/// After `failures` failed passes in a row: 1 s doubling to 5 minutes, ± a quarter.
-fn failure_backoff(failures: u32) -> std::time::Duration {
-    let base = 1000u64
-        .saturating_mul(1 << failures.saturating_sub(1).min(9))
-        .min(300_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = u64::from(nanos) % (base / 2 + 1);
-    std::time::Duration::from_millis(base - base / 4 + jitter)
 }
 
 fn read_numbers(path: &Path) -> Result<Vec<f64>> {
@@ -1511,24 +1170,4 @@ fn default_state_dir() -> PathBuf {
         .map(|p| p.join("rollgate"))
         .or_else(|| from("HOME").map(|h| h.join(".local/state/rollgate")))
         .unwrap_or_else(|| PathBuf::from(".rollgate"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn regression_a_local_state_dir_from_settings_never_leaves_the_state_folder() {
-        let state = std::path::Path::new("/srv/rollgate");
-        assert_eq!(
-            super::confined_local_dir(state, "local", None),
-            Ok(state.join("local/local"))
-        );
-        assert_eq!(
-            super::confined_local_dir(state, "edge", Some("edge/web")),
-            Ok(state.join("local/edge/web"))
-        );
-        for bad in ["/var", "../../etc", "a/../../b", ""] {
-            let e = super::confined_local_dir(state, "edge", Some(bad)).expect_err(bad);
-            assert!(e.contains("must be a relative folder"), "{e}");
-        }
-    }
 }

@@ -229,6 +229,101 @@ fn regression_run_once_does_not_end_a_moving_rollout_because_another_plan_fails(
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
+/// A daemon killed (and reaped) when dropped, whatever the test found.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_target_added_to_the_settings_serves_its_plans_without_a_restart() {
+    // Given a daemon running with only the `local` target, and a plan for `edge`
+    // (refused: no such target)
+    let edge = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let plan = edge.yaml().replace("target: local", "target: edge");
+    let remote = Remote::with_files(&[
+        (
+            "rollgate.yaml".to_owned(),
+            support::rollout::SETTINGS.to_owned(),
+        ),
+        (edge.path(), plan),
+    ]);
+    let state = remote.work_dir("state");
+    let _daemon = Running(
+        Command::new(BIN)
+            .args(["run", "--journal-targets", "--interval", "100ms", "--repo"])
+            .arg(&remote.bare)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rollgate run"),
+    );
+    let journal = state.join("dry-run").join("edge.journal");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        remote.status("web"),
+        None,
+        "a plan for a missing target is refused"
+    );
+    // When a human adds `edge` to the settings
+    remote.human_commit(
+        "rollgate.yaml",
+        |s| s + "  edge: { local: {} }\n",
+        "settings: the edge target",
+    );
+    // Then the same daemon builds it and the plan rolls out on it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while remote
+        .status("web")
+        .is_none_or(|s| s.phase != Phase::Succeeded)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never succeeded: {:?}",
+            remote.status("web")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let calls = std::fs::read_to_string(&journal).expect("the edge target's journal");
+    assert!(calls.contains("web"), "{calls}");
+}
+
+#[test]
+fn an_invalid_settings_file_at_start_is_an_error_with_its_place() {
+    // Given settings with a misspelt field
+    let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
+    let remote = Remote::with_files(&[
+        (
+            "rollgate.yaml".to_owned(),
+            "apiVersion: rollgate.dev/v1alpha1\nkind: Settings\ntargets:\n  local: { locale: {} }\n"
+                .to_owned(),
+        ),
+        (v1.path(), v1.yaml()),
+    ]);
+    // When the daemon starts
+    let out = Command::new(BIN)
+        .args(["run", "--journal-targets", "--once", "--repo"])
+        .arg(&remote.bare)
+        .arg("--state-dir")
+        .arg(remote.work_dir("state"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rollgate run --once");
+    // Then it refuses to start, naming the file, line and column (before: it ran with no
+    // targets at all, and every plan said "target not available")
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rollgate.yaml:4:"), "{err}");
+    assert!(err.contains("is not valid"), "{err}");
+}
+
 #[test]
 fn regression_status_and_history_work_on_a_bare_remote_whose_head_names_master() {
     // Given a plain `git init --bare` (HEAD → master, unborn) that was pushed `main`

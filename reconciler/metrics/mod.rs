@@ -7,6 +7,7 @@
 
 pub mod builtin;
 pub mod cloudwatch;
+pub mod factory;
 pub mod prometheus;
 
 use std::time::Duration;

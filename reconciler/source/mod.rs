@@ -6,6 +6,7 @@
 pub mod fs;
 pub mod git;
 pub mod remote;
+pub mod watch;
 
 use std::collections::BTreeMap;
 

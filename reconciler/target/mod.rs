@@ -9,6 +9,7 @@
 
 pub mod contract;
 pub mod dry_run;
+pub mod factory;
 pub mod knative;
 pub mod kubernetes;
 pub mod lambda;

@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 
 use rollgate::daemon::{Reconciler, TickReport};
 use rollgate::engine::{Measurement, TargetHealth};
-use rollgate::gate::{PolicyEngine, Rego};
+
 use rollgate::metrics::{MetricsSource, QueryContext};
+use rollgate::model::Plan;
 use rollgate::model::plan::Check;
 use rollgate::model::status::Status;
-use rollgate::model::{Code, Diagnostic, Plan};
-use rollgate::policy::PolicySet;
+
 use rollgate::source::git::GitSource;
 use rollgate::source::remote::GitAuth;
 use rollgate::target::dry_run::{DryRun, Workload};
@@ -601,23 +601,7 @@ fn start(
         return rec;
     }
     let dir = remote.work_dir(&format!("policies-{n}"));
-    rec.with_policy_loader(Box::new(move |snap| policy_loader(&dir, snap)))
-}
-
-/// Materialise a revision's `policies/` in `dir` and load them with the built-ins.
-fn policy_loader(
-    dir: &Path,
-    snap: &rollgate::source::Snapshot,
-) -> Result<Box<dyn PolicyEngine>, Vec<Diagnostic>> {
-    let io = |e: std::io::Error| vec![Diagnostic::error("policies", None, Code::Io, e.to_string())];
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(io)?;
-    for (path, bytes) in snap.files.iter() {
-        if let Some(name) = path.strip_prefix("policies/") {
-            std::fs::write(dir.join(name), bytes).map_err(io)?;
-        }
-    }
-    Ok(Box::new(Rego::new(PolicySet::load(Some(dir))?)))
+    rec.with_policy_loader(Box::new(rollgate::gate::repository_policies(dir)))
 }
 
 /// The remote's reflog of main (`core.logAllRefUpdates=always`) shows only fast-forwards:

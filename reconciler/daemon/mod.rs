@@ -12,6 +12,8 @@
 //! gate rejected gets no target call; one plan's failure is logged and never stops the
 //! others; rollgate's own commits are never taken as commands.
 
+pub mod run;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +138,19 @@ pub struct Reconciler {
     namespaces: Option<Vec<String>>,
     /// Write nothing to Git (`run --dry-run`).
     dry_run: bool,
+    /// Set: targets and metrics sources are built from the settings at head, and
+    /// rebuilt when their entry changes (`with_adapters`).
+    adapters: Option<Adapters>,
+}
+
+/// The daemon's targets and metrics sources as built from settings: what each was built
+/// from, so a settings change rebuilds only the entries it touches.
+struct Adapters {
+    opts: crate::target::factory::Options,
+    targets: BTreeMap<String, crate::model::settings::Target>,
+    metrics: BTreeMap<String, crate::model::settings::MetricsSource>,
+    counters: BTreeMap<String, Arc<dyn crate::metrics::builtin::ProxyCounters>>,
+    built: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -201,7 +216,24 @@ impl Reconciler {
             jitter: default_jitter(),
             namespaces: None,
             dry_run: false,
+            adapters: None,
         }
+    }
+
+    /// Build the targets and metrics sources from the settings at head (replacing any
+    /// given to `new`), and rebuild an entry whenever a later head changes it: a target
+    /// added to `rollgate.yaml` serves its plans without a restart. While the settings
+    /// at head are invalid, the adapters built last stay.
+    #[must_use]
+    pub fn with_adapters(mut self, opts: crate::target::factory::Options) -> Self {
+        self.adapters = Some(Adapters {
+            opts,
+            targets: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            built: false,
+        });
+        self
     }
 
     /// A dry run: status commits, reverts and restores are not written (logged, and the
@@ -399,6 +431,7 @@ impl Reconciler {
                 log_diagnostic(d);
             }
         }
+        self.rebuild_adapters();
         let t = crate::telemetry::global();
         t.accepted_plans.store(
             self.report.accepted.len() as u64,
@@ -410,6 +443,96 @@ impl Reconciler {
         );
         self.head = Some(head);
         Ok(())
+    }
+
+    /// Bring the targets and metrics sources in line with the settings at head: build
+    /// what is new or changed, drop what is gone, keep the rest as it is (a data plane
+    /// client, a cluster connection). No-op without `with_adapters`.
+    fn rebuild_adapters(&mut self) {
+        let Some(a) = self.adapters.as_mut() else {
+            return;
+        };
+        let Some(settings) = self.report.settings.as_ref() else {
+            if a.built {
+                tracing::warn!(
+                    "the settings at head are invalid: targets and metrics sources stay as they were"
+                );
+            }
+            return;
+        };
+        if a.built && a.targets == settings.targets && a.metrics == settings.metrics {
+            return;
+        }
+        let first = !a.built;
+        a.built = true;
+        let mut counters_changed = first;
+        for gone in a
+            .targets
+            .keys()
+            .filter(|n| !settings.targets.contains_key(*n))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            tracing::info!(target_name = %gone, "target removed from the settings");
+            self.targets.remove(&gone);
+            a.targets.remove(&gone);
+            counters_changed |= a.counters.remove(&gone).is_some();
+        }
+        for (name, kind) in &settings.targets {
+            if a.targets.get(name) == Some(kind) {
+                continue;
+            }
+            if !first {
+                tracing::info!(target_name = %name, kind = kind.kind(), "target (re)built: its settings changed");
+            }
+            a.targets.insert(name.clone(), kind.clone());
+            counters_changed |= a.counters.remove(name).is_some();
+            match crate::target::factory::build(name, kind, &a.opts) {
+                Ok(built) => {
+                    self.targets.insert(name.clone(), built.target);
+                    if let Some(c) = built.counters {
+                        a.counters.insert(name.clone(), c);
+                        counters_changed = true;
+                    }
+                }
+                Err(why) => {
+                    // Its plans hold (target not available); the others go on.
+                    self.targets.remove(name);
+                    tracing::warn!(target_name = %name, error = %why, "target unavailable; its plans hold");
+                }
+            }
+        }
+        for gone in a
+            .metrics
+            .keys()
+            .filter(|n| !settings.metrics.contains_key(*n))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.metrics.remove(&gone);
+            a.metrics.remove(&gone);
+        }
+        for (name, kind) in &settings.metrics {
+            if a.metrics.get(name) == Some(kind) {
+                continue;
+            }
+            a.metrics.insert(name.clone(), kind.clone());
+            match crate::metrics::factory::build(kind) {
+                Ok(source) => {
+                    self.metrics.insert(name.clone(), source);
+                }
+                Err(why) => {
+                    self.metrics.remove(name);
+                    tracing::warn!(source = %name, error = %why, "metrics source unavailable; its checks will hold");
+                }
+            }
+        }
+        if counters_changed {
+            self.metrics.insert(
+                crate::metrics::factory::BUILTIN.to_owned(),
+                crate::metrics::factory::builtin(a.counters.values().cloned().collect()),
+            );
+        }
     }
 
     /// Status is rollgate's alone: a `status/` file whose last change at `head` was made
