@@ -17,8 +17,10 @@
 //! Invariants:
 //! - A process may act (write to Git, call a target) only while [`LeaseElector::is_leader`]
 //!   holds: its last *successful* acquire or renew started less than the renew deadline
-//!   ago. The renew deadline is shorter than the lease duration, so a leader that cannot
-//!   renew stops acting before anyone else may take over.
+//!   ago (parts acting on their own thread, the GitHub worker, ask it through a
+//!   [`Gate`] from [`Leadership::gate`]). The renew deadline is shorter than the lease
+//!   duration, so a leader that cannot renew stops acting before anyone else may take
+//!   over.
 //! - Like client-go, a lease held by another process expires one lease duration after
 //!   *this* process first saw its current version (its `resourceVersion`), never by
 //!   comparing the holder's `renewTime` with our clock, so clock offsets between nodes
@@ -465,6 +467,33 @@ impl std::fmt::Debug for Leadership {
     }
 }
 
+/// "May this process act now?", cheap (no I/O) and shared: asked by parts of the daemon
+/// with side effects of their own (the GitHub worker) before each one. Without
+/// `--leader-elect`, [`Gate::always`].
+#[derive(Clone)]
+pub struct Gate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Gate {
+    /// The only replica: always the leader.
+    pub fn always() -> Self {
+        Self::new(|| true)
+    }
+
+    pub fn new(is_leader: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(is_leader))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Gate").field(&self.is_leader()).finish()
+    }
+}
+
 /// A small runtime whose worker drives the campaign (and the client's tasks) while the
 /// daemon's loop is busy.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -541,6 +570,14 @@ impl Leadership {
     /// Whether this process may act at `now` (no I/O).
     pub fn is_leader(&self, now: DateTime<Utc>) -> bool {
         now.timestamp_micros() < self.shared.until.load(Ordering::Acquire)
+    }
+
+    /// [`Leadership::is_leader`] at the time of asking, for a part of the daemon that
+    /// acts on its own thread (the GitHub worker). It says false once this handle is
+    /// dropped or shut down.
+    pub fn gate(&self) -> Gate {
+        let shared = Arc::clone(&self.shared);
+        Gate::new(move || Utc::now().timestamp_micros() < shared.until.load(Ordering::Acquire))
     }
 
     /// Whether the campaign has completed a round: this process is a working stand-by

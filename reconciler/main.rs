@@ -857,11 +857,16 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         .is_some_and(|o| matches!(o.github.auth, rollgate::github::Auth::App { .. }));
     // Wakes the loop: a file event on a local remote, or a verified push webhook.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Only the leader acts on GitHub (#15): a stand-by's worker takes no job.
+    let leader = leadership.as_ref().map_or_else(
+        rollgate::leader::Gate::always,
+        rollgate::leader::Leadership::gate,
+    );
     // Started before the first fetch: with a GitHub App, the daemon's own Git over https
     // to GitHub's host (fetch, status commits) uses the installation token the worker
     // got at start and keeps fresh, when ROLLGATE_GIT_TOKEN is not set.
     let webhooks = github
-        .map(|opts| rollgate::github::handle::Webhooks::start(opts, tx.clone()))
+        .map(|opts| rollgate::github::handle::Webhooks::start(opts, tx.clone(), leader))
         .transpose()?;
     if let Some(w) = webhooks.as_ref().filter(|_| app) {
         let token = w.git_token();

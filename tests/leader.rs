@@ -427,10 +427,18 @@ fn the_background_campaign_leads_stands_by_and_hands_over_on_shutdown() {
     let first = renewed(&runtime);
     wait_for("a renews", &|| renewed(&runtime) != first);
     assert!(a.is_leader(Utc::now()) && !b.is_leader(Utc::now()));
+    // The gates handed to the GitHub worker say the same, at the time of asking
+    let (a_gate, b_gate) = (a.gate(), b.gate());
+    assert!(a_gate.is_leader() && !b_gate.is_leader());
 
     a.shutdown();
+    assert!(
+        !a_gate.is_leader(),
+        "a gate outliving its handle never leads"
+    );
     // Far sooner than the 30 s lease duration: the lease was released.
     wait_for("b takes over", &|| b.is_leader(Utc::now()));
+    assert!(b_gate.is_leader());
     let l = runtime.block_on(api.get(NAME)).expect("lease");
     assert_eq!(holder(&l).as_deref(), Some("b"));
     assert_eq!(transitions(&l), Some(1));

@@ -12,12 +12,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rollgate::github::handle::{COMMANDS_PER_ISSUE, Clock, Options, Webhooks};
 use rollgate::github::webhook::{MAX_BODY, sign};
 use rollgate::github::{Auth, Config, STICKY_MARKER, Secret};
+use rollgate::leader::Gate;
 use rollgate::model::status::Phase;
 use serde_json::{Value, json};
 use support::Remote;
@@ -251,6 +253,7 @@ impl Rig {
             &repo_url,
             remote.work_dir("github"),
             tx,
+            Gate::always(),
             chrono::Utc::now,
         );
         Self {
@@ -279,7 +282,22 @@ impl Rig {
             &self.repo_url,
             self.remote.work_dir(name),
             tx,
+            Gate::always(),
             clock,
+        )
+    }
+
+    /// Another replica, leader only while `leader` says so (`--leader-elect`).
+    fn replica_led(&self, name: &str, leader: Gate) -> (Webhooks, rollgate::server::Server) {
+        let (tx, _) = std::sync::mpsc::channel();
+        endpoint(
+            &self.fake,
+            &self.auth,
+            &self.repo_url,
+            self.remote.work_dir(name),
+            tx,
+            leader,
+            chrono::Utc::now,
         )
     }
 
@@ -362,6 +380,7 @@ fn endpoint(
     repo_url: &str,
     work_dir: PathBuf,
     wake: std::sync::mpsc::Sender<()>,
+    leader: Gate,
     clock: Clock,
 ) -> (Webhooks, rollgate::server::Server) {
     let hooks = Webhooks::start_with_clock(
@@ -378,6 +397,7 @@ fn endpoint(
             max_body: MAX_BODY,
         },
         wake,
+        leader,
         clock,
     )
     .expect("the webhook endpoint starts");
@@ -2202,4 +2222,157 @@ fn regression_a_token_refused_check_runs_still_previews_with_a_commit_status_and
         );
         assert!(!text.contains(TOKEN), "{text}");
     }
+}
+
+/// #15: with `--leader-elect`, every ready replica gets deliveries (the Service balances
+/// over them), and every replica's worker acted on them: two previews, and a comment
+/// command answered, and committed, by the stand-by as well as the leader.
+#[test]
+fn regression_a_stand_by_replica_posts_no_preview_and_commits_no_command() {
+    // Given a stand-by replica (another one holds the lease) and a writer
+    let rig = Rig::new();
+    rig.fake.set_permission("Codertocat", "write");
+    let leading = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&leading);
+    let (_hooks, server) =
+        rig.replica_led("stand-by", Gate::new(move || flag.load(Ordering::SeqCst)));
+    let before = rig.remote.head();
+
+    // When a pull request and the writer's command reach it: answered, and nothing asked
+    // of GitHub
+    let first = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    let (code, text) = deliver(server.addr, "pull_request", &pull_request("opened", &first));
+    assert_eq!((code, text.trim()), (202, "stand-by: only the leader acts"));
+    let command = comment("/rollgate promote web", "Codertocat", false);
+    assert_eq!(deliver(server.addr, "issue_comment", &command).0, 202);
+    assert!(
+        rig.fake.hub().calls.is_empty(),
+        "{:?}",
+        rig.fake.hub().calls
+    );
+
+    // Then, once it leads, the next deliveries are handled, and nothing of theirs was
+    // waiting (the worker runs jobs in order): one check run and one sticky comment, of
+    // the newer head; one reply, to the newer command; no command commit
+    leading.store(true, Ordering::SeqCst);
+    let second = rig.push_pull_request(set_artifact("v3"), "web: v3");
+    assert_eq!(
+        deliver(
+            server.addr,
+            "pull_request",
+            &pull_request("synchronize", &second)
+        )
+        .0,
+        202
+    );
+    assert_eq!(
+        deliver(
+            server.addr,
+            "issue_comment",
+            &comment("/rollgate promote nope", "Codertocat", false)
+        )
+        .0,
+        202
+    );
+    rig.fake
+        .wait_for("the leader's preview and reply", WAIT, |h| {
+            !h.check_runs.is_empty() && !h.ours_on(2).is_empty() && h.comments_on(1).len() == 1
+        });
+    {
+        let h = rig.fake.hub();
+        assert_eq!(h.check_runs.len(), 1, "{:#?}", h.check_runs);
+        assert_eq!(h.check_runs[0].head_sha, second);
+        let ours = h.ours_on(2);
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        assert!(
+            ours[0].body.contains("v3") && ours[0].edits == 0,
+            "{ours:?}"
+        );
+        assert!(
+            h.comments_on(1)[0].body.contains("no plan `nope`"),
+            "{:?}",
+            h.comments_on(1)
+        );
+        assert_eq!(
+            h.count(
+                "GET",
+                "/repos/Codertocat/Hello-World/collaborators/Codertocat/permission"
+            ),
+            1
+        );
+        assert!(h.statuses.is_empty(), "{:?}", h.statuses);
+    }
+    assert_eq!(rig.remote.head(), before, "no command commit");
+
+    // And the stand-by's command, delivered again now that it leads, is done, once
+    assert_eq!(deliver(server.addr, "issue_comment", &command).0, 202);
+    rig.fake
+        .wait_for("the reply", WAIT, |h| h.comments_on(1).len() == 2);
+    assert_eq!(
+        support::git(&rig.remote.bare, &["rev-parse", "main~1"]),
+        before
+    );
+    rig.fake.assert_clean();
+}
+
+/// #15: a job taken in while this replica led, and taken up by the worker after it lost
+/// the lease, is dropped (the preview it was busy with finishes).
+#[test]
+fn regression_a_replica_that_lost_the_lease_drops_the_command_it_took_in_as_leader() {
+    // Given the leader's worker stuck in an API call of a preview, a command waiting
+    let rig = Rig::new();
+    rig.fake.set_permission("Codertocat", "write");
+    let leading = Arc::new(AtomicBool::new(true));
+    // How often the gate was asked: once per delivery taken in, once per job taken up
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (flag, count) = (Arc::clone(&leading), Arc::clone(&asked));
+    let (_hooks, server) = rig.replica_led(
+        "leader",
+        Gate::new(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            flag.load(Ordering::SeqCst)
+        }),
+    );
+    let before = rig.remote.head();
+    rig.fake.hold(true);
+    let head = rig.push_pull_request(set_artifact("v2"), "web: v2");
+    assert_eq!(
+        deliver(server.addr, "pull_request", &pull_request("opened", &head)).0,
+        202
+    );
+    rig.fake.wait_for("the worker stuck", WAIT, |h| {
+        h.calls.iter().any(|c| c.path.starts_with("(held)"))
+    });
+    assert_eq!(
+        deliver(
+            server.addr,
+            "issue_comment",
+            &comment("/rollgate promote web", "Codertocat", false)
+        )
+        .0,
+        202
+    );
+
+    // When it loses the lease, and GitHub answers again
+    leading.store(false, Ordering::SeqCst);
+    rig.fake.hold(false);
+
+    // Then the preview it had begun is posted, and the command is dropped when the
+    // worker takes it up: no permission call, no reply, no commit
+    rig.fake.wait_for("the preview", WAIT, |h| {
+        !h.check_runs.is_empty() && !h.ours_on(2).is_empty()
+    });
+    // (taken up: the gate asked a fourth time, or, were it not asked, the reply posted)
+    rig.fake.wait_for("the command taken up", WAIT, |h| {
+        asked.load(Ordering::SeqCst) >= 4 || !h.comments_on(1).is_empty()
+    });
+    let h = rig.fake.hub();
+    assert!(h.comments_on(1).is_empty(), "{:?}", h.comments_on(1));
+    assert_eq!(
+        h.count("GET", "/repos/Codertocat/Hello-World/collaborators/"),
+        0
+    );
+    drop(h);
+    assert_eq!(rig.remote.head(), before, "no command commit");
+    rig.fake.assert_clean();
 }

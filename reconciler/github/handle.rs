@@ -20,7 +20,12 @@
 //! busy branch lets an old comment act again); someone who is not a collaborator gets
 //! no answer at all (one permission call, no reply), so comment spam costs little; only
 //! comments rollgate wrote itself are ever edited (`Client::upsert_sticky_comment`); the
-//! scratch clone keeps no pull request's ref after its preview.
+//! scratch clone keeps no pull request's ref after its preview. Only the leader acts
+//! (#15): with `--leader-elect`, a stand-by replica verifies and answers deliveries (202)
+//! but queues nothing (a push still wakes its loop, which stands by), and the worker asks
+//! the [`Gate`] before each job and drops it when this replica is not the leader (a job
+//! already begun finishes): so of several replicas only the leader posts previews, check
+//! runs, comments and statuses, or commits comment commands.
 //!
 //! Files: this one is the endpoint (the queue, `Webhooks`, the `receive` handler);
 //! `handle/worker.rs` runs the jobs; `handle/render.rs` words what GitHub is told
@@ -44,6 +49,7 @@ use axum::response::{IntoResponse, Response};
 use super::webhook::{self, CommentCommand, Deliveries, Event};
 use super::{Client, Config, RepoName, Secret, SharedGitToken};
 use crate::daemon::{Reconciler, TickReport};
+use crate::leader::Gate;
 use crate::model::status::Phase;
 use crate::telemetry::{self, WebhookOutcome};
 
@@ -98,6 +104,8 @@ pub struct Receiver {
     wake: std::sync::mpsc::Sender<()>,
     jobs: tokio::sync::mpsc::Sender<Job>,
     pending: Arc<Mutex<Pending>>,
+    /// Whether this replica is the leader: a stand-by queues nothing.
+    leader: Gate,
 }
 
 /// What waits in the queue per issue or pull request (shared by the handler, which
@@ -154,15 +162,18 @@ impl Webhooks {
     /// cannot be empty) and with an unusable API configuration. With an App and the
     /// repository on GitHub's host, an installation token for Git is got first (a
     /// failure is logged: Git then fails and the daemon retries) and kept fresh by the
-    /// worker: see [`Webhooks::git_token`].
-    pub fn start(opts: Options, wake: std::sync::mpsc::Sender<()>) -> Result<Self> {
-        Self::start_with_clock(opts, wake, chrono::Utc::now)
+    /// worker: see [`Webhooks::git_token`]. `leader` says whether this replica may act
+    /// now ([`Gate::always`] without leader election): a stand-by takes no job in, and
+    /// the worker drops a job it takes while not the leader.
+    pub fn start(opts: Options, wake: std::sync::mpsc::Sender<()>, leader: Gate) -> Result<Self> {
+        Self::start_with_clock(opts, wake, leader, chrono::Utc::now)
     }
 
     /// [`Webhooks::start`], with the worker reading the time from `clock` (tests).
     pub fn start_with_clock(
         opts: Options,
         wake: std::sync::mpsc::Sender<()>,
+        leader: Gate,
         clock: Clock,
     ) -> Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
@@ -176,6 +187,7 @@ impl Webhooks {
             wake: wake.clone(),
             git_token: SharedGitToken::default(),
             pending: pending.clone(),
+            leader: leader.clone(),
             clock,
             strangers: Mutex::new(HashMap::new()),
         };
@@ -203,6 +215,7 @@ impl Webhooks {
                 wake,
                 jobs: tx,
                 pending,
+                leader,
             }),
             worker: Some(thread),
             reported: Mutex::new(HashMap::new()),
@@ -404,6 +417,21 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         }
     };
     let queued = || answer(WebhookOutcome::Accepted, StatusCode::ACCEPTED, "queued");
+    // A stand-by replica acts on nothing: the delivery is answered, not queued, and not
+    // remembered (a redelivery once this replica leads is taken).
+    let stand_by = || {
+        forget();
+        tracing::info!(
+            event,
+            delivery,
+            "not the leader: webhook answered and dropped, the leader acts"
+        );
+        answer(
+            WebhookOutcome::Ignored,
+            StatusCode::ACCEPTED,
+            "stand-by: only the leader acts",
+        )
+    };
     let Ok(mut pending) = r.pending.lock() else {
         return busy("busy, redeliver later");
     };
@@ -426,6 +454,7 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         }
         Event::PullRequest(pr) if !r.repo.is(&pr.repo) => ignore("another repository"),
         Event::PullRequest(pr) if pr.base_ref != r.branch => ignore("not into the tracked branch"),
+        Event::PullRequest(_) if !r.leader.is_leader() => stand_by(),
         Event::PullRequest(pr) => {
             let number = pr.number;
             if let Some(waiting) = pending.previews.get_mut(&number) {
@@ -448,6 +477,7 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         Event::Comment(c) if c.author_is_bot => ignore("a bot's comment"),
         Event::Comment(c) => match webhook::parse_comment(&c.body) {
             None => ignore("not a rollgate command"),
+            Some(_) if !r.leader.is_leader() => stand_by(),
             Some(command) => {
                 let number = c.number;
                 let waiting = pending.commands.entry(number).or_default();

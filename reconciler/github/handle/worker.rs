@@ -7,8 +7,9 @@
 //! only for someone with write permission, at most once per comment (its id is a trailer,
 //! looked for in the last [`RECENT_COMMITS`] commits of the freshly fetched branch), and
 //! never for a comment older than [`webhook::MAX_COMMENT_AGE`]; someone who is not a
-//! collaborator gets no reply and, for `STRANGER_TTL`, no further API call; the shared
-//! installation token for Git is renewed between jobs.
+//! collaborator gets no reply and, for `STRANGER_TTL`, no further API call; a job is
+//! taken only while this replica is the leader ([`Gate`]; one begun as leader finishes);
+//! the shared installation token for Git is renewed between jobs, leader or not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::github::{
     CHECK_NAME, CheckOutput, CheckRunPosted, Client, Conclusion, GitToken, Permission,
     STICKY_MARKER, Secret, SharedGitToken, StatusState,
 };
+use crate::leader::Gate;
 use crate::source::remote::{GitAuth, Remote, RemoteUrl};
 use crate::telemetry::{self, CommentIgnored};
 
@@ -56,6 +58,8 @@ pub(super) struct Worker {
     pub(super) git_token: SharedGitToken,
     /// What waits, per issue (shared with the handler).
     pub(super) pending: Arc<Mutex<Pending>>,
+    /// Asked before each job: only the leader acts.
+    pub(super) leader: Gate,
     pub(super) clock: Clock,
     /// Logins found not to be collaborators, and when.
     pub(super) strangers: Mutex<HashMap<String, Instant>>,
@@ -88,6 +92,12 @@ impl Worker {
                 Job::Command { comment, .. } => format!("command on #{}", comment.number),
                 Job::Progress(p) => format!("status of {}", p.plan),
             };
+            // Queued while this replica led, taken after it lost the lease: dropped,
+            // like a delivery that reaches a stand-by.
+            if !self.leader.is_leader() {
+                tracing::info!(job = %what, "not the leader any more: GitHub job dropped");
+                continue;
+            }
             if let Err(e) = self.job(&client, job).await {
                 telemetry::global().github_error();
                 tracing::warn!(job = %what, error = %format!("{e:#}"), "GitHub job failed");
