@@ -2242,9 +2242,13 @@ fn regression_a_stand_by_replica_posts_no_preview_and_commits_no_command() {
     // of GitHub
     let first = rig.push_pull_request(set_artifact("v2"), "web: v2");
     let (code, text) = deliver(server.addr, "pull_request", &pull_request("opened", &first));
-    assert_eq!((code, text.trim()), (202, "stand-by: only the leader acts"));
+    // (a 503: GitHub lists the delivery as failed, to be redelivered, never as done)
+    assert_eq!(
+        (code, text.trim()),
+        (503, "stand-by: only the leader acts; redeliver")
+    );
     let command = comment("/rollgate promote web", "Codertocat", false);
-    assert_eq!(deliver(server.addr, "issue_comment", &command).0, 202);
+    assert_eq!(deliver(server.addr, "issue_comment", &command).0, 503);
     assert!(
         rig.fake.hub().calls.is_empty(),
         "{:?}",

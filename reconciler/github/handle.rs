@@ -417,8 +417,9 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         }
     };
     let queued = || answer(WebhookOutcome::Accepted, StatusCode::ACCEPTED, "queued");
-    // A stand-by replica acts on nothing: the delivery is answered, not queued, and not
-    // remembered (a redelivery once this replica leads is taken).
+    // A stand-by replica acts on nothing: the delivery is refused with a 503, not
+    // queued and not remembered, so GitHub lists it as failed (to redeliver) instead of
+    // done, and a redelivery that reaches the leader is taken.
     let stand_by = || {
         forget();
         tracing::info!(
@@ -428,8 +429,8 @@ pub async fn receive(State(r): State<Arc<Receiver>>, req: Request<Body>) -> Resp
         );
         answer(
             WebhookOutcome::Ignored,
-            StatusCode::ACCEPTED,
-            "stand-by: only the leader acts",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stand-by: only the leader acts; redeliver",
         )
     };
     let Ok(mut pending) = r.pending.lock() else {
