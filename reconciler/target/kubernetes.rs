@@ -1566,17 +1566,9 @@ impl Target for KubernetesTarget {
         self.runtime.block_on(c.rollback(stable))
     }
 
-    /// The cluster kept its state while the daemon was down: re-running the step
-    /// converges without touching the stable Deployment or moving traffic.
-    fn resume(
-        &mut self,
-        plan: &Plan,
-        _stable: Option<&str>,
-        candidate: &str,
-        weight: u8,
-    ) -> Result<(), TargetError> {
-        self.start_candidate(plan, candidate)?;
-        self.set_weight(plan, weight)
+    /// The cluster keeps its state while the daemon is down: `resume` re-runs the step.
+    fn keeps_state_across_restarts(&self) -> bool {
+        true
     }
 
     fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {

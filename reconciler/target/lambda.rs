@@ -741,18 +741,9 @@ impl Target for LambdaTarget {
         }
     }
 
-    /// The alias kept its state while the daemon was down: re-running the step
-    /// converges without moving traffic (the default would promote the stable version
-    /// first, taking the candidate's share away for a moment).
-    fn resume(
-        &mut self,
-        plan: &Plan,
-        _stable: Option<&str>,
-        candidate: &str,
-        weight: u8,
-    ) -> Result<(), TargetError> {
-        self.start_candidate(plan, candidate)?;
-        self.set_weight(plan, weight)
+    /// The alias keeps its state while the daemon is down: `resume` re-runs the step.
+    fn keeps_state_across_restarts(&self) -> bool {
+        true
     }
 }
 

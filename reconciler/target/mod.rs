@@ -45,10 +45,19 @@ pub trait Target: Send {
     /// How close the target is to `desired`.
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth;
 
+    /// Whether the target's state lives outside the daemon (a cluster, a cloud alias)
+    /// and so outlives a daemon restart. It decides what [`Target::resume`] does.
+    fn keeps_state_across_restarts(&self) -> bool {
+        false
+    }
+
     /// After a daemon restart: bring the target to an in-flight step (`stable` serving
-    /// the rest, `candidate` at `weight`). Targets whose state lives outside the
-    /// daemon (a cluster) override this with the cheapest convergent form; the default
-    /// rebuilds everything, which is what a target that lost its processes needs.
+    /// the rest, `candidate` at `weight`). A target that kept its state
+    /// ([`Target::keeps_state_across_restarts`]: a cluster, an alias) re-runs the step,
+    /// which converges without touching the stable version or moving traffic (promoting
+    /// the stable first would take the candidate's share away for a moment); one that
+    /// lost its processes has everything rebuilt, the stable version first. Targets
+    /// whose restart needs more (the local target's data plane) override this.
     fn resume(
         &mut self,
         plan: &Plan,
@@ -56,7 +65,9 @@ pub trait Target: Send {
         candidate: &str,
         weight: u8,
     ) -> Result<(), TargetError> {
-        if let Some(stable) = stable {
+        if !self.keeps_state_across_restarts()
+            && let Some(stable) = stable
+        {
             self.promote(plan, stable)?;
         }
         self.start_candidate(plan, candidate)?;
