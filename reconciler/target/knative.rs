@@ -27,14 +27,22 @@
 //! that revision, puts it back in the template too (one Knative named itself stays out
 //! of the template until the next rollout replaces it). Readiness comes from the Service's observed
 //! generation, `status.traffic`, and the candidate Revision's `Ready` condition.
+//!
+//! [`KnativeTarget`] is the `Target`: it shares the cluster [`Connection`] of the
+//! Kubernetes target (which routes `knative` workloads here) and refuses any other kind
+//! of workload.
+
+use std::sync::Arc;
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use super::TargetError;
+use super::kubernetes::{Connection, Timing};
+use super::{Target, TargetError};
 use crate::engine::{Measurement, TargetHealth};
-use crate::model::plan::KnativeWorkload;
+use crate::model::Plan;
+use crate::model::plan::{KnativeWorkload, Workload};
 use crate::target::Desired;
 
 /// The tag of the candidate's traffic entry: Knative gives it its own URL.
@@ -189,12 +197,103 @@ enum Conflict {
     Other(TargetError),
 }
 
+/// Rollouts of `knative` workloads (revisions of a Knative Service) on a shared
+/// cluster connection.
+pub struct KnativeTarget {
+    connection: Arc<Connection>,
+    timing: Timing,
+}
+
+impl std::fmt::Debug for KnativeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnativeTarget")
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KnativeTarget {
+    /// On `connection`, with the default [`Timing`] (only its `call_timeout` applies).
+    pub fn new(connection: Arc<Connection>) -> Self {
+        Self {
+            connection,
+            timing: Timing::default(),
+        }
+    }
+
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// The plan's Knative Service and its Revisions; refused for any other workload.
+    fn knative<'a>(&self, plan: &'a Plan) -> Result<Knative<'a>, TargetError> {
+        let Workload::Knative(w) = &plan.workload else {
+            return Err(TargetError(format!(
+                "plan {} has a {} workload; this target runs knative workloads",
+                plan.name,
+                plan.workload.kind()
+            )));
+        };
+        let client = self.connection.client();
+        Ok(Knative {
+            w,
+            services: Api::namespaced_with(client.clone(), &w.namespace, &service_resource()),
+            revisions: Api::namespaced_with(client, &w.namespace, &revision_resource()),
+            call_timeout: self.timing.call_timeout,
+        })
+    }
+}
+
+impl Target for KnativeTarget {
+    fn start_candidate(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        let k = self.knative(plan)?;
+        self.connection.block_on(k.start(artifact))
+    }
+
+    fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
+        let k = self.knative(plan)?;
+        self.connection.block_on(k.set_weight(weight.min(100)))
+    }
+
+    fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
+        let k = self.knative(plan)?;
+        self.connection.block_on(k.promote(artifact))
+    }
+
+    fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError> {
+        let k = self.knative(plan)?;
+        self.connection.block_on(k.rollback(stable))
+    }
+
+    /// The Service keeps its traffic while the daemon is down: `resume` re-runs the step.
+    fn keeps_state_across_restarts(&self) -> bool {
+        true
+    }
+
+    fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
+        let k = self.knative(plan).map_err(|e| e.0)?;
+        self.connection.block_on(k.readiness()).map_err(|e| e.0)
+    }
+
+    fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
+        let k = match self.knative(plan) {
+            Ok(k) => k,
+            Err(e) => return TargetHealth::Unhealthy { reason: e.0 },
+        };
+        match self.connection.block_on(k.health(desired)) {
+            Ok(h) => h,
+            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+        }
+    }
+}
+
 /// The plan's Service and its Revisions, and the calls on them.
-pub(super) struct Knative<'a> {
-    pub(super) w: &'a KnativeWorkload,
-    pub(super) services: Api<DynamicObject>,
-    pub(super) revisions: Api<DynamicObject>,
-    pub(super) call_timeout: std::time::Duration,
+struct Knative<'a> {
+    w: &'a KnativeWorkload,
+    services: Api<DynamicObject>,
+    revisions: Api<DynamicObject>,
+    call_timeout: std::time::Duration,
 }
 
 impl Knative<'_> {
@@ -371,7 +470,7 @@ impl Knative<'_> {
             .then(|| json!({ "op": "add", "path": "/spec/traffic", "value": want }))
     }
 
-    pub(super) async fn start(&self, artifact: &str) -> Result<(), TargetError> {
+    async fn start(&self, artifact: &str) -> Result<(), TargetError> {
         let candidate = revision_name(&self.w.service, artifact)?;
         self.update(|service| self.start_ops(service, &candidate, artifact))
             .await
@@ -410,7 +509,7 @@ impl Knative<'_> {
         Ok(ops)
     }
 
-    pub(super) async fn set_weight(&self, weight: u8) -> Result<(), TargetError> {
+    async fn set_weight(&self, weight: u8) -> Result<(), TargetError> {
         self.update(|service| {
             let split = split_of(service);
             let (Some((stable, _)), Some((candidate, _))) = (split.stable, split.candidate) else {
@@ -428,7 +527,7 @@ impl Knative<'_> {
         .await
     }
 
-    pub(super) async fn promote(&self, artifact: &str) -> Result<(), TargetError> {
+    async fn promote(&self, artifact: &str) -> Result<(), TargetError> {
         let revision = revision_name(&self.w.service, artifact)?;
         self.update(|service| {
             let mut ops = self.template_ops(service, &revision, artifact)?;
@@ -476,7 +575,7 @@ impl Knative<'_> {
         Ok(found.pop().map(|(_, n)| n))
     }
 
-    pub(super) async fn rollback(&self, stable: Option<&str>) -> Result<(), TargetError> {
+    async fn rollback(&self, stable: Option<&str>) -> Result<(), TargetError> {
         let service = self.service().await?;
         let split = split_of(&service);
         let target = match (split.stable, stable) {
@@ -564,7 +663,7 @@ impl Knative<'_> {
         )
     }
 
-    pub(super) async fn health(&self, desired: &Desired) -> Result<TargetHealth, TargetError> {
+    async fn health(&self, desired: &Desired) -> Result<TargetHealth, TargetError> {
         let service = self.service().await?;
         let generation = service
             .pointer("/metadata/generation")
@@ -633,7 +732,7 @@ impl Knative<'_> {
 
     /// The candidate revision's actual replicas over its desired replicas. Scaled to
     /// zero, there is no value (no evidence).
-    pub(super) async fn readiness(&self) -> Result<Measurement, TargetError> {
+    async fn readiness(&self) -> Result<Measurement, TargetError> {
         let service = self.service().await?;
         let (name, _) = split_of(&service).candidate.ok_or_else(|| {
             TargetError(format!(

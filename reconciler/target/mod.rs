@@ -1,8 +1,9 @@
 //! Where rollouts happen: the `Target` extension point.
 //!
-//! One trait, one file per implementation (`dry_run.rs`, `local.rs`, `kubernetes.rs`;
-//! `knative.rs` is reached through the Kubernetes target, which owns the cluster client;
-//! `lambda.rs` shifts an AWS Lambda alias's weights).
+//! One trait, one file per implementation (`dry_run.rs`, `local.rs`; `kubernetes.rs`
+//! for Deployments and `knative.rs` for Knative Services, two targets on one shared
+//! cluster connection, between which `KubernetesTarget` picks by the plan's workload
+//! kind; `lambda.rs` shifts an AWS Lambda alias's weights).
 //! Every method is idempotent: the daemon may call any of them
 //! again after a crash or a lost race, and the target converges to the same state.
 //! `contract` holds the test every implementation must pass.
