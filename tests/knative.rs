@@ -7,77 +7,24 @@
 //! rollgate writes is checked against the CRD's schema: no field a real API server
 //! would prune, every typed field of its type.
 
-use std::borrow::Cow;
+mod support;
+
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::ObjectMeta;
 use rollgate::engine::{Measurement, TargetHealth};
 use rollgate::model::Plan;
-use rollgate::target::knative::{self, CANDIDATE_TAG};
-use rollgate::target::kubernetes::{self, KubernetesTarget, Timing};
+use rollgate::target::knative::{self, CANDIDATE_TAG, KnativeTarget};
+use rollgate::target::kubernetes::{KubernetesTarget, Timing};
 use rollgate::target::{Desired, Target, contract};
 use serde_json::{Value, json};
+use support::cluster::{self, poll_until, wait_until};
 
 const NS: &str = "web";
 const V1: &str = "registry.example/hello@sha256:1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111";
 const V2: &str = "registry.example/hello@sha256:2222222222bbbbbbbbbb2222222222bbbbbbbbbb2222222222bbbbbbbbbb2222";
 const V3: &str = "registry.example/hello@sha256:3333333333cccccccccc3333333333cccccccccc3333333333cccccccccc3333";
 const BROKEN: &str = "registry.example/broken@sha256:4444444444dddddddddd4444444444dddddddddd4444444444dddddddddd4444";
-
-macro_rules! knative_kind {
-    ($ty:ident, $kind:literal, $plural:literal) => {
-        #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-        struct $ty {
-            #[serde(rename = "apiVersion")]
-            api_version: String,
-            kind: String,
-            metadata: ObjectMeta,
-            #[serde(default)]
-            spec: Value,
-            #[serde(default, skip_serializing_if = "Value::is_null")]
-            status: Value,
-        }
-
-        impl Default for $ty {
-            fn default() -> Self {
-                Self {
-                    api_version: "serving.knative.dev/v1".into(),
-                    kind: $kind.into(),
-                    metadata: ObjectMeta::default(),
-                    spec: Value::Null,
-                    status: Value::Null,
-                }
-            }
-        }
-
-        impl kube::Resource for $ty {
-            type DynamicType = ();
-            type Scope = k8s_openapi::NamespaceResourceScope;
-            fn kind(_: &()) -> Cow<'_, str> {
-                $kind.into()
-            }
-            fn group(_: &()) -> Cow<'_, str> {
-                "serving.knative.dev".into()
-            }
-            fn version(_: &()) -> Cow<'_, str> {
-                "v1".into()
-            }
-            fn plural(_: &()) -> Cow<'_, str> {
-                $plural.into()
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-
-knative_kind!(KService, "Service", "services");
-knative_kind!(KRevision, "Revision", "revisions");
 
 fn plan() -> Plan {
     plan_in(NS)
@@ -153,31 +100,7 @@ fn cluster_of(
     funcs: Option<kube_fake_client::interceptor::Funcs>,
     controller: bool,
 ) -> KubernetesTarget {
-    let runtime = kubernetes::runtime().expect("runtime");
-    let mut builder = kube_fake_client::ClientBuilder::new()
-        .with_resource::<KService>()
-        .with_resource::<KRevision>()
-        .with_status_subresource::<KService>()
-        .with_status_subresource::<KRevision>()
-        .with_runtime_objects(objects);
-    if let Some(funcs) = funcs {
-        builder = builder.with_interceptor_funcs(funcs);
-    }
-    let client = runtime.block_on(builder.build()).expect("fake client");
-    let target = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
-        promote_wait: Duration::from_secs(10),
-        poll: Duration::from_millis(1),
-        call_timeout: Duration::from_secs(10),
-    });
-    if controller {
-        target.spawn(async move {
-            loop {
-                let _ = knative_pass(&client).await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        });
-    }
-    target
+    cluster::knative_cluster(objects, funcs, NS, controller)
 }
 
 fn services(client: &kube::Client) -> Api<DynamicObject> {
@@ -192,90 +115,9 @@ fn revisions_in(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &knative::revision_resource())
 }
 
-/// What Knative's configuration and route reconcilers would report.
+/// One pass of the stand-in Knative controllers.
 async fn knative_pass(client: &kube::Client) -> Result<(), kube::Error> {
-    knative_pass_in(client, NS).await
-}
-
-async fn knative_pass_in(client: &kube::Client, ns: &str) -> Result<(), kube::Error> {
-    let svcs = services_in(client, ns);
-    let revs = revisions_in(client, ns);
-    for s in svcs.list(&ListParams::default()).await?.items {
-        let s = serde_json::to_value(&s).unwrap_or_default();
-        let name = s["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let mut latest = "hello-00001".to_owned();
-        if let Some(rev) = s
-            .pointer("/spec/template/metadata/name")
-            .and_then(Value::as_str)
-        {
-            latest = rev.to_owned();
-            if revs.get_opt(rev).await?.is_none() {
-                let containers = s.pointer("/spec/template/spec/containers").cloned();
-                let revision: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
-                    "metadata": { "name": rev, "namespace": ns,
-                                  "labels": { "serving.knative.dev/service": name } },
-                    "spec": { "containers": containers },
-                }))
-                .expect("revision");
-                revs.create(&PostParams::default(), &revision).await?;
-            }
-        }
-        for r in revs.list(&ListParams::default()).await?.items {
-            let r = serde_json::to_value(&r).unwrap_or_default();
-            if r.pointer("/status/conditions").is_some() {
-                continue;
-            }
-            let broken = r
-                .pointer("/spec/containers/0/image")
-                .and_then(Value::as_str)
-                == Some(BROKEN);
-            let status = if broken {
-                json!({ "status": { "actualReplicas": 0, "desiredReplicas": 1, "conditions": [
-                    { "type": "Ready", "status": "False", "reason": "ContainerMissing",
-                      "message": "Unable to fetch image" } ] } })
-            } else {
-                json!({ "status": { "actualReplicas": 2, "desiredReplicas": 2, "conditions": [
-                    { "type": "Ready", "status": "True" } ] } })
-            };
-            let rname = r["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            revs.patch_status(&rname, &PatchParams::default(), &Patch::Merge(&status))
-                .await?;
-        }
-        let traffic: Vec<Value> = s
-            .pointer("/spec/traffic")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|mut t| {
-                if t.get("latestRevision") == Some(&json!(true)) {
-                    t["revisionName"] = json!(latest);
-                }
-                t
-            })
-            .collect();
-        let status = json!({ "status": {
-            "observedGeneration": s.pointer("/metadata/generation"),
-            "latestReadyRevisionName": latest,
-            "traffic": traffic,
-            "conditions": [ { "type": "RoutesReady", "status": "True" } ],
-        } });
-        if s.pointer("/status/traffic") != status.pointer("/status/traffic")
-            || s.pointer("/status/observedGeneration")
-                != status.pointer("/status/observedGeneration")
-        {
-            svcs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await?;
-        }
-    }
-    Ok(())
+    cluster::knative_controller_pass(client, NS).await
 }
 
 fn service(t: &KubernetesTarget) -> Value {
@@ -305,13 +147,10 @@ fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
 fn settle(t: &mut KubernetesTarget, desired: &Desired) -> TargetHealth {
     let p = plan();
     let mut last = TargetHealth::Progressing;
-    for _ in 0..500 {
+    poll_until(Duration::from_secs(10), || {
         last = t.health(&p, desired);
-        if last != TargetHealth::Progressing {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        last != TargetHealth::Progressing
+    });
     last
 }
 
@@ -715,6 +554,38 @@ fn knative_passes_the_target_contract() {
     );
 }
 
+/// The Knative target on its own, without the Kubernetes target routing to it, on the
+/// same in-memory cluster; it refuses a plan of any other workload kind.
+#[test]
+fn the_knative_target_alone_passes_the_target_contract() {
+    let t = cluster();
+    let mut k = KnativeTarget::new(t.connection()).with_timing(cluster::QUICK);
+    contract::run(
+        &mut k,
+        &plan(),
+        Some(V1),
+        V2,
+        V3,
+        500,
+        Duration::from_millis(2),
+    );
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": candidate_name(V2), "percent": 100 }])
+    );
+    let deployment = rollgate::model::validate::parse_plan(
+        "plans/web.yaml",
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web }\nspec:\n  target: prod\n  workload:\n    kubernetes: { namespace: web, deployment: web }\n  artifact: v2\n  strategy:\n    canary: { steps: [ { setWeight: 100 } ] }\n",
+        None,
+    )
+    .expect("plan parses")
+    .plan;
+    let err = k
+        .start_candidate(&deployment, V2)
+        .expect_err("not a knative workload");
+    assert!(err.0.contains("kubernetes workload"), "{err}");
+}
+
 #[test]
 fn the_target_calls_only_what_rbac_grants_for_knative() {
     let granted: Vec<(String, String)> = knative::RBAC
@@ -820,29 +691,8 @@ fn set_up_the_user_service(
 /// only once the stand-in controller has reported the stable revision.
 #[test]
 fn the_real_cluster_setup_waits_for_the_stable_revision_then_the_contract_passes() {
-    let runtime = kubernetes::runtime().expect("runtime");
-    let client = runtime
-        .block_on(
-            kube_fake_client::ClientBuilder::new()
-                .with_resource::<KService>()
-                .with_resource::<KRevision>()
-                .with_status_subresource::<KService>()
-                .with_status_subresource::<KRevision>()
-                .build(),
-        )
-        .expect("fake client");
-    let mut t = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
-        promote_wait: Duration::from_secs(10),
-        poll: Duration::from_millis(1),
-        call_timeout: Duration::from_secs(10),
-    });
-    let controller = client.clone();
-    t.spawn(async move {
-        loop {
-            let _ = knative_pass_in(&controller, NS).await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
+    let mut t = cluster_of(Vec::new(), None, true);
+    let client = t.client();
     set_up_the_user_service(&t, &client, NS, Duration::from_secs(10));
     contract::run(
         &mut t,
@@ -897,7 +747,15 @@ fn e2e_knative_contract_on_a_real_cluster() {
             t.block_on(crds.patch(&name, &apply, &Patch::Apply(&crd)))
                 .expect("install CRD");
         }
-        std::thread::sleep(Duration::from_secs(3));
+        // Wait until the API serves the new kinds.
+        wait_until(
+            "the API serves knative services",
+            Duration::from_secs(60),
+            || {
+                t.block_on(services(&client).list(&ListParams::default().limit(1)))
+                    .is_ok()
+            },
+        );
     }
     // A namespace of its own (a fixed one could be someone's, or still terminating
     // after the previous run).
@@ -907,7 +765,7 @@ fn e2e_knative_contract_on_a_real_cluster() {
         let (client, ns) = (client.clone(), ns.clone());
         t.spawn(async move {
             loop {
-                let _ = knative_pass_in(&client, &ns).await;
+                let _ = cluster::knative_controller_pass(&client, &ns).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });

@@ -6,7 +6,8 @@
 //! with a stable `web` Deployment, Service and HTTPRoute, when rollgate runs a step,
 //! then these objects and weights exist.
 
-use std::borrow::Cow;
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,58 +17,12 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ObjectMeta;
 use rollgate::engine::TargetHealth;
 use rollgate::model::Plan;
-use rollgate::target::kubernetes::{self, KubernetesTarget, Timing};
+use rollgate::target::kubernetes::{self, Deployments, KubernetesTarget, Timing};
 use rollgate::target::{Desired, Target, contract};
 use serde_json::{Value, json};
+use support::cluster::{self, Readiness, Verbs, apply_creates, poll_until, wait_until};
 
 const NS: &str = "shop";
-
-/// The HTTPRoute kind, registered with the fake API like a CRD. It serializes its
-/// `apiVersion` and `kind`, which the fake's typed `get` needs (see [`apply_creates`]).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct HttpRoute {
-    #[serde(flatten)]
-    types: kube::core::TypeMeta,
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Value,
-}
-
-impl Default for HttpRoute {
-    fn default() -> Self {
-        Self {
-            types: kube::core::TypeMeta {
-                api_version: "gateway.networking.k8s.io/v1".into(),
-                kind: "HTTPRoute".into(),
-            },
-            metadata: ObjectMeta::default(),
-            spec: Value::Null,
-        }
-    }
-}
-
-impl kube::Resource for HttpRoute {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-    fn kind(_: &()) -> Cow<'_, str> {
-        "HTTPRoute".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "gateway.networking.k8s.io".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "httproutes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
 
 fn plan(route: bool) -> Plan {
     let workload = if route {
@@ -139,43 +94,6 @@ fn cluster_intercepted(
     cluster_built(replicas, extra, funcs, Readiness::default())
 }
 
-/// How many of the candidate's pods the stand-in controller lets become ready. Capped,
-/// the `-canary` and `-preview` Deployments run pods beyond the cap that never pass
-/// their readiness probe (or a cluster with no kubelet): the replicas exist, at most
-/// the cap ready, no condition written. Negative: no cap.
-#[derive(Clone)]
-struct Readiness(std::sync::Arc<std::sync::atomic::AtomicI32>);
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Self(std::sync::Arc::new(std::sync::atomic::AtomicI32::new(-1)))
-    }
-}
-
-impl Readiness {
-    fn withheld() -> Self {
-        let r = Self::default();
-        r.withhold(true);
-        r
-    }
-    /// No candidate pod ready (`true`), or every one (`false`).
-    fn withhold(&self, on: bool) {
-        self.cap(if on { 0 } else { -1 });
-    }
-    /// At most `n` candidate pods ready.
-    fn cap(&self, n: i32) {
-        self.0.store(n, std::sync::atomic::Ordering::SeqCst);
-    }
-    /// The ready replicas `deployment` may report, when capped below `replicas`.
-    fn capped(&self, deployment: &str, replicas: i32) -> Option<i32> {
-        let cap = self.0.load(std::sync::atomic::Ordering::SeqCst);
-        (cap >= 0
-            && cap < replicas
-            && (deployment.ends_with("-canary") || deployment.ends_with("-preview")))
-        .then_some(cap)
-    }
-}
-
 /// A cluster whose candidate pods never become ready until `readiness.withhold(false)`.
 fn cluster_withholding(readiness: &Readiness) -> KubernetesTarget {
     cluster_built(4, Vec::new(), None, readiness.clone())
@@ -187,83 +105,13 @@ fn cluster_built(
     funcs: Option<kube_fake_client::interceptor::Funcs>,
     readiness: Readiness,
 ) -> KubernetesTarget {
-    let runtime = kubernetes::runtime().expect("runtime");
     let mut objects = vec![stable_deployment(replicas), stable_service(), route()];
     objects.extend(extra);
-    let mut builder = kube_fake_client::ClientBuilder::new()
-        .with_resource::<HttpRoute>()
-        .with_status_subresource::<Deployment>()
-        .with_runtime_objects(objects);
-    if let Some(funcs) = funcs {
-        builder = builder.with_interceptor_funcs(funcs);
-    }
-    let client = runtime.block_on(builder.build()).expect("fake client");
-    let target = KubernetesTarget::new(runtime, client.clone()).with_timing(Timing {
-        promote_wait: Duration::from_secs(10),
-        poll: Duration::from_millis(1),
-        call_timeout: Duration::from_secs(10),
-    });
-    target.spawn(async move {
-        loop {
-            let _ = controller_pass_in(&client, NS, &readiness).await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
-    target
+    cluster::deployments_cluster(objects, funcs, NS, readiness)
 }
 
 fn cluster() -> KubernetesTarget {
     cluster_with(4, Vec::new())
-}
-
-/// What the Deployment controller and kubelet would report: every Deployment rolled
-/// out at its generation, except those running a `broken` image (past their progress
-/// deadline) and candidates whose readiness is withheld (no pod ready, no condition).
-async fn controller_pass_in(
-    client: &kube::Client,
-    ns: &str,
-    readiness: &Readiness,
-) -> Result<(), kube::Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for d in api.list(&ListParams::default()).await?.items {
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let broken = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .is_some_and(|p| {
-                p.containers
-                    .iter()
-                    .any(|c| c.image.as_deref().is_some_and(|i| i.contains("broken")))
-            });
-        let status = if let Some(ready) = readiness.capped(&name, replicas) {
-            json!({ "status": {
-                "observedGeneration": d.metadata.generation, "replicas": replicas,
-                "updatedReplicas": replicas, "availableReplicas": ready, "readyReplicas": ready } })
-        } else if broken {
-            json!({ "status": {
-                "observedGeneration": d.metadata.generation, "replicas": replicas,
-                "updatedReplicas": replicas, "availableReplicas": 0,
-                "conditions": [ { "type": "Progressing", "status": "False",
-                                  "reason": "ProgressDeadlineExceeded",
-                                  "message": "ReplicaSet has timed out progressing." } ] } })
-        } else {
-            json!({ "status": {
-                "observedGeneration": d.metadata.generation, "replicas": replicas,
-                "updatedReplicas": replicas, "availableReplicas": replicas, "readyReplicas": replicas,
-                "conditions": [ { "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" } ] } })
-        };
-        let now = serde_json::to_value(&d.status).unwrap_or(Value::Null);
-        if now.get("observedGeneration") != status["status"].get("observedGeneration")
-            || now.get("availableReplicas") != status["status"].get("availableReplicas")
-            || now.get("replicas") != status["status"].get("replicas")
-        {
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 fn deployment(t: &KubernetesTarget, name: &str) -> Option<Deployment> {
@@ -359,29 +207,26 @@ fn snapshot(t: &KubernetesTarget) -> Value {
 /// with every replica ready: the candidate can take traffic.
 fn wait_rolled_out(t: &KubernetesTarget) {
     let api: Api<Deployment> = Api::namespaced(t.client(), NS);
-    for _ in 0..1000 {
-        let all = t.block_on(api.list(&ListParams::default())).expect("list");
-        if all.items.iter().all(|d| {
-            let s = d.status.clone().unwrap_or_default();
-            s.observed_generation >= d.metadata.generation
-                && s.ready_replicas.unwrap_or(0) == replicas(d)
-        }) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("the stand-in controller never caught up");
+    wait_until(
+        "the stand-in controller catches up",
+        Duration::from_secs(10),
+        || {
+            let all = t.block_on(api.list(&ListParams::default())).expect("list");
+            all.items.iter().all(|d| {
+                let s = d.status.clone().unwrap_or_default();
+                s.observed_generation >= d.metadata.generation
+                    && s.ready_replicas.unwrap_or(0) == replicas(d)
+            })
+        },
+    );
 }
 
 fn settle(t: &mut KubernetesTarget, plan: &Plan, desired: &Desired) -> TargetHealth {
     let mut last = TargetHealth::Progressing;
-    for _ in 0..500 {
+    poll_until(Duration::from_secs(10), || {
         last = t.health(plan, desired);
-        if last == TargetHealth::Healthy {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        last == TargetHealth::Healthy
+    });
     last
 }
 
@@ -803,13 +648,10 @@ fn a_candidate_past_its_progress_deadline_is_unhealthy() {
         weight: 0,
     };
     let mut last = TargetHealth::Progressing;
-    for _ in 0..500 {
+    poll_until(Duration::from_secs(10), || {
         last = t.health(&p, &d);
-        if last != TargetHealth::Progressing {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        last != TargetHealth::Progressing
+    });
     assert!(
         matches!(&last, TargetHealth::Unhealthy { reason } if reason.contains("ProgressDeadlineExceeded")),
         "{last:?}"
@@ -848,7 +690,7 @@ fn regression_traffic_never_moves_to_a_canary_that_is_not_ready() {
             TargetHealth::Progressing,
             "not serving: the canary is not ready"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        readiness.caught_up(&t);
     }
     assert_eq!(weights(&t), (Some(100), Some(0)));
     // When its pods become ready, the next passes move the weight and call it serving
@@ -884,7 +726,7 @@ fn regression_the_stable_keeps_its_replicas_until_the_canary_is_ready() {
             4,
             "the stable keeps every replica while the canary has no ready one"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        readiness.caught_up(&t);
     }
     readiness.withhold(false);
     assert_eq!(
@@ -916,7 +758,7 @@ fn regression_blue_green_switches_only_to_a_ready_preview() {
                 t.health(&p, &desired(V1, Some(V2), 100)),
                 TargetHealth::Progressing
             );
-            std::thread::sleep(Duration::from_millis(2));
+            readiness.caught_up(&t);
         }
         readiness.withhold(false);
         assert_eq!(
@@ -950,13 +792,10 @@ fn a_canary_not_ready_within_the_progress_deadline_is_unhealthy_without_traffic(
         let asked = std::time::Instant::now();
         t.set_weight(&p, 20).expect("weight");
         let mut last = TargetHealth::Progressing;
-        while asked.elapsed() < Duration::from_secs(3) {
+        poll_until(Duration::from_secs(3), || {
             last = t.health(&p, &desired(V1, Some(V2), 20));
-            if last != TargetHealth::Progressing {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            last != TargetHealth::Progressing
+        });
         assert!(
             asked.elapsed() >= Duration::from_millis(300),
             "not before the deadline (route: {route})"
@@ -1132,14 +971,7 @@ fn regression_a_deployment_without_the_opt_in_label_is_refused_and_nothing_is_cr
 
 #[test]
 fn a_missing_stable_deployment_holds_the_rollout() {
-    let runtime = kubernetes::runtime().expect("runtime");
-    let client = runtime
-        .block_on(
-            kube_fake_client::ClientBuilder::new()
-                .with_resource::<HttpRoute>()
-                .build(),
-        )
-        .expect("fake client");
+    let (runtime, client) = cluster::api(Vec::new(), None);
     let mut t = KubernetesTarget::new(runtime, client);
     let p = plan(true);
     assert!(t.start_candidate(&p, V2).is_err());
@@ -1198,6 +1030,24 @@ fn kubernetes_passes_the_target_contract_with_replica_ratio() {
     assert_eq!(replicas(&deployment(&t, "web").expect("stable")), 4);
 }
 
+/// The Deployments target on its own, without the Kubernetes target routing to it, on
+/// the same in-memory cluster, in every traffic mode: route weights, replica ratio, and
+/// blue-green by the route and by the selector.
+#[test]
+fn the_deployments_target_alone_passes_the_target_contract() {
+    for p in [
+        plan(true),
+        plan(false),
+        bg_plan(true, "0s"),
+        bg_plan(false, "0s"),
+    ] {
+        let t = cluster();
+        let mut d = Deployments::new(t.connection()).with_timing(cluster::QUICK);
+        contract::run(&mut d, &p, Some(V1), V2, V3, 500, Duration::from_millis(2));
+        assert_eq!(image(&deployment(&t, "web").expect("stable"), "app"), V2);
+    }
+}
+
 /// Why rollgate applies a whole `rules` list: the CRD declares `rules` and `backendRefs`
 /// `x-kubernetes-list-type: atomic`, so no server-side apply can own only the weights.
 #[test]
@@ -1241,42 +1091,6 @@ fn httproute_rules_and_backend_refs_are_atomic_lists_in_the_crd() {
     );
 }
 
-/// The (apiGroup, resource) a server-side apply of an *absent* object creates, or `None`
-/// (not an apply, or the object exists). A real API server authorizes such an apply as
-/// `create` as well as `patch`; the fake reports every apply as a PATCH and creates the
-/// object silently, so this asks the fake, before the call, whether the object exists.
-fn apply_creates(
-    ctx: &kube_fake_client::interceptor::PatchContext<'_>,
-) -> Option<(&'static str, &'static str)> {
-    if ctx.patch_type != kube_fake_client::PatchType::ApplyPatch {
-        return None;
-    }
-    fn exists<T>(r: kube_fake_client::Result<T>) -> bool {
-        match r {
-            Ok(_) => true,
-            Err(kube_fake_client::Error::NotFound { .. }) => false,
-            Err(e) => panic!("cannot look the applied object up: {e}"),
-        }
-    }
-    let (ns, name) = (ctx.namespace, ctx.name);
-    let (resource, present) = match ctx.patch["kind"].as_str() {
-        Some("Deployment") => (
-            ("apps", "deployments"),
-            exists(ctx.client.get::<Deployment>(ns, name)),
-        ),
-        Some("Service") => (
-            ("", "services"),
-            exists(ctx.client.get::<Service>(ns, name)),
-        ),
-        Some("HTTPRoute") => (
-            ("gateway.networking.k8s.io", "httproutes"),
-            exists(ctx.client.get::<HttpRoute>(ns, name)),
-        ),
-        other => panic!("an apply of kind {other:?}: teach apply_creates to look it up"),
-    };
-    (!present).then_some(resource)
-}
-
 /// Every verb the target sends to the API server is one `deploy/kubernetes` grants
 /// (through `kubernetes::RBAC`, which `tests/deploy_manifests.rs` compares with the
 /// ClusterRole), as the API server authorizes it: a server-side apply that creates its
@@ -1286,77 +1100,13 @@ fn apply_creates(
 /// resources are checked by reading the code against `RBAC`'s documentation.
 #[test]
 fn the_target_sends_only_verbs_rbac_grants() {
-    use kube_fake_client::interceptor::Funcs;
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<std::collections::BTreeSet<&'static str>>> = Arc::default();
-    let record = |verb: &'static str| {
-        let seen = Arc::clone(&seen);
-        move || {
-            seen.lock().expect("lock").insert(verb);
-        }
-    };
+    let verbs = Verbs::default();
     for gateway in [true, false] {
-        let apply_created = record("create");
-        let (get, create, update, replace, delete, list, patch, watch) = (
-            record("get"),
-            record("create"),
-            record("update"),
-            record("replace"),
-            record("delete"),
-            record("list"),
-            record("patch"),
-            record("watch"),
-        );
-        let funcs = Funcs::new()
-            .get(move |_| {
-                get();
-                Ok(None)
-            })
-            .create(move |_| {
-                create();
-                Ok(None)
-            })
-            .update(move |_| {
-                update();
-                Ok(None)
-            })
-            .replace(move |_| {
-                replace();
-                Ok(None)
-            })
-            .delete(move |_| {
-                delete();
-                Ok(None)
-            })
-            .list(move |_| {
-                list();
-                Ok(None)
-            })
-            .patch(move |ctx| {
-                if apply_creates(&ctx).is_some() {
-                    apply_created();
-                }
-                patch();
-                Ok(None)
-            })
-            .watch(move |_| {
-                watch();
-                Ok(None)
-            });
+        let funcs = verbs.interceptor_also(|ctx| apply_creates(ctx).map(|_| "create"));
         // No controller here (it lists): the stable starts out rolled out.
         let mut stable = stable_deployment(4);
         stable["status"] = json!({ "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4 });
-        let runtime = kubernetes::runtime().expect("runtime");
-        let client = runtime
-            .block_on(
-                kube_fake_client::ClientBuilder::new()
-                    .with_resource::<HttpRoute>()
-                    .with_status_subresource::<Deployment>()
-                    .with_runtime_objects(vec![stable, stable_service(), route()])
-                    .with_interceptor_funcs(funcs)
-                    .build(),
-            )
-            .expect("fake client");
+        let (runtime, client) = cluster::api(vec![stable, stable_service(), route()], Some(funcs));
         let mut t = KubernetesTarget::new(runtime, client);
         let p = plan(gateway);
         t.start_candidate(&p, V2).expect("start");
@@ -1374,12 +1124,11 @@ fn the_target_sends_only_verbs_rbac_grants() {
         t.promote(&p, V2).expect("promote");
         assert_eq!(image(&deployment(&t, "web").expect("stable"), "app"), V2);
     }
-    let granted: std::collections::BTreeSet<&str> = kubernetes::RBAC
-        .iter()
-        .flat_map(|(_, _, verbs)| verbs.iter().copied())
-        .collect();
-    let seen = seen.lock().expect("lock").clone();
-    assert_eq!(seen, granted, "verbs sent vs verbs granted");
+    assert_eq!(
+        verbs.seen(),
+        cluster::granted(kubernetes::RBAC),
+        "verbs sent vs verbs granted"
+    );
 }
 
 /// A real API server refused the canary (issue #15): an apply that creates its object
@@ -1425,17 +1174,7 @@ fn regression_an_apply_that_creates_the_canary_is_authorized_as_create() {
         });
         let mut stable = stable_deployment(4);
         stable["status"] = json!({ "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4 });
-        let runtime = kubernetes::runtime().expect("runtime");
-        let client = runtime
-            .block_on(
-                kube_fake_client::ClientBuilder::new()
-                    .with_resource::<HttpRoute>()
-                    .with_status_subresource::<Deployment>()
-                    .with_runtime_objects(vec![stable, stable_service(), route()])
-                    .with_interceptor_funcs(funcs)
-                    .build(),
-            )
-            .expect("fake client");
+        let (runtime, client) = cluster::api(vec![stable, stable_service(), route()], Some(funcs));
         let mut t = KubernetesTarget::new(runtime, client);
         t.start_candidate(&p, V2).expect("start");
         t.set_weight(&p, 100).expect("weight");
@@ -1509,7 +1248,8 @@ fn e2e_contract_on_a_real_cluster() {
         let (client, ns) = (client.clone(), ns.clone());
         t.spawn(async move {
             loop {
-                let _ = controller_pass_in(&client, &ns, &Readiness::default()).await;
+                let _ =
+                    cluster::deployment_controller_pass(&client, &ns, &Readiness::default()).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -1569,7 +1309,11 @@ fn e2e_contract_on_a_real_cluster() {
             &apply,
             &Patch::Apply(&crd),
         )) {
-            Ok(_) => std::thread::sleep(Duration::from_secs(3)), // let discovery see it
+            // Wait until the API serves the new kind.
+            Ok(_) => wait_until("the API serves httproutes", Duration::from_secs(60), || {
+                t.block_on(routes.list(&ListParams::default().limit(1)))
+                    .is_ok()
+            }),
             Err(e) => println!("could not install the HTTPRoute CRD: {e}"),
         }
         let mut route = with_ns(route());

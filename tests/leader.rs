@@ -6,8 +6,10 @@
 //! clock passed in by the test: given a leader, when time passes and it renews (or
 //! stops renewing, or fails to renew), then exactly these processes may act.
 
+mod support;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use kube_fake_client::interceptor::Funcs;
 use rollgate::leader::{Leadership, LeaseConfig, LeaseElector, Role};
+use support::cluster::Verbs;
 
 const NS: &str = "rollgate";
 const NAME: &str = "rollgate";
@@ -31,14 +34,7 @@ impl Cluster {
     }
 
     fn with(funcs: Funcs) -> Self {
-        let runtime = rollgate::target::kubernetes::runtime().expect("runtime");
-        let client = runtime
-            .block_on(
-                kube_fake_client::ClientBuilder::new()
-                    .with_interceptor_funcs(funcs)
-                    .build(),
-            )
-            .expect("fake client");
+        let (runtime, client) = support::cluster::api(Vec::new(), Some(funcs));
         Self { runtime, client }
     }
 
@@ -327,56 +323,8 @@ fn a_released_lease_is_taken_at_the_next_round() {
 /// (`deploy_manifests.rs` compares `RBAC` with the Role). A PUT is RBAC's `update`.
 #[test]
 fn the_elector_sends_exactly_the_verbs_rbac_lists() {
-    let seen: Arc<Mutex<std::collections::BTreeSet<&'static str>>> = Arc::default();
-    let record = |verb: &'static str| {
-        let seen = Arc::clone(&seen);
-        move || {
-            seen.lock().expect("lock").insert(verb);
-        }
-    };
-    let (get, create, replace, update, patch, delete, list, watch) = (
-        record("get"),
-        record("create"),
-        record("update"),
-        record("patch(update)"),
-        record("patch"),
-        record("delete"),
-        record("list"),
-        record("watch"),
-    );
-    let funcs = Funcs::new()
-        .get(move |_| {
-            get();
-            Ok(None)
-        })
-        .create(move |_| {
-            create();
-            Ok(None)
-        })
-        .replace(move |_| {
-            replace();
-            Ok(None)
-        })
-        .update(move |_| {
-            update();
-            Ok(None)
-        })
-        .patch(move |_| {
-            patch();
-            Ok(None)
-        })
-        .delete(move |_| {
-            delete();
-            Ok(None)
-        })
-        .list(move |_| {
-            list();
-            Ok(None)
-        })
-        .watch(move |_| {
-            watch();
-            Ok(None)
-        });
+    let verbs = Verbs::default();
+    let funcs = verbs.interceptor();
     let api = Cluster::with(funcs);
     let (mut a, mut b) = (api.elector("a"), api.elector("b"));
     api.round(&mut a, t(0.0));
@@ -392,7 +340,7 @@ fn the_elector_sends_exactly_the_verbs_rbac_lists() {
             verbs.iter().copied()
         })
         .collect();
-    assert_eq!(*seen.lock().expect("lock"), granted);
+    assert_eq!(verbs.seen(), granted);
 }
 
 /// The daemon's handle, on the real clock: it leads within a round, keeps leading

@@ -1,7 +1,10 @@
 //! Test fixtures shared by the integration tests: real repositories, bare remotes,
-//! and the real `git` CLI playing the human.
+//! and the real `git` CLI playing the human; an in-memory Kubernetes API with its
+//! stand-in controllers (`cluster`). Every test binary that says `mod support;`
+//! compiles all of it, hence the `allow(dead_code)` below.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod git_servers;
 pub mod github;
 pub mod local;
