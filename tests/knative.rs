@@ -15,10 +15,10 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use rollgate::engine::{Measurement, TargetHealth};
 use rollgate::model::Plan;
 use rollgate::target::knative::{self, CANDIDATE_TAG, KnativeTarget};
-use rollgate::target::kubernetes::{KubernetesTarget, Timing};
+use rollgate::target::kubernetes::KubernetesTarget;
 use rollgate::target::{Desired, Target, contract};
 use serde_json::{Value, json};
-use support::cluster::{self, poll_until, wait_until};
+use support::cluster::{self, E2E_SKIPPED, e2e_target, poll_until, wait_until};
 
 const NS: &str = "web";
 const V1: &str = "registry.example/hello@sha256:1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111111111aaaaaaaaaa1111";
@@ -604,37 +604,6 @@ fn the_target_calls_only_what_rbac_grants_for_knative() {
         );
     }
 }
-
-/// The opt-in suites' target: the kubeconfig's user, or every call impersonating the
-/// user `ROLLGATE_E2E_IMPERSONATE` names (`system:serviceaccount:rollgate:rollgate`:
-/// `deploy/`'s rights, which must be installed); and a client for the test's own setup
-/// (namespaces, CRDs, the user's objects, simulated readiness) that never impersonates.
-fn e2e_target(path: &std::path::Path) -> (KubernetesTarget, kube::Client) {
-    let user = std::env::var("ROLLGATE_E2E_IMPERSONATE").ok();
-    if let Some(user) = &user {
-        println!("the target impersonates {user}; the test's setup does not");
-    }
-    let t = KubernetesTarget::from_kubeconfig_as(Some(path), None, user.as_deref())
-        .expect("kubeconfig")
-        .with_timing(Timing {
-            promote_wait: Duration::from_secs(180),
-            poll: Duration::from_secs(1),
-            call_timeout: Duration::from_secs(30),
-        });
-    let setup = t
-        .block_on(async {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-            Ok::<_, kube::config::KubeconfigError>(kube::Client::try_from(config))
-        })
-        .expect("kubeconfig")
-        .expect("setup client");
-    (t, setup)
-}
-
-/// What an opt-in suite prints when it does not run.
-const E2E_SKIPPED: &str = "SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set (with it: ROLLGATE_E2E_IMPERSONATE=system:serviceaccount:NS:NAME runs the target as that account, ROLLGATE_E2E_SIMULATE_READINESS=1 plays the controllers where none run)";
 
 /// What a user's GitOps tool does before any rollout, the way a real API server sees
 /// it: apply the Service (no `status`: see [`user_service_spec`]) and its first

@@ -1,6 +1,7 @@
 //! An in-memory Kubernetes API server (`kube-fake-client`) for the tests of the cluster
 //! targets and of leader election: the API, stand-ins for the controllers a real
-//! cluster runs beside rollgate, and an interceptor that records the verbs sent.
+//! cluster runs beside rollgate, and an interceptor that records the verbs sent; and
+//! the target of the opt-in suites against a real cluster ([`e2e_target`]).
 //!
 //! Invariants: every API built here serves the kinds rollgate reads or writes
 //! (Deployments, Services and Leases built in; HTTPRoute and Knative's Service and
@@ -539,3 +540,34 @@ pub fn apply_creates(ctx: &PatchContext<'_>) -> Option<(&'static str, &'static s
     };
     (!present).then_some(resource)
 }
+
+/// The opt-in suites' target: the kubeconfig's user, or every call impersonating the
+/// user `ROLLGATE_E2E_IMPERSONATE` names (`system:serviceaccount:rollgate:rollgate`:
+/// `deploy/`'s rights, which must be installed); and a client for the test's own setup
+/// (namespaces, CRDs, the user's objects, simulated readiness) that never impersonates.
+pub fn e2e_target(path: &std::path::Path) -> (KubernetesTarget, kube::Client) {
+    let user = std::env::var("ROLLGATE_E2E_IMPERSONATE").ok();
+    if let Some(user) = &user {
+        println!("the target impersonates {user}; the test's setup does not");
+    }
+    let t = KubernetesTarget::from_kubeconfig_as(Some(path), None, user.as_deref())
+        .expect("kubeconfig")
+        .with_timing(Timing {
+            promote_wait: Duration::from_secs(180),
+            poll: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(30),
+        });
+    let setup = t
+        .block_on(async {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            Ok::<_, kube::config::KubeconfigError>(kube::Client::try_from(config))
+        })
+        .expect("kubeconfig")
+        .expect("setup client");
+    (t, setup)
+}
+
+/// What an opt-in suite prints when it does not run.
+pub const E2E_SKIPPED: &str = "SKIPPED: ROLLGATE_E2E_KUBECONFIG is not set (with it: ROLLGATE_E2E_IMPERSONATE=system:serviceaccount:NS:NAME runs the target as that account, ROLLGATE_E2E_SIMULATE_READINESS=1 plays the controllers where none run)";
