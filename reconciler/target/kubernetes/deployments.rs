@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DynamicObject, PatchParams};
 
 use super::deployment::{image_of, replicas_of};
+use super::readiness::Share;
 use super::{
     CANARY_SUFFIX, Connection, FIELD_MANAGER, OPT_IN, PREVIEW_SUFFIX, Rollout, TOTAL_ANNOTATION,
     TRACK, Timing, api_err, canary_replicas, http_route, opted_in, rollout_of, route_weights,
@@ -28,8 +29,6 @@ use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
 use crate::model::plan::{BlueGreen, KubernetesWorkload, Strategy, Traffic, Workload};
 use crate::target::{Desired, Target, TargetError};
-
-use super::readiness::Share;
 
 /// Rollouts of `kubernetes` workloads (Deployments) on a shared cluster connection.
 pub struct Deployments {
