@@ -290,6 +290,53 @@ mod tests {
         );
     }
 
+    /// The contract over the builtin source: the live one reads a proxy's counters given
+    /// 96 successes and 4 5xx of v2; the dead one reads a data plane whose socket nobody
+    /// listens on (how production reads the counters, and how it finds none).
+    #[test]
+    fn builtin_passes_the_metrics_source_contract() {
+        let stats = Arc::new(Stats::new());
+        let data_from = chrono::Utc::now();
+        for _ in 0..96 {
+            stats.record("v2", 200, Duration::from_millis(10));
+        }
+        for _ in 0..4 {
+            stats.record("v2", 503, Duration::from_millis(800));
+        }
+        let registry: Registry = Arc::default();
+        registry
+            .lock()
+            .expect("not poisoned")
+            .insert("checkout".to_owned(), stats);
+        let mut live = Builtin::new(registry);
+        let no_plane = tempfile::tempdir().expect("tmp");
+        let mut dead = Builtin::with(vec![Arc::new(
+            crate::dataplane::client::DataPlaneCounters::new(no_plane.path().to_path_buf()),
+        )]);
+        let hour = |version| QueryContext {
+            window: Duration::from_secs(3600),
+            ..ctx("checkout", version)
+        };
+        let question = |query, version| crate::metrics::contract::Question {
+            check: check(query),
+            ctx: hour(version),
+        };
+        crate::metrics::contract::run(
+            &mut live,
+            &mut dead,
+            &crate::metrics::contract::Cases {
+                unreachable: question("success-rate", "v2"),
+                // A version that served no request.
+                empty: question("success-rate", "v3"),
+                counted: question("success-rate", "v2"),
+                value: 0.96,
+                tolerance: 1e-9,
+                samples: 100,
+                data_from,
+            },
+        );
+    }
+
     #[test]
     fn unknown_plan_and_queries_are_errors() {
         let mut b = source();

@@ -4,9 +4,11 @@
 //! `prometheus.rs`, `cloudwatch.rs` for Lambda's metrics). A source answers one check for one version over a window;
 //! an unreachable source or an empty result is an error or a measurement without a
 //! value, which the judge treats as inconclusive, never as a pass.
+//! `contract` holds the test every implementation must pass.
 
 pub mod builtin;
 pub mod cloudwatch;
+pub mod contract;
 pub mod factory;
 pub mod prometheus;
 
