@@ -149,3 +149,94 @@ impl Target for DryRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract;
+    use super::*;
+
+    fn plan(strategy: &str) -> Plan {
+        crate::model::validate::parse_plan(
+            "plans/p.yaml",
+            &format!(
+                "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: t\n  workload:\n    local: {{ command: [srv], listen: \"127.0.0.1:9\" }}\n  artifact: v2\n  strategy:\n    {strategy}\n"
+            ),
+            None,
+        )
+        .expect("plan parses")
+        .plan
+    }
+
+    fn canary() -> Plan {
+        plan("canary: { steps: [ { setWeight: 100 } ] }")
+    }
+
+    #[test]
+    fn dry_run_passes_the_target_contract() {
+        let mut t = DryRun::new();
+        contract::run(
+            &mut t,
+            &canary(),
+            None,
+            "v2",
+            "v3",
+            1,
+            std::time::Duration::ZERO,
+        );
+        // Re-applying steps is visible but harmless: the state is the same.
+        assert_eq!(t.workload("p").stable.as_deref(), Some("v2"));
+    }
+
+    /// `rollgate run --dry-run` builds its target with a journal: that one passes the
+    /// contract too, for a canary and a blue-green plan, and again after a restart that
+    /// rebuilt its state from the journal (the stable version then already there).
+    #[test]
+    fn the_journalled_dry_run_of_run_dry_run_passes_the_target_contract() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("journal");
+        let canary = canary();
+        let blue_green = plan("blueGreen: { autoPromote: true }");
+        let mut t = DryRun::with_journal(path.clone());
+        for p in [&canary, &blue_green] {
+            contract::run(&mut t, p, None, "v2", "v3", 1, std::time::Duration::ZERO);
+        }
+        drop(t);
+        let mut again = DryRun::with_journal(path.clone());
+        assert_eq!(
+            again.workload("p"),
+            Workload {
+                stable: Some("v2".to_owned()),
+                candidate: None,
+                weight: 0
+            }
+        );
+        contract::run(
+            &mut again,
+            &canary,
+            Some("v2"),
+            "v4",
+            "v5",
+            1,
+            std::time::Duration::ZERO,
+        );
+        assert_eq!(
+            DryRun::with_journal(path).workload("p").stable.as_deref(),
+            Some("v4")
+        );
+    }
+
+    #[test]
+    fn the_journal_restores_state_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("journal");
+        let plan = canary();
+        {
+            let mut t = DryRun::with_journal(path.clone());
+            t.start_candidate(&plan, "v2").expect("start");
+            t.set_weight(&plan, 25).expect("weight");
+        }
+        let t = DryRun::with_journal(path);
+        assert_eq!(t.workload("p").candidate.as_deref(), Some("v2"));
+        assert_eq!(t.workload("p").weight, 25);
+    }
+}
