@@ -290,6 +290,52 @@ fn threshold() -> Judge {
     }
 }
 
+/// The shared `MetricsSource` contract over CloudWatch on moto: version 2 given 1000
+/// invocations and 5 errors, version 3 none; the dead source's endpoint is a loopback
+/// port nobody listens on.
+#[test]
+fn cloudwatch_passes_the_metrics_source_contract() {
+    let fx = Fixture::new("cw-contract");
+    let data_from = Utc::now() - chrono::Duration::seconds(10);
+    fx.publish_metrics("2", 1000.0, 5.0, &[]);
+    let mut live = fx.cloudwatch_source();
+    let mut dead = Cloudwatch::new(
+        rollgate::target::lambda::AwsAccess {
+            region: REGION.to_owned(),
+            endpoint: Some(format!("http://127.0.0.1:{}", support::free_port())),
+            profile: None,
+        },
+        Duration::from_secs(5),
+    )
+    .expect("source")
+    .with_credentials(moto::creds());
+    let p = plan(&fx.function);
+    let question = |version| rollgate::metrics::contract::Question {
+        check: check("success-rate", threshold()),
+        ctx: QueryContext {
+            plan: "pay",
+            version,
+            baseline: Some("1"),
+            window: Duration::from_secs(45),
+            workload: Some(&p.workload),
+        },
+    };
+    rollgate::metrics::contract::run(
+        &mut live,
+        &mut dead,
+        &rollgate::metrics::contract::Cases {
+            unreachable: question("2"),
+            // A published version nobody invoked.
+            empty: question("3"),
+            counted: question("2"),
+            value: 0.995,
+            tolerance: 1e-12,
+            samples: 1000,
+            data_from,
+        },
+    );
+}
+
 #[test]
 fn cloudwatch_measures_each_version_by_its_executed_version_dimension() {
     let fx = Fixture::new("cloudwatch");
