@@ -4,7 +4,11 @@
 //! Given the daemon as a subprocess, a bare remote, the demo service behind the proxy
 //! and real HTTP load: a candidate with a higher error rate is rolled back; an equally
 //! good candidate passes; stopping Prometheus mid-analysis holds the rollout (no
-//! promotion) and it resumes when Prometheus returns.
+//! promotion) and it resumes when Prometheus returns. The `MetricsSource` contract runs
+//! against the same server, over series its recording rules hold.
+//!
+//! Without a `prometheus` binary every test fails, saying how to get one (never a silent
+//! pass): `bash .ci/test` installs Debian's package.
 
 mod support;
 
@@ -19,11 +23,22 @@ use std::time::{Duration, Instant};
 use rollgate::demo::load::Generator;
 use rollgate::model::status::Status;
 
-fn prometheus_binary() -> Option<PathBuf> {
-    ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+/// The Prometheus server binary: Debian's, or one on PATH; without one, the test fails.
+fn prometheus_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/bin", "/usr/local/bin"]
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.exists())
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join("prometheus"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "these tests need a Prometheus server: run the README test command (bash .ci/test), \
+                 which installs Debian's prometheus package (no prometheus in /usr/bin, \
+                 /usr/local/bin or on PATH)"
+            )
+        })
 }
 
 /// A Prometheus server on a free loopback port, scraping `target` every second.
@@ -35,15 +50,19 @@ struct Prom {
 
 impl Prom {
     fn start(dir: &Path, port: u16, target: u16) -> Self {
-        std::fs::create_dir_all(dir).expect("prom dir");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
+        Self::with_config(
+            dir,
+            port,
+            &format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rollgate-proxy\n    metrics_path: /.rollgate/metrics\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
             ),
         )
-        .expect("config");
+    }
+
+    /// A server on `port` with `config` as its `prometheus.yml` (in `dir`).
+    fn with_config(dir: &Path, port: u16, config: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("prom dir");
+        std::fs::write(dir.join("prometheus.yml"), config).expect("config");
         let mut me = Self {
             child: None,
             port,
@@ -54,7 +73,7 @@ impl Prom {
     }
 
     fn resume(&mut self) {
-        let bin = prometheus_binary().expect("prometheus installed");
+        let bin = prometheus_binary();
         let child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",
@@ -199,7 +218,8 @@ impl World {
             .arg(&remote.bare)
             .args(["--interval", "200ms", "--state-dir"])
             .arg(&state)
-            .env("RUST_LOG", "info")
+            // The daemon's measurements (debug) tell a test when an analysis is under way.
+            .env("RUST_LOG", "info,rollgate::daemon=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(state.join("daemon.log")).expect("log"),
@@ -308,6 +328,14 @@ impl World {
         }
     }
 
+    /// The daemon has measured a check and got a value (its debug log says so).
+    fn measured_a_value(&self) -> bool {
+        std::fs::read_to_string(self.state.join("daemon.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(" measured ") && l.contains("value=Some("))
+    }
+
     fn commit(&self, artifact: &str, analysis: &str) {
         let proxy = self.proxy;
         self.remote.human_commit(
@@ -326,19 +354,19 @@ impl Drop for World {
     }
 }
 
-fn skip_without_prometheus() -> bool {
-    if prometheus_binary().is_none() {
-        eprintln!("SKIPPED: no prometheus binary; `bash .ci/test` installs the Debian package");
-        return true;
+/// For `hold`, the status read again and again must keep satisfying `still` (a period
+/// in which nothing may happen: the passing time is what is tested, each read checked).
+fn stays(world: &World, what: &str, hold: Duration, still: impl Fn(&Status) -> bool) {
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        let s = world.status().expect("status");
+        assert!(still(&s), "{what}: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    false
 }
 
 #[test]
 fn a_candidate_with_more_errors_is_rolled_back_on_prometheus_evidence() {
-    if skip_without_prometheus() {
-        return;
-    }
     let world = World::new("8s");
     // When v3, which fails 20% of requests, is committed
     world.commit("v3", "8s");
@@ -362,9 +390,6 @@ fn a_candidate_with_more_errors_is_rolled_back_on_prometheus_evidence() {
 
 #[test]
 fn an_equally_good_candidate_passes_on_prometheus_evidence() {
-    if skip_without_prometheus() {
-        return;
-    }
     let world = World::new("6s");
     world.commit("v2", "6s");
     let s = world.wait("v2 stable", Duration::from_secs(60), |s| {
@@ -387,15 +412,16 @@ fn an_equally_good_candidate_passes_on_prometheus_evidence() {
 
 #[test]
 fn prometheus_down_mid_analysis_holds_and_the_rollout_resumes_when_it_returns() {
-    if skip_without_prometheus() {
-        return;
-    }
     let mut world = World::new("20s");
     world.commit("v2", "20s");
-    world.wait("v2 analysing", Duration::from_secs(30), |s| {
-        s.candidate == "v2" && s.step == 1 && s.phase.as_str() == "Progressing"
+    // Mid-analysis: the daemon has measured Prometheus's numbers at least once (the
+    // status is written per step, not per measurement: the daemon's log says it).
+    world.wait("v2 measured once", Duration::from_secs(30), |s| {
+        s.candidate == "v2"
+            && s.step == 1
+            && s.phase.as_str() == "Progressing"
+            && world.measured_a_value()
     });
-    std::thread::sleep(Duration::from_secs(2));
     // When Prometheus stops mid-analysis
     world.prom.stop();
     // Then the rollout holds for want of evidence, and is not promoted
@@ -407,16 +433,14 @@ fn prometheus_down_mid_analysis_holds_and_the_rollout_resumes_when_it_returns() 
         Some("metrics"),
         "{held:?}"
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let still = world.status().expect("status");
-    assert_eq!(
-        (still.phase.as_str(), still.candidate.as_str()),
-        ("Held", "v2")
-    );
-    assert_ne!(
-        still.stable.as_deref(),
-        Some("v2"),
-        "promoted without evidence"
+    stays(
+        &world,
+        "held for 3 s, never promoted without evidence",
+        Duration::from_secs(3),
+        |s| {
+            (s.phase.as_str(), s.candidate.as_str()) == ("Held", "v2")
+                && s.stable.as_deref() != Some("v2")
+        },
     );
     // When Prometheus returns, Then the analysis restarts and the rollout finishes
     world.prom.resume();
@@ -442,9 +466,6 @@ fn slo_plan(proxy: u16, artifact: &str) -> String {
 
 #[test]
 fn a_burning_error_budget_holds_the_rollout_on_prometheus_numbers() {
-    if skip_without_prometheus() {
-        return;
-    }
     // Given v1 stable and a plan whose only gate is a 99.9% SLO
     let world = World::new("6s");
     let proxy = world.proxy;
@@ -461,12 +482,92 @@ fn a_burning_error_budget_holds_the_rollout_on_prometheus_numbers() {
     let hold = held.hold.as_ref().expect("a hold");
     assert!(hold.reason.contains("burning"), "{}", hold.reason);
     assert!(held.budget_remaining.is_some(), "{held:?}");
-    std::thread::sleep(Duration::from_secs(3));
-    let still = world.status().expect("status");
-    assert_ne!(
-        still.stable.as_deref(),
-        Some("v3"),
-        "promoted while the budget burns"
+    stays(
+        &world,
+        "for 3 s, neither promoted nor past 25% while the budget burns",
+        Duration::from_secs(3),
+        |s| s.stable.as_deref() != Some("v3") && s.weight <= 25,
     );
-    assert!(still.weight <= 25, "{still:?}");
+}
+
+/// The shared `MetricsSource` contract over a real Prometheus, whose recording rules hold
+/// known series: v2 served 100 requests, 4 of them errors; no series names v3. The dead
+/// source points at a loopback port nobody listens on.
+#[test]
+fn prometheus_passes_the_metrics_source_contract() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        "groups:\n  - name: contract\n    interval: 1s\n    rules:\n      - record: contract_requests\n        expr: vector(100)\n        labels: { version: v2 }\n      - record: contract_errors\n        expr: vector(4)\n        labels: { version: v2 }\n",
+    )
+    .expect("rules");
+    let port = free_port();
+    let data_from = chrono::Utc::now();
+    let _prom = Prom::with_config(
+        dir.path(),
+        port,
+        &format!(
+            "global:\n  evaluation_interval: 1s\nrule_files: ['{}']\n",
+            dir.path().join("rules.yml").display()
+        ),
+    );
+    let client = |port: u16| {
+        rollgate::metrics::prometheus::Prometheus::new(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_secs(2),
+            None,
+        )
+        .expect("client")
+    };
+    let mut live = client(port);
+    // The rules' first evaluation: both series exist.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live
+        .instant("contract_requests + on(version) contract_errors")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not evaluate its recording rules within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut dead = client(free_port());
+    let question = |version| rollgate::metrics::contract::Question {
+        check: rollgate::model::plan::Check {
+            name: "success-rate".to_owned(),
+            source: "prometheus".to_owned(),
+            query: "1 - sum(contract_errors{version=\"{{version}}\"}) / sum(contract_requests{version=\"{{version}}\"})".to_owned(),
+            judge: rollgate::model::plan::Judge::Threshold {
+                min: Some(0.95),
+                max: None,
+            },
+            interval: Duration::from_secs(1),
+            failure_limit: 1,
+            consecutive_error_limit: 2,
+            samples_query: Some("sum(contract_requests{version=\"{{version}}\"})".to_owned()),
+        },
+        ctx: rollgate::metrics::QueryContext {
+            plan: "web",
+            version,
+            baseline: Some("v1"),
+            window: Duration::from_secs(60),
+            workload: None,
+        },
+    };
+    rollgate::metrics::contract::run(
+        &mut live,
+        &mut dead,
+        &rollgate::metrics::contract::Cases {
+            unreachable: question("v2"),
+            empty: question("v3"),
+            counted: question("v2"),
+            value: 0.96,
+            tolerance: 1e-9,
+            samples: 100,
+            data_from,
+        },
+    );
 }
