@@ -73,6 +73,26 @@ fn wait_healthy(t: &mut LocalTarget, plan: &Plan, desired: &rollgate::target::De
     panic!("target never became healthy for {desired:?}");
 }
 
+/// Wait until `load` has seen `more` answers from `version` than it had when called: the
+/// traffic reached that state (bounded: 30 s, then a failure with the counts so far).
+fn served(load: &Generator, version: &str, more: u64, what: &str) {
+    let of = |c: &rollgate::demo::load::Counts| c.ok.get(version).copied().unwrap_or(0);
+    let before = of(&load.counts());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = load.counts();
+        if of(&c) >= before + more {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 30 s waiting for {more} answers from {version} ({what}): {}",
+            c.summary()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn local_target_passes_the_target_contract() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -135,18 +155,19 @@ fn promotion_and_rollback_lose_no_request() {
     t.promote(&plan, "v1").expect("v1 stable");
     // Given steady traffic
     let load = Generator::start(addr, 400);
-    std::thread::sleep(Duration::from_millis(300));
-    // When v2 goes 50% then is promoted, and v4 goes 50% then is rolled back
+    served(&load, "v1", 50, "steady traffic on v1");
+    // When v2 goes 50% then is promoted, and v4 goes 50% then is rolled back, each state
+    // serving traffic before the next
     t.start_candidate(&plan, "v2").expect("start v2");
     t.set_weight(&plan, 50).expect("50%");
-    std::thread::sleep(Duration::from_millis(400));
+    served(&load, "v2", 50, "v2 at 50%");
     t.promote(&plan, "v2").expect("promote v2");
-    std::thread::sleep(Duration::from_millis(400));
+    served(&load, "v2", 100, "v2 promoted");
     t.start_candidate(&plan, "v4").expect("start v4");
     t.set_weight(&plan, 50).expect("50%");
-    std::thread::sleep(Duration::from_millis(400));
+    served(&load, "v4", 20, "v4 at 50%");
     t.rollback(&plan, Some("v2")).expect("rollback");
-    std::thread::sleep(Duration::from_millis(300));
+    served(&load, "v2", 100, "v4 rolled back");
     let counts = load.stop();
     eprintln!("{}", counts.summary());
     // Then every request was answered, and by a healthy version
@@ -345,7 +366,7 @@ fn a_failing_version_is_rolled_back_and_reverted_while_traffic_flows() {
     );
     assert!(!rollback_of.trim().is_empty(), "no revert commit");
     assert_eq!(s.stable.as_deref(), Some("v1"));
-    std::thread::sleep(Duration::from_millis(500));
+    served(&load, "v1", 100, "v1 serving after the rollback");
     let counts = load.stop();
     drop(d);
     // And the only failures were v3's own 500s: at most the first second of v1's start-up

@@ -535,7 +535,8 @@ fn prometheus_passes_the_metrics_source_contract() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut dead = client(free_port());
-    let question = |version| rollgate::metrics::contract::Question {
+    let question = |version| {
+        rollgate::metrics::contract::Question {
         check: rollgate::model::plan::Check {
             name: "success-rate".to_owned(),
             source: "prometheus".to_owned(),
@@ -556,6 +557,7 @@ fn prometheus_passes_the_metrics_source_contract() {
             window: Duration::from_secs(60),
             workload: None,
         },
+    }
     };
     rollgate::metrics::contract::run(
         &mut live,
