@@ -260,6 +260,93 @@ fn the_data_plane_client_passes_the_target_contract() {
     );
 }
 
+/// The builtin metrics source as the daemon reads it: the data plane's counters, over its
+/// socket, of 50 real requests through its proxy to v2 (v3 served none); the dead source
+/// asks a folder where no data plane listens.
+#[test]
+fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
+    use rollgate::dataplane::client::{DataPlaneCounters, DataPlaneTarget, Launch};
+    use rollgate::metrics::builtin::Builtin;
+    use rollgate::metrics::contract::{Cases, Question};
+    use rollgate::target::{Desired, Target};
+    use std::sync::Arc;
+    use std::time::Instant;
+    // Given v2 stable behind the data plane's proxy, serving
+    let plane = Plane::start();
+    let port = support::free_port();
+    let plan = local_plan(port, &plane.marker);
+    let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
+    t.promote(&plan, "v2").expect("v2");
+    let desired = Desired {
+        stable: Some("v2".to_owned()),
+        candidate: None,
+        weight: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = t.health(&plan, &desired);
+        if health == rollgate::engine::TargetHealth::Healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v2 not healthy within 30 s: {health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // When 50 requests go through the proxy
+    let data_from = chrono::Utc::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for i in 0..50 {
+        let (code, body) = rollgate::target::local::http_get(addr, "/", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("request {i} unanswered: {e}"));
+        assert_eq!(code, 200, "request {i}: {body}");
+    }
+    // Then the builtin source reading the data plane keeps the contract
+    let mut live = Builtin::with(vec![Arc::new(DataPlaneCounters::new(
+        plane.dir.path().to_path_buf(),
+    ))]);
+    let nowhere = tempfile::tempdir().expect("tmp");
+    let mut dead = Builtin::with(vec![Arc::new(DataPlaneCounters::new(
+        nowhere.path().to_path_buf(),
+    ))]);
+    let question = |version| Question {
+        check: rollgate::model::plan::Check {
+            name: "success-rate".to_owned(),
+            source: "builtin".to_owned(),
+            query: "success-rate".to_owned(),
+            judge: rollgate::model::plan::Judge::Threshold {
+                min: Some(0.95),
+                max: None,
+            },
+            interval: Duration::from_secs(1),
+            failure_limit: 1,
+            consecutive_error_limit: 2,
+            samples_query: None,
+        },
+        ctx: rollgate::metrics::QueryContext {
+            plan: &plan.name,
+            version,
+            baseline: None,
+            window: Duration::from_secs(600),
+            workload: None,
+        },
+    };
+    rollgate::metrics::contract::run(
+        &mut live,
+        &mut dead,
+        &Cases {
+            unreachable: question("v2"),
+            empty: question("v3"),
+            counted: question("v2"),
+            value: 1.0,
+            tolerance: 0.0,
+            samples: 50,
+            data_from,
+        },
+    );
+}
+
 #[test]
 fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else() {
     use rollgate::dataplane::client::{DataPlaneTarget, Launch};
