@@ -1,0 +1,204 @@
+//! Taking in new commits: the snapshot moved to a new head (changed files only), the
+//! gate over what changed, foreign status edits distrusted, and command commits
+//! collected per plan.
+//!
+//! Invariants: a commit is read once; rollgate's own commits are never commands; a
+//! `status/` file changed by anyone but rollgate is replaced, in what the daemon reads,
+//! by rollgate's last version of it; while the policies do not load, no plan is accepted.
+
+use super::*;
+
+impl Reconciler {
+    /// Take in the commits up to `head`: changed files only, then the gate, then commands.
+    pub(super) fn advance(&mut self, head: Oid, now: DateTime<Utc>) -> Result<()> {
+        let changed = match self.head {
+            Some(old) => {
+                let changed = self.src.changed_paths(Some(old), head)?;
+                self.src
+                    .update_snapshot(&mut self.snapshot, head, &changed)?;
+                self.cache.invalidate(&changed);
+                changed
+            }
+            None => {
+                self.snapshot = self.src.snapshot(head)?;
+                self.cache = GateCache::default();
+                self.snapshot.files.keys().cloned().collect()
+            }
+        };
+        self.distrust_foreign_status(head, &changed)?;
+        let limit = if self.head.is_some() {
+            HISTORY_LIMIT
+        } else {
+            1_000
+        };
+        let commits = self.src.commits_between(self.head, head, limit)?;
+        for c in &commits {
+            self.take_command(c);
+        }
+        let author = commits.last().map(|c| c.author.clone());
+        let cx = GateContext {
+            base: None,
+            change: Change {
+                commit: Some(head.to_string()),
+                author,
+                files: changed.clone(),
+                labels: Vec::new(),
+            },
+            now,
+            only: None,
+            namespaces: self.namespaces.clone(),
+        };
+        let policies_changed =
+            self.head.is_none() || changed.iter().any(|p| p.starts_with("policies/"));
+        if let (Some(loader), true) = (&self.loader, policies_changed) {
+            match loader(&self.snapshot) {
+                Ok(engine) => {
+                    self.policy = Some(engine);
+                    self.policy_errors.clear();
+                }
+                Err(d) => self.policy_errors = d,
+            }
+        }
+        let prev_rejected = std::mem::take(&mut self.report.rejected);
+        self.report =
+            gate::check_with(&self.snapshot, &cx, self.policy.as_deref(), &mut self.cache);
+        if !self.policy_errors.is_empty() {
+            // Fail closed: no plan is accepted while the policies do not load.
+            let all: Vec<String> = self
+                .report
+                .accepted
+                .values()
+                .map(|p| p.file.clone())
+                .collect();
+            self.report.rejected.extend(all);
+            self.report.accepted.clear();
+            self.report
+                .diagnostics
+                .extend(self.policy_errors.iter().cloned());
+        }
+        for d in &self.report.diagnostics {
+            // Log what this change broke (not every old problem again).
+            if changed.contains(&d.file)
+                || !prev_rejected.contains(&d.file) && self.report.rejected.contains(&d.file)
+            {
+                log_diagnostic(d);
+            }
+        }
+        self.rebuild_adapters();
+        let t = crate::telemetry::global();
+        t.accepted_plans.store(
+            self.report.accepted.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        t.rejected_plans.store(
+            self.report.rejected.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.head = Some(head);
+        Ok(())
+    }
+
+    /// Status is rollgate's alone: a `status/` file whose last change at `head` was made
+    /// by a commit rollgate did not write (its trailers and its configured author) is
+    /// replaced, in the snapshot everything reads, by its content as rollgate last wrote
+    /// it. Git keeps the foreign change; the daemon says so and ignores it.
+    pub(super) fn distrust_foreign_status(&mut self, head: Oid, changed: &[String]) -> Result<()> {
+        let paths: Vec<String> = changed
+            .iter()
+            .filter(|p| p.starts_with("status/"))
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let author = self
+            .snapshot
+            .files
+            .get(crate::source::SETTINGS_FILE)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| {
+                crate::model::validate::parse_settings(crate::source::SETTINGS_FILE, t).ok()
+            })
+            .unwrap_or_default()
+            .write_back
+            .author;
+        let ours = format!("{} <{}>", author.name, author.email);
+        let trusted = |c: &CommitInfo| c.is_rollgate() && c.author == ours;
+        let foreign =
+            self.src
+                .untrusted_changes(head, "status/", &paths, HISTORY_LIMIT, &trusted)?;
+        for (path, (good, by)) in foreign {
+            tracing::warn!(
+                file = %path,
+                commits = %by.iter().map(|o| o.to_string()[..12].to_owned()).collect::<Vec<_>>().join(", "),
+                "status changed by a commit rollgate did not write: ignored; the last status rollgate wrote stays in force"
+            );
+            match good {
+                Some(bytes) => {
+                    self.snapshot.files.insert(path, bytes);
+                }
+                None => {
+                    self.snapshot.files.remove(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn take_command(&mut self, c: &CommitInfo) {
+        let (Some(word), Some(plan)) = (
+            c.trailer(crate::source::git::TRAILER_COMMAND),
+            c.trailer(crate::source::git::TRAILER_PLAN),
+        ) else {
+            return;
+        };
+        if !self.src.changes_nothing(c.id) {
+            // A squash or rebase merge copies its contributors' messages: a trailer in a
+            // commit that changes files may come from anyone. Only a pure command commit
+            // (no file changed) carries a command.
+            tracing::warn!(plan, command = word, commit = %c.id, "command trailer ignored: the commit changes files (a command commit changes none)");
+            return;
+        }
+        match parse_command(word) {
+            Some(cmd) => {
+                tracing::debug!(plan, command = word, commit = %c.id, "command found");
+                self.commands
+                    .entry(plan.to_owned())
+                    .or_default()
+                    .push((c.id.to_string(), cmd));
+            }
+            None => tracing::warn!(plan, command = word, commit = %c.id, "unknown command ignored"),
+        }
+    }
+
+    /// Commands for `plan` not yet acted on by `status`.
+    pub(super) fn pending_commands(
+        &self,
+        plan: &str,
+        status: Option<&Status>,
+    ) -> Vec<(String, Command)> {
+        let Some(all) = self.commands.get(plan) else {
+            return Vec::new();
+        };
+        let Some(status) = status else {
+            return Vec::new();
+        };
+        if let Some(last) = &status.last_command
+            && let Some(i) = all.iter().position(|(sha, _)| sha == last)
+        {
+            return all[i + 1..].to_vec();
+        }
+        // Commands older than the rollout are for an earlier one.
+        let repo = self.src.repo();
+        let Ok(rev) = Oid::from_str(&status.revision) else {
+            return all.clone();
+        };
+        all.iter()
+            .filter(|(sha, _)| {
+                Oid::from_str(sha)
+                    .is_ok_and(|c| c != rev && repo.graph_descendant_of(c, rev).unwrap_or(false))
+            })
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,34 @@
+//! Every integration suite, as modules of one test binary (`it`): one link of
+//! kube, the AWS SDK, octocrab and git2 instead of one per suite. Each module is the
+//! suite of the same name; `support` is shared by all of them (and by the benches).
+//! Run one suite with `cargo nextest run --test it SUITE::`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod commands;
+mod crash_resume;
+mod data_plane;
+mod demo;
+mod deploy_manifests;
+mod fuzz_regressions;
+mod git_servers_selftest;
+mod git_transports;
+mod hostile_files;
+mod invalid_plans;
+mod judge_reference;
+mod knative;
+mod kubernetes;
+mod lambda;
+mod leader;
+mod local_target;
+mod preview;
+mod prometheus;
+mod push_race;
+mod reconcile;
+mod roundtrip;
+mod schema_fresh;
+mod trust;
+mod webhooks;
+mod writeback;
