@@ -28,7 +28,7 @@
 //! - Every write carries the `resourceVersion` it read (or is a create): of two processes
 //!   racing for the lease, one gets a 409 and follows.
 //! - Every API call made here is listed in [`RBAC`] (checked against `deploy/kubernetes`
-//!   by `tests/deploy_manifests.rs`).
+//!   by `tests/it/deploy_manifests.rs`).
 //!
 //! A new leader needs no hand-over: the state of every rollout is in Git, and the
 //! daemon's first pass resumes from it (re-applying in-flight steps, which are idempotent).

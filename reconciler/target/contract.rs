@@ -1,7 +1,7 @@
 //! The contract every `Target` implementation passes (run from each one's tests: the
 //! dry run below; the Deployments and Knative targets, alone and through the
 //! Kubernetes target that routes to them, on the in-memory cluster of
-//! `tests/support/cluster.rs` in `tests/kubernetes.rs` and `tests/knative.rs`; the
+//! `tests/support/cluster.rs` in `tests/it/kubernetes.rs` and `tests/it/knative.rs`; the
 //! data plane client and the Lambda target in their own suites).
 //!
 //! Given a fresh target and a plan, it walks start → weights → promote, then a second

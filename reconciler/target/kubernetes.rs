@@ -39,7 +39,7 @@
 //! `<deployment>-canary` or `<service>-canary`, before writing anything); traffic goes
 //! back to the stable version *before* canary objects are deleted; a route with no
 //! candidate backendRef is at rest and never written; every API call used is listed in
-//! [`RBAC`], which `tests/deploy_manifests.rs` compares to `deploy/kubernetes`.
+//! [`RBAC`], which `tests/it/deploy_manifests.rs` compares to `deploy/kubernetes`.
 //!
 //! **Traffic never moves to a candidate that is not ready.** A weight (a route weight,
 //! the stable giving up replicas in replica-ratio mode, a blue-green switch) moves

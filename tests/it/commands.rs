@@ -1,7 +1,7 @@
 //! `rollgate promote|abort|retry` as users meet them: refused when the daemon would
 //! ignore them, and pushed as a fast-forward that survives a race with the daemon.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

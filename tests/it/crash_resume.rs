@@ -2,7 +2,7 @@
 //! a rollout and restarted each time, ends where an uninterrupted run ends, and records
 //! no transition twice. The state comes from Git alone; re-applying a step is idempotent.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,7 @@
 //! by a new binary; the new daemon adopts them (same processes, no traffic moved).
 //! `rollgate dataplane stop` stops everything. Real processes, real HTTP, real Git.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

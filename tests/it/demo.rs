@@ -1,7 +1,7 @@
 //! The README's main command, end to end: `rollgate demo --fast` plays the whole story
 //! (v2 succeeds through analysis on live traffic, v3 is rolled back and reverted).
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! it the bcrypt KDF of the passphrase-protected key (ssh-keygen's default 16 rounds;
 //! ssh pays it again on each use of that key), then sshd until its banner ~30 ms.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -8,7 +8,7 @@
 //! A machine without nginx, fcgiwrap, sshd or openssl prints `skipped: <reason>` for the
 //! tests that need them (`bash .ci/test` installs them).
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

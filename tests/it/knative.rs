@@ -7,7 +7,7 @@
 //! rollgate writes is checked against the CRD's schema: no field a real API server
 //! would prune, every typed field of its type.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! with a stable `web` Deployment, Service and HTTPRoute, when rollgate runs a step,
 //! then these objects and weights exist.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -15,7 +15,7 @@
 mod moto;
 #[path = "lambda/relay.rs"]
 mod relay;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

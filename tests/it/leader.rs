@@ -6,7 +6,7 @@
 //! clock passed in by the test: given a leader, when time passes and it renews (or
 //! stops renewing, or fails to renew), then exactly these processes may act.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

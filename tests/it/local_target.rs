@@ -1,7 +1,7 @@
 //! The `local` target end to end: real processes (the demo service), real HTTP traffic
 //! through rollgate's proxy, and the daemon as a real subprocess against a bare remote.
 
-mod support;
+use crate::support;
 
 use support::free_port;
 use support::local::Daemon;

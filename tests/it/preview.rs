@@ -5,7 +5,7 @@
 //! The PR comments (`markdown()`) are pinned by insta snapshots, with the commit shas
 //! (which depend on the clock) replaced by `BASE` and `HEAD`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -10,7 +10,7 @@
 //! Without a `prometheus` binary every test fails, saying how to get one (never a silent
 //! pass): `bash .ci/test` installs Debian's package.
 
-mod support;
+use crate::support;
 
 use support::free_port;
 use support::local::Daemon;

@@ -10,7 +10,7 @@
 //! costs ~0.4 s here, to keep CI's time). Before the fix the
 //! path test failed: `1 of 2166 updates were not fast-forwards: 647b6239 → 69acb7f7`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

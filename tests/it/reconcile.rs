@@ -2,7 +2,7 @@
 //! an in-process `Reconciler` with a recording target and scripted metrics, and a
 //! synthetic clock handed to `tick(now)` wherever analysis or timed pauses need time.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The trust boundary (#16), end to end on the real binary: what a commit may make the
 //! daemon do depends on what the commit is, not on what its message claims.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 //! run` daemon for the push wake-up, the refusal to start without a secret, the flood of
 //! 1,000 random bodies, and its own fetch and status commits as a GitHub App over HTTP.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

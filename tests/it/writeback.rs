@@ -1,6 +1,6 @@
 //! The single Git writer against real bare remotes, with the real `git` CLI as the human.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
