@@ -1,10 +1,28 @@
 //! rollgate: a GitOps rollout reconciler.
 //!
-//! Code map (see ARCHITECTURE.md for the long form):
-//! - `model`: plan, settings and diagnostics; parsing and validation; pure.
-//! - `gate`: the check every revision passes: schema, then policy.
+//! Code map, every module (see ARCHITECTURE.md for the long form):
+//! - `model`: plan, settings, status and diagnostics; parsing and validation; pure.
+//! - `engine`: `decide(plan, status, observation, now)`, analysis, judges, statistics; pure.
+//! - `gate`: the check every revision passes: schema, then policy (`PolicyEngine`).
 //! - `policy`: Rego policies (built-in and the repo's own), evaluated in-process.
-//! - `source`: reading a repository's files safely.
+//! - `source`: reading a repository safely (`git`), its network side (`remote`), and
+//!   watching a local remote (`watch`).
+//! - `writeback`: status, revert and restore commits, pushed as a compare-and-swap.
+//! - `commands`: promote, abort and retry as command commits.
+//! - `target`: the `Target` extension point, its contract, and every implementation
+//!   (dry run, local, Kubernetes with Knative, Lambda); `target::factory` builds them.
+//! - `dataplane`: the local target's process that outlives the daemon.
+//! - `proxy`: the weighted HTTP proxy of the local target.
+//! - `metrics`: the `MetricsSource` extension point (builtin, Prometheus, CloudWatch).
+//! - `daemon`: the `Reconciler` (one pass: fetch, gate, observe, decide, execute, write)
+//!   and `daemon::run`, the loop around it.
+//! - `leader`: leader election over a Kubernetes Lease.
+//! - `github`: webhooks, previews on pull requests, comment commands, commit statuses.
+//! - `preview`: `rollgate plan`: what a change would do, judged with base's rules.
+//! - `history`: `rollgate history` and `status` from Git alone.
+//! - `server`: `/healthz`, `/readyz`, `/metrics` and the webhook endpoint.
+//! - `telemetry`: rollgate's own metrics.
+//! - `demo`: `rollgate demo`, its service and its load generator.
 
 pub mod commands;
 pub mod daemon;
