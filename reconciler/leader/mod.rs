@@ -9,10 +9,12 @@
 //!             Follow { holder, until }   ─▶ not leader; look again later
 //! ```
 //!
-//! The core, [`decide`], is pure: the Lease as last read, who we are, `now`, and the
-//! timings (client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s) in; a
-//! [`LeaseDecision`] out. [`LeaseElector`] is the adapter that reads and writes the
-//! Lease; [`Leadership`] runs it in the background for the daemon's loop.
+//! Three parts: `decide` is the pure core ([`decide()`]: the Lease as last read, who we
+//! are, `now`, and the timings in; a [`LeaseDecision`] out); `lease` is the adapter that
+//! reads and writes the Lease ([`LeaseElector`]); this module holds the configuration
+//! (timings, identity, namespace) and the campaign ([`Leadership`]) that runs the
+//! elector in the background for the daemon's loop, with its [`Gate`] and [`Stopped`].
+//! The timings are client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s.
 //!
 //! Invariants:
 //! - A process may act (write to Git, call a target) only while [`LeaseElector::is_leader`]
@@ -37,21 +39,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, PostParams};
-use kube::core::ObjectMeta;
+use chrono::{DateTime, Utc};
 
-/// Every API call the elector makes, as (apiGroup, resource, verbs): `get` the Lease
-/// each round, `create` it when absent, `update` (a PUT carrying the `resourceVersion`
-/// read) to acquire, renew, take over or release it. Leases live in rollgate's own
-/// namespace, so `deploy/kubernetes` grants these with a namespaced Role.
-pub const RBAC: &[(&str, &str, &[&str])] = &[(
-    "coordination.k8s.io",
-    "leases",
-    &["get", "create", "update"],
-)];
+mod decide;
+mod lease;
+
+pub use decide::{LeaseDecision, LeaseState, decide};
+pub use lease::{LeaseElector, LeaseError, RBAC, Role};
 
 /// Where a pod's namespace is mounted with its service account token.
 pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -83,77 +77,6 @@ impl LeaseConfig {
     /// Whether the timings keep the invariant: retry < renew deadline < lease duration.
     pub fn is_safe(&self) -> bool {
         self.retry_period < self.renew_deadline && self.renew_deadline < self.lease_duration
-    }
-}
-
-/// What the pure core needs to know about an existing Lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseState {
-    /// `holderIdentity`; `None` (or empty) when the lease was released.
-    pub holder: Option<String>,
-    /// `leaseDurationSeconds` as written by the holder.
-    pub lease_duration: Option<Duration>,
-    /// `leaseTransitions`.
-    pub transitions: i32,
-    /// When this process first saw this version of the Lease (by its own clock).
-    pub observed_at: DateTime<Utc>,
-}
-
-/// What to do with the Lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseDecision {
-    /// No lease, or a released one: take it, writing `transitions`.
-    Acquire { transitions: i32 },
-    /// We hold it: renew it.
-    Renew,
-    /// `previous` held it and it expired: take it over, writing `transitions`.
-    TakeOver { previous: String, transitions: i32 },
-    /// `holder` holds it; it cannot be taken before `until`.
-    Follow {
-        holder: String,
-        until: DateTime<Utc>,
-    },
-}
-
-/// `t + d`, saturating.
-fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    TimeDelta::from_std(d)
-        .ok()
-        .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// The pure core: what process `me` should do with `lease` (as last read) at `now`.
-pub fn decide(
-    lease: Option<&LeaseState>,
-    me: &str,
-    now: DateTime<Utc>,
-    cfg: &LeaseConfig,
-) -> LeaseDecision {
-    let Some(lease) = lease else {
-        return LeaseDecision::Acquire { transitions: 0 };
-    };
-    let next = lease.transitions.saturating_add(1);
-    let holder = match lease.holder.as_deref() {
-        None | Some("") => return LeaseDecision::Acquire { transitions: next },
-        Some(h) if h == me => return LeaseDecision::Renew,
-        Some(h) => h,
-    };
-    let duration = lease
-        .lease_duration
-        .filter(|d| !d.is_zero())
-        .unwrap_or(cfg.lease_duration);
-    let until = after(lease.observed_at, duration);
-    if now < until {
-        LeaseDecision::Follow {
-            holder: holder.to_owned(),
-            until,
-        }
-    } else {
-        LeaseDecision::TakeOver {
-            previous: holder.to_owned(),
-            transitions: next,
-        }
     }
 }
 
@@ -194,235 +117,6 @@ pub fn default_namespace() -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".to_owned())
-}
-
-/// A failed call to the API server (the round changes nothing; a leader stays leader
-/// until its renew deadline).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LeaseError(String);
-
-/// `what: cause`, the cause once (kube's `Display` of an API error repeats it).
-fn api_err(what: &str, e: kube::Error) -> LeaseError {
-    match e {
-        kube::Error::Api(s) => LeaseError(format!(
-            "{what}: {} ({} {})",
-            s.message.trim_end(),
-            s.code,
-            s.reason
-        )),
-        e => LeaseError(format!("{what}: {e}")),
-    }
-}
-
-fn micro_time(t: DateTime<Utc>) -> Result<MicroTime, LeaseError> {
-    k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
-        .map(MicroTime)
-        .map_err(|e| LeaseError(format!("time {t} is out of range: {e}")))
-}
-
-/// Where this process stands after one round.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// This process holds the lease and may act until `until` unless it renews.
-    Leader { until: DateTime<Utc> },
-    /// Another process holds the lease: `holder`, or `None` after losing a write race
-    /// (the winner shows at the next round).
-    Follower { holder: Option<String> },
-}
-
-/// The adapter: one Lease, one identity, rounds of get-decide-write.
-pub struct LeaseElector {
-    api: Api<Lease>,
-    name: String,
-    identity: String,
-    cfg: LeaseConfig,
-    /// The `resourceVersion` last read and when we first saw it.
-    observed: Option<(String, DateTime<Utc>)>,
-    /// When the last successful acquire or renew started.
-    renewed_at: Option<DateTime<Utc>>,
-}
-
-impl std::fmt::Debug for LeaseElector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseElector")
-            .field("name", &self.name)
-            .field("identity", &self.identity)
-            .field("cfg", &self.cfg)
-            .field("renewed_at", &self.renewed_at)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LeaseElector {
-    /// The Lease `namespace/name`, contended for as `identity`.
-    pub fn new(
-        client: kube::Client,
-        namespace: &str,
-        name: &str,
-        identity: &str,
-        cfg: LeaseConfig,
-    ) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
-            name: name.to_owned(),
-            identity: identity.to_owned(),
-            cfg,
-            observed: None,
-            renewed_at: None,
-        }
-    }
-
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
-    pub fn config(&self) -> &LeaseConfig {
-        &self.cfg
-    }
-
-    /// Until when this process may act, if it holds the lease.
-    pub fn leader_until(&self) -> Option<DateTime<Utc>> {
-        self.renewed_at.map(|t| after(t, self.cfg.renew_deadline))
-    }
-
-    /// Whether this process may act at `now`: its last successful acquire or renew
-    /// started less than the renew deadline before `now`. No I/O.
-    pub fn is_leader(&self, now: DateTime<Utc>) -> bool {
-        self.leader_until().is_some_and(|until| now < until)
-    }
-
-    /// What the pure core sees of `lease`, noting when this version was first seen.
-    fn state_of(&mut self, lease: &Lease, now: DateTime<Utc>) -> LeaseState {
-        let version = lease.metadata.resource_version.clone().unwrap_or_default();
-        let observed_at = match &self.observed {
-            Some((v, at)) if *v == version => *at,
-            _ => {
-                self.observed = Some((version, now));
-                now
-            }
-        };
-        let spec = lease.spec.clone().unwrap_or_default();
-        LeaseState {
-            holder: spec.holder_identity,
-            lease_duration: spec
-                .lease_duration_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .map(Duration::from_secs),
-            transitions: spec.lease_transitions.unwrap_or(0),
-            observed_at,
-        }
-    }
-
-    /// One round: read the Lease, decide, and create or replace it if ours to take.
-    /// An error leaves the role as it was (a leader stays one until its deadline).
-    pub async fn try_acquire_or_renew(&mut self, now: DateTime<Utc>) -> Result<Role, LeaseError> {
-        let current = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| api_err(&format!("cannot read lease {}", self.name), e))?;
-        let state = current.as_ref().map(|l| self.state_of(l, now));
-        let decision = decide(state.as_ref(), &self.identity, now, &self.cfg);
-        let (transitions, acquired) = match decision {
-            LeaseDecision::Follow { holder, .. } => {
-                self.renewed_at = None;
-                return Ok(Role::Follower {
-                    holder: Some(holder),
-                });
-            }
-            LeaseDecision::Renew => (None, false),
-            LeaseDecision::Acquire { transitions }
-            | LeaseDecision::TakeOver { transitions, .. } => (Some(transitions), true),
-        };
-        let stamp = micro_time(now)?;
-        let duration = i32::try_from(self.cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
-        let written = match current {
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        labels: Some(
-                            [(
-                                crate::target::kubernetes::MANAGED_BY.0.to_owned(),
-                                crate::target::kubernetes::MANAGED_BY.1.to_owned(),
-                            )]
-                            .into(),
-                        ),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.identity.clone()),
-                        lease_duration_seconds: Some(duration),
-                        acquire_time: Some(stamp.clone()),
-                        renew_time: Some(stamp),
-                        lease_transitions: Some(transitions.unwrap_or(0)),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                self.api.create(&PostParams::default(), &lease).await
-            }
-            Some(mut lease) => {
-                // Everything else (metadata with its resourceVersion, other spec fields)
-                // is written back as read.
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-                spec.holder_identity = Some(self.identity.clone());
-                spec.lease_duration_seconds = Some(duration);
-                if acquired || spec.acquire_time.is_none() {
-                    spec.acquire_time = Some(stamp.clone());
-                }
-                spec.renew_time = Some(stamp);
-                if let Some(t) = transitions {
-                    spec.lease_transitions = Some(t);
-                }
-                self.api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await
-            }
-        };
-        match written {
-            Ok(lease) => {
-                self.observed = lease.metadata.resource_version.map(|v| (v, now));
-                self.renewed_at = Some(now);
-                Ok(Role::Leader {
-                    until: after(now, self.cfg.renew_deadline),
-                })
-            }
-            // Someone else wrote the Lease since we read it (or created it first).
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                self.renewed_at = None;
-                self.observed = None;
-                Ok(Role::Follower { holder: None })
-            }
-            Err(e) => Err(api_err(&format!("cannot write lease {}", self.name), e)),
-        }
-    }
-
-    /// Give the lease up (clear `holderIdentity`) if this process holds it, so a
-    /// follower takes it at its next round. Stops acting first, whatever the outcome.
-    /// Returns whether a release was written.
-    pub async fn release(&mut self, now: DateTime<Utc>) -> Result<bool, LeaseError> {
-        self.renewed_at = None;
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| api_err(&format!("cannot read lease {}", self.name), e))?
-        else {
-            return Ok(false);
-        };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return Ok(false);
-        }
-        spec.holder_identity = None;
-        spec.renew_time = Some(micro_time(now)?);
-        self.api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-            .map_err(|e| api_err(&format!("cannot release lease {}", self.name), e))?;
-        Ok(true)
-    }
 }
 
 /// Why a background campaign stopped for good.
@@ -767,19 +461,6 @@ async fn campaign(
 mod tests {
     use super::*;
 
-    fn t(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + secs, 0).expect("time")
-    }
-
-    fn held(holder: &str, observed: i64) -> LeaseState {
-        LeaseState {
-            holder: Some(holder.to_owned()),
-            lease_duration: Some(Duration::from_secs(15)),
-            transitions: 3,
-            observed_at: t(observed),
-        }
-    }
-
     #[test]
     fn defaults_are_client_go_s_and_keep_the_deadline_before_the_expiry() {
         let cfg = LeaseConfig::default();
@@ -794,95 +475,6 @@ mod tests {
             }
             .is_safe()
         );
-    }
-
-    #[test]
-    fn an_absent_lease_is_acquired_with_no_transitions() {
-        let d = decide(None, "a", t(0), &LeaseConfig::default());
-        assert_eq!(d, LeaseDecision::Acquire { transitions: 0 });
-    }
-
-    #[test]
-    fn a_released_lease_is_acquired_at_once_and_counts_a_transition() {
-        let cfg = LeaseConfig::default();
-        for holder in [None, Some(String::new())] {
-            let lease = LeaseState {
-                holder,
-                ..held("x", 0)
-            };
-            // Just released: no waiting for a lease duration.
-            let d = decide(Some(&lease), "a", t(0), &cfg);
-            assert_eq!(d, LeaseDecision::Acquire { transitions: 4 });
-        }
-    }
-
-    #[test]
-    fn the_holder_renews_even_past_the_duration() {
-        let cfg = LeaseConfig::default();
-        assert_eq!(
-            decide(Some(&held("a", 0)), "a", t(1), &cfg),
-            LeaseDecision::Renew
-        );
-        assert_eq!(
-            decide(Some(&held("a", 0)), "a", t(100), &cfg),
-            LeaseDecision::Renew
-        );
-    }
-
-    #[test]
-    fn another_holder_is_followed_until_one_duration_after_we_first_saw_the_lease() {
-        let cfg = LeaseConfig::default();
-        let lease = held("b", 10);
-        assert_eq!(
-            decide(Some(&lease), "a", t(24), &cfg),
-            LeaseDecision::Follow {
-                holder: "b".into(),
-                until: t(25)
-            }
-        );
-        assert_eq!(
-            decide(Some(&lease), "a", t(25), &cfg),
-            LeaseDecision::TakeOver {
-                previous: "b".into(),
-                transitions: 4
-            }
-        );
-    }
-
-    #[test]
-    fn the_duration_written_in_the_lease_wins_over_ours() {
-        let cfg = LeaseConfig::default();
-        let lease = LeaseState {
-            lease_duration: Some(Duration::from_secs(60)),
-            ..held("b", 0)
-        };
-        assert!(matches!(
-            decide(Some(&lease), "a", t(59), &cfg),
-            LeaseDecision::Follow { until, .. } if until == t(60)
-        ));
-        // A missing or zero duration falls back to ours.
-        for d in [None, Some(Duration::ZERO)] {
-            let lease = LeaseState {
-                lease_duration: d,
-                ..held("b", 0)
-            };
-            assert!(matches!(
-                decide(Some(&lease), "a", t(15), &cfg),
-                LeaseDecision::TakeOver { .. }
-            ));
-        }
-    }
-
-    #[test]
-    fn a_huge_duration_saturates_instead_of_overflowing() {
-        let lease = LeaseState {
-            lease_duration: Some(Duration::MAX),
-            ..held("b", 0)
-        };
-        assert!(matches!(
-            decide(Some(&lease), "a", t(1_000_000), &LeaseConfig::default()),
-            LeaseDecision::Follow { .. }
-        ));
     }
 
     #[test]
