@@ -14,6 +14,8 @@
 //! - `dataplane`: the local target's process that outlives the daemon.
 //! - `proxy`: the weighted HTTP proxy of the local target.
 //! - `metrics`: the `MetricsSource` extension point (builtin, Prometheus, CloudWatch).
+//! - `aws`: AWS access shared by the Lambda target and the CloudWatch source: SDK
+//!   config, endpoint rule, credentials.
 //! - `daemon`: the `Reconciler` (one pass: fetch, gate, observe, decide, execute, write)
 //!   and `daemon::run`, the loop around it.
 //! - `leader`: leader election over a Kubernetes Lease.
@@ -24,6 +26,7 @@
 //! - `telemetry`: rollgate's own metrics.
 //! - `demo`: `rollgate demo`, its service and its load generator.
 
+pub mod aws;
 pub mod commands;
 pub mod daemon;
 pub mod dataplane;

@@ -731,7 +731,7 @@ fn init_logging(format: Output) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The AWS SDK's own debug and trace events print access key ids and request headers
     // (session tokens): never below info, whatever RUST_LOG asks.
-    for target in rollgate::target::lambda::SDK_LOG_TARGETS {
+    for target in rollgate::aws::SDK_LOG_TARGETS {
         if let Ok(d) = format!("{target}=info").parse() {
             filter = filter.add_directive(d);
         }

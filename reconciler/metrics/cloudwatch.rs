@@ -29,16 +29,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudwatch::Client;
-use aws_sdk_cloudwatch::config::Credentials;
 use aws_sdk_cloudwatch::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 
 use super::{MetricsSource, QueryContext};
+use crate::aws::{AwsAccess, Credentials, chain, check_endpoint, credentials_label};
 use crate::engine::{Measurement, Sample};
 use crate::model::plan::{Check, Workload};
-use crate::model::settings::{CLOUDWATCH_QUERIES, endpoint_problem};
-use crate::target::lambda::{AwsAccess, chain};
+use crate::model::settings::CLOUDWATCH_QUERIES;
 
 /// The namespace of Lambda's metrics.
 pub const NAMESPACE: &str = "AWS/Lambda";
@@ -196,14 +195,7 @@ impl std::fmt::Debug for Cloudwatch {
         f.debug_struct("Cloudwatch")
             .field("access", &self.access)
             .field("timeout", &self.timeout)
-            .field(
-                "credentials",
-                &if self.credentials.is_some() {
-                    "static"
-                } else {
-                    "default chain"
-                },
-            )
+            .field("credentials", &credentials_label(self.credentials.as_ref()))
             .finish_non_exhaustive()
     }
 }
@@ -214,9 +206,7 @@ impl Cloudwatch {
     /// endpoint over plain http to a host that is not loopback is refused.
     pub fn new(access: AwsAccess, timeout: Duration) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        if let Some(problem) = access.endpoint.as_deref().and_then(endpoint_problem) {
-            anyhow::bail!("{problem}");
-        }
+        check_endpoint(access.endpoint.as_deref())?;
         Ok(Self {
             runtime: crate::target::kubernetes::runtime()
                 .context("cannot start the cloudwatch runtime")?,

@@ -30,7 +30,7 @@ pub fn build(kind: &settings::MetricsSource) -> Result<Box<dyn MetricsSource>, S
             profile,
             timeout,
         } => super::cloudwatch::Cloudwatch::new(
-            crate::target::lambda::AwsAccess {
+            crate::aws::AwsAccess {
                 region: region.clone(),
                 endpoint: endpoint.clone(),
                 profile: profile.clone(),

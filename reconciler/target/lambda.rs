@@ -43,15 +43,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::config::Credentials;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::types::{AliasRoutingConfiguration, State};
 
 use super::{Desired, Target, TargetError};
+use crate::aws::{Credentials, check_endpoint, credentials_label};
 use crate::engine::TargetHealth;
 use crate::model::Plan;
 use crate::model::plan::{LambdaWorkload, Workload};
-use crate::model::settings::endpoint_problem;
+
+/// The AWS plumbing moved to `crate::aws`; re-exported so these paths keep working.
+pub use crate::aws::{AwsAccess, SDK_LOG_TARGETS, chain};
 
 /// The IAM actions this target calls (documented in the README).
 pub const IAM_ACTIONS: &[&str] = &[
@@ -60,62 +62,6 @@ pub const IAM_ACTIONS: &[&str] = &[
     "lambda:UpdateAlias",
     "lambda:CreateAlias",
 ];
-
-/// The AWS SDK's log targets: at debug they print access key ids, at trace request
-/// headers (a session token); `rollgate run` keeps them at info or above.
-pub const SDK_LOG_TARGETS: &[&str] = &[
-    "aws_config",
-    "aws_credential_types",
-    "aws_runtime",
-    "aws_sigv4",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http_client",
-    "aws_sdk_lambda",
-    "aws_sdk_cloudwatch",
-    "aws_sdk_sts",
-];
-
-/// Where and as whom to reach AWS: a region (a plan's workload names it, or a metrics
-/// source), and the endpoint and profile of a target or source in `rollgate.yaml`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AwsAccess {
-    pub region: String,
-    /// Another endpoint (a local emulator, a VPC endpoint).
-    pub endpoint: Option<String>,
-    /// A named profile of the shared AWS config; `None`: the default credential chain.
-    pub profile: Option<String>,
-}
-
-impl AwsAccess {
-    /// The SDK configuration: the default credential chain (environment, shared files
-    /// or `profile`, web identity, container and instance roles) unless `credentials`
-    /// are given; each call bounded by `timeout`, with the SDK's standard retries.
-    pub async fn load(
-        &self,
-        credentials: Option<&Credentials>,
-        timeout: Duration,
-    ) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(self.region.clone()))
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(timeout)
-                    .connect_timeout(timeout.min(Duration::from_secs(5)))
-                    .build(),
-            );
-        if let Some(profile) = &self.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(endpoint) = &self.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(c.clone());
-        }
-        loader.load().await
-    }
-}
 
 /// How an AWS call failed, as far as the caller needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,22 +80,6 @@ impl AwsFailure {
             AwsFailure::NotFound(m) | AwsFailure::Conflict(m) | AwsFailure::Other(m) => m,
         }
     }
-}
-
-/// An error and its causes, each once: `dispatch failure: io error: ...`. Only `Display`
-/// (the SDK's `DisplayErrorContext` also appends the `Debug` form, with the raw response).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let m = c.to_string();
-        if !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// `what: Code: message` for a service error, `what: cause chain` otherwise. Built from
@@ -350,14 +280,7 @@ impl std::fmt::Debug for LambdaTarget {
             .field("endpoint", &self.endpoint)
             .field("profile", &self.profile)
             .field("regions", &regions)
-            .field(
-                "credentials",
-                &if self.credentials.is_some() {
-                    "static"
-                } else {
-                    "default chain"
-                },
-            )
+            .field("credentials", &credentials_label(self.credentials.as_ref()))
             .field("candidates", &self.candidates)
             .field("timing", &self.timing)
             .finish()
@@ -370,9 +293,7 @@ impl LambdaTarget {
     /// over plain http to a host that is not loopback is refused.
     pub fn new(endpoint: Option<String>, profile: Option<String>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        if let Some(problem) = endpoint.as_deref().and_then(endpoint_problem) {
-            anyhow::bail!("{problem}");
-        }
+        check_endpoint(endpoint.as_deref())?;
         Ok(Self {
             runtime: super::kubernetes::runtime().context("cannot start the lambda runtime")?,
             endpoint,
