@@ -629,9 +629,11 @@ fn digest_of(summary: &str) -> Option<&str> {
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
 
-/// GitHub refuses columns on annotations that span several lines.
+/// GitHub counts lines from 1, and refuses columns on annotations that span several
+/// lines.
 fn fix_columns(a: &Annotation) -> Annotation {
     let mut a = a.clone();
+    a.start_line = a.start_line.max(1);
     a.end_line = a.end_line.max(a.start_line);
     if a.start_line != a.end_line {
         a.start_column = None;
@@ -654,7 +656,7 @@ mod tests {
             end_line: 3,
             start_column: None,
             end_column: None,
-            annotation_level: AnnotationLevel::Warning,
+            level: AnnotationLevel::Warning,
             title: "t".into(),
             message: "m".into(),
         };
@@ -688,7 +690,7 @@ mod tests {
             end_line: 5,
             start_column: Some(1),
             end_column: Some(4),
-            annotation_level: AnnotationLevel::Failure,
+            level: AnnotationLevel::Failure,
             title: "t".into(),
             message: "m".into(),
         };

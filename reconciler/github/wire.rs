@@ -1,7 +1,8 @@
 //! The GitHub REST API's own shapes, in its field names: what rollgate sends (check-run
 //! conclusions and annotations, commit status states; public, the worker builds them)
 //! and what it reads back (check runs, comments, the App, permissions; only the client
-//! sees those).
+//! sees those). The annotation is the preview's own (`preview::Annotation`, which
+//! serializes to the API's fields), re-exported here: there is one annotation type.
 //!
 //! Invariants: serde types only, no behaviour beyond naming; a reply type declares just
 //! the fields rollgate reads, each optional one `#[serde(default)]`, so a field GitHub
@@ -18,28 +19,9 @@ pub enum Conclusion {
     Neutral,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AnnotationLevel {
-    Notice,
-    Warning,
-    Failure,
-}
-
-/// A check-run annotation, in the API's field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Annotation {
-    pub path: String,
-    pub start_line: u32,
-    pub end_line: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_column: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub end_column: Option<u32>,
-    pub annotation_level: AnnotationLevel,
-    pub title: String,
-    pub message: String,
-}
+/// A check-run annotation and its level: the preview's, whose serde form is the API's
+/// (`annotation_level`, no columns when there are none).
+pub use crate::preview::{Annotation, AnnotationLevel};
 
 /// A commit status's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -173,7 +173,8 @@ impl Conclusion {
     }
 }
 
-/// A check-run annotation (the fields of GitHub's API, which this serializes to).
+/// A check-run annotation (the fields of GitHub's API, which this serializes to): the
+/// one annotation type, which the GitHub client sends as it is (`github::Annotation`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Annotation {
     pub path: String,

@@ -1,6 +1,6 @@
 //! What GitHub is told, in words: a rollout's commit status (`progress`), the comment
-//! on the pull request that merged a rolled-back revision, and a preview's conclusion,
-//! title and annotations in check-run terms.
+//! on the pull request that merged a rolled-back revision, and a preview's conclusion
+//! and title in check-run terms (its annotations are in them already).
 //!
 //! Invariants: pure (no I/O, no clock); text from a plan or a status never carries a
 //! backtick into Markdown code spans (`no_ticks`); a rollout's rollback comment has one
@@ -8,7 +8,7 @@
 //! never duplicated; a neutral preview (no plan changed) passes, as a neutral check run
 //! does.
 
-use crate::github::{Annotation, AnnotationLevel, CHECK_NAME, Conclusion, StatusState};
+use crate::github::{CHECK_NAME, Conclusion, StatusState};
 use crate::model::Plan;
 use crate::model::status::{Phase, Status};
 
@@ -171,23 +171,6 @@ pub(super) fn title(c: crate::preview::Conclusion) -> &'static str {
         crate::preview::Conclusion::Success => "Every changed plan passes",
         crate::preview::Conclusion::Failure => "A changed plan is rejected",
         crate::preview::Conclusion::Neutral => "No plan changes",
-    }
-}
-
-pub(super) fn annotation(a: crate::preview::Annotation) -> Annotation {
-    Annotation {
-        path: a.path,
-        start_line: a.start_line.max(1),
-        end_line: a.end_line.max(a.start_line).max(1),
-        start_column: a.start_column,
-        end_column: a.end_column,
-        annotation_level: match a.level {
-            crate::preview::AnnotationLevel::Failure => AnnotationLevel::Failure,
-            crate::preview::AnnotationLevel::Warning => AnnotationLevel::Warning,
-            crate::preview::AnnotationLevel::Notice => AnnotationLevel::Notice,
-        },
-        title: a.title,
-        message: a.message,
     }
 }
 

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use git2::{Oid, Repository};
 
-use super::render::{
-    Progress, annotation, conclusion, context, rollback_marker, status_state, title,
-};
+use super::render::{Progress, conclusion, context, rollback_marker, status_state, title};
 use super::{Clock, Job, Pending};
 use crate::github::webhook::{self, CommentCommand};
 use crate::github::{
@@ -243,7 +241,7 @@ impl Worker {
                         conclusion: conclusion(p.conclusion()),
                         title: title(p.conclusion()).to_owned(),
                         summary: markdown.clone(),
-                        annotations: p.annotations().into_iter().map(annotation).collect(),
+                        annotations: p.annotations(),
                     },
                     Some(markdown),
                     status_state(p.conclusion()),
