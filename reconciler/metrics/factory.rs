@@ -39,6 +39,24 @@ pub fn build(kind: &settings::MetricsSource) -> Result<Box<dyn MetricsSource>, S
         )
         .map(|c| Box::new(c) as Box<dyn MetricsSource>)
         .map_err(|e| format!("{e:#}")),
+        settings::MetricsSource::Web {
+            url,
+            method,
+            body,
+            headers,
+            timeout,
+            json_path,
+            samples_path,
+        } => super::web::Web::new(
+            url,
+            *method,
+            body.as_deref(),
+            headers,
+            *timeout,
+            json_path,
+            samples_path.as_deref(),
+        )
+        .map(|w| Box::new(w) as Box<dyn MetricsSource>),
     }
 }
 

@@ -1,9 +1,10 @@
 //! Where measurements come from: the `MetricsSource` extension point.
 //!
 //! One trait, one file per implementation (`builtin.rs` for the proxy's counters,
-//! `prometheus.rs`, `cloudwatch.rs` for Lambda's metrics). A source answers one check for one version over a window;
-//! an unreachable source or an empty result is an error or a measurement without a
-//! value, which the judge treats as inconclusive, never as a pass.
+//! `prometheus.rs`, `cloudwatch.rs` for Lambda's metrics, `web.rs` for a JSON API).
+//! A source answers one check for one version over a window; an unreachable source or
+//! an empty result is an error or a measurement without a value, which the judge
+//! treats as inconclusive, never as a pass.
 //! `contract` holds the test every implementation must pass.
 
 pub mod builtin;
@@ -11,6 +12,7 @@ pub mod cloudwatch;
 pub mod contract;
 pub mod factory;
 pub mod prometheus;
+pub mod web;
 
 use std::time::Duration;
 

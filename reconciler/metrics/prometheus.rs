@@ -207,7 +207,8 @@ impl Prometheus {
     }
 }
 
-fn dechunk(body: &str) -> String {
+/// The body of a `Transfer-Encoding: chunked` answer (also read by `web`).
+pub(super) fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {

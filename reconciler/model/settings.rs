@@ -58,6 +58,21 @@ pub enum MetricsSource {
         profile: Option<String>,
         timeout: Duration,
     },
+    /// A JSON API over HTTP (`metrics::web`): one request per measurement, the reading
+    /// picked out of the answer by `json_path`.
+    Web {
+        /// The URL with its placeholders still in the path and query.
+        url: String,
+        method: WebMethod,
+        /// `POST` only: the body, placeholders still in.
+        body: Option<String>,
+        /// Header name → the name of the environment variable holding its value.
+        headers: BTreeMap<String, String>,
+        timeout: Duration,
+        json_path: String,
+        /// Where the count of events behind the reading is; `None`: one per reading.
+        samples_path: Option<String>,
+    },
 }
 
 impl MetricsSource {
@@ -65,6 +80,24 @@ impl MetricsSource {
         match self {
             MetricsSource::Prometheus { .. } => "prometheus",
             MetricsSource::Cloudwatch { .. } => "cloudwatch",
+            MetricsSource::Web { .. } => "web",
+        }
+    }
+}
+
+/// The HTTP method of a `web` source's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebMethod {
+    #[default]
+    Get,
+    Post,
+}
+
+impl WebMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebMethod::Get => "GET",
+            WebMethod::Post => "POST",
         }
     }
 }

@@ -406,6 +406,37 @@ pub enum MetricsSource {
     Prometheus(PrometheusSource),
     /// Amazon CloudWatch `GetMetricData` over the AWS/Lambda namespace.
     Cloudwatch(CloudwatchSource),
+    /// A JSON API over HTTP: one reading per measurement, picked out by a JSONPath.
+    Web(WebSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WebSource {
+    /// An `http://` URL. `{{plan}}`, `{{version}}`, `{{baseline}}` (empty without one),
+    /// `{{window}}` (e.g. `60s`) and `{{query}}` (the check's query) are filled into its
+    /// path and query string, URL-encoded; the host and port are fixed.
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `POST` only: the request body, its placeholders filled in as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Header name → the name of the environment variable holding its value (never
+    /// one of rollgate's own credentials; over plain http to loopback only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Per-request time limit (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Where the reading is in the JSON answer, e.g. `$.data.ratio`: a number, or a
+    /// boolean as 1/0; `null` is no data.
+    pub json_path: String,
+    /// Where the count of events behind the reading is; without it, one per reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -5,7 +5,7 @@
 //! passes as a plan (YAML, structure, meaning), every problem reported in the order
 //! found; `builtin` is reserved for rollgate's own proxy metrics; a credential named by
 //! `authHeaderEnv` is never one of rollgate's own and never crosses plain http except
-//! to a loopback address.
+//! to a loopback address; a `web` source's headers follow the same rules.
 
 use std::time::Duration;
 
@@ -103,6 +103,11 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 );
                 continue;
             }
+            wire::MetricsSource::Web(web) => {
+                let source = web_source(&mut cx, name, web);
+                out.metrics.insert(name.clone(), source);
+                continue;
+            }
         };
         if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
             cx.err(
@@ -178,6 +183,83 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
         return Err(cx.diags);
     }
     Ok(out)
+}
+
+/// A `web` source: its URL read strictly (placeholders in the path and query only), the
+/// method, a body only with `POST`, each header under the `authHeaderEnv` rules, and
+/// both JSONPaths in the subset `metrics::web` reads.
+fn web_source(cx: &mut Ctx<'_>, name: &str, w: &wire::WebSource) -> settings::MetricsSource {
+    use crate::metrics::web::{Endpoint, JsonPath, header_problem};
+    use P::K;
+    let at = |k: &'static str| [K("metrics"), K(name), K("web"), K(k)];
+    let endpoint = match Endpoint::parse(&w.url) {
+        Ok(e) => Some(e),
+        Err(problem) => {
+            cx.err(&at("url"), Code::InvalidValue, problem);
+            None
+        }
+    };
+    let method = match w.method.as_deref() {
+        None | Some("GET") => settings::WebMethod::Get,
+        Some("POST") => settings::WebMethod::Post,
+        Some(other) => {
+            cx.err(
+                &at("method"),
+                Code::InvalidValue,
+                format!("`{other}` is not a method a web source sends"),
+            )
+            .help = Some("`GET` or `POST`".to_owned());
+            settings::WebMethod::Get
+        }
+    };
+    if w.body.is_some() && method != settings::WebMethod::Post {
+        cx.err(
+            &at("body"),
+            Code::InvalidValue,
+            "a body is sent only with `method: POST`",
+        );
+    }
+    for (header, var) in &w.headers {
+        let place = [K("metrics"), K(name), K("web"), K("headers"), K(header)];
+        let problem = header_problem(header, var).or_else(|| {
+            if is_reserved_secret(var) {
+                Some(format!(
+                    "{var} holds one of rollgate's own credentials (Git, GitHub, webhook or AWS); a metrics source may not send it anywhere"
+                ))
+            } else {
+                endpoint
+                    .as_ref()
+                    .filter(|e| !e.https && !crate::metrics::prometheus::is_loopback_host(&e.host))
+                    .map(|e| {
+                        format!(
+                            "the credential in {var} would go over plain http to `{}`; send it only to a loopback address (e.g. a local auth proxy)",
+                            e.host
+                        )
+                    })
+            }
+        });
+        if let Some(problem) = problem {
+            cx.err(&place, Code::InvalidValue, problem);
+        }
+    }
+    for (key, path) in [
+        ("jsonPath", Some(&w.json_path)),
+        ("samplesPath", w.samples_path.as_ref()),
+    ] {
+        if let Some(Err(problem)) = path.map(|p| JsonPath::parse(p)) {
+            cx.err(&at(key), Code::InvalidValue, problem);
+        }
+    }
+    let timeout = cx.dur(w.timeout.as_deref(), Duration::from_secs(5), &at("timeout"));
+    settings::MetricsSource::Web {
+        url: w.url.clone(),
+        method,
+        body: w.body.clone(),
+        headers: w.headers.clone(),
+        timeout,
+        json_path: w.json_path.clone(),
+        samples_path: w.samples_path.clone(),
+    }
 }
 
 /// Variables that hold rollgate's own credentials: no repository setting may name them

@@ -57,6 +57,122 @@ fn regression_auth_header_env_cannot_send_rollgates_own_credentials_or_cross_pla
     assert!(with_prometheus("http://localhost:9090", "PROM_TOKEN").is_ok());
 }
 
+fn with_web(source: &str) -> Result<Settings, Vec<Diagnostic>> {
+    parse_settings(
+        "rollgate.yaml",
+        &format!("{SETTINGS}metrics:\n  kpi:\n    web:\n{source}"),
+    )
+}
+
+#[test]
+fn a_web_source_is_read_into_its_settings() {
+    // Given a web source with every field set
+    let s = with_web(
+        "      url: \"http://127.0.0.1:8080/r?plan={{plan}}\"\n      method: POST\n      body: '{\"v\": \"{{version}}\"}'\n      headers: { Authorization: KPI_AUTH_HEADER }\n      timeout: 2s\n      jsonPath: $.data.ratio\n      samplesPath: $.data.n\n",
+    )
+    .expect("valid");
+    // Then the domain holds it as written, the timeout parsed
+    assert_eq!(
+        s.metrics["kpi"],
+        crate::model::settings::MetricsSource::Web {
+            url: "http://127.0.0.1:8080/r?plan={{plan}}".to_owned(),
+            method: crate::model::settings::WebMethod::Post,
+            body: Some("{\"v\": \"{{version}}\"}".to_owned()),
+            headers: [("Authorization".to_owned(), "KPI_AUTH_HEADER".to_owned())].into(),
+            timeout: Duration::from_secs(2),
+            json_path: "$.data.ratio".to_owned(),
+            samples_path: Some("$.data.n".to_owned()),
+        }
+    );
+    // And GET with a 5s timeout is the default
+    let s = with_web("      url: http://kpi.internal/r\n      jsonPath: $.v\n").expect("valid");
+    assert!(matches!(
+        &s.metrics["kpi"],
+        crate::model::settings::MetricsSource::Web { method: crate::model::settings::WebMethod::Get, timeout, .. }
+            if *timeout == Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn regression_web_headers_cannot_send_rollgates_own_credentials_or_cross_plain_http() {
+    // Given a web source whose header names one of rollgate's own secret variables
+    for var in [
+        "ROLLGATE_GIT_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "GITHUB_TOKEN",
+    ] {
+        let d = with_web(&format!(
+            "      url: http://127.0.0.1:8080/r\n      headers:\n        Authorization: {var}\n      jsonPath: $.v\n"
+        ))
+        .expect_err(var);
+        // Then it is refused, at the header's place, naming the variable
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, Code::InvalidValue, "{d:?}");
+        assert_eq!(d[0].pos.map(|p| (p.line, p.col)), Some((11, 24)), "{d:?}");
+        assert!(d[0].message.contains(var), "{}", d[0].message);
+    }
+    // And a credential of its own goes over plain http to loopback only
+    let d = with_web(
+        "      url: http://kpi.example:8080/r\n      headers: { Authorization: KPI_AUTH }\n      jsonPath: $.v\n",
+    )
+    .expect_err("remote");
+    assert!(
+        d[0].message.contains("kpi.example") && d[0].message.contains("KPI_AUTH"),
+        "{}",
+        d[0].message
+    );
+    for url in [
+        "http://localhost:8080/r",
+        "http://[::1]:8080/r",
+        "https://kpi.example/r",
+    ] {
+        assert!(
+            with_web(&format!(
+                "      url: \"{url}\"\n      headers: {{ Authorization: KPI_AUTH }}\n      jsonPath: $.v\n"
+            ))
+            .is_ok(),
+            "{url}"
+        );
+    }
+    // And without a header, any host will do
+    assert!(with_web("      url: http://kpi.example/r\n      jsonPath: $.v\n").is_ok());
+}
+
+#[test]
+fn every_problem_of_a_web_source_is_reported_at_its_place() {
+    // Given a web source with six problems
+    let d = with_web(
+        "      url: \"http://{{plan}}.kpi/r\"\n      method: PUT\n      body: x\n      headers: { Host: H, X-Key: \"not a var\" }\n      jsonPath: data.ratio\n      samplesPath: \"$..n\"\n      timeout: 5x\n",
+    )
+    .expect_err("invalid");
+    // Then each is reported, in order, at its own line
+    let found: Vec<(u32, &str)> = d
+        .iter()
+        .map(|d| (d.pos.map_or(0, |p| p.line), d.code.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (9, "invalid-value"),
+            (10, "invalid-value"),
+            (11, "invalid-value"),
+            (12, "invalid-value"),
+            (12, "invalid-value"),
+            (13, "invalid-value"),
+            (14, "invalid-value"),
+            (15, "bad-duration"),
+        ],
+        "{d:#?}"
+    );
+    assert!(d[0].message.contains("placeholder"), "{}", d[0].message);
+    assert!(d[3].message.contains("Host"), "{}", d[3].message);
+    assert!(d[4].message.contains("not a var"), "{}", d[4].message);
+    // And a method that is not a string at all is a structure error
+    let d = with_web("      url: http://x/r\n      jsonPath: $.v\n      nope: 1\n")
+        .expect_err("unknown");
+    assert_eq!(d[0].code, Code::UnknownField, "{d:?}");
+}
+
 #[test]
 fn regression_a_misspelt_section_hides_none_of_the_other_errors() {
     // Given a plan whose `strategy` is misspelt `stratgy`, with five more problems
