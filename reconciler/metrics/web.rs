@@ -103,6 +103,13 @@ impl Web {
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve {host}"))?;
+        // Checked again on the address about to be dialled: a name that resolves
+        // elsewhere never receives a credential.
+        if !self.headers.is_empty() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "{host} resolved to {addr}, not a loopback address: the headers are not sent there"
+            ));
+        }
         let mut s = TcpStream::connect_timeout(&addr, self.timeout)
             .map_err(|e| format!("web source at {addr} unreachable: {e}"))?;
         let mut req = format!(
@@ -110,13 +117,6 @@ impl Web {
             self.method.as_str(),
             self.endpoint.authority()
         );
-        // Checked again on the address actually dialled: a name that resolves elsewhere
-        // never receives a credential.
-        if !self.headers.is_empty() && !addr.ip().is_loopback() {
-            return Err(format!(
-                "{host} resolved to {addr}, not a loopback address: the headers are not sent there"
-            ));
-        }
         for (name, var) in &self.headers {
             let value = std::env::var(var)
                 .map_err(|_| format!("header {name}: the variable {var} is not set"))?;

@@ -263,7 +263,8 @@ pub struct Check {
     pub name: String,
     /// `builtin`, or a metrics source named in `rollgate.yaml`.
     pub source: String,
-    /// For `builtin`: `success-rate`, `error-rate`, `latency-p50|p95|p99`; for Prometheus: PromQL.
+    /// For `builtin`: `success-rate`, `error-rate`, `latency-p50|p95|p99`; for Prometheus:
+    /// PromQL; for a `web` source: what `{{query}}` in its URL or body becomes.
     pub query: String,
     pub judge: Judge,
     /// How often a measurement is taken (default `30s`).
@@ -277,6 +278,7 @@ pub struct Check {
     pub consecutive_error_limit: Option<u32>,
     /// Prometheus: PromQL counting the events behind the value over `{{window}}` (e.g.
     /// requests), compared with `minSamples`; without it, samples are the data points.
+    /// (A `web` source counts with its own `samplesPath`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_query: Option<String>,
 }

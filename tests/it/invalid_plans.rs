@@ -294,6 +294,7 @@ cases! {
     invalid_value_route_rule_overflow => "invalid-value-route-rule-overflow",
     invalid_value_negative_min_samples => "invalid-value-negative-min-samples",
     invalid_value_two_strategies => "invalid-value-two-strategies",
+    invalid_value_web_samples_query => "invalid-value-web-samples-query",
     io_settings_is_a_directory => "io-settings-is-a-directory",
     missing_field => "missing-field",
     missing_field_analysis_duration => "missing-field-analysis-duration",

@@ -3,7 +3,8 @@
 //!
 //! Invariants: pure; check names are DNS labels and unique within a plan; a query is
 //! one its source answers (the builtin proxy's and CloudWatch's are known here, a
-//! Prometheus query is the source's to judge); a judge is either a threshold or a
+//! Prometheus query is the source's to judge; a `web` source counts its own samples, so
+//! a `samplesQuery` on its checks is refused); a judge is either a threshold or a
 //! baseline comparison, never both nor neither; with no evidence nothing promotes, so
 //! `minSamples` is at least 1. Without settings, sources are not resolved.
 
@@ -126,6 +127,23 @@ pub(super) fn checks(
         }
         if c.query.trim().is_empty() {
             cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
+        }
+        if c.samples_query.is_some()
+            && let Some(settings::MetricsSource::Web { .. }) =
+                settings.and_then(|st| st.metrics.get(&c.source))
+        {
+            cx.err(
+                &at(&[K("samplesQuery")]),
+                Code::InvalidValue,
+                format!(
+                    "`{}` is a web source, which reads its samples from the answer, never from a samplesQuery",
+                    c.source
+                ),
+            )
+            .help = Some(format!(
+                "set `samplesPath` on `metrics.{}.web` in rollgate.yaml, or remove `samplesQuery`",
+                c.source
+            ));
         }
         let mut judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
         // A success rate is harmed by going down: that is its default direction.
