@@ -53,6 +53,9 @@ struct Answer {
     delay: Duration,
 }
 
+/// A body starting with this is sent with `Transfer-Encoding: chunked` (without it).
+const CHUNKED: &str = "chunked:";
+
 fn json(status: u16, body: &str) -> Answer {
     Answer {
         status,
@@ -91,6 +94,18 @@ impl KpiServer {
                 std::thread::spawn(move || {
                     std::thread::sleep(a.delay);
                     let reason = if a.status < 300 { "OK" } else { "Error" };
+                    if let Some(rest) = a.body.strip_prefix(CHUNKED) {
+                        // Two chunks and the last, as a streaming server sends them.
+                        let (one, two) = rest.split_at(rest.len() / 2);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{one}\r\n{:x}\r\n{two}\r\n0\r\n\r\n",
+                            a.status,
+                            one.len(),
+                            two.len()
+                        );
+                        return;
+                    }
                     let _ = write!(
                         conn,
                         "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -322,6 +337,7 @@ fn a_failed_answer_is_an_error_never_a_value() {
         "/missing" => json(200, r#"{"w":1}"#),
         "/string" => json(200, r#"{"v":"1"}"#),
         "/object" => json(200, r#"{"v":{"x":1}}"#),
+        "/chunked" => json(200, &format!("{CHUNKED}{}", r#"{"v":0.25}"#)),
         _ => json(200, r#"{"v":1}"#),
     });
     for (path, says) in [
@@ -349,15 +365,18 @@ fn a_failed_answer_is_an_error_never_a_value() {
             started.elapsed()
         );
     }
-    // And the good path on the same server reads
-    let mut kpi = source(&format!(
-        "      url: \"{}\"\n      timeout: 500ms\n      jsonPath: $.v\n",
-        server.url("/good")
-    ));
-    assert_eq!(
-        kpi.measure(&check("q"), &ctx("v2")).map(|m| m.value),
-        Ok(Some(1.0))
-    );
+    // And the good paths on the same server read, a chunked answer too
+    for (path, want) in [("/good", 1.0), ("/chunked", 0.25)] {
+        let mut kpi = source(&format!(
+            "      url: \"{}\"\n      timeout: 500ms\n      jsonPath: $.v\n",
+            server.url(path)
+        ));
+        assert_eq!(
+            kpi.measure(&check("q"), &ctx("v2")).map(|m| m.value),
+            Ok(Some(want)),
+            "{path}"
+        );
+    }
 }
 
 /// The shared contract: v2 measured a ratio of 0.96 over 250 requests (`samplesPath`),
