@@ -30,5 +30,6 @@ mod reconcile;
 mod roundtrip;
 mod schema_fresh;
 mod trust;
+mod web_source;
 mod webhooks;
 mod writeback;

@@ -10,7 +10,7 @@
 //! the settings refuse rollgate's own secrets and plain http off the host. The shared
 //! `MetricsSource` contract runs against the same kind of server.
 
-mod support;
+use crate::support;
 
 use support::free_port;
 
@@ -431,7 +431,13 @@ fn a_header_is_read_from_the_variable_the_settings_name() {
         let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
-                "a_header_is_read_from_the_variable_the_settings_name",
+                // The test's name in this binary: its module path after the crate's.
+                &format!(
+                    "{}::a_header_is_read_from_the_variable_the_settings_name",
+                    module_path!()
+                        .split_once("::")
+                        .map_or(module_path!(), |(_, m)| m)
+                ),
                 "--nocapture",
                 "--test-threads=1",
             ])
