@@ -9,8 +9,8 @@
 //!   watching a local remote (`watch`).
 //! - `writeback`: status, revert and restore commits, pushed as a compare-and-swap.
 //! - `commands`: promote, abort and retry as command commits.
-//! - `target`: the `Target` extension point, its contract, and every implementation
-//!   (dry run, local, Kubernetes with Knative, Lambda); `target::factory` builds them.
+//! - `targets`: the `Target` extension point, its contract, and every implementation
+//!   (dry run, local, Kubernetes with Knative, Lambda); `targets::factory` builds them.
 //! - `dataplane`: the local target's process that outlives the daemon.
 //! - `proxy`: the weighted HTTP proxy of the local target.
 //! - `metrics`: the `MetricsSource` extension point (builtin, Prometheus, CloudWatch).
@@ -43,6 +43,6 @@ pub mod preview;
 pub mod proxy;
 pub mod server;
 pub mod source;
-pub mod target;
+pub mod targets;
 pub mod telemetry;
 pub mod writeback;

@@ -898,7 +898,7 @@ fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     }
     // Targets and metrics sources are built from the settings at head, and rebuilt
     // when a later head changes their entry.
-    let adapters = rollgate::target::factory::Options {
+    let adapters = rollgate::targets::factory::Options {
         state_dir: args.state_dir.clone(),
         journal: (args.dry_run || args.journal_targets).then(|| args.state_dir.join("dry-run")),
     };

@@ -190,7 +190,7 @@ pub(crate) mod tests {
         let health = Arc::new(Health::default());
         let server = start(SocketAddr::from(([127, 0, 0, 1], 0)), health.clone()).expect("listens");
         let get = |path: &str| {
-            crate::target::local::http_get(server.addr, path, std::time::Duration::from_secs(2))
+            crate::targets::local::http_get(server.addr, path, std::time::Duration::from_secs(2))
                 .expect("answers")
         };
         assert_eq!(get("/healthz").0, 200);
@@ -222,7 +222,7 @@ pub(crate) mod tests {
             .map(|_| {
                 let t = std::time::Instant::now();
                 let (code, _) =
-                    crate::target::local::http_get(addr, path, std::time::Duration::from_secs(5))
+                    crate::targets::local::http_get(addr, path, std::time::Duration::from_secs(5))
                         .expect("answers");
                 assert_eq!(code, 200);
                 t.elapsed()

@@ -11,7 +11,7 @@ use super::*;
 /// The daemon's targets and metrics sources as built from settings: what each was built
 /// from, so a settings change rebuilds only the entries it touches.
 pub(super) struct Adapters {
-    pub(super) opts: crate::target::factory::Options,
+    pub(super) opts: crate::targets::factory::Options,
     pub(super) targets: BTreeMap<String, crate::model::settings::Target>,
     pub(super) metrics: BTreeMap<String, crate::model::settings::MetricsSource>,
     pub(super) counters: BTreeMap<String, Arc<dyn crate::metrics::builtin::ProxyCounters>>,
@@ -61,7 +61,7 @@ impl Reconciler {
             }
             a.targets.insert(name.clone(), kind.clone());
             counters_changed |= a.counters.remove(name).is_some();
-            match crate::target::factory::build(name, kind, &a.opts) {
+            match crate::targets::factory::build(name, kind, &a.opts) {
                 Ok(built) => {
                     self.targets.insert(name.clone(), built.target);
                     if let Some(c) = built.counters {

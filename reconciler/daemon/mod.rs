@@ -44,7 +44,7 @@ use crate::model::validate::ParsedPlan;
 use crate::model::{Diagnostic, Plan};
 use crate::source::Snapshot;
 use crate::source::git::{CommitInfo, GitSource};
-use crate::target::{Desired, Target};
+use crate::targets::{Desired, Target};
 use crate::writeback::messages::{self, status_path};
 use crate::writeback::{RevertConflict, WriteOutcome, Writer};
 
@@ -228,7 +228,7 @@ impl Reconciler {
     /// added to `rollgate.yaml` serves its plans without a restart. While the settings
     /// at head are invalid, the adapters built last stay.
     #[must_use]
-    pub fn with_adapters(mut self, opts: crate::target::factory::Options) -> Self {
+    pub fn with_adapters(mut self, opts: crate::targets::factory::Options) -> Self {
         self.adapters = Some(Adapters {
             opts,
             targets: BTreeMap::new(),

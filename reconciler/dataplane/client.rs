@@ -27,8 +27,8 @@ use crate::engine::TargetHealth;
 use crate::metrics::builtin::ProxyCounters;
 use crate::model::Plan;
 use crate::proxy::WindowStats;
-use crate::target::local::{Op, Spec};
-use crate::target::{Desired, Target, TargetError};
+use crate::targets::local::{Op, Spec};
+use crate::targets::{Desired, Target, TargetError};
 
 /// The longest a target call may take: a start waits for health (10 s) and a drain
 /// (10 s) may follow, and a stop gives the old process 5 s.
@@ -221,7 +221,7 @@ impl DataPlaneTarget {
             .arg("--dir")
             .arg(&self.dir)
             .env_clear()
-            .envs(crate::target::local::inherited_env())
+            .envs(crate::targets::local::inherited_env())
             .envs(std::env::var("RUST_LOG").ok().map(|v| ("RUST_LOG", v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -6,7 +6,7 @@
 //!     decides, writes Git                  (JSON lines, wire.rs)      proxies + workloads
 //!     dies, restarts, upgrades freely                                 keep serving meanwhile
 //! ```
-//! `serve(DIR)` runs a `target::local::LocalTarget` behind a Unix socket. The daemon's
+//! `serve(DIR)` runs a `targets::local::LocalTarget` behind a Unix socket. The daemon's
 //! `client::DataPlaneTarget` starts it when none answers (in its own process group, so
 //! a Ctrl-C or SIGTERM of the daemon does not reach it), adopts a running one by its
 //! `Identity`, and drives it with the same `Op`s the in-process target runs. Killing the
@@ -38,7 +38,7 @@ use anyhow::{Context, Result, bail};
 use self::identity::Identity;
 use self::wire::{CountedWire, PROTOCOL, Reply, Request};
 use crate::metrics::builtin::Registry;
-use crate::target::local::{LocalTarget, Op, Spec};
+use crate::targets::local::{LocalTarget, Op, Spec};
 
 /// The socket the data plane of `dir` listens on.
 pub fn socket_path(dir: &Path) -> PathBuf {

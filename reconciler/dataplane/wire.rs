@@ -4,7 +4,7 @@
 //! many. `PROTOCOL` changes whenever a message changes shape: a daemon that finds a data
 //! plane of another protocol refuses to drive it and says how to replace it.
 //! Invariants: wire types only (serde shapes); `From` conversions to and from the domain
-//! types of `target::local` live here and nowhere else; unknown fields are refused.
+//! types of `targets::local` live here and nowhere else; unknown fields are refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,8 +16,8 @@ use super::identity::Identity;
 use crate::engine::TargetHealth;
 use crate::model::plan::{LocalWorkload, Sticky};
 use crate::proxy::WindowStats;
-use crate::target::Desired;
-use crate::target::local::{Op, Outcome, Spec};
+use crate::targets::Desired;
+use crate::targets::local::{Op, Outcome, Spec};
 
 /// The protocol this build speaks.
 pub const PROTOCOL: u32 = 1;

@@ -188,7 +188,7 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     let state = dir.join("state");
     let plane = state.join("local");
     let stop_plane = StopOnDrop(plane.clone());
-    let mut targets: BTreeMap<String, Box<dyn crate::target::Target>> = BTreeMap::new();
+    let mut targets: BTreeMap<String, Box<dyn crate::targets::Target>> = BTreeMap::new();
     targets.insert(
         "local".to_owned(),
         Box::new(DataPlaneTarget::new(plane.clone(), Launch::Attached)),

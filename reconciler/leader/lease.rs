@@ -175,8 +175,8 @@ impl LeaseElector {
                         name: Some(self.name.clone()),
                         labels: Some(
                             [(
-                                crate::target::kubernetes::MANAGED_BY.0.to_owned(),
-                                crate::target::kubernetes::MANAGED_BY.1.to_owned(),
+                                crate::targets::kubernetes::MANAGED_BY.0.to_owned(),
+                                crate::targets::kubernetes::MANAGED_BY.1.to_owned(),
                             )]
                             .into(),
                         ),

@@ -208,7 +208,7 @@ impl Cloudwatch {
         use anyhow::Context as _;
         check_endpoint(access.endpoint.as_deref())?;
         Ok(Self {
-            runtime: crate::target::kubernetes::runtime()
+            runtime: crate::targets::kubernetes::runtime()
                 .context("cannot start the cloudwatch runtime")?,
             access,
             timeout,

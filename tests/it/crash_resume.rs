@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollgate::model::status::{Phase, Status};
-use rollgate::target::dry_run::{DryRun, Workload};
+use rollgate::targets::dry_run::{DryRun, Workload};
 use support::Remote;
 use support::rollout::{LoggedCommit, PlanFile};
 

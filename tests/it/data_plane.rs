@@ -128,7 +128,7 @@ fn dataplane_stop_stops_every_workload_and_the_proxy() {
     d.terminate();
     let workloads = w.workloads();
     assert_eq!(workloads.len(), 2);
-    assert!(rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(2)).is_ok());
+    assert!(rollgate::targets::local::http_status(w.addr(), "/", Duration::from_secs(2)).is_ok());
     // When everything is stopped the documented way
     let out = std::process::Command::new(support::local::BIN)
         .args(["dataplane", "stop", "--dir"])
@@ -140,7 +140,7 @@ fn dataplane_stop_stops_every_workload_and_the_proxy() {
     assert_eq!(w.workloads(), Vec::new());
     assert!(workloads.iter().all(|i| !i.is_alive()));
     assert!(rollgate::dataplane::client::hello(&w.plane_dir()).is_err());
-    assert!(rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(1)).is_err());
+    assert!(rollgate::targets::local::http_status(w.addr(), "/", Duration::from_secs(1)).is_err());
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn regression_leftovers_of_a_killed_data_plane_are_stopped_before_the_stable_res
         &format!("serving again (orphans {orphans:?})"),
         Duration::from_secs(60),
         |_| {
-            rollgate::target::local::http_status(w.addr(), "/", Duration::from_secs(1)) == Ok(200)
+            rollgate::targets::local::http_status(w.addr(), "/", Duration::from_secs(1)) == Ok(200)
                 && w.workloads().len() == 2
                 && w.workloads().iter().all(|i| !orphans.contains(i))
         },
@@ -249,7 +249,7 @@ fn the_data_plane_client_passes_the_target_contract() {
     let plane = Plane::start();
     let plan = local_plan(support::free_port(), &plane.marker);
     let mut t = DataPlaneTarget::new(plane.dir.path().to_path_buf(), Launch::Never);
-    rollgate::target::contract::run(
+    rollgate::targets::contract::run(
         &mut t,
         &plan,
         None,
@@ -268,7 +268,7 @@ fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
     use rollgate::dataplane::client::{DataPlaneCounters, DataPlaneTarget, Launch};
     use rollgate::metrics::builtin::Builtin;
     use rollgate::metrics::contract::{Cases, Question};
-    use rollgate::target::{Desired, Target};
+    use rollgate::targets::{Desired, Target};
     use std::sync::Arc;
     use std::time::Instant;
     // Given v2 stable behind the data plane's proxy, serving
@@ -298,7 +298,7 @@ fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
     let data_from = chrono::Utc::now();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     for i in 0..50 {
-        let (code, body) = rollgate::target::local::http_get(addr, "/", Duration::from_secs(5))
+        let (code, body) = rollgate::targets::local::http_get(addr, "/", Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("request {i} unanswered: {e}"));
         assert_eq!(code, 200, "request {i}: {body}");
     }
@@ -350,7 +350,7 @@ fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
 #[test]
 fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else() {
     use rollgate::dataplane::client::{DataPlaneTarget, Launch};
-    use rollgate::target::{Desired, Target};
+    use rollgate::targets::{Desired, Target};
     // Given v1 stable and v2 at 20% through the client
     let plane = Plane::start();
     let port = support::free_port();

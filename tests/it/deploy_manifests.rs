@@ -151,8 +151,8 @@ fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
         granted(role.rules.iter().flatten()),
         used(
             &[
-                rollgate::target::kubernetes::RBAC,
-                rollgate::target::knative::RBAC
+                rollgate::targets::kubernetes::RBAC,
+                rollgate::targets::knative::RBAC
             ]
             .concat()
         ),
@@ -174,7 +174,7 @@ fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
 /// target checks, and the ClusterRole says RBAC is not the whole fence (issue #15).
 #[test]
 fn the_install_steps_name_the_opt_in_label_the_target_checks() {
-    let (k, v) = rollgate::target::kubernetes::OPT_IN;
+    let (k, v) = rollgate::targets::kubernetes::OPT_IN;
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("README");
     let install = readme

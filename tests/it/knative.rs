@@ -14,9 +14,9 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use rollgate::engine::{Measurement, TargetHealth};
 use rollgate::model::Plan;
-use rollgate::target::knative::{self, CANDIDATE_TAG, KnativeTarget};
-use rollgate::target::kubernetes::KubernetesTarget;
-use rollgate::target::{Desired, Target, contract};
+use rollgate::targets::knative::{self, CANDIDATE_TAG, KnativeTarget};
+use rollgate::targets::kubernetes::KubernetesTarget;
+use rollgate::targets::{Desired, Target, contract};
 use serde_json::{Value, json};
 use support::cluster::{self, E2E_SKIPPED, e2e_target, poll_until, wait_until};
 
@@ -441,7 +441,7 @@ fn a_service_whose_first_revision_failed_holds_the_start_with_knative_s_reason()
 #[test]
 fn every_step_rerun_after_a_crash_converges() {
     let mut t = cluster();
-    type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+    type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::targets::TargetError>>;
     let steps: Vec<(&str, Step)> = vec![
         ("start", Box::new(|t| t.start_candidate(&plan(), V2))),
         ("weight 10", Box::new(|t| t.set_weight(&plan(), 10))),

@@ -17,8 +17,8 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ObjectMeta;
 use rollgate::engine::TargetHealth;
 use rollgate::model::Plan;
-use rollgate::target::kubernetes::{self, Deployments, KubernetesTarget, Timing};
-use rollgate::target::{Desired, Target, contract};
+use rollgate::targets::kubernetes::{self, Deployments, KubernetesTarget, Timing};
+use rollgate::targets::{Desired, Target, contract};
 use serde_json::{Value, json};
 use support::cluster::{
     self, E2E_SKIPPED, Readiness, Verbs, apply_creates, e2e_target, poll_until, wait_until,
@@ -542,7 +542,8 @@ fn rerunning_every_step_after_a_crash_converges() {
     for route in [true, false] {
         let mut t = cluster();
         let p = plan(route);
-        type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+        type Step =
+            Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::targets::TargetError>>;
         let steps: Vec<(&str, Step)> = vec![
             (
                 "start",
@@ -1673,7 +1674,8 @@ fn blue_green_through_the_route_moves_weight_zero_to_hundred() {
 fn blue_green_steps_rerun_after_a_crash_converge() {
     for route in [true, false] {
         let mut t = cluster();
-        type Step = Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::target::TargetError>>;
+        type Step =
+            Box<dyn Fn(&mut KubernetesTarget) -> Result<(), rollgate::targets::TargetError>>;
         let p = move || bg_plan(route, "0s");
         let steps: Vec<(&str, Step)> = vec![
             ("start", Box::new(move |t| t.start_candidate(&p(), V2))),

@@ -35,8 +35,8 @@ use rollgate::model::settings;
 use rollgate::model::status::{Phase, Status};
 use rollgate::model::validate::{parse_plan, parse_settings};
 use rollgate::source::git::GitSource;
-use rollgate::target::lambda::{AliasState, AwsAccess, LambdaTarget, Timing};
-use rollgate::target::{Desired, Target, contract};
+use rollgate::targets::lambda::{AliasState, AwsAccess, LambdaTarget, Timing};
+use rollgate::targets::{Desired, Target, contract};
 
 use moto::{Fixture, REGION};
 use relay::RevisionShim;
@@ -300,7 +300,7 @@ fn cloudwatch_passes_the_metrics_source_contract() {
     fx.publish_metrics("2", 1000.0, 5.0, &[]);
     let mut live = fx.cloudwatch_source();
     let mut dead = Cloudwatch::new(
-        rollgate::target::lambda::AwsAccess {
+        rollgate::targets::lambda::AwsAccess {
             region: REGION.to_owned(),
             endpoint: Some(format!("http://127.0.0.1:{}", support::free_port())),
             profile: None,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use rollgate::demo::load::Generator;
 use rollgate::model::Plan;
-use rollgate::target::Target;
-use rollgate::target::local::LocalTarget;
+use rollgate::targets::Target;
+use rollgate::targets::local::LocalTarget;
 use support::git;
 
 fn plan_yaml(name: &str, port: u16, artifact: &str, steps: &str, checks: &str) -> String {
@@ -54,7 +54,7 @@ fn plan(port: u16) -> Plan {
 fn shares(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for _ in 0..n {
-        let code = rollgate::target::local::http_get(addr, "/", Duration::from_secs(2))
+        let code = rollgate::targets::local::http_get(addr, "/", Duration::from_secs(2))
             .expect("request answered");
         *out.entry(code.1.trim().rsplit(' ').next().unwrap_or("?").to_owned())
             .or_default() += 1;
@@ -62,7 +62,7 @@ fn shares(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     out
 }
 
-fn wait_healthy(t: &mut LocalTarget, plan: &Plan, desired: &rollgate::target::Desired) {
+fn wait_healthy(t: &mut LocalTarget, plan: &Plan, desired: &rollgate::targets::Desired) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if t.health(plan, desired) == rollgate::engine::TargetHealth::Healthy {
@@ -99,7 +99,7 @@ fn local_target_passes_the_target_contract() {
     let port = free_port();
     let plan = plan(port);
     let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
-    rollgate::target::contract::run(
+    rollgate::targets::contract::run(
         &mut t,
         &plan,
         None,
@@ -127,7 +127,7 @@ fn the_candidate_share_follows_the_weight() {
         wait_healthy(
             &mut t,
             &plan,
-            &rollgate::target::Desired {
+            &rollgate::targets::Desired {
                 stable: Some("v1".into()),
                 candidate: Some("v2".into()),
                 weight,
@@ -198,7 +198,7 @@ fn a_crash_looping_candidate_is_unhealthy() {
         .plan;
     let mut t = LocalTarget::new(dir.path().to_path_buf(), Arc::default());
     let _ = t.start_candidate(&plan, "v1");
-    let desired = rollgate::target::Desired {
+    let desired = rollgate::targets::Desired {
         stable: None,
         candidate: Some("v1".into()),
         weight: 0,
@@ -508,7 +508,7 @@ spec:
     let plan_own = ["GREETING", "APP_PORT", "PORT", "ROLLGATE_VERSION"];
     for name in env.keys() {
         assert!(
-            rollgate::target::local::INHERITED_ENV.contains(name)
+            rollgate::targets::local::INHERITED_ENV.contains(name)
                 || plan_own.contains(name)
                 || shell_own.contains(name),
             "the workload inherited {name}:\n{dump}"

@@ -97,7 +97,7 @@ impl Prom {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if rollgate::target::local::http_status(
+            if rollgate::targets::local::http_status(
                 SocketAddr::from(([127, 0, 0, 1], self.port)),
                 "/-/ready",
                 Duration::from_millis(500),
@@ -293,7 +293,7 @@ impl World {
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
-                let up = rollgate::target::local::http_get(
+                let up = rollgate::targets::local::http_get(
                     SocketAddr::from(([127, 0, 0, 1], self.prom.port)),
                     "/api/v1/query?query=rollgate_proxy_requests_total",
                     Duration::from_secs(2),

@@ -83,7 +83,7 @@ fn regression_a_command_trailer_in_a_commit_that_changes_files_is_not_obeyed() {
 
 #[test]
 fn regression_a_status_file_forged_by_a_human_commit_is_ignored() {
-    use rollgate::target::dry_run::{DryRun, Workload};
+    use rollgate::targets::dry_run::{DryRun, Workload};
     // Given v1 rolled out and v2 waiting at an untimed pause at 20%
     let v1 = PlanFile::new("web").steps(&["setWeight: 20", "setWeight: 100"]);
     let remote = Remote::with_plans(&[&v1]);

@@ -23,8 +23,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube_fake_client::interceptor::{Funcs, PatchContext};
-use rollgate::target::knative;
-use rollgate::target::kubernetes::{self, KubernetesTarget, Timing};
+use rollgate::targets::knative;
+use rollgate::targets::kubernetes::{self, KubernetesTarget, Timing};
 use serde_json::{Value, json};
 
 /// The targets' timing on an in-memory API: quick polls, bounded waits.

@@ -158,7 +158,7 @@ impl World {
         format!(
             "proxy at {}: {:?}\nworkloads: {:?}\n--- daemon log\n{}\n--- data plane log\n{}",
             self.addr(),
-            rollgate::target::local::http_status(self.addr(), "/", Duration::from_secs(1)),
+            rollgate::targets::local::http_status(self.addr(), "/", Duration::from_secs(1)),
             self.workloads()
                 .iter()
                 .map(|i| (i.pid, i.argv.join(" ")))
@@ -323,7 +323,7 @@ impl Traffic {
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         let r =
-                            rollgate::target::local::http_get(addr, "/", Duration::from_secs(5));
+                            rollgate::targets::local::http_get(addr, "/", Duration::from_secs(5));
                         if let Ok(mut s) = seen.lock() {
                             match r {
                                 Ok((code, body)) => {

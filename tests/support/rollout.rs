@@ -18,8 +18,8 @@ use rollgate::model::status::Status;
 
 use rollgate::source::git::GitSource;
 use rollgate::source::remote::GitAuth;
-use rollgate::target::dry_run::{DryRun, Workload};
-use rollgate::target::{Desired, Target, TargetError};
+use rollgate::targets::dry_run::{DryRun, Workload};
+use rollgate::targets::{Desired, Target, TargetError};
 
 use super::Remote;
 

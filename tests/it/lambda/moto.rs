@@ -11,7 +11,7 @@ use aws_sdk_lambda::config::Credentials;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{FunctionCode, Runtime};
 use rollgate::metrics::cloudwatch::Cloudwatch;
-use rollgate::target::lambda::{AliasState, AwsAccess, LambdaTarget};
+use rollgate::targets::lambda::{AliasState, AwsAccess, LambdaTarget};
 
 use super::relay::CborRelay;
 

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-use crate::target::TargetError;
+use crate::targets::TargetError;
 
 /// Canary replicas for `weight`% of `total`: ceil(total × weight / 100).
 pub fn canary_replicas(total: i32, weight: u8) -> i32 {

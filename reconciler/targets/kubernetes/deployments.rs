@@ -28,7 +28,7 @@ use super::{
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
 use crate::model::plan::{BlueGreen, KubernetesWorkload, Strategy, Traffic, Workload};
-use crate::target::{Desired, Target, TargetError};
+use crate::targets::{Desired, Target, TargetError};
 
 /// Rollouts of `kubernetes` workloads (Deployments) on a shared cluster connection.
 pub struct Deployments {

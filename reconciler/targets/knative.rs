@@ -43,7 +43,7 @@ use super::{Target, TargetError};
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
 use crate::model::plan::{KnativeWorkload, Workload};
-use crate::target::Desired;
+use crate::targets::Desired;
 
 /// The tag of the candidate's traffic entry: Knative gives it its own URL.
 pub const CANDIDATE_TAG: &str = "candidate";
