@@ -812,6 +812,7 @@ fn github_options(args: &RunArgs, url: &str) -> Result<Option<rollgate::github::
         branch: args.branch.clone(),
         work_dir: work_dir(&args.state_dir.join("github"), url),
         max_body: rollgate::github::webhook::MAX_BODY,
+        scratch_budget: rollgate::github::handle::SCRATCH_BUDGET,
     }))
 }
 

@@ -91,7 +91,15 @@ pub struct Options {
     /// The worker's scratch clone (fetched pull-request heads, command commits).
     pub work_dir: PathBuf,
     pub max_body: usize,
+    /// The scratch clone's size (bytes) above which it is removed after a job: it is a
+    /// cache, fetched again by the next one (`SCRATCH_BUDGET`).
+    pub scratch_budget: u64,
 }
+
+/// The scratch clone's size limit in production: 1 GiB. What a pull request brings
+/// stays in the clone (unreachable once its ref is pruned) until Git's gc prunes it two
+/// weeks later; a fork pushing large blobs again and again would grow it without this.
+pub const SCRATCH_BUDGET: u64 = 1 << 30;
 
 /// The HTTP side's state.
 #[derive(Debug)]
@@ -184,6 +192,7 @@ impl Webhooks {
             repo_url: opts.repo_url.clone(),
             branch: opts.branch.clone(),
             dir: opts.work_dir.clone(),
+            scratch_budget: opts.scratch_budget,
             wake: wake.clone(),
             git_token: SharedGitToken::default(),
             pending: pending.clone(),

@@ -383,6 +383,30 @@ fn endpoint(
     leader: Gate,
     clock: Clock,
 ) -> (Webhooks, rollgate::server::Server) {
+    endpoint_with_budget(
+        fake,
+        auth,
+        repo_url,
+        work_dir,
+        wake,
+        leader,
+        clock,
+        rollgate::github::handle::SCRATCH_BUDGET,
+    )
+}
+
+/// `endpoint`, with the scratch clone's budget.
+#[allow(clippy::too_many_arguments)]
+fn endpoint_with_budget(
+    fake: &FakeGitHub,
+    auth: &Auth,
+    repo_url: &str,
+    work_dir: PathBuf,
+    wake: std::sync::mpsc::Sender<()>,
+    leader: Gate,
+    clock: Clock,
+    scratch_budget: u64,
+) -> (Webhooks, rollgate::server::Server) {
     let hooks = Webhooks::start_with_clock(
         Options {
             secret: Secret::new(SECRET).expect("a secret"),
@@ -395,6 +419,7 @@ fn endpoint(
             branch: "main".to_owned(),
             work_dir,
             max_body: MAX_BODY,
+            scratch_budget,
         },
         wake,
         leader,
@@ -2123,6 +2148,41 @@ fn regression_previews_leave_no_pull_request_refs_in_the_scratch_clone() {
         assert_eq!(rig.pull_refs(), Vec::<String>::new());
     }
     assert_eq!(rig.fake.hub().check_runs.len(), 3);
+}
+
+#[test]
+fn regression_a_scratch_clone_past_its_budget_is_removed_and_previews_go_on() {
+    // Given an endpoint whose scratch clone may hold 1 byte (every clone is past it)
+    let rig = Rig::new();
+    let dir = rig.remote.work_dir("small");
+    let (tx, _) = std::sync::mpsc::channel();
+    let (_hooks, server) = endpoint_with_budget(
+        &rig.fake,
+        &rig.auth,
+        &rig.repo_url,
+        dir.clone(),
+        tx,
+        Gate::always(),
+        chrono::Utc::now,
+        1,
+    );
+    for (number, artifact) in [(2, "v2"), (3, "v3")] {
+        // When a pull request is previewed
+        let head = rig.push_pull(number, set_artifact(artifact), &format!("web: {artifact}"));
+        let (code, _) = deliver(
+            server.addr,
+            "pull_request",
+            &pull_request_number(number, &head),
+        );
+        assert_eq!(code, 202);
+        rig.fake.wait_for("the preview", WAIT, |h| {
+            h.check_runs.iter().any(|r| r.head_sha == head) && !h.ours_on(number).is_empty()
+        });
+        // Then the preview is right, and the clone that grew past its budget is gone
+        // (before: a fork's objects stayed until Git's gc, two weeks later)
+        assert!(rig.fake.hub().ours_on(number)[0].body.contains(artifact));
+        assert!(!dir.exists(), "{} kept", dir.display());
+    }
 }
 
 /// Every log line of the process, from here on (a test binary runs each test in a

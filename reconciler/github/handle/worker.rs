@@ -50,6 +50,8 @@ pub(super) struct Worker {
     pub(super) repo_url: String,
     pub(super) branch: String,
     pub(super) dir: PathBuf,
+    /// Above this size (bytes) the scratch clone is removed after a job.
+    pub(super) scratch_budget: u64,
     /// The daemon loop: woken after a command commit, so it is acted on at once.
     pub(super) wake: std::sync::mpsc::Sender<()>,
     /// Renewed between jobs for the daemon's Git.
@@ -189,7 +191,29 @@ impl Worker {
         if let Err(e) = prune_pull_refs(&repo) {
             tracing::warn!(error = %format!("{e:#}"), "cannot remove pull request refs from the scratch clone");
         }
+        drop(repo);
+        self.keep_within_budget();
         preview
+    }
+
+    /// Remove the scratch clone when it grew past its budget (a fork's pull request
+    /// brought large objects, kept unreachable until gc): the next job fetches again.
+    fn keep_within_budget(&self) {
+        let size = dir_size(&self.dir);
+        if size <= self.scratch_budget {
+            return;
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => tracing::info!(
+                bytes = size,
+                budget = self.scratch_budget,
+                dir = %self.dir.display(),
+                "the scratch clone outgrew its budget: removed, the next job fetches again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.dir.display(), "cannot remove the oversized scratch clone")
+            }
+        }
     }
 
     fn preview_in(
@@ -476,6 +500,21 @@ enum Recorded {
     Already(Oid),
     /// The plan is not on the branch: nothing done.
     NoPlan,
+}
+
+/// The bytes of the files under `dir` (symlinks not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Remove every `refs/rollgate/pull/*` of the scratch clone.
