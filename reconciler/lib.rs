@@ -8,6 +8,7 @@
 //! - `source`: reading a repository safely (`git`), its network side (`remote`), and
 //!   watching a local remote (`watch`).
 //! - `writeback`: status, revert and restore commits, pushed as a compare-and-swap.
+//! - `cli`: the command line behind `main.rs`: the grammar and every subcommand.
 //! - `commands`: promote, abort and retry as command commits.
 //! - `targets`: the `Target` extension point, its contract, and every implementation
 //!   (dry run, local, Kubernetes with Knative, Lambda); `targets::factory` builds them.
@@ -27,6 +28,7 @@
 //! - `demo`: `rollgate demo`, its service and its load generator.
 
 pub mod aws;
+pub mod cli;
 pub mod commands;
 pub mod daemon;
 pub mod dataplane;
