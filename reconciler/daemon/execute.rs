@@ -52,13 +52,13 @@ impl Reconciler {
         plan: &Plan,
         d: &Decision,
         report: &mut TickReport,
-    ) -> Option<(engine::Action, String)> {
+    ) -> Option<(engine::Action, TargetError)> {
         for action in &d.actions {
             let result = match self.targets.get_mut(&plan.target) {
-                None => Err(format!(
+                None => Err(TargetError::refused(format!(
                     "no `{}` target is available in this daemon",
                     plan.target
-                )),
+                ))),
                 Some(t) => match action {
                     engine::Action::StartCandidate { artifact } => {
                         t.start_candidate(plan, artifact)
@@ -66,8 +66,7 @@ impl Reconciler {
                     engine::Action::SetWeight(w) => t.set_weight(plan, *w),
                     engine::Action::Promote { artifact } => t.promote(plan, artifact),
                     engine::Action::Rollback { stable } => t.rollback(plan, stable.as_deref()),
-                }
-                .map_err(|e| e.to_string()),
+                },
             };
             report.actions += 1;
             if let Err(e) = result {
@@ -75,6 +74,25 @@ impl Reconciler {
             }
         }
         None
+    }
+
+    /// A target action lost an optimistic-concurrency race (after the target's own
+    /// re-reads): not a failure the first `CONFLICT_RETRIES` times in a row. The rollout
+    /// is not held; the next pass, at once, reads again and decides again.
+    pub(super) fn race_lost(
+        &mut self,
+        plan: &str,
+        action: &engine::Action,
+        error: &TargetError,
+    ) -> bool {
+        let memo = self.memo.entry(plan.to_owned()).or_default();
+        if error.kind != ErrorKind::Conflict || memo.conflicts >= CONFLICT_RETRIES {
+            memo.conflicts = 0;
+            return false;
+        }
+        memo.conflicts += 1;
+        tracing::info!(%action, error = %error.message, conflicts = memo.conflicts, "a target action lost a race; deciding again on the next pass");
+        true
     }
 
     /// A target action failed: count it, back off, say so in the log once per cause, and
@@ -152,9 +170,21 @@ impl Reconciler {
                     self.recovered(&plan.name, &doing);
                     Ok(())
                 }
+                Some((action, error)) if self.race_lost(&plan.name, &action, &error) => {
+                    // Git says Promoting: the next pass promotes again.
+                    report.next_wakeup = Some(report.next_wakeup.map_or(now, |n| n.min(now)));
+                    Ok(())
+                }
                 Some((action, error)) => {
-                    let held =
-                        self.failed(pp, Some(&written), &doing, &action, &error, now, report);
+                    let held = self.failed(
+                        pp,
+                        Some(&written),
+                        &doing,
+                        &action,
+                        &error.message,
+                        now,
+                        report,
+                    );
                     let file = Some(written.clone());
                     self.record(pp, Some(&written), file, held, None, report)
                         .map(|_| ())
@@ -162,7 +192,14 @@ impl Reconciler {
             };
         }
         let d = match self.act(plan, &d, report) {
-            Some((action, error)) => self.failed(pp, before, &d, &action, &error, now, report),
+            Some((action, error)) if self.race_lost(&plan.name, &action, &error) => {
+                // Nothing recorded: the next pass reads the target again and decides again.
+                report.next_wakeup = Some(report.next_wakeup.map_or(now, |n| n.min(now)));
+                return Ok(());
+            }
+            Some((action, error)) => {
+                self.failed(pp, before, &d, &action, &error.message, now, report)
+            }
             None => {
                 self.recovered(&plan.name, &d);
                 d
@@ -174,6 +211,9 @@ impl Reconciler {
 
     /// The actions of `d` all succeeded: a failure streak, if any, is over.
     pub(super) fn recovered(&mut self, name: &str, d: &Decision) {
+        if let Some(memo) = self.memo.get_mut(name) {
+            memo.conflicts = 0;
+        }
         if !d.actions.is_empty()
             && let Some(memo) = self.memo.get_mut(name)
             && let Some(f) = memo.failure.take()

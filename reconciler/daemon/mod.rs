@@ -44,9 +44,13 @@ use crate::model::validate::ParsedPlan;
 use crate::model::{Diagnostic, Plan};
 use crate::source::Snapshot;
 use crate::source::git::{CommitInfo, GitSource};
-use crate::targets::{Desired, Target};
+use crate::targets::{Desired, ErrorKind, Target, TargetError};
 use crate::writeback::messages::{self, status_path};
 use crate::writeback::{RevertConflict, WriteOutcome, Writer};
+
+/// Target actions in a row that may lose an optimistic-concurrency race before the
+/// rollout is held like for any failure.
+pub const CONFLICT_RETRIES: u32 = 3;
 
 /// How many commits back a (re)start looks for commands and plan revisions.
 pub const HISTORY_LIMIT: usize = 10_000;
@@ -86,6 +90,8 @@ struct Memo {
     idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
     /// The last target action that failed, while it keeps failing.
     failure: Option<Failure>,
+    /// Target actions in a row that lost an optimistic-concurrency race.
+    conflicts: u32,
     /// The last warning said per cause (`Reconciler::news`): a repeat is not news.
     said: HashMap<String, String>,
 }

@@ -372,7 +372,8 @@ impl DataPlaneTarget {
                 }
             }
         }
-        Err(TargetError(format!(
+        // Not answering after the retries: the data plane is unreachable.
+        Err(TargetError::unreachable(format!(
             "data plane {}: {last}",
             self.dir.display()
         )))
@@ -381,8 +382,8 @@ impl DataPlaneTarget {
     fn done(&mut self, plan: &Plan, op: Op) -> Result<(), TargetError> {
         match self.run(plan, op)? {
             Reply::Done => Ok(()),
-            Reply::Failed { error } => Err(TargetError(error)),
-            other => Err(TargetError(format!("unexpected answer: {other:?}"))),
+            Reply::Failed { error } => Err(TargetError::failed(error)),
+            other => Err(TargetError::failed(format!("unexpected answer: {other:?}"))),
         }
     }
 }
@@ -430,7 +431,7 @@ impl Target for DataPlaneTarget {
             Ok(other) => TargetHealth::Unreachable {
                 reason: format!("unexpected answer: {other:?}"),
             },
-            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+            Err(e) => TargetHealth::Unreachable { reason: e.message },
         }
     }
 

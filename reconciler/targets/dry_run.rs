@@ -81,7 +81,7 @@ impl DryRun {
 
     fn record(&mut self, plan: &Plan, action: &str, arg: &str) -> Result<(), TargetError> {
         if let Some(reason) = &self.unreachable {
-            return Err(TargetError(reason.clone()));
+            return Err(TargetError::failed(reason.clone()));
         }
         let line = format!("{} {action} {arg}", plan.name);
         if let Some(path) = &self.journal {
@@ -89,8 +89,9 @@ impl DryRun {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| TargetError(format!("cannot write journal: {e}")))?;
-            writeln!(f, "{line}").map_err(|e| TargetError(format!("cannot write journal: {e}")))?;
+                .map_err(|e| TargetError::failed(format!("cannot write journal: {e}")))?;
+            writeln!(f, "{line}")
+                .map_err(|e| TargetError::failed(format!("cannot write journal: {e}")))?;
         }
         self.replay(&line);
         Ok(())

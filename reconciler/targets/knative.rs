@@ -87,7 +87,7 @@ pub fn revision_name(service: &str, artifact: &str) -> Result<String, TargetErro
     };
     let name = format!("{service}-{suffix}");
     if name.len() > 63 {
-        return Err(TargetError(format!(
+        return Err(TargetError::failed(format!(
             "knative service name {service} is too long for a derived revision name (at most 52 characters)"
         )));
     }
@@ -229,7 +229,7 @@ impl KnativeTarget {
     /// The plan's Knative Service and its Revisions; refused for any other workload.
     fn knative<'a>(&self, plan: &'a Plan) -> Result<Knative<'a>, TargetError> {
         let Workload::Knative(w) = &plan.workload else {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "plan {} has a {} workload; this target runs knative workloads",
                 plan.name,
                 plan.workload.kind()
@@ -272,18 +272,20 @@ impl Target for KnativeTarget {
     }
 
     fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
-        let k = self.knative(plan).map_err(|e| e.0)?;
-        self.connection.block_on(k.readiness()).map_err(|e| e.0)
+        let k = self.knative(plan).map_err(|e| e.message)?;
+        self.connection
+            .block_on(k.readiness())
+            .map_err(|e| e.message)
     }
 
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
         let k = match self.knative(plan) {
             Ok(k) => k,
-            Err(e) => return TargetHealth::Unhealthy { reason: e.0 },
+            Err(e) => return TargetHealth::Unhealthy { reason: e.message },
         };
         match self.connection.block_on(k.health(desired)) {
             Ok(h) => h,
-            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+            Err(e) => TargetHealth::Unreachable { reason: e.message },
         }
     }
 }
@@ -304,7 +306,7 @@ impl Knative<'_> {
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(self.call_timeout, fut).await {
             Ok(r) => r.map_err(super::kubernetes::api_err(what)),
-            Err(_) => Err(TargetError(format!("{what}: timed out"))),
+            Err(_) => Err(TargetError::failed(format!("{what}: timed out"))),
         }
     }
 
@@ -317,13 +319,13 @@ impl Knative<'_> {
             )
             .await?
             .ok_or_else(|| {
-                TargetError(format!(
+                TargetError::failed(format!(
                     "knative service {}/{name} does not exist",
                     self.w.namespace
                 ))
             })?;
         serde_json::to_value(&s)
-            .map_err(|e| TargetError(format!("cannot read knative service {name}: {e}")))
+            .map_err(|e| TargetError::failed(format!("cannot read knative service {name}: {e}")))
     }
 
     async fn revision(&self, name: &str) -> Result<Option<Value>, TargetError> {
@@ -335,7 +337,7 @@ impl Knative<'_> {
             .await?;
         r.map(|r| {
             serde_json::to_value(&r)
-                .map_err(|e| TargetError(format!("cannot read revision {name}: {e}")))
+                .map_err(|e| TargetError::failed(format!("cannot read revision {name}: {e}")))
         })
         .transpose()
     }
@@ -354,7 +356,7 @@ impl Knative<'_> {
             None => (!containers.is_empty()).then_some(0),
         };
         let i = found.ok_or_else(|| {
-            TargetError(format!(
+            TargetError::failed(format!(
                 "knative service {} has no container {}",
                 self.w.service,
                 self.w.container.as_deref().unwrap_or("(any)")
@@ -389,7 +391,7 @@ impl Knative<'_> {
                 Ok(()) => return Ok(()),
             }
         }
-        Err(last.unwrap_or_else(|| TargetError("conflict".into())))
+        Err(last.unwrap_or_else(|| TargetError::conflict("conflict")))
     }
 
     /// One JSON Patch on the Service: test the resourceVersion read, then `ops`.
@@ -405,7 +407,9 @@ impl Knative<'_> {
         );
         let patch: Patch<()> =
             Patch::Json(serde_json::from_value(Value::Array(ops)).map_err(|e| {
-                Conflict::Other(TargetError(format!("cannot build a patch for {name}: {e}")))
+                Conflict::Other(TargetError::failed(format!(
+                    "cannot build a patch for {name}: {e}"
+                )))
             })?);
         let params = PatchParams {
             field_manager: Some(super::kubernetes::FIELD_MANAGER.into()),
@@ -428,7 +432,9 @@ impl Knative<'_> {
                 )))
             }
             Ok(Err(e)) => Err(Conflict::Other(super::kubernetes::api_err(&what)(e))),
-            Err(_) => Err(Conflict::Other(TargetError(format!("{what}: timed out")))),
+            Err(_) => Err(Conflict::Other(TargetError::failed(format!(
+                "{what}: timed out"
+            )))),
         }
     }
 
@@ -484,7 +490,7 @@ impl Knative<'_> {
     ) -> Result<Vec<Value>, TargetError> {
         let split = split_of(service);
         let Some((stable, _)) = split.stable.clone() else {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "knative service {}/{} has no ready revision serving yet: {}; the candidate starts once one serves",
                 self.w.namespace,
                 self.w.service,
@@ -492,7 +498,7 @@ impl Knative<'_> {
             )));
         };
         if stable == candidate {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "{artifact} already serves as revision {stable}; nothing to roll out"
             )));
         }
@@ -513,7 +519,7 @@ impl Knative<'_> {
         self.update(|service| {
             let split = split_of(service);
             let (Some((stable, _)), Some((candidate, _))) = (split.stable, split.candidate) else {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "knative service {} has no candidate revision; start the candidate first",
                     self.w.service
                 )));
@@ -581,7 +587,7 @@ impl Knative<'_> {
         let target = match (split.stable, stable) {
             (Some((name, _)), _) if split.candidate.is_some() => name,
             (_, Some(artifact)) => self.revision_of(artifact).await?.ok_or_else(|| {
-                TargetError(format!(
+                TargetError::failed(format!(
                     "no revision of knative service {} runs {artifact}",
                     self.w.service
                 ))
@@ -735,7 +741,7 @@ impl Knative<'_> {
     async fn readiness(&self) -> Result<Measurement, TargetError> {
         let service = self.service().await?;
         let (name, _) = split_of(&service).candidate.ok_or_else(|| {
-            TargetError(format!(
+            TargetError::failed(format!(
                 "knative service {} has no candidate revision",
                 self.w.service
             ))
@@ -743,7 +749,7 @@ impl Knative<'_> {
         let rev = self
             .revision(&name)
             .await?
-            .ok_or_else(|| TargetError(format!("revision {name} does not exist")))?;
+            .ok_or_else(|| TargetError::failed(format!("revision {name} does not exist")))?;
         let get = |k: &str| {
             rev.pointer(&format!("/status/{k}"))
                 .and_then(Value::as_i64)

@@ -449,13 +449,19 @@ pub fn opted_in(meta: &ObjectMeta) -> bool {
 /// `what: cause`, the cause once (kube's `Display` of an API error repeats it as `Debug`).
 pub(super) fn api_err(what: &str) -> impl FnOnce(kube::Error) -> TargetError + '_ {
     move |e| match e {
-        kube::Error::Api(s) => TargetError(format!(
-            "{what}: {} ({} {})",
-            s.message.trim_end(),
-            s.code,
-            s.reason
-        )),
-        e => TargetError(format!("{what}: {e}")),
+        kube::Error::Api(s) => {
+            let message = format!("{what}: {} ({} {})", s.message.trim_end(), s.code, s.reason);
+            match s.code {
+                409 => TargetError::conflict(message),
+                // Timeout, too many requests: try again later.
+                408 | 429 => TargetError::unreachable(message),
+                // Unauthorized, forbidden, not found, invalid: a human has to act.
+                400..=499 => TargetError::refused(message),
+                _ => TargetError::unreachable(message),
+            }
+        }
+        // No answer from the API server (connection, TLS, timeout).
+        e => TargetError::unreachable(format!("{what}: {e}")),
     }
 }
 

@@ -75,6 +75,16 @@ pub enum AwsFailure {
 }
 
 impl AwsFailure {
+    /// As the daemon decides on it: a missing function or alias is refused (a human
+    /// has to act), a lost race a conflict, the rest a failure.
+    pub fn into_target_error(self) -> TargetError {
+        match self {
+            AwsFailure::NotFound(m) => TargetError::refused(m),
+            AwsFailure::Conflict(m) => TargetError::conflict(m),
+            AwsFailure::Other(m) => TargetError::failed(m),
+        }
+    }
+
     pub fn message(&self) -> &str {
         match self {
             AwsFailure::NotFound(m) | AwsFailure::Conflict(m) | AwsFailure::Other(m) => m,
@@ -323,7 +333,7 @@ impl LambdaTarget {
     /// built on first use.
     fn alias<'p>(&mut self, plan: &'p Plan) -> Result<Alias<'p>, TargetError> {
         let Workload::Lambda(w) = &plan.workload else {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "plan {} has a {} workload; this target runs lambda workloads",
                 plan.name,
                 plan.workload.kind()
@@ -457,10 +467,7 @@ impl Alias<'_> {
     ) -> Result<(), TargetError> {
         let mut last = String::new();
         for attempt in 1..=self.max_attempts {
-            let read = self
-                .read()
-                .await
-                .map_err(|f| TargetError(f.message().to_owned()))?;
+            let read = self.read().await.map_err(|f| f.into_target_error())?;
             let Some(wanted) = next(read.as_ref().map(|r| &r.state))? else {
                 return Ok(());
             };
@@ -471,7 +478,7 @@ impl Alias<'_> {
                     ..
                 }) => self.update(&wanted, rev).await,
                 Some(Read { revision: None, .. }) => {
-                    return Err(TargetError(format!(
+                    return Err(TargetError::failed(format!(
                         "alias {} has no RevisionId; refusing an unguarded write",
                         self.name()
                     )));
@@ -498,10 +505,10 @@ impl Alias<'_> {
                     );
                     last = m;
                 }
-                Err(f) => return Err(TargetError(f.message().to_owned())),
+                Err(f) => return Err(f.into_target_error()),
             }
         }
-        Err(TargetError(format!(
+        Err(TargetError::conflict(format!(
             "alias {} kept changing while rollgate updated it ({} attempts; last: {last})",
             self.name(),
             self.max_attempts
@@ -536,22 +543,22 @@ impl Alias<'_> {
         match self
             .version(candidate)
             .await
-            .map_err(|f| TargetError(f.message().to_owned()))?
+            .map_err(|f| f.into_target_error())?
         {
             None => {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "version {candidate} of function {} does not exist (publish it first)",
                     self.w.function
                 )));
             }
             Some(VersionState::Pending) => {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "version {candidate} of function {} is still pending",
                     self.w.function
                 )));
             }
             Some(VersionState::Failed(reason)) => {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "version {candidate} of function {} failed: {reason}",
                     self.w.function
                 )));
@@ -566,7 +573,7 @@ impl Alias<'_> {
     }
 
     fn missing(&self) -> TargetError {
-        TargetError(format!(
+        TargetError::failed(format!(
             "alias {} does not exist; create it at the version that serves now \
              (aws lambda create-alias --function-name {} --name {} --function-version N)",
             self.name(),
@@ -652,7 +659,7 @@ impl Target for LambdaTarget {
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
         let a = match self.alias(plan) {
             Ok(a) => a,
-            Err(e) => return TargetHealth::Unhealthy { reason: e.0 },
+            Err(e) => return TargetHealth::Unhealthy { reason: e.message },
         };
         match self.runtime.block_on(a.health(desired)) {
             Ok(h) => h,

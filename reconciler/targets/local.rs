@@ -168,7 +168,7 @@ pub struct LocalTarget {
 }
 
 fn err(msg: impl Into<String>) -> TargetError {
-    TargetError(msg.into())
+    TargetError::failed(msg.into())
 }
 
 fn local(plan: &Plan) -> Result<&LocalWorkload, TargetError> {
@@ -461,7 +461,7 @@ impl LocalTarget {
     pub fn run(&mut self, spec: &Spec, op: &Op) -> Outcome {
         let done = |r: Result<(), TargetError>| match r {
             Ok(()) => Outcome::Done,
-            Err(e) => Outcome::Failed(e.0),
+            Err(e) => Outcome::Failed(e.message),
         };
         match op {
             Op::StartCandidate { artifact } => done(self.start_candidate_of(spec, artifact)),
@@ -726,7 +726,7 @@ impl Target for LocalTarget {
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
         match Spec::of(plan) {
             Ok(spec) => self.health_of(&spec, desired),
-            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+            Err(e) => TargetHealth::Unreachable { reason: e.message },
         }
     }
 

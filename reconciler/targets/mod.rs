@@ -29,9 +29,64 @@ pub struct Desired {
 }
 
 /// An error talking to the target. The rollout holds; it never counts as a pass.
+/// `kind` is what the daemon decides on: a lost race (`Conflict`) is tried again on the
+/// next pass without holding the rollout; anything else holds it and backs off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TargetError(pub String);
+#[error("{message}")]
+pub struct TargetError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Why a target action failed, as far as the target can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The target could not be asked (connection refused, timeout, a 5xx): transient.
+    Unreachable,
+    /// The target said no (forbidden, invalid, not found): a human has to act.
+    Refused,
+    /// Optimistic concurrency lost (a stale `resourceVersion` or `RevisionId`) after the
+    /// target's own re-reads: the next pass reads again and decides again.
+    Conflict,
+    /// Anything else.
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Failed => "failed",
+        }
+    }
+}
+
+impl TargetError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Failed, message)
+    }
+
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unreachable, message)
+    }
+
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Refused, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+}
 
 /// A place rollouts run: processes on this host, a Kubernetes cluster, a function platform.
 pub trait Target: Send {

@@ -382,7 +382,7 @@ fn a_failed_candidate_revision_is_unhealthy_with_its_reason() {
     );
 }
 
-/// Issue #15: `start_candidate v2: TargetError("knative service hello has no ready
+/// Issue #15: `start_candidate v2: TargetError::failed("knative service hello has no ready
 /// revision to keep serving; deploy one first")`, 3.5 s into the real-cluster run. A
 /// Service Knative has not reported on yet (just applied: a real API server keeps no
 /// status from a client's write) is a state the target legitimately meets, not the
@@ -398,12 +398,12 @@ fn regression_a_service_knative_has_not_reported_on_yet_holds_the_start_with_the
     let err = t.start_candidate(&p, V2).expect_err("nothing serves yet");
     // Then it holds with the reason, not as the user's error, and writes nothing
     assert!(
-        err.0
+        err.message
             .contains("web/hello has no ready revision serving yet")
-            && err.0.contains("Knative has not reported on it yet"),
+            && err.message.contains("Knative has not reported on it yet"),
         "{err}"
     );
-    assert!(!err.0.contains("deploy one first"), "{err}");
+    assert!(!err.message.contains("deploy one first"), "{err}");
     assert_eq!(service(&t)["spec"], before, "nothing written");
     assert_eq!(
         t.health(&p, &desired(V1, Some(V2), 0)),
@@ -431,9 +431,9 @@ fn a_service_whose_first_revision_failed_holds_the_start_with_knative_s_reason()
     let mut t = cluster_of(vec![failed, user_revision()], None, false);
     let err = t.start_candidate(&plan(), V2).expect_err("nothing serves");
     assert!(
-        err.0.contains("no ready revision serving yet")
-            && err.0.contains("RevisionFailed")
-            && err.0.contains("Unable to fetch image"),
+        err.message.contains("no ready revision serving yet")
+            && err.message.contains("RevisionFailed")
+            && err.message.contains("Unable to fetch image"),
         "{err}"
     );
 }
@@ -501,7 +501,7 @@ fn a_concurrent_edit_of_the_service_fails_the_write_instead_of_losing_it() {
     let err = t
         .set_weight(&p, 10)
         .expect_err("five conflicts: the step fails");
-    assert!(err.0.contains("modified"), "{err}");
+    assert!(err.message.contains("modified"), "{err}");
     assert_eq!(traffic(&t)[1]["percent"], json!(5), "nothing written");
     assert_eq!(
         conflicts.load(Ordering::SeqCst),
@@ -583,7 +583,7 @@ fn the_knative_target_alone_passes_the_target_contract() {
     let err = k
         .start_candidate(&deployment, V2)
         .expect_err("not a knative workload");
-    assert!(err.0.contains("kubernetes workload"), "{err}");
+    assert!(err.message.contains("kubernetes workload"), "{err}");
 }
 
 #[test]

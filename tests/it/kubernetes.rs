@@ -608,7 +608,7 @@ fn a_canary_rollgate_did_not_create_is_never_deleted_nor_adopted() {
         let mut t = cluster_with(4, vec![foreign.clone()]);
         let p = plan(route);
         let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
-        assert!(err.0.contains("not created by rollgate"), "{err}");
+        assert!(err.message.contains("not created by rollgate"), "{err}");
         assert!(t.rollback(&p, None).is_err(), "refuses to delete");
         assert!(t.promote(&p, V2).is_err(), "refuses to delete");
         let still = deployment(&t, "web-canary").expect("foreign deployment survives");
@@ -663,7 +663,7 @@ fn a_candidate_past_its_progress_deadline_is_unhealthy() {
     let err = t
         .promote(&p, "registry.example/web:broken")
         .expect_err("stable never rolls out");
-    assert!(err.0.contains("ProgressDeadlineExceeded"), "{err}");
+    assert!(err.message.contains("ProgressDeadlineExceeded"), "{err}");
 }
 
 /// Issue #15: with readiness withheld, the HTTPRoute went to 80/20 while `web-canary`
@@ -949,10 +949,10 @@ fn regression_a_deployment_without_the_opt_in_label_is_refused_and_nothing_is_cr
         let err = t.start_candidate(&p, V2).expect_err("refused");
         // Then it refuses, says why and how to opt in, and nothing changed
         assert!(
-            err.0.contains("rollgate.dev/managed=true") && err.0.contains("shop/web"),
+            err.message.contains("rollgate.dev/managed=true") && err.message.contains("shop/web"),
             "{err}"
         );
-        assert!(err.0.contains("kubectl"), "says how to opt in: {err}");
+        assert!(err.message.contains("kubectl"), "says how to opt in: {err}");
         assert!(t.set_weight(&p, 100).is_err());
         assert!(t.promote(&p, V2).is_err());
         assert!(t.resume(&p, Some(V1), V2, 50).is_err());
@@ -1000,7 +1000,7 @@ fn a_local_plan_is_refused() {
     .expect("plan parses")
     .plan;
     let err = t.start_candidate(&p, "v2").expect_err("wrong workload");
-    assert!(err.0.contains("local workload"), "{err}");
+    assert!(err.message.contains("local workload"), "{err}");
 }
 
 #[test]
@@ -1436,7 +1436,7 @@ fn weight_without_a_candidate_is_refused_and_moves_no_traffic() {
         let p = plan(gateway);
         let before = snapshot(&t);
         let err = t.set_weight(&p, 25).expect_err("no candidate yet");
-        assert!(err.0.contains("start the candidate first"), "{err}");
+        assert!(err.message.contains("start the candidate first"), "{err}");
         assert_eq!(snapshot(&t), before, "nothing changed (gateway: {gateway})");
     }
 }
@@ -1464,7 +1464,7 @@ fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
     let mut t = cluster_intercepted(4, Vec::new(), Some(funcs));
     let p = plan(true);
     let err = t.start_candidate(&p, V2).expect_err("conflict");
-    assert!(err.0.contains("409"), "{err}");
+    assert!(err.message.contains("409"), "{err}");
     assert_eq!(weights(&t), (Some(1), None), "route unchanged");
     t.start_candidate(&p, V2).expect("retry");
     wait_rolled_out(&t);
@@ -1481,7 +1481,7 @@ fn a_foreign_canary_service_stops_start_before_anything_is_written() {
     let p = plan(true);
     let before = snapshot(&t);
     let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
-    assert!(err.0.contains("not created by rollgate"), "{err}");
+    assert!(err.message.contains("not created by rollgate"), "{err}");
     assert_eq!(snapshot(&t), before);
     assert!(t.rollback(&p, None).is_err(), "refuses to delete");
     assert!(
@@ -1552,7 +1552,7 @@ fn blue_green_switches_the_active_selector_and_retires_the_preview_after_the_del
         TargetHealth::Healthy
     );
     let half = t.set_weight(&p, 50).expect_err("no half switch");
-    assert!(half.0.contains("all traffic at once"), "{half}");
+    assert!(half.message.contains("all traffic at once"), "{half}");
 
     t.promote(&p, V2).expect("promote");
     let stable = deployment(&t, "web").expect("stable");
@@ -1822,7 +1822,7 @@ fn a_foreign_preview_is_never_adopted_nor_deleted_and_the_stable_survives_blue_g
         let mut t = cluster_with(4, vec![foreign.clone()]);
         let p = bg_plan(route, "0s");
         let err = t.start_candidate(&p, V2).expect_err("refuses to adopt");
-        assert!(err.0.contains("not created by rollgate"), "{err}");
+        assert!(err.message.contains("not created by rollgate"), "{err}");
         assert!(
             t.set_weight(&p, 100).is_err(),
             "no switch to a foreign preview"

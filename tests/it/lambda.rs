@@ -161,7 +161,7 @@ fn a_missing_version_or_alias_is_refused_before_anything_is_written() {
     let p = plan(&fx.function);
     let err = t.start_candidate(&p, "9").expect_err("no version 9");
     assert!(
-        err.0.contains("version 9") && err.0.contains("does not exist"),
+        err.message.contains("version 9") && err.message.contains("does not exist"),
         "{err}"
     );
     assert_eq!(
@@ -178,7 +178,7 @@ fn a_missing_version_or_alias_is_refused_before_anything_is_written() {
         w.alias = "canary-less".to_owned();
     }
     let err = t.start_candidate(&p2, "2").expect_err("no alias");
-    assert!(err.0.contains("create-alias"), "{err}");
+    assert!(err.message.contains("create-alias"), "{err}");
     // ... but a rollback, which names where all traffic goes, makes it.
     t.rollback(&p2, Some("1")).expect("rollback");
     let out = fx
@@ -259,7 +259,7 @@ fn an_alias_that_keeps_changing_fails_the_step_after_bounded_attempts() {
     shim.race(serde_json::json!({ "Description": "busy" }), 100);
     let err = t.set_weight(&p, 25).expect_err("gives up");
     assert!(
-        err.0.contains("kept changing") && err.0.contains("3 attempts"),
+        err.message.contains("kept changing") && err.message.contains("3 attempts"),
         "{err}"
     );
     assert_eq!(shim.updates().len(), 3);
@@ -613,7 +613,7 @@ fn credentials_are_never_printed() {
     let mut seen = Vec::new();
     t.start_candidate(&p, "2").expect("start");
     let mut fail = |t: &mut LambdaTarget, plan: &Plan, v: &str| {
-        seen.push(t.start_candidate(plan, v).expect_err("fails").0);
+        seen.push(t.start_candidate(plan, v).expect_err("fails").message);
         seen.push(format!("{:?}", t.health(plan, &desired("1", Some(v), 10))));
     };
     fail(&mut t, &ghost, "2");

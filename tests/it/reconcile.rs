@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rollgate::model::status::Phase;
+use rollgate::targets::TargetError;
 use support::Remote;
 use support::rollout::{LoggedCommit, PlanFile, World, set_artifact};
 use support::{git, git_ok};
@@ -1054,6 +1055,71 @@ fn rollgate_on(remote: &Remote, args: &[&str]) -> String {
         .expect("rollgate runs");
     assert!(out.status.success(), "rollgate {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_target_action_that_loses_a_race_is_decided_again_not_held() {
+    // Given a plan rolled out at v1, and a target whose first action on v2 loses an
+    // optimistic-concurrency race (a 409 after its own re-reads)
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = lost.clone();
+    w.target.before_each_action_typed(move |_| {
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            Err(TargetError::conflict(
+                "409 Conflict: the object has been modified",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    // When the human changes the artifact to v2 and the loop runs
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    let mut errors = 0;
+    for _ in 0..20 {
+        errors += w.tick().errors;
+    }
+    // Then the next pass did it again: nothing held, no error, the rollout moved on
+    let new = commits_after(&w.remote, &change);
+    assert!(
+        !phases_and_steps(&new).iter().any(|(p, _)| p == "Held"),
+        "{new:#?}"
+    );
+    assert_eq!(errors, 0);
+    assert!(lost.load(Ordering::SeqCst) >= 2, "tried again");
+    assert_ne!(w.status("web").phase.as_str(), "Held");
+}
+
+#[test]
+fn a_target_action_that_keeps_losing_races_is_held_like_any_failure() {
+    // Given a target that loses every race
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    w.rec.set_jitter(Box::new(|| 0.5));
+    w.target.before_each_action_typed(|_| {
+        Err(TargetError::conflict(
+            "409 Conflict: the object has been modified",
+        ))
+    });
+    // When v2 is rolled out
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    for _ in 0..10 {
+        w.tick();
+    }
+    // Then after CONFLICT_RETRIES passes it is held for the target, with the error
+    let new = commits_after(&w.remote, &change);
+    assert_eq!(
+        phases_and_steps(&new),
+        pairs(&[("Pending", "0/4"), ("Held", "1/4")]),
+        "{new:#?}"
+    );
+    let hold = w.status("web").hold.expect("held");
+    assert!(hold.reason.contains("409 Conflict"), "{hold:?}");
 }
 
 #[test]

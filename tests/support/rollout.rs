@@ -302,7 +302,7 @@ pub fn commits_of(repo: &Path) -> Vec<LoggedCommit> {
 }
 
 /// Called with every target action (`plan action arg`) before it is recorded.
-pub type Hook = Box<dyn FnMut(&str) -> Result<(), String> + Send>;
+pub type Hook = Box<dyn FnMut(&str) -> Result<(), TargetError> + Send>;
 
 /// A `DryRun` target the test keeps a handle on while the reconciler owns a box of it.
 #[derive(Clone, Default)]
@@ -326,7 +326,15 @@ impl Recorder {
     /// target that refuses, e.g. a 403), which is then not recorded. Health is unaffected.
     pub fn before_each_action(
         &self,
-        hook: impl FnMut(&str) -> Result<(), String> + Send + 'static,
+        mut hook: impl FnMut(&str) -> Result<(), String> + Send + 'static,
+    ) {
+        self.before_each_action_typed(move |a| hook(a).map_err(TargetError::failed));
+    }
+
+    /// `before_each_action`, failing with a typed error (a conflict, a refusal).
+    pub fn before_each_action_typed(
+        &self,
+        hook: impl FnMut(&str) -> Result<(), TargetError> + Send + 'static,
     ) {
         *self.1.lock().expect("hook lock") = Some(Box::new(hook));
     }
@@ -338,7 +346,7 @@ impl Recorder {
 
     fn hook(&self, plan: &Plan, action: &str, arg: &str) -> Result<(), TargetError> {
         match self.1.lock().expect("hook lock").as_mut() {
-            Some(hook) => hook(&format!("{} {action} {arg}", plan.name)).map_err(TargetError),
+            Some(hook) => hook(&format!("{} {action} {arg}", plan.name)),
             None => Ok(()),
         }
     }

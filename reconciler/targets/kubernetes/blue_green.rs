@@ -43,7 +43,7 @@ impl Cluster<'_> {
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
         if selector.is_empty() {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "service {name} has no selector; a blue-green switch needs one"
             )));
         }
@@ -56,7 +56,7 @@ impl Cluster<'_> {
             return Ok(None);
         };
         if !is_managed(&preview.metadata) {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "deployment {} was not created by rollgate",
                 self.canary_deployment()
             )));
@@ -67,13 +67,13 @@ impl Cluster<'_> {
             .as_ref()
             .and_then(|a| a.get(ACTIVE_SELECTOR_ANNOTATION))
             .ok_or_else(|| {
-                TargetError(format!(
+                TargetError::failed(format!(
                     "deployment {} has no {ACTIVE_SELECTOR_ANNOTATION} annotation; start the candidate again",
                     self.canary_deployment()
                 ))
             })?;
         serde_json::from_str(recorded).map(Some).map_err(|e| {
-            TargetError(format!(
+            TargetError::failed(format!(
                 "deployment {}: unreadable {ACTIVE_SELECTOR_ANNOTATION}: {e}",
                 self.canary_deployment()
             ))
@@ -93,14 +93,14 @@ impl Cluster<'_> {
             None | Some(0) => false,
             Some(100) => true,
             Some(w) => {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "blue-green switches all traffic at once; {w}% is not a step it can take"
                 )));
             }
         };
         let Some(original) = self.original_selector().await? else {
             if to_preview {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "deployment {} does not exist; start the candidate first",
                     self.canary_deployment()
                 )));
@@ -131,10 +131,10 @@ impl Cluster<'_> {
             { "op": "test", "path": "/spec/selector", "value": current },
             { "op": "replace", "path": "/spec/selector", "value": want },
         ]);
-        let patch: Patch<()> = Patch::Json(
-            serde_json::from_value(ops)
-                .map_err(|e| TargetError(format!("cannot build a patch for {name}: {e}")))?,
-        );
+        let patch: Patch<()> =
+            Patch::Json(serde_json::from_value(ops).map_err(|e| {
+                TargetError::failed(format!("cannot build a patch for {name}: {e}"))
+            })?);
         self.timed(
             &format!("cannot switch service {name}"),
             self.services.patch(name, &Self::merge(), &patch),

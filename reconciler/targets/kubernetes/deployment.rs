@@ -61,7 +61,7 @@ pub(super) fn container_name(
         })
         .map(|c| c.name.clone());
     name.ok_or_else(|| {
-        TargetError(format!(
+        TargetError::failed(format!(
             "deployment {} has no container {}",
             d.metadata.name.as_deref().unwrap_or(""),
             container.unwrap_or("(any)")

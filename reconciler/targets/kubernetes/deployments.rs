@@ -104,7 +104,7 @@ impl Deployments {
 
     fn cluster<'a>(&'a self, plan: &'a Plan) -> Result<Cluster<'a>, TargetError> {
         let Workload::Kubernetes(w) = &plan.workload else {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "plan {} has a {} workload; this target runs kubernetes workloads",
                 plan.name,
                 plan.workload.kind()
@@ -158,18 +158,20 @@ impl Target for Deployments {
     }
 
     fn readiness(&mut self, plan: &Plan) -> Result<Measurement, String> {
-        let c = self.cluster(plan).map_err(|e| e.0)?;
-        self.connection.block_on(c.readiness()).map_err(|e| e.0)
+        let c = self.cluster(plan).map_err(|e| e.message)?;
+        self.connection
+            .block_on(c.readiness())
+            .map_err(|e| e.message)
     }
 
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth {
         let c = match self.cluster(plan) {
             Ok(c) => c,
-            Err(e) => return TargetHealth::Unhealthy { reason: e.0 },
+            Err(e) => return TargetHealth::Unhealthy { reason: e.message },
         };
         match self.connection.block_on(c.health(desired)) {
             Ok(h) => h,
-            Err(e) => TargetHealth::Unreachable { reason: e.0 },
+            Err(e) => TargetHealth::Unreachable { reason: e.message },
         }
     }
 }
@@ -182,7 +184,7 @@ impl Cluster<'_> {
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(self.timing.call_timeout, fut).await {
             Ok(r) => r.map_err(api_err(what)),
-            Err(_) => Err(TargetError(format!("{what}: timed out"))),
+            Err(_) => Err(TargetError::failed(format!("{what}: timed out"))),
         }
     }
 
@@ -241,10 +243,10 @@ impl Cluster<'_> {
                 self.deployments.get_opt(name),
             )
             .await?
-            .ok_or_else(|| TargetError(format!("deployment {ns}/{name} does not exist")))?;
+            .ok_or_else(|| TargetError::failed(format!("deployment {ns}/{name} does not exist")))?;
         if !opted_in(&stable.metadata) {
             let (k, v) = OPT_IN;
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "deployment {ns}/{name} does not carry the label {k}={v}; rollgate touches only Deployments that opt in (`kubectl -n {ns} label deployment {name} {k}={v}`)"
             )));
         }
@@ -270,7 +272,7 @@ impl Cluster<'_> {
         )
         .await?
         .ok_or_else(|| {
-            TargetError(format!(
+            TargetError::failed(format!(
                 "service {}/{name} does not exist",
                 self.w.namespace
             ))
@@ -295,7 +297,7 @@ impl Cluster<'_> {
             let stable = self.stable().await?;
             let image = image_of(&stable, self.w.container.as_deref());
             let last = match rollout_of(&stable) {
-                Rollout::Failed(reason) => return Err(TargetError(reason)),
+                Rollout::Failed(reason) => return Err(TargetError::failed(reason)),
                 Rollout::Available if image.as_deref() == Some(artifact) => return Ok(()),
                 Rollout::Available => {
                     format!("deployment {} still runs {image:?}", self.w.deployment)
@@ -303,7 +305,9 @@ impl Cluster<'_> {
                 Rollout::Progressing(why) => why,
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(TargetError(format!("promotion not finished: {last}")));
+                return Err(TargetError::failed(format!(
+                    "promotion not finished: {last}"
+                )));
             }
             tokio::time::sleep(self.timing.poll).await;
         }
@@ -499,7 +503,7 @@ impl Cluster<'_> {
         let canary = self
             .canary()
             .await?
-            .ok_or_else(|| TargetError(format!("deployment {name} does not exist")))?;
+            .ok_or_else(|| TargetError::failed(format!("deployment {name} does not exist")))?;
         let desired = replicas_of(&canary);
         let ready = canary
             .status

@@ -86,14 +86,14 @@ impl Cluster<'_> {
             .await?
             .is_some_and(|s| !is_managed(&s.metadata))
         {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "service {service} exists and was not created by rollgate; refusing to adopt it"
             )));
         }
         if let Some(c) = &existing
             && !is_managed(&c.metadata)
         {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "deployment {} exists and was not created by rollgate; refusing to adopt it",
                 self.canary_deployment()
             )));
@@ -134,14 +134,14 @@ impl Cluster<'_> {
             let original = match kept {
                 Some(v) => v,
                 None => serde_json::to_string(&self.active_selector().await?.1)
-                    .map_err(|e| TargetError(format!("cannot record the selector: {e}")))?,
+                    .map_err(|e| TargetError::failed(format!("cannot record the selector: {e}")))?,
             };
             annotations.insert(ACTIVE_SELECTOR_ANNOTATION.to_owned(), original);
         }
         let container = container_name(&stable, self.w.container.as_deref())?;
         let renamed = self.renamed(&stable);
         let Some(mut spec) = stable.spec.clone() else {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "deployment {} has no spec",
                 self.w.deployment
             )));
@@ -209,7 +209,7 @@ impl Cluster<'_> {
         if let Some(c) = &existing
             && !is_managed(&c.metadata)
         {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "service {canary_name} exists and was not created by rollgate; refusing to adopt it"
             )));
         }
@@ -250,12 +250,12 @@ impl Cluster<'_> {
     pub(super) async fn owned_canary(&self) -> Result<Deployment, TargetError> {
         let name = self.canary_deployment();
         let canary = self.canary().await?.ok_or_else(|| {
-            TargetError(format!(
+            TargetError::failed(format!(
                 "deployment {name} does not exist; start the candidate first"
             ))
         })?;
         if !is_managed(&canary.metadata) {
-            return Err(TargetError(format!(
+            return Err(TargetError::failed(format!(
                 "deployment {name} was not created by rollgate"
             )));
         }
@@ -273,7 +273,7 @@ impl Cluster<'_> {
             .await?
         {
             if !is_managed(&s.metadata) {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "service {name} was not created by rollgate; refusing to delete it"
                 )));
             }
@@ -286,7 +286,7 @@ impl Cluster<'_> {
         let name = self.canary_deployment();
         if let Some(d) = self.canary().await? {
             if !is_managed(&d.metadata) {
-                return Err(TargetError(format!(
+                return Err(TargetError::failed(format!(
                     "deployment {name} was not created by rollgate; refusing to delete it"
                 )));
             }

@@ -57,10 +57,10 @@ impl Cluster<'_> {
         if ops.is_empty() {
             return Ok(());
         }
-        let patch: Patch<()> = Patch::Json(
-            serde_json::from_value(Value::Array(ops))
-                .map_err(|e| TargetError(format!("cannot build a patch for {name}: {e}")))?,
-        );
+        let patch: Patch<()> =
+            Patch::Json(serde_json::from_value(Value::Array(ops)).map_err(|e| {
+                TargetError::failed(format!("cannot build a patch for {name}: {e}"))
+            })?);
         self.timed(
             &format!("cannot patch deployment {name}"),
             self.deployments.patch(name, &Self::merge(), &patch),
@@ -84,7 +84,7 @@ impl Cluster<'_> {
                         )
                         .await?;
                     if !canary.is_some_and(|c| is_managed(&c.metadata)) {
-                        return Err(TargetError(format!(
+                        return Err(TargetError::failed(format!(
                             "service {name} does not exist or is not rollgate's; start the candidate first"
                         )));
                     }
@@ -125,14 +125,14 @@ impl Cluster<'_> {
                 let Some(canary) = self.canary().await? else {
                     return match weight {
                         None => Ok(()),
-                        Some(_) => Err(TargetError(format!(
+                        Some(_) => Err(TargetError::failed(format!(
                             "deployment {} does not exist; start the candidate first",
                             self.canary_deployment()
                         ))),
                     };
                 };
                 if !is_managed(&canary.metadata) {
-                    return Err(TargetError(format!(
+                    return Err(TargetError::failed(format!(
                         "deployment {} was not created by rollgate",
                         self.canary_deployment()
                     )));
@@ -205,13 +205,13 @@ impl Cluster<'_> {
             )
             .await?
             .ok_or_else(|| {
-                TargetError(format!(
+                TargetError::failed(format!(
                     "httproute {}/{route} does not exist",
                     self.w.namespace
                 ))
             })?;
         let value = serde_json::to_value(&current)
-            .map_err(|e| TargetError(format!("cannot read httproute {route}: {e}")))?;
+            .map_err(|e| TargetError::failed(format!("cannot read httproute {route}: {e}")))?;
         Ok((current, value))
     }
 
@@ -234,7 +234,7 @@ impl Cluster<'_> {
             }
         }
         let rules = rules_with_weight(&value, rule, &self.w.service, &candidate, weight)
-            .map_err(|e| TargetError(format!("httproute {route}: {e}")))?;
+            .map_err(|e| TargetError::failed(format!("httproute {route}: {e}")))?;
         let patch = json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
