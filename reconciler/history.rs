@@ -111,51 +111,55 @@ pub fn collect(repo: &Repository, head: Oid, plan: Option<&str>) -> Result<Vec<E
     let mut out = Vec::new();
     for id in walk {
         let c = repo.find_commit(id?)?;
-        let msg = c.message().unwrap_or("");
-        let Ok(trailers) = git2::message_trailers_strs(msg) else {
-            continue;
-        };
-        let get = |k: &str| {
-            trailers
-                .iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.to_owned())
-        };
-        let Some(p) = get(m::PLAN) else { continue };
-        if plan.is_some_and(|want| want != p) {
-            continue;
+        if let Some(e) = entry(&c)
+            && plan.is_none_or(|want| want == e.plan)
+        {
+            out.push(e);
         }
-        let kind = if get(m::COMMAND).is_some() {
-            "command"
-        } else if get(m::ROLLBACK_OF).is_some() {
-            "revert"
-        } else {
-            "transition"
-        };
-        out.push(Entry {
-            commit: c.id().to_string(),
-            time: c.time().seconds(),
-            plan: p,
-            kind: kind.to_owned(),
-            phase: get(m::PHASE).or_else(|| get(m::COMMAND)),
-            from: get(m::FROM),
-            step: get(m::STEP),
-            weight: get(m::WEIGHT).and_then(|w| w.parse().ok()),
-            artifact: get(m::ARTIFACT),
-            revision: get(m::REVISION).or_else(|| get(m::ROLLBACK_OF)),
-            reason: get(m::REASON),
-            verdicts: trailers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(m::VERDICT))
-                .map(|(_, v)| v.to_owned())
-                .collect(),
-            first_rollout: get(m::FIRST_ROLLOUT),
-            analysis_restarted: get(m::ANALYSIS_RESTARTED),
-            subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
-        });
     }
     out.reverse();
     Ok(out)
+}
+
+/// The rollgate event one commit records, from its trailers (`None`: not rollgate's).
+pub fn entry(c: &git2::Commit<'_>) -> Option<Entry> {
+    let msg = c.message().unwrap_or("");
+    let trailers = git2::message_trailers_strs(msg).ok()?;
+    let get = |k: &str| {
+        trailers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.to_owned())
+    };
+    let p = get(m::PLAN)?;
+    let kind = if get(m::COMMAND).is_some() {
+        "command"
+    } else if get(m::ROLLBACK_OF).is_some() {
+        "revert"
+    } else {
+        "transition"
+    };
+    Some(Entry {
+        commit: c.id().to_string(),
+        time: c.time().seconds(),
+        plan: p,
+        kind: kind.to_owned(),
+        phase: get(m::PHASE).or_else(|| get(m::COMMAND)),
+        from: get(m::FROM),
+        step: get(m::STEP),
+        weight: get(m::WEIGHT).and_then(|w| w.parse().ok()),
+        artifact: get(m::ARTIFACT),
+        revision: get(m::REVISION).or_else(|| get(m::ROLLBACK_OF)),
+        reason: get(m::REASON),
+        verdicts: trailers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(m::VERDICT))
+            .map(|(_, v)| v.to_owned())
+            .collect(),
+        first_rollout: get(m::FIRST_ROLLOUT),
+        analysis_restarted: get(m::ANALYSIS_RESTARTED),
+        subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
+    })
 }
 
 fn bar(weight: Option<u8>) -> String {

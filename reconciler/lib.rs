@@ -40,6 +40,7 @@ pub mod history;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod preview;
 pub mod proxy;

@@ -201,9 +201,17 @@ pub(super) fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         args.state_dir.join("policies"),
     ));
     let watch_paths = src.local_ref_paths();
+    // A dry run writes no commit, so it announces none.
+    let notify = match args.dry_run {
+        false => crate::notify::start(&src, head, &args.state_dir)?,
+        true => None,
+    };
     let mut rec = crate::daemon::Reconciler::new(src, None, Default::default(), Default::default())
         .with_adapters(adapters)
         .with_policy_loader(loader);
+    if let Some(outbox) = notify {
+        rec = rec.with_notifications(outbox);
+    }
     if let Some(ns) = &args.namespaces {
         rec.set_namespaces(ns.clone());
     }

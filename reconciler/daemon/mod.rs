@@ -160,6 +160,8 @@ pub struct Reconciler {
     /// Set: targets and metrics sources are built from the settings at head, and
     /// rebuilt when their entry changes (`with_adapters`).
     adapters: Option<Adapters>,
+    /// Told of every status and revert commit once it is pushed (`with_notifications`).
+    notify: Option<crate::notify::Outbox>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -226,6 +228,7 @@ impl Reconciler {
             namespaces: None,
             dry_run: false,
             adapters: None,
+            notify: None,
         }
     }
 
@@ -260,6 +263,14 @@ impl Reconciler {
     /// Where the jitter of retry backoffs comes from (tests pass a fixed one).
     pub fn set_jitter(&mut self, jitter: Jitter) {
         self.jitter = jitter;
+    }
+
+    /// Announce every status and revert commit, after it is pushed, through `outbox`
+    /// (its own threads: a reconcile never waits for a receiver).
+    #[must_use]
+    pub fn with_notifications(mut self, outbox: crate::notify::Outbox) -> Self {
+        self.notify = Some(outbox);
+        self
     }
 
     /// Load the repository's own policies from each revision (re-loaded when they change).

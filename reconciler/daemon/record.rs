@@ -108,6 +108,9 @@ impl Reconciler {
                 reason = d.transition.as_ref().map_or("", |t| t.reason.as_str()),
                 "status written"
             );
+            if let Some(n) = &self.notify {
+                n.pushed(commit);
+            }
         }
         if let Some(c) = self.commands.get_mut(&name)
             && let Some(sha) = &last_command
@@ -180,6 +183,9 @@ impl Reconciler {
             match result {
                 Ok(WriteOutcome::Pushed { commit, .. }) => {
                     tracing::info!(%commit, of = %rev.of_revision, "revert pushed");
+                    if let Some(n) = &self.notify {
+                        n.pushed(commit);
+                    }
                     return Ok(true);
                 }
                 Ok(WriteOutcome::NoChange) => return Ok(false),
@@ -210,6 +216,9 @@ impl Reconciler {
                 &name, &file, restored, &stable, rev,
             )))
         })?;
+        if let (WriteOutcome::Pushed { commit, .. }, Some(n)) = (&outcome, &self.notify) {
+            n.pushed(*commit);
+        }
         Ok(matches!(outcome, WriteOutcome::Pushed { .. }))
     }
 }

@@ -11,6 +11,46 @@ pub struct Settings {
     pub targets: BTreeMap<String, Target>,
     pub metrics: BTreeMap<String, MetricsSource>,
     pub write_back: WriteBack,
+    pub notify: Vec<Notifier>,
+}
+
+/// The plan label that opts a plan out of every notifier: `rollgate.dev/notify: "false"`.
+pub const NOTIFY_LABEL: &str = "rollgate.dev/notify";
+
+/// A named receiver of transitions (`notify:`); its secrets are environment variable names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifier {
+    pub name: String,
+    pub kind: NotifierKind,
+    /// A plan is announced when it has every one of these labels (empty: every plan),
+    /// unless it is labelled [`NOTIFY_LABEL`]` = "false"`.
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl Notifier {
+    /// Whether a plan with `labels` is announced by this notifier.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(NOTIFY_LABEL).map(String::as_str) != Some("false")
+            && self
+                .match_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifierKind {
+    Slack { webhook_url_env: String },
+    Webhook { url_env: String, signing_key_env: String },
+}
+
+impl NotifierKind {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotifierKind::Slack { .. } => "slack",
+            NotifierKind::Webhook { .. } => "webhook",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -350,6 +350,53 @@ pub struct SettingsFile {
     pub metrics: BTreeMap<String, MetricsSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_back: Option<WriteBack>,
+    /// Where every transition is announced, after its status commit is pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notifier>,
+}
+
+/// A named receiver of transitions; exactly one kind (`slack` or `webhook`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Notifier {
+    pub name: String,
+    /// A Slack incoming webhook (a Block Kit message per transition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackNotifier>,
+    /// A CloudEvents 1.0 structured-mode POST, HMAC-SHA256 signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookNotifier>,
+    /// Only plans with all these labels (default: every plan). A plan labelled
+    /// `rollgate.dev/notify: "false"` is never announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plans: Option<PlanSelector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SlackNotifier {
+    /// Name of the environment variable holding the webhook URL (a secret).
+    pub webhook_url_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WebhookNotifier {
+    /// Name of the environment variable holding the receiver's URL.
+    pub url_env: String,
+    /// Name of the environment variable holding the HMAC-SHA256 signing key.
+    pub signing_key_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PlanSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
 }
 
 /// A named place to deploy to; exactly one kind.

@@ -1,5 +1,5 @@
 //! `rollgate.yaml`: `parse_settings` and its helpers: targets, metrics sources and
-//! write-back, and which variables no setting may send (`is_reserved_secret`).
+//! write-back, notifiers, and which variables no setting may send (`is_reserved_secret`).
 //!
 //! Invariants: pure (a variable is judged by its name, never read); the same three
 //! passes as a plan (YAML, structure, meaning), every problem reported in the order
@@ -179,6 +179,7 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
             }),
         };
     }
+    out.notify = notifiers(&mut cx, &w.notify);
     if cx.diags.iter().any(Diagnostic::is_error) {
         return Err(cx.diags);
     }
@@ -260,6 +261,89 @@ fn web_source(cx: &mut Ctx<'_>, name: &str, w: &wire::WebSource) -> settings::Me
         json_path: w.json_path.clone(),
         samples_path: w.samples_path.clone(),
     }
+}
+
+/// `notify:`: unique DNS-label names (they name the `STATE/notify/<name>.acked` file),
+/// exactly one kind each, and environment variable names that are names, and never one
+/// of rollgate's own credentials.
+fn notifiers(cx: &mut Ctx<'_>, list: &[wire::Notifier]) -> Vec<settings::Notifier> {
+    use P::{I, K};
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in list.iter().enumerate() {
+        cx.name(&n.name, "notifier name", &[K("notify"), I(i), K("name")]);
+        if !seen.insert(n.name.as_str()) {
+            cx.err(
+                &[K("notify"), I(i), K("name")],
+                Code::InvalidValue,
+                format!("notifier `{}` is named twice", n.name),
+            );
+        }
+        let var = |cx: &mut Ctx<'_>, kind: &'static str, key: &'static str, v: &str| {
+            let at = [K("notify"), I(i), K(kind), K(key)];
+            if !is_env_name(v) {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!("`{v}` is not an environment variable name"),
+                );
+            } else if is_reserved_secret(v) {
+                cx.err(
+                    &at,
+                    Code::InvalidValue,
+                    format!(
+                        "{v} holds one of rollgate's own credentials (Git, GitHub, webhook or AWS); a notifier may not send it anywhere"
+                    ),
+                );
+            }
+        };
+        let kind = match (&n.slack, &n.webhook) {
+            (Some(s), None) => {
+                var(cx, "slack", "webhookUrlEnv", &s.webhook_url_env);
+                settings::NotifierKind::Slack {
+                    webhook_url_env: s.webhook_url_env.clone(),
+                }
+            }
+            (None, Some(h)) => {
+                var(cx, "webhook", "urlEnv", &h.url_env);
+                var(cx, "webhook", "signingKeyEnv", &h.signing_key_env);
+                settings::NotifierKind::Webhook {
+                    url_env: h.url_env.clone(),
+                    signing_key_env: h.signing_key_env.clone(),
+                }
+            }
+            _ => {
+                cx.err(
+                    &[K("notify"), I(i)],
+                    Code::UnknownKind,
+                    format!(
+                        "notifier `{}` needs exactly one kind: `slack` or `webhook`",
+                        n.name
+                    ),
+                );
+                continue;
+            }
+        };
+        out.push(settings::Notifier {
+            name: n.name.clone(),
+            kind,
+            match_labels: n
+                .plans
+                .as_ref()
+                .map(|p| p.match_labels.clone())
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: a name a shell could export.
+fn is_env_name(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Variables that hold rollgate's own credentials: no repository setting may name them
