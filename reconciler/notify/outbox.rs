@@ -396,7 +396,9 @@ impl Http {
             .enable_all()
             .build()
             .context("cannot start the notifier's runtime")?;
-        let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        let https = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+        {
             Ok(b) => Some(
                 Client::builder(TokioExecutor::new())
                     .build(b.https_or_http().enable_http1().build()),
