@@ -97,7 +97,9 @@ fn serve(mut stream: TcpStream) -> Result<Delivery, String> {
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     };
     let len: usize = header("content-length")
@@ -111,8 +113,17 @@ fn serve(mut stream: TcpStream) -> Result<Delivery, String> {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = &buf[head_end..];
-    let checked = check(&head, header("x-rollgate-signature"), header("content-type"), body);
-    let status = if checked.is_ok() { "200 OK" } else { "400 Bad Request" };
+    let checked = check(
+        &head,
+        header("x-rollgate-signature"),
+        header("content-type"),
+        body,
+    );
+    let status = if checked.is_ok() {
+        "200 OK"
+    } else {
+        "400 Bad Request"
+    };
     let _ = stream.write_all(
         format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
     );
@@ -154,9 +165,17 @@ fn check(
         && data["commit"] == id
         && id.len() == 40
         && v["time"].as_str().is_some_and(|t| t.ends_with('Z'))
-        && ["from", "candidate", "stable", "weight", "step", "reason", "verdicts"]
-            .iter()
-            .all(|k| data.get(*k).is_some());
+        && [
+            "from",
+            "candidate",
+            "stable",
+            "weight",
+            "step",
+            "reason",
+            "verdicts",
+        ]
+        .iter()
+        .all(|k| data.get(*k).is_some());
     if !ok {
         return Err(format!("not the envelope expected: {v}"));
     }
@@ -243,10 +262,19 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// As `wait_for`, saying `context()` (the daemon's log) when it times out.
-fn wait_for_or(secs: u64, what: &str, context: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+fn wait_for_or(
+    secs: u64,
+    what: &str,
+    context: impl Fn() -> String,
+    mut cond: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", context());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -291,7 +319,10 @@ fn assert_exactly_once_in_order(remote: &Remote, inbox: &Inbox, invalid: &Arc<Mu
     std::thread::sleep(Duration::from_secs(2));
     let got = inbox.lock().expect("inbox").clone();
     let log = std::fs::read_to_string(remote.work_dir("daemon.log")).unwrap_or_default();
-    assert_eq!(got, want, "deliveries differ from the status commits\n{log}");
+    assert_eq!(
+        got, want,
+        "deliveries differ from the status commits\n{log}"
+    );
     assert!(invalid.lock().expect("invalid").is_empty(), "{invalid:?}");
 }
 
@@ -351,7 +382,9 @@ fn a_daemon_killed_after_a_status_commit_announces_each_transition_once_after_re
     let v2 = v2();
     remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
     wait_for(60, "v2 to pause", || {
-        remote.status("web").is_some_and(|s| s.phase == Phase::Paused)
+        remote
+            .status("web")
+            .is_some_and(|s| s.phase == Phase::Paused)
     });
     daemon.kill();
     assert!(announced(&remote).len() > before);

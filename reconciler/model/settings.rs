@@ -40,8 +40,13 @@ impl Notifier {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifierKind {
-    Slack { webhook_url_env: String },
-    Webhook { url_env: String, signing_key_env: String },
+    Slack {
+        webhook_url_env: String,
+    },
+    Webhook {
+        url_env: String,
+        signing_key_env: String,
+    },
 }
 
 impl NotifierKind {

@@ -156,8 +156,8 @@ pub trait Notifier: Send {
 }
 
 /// Build the notifiers of `settings`, reading their secrets with `env` (the process
-/// environment in `main`). A notifier whose variable is unset is an error: the daemon
-/// says so at start rather than dropping announcements silently.
+/// environment in `main`). A notifier whose variable is unset is an error naming the
+/// variable (never a value).
 pub fn build(
     notify: &[settings::Notifier],
     repo: &Repo,
@@ -193,7 +193,8 @@ pub fn build(
 
 /// Start the notifiers named by the settings at `head` (`None` when there are none, or
 /// the settings are invalid: the gate reports that). Their secrets are read from the
-/// environment now; a later change to `notify:` takes effect at the next start.
+/// environment now (a notifier whose variable is unset is logged and left out); a later
+/// change to `notify:` takes effect at the next start.
 pub fn start(
     src: &crate::source::git::GitSource,
     head: git2::Oid,
@@ -215,7 +216,18 @@ pub fn start(
         return Ok(None);
     }
     let repo = Repo::from_url(src.url());
-    let notifiers = build(&settings.notify, &repo, |v| std::env::var(v).ok())?;
+    // A notifier without its secret is said once, loudly, and left out: a settings
+    // change must not keep the daemon (and every rollout) from starting.
+    let mut notifiers = Vec::new();
+    for n in &settings.notify {
+        match build(std::slice::from_ref(n), &repo, |v| std::env::var(v).ok()) {
+            Ok(built) => notifiers.extend(built),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "notifier left out"),
+        }
+    }
+    if notifiers.is_empty() {
+        return Ok(None);
+    }
     let outbox = Outbox::start(
         src.repo().path(),
         state_dir,

@@ -263,7 +263,9 @@ impl Worker {
             if let Some(entry) = crate::history::entry(&commit) {
                 let status = status_at(&repo, &commit, &entry.plan);
                 if let Some(event) = Event::from_commit(&entry, status.as_ref())
-                    && self.notifier.selects(&labels_at(&repo, &commit, &entry.plan))
+                    && self
+                        .notifier
+                        .selects(&labels_at(&repo, &commit, &entry.plan))
                 {
                     match self.deliver(http, &event) {
                         Round::Done => {}
@@ -421,7 +423,10 @@ impl Http {
         for (k, v) in &post.headers {
             req = req.header(*k, v.as_str());
         }
-        req = req.header("user-agent", concat!("rollgate/", env!("CARGO_PKG_VERSION")));
+        req = req.header(
+            "user-agent",
+            concat!("rollgate/", env!("CARGO_PKG_VERSION")),
+        );
         let Ok(req) = req.body(Full::new(Bytes::from(post.body.clone()))) else {
             return Sent::Refused("cannot build the request".to_owned());
         };
@@ -486,10 +491,7 @@ mod tests {
     fn backoff_doubles_up_to_its_cap() {
         let o = Options::default();
         let waits: Vec<_> = (1..=8).map(|n| backoff(&o, n).as_millis()).collect();
-        assert_eq!(
-            waits,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
-        );
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     }
 
     #[test]

@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn the_block_kit_message_of_a_step_on_github() {
         let repo = Repo::from_url("https://github.com/acme/deploy.git");
-        insta::assert_snapshot!(serde_json::to_string_pretty(&message(&sample(), &repo)).unwrap_or_default());
+        insta::assert_snapshot!(
+            serde_json::to_string_pretty(&message(&sample(), &repo)).unwrap_or_default()
+        );
     }
 
     #[test]

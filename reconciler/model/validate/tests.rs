@@ -349,14 +349,27 @@ fn notifiers_name_their_secrets_by_variable_never_rollgates_own() {
     );
     let s = parse_settings("rollgate.yaml", &ok).expect("valid");
     assert_eq!(s.notify.len(), 2);
-    assert_eq!(s.notify[1].match_labels.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        s.notify[1].match_labels.get("team").map(String::as_str),
+        Some("payments")
+    );
     let bad = format!(
         "{SETTINGS}notify:\n  - name: a\n    slack: {{ webhookUrlEnv: ROLLGATE_GIT_TOKEN }}\n  - name: a\n    webhook: {{ urlEnv: 'no way', signingKeyEnv: K }}\n  - name: c\n"
     );
     let diags = parse_settings("rollgate.yaml", &bad).expect_err("invalid");
     let msgs: Vec<_> = diags.iter().map(|d| d.message.as_str()).collect();
-    assert!(msgs.iter().any(|m| m.starts_with("ROLLGATE_GIT_TOKEN holds one of rollgate's own")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("ROLLGATE_GIT_TOKEN holds one of rollgate's own")),
+        "{msgs:?}"
+    );
     assert!(msgs.contains(&"notifier `a` is named twice"), "{msgs:?}");
-    assert!(msgs.contains(&"`no way` is not an environment variable name"), "{msgs:?}");
-    assert!(msgs.contains(&"notifier `c` needs exactly one kind: `slack` or `webhook`"), "{msgs:?}");
+    assert!(
+        msgs.contains(&"`no way` is not an environment variable name"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.contains(&"notifier `c` needs exactly one kind: `slack` or `webhook`"),
+        "{msgs:?}"
+    );
 }
