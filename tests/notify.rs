@@ -35,8 +35,8 @@ type Inbox = Arc<Mutex<Vec<Delivery>>>;
 
 /// A local HTTP receiver on a fixed port; stopped (its port refusing connections)
 /// when dropped. Every request is checked: a POST, a valid signature, a CloudEvents
-/// 1.0 envelope whose fields agree with its data; a request that fails a check panics
-/// the receiver's thread and is recorded as `invalid`.
+/// 1.0 envelope whose fields agree with its data; a request that fails a check is
+/// answered 400 and recorded as `invalid`.
 struct Receiver {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -291,6 +291,7 @@ fn announced(remote: &Remote) -> Vec<Delivery> {
     remote
         .rollgate_commits()
         .into_iter()
+        .filter(|c| c.author == "rollgate")
         .filter_map(|c| {
             let kind = if c.trailer("Rollgate-Rollback-Of").is_some() {
                 "reverted".to_owned()
@@ -334,12 +335,19 @@ fn a_rollouts_transitions_each_arrive_once_in_order() {
     let _receiver = Receiver::start(port, &inbox, &invalid);
     let remote = remote_with(&v1());
     let _daemon = Daemon::start(&remote, port);
-    // When v1 rolls out, then v2 through its steps
+    // When v1 rolls out, a human pushes a commit that copies a status commit's
+    // trailers, and v2 rolls out through its steps
     wait_for(60, "v1 to succeed", || succeeded_with(&remote, "v1"));
+    remote.human_commit(
+        "notes.txt",
+        |_| "not a transition\n".to_owned(),
+        "web: Succeeded\n\nRollgate-Plan: web\nRollgate-Phase: Succeeded\nRollgate-Step: 2/2",
+    );
     let v2 = v2();
     remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
     wait_for(60, "v2 to succeed", || succeeded_with(&remote, "v2"));
-    // Then every transition arrived once, in the order of the status commits
+    // Then every transition arrived once, in the order of the status commits, and the
+    // human's commit is not one of them
     assert_exactly_once_in_order(&remote, &inbox, &invalid);
 }
 

@@ -228,10 +228,12 @@ pub fn start(
     if notifiers.is_empty() {
         return Ok(None);
     }
+    let author = &settings.write_back.author;
     let outbox = Outbox::start(
         src.repo().path(),
         state_dir,
         head,
+        &format!("{} <{}>", author.name, author.email),
         notifiers,
         outbox::Options::default(),
     )?;

@@ -100,11 +100,15 @@ impl Outbox {
     /// Start one thread per notifier, reading commits from the repository at `git_dir`
     /// (the daemon's clone) and keeping records under `state_dir/notify/`. `head` is the
     /// branch's head now: a notifier without a record starts from it; one with a record
-    /// announces every commit after it, up to `head`, first.
+    /// announces every commit after it, up to `head`, first. `author` (`Name <email>`,
+    /// the settings' `writeBack.author`) is whose commits are announced: as the daemon
+    /// trusts only its own status commits, a human's commit with copied trailers is not
+    /// a transition.
     pub fn start(
         git_dir: &Path,
         state_dir: &Path,
         head: Oid,
+        author: &str,
         notifiers: Vec<Box<dyn Notifier>>,
         opts: Options,
     ) -> Result<Outbox> {
@@ -124,6 +128,7 @@ impl Outbox {
             let worker = Worker {
                 git_dir: git_dir.to_owned(),
                 path,
+                author: author.to_owned(),
                 notifier: n,
                 newest: newest.clone(),
                 stop: stop.clone(),
@@ -187,6 +192,7 @@ enum Round {
 struct Worker {
     git_dir: PathBuf,
     path: PathBuf,
+    author: String,
     notifier: Box<dyn Notifier>,
     newest: Arc<Mutex<Oid>>,
     stop: Arc<AtomicBool>,
@@ -260,7 +266,9 @@ impl Worker {
         pending.reverse();
         for id in pending {
             let commit = repo.find_commit(id)?;
-            if let Some(entry) = crate::history::entry(&commit) {
+            if let Some(entry) = crate::history::entry(&commit)
+                && self.wrote(&commit)
+            {
                 let status = status_at(&repo, &commit, &entry.plan);
                 if let Some(event) = Event::from_commit(&entry, status.as_ref())
                     && self
@@ -276,6 +284,13 @@ impl Worker {
             write_acked(&self.path, id)?;
         }
         Ok(Round::Done)
+    }
+
+    /// Whether rollgate wrote `commit` (its author is rollgate's).
+    fn wrote(&self, commit: &git2::Commit<'_>) -> bool {
+        let a = commit.author();
+        let by = format!("{} <{}>", a.name().unwrap_or(""), a.email().unwrap_or(""));
+        by == self.author
     }
 
     /// One event, with bounded retries; `Done` once delivered or refused for good.
