@@ -285,13 +285,13 @@ fn succeeded_with(remote: &Remote, artifact: &str) -> bool {
         .is_some_and(|s| s.phase == Phase::Succeeded && s.candidate == artifact)
 }
 
-/// The status commits of transitions and the revert commits, oldest first: what must
-/// be announced, as (id, type).
+/// The status commits of transitions and the revert commits of `web`, oldest first:
+/// what must be announced, as (id, type).
 fn announced(remote: &Remote) -> Vec<Delivery> {
     remote
         .rollgate_commits()
         .into_iter()
-        .filter(|c| c.author == "rollgate")
+        .filter(|c| c.author == "rollgate" && c.trailer("Rollgate-Plan") == Some("web"))
         .filter_map(|c| {
             let kind = if c.trailer("Rollgate-Rollback-Of").is_some() {
                 "reverted".to_owned()
@@ -402,5 +402,35 @@ fn a_daemon_killed_after_a_status_commit_announces_each_transition_once_after_re
     let _daemon = Daemon::start(&remote, port);
     wait_for(60, "v2 to succeed", || succeeded_with(&remote, "v2"));
     // Then every transition arrived exactly once, in order: none lost, none repeated
+    assert_exactly_once_in_order(&remote, &inbox, &invalid);
+}
+
+#[test]
+fn a_plan_labelled_not_to_notify_is_never_announced() {
+    // Given two plans, `quiet` labelled `rollgate.dev/notify: "false"`
+    let port = support::free_port();
+    let (inbox, invalid) = (Inbox::default(), Arc::default());
+    let _receiver = Receiver::start(port, &inbox, &invalid);
+    let mut quiet = PlanFile::new("quiet").steps(&["setWeight: 20", "setWeight: 100"]);
+    quiet.labels = "{ team: demo, rollgate.dev/notify: \"false\" }".to_owned();
+    quiet.port = 18081;
+    let web = v1();
+    let remote = Remote::with_files(&[
+        ("rollgate.yaml".to_owned(), settings()),
+        (web.path(), web.yaml()),
+        (quiet.path(), quiet.yaml()),
+    ]);
+    let _daemon = Daemon::start(&remote, port);
+    // When both roll out
+    wait_for(60, "v1 to succeed", || succeeded_with(&remote, "v1"));
+    wait_for(60, "quiet to succeed", || {
+        remote
+            .status("quiet")
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    });
+    let v2 = v2();
+    remote.human_commit(&v2.path(), |_| v2.yaml(), "web: v2");
+    wait_for(60, "v2 to succeed", || succeeded_with(&remote, "v2"));
+    // Then only `web`'s transitions arrive, each once, in order
     assert_exactly_once_in_order(&remote, &inbox, &invalid);
 }

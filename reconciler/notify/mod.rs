@@ -261,6 +261,39 @@ pub(crate) fn sample() -> Event {
 mod tests {
     use super::*;
 
+    fn entry(kind: &str, step: Option<&str>) -> Entry {
+        Entry {
+            commit: "c0ffee".to_owned(),
+            time: 1_764_900_000,
+            plan: "web".to_owned(),
+            kind: kind.to_owned(),
+            phase: Some("Paused".to_owned()),
+            from: Some("Progressing".to_owned()),
+            step: step.map(str::to_owned),
+            weight: Some(20),
+            artifact: Some("v2".to_owned()),
+            revision: None,
+            reason: Some("pause 2s".to_owned()),
+            verdicts: Vec::new(),
+            first_rollout: None,
+            analysis_restarted: None,
+            subject: "web: Paused".to_owned(),
+        }
+    }
+
+    #[test]
+    fn transitions_and_reverts_are_events_commands_and_acks_are_not() {
+        let e = Event::from_commit(&entry("transition", Some("2/3")), None);
+        assert_eq!(
+            e.as_ref().map(|e| (e.phase.as_str(), e.step.as_deref())),
+            Some(("Paused", Some("2/3")))
+        );
+        let revert = Event::from_commit(&entry("revert", None), None);
+        assert_eq!(revert.map(|e| e.phase), Some(REVERTED.to_owned()));
+        assert_eq!(Event::from_commit(&entry("transition", None), None), None);
+        assert_eq!(Event::from_commit(&entry("command", None), None), None);
+    }
+
     #[test]
     fn repo_names_and_links() {
         let gh = Repo::from_url("https://github.com/acme/deploy.git");
