@@ -2,7 +2,8 @@
 //!
 //! Invariants: [`message`] is pure (the same event, the same message); every text from
 //! Git (plan, artifacts, reasons, verdicts) is escaped for Slack's `mrkdwn` (`&`, `<`,
-//! `>`), so a trailer cannot forge a link or a mention; the webhook URL is a
+//! `>`; backticks inside the verdicts' code block too), so a trailer cannot forge a
+//! link or a mention, nor close the code block; the webhook URL is a
 //! [`Secret`] and appears nowhere but in the request.
 
 use std::collections::BTreeMap;
@@ -90,7 +91,8 @@ pub fn message(e: &Event, repo: &Repo) -> Value {
         why.push_str(
             &e.verdicts
                 .iter()
-                .map(|v| esc(v))
+                // A backtick from Git must not close the code block.
+                .map(|v| esc(v).replace('`', "'"))
                 .collect::<Vec<_>>()
                 .join("\n"),
         );
@@ -135,6 +137,9 @@ mod tests {
         let m = message(&e, &Repo::from_url("/srv/git/deploy.git"));
         insta::assert_snapshot!(serde_json::to_string_pretty(&m).unwrap_or_default());
         assert!(!m.to_string().contains("<!channel>"));
+        e.verdicts = vec!["fail x```<@U1>".to_owned()];
+        let m = message(&e, &Repo::from_url("/srv/git/deploy.git")).to_string();
+        assert!(m.contains("fail x'''&lt;@U1&gt;```"), "{m}");
     }
 
     #[test]
