@@ -21,6 +21,7 @@
 //!   and `daemon::run`, the loop around it.
 //! - `leader`: leader election over a Kubernetes Lease.
 //! - `github`: webhooks, previews on pull requests, comment commands, commit statuses.
+//! - `notify`: Slack and CloudEvents notifications of every transition, from Git.
 //! - `preview`: `rollgate plan`: what a change would do, judged with base's rules.
 //! - `history`: `rollgate history` and `status` from Git alone.
 //! - `server`: `/healthz`, `/readyz`, `/metrics` and the webhook endpoint.

@@ -23,6 +23,7 @@ mod kubernetes;
 mod lambda;
 mod leader;
 mod local_target;
+mod notify;
 mod preview;
 mod prometheus;
 mod push_race;

@@ -4,7 +4,7 @@
 //! receiver is down for a while, and when the daemon is SIGKILLed after a status
 //! commit and started again.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
