@@ -28,6 +28,9 @@
 //! Invariant: at most one transition per decision; a transition is a change of
 //! phase, step, hold, candidate, fast-track, direct or analysis restart, and nothing
 //! else is committed.
+//!
+//! One job over 600 lines, kept in one file: the rollout lifecycle as one state
+//! machine, which reads best in one place.
 
 use chrono::{DateTime, Utc};
 

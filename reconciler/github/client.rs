@@ -8,6 +8,9 @@
 //! ([`Identity::wrote`]), never one that merely starts with its marker; a 403 refusal of
 //! check runs (a personal access token) is remembered for the process's life and the
 //! caller falls back to a commit status, while a rate limit's 403 is an error like any.
+//!
+//! One job over 600 lines, kept in one file: the GitHub REST client, one method per
+//! call rollgate makes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

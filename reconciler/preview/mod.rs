@@ -11,6 +11,9 @@
 //! that judge it (its edits to them are shown, and take effect after the merge).
 //! [`preview`] does the I/O; a [`Preview`] is a plain value, rendered deterministically
 //! (`markdown`, `text`, JSON) given the `now` it was made with.
+//!
+//! One job over 600 lines, kept in one file: a pull request's preview: what the merge
+//! would start, judged with base's rules.
 
 mod dry_run;
 mod render;

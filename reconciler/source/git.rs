@@ -5,6 +5,9 @@
 //! ssh or https URL), reads snapshots straight from commit trees, and pushes from there.
 //! Invariant: tree entries that are symlinks or submodules, or blobs over the size cap,
 //! are refused with a diagnostic and never read.
+//!
+//! One job over 600 lines, kept in one file: the daemon's clone: snapshots, diffs,
+//! commit walks, trailers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

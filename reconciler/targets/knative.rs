@@ -31,6 +31,9 @@
 //! [`KnativeTarget`] is the `Target`: it shares the cluster [`Connection`] of the
 //! Kubernetes target (which routes `knative` workloads here) and refuses any other kind
 //! of workload.
+//!
+//! One job over 600 lines, kept in one file: the Knative target: a Service's revisions
+//! and traffic; about 130 lines are unit tests.
 
 use std::sync::Arc;
 

@@ -20,6 +20,9 @@
 //! path (start, resume, promote, rollback).
 //! Invariants: every method is idempotent; `resume` of the state already running moves
 //! no traffic; nothing outside `STATE/<plan>/` is written.
+//!
+//! One job over 600 lines, kept in one file: the local target: supervised processes
+//! behind the proxy.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
