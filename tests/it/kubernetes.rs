@@ -1201,6 +1201,46 @@ fn regression_an_apply_that_creates_the_canary_is_authorized_as_create() {
     }
 }
 
+#[test]
+fn the_readiness_simulation_stands_aside_for_a_running_controller_manager() {
+    // (#15: with a real kube-controller-manager, the e2e suites' simulation and the
+    // controller fought over Deployment status.)
+    let lease = |name: &str, renewed: chrono::DateTime<chrono::Utc>| {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": { "name": name, "namespace": "kube-system" },
+            "spec": {
+                "holderIdentity": "master-1",
+                "leaseDurationSeconds": 15,
+                "renewTime": renewed.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            }
+        })
+    };
+    let now = chrono::Utc::now();
+    for (objects, running) in [
+        // Given a controller-manager that renewed its lease a moment ago: it runs
+        (vec![lease("kube-controller-manager", now)], true),
+        // One whose lease went stale an hour ago, or none at all (kwok, envtest): not
+        (
+            vec![lease(
+                "kube-controller-manager",
+                now - chrono::Duration::hours(1),
+            )],
+            false,
+        ),
+        (vec![lease("kube-scheduler", now)], false),
+        (Vec::new(), false),
+    ] {
+        let (rt, client) = cluster::api(objects.clone(), None);
+        assert_eq!(
+            rt.block_on(cluster::controller_manager_running(&client)),
+            running,
+            "{objects:?}"
+        );
+    }
+}
+
 /// The opt-in suite: the target contract against a real cluster named by
 /// `ROLLGATE_E2E_KUBECONFIG`, in a namespace of its own that it deletes afterwards.
 /// Replica-ratio mode always; Gateway API weights too when the HTTPRoute CRD is installed.
@@ -1215,8 +1255,16 @@ fn e2e_contract_on_a_real_cluster() {
     let ns = format!("rollgate-e2e-{}", std::process::id());
     let (mut t, client) = e2e_target(std::path::Path::new(&path));
     // Clusters without kubelets (kwok, envtest) report no pod readiness: there, play
-    // the Deployment controller by patching status, as the in-memory tests do.
-    if std::env::var_os("ROLLGATE_E2E_SIMULATE_READINESS").is_some() {
+    // the Deployment controller by patching status, as the in-memory tests do. Never
+    // next to a running kube-controller-manager, which writes the same status.
+    let simulate = std::env::var_os("ROLLGATE_E2E_SIMULATE_READINESS").is_some();
+    let manager = simulate && t.block_on(cluster::controller_manager_running(&client));
+    if manager {
+        println!(
+            "ROLLGATE_E2E_SIMULATE_READINESS ignored: a kube-controller-manager renews its lease in kube-system and writes Deployment status itself"
+        );
+    }
+    if simulate && !manager {
         let (client, ns) = (client.clone(), ns.clone());
         t.spawn(async move {
             loop {

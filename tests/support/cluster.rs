@@ -262,6 +262,22 @@ pub fn deployments_cluster(
     target
 }
 
+/// Whether a kube-controller-manager runs in this cluster: it renews its leader Lease
+/// (`kube-system/kube-controller-manager`) every few seconds. Where it runs, it writes
+/// Deployment status, and a simulation doing the same would fight it (each overwriting
+/// the other's `readyReplicas`): the e2e suites then leave readiness to it.
+pub async fn controller_manager_running(client: &kube::Client) -> bool {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let Ok(lease) = leases.get("kube-controller-manager").await else {
+        return false;
+    };
+    lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .is_some_and(|t| t.0.as_second() > chrono::Utc::now().timestamp() - 60)
+}
+
 /// What the Deployment controller and kubelet would report: every Deployment rolled
 /// out at its generation, except those running a `broken` image (past their progress
 /// deadline) and candidates whose readiness is withheld (no pod ready, no condition).
