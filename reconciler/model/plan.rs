@@ -137,10 +137,27 @@ pub struct KnativeWorkload {
     pub container: Option<String>,
 }
 
+/// How a Gateway API canary Deployment is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CanaryScale {
+    /// ceil(total × weight / 100) replicas, at least one: it grows before its traffic
+    /// moves and shrinks after the traffic has left (Argo Rollouts'
+    /// `dynamicStableScale`, without scaling the stable down).
+    #[default]
+    Proportional,
+    /// A full copy of the stable Deployment, whatever the weight.
+    Full,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Traffic {
-    /// Weights of the stable and canary backendRefs in one HTTPRoute rule.
-    GatewayRoute { route: String, rule: u32 },
+    /// Weights of the stable and canary backendRefs in one HTTPRoute rule; the canary
+    /// sized by `scale`.
+    GatewayRoute {
+        route: String,
+        rule: u32,
+        scale: CanaryScale,
+    },
     /// Canary replicas = ceil(total × weight / 100).
     ReplicaRatio,
 }
@@ -298,6 +315,13 @@ impl Plan {
                             route_rule: match &k.traffic {
                                 Traffic::GatewayRoute { rule, .. } => Some(*rule),
                                 Traffic::ReplicaRatio => None,
+                            },
+                            canary_scale: match &k.traffic {
+                                Traffic::GatewayRoute {
+                                    scale: CanaryScale::Full,
+                                    ..
+                                } => Some(wire::CanaryScale::Full),
+                                _ => None,
                             },
                         })
                     }

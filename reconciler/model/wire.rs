@@ -157,6 +157,20 @@ pub struct KubernetesWorkload {
     /// Index of the route rule holding the stable and canary backends (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_rule: Option<u32>,
+    /// With a `route`: how many replicas the canary runs. `proportional` (default):
+    /// ceil(total × weight / 100), at least one, grown before its traffic moves;
+    /// `full`: a full copy of the stable Deployment at any weight (twice the pods, the
+    /// canary's pods warm before traffic reaches them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_scale: Option<CanaryScale>,
+}
+
+/// How a Gateway API canary is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryScale {
+    Proportional,
+    Full,
 }
 
 /// A function's alias. Where requests go and as whom (`endpoint`, `profile`) is set on

@@ -24,8 +24,9 @@
 //! rollgate *creates and owns* `<deployment>-canary` (a copy of the stable Deployment
 //! with the artifact as the image of the named container) and `<service>-canary`, both
 //! labelled `app.kubernetes.io/managed-by: rollgate`. In Gateway API mode the canary is
-//! sized by its weight ([`GATEWAY_CANARY_SCALING`]): ceil(total × weight / 100)
-//! replicas, at least one, grown before its traffic moves and shrunk after it left. It only *patches* what it does not
+//! sized by its weight (`canaryScale: proportional`, the default): ceil(total × weight / 100)
+//! replicas, at least one, grown before its traffic moves and shrunk after it left
+//! (`canaryScale: full`: a full copy). It only *patches* what it does not
 //! own: the stable Deployment's image and replicas (a JSON Patch guarded by a `test` of
 //! the container's name), and the `backendRefs` of one rule of one HTTPRoute. The
 //! canary objects and the route are written by server-side apply with field manager
@@ -123,21 +124,6 @@ pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
 pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
 /// On the canary Deployment: the total replicas to keep in replica-ratio mode.
 pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
-/// How a canary Deployment is sized in Gateway API mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CanaryScaling {
-    /// ceil(total × weight / 100) replicas, at least one: it grows before its traffic
-    /// moves and shrinks after the traffic has left (Argo Rollouts'
-    /// `dynamicStableScale`, without scaling the stable down).
-    Proportional,
-    /// A full copy of the stable Deployment, whatever the weight.
-    Full,
-}
-
-/// The Gateway API canary's sizing. A constant until plans can choose it: that needs a
-/// plan field (`workload.kubernetes.canaryScale: proportional | full` in the wire and
-/// model types, the schema and the validation), which this target does not own.
-pub const GATEWAY_CANARY_SCALING: CanaryScaling = CanaryScaling::Proportional;
 
 /// Suffix of the canary Deployment and Service names.
 pub const CANARY_SUFFIX: &str = "-canary";

@@ -373,6 +373,45 @@ fn gateway_canary_objects_and_weights_after_every_step() {
 /// its traffic moves (and the traffic waits for the new pods), and shrinks after its
 /// traffic has left. The stable keeps every replica, so a rollback is instant.
 #[test]
+fn a_gateway_canary_with_canary_scale_full_is_a_full_copy_at_every_weight() {
+    // Given a plan that asks for a full-size canary (the cost of warm capacity)
+    let text = "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web }\nspec:\n  target: prod\n  workload:\n    kubernetes: { namespace: shop, deployment: web, container: app, route: web, routeRule: 1, canaryScale: full }\n  artifact: registry.example/web:v2\n  strategy:\n    canary: { steps: [ { setWeight: 100 } ] }\n";
+    let p = rollgate::model::validate::parse_plan("plans/web.yaml", text, None)
+        .expect("plan parses")
+        .plan;
+    let mut t = cluster_with(2, Vec::new());
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    // Then the canary runs every replica of the stable, whatever its weight
+    for w in [20u8, 60, 100] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(
+            settle(&mut t, &p, &desired(V1, Some(V2), w)),
+            TargetHealth::Healthy,
+            "at {w}%"
+        );
+        assert_eq!(
+            replicas(&deployment(&t, "web-canary").expect("canary")),
+            2,
+            "canary at {w}%"
+        );
+    }
+}
+
+#[test]
+fn canary_scale_without_a_route_is_refused_at_its_place() {
+    let text = "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web }\nspec:\n  target: prod\n  workload:\n    kubernetes: { namespace: shop, deployment: web, canaryScale: full }\n  artifact: registry.example/web:v2\n  strategy:\n    canary: { steps: [ { setWeight: 100 } ] }\n";
+    let d =
+        rollgate::model::validate::parse_plan("plans/web.yaml", text, None).expect_err("refused");
+    let d = d
+        .iter()
+        .find(|d| d.message.contains("canaryScale"))
+        .unwrap_or_else(|| panic!("{d:?}"));
+    assert_eq!(d.code, rollgate::model::Code::InvalidValue);
+    assert_eq!(d.pos.map(|p| p.line), Some(7), "{d:?}");
+}
+
+#[test]
 fn regression_a_gateway_canary_runs_only_the_replicas_its_weight_needs() {
     let mut t = cluster_with(2, Vec::new());
     let p = plan(true);

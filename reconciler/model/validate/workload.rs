@@ -179,8 +179,22 @@ pub(super) fn workload(
                     Some(r) => plan::Traffic::GatewayRoute {
                         route: r.clone(),
                         rule: k.route_rule.unwrap_or(0),
+                        scale: match k.canary_scale {
+                            Some(wire::CanaryScale::Full) => plan::CanaryScale::Full,
+                            _ => plan::CanaryScale::Proportional,
+                        },
                     },
-                    None => plan::Traffic::ReplicaRatio,
+                    None => {
+                        if k.canary_scale.is_some() {
+                            cx.err(
+                                &at(&[K("canaryScale")]),
+                                Code::InvalidValue,
+                                "canaryScale sizes a Gateway API canary (with `route`); without a route the traffic split is the replica ratio itself",
+                            )
+                            .help = Some("add `route:` or remove `canaryScale`".to_owned());
+                        }
+                        plan::Traffic::ReplicaRatio
+                    }
                 },
             })
         }

@@ -450,7 +450,7 @@ impl Cluster<'_> {
             return self.selector_observed(weight).await;
         }
         match &self.w.traffic {
-            Traffic::GatewayRoute { route, rule } => {
+            Traffic::GatewayRoute { route, rule, .. } => {
                 let (_, value) = self.read_route(route).await?;
                 let candidate = self.canary_service();
                 let Some((s, c)) = route_weights(&value, *rule, &self.w.service, &candidate) else {

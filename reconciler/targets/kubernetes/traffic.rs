@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use super::deployment::{container_name, image_of, replicas_of};
 use super::deployments::Mode;
 use super::{
-    CanaryScaling, Cluster, GATEWAY_CANARY_SCALING, Share, TargetError, canary_replicas,
-    is_managed, route_weights, rules_with_weight,
+    Cluster, Share, TargetError, canary_replicas, is_managed, route_weights, rules_with_weight,
 };
 use crate::engine::TargetHealth;
 use crate::model::plan::Traffic;
@@ -73,7 +72,7 @@ impl Cluster<'_> {
     /// canary from the route (replica mode: stable back to its total).
     pub(super) async fn weigh(&self, weight: Option<u8>) -> Result<(), TargetError> {
         match &self.w.traffic {
-            Traffic::GatewayRoute { route, rule } => {
+            Traffic::GatewayRoute { route, rule, .. } => {
                 // Never point traffic at a Service that is not there (or not ours).
                 if let Some(w) = weight.filter(|w| *w > 0) {
                     let name = self.canary_service();
@@ -183,8 +182,13 @@ impl Cluster<'_> {
     /// copy, blue-green preview, replica-ratio split).
     pub(super) fn size_for(&self, total: i32, weight: u8) -> Option<i32> {
         let proportional = matches!(self.mode, Mode::Canary)
-            && matches!(self.w.traffic, Traffic::GatewayRoute { .. })
-            && GATEWAY_CANARY_SCALING == CanaryScaling::Proportional;
+            && matches!(
+                self.w.traffic,
+                Traffic::GatewayRoute {
+                    scale: crate::model::plan::CanaryScale::Proportional,
+                    ..
+                }
+            );
         proportional.then(|| canary_replicas(total, weight).max(1))
     }
 
@@ -257,7 +261,7 @@ impl Cluster<'_> {
     /// `start_candidate` in gateway mode: the canary ref at weight 0, unless a weight is
     /// already set (a re-run after `set_weight` must not take traffic away).
     pub(super) async fn weigh_route_at_start(&self) -> Result<(), TargetError> {
-        let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
+        let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic else {
             return Ok(());
         };
         let (_, value) = self.read_route(route).await?;
@@ -270,7 +274,7 @@ impl Cluster<'_> {
     /// At rest (no candidate): healthy when the route sends everything to the stable
     /// Service (alone, at any weight) and the candidate's backendRef is gone.
     pub(super) async fn weights_at_rest(&self) -> Result<TargetHealth, TargetError> {
-        let Traffic::GatewayRoute { route, rule } = &self.w.traffic else {
+        let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic else {
             return Ok(TargetHealth::Healthy);
         };
         let (_, value) = self.read_route(route).await?;
