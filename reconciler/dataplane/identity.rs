@@ -206,7 +206,9 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("sleep");
-        let live = Identity::of(child.id()).expect("identity");
+        // (recorded as the data plane records a child: with the argv it was given)
+        let argv = ["sleep", "30"].map(str::to_owned);
+        let live = Identity::of_spawned(child.id(), &argv).expect("identity");
         let stale = Identity {
             start_ticks: live.start_ticks.saturating_sub(1),
             ..live.clone()
