@@ -365,6 +365,11 @@ fn action(s: &Stage) -> String {
         StageKind::Analysis => "analysis".to_owned(),
         StageKind::Promote => "promote".to_owned(),
         StageKind::Deploy => "deploy directly".to_owned(),
+        StageKind::SetHeaderRoute | StageKind::SetMirror => format!(
+            "{} ({})",
+            s.kind.as_str(),
+            s.routing.as_deref().unwrap_or("weights only")
+        ),
     }
 }
 
