@@ -65,7 +65,25 @@
 //! in the Gateway API CRDs, so an apply cannot own just the weights: rollgate applies the
 //! whole `rules` list it has just read, with only the two weights (and the canary
 //! backendRef) changed, and the `resourceVersion` it read, so a concurrent edit makes the
-//! apply fail with a conflict (the rollout holds and retries) instead of being lost.
+//! apply fail with a conflict instead of being lost; the route is then read again and
+//! the rules recomputed (a few times, then a `Conflict` error: the daemon decides again
+//! on its next pass).
+//!
+//! **Header routes and mirrors** (issue #19, Gateway API mode only) go into the same
+//! rules by the same writer: a rule of rollgate's named `rollgate-<plan>-header`, right
+//! before the weighted rule, whose matches are the weighted rule's narrowed by the
+//! step's header and cookie conditions, with the canary Service as its only backend; and
+//! a `RequestMirror` filter (with `percent`) to the canary Service on the weighted rule.
+//! Foreign rules and filters are never changed; both go at promotion and rollback with
+//! the canary backendRef, and `health` repairs them like the weights (`route.rs` has the
+//! rule's shape and why it takes precedence).
+//!
+//! ```text
+//!   rule rollgate-<plan>-header (matches ∧ headers) ──────────────▶ Service <svc>-canary
+//!   HTTPRoute rule N ── filters: [..., RequestMirror percent p ──▶ <svc>-canary]
+//!                    ├── weight 100-w ──▶ Service <svc>
+//!                    └── weight w     ──▶ Service <svc>-canary
+//! ```
 //!
 //! **Blue-green** (`strategy.blueGreen`) uses the same machinery with `-preview` names:
 //! `<deployment>-preview` is a full-size copy running the artifact and `<service>-preview`
@@ -99,7 +117,10 @@ mod traffic;
 
 pub use deployment::{Rollout, canary_replicas, needed_ready, ready_replicas, rollout_of};
 pub use deployments::Deployments;
-pub use route::{route_weights, rules_with_weight};
+pub use route::{
+    header_match, header_rule_name, normalized, regex_escape, route_weights, routing_shown,
+    rule_index, rules_with_routing, rules_with_weight,
+};
 
 use deployments::{Cluster, Observed};
 use readiness::Share;
@@ -108,7 +129,7 @@ use super::knative::KnativeTarget;
 use super::{Desired, Target, TargetError};
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
-use crate::model::plan::Workload;
+use crate::model::plan::{Routing, Workload};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "rollgate";
@@ -458,6 +479,10 @@ impl Target for KubernetesTarget {
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
         self.for_plan(plan).set_weight(plan, weight)
+    }
+
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        self.for_plan(plan).set_routing(plan, routing)
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {

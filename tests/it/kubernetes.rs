@@ -1536,13 +1536,16 @@ fn weight_without_a_candidate_is_refused_and_moves_no_traffic() {
     }
 }
 
-/// Someone edits the route between rollgate's read and its apply: the server answers
-/// 409, the step fails (the rollout holds) and changes nothing; the next try converges.
+/// The route keeps changing between rollgate's read and its apply: the server answers
+/// 409 to every one of the target's attempts (each a fresh read), the step fails as a
+/// `Conflict` (the daemon decides again on its next pass) and changes nothing; once the
+/// route holds still, the next try converges. (A single conflict is read again inside
+/// the call.)
 #[test]
 fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let conflicts = Arc::new(AtomicUsize::new(1));
+    let conflicts = Arc::new(AtomicUsize::new(5));
     let left = Arc::clone(&conflicts);
     let funcs = kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
         if ctx.patch.get("kind").and_then(Value::as_str) == Some("HTTPRoute")
@@ -1559,13 +1562,15 @@ fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
     let mut t = cluster_intercepted(4, Vec::new(), Some(funcs));
     let p = plan(true);
     let err = t.start_candidate(&p, V2).expect_err("conflict");
+    assert_eq!(err.kind, rollgate::targets::ErrorKind::Conflict, "{err}");
+    assert!(err.message.contains("kept changing"), "{err}");
     assert!(err.message.contains("409"), "{err}");
     assert_eq!(weights(&t), (Some(1), None), "route unchanged");
+    assert_eq!(conflicts.load(Ordering::SeqCst), 0, "five attempts");
     t.start_candidate(&p, V2).expect("retry");
     wait_rolled_out(&t);
     t.set_weight(&p, 5).expect("weight");
     assert_eq!(weights(&t), (Some(95), Some(5)));
-    assert_eq!(conflicts.load(Ordering::SeqCst), 0);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
-use crate::model::plan::{BlueGreen, KubernetesWorkload, Strategy, Traffic, Workload};
+use crate::model::plan::{BlueGreen, KubernetesWorkload, Routing, Strategy, Traffic, Workload};
 use crate::targets::{Desired, Target, TargetError};
 
 /// Rollouts of `kubernetes` workloads (Deployments) on a shared cluster connection.
@@ -66,6 +66,8 @@ pub(super) enum Mode<'a> {
 
 /// The plan's objects in one namespace, and the calls on them (all async).
 pub(super) struct Cluster<'a> {
+    /// The plan's name (rollgate's header rule in the route is named after it).
+    pub(super) plan: &'a str,
     pub(super) w: &'a KubernetesWorkload,
     pub(super) mode: Mode<'a>,
     pub(super) deployments: Api<Deployment>,
@@ -116,6 +118,7 @@ impl Deployments {
         };
         let client = self.connection.client();
         Ok(Cluster {
+            plan: &plan.name,
             w,
             mode,
             deployments: Api::namespaced(client.clone(), &w.namespace),
@@ -140,6 +143,14 @@ impl Target for Deployments {
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
         let c = self.cluster(plan)?;
         self.connection.block_on(c.weigh(Some(weight.min(100))))
+    }
+
+    /// Gateway API mode: rollgate's header rule and mirror filter in the route (see
+    /// `traffic.rs`); replica ratio has no route to route by (validation refuses the
+    /// steps there) and accepts only the empty routing.
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        let c = self.cluster(plan)?;
+        self.connection.block_on(c.route_to(routing))
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
@@ -398,7 +409,7 @@ impl Cluster<'_> {
         // rollgate's back (drift) is put back; `weigh` still never moves it towards a
         // candidate that is not ready. Not healthy until the next pass reads it back.
         let w = desired.weight;
-        let observed = self.observe(&stable, &canary, w).await?;
+        let observed = self.observe(&stable, &canary, w, &desired.routing).await?;
         let awaited = self.is_waiting(&canary);
         match &observed {
             Observed::Broken(reason) => {
@@ -411,10 +422,19 @@ impl Cluster<'_> {
                     self.drifted(what);
                 }
                 self.weigh(Some(w)).await?;
+                self.route_to(&desired.routing).await?;
             }
             Observed::AsDesired => self.no_drift(),
         }
-        let share = Share::of(&canary, w);
+        // A header route or a mirror needs one ready replica, as a weight does.
+        let share = Share::of(
+            &canary,
+            if desired.routing.is_empty() {
+                w
+            } else {
+                w.max(1)
+            },
+        );
         if !share.covered() {
             return Ok(self.waiting(&canary, share));
         }
@@ -437,14 +457,15 @@ impl Cluster<'_> {
         }
     }
 
-    /// The step's traffic (`weight`% on the candidate) against the cluster's: the
-    /// route's two weights, the active Service's selector (blue-green without a route),
-    /// or the replica split.
+    /// The step's traffic (`weight`% on the candidate, and `routing`) against the
+    /// cluster's: the route's two weights and rollgate's header rule and mirror filter,
+    /// the active Service's selector (blue-green without a route), or the replica split.
     pub(super) async fn observe(
         &self,
         stable: &Deployment,
         canary: &Deployment,
         weight: u8,
+        routing: &Routing,
     ) -> Result<Observed, TargetError> {
         if self.switches_selector() {
             return self.selector_observed(weight).await;
@@ -466,7 +487,10 @@ impl Cluster<'_> {
                             self.canary_deployment(),
                             replicas_of(canary)
                         )),
-                        _ => Observed::AsDesired,
+                        _ => match self.routing_differs(&value, *rule, routing) {
+                            Some(what) => Observed::Differs(what),
+                            None => Observed::AsDesired,
+                        },
                     });
                 }
                 let show = |w: Option<i64>| w.map_or("no backendRef".to_owned(), |w| w.to_string());

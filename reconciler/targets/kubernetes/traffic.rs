@@ -5,9 +5,12 @@
 //! Invariants: traffic moves *towards* a candidate only once its ready replicas cover
 //! the share (otherwise the move is deferred, see `readiness.rs`), never towards a
 //! candidate Service that is missing or not rollgate's; moving it away is never held;
+//! rollgate's header rule and mirror filter (issue #19) are written beside the weights
+//! by the same writer ([`Cluster::update_route`]) and go with the candidate's backendRef;
 //! a route at rest is never written; the route is applied whole with the
-//! `resourceVersion` just read, so a concurrent edit fails the step instead of being
-//! lost; in replica-ratio mode the ready total never drops below the stable's total.
+//! `resourceVersion` just read, so a concurrent edit is never lost: the write is
+//! refused, the route read again and the rules computed again (a few times, then a
+//! `Conflict`); in replica-ratio mode the ready total never drops below the stable's total.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DynamicObject, Patch};
@@ -16,10 +19,12 @@ use serde_json::{Value, json};
 use super::deployment::{container_name, image_of, replicas_of};
 use super::deployments::Mode;
 use super::{
-    Cluster, Share, TargetError, canary_replicas, is_managed, route_weights, rules_with_weight,
+    Cluster, Share, TargetError, canary_replicas, is_managed, normalized, route_weights,
+    routing_shown, rules_with_routing, rules_with_weight,
 };
 use crate::engine::TargetHealth;
-use crate::model::plan::Traffic;
+use crate::model::plan::{Routing, Traffic};
+use crate::targets::ErrorKind;
 
 impl Cluster<'_> {
     /// Set the image and/or `spec.replicas` of the stable Deployment, which rollgate does
@@ -76,17 +81,7 @@ impl Cluster<'_> {
                 // Never point traffic at a Service that is not there (or not ours).
                 if let Some(w) = weight.filter(|w| *w > 0) {
                     let name = self.canary_service();
-                    let canary = self
-                        .timed(
-                            &format!("cannot read service {name}"),
-                            self.services.get_opt(&name),
-                        )
-                        .await?;
-                    if !canary.is_some_and(|c| is_managed(&c.metadata)) {
-                        return Err(TargetError::failed(format!(
-                            "service {name} does not exist or is not rollgate's; start the candidate first"
-                        )));
-                    }
+                    self.our_canary_service().await?;
                     // Nor more of it at a candidate whose ready replicas do not cover it.
                     let canary = self.owned_canary().await?;
                     let share = Share::of(&canary, w);
@@ -219,43 +214,197 @@ impl Cluster<'_> {
         Ok((current, value))
     }
 
+    /// Write the route's `rules` as `rules_for` computes them from the route just read
+    /// (`None`: already there, nothing written): the whole list (`rules` is an atomic
+    /// list, see the module header of `kubernetes.rs`), applied with the
+    /// `resourceVersion` read, so a write in between makes the API server refuse ours
+    /// (409). Then the route is read again and the rules computed again from what it
+    /// holds now, a few times; a route that keeps changing is a `Conflict` (the daemon
+    /// decides again on its next pass). The one writer of the route.
+    pub(super) async fn update_route(
+        &self,
+        route: &str,
+        rules_for: impl Fn(&Value) -> Result<Option<Value>, TargetError>,
+    ) -> Result<(), TargetError> {
+        const ATTEMPTS: u32 = 5;
+        let mut last = None;
+        for attempt in 1..=ATTEMPTS {
+            let (current, value) = self.read_route(route).await?;
+            let Some(rules) = rules_for(&value)? else {
+                return Ok(());
+            };
+            let patch = json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {
+                    "name": route,
+                    "namespace": self.w.namespace,
+                    "resourceVersion": current.metadata.resource_version,
+                },
+                "spec": { "rules": rules },
+            });
+            match self
+                .timed(
+                    &format!("cannot apply httproute {route}"),
+                    self.routes
+                        .patch(route, &Self::apply(), &Patch::Apply(&patch)),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    tracing::info!(
+                        namespace = %self.w.namespace,
+                        route,
+                        attempt,
+                        "httproute changed since it was read; reading it again"
+                    );
+                    last = Some(e.message);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(TargetError::conflict(format!(
+            "httproute {}/{route} kept changing while rollgate wrote it ({ATTEMPTS} attempts; last: {})",
+            self.w.namespace,
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// Put `weight`% on the candidate's backendRef of rule `rule` (`None`: remove it, and
+    /// rollgate's header rule and mirror with it: they point at the candidate too).
     pub(super) async fn weigh_route(
         &self,
         route: &str,
         rule: u32,
         weight: Option<u8>,
     ) -> Result<(), TargetError> {
-        let (current, value) = self.read_route(route).await?;
         let candidate = self.canary_service();
-        if let Some((s, c)) = route_weights(&value, rule, &self.w.service, &candidate) {
-            let done = match weight {
-                Some(w) => (s, c) == (Some(100 - i64::from(w)), Some(i64::from(w))),
-                // At rest: the stable alone, at whatever weight its owner wrote.
-                None => s.is_some() && c.is_none(),
+        self.update_route(route, |value| {
+            let at_rest = || {
+                rules_with_routing(
+                    value,
+                    rule,
+                    &self.w.service,
+                    &candidate,
+                    self.plan,
+                    &Routing::default(),
+                )
+                .map(|r| normalized(&r) == normalized(&value["spec"]["rules"]))
+                .unwrap_or(false)
             };
-            if done {
+            if let Some((s, c)) = route_weights(value, rule, &self.w.service, &candidate) {
+                let done = match weight {
+                    Some(w) => (s, c) == (Some(100 - i64::from(w)), Some(i64::from(w))),
+                    // At rest: the stable alone, at whatever weight its owner wrote.
+                    None => s.is_some() && c.is_none() && at_rest(),
+                };
+                if done {
+                    return Ok(None);
+                }
+            }
+            let fail = |e: String| TargetError::failed(format!("httproute {route}: {e}"));
+            let rules = rules_with_weight(value, rule, &self.w.service, &candidate, weight)
+                .map_err(fail)?;
+            if weight.is_some() {
+                return Ok(Some(rules));
+            }
+            rules_with_routing(
+                &json!({ "spec": { "rules": rules } }),
+                rule,
+                &self.w.service,
+                &candidate,
+                self.plan,
+                &Routing::default(),
+            )
+            .map(Some)
+            .map_err(fail)
+        })
+        .await
+    }
+
+    /// `set_routing`: rollgate's header rule and mirror filter in the route as `routing`
+    /// says (see `route::rules_with_routing`), weights untouched. Like a weight, routing
+    /// goes to a candidate only once its Service is rollgate's and one of its replicas
+    /// is ready (until then the move is deferred and `health` makes it); taking it away
+    /// is never held. Without a route (replica ratio) there is nothing to route by:
+    /// validation refuses these steps there, and an empty routing is all it accepts.
+    pub(super) async fn route_to(&self, routing: &Routing) -> Result<(), TargetError> {
+        let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic else {
+            if routing.is_empty() {
+                return Ok(());
+            }
+            return Err(TargetError::refused(format!(
+                "deployment {} has no Gateway API route: it cannot route by header or mirror requests",
+                self.w.deployment
+            )));
+        };
+        if !routing.is_empty() {
+            self.our_canary_service().await?;
+            let canary = self.owned_canary().await?;
+            let share = Share::of(&canary, 1);
+            if !share.covered() {
+                self.defer(&canary, share);
                 return Ok(());
             }
         }
-        let rules = rules_with_weight(&value, rule, &self.w.service, &candidate, weight)
-            .map_err(|e| TargetError::failed(format!("httproute {route}: {e}")))?;
-        let patch = json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "HTTPRoute",
-            "metadata": {
-                "name": route,
-                "namespace": self.w.namespace,
-                "resourceVersion": current.metadata.resource_version,
-            },
-            "spec": { "rules": rules },
-        });
-        self.timed(
-            &format!("cannot apply httproute {route}"),
-            self.routes
-                .patch(route, &Self::apply(), &Patch::Apply(&patch)),
-        )
-        .await?;
-        Ok(())
+        let candidate = self.canary_service();
+        self.update_route(route, |value| {
+            let rules = rules_with_routing(
+                value,
+                *rule,
+                &self.w.service,
+                &candidate,
+                self.plan,
+                routing,
+            )
+            .map_err(|e| TargetError::refused(format!("httproute {route}: {e}")))?;
+            Ok((normalized(&rules) != normalized(&value["spec"]["rules"])).then_some(rules))
+        })
+        .await
+    }
+
+    /// The route's header rule and mirror against `routing`: `None` when they are as
+    /// it says, else what the route shows, in words.
+    pub(super) fn routing_differs(
+        &self,
+        value: &Value,
+        rule: u32,
+        routing: &Routing,
+    ) -> Option<String> {
+        let candidate = self.canary_service();
+        let want = rules_with_routing(value, rule, &self.w.service, &candidate, self.plan, routing)
+            .ok()?;
+        if normalized(&want) == normalized(&value["spec"]["rules"]) {
+            return None;
+        }
+        let route = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Some(format!(
+            "httproute {route} has {}, the step {}",
+            routing_shown(value, rule, &candidate, self.plan),
+            crate::engine::routing_text(routing)
+        ))
+    }
+
+    /// The candidate's Service, which traffic may go to only when it is there and
+    /// rollgate's.
+    pub(super) async fn our_canary_service(&self) -> Result<(), TargetError> {
+        let name = self.canary_service();
+        let canary = self
+            .timed(
+                &format!("cannot read service {name}"),
+                self.services.get_opt(&name),
+            )
+            .await?;
+        if canary.is_some_and(|c| is_managed(&c.metadata)) {
+            return Ok(());
+        }
+        Err(TargetError::failed(format!(
+            "service {name} does not exist or is not rollgate's; start the candidate first"
+        )))
     }
 
     /// `start_candidate` in gateway mode: the canary ref at weight 0, unless a weight is
@@ -272,7 +421,8 @@ impl Cluster<'_> {
     }
 
     /// At rest (no candidate): healthy when the route sends everything to the stable
-    /// Service (alone, at any weight) and the candidate's backendRef is gone.
+    /// Service (alone, at any weight) and the candidate's backendRef, rollgate's header
+    /// rule and its mirror filter are gone.
     pub(super) async fn weights_at_rest(&self) -> Result<TargetHealth, TargetError> {
         let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic else {
             return Ok(TargetHealth::Healthy);
@@ -284,10 +434,17 @@ impl Cluster<'_> {
                 reason: format!("httproute {route} has no rule {rule} with backendRefs"),
             });
         };
-        Ok(if c.is_none() && s.is_some() {
-            TargetHealth::Healthy
-        } else {
-            TargetHealth::Progressing
-        })
+        Ok(
+            if c.is_none()
+                && s.is_some()
+                && self
+                    .routing_differs(&value, *rule, &Routing::default())
+                    .is_none()
+            {
+                TargetHealth::Healthy
+            } else {
+                TargetHealth::Progressing
+            },
+        )
     }
 }
