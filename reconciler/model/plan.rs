@@ -98,10 +98,16 @@ impl Workload {
     /// (the `Target` contract holds every target to what it claims here).
     pub fn capabilities(&self) -> Capabilities {
         match self {
-            Workload::Local(_) => Capabilities {
+            Workload::Local(_)
+            | Workload::Kubernetes(KubernetesWorkload {
+                traffic: Traffic::GatewayRoute { .. },
+                ..
+            }) => Capabilities {
                 header_route: true,
                 mirror: true,
             },
+            // Replica ratio has no router to ask; Lambda aliases and Knative Services
+            // route by weight (and tag) only.
             Workload::Kubernetes(_) | Workload::Lambda(_) | Workload::Knative(_) => {
                 Capabilities::default()
             }
@@ -119,7 +125,8 @@ pub struct Capabilities {
 }
 
 /// The workloads that support header routes and mirrors, for help lines.
-pub const SHAPING_WORKLOADS: &str = "local workloads";
+pub const SHAPING_WORKLOADS: &str =
+    "local workloads and Kubernetes workloads with a Gateway API route";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalWorkload {

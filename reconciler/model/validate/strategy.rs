@@ -99,7 +99,7 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                         if !workload.capabilities().header_route {
                             unsupported(cx, &here, "setHeaderRoute", workload);
                         }
-                        let matches = r
+                        let matches: Vec<RequestMatch> = r
                             .matches
                             .iter()
                             .enumerate()
@@ -107,6 +107,16 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                                 request_match(cx, m, &at("setHeaderRoute", &[K("match"), I(j)]))
                             })
                             .collect();
+                        if let Some(j) = header_tested_twice(workload, &matches) {
+                            cx.err(
+                                &at("setHeaderRoute", &[K("match"), I(j)]),
+                                Code::UnsupportedTraffic,
+                                "a Gateway API route cannot test one header twice in a match (two cookies are both the `Cookie` header)",
+                            )
+                            .help = Some(
+                                "keep one condition per header and at most one cookie on a Kubernetes workload".to_owned(),
+                            );
+                        }
                         steps.push(Step::SetHeaderRoute(matches));
                     }
                     wire::Step::SetMirror(m) => {
@@ -196,6 +206,30 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
     }
 }
 
+/// On a Gateway API route, the index of a condition on a header an earlier one
+/// already tests: an HTTPRoute match lists each header once (a list keyed by name), and
+/// every cookie is a condition on the `Cookie` header.
+fn header_tested_twice(workload: &Workload, matches: &[RequestMatch]) -> Option<usize> {
+    if !matches!(
+        workload,
+        Workload::Kubernetes(plan::KubernetesWorkload {
+            traffic: plan::Traffic::GatewayRoute { .. },
+            ..
+        })
+    ) {
+        return None;
+    }
+    let header = |m: &RequestMatch| match &m.on {
+        MatchOn::Header(h) => h.to_ascii_lowercase(),
+        MatchOn::Cookie(_) => "cookie".to_owned(),
+    };
+    (1..matches.len()).find(|&j| {
+        matches[..j]
+            .iter()
+            .any(|m| header(m) == header(&matches[j]))
+    })
+}
+
 /// A step this workload's target cannot take: refused here, never met at run time.
 fn unsupported(cx: &mut Ctx<'_>, path: &[P<'static>], step: &str, workload: &Workload) {
     cx.err(
@@ -209,7 +243,8 @@ fn unsupported(cx: &mut Ctx<'_>, path: &[P<'static>], step: &str, workload: &Wor
         match workload {
             Workload::Lambda(_) => "a Lambda alias routes by weight only",
             Workload::Knative(_) => "a Knative Service routes by weight and tag only",
-            Workload::Kubernetes(_) => "use weights (setWeight) on this workload",
+            Workload::Kubernetes(_) =>
+                "name the HTTPRoute in `route` (and its rule in `routeRule`), or use weights (setWeight) on this workload",
             Workload::Local(_) => "",
         }
     ));
