@@ -9,11 +9,17 @@
 //! checks `health` agrees with what was asked at each point. The weights are a canary's
 //! (5, 25, 50, 100) or, for a blue-green plan, its switch (0, 100). Where a target
 //! answers `readiness`, a healthy candidate with traffic must read fully ready.
+//!
+//! Routing (issue #19): a canary on a workload whose `Workload::capabilities` claim a
+//! header route or a mirror gets them (a header condition, a 20% mirror) from the
+//! start, kept while the weights move, and gone after promotion and after rollback;
+//! a workload that claims neither has a non-empty routing refused (`Refused`, nothing
+//! changed) and the empty one accepted.
 
-use super::{Desired, Target};
+use super::{Desired, ErrorKind, Target};
 use crate::engine::TargetHealth;
 use crate::model::Plan;
-use crate::model::plan::Strategy;
+use crate::model::plan::{MatchOn, MatchValue, RequestMatch, Routing, Strategy};
 
 /// Wait (by polling `health`) until the target reports `Healthy` for `desired`.
 fn settle(
@@ -50,6 +56,27 @@ pub fn run(
         Strategy::BlueGreen(_) => (&[0, 100], 100),
         Strategy::Canary { .. } => (&[5, 25, 50, 100], 25),
     };
+    let caps = plan.workload.capabilities();
+    let asked = Routing {
+        matches: vec![RequestMatch {
+            on: MatchOn::Header("X-Canary".to_owned()),
+            value: MatchValue::Exact("1".to_owned()),
+        }],
+        mirror: 20,
+    };
+    // What this plan's rollouts route by, besides weights (a blue-green plan has no
+    // steps to ask for any).
+    let routing = match plan.strategy {
+        Strategy::Canary { .. } => Routing {
+            matches: if caps.header_route {
+                asked.matches.clone()
+            } else {
+                Vec::new()
+            },
+            mirror: if caps.mirror { asked.mirror } else { 0 },
+        },
+        Strategy::BlueGreen(_) => Routing::default(),
+    };
     // A rollout to v2 that succeeds.
     for _ in 0..2 {
         target
@@ -67,6 +94,34 @@ pub fn run(
         TargetHealth::Healthy,
         "candidate v2 at 0%"
     );
+    if !caps.header_route && !caps.mirror {
+        let err = target
+            .set_routing(plan, &asked)
+            .expect_err("a routing the workload cannot take is refused");
+        assert_eq!(err.kind, ErrorKind::Refused, "{err}");
+        target
+            .set_routing(plan, &Routing::default())
+            .expect("the empty routing is accepted");
+        assert_eq!(
+            settle(target, plan, &d, polls, pause),
+            TargetHealth::Healthy,
+            "nothing changed by a refused routing"
+        );
+    }
+    if !routing.is_empty() {
+        for _ in 0..2 {
+            target.set_routing(plan, &routing).expect("set_routing");
+        }
+        let d = Desired {
+            routing: routing.clone(),
+            ..d.clone()
+        };
+        assert_eq!(
+            settle(target, plan, &d, polls, pause),
+            TargetHealth::Healthy,
+            "v2 at 0% with {routing:?}"
+        );
+    }
     for &w in weights {
         for _ in 0..2 {
             target.set_weight(plan, w).expect("set_weight");
@@ -75,7 +130,7 @@ pub fn run(
             stable: stable.clone(),
             candidate: Some(v2.to_owned()),
             weight: w,
-            ..Default::default()
+            routing: routing.clone(),
         };
         assert_eq!(
             settle(target, plan, &d, polls, pause),
@@ -111,11 +166,14 @@ pub fn run(
         .start_candidate(plan, v3)
         .expect("start_candidate v3");
     target.set_weight(plan, rollback_at).expect("set_weight v3");
+    if !routing.is_empty() {
+        target.set_routing(plan, &routing).expect("set_routing v3");
+    }
     let d = Desired {
         stable: Some(v2.to_owned()),
         candidate: Some(v3.to_owned()),
         weight: rollback_at,
-        ..Default::default()
+        routing: routing.clone(),
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),

@@ -8,6 +8,8 @@
 
 use crate::support;
 
+mod routing;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -1159,6 +1161,14 @@ fn the_target_sends_only_verbs_rbac_grants() {
         let p = plan(gateway);
         t.start_candidate(&p, V2).expect("start");
         t.set_weight(&p, 50).expect("weight");
+        if gateway {
+            // A header route and a mirror are written by the same verbs (get, patch).
+            let routing = rollgate::model::plan::Routing {
+                mirror: 10,
+                ..Default::default()
+            };
+            t.set_routing(&p, &routing).expect("routing");
+        }
         let _ = t.health(
             &p,
             &Desired {
@@ -1289,7 +1299,11 @@ fn the_readiness_simulation_stands_aside_for_a_running_controller_manager() {
 
 /// The opt-in suite: the target contract against a real cluster named by
 /// `ROLLGATE_E2E_KUBECONFIG`, in a namespace of its own that it deletes afterwards.
-/// Replica-ratio mode always; Gateway API weights too when the HTTPRoute CRD is installed.
+/// Replica-ratio mode always (where the contract also sees routing refused); Gateway
+/// API weights too when the HTTPRoute CRD is installed, with a header route and a 20%
+/// mirror through the contract (so the API server's own CRD validation, CEL rules
+/// included, accepts rollgate's header rule and `RequestMirror` filter), and the exact
+/// route after each step of a plan that routes by header and cookie and mirrors.
 #[test]
 fn e2e_contract_on_a_real_cluster() {
     let Some(path) = std::env::var_os("ROLLGATE_E2E_KUBECONFIG") else {
@@ -1388,6 +1402,36 @@ fn e2e_contract_on_a_real_cluster() {
             .is_ok()
         {
             contract_from_v1(&mut t, plan(true));
+            // Header route and mirror steps on the shaped route, each route as the API
+            // server stores it (its defaults filled in) checked after every step.
+            let p = in_ns(routing::shaped_plan_for_e2e(v2));
+            t.rollback(&p, Some(v1)).expect("reset to v1");
+            t.block_on(routes.patch(
+                "web",
+                &apply,
+                &Patch::Apply(&with_ns(routing::shaped_route())),
+            ))
+            .expect("shaped route");
+            routing::walk(
+                &mut t,
+                &p,
+                v1,
+                v2,
+                &|t, p, d| {
+                    let mut last = TargetHealth::Progressing;
+                    for _ in 0..180 {
+                        last = t.health(p, d);
+                        if last == TargetHealth::Healthy {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    last
+                },
+                false,
+            );
+            t.block_on(routes.patch("web", &apply, &Patch::Apply(&route)))
+                .expect("route back");
             contract_from_v1(&mut t, bg_plan(true, "0s"));
         } else {
             println!("gateway mode skipped: no HTTPRoute CRD in the cluster");
@@ -1540,7 +1584,7 @@ fn weight_without_a_candidate_is_refused_and_moves_no_traffic() {
 /// 409 to every one of the target's attempts (each a fresh read), the step fails as a
 /// `Conflict` (the daemon decides again on its next pass) and changes nothing; once the
 /// route holds still, the next try converges. (A single conflict is read again inside
-/// the call.)
+/// the call: `routing::a_route_changed_between_read_and_write_is_read_again_and_the_edit_kept`.)
 #[test]
 fn a_conflicting_route_edit_fails_the_step_and_the_retry_converges() {
     use std::sync::Arc;
