@@ -487,9 +487,12 @@ impl Cluster<'_> {
                             self.canary_deployment(),
                             replicas_of(canary)
                         )),
+                        // A route that can no longer hold the header rule (its weighted
+                        // rule now tests the same header) fails like a rule gone.
                         _ => match self.routing_differs(&value, *rule, routing) {
-                            Some(what) => Observed::Differs(what),
-                            None => Observed::AsDesired,
+                            Ok(Some(what)) => Observed::Differs(what),
+                            Ok(None) => Observed::AsDesired,
+                            Err(reason) => Observed::Broken(reason),
                         },
                     });
                 }

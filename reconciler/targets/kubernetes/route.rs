@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use crate::model::plan::{MatchOn, MatchValue, RequestMatch, Routing};
 
 /// The `name` of the rule rollgate adds to a plan's route for its header route
-/// (HTTPRoute rules have an optional `name`, standard since Gateway API v1.3, unique
-/// within a route): how rollgate finds its own rule again.
+/// (HTTPRoute rules have an optional `name`, unique within a route, in the
+/// standard-channel CRD of Gateway API v1.6.1 in `tests/fixtures/gateway-api`): how
+/// rollgate finds its own rule again.
 pub fn header_rule_name(plan: &str) -> String {
     format!("rollgate-{plan}-header")
 }
@@ -196,10 +197,11 @@ pub fn rules_with_routing(
     if let Some(filters) = weighted.get_mut("filters").and_then(Value::as_array_mut) {
         let before = filters.len();
         filters.retain(|f| !is_our_mirror(f, canary));
-        if filters.is_empty() && before > 0 {
-            if let Some(o) = weighted.as_object_mut() {
-                o.remove("filters");
-            }
+        if filters.is_empty()
+            && before > 0
+            && let Some(o) = weighted.as_object_mut()
+        {
+            o.remove("filters");
         }
     }
     if routing.is_empty() {

@@ -364,29 +364,30 @@ impl Cluster<'_> {
         .await
     }
 
-    /// The route's header rule and mirror against `routing`: `None` when they are as
-    /// it says, else what the route shows, in words.
+    /// The route's header rule and mirror against `routing`: `Ok(None)` when they are
+    /// as it says, else what the route shows, in words; `Err` when the route cannot
+    /// hold it (its rule gone, or testing a header the routing tests too).
     pub(super) fn routing_differs(
         &self,
         value: &Value,
         rule: u32,
         routing: &Routing,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, String> {
         let candidate = self.canary_service();
-        let want = rules_with_routing(value, rule, &self.w.service, &candidate, self.plan, routing)
-            .ok()?;
-        if normalized(&want) == normalized(&value["spec"]["rules"]) {
-            return None;
-        }
         let route = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        Some(format!(
+        let want = rules_with_routing(value, rule, &self.w.service, &candidate, self.plan, routing)
+            .map_err(|e| format!("httproute {route}: {e}"))?;
+        if normalized(&want) == normalized(&value["spec"]["rules"]) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
             "httproute {route} has {}, the step {}",
             routing_shown(value, rule, &candidate, self.plan),
             crate::engine::routing_text(routing)
-        ))
+        )))
     }
 
     /// The candidate's Service, which traffic may go to only when it is there and
@@ -439,7 +440,7 @@ impl Cluster<'_> {
                 && s.is_some()
                 && self
                     .routing_differs(&value, *rule, &Routing::default())
-                    .is_none()
+                    .is_ok_and(|d| d.is_none())
             {
                 TargetHealth::Healthy
             } else {

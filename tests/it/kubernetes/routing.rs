@@ -461,3 +461,39 @@ fn a_workload_without_a_route_refuses_routing_and_validation_says_so_first() {
     assert!(plan(true).workload.capabilities().header_route);
     assert!(plan(true).workload.capabilities().mirror);
 }
+
+/// The route's owner changes the weighted rule to test the very header the step routes
+/// by: one HTTPRoute match cannot test it twice, so the header rule cannot be written.
+/// The step is unhealthy with the reason (it fails like a rule gone), never "serving".
+#[test]
+fn a_weighted_rule_that_comes_to_test_the_routed_header_fails_the_step() {
+    let mut t = shaped_cluster(None);
+    let p = shaping_plan();
+    let routing = routed_at_25(&mut t, &p);
+    let mut theirs = weighted(Some((75, 25)), &[mirror(20)]);
+    theirs["matches"][0]["headers"] = json!([ { "name": "x-canary", "value": "0" } ]);
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(t.client(), NS, &kubernetes::http_route());
+    t.block_on(routes.patch(
+        "web",
+        &PatchParams::apply("argocd").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "web", "namespace": NS },
+            "spec": { "rules": [admin_rule(), theirs, static_rule()] },
+        })),
+    ))
+    .expect("apply");
+    let d = Desired {
+        weight: 25,
+        ..shaped(&routing)
+    };
+    match t.health(&p, &d) {
+        TargetHealth::Unhealthy { reason } => {
+            assert!(reason.contains("X-Canary"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = t.set_routing(&p, &routing).expect_err("cannot be written");
+    assert_eq!(err.kind, rollgate::targets::ErrorKind::Refused, "{err}");
+}
