@@ -335,7 +335,7 @@ impl DataPlaneTarget {
                 for (spec, op) in replays {
                     let conn = self.conn.as_mut().ok_or("connection lost")?;
                     match conn.call(&Request::Run {
-                        spec: SpecWire::from(&spec),
+                        spec: Box::new(SpecWire::from(&spec)),
                         op: OpWire::from(&op),
                     }) {
                         Ok(Reply::Done) => {}
@@ -358,7 +358,7 @@ impl DataPlaneTarget {
     fn run(&mut self, plan: &Plan, op: Op) -> Result<Reply, TargetError> {
         let spec = Spec::of(plan)?;
         let req = Request::Run {
-            spec: SpecWire::from(&spec),
+            spec: Box::new(SpecWire::from(&spec)),
             op: OpWire::from(&op),
         };
         let mut last = String::new();

@@ -228,7 +228,7 @@ fn handle(
                 false,
             ),
             Ok(Request::Run { spec, op }) => {
-                let spec = Spec::from(spec);
+                let spec = Spec::from(*spec);
                 let op = Op::from(op);
                 let outcome = target
                     .lock()

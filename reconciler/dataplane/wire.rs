@@ -27,8 +27,8 @@ pub const PROTOCOL: u32 = 2;
 pub enum Request {
     /// Who are you: protocol, build and process identity.
     Hello,
-    /// One target call on one plan.
-    Run { spec: SpecWire, op: OpWire },
+    /// One target call on one plan (the spec boxed: it is most of the enum's size).
+    Run { spec: Box<SpecWire>, op: OpWire },
     /// A version's requests over a window on a plan's proxy.
     Window {
         plan: String,
