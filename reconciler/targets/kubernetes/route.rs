@@ -1,5 +1,7 @@
-//! HTTPRoute rules as JSON: the weights of the `backendRefs` of one rule, and
-//! rollgate's header rule and mirror filter beside it (issue #19). Pure functions, no I/O.
+//! One job: an HTTPRoute's `rules` as JSON, read and recomputed: the weights of the
+//! `backendRefs` of one rule, and rollgate's header rule and mirror filter beside it
+//! (issue #19). Pure functions, no I/O (the writer is `traffic.rs`); half the file is
+//! their tests.
 //!
 //! The plan's `routeRule: N` counts the route's rules *without* rollgate's header rules
 //! (named `rollgate-<plan>-header`, see [`header_rule_name`]): inserting one before the
