@@ -38,6 +38,7 @@ pub mod engine;
 pub mod gate;
 pub mod github;
 pub mod history;
+pub mod timeline;
 pub mod leader;
 pub mod metrics;
 pub mod model;
