@@ -32,6 +32,7 @@ pub mod aws;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod dashboard;
 pub mod dataplane;
 pub mod demo;
 pub mod engine;

@@ -1,0 +1,100 @@
+//! The dashboard's pure parts: forge links, URL pieces, and hostile text as text.
+
+use super::render::{self, path_segment};
+use super::routes::query_param;
+use super::*;
+
+#[test]
+fn commit_links_only_for_github_and_gitlab_and_never_with_userinfo() {
+    let gh = Some("https://github.com/acme/deploys/commit/".to_owned());
+    assert_eq!(commit_base("https://github.com/acme/deploys.git"), gh);
+    assert_eq!(commit_base("https://x-access-token:s3cret@github.com/acme/deploys"), gh);
+    assert_eq!(commit_base("git@github.com:acme/deploys.git"), gh);
+    assert_eq!(commit_base("ssh://git@github.com/acme/deploys.git"), gh);
+    assert_eq!(
+        commit_base("https://gitlab.com/group/sub/deploys.git"),
+        Some("https://gitlab.com/group/sub/deploys/-/commit/".to_owned())
+    );
+    assert_eq!(commit_base("/srv/git/deploys.git"), None);
+    assert_eq!(commit_base("https://example.com/acme/deploys"), None);
+    assert_eq!(commit_base("https://github.com/acme/\"><script>"), None);
+    assert_eq!(commit_base("https://github.com/../x"), None);
+}
+
+#[test]
+fn url_pieces_round_trip() {
+    assert_eq!(path_segment("a b/<c>"), "a%20b%2F%3Cc%3E");
+    assert_eq!(
+        query_param(Some("x=1&label=team%3Dpay+ments"), "label").as_deref(),
+        Some("team=pay ments")
+    );
+    assert_eq!(query_param(Some("label=%zz%4"), "label").as_deref(), Some("%zz%4"));
+    assert_eq!(query_param(None, "label"), None);
+}
+
+fn hostile_board() -> Board {
+    let evil = r#"<script>window.__pwned=1</script>"'&"#;
+    let mut story = crate::timeline::tests::Story::new(evil)
+        .to(0, "Progressing", "1/2", 5, "x")
+        .to(5, "Held", "1/2", 5, evil)
+        .verdict(&format!("inconclusive {evil} value=none n=0 ({evil})"));
+    story.entries[0].subject = evil.to_owned();
+    let mut status = crate::model::status::Status::pending(evil, evil, &"a".repeat(40));
+    status.hold = Some(crate::model::status::Hold {
+        kind: crate::model::status::HoldKind::Evidence,
+        reason: evil.to_owned(),
+    });
+    Board {
+        head: "b".repeat(40),
+        branch: Some(evil.to_owned()),
+        plans: vec![PlanView {
+            name: evil.to_owned(),
+            labels: [(evil.to_owned(), evil.to_owned())].into_iter().collect(),
+            status: Some(status),
+            last_verdict: story.entries[1].verdicts.last().cloned(),
+            entries: story.entries,
+        }],
+        commit_base: Some("https://github.com/acme/deploys/commit/".to_owned()),
+    }
+}
+
+#[test]
+fn hostile_names_labels_and_reasons_render_as_text() {
+    let board = hostile_board();
+    let evil = &board.plans[0].name;
+    let overview = render::overview(&board, Some(&format!("{evil}={evil}")), 100);
+    let plan = render::plan_page(&board, evil, None, 100).expect("the plan's page");
+    for page in [&overview, &plan] {
+        // One script tag, the page's own, and no raw markup from Git.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
+        assert!(page.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;"), "{page}");
+        assert!(!page.contains("\"'&\""), "{page}");
+    }
+    assert!(overview.contains("/plans/%3Cscript%3Ewindow.__pwned"), "{overview}");
+    assert!(plan.contains(r#"<a href="https://github.com/acme/deploys/commit/0000"#), "{plan}");
+    assert!(plan.contains(r#"class="verdict inconclusive""#), "{plan}");
+}
+
+#[test]
+fn the_label_filter_keeps_matching_plans() {
+    let mut board = hostile_board();
+    let mut other = board.plans[0].clone();
+    other.name = "checkout".to_owned();
+    other.labels = [("team".to_owned(), "payments".to_owned())].into_iter().collect();
+    board.plans.push(other);
+    let only = render::overview_fragment(&board, Some("team=payments"), 0);
+    assert_eq!(only.matches(r#"<tr class="plan""#).count(), 1, "{only}");
+    assert!(only.contains(r#"data-plan="checkout""#));
+    let all = render::overview_fragment(&board, None, 0);
+    assert_eq!(all.matches(r#"<tr class="plan""#).count(), 2);
+    assert!(all.contains(r#"<option value="team=payments">team=payments</option>"#), "{all}");
+}
+
+#[test]
+fn ages_read_like_people_say_them() {
+    assert_eq!(render::age(-5), "0s");
+    assert_eq!(render::age(59), "59s");
+    assert_eq!(render::age(250), "4m 10s");
+    assert_eq!(render::age(3 * 3600 + 240), "3h 4m");
+    assert_eq!(render::age(90000), "1d 1h");
+}
