@@ -49,10 +49,12 @@ pub(super) fn history(a: &HistoryArgs<'_>) -> Result<ExitCode> {
         HistoryOutput::Json => format!("{}\n", serde_json::to_string_pretty(&entries)?),
         HistoryOutput::Svg => {
             let Some(plan) = a.plan else {
-                anyhow::bail!("--output svg draws one plan: name it (rollgate history --output svg PLAN)");
+                anyhow::bail!(
+                    "--output svg draws one plan: name it (rollgate history --output svg PLAN)"
+                );
             };
-            let timeline = crate::timeline::for_plan(&entries, plan, a.rollout)
-                .map_err(anyhow::Error::msg)?;
+            let timeline =
+                crate::timeline::for_plan(&entries, plan, a.rollout).map_err(anyhow::Error::msg)?;
             crate::timeline::svg::render(&timeline)
         }
     };

@@ -143,16 +143,20 @@ pub fn read(
         entries: Vec::new(),
     };
     for (name, labels) in plan_files(repo, head) {
-        plans.entry(name.clone()).or_insert_with(|| view(&name)).labels = labels;
+        plans
+            .entry(name.clone())
+            .or_insert_with(|| view(&name))
+            .labels = labels;
     }
     for s in statuses {
         let name = s.plan.clone();
-        plans.entry(name.clone()).or_insert_with(|| view(&name)).status = Some(s);
+        plans
+            .entry(name.clone())
+            .or_insert_with(|| view(&name))
+            .status = Some(s);
     }
     for e in entries {
-        let p = plans
-            .entry(e.plan.clone())
-            .or_insert_with(|| view(&e.plan));
+        let p = plans.entry(e.plan.clone()).or_insert_with(|| view(&e.plan));
         if let Some(v) = e.verdicts.last() {
             p.last_verdict = Some(v.clone());
         }

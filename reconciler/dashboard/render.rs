@@ -97,7 +97,11 @@ pub fn overview(board: &Board, label: Option<&str>, now: i64) -> String {
         Some(l) => format!("/fragment/overview?label={}", query_value(l)),
         None => "/fragment/overview".to_owned(),
     };
-    page("rollgate: rollouts", &src, &overview_fragment(board, label, now))
+    page(
+        "rollgate: rollouts",
+        &src,
+        &overview_fragment(board, label, now),
+    )
 }
 
 /// The live part of the overview: the filter, and one row per plan.
@@ -173,14 +177,15 @@ fn row(s: &mut String, p: &PlanView, now: i64) {
                 .map(|h| format!("held ({}): {}", h.kind.as_str(), h.reason))
                 .or_else(|| st.message.clone())
                 .unwrap_or_default();
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                r#"<td class="phase phase-{}" data-phase="{phase}">{phase}</td><td>{}</td><td class="weight"><progress max="100" value="{w}">{w}%</progress> {w}%</td><td><code>{}</code> → <code>{}</code></td><td class="verdict">{}</td><td>{}</td><td class="note">{}</td></tr>
-"#,
+                r#"<td class="phase phase-{}" data-phase="{phase}">{phase}</td><td>{}</td><td class="weight"><progress max="100" value="{w}">{w}%</progress> {w}%</td><td><code>{}</code> → <code>{}</code></td><td class="verdict">{}</td><td>{}</td><td class="note">{}</td></tr>"#,
                 phase.to_ascii_lowercase(),
                 escape(&st.step_label()),
                 escape(&st.candidate),
-                st.stable.as_deref().map_or_else(|| "none".to_owned(), escape),
+                st.stable
+                    .as_deref()
+                    .map_or_else(|| "none".to_owned(), escape),
                 p.last_verdict.as_deref().map(escape).unwrap_or_default(),
                 st.last_transition_at
                     .map(|t| age(now - t.timestamp()))
@@ -190,10 +195,9 @@ fn row(s: &mut String, p: &PlanView, now: i64) {
             );
         }
         None => {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                r#"<td class="phase" data-phase="none">no status</td><td></td><td></td><td></td><td class="verdict">{}</td><td></td><td class="note"></td></tr>
-"#,
+                r#"<td class="phase" data-phase="none">no status</td><td></td><td></td><td></td><td class="verdict">{}</td><td></td><td class="note"></td></tr>"#,
                 p.last_verdict.as_deref().map(escape).unwrap_or_default(),
             );
         }
@@ -211,7 +215,12 @@ pub fn plan_page(board: &Board, name: &str, rollout: Option<usize>, now: i64) ->
 }
 
 /// The live part of a plan's page: its state, the timeline picture, the transitions.
-pub fn plan_fragment(board: &Board, name: &str, rollout: Option<usize>, now: i64) -> Option<String> {
+pub fn plan_fragment(
+    board: &Board,
+    name: &str,
+    rollout: Option<usize>,
+    now: i64,
+) -> Option<String> {
     let p = board.plan(name)?;
     let mut s = String::new();
     let _ = writeln!(s, r#"<h1 class="plan-name">{}</h1>"#, escape(&p.name));
@@ -223,7 +232,9 @@ pub fn plan_fragment(board: &Board, name: &str, rollout: Option<usize>, now: i64
             escape(&st.step_label()),
             st.weight,
             escape(&st.candidate),
-            st.stable.as_deref().map_or_else(|| "none".to_owned(), escape),
+            st.stable
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), escape),
             st.last_transition_at
                 .map(|t| format!(" · {} in phase", age(now - t.timestamp())))
                 .unwrap_or_default(),

@@ -8,7 +8,10 @@ use super::*;
 fn commit_links_only_for_github_and_gitlab_and_never_with_userinfo() {
     let gh = Some("https://github.com/acme/deploys/commit/".to_owned());
     assert_eq!(commit_base("https://github.com/acme/deploys.git"), gh);
-    assert_eq!(commit_base("https://x-access-token:s3cret@github.com/acme/deploys"), gh);
+    assert_eq!(
+        commit_base("https://x-access-token:s3cret@github.com/acme/deploys"),
+        gh
+    );
     assert_eq!(commit_base("git@github.com:acme/deploys.git"), gh);
     assert_eq!(commit_base("ssh://git@github.com/acme/deploys.git"), gh);
     assert_eq!(
@@ -28,7 +31,10 @@ fn url_pieces_round_trip() {
         query_param(Some("x=1&label=team%3Dpay+ments"), "label").as_deref(),
         Some("team=pay ments")
     );
-    assert_eq!(query_param(Some("label=%zz%4"), "label").as_deref(), Some("%zz%4"));
+    assert_eq!(
+        query_param(Some("label=%zz%4"), "label").as_deref(),
+        Some("%zz%4")
+    );
     assert_eq!(query_param(None, "label"), None);
 }
 
@@ -67,11 +73,20 @@ fn hostile_names_labels_and_reasons_render_as_text() {
     for page in [&overview, &plan] {
         // One script tag, the page's own, and no raw markup from Git.
         assert_eq!(page.matches("<script").count(), 1, "{page}");
-        assert!(page.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;"),
+            "{page}"
+        );
         assert!(!page.contains("\"'&\""), "{page}");
     }
-    assert!(overview.contains("/plans/%3Cscript%3Ewindow.__pwned"), "{overview}");
-    assert!(plan.contains(r#"<a href="https://github.com/acme/deploys/commit/0000"#), "{plan}");
+    assert!(
+        overview.contains("/plans/%3Cscript%3Ewindow.__pwned"),
+        "{overview}"
+    );
+    assert!(
+        plan.contains(r#"<a href="https://github.com/acme/deploys/commit/c0ffee"#),
+        "{plan}"
+    );
     assert!(plan.contains(r#"class="verdict inconclusive""#), "{plan}");
 }
 
@@ -80,14 +95,19 @@ fn the_label_filter_keeps_matching_plans() {
     let mut board = hostile_board();
     let mut other = board.plans[0].clone();
     other.name = "checkout".to_owned();
-    other.labels = [("team".to_owned(), "payments".to_owned())].into_iter().collect();
+    other.labels = [("team".to_owned(), "payments".to_owned())]
+        .into_iter()
+        .collect();
     board.plans.push(other);
     let only = render::overview_fragment(&board, Some("team=payments"), 0);
     assert_eq!(only.matches(r#"<tr class="plan""#).count(), 1, "{only}");
     assert!(only.contains(r#"data-plan="checkout""#));
     let all = render::overview_fragment(&board, None, 0);
     assert_eq!(all.matches(r#"<tr class="plan""#).count(), 2);
-    assert!(all.contains(r#"<option value="team=payments">team=payments</option>"#), "{all}");
+    assert!(
+        all.contains(r#"<option value="team=payments">team=payments</option>"#),
+        "{all}"
+    );
 }
 
 #[test]

@@ -683,11 +683,41 @@ mod tests {
     fn the_dry_run_chart_shows_weights_over_time_and_window_gaps() {
         // Given a canary whose third stage waits overnight for the change window
         let stages = vec![
-            stage(1, StageKind::SetWeight, 5, "2026-11-26T15:40:00Z", "2026-11-26T15:40:00Z"),
-            stage(2, StageKind::Analysis, 5, "2026-11-26T15:40:00Z", "2026-11-26T15:50:00Z"),
-            stage(3, StageKind::SetWeight, 25, "2026-11-27T09:00:00Z", "2026-11-27T09:00:00Z"),
-            stage(4, StageKind::Pause, 25, "2026-11-27T09:00:00Z", "2026-11-27T09:15:30Z"),
-            stage(5, StageKind::Promote, 100, "2026-11-27T09:15:30Z", "2026-11-27T09:15:30Z"),
+            stage(
+                1,
+                StageKind::SetWeight,
+                5,
+                "2026-11-26T15:40:00Z",
+                "2026-11-26T15:40:00Z",
+            ),
+            stage(
+                2,
+                StageKind::Analysis,
+                5,
+                "2026-11-26T15:40:00Z",
+                "2026-11-26T15:50:00Z",
+            ),
+            stage(
+                3,
+                StageKind::SetWeight,
+                25,
+                "2026-11-27T09:00:00Z",
+                "2026-11-27T09:00:00Z",
+            ),
+            stage(
+                4,
+                StageKind::Pause,
+                25,
+                "2026-11-27T09:00:00Z",
+                "2026-11-27T09:15:30Z",
+            ),
+            stage(
+                5,
+                StageKind::Promote,
+                100,
+                "2026-11-27T09:15:30Z",
+                "2026-11-27T09:15:30Z",
+            ),
         ];
         let md = chart(&stages).expect("a chart");
         assert!(md.contains("⏸ Fri 09:00"), "{md}");
@@ -697,7 +727,15 @@ mod tests {
     #[test]
     fn a_long_plan_gets_no_chart() {
         let many: Vec<Stage> = (1..=MAX_CHART_STAGES + 1)
-            .map(|i| stage(i, StageKind::SetWeight, 1, "2026-11-26T15:40:00Z", "2026-11-26T15:40:00Z"))
+            .map(|i| {
+                stage(
+                    i,
+                    StageKind::SetWeight,
+                    1,
+                    "2026-11-26T15:40:00Z",
+                    "2026-11-26T15:40:00Z",
+                )
+            })
             .collect();
         assert_eq!(chart(&many), None);
         assert!(chart(&many[..3]).is_some());

@@ -252,7 +252,9 @@ impl Timeline {
 pub fn for_plan(entries: &[Entry], plan: &str, number: Option<usize>) -> Result<Timeline, String> {
     let all = rollouts(entries, plan);
     if all.is_empty() {
-        return Err(format!("no rollgate history for plan {plan} on this branch"));
+        return Err(format!(
+            "no rollgate history for plan {plan} on this branch"
+        ));
     }
     let n = number.unwrap_or(all.len());
     match n.checked_sub(1).and_then(|i| all.get(i)) {

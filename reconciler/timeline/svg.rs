@@ -53,15 +53,14 @@ pub fn render(t: &Timeline) -> String {
             .map(|a| format!(" ({a})"))
             .unwrap_or_default()
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" class="rollgate-timeline" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-labelledby="tl-title" font-family="system-ui, sans-serif" font-size="12">
 <title id="tl-title">{}</title>
 <defs><pattern id="tl-hatch" width="8" height="8" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="8" height="8" fill="#fff4e0"/><line x1="0" y1="0" x2="0" y2="8" stroke="#d08a00" stroke-width="3"/></pattern></defs>
 <rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>
 <text x="{LEFT}" y="22" font-size="15" font-weight="bold" fill="#111">{}</text>
-<text x="{LEFT}" y="40" fill="#444">{} → {}{}</text>
-"##,
+<text x="{LEFT}" y="40" fill="#444">{} → {}{}</text>"##,
         escape(&title),
         escape(&title),
         time_text(t.start),
@@ -73,10 +72,9 @@ pub fn render(t: &Timeline) -> String {
     );
     // Axes: weight gridlines, a few time ticks.
     for w in [0u8, 25, 50, 75, 100] {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{RIGHT}" y2="{yy:.1}" stroke="#e3e3e3"/><text x="{lx}" y="{ty:.1}" text-anchor="end" fill="#555">{w}%</text>
-"##,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{RIGHT}" y2="{yy:.1}" stroke="#e3e3e3"/><text x="{lx}" y="{ty:.1}" text-anchor="end" fill="#555">{w}%</text>"##,
             yy = y(w),
             lx = LEFT - 6.0,
             ty = y(w) + 4.0,
@@ -84,19 +82,17 @@ pub fn render(t: &Timeline) -> String {
     }
     for i in 0..=4 {
         let time = t.start + (t.end - t.start) * i / 4;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{}</text>
-"##,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
             x(time),
             BOTTOM + 16.0,
             clock(time)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        r##"<text x="12" y="{:.1}" fill="#333">verdicts</text><text x="12" y="{:.1}" fill="#333">events</text>
-"##,
+        r##"<text x="12" y="{:.1}" fill="#333">verdicts</text><text x="12" y="{:.1}" fill="#333">events</text>"##,
         VERDICT_LANE + 4.0,
         EVENT_LANE + 4.0
     );
@@ -122,10 +118,9 @@ pub fn render(t: &Timeline) -> String {
     }
     for b in t.bands.iter().filter(|_| t.bands.len() <= LABELLED_MARKS) {
         let (x0, x1) = (x(b.from), x(b.to));
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<g class="band analysis"><title>analysis{}: {} → {}</title><rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{}" fill="#dcebfa"/><text x="{:.1}" y="{}" fill="#1d4f84" font-size="10">analysis</text></g>
-"##,
+            r##"<g class="band analysis"><title>analysis{}: {} → {}</title><rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{}" fill="#dcebfa"/><text x="{:.1}" y="{}" fill="#1d4f84" font-size="10">analysis</text></g>"##,
             b.step
                 .as_deref()
                 .map(|st| format!(" (step {})", escape(st)))
@@ -141,10 +136,9 @@ pub fn render(t: &Timeline) -> String {
     for h in &t.holds {
         let to = h.to.unwrap_or(t.end);
         let (x0, x1) = (x(h.from), x(to));
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<g class="hold"><title>held {} → {}: {}</title><rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{}" fill="url(#tl-hatch)" opacity="0.7"/><text x="{:.1}" y="{}" fill="#7a4d00" font-size="10">held</text></g>
-"##,
+            r##"<g class="hold"><title>held {} → {}: {}</title><rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{}" fill="url(#tl-hatch)" opacity="0.7"/><text x="{:.1}" y="{}" fill="#7a4d00" font-size="10">held</text></g>"##,
             time_text(h.from),
             h.to.map_or_else(|| "now".to_owned(), time_text),
             escape(&h.reason),
@@ -173,16 +167,14 @@ pub fn render(t: &Timeline) -> String {
         if end != px {
             let _ = write!(d, "H{end}");
         }
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<path class="weight" d="{d}" fill="none" stroke="#1f6feb" stroke-width="2.5"/>
-"##
+            r##"<path class="weight" d="{d}" fill="none" stroke="#1f6feb" stroke-width="2.5"/>"##
         );
         let last = t.weights.last().unwrap_or(first);
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#1f6feb" font-weight="bold">{}%</text>
-"##,
+            r##"<text x="{:.1}" y="{:.1}" fill="#1f6feb" font-weight="bold">{}%</text>"##,
             (x(t.end) + 4.0).min(WIDTH - 30.0),
             y(last.weight) - 4.0,
             last.weight
@@ -199,9 +191,9 @@ pub fn render(t: &Timeline) -> String {
         };
         let (cx, cy) = (x(v.time), VERDICT_LANE - 9.0 * stack.1 as f64);
         let shape = match v.outcome {
-            Outcome::Pass => format!(
-                r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="5" fill="#1a7f37"/>"##
-            ),
+            Outcome::Pass => {
+                format!(r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="5" fill="#1a7f37"/>"##)
+            }
             Outcome::Fail => format!(
                 r##"<path d="M{:.1} {:.1}l10 10m0 -10l-10 10" stroke="#cf222e" stroke-width="3"/>"##,
                 cx - 5.0,
@@ -279,11 +271,10 @@ pub fn render(t: &Timeline) -> String {
         );
     }
     // The legend: every mark's shape with its word.
-    let _ = write!(
+    let _ = writeln!(
         s,
         r##"<g class="legend" font-size="10" fill="#333" transform="translate({LEFT} {})"><circle cx="4" cy="-4" r="4" fill="#1a7f37"/><text x="12" y="0">pass</text><path d="M54 -8l8 8m0 -8l-8 8" stroke="#cf222e" stroke-width="2.5"/><text x="66" y="0">fail</text><path d="M110 -9l5 9h-10z" fill="#9a6700"/><text x="120" y="0">inconclusive</text><rect x="196" y="-8" width="12" height="8" fill="#dcebfa"/><text x="212" y="0">analysis</text><rect x="264" y="-8" width="12" height="8" fill="url(#tl-hatch)"/><text x="280" y="0">held</text><path d="M320 -9l5 5l-5 5l-5 -5z" fill="#8250df"/><text x="330" y="0">command</text><path d="M390 -9l-6 5l6 5z" fill="#cf222e"/><text x="394" y="0">rollback</text><line x1="450" y1="-4" x2="466" y2="-4" stroke="#1f6feb" stroke-width="2.5"/><text x="470" y="0">candidate weight</text></g>
-</svg>
-"##,
+</svg>"##,
         HEIGHT - 6.0
     );
     s

@@ -132,7 +132,13 @@ fn a_rolled_back_rollout() {
         .to(1, "Progressing", "2/5", 5, "analysis started")
         .to(120, "Progressing", "2/5", 5, "one inconclusive reading")
         .verdict("inconclusive success-rate value=none n=12 (too few samples: 12 < 200)")
-        .to(180, "RollingBack", "2/5", 0, "analysis failed: success-rate")
+        .to(
+            180,
+            "RollingBack",
+            "2/5",
+            0,
+            "analysis failed: success-rate",
+        )
         .verdict("fail success-rate value=0.93 min=0.999 n=1410 (below min)")
         .revert(2, "analysis failed: success-rate value=0.93 min=0.999")
         .to(3, "RolledBack", "2/5", 0, "stable serves again");
@@ -151,7 +157,9 @@ fn a_held_then_promoted_rollout() {
         .to(0, "Progressing", "1/3", 10, "step 1: weight 10%")
         .to(1, "Progressing", "2/3", 10, "analysis started")
         .to(300, "Held", "2/3", 10, "inconclusive: too few samples")
-        .verdict("inconclusive success-rate value=0.9995 min=0.999 n=40 (too few samples: 40 < 200)")
+        .verdict(
+            "inconclusive success-rate value=0.9995 min=0.999 n=40 (too few samples: 40 < 200)",
+        )
         .command(1800, "promote")
         .to(5, "Progressing", "3/3", 100, "promoted by command")
         .to(1, "Promoting", "3/3", 100, "every step done")
@@ -186,7 +194,13 @@ fn a_thousand_transitions_stay_under_200_kb_and_parse() {
     let mut story = Story::new("big");
     for i in 0..1000u32 {
         let weight = u8::try_from(i % 101).unwrap_or(100);
-        story = story.to(30, "Progressing", &format!("{}/1000", i + 1), weight, "step");
+        story = story.to(
+            30,
+            "Progressing",
+            &format!("{}/1000", i + 1),
+            weight,
+            "step",
+        );
         if i % 2 == 1 {
             story = story.verdict(&format!(
                 "pass success-rate value=0.99{i:02} min=0.99 n={}",
@@ -201,7 +215,10 @@ fn a_thousand_transitions_stay_under_200_kb_and_parse() {
     let doc = parses(&svg);
     assert_eq!(count(&doc, "verdict"), 500);
     assert!(svg.len() < 200 * 1024, "{} bytes", svg.len());
-    eprintln!("1,000 transitions, 500 verdicts, 20 commands: {} bytes", svg.len());
+    eprintln!(
+        "1,000 transitions, 500 verdicts, 20 commands: {} bytes",
+        svg.len()
+    );
 }
 
 #[test]
@@ -219,7 +236,9 @@ fn hostile_plan_names_and_reasons_are_text() {
     let doc = parses(&svg);
     assert!(!svg.contains("<script"), "{svg}");
     assert_eq!(
-        doc.descendants().filter(|n| n.has_tag_name("script")).count(),
+        doc.descendants()
+            .filter(|n| n.has_tag_name("script"))
+            .count(),
         0
     );
     // The words are still there, as text.

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use rollgate::model::status::Phase;
 
+use crate::support::free_port;
 use crate::support::local::{BIN, Traffic, World};
 use crate::support::webdriver::browser_or_skip;
-use crate::support::free_port;
 
 const STEPS: &str = "[ { setWeight: 20 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 50 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 100 } ]";
 
 const HOSTILE_NAME: &str = r#"<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>"#;
-const HOSTILE_REASON: &str = r#"</td></tr><script>window.__xss=3</script><b onmouseover="window.__xss=4">"#;
+const HOSTILE_REASON: &str =
+    r#"</td></tr><script>window.__xss=3</script><b onmouseover="window.__xss=4">"#;
 
 fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts")
@@ -64,7 +65,10 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
     // Given a daemon serving its dashboard, with plan `web` rolled out at v1
     let w = World::new(STEPS);
     let listen = free_port();
-    let _daemon = w.daemon_with(Path::new(BIN), &["--listen", &format!("127.0.0.1:{listen}")]);
+    let _daemon = w.daemon_with(
+        Path::new(BIN),
+        &["--listen", &format!("127.0.0.1:{listen}")],
+    );
     let base = format!("http://127.0.0.1:{listen}");
     w.wait("v1 to succeed", Duration::from_secs(60), |s| {
         s.phase == Phase::Succeeded && s.candidate == "v1"
@@ -85,7 +89,10 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
     browser.wait_for(
         "web Progressing",
         Duration::from_secs(60),
-        &format!("const t = (() => {{ {} }})(); return t && t.startsWith('Progressing');", row_phase("web")),
+        &format!(
+            "const t = (() => {{ {} }})(); return t && t.startsWith('Progressing');",
+            row_phase("web")
+        ),
     );
     browser.screenshot("overview-progressing");
     browser.wait_for(
@@ -112,7 +119,8 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
     );
     assert_eq!(marks, serde_json::json!(verdicts));
     assert_eq!(
-        browser.js("return document.querySelectorAll('figure.timeline svg g.verdict.pass').length;"),
+        browser
+            .js("return document.querySelectorAll('figure.timeline svg g.verdict.pass').length;"),
         serde_json::json!(verdicts),
         "every verdict passed"
     );
@@ -144,7 +152,11 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
         &format!("return Array.from(document.querySelectorAll('tr.plan a')).some(a => a.textContent === {name});"),
     );
     let clean = "return window.__xss === undefined && document.querySelectorAll('img, b, main script').length === 0 && document.scripts.length === 1;";
-    assert_eq!(browser.js(clean), serde_json::json!(true), "markup from Git was parsed");
+    assert_eq!(
+        browser.js(clean),
+        serde_json::json!(true),
+        "markup from Git was parsed"
+    );
     browser.screenshot("overview-hostile");
     // And its page shows the name and the reason as text
     browser.js(&format!(
@@ -164,10 +176,15 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
         "the reason is shown as text"
     );
     assert_eq!(
-        browser.js("return document.querySelectorAll('figure.timeline svg g.verdict.fail').length;"),
+        browser
+            .js("return document.querySelectorAll('figure.timeline svg g.verdict.fail').length;"),
         serde_json::json!(1)
     );
-    assert_eq!(browser.js(clean), serde_json::json!(true), "markup from Git was parsed");
+    assert_eq!(
+        browser.js(clean),
+        serde_json::json!(true),
+        "markup from Git was parsed"
+    );
     browser.screenshot("plan-hostile");
 
     // And `rollgate history --output svg` draws the same picture from the remote alone
@@ -179,12 +196,19 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
         .arg(&svg)
         .output()
         .expect("history runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&svg).expect("the svg");
     let doc = roxmltree::Document::parse(&text).expect("XML");
     let marks = doc
         .descendants()
-        .filter(|n| n.attribute("class").is_some_and(|c| c.starts_with("verdict ")))
+        .filter(|n| {
+            n.attribute("class")
+                .is_some_and(|c| c.starts_with("verdict "))
+        })
         .count();
     assert_eq!(marks, verdicts);
 

@@ -64,8 +64,8 @@ impl Browser {
         let port = super::free_port();
         let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(artifacts).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(artifacts.join("chromedriver.log"))
-            .map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(artifacts.join("chromedriver.log")).map_err(|e| e.to_string())?;
         let child = Command::new(&driver_bin)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -203,7 +203,10 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 self.screenshot(&format!("timeout-{}", what.replace([' ', '/'], "-")));
-                panic!("timed out waiting for {what}; page: {}", self.js("return document.body.innerText"));
+                panic!(
+                    "timed out waiting for {what}; page: {}",
+                    self.js("return document.body.innerText")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -231,7 +234,9 @@ impl Drop for Browser {
         // Whatever still runs with this profile (a Chromium whose driver died first).
         let profile = self.profile.path().to_string_lossy().into_owned();
         for pid in processes_with_arg(&profile) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
     }
 }
