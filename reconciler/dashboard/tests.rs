@@ -118,3 +118,70 @@ fn ages_read_like_people_say_them() {
     assert_eq!(render::age(3 * 3600 + 240), "3h 4m");
     assert_eq!(render::age(90000), "1d 1h");
 }
+
+/// A board that never changes: the seam the routes are tested through.
+#[derive(Debug)]
+struct Fixed(Arc<Board>);
+
+impl BoardSource for Fixed {
+    fn board(&self) -> Result<Arc<Board>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The status line and headers of a raw request.
+fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_routes_serve_pages_fragments_and_assets_read_only_with_a_strict_policy() {
+    let server = serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        Arc::new(Fixed(Arc::new(hostile_board()))),
+    )
+    .expect("listens");
+    let get = |path: &str| {
+        raw(
+            server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let home = get("/");
+    assert!(home.starts_with("HTTP/1.1 200"), "{home}");
+    assert!(
+        home.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{home}"
+    );
+    assert!(home.contains("x-content-type-options: nosniff"), "{home}");
+    assert!(!home.contains("<script>window"), "{home}");
+    let fragment = get("/fragment/overview");
+    assert!(fragment.starts_with("HTTP/1.1 200"), "{fragment}");
+    assert!(!fragment.contains("<html"), "{fragment}");
+    let name = path_segment(&hostile_board().plans[0].name);
+    for path in [
+        format!("/plans/{name}"),
+        format!("/fragment/plans/{name}"),
+        format!("/plans/{name}/timeline.svg"),
+        "/assets/dashboard.js".to_owned(),
+        "/assets/dashboard.css".to_owned(),
+    ] {
+        let answer = get(&path);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    assert!(get("/plans/nope").starts_with("HTTP/1.1 404"));
+    assert!(get(&format!("/plans/{name}/timeline.svg")).contains("content-type: image/svg+xml"));
+    // Nothing takes a write.
+    let post = raw(
+        server.addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
