@@ -14,7 +14,8 @@ use crate::support::free_port;
 use crate::support::local::{BIN, Traffic, World};
 use crate::support::webdriver::browser_or_skip;
 
-const STEPS: &str = "[ { setWeight: 20 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 50 }, { analysis: { checks: [success-rate], duration: 2s } }, { setWeight: 100 } ]";
+/// Two 3 s analyses: `Progressing` lasts longer than the page's 2 s refresh, even on a busy machine.
+const STEPS: &str = "[ { setWeight: 20 }, { analysis: { checks: [success-rate], duration: 3s } }, { setWeight: 50 }, { analysis: { checks: [success-rate], duration: 3s } }, { setWeight: 100 } ]";
 
 const HOSTILE_NAME: &str = r#"<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>"#;
 const HOSTILE_REASON: &str =
