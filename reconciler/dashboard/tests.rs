@@ -185,3 +185,94 @@ fn the_routes_serve_pages_fragments_and_assets_read_only_with_a_strict_policy() 
     );
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
 }
+
+/// Commit `files` on `main` of `repo` with `message`.
+fn commit(repo: &git2::Repository, files: &[(&str, &str)], message: &str) -> git2::Oid {
+    let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(1_764_930_000, 0))
+        .expect("signature");
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let mut index = git2::Index::new().expect("index");
+    if let Some(p) = &parent {
+        index.read_tree(&p.tree().expect("tree")).expect("read");
+    }
+    for (path, text) in files {
+        let blob = repo.blob(text.as_bytes()).expect("blob");
+        let mut entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id: blob,
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        entry.flags = u16::try_from(path.len()).unwrap_or(0xfff).min(0xfff);
+        index.add(&entry).expect("add");
+    }
+    let tree = repo
+        .find_tree(index.write_tree_to(repo).expect("tree"))
+        .expect("tree");
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &parents,
+    )
+    .expect("commit")
+}
+
+#[test]
+fn a_git_board_reads_plans_labels_statuses_and_history_and_follows_the_head() {
+    // Given a repository with a labelled plan, its status and one status commit
+    let dir = tempfile::tempdir().expect("tmp");
+    let repo = git2::Repository::init_bare(dir.path()).expect("init");
+    repo.set_head("refs/heads/main").expect("head");
+    let mut status = crate::model::status::Status::pending("web", "v2", &"a".repeat(40));
+    status.phase = crate::model::status::Phase::Progressing;
+    status.weight = 25;
+    commit(
+        &repo,
+        &[
+            (
+                "plans/web.yaml",
+                "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web, labels: { team: payments, tier: critical } }\nspec: {}\n",
+            ),
+            ("plans/broken.yaml", ": not yaml ["),
+            ("status/web.yaml", &status.to_yaml().expect("yaml")),
+        ],
+        &format!(
+            "web: Progressing step 2/3 at 25% (v2)\n\nRollgate-Plan: web\nRollgate-Revision: {}\nRollgate-Phase: Progressing\nRollgate-Step: 2/3\nRollgate-Weight: 25\nRollgate-Verdict: pass success-rate value=1 min=0.9 n=50\nRollgate-Reason: analysis passed",
+            "a".repeat(40)
+        ),
+    );
+    let source = GitBoard::open(&dir.path().to_string_lossy(), Some("main")).expect("open");
+    let board = source.board().expect("board");
+    // Then every plan file has a row, the labelled one with its status and last verdict
+    let names: Vec<&str> = board.plans.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["broken", "web"]);
+    let web = board.plan("web").expect("web");
+    assert_eq!(web.labels.get("tier").map(String::as_str), Some("critical"));
+    assert_eq!(web.status.as_ref().map(|s| s.weight), Some(25));
+    assert_eq!(
+        web.last_verdict.as_deref(),
+        Some("pass success-rate value=1 min=0.9 n=50")
+    );
+    assert_eq!(web.entries.len(), 1);
+    // And the same board is served until the head moves
+    assert!(Arc::ptr_eq(&board, &source.board().expect("again")));
+    commit(&repo, &[("README.md", "hello\n")], "A human commit");
+    let moved = source.board().expect("moved");
+    assert!(!Arc::ptr_eq(&board, &moved));
+    assert_ne!(moved.head, board.head);
+}
