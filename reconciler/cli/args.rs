@@ -253,6 +253,11 @@ pub struct RunArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Also serve the read-only dashboard at `/` on `--listen`. It has no login: anyone
+    /// who reaches that address reads every plan's state, so it is off unless asked for
+    /// (`rollgate dashboard` serves it on its own address from a clone instead).
+    #[arg(long, requires = "listen")]
+    pub dashboard: bool,
     /// One of several replicas: act only while holding a coordination.k8s.io Lease;
     /// the others stand by and take over when it lapses.
     #[arg(long, conflicts_with = "once")]
