@@ -17,6 +17,7 @@ mod git_servers_selftest;
 mod git_transports;
 mod hostile_files;
 mod invalid_plans;
+mod jobs;
 mod judge_reference;
 mod knative;
 mod kubernetes;
