@@ -90,9 +90,11 @@ pub fn build(name: &str, kind: &settings::Target, opts: &Options) -> Result<Buil
             };
             connected
                 .map(|t| Built {
+                    jobs: Some(Box::new(super::kubernetes::jobs::KubernetesJobs::on(
+                        t.connection(),
+                    ))),
                     target: Box::new(t),
                     counters: None,
-                    jobs: None,
                 })
                 .map_err(|e| format!("cannot connect to the cluster: {e:#}"))
         }

@@ -21,6 +21,7 @@ mod jobs;
 mod judge_reference;
 mod knative;
 mod kubernetes;
+mod kubernetes_jobs;
 mod lambda;
 mod leader;
 mod local_target;
