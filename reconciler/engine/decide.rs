@@ -420,7 +420,8 @@ impl<'a> Cx<'a> {
     /// The `afterRollback` hooks, once the target has rolled back: `None` while a job
     /// runs (the rollback is done; only its record waits, bounded by the jobs' own
     /// timeouts), else what they came to, for the reason (`Some(None)`: no hooks). A
-    /// failure or a runner that cannot run them is reported, never blocks.
+    /// failure or a runner that cannot run them is reported, never blocks. The hooks
+    /// are the plan's at head: after a revert, the restored plan's.
     fn after_rollback_hooks(&mut self) -> Option<Option<String>> {
         let hooks = &self.plan.hooks.after_rollback;
         if hooks.is_empty() {

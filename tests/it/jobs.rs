@@ -291,3 +291,64 @@ fn a_daemon_runs_a_smoke_job_once_and_its_failure_rolls_back_with_the_output() {
     daemon.terminate();
     assert!(Path::new(&jobs).exists());
 }
+
+#[test]
+fn a_daemon_fails_a_rollout_on_a_failing_before_promote_hook_and_reports_after_rollback() {
+    let world = support::local::World::new("[ { setWeight: 20 }, { setWeight: 100 } ]");
+    let mut daemon = world.daemon();
+    world.wait("v1 deployed", Duration::from_secs(60), |s| {
+        s.phase == Phase::Succeeded && s.candidate == "v1"
+    });
+    let plan = |artifact: &str| {
+        let base = support::local::plan_yaml(
+            world.port,
+            artifact,
+            false,
+            "[ { setWeight: 20 }, { setWeight: 100 } ]",
+            &world.marker,
+        );
+        base.replace(
+            "  checks:\n",
+            "  hooks: { beforePromote: [gate], afterRollback: [report] }\n  checks:\n    - name: gate\n      job: { command: [/bin/sh, -c, \"echo gate closed for $ROLLGATE_VERSION; exit 1\"] }\n    - name: report\n      job: { command: [/bin/sh, -c, \"echo reported $ROLLGATE_VERSION back to $ROLLGATE_BASELINE\"] }\n",
+        )
+    };
+    // The hooks are part of the plan before the change (a revert goes back to them:
+    // the afterRollback hooks that run are those of the plan at head)
+    world
+        .remote
+        .human_commit("plans/web.yaml", |_| plan("v1"), "web: hooks");
+    world
+        .remote
+        .human_commit("plans/web.yaml", |_| plan("v2"), "web: v2");
+    let s = world.wait("v2 rolled back", Duration::from_secs(60), |s| {
+        s.phase == Phase::RolledBack && s.candidate == "v2"
+    });
+    assert_eq!(
+        s.message.as_deref(),
+        Some("rolled back to v1; afterRollback: report passed")
+    );
+    let log = world.remote.log("%(trailers:key=Rollgate-Verdict)%n%s");
+    assert!(
+        log.contains(
+            "fail gate value=0 n=1 (job failed: exit status 1; output: gate closed for v2)"
+        ),
+        "{log}"
+    );
+    // The hook ran after the rollback, with the versions it was about.
+    let jobs = world.plane_dir().join("jobs/web");
+    let outputs: Vec<String> = std::fs::read_dir(&jobs)
+        .expect("job folders")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("output.log")).ok())
+        .collect();
+    assert!(
+        outputs.contains(&"reported v2 back to v1\n".to_owned()),
+        "{outputs:?}"
+    );
+    assert!(
+        world
+            .status()
+            .is_some_and(|s| s.stable.as_deref() == Some("v1"))
+    );
+    daemon.terminate();
+}

@@ -273,3 +273,42 @@ fn e2e_job_checks_on_a_real_cluster() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn the_runner_calls_only_what_its_rbac_grants() {
+    // A failed Job of ours and its pod, there before the runner looks (no call seen).
+    let failed = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": "web-bad-9", "namespace": "shop",
+                      "labels": { "app.kubernetes.io/managed-by": "rollgate" } },
+        "spec": { "template": { "spec": { "restartPolicy": "Never", "containers": [ { "name": "x", "image": "busybox" } ] } } },
+        "status": { "conditions": [ { "type": "Failed", "status": "True", "reason": "DeadlineExceeded" } ] }
+    });
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-bad-9-x", "namespace": "shop", "labels": { "job-name": "web-bad-9" } },
+        "spec": { "containers": [ { "name": "x", "image": "busybox" } ] }
+    });
+    let verbs = cluster::Verbs::default();
+    let (runtime, client) = cluster::api(vec![failed, pod], Some(verbs.interceptor()));
+    let (mut jobs, _t) = runner(client, runtime);
+    let plan = plan_in("shop");
+    jobs.start(&plan, &req(&plan, "web-long-9", "long"))
+        .expect("start");
+    assert_eq!(
+        jobs.poll(&plan, "web-long-9").expect("poll"),
+        JobState::Running
+    );
+    jobs.cleanup(&plan, "web-long-9").expect("cleanup");
+    assert_eq!(
+        jobs.poll(&plan, "web-bad-9").expect("poll"),
+        JobState::Failed {
+            reason: "DeadlineExceeded".to_owned()
+        }
+    );
+    assert_eq!(
+        verbs.seen(),
+        cluster::granted(rollgate::targets::kubernetes::jobs::RBAC),
+        "get, create, delete (Jobs) and list (Pods), nothing else"
+    );
+}
