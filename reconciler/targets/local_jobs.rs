@@ -1,28 +1,31 @@
-//! The `local` target's job runner: a job check's command, run on this host.
+//! The `local` target's job runner: a job check's command, run on this host by a
+//! keeper process that outlives the daemon.
 //!
 //! ```text
-//!   STATE/jobs/<plan>/<id>/output.log   stdout and stderr of the job
-//!                          job.pid      its Identity while it runs
-//!                          result.json  how it ended (written once, atomically)
+//!   daemon ── start ──▶ rollgate job-run DIR (the keeper, detached)
+//!                          └─▶ the job's argv (its own process group)
+//!   STATE/<target>/jobs/<plan>/<id>/job.json      what to run (argv, timeout)
+//!                                   keeper.pid    the keeper's Identity
+//!                                   job.pid       the job's Identity
+//!                                   output.log    stdout and stderr of the job
+//!                                   result.json   how it ended (written once, atomically)
 //! ```
-//! The argv runs without a shell, in its own process group, in a cleared environment:
-//! only `local::INHERITED_ENV` (PATH, HOME, locale…) and the check's `env`, so
-//! rollgate's own secrets never reach it. A thread waits for it; past its `timeout`
-//! the group gets SIGTERM, then SIGKILL, and the job fails with the reason and its
-//! output's tail. After a daemon restart a job with no `result.json` cannot tell how
-//! it ended: its leftover is stopped (by identity) and it runs again, which can only
-//! delay a verdict, never give one.
-//! Invariants: nothing outside `STATE/jobs/` is written; a `result.json` is final;
-//! `start` of a job with a result or a waiting thread starts nothing.
+//! The argv runs without a shell, in a cleared environment: only
+//! `local::INHERITED_ENV` (PATH, HOME, locale…), the check's `env` and
+//! `ROLLGATE_PLAN`/`ROLLGATE_VERSION`/`ROLLGATE_BASELINE`, so rollgate's own secrets
+//! never reach it (the keeper gets that environment too). Past its `timeout` the job's
+//! group gets SIGTERM, then SIGKILL, and it fails with the reason and its output's
+//! tail. The keeper is not the daemon's: a daemon killed or restarted meanwhile finds
+//! the job by its id, running (the keeper's identity is alive) or ended (its result).
+//! Invariants: nothing outside the jobs folder is written; a `result.json` is final;
+//! `start` of a job with a result or a live keeper starts nothing; a job whose keeper
+//! died without a result (killed) has no result, never a pass, and runs again.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -37,8 +40,17 @@ use crate::model::plan::JobRun;
 
 /// How much of the output's end is read for a reason (the engine cuts it further).
 const TAIL_BYTES: u64 = 2048;
+/// How long `start` waits for the keeper to have started the job.
+const KEEPER_START: Duration = Duration::from_secs(5);
 /// Between SIGTERM and SIGKILL for a job past its timeout or no longer wanted.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What the keeper runs (`job.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Spec {
+    argv: Vec<String>,
+    timeout_ms: u64,
+}
 
 /// How a job ended, as `result.json` holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,29 +62,21 @@ struct Ended {
     output: String,
 }
 
-/// What the waiting thread is asked: run on, stop and record it, or stop and record
-/// nothing (the runner is going away: the next one runs the job again).
-const RUN: u8 = 0;
-const STOP: u8 = 1;
-const ABANDON: u8 = 2;
-
-struct Waiter {
-    stop: Arc<AtomicU8>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Jobs of local plans, under `dir` (`STATE/<target>/jobs`).
+/// Jobs of local plans, under `dir` (`STATE/local/<target>/jobs`).
 pub struct LocalJobs {
     dir: PathBuf,
-    waiting: HashMap<String, Waiter>,
+    /// The program that keeps a job: this binary (`rollgate job-run`).
+    keeper: PathBuf,
+    /// Keepers this runner started, reaped once they exit (they are its children).
+    children: HashMap<String, Child>,
 }
 
 impl std::fmt::Debug for LocalJobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalJobs")
             .field("dir", &self.dir)
-            .field("running", &self.waiting.len())
-            .finish()
+            .field("keeper", &self.keeper)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,10 +85,18 @@ fn err(kind: ErrorKind, m: impl Into<String>) -> TargetError {
 }
 
 impl LocalJobs {
+    /// Jobs under `dir`, kept by this very binary (the daemon's).
     pub fn new(dir: PathBuf) -> Self {
+        let keeper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rollgate"));
+        Self::with_keeper(dir, keeper)
+    }
+
+    /// Jobs under `dir`, kept by `keeper` (a `rollgate` binary; tests name the built one).
+    pub fn with_keeper(dir: PathBuf, keeper: PathBuf) -> Self {
         Self {
             dir,
-            waiting: HashMap::new(),
+            keeper,
+            children: HashMap::new(),
         }
     }
 
@@ -104,25 +116,10 @@ impl LocalJobs {
         Ok(self.dir.join(plan).join(id))
     }
 
-    fn key(plan: &str, id: &str) -> String {
-        format!("{plan}/{id}")
-    }
-
-    /// Reap waiters whose thread has finished (their result is on disk).
+    /// Reap the keepers that exited.
     fn reap(&mut self) {
-        let done: Vec<String> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.thread.as_ref().is_none_or(JoinHandle::is_finished))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some(mut w) = self.waiting.remove(&k)
-                && let Some(t) = w.thread.take()
-            {
-                let _ = t.join();
-            }
-        }
+        self.children
+            .retain(|_, c| matches!(c.try_wait(), Ok(None)));
     }
 }
 
@@ -139,6 +136,11 @@ fn write_result(dir: &Path, ended: &Ended) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("result.json"))
 }
 
+/// Is the keeper of the job in `dir` alive (the very process that was started)?
+fn keeper_alive(dir: &Path) -> bool {
+    Identity::read(&dir.join("keeper.pid")).is_some_and(|id| id.is_alive())
+}
+
 /// The last `TAIL_BYTES` of the output, lossily decoded.
 fn output_tail(path: &Path) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -151,12 +153,15 @@ fn output_tail(path: &Path) -> String {
     String::from_utf8_lossy(&buf).trim().to_owned()
 }
 
-/// SIGTERM to the job's process group, `STOP_GRACE`, then SIGKILL; reaps the child.
-fn stop_group(child: &mut Child) {
-    let Some(pgid) = i32::try_from(child.id())
+fn pgid_of(pid: u32) -> Option<rustix::process::Pid> {
+    i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-    else {
+}
+
+/// SIGTERM to the job's process group, `STOP_GRACE`, then SIGKILL; reaps the child.
+fn stop_group(child: &mut Child) {
+    let Some(pgid) = pgid_of(child.id()) else {
         let _ = child.kill();
         let _ = child.wait();
         return;
@@ -173,29 +178,81 @@ fn stop_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Wait for the job until it exits, `timeout` passes or `stop` is set; record how it ended.
-fn wait(
-    mut child: Child,
-    dir: PathBuf,
-    timeout: Duration,
-    stop: Arc<AtomicU8>,
-    plan: String,
-    id: String,
-) {
+/// Stop a job left by a keeper that died: its whole process group (the job leads it),
+/// but only while the leader is still the process recorded, so a recycled pid is never
+/// signalled.
+fn stop_leftover(job: &Identity) {
+    let Some(pgid) = pgid_of(job.pid) else {
+        return;
+    };
+    if !job.is_alive() {
+        return;
+    }
+    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while job.is_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+}
+
+fn with_output(how: &str, output: &str) -> String {
+    if output.is_empty() {
+        how.to_owned()
+    } else {
+        format!("{how}; output: {}", crate::engine::tail(output))
+    }
+}
+
+/// The keeper (`rollgate job-run DIR`): run the job `DIR/job.json` describes in its
+/// own process group, with this process's (already cleared) environment, until it
+/// exits, its timeout passes or `DIR/stop` appears; record how it ended.
+pub fn keep(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let spec: Spec =
+        serde_json::from_slice(&std::fs::read(dir.join("job.json")).context("read job.json")?)
+            .context("parse job.json")?;
+    let log_path = dir.join("output.log");
+    let log = std::fs::File::create(&log_path).context("create output.log")?;
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    let Some(program) = spec.argv.first() else {
+        anyhow::bail!("job.json names no program");
+    };
+    let spawned = Command::new(program)
+        .args(&spec.argv[1..])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // A command that cannot start is the job failing: the plan names it.
+            return Ok(write_result(
+                dir,
+                &Ended {
+                    succeeded: false,
+                    reason: format!("cannot start `{program}`: {e}"),
+                    output: String::new(),
+                },
+            )?);
+        }
+    };
+    if let Some(id) = Identity::of_spawned(child.id(), &spec.argv) {
+        let _ = id.write(&dir.join("job.pid"));
+    }
     let deadline = Instant::now() + timeout;
-    let log = dir.join("output.log");
     let ended = loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                // The group may have children left (a load generator's workers).
-                if let Some(pgid) = i32::try_from(child.id())
-                    .ok()
-                    .and_then(rustix::process::Pid::from_raw)
-                {
+                // What the job left in its group (a load generator's workers) goes too.
+                if let Some(pgid) = pgid_of(child.id()) {
                     let _ =
                         rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                 }
-                let output = output_tail(&log);
+                let output = output_tail(&log_path);
                 break if status.success() {
                     Ended {
                         succeeded: true,
@@ -203,10 +260,8 @@ fn wait(
                         output,
                     }
                 } else {
-                    let how = match (
-                        status.code(),
-                        std::os::unix::process::ExitStatusExt::signal(&status),
-                    ) {
+                    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+                    let how = match (status.code(), signal) {
                         (Some(c), _) => format!("exit status {c}"),
                         (None, Some(s)) => format!("killed by signal {s}"),
                         (None, None) => "ended abnormally".to_owned(),
@@ -218,14 +273,9 @@ fn wait(
                     }
                 };
             }
-            Ok(None) if stop.load(Ordering::SeqCst) == ABANDON => {
+            Ok(None) if dir.join("stop").exists() => {
                 stop_group(&mut child);
-                let _ = std::fs::remove_file(dir.join("job.pid"));
-                return;
-            }
-            Ok(None) if stop.load(Ordering::SeqCst) == STOP => {
-                stop_group(&mut child);
-                let output = output_tail(&log);
+                let output = output_tail(&log_path);
                 break Ended {
                     succeeded: false,
                     reason: with_output("stopped: no longer wanted", &output),
@@ -234,21 +284,20 @@ fn wait(
             }
             Ok(None) if Instant::now() >= deadline => {
                 stop_group(&mut child);
-                let output = output_tail(&log);
+                let output = output_tail(&log_path);
+                let how = format!(
+                    "timed out after {}",
+                    crate::model::duration::format(timeout)
+                );
                 break Ended {
                     succeeded: false,
-                    reason: with_output(
-                        &format!(
-                            "timed out after {}",
-                            crate::model::duration::format(timeout)
-                        ),
-                        &output,
-                    ),
+                    reason: with_output(&how, &output),
                     output,
                 };
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
+                stop_group(&mut child);
                 break Ended {
                     succeeded: false,
                     reason: format!("cannot wait for the job: {e}"),
@@ -257,32 +306,17 @@ fn wait(
             }
         }
     };
-    match write_result(&dir, &ended) {
-        Ok(()) => {
-            tracing::info!(plan = %plan, job = %id, succeeded = ended.succeeded, "job ended");
-        }
-        Err(e) => {
-            tracing::warn!(plan = %plan, job = %id, error = %e, "cannot record the job's end")
-        }
-    }
+    write_result(dir, &ended)?;
     let _ = std::fs::remove_file(dir.join("job.pid"));
-}
-
-fn with_output(how: &str, output: &str) -> String {
-    if output.is_empty() {
-        how.to_owned()
-    } else {
-        format!("{how}; output: {}", crate::engine::tail(output))
-    }
+    Ok(())
 }
 
 impl JobRunner for LocalJobs {
     fn start(&mut self, plan: &Plan, req: &JobRequest<'_>) -> Result<(), TargetError> {
         self.reap();
         let dir = self.job_dir(&plan.name, req.id)?;
-        let key = Self::key(&plan.name, req.id);
-        if self.waiting.contains_key(&key) || read_result(&dir).is_some() {
-            return Ok(());
+        if read_result(&dir).is_some() || keeper_alive(&dir) {
+            return Ok(()); // ended, or running: found by its id
         }
         let JobRun::Command { command, env } = &req.job.run else {
             return Err(err(
@@ -293,33 +327,34 @@ impl JobRunner for LocalJobs {
                 ),
             ));
         };
-        // A job started by an earlier daemon, with no result: how it ended is unknown.
-        // Its leftover is stopped (only if it is still that process) and it runs again.
+        // A job whose keeper died without a result (killed): how it ended is unknown.
+        // What is left of it is stopped (only if it is still that process), and it
+        // runs again.
         if let Some(old) = Identity::read(&dir.join("job.pid")) {
-            old.stop(STOP_GRACE);
+            stop_leftover(&old);
         }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            err(
-                ErrorKind::Failed,
-                format!("cannot create {}: {e}", dir.display()),
-            )
-        })?;
-        let argv: Vec<String> = command.iter().map(|a| req.fill(&plan.name, a)).collect();
-        let log = std::fs::File::create(dir.join("output.log")).map_err(|e| {
-            err(
-                ErrorKind::Failed,
-                format!("cannot create the job's log: {e}"),
-            )
-        })?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
-        // A cleared environment: the job never inherits rollgate's own secrets (Git and
-        // GitHub tokens, webhook secrets, AWS_*, metrics auth), only the allowlist and
-        // the check's `env`.
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| err(ErrorKind::Failed, format!("{what}: {e}"))
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create the job's folder"))?;
+        let spec = Spec {
+            argv: command.iter().map(|a| req.fill(&plan.name, a)).collect(),
+            timeout_ms: u64::try_from(req.job.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        std::fs::write(
+            dir.join("job.json"),
+            serde_json::to_vec(&spec).map_err(|e| err(ErrorKind::Failed, e.to_string()))?,
+        )
+        .map_err(io("write job.json"))?;
+        // A cleared environment: the job (and its keeper) never inherit rollgate's own
+        // secrets (Git and GitHub tokens, webhook secrets, AWS_*, metrics auth), only
+        // the allowlist and the check's `env`. Its own process group: a signal to the
+        // daemon's group (a Ctrl-C, a service manager's stop) does not reach it.
+        let keeper = Command::new(&self.keeper)
+            .arg("job-run")
+            .arg(&dir)
             .env_clear()
             .envs(inherited_env())
             .envs(
@@ -329,43 +364,40 @@ impl JobRunner for LocalJobs {
             .env("ROLLGATE_PLAN", &plan.name)
             .env("ROLLGATE_VERSION", req.version)
             .env("ROLLGATE_BASELINE", req.baseline.unwrap_or(""))
-            .current_dir(&dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .process_group(0)
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                // A command that cannot start is the job failing, not the runner: the
-                // plan names it, and a human has to mend the plan.
-                let ended = Ended {
-                    succeeded: false,
-                    reason: format!("cannot start `{}`: {e}", argv[0]),
-                    output: String::new(),
-                };
-                return write_result(&dir, &ended)
-                    .map_err(|e| err(ErrorKind::Failed, format!("cannot record the job: {e}")));
-            }
-        };
-        if let Some(id) = Identity::of_spawned(child.id(), &argv) {
-            let _ = id.write(&dir.join("job.pid"));
+            .spawn()
+            .map_err(io("cannot start the job's keeper"))?;
+        let argv = vec![
+            self.keeper.display().to_string(),
+            "job-run".to_owned(),
+            dir.display().to_string(),
+        ];
+        if let Some(id) = Identity::of_spawned(keeper.id(), &argv) {
+            id.write(&dir.join("keeper.pid"))
+                .map_err(io("record the job's keeper"))?;
         }
-        tracing::info!(plan = %plan.name, job = %req.id, argv = %argv.join(" "), "job started");
-        let stop = Arc::new(AtomicU8::new(RUN));
-        let thread = {
-            let (dir, stop, timeout) = (dir.clone(), stop.clone(), req.job.timeout);
-            let (plan, id) = (plan.name.clone(), req.id.to_owned());
-            std::thread::spawn(move || wait(child, dir, timeout, stop, plan, id))
-        };
-        self.waiting.insert(
-            key,
-            Waiter {
-                stop,
-                thread: Some(thread),
-            },
-        );
+        let key = format!("{}/{}", plan.name, req.id);
+        self.children.insert(key.clone(), keeper);
+        // Return once the job runs (or ended, or could not start): a `poll` right after
+        // sees it running, never a keeper still on its way through `exec`.
+        let deadline = Instant::now() + KEEPER_START;
+        while Instant::now() < deadline
+            && !dir.join("job.pid").exists()
+            && read_result(&dir).is_none()
+        {
+            if self
+                .children
+                .get_mut(&key)
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+            {
+                break; // the keeper exited: its result says how, or there is none
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tracing::info!(plan = %plan.name, job = %req.id, argv = %spec.argv.join(" "), "job started");
         Ok(())
     }
 
@@ -383,35 +415,41 @@ impl JobRunner for LocalJobs {
                 }
             });
         }
-        if self.waiting.contains_key(&Self::key(&plan.name, id)) {
+        if keeper_alive(&dir) {
             return Ok(JobState::Running);
+        }
+        // The keeper may have just written its result and exited.
+        if let Some(ended) = read_result(&dir) {
+            return Ok(if ended.succeeded {
+                JobState::Succeeded {
+                    output: ended.output,
+                }
+            } else {
+                JobState::Failed {
+                    reason: ended.reason,
+                }
+            });
         }
         Err(err(
             ErrorKind::Failed,
-            format!("job {id} is not running here and has no result"),
+            format!("job {id} is not running and has no result"),
         ))
     }
 
     fn cleanup(&mut self, plan: &Plan, id: &str) -> Result<(), TargetError> {
-        if let Some(mut w) = self.waiting.remove(&Self::key(&plan.name, id)) {
-            w.stop.store(STOP, Ordering::SeqCst);
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
+        let dir = self.job_dir(&plan.name, id)?;
+        if read_result(&dir).is_some() || !keeper_alive(&dir) {
+            return Ok(());
         }
+        // The keeper stops the job's group and records it as stopped.
+        std::fs::write(dir.join("stop"), b"")
+            .map_err(|e| err(ErrorKind::Failed, format!("cannot stop job {id}: {e}")))?;
+        let deadline = Instant::now() + STOP_GRACE * 3;
+        while keeper_alive(&dir) && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reap();
         Ok(())
-    }
-}
-
-impl Drop for LocalJobs {
-    /// Jobs do not outlive their runner: a daemon that stops stops its jobs and records
-    /// no result for them (the next one runs them again).
-    fn drop(&mut self) {
-        for (_, w) in self.waiting.drain() {
-            w.stop.store(ABANDON, Ordering::SeqCst);
-            if let Some(t) = w.thread {
-                let _ = t.join();
-            }
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! Job checks (#18): the local runner with real commands (the `JobRunner` contract,
-//! failure, timeout, a cleared environment, a runner that goes away), and the daemon
-//! running a smoke job in a rollout on a local target: a failing job rolls back with its
-//! output in the status, a passing one promotes.
+//! failure, timeout, a cleared environment, a job that outlives its runner, a keeper
+//! killed), and the daemon running a smoke job in a rollout on a local target: a
+//! failing job rolls back with its output in the status, a passing one promotes; hooks.
+//! Every process a test starts is stopped by a guard, a failing test included.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +47,23 @@ fn req<'a>(id: &'a str, job: &'a JobCheck) -> JobRequest<'a> {
     }
 }
 
+/// A runner whose keeper is the built `rollgate`.
+fn runner(dir: &Path) -> LocalJobs {
+    LocalJobs::with_keeper(dir.join("jobs"), support::local::BIN.into())
+}
+
+/// Stops, when dropped, every process whose argv holds one of its markers (keepers by
+/// their folder, jobs by a word of their script).
+struct Reaper(Vec<String>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            support::local::stop_marked_any(m);
+        }
+    }
+}
+
 /// Poll until the job ends (bounded).
 fn finish(runner: &mut LocalJobs, plan: &Plan, id: &str) -> JobState {
     contract::finish(
@@ -61,7 +79,8 @@ fn finish(runner: &mut LocalJobs, plan: &Plan, id: &str) -> JobState {
 #[test]
 fn the_local_runner_passes_the_job_runner_contract() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut runner = LocalJobs::new(dir.path().join("jobs"));
+    let _reaper = Reaper(vec![dir.path().display().to_string()]);
+    let mut runner = runner(dir.path());
     let jobs = contract::Jobs {
         succeeds: job(
             "ok",
@@ -90,7 +109,7 @@ fn the_local_runner_passes_the_job_runner_contract() {
 fn a_local_job_succeeds_or_fails_by_its_exit_status_with_its_output_captured() {
     let dir = tempfile::tempdir().expect("dir");
     let plan = local_plan();
-    let mut runner = LocalJobs::new(dir.path().join("jobs"));
+    let mut runner = runner(dir.path());
     let ok = job(
         "smoke",
         &["/bin/sh", "-c", "echo checked $SMOKE_TARGET"],
@@ -139,10 +158,11 @@ fn a_local_job_succeeds_or_fails_by_its_exit_status_with_its_output_captured() {
 fn a_local_job_past_its_timeout_fails_with_the_reason_and_its_processes_are_gone() {
     let dir = tempfile::tempdir().expect("dir");
     let plan = local_plan();
-    let mut runner = LocalJobs::new(dir.path().join("jobs"));
+    let mut runner = runner(dir.path());
     // A shell whose child (a load generator's worker, say) would outlive it; the
     // marker is in both argvs (a sleep of 29.<pid> seconds).
     let marker = format!("29.{}", std::process::id());
+    let _reaper = Reaper(vec![dir.path().display().to_string(), marker.clone()]);
     let slow = job(
         "load",
         &[
@@ -172,7 +192,7 @@ fn a_local_job_past_its_timeout_fails_with_the_reason_and_its_processes_are_gone
 fn a_local_job_gets_a_cleared_environment_plus_its_own() {
     let dir = tempfile::tempdir().expect("dir");
     let plan = local_plan();
-    let mut runner = LocalJobs::new(dir.path().join("jobs"));
+    let mut runner = runner(dir.path());
     // This test process has CARGO_* and whatever the CI exports: none of it may pass.
     let env = job("env", &["/usr/bin/env"], Duration::from_secs(10));
     runner.start(&plan, &req("env-1", &env)).expect("start");
@@ -200,36 +220,75 @@ fn a_local_job_gets_a_cleared_environment_plus_its_own() {
 }
 
 #[test]
-fn a_runner_that_goes_away_stops_its_jobs_and_the_next_one_runs_them_again() {
+fn a_job_outlives_its_runner_and_a_new_one_finds_it_by_its_id() {
     let dir = tempfile::tempdir().expect("dir");
-    let plan = local_plan();
     let marker = format!("28.{}", std::process::id());
+    let _reaper = Reaper(vec![dir.path().display().to_string(), marker.clone()]);
+    let plan = local_plan();
+    let long = job(
+        "soak",
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo soaking; sleep {marker}; echo done"),
+        ],
+        Duration::from_secs(60),
+    );
+    {
+        let mut first = runner(dir.path());
+        first.start(&plan, &req("soak-1", &long)).expect("start");
+        assert_eq!(
+            first.poll(&plan, "soak-1").expect("poll"),
+            JobState::Running
+        );
+    } // the daemon goes away (a restart, an upgrade, a SIGKILL)
+    assert!(support::local::marked_any(&marker), "the job runs on");
+    let mut next = runner(dir.path());
+    assert_eq!(next.poll(&plan, "soak-1").expect("poll"), JobState::Running);
+    next.start(&plan, &req("soak-1", &long))
+        .expect("start again: found, not run twice");
+    let runs = std::fs::read_to_string(dir.path().join("jobs/web/soak-1/output.log")).expect("log");
+    assert_eq!(runs, "soaking\n", "one run");
+    next.cleanup(&plan, "soak-1").expect("cleanup");
+    assert!(
+        !support::local::marked_any(&marker),
+        "stopped when no longer wanted"
+    );
+    match next.poll(&plan, "soak-1").expect("poll") {
+        JobState::Failed { reason } => {
+            assert_eq!(reason, "stopped: no longer wanted; output: soaking")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_job_whose_keeper_was_killed_has_no_result_and_runs_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let marker = format!("27.{}", std::process::id());
+    let _reaper = Reaper(vec![dir.path().display().to_string(), marker.clone()]);
+    let plan = local_plan();
     let long = job(
         "soak",
         &["/bin/sh", "-c", &format!("sleep {marker}; echo done")],
         Duration::from_secs(60),
     );
-    {
-        let mut runner = LocalJobs::new(dir.path().join("jobs"));
-        runner.start(&plan, &req("soak-1", &long)).expect("start");
-        assert_eq!(
-            runner.poll(&plan, "soak-1").expect("poll"),
-            JobState::Running
-        );
-    }
+    let mut jobs = runner(dir.path());
+    jobs.start(&plan, &req("soak-2", &long)).expect("start");
+    let job_dir = dir.path().join("jobs/web/soak-2");
+    let keeper = rollgate::dataplane::identity::Identity::read(&job_dir.join("keeper.pid"))
+        .expect("the keeper's record");
+    support::local::sigkill(&keeper);
+    // Reaped by the runner, the keeper is gone without a result: never a pass.
+    assert!(jobs.poll(&plan, "soak-2").is_err());
+    jobs.start(&plan, &req("soak-2", &long))
+        .expect("runs again");
+    assert_eq!(jobs.poll(&plan, "soak-2").expect("poll"), JobState::Running);
+    jobs.cleanup(&plan, "soak-2").expect("cleanup");
     assert!(
         !support::local::marked_any(&marker),
-        "stopped with its runner"
+        "the first run's job was stopped too"
     );
-    // No result was recorded: the next runner cannot know how it ended, so it is not
-    // a result at all, and starting it again runs it.
-    let mut next = LocalJobs::new(dir.path().join("jobs"));
-    assert!(next.poll(&plan, "soak-1").is_err());
-    next.start(&plan, &req("soak-1", &long))
-        .expect("start again");
-    assert_eq!(next.poll(&plan, "soak-1").expect("poll"), JobState::Running);
-    next.cleanup(&plan, "soak-1").expect("cleanup");
-    assert!(!support::local::marked_any(&marker));
 }
 
 /// The demo service's plan, its analysis a smoke job running `script` (sh).
@@ -351,4 +410,44 @@ fn a_daemon_fails_a_rollout_on_a_failing_before_promote_hook_and_reports_after_r
             .is_some_and(|s| s.stable.as_deref() == Some("v1"))
     );
     daemon.terminate();
+}
+
+#[test]
+fn a_job_started_by_a_daemon_killed_meanwhile_is_found_by_the_next_one_and_runs_once() {
+    let world = support::local::World::new("[ { setWeight: 20 }, { setWeight: 100 } ]");
+    let _reaper = Reaper(vec![world.state.display().to_string()]);
+    let mut daemon = world.daemon();
+    world.wait("v1 deployed", Duration::from_secs(60), |s| {
+        s.phase == Phase::Succeeded && s.candidate == "v1"
+    });
+    // A smoke job that runs until the test lets it end (a file appears).
+    let gate = world.state.join("let-smoke-end");
+    let script = format!(
+        "echo run >> ../runs; while [ ! -e {} ]; do sleep 0.05; done; echo smoke ok",
+        gate.display()
+    );
+    world.remote.human_commit(
+        "plans/web.yaml",
+        |_| smoke_plan(&world, "v2", &script),
+        "web: v2",
+    );
+    let jobs = world.plane_dir().join("jobs/web");
+    let runs = jobs.join("runs");
+    assert!(
+        support::cluster::poll_until(Duration::from_secs(60), || runs.exists()),
+        "the job started\n{}",
+        world.diagnosis()
+    );
+    // When the daemon dies (SIGKILL) while the job runs, and another one starts
+    daemon.kill();
+    let mut next = world.daemon();
+    std::fs::write(&gate, b"").expect("let the job end");
+    // Then the next daemon finds the same job, which ran once, and the rollout goes on
+    world.wait("v2 stable", Duration::from_secs(60), |s| {
+        s.phase == Phase::Succeeded && s.stable.as_deref() == Some("v2")
+    });
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\n");
+    let log = world.remote.log("%(trailers:key=Rollgate-Verdict)%n%s");
+    assert!(log.contains("pass smoke value=1 n=1"), "{log}");
+    next.terminate();
 }
