@@ -51,8 +51,9 @@ pub trait JobRunner: Send {
 }
 
 /// The contract every `JobRunner` passes (run by each one's tests: the local runner in
-/// `tests/it/jobs.rs` with real commands, the Kubernetes runner there on the in-memory
-/// cluster, whose Job controller the test plays in `settle`).
+/// `tests/it/jobs.rs` with real commands, the Kubernetes runner in
+/// `tests/it/kubernetes_jobs.rs` on the in-memory cluster, whose Job controller the test
+/// plays in `settle`).
 pub mod contract {
     use super::{JobRequest, JobRunner};
     use crate::engine::JobState;
