@@ -112,6 +112,11 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         work_ms: u64,
     },
+    /// A local job check's keeper (started by the local target's job runner): runs the
+    /// job described in DIR/job.json, enforces its timeout, records how it ended in
+    /// DIR/result.json; it outlives the daemon that started it.
+    #[command(hide = true)]
+    JobRun { dir: std::path::PathBuf },
     /// Run the canary-versus-baseline judge offline on numbers, to replay or explain a verdict.
     Judge(JudgeArgs),
     /// Every transition of every rollout, from the commit trailers alone; `--output svg
