@@ -263,14 +263,14 @@ fn request_match(
         (Some(v), None, None) => MatchValue::Exact(v.clone()),
         (None, Some(p), None) => MatchValue::Prefix(p.clone()),
         (None, None, Some(r)) => {
-            let compiled = (r.len() <= MAX_PATTERN)
-                .then(|| {
-                    regex::RegexBuilder::new(r)
-                        .size_limit(1 << 20)
-                        .build()
-                        .map_err(|e| e.to_string())
-                })
-                .unwrap_or_else(|| Err(format!("longer than {MAX_PATTERN} characters")));
+            let compiled = if r.len() <= MAX_PATTERN {
+                regex::RegexBuilder::new(r)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!("longer than {MAX_PATTERN} characters"))
+            };
             if let Err(e) = compiled {
                 let first = e.lines().last().unwrap_or("invalid").trim().to_owned();
                 cx.err(
