@@ -26,6 +26,15 @@ pub enum Output {
     Json,
 }
 
+/// What `rollgate history` writes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum HistoryOutput {
+    Text,
+    Json,
+    /// One rollout's timeline picture (an SVG document).
+    Svg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check a repository: every plan against the schema and the policies.
@@ -105,16 +114,34 @@ pub enum Command {
     },
     /// Run the canary-versus-baseline judge offline on numbers, to replay or explain a verdict.
     Judge(JudgeArgs),
-    /// Every transition of every rollout, from the commit trailers alone.
+    /// Every transition of every rollout, from the commit trailers alone; `--output svg
+    /// PLAN` draws one rollout as a timeline picture.
     History {
-        /// Only this plan.
+        /// Only this plan (needed for `--output svg`).
         plan: Option<String>,
         #[arg(long, default_value = ".")]
         repo: String,
         #[arg(long)]
         branch: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
-        output: Output,
+        output: HistoryOutput,
+        /// With `--output svg`: which rollout of the plan, 1 the first (default: the last).
+        #[arg(long)]
+        rollout: Option<usize>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A read-only web dashboard of every plan, from Git alone (no daemon needed).
+    Dashboard {
+        /// A repository on this machine (a checkout or a bare repository).
+        #[arg(long, default_value = ".")]
+        repo: String,
+        #[arg(long)]
+        branch: Option<String>,
+        /// Where to serve it.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Preview a change before it is merged: verdicts (judged by base's settings and
     /// policies), the diff and the dry run of every plan it touches.

@@ -76,7 +76,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             branch,
             output,
-        } => history(&repo, branch.as_deref(), plan.as_deref(), output),
+            rollout,
+            out,
+        } => history(&HistoryArgs {
+            repo: &repo,
+            branch: branch.as_deref(),
+            plan: plan.as_deref(),
+            output,
+            rollout,
+            out: out.as_deref(),
+        }),
+        Command::Dashboard {
+            repo,
+            branch,
+            listen,
+        } => dashboard(&repo, branch.as_deref(), listen),
         Command::Status {
             repo,
             branch,

@@ -291,6 +291,14 @@ impl<'a> Cx<'a> {
                         self.s.step,
                         "error budget burn is back under the limits".to_owned(),
                     ),
+                    HoldKind::Drift => {
+                        if self.obs.health == TargetHealth::Healthy {
+                            self.enter(
+                                self.s.step,
+                                "traffic is as recorded again: the step starts over".to_owned(),
+                            );
+                        }
+                    }
                     HoldKind::Evidence => {
                         if self.has(Command::Promote) {
                             self.complete_step("promoted by command".to_owned());
@@ -309,6 +317,13 @@ impl<'a> Cx<'a> {
             Phase::Progressing | Phase::Paused => {
                 if let Some(reason) = unreachable {
                     self.hold(HoldKind::Target, format!("target unreachable: {reason}"));
+                } else if let Some(clock) = self.clock_without_traffic() {
+                    self.hold(
+                        HoldKind::Drift,
+                        format!(
+                            "traffic is not as recorded (drift being re-applied, or the canary not ready): the {clock} clock stops until it is"
+                        ),
+                    );
                 } else if self.has(Command::Promote) {
                     self.complete_step("promoted by command".to_owned());
                 } else {
@@ -316,6 +331,21 @@ impl<'a> Cx<'a> {
                 }
             }
             Phase::Succeeded | Phase::RollingBack | Phase::RolledBack => {}
+        }
+    }
+
+    /// A step whose clock runs on traffic (a timed pause, an analysis) while the target
+    /// says its traffic is not in place (`Progressing`): what that clock is. The step
+    /// before it completed only once healthy, so this is drift, or pods gone unready; a
+    /// first step's candidate still starting is not (its traffic never was in place).
+    fn clock_without_traffic(&self) -> Option<&'static str> {
+        if self.obs.health != TargetHealth::Progressing || self.s.step == 0 {
+            return None;
+        }
+        match self.steps().get(self.s.step) {
+            Some(Step::Pause(Some(_))) => Some("pause"),
+            Some(Step::Analysis(_)) => Some("analysis"),
+            _ => None,
         }
     }
 
@@ -832,7 +862,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
                     .next_open(now, horizon)
                     .or_else(|| now.checked_add_signed(horizon))
             }
-            Some(HoldKind::Target | HoldKind::Slo) => Some(poll),
+            Some(HoldKind::Target | HoldKind::Slo | HoldKind::Drift) => Some(poll),
             Some(HoldKind::Metrics) => {
                 // Probe the sources at the step's own pace.
                 let every = match rollout_steps(plan, s).get(s.step) {

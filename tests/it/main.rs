@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod commands;
 mod crash_resume;
+mod dashboard;
 mod data_plane;
 mod demo;
 mod deploy_manifests;

@@ -117,6 +117,11 @@ impl World {
 
     /// Start the daemon from `exe` (the built binary, or a copy playing a new release).
     pub fn daemon_from(&self, exe: &Path) -> Daemon {
+        self.daemon_with(exe, &[])
+    }
+
+    /// Start the daemon from `exe` with more arguments (`--listen ADDR`).
+    pub fn daemon_with(&self, exe: &Path, extra: &[&str]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,6 +132,7 @@ impl World {
             .arg(&self.remote.bare)
             .args(["--interval", "100ms", "--state-dir"])
             .arg(&self.state)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
