@@ -681,6 +681,7 @@ mod tests {
             earliest_start: t(start),
             earliest_completion: t(end),
             after_promotion: false,
+            routing: None,
         }
     }
 
