@@ -112,6 +112,11 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         work_ms: u64,
     },
+    /// A local job check's keeper (started by the local target's job runner): runs the
+    /// job described in DIR/job.json, enforces its timeout, records how it ended in
+    /// DIR/result.json; it outlives the daemon that started it.
+    #[command(hide = true)]
+    JobRun { dir: std::path::PathBuf },
     /// Run the canary-versus-baseline judge offline on numbers, to replay or explain a verdict.
     Judge(JudgeArgs),
     /// Every transition of every rollout, from the commit trailers alone; `--output svg
@@ -253,6 +258,11 @@ pub struct RunArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Also serve the read-only dashboard at `/` on `--listen`. It has no login: anyone
+    /// who reaches that address reads every plan's state, so it is off unless asked for
+    /// (`rollgate dashboard` serves it on its own address from a clone instead).
+    #[arg(long, requires = "listen")]
+    pub dashboard: bool,
     /// One of several replicas: act only while holding a coordination.k8s.io Lease;
     /// the others stand by and take over when it lapses.
     #[arg(long, conflicts_with = "once")]

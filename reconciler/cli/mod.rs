@@ -99,6 +99,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan(&args),
         Command::Load { url, rps, duration } => load(&url, rps, duration.as_deref()),
         Command::Dataplane { command } => dataplane(command),
+        Command::JobRun { dir } => {
+            crate::targets::local_jobs::keep(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -73,6 +73,9 @@ pub struct GitBoard {
     branch: Option<String>,
     commit_base: Option<String>,
     cache: Mutex<Option<Arc<Board>>>,
+    /// Held while a board is built: one history walk at a time, however many requests
+    /// arrive while the head moves (the others wait, then take the cached board).
+    building: Mutex<()>,
 }
 
 impl GitBoard {
@@ -89,6 +92,7 @@ impl GitBoard {
             branch: branch.map(str::to_owned),
             commit_base: origin.as_deref().and_then(commit_base),
             cache: Mutex::new(None),
+            building: Mutex::new(()),
         })
     }
 
@@ -99,6 +103,7 @@ impl GitBoard {
             branch: Some(branch.to_owned()),
             commit_base: commit_base(remote_url),
             cache: Mutex::new(None),
+            building: Mutex::new(()),
         }
     }
 }
@@ -107,10 +112,21 @@ impl BoardSource for GitBoard {
     fn board(&self) -> Result<Arc<Board>> {
         let repo = crate::history::open(&self.path)?;
         let head = crate::history::resolve(&repo, self.branch.as_deref())?;
-        if let Ok(cache) = self.cache.lock()
-            && let Some(b) = cache.as_ref().filter(|b| b.head == head.to_string())
-        {
-            return Ok(b.clone());
+        let cached = || {
+            self.cache
+                .lock()
+                .ok()
+                .and_then(|c| c.as_ref().filter(|b| b.head == head.to_string()).cloned())
+        };
+        if let Some(b) = cached() {
+            return Ok(b);
+        }
+        let _building = self
+            .building
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = cached() {
+            return Ok(b); // built by the request this one waited for
         }
         let board = Arc::new(read(
             &repo,

@@ -68,7 +68,7 @@ fn the_dashboard_in_headless_chromium_follows_a_real_rollout_and_shows_hostile_t
     let listen = free_port();
     let _daemon = w.daemon_with(
         Path::new(BIN),
-        &["--listen", &format!("127.0.0.1:{listen}")],
+        &["--listen", &format!("127.0.0.1:{listen}"), "--dashboard"],
     );
     let base = format!("http://127.0.0.1:{listen}");
     w.wait("v1 to succeed", Duration::from_secs(60), |s| {

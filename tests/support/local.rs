@@ -242,6 +242,33 @@ pub fn marked(marker: &str) -> Vec<Identity> {
     out
 }
 
+/// Is any live process's argv holding `marker` (in one of its words)?
+pub fn marked_any(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(Identity::of)
+        .any(|id| id.argv.iter().any(|a| a.contains(marker)))
+}
+
+/// Stop every live process whose argv holds `marker` (a test's guard).
+pub fn stop_marked_any(marker: &str) {
+    let ids: Vec<Identity> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter_map(Identity::of)
+        .filter(|id| id.argv.iter().any(|a| a.contains(marker)))
+        .collect();
+    for id in ids {
+        id.stop(Duration::from_millis(200));
+    }
+}
+
 /// Last line of defence after the data planes were stopped: no workload of this test
 /// may outlive it, whatever went wrong in between.
 pub fn kill_marked(marker: &str) {
