@@ -404,16 +404,7 @@ fn policy_input(file: &str, p: &Arc<ParsedPlan>, s: &Shared<'_>) -> Value {
 
 /// A domain step in the file form (`{"setWeight": 5}` …).
 pub fn step_json(step: &crate::model::plan::Step) -> Value {
-    use crate::model::duration::format;
-    use crate::model::plan::Step;
-    match step {
-        Step::SetWeight(w) => json!({ "setWeight": w }),
-        Step::Pause(None) => json!({ "pause": {} }),
-        Step::Pause(Some(d)) => json!({ "pause": { "duration": format(*d) } }),
-        Step::Analysis(a) => {
-            json!({ "analysis": { "checks": a.checks, "duration": format(a.duration) } })
-        }
-    }
+    serde_json::to_value(step.to_wire()).unwrap_or(Value::Null)
 }
 
 fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {

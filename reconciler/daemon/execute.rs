@@ -15,9 +15,12 @@ impl Reconciler {
         };
         let result = match s.phase {
             // The stable version first (it carries the rest of the traffic), then the candidate.
-            Phase::Progressing | Phase::Paused | Phase::Held => t
-                .resume(plan, s.stable.as_deref(), &s.candidate, s.weight)
-                .map(|()| 3),
+            Phase::Progressing | Phase::Paused | Phase::Held => {
+                let routing = desired(plan, s).routing;
+                t.resume(plan, s.stable.as_deref(), &s.candidate, s.weight)
+                    .and_then(|()| t.set_routing(plan, &routing))
+                    .map(|()| 3)
+            }
             // A finished rollout still has a stable version that must be running.
             Phase::Promoting | Phase::Succeeded => t.promote(plan, &s.candidate).map(|()| 1),
             Phase::RollingBack => t.rollback(plan, s.stable.as_deref()).map(|()| 1),
@@ -64,6 +67,7 @@ impl Reconciler {
                         t.start_candidate(plan, artifact)
                     }
                     engine::Action::SetWeight(w) => t.set_weight(plan, *w),
+                    engine::Action::SetRouting(r) => t.set_routing(plan, r),
                     engine::Action::Promote { artifact } => t.promote(plan, artifact),
                     engine::Action::Rollback { stable } => t.rollback(plan, stable.as_deref()),
                 },

@@ -38,6 +38,7 @@ use git2::Oid;
 use crate::engine::{self, Command, Decision, Observation, Observed, TargetHealth};
 use crate::gate::{self, Change, GateCache, GateContext, GateReport, PolicyEngine};
 use crate::metrics::{MetricsSource, QueryContext};
+use crate::model::plan::Routing;
 use crate::model::settings::WriteBack;
 use crate::model::status::{Phase, Status};
 use crate::model::validate::ParsedPlan;
@@ -189,22 +190,25 @@ pub fn parse_command(word: &str) -> Option<Command> {
 }
 
 /// What the target should look like for a status (health is judged against this).
-pub fn desired(s: &Status) -> Desired {
+pub fn desired(plan: &Plan, s: &Status) -> Desired {
     match s.phase {
         Phase::Promoting | Phase::Succeeded => Desired {
             stable: Some(s.candidate.clone()),
             candidate: None,
             weight: 0,
+            routing: Routing::default(),
         },
         Phase::Pending | Phase::RollingBack | Phase::RolledBack => Desired {
             stable: s.stable.clone(),
             candidate: None,
             weight: 0,
+            routing: Routing::default(),
         },
         Phase::Progressing | Phase::Paused | Phase::Held => Desired {
             stable: s.stable.clone(),
             candidate: Some(s.candidate.clone()),
             weight: s.weight,
+            routing: Routing::at(&engine::rollout_steps(plan, s), s.step),
         },
     }
 }
@@ -463,7 +467,7 @@ impl Reconciler {
             (_, None) => TargetHealth::Unreachable {
                 reason: format!("no `{}` target is available in this daemon", plan.target),
             },
-            (Some(s), Some(t)) => t.health(plan, &desired(s)),
+            (Some(s), Some(t)) => t.health(plan, &desired(plan, s)),
             (None, Some(_)) => TargetHealth::Healthy,
         };
         let measurements = match &status {

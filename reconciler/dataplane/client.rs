@@ -26,6 +26,7 @@ use super::{pid_path, socket_path};
 use crate::engine::TargetHealth;
 use crate::metrics::builtin::ProxyCounters;
 use crate::model::Plan;
+use crate::model::plan::Routing;
 use crate::proxy::WindowStats;
 use crate::targets::local::{Op, Spec};
 use crate::targets::{Desired, Target, TargetError};
@@ -123,6 +124,7 @@ struct Applied {
     stable: Option<String>,
     candidate: Option<String>,
     weight: u8,
+    routing: Routing,
 }
 
 impl Applied {
@@ -130,16 +132,19 @@ impl Applied {
         let mut a = self.clone();
         match op {
             Op::StartCandidate { artifact } => {
-                if a.stable.as_deref() != Some(artifact) {
+                if a.stable.as_deref() != Some(artifact) && a.candidate.as_ref() != Some(artifact) {
                     a.candidate = Some(artifact.clone());
                     a.weight = 0;
+                    a.routing = Routing::default();
                 }
             }
             Op::SetWeight { weight } => a.weight = *weight,
+            Op::SetRouting { routing } => a.routing = routing.clone(),
             Op::Promote { artifact } => {
                 a.stable = Some(artifact.clone());
                 a.candidate = None;
                 a.weight = 0;
+                a.routing = Routing::default();
             }
             Op::Rollback { stable } => {
                 if stable.is_some() {
@@ -147,6 +152,7 @@ impl Applied {
                 }
                 a.candidate = None;
                 a.weight = 0;
+                a.routing = Routing::default();
             }
             Op::Resume {
                 stable,
@@ -162,17 +168,25 @@ impl Applied {
         a
     }
 
-    fn replay(&self) -> Option<Op> {
+    fn replay(&self) -> Vec<Op> {
         match (&self.stable, &self.candidate) {
-            (stable, Some(candidate)) => Some(Op::Resume {
-                stable: stable.clone(),
-                candidate: candidate.clone(),
-                weight: self.weight,
-            }),
-            (Some(stable), None) => Some(Op::Promote {
+            (stable, Some(candidate)) => {
+                let mut ops = vec![Op::Resume {
+                    stable: stable.clone(),
+                    candidate: candidate.clone(),
+                    weight: self.weight,
+                }];
+                if !self.routing.is_empty() {
+                    ops.push(Op::SetRouting {
+                        routing: self.routing.clone(),
+                    });
+                }
+                ops
+            }
+            (Some(stable), None) => vec![Op::Promote {
                 artifact: stable.clone(),
-            }),
-            (None, None) => None,
+            }],
+            (None, None) => Vec::new(),
         }
     }
 }
@@ -316,7 +330,7 @@ impl DataPlaneTarget {
                 let replays: Vec<(Spec, Op)> = self
                     .applied
                     .values()
-                    .filter_map(|(spec, a)| a.replay().map(|op| (spec.clone(), op)))
+                    .flat_map(|(spec, a)| a.replay().into_iter().map(|op| (spec.clone(), op)))
                     .collect();
                 for (spec, op) in replays {
                     let conn = self.conn.as_mut().ok_or("connection lost")?;
@@ -400,6 +414,15 @@ impl Target for DataPlaneTarget {
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
         self.done(plan, Op::SetWeight { weight })
+    }
+
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        self.done(
+            plan,
+            Op::SetRouting {
+                routing: routing.clone(),
+            },
+        )
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::Identity;
 use crate::engine::TargetHealth;
-use crate::model::plan::{LocalWorkload, Sticky};
+use crate::model::plan::{LocalWorkload, Routing, Sticky};
 use crate::proxy::WindowStats;
 use crate::targets::Desired;
 use crate::targets::local::{Op, Outcome, Spec};
 
 /// The protocol this build speaks.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
@@ -90,6 +90,9 @@ pub enum OpWire {
     SetWeight {
         weight: u8,
     },
+    SetRouting {
+        routing: Box<crate::model::wire::Routing>,
+    },
     Promote {
         artifact: String,
     },
@@ -105,7 +108,13 @@ pub enum OpWire {
         stable: Option<String>,
         candidate: Option<String>,
         weight: u8,
+        #[serde(default, skip_serializing_if = "is_default")]
+        routing: Box<crate::model::wire::Routing>,
     },
+}
+
+fn is_default(r: &crate::model::wire::Routing) -> bool {
+    *r == crate::model::wire::Routing::default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +186,9 @@ impl From<&Op> for OpWire {
         match op.clone() {
             Op::StartCandidate { artifact } => OpWire::StartCandidate { artifact },
             Op::SetWeight { weight } => OpWire::SetWeight { weight },
+            Op::SetRouting { routing } => OpWire::SetRouting {
+                routing: Box::new(routing.to_wire()),
+            },
             Op::Promote { artifact } => OpWire::Promote { artifact },
             Op::Rollback { stable } => OpWire::Rollback { stable },
             Op::Resume {
@@ -192,6 +204,7 @@ impl From<&Op> for OpWire {
                 stable: desired.stable,
                 candidate: desired.candidate,
                 weight: desired.weight,
+                routing: Box::new(desired.routing.to_wire()),
             },
         }
     }
@@ -202,6 +215,10 @@ impl From<OpWire> for Op {
         match op {
             OpWire::StartCandidate { artifact } => Op::StartCandidate { artifact },
             OpWire::SetWeight { weight } => Op::SetWeight { weight },
+            // A match the daemon could not have sent (it validated the plan): no route.
+            OpWire::SetRouting { routing } => Op::SetRouting {
+                routing: Routing::from_wire(&routing).unwrap_or_default(),
+            },
             OpWire::Promote { artifact } => Op::Promote { artifact },
             OpWire::Rollback { stable } => Op::Rollback { stable },
             OpWire::Resume {
@@ -217,11 +234,13 @@ impl From<OpWire> for Op {
                 stable,
                 candidate,
                 weight,
+                routing,
             } => Op::Health {
                 desired: Desired {
                     stable,
                     candidate,
                     weight,
+                    routing: Routing::from_wire(&routing).unwrap_or_default(),
                 },
             },
         }
@@ -328,6 +347,7 @@ mod tests {
                     stable: Some("v1".to_owned()),
                     candidate: None,
                     weight: 0,
+                    ..Default::default()
                 },
             },
         ];

@@ -40,7 +40,7 @@ use super::{
     WINDOW_HORIZON_DAYS, plus,
 };
 use crate::model::duration;
-use crate::model::plan::{Analysis, FirstRollout, OnFailure, Plan, Step};
+use crate::model::plan::{Analysis, FirstRollout, OnFailure, Plan, Routing, Step};
 use crate::model::settings::BUILTIN_SOURCE;
 use crate::model::status::{
     AnalysisRestart, Hold, HoldKind, Judgement, MAX_SUCCEEDED, Phase, Status, Success, step_number,
@@ -413,6 +413,12 @@ impl<'a> Cx<'a> {
                     self.complete_step(format!("weight {w} is serving"));
                 }
             }
+            Some(Step::SetHeaderRoute(_) | Step::SetMirror(_)) => {
+                if healthy {
+                    let r = Routing::at(&steps, self.s.step);
+                    self.complete_step(format!("{} is serving", super::routing_text(&r)));
+                }
+            }
             Some(Step::Pause(None)) => {}
             Some(Step::Pause(Some(d))) => {
                 if healthy && self.now >= plus(started, *d) {
@@ -625,6 +631,19 @@ impl<'a> Cx<'a> {
                 self.s.weight = *w;
                 self.actions.push(Action::SetWeight(*w));
                 format!("setWeight {w}")
+            }
+            Some(step @ (Step::SetHeaderRoute(_) | Step::SetMirror(_))) => {
+                self.s.phase = Phase::Progressing;
+                let r = Routing::at(&steps, i);
+                self.actions.push(Action::SetRouting(r.clone()));
+                match step {
+                    Step::SetMirror(p) => format!("setMirror {p}%"),
+                    _ if r.matches.is_empty() => "setHeaderRoute: none".to_owned(),
+                    _ => format!(
+                        "setHeaderRoute {}",
+                        super::routing_text(&Routing { mirror: 0, ..r })
+                    ),
+                }
             }
             Some(Step::Pause(d)) => {
                 self.s.phase = Phase::Paused;
@@ -968,7 +987,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
             Some(Step::Analysis(a)) => {
                 Some(analysis::next_wakeup(plan, a, &s.analysis, started, now).max(now))
             }
-            Some(Step::SetWeight(_)) | None => {
+            Some(Step::SetWeight(_) | Step::SetHeaderRoute(_) | Step::SetMirror(_)) | None => {
                 Some(poll.min(plus(started, plan.progress_deadline)).max(now))
             }
         },

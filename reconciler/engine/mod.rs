@@ -147,6 +147,8 @@ pub enum Action {
     StartCandidate { artifact: String },
     /// Send this share (0..=100) of traffic to the candidate.
     SetWeight(u8),
+    /// Route by header or cookie, and mirror, as this says (weights stay as they are).
+    SetRouting(crate::model::plan::Routing),
     /// Make the candidate the stable version at full traffic; retire the old one.
     Promote { artifact: String },
     /// Send all traffic to the stable version and remove the candidate.
@@ -160,9 +162,23 @@ impl Action {
         match self {
             Action::StartCandidate { .. } => "start_candidate",
             Action::SetWeight(_) => "set_weight",
+            Action::SetRouting(_) => "set_routing",
             Action::Promote { .. } => "promote",
             Action::Rollback { .. } => "rollback",
         }
+    }
+}
+
+/// A routing in words: `header x-canary = "1", mirror 20%`, or `weights only`.
+pub fn routing_text(r: &crate::model::plan::Routing) -> String {
+    let mut parts: Vec<String> = r.matches.iter().map(ToString::to_string).collect();
+    if r.mirror > 0 {
+        parts.push(format!("mirror {}%", r.mirror));
+    }
+    if parts.is_empty() {
+        "weights only".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -171,6 +187,7 @@ impl std::fmt::Display for Action {
         match self {
             Action::StartCandidate { artifact } => write!(f, "start candidate {artifact}"),
             Action::SetWeight(w) => write!(f, "set weight {w}"),
+            Action::SetRouting(r) => write!(f, "set routing {}", routing_text(r)),
             Action::Promote { artifact } => write!(f, "promote {artifact}"),
             Action::Rollback { stable: Some(s) } => write!(f, "roll back to {s}"),
             Action::Rollback { stable: None } => f.write_str("roll back (remove the candidate)"),

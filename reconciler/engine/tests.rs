@@ -1413,3 +1413,57 @@ fn samples_lost_outside_a_builtin_analysis_change_nothing() {
     }
     assert_eq!(r.status().step_started_at, Some(t(0)));
 }
+
+#[test]
+fn header_route_and_mirror_steps_set_the_routing_in_force_and_move_on_when_healthy() {
+    use crate::model::plan::{MatchOn, MatchValue, RequestMatch, Routing, Step};
+    let canary = RequestMatch {
+        on: MatchOn::Header("x-canary".into()),
+        value: MatchValue::Exact("1".into()),
+    };
+    // Given a shadow step, then a header route, before any weight
+    let plan = v1_stable_v2_planned()
+        .steps(vec![
+            Step::SetMirror(20),
+            Step::SetHeaderRoute(vec![canary.clone()]),
+            weight(10),
+            weight(100),
+        ])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    // When the first step is entered, Then the candidate starts and the mirror is set
+    let d = r.decide(&quiet(), t(0));
+    let mirror = Routing {
+        matches: Vec::new(),
+        mirror: 20,
+    };
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StartCandidate {
+                artifact: "app:v2".to_owned()
+            },
+            Action::SetRouting(mirror)
+        ]
+    );
+    assert_eq!(r.status().weight, 0, "a shadow step moves no user traffic");
+    // While the target converges, nothing moves on
+    assert_eq!(r.decide(&progressing(), t(0)).transition, None);
+    // When healthy, Then the header route joins the mirror (the routing in force so far)
+    let d = r.decide(&quiet(), t(1));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetRouting(Routing {
+            matches: vec![canary],
+            mirror: 20,
+        })]
+    );
+    let tr = d.transition.expect("moved on");
+    assert!(tr.reason.contains("mirror 20% is serving"), "{}", tr.reason);
+    // And the weights follow as usual; the promotion is the target's to clear
+    assert_eq!(
+        r.decide(&quiet(), t(2)).actions,
+        vec![Action::SetWeight(10)]
+    );
+}

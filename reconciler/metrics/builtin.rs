@@ -4,7 +4,9 @@
 //! `Registry` the local target fills, or from the data plane over its socket
 //! (`dataplane::client::DataPlaneCounters`).
 //! Queries: `success-rate`, `error-rate`, `latency-p50`, `latency-p95`, `latency-p99`
-//! (seconds), for one version over the context's window.
+//! (seconds), for one version over the context's window; each also as `shadow-…`, over
+//! the candidate's answers to mirrored copies (`setMirror`), which a baseline judge
+//! compares with the stable version's answers to users over the same window.
 //! Invariants: `samples` is the number of requests in the window; no requests give a
 //! measurement without a value (inconclusive), never a pass; a plan without a proxy or
 //! an unknown query is an error, never a default.
@@ -22,13 +24,38 @@ use crate::proxy::{Stats, WindowStats};
 pub type Registry = Arc<Mutex<HashMap<String, Arc<Stats>>>>;
 
 /// The queries this source answers.
-pub const QUERIES: [&str; 5] = [
+pub const QUERIES: [&str; 10] = [
     "success-rate",
     "error-rate",
     "latency-p50",
     "latency-p95",
     "latency-p99",
+    "shadow-success-rate",
+    "shadow-error-rate",
+    "shadow-latency-p50",
+    "shadow-latency-p95",
+    "shadow-latency-p99",
 ];
+
+/// A query and the series it reads for `version`: `shadow-q` reads the version's
+/// answers to mirrored copies.
+fn series(query: &str, version: &str) -> (&'static str, String) {
+    let (q, shadow) = match query.strip_prefix("shadow-") {
+        Some(q) => (q, true),
+        None => (query, false),
+    };
+    let q = QUERIES
+        .iter()
+        .copied()
+        .find(|k| *k == q)
+        .unwrap_or("success-rate");
+    let v = if shadow {
+        crate::proxy::stats::shadow_series(version)
+    } else {
+        version.to_owned()
+    };
+    (q, v)
+}
 
 /// Where a plan's proxy counters are read: the one narrow seam of this source.
 pub trait ProxyCounters: Send + Sync + std::fmt::Debug {
@@ -119,7 +146,8 @@ impl MetricsSource for Builtin {
                 QUERIES.join(", ")
             ));
         }
-        let (w, _) = self.window(ctx.plan, ctx.version, ctx.window)?;
+        let (query, version) = series(query, ctx.version);
+        let (w, _) = self.window(ctx.plan, &version, ctx.window)?;
         let value = match query {
             "success-rate" => w.success_rate(),
             "error-rate" => w.error_rate(),
@@ -141,10 +169,11 @@ impl MetricsSource for Builtin {
         ctx: &QueryContext<'_>,
     ) -> Result<crate::engine::Sample, String> {
         let baseline = ctx.baseline.ok_or("no stable version to compare with")?;
-        let (c, _) = self.window(ctx.plan, ctx.version, ctx.window)?;
+        let (query, version) = series(check.query.trim(), ctx.version);
+        let (c, _) = self.window(ctx.plan, &version, ctx.window)?;
         let (b, _) = self.window(ctx.plan, baseline, ctx.window)?;
         let fives = |w: &crate::proxy::stats::WindowStats| w.by_class[4];
-        Ok(match check.query.trim() {
+        Ok(match query {
             "success-rate" => crate::engine::Sample::Counts {
                 canary_good: c.requests - fives(&c),
                 canary_total: c.requests,

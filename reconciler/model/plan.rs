@@ -95,7 +95,34 @@ impl Workload {
             Workload::Knative(_) => "knative",
         }
     }
+
+    /// What this workload's target can do with traffic besides weights. Validation
+    /// refuses a step the target cannot take, so no target is asked for one at run time
+    /// (the `Target` contract holds every target to what it claims here).
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Workload::Local(_) => Capabilities {
+                header_route: true,
+                mirror: true,
+            },
+            Workload::Kubernetes(_) | Workload::Lambda(_) | Workload::Knative(_) => {
+                Capabilities::default()
+            }
+        }
+    }
 }
+
+/// Traffic shaping beyond weights that a target supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `setHeaderRoute`: requests matching headers or cookies go to the candidate.
+    pub header_route: bool,
+    /// `setMirror`: a share of requests copied to the candidate, answers discarded.
+    pub mirror: bool,
+}
+
+/// The workloads that support header routes and mirrors, for help lines.
+pub const SHAPING_WORKLOADS: &str = "local workloads";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalWorkload {
@@ -177,6 +204,137 @@ pub enum Step {
     /// `None`: untimed, waits for a promotion.
     Pause(Option<Duration>),
     Analysis(Analysis),
+    /// From here on, a request meeting every condition goes to the candidate whatever
+    /// the weight; an empty list takes the route away.
+    SetHeaderRoute(Vec<RequestMatch>),
+    /// From here on, this share (0-100) of the requests the stable version serves is
+    /// copied to the candidate, whose answers are measured and thrown away; 0 stops it.
+    SetMirror(u8),
+}
+
+impl Step {
+    /// The file form of this step.
+    pub fn to_wire(&self) -> wire::Step {
+        match self {
+            Step::SetWeight(w) => wire::Step::SetWeight(i64::from(*w)),
+            Step::Pause(d) => wire::Step::Pause(wire::Pause {
+                duration: d.map(duration::format),
+            }),
+            Step::Analysis(a) => wire::Step::Analysis(analysis_to_wire(a)),
+            Step::SetHeaderRoute(m) => wire::Step::SetHeaderRoute(wire::HeaderRoute {
+                matches: m.iter().map(match_to_wire).collect(),
+            }),
+            Step::SetMirror(p) => wire::Step::SetMirror(wire::Mirror {
+                percent: i64::from(*p),
+            }),
+        }
+    }
+}
+
+/// One condition on a request: a header or a cookie, by value, prefix or pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMatch {
+    pub on: MatchOn,
+    pub value: MatchValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchOn {
+    /// A header, by name (case-insensitive).
+    Header(String),
+    /// A cookie of the `Cookie` header, by name (case-sensitive).
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchValue {
+    Exact(String),
+    Prefix(String),
+    /// A regular expression (Rust `regex` syntax, checked at validation) that must match
+    /// the whole value.
+    Regex(String),
+}
+
+/// What a rollout's traffic holds besides the weight at one step: the header route and
+/// the mirror set by the steps so far (both end at promotion and rollback).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Routing {
+    /// Requests meeting every condition go to the candidate; empty: no such route.
+    pub matches: Vec<RequestMatch>,
+    /// The share (0-100) of stable-served requests copied to the candidate.
+    pub mirror: u8,
+}
+
+impl Routing {
+    /// No header route and no mirror: weights only.
+    pub fn is_empty(&self) -> bool {
+        self.matches.is_empty() && self.mirror == 0
+    }
+
+    /// The routing in force at step `step` of `steps` (the steps before it and itself;
+    /// past the end, the last one's).
+    pub fn at(steps: &[Step], step: usize) -> Routing {
+        let mut r = Routing::default();
+        for s in steps.iter().take(step.saturating_add(1)) {
+            match s {
+                Step::SetHeaderRoute(m) => r.matches.clone_from(m),
+                Step::SetMirror(p) => r.mirror = *p,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+impl Routing {
+    /// The serde form (data plane socket, dry-run journal).
+    pub fn to_wire(&self) -> wire::Routing {
+        wire::Routing {
+            matches: self.matches.iter().map(match_to_wire).collect(),
+            mirror: self.mirror,
+        }
+    }
+
+    /// Back from the serde form; `None` when a match does not name exactly one of
+    /// header/cookie and one of value/prefix/regex.
+    pub fn from_wire(w: &wire::Routing) -> Option<Routing> {
+        let matches = w
+            .matches
+            .iter()
+            .map(|m| {
+                let on = match (&m.header, &m.cookie) {
+                    (Some(h), None) => MatchOn::Header(h.clone()),
+                    (None, Some(c)) => MatchOn::Cookie(c.clone()),
+                    _ => return None,
+                };
+                let value = match (&m.value, &m.prefix, &m.regex) {
+                    (Some(v), None, None) => MatchValue::Exact(v.clone()),
+                    (None, Some(p), None) => MatchValue::Prefix(p.clone()),
+                    (None, None, Some(r)) => MatchValue::Regex(r.clone()),
+                    _ => return None,
+                };
+                Some(RequestMatch { on, value })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Routing {
+            matches,
+            mirror: w.mirror.min(100),
+        })
+    }
+}
+
+impl std::fmt::Display for RequestMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.on {
+            MatchOn::Header(h) => write!(f, "header {h}")?,
+            MatchOn::Cookie(c) => write!(f, "cookie {c}")?,
+        }
+        match &self.value {
+            MatchValue::Exact(v) => write!(f, " = {v:?}"),
+            MatchValue::Prefix(v) => write!(f, " starts with {v:?}"),
+            MatchValue::Regex(v) => write!(f, " matches /{v}/"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,16 +597,7 @@ impl Plan {
                 promoted_from: self.promoted_from.clone(),
                 strategy: match &self.strategy {
                     Strategy::Canary { steps } => wire::Strategy::Canary(wire::Canary {
-                        steps: steps
-                            .iter()
-                            .map(|s| match s {
-                                Step::SetWeight(w) => wire::Step::SetWeight(i64::from(*w)),
-                                Step::Pause(d) => wire::Step::Pause(wire::Pause {
-                                    duration: d.map(duration::format),
-                                }),
-                                Step::Analysis(a) => wire::Step::Analysis(analysis_to_wire(a)),
-                            })
-                            .collect(),
+                        steps: steps.iter().map(Step::to_wire).collect(),
                     }),
                     Strategy::BlueGreen(bg) => wire::Strategy::BlueGreen(wire::BlueGreen {
                         preview: bg.preview.as_ref().map(analysis_to_wire),
@@ -523,6 +672,25 @@ impl Plan {
                 }),
             },
         }
+    }
+}
+
+fn match_to_wire(m: &RequestMatch) -> wire::RequestMatch {
+    let (header, cookie) = match &m.on {
+        MatchOn::Header(h) => (Some(h.clone()), None),
+        MatchOn::Cookie(c) => (None, Some(c.clone())),
+    };
+    let (value, prefix, regex) = match &m.value {
+        MatchValue::Exact(v) => (Some(v.clone()), None, None),
+        MatchValue::Prefix(v) => (None, Some(v.clone()), None),
+        MatchValue::Regex(v) => (None, None, Some(v.clone())),
+    };
+    wire::RequestMatch {
+        header,
+        cookie,
+        value,
+        prefix,
+        regex,
     }
 }
 

@@ -231,6 +231,62 @@ pub enum Step {
     Pause(Pause),
     /// Judge the named checks for `duration`.
     Analysis(AnalysisStep),
+    /// From this step on, requests meeting every condition of `match` go to the candidate
+    /// whatever the weight (`match: []` takes the route away); gone at promotion and
+    /// rollback. Targets: `local`, and Kubernetes with a Gateway API route.
+    SetHeaderRoute(HeaderRoute),
+    /// From this step on, `percent` of the requests the stable version serves are copied
+    /// to the candidate: users get the stable answer, the candidate's is measured and
+    /// thrown away (`percent: 0` stops it). Targets: `local`, and Kubernetes with a
+    /// Gateway API route.
+    SetMirror(Mirror),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HeaderRoute {
+    /// Conditions that must all hold.
+    #[serde(rename = "match")]
+    pub matches: Vec<RequestMatch>,
+}
+
+/// One condition: `header` or `cookie` (by name), and `value` (exact), `prefix` or
+/// `regex` (must match the whole value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RequestMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A rollout's header route and mirror in one value: not a file format, the shape the
+/// data plane's socket and the dry-run journal carry (`plan::Routing` in the domain).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RequestMatch>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mirror: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Mirror {
+    /// The share (0-100) of requests copied.
+    pub percent: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

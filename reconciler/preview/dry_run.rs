@@ -35,6 +35,10 @@ pub enum StageKind {
     /// A first rollout (no stable version) deployed directly: the only stage, the
     /// candidate becomes stable at full traffic at once.
     Deploy,
+    /// `setHeaderRoute`: matching requests go to the candidate whatever the weight.
+    SetHeaderRoute,
+    /// `setMirror`: a share of requests copied to the candidate, answers discarded.
+    SetMirror,
 }
 
 impl StageKind {
@@ -45,6 +49,8 @@ impl StageKind {
             StageKind::Analysis => "analysis",
             StageKind::Promote => "promote",
             StageKind::Deploy => "deploy",
+            StageKind::SetHeaderRoute => "setHeaderRoute",
+            StageKind::SetMirror => "setMirror",
         }
     }
 }
@@ -74,6 +80,10 @@ pub struct Stage {
     pub earliest_completion: Option<DateTime<Utc>>,
     /// The times assume a promotion given as soon as an earlier untimed pause began.
     pub after_promotion: bool,
+    /// From a header route or mirror step on: the routing in force besides the weight,
+    /// in words (`header x-canary = "1", mirror 20%`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
 }
 
 impl Stage {
@@ -132,7 +142,11 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
                 a.checks.clone(),
                 false,
             ),
+            Step::SetHeaderRoute(_) => (StageKind::SetHeaderRoute, None, Vec::new(), false),
+            Step::SetMirror(_) => (StageKind::SetMirror, None, Vec::new(), false),
         };
+        let routing = crate::model::plan::Routing::at(&steps, i);
+        let routing = (!routing.is_empty()).then(|| crate::engine::routing_text(&routing));
         let end = start.map(|s| plus(s, duration.unwrap_or_default()));
         out.push(Stage {
             step: i + 1,
@@ -144,6 +158,7 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
             earliest_start: start,
             earliest_completion: end,
             after_promotion,
+            routing,
         });
         after_promotion |= waits;
         at = end;
@@ -163,6 +178,7 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
         earliest_start: start,
         earliest_completion: start,
         after_promotion,
+        routing: None,
     });
     out
 }

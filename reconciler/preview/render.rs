@@ -456,6 +456,11 @@ fn action(s: &Stage) -> String {
         StageKind::Analysis => "analysis".to_owned(),
         StageKind::Promote => "promote".to_owned(),
         StageKind::Deploy => "deploy directly".to_owned(),
+        StageKind::SetHeaderRoute | StageKind::SetMirror => format!(
+            "{} ({})",
+            s.kind.as_str(),
+            s.routing.as_deref().unwrap_or("weights only")
+        ),
     }
 }
 
@@ -676,6 +681,7 @@ mod tests {
             earliest_start: t(start),
             earliest_completion: t(end),
             after_promotion: false,
+            routing: None,
         }
     }
 

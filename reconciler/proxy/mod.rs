@@ -6,8 +6,10 @@
 //!              └─ GET /.rollgate/metrics: Prometheus text of Stats (never proxied)
 //! ```
 //! The proxy runs on its own small tokio runtime and thread, so callers stay synchronous.
-//! Routing is a table swapped whole by `set_routes`; the choice is smooth (see `route`),
-//! or sticky by a header or cookie. Requests stream both ways. Each client connection is
+//! Routing is a table swapped whole by `set_traffic`; the choice is smooth (see `route`),
+//! or sticky by a header or cookie; a header route sends matching requests to the
+//! candidate first, and a mirror copies a share of stable-served requests to the
+//! candidate (`shadow`: answers counted, then thrown away). Requests stream both ways. Each client connection is
 //! one task that also drives its own keep-alive connections to the backends (one per
 //! routed backend, see `forward::Upstreams`): no pool, no hand-off between tasks. A
 //! backend that cannot be reached gives 502, no backend 503.
@@ -22,6 +24,7 @@
 
 mod forward;
 mod route;
+mod shadow;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -35,6 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hyper::body::Body as _;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -45,8 +49,10 @@ use tokio::sync::watch;
 use self::forward::{
     ProxyBody, Tracker, Upstreams, add_forwarded_for, forwarded_for_value, plain, strip_hop_by_hop,
 };
-use self::route::{Routed, Table, request_bucket};
+use self::route::{Condition, Routed, Table, request_bucket};
+use self::shadow::Shadow;
 pub use self::stats::{Stats, WindowStats};
+use crate::model::plan::Routing;
 pub use crate::model::plan::Sticky;
 
 /// Client connections at most; more are closed as soon as they are accepted.
@@ -94,6 +100,8 @@ struct Shared {
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     stats: Arc<Stats>,
     sticky: Option<Sticky>,
+    /// Sends mirror copies (its own connections and bound).
+    shadow: Shadow,
 }
 
 impl Proxy {
@@ -108,6 +116,7 @@ impl Proxy {
             in_flight: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::new()),
             sticky,
+            shadow: Shadow::new(),
         });
         let (stop, stopped) = watch::channel(false);
         // A multi-thread runtime: work stealing spreads client connections over the
@@ -147,13 +156,41 @@ impl Proxy {
 
     /// Atomically replace the routing: `weight`% (0..=100) of requests to `candidate`,
     /// the rest to `stable`. With one backend only, it takes everything. Requests
-    /// already in flight finish where they are.
+    /// already in flight finish where they are. No header route, no mirror.
     pub fn set_routes(&self, stable: Option<Backend>, candidate: Option<Backend>, weight: u8) {
+        // Without a routing there is no pattern to compile: it cannot fail.
+        let _ = self.set_traffic(stable, candidate, weight, &Routing::default());
+    }
+
+    /// `set_routes` with a header route and a mirror, which apply only while both
+    /// versions are routed. `Err` (and nothing changed) for a pattern that does not
+    /// compile.
+    pub fn set_traffic(
+        &self,
+        stable: Option<Backend>,
+        candidate: Option<Backend>,
+        weight: u8,
+        routing: &Routing,
+    ) -> Result<(), String> {
         let shared = &self.inner.shared;
         let weight = weight.min(100);
-        if self.routes() == (stable.clone(), candidate.clone(), weight) {
-            return; // idempotent: keep the smooth sequence where it is
+        let routing = if stable.is_some() && candidate.is_some() {
+            routing.clone()
+        } else {
+            Routing::default()
+        };
+        if self.traffic() == (stable.clone(), candidate.clone(), weight, routing.clone()) {
+            return Ok(()); // idempotent: keep the smooth sequences where they are
         }
+        let conditions = routing
+            .matches
+            .iter()
+            .map(Condition::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let shadow = match (&candidate, routing.mirror) {
+            (Some(c), 1..) => Some(shared.stats.recorder(&stats::shadow_series(&c.version))),
+            _ => None,
+        };
         let mut in_flight = shared
             .in_flight
             .lock()
@@ -167,13 +204,21 @@ impl Proxy {
                 })
             })
         };
-        let table = Arc::new(Table::new(routed(stable), routed(candidate), weight));
-        *shared.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+        let table = Table::new(routed(stable), routed(candidate), weight)
+            .shaped(routing, conditions, shadow);
+        *shared.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
         // Forget counters nobody holds any more (no table, no request).
         in_flight.retain(|_, n| Arc::strong_count(n) > 1 || n.load(Ordering::SeqCst) > 0);
+        Ok(())
     }
 
     pub fn routes(&self) -> (Option<Backend>, Option<Backend>, u8) {
+        let (s, c, w, _) = self.traffic();
+        (s, c, w)
+    }
+
+    /// The routes and the header route and mirror in force.
+    pub fn traffic(&self) -> (Option<Backend>, Option<Backend>, u8, Routing) {
         let table = self
             .inner
             .shared
@@ -186,6 +231,7 @@ impl Proxy {
             backend(&table.stable),
             backend(&table.candidate),
             table.weight,
+            table.routing.clone(),
         )
     }
 
@@ -354,11 +400,20 @@ async fn handle(
         .and_then(|s| request_bucket(s, req.headers()));
     let picked = {
         let table = shared.table.read().unwrap_or_else(PoisonError::into_inner);
-        table
-            .pick(bucket)
-            .map(|r| (r.backend.addr, table.addrs(), Tracker::start(r, start)))
+        table.pick_for(bucket, req.headers()).map(|p| {
+            let mirror = p
+                .mirror
+                .zip(table.shadow.clone())
+                .map(|(c, rec)| (c.backend.addr, rec));
+            (
+                p.to.backend.addr,
+                table.addrs(),
+                Tracker::start(p.to, start),
+                mirror,
+            )
+        })
     };
-    let Some((addr, routed, mut tracker)) = picked else {
+    let Some((addr, routed, mut tracker, mirror)) = picked else {
         shared.stats.record_unrouted();
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no backend\n"));
     };
@@ -384,6 +439,21 @@ async fn handle(
         };
     }
     parts.version = Version::HTTP_11;
+    if let Some((to, recorder)) = mirror {
+        if body.is_end_stream() {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            shared.shadow.send(
+                &shared.stats,
+                to,
+                recorder,
+                &parts.method,
+                target,
+                &parts.headers,
+            );
+        } else {
+            shared.stats.record_shadow_skipped();
+        }
+    }
 
     match upstreams
         .send(addr, routed, Request::from_parts(parts, body))

@@ -7,6 +7,10 @@
 //! or cookie goes to the candidate when `fnv1a(value) mod 100 < w`: a client keeps its
 //! version while the weight is unchanged, and moves only when the weight crosses its
 //! bucket (raising the weight never moves a client back to stable).
+//! A header route comes first: a request meeting every one of its conditions goes to the
+//! candidate whatever the weight (and is not mirrored). A mirror copies every
+//! `100/percent`-th request served by the stable version, by the same error-diffusion
+//! counter, so any 100 consecutive stable-served requests mirror exactly `percent`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +20,7 @@ use hyper::header::COOKIE;
 
 use super::Backend;
 use super::stats::Recorder;
-use crate::model::plan::Sticky;
+use crate::model::plan::{MatchOn, MatchValue, RequestMatch, Routing, Sticky};
 
 /// Whether the `n`-th request (from 0) at `weight`% goes to the candidate.
 pub(crate) fn smooth_pick(n: u64, weight: u8) -> bool {
@@ -48,16 +52,77 @@ pub(crate) fn request_bucket(sticky: &Sticky, headers: &HeaderMap) -> Option<u8>
             .map(|v| v.as_bytes())
             .filter(|v| !v.is_empty())
             .map(sticky_bucket),
-        Sticky::Cookie(name) => headers
-            .get_all(COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (&pair[..eq] == name.as_bytes() && eq + 1 < pair.len())
-                    .then(|| sticky_bucket(&pair[eq + 1..]))
-            }),
+        Sticky::Cookie(name) => cookies(headers, name)
+            .find(|v| !v.is_empty())
+            .map(sticky_bucket),
+    }
+}
+
+/// The values of the cookie `name` in a request's `Cookie` headers, in order.
+fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+/// One condition of a header route, ready to test requests.
+#[derive(Debug)]
+pub(crate) struct Condition {
+    on: MatchOn,
+    value: Value,
+}
+
+#[derive(Debug)]
+enum Value {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    /// Anchored at both ends: the whole value must match.
+    Regex(regex::bytes::Regex),
+}
+
+impl Condition {
+    /// `Err` for a pattern that does not compile (validation refuses those first).
+    pub fn new(m: &RequestMatch) -> Result<Self, String> {
+        let value = match &m.value {
+            MatchValue::Exact(v) => Value::Exact(v.as_bytes().to_vec()),
+            MatchValue::Prefix(v) => Value::Prefix(v.as_bytes().to_vec()),
+            MatchValue::Regex(r) => Value::Regex(
+                regex::bytes::RegexBuilder::new(&format!("^(?:{r})$"))
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| format!("pattern `{r}`: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            on: m.on.clone(),
+            value,
+        })
+    }
+
+    fn matches(&self, v: &[u8]) -> bool {
+        match &self.value {
+            Value::Exact(x) => v == x.as_slice(),
+            Value::Prefix(p) => v.starts_with(p),
+            Value::Regex(r) => r.is_match(v),
+        }
+    }
+
+    /// Whether the request carries the header or cookie with a matching value (any of
+    /// its values, when it carries several).
+    pub fn holds(&self, headers: &HeaderMap) -> bool {
+        match &self.on {
+            MatchOn::Header(name) => headers
+                .get_all(name.as_str())
+                .iter()
+                .any(|v| self.matches(v.as_bytes())),
+            MatchOn::Cookie(name) => cookies(headers, name).any(|v| self.matches(v)),
+        }
     }
 }
 
@@ -70,13 +135,30 @@ pub(crate) struct Routed {
     pub recorder: Recorder,
 }
 
-/// One routing state: replaced as a whole by `Proxy::set_routes`.
+/// One routing state: replaced as a whole by `Proxy::set_traffic`.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub stable: Option<Arc<Routed>>,
     pub candidate: Option<Arc<Routed>>,
     pub weight: u8,
     seq: AtomicU64,
+    /// A header route: all must hold; empty, none. Only with both backends.
+    pub conditions: Vec<Condition>,
+    /// The share of stable-served requests copied to the candidate (0: none).
+    pub mirror: u8,
+    mirror_seq: AtomicU64,
+    /// Where the candidate's answers to copies are counted (`"<version> shadow"`).
+    pub shadow: Option<Recorder>,
+    /// The header route and mirror as asked (what `conditions` and `mirror` came from).
+    pub routing: Routing,
+}
+
+/// Where one request goes.
+#[derive(Debug)]
+pub(crate) struct Pick<'t> {
+    pub to: &'t Arc<Routed>,
+    /// Also copy it to this backend (the candidate), its answer thrown away.
+    pub mirror: Option<&'t Arc<Routed>>,
 }
 
 impl Table {
@@ -85,8 +167,23 @@ impl Table {
             stable,
             candidate,
             weight: weight.min(100),
-            seq: AtomicU64::new(0),
+            ..Self::default()
         }
+    }
+
+    /// With a header route and a mirror (they apply only while both backends are routed).
+    #[must_use]
+    pub fn shaped(
+        mut self,
+        routing: Routing,
+        conditions: Vec<Condition>,
+        shadow: Option<Recorder>,
+    ) -> Self {
+        self.conditions = conditions;
+        self.mirror = routing.mirror.min(100);
+        self.shadow = shadow;
+        self.routing = routing;
+        self
     }
 
     /// The addresses this table routes to.
@@ -94,19 +191,30 @@ impl Table {
         [&self.stable, &self.candidate].map(|r| r.as_ref().map(|r| r.backend.addr))
     }
 
-    /// The backend for the next request; `bucket` is its sticky bucket, if any.
-    /// With one backend only, it takes everything.
-    pub fn pick(&self, bucket: Option<u8>) -> Option<&Arc<Routed>> {
+    /// Where a request with these headers goes (`bucket`: its sticky bucket, if any): a
+    /// header route first, then the weight (sticky or smooth); a stable-served request
+    /// may also be mirrored. With one backend only, it takes everything.
+    pub fn pick_for(&self, bucket: Option<u8>, headers: &HeaderMap) -> Option<Pick<'_>> {
+        let only = |to| Some(Pick { to, mirror: None });
         match (&self.stable, &self.candidate) {
             (None, None) => None,
-            (Some(s), None) => Some(s),
-            (None, Some(c)) => Some(c),
+            (Some(s), None) => only(s),
+            (None, Some(c)) => only(c),
             (Some(s), Some(c)) => {
+                if !self.conditions.is_empty() && self.conditions.iter().all(|m| m.holds(headers)) {
+                    return only(c);
+                }
                 let to_candidate = match bucket {
                     Some(b) => b < self.weight,
                     None => smooth_pick(self.seq.fetch_add(1, Ordering::Relaxed), self.weight),
                 };
-                Some(if to_candidate { c } else { s })
+                if to_candidate {
+                    return only(c);
+                }
+                let mirror = (self.mirror > 0
+                    && smooth_pick(self.mirror_seq.fetch_add(1, Ordering::Relaxed), self.mirror))
+                .then_some(c);
+                Some(Pick { to: s, mirror })
             }
         }
     }
@@ -147,6 +255,52 @@ mod tests {
             counts[usize::from(sticky_bucket(format!("user-{i}").as_bytes()) / 10)] += 1;
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    fn cond(on: MatchOn, value: MatchValue) -> Condition {
+        Condition::new(&RequestMatch { on, value }).expect("compiles")
+    }
+
+    #[test]
+    fn conditions_match_headers_and_cookies_by_value_prefix_and_whole_pattern() {
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", HeaderValue::from_static("1"));
+        h.append("x-group", HeaderValue::from_static("beta-testers"));
+        h.append(COOKIE, HeaderValue::from_static("a=1; tier=gold"));
+        let header = |v| MatchOn::Header(v);
+        let exact = |v: &str| MatchValue::Exact(v.to_owned());
+        // Header names are case-insensitive; values are exact.
+        assert!(cond(header("X-Canary".into()), exact("1")).holds(&h));
+        assert!(!cond(header("X-Canary".into()), exact("10")).holds(&h));
+        assert!(!cond(header("x-missing".into()), exact("1")).holds(&h));
+        assert!(cond(header("x-group".into()), MatchValue::Prefix("beta".into())).holds(&h));
+        assert!(
+            !cond(
+                header("x-group".into()),
+                MatchValue::Prefix("testers".into())
+            )
+            .holds(&h)
+        );
+        // A pattern must match the whole value.
+        assert!(
+            cond(
+                header("x-group".into()),
+                MatchValue::Regex("beta-.*".into())
+            )
+            .holds(&h)
+        );
+        assert!(!cond(header("x-group".into()), MatchValue::Regex("beta".into())).holds(&h));
+        // Cookies by name (exact), among several.
+        assert!(cond(MatchOn::Cookie("tier".into()), exact("gold")).holds(&h));
+        assert!(!cond(MatchOn::Cookie("Tier".into()), exact("gold")).holds(&h));
+        assert!(!cond(MatchOn::Cookie("tier".into()), exact("silver")).holds(&h));
+        assert!(
+            Condition::new(&RequestMatch {
+                on: header("x".into()),
+                value: MatchValue::Regex("(".into())
+            })
+            .is_err()
+        );
     }
 
     #[test]

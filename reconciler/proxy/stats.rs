@@ -176,6 +176,15 @@ pub struct Stats {
     unrouted: AtomicU64,
     /// Client connections closed unserved: the connection cap was reached.
     refused: AtomicU64,
+    /// Mirror copies not sent: too many outstanding (backpressure) / a request body.
+    shadow_dropped: AtomicU64,
+    shadow_skipped: AtomicU64,
+}
+
+/// The series a version's answers to mirrored copies are counted under: `"<version>
+/// shadow"` (an artifact is one word, so it is never another version's name).
+pub fn shadow_series(version: &str) -> String {
+    format!("{version} shadow")
 }
 
 impl Default for Stats {
@@ -293,6 +302,8 @@ impl Stats {
             versions: Mutex::new(HashMap::new()),
             unrouted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            shadow_dropped: AtomicU64::new(0),
+            shadow_skipped: AtomicU64::new(0),
         }
     }
 
@@ -360,6 +371,24 @@ impl Stats {
     /// Count a client connection closed unserved (the connection cap was reached).
     pub fn record_refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a mirror copy dropped because too many were outstanding.
+    pub fn record_shadow_dropped(&self) {
+        self.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a request not mirrored because it has a body.
+    pub fn record_shadow_skipped(&self) {
+        self.shadow_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mirror copies dropped (backpressure) and skipped (a body), since the proxy started.
+    pub fn shadow_not_sent(&self) -> (u64, u64) {
+        (
+            self.shadow_dropped.load(Ordering::Relaxed),
+            self.shadow_skipped.load(Ordering::Relaxed),
+        )
     }
 
     /// Client connections closed unserved, since the proxy started.
@@ -483,6 +512,17 @@ impl Stats {
             out,
             "rollgate_proxy_connections_refused_total {}",
             self.refused()
+        );
+        let (dropped, skipped) = self.shadow_not_sent();
+        out.push_str("# HELP rollgate_proxy_mirror_not_sent_total Requests that a mirror step would have copied but did not: too many copies outstanding (backpressure), or a request body.\n");
+        out.push_str("# TYPE rollgate_proxy_mirror_not_sent_total counter\n");
+        let _ = writeln!(
+            out,
+            "rollgate_proxy_mirror_not_sent_total{{reason=\"backpressure\"}} {dropped}"
+        );
+        let _ = writeln!(
+            out,
+            "rollgate_proxy_mirror_not_sent_total{{reason=\"body\"}} {skipped}"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! client, the proxy in between. Each test builds its own runtime for backends and
 //! clients; the proxy runs on its own, as in production.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +21,8 @@ use tokio::sync::watch;
 use super::*;
 use crate::metrics::MetricsSource;
 use crate::metrics::builtin::{Builtin, Registry};
+
+mod shaping;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()

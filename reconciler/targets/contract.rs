@@ -60,6 +60,7 @@ pub fn run(
         stable: stable.clone(),
         candidate: Some(v2.to_owned()),
         weight: 0,
+        ..Default::default()
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),
@@ -74,6 +75,7 @@ pub fn run(
             stable: stable.clone(),
             candidate: Some(v2.to_owned()),
             weight: w,
+            ..Default::default()
         };
         assert_eq!(
             settle(target, plan, &d, polls, pause),
@@ -97,6 +99,7 @@ pub fn run(
         stable: Some(v2.to_owned()),
         candidate: None,
         weight: 0,
+        ..Default::default()
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),
@@ -112,6 +115,7 @@ pub fn run(
         stable: Some(v2.to_owned()),
         candidate: Some(v3.to_owned()),
         weight: rollback_at,
+        ..Default::default()
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),
@@ -125,6 +129,7 @@ pub fn run(
         stable: Some(v2.to_owned()),
         candidate: None,
         weight: 0,
+        ..Default::default()
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use super::{Desired, Target, TargetError};
 use crate::engine::TargetHealth;
 use crate::model::Plan;
+use crate::model::plan::Routing;
 
 /// The state one plan's workload would be in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +19,7 @@ pub struct Workload {
     pub stable: Option<String>,
     pub candidate: Option<String>,
     pub weight: u8,
+    pub routing: Routing,
 }
 
 #[derive(Debug, Default)]
@@ -60,12 +62,22 @@ impl DryRun {
             "start" => {
                 w.candidate = Some(arg.to_owned());
                 w.weight = 0;
+                w.routing = Routing::default();
             }
             "weight" => w.weight = arg.parse().unwrap_or(w.weight),
+            "routing" => {
+                if let Some(r) = serde_json::from_str(arg)
+                    .ok()
+                    .and_then(|r| Routing::from_wire(&r))
+                {
+                    w.routing = r;
+                }
+            }
             "promote" => {
                 w.stable = Some(arg.to_owned());
                 w.candidate = None;
                 w.weight = 0;
+                w.routing = Routing::default();
             }
             "rollback" => {
                 if !arg.is_empty() {
@@ -73,6 +85,7 @@ impl DryRun {
                 }
                 w.candidate = None;
                 w.weight = 0;
+                w.routing = Routing::default();
             }
             _ => {}
         }
@@ -111,6 +124,22 @@ impl Target for DryRun {
         self.record(plan, "weight", &weight.to_string())
     }
 
+    /// Journalled as `plan routing {"match":[…],"mirror":N}` (one line of JSON).
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        let caps = plan.workload.capabilities();
+        if (!routing.matches.is_empty() && !caps.header_route)
+            || (routing.mirror > 0 && !caps.mirror)
+        {
+            return Err(TargetError::refused(format!(
+                "{} workloads cannot route by header or mirror requests",
+                plan.workload.kind()
+            )));
+        }
+        let json = serde_json::to_string(&routing.to_wire())
+            .map_err(|e| TargetError::failed(format!("routing: {e}")))?;
+        self.record(plan, "routing", &json)
+    }
+
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
         self.record(plan, "promote", artifact)
     }
@@ -138,6 +167,7 @@ impl Target for DryRun {
             stable: w.stable,
             candidate: w.candidate,
             weight: w.weight,
+            routing: w.routing,
         };
         if &now == desired
             || (desired.stable.is_none()
@@ -208,7 +238,8 @@ mod tests {
             Workload {
                 stable: Some("v2".to_owned()),
                 candidate: None,
-                weight: 0
+                weight: 0,
+                ..Default::default()
             }
         );
         contract::run(

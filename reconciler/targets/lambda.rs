@@ -688,6 +688,7 @@ mod tests {
             stable: stable.map(str::to_owned),
             candidate: candidate.map(str::to_owned),
             weight,
+            ..Default::default()
         }
     }
 

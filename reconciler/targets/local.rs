@@ -38,7 +38,7 @@ use crate::dataplane::identity::Identity;
 use crate::engine::TargetHealth;
 use crate::metrics::builtin::Registry;
 use crate::model::Plan;
-use crate::model::plan::{LocalWorkload, Workload};
+use crate::model::plan::{LocalWorkload, Routing, Workload};
 use crate::proxy::{Backend, Proxy};
 
 /// Restarts within a short time after which a process counts as crash-looping.
@@ -72,6 +72,9 @@ pub enum Op {
     },
     SetWeight {
         weight: u8,
+    },
+    SetRouting {
+        routing: Routing,
     },
     Promote {
         artifact: String,
@@ -148,16 +151,24 @@ struct Runtime {
     stable: Option<Instance>,
     candidate: Option<Instance>,
     weight: u8,
+    /// Header route and mirror; in force only while both versions run.
+    routing: Routing,
 }
 
 impl Runtime {
-    fn route(&self) {
+    fn route(&self) -> Result<(), TargetError> {
         let stable = self.stable.as_ref().map(Instance::backend);
         let candidate = self.candidate.as_ref().map(Instance::backend);
         match (stable, candidate) {
             // Nothing else can serve: the only version takes everything.
-            (None, Some(c)) => self.proxy.set_routes(Some(c), None, 0),
-            (s, c) => self.proxy.set_routes(s, c, self.weight),
+            (None, Some(c)) => {
+                self.proxy.set_routes(Some(c), None, 0);
+                Ok(())
+            }
+            (s, c) => self
+                .proxy
+                .set_traffic(s, c, self.weight, &self.routing)
+                .map_err(TargetError::refused),
         }
     }
 }
@@ -301,6 +312,7 @@ impl LocalTarget {
                     stable: None,
                     candidate: None,
                     weight: 0,
+                    routing: Routing::default(),
                 },
             );
         }
@@ -469,6 +481,7 @@ impl LocalTarget {
         match op {
             Op::StartCandidate { artifact } => done(self.start_candidate_of(spec, artifact)),
             Op::SetWeight { weight } => done(self.set_weight_of(spec, *weight)),
+            Op::SetRouting { routing } => done(self.set_routing_of(spec, routing)),
             Op::Promote { artifact } => done(self.promote_of(spec, artifact)),
             Op::Rollback { stable } => done(self.rollback_of(spec, stable.as_deref())),
             Op::Resume {
@@ -491,7 +504,8 @@ impl LocalTarget {
         let rt = self.runtime(spec)?;
         let old = rt.candidate.replace(inst);
         rt.weight = 0;
-        rt.route();
+        rt.routing = Routing::default();
+        rt.route()?;
         if let Some(old) = old {
             rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
             old.stop();
@@ -506,7 +520,22 @@ impl LocalTarget {
         }
         if rt.weight != weight.min(100) {
             rt.weight = weight.min(100);
-            rt.route();
+            rt.route()?;
+        }
+        Ok(())
+    }
+
+    fn set_routing_of(&mut self, spec: &Spec, routing: &Routing) -> Result<(), TargetError> {
+        let rt = self.runtime(spec)?;
+        if rt.candidate.is_none() {
+            return Err(err(format!("no candidate is running for {}", spec.plan)));
+        }
+        if rt.routing != *routing {
+            let before = std::mem::replace(&mut rt.routing, routing.clone());
+            if let Err(e) = rt.route() {
+                rt.routing = before;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -531,7 +560,8 @@ impl LocalTarget {
             .ok_or_else(|| err("no candidate to promote"))?;
         let old = rt.stable.replace(new);
         rt.weight = 0;
-        rt.route();
+        rt.routing = Routing::default();
+        rt.route()?;
         if let Some(old) = old {
             rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
             old.stop();
@@ -547,7 +577,7 @@ impl LocalTarget {
             let inst = self.spawn(spec, v)?;
             let rt = self.runtime(spec)?;
             if let Some(old) = rt.stable.replace(inst) {
-                rt.route();
+                rt.route()?;
                 rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
                 old.stop();
             }
@@ -555,7 +585,8 @@ impl LocalTarget {
         let rt = self.runtime(spec)?;
         let cand = rt.candidate.take();
         rt.weight = 0;
-        rt.route();
+        rt.routing = Routing::default();
+        rt.route()?;
         if let Some(c) = cand {
             rt.proxy.drain(c.addr, DRAIN_TIMEOUT);
             c.stop();
@@ -582,7 +613,7 @@ impl LocalTarget {
             let inst = self.spawn(spec, v)?;
             let rt = self.runtime(spec)?;
             let old = rt.stable.replace(inst);
-            rt.route();
+            rt.route()?;
             if let Some(old) = old {
                 rt.proxy.drain(old.addr, DRAIN_TIMEOUT);
                 old.stop();
@@ -612,7 +643,9 @@ impl LocalTarget {
         {
             return TargetHealth::Progressing;
         }
-        if desired.candidate.is_some() && rt.weight != desired.weight {
+        if desired.candidate.is_some()
+            && (rt.weight != desired.weight || rt.routing != desired.routing)
+        {
             return TargetHealth::Progressing;
         }
         for i in [&rt.candidate, &rt.stable].into_iter().flatten() {
@@ -716,6 +749,10 @@ impl Target for LocalTarget {
 
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
         self.set_weight_of(&Spec::of(plan)?, weight)
+    }
+
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        self.set_routing_of(&Spec::of(plan)?, routing)
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {

@@ -22,14 +22,17 @@ pub mod local_jobs;
 
 use crate::engine::TargetHealth;
 use crate::model::Plan;
+use crate::model::plan::Routing;
 
 /// What the target should look like now, for health checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Desired {
     pub stable: Option<String>,
     /// `None` when no candidate should be running.
     pub candidate: Option<String>,
     pub weight: u8,
+    /// The header route and mirror in force (empty without a candidate).
+    pub routing: Routing,
 }
 
 /// An error talking to the target. The rollout holds; it never counts as a pass.
@@ -104,6 +107,21 @@ pub trait Target: Send {
     fn rollback(&mut self, plan: &Plan, stable: Option<&str>) -> Result<(), TargetError>;
     /// How close the target is to `desired`.
     fn health(&mut self, plan: &Plan, desired: &Desired) -> TargetHealth;
+
+    /// Route requests by header or cookie to the candidate, and mirror a share of the
+    /// rest to it, as `routing` says; weights stay as they are. Promotion and rollback
+    /// take both away. Validation refuses these steps on a workload whose
+    /// `Workload::capabilities` lack them, so a target that has none never gets a
+    /// non-empty routing; it refuses one, and accepts the empty one.
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        if routing.is_empty() {
+            return Ok(());
+        }
+        Err(TargetError::refused(format!(
+            "{} workloads cannot route by header or mirror requests",
+            plan.workload.kind()
+        )))
+    }
 
     /// Whether the target's state lives outside the daemon (a cluster, a cloud alias)
     /// and so outlives a daemon restart. It decides what [`Target::resume`] does.

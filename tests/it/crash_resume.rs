@@ -269,7 +269,8 @@ fn a_daemon_killed_at_random_moments_ends_where_an_uninterrupted_one_ends() {
         Workload {
             stable: Some("v2".to_owned()),
             candidate: None,
-            weight: 0
+            weight: 0,
+            ..Default::default()
         }
     );
     // And no transition was recorded twice

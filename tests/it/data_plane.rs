@@ -281,6 +281,7 @@ fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
         stable: Some("v2".to_owned()),
         candidate: None,
         weight: 0,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -378,6 +379,7 @@ fn a_replaced_data_plane_gets_the_last_applied_state_back_before_anything_else()
         stable: Some("v1".to_owned()),
         candidate: Some("v2".to_owned()),
         weight: 20,
+        ..Default::default()
     };
     // Then the client's next call finds it, replays v1 + v2 at 20%, and reads healthy
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -141,6 +141,7 @@ fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
         stable: Some(stable.into()),
         candidate: candidate.map(str::to_owned),
         weight,
+        ..Default::default()
     }
 }
 

@@ -307,7 +307,8 @@ fn gateway_canary_objects_and_weights_after_every_step() {
             &Desired {
                 stable: Some("registry.example/web:v1".into()),
                 candidate: Some(V2.into()),
-                weight: 0
+                weight: 0,
+                ..Default::default()
             }
         ),
         TargetHealth::Healthy
@@ -360,7 +361,8 @@ fn gateway_canary_objects_and_weights_after_every_step() {
             &Desired {
                 stable: Some(V2.into()),
                 candidate: None,
-                weight: 0
+                weight: 0,
+                ..Default::default()
             }
         ),
         TargetHealth::Healthy
@@ -505,7 +507,8 @@ fn replica_ratio_canary_scales_replicas_after_every_step() {
                 &Desired {
                     stable: None,
                     candidate: Some(V2.into()),
-                    weight: w
+                    weight: w,
+                    ..Default::default()
                 }
             ),
             TargetHealth::Healthy
@@ -553,7 +556,8 @@ fn rollback_sends_traffic_to_stable_then_removes_the_canary() {
                 &Desired {
                     stable: Some("registry.example/web:v1".into()),
                     candidate: None,
-                    weight: 0
+                    weight: 0,
+                    ..Default::default()
                 }
             ),
             TargetHealth::Healthy,
@@ -688,6 +692,7 @@ fn a_candidate_past_its_progress_deadline_is_unhealthy() {
         stable: None,
         candidate: Some("registry.example/web:broken".into()),
         weight: 0,
+        ..Default::default()
     };
     let mut last = TargetHealth::Progressing;
     poll_until(Duration::from_secs(10), || {
@@ -1023,6 +1028,7 @@ fn a_missing_stable_deployment_holds_the_rollout() {
             stable: None,
             candidate: Some(V2.into()),
             weight: 0,
+            ..Default::default()
         },
     );
     assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
@@ -1159,6 +1165,7 @@ fn the_target_sends_only_verbs_rbac_grants() {
                 stable: None,
                 candidate: Some(V2.into()),
                 weight: 50,
+                ..Default::default()
             },
         );
         t.rollback(&p, None).expect("rollback");
@@ -1510,6 +1517,7 @@ fn a_tls_client_starts_and_an_unreachable_cluster_holds() {
             stable: None,
             candidate: None,
             weight: 0,
+            ..Default::default()
         },
     );
     assert!(matches!(h, TargetHealth::Unreachable { .. }), "{h:?}");
@@ -1584,6 +1592,7 @@ fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
         stable: Some(stable.into()),
         candidate: candidate.map(str::to_owned),
         weight,
+        ..Default::default()
     }
 }
 

@@ -86,6 +86,7 @@ fn desired(stable: &str, candidate: Option<&str>, weight: u8) -> Desired {
         stable: Some(stable.to_owned()),
         candidate: candidate.map(str::to_owned),
         weight,
+        ..Default::default()
     }
 }
 

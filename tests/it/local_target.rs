@@ -131,6 +131,7 @@ fn the_candidate_share_follows_the_weight() {
                 stable: Some("v1".into()),
                 candidate: Some("v2".into()),
                 weight,
+                ..Default::default()
             },
         );
         // Then over 4,000 real requests v2's share is within 3 points of it
@@ -202,6 +203,7 @@ fn a_crash_looping_candidate_is_unhealthy() {
         stable: None,
         candidate: Some("v1".into()),
         weight: 0,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -120,7 +120,8 @@ fn regression_a_status_file_forged_by_a_human_commit_is_ignored() {
         Workload {
             stable: Some("v1".to_owned()),
             candidate: Some("v2".to_owned()),
-            weight: 20
+            weight: 20,
+            ..Default::default()
         }
     );
     // And a real promote continues from the state rollgate wrote, and Git converges

@@ -21,6 +21,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 /// requests with 500; `marker` goes into every workload's argv, so the test can find
 /// (and count) its processes.
 pub fn plan_yaml(port: u16, artifact: &str, bad: bool, steps: &str, marker: &str) -> String {
+    plan_yaml_with(port, artifact, bad, steps, marker, "")
+}
+
+/// `plan_yaml` with more entries under `checks:` (`extra`: YAML lines, each `    - {…}`).
+pub fn plan_yaml_with(
+    port: u16,
+    artifact: &str,
+    bad: bool,
+    steps: &str,
+    marker: &str,
+    extra: &str,
+) -> String {
     let fail = if bad { artifact } else { marker };
     format!(
         "apiVersion: rollgate.dev/v1alpha1
@@ -39,7 +51,7 @@ spec:
       steps: {steps}
   checks:
     - {{ name: success-rate, source: builtin, query: success-rate, interval: 300ms, judge: {{ min: 0.95 }} }}
-  minSamples: 10
+{extra}  minSamples: 10
 "
     )
 }
@@ -55,10 +67,17 @@ pub struct World {
     pub steps: String,
     /// In the argv of every workload of this test (`--fail-version <marker>`).
     pub marker: String,
+    /// More checks in the plan (`plan_yaml_with`).
+    pub checks: String,
 }
 
 impl World {
     pub fn new(steps: &str) -> World {
+        Self::with_checks(steps, "")
+    }
+
+    /// A world whose plan has these checks besides `success-rate` (`plan_yaml_with`).
+    pub fn with_checks(steps: &str, checks: &str) -> World {
         let seed = tempfile::tempdir().expect("seed");
         let port = free_port();
         let marker = format!("none-{}-{port}", std::process::id());
@@ -70,7 +89,7 @@ impl World {
         .expect("settings");
         std::fs::write(
             seed.path().join("plans/web.yaml"),
-            plan_yaml(port, "v1", false, steps, &marker),
+            plan_yaml_with(port, "v1", false, steps, &marker, checks),
         )
         .expect("plan");
         let remote = Remote::seeded_from(seed.path());
@@ -83,6 +102,7 @@ impl World {
             state,
             steps: steps.to_owned(),
             marker,
+            checks: checks.to_owned(),
         }
     }
 
@@ -185,7 +205,16 @@ impl World {
     pub fn roll_out(&self, artifact: &str, bad: bool) -> String {
         self.remote.human_commit(
             "plans/web.yaml",
-            |_| plan_yaml(self.port, artifact, bad, &self.steps, &self.marker),
+            |_| {
+                plan_yaml_with(
+                    self.port,
+                    artifact,
+                    bad,
+                    &self.steps,
+                    &self.marker,
+                    &self.checks,
+                )
+            },
             &format!("web: {artifact}"),
         )
     }

@@ -25,6 +25,11 @@ pub const BUILTIN_QUERIES: &[&str] = &[
     "latency-p50",
     "latency-p95",
     "latency-p99",
+    "shadow-success-rate",
+    "shadow-error-rate",
+    "shadow-latency-p50",
+    "shadow-latency-p95",
+    "shadow-latency-p99",
     "replica-health",
 ];
 

@@ -295,7 +295,7 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
     let artifact = artifact::artifact(cx, w);
     let (checks, jobs) = checks::checks(cx, s, settings);
     let hooks = jobs::hooks(cx, s);
-    let strategy = strategy::strategy(cx, s);
+    let strategy = strategy::strategy(cx, s, &workload);
     let windows = windows::windows(cx, s);
     let rollback = rollback::rollback(cx, s);
     let progress_deadline = rollback::progress_deadline(cx, s);

@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use crate::model::diagnostics::{Code, did_you_mean};
 use crate::model::duration;
-use crate::model::plan::{self, Analysis, Step, Strategy};
+use crate::model::plan::{
+    self, Analysis, MatchOn, MatchValue, RequestMatch, Step, Strategy, Workload,
+};
 use crate::model::wire;
 
 use super::{Ctx, P};
 
 /// Check the strategy and build it; analyses are checked against `s.checks` by name.
-pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec) -> Strategy {
+pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload) -> Strategy {
     use P::{I, K};
     let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();
     let job_names: Vec<String> = s
@@ -105,6 +107,37 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec) -> Strategy {
                             duration: d,
                         }));
                     }
+                    wire::Step::SetHeaderRoute(r) => {
+                        let here = at("setHeaderRoute", &[]);
+                        if !workload.capabilities().header_route {
+                            unsupported(cx, &here, "setHeaderRoute", workload);
+                        }
+                        let matches = r
+                            .matches
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(j, m)| {
+                                request_match(cx, m, &at("setHeaderRoute", &[K("match"), I(j)]))
+                            })
+                            .collect();
+                        steps.push(Step::SetHeaderRoute(matches));
+                    }
+                    wire::Step::SetMirror(m) => {
+                        let here = at("setMirror", &[K("percent")]);
+                        if !workload.capabilities().mirror {
+                            unsupported(cx, &at("setMirror", &[]), "setMirror", workload);
+                        }
+                        if !(0..=100).contains(&m.percent) {
+                            cx.err(
+                                &here,
+                                Code::InvalidValue,
+                                format!("mirror percent {} is outside 0-100", m.percent),
+                            );
+                        }
+                        steps.push(Step::SetMirror(
+                            u8::try_from(m.percent.clamp(0, 100)).unwrap_or(0),
+                        ));
+                    }
                 }
             }
             let reaches_full = matches!(last_weight, Some((100, _)));
@@ -175,6 +208,109 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec) -> Strategy {
             }
         }
     }
+}
+
+/// A step this workload's target cannot take: refused here, never met at run time.
+fn unsupported(cx: &mut Ctx<'_>, path: &[P<'static>], step: &str, workload: &Workload) {
+    cx.err(
+        path,
+        Code::UnsupportedTraffic,
+        format!("a {} workload cannot take `{step}`", workload.kind()),
+    )
+    .help = Some(format!(
+        "`{step}` is supported on {}; {}",
+        plan::SHAPING_WORKLOADS,
+        match workload {
+            Workload::Lambda(_) => "a Lambda alias routes by weight only",
+            Workload::Knative(_) => "a Knative Service routes by weight and tag only",
+            Workload::Kubernetes(_) => "use weights (setWeight) on this workload",
+            Workload::Local(_) => "",
+        }
+    ));
+}
+
+/// The longest regular expression a match may carry; its compiled size is bounded too.
+const MAX_PATTERN: usize = 1024;
+
+/// One condition of a header route: a header or a cookie, and one way to match it.
+fn request_match(
+    cx: &mut Ctx<'_>,
+    m: &wire::RequestMatch,
+    path: &[P<'static>],
+) -> Option<RequestMatch> {
+    use P::K;
+    let key = |k: &'static str| -> Vec<P<'static>> { path.iter().copied().chain([K(k)]).collect() };
+    let on = match (&m.header, &m.cookie) {
+        (Some(h), None) => {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                cx.err(
+                    &key("header"),
+                    Code::InvalidValue,
+                    format!("`{h}` is not a header name"),
+                );
+                return None;
+            }
+            MatchOn::Header(h.clone())
+        }
+        (None, Some(c)) => {
+            if c.is_empty() || !c.bytes().all(is_token_byte) {
+                cx.err(
+                    &key("cookie"),
+                    Code::InvalidValue,
+                    format!("`{c}` is not a cookie name"),
+                );
+                return None;
+            }
+            MatchOn::Cookie(c.clone())
+        }
+        _ => {
+            cx.err(
+                path,
+                Code::InvalidValue,
+                "a match names exactly one of `header` or `cookie`",
+            )
+            .help = Some("e.g. `{ header: X-Canary, value: \"1\" }`".to_owned());
+            return None;
+        }
+    };
+    let value = match (&m.value, &m.prefix, &m.regex) {
+        (Some(v), None, None) => MatchValue::Exact(v.clone()),
+        (None, Some(p), None) => MatchValue::Prefix(p.clone()),
+        (None, None, Some(r)) => {
+            let compiled = if r.len() <= MAX_PATTERN {
+                regex::RegexBuilder::new(r)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!("longer than {MAX_PATTERN} characters"))
+            };
+            if let Err(e) = compiled {
+                let first = e.lines().last().unwrap_or("invalid").trim().to_owned();
+                cx.err(
+                    &key("regex"),
+                    Code::InvalidValue,
+                    format!("`{r}` is not a regular expression: {first}"),
+                );
+                return None;
+            }
+            MatchValue::Regex(r.clone())
+        }
+        _ => {
+            cx.err(
+                path,
+                Code::InvalidValue,
+                "a match has exactly one of `value`, `prefix` or `regex`",
+            );
+            return None;
+        }
+    };
+    Some(RequestMatch { on, value })
+}
+
+/// A byte of an HTTP token (RFC 9110 `tchar`): what header and cookie names are made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The checks an analysis names (at `path`): at least one, each declared in the plan.
