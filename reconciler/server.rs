@@ -1,5 +1,6 @@
-//! The daemon's HTTP side: `/healthz`, `/readyz`, `/metrics`, and the GitHub webhook
-//! endpoint when it is configured (`github::handle`).
+//! The daemon's HTTP side: `/healthz`, `/readyz`, `/metrics`, the read-only dashboard
+//! (`dashboard::router`, at `/`), and the GitHub webhook endpoint when it is configured
+//! (`github::handle`).
 //!
 //! It runs on its own small tokio runtime so the reconcile loop stays synchronous and
 //! an HTTP flood cannot starve it. Its own accept loop (not `axum::serve`, which sets no
@@ -104,7 +105,7 @@ pub fn start(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Server> {
     start_with(addr, health, None)
 }
 
-/// Like `start`, plus `routes` (the webhook endpoint).
+/// Like `start`, plus `routes` (the dashboard, the webhook endpoint).
 pub fn start_with(
     addr: SocketAddr,
     health: Arc<Health>,
@@ -117,7 +118,7 @@ pub fn start_with(
         .build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let bound = listener.local_addr()?;
-    let webhooks = routes.is_some();
+    let extra = routes.is_some();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -128,8 +129,8 @@ pub fn start_with(
     }
     let app = app.fallback(not_found);
     runtime.spawn(accept_loop(listener, app));
-    if webhooks {
-        tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics, /webhooks/github");
+    if extra {
+        tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics and more (dashboard, webhooks)");
     } else {
         tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     }

@@ -26,6 +26,15 @@ pub enum Output {
     Json,
 }
 
+/// What `rollgate history` writes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum HistoryOutput {
+    Text,
+    Json,
+    /// One rollout's timeline picture (an SVG document).
+    Svg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check a repository: every plan against the schema and the policies.
@@ -103,18 +112,41 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         work_ms: u64,
     },
+    /// A local job check's keeper (started by the local target's job runner): runs the
+    /// job described in DIR/job.json, enforces its timeout, records how it ended in
+    /// DIR/result.json; it outlives the daemon that started it.
+    #[command(hide = true)]
+    JobRun { dir: std::path::PathBuf },
     /// Run the canary-versus-baseline judge offline on numbers, to replay or explain a verdict.
     Judge(JudgeArgs),
-    /// Every transition of every rollout, from the commit trailers alone.
+    /// Every transition of every rollout, from the commit trailers alone; `--output svg
+    /// PLAN` draws one rollout as a timeline picture.
     History {
-        /// Only this plan.
+        /// Only this plan (needed for `--output svg`).
         plan: Option<String>,
         #[arg(long, default_value = ".")]
         repo: String,
         #[arg(long)]
         branch: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
-        output: Output,
+        output: HistoryOutput,
+        /// With `--output svg`: which rollout of the plan, 1 the first (default: the last).
+        #[arg(long)]
+        rollout: Option<usize>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A read-only web dashboard of every plan, from Git alone (no daemon needed).
+    Dashboard {
+        /// A repository on this machine (a checkout or a bare repository).
+        #[arg(long, default_value = ".")]
+        repo: String,
+        #[arg(long)]
+        branch: Option<String>,
+        /// Where to serve it.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Preview a change before it is merged: verdicts (judged by base's settings and
     /// policies), the diff and the dry run of every plan it touches.
@@ -226,6 +258,11 @@ pub struct RunArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` here (e.g. `127.0.0.1:9464`).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Also serve the read-only dashboard at `/` on `--listen`. It has no login: anyone
+    /// who reaches that address reads every plan's state, so it is off unless asked for
+    /// (`rollgate dashboard` serves it on its own address from a clone instead).
+    #[arg(long, requires = "listen")]
+    pub dashboard: bool,
     /// One of several replicas: act only while holding a coordination.k8s.io Lease;
     /// the others stand by and take over when it lapses.
     #[arg(long, conflicts_with = "once")]

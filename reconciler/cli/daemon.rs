@@ -191,10 +191,30 @@ pub(super) fn run_daemon(args: RunArgs) -> Result<ExitCode> {
     };
     let health = std::sync::Arc::new(crate::server::Health::default());
     let _server = match args.listen {
-        Some(addr) => Some(
-            crate::server::start_with(addr, health.clone(), webhooks.as_ref().map(|w| w.router()))
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        ),
+        Some(addr) => {
+            // The read-only dashboard at `/` (#20), read from the daemon's own clone, only
+            // when asked for: the port also faces GitHub's webhooks and the probes.
+            let mut routes = args.dashboard.then(|| {
+                let board = crate::dashboard::GitBoard::clone_of(
+                    &work_dir(&args.state_dir, &url),
+                    &args.branch,
+                    &url,
+                );
+                crate::dashboard::router(std::sync::Arc::new(board))
+            });
+            if let Some(w) = webhooks.as_ref() {
+                routes = Some(match routes {
+                    Some(r) => r.merge(w.router()),
+                    None => w.router(),
+                });
+            }
+            let server = crate::server::start_with(addr, health.clone(), routes)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            if args.dashboard {
+                tracing::info!(url = %format!("http://{}/", server.addr), "dashboard");
+            }
+            Some(server)
+        }
         None => None,
     };
     let loader: crate::daemon::PolicyLoader = Box::new(crate::gate::repository_policies(

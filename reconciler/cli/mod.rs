@@ -76,7 +76,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             branch,
             output,
-        } => history(&repo, branch.as_deref(), plan.as_deref(), output),
+            rollout,
+            out,
+        } => history(&HistoryArgs {
+            repo: &repo,
+            branch: branch.as_deref(),
+            plan: plan.as_deref(),
+            output,
+            rollout,
+            out: out.as_deref(),
+        }),
+        Command::Dashboard {
+            repo,
+            branch,
+            listen,
+        } => dashboard(&repo, branch.as_deref(), listen),
         Command::Status {
             repo,
             branch,
@@ -85,6 +99,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan(&args),
         Command::Load { url, rps, duration } => load(&url, rps, duration.as_deref()),
         Command::Dataplane { command } => dataplane(command),
+        Command::JobRun { dir } => {
+            crate::targets::local_jobs::keep(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

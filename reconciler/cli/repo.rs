@@ -28,19 +28,56 @@ pub(super) fn command(c: crate::engine::Command, a: CommandArgs) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn history(
+pub(super) struct HistoryArgs<'a> {
+    pub repo: &'a str,
+    pub branch: Option<&'a str>,
+    pub plan: Option<&'a str>,
+    pub output: HistoryOutput,
+    pub rollout: Option<usize>,
+    pub out: Option<&'a Path>,
+}
+
+pub(super) fn history(a: &HistoryArgs<'_>) -> Result<ExitCode> {
+    if a.output != HistoryOutput::Svg && a.rollout.is_some() {
+        anyhow::bail!("--rollout is for --output svg");
+    }
+    let r = crate::history::open(a.repo)?;
+    let head = crate::history::resolve(&r, a.branch)?;
+    let entries = crate::history::collect(&r, head, a.plan)?;
+    let text = match a.output {
+        HistoryOutput::Text => crate::history::render_text(&entries),
+        HistoryOutput::Json => format!("{}\n", serde_json::to_string_pretty(&entries)?),
+        HistoryOutput::Svg => {
+            let Some(plan) = a.plan else {
+                anyhow::bail!(
+                    "--output svg draws one plan: name it (rollgate history --output svg PLAN)"
+                );
+            };
+            let timeline =
+                crate::timeline::for_plan(&entries, plan, a.rollout).map_err(anyhow::Error::msg)?;
+            crate::timeline::svg::render(&timeline)
+        }
+    };
+    match a.out {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rollgate dashboard`: the daemon's dashboard, served from a repository alone.
+pub(super) fn dashboard(
     repo: &str,
     branch: Option<&str>,
-    plan: Option<&str>,
-    output: Output,
+    listen: std::net::SocketAddr,
 ) -> Result<ExitCode> {
-    let r = crate::history::open(repo)?;
-    let head = crate::history::resolve(&r, branch)?;
-    let entries = crate::history::collect(&r, head, plan)?;
-    match output {
-        Output::Text => print!("{}", crate::history::render_text(&entries)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
-    }
+    init_logging(Output::Text);
+    let source = crate::dashboard::GitBoard::open(repo, branch)?;
+    let server = crate::dashboard::serve(listen, std::sync::Arc::new(source))
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("dashboard: http://{}/ (Ctrl-C to stop)", server.addr);
+    crate::dashboard::wait_for_ctrl_c();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,6 +49,7 @@ impl Reconciler {
         {
             tracing::info!(target_name = %gone, "target removed from the settings");
             self.targets.remove(&gone);
+            self.jobs.remove(&gone);
             a.targets.remove(&gone);
             counters_changed |= a.counters.remove(&gone).is_some();
         }
@@ -64,6 +65,10 @@ impl Reconciler {
             match crate::targets::factory::build(name, kind, &a.opts) {
                 Ok(built) => {
                     self.targets.insert(name.clone(), built.target);
+                    match built.jobs {
+                        Some(j) => self.jobs.insert(name.clone(), j),
+                        None => self.jobs.remove(name),
+                    };
                     if let Some(c) = built.counters {
                         a.counters.insert(name.clone(), c);
                         counters_changed = true;
@@ -72,6 +77,7 @@ impl Reconciler {
                 Err(why) => {
                     // Its plans hold (target not available); the others go on.
                     self.targets.remove(name);
+                    self.jobs.remove(name);
                     tracing::warn!(target_name = %name, error = %why, "target unavailable; its plans hold");
                 }
             }

@@ -95,6 +95,9 @@ struct Memo {
     conflicts: u32,
     /// The last warning said per cause (`Reconciler::news`): a repeat is not news.
     said: HashMap<String, String>,
+    /// Jobs started and not yet seen to end: (check, id). One the rollout no longer
+    /// wants (it moved on, rolled back) is stopped (`JobRunner::cleanup`).
+    jobs: Vec<(String, String)>,
 }
 
 /// A target action that failed, and when to try again: until then, and while the plan
@@ -144,6 +147,8 @@ pub struct Reconciler {
     /// Why the policies could not be loaded at this head (then every plan is rejected).
     policy_errors: Vec<Diagnostic>,
     targets: BTreeMap<String, Box<dyn Target>>,
+    /// Job runners, by target name (targets that can run job checks).
+    jobs: BTreeMap<String, Box<dyn crate::targets::jobs::JobRunner>>,
     metrics: BTreeMap<String, Box<dyn MetricsSource>>,
     cache: GateCache,
     snapshot: Snapshot,
@@ -221,6 +226,7 @@ impl Reconciler {
             loader: None,
             policy_errors: Vec::new(),
             targets,
+            jobs: BTreeMap::new(),
             metrics,
             cache: GateCache::default(),
             snapshot: Snapshot::default(),
@@ -274,6 +280,18 @@ impl Reconciler {
     #[must_use]
     pub fn with_notifications(mut self, outbox: crate::notify::Outbox) -> Self {
         self.notify = Some(outbox);
+        self
+    }
+
+    /// Run the job checks of `target`'s plans with `runner` (tests; `with_adapters`
+    /// builds them from the settings).
+    #[must_use]
+    pub fn with_job_runner(
+        mut self,
+        target: &str,
+        runner: Box<dyn crate::targets::jobs::JobRunner>,
+    ) -> Self {
+        self.jobs.insert(target.to_owned(), runner);
         self
     }
 
@@ -456,6 +474,10 @@ impl Reconciler {
             Some(s) => self.measure(plan, s, now),
             None => Vec::new(),
         };
+        let jobs = match &status {
+            Some(s) => self.run_jobs(plan, s, &health, now),
+            None => Vec::new(),
+        };
         let commands = self.pending_commands(name, status.as_ref());
         let slo = match (&plan.slo, &status) {
             (Some(slo), Some(s)) if s.phase.is_in_flight() => Some(self.slo_reading(plan, slo, s)),
@@ -467,6 +489,7 @@ impl Reconciler {
             measurements,
             commands: commands.iter().map(|(_, c)| *c).collect(),
             slo,
+            jobs,
             // When the builtin counters of this plan began (a data plane that restarted
             // lost the samples before): an analysis across that gap restarts its window.
             // Asked only where it can matter: an analysis in flight with a builtin check.
@@ -486,6 +509,9 @@ impl Reconciler {
             },
         };
         let decision = engine::decide(plan, status.as_ref(), &obs, now);
+        if let Some(s) = &status {
+            self.stop_unwanted_jobs(plan, s, decision.status.as_ref(), now);
+        }
         if let Some(next) = &decision.status {
             for run in &next.analysis {
                 let before = status

@@ -1,9 +1,14 @@
 //! Observing a plan before a decision: the due measurements of its checks and the SLO
-//! burn-rate reading, each from the metrics source the check names.
+//! burn-rate reading, each from the metrics source the check names, and the due job
+//! checks' jobs, started (idempotently, by their `engine::job_id`) and looked at through
+//! the plan's target's `JobRunner`.
 //!
 //! Invariants: a missing source or a failed query is an error observation (inconclusive,
-//! never a pass); a check is measured only when due; counters gathered since the last
-//! commit are carried in memory and never written on their own.
+//! never a pass), and so is a target without a job runner or one that cannot start or
+//! read a job; a check is measured only when due; an `afterRollback` job starts only
+//! once the target has rolled back; a job the rollout no longer wants is stopped;
+//! counters gathered since the last commit are carried in memory and never written on
+//! their own.
 
 use super::*;
 
@@ -114,5 +119,110 @@ impl Reconciler {
             });
         }
         out
+    }
+
+    /// Start and look at the due job checks' jobs (`engine::due_jobs`).
+    pub(super) fn run_jobs(
+        &mut self,
+        plan: &Plan,
+        s: &Status,
+        health: &TargetHealth,
+        now: DateTime<Utc>,
+    ) -> Vec<engine::JobObserved> {
+        if s.phase == Phase::RollingBack && *health != TargetHealth::Healthy {
+            return Vec::new(); // afterRollback runs after the rollback
+        }
+        let mut out = Vec::new();
+        for due in engine::due_jobs(plan, s, now) {
+            let Some(job) = plan.job(&due.check) else {
+                continue;
+            };
+            let result = match self.jobs.get_mut(&plan.target) {
+                None => Err(format!(
+                    "target `{}` cannot run jobs in this daemon",
+                    plan.target
+                )),
+                Some(runner) => {
+                    let req = crate::targets::jobs::JobRequest {
+                        id: &due.id,
+                        job,
+                        version: &s.candidate,
+                        baseline: s.stable.as_deref(),
+                    };
+                    runner
+                        .start(plan, &req)
+                        .and_then(|()| runner.poll(plan, &due.id))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let memo = self.memo.entry(plan.name.clone()).or_default();
+            let key = (due.check.clone(), due.id.clone());
+            match &result {
+                Ok(engine::JobState::Running) => {
+                    if !memo.jobs.contains(&key) {
+                        memo.jobs.push(key);
+                    }
+                }
+                _ => memo.jobs.retain(|k| *k != key),
+            }
+            let cause = format!("job {}", due.check);
+            match &result {
+                Err(e) if self.news(&plan.name, &cause, Some(e)) => {
+                    tracing::warn!(check = %due.check, job = %due.id, error = %e, "job could not be run (counts as an error, never a pass)");
+                }
+                Err(_) => {}
+                Ok(state) => {
+                    self.news(&plan.name, &cause, None);
+                    tracing::debug!(check = %due.check, job = %due.id, ?state, "job looked at");
+                }
+            }
+            out.push(engine::JobObserved {
+                check: due.check,
+                at: now,
+                result,
+            });
+        }
+        out
+    }
+
+    /// Stop the jobs started for `before` that the decided status no longer runs.
+    pub(super) fn stop_unwanted_jobs(
+        &mut self,
+        plan: &Plan,
+        before: &Status,
+        after: Option<&Status>,
+        now: DateTime<Utc>,
+    ) {
+        let s = after.unwrap_or(before);
+        let wanted: Vec<String> = engine::due_jobs(plan, s, now)
+            .into_iter()
+            .map(|d| d.id)
+            .chain(
+                // A job between two looks is not due, and still wanted.
+                s.analysis
+                    .iter()
+                    .filter(|r| plan.job(&r.check).is_some())
+                    .map(|r| engine::job_id(&plan.name, s, &r.check)),
+            )
+            .collect();
+        let Some(memo) = self.memo.get_mut(&plan.name) else {
+            return;
+        };
+        let (keep, stop): (Vec<_>, Vec<_>) = std::mem::take(&mut memo.jobs)
+            .into_iter()
+            .partition(|(_, id)| wanted.contains(id));
+        memo.jobs = keep;
+        for (check, id) in stop {
+            if let Some(runner) = self.jobs.get_mut(&plan.target) {
+                match runner.cleanup(plan, &id) {
+                    Ok(()) => {
+                        tracing::info!(check = %check, job = %id, "job no longer wanted: stopped")
+                    }
+                    Err(e) => {
+                        tracing::warn!(check = %check, job = %id, error = %e, "cannot stop a job no longer wanted")
+                    }
+                }
+            }
+        }
     }
 }

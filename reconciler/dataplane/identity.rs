@@ -171,6 +171,15 @@ mod tests {
         }
     }
 
+    /// Wait until `pid` shows its new program's argv (`/proc/PID/cmdline` is empty for
+    /// a moment during `execve`).
+    fn exec_done(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Identity::of(pid).is_none_or(|now| now.argv.is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn regression_a_record_written_right_after_spawn_still_names_the_process() {
         // Given children recorded the moment `spawn` returns (when /proc/PID/cmdline can
@@ -189,12 +198,7 @@ mod tests {
         }
         // Then every record names its process once it runs
         for r in &records {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Identity::of(r.pid).is_none_or(|now| now.argv.is_empty())
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            exec_done(r.pid);
             assert!(r.is_alive(), "{r:?} vs {:?}", Identity::of(r.pid));
         }
     }
@@ -206,9 +210,11 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("sleep");
-        // (recorded as the data plane records a child: with the argv it was given)
+        // (recorded as the data plane records a child: with the argv it was given; and,
+        // as a data plane meets its leftovers, once the exec is done)
         let argv = ["sleep", "30"].map(str::to_owned);
         let live = Identity::of_spawned(child.id(), &argv).expect("identity");
+        exec_done(child.id());
         let stale = Identity {
             start_ticks: live.start_ticks.saturating_sub(1),
             ..live.clone()

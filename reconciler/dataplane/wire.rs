@@ -91,7 +91,7 @@ pub enum OpWire {
         weight: u8,
     },
     SetRouting {
-        routing: crate::model::wire::Routing,
+        routing: Box<crate::model::wire::Routing>,
     },
     Promote {
         artifact: String,
@@ -109,7 +109,7 @@ pub enum OpWire {
         candidate: Option<String>,
         weight: u8,
         #[serde(default, skip_serializing_if = "is_default")]
-        routing: crate::model::wire::Routing,
+        routing: Box<crate::model::wire::Routing>,
     },
 }
 
@@ -187,7 +187,7 @@ impl From<&Op> for OpWire {
             Op::StartCandidate { artifact } => OpWire::StartCandidate { artifact },
             Op::SetWeight { weight } => OpWire::SetWeight { weight },
             Op::SetRouting { routing } => OpWire::SetRouting {
-                routing: routing.to_wire(),
+                routing: Box::new(routing.to_wire()),
             },
             Op::Promote { artifact } => OpWire::Promote { artifact },
             Op::Rollback { stable } => OpWire::Rollback { stable },
@@ -204,7 +204,7 @@ impl From<&Op> for OpWire {
                 stable: desired.stable,
                 candidate: desired.candidate,
                 weight: desired.weight,
-                routing: desired.routing.to_wire(),
+                routing: Box::new(desired.routing.to_wire()),
             },
         }
     }

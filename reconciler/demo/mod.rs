@@ -221,6 +221,16 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         "rollgate demo: GitOps repository {}, service on http://127.0.0.1:{port}",
         bare.display()
     );
+    // The dashboard (#20), read from the demo's repository, up until the demo ends.
+    let dashboard = crate::dashboard::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        Arc::new(crate::dashboard::GitBoard::open(
+            bare.to_str().context("path is not UTF-8")?,
+            Some("main"),
+        )?),
+    )
+    .context("cannot start the dashboard")?;
+    println!("dashboard: http://{}/", dashboard.addr);
     // The first pass brings the stable version up; traffic starts once it serves.
     rec.tick(Utc::now())?;
     let traffic =
@@ -313,6 +323,14 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     let head = crate::history::resolve(&repo, Some("main"))?;
     let history = crate::history::render_text(&crate::history::collect(&repo, head, None)?);
     println!("\nrollgate history --repo {}{history}", bare.display());
+    if opts.dir.is_some() {
+        println!(
+            "the dashboard again: rollgate dashboard --repo {}\nthe timeline picture: rollgate history --repo {} --output svg hello --rollout 2 --out timeline.svg",
+            bare.display(),
+            bare.display()
+        );
+    }
+    drop(dashboard);
     drop(rec);
     // Everything stops before its folder goes.
     drop(stop_plane);

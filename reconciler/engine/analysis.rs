@@ -9,6 +9,12 @@
 //! A check judged against a baseline (`compare: baseline`) is *skipped* when there is no
 //! stable version to compare with (a first rollout walking its steps): it is never
 //! measured, never counts as a pass, and never holds the step.
+//! A *job check* is measured once: its job is started when the step begins, looked at
+//! every `JOB_POLL` while it runs, and its end is its one measurement: a success is a
+//! pass, a failure fails the step at once. While a job has no result the step cannot
+//! pass, whatever its duration (an analysis of jobs alone lasts 0s: it ends with them);
+//! a runner that cannot start or read the job is an error, never a pass, held like a
+//! failing source after `DEFAULT_CONSECUTIVE_ERROR_LIMIT` in a row.
 //! Invariants: pure; measurements taken before the step started, or not after a
 //! check's last recorded one, are ignored, so feeding the same observation twice
 //! counts it once.
@@ -16,9 +22,9 @@
 use chrono::{DateTime, Utc};
 
 use super::judge::Measurement;
-use super::plus;
-use crate::model::plan::{Analysis, Judge, Plan};
-use crate::model::status::{CheckRun, Judgement, Verdict};
+use super::{JOB_POLL, JobObserved, JobState, plus};
+use crate::model::plan::{Analysis, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Judge, Plan};
+use crate::model::status::{CheckRun, Evidence, Judgement, Verdict};
 
 /// One measurement the daemon took (or failed to take) for a check.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +133,99 @@ pub fn record(
     changed
 }
 
+/// How much of a job's output a reason carries (its tail, in characters).
+pub const JOB_TAIL: usize = 400;
+
+/// `text` cut to its last `JOB_TAIL` characters, on one line.
+pub fn tail(text: &str) -> String {
+    let flat: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let n = flat.chars().count();
+    if n <= JOB_TAIL {
+        flat
+    } else {
+        let rest: String = flat.chars().skip(n - JOB_TAIL).collect();
+        format!("…{rest}")
+    }
+}
+
+/// A job check has its result (passed or failed): it is not measured again.
+pub fn job_done(run: &CheckRun) -> bool {
+    run.passes + run.failures > 0
+}
+
+/// Count what the due jobs came to; true when anything changed.
+pub fn record_jobs(
+    plan: &Plan,
+    runs: &mut [CheckRun],
+    started: DateTime<Utc>,
+    observed: &[JobObserved],
+) -> bool {
+    let mut changed = false;
+    for o in observed {
+        let Some(run) = runs
+            .iter_mut()
+            .find(|r| r.check == o.check && r.skipped.is_none())
+        else {
+            continue;
+        };
+        if plan.job(&o.check).is_none()
+            || job_done(run)
+            || o.at < started
+            || run.last_measured_at.is_some_and(|last| o.at <= last)
+        {
+            continue;
+        }
+        changed = true;
+        run.last_measured_at = Some(o.at);
+        let evidence = |value: f64| Evidence {
+            check: o.check.clone(),
+            value: Some(value),
+            min: None,
+            max: None,
+            samples: 1,
+            at: o.at,
+            comparison: None,
+        };
+        match &o.result {
+            Ok(JobState::Running) => run.consecutive_errors = 0,
+            Ok(JobState::Succeeded { output }) => {
+                run.consecutive_errors = 0;
+                run.measurements += 1;
+                run.passes += 1;
+                run.last = Some(Judgement {
+                    verdict: Verdict::Pass,
+                    evidence: evidence(1.0),
+                });
+                // The output of a passing job stays in its log; only a failure's tail
+                // is evidence worth a status line.
+                let _ = output;
+                run.last_error = None;
+            }
+            Ok(JobState::Failed { reason }) => {
+                run.consecutive_errors = 0;
+                run.measurements += 1;
+                run.failures += 1;
+                run.last = Some(Judgement {
+                    verdict: Verdict::Fail {
+                        reason: format!("job failed: {}", tail(reason)),
+                    },
+                    evidence: evidence(0.0),
+                });
+            }
+            Err(e) => {
+                run.errors += 1;
+                run.consecutive_errors += 1;
+                run.last_error = Some(e.clone());
+            }
+        }
+    }
+    changed
+}
+
 /// Judge the step as a whole.
 pub fn evaluate(
     plan: &Plan,
@@ -151,6 +250,31 @@ pub fn evaluate(
         }
     }
     for name in &analysis.checks {
+        let (Some(_), Some(run)) = (plan.job(name), run_of(name)) else {
+            continue;
+        };
+        if run.failures > 0 {
+            let why = run
+                .last
+                .as_ref()
+                .and_then(|j| j.verdict.reason())
+                .unwrap_or("job failed");
+            return Outcome::Failed {
+                reason: format!("check {name}: {why}"),
+                evidence: run.last.iter().cloned().collect(),
+            };
+        }
+        if run.consecutive_errors > DEFAULT_CONSECUTIVE_ERROR_LIMIT {
+            return Outcome::Unavailable {
+                reason: format!(
+                    "check {name}: the job could not be run or read {} times in a row: {}",
+                    run.consecutive_errors,
+                    run.last_error.as_deref().unwrap_or("unknown error")
+                ),
+            };
+        }
+    }
+    for name in &analysis.checks {
         let (Some(check), Some(run)) = (plan.check(name), run_of(name)) else {
             continue;
         };
@@ -168,11 +292,22 @@ pub fn evaluate(
     if now < plus(started, analysis.duration) {
         return Outcome::Running;
     }
+    // A job that has not ended yet is waited for (its own timeout bounds it).
+    let job_running = analysis.checks.iter().any(|name| {
+        plan.job(name).is_some()
+            && run_of(name).is_some_and(|r| r.skipped.is_none() && !job_done(r))
+    });
+    if job_running {
+        return Outcome::Running;
+    }
     let lacking: Vec<String> = analysis
         .checks
         .iter()
         .filter(|name| run_of(name).is_none_or(|r| r.skipped.is_none()))
-        .filter(|name| plan.check(name).is_none() || run_of(name).is_none_or(|r| r.passes == 0))
+        .filter(|name| {
+            (plan.check(name).is_none() && plan.job(name).is_none())
+                || run_of(name).is_none_or(|r| r.passes == 0)
+        })
         .map(|name| {
             let why = run_of(name)
                 .and_then(|r| r.last.as_ref())
@@ -199,6 +334,13 @@ fn due_at(plan: &Plan, run: &CheckRun, started: DateTime<Utc>) -> Option<DateTim
     if run.skipped.is_some() {
         return None;
     }
+    if plan.job(&run.check).is_some() {
+        return match (job_done(run), run.last_measured_at) {
+            (true, _) => None,
+            (false, None) => Some(started),
+            (false, Some(last)) => Some(plus(last, JOB_POLL)),
+        };
+    }
     let check = plan.check(&run.check)?;
     Some(match run.last_measured_at {
         None => started,
@@ -219,18 +361,21 @@ pub fn due<'a>(
         .collect()
 }
 
-/// The earliest of the next measurement and the end of the step.
+/// The earliest of the next measurement and the end of the step (once the end has
+/// passed, a step still waiting for a job wakes at the job's pace, not at once).
 pub fn next_wakeup(
     plan: &Plan,
     analysis: &Analysis,
     runs: &[CheckRun],
     started: DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> DateTime<Utc> {
+    let end = plus(started, analysis.duration);
     runs.iter()
         .filter_map(|r| due_at(plan, r, started))
-        .chain([plus(started, analysis.duration)])
+        .chain((end > now).then_some(end))
         .min()
-        .unwrap_or(started)
+        .unwrap_or(end)
 }
 
 #[cfg(test)]
@@ -306,6 +451,6 @@ mod tests {
         // the builder's interval is one minute
         assert!(due(&plan, &runs, t(0), t(0)).is_empty());
         assert_eq!(due(&plan, &runs, t(0), t(1)), vec!["sr"]);
-        assert_eq!(next_wakeup(&plan, &a, &runs, t(0)), t(1));
+        assert_eq!(next_wakeup(&plan, &a, &runs, t(0), t(0)), t(1));
     }
 }

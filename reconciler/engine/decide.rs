@@ -101,6 +101,41 @@ pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<Strin
         .collect()
 }
 
+/// The job checks whose jobs to start (idempotently) and look at before the next
+/// `decide`: those of a running analysis step (hooks included) that have no result yet,
+/// at their pace, and while `RollingBack`, the `afterRollback` hooks (the daemon asks
+/// them only once the target has rolled back).
+pub fn due_jobs(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<super::DueJob> {
+    let due = |names: Vec<String>| -> Vec<super::DueJob> {
+        names
+            .into_iter()
+            .filter(|c| plan.job(c).is_some())
+            .map(|c| super::DueJob {
+                id: super::job_id(&plan.name, status, &c),
+                check: c,
+            })
+            .collect()
+    };
+    if status.phase == Phase::RollingBack {
+        let started = status.step_started_at.unwrap_or(now);
+        return due(analysis::due(plan, &status.analysis, started, now)
+            .into_iter()
+            .filter(|c| plan.hooks.after_rollback.iter().any(|h| h == c))
+            .map(str::to_owned)
+            .collect());
+    }
+    due(due_checks(plan, status, now)
+        .into_iter()
+        .filter(|c| {
+            status
+                .analysis
+                .iter()
+                .find(|r| &r.check == c)
+                .is_none_or(|r| !analysis::job_done(r))
+        })
+        .collect())
+}
+
 /// Decide what to do next for one plan. Pure: the same inputs give the same decision.
 pub fn decide(
     plan: &Plan,
@@ -195,10 +230,17 @@ impl<'a> Cx<'a> {
             // `action_failed`); re-issuing it clears that, so its success is a transition.
             self.s.hold = None;
             if self.obs.health == TargetHealth::Healthy {
+                let Some(hooks) = self.after_rollback_hooks() else {
+                    return; // the afterRollback jobs are still running
+                };
                 self.s.phase = Phase::RolledBack;
-                self.reason = Some(match &self.s.stable {
+                let done = match &self.s.stable {
                     Some(stable) => format!("rolled back to {stable}"),
                     None => format!("rolled back: {} removed", self.s.candidate),
+                };
+                self.reason = Some(match hooks {
+                    Some(h) => format!("{done}; {h}"),
+                    None => done,
                 });
             } else {
                 self.actions.push(Action::Rollback {
@@ -280,7 +322,9 @@ impl<'a> Cx<'a> {
                             self.complete_step("promoted by command".to_owned());
                         } else if self.has(Command::Retry) {
                             self.enter(self.s.step, "retry requested".to_owned());
-                        } else if self.obs.measurements.iter().any(|m| m.result.is_ok()) {
+                        } else if self.obs.measurements.iter().any(|m| m.result.is_ok())
+                            || self.obs.jobs.iter().any(|j| j.result.is_ok())
+                        {
                             self.enter(
                                 self.s.step,
                                 "metrics answer again: the analysis restarts".to_owned(),
@@ -291,6 +335,14 @@ impl<'a> Cx<'a> {
                         self.s.step,
                         "error budget burn is back under the limits".to_owned(),
                     ),
+                    HoldKind::Drift => {
+                        if self.obs.health == TargetHealth::Healthy {
+                            self.enter(
+                                self.s.step,
+                                "traffic is as recorded again: the step starts over".to_owned(),
+                            );
+                        }
+                    }
                     HoldKind::Evidence => {
                         if self.has(Command::Promote) {
                             self.complete_step("promoted by command".to_owned());
@@ -309,6 +361,13 @@ impl<'a> Cx<'a> {
             Phase::Progressing | Phase::Paused => {
                 if let Some(reason) = unreachable {
                     self.hold(HoldKind::Target, format!("target unreachable: {reason}"));
+                } else if let Some(clock) = self.clock_without_traffic() {
+                    self.hold(
+                        HoldKind::Drift,
+                        format!(
+                            "traffic is not as recorded (drift being re-applied, or the canary not ready): the {clock} clock stops until it is"
+                        ),
+                    );
                 } else if self.has(Command::Promote) {
                     self.complete_step("promoted by command".to_owned());
                 } else {
@@ -316,6 +375,21 @@ impl<'a> Cx<'a> {
                 }
             }
             Phase::Succeeded | Phase::RollingBack | Phase::RolledBack => {}
+        }
+    }
+
+    /// A step whose clock runs on traffic (a timed pause, an analysis) while the target
+    /// says its traffic is not in place (`Progressing`): what that clock is. The step
+    /// before it completed only once healthy, so this is drift, or pods gone unready; a
+    /// first step's candidate still starting is not (its traffic never was in place).
+    fn clock_without_traffic(&self) -> Option<&'static str> {
+        if self.obs.health != TargetHealth::Progressing || self.s.step == 0 {
+            return None;
+        }
+        match self.steps().get(self.s.step) {
+            Some(Step::Pause(Some(_))) => Some("pause"),
+            Some(Step::Analysis(_)) => Some("analysis"),
+            _ => None,
         }
     }
 
@@ -360,6 +434,7 @@ impl<'a> Cx<'a> {
                     started,
                     &self.obs.measurements,
                 );
+                analysis::record_jobs(self.plan, &mut self.s.analysis, started, &self.obs.jobs);
                 match analysis::evaluate(self.plan, a, &self.s.analysis, started, self.now) {
                     Outcome::Running => {}
                     Outcome::Passed if healthy => {
@@ -376,6 +451,46 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+    }
+
+    /// The `afterRollback` hooks, once the target has rolled back: `None` while a job
+    /// runs (the rollback is done; only its record waits, bounded by the jobs' own
+    /// timeouts), else what they came to, for the reason (`Some(None)`: no hooks). A
+    /// failure or a runner that cannot run them is reported, never blocks. The hooks
+    /// are the plan's at head: after a revert, the restored plan's.
+    fn after_rollback_hooks(&mut self) -> Option<Option<String>> {
+        let hooks = &self.plan.hooks.after_rollback;
+        if hooks.is_empty() {
+            return Some(None);
+        }
+        let started = self.started();
+        analysis::record_jobs(self.plan, &mut self.s.analysis, started, &self.obs.jobs);
+        let mut said = Vec::new();
+        for name in hooks {
+            let Some(run) = self.s.analysis.iter().find(|r| &r.check == name) else {
+                continue;
+            };
+            if run.passes > 0 {
+                said.push(format!("{name} passed"));
+            } else if run.failures > 0 {
+                let why = run
+                    .last
+                    .as_ref()
+                    .and_then(|j| j.verdict.reason())
+                    .unwrap_or("job failed");
+                said.push(format!("{name}: {why}"));
+                self.verdicts
+                    .extend(run.last.as_ref().map(Judgement::to_string));
+            } else if run.consecutive_errors > crate::model::plan::DEFAULT_CONSECUTIVE_ERROR_LIMIT {
+                said.push(format!(
+                    "{name} could not run: {}",
+                    run.last_error.as_deref().unwrap_or("unknown error")
+                ));
+            } else {
+                return None;
+            }
+        }
+        Some(Some(format!("afterRollback: {}", said.join("; "))))
     }
 
     /// The builtin source lost the samples of this analysis from before `samples_since`
@@ -541,11 +656,14 @@ impl<'a> Cx<'a> {
                 self.s.phase = Phase::Progressing;
                 self.s.analysis = analysis::start(self.plan, a, self.s.stable.is_some());
                 let skipped = analysis::skipped(&self.s.analysis);
-                let mut what = format!(
-                    "analysis of {} for {}",
-                    a.checks.join(", "),
-                    duration::format(a.duration)
-                );
+                let mut what = match a.hook {
+                    Some(point) => format!("{} hook: {}", point.as_str(), a.checks.join(", ")),
+                    None => format!(
+                        "analysis of {} for {}",
+                        a.checks.join(", "),
+                        duration::format(a.duration)
+                    ),
+                };
                 if !skipped.is_empty() {
                     what.push_str(&format!(
                         " ({} skipped: {})",
@@ -603,6 +721,18 @@ impl<'a> Cx<'a> {
         self.s.hold = None;
         self.s.weight = 0;
         self.s.step_started_at = Some(self.now);
+        if !self.plan.hooks.after_rollback.is_empty() {
+            // The afterRollback jobs are counted while rolling back (see
+            // `after_rollback_hooks`); the failed step's evidence is in the verdicts.
+            self.s.analysis = self
+                .plan
+                .hooks
+                .after_rollback
+                .iter()
+                .map(|c| crate::model::status::CheckRun::new(c))
+                .collect();
+            self.s.analysis_restart = None;
+        }
         self.actions.push(Action::Rollback {
             stable: self.s.stable.clone(),
         });
@@ -832,7 +962,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
                     .next_open(now, horizon)
                     .or_else(|| now.checked_add_signed(horizon))
             }
-            Some(HoldKind::Target | HoldKind::Slo) => Some(poll),
+            Some(HoldKind::Target | HoldKind::Slo | HoldKind::Drift) => Some(poll),
             Some(HoldKind::Metrics) => {
                 // Probe the sources at the step's own pace.
                 let every = match rollout_steps(plan, s).get(s.step) {
@@ -855,7 +985,7 @@ fn wakeup(plan: &Plan, s: &Status, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
                 Some(if end > now { end } else { poll })
             }
             Some(Step::Analysis(a)) => {
-                Some(analysis::next_wakeup(plan, a, &s.analysis, started).max(now))
+                Some(analysis::next_wakeup(plan, a, &s.analysis, started, now).max(now))
             }
             Some(Step::SetWeight(_) | Step::SetHeaderRoute(_) | Step::SetMirror(_)) | None => {
                 Some(poll.min(plus(started, plan.progress_deadline)).max(now))

@@ -23,6 +23,8 @@
 mod analysis;
 pub mod compare;
 mod decide;
+#[cfg(test)]
+mod job_tests;
 mod judge;
 pub mod slo;
 pub mod stats;
@@ -35,9 +37,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use analysis::{Observed, Outcome};
+pub use analysis::{JOB_TAIL, Observed, Outcome, tail};
 pub use compare::{judge_continuous, judge_ratio};
-pub use decide::{action_failed, decide, due_checks, rollout_steps, steps};
+pub use decide::{action_failed, decide, due_checks, due_jobs, rollout_steps, steps};
 pub use judge::{Measurement, Sample, judge, judge_with};
 
 use crate::model::plan::FirstRollout;
@@ -61,6 +63,41 @@ pub struct Observation {
     /// An analysis step with a builtin check that started earlier restarts its window
     /// there, once: the samples before it are gone.
     pub samples_since: Option<DateTime<Utc>>,
+    /// Where the due job checks stand (see `due_jobs`), as their runner reported.
+    pub jobs: Vec<JobObserved>,
+}
+
+/// Where a job stands, as its runner reports it: a value, never an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    /// It exited 0 (a local command) or its Job says `Complete`; `output` is its tail.
+    Succeeded {
+        output: String,
+    },
+    /// Non-zero exit, timeout, a `Failed` Job; `reason` says why, with the output's
+    /// tail or the pod's termination message.
+    Failed {
+        reason: String,
+    },
+}
+
+/// One look at a job check's job (see `due_jobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobObserved {
+    pub check: String,
+    pub at: DateTime<Utc>,
+    /// `Err`: the runner could not start or read the job: an error, never a pass.
+    pub result: Result<JobState, String>,
+}
+
+/// A job to start (idempotently, by `id`) and look at before the next `decide`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueJob {
+    pub check: String,
+    /// Deterministic: the same rollout, step and check give the same id, so a restarted
+    /// daemon finds the job it started (see `job_id`).
+    pub id: String,
 }
 
 impl Observation {
@@ -73,6 +110,7 @@ impl Observation {
             commands: Vec::new(),
             slo: None,
             samples_since: None,
+            jobs: Vec::new(),
         }
     }
 }
@@ -207,6 +245,47 @@ pub struct Decision {
     /// failed action (held for the target), so a failing promotion is recorded once.
     pub record_first: bool,
 }
+
+/// The id of the job of check `check` for the step `status` is in: a DNS label (a
+/// Kubernetes object name) of the plan, the check and a hash of the rollout (revision,
+/// candidate), the step and the moment it was entered. A retry, which enters the step
+/// again, runs a new job; a restart finds the same one. Pure (FNV-1a, no randomness).
+pub fn job_id(plan: &str, status: &Status, check: &str) -> String {
+    let started = status
+        .step_started_at
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let key = [
+        plan,
+        &status.revision,
+        &status.candidate,
+        &status.step.to_string(),
+        &started,
+        check,
+    ]
+    .join("\u{1f}");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let cut = |s: &str, n: usize| -> String {
+        s.chars()
+            .take(n)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_owned()
+    };
+    format!(
+        "{}-{}-{:012x}",
+        cut(plan, 24),
+        cut(check, 20),
+        h & 0xffff_ffff_ffff
+    )
+}
+
+/// How often a running job is looked at.
+pub const JOB_POLL: Duration = Duration::from_secs(5);
 
 /// How often a waiting rollout looks again (target converging, unreachable, promoting).
 pub const POLL: Duration = Duration::from_secs(10);

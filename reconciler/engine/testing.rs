@@ -51,6 +51,7 @@ pub fn analysis_step(checks: &[&str], minutes: u64) -> Analysis {
     Analysis {
         checks: checks.iter().map(|c| (*c).to_owned()).collect(),
         duration: mins(minutes),
+        hook: None,
     }
 }
 
@@ -123,6 +124,8 @@ impl PlanBuilder {
                     steps: vec![weight(5), weight(100)],
                 },
                 checks: Vec::new(),
+                jobs: Vec::new(),
+                hooks: crate::model::plan::Hooks::default(),
                 min_samples: 100,
                 windows: Windows::default(),
                 rollback: RollbackPolicy {
@@ -237,6 +240,35 @@ impl PlanBuilder {
         self
     }
 
+    /// A job check `name` (a local command) of `timeout_min` minutes.
+    pub fn job(mut self, name: &str) -> Self {
+        self.plan.jobs.push(crate::model::plan::JobCheck {
+            name: name.to_owned(),
+            run: crate::model::plan::JobRun::Command {
+                command: vec!["./smoke".to_owned()],
+                env: BTreeMap::new(),
+            },
+            timeout: mins(2),
+        });
+        self
+    }
+
+    /// `spec.hooks`.
+    pub fn hooks(
+        mut self,
+        on_start: &[&str],
+        before_promote: &[&str],
+        after_rollback: &[&str],
+    ) -> Self {
+        let v = |x: &[&str]| x.iter().map(|c| (*c).to_owned()).collect();
+        self.plan.hooks = crate::model::plan::Hooks {
+            on_start: v(on_start),
+            before_promote: v(before_promote),
+            after_rollback: v(after_rollback),
+        };
+        self
+    }
+
     pub fn build(self) -> Plan {
         self.plan
     }
@@ -264,6 +296,11 @@ pub fn quiet() -> Observation {
 impl Observation {
     pub fn health(mut self, h: TargetHealth) -> Self {
         self.health = h;
+        self
+    }
+
+    pub fn jobs(mut self, j: Vec<super::JobObserved>) -> Self {
+        self.jobs = j;
         self
     }
 
@@ -353,5 +390,23 @@ impl Rollout {
     /// `(phase, 1-based step)` of every transition so far.
     pub fn story(&self) -> Vec<(Phase, usize)> {
         self.transitions.iter().map(|t| (t.to, t.step.0)).collect()
+    }
+}
+
+/// What the job of `check` came to at `at`.
+pub fn job(check: &str, at: DateTime<Utc>, state: super::JobState) -> super::JobObserved {
+    super::JobObserved {
+        check: check.to_owned(),
+        at,
+        result: Ok(state),
+    }
+}
+
+/// The job of `check` could not be run or read at `at`.
+pub fn job_err(check: &str, at: DateTime<Utc>) -> super::JobObserved {
+    super::JobObserved {
+        check: check.to_owned(),
+        at,
+        result: Err("the runner is unreachable".to_owned()),
     }
 }

@@ -392,6 +392,47 @@ fn a_timed_pause_waits_until_its_time() {
 }
 
 #[test]
+fn regression_a_pause_clock_stops_while_traffic_is_not_as_recorded() {
+    // Given v2 at 20% then a 15-minute pause, paused since t(0)
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(20), pause(15), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-2));
+    r.decide(&quiet(), t(-1));
+    r.decide(&quiet(), t(0));
+    assert_eq!(r.phase(), Phase::Paused);
+    // When the traffic drifts at t(5) (another manager reset the route) and is being
+    // re-applied: the pause is held for drift (before: its clock ran on, and the
+    // rollout went to 100% the moment the route was repaired, past t(15))
+    let d = r.decide(&progressing(), t(5));
+    assert_eq!(hold_kind(&r), Some(HoldKind::Drift));
+    assert!(d.transition.is_some());
+    assert_eq!(r.decide(&progressing(), t(8)).status, None);
+    // And once traffic is as recorded again (t(9)), the pause starts over: 15 minutes
+    // from then (a drift that outlasts progressDeadline fails the stage, as before)
+    let d = r.decide(&quiet(), t(9));
+    assert_eq!(r.phase(), Phase::Paused);
+    assert_eq!(d.next_wakeup, Some(t(24)));
+    assert_eq!(r.decide(&quiet(), t(15)).actions, Vec::new());
+    assert_eq!(
+        r.decide(&quiet(), t(24)).actions,
+        vec![Action::SetWeight(100)]
+    );
+}
+
+#[test]
+fn a_first_step_whose_candidate_is_still_starting_is_not_drift() {
+    // Given an analysis as the first step, while the candidate's pods start
+    let plan = analysed(v1_stable_v2_planned());
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(-1));
+    r.decide(&progressing(), t(0));
+    // Then it waits, not held
+    assert_ne!(r.phase(), Phase::Held);
+}
+
+#[test]
 fn an_untimed_pause_waits_for_a_promote_command() {
     let plan = v1_stable_v2_planned()
         .steps(vec![weight(50), pause_untimed(), weight(100)])

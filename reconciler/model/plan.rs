@@ -22,6 +22,9 @@ pub struct Plan {
     pub promoted_from: Option<String>,
     pub strategy: Strategy,
     pub checks: Vec<Check>,
+    /// Job checks (`spec.checks` entries with a `job:`), named like metric checks.
+    pub jobs: Vec<JobCheck>,
+    pub hooks: Hooks,
     pub min_samples: u64,
     pub windows: Windows,
     pub rollback: RollbackPolicy,
@@ -345,6 +348,8 @@ impl std::fmt::Display for RequestMatch {
 pub struct Analysis {
     pub checks: Vec<String>,
     pub duration: Duration,
+    /// Set on the steps `Plan::steps` adds for `spec.hooks` (their job checks, once).
+    pub hook: Option<HookPoint>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -365,6 +370,76 @@ pub struct Check {
     pub consecutive_error_limit: u32,
     pub samples_query: Option<String>,
 }
+
+/// A one-shot check: a job that must succeed, run by the plan's target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobCheck {
+    pub name: String,
+    pub run: JobRun,
+    /// A job still running after this fails.
+    pub timeout: Duration,
+}
+
+/// What a job runs, by the kind of target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobRun {
+    /// A local target: an argv without a shell, in a cleared environment plus `env`.
+    Command {
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    /// A Kubernetes target: a `batch/v1` JobSpec, kept `ttl` after it finished.
+    Kubernetes {
+        template: serde_json::Value,
+        ttl: Duration,
+    },
+}
+
+/// Job checks run at points of a rollout's life (names of `Plan::jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    /// When the rollout starts; a failure fails it.
+    pub on_start: Vec<String>,
+    /// After the last step, before the promotion; a failure fails it.
+    pub before_promote: Vec<String>,
+    /// After a rollback; a failure is reported, never blocks.
+    pub after_rollback: Vec<String>,
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookPoint {
+    OnStart,
+    BeforePromote,
+    AfterRollback,
+}
+
+impl HookPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::OnStart => "onStart",
+            HookPoint::BeforePromote => "beforePromote",
+            HookPoint::AfterRollback => "afterRollback",
+        }
+    }
+}
+
+impl Hooks {
+    pub fn at(&self, point: HookPoint) -> &[String] {
+        match point {
+            HookPoint::OnStart => &self.on_start,
+            HookPoint::BeforePromote => &self.before_promote,
+            HookPoint::AfterRollback => &self.after_rollback,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.on_start.is_empty() && self.before_promote.is_empty() && self.after_rollback.is_empty()
+    }
+}
+
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -419,25 +494,49 @@ pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
 impl Plan {
     /// The steps the rollout walks through (blue-green is one switch after its preview).
+    /// Hooks are steps too: `onStart` an analysis of its jobs first (beside the
+    /// candidate's start, before any traffic), `beforePromote` one last (for blue-green,
+    /// before the switch), each with duration 0: the jobs run once and must succeed.
     pub fn steps(&self) -> Vec<Step> {
+        let hook = |point: HookPoint| {
+            let checks = self.hooks.at(point);
+            (!checks.is_empty()).then(|| {
+                Step::Analysis(Analysis {
+                    checks: checks.to_vec(),
+                    duration: Duration::ZERO,
+                    hook: Some(point),
+                })
+            })
+        };
+        let mut s: Vec<Step> = hook(HookPoint::OnStart).into_iter().collect();
         match &self.strategy {
-            Strategy::Canary { steps } => steps.clone(),
+            Strategy::Canary { steps } => {
+                s.extend(steps.iter().cloned());
+                s.extend(hook(HookPoint::BeforePromote));
+            }
             Strategy::BlueGreen(bg) => {
-                let mut s = vec![Step::SetWeight(0)];
+                s.push(Step::SetWeight(0));
                 if let Some(a) = &bg.preview {
                     s.push(Step::Analysis(a.clone()));
                 }
                 if !bg.auto_promote {
                     s.push(Step::Pause(None));
                 }
+                s.extend(hook(HookPoint::BeforePromote));
                 s.push(Step::SetWeight(100));
-                s
             }
         }
+        s
     }
 
+    /// The metric check `name` (`None` for a job check: see `job`).
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The job check `name`.
+    pub fn job(&self, name: &str) -> Option<&JobCheck> {
+        self.jobs.iter().find(|c| c.name == name)
     }
 
     /// The file form of this plan.
@@ -518,9 +617,10 @@ impl Plan {
                     .iter()
                     .map(|c| wire::Check {
                         name: c.name.clone(),
-                        source: c.source.clone(),
-                        query: c.query.clone(),
-                        judge: match &c.judge {
+                        source: Some(c.source.clone()),
+                        query: Some(c.query.clone()),
+                        job: None,
+                        judge: Some(match &c.judge {
                             Judge::Threshold { min, max } => wire::Judge {
                                 min: *min,
                                 max: *max,
@@ -539,13 +639,19 @@ impl Plan {
                                 alpha: Some(*alpha),
                                 ..Default::default()
                             },
-                        },
+                        }),
                         interval: Some(duration::format(c.interval)),
                         failure_limit: Some(c.failure_limit),
                         consecutive_error_limit: Some(c.consecutive_error_limit),
                         samples_query: c.samples_query.clone(),
                     })
+                    .chain(self.jobs.iter().map(job_to_wire))
                     .collect(),
+                hooks: (!self.hooks.is_empty()).then(|| wire::Hooks {
+                    on_start: self.hooks.on_start.clone(),
+                    before_promote: self.hooks.before_promote.clone(),
+                    after_rollback: self.hooks.after_rollback.clone(),
+                }),
                 min_samples: Some(self.min_samples),
                 windows: Some(wire::Windows {
                     allow: self.windows.allow.iter().map(|c| c.text.clone()).collect(),
@@ -599,5 +705,34 @@ fn analysis_to_wire(a: &Analysis) -> wire::AnalysisStep {
     wire::AnalysisStep {
         checks: a.checks.clone(),
         duration: duration::format(a.duration),
+    }
+}
+
+fn job_to_wire(j: &JobCheck) -> wire::Check {
+    let (command, env, template, ttl) = match &j.run {
+        JobRun::Command { command, env } => (Some(command.clone()), env.clone(), None, None),
+        JobRun::Kubernetes { template, ttl } => (
+            None,
+            BTreeMap::new(),
+            Some(template.clone()),
+            Some(duration::format(*ttl)),
+        ),
+    };
+    wire::Check {
+        name: j.name.clone(),
+        source: None,
+        query: None,
+        judge: None,
+        job: Some(wire::Job {
+            command,
+            env,
+            template,
+            timeout: Some(duration::format(j.timeout)),
+            ttl,
+        }),
+        interval: None,
+        failure_limit: None,
+        consecutive_error_limit: None,
+        samples_query: None,
     }
 }

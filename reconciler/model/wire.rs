@@ -51,6 +51,10 @@ pub struct PlanSpec {
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
+    /// Job checks run at points of the rollout's life (`onStart`, `beforePromote`,
+    /// `afterRollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
     /// Fewer samples than this on either side make a check inconclusive, never a pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<u64>,
@@ -331,12 +335,20 @@ pub struct Preset {
 #[schemars(deny_unknown_fields)]
 pub struct Check {
     pub name: String,
-    /// `builtin`, or a metrics source named in `rollgate.yaml`.
-    pub source: String,
+    /// `builtin`, or a metrics source named in `rollgate.yaml` (a metric check; a job
+    /// check has `job` instead of `source`, `query` and `judge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// For `builtin`: `success-rate`, `error-rate`, `latency-p50|p95|p99`; for Prometheus:
     /// PromQL; for a `web` source: what `{{query}}` in its URL or body becomes.
-    pub query: String,
-    pub judge: Judge,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judge>,
+    /// A one-shot job that must succeed (a smoke or load test), run by the plan's
+    /// target: it passes when the job succeeds and fails the step when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
     /// How often a measurement is taken (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
@@ -351,6 +363,47 @@ pub struct Check {
     /// (A `web` source counts with its own `samplesPath`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_query: Option<String>,
+}
+
+/// A job check's run: `command` on a `local` target, `template` on a `kubernetes` one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Job {
+    /// Local targets: the argv, run without a shell in a cleared environment (plus
+    /// `env`); `{{plan}}`, `{{version}}` and `{{baseline}}` are replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Local targets: the job's environment, on top of `PATH`, `HOME` and the locale.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Kubernetes targets: a `batch/v1` JobSpec (its `template` is the pod); rollgate
+    /// names, labels, owns and bounds the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
+    /// A job still running after this fails (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Kubernetes targets: how long a finished Job is kept before the cluster deletes
+    /// it (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Job checks run at points of a rollout's life, by name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Hooks {
+    /// When a rollout starts, beside the candidate's start; a failure fails the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_start: Vec<String>,
+    /// After the last step, before the promotion; a failure fails the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before_promote: Vec<String>,
+    /// After a rollback; a failure is reported and never blocks the rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_rollback: Vec<String>,
 }
 
 /// A threshold (`min` and/or `max`) or a comparison with the baseline.

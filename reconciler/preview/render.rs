@@ -176,6 +176,17 @@ fn plan_markdown(plan: &PlanPreview, diffs: bool) -> String {
     }
     if !plan.stages.is_empty() {
         out.push_str("**Dry run** (earliest times: healthy at once, every check passing, every promotion given at once)\n\n");
+        match chart(&plan.stages) {
+            Some(c) => out.push_str(&c),
+            None if plan.stages.len() > MAX_CHART_STAGES => {
+                let _ = writeln!(
+                    out,
+                    "*The chart is left out: {} stages are more than {MAX_CHART_STAGES}; the table has them all.*\n",
+                    plan.stages.len()
+                );
+            }
+            None => {}
+        }
         out.push_str(
             "| step | action | weight | duration | checks | earliest completion |\n|---:|---|---:|---|---|---|\n",
         );
@@ -347,6 +358,86 @@ fn place(d: &Diagnostic) -> String {
         Some(p) => format!("{}:{}:{}", d.file, p.line, p.col),
         None => d.file.clone(),
     }
+}
+
+/// Stages a chart shows at most; a longer plan gets the table alone.
+pub const MAX_CHART_STAGES: usize = 24;
+
+/// The dry run as a Mermaid chart GitHub draws: the candidate's weight at the earliest
+/// start and completion of each stage, a `⏸` point where a stage waits for the change
+/// window (the weight stays flat across the gap). Only numbers and times rollgate made
+/// reach it, never text from the change. `None` for a plan too long to read as a chart,
+/// or with fewer than two stages.
+pub fn chart(stages: &[Stage]) -> Option<String> {
+    if stages.len() > MAX_CHART_STAGES {
+        return None;
+    }
+    let known: Vec<&Stage> = stages
+        .iter()
+        .take_while(|s| s.earliest_start.is_some() && s.earliest_completion.is_some())
+        .collect();
+    // One stage (a first rollout deployed directly) is one jump: the table says it.
+    if known.len() < 2 {
+        return None;
+    }
+    let first = known.first()?.earliest_start?;
+    let last = known.last()?.earliest_completion?;
+    let days = first.date_naive() != last.date_naive();
+    let label = |t: DateTime<Utc>| {
+        let clock = if chrono::Timelike::second(&t) == 0 {
+            "%H:%M"
+        } else {
+            "%H:%M:%S"
+        };
+        if days {
+            t.format(&format!("%a {clock}")).to_string()
+        } else {
+            t.format(clock).to_string()
+        }
+    };
+    let mut points: Vec<(String, u8)> = Vec::new();
+    let mut previous: Option<(DateTime<Utc>, u8)> = None;
+    for s in &known {
+        let (Some(start), Some(end)) = (s.earliest_start, s.earliest_completion) else {
+            break;
+        };
+        let before = previous.map_or(0, |(_, w)| w);
+        if s.waited_for_window(previous.map(|(t, _)| t)) {
+            points.push((format!("⏸ {}", label(start)), before));
+        } else if previous.is_none() {
+            points.push((label(start), 0));
+        }
+        points.push((label(start), s.weight));
+        if end > start {
+            points.push((label(end), s.weight));
+        }
+        previous = Some((end, s.weight));
+    }
+    points.dedup();
+    if points.len() < 2 {
+        return None;
+    }
+    let xs: Vec<String> = points.iter().map(|(l, _)| format!("\"{l}\"")).collect();
+    let ys: Vec<String> = points.iter().map(|(_, w)| w.to_string()).collect();
+    let mut c = String::from("```mermaid\nxychart-beta\n");
+    let _ = writeln!(
+        c,
+        "    title \"Candidate weight (%) at the earliest time of each stage (UTC{})\"",
+        if known.len() < stages.len() {
+            "; later stages wait beyond the horizon"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(c, "    x-axis [{}]", xs.join(", "));
+    c.push_str("    y-axis \"weight %\" 0 --> 100\n");
+    let _ = writeln!(c, "    line [{}]", ys.join(", "));
+    c.push_str("```\n");
+    if points.iter().any(|(l, _)| l.starts_with('⏸')) {
+        c.push_str("\n⏸ marks a stage that waits for the change window to open.\n");
+    }
+    c.push('\n');
+    Some(c)
 }
 
 fn step_number(s: &Stage) -> String {
@@ -572,5 +663,87 @@ mod tests {
         let (kept, cut) = cut_diff(&diff);
         assert_eq!(kept.lines().count(), MAX_DIFF_LINES);
         assert_eq!(cut, 50);
+    }
+
+    fn stage(step: usize, kind: StageKind, weight: u8, start: &str, end: &str) -> Stage {
+        let t = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Stage {
+            step,
+            kind,
+            weight,
+            duration: None,
+            checks: Vec::new(),
+            waits_for_promotion: false,
+            earliest_start: t(start),
+            earliest_completion: t(end),
+            after_promotion: false,
+            routing: None,
+        }
+    }
+
+    #[test]
+    fn the_dry_run_chart_shows_weights_over_time_and_window_gaps() {
+        // Given a canary whose third stage waits overnight for the change window
+        let stages = vec![
+            stage(
+                1,
+                StageKind::SetWeight,
+                5,
+                "2026-11-26T15:40:00Z",
+                "2026-11-26T15:40:00Z",
+            ),
+            stage(
+                2,
+                StageKind::Analysis,
+                5,
+                "2026-11-26T15:40:00Z",
+                "2026-11-26T15:50:00Z",
+            ),
+            stage(
+                3,
+                StageKind::SetWeight,
+                25,
+                "2026-11-27T09:00:00Z",
+                "2026-11-27T09:00:00Z",
+            ),
+            stage(
+                4,
+                StageKind::Pause,
+                25,
+                "2026-11-27T09:00:00Z",
+                "2026-11-27T09:15:30Z",
+            ),
+            stage(
+                5,
+                StageKind::Promote,
+                100,
+                "2026-11-27T09:15:30Z",
+                "2026-11-27T09:15:30Z",
+            ),
+        ];
+        let md = chart(&stages).expect("a chart");
+        assert!(md.contains("⏸ Fri 09:00"), "{md}");
+        insta::assert_snapshot!(md);
+    }
+
+    #[test]
+    fn a_long_plan_gets_no_chart() {
+        let many: Vec<Stage> = (1..=MAX_CHART_STAGES + 1)
+            .map(|i| {
+                stage(
+                    i,
+                    StageKind::SetWeight,
+                    1,
+                    "2026-11-26T15:40:00Z",
+                    "2026-11-26T15:40:00Z",
+                )
+            })
+            .collect();
+        assert_eq!(chart(&many), None);
+        assert!(chart(&many[..3]).is_some());
     }
 }

@@ -31,6 +31,8 @@ pub struct Options {
 pub struct Built {
     pub target: Box<dyn Target>,
     pub counters: Option<Arc<dyn ProxyCounters>>,
+    /// Its job runner, when the target can run job checks (local, kubernetes).
+    pub jobs: Option<Box<dyn super::jobs::JobRunner>>,
 }
 
 impl std::fmt::Debug for Built {
@@ -51,6 +53,8 @@ pub fn build(name: &str, kind: &settings::Target, opts: &Options) -> Result<Buil
                 dir.join(format!("{name}.journal")),
             )),
             counters: None,
+            // A dry run runs no job: a job check there has no result, never a pass.
+            jobs: None,
         });
     }
     match kind {
@@ -62,6 +66,9 @@ pub fn build(name: &str, kind: &settings::Target, opts: &Options) -> Result<Buil
             // The data plane outlives this daemon: started when none answers, adopted
             // as it is when one does.
             Ok(Built {
+                jobs: Some(Box::new(super::local_jobs::LocalJobs::new(
+                    dir.join("jobs"),
+                ))),
                 target: Box::new(crate::dataplane::client::DataPlaneTarget::new(
                     dir.clone(),
                     crate::dataplane::client::Launch::Detached,
@@ -83,6 +90,9 @@ pub fn build(name: &str, kind: &settings::Target, opts: &Options) -> Result<Buil
             };
             connected
                 .map(|t| Built {
+                    jobs: Some(Box::new(super::kubernetes::jobs::KubernetesJobs::on(
+                        t.connection(),
+                    ))),
                     target: Box::new(t),
                     counters: None,
                 })
@@ -95,6 +105,7 @@ pub fn build(name: &str, kind: &settings::Target, opts: &Options) -> Result<Buil
                 .map(|t| Built {
                     target: Box::new(t),
                     counters: None,
+                    jobs: None,
                 })
                 .map_err(|e| format!("cannot start the lambda target: {e:#}"))
         }

@@ -110,6 +110,7 @@ use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 mod blue_green;
 mod deployment;
 mod deployments;
+pub mod jobs;
 mod ownership;
 mod readiness;
 mod route;

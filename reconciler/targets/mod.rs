@@ -7,14 +7,18 @@
 //! Every method is idempotent: the daemon may call any of them
 //! again after a crash or a lost race, and the target converges to the same state.
 //! `contract` holds the test every implementation must pass.
+//! Job checks have their own narrow trait, `jobs::JobRunner` (`local_jobs.rs`,
+//! `kubernetes/jobs.rs`), built beside the target by `factory`.
 
 pub mod contract;
 pub mod dry_run;
 pub mod factory;
+pub mod jobs;
 pub mod knative;
 pub mod kubernetes;
 pub mod lambda;
 pub mod local;
+pub mod local_jobs;
 
 use crate::engine::TargetHealth;
 use crate::model::Plan;

@@ -64,6 +64,9 @@ fn the_demo_plays_the_whole_story() {
         "revert pushed",
         "fail success-rate",
         "analysis passed",
+        // The dashboard's address while it plays, and how to open it again (#20).
+        "dashboard: http://127.0.0.1:",
+        "the dashboard again: rollgate dashboard --repo ",
     ] {
         assert!(
             stdout.contains(needed),

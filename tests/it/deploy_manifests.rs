@@ -152,11 +152,12 @@ fn rbac_grants_exactly_what_the_kubernetes_target_calls() {
         used(
             &[
                 rollgate::targets::kubernetes::RBAC,
-                rollgate::targets::knative::RBAC
+                rollgate::targets::knative::RBAC,
+                rollgate::targets::kubernetes::jobs::RBAC
             ]
             .concat()
         ),
-        "Deployments, Services and HTTPRoutes, and Knative Services and Revisions"
+        "Deployments, Services and HTTPRoutes, Knative Services and Revisions, and the Jobs (and their Pods) of job checks"
     );
 
     // The binding gives that role to the account the daemon runs as.

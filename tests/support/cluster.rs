@@ -145,6 +145,7 @@ pub fn api(objects: Vec<Value>, funcs: Option<Funcs>) -> (tokio::runtime::Runtim
         .with_resource::<KService>()
         .with_resource::<KRevision>()
         .with_status_subresource::<Deployment>()
+        .with_status_subresource::<k8s_openapi::api::batch::v1::Job>()
         .with_status_subresource::<KService>()
         .with_status_subresource::<KRevision>()
         .with_runtime_objects(objects);

@@ -21,6 +21,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 /// requests with 500; `marker` goes into every workload's argv, so the test can find
 /// (and count) its processes.
 pub fn plan_yaml(port: u16, artifact: &str, bad: bool, steps: &str, marker: &str) -> String {
+    plan_yaml_with(port, artifact, bad, steps, marker, "")
+}
+
+/// `plan_yaml` with more entries under `checks:` (`extra`: YAML lines, each `    - {…}`).
+pub fn plan_yaml_with(
+    port: u16,
+    artifact: &str,
+    bad: bool,
+    steps: &str,
+    marker: &str,
+    extra: &str,
+) -> String {
     let fail = if bad { artifact } else { marker };
     format!(
         "apiVersion: rollgate.dev/v1alpha1
@@ -39,7 +51,7 @@ spec:
       steps: {steps}
   checks:
     - {{ name: success-rate, source: builtin, query: success-rate, interval: 300ms, judge: {{ min: 0.95 }} }}
-  minSamples: 10
+{extra}  minSamples: 10
 "
     )
 }
@@ -55,10 +67,17 @@ pub struct World {
     pub steps: String,
     /// In the argv of every workload of this test (`--fail-version <marker>`).
     pub marker: String,
+    /// More checks in the plan (`plan_yaml_with`).
+    pub checks: String,
 }
 
 impl World {
     pub fn new(steps: &str) -> World {
+        Self::with_checks(steps, "")
+    }
+
+    /// A world whose plan has these checks besides `success-rate` (`plan_yaml_with`).
+    pub fn with_checks(steps: &str, checks: &str) -> World {
         let seed = tempfile::tempdir().expect("seed");
         let port = free_port();
         let marker = format!("none-{}-{port}", std::process::id());
@@ -70,7 +89,7 @@ impl World {
         .expect("settings");
         std::fs::write(
             seed.path().join("plans/web.yaml"),
-            plan_yaml(port, "v1", false, steps, &marker),
+            plan_yaml_with(port, "v1", false, steps, &marker, checks),
         )
         .expect("plan");
         let remote = Remote::seeded_from(seed.path());
@@ -83,6 +102,7 @@ impl World {
             state,
             steps: steps.to_owned(),
             marker,
+            checks: checks.to_owned(),
         }
     }
 
@@ -97,6 +117,11 @@ impl World {
 
     /// Start the daemon from `exe` (the built binary, or a copy playing a new release).
     pub fn daemon_from(&self, exe: &Path) -> Daemon {
+        self.daemon_with(exe, &[])
+    }
+
+    /// Start the daemon from `exe` with more arguments (`--listen ADDR`).
+    pub fn daemon_with(&self, exe: &Path, extra: &[&str]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,6 +132,7 @@ impl World {
             .arg(&self.remote.bare)
             .args(["--interval", "100ms", "--state-dir"])
             .arg(&self.state)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -179,7 +205,16 @@ impl World {
     pub fn roll_out(&self, artifact: &str, bad: bool) -> String {
         self.remote.human_commit(
             "plans/web.yaml",
-            |_| plan_yaml(self.port, artifact, bad, &self.steps, &self.marker),
+            |_| {
+                plan_yaml_with(
+                    self.port,
+                    artifact,
+                    bad,
+                    &self.steps,
+                    &self.marker,
+                    &self.checks,
+                )
+            },
             &format!("web: {artifact}"),
         )
     }
@@ -205,6 +240,33 @@ pub fn marked(marker: &str) -> Vec<Identity> {
         .collect();
     out.sort_by_key(|i| i.pid);
     out
+}
+
+/// Is any live process's argv holding `marker` (in one of its words)?
+pub fn marked_any(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(Identity::of)
+        .any(|id| id.argv.iter().any(|a| a.contains(marker)))
+}
+
+/// Stop every live process whose argv holds `marker` (a test's guard).
+pub fn stop_marked_any(marker: &str) {
+    let ids: Vec<Identity> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter_map(Identity::of)
+        .filter(|id| id.argv.iter().any(|a| a.contains(marker)))
+        .collect();
+    for id in ids {
+        id.stop(Duration::from_millis(200));
+    }
 }
 
 /// Last line of defence after the data planes were stopped: no workload of this test

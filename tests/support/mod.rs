@@ -9,6 +9,7 @@ pub mod git_servers;
 pub mod github;
 pub mod local;
 pub mod rollout;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

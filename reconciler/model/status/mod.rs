@@ -98,6 +98,10 @@ pub enum HoldKind {
     Slo,
     /// A metrics source keeps failing; released (the analysis restarts) when it answers.
     Metrics,
+    /// During a timed pause or an analysis, traffic stopped being as recorded (drift
+    /// being re-applied, the canary's pods not ready): the step's clock stops; released
+    /// when the target is healthy again (the step starts over).
+    Drift,
 }
 
 impl HoldKind {
@@ -108,15 +112,17 @@ impl HoldKind {
             HoldKind::Target => "target",
             HoldKind::Slo => "slo",
             HoldKind::Metrics => "metrics",
+            HoldKind::Drift => "drift",
         }
     }
 
-    pub const ALL: [HoldKind; 5] = [
+    pub const ALL: [HoldKind; 6] = [
         HoldKind::Window,
         HoldKind::Evidence,
         HoldKind::Target,
         HoldKind::Slo,
         HoldKind::Metrics,
+        HoldKind::Drift,
     ];
 
     pub fn parse(s: &str) -> Option<HoldKind> {

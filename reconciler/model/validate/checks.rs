@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::model::diagnostics::{Code, did_you_mean};
-use crate::model::plan::{self, Check, Direction, Judge};
+use crate::model::plan::{self, Check, Direction, JobCheck, Judge};
 use crate::model::settings::{self, BUILTIN_SOURCE, Settings};
 use crate::model::wire;
 
@@ -38,9 +38,10 @@ pub(super) fn checks(
     cx: &mut Ctx<'_>,
     s: &wire::PlanSpec,
     settings: Option<&Settings>,
-) -> Vec<Check> {
+) -> (Vec<Check>, Vec<JobCheck>) {
     use P::{I, K};
     let mut checks = Vec::new();
+    let mut jobs = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, c) in s.checks.iter().enumerate() {
         let at = |rest: &[P<'static>]| -> Vec<P<'static>> {
@@ -57,8 +58,31 @@ pub(super) fn checks(
                 format!("check `{}` is declared twice", c.name),
             );
         }
-        if c.source == BUILTIN_SOURCE {
-            if c.query == "replica-health"
+        if let Some(job) = &c.job {
+            jobs.push(super::jobs::job_check(cx, s, c, job, &at(&[])));
+            continue;
+        }
+        let (Some(source), Some(query), Some(wire_judge)) = (&c.source, &c.query, &c.judge) else {
+            for (field, missing) in [
+                ("source", c.source.is_none()),
+                ("query", c.query.is_none()),
+                ("judge", c.judge.is_none()),
+            ] {
+                if missing {
+                    cx.err(
+                        &at(&[]),
+                        Code::MissingField,
+                        format!("missing field `{field}` in check `{}`", c.name),
+                    )
+                    .help = Some(
+                        "a check is a metric (`source`, `query`, `judge`) or a `job:`".to_owned(),
+                    );
+                }
+            }
+            continue;
+        };
+        if source == BUILTIN_SOURCE {
+            if query == "replica-health"
                 && !matches!(
                     s.workload,
                     wire::Workload::Kubernetes(_) | wire::Workload::Knative(_)
@@ -71,12 +95,12 @@ pub(super) fn checks(
                 )
                 .help = Some("judge this workload by its traffic (success-rate, latency-p99) instead".to_owned());
             }
-            if !BUILTIN_QUERIES.contains(&c.query.as_str()) {
-                let hint = did_you_mean(&c.query, BUILTIN_QUERIES.iter().copied());
+            if !BUILTIN_QUERIES.contains(&query.as_str()) {
+                let hint = did_you_mean(query, BUILTIN_QUERIES.iter().copied());
                 cx.err(
                     &at(&[K("query")]),
                     Code::InvalidValue,
-                    format!("the builtin source has no query `{}`", c.query),
+                    format!("the builtin source has no query `{}`", query),
                 )
                 .help = Some(hint.map_or_else(
                     || format!("builtin queries: {}", BUILTIN_QUERIES.join(", ")),
@@ -84,7 +108,7 @@ pub(super) fn checks(
                 ));
             }
         } else if let Some(settings::MetricsSource::Cloudwatch { .. }) =
-            settings.and_then(|st| st.metrics.get(&c.source))
+            settings.and_then(|st| st.metrics.get(source.as_str()))
         {
             if !matches!(s.workload, wire::Workload::Lambda(_)) {
                 cx.err(
@@ -92,16 +116,16 @@ pub(super) fn checks(
                     Code::WorkloadMismatch,
                     format!(
                         "`{}` is a cloudwatch source, which measures lambda workloads",
-                        c.source
+                        source
                     ),
                 );
             }
-            if !settings::CLOUDWATCH_QUERIES.contains(&c.query.trim()) {
-                let hint = did_you_mean(&c.query, settings::CLOUDWATCH_QUERIES.iter().copied());
+            if !settings::CLOUDWATCH_QUERIES.contains(&query.trim()) {
+                let hint = did_you_mean(query, settings::CLOUDWATCH_QUERIES.iter().copied());
                 cx.err(
                     &at(&[K("query")]),
                     Code::InvalidValue,
-                    format!("a cloudwatch source has no query `{}`", c.query),
+                    format!("a cloudwatch source has no query `{}`", query),
                 )
                 .help = Some(hint.map_or_else(
                     || {
@@ -114,47 +138,47 @@ pub(super) fn checks(
                 ));
             }
         } else if let Some(settings) = settings
-            && !settings.metrics.contains_key(&c.source)
+            && !settings.metrics.contains_key(source.as_str())
         {
             let names: Vec<&str> = std::iter::once(BUILTIN_SOURCE)
                 .chain(settings.metrics.keys().map(String::as_str))
                 .collect();
-            let hint = did_you_mean(&c.source, names.iter().copied());
+            let hint = did_you_mean(source, names.iter().copied());
             cx.err(
                 &at(&[K("source")]),
                 Code::UnknownSource,
-                format!("unknown metrics source `{}`", c.source),
+                format!("unknown metrics source `{}`", source),
             )
             .help = Some(hint.map_or_else(
                 || format!("sources: {}", names.join(", ")),
                 |h| format!("did you mean `{h}`?"),
             ));
         }
-        if c.query.trim().is_empty() {
+        if query.trim().is_empty() {
             cx.err(&at(&[K("query")]), Code::InvalidValue, "the query is empty");
         }
         if c.samples_query.is_some()
             && let Some(settings::MetricsSource::Web { .. }) =
-                settings.and_then(|st| st.metrics.get(&c.source))
+                settings.and_then(|st| st.metrics.get(source.as_str()))
         {
             cx.err(
                 &at(&[K("samplesQuery")]),
                 Code::InvalidValue,
                 format!(
                     "`{}` is a web source, which reads its samples from the answer, never from a samplesQuery",
-                    c.source
+                    source
                 ),
             )
             .help = Some(format!(
                 "set `samplesPath` on `metrics.{}.web` in rollgate.yaml, or remove `samplesQuery`",
-                c.source
+                source
             ));
         }
-        let mut judge = judge_from_wire(cx, &c.judge, &at(&[K("judge")]));
+        let mut judge = judge_from_wire(cx, wire_judge, &at(&[K("judge")]));
         // A success rate is harmed by going down: that is its default direction.
         if let Judge::Baseline { direction, .. } = &mut judge
-            && c.judge.direction.is_none()
-            && c.query.trim() == "success-rate"
+            && wire_judge.direction.is_none()
+            && query.trim() == "success-rate"
         {
             *direction = Direction::Decrease;
         }
@@ -165,8 +189,8 @@ pub(super) fn checks(
         );
         checks.push(Check {
             name: c.name.clone(),
-            source: c.source.clone(),
-            query: c.query.clone(),
+            source: source.clone(),
+            query: query.clone(),
             judge,
             interval,
             failure_limit: c.failure_limit.unwrap_or(0),
@@ -176,7 +200,7 @@ pub(super) fn checks(
             samples_query: c.samples_query.clone(),
         });
     }
-    checks
+    (checks, jobs)
 }
 
 fn judge_from_wire(cx: &mut Ctx<'_>, j: &wire::Judge, path: &[P<'static>]) -> Judge {

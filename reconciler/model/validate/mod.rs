@@ -26,6 +26,9 @@
 mod artifact;
 mod checks;
 mod cross_plan;
+#[cfg(test)]
+mod job_tests;
+mod jobs;
 mod rollback;
 mod settings;
 mod strategy;
@@ -290,7 +293,8 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
     let s = &w.spec;
     let workload = workload::workload(cx, s, settings);
     let artifact = artifact::artifact(cx, w);
-    let checks = checks::checks(cx, s, settings);
+    let (checks, jobs) = checks::checks(cx, s, settings);
+    let hooks = jobs::hooks(cx, s);
     let strategy = strategy::strategy(cx, s, &workload);
     let windows = windows::windows(cx, s);
     let rollback = rollback::rollback(cx, s);
@@ -309,6 +313,8 @@ fn plan_from_wire(cx: &mut Ctx<'_>, w: &wire::PlanFile, settings: Option<&Settin
         promoted_from: s.promoted_from.clone(),
         strategy,
         checks,
+        jobs,
+        hooks,
         min_samples,
         windows,
         rollback,

@@ -23,6 +23,12 @@ use super::{Ctx, P};
 pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload) -> Strategy {
     use P::{I, K};
     let check_names: Vec<String> = s.checks.iter().map(|c| c.name.clone()).collect();
+    let job_names: Vec<String> = s
+        .checks
+        .iter()
+        .filter(|c| c.job.is_some())
+        .map(|c| c.name.clone())
+        .collect();
     match &s.strategy {
         wire::Strategy::Canary(c) => {
             let base = [K("spec"), K("strategy"), K("canary"), K("steps")];
@@ -82,15 +88,22 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                         refs(cx, &check_names, &a.checks, &at("analysis", &[K("checks")]));
                         let dp = at("analysis", &[K("duration")]);
                         let d = cx.dur(Some(&a.duration), Duration::ZERO, &dp);
-                        if d.is_zero() && duration::parse(&a.duration).is_some() {
+                        // Metric checks need time to measure; job checks run once, so
+                        // an analysis of jobs only may last 0s (it ends with the jobs).
+                        let jobs_only = a.checks.iter().all(|n| job_names.contains(n));
+                        if d.is_zero() && duration::parse(&a.duration).is_some() && !jobs_only {
                             cx.err(
                                 &dp,
                                 Code::BadDuration,
                                 "an analysis must last longer than 0s",
+                            )
+                            .help = Some(
+                                "only an analysis of job checks alone may last 0s: the jobs run once".to_owned(),
                             );
                         }
                         steps.push(Step::Analysis(Analysis {
                             checks: a.checks.clone(),
+                            hook: None,
                             duration: d,
                         }));
                     }
@@ -170,6 +183,7 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                     .collect();
                 Analysis {
                     checks: a.checks.clone(),
+                    hook: None,
                     duration: cx.dur(Some(&a.duration), Duration::ZERO, &dp),
                 }
             });
@@ -376,6 +390,7 @@ pub fn expand_preset(name: &str, checks: &[String]) -> Option<Vec<Step>> {
         } else {
             Step::Analysis(Analysis {
                 checks: checks.to_vec(),
+                hook: None,
                 duration: d,
             })
         }
