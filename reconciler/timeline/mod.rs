@@ -28,15 +28,20 @@ pub struct Rollout<'a> {
 }
 
 /// Split one plan's entries (oldest first) into rollouts: a transition with a revision
-/// other than the current rollout's starts the next one. Commands and reverts belong to
-/// the rollout they follow (a revert names the revision it rolls back).
+/// other than the current rollout's starts the next one, and so does a transition out
+/// of `RolledBack` (a `retry` walks the same revision again: a new rollout, not more of
+/// the failed one). Commands and reverts belong to the rollout they follow (a revert
+/// names the revision it rolls back).
 pub fn rollouts<'a>(entries: &'a [Entry], plan: &str) -> Vec<Rollout<'a>> {
     let mut out: Vec<Rollout<'a>> = Vec::new();
     for e in entries.iter().filter(|e| e.plan == plan) {
         let starts = e.kind == "transition"
             && match out.last() {
                 None => true,
-                Some(r) => e.revision.is_some() && r.revision != e.revision.as_deref(),
+                Some(r) => {
+                    (e.revision.is_some() && r.revision != e.revision.as_deref())
+                        || e.from.as_deref() == Some("RolledBack")
+                }
             };
         if starts || out.is_empty() {
             out.push(Rollout {

@@ -257,3 +257,23 @@ fn escape_covers_markup_quotes_and_control_characters() {
         "&lt;a href=&#39;x&#39;&gt;&quot;&amp;\u{fffd}\n"
     );
 }
+
+#[test]
+fn regression_a_retry_after_a_rollback_is_a_rollout_of_its_own() {
+    // Given a rollout rolled back, then retried: the same revision walks again
+    let mut story = Story::new("checkout")
+        .to(0, "Progressing", "1/5", 5, "step 1: weight 5%")
+        .to(60, "RollingBack", "1/5", 0, "analysis failed")
+        .to(2, "RolledBack", "1/5", 0, "stable serves again")
+        .to(600, "Progressing", "1/5", 5, "retried by command");
+    if let Some(e) = story.entries.last_mut() {
+        e.from = Some("RolledBack".to_owned());
+    }
+    // Then the retry is the second rollout, not more of the failed one
+    let all = rollouts(&story.entries, "checkout");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].entries.len(), 3);
+    assert_eq!(all[1].entries.len(), 1);
+    let last = for_plan(&story.entries, "checkout", None).expect("last");
+    assert_eq!((last.number, last.of), (2, 2));
+}
