@@ -401,10 +401,10 @@ async fn handle(
     let picked = {
         let table = shared.table.read().unwrap_or_else(PoisonError::into_inner);
         table.pick_for(bucket, req.headers()).map(|p| {
+            // Only a mirrored request takes a handle on the shadow recorder.
             let mirror = p
                 .mirror
-                .zip(table.shadow.clone())
-                .map(|(c, rec)| (c.backend.addr, rec));
+                .and_then(|c| Some((c.backend.addr, table.shadow.clone()?)));
             (
                 p.to.backend.addr,
                 table.addrs(),
