@@ -76,6 +76,11 @@ fn a_shadow_check_that_fails_rolls_back_before_any_user_traffic_moved() {
     let s = world.wait("v2 rolled back", Duration::from_secs(60), |s| {
         s.phase.as_str() == "RolledBack" && s.candidate == "v2"
     });
+    // (a quiet machine rolls back within a second: let the load reach 100 answers first)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while load.seen().total() < 100 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let seen = load.stop();
     // Then the shadow check failed on the copies, and no user ever got an answer from v2
     let run = s
