@@ -107,13 +107,16 @@ impl Workload {
                 ..
             }) => Capabilities {
                 header_route: true,
+                tag_header_route: true,
                 mirror: true,
             },
-            // Replica ratio has no router to ask; Lambda aliases and Knative Services
-            // route by weight (and tag) only.
-            Workload::Kubernetes(_) | Workload::Lambda(_) | Workload::Knative(_) => {
-                Capabilities::default()
-            }
+            // A Knative Service routes a header only by its tag header.
+            Workload::Knative(_) => Capabilities {
+                tag_header_route: true,
+                ..Capabilities::default()
+            },
+            // Replica ratio has no router to ask; Lambda aliases route by weight only.
+            Workload::Kubernetes(_) | Workload::Lambda(_) => Capabilities::default(),
         }
     }
 }
@@ -123,8 +126,41 @@ impl Workload {
 pub struct Capabilities {
     /// `setHeaderRoute`: requests matching headers or cookies go to the candidate.
     pub header_route: bool,
+    /// `setHeaderRoute` with the one match Knative's tag header routing can express:
+    /// `Knative-Serving-Tag` equal to a tag ([`knative_tag`]). Implied by `header_route`.
+    pub tag_header_route: bool,
     /// `setMirror`: a share of requests copied to the candidate, answers discarded.
     pub mirror: bool,
+}
+
+impl Capabilities {
+    /// Whether a header route of `matches` can be taken (no matches: no route, always).
+    pub fn routes_by(&self, matches: &[RequestMatch]) -> bool {
+        matches.is_empty()
+            || self.header_route
+            || (self.tag_header_route && knative_tag(matches).is_some())
+    }
+}
+
+/// The header Knative Serving routes by tag (with `tag-header-based-routing` enabled):
+/// a request carrying `Knative-Serving-Tag: T` goes to the revision tagged `T`.
+pub const TAG_HEADER: &str = "Knative-Serving-Tag";
+
+/// The tag a header route names when it is exactly one exact match on [`TAG_HEADER`]
+/// whose value can be a Knative traffic tag (a DNS-1035 label: lowercase letters,
+/// digits and `-`, a letter first, no `-` last, at most 63 characters).
+pub fn knative_tag(matches: &[RequestMatch]) -> Option<&str> {
+    let [m] = matches else { return None };
+    let (MatchOn::Header(h), MatchValue::Exact(tag)) = (&m.on, &m.value) else {
+        return None;
+    };
+    let b = tag.as_bytes();
+    let label = (1..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-';
+    (h.eq_ignore_ascii_case(TAG_HEADER) && label).then_some(tag.as_str())
 }
 
 /// The workloads that support header routes and mirrors, for help lines.

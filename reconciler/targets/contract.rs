@@ -11,7 +11,8 @@
 //! answers `readiness`, a healthy candidate with traffic must read fully ready.
 //!
 //! Routing (issue #19): a canary on a workload whose `Workload::capabilities` claim a
-//! header route or a mirror gets them (a header condition, a 20% mirror) from the
+//! header route or a mirror gets them (a header condition, or a Knative tag header
+//! route where only that is claimed; a 20% mirror) from the
 //! start, kept while the weights move, and gone after promotion and after rollback;
 //! a workload that claims neither has a non-empty routing refused (`Refused`, nothing
 //! changed) and the empty one accepted.
@@ -70,6 +71,11 @@ pub fn run(
         Strategy::Canary { .. } => Routing {
             matches: if caps.header_route {
                 asked.matches.clone()
+            } else if caps.tag_header_route {
+                vec![RequestMatch {
+                    on: MatchOn::Header(crate::model::plan::TAG_HEADER.to_owned()),
+                    value: MatchValue::Exact("beta".to_owned()),
+                }]
             } else {
                 Vec::new()
             },

@@ -127,9 +127,7 @@ impl Target for DryRun {
     /// Journalled as `plan routing {"match":[…],"mirror":N}` (one line of JSON).
     fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
         let caps = plan.workload.capabilities();
-        if (!routing.matches.is_empty() && !caps.header_route)
-            || (routing.mirror > 0 && !caps.mirror)
-        {
+        if !caps.routes_by(&routing.matches) || (routing.mirror > 0 && !caps.mirror) {
             return Err(TargetError::refused(format!(
                 "{} workloads cannot route by header or mirror requests",
                 plan.workload.kind()

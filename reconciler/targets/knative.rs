@@ -3,8 +3,15 @@
 //!
 //! ```text
 //!   Service <svc>.spec.traffic ──┬── percent 100-w ──▶ Revision <stable>       (already serving)
-//!                                └── percent w, tag candidate ──▶ Revision <svc>-<digest>
+//!                                ├── percent w, tag candidate ──▶ Revision <svc>-<digest>
+//!                                └── percent 0, tag <T> ──▶ the same   (setHeaderRoute only)
 //! ```
+//!
+//! A header route (`setHeaderRoute` with the one match Knative can express,
+//! `Knative-Serving-Tag: T`) is one more traffic entry: the candidate's revision at 0%
+//! tagged `T`. With `tag-header-based-routing` enabled in `config-features`, Knative
+//! sends every request carrying that header to it, whatever the weight. A weight change
+//! keeps it; promotion and rollback take it away with the candidate. Mirrors are refused.
 //!
 //! The Service is the user's (their GitOps tool created it). rollgate writes only three
 //! things in it: the template's revision name, the artifact as the image of the plan's
@@ -45,7 +52,7 @@ use super::kubernetes::{Connection, Timing};
 use super::{Target, TargetError};
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
-use crate::model::plan::{KnativeWorkload, Workload};
+use crate::model::plan::{self, KnativeWorkload, Routing, Workload};
 use crate::targets::Desired;
 
 /// The tag of the candidate's traffic entry: Knative gives it its own URL.
@@ -114,6 +121,7 @@ pub struct Split {
 
 pub fn split_of(service: &Value) -> Split {
     let mut split = Split::default();
+    let mut others: Vec<(&str, i64)> = Vec::new();
     let latest_ready = service
         .pointer("/status/latestReadyRevisionName")
         .and_then(Value::as_str);
@@ -132,7 +140,15 @@ pub fn split_of(service: &Value) -> Split {
         let Some(name) = name else { continue };
         if t.get("tag").and_then(Value::as_str) == Some(CANDIDATE_TAG) {
             split.candidate = Some((name.to_owned(), percent));
-        } else if split.stable.as_ref().is_none_or(|(_, p)| percent > *p) {
+        } else {
+            others.push((name, percent));
+        }
+    }
+    // The stable is the largest other entry; a header route's tag entry names the
+    // candidate's revision (at 0%), and is not the stable.
+    for (name, percent) in others {
+        let candidate = split.candidate.as_ref().map(|(c, _)| c.as_str());
+        if candidate != Some(name) && split.stable.as_ref().is_none_or(|(_, p)| percent > *p) {
             split.stable = Some((name.to_owned(), percent));
         }
     }
@@ -185,13 +201,65 @@ pub fn not_serving_yet(service: &Value) -> String {
 /// The `spec.traffic` for stable at `100 - weight` and the candidate at `weight`
 /// (tagged), or the stable alone at 100.
 pub fn traffic(stable: &str, candidate: Option<(&str, u8)>) -> Value {
+    routed_traffic(stable, candidate, None)
+}
+
+/// [`traffic`], plus a header route's tag (`setHeaderRoute` on
+/// [`plan::TAG_HEADER`](crate::model::plan::TAG_HEADER)): one more entry for the
+/// candidate's revision at 0% carrying that tag, so a request with
+/// `Knative-Serving-Tag: <tag>` reaches the candidate whatever the weight. Without a
+/// candidate there is no route.
+pub fn routed_traffic(stable: &str, candidate: Option<(&str, u8)>, tag: Option<&str>) -> Value {
     match candidate {
-        Some((c, w)) if c != stable => json!([
-            { "revisionName": stable, "percent": 100 - i64::from(w.min(100)) },
-            { "revisionName": c, "percent": i64::from(w.min(100)), "tag": CANDIDATE_TAG },
-        ]),
+        Some((c, w)) if c != stable => {
+            let mut t = vec![
+                json!({ "revisionName": stable, "percent": 100 - i64::from(w.min(100)) }),
+                json!({ "revisionName": c, "percent": i64::from(w.min(100)), "tag": CANDIDATE_TAG }),
+            ];
+            if let Some(tag) = tag.filter(|t| *t != CANDIDATE_TAG) {
+                t.push(json!({ "revisionName": c, "percent": 0, "tag": tag }));
+            }
+            Value::Array(t)
+        }
         _ => json!([{ "revisionName": stable, "percent": 100 }]),
     }
+}
+
+/// The tag of the header route in `spec.traffic`: an entry other than the candidate's
+/// own that names the candidate's revision at 0%.
+pub fn route_tag_of(service: &Value) -> Option<String> {
+    let candidate = split_of(service).candidate?.0;
+    service
+        .pointer("/spec/traffic")?
+        .as_array()?
+        .iter()
+        .find_map(|t| {
+            let tag = t.get("tag")?.as_str()?;
+            (tag != CANDIDATE_TAG
+                && t.get("revisionName").and_then(Value::as_str) == Some(candidate.as_str())
+                && t.get("percent").and_then(Value::as_i64).unwrap_or(0) == 0)
+                .then(|| tag.to_owned())
+        })
+}
+
+/// The tag a routing asks for on a Knative Service, or why it cannot be taken there.
+fn route_tag(routing: &Routing) -> Result<Option<&str>, TargetError> {
+    if routing.mirror > 0 {
+        return Err(TargetError::refused(
+            "knative workloads cannot mirror requests".to_owned(),
+        ));
+    }
+    if routing.matches.is_empty() {
+        return Ok(None);
+    }
+    plan::knative_tag(&routing.matches)
+        .map(Some)
+        .ok_or_else(|| {
+            TargetError::refused(format!(
+                "knative workloads route by header only through `{}` equal to a tag",
+                plan::TAG_HEADER
+            ))
+        })
 }
 
 /// Why a patch failed: someone else wrote first (read again), or anything else.
@@ -257,6 +325,13 @@ impl Target for KnativeTarget {
     fn set_weight(&mut self, plan: &Plan, weight: u8) -> Result<(), TargetError> {
         let k = self.knative(plan)?;
         self.connection.block_on(k.set_weight(weight.min(100)))
+    }
+
+    /// A tag header route only (`Knative-Serving-Tag`); no mirror.
+    fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        let tag = route_tag(routing)?;
+        let k = self.knative(plan)?;
+        self.connection.block_on(k.set_route_tag(tag))
     }
 
     fn promote(&mut self, plan: &Plan, artifact: &str) -> Result<(), TargetError> {
@@ -510,10 +585,17 @@ impl Knative<'_> {
             Some((c, p)) if c == candidate => u8::try_from(*p).unwrap_or(0),
             _ => 0,
         };
+        // …and its header route (one of an earlier candidate is not kept).
+        let tag = route_tag_of(service).filter(|_| {
+            split
+                .candidate
+                .as_ref()
+                .is_some_and(|(c, _)| c == candidate)
+        });
         let mut ops = self.template_ops(service, candidate, artifact)?;
         ops.extend(Self::traffic_op(
             service,
-            traffic(&stable, Some((candidate, weight))),
+            routed_traffic(&stable, Some((candidate, weight)), tag.as_deref()),
         ));
         Ok(ops)
     }
@@ -527,11 +609,38 @@ impl Knative<'_> {
                     self.w.service
                 )));
             };
-            Ok(
-                Self::traffic_op(service, traffic(&stable, Some((&candidate, weight))))
-                    .into_iter()
-                    .collect(),
+            // The weight moves; the header route stays.
+            let tag = route_tag_of(service);
+            Ok(Self::traffic_op(
+                service,
+                routed_traffic(&stable, Some((&candidate, weight)), tag.as_deref()),
             )
+            .into_iter()
+            .collect())
+        })
+        .await
+    }
+
+    async fn set_route_tag(&self, tag: Option<&str>) -> Result<(), TargetError> {
+        self.update(|service| {
+            let split = split_of(service);
+            let (Some((stable, _)), Some((candidate, weight))) = (split.stable, split.candidate)
+            else {
+                if tag.is_none() {
+                    return Ok(Vec::new()); // no candidate, no route: nothing to take away
+                }
+                return Err(TargetError::failed(format!(
+                    "knative service {} has no candidate revision; start the candidate first",
+                    self.w.service
+                )));
+            };
+            let weight = u8::try_from(weight.clamp(0, 100)).unwrap_or(0);
+            Ok(Self::traffic_op(
+                service,
+                routed_traffic(&stable, Some((&candidate, weight)), tag),
+            )
+            .into_iter()
+            .collect())
         })
         .await
     }
@@ -690,7 +799,8 @@ impl Knative<'_> {
                 if let Some(h) = self.revision_ready(&candidate, c).await? {
                     return Ok(h);
                 }
-                traffic(stable, Some((&candidate, desired.weight)))
+                let tag = route_tag(&desired.routing)?;
+                routed_traffic(stable, Some((&candidate, desired.weight)), tag)
             }
             (None, Some((stable, _))) => traffic(stable, None),
             (_, None) => return Ok(TargetHealth::Progressing),
@@ -830,5 +940,32 @@ mod tests {
             traffic("a", None),
             json!([{ "revisionName": "a", "percent": 100 }])
         );
+    }
+
+    #[test]
+    fn a_route_tag_entry_is_never_read_as_the_stable_in_any_order() {
+        for w in [0u8, 30, 100] {
+            let t = routed_traffic("a", Some(("b", w)), Some("beta"));
+            let mut entries = t.as_array().expect("array").clone();
+            for _ in 0..entries.len() {
+                entries.rotate_left(1);
+                let service = json!({ "spec": { "traffic": entries.clone() } });
+                assert_eq!(
+                    split_of(&service),
+                    Split {
+                        stable: Some(("a".to_owned(), 100 - i64::from(w))),
+                        candidate: Some(("b".to_owned(), i64::from(w))),
+                    },
+                    "{entries:?}"
+                );
+                assert_eq!(route_tag_of(&service).as_deref(), Some("beta"));
+            }
+        }
+        // The candidate's own tag needs no second entry; no candidate, no route.
+        assert_eq!(
+            routed_traffic("a", Some(("b", 5)), Some(CANDIDATE_TAG)),
+            traffic("a", Some(("b", 5)))
+        );
+        assert_eq!(routed_traffic("a", None, Some("beta")), traffic("a", None));
     }
 }

@@ -325,6 +325,7 @@ cases! {
     unsafe_path => "unsafe-path",
     unsupported_traffic => "unsupported-traffic",
     unsupported_traffic_header_route_kubernetes => "unsupported-traffic-header-route-kubernetes",
+    unsupported_traffic_header_route_knative => "unsupported-traffic-header-route-knative",
     unsupported_traffic_two_cookies_gateway => "unsupported-traffic-two-cookies-gateway",
     weight_decreasing => "weight-decreasing",
     weight_range => "weight-range",

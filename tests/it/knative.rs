@@ -14,9 +14,10 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use rollgate::engine::{Measurement, TargetHealth};
 use rollgate::model::Plan;
+use rollgate::model::plan::{MatchOn, MatchValue, RequestMatch, Routing, TAG_HEADER};
 use rollgate::targets::knative::{self, CANDIDATE_TAG, KnativeTarget};
 use rollgate::targets::kubernetes::KubernetesTarget;
-use rollgate::targets::{Desired, Target, contract};
+use rollgate::targets::{Desired, ErrorKind, Target, contract};
 use serde_json::{Value, json};
 use support::cluster::{self, E2E_SKIPPED, e2e_target, poll_until, wait_until};
 
@@ -314,6 +315,141 @@ fn traffic_blocks_after_every_step_of_a_canary() {
     );
     assert_schema_valid(&t, "promote");
     assert_eq!(settle(&mut t, &desired(V2, None, 0)), TargetHealth::Healthy);
+}
+
+/// The routing of `setHeaderRoute: { match: [{ header: Knative-Serving-Tag, value: tag }] }`.
+fn tag_route(tag: &str) -> Routing {
+    Routing {
+        matches: vec![RequestMatch {
+            on: MatchOn::Header(TAG_HEADER.to_owned()),
+            value: MatchValue::Exact(tag.to_owned()),
+        }],
+        mirror: 0,
+    }
+}
+
+/// What Knative's admission webhook enforces on `spec.traffic` and the in-memory API
+/// server does not: every tag once, percents summing to 100.
+fn assert_knative_accepts(t: &KubernetesTarget, step: &str) {
+    let traffic = traffic(t);
+    let entries = traffic.as_array().expect("traffic is a list");
+    let tags: Vec<&str> = entries.iter().filter_map(|e| e["tag"].as_str()).collect();
+    let mut unique = tags.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), tags.len(), "{step}: a tag twice in {traffic}");
+    let sum: i64 = entries.iter().filter_map(|e| e["percent"].as_i64()).sum();
+    assert_eq!(sum, 100, "{step}: percents of {traffic}");
+    assert_schema_valid(t, step);
+}
+
+#[test]
+fn a_tag_header_route_is_a_zero_percent_tagged_entry_kept_through_weights_and_gone_at_promotion() {
+    let mut t = cluster();
+    let p = plan();
+    let cand = candidate_name(V2);
+    t.start_candidate(&p, V2).expect("start");
+    for _ in 0..2 {
+        t.set_routing(&p, &tag_route("beta")).expect("route");
+    }
+    let routed = |w: i64| {
+        json!([
+            { "revisionName": "hello-00001", "percent": 100 - w },
+            { "revisionName": cand, "percent": w, "tag": CANDIDATE_TAG },
+            { "revisionName": cand, "percent": 0, "tag": "beta" },
+        ])
+    };
+    assert_eq!(traffic(&t), routed(0), "the route before any weight");
+    assert_knative_accepts(&t, "route");
+    let with_route = |w: u8| Desired {
+        routing: tag_route("beta"),
+        ..desired(V1, Some(V2), w)
+    };
+    assert_eq!(settle(&mut t, &with_route(0)), TargetHealth::Healthy);
+    assert_eq!(
+        settle(&mut t, &desired(V1, Some(V2), 0)),
+        TargetHealth::Progressing,
+        "health compares the route too: without it the spec is not what is asked"
+    );
+    for w in [10u8, 50] {
+        t.set_weight(&p, w).expect("weight");
+        assert_eq!(traffic(&t), routed(i64::from(w)), "the route stays at {w}%");
+        assert_knative_accepts(&t, &format!("weight {w}"));
+        assert_eq!(settle(&mut t, &with_route(w)), TargetHealth::Healthy);
+        // A re-run start (after a crash) keeps both the weight and the route.
+        t.start_candidate(&p, V2).expect("start again");
+        assert_eq!(traffic(&t), routed(i64::from(w)), "a re-run start at {w}%");
+    }
+    t.set_routing(&p, &Routing::default()).expect("route off");
+    assert_eq!(
+        traffic(&t),
+        json!([
+            { "revisionName": "hello-00001", "percent": 50 },
+            { "revisionName": cand, "percent": 50, "tag": CANDIDATE_TAG },
+        ]),
+        "an empty routing takes the route away and keeps the weight"
+    );
+    t.set_routing(&p, &tag_route("beta")).expect("route again");
+    t.promote(&p, V2).expect("promote");
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": cand, "percent": 100 }]),
+        "promotion takes the route away"
+    );
+    assert_knative_accepts(&t, "promote");
+    assert_eq!(settle(&mut t, &desired(V2, None, 0)), TargetHealth::Healthy);
+}
+
+#[test]
+fn rollback_takes_a_tag_header_route_away_and_a_new_candidate_does_not_inherit_it() {
+    let mut t = cluster();
+    let p = plan();
+    t.start_candidate(&p, V2).expect("start");
+    t.set_routing(&p, &tag_route("beta")).expect("route");
+    t.set_weight(&p, 10).expect("weight");
+    t.rollback(&p, Some(V1)).expect("rollback");
+    assert_eq!(
+        traffic(&t),
+        json!([{ "revisionName": "hello-00001", "percent": 100 }])
+    );
+    assert_knative_accepts(&t, "rollback");
+    t.start_candidate(&p, V3).expect("start v3");
+    assert_eq!(
+        traffic(&t),
+        json!([
+            { "revisionName": "hello-00001", "percent": 100 },
+            { "revisionName": candidate_name(V3), "percent": 0, "tag": CANDIDATE_TAG },
+        ]),
+        "v3 starts without v2's route"
+    );
+}
+
+#[test]
+fn routes_knative_cannot_express_are_refused_and_change_nothing() {
+    let mut t = cluster();
+    let p = plan();
+    t.start_candidate(&p, V2).expect("start");
+    let before = traffic(&t);
+    let header = Routing {
+        matches: vec![RequestMatch {
+            on: MatchOn::Header("X-Canary".to_owned()),
+            value: MatchValue::Exact("1".to_owned()),
+        }],
+        mirror: 0,
+    };
+    let mirror = Routing {
+        matches: Vec::new(),
+        mirror: 20,
+    };
+    for (what, r) in [
+        ("another header", header),
+        ("a mirror", mirror),
+        ("a tag that is no DNS label", tag_route("Beta_1")),
+    ] {
+        let err = t.set_routing(&p, &r).expect_err(what);
+        assert_eq!(err.kind, ErrorKind::Refused, "{what}: {err}");
+        assert_eq!(traffic(&t), before, "{what} changed nothing");
+    }
 }
 
 #[test]

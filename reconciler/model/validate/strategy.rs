@@ -109,9 +109,6 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                     }
                     wire::Step::SetHeaderRoute(r) => {
                         let here = at("setHeaderRoute", &[]);
-                        if !workload.capabilities().header_route {
-                            unsupported(cx, &here, "setHeaderRoute", workload);
-                        }
                         let matches: Vec<RequestMatch> = r
                             .matches
                             .iter()
@@ -120,6 +117,14 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                                 request_match(cx, m, &at("setHeaderRoute", &[K("match"), I(j)]))
                             })
                             .collect();
+                        let caps = workload.capabilities();
+                        if caps.tag_header_route && !caps.header_route {
+                            if !caps.routes_by(&matches) {
+                                tag_route_only(cx, &here);
+                            }
+                        } else if !caps.header_route {
+                            unsupported(cx, &here, "setHeaderRoute", workload);
+                        }
                         if let Some(j) = header_tested_twice(workload, &matches) {
                             cx.err(
                                 &at("setHeaderRoute", &[K("match"), I(j)]),
@@ -256,11 +261,28 @@ fn unsupported(cx: &mut Ctx<'_>, path: &[P<'static>], step: &str, workload: &Wor
         plan::SHAPING_WORKLOADS,
         match workload {
             Workload::Lambda(_) => "a Lambda alias routes by weight only",
-            Workload::Knative(_) => "a Knative Service routes by weight and tag only",
+            Workload::Knative(_) => "a Knative Service routes by weight and by its tag header only",
             Workload::Kubernetes(_) =>
                 "name the HTTPRoute in `route` (and its rule in `routeRule`), or use weights (setWeight) on this workload",
             Workload::Local(_) => "",
         }
+    ));
+}
+
+/// A header route a Knative Service cannot express: it routes by its tag header only.
+fn tag_route_only(cx: &mut Ctx<'_>, path: &[P<'static>]) {
+    cx.err(
+        path,
+        Code::UnsupportedTraffic,
+        format!(
+            "a knative workload routes by header only through `{}` equal to a tag",
+            plan::TAG_HEADER
+        ),
+    )
+    .help = Some(format!(
+        "use `match: [{{ header: {}, value: beta }}]` (one exact match; the value a DNS label: lowercase letters, digits, `-`), with `tag-header-based-routing: enabled` in Knative's config-features; other header and cookie routes are supported on {}",
+        plan::TAG_HEADER,
+        plan::SHAPING_WORKLOADS
     ));
 }
 

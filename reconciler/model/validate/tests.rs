@@ -373,3 +373,49 @@ fn notifiers_name_their_secrets_by_variable_never_rollgates_own() {
         "{msgs:?}"
     );
 }
+
+fn knative_plan(step: &str) -> Result<ParsedPlan, Vec<Diagnostic>> {
+    let text = format!(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: k8s\n  workload:\n    knative: {{ namespace: web, service: hello }}\n  artifact: registry.example/hello@sha256:3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f\n  strategy:\n    canary:\n      steps:\n        - {step}\n        - setWeight: 10\n        - setWeight: 100\n"
+    );
+    parse_plan("plans/p.yaml", &text, Some(&settings()))
+}
+
+#[test]
+fn a_knative_plan_takes_a_header_route_on_its_tag_header_only() {
+    // Given Knative's tag header, exactly, with a tag for a value: accepted
+    let ok = knative_plan(
+        "setHeaderRoute: { match: [ { header: knative-serving-tag, value: beta-2 } ] }",
+    )
+    .expect("a tag header route is accepted");
+    let crate::model::plan::Strategy::Canary { steps, .. } = &ok.plan.strategy else {
+        panic!("a canary: {:?}", ok.plan.strategy);
+    };
+    let routing = crate::model::plan::Routing::at(steps, 0);
+    assert_eq!(
+        crate::model::plan::knative_tag(&routing.matches),
+        Some("beta-2")
+    );
+    // Anything else Knative cannot route is refused at the step, saying what it can
+    for step in [
+        "setHeaderRoute: { match: [ { header: X-Canary, value: \"1\" } ] }",
+        "setHeaderRoute: { match: [ { header: Knative-Serving-Tag, prefix: beta } ] }",
+        "setHeaderRoute: { match: [ { header: Knative-Serving-Tag, value: Beta } ] }",
+        "setHeaderRoute: { match: [ { header: Knative-Serving-Tag, value: beta }, { cookie: c, value: \"1\" } ] }",
+    ] {
+        let d = knative_plan(step).expect_err(step);
+        let e = d
+            .iter()
+            .find(|d| d.code == Code::UnsupportedTraffic)
+            .unwrap_or_else(|| panic!("{step}: {d:?}"));
+        assert_eq!(e.pos.map(|p| p.line), Some(12), "{step}: {e:?}");
+        assert!(e.message.contains("Knative-Serving-Tag"), "{step}: {e:?}");
+        assert!(
+            e.help.as_deref().is_some_and(|h| h.contains("Gateway API")),
+            "{step}: {e:?}"
+        );
+    }
+    // And a mirror stays refused
+    let d = knative_plan("setMirror: { percent: 20 }").expect_err("mirror");
+    assert_eq!(d[0].code, Code::UnsupportedTraffic, "{d:?}");
+}
