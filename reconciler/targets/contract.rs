@@ -83,11 +83,12 @@ pub fn run(
         Strategy::BlueGreen(_) => Routing::default(),
     };
     // The routing at weight `w`: a fresh baseline runs only while the weight is above 0
-    // and below 100 (as `Routing::at_with_baseline` has it).
-    let routing_at = |w: u8| Routing {
-        baseline: routing.baseline && (1..100).contains(&w),
+    // and below 100, and only with a stable version to copy (as `engine::routing` has it).
+    let routing_with = |w: u8, stable: bool| Routing {
+        baseline: routing.baseline && stable && (1..100).contains(&w),
         ..routing.clone()
     };
+    let routing_at = |w: u8| routing_with(w, stable.is_some());
     // A rollout to v2 that succeeds.
     for _ in 0..2 {
         target
@@ -200,14 +201,14 @@ pub fn run(
     target.set_weight(plan, rollback_at).expect("set_weight v3");
     if !routing.is_empty() {
         target
-            .set_routing(plan, &routing_at(rollback_at))
+            .set_routing(plan, &routing_with(rollback_at, true))
             .expect("set_routing v3");
     }
     let d = Desired {
         stable: Some(v2.to_owned()),
         candidate: Some(v3.to_owned()),
         weight: rollback_at,
-        routing: routing_at(rollback_at),
+        routing: routing_with(rollback_at, true),
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),
