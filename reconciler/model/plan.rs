@@ -355,14 +355,13 @@ impl Routing {
     /// `at`, with a fresh baseline when `fresh` (the plan asks for one and there is a
     /// stable artifact to copy) while the weight in force is above 0 and below 100.
     pub fn at_with_baseline(steps: &[Step], step: usize, fresh: bool) -> Routing {
-        let weight = steps
+        let weight = steps[..steps.len().min(step.saturating_add(1))]
             .iter()
-            .take(step.saturating_add(1))
-            .filter_map(|s| match s {
+            .rev()
+            .find_map(|s| match s {
                 Step::SetWeight(w) => Some(*w),
                 _ => None,
             })
-            .last()
             .unwrap_or(0);
         Routing {
             baseline: fresh && (1..100).contains(&weight),

@@ -119,6 +119,23 @@ fn a_fresh_baseline_takes_the_canarys_share_and_is_gone_after_promotion() {
         baseline.abs_diff(canary) <= 30,
         "baseline {baseline} and canary {canary} differ by more than 3 points"
     );
+    // And `rollgate history` tells the step with its baseline, from Git alone
+    let out = std::process::Command::new(support::local::BIN)
+        .args(["history", "--repo"])
+        .arg(&world.remote.bare)
+        .arg("web")
+        .output()
+        .expect("history runs");
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        history.contains("setWeight 20 (fresh baseline 20)"),
+        "{history}"
+    );
     // When a human promotes
     promote(&world);
     world.wait("v2 stable", Duration::from_secs(60), |s| {
