@@ -214,3 +214,82 @@ fn a_bad_canary_judged_against_its_fresh_baseline_rolls_back_and_the_baseline_go
     let plan = git(&world.remote.bare, &["show", "main:plans/web.yaml"]);
     assert!(plan.contains("artifact: v1"), "reverted:\n{plan}");
 }
+
+/// A world with v1 stable and v2 paused at 20% beside its fresh baseline, and its daemon.
+fn paused_with_baseline() -> (World, support::local::Daemon) {
+    let world = World::new(&fresh(
+        "[{ setWeight: 20 }, { pause: {} }, { setWeight: 100 }]",
+    ));
+    let daemon = world.daemon();
+    world.wait("v1 stable", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Succeeded" && s.candidate == "v1"
+    });
+    world.roll_out("v2", false);
+    world.wait("v2 paused at 20%", Duration::from_secs(60), |s| {
+        s.phase.as_str() == "Paused" && s.candidate == "v2" && s.weight == 20
+    });
+    eventually("the baseline runs", Duration::from_secs(20), || {
+        running(&world, "v1") == 2
+    });
+    (world, daemon)
+}
+
+/// Of `n` requests, how many the fresh baseline and the canary served (proxy counters).
+fn shares(world: &World, n: usize) -> (u64, u64) {
+    let addr = world.addr();
+    let (b0, c0) = (proxied(addr, "v1 baseline"), proxied(addr, "v2"));
+    versions(addr, n, &[]);
+    (proxied(addr, "v1 baseline") - b0, proxied(addr, "v2") - c0)
+}
+
+#[test]
+fn a_restarted_daemon_adopts_the_running_fresh_baseline_without_restarting_it() {
+    // Given v2 at 20% beside its fresh baseline
+    let (world, mut daemon) = paused_with_baseline();
+    let workloads = world.workloads();
+    let records = baseline_records(&world.state);
+    assert_eq!(workloads.len(), 3, "{workloads:?}");
+    // When the daemon is SIGKILLed and a new one starts on the same state folder
+    daemon.kill();
+    let _daemon = world.daemon();
+    std::thread::sleep(Duration::from_secs(3));
+    // Then the same three processes run (the baseline was found in place, not restarted)
+    assert_eq!(world.workloads(), workloads, "no workload was restarted");
+    assert_eq!(baseline_records(&world.state), records);
+    // And the baseline still takes exactly the canary's share
+    assert_eq!(shares(&world, 200), (40, 40));
+}
+
+#[test]
+fn regression_a_killed_data_planes_fresh_baseline_is_stopped_by_identity_and_started_again() {
+    // Given v2 at 20% beside its fresh baseline, then the daemon and the data plane
+    // SIGKILLed: the three workloads are orphans
+    let (world, mut daemon) = paused_with_baseline();
+    daemon.kill();
+    let orphans = world.workloads();
+    assert_eq!(orphans.len(), 3, "{orphans:?}");
+    let dp = rollgate::dataplane::client::hello(&world.plane_dir())
+        .expect("the data plane answers")
+        .identity;
+    support::local::sigkill(&dp);
+    // When the daemon starts again (and with it a new data plane)
+    let _daemon = world.daemon();
+    world.wait(
+        &format!("serving again with a new baseline (orphans {orphans:?})"),
+        Duration::from_secs(60),
+        |_| {
+            rollgate::targets::local::http_status(world.addr(), "/", Duration::from_secs(1))
+                == Ok(200)
+                && world.workloads().len() == 3
+                && world.workloads().iter().all(|i| !orphans.contains(i))
+        },
+    );
+    // Then every orphan, the old baseline included, was stopped by its record, and a new
+    // stable, baseline and canary serve, the baseline with the canary's share
+    assert!(orphans.iter().all(|i| !i.is_alive()), "an orphan survived");
+    assert_eq!((running(&world, "v1"), running(&world, "v2")), (2, 1));
+    assert_eq!(baseline_records(&world.state).len(), 1);
+    eventually("the baseline routed again", Duration::from_secs(20), || {
+        shares(&world, 100) == (20, 20)
+    });
+}
