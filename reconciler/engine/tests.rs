@@ -1604,4 +1604,17 @@ fn no_fresh_baseline_without_a_stable_version_or_on_a_fast_track() {
     let d = r.decide(&quiet(), t(0));
     assert_eq!(d.actions[1..], [Action::SetWeight(10)]);
     assert_eq!(routing_now(&r), fresh(false));
+    // And a fast-tracked revert (weights only, nothing judged) runs none either
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), weight(100)])
+        .fresh_baseline()
+        .build();
+    let mut r = Rollout::new(plan.clone(), Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let mut s = r.status().clone();
+    assert!(crate::engine::fresh_baseline(&plan, &s));
+    s.fast_track = true;
+    assert!(!crate::engine::fresh_baseline(&plan, &s));
+    assert_eq!(crate::engine::routing(&plan, &s), fresh(false));
 }

@@ -342,6 +342,49 @@ mod tests {
     }
 
     #[test]
+    fn sticky_buckets_from_the_weight_to_twice_it_go_to_the_fresh_baseline_and_only_stable_ones_are_mirrored()
+     {
+        let stats = super::super::Stats::new();
+        let routed = |version: &str, port: u16| {
+            Arc::new(Routed {
+                backend: Backend {
+                    version: version.to_owned(),
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                },
+                in_flight: Arc::default(),
+                recorder: stats.recorder(version),
+            })
+        };
+        let mirror = Routing {
+            mirror: 100,
+            ..Routing::default()
+        };
+        let t = Table::new(Some(routed("v1", 1)), Some(routed("v2", 2)), 20)
+            .with_baseline(Some(routed("v1 baseline", 3)), 20)
+            .shaped(mirror, Vec::new(), None);
+        let h = HeaderMap::new();
+        for b in 0..100u8 {
+            let p = t.pick_for(Some(b), &h).expect("routed");
+            let want = match b {
+                0..20 => "v2",
+                20..40 => "v1 baseline",
+                _ => "v1",
+            };
+            assert_eq!(p.to.backend.version, want, "bucket {b}");
+            assert_eq!(p.mirror.is_some(), want == "v1", "bucket {b}");
+        }
+        // The baseline's share is capped at what the stable has left, and there is no
+        // baseline without both other versions
+        let capped = Table::new(Some(routed("v1", 1)), Some(routed("v2", 2)), 70)
+            .with_baseline(Some(routed("v1 baseline", 3)), 70);
+        assert_eq!(capped.baseline_weight, 30);
+        let alone = Table::new(Some(routed("v1", 1)), None, 20)
+            .with_baseline(Some(routed("v1 baseline", 3)), 20);
+        assert!(alone.baseline.is_none());
+        assert_eq!(alone.addrs()[2], None);
+    }
+
+    #[test]
     fn sticky_buckets_are_stable_and_spread() {
         // Fixed values: a change of hash would move every client at once.
         assert_eq!(sticky_bucket(b"alice"), (fnv1a(b"alice") % 100) as u8);
