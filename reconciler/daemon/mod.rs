@@ -208,7 +208,7 @@ pub fn desired(plan: &Plan, s: &Status) -> Desired {
             stable: s.stable.clone(),
             candidate: Some(s.candidate.clone()),
             weight: s.weight,
-            routing: Routing::at(&engine::rollout_steps(plan, s), s.step),
+            routing: engine::routing(plan, s),
         },
     }
 }

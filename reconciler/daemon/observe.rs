@@ -29,6 +29,7 @@ impl Reconciler {
                 plan: &plan.name,
                 version: &s.candidate,
                 baseline: s.stable.as_deref(),
+                fresh_baseline: false,
                 window,
                 workload: Some(&plan.workload),
             };
@@ -47,6 +48,8 @@ impl Reconciler {
 
     pub(super) fn measure(&mut self, plan: &Plan, s: &Status, now: DateTime<Utc>) -> Vec<Observed> {
         let mut out = Vec::new();
+        // Baseline judges compare with the fresh baseline while one runs.
+        let fresh = engine::routing(plan, s).baseline;
         for check_name in engine::due_checks(plan, s, now) {
             let Some(check) = plan.check(&check_name) else {
                 continue;
@@ -60,6 +63,7 @@ impl Reconciler {
                 plan: &plan.name,
                 version: &s.candidate,
                 baseline: s.stable.as_deref(),
+                fresh_baseline: fresh,
                 window: since.max(check.interval).min(Duration::from_secs(3600)),
                 workload: Some(&plan.workload),
             };

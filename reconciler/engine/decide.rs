@@ -68,6 +68,34 @@ pub fn rollout_steps(plan: &Plan, status: &Status) -> Vec<Step> {
     }
 }
 
+/// Whether the rollout `status` records runs a fresh baseline at some step: the plan
+/// asks for one (`baseline: fresh`), there is a stable artifact to copy, and it walks
+/// the plan's steps (not a fast track, whose weights are not judged).
+pub fn fresh_baseline(plan: &Plan, status: &Status) -> bool {
+    plan.strategy.fresh_baseline()
+        && status.stable.is_some()
+        && !status.fast_track
+        && !status.direct
+}
+
+/// The header route, mirror and fresh baseline in force at the step `status` is in
+/// (see `Routing::at_with_baseline`): derived from the plan, so a restart or a replay
+/// needs nothing more in the status.
+/// Outside a step (pending, promoting, rolling back, done) nothing but weights.
+pub fn routing(plan: &Plan, status: &Status) -> Routing {
+    if !matches!(
+        status.phase,
+        Phase::Progressing | Phase::Paused | Phase::Held
+    ) {
+        return Routing::default();
+    }
+    Routing::at_with_baseline(
+        &rollout_steps(plan, status),
+        status.step,
+        fresh_baseline(plan, status),
+    )
+}
+
 /// The checks to measure before the next `decide` (empty outside a running analysis).
 pub fn due_checks(plan: &Plan, status: &Status, now: DateTime<Utc>) -> Vec<String> {
     let probing = status.phase == Phase::Held
@@ -415,7 +443,7 @@ impl<'a> Cx<'a> {
             }
             Some(Step::SetHeaderRoute(_) | Step::SetMirror(_)) => {
                 if healthy {
-                    let r = Routing::at(&steps, self.s.step);
+                    let r = routing(self.plan, &self.s);
                     self.complete_step(format!("{} is serving", super::routing_text(&r)));
                 }
             }
@@ -629,19 +657,33 @@ impl<'a> Cx<'a> {
             Some(Step::SetWeight(w)) => {
                 self.s.phase = Phase::Progressing;
                 self.s.weight = *w;
-                self.actions.push(Action::SetWeight(*w));
-                format!("setWeight {w}")
+                if fresh_baseline(self.plan, &self.s) {
+                    // The fresh baseline first: started (or removed) before the shares
+                    // move, so the canary never has traffic its baseline lacks.
+                    let r = routing(self.plan, &self.s);
+                    let baseline = r.baseline_weight(*w);
+                    self.actions.push(Action::SetRouting(r));
+                    self.actions.push(Action::SetWeight(*w));
+                    format!("setWeight {w} (fresh baseline {baseline})")
+                } else {
+                    self.actions.push(Action::SetWeight(*w));
+                    format!("setWeight {w}")
+                }
             }
             Some(step @ (Step::SetHeaderRoute(_) | Step::SetMirror(_))) => {
                 self.s.phase = Phase::Progressing;
-                let r = Routing::at(&steps, i);
+                let r = routing(self.plan, &self.s);
                 self.actions.push(Action::SetRouting(r.clone()));
                 match step {
                     Step::SetMirror(p) => format!("setMirror {p}%"),
                     _ if r.matches.is_empty() => "setHeaderRoute: none".to_owned(),
                     _ => format!(
                         "setHeaderRoute {}",
-                        super::routing_text(&Routing { mirror: 0, ..r })
+                        super::routing_text(&Routing {
+                            mirror: 0,
+                            baseline: false,
+                            ..r
+                        })
                     ),
                 }
             }

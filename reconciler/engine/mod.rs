@@ -39,7 +39,9 @@ use chrono::{DateTime, Utc};
 
 pub use analysis::{JOB_TAIL, Observed, Outcome, tail};
 pub use compare::{judge_continuous, judge_ratio};
-pub use decide::{action_failed, decide, due_checks, due_jobs, rollout_steps, steps};
+pub use decide::{
+    action_failed, decide, due_checks, due_jobs, fresh_baseline, rollout_steps, routing, steps,
+};
 pub use judge::{Measurement, Sample, judge, judge_with};
 
 use crate::model::plan::FirstRollout;
@@ -147,7 +149,8 @@ pub enum Action {
     StartCandidate { artifact: String },
     /// Send this share (0..=100) of traffic to the candidate.
     SetWeight(u8),
-    /// Route by header or cookie, and mirror, as this says (weights stay as they are).
+    /// Route by header or cookie, mirror, and run a fresh baseline at the candidate's
+    /// weight, as this says (the candidate's weight stays as it is).
     SetRouting(crate::model::plan::Routing),
     /// Make the candidate the stable version at full traffic; retire the old one.
     Promote { artifact: String },
@@ -169,11 +172,15 @@ impl Action {
     }
 }
 
-/// A routing in words: `header x-canary = "1", mirror 20%`, or `weights only`.
+/// A routing in words: `header x-canary = "1", mirror 20%, fresh baseline`, or
+/// `weights only`.
 pub fn routing_text(r: &crate::model::plan::Routing) -> String {
     let mut parts: Vec<String> = r.matches.iter().map(ToString::to_string).collect();
     if r.mirror > 0 {
         parts.push(format!("mirror {}%", r.mirror));
+    }
+    if r.baseline {
+        parts.push("fresh baseline".to_owned());
     }
     if parts.is_empty() {
         "weights only".to_owned()

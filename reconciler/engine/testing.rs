@@ -120,9 +120,7 @@ impl PlanBuilder {
                 }),
                 artifact: "app:v2".to_owned(),
                 promoted_from: None,
-                strategy: Strategy::Canary {
-                    steps: vec![weight(5), weight(100)],
-                },
+                strategy: Strategy::canary(vec![weight(5), weight(100)]),
                 checks: Vec::new(),
                 jobs: Vec::new(),
                 hooks: crate::model::plan::Hooks::default(),
@@ -145,7 +143,15 @@ impl PlanBuilder {
     }
 
     pub fn steps(mut self, steps: Vec<Step>) -> Self {
-        self.plan.strategy = Strategy::Canary { steps };
+        self.plan.strategy = Strategy::canary(steps);
+        self
+    }
+
+    /// The canary's steps, judged against a fresh baseline (`baseline: fresh`).
+    pub fn fresh_baseline(mut self) -> Self {
+        if let Strategy::Canary { baseline, .. } = &mut self.plan.strategy {
+            *baseline = crate::model::plan::Baseline::Fresh;
+        }
         self
     }
 

@@ -1437,6 +1437,7 @@ fn header_route_and_mirror_steps_set_the_routing_in_force_and_move_on_when_healt
     let mirror = Routing {
         matches: Vec::new(),
         mirror: 20,
+        baseline: false,
     };
     assert_eq!(
         d.actions,
@@ -1457,6 +1458,7 @@ fn header_route_and_mirror_steps_set_the_routing_in_force_and_move_on_when_healt
         vec![Action::SetRouting(Routing {
             matches: vec![canary],
             mirror: 20,
+            baseline: false,
         })]
     );
     let tr = d.transition.expect("moved on");
@@ -1466,4 +1468,153 @@ fn header_route_and_mirror_steps_set_the_routing_in_force_and_move_on_when_healt
         r.decide(&quiet(), t(2)).actions,
         vec![Action::SetWeight(10)]
     );
+}
+
+/// The routing the daemon asks the target to hold for the rollout's current step.
+fn routing_now(r: &Rollout) -> crate::model::plan::Routing {
+    crate::engine::routing(&r.plan, r.status())
+}
+
+fn fresh(baseline: bool) -> crate::model::plan::Routing {
+    crate::model::plan::Routing {
+        baseline,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_fresh_baseline_starts_before_the_canarys_share_and_leaves_at_full_weight_and_promotion() {
+    // Given v1 stable and a canary judged against a fresh baseline
+    let plan = v1_stable_v2_planned()
+        .baseline("latency")
+        .steps(vec![
+            weight(5),
+            analysis(&["latency"], 2),
+            weight(25),
+            weight(100),
+        ])
+        .fresh_baseline()
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    // When the first weight step is entered
+    let d = r.decide(&quiet(), t(0));
+    // Then the candidate starts, the fresh baseline is set up, and only then the shares move
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StartCandidate {
+                artifact: "app:v2".to_owned()
+            },
+            Action::SetRouting(fresh(true)),
+            Action::SetWeight(5)
+        ]
+    );
+    let tr = d.transition.expect("entered");
+    assert!(
+        tr.reason.contains("setWeight 5 (fresh baseline 5)"),
+        "{}",
+        tr.reason
+    );
+    assert_eq!(routing_now(&r), fresh(true));
+    assert_eq!(routing_now(&r).baseline_weight(r.status().weight), 5);
+    // The analysis step keeps it (the judge compares with it)
+    r.decide(&quiet(), t(1));
+    assert_eq!(r.status().step, 1);
+    assert_eq!(routing_now(&r), fresh(true));
+    // Judging is the analysis tests' job: a promotion passes the step here
+    let d = r.decide(&quiet().command(Command::Promote), t(4));
+    assert_eq!(r.status().step, 2, "{:?}", d.transition);
+    assert_eq!(
+        d.actions,
+        vec![Action::SetRouting(fresh(true)), Action::SetWeight(25)]
+    );
+    assert_eq!(routing_now(&r).baseline_weight(25), 25);
+    // When the weight goes to 100, Then the baseline is removed before the shift
+    let d = r.decide(&quiet(), t(5));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetRouting(fresh(false)), Action::SetWeight(100)]
+    );
+    assert_eq!(routing_now(&r), fresh(false));
+    // And at promotion nothing but weights remains
+    let d = r.decide(&quiet(), t(6));
+    assert_eq!(r.phase(), Phase::Promoting);
+    assert_eq!(d.actions, vec![promote_of("app:v2")]);
+    assert_eq!(routing_now(&r), fresh(false));
+}
+
+#[test]
+fn a_fresh_baseline_is_gone_after_rollback_and_abort() {
+    // Given a canary with a fresh baseline at 10%, paused
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), pause_untimed(), weight(100)])
+        .fresh_baseline()
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(1));
+    assert_eq!(r.phase(), Phase::Paused);
+    assert_eq!(routing_now(&r), fresh(true), "paused with its baseline");
+    // When a human aborts, Then the rollback clears it (the target's rollback removes
+    // the baseline with the candidate) and nothing asks for it again
+    let d = r.decide(&quiet().command(Command::Abort), t(2));
+    assert_eq!(
+        d.actions,
+        vec![Action::Rollback {
+            stable: Some("app:v1".to_owned())
+        }]
+    );
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(routing_now(&r), fresh(false));
+    r.decide(&quiet(), t(3));
+    assert_eq!(r.phase(), Phase::RolledBack);
+    assert_eq!(routing_now(&r), fresh(false));
+}
+
+#[test]
+fn no_fresh_baseline_without_a_stable_version_or_on_a_fast_track() {
+    // Given a first rollout that walks its steps: there is no stable artifact to copy
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), weight(100)])
+        .fresh_baseline()
+        .first_rollout(FirstRollout::Steps)
+        .build();
+    let mut r = Rollout::new(plan, None);
+    let d = r.decide(&quiet(), t(0));
+    let d = if d.actions.is_empty() {
+        r.decide(&quiet(), t(0))
+    } else {
+        d
+    };
+    assert!(
+        !d.actions.iter().any(|a| matches!(a, Action::SetRouting(_))),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(r.status().weight, 10);
+    assert_eq!(routing_now(&r), fresh(false));
+    // And a plan that does not ask for one never gets one
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), weight(100)])
+        .build();
+    let mut r = Rollout::new(plan, Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    let d = r.decide(&quiet(), t(0));
+    assert_eq!(d.actions[1..], [Action::SetWeight(10)]);
+    assert_eq!(routing_now(&r), fresh(false));
+    // And a fast-tracked revert (weights only, nothing judged) runs none either
+    let plan = v1_stable_v2_planned()
+        .steps(vec![weight(10), weight(100)])
+        .fresh_baseline()
+        .build();
+    let mut r = Rollout::new(plan.clone(), Some(stable_status("app:v1", t(-600))));
+    r.decide(&quiet(), t(0));
+    r.decide(&quiet(), t(0));
+    let mut s = r.status().clone();
+    assert!(crate::engine::fresh_baseline(&plan, &s));
+    s.fast_track = true;
+    assert!(!crate::engine::fresh_baseline(&plan, &s));
+    assert_eq!(crate::engine::routing(&plan, &s), fresh(false));
 }

@@ -6,7 +6,9 @@
 //! Queries: `success-rate`, `error-rate`, `latency-p50`, `latency-p95`, `latency-p99`
 //! (seconds), for one version over the context's window; each also as `shadow-…`, over
 //! the candidate's answers to mirrored copies (`setMirror`), which a baseline judge
-//! compares with the stable version's answers to users over the same window.
+//! compares with the stable version's answers to users over the same window. While a
+//! fresh baseline runs (`QueryContext::fresh_baseline`), a baseline judge's baseline is
+//! its series (`"<stable> baseline"`), not the stable fleet's.
 //! Invariants: `samples` is the number of requests in the window; no requests give a
 //! measurement without a value (inconclusive), never a pass; a plan without a proxy or
 //! an unknown query is an error, never a default.
@@ -170,8 +172,15 @@ impl MetricsSource for Builtin {
     ) -> Result<crate::engine::Sample, String> {
         let baseline = ctx.baseline.ok_or("no stable version to compare with")?;
         let (query, version) = series(check.query.trim(), ctx.version);
+        // With a fresh baseline, its own series: the copy started beside the canary,
+        // not the stable fleet serving the rest.
+        let baseline = if ctx.fresh_baseline {
+            crate::proxy::stats::baseline_series(baseline)
+        } else {
+            baseline.to_owned()
+        };
         let (c, _) = self.window(ctx.plan, &version, ctx.window)?;
-        let (b, _) = self.window(ctx.plan, baseline, ctx.window)?;
+        let (b, _) = self.window(ctx.plan, &baseline, ctx.window)?;
         let fives = |w: &crate::proxy::stats::WindowStats| w.by_class[4];
         Ok(match query {
             "success-rate" => crate::engine::Sample::Counts {
@@ -227,6 +236,7 @@ mod tests {
             plan,
             version,
             baseline: Some("v1"),
+            fresh_baseline: false,
             window: Duration::from_secs(30),
             workload: None,
         }
@@ -364,6 +374,50 @@ mod tests {
                 data_from,
             },
         );
+    }
+
+    #[test]
+    fn a_fresh_baseline_is_compared_from_its_own_series_not_the_stable_fleets() {
+        // Given the stable fleet (v1) fast and healthy, its fresh copy and v2 both slow
+        let stats = Arc::new(Stats::new());
+        for _ in 0..50 {
+            stats.record("v1", 200, Duration::from_millis(1));
+            stats.record(
+                &crate::proxy::stats::baseline_series("v1"),
+                200,
+                Duration::from_millis(40),
+            );
+            stats.record("v2", 200, Duration::from_millis(40));
+        }
+        stats.record(
+            &crate::proxy::stats::baseline_series("v1"),
+            503,
+            Duration::from_millis(40),
+        );
+        let registry: Registry = Arc::default();
+        registry
+            .lock()
+            .expect("not poisoned")
+            .insert("checkout".to_owned(), stats);
+        let mut b = Builtin::new(registry);
+        let counts = |b: &mut Builtin, fresh| {
+            let ctx = QueryContext {
+                fresh_baseline: fresh,
+                ..ctx("checkout", "v2")
+            };
+            match b.compare(&check("success-rate"), &ctx).expect("compared") {
+                crate::engine::Sample::Counts {
+                    baseline_good,
+                    baseline_total,
+                    ..
+                } => (baseline_good, baseline_total),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Then with a fresh baseline the judge's baseline is the copy's 51 requests
+        assert_eq!(counts(&mut b, true), (50, 51));
+        // And without, the stable fleet's 50
+        assert_eq!(counts(&mut b, false), (50, 50));
     }
 
     #[test]

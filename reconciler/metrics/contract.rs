@@ -174,6 +174,7 @@ mod tests {
                 plan: "p",
                 version: "v2",
                 baseline: Some("v1"),
+                fresh_baseline: false,
                 window: Duration::from_secs(60),
                 workload: None,
             },

@@ -27,6 +27,9 @@ pub struct QueryContext<'a> {
     pub version: &'a str,
     /// The stable version, for baseline comparisons.
     pub baseline: Option<&'a str>,
+    /// A fresh baseline (`baseline: fresh`) runs now: a source that can tell it apart
+    /// from the stable fleet (`builtin`: its own series) compares with it.
+    pub fresh_baseline: bool,
     /// How far back to look.
     pub window: Duration,
     /// The plan's workload, for sources that query it by name (`cloudwatch`: the

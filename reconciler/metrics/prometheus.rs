@@ -289,6 +289,7 @@ mod tests {
             plan: "web",
             version: "v2",
             baseline: Some("v1"),
+            fresh_baseline: false,
             window: Duration::from_secs(45),
             workload: None,
         };

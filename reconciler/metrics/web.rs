@@ -627,6 +627,7 @@ mod tests {
             plan: "web",
             version: "v2 &x=1",
             baseline: None,
+            fresh_baseline: false,
             window: Duration::from_secs(60),
             workload: None,
         };

@@ -109,6 +109,7 @@ impl Workload {
                 header_route: true,
                 tag_header_route: true,
                 mirror: true,
+                fresh_baseline: matches!(self, Workload::Local(_)),
             },
             // A Knative Service routes a header only by its tag header.
             Workload::Knative(_) => Capabilities {
@@ -131,6 +132,9 @@ pub struct Capabilities {
     pub tag_header_route: bool,
     /// `setMirror`: a share of requests copied to the candidate, answers discarded.
     pub mirror: bool,
+    /// `baseline: fresh`: a third copy running the stable artifact takes the canary's
+    /// share, for baseline judges to compare with.
+    pub fresh_baseline: bool,
 }
 
 impl Capabilities {
@@ -166,6 +170,9 @@ pub fn knative_tag(matches: &[RequestMatch]) -> Option<&str> {
 /// The workloads that support header routes and mirrors, for help lines.
 pub const SHAPING_WORKLOADS: &str =
     "local workloads and Kubernetes workloads with a Gateway API route";
+
+/// The workloads that support `baseline: fresh`, for help lines.
+pub const FRESH_BASELINE_WORKLOADS: &str = "local workloads";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalWorkload {
@@ -237,9 +244,48 @@ pub enum Traffic {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Strategy {
-    Canary { steps: Vec<Step> },
+    Canary {
+        steps: Vec<Step>,
+        baseline: Baseline,
+    },
     BlueGreen(BlueGreen),
 }
+
+impl Strategy {
+    /// A canary of `steps` judged against the stable fleet (the default baseline).
+    pub fn canary(steps: Vec<Step>) -> Strategy {
+        Strategy::Canary {
+            steps,
+            baseline: Baseline::Stable,
+        }
+    }
+
+    /// Whether a fresh baseline runs beside the canary (`baseline: fresh`).
+    pub fn fresh_baseline(&self) -> bool {
+        matches!(
+            self,
+            Strategy::Canary {
+                baseline: Baseline::Fresh,
+                ..
+            }
+        )
+    }
+}
+
+/// What a canary's `compare: baseline` judges compare it with (`strategy.canary.baseline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Baseline {
+    /// The long-running stable fleet, serving the rest of the traffic.
+    #[default]
+    Stable,
+    /// Kayenta's fresh baseline: a new copy of the stable artifact, started beside the
+    /// canary and given the same share of traffic (so a step weighs at most 50, or 100
+    /// as the last move); removed at promotion, rollback and `setWeight: 100`.
+    Fresh,
+}
+
+/// The highest canary weight that leaves a fresh baseline an equal share (below 100).
+pub const MAX_WEIGHT_WITH_FRESH_BASELINE: u8 = 50;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -299,19 +345,33 @@ pub enum MatchValue {
 }
 
 /// What a rollout's traffic holds besides the weight at one step: the header route and
-/// the mirror set by the steps so far (both end at promotion and rollback).
+/// the mirror set by the steps so far, and whether a fresh baseline runs (all end at
+/// promotion and rollback).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Routing {
     /// Requests meeting every condition go to the candidate; empty: no such route.
     pub matches: Vec<RequestMatch>,
     /// The share (0-100) of stable-served requests copied to the candidate.
     pub mirror: u8,
+    /// A fresh baseline: a new copy of the stable artifact serves the candidate's
+    /// weight (`baseline_weight`), the stable fleet the rest.
+    pub baseline: bool,
 }
 
 impl Routing {
-    /// No header route and no mirror: weights only.
+    /// No header route, no mirror, no fresh baseline: weights only.
     pub fn is_empty(&self) -> bool {
-        self.matches.is_empty() && self.mirror == 0
+        self.matches.is_empty() && self.mirror == 0 && !self.baseline
+    }
+
+    /// The fresh baseline's share at candidate weight `weight`: the same, as far as the
+    /// stable fleet has it to give (validation keeps weights at 50 or below, or 100).
+    pub fn baseline_weight(&self, weight: u8) -> u8 {
+        if self.baseline {
+            weight.min(100 - weight.min(100))
+        } else {
+            0
+        }
     }
 
     /// The routing in force at step `step` of `steps` (the steps before it and itself;
@@ -327,6 +387,23 @@ impl Routing {
         }
         r
     }
+
+    /// `at`, with a fresh baseline when `fresh` (the plan asks for one and there is a
+    /// stable artifact to copy) while the weight in force is above 0 and below 100.
+    pub fn at_with_baseline(steps: &[Step], step: usize, fresh: bool) -> Routing {
+        let weight = steps[..steps.len().min(step.saturating_add(1))]
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::SetWeight(w) => Some(*w),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Routing {
+            baseline: fresh && (1..100).contains(&weight),
+            ..Routing::at(steps, step)
+        }
+    }
 }
 
 impl Routing {
@@ -335,6 +412,7 @@ impl Routing {
         wire::Routing {
             matches: self.matches.iter().map(match_to_wire).collect(),
             mirror: self.mirror,
+            baseline: self.baseline,
         }
     }
 
@@ -362,6 +440,7 @@ impl Routing {
         Some(Routing {
             matches,
             mirror: w.mirror.min(100),
+            baseline: w.baseline,
         })
     }
 }
@@ -546,7 +625,7 @@ impl Plan {
         };
         let mut s: Vec<Step> = hook(HookPoint::OnStart).into_iter().collect();
         match &self.strategy {
-            Strategy::Canary { steps } => {
+            Strategy::Canary { steps, .. } => {
                 s.extend(steps.iter().cloned());
                 s.extend(hook(HookPoint::BeforePromote));
             }
@@ -639,8 +718,12 @@ impl Plan {
                 artifact: self.artifact.clone(),
                 promoted_from: self.promoted_from.clone(),
                 strategy: match &self.strategy {
-                    Strategy::Canary { steps } => wire::Strategy::Canary(wire::Canary {
+                    Strategy::Canary { steps, baseline } => wire::Strategy::Canary(wire::Canary {
                         steps: steps.iter().map(Step::to_wire).collect(),
+                        baseline: match baseline {
+                            Baseline::Stable => None,
+                            Baseline::Fresh => Some(wire::BaselineKind::Fresh),
+                        },
                     }),
                     Strategy::BlueGreen(bg) => wire::Strategy::BlueGreen(wire::BlueGreen {
                         preview: bg.preview.as_ref().map(analysis_to_wire),

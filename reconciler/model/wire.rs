@@ -219,6 +219,21 @@ pub enum Strategy {
 #[schemars(deny_unknown_fields)]
 pub struct Canary {
     pub steps: Vec<Step>,
+    /// What `compare: baseline` judges compare the canary with. `stable` (default): the
+    /// stable fleet serving the rest of the traffic. `fresh`: a new copy of the stable
+    /// artifact, started beside the canary with the same share of traffic (so steps
+    /// weigh at most 50, or 100 as the last move), removed at promotion and rollback.
+    /// Targets: `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineKind>,
+}
+
+/// A canary's baseline: the stable fleet, or a fresh copy of the stable artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineKind {
+    Stable,
+    Fresh,
 }
 
 /// One canary step; exactly one kind.
@@ -276,6 +291,9 @@ pub struct Routing {
     pub matches: Vec<RequestMatch>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mirror: u8,
+    /// A fresh baseline takes the candidate's weight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline: bool,
 }
 
 fn is_zero(n: &u8) -> bool {

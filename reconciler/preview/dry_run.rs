@@ -84,6 +84,13 @@ pub struct Stage {
     /// in words (`header x-canary = "1", mirror 20%`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<String>,
+    /// The share of a fresh baseline (`baseline: fresh`) during the stage; 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub baseline: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 impl Stage {
@@ -145,7 +152,10 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
             Step::SetHeaderRoute(_) => (StageKind::SetHeaderRoute, None, Vec::new(), false),
             Step::SetMirror(_) => (StageKind::SetMirror, None, Vec::new(), false),
         };
-        let routing = crate::model::plan::Routing::at(&steps, i);
+        // A fresh baseline needs a stable version to copy: not on a direct deploy.
+        let fresh = walk == Walk::Steps && plan.strategy.fresh_baseline();
+        let routing = crate::model::plan::Routing::at_with_baseline(&steps, i, fresh);
+        let baseline = routing.baseline_weight(weight);
         let routing = (!routing.is_empty()).then(|| crate::engine::routing_text(&routing));
         let end = start.map(|s| plus(s, duration.unwrap_or_default()));
         out.push(Stage {
@@ -159,6 +169,7 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
             earliest_completion: end,
             after_promotion,
             routing,
+            baseline,
         });
         after_promotion |= waits;
         at = end;
@@ -179,6 +190,7 @@ pub fn stages(plan: &Plan, walk: Walk, now: DateTime<Utc>) -> Vec<Stage> {
         earliest_completion: start,
         after_promotion,
         routing: None,
+        baseline: 0,
     });
     out
 }
@@ -302,6 +314,22 @@ mod tests {
         assert_eq!(s[0].earliest_completion, Some(utc(27, 12, 0)));
         let s = stages(&p, Walk::Direct, utc(27, 18, 0));
         assert_eq!(s[0].earliest_completion, Some(utc(30, 9, 0)));
+    }
+
+    #[test]
+    fn a_fresh_baseline_shows_beside_each_weight_below_full_and_not_on_a_fast_track() {
+        let p = plan(
+            "        - setWeight: 10\n        - analysis: { checks: [ok], duration: 10m }\n        - setWeight: 50\n        - setWeight: 100\n      baseline: fresh",
+            "",
+        );
+        let s = stages(&p, Walk::Steps, utc(23, 10, 0));
+        let shares: Vec<u8> = s.iter().map(|s| s.baseline).collect();
+        // setWeight 10, the analysis at 10, setWeight 50, setWeight 100, promote
+        assert_eq!(shares, vec![10, 10, 50, 0, 0]);
+        assert_eq!(s[1].routing.as_deref(), Some("fresh baseline"));
+        assert_eq!(s[3].routing, None);
+        let fast = stages(&p, Walk::FastTrack, utc(23, 10, 0));
+        assert!(fast.iter().all(|s| s.baseline == 0), "{fast:?}");
     }
 
     #[test]

@@ -450,6 +450,9 @@ fn step_number(s: &Stage) -> String {
 
 fn action(s: &Stage) -> String {
     match s.kind {
+        StageKind::SetWeight if s.baseline > 0 => {
+            format!("setWeight (fresh baseline {}%)", s.baseline)
+        }
         StageKind::SetWeight => "setWeight".to_owned(),
         StageKind::Pause if s.waits_for_promotion => "pause until promoted".to_owned(),
         StageKind::Pause => "pause".to_owned(),
@@ -682,7 +685,22 @@ mod tests {
             earliest_completion: t(end),
             after_promotion: false,
             routing: None,
+            baseline: 0,
         }
+    }
+
+    #[test]
+    fn a_weight_stage_names_its_fresh_baseline() {
+        let mut s = stage(
+            1,
+            StageKind::SetWeight,
+            10,
+            "2026-11-26T15:40:00Z",
+            "2026-11-26T15:40:00Z",
+        );
+        assert_eq!(action(&s), "setWeight");
+        s.baseline = 10;
+        assert_eq!(action(&s), "setWeight (fresh baseline 10%)");
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Upstreams {
     }
 
     /// A kept connection to `addr`, dropping those to backends no longer in `routed`.
-    fn take(&self, addr: SocketAddr, routed: [Option<SocketAddr>; 2]) -> Option<Sender> {
+    fn take(&self, addr: SocketAddr, routed: super::route::RoutedAddrs) -> Option<Sender> {
         let mut inner = self.lock();
         inner
             .idle
@@ -198,7 +198,7 @@ impl Upstreams {
     pub async fn send(
         &self,
         addr: SocketAddr,
-        routed: [Option<SocketAddr>; 2],
+        routed: super::route::RoutedAddrs,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, BoxError> {
         if let Some(mut sender) = self.take(addr, routed)

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!   client ──▶ listen ──▶ Table (stable, candidate, weight) ──weight%──▶ candidate
+//!              │                                          ├──weight%──▶ fresh baseline (if any)
 //!              │                                          └──rest────▶ stable
 //!              └─ GET /.rollgate/metrics: Prometheus text of Stats (never proxied)
 //! ```
@@ -172,14 +173,33 @@ impl Proxy {
         weight: u8,
         routing: &Routing,
     ) -> Result<(), String> {
+        self.set_shares(stable, candidate, None, weight, routing)
+    }
+
+    /// `set_traffic` with a fresh baseline: `baseline` (a copy of the stable artifact,
+    /// its `version` the series it is counted under, see `stats::baseline_series`) takes
+    /// as many requests as the candidate, as far as the stable has them to give (see
+    /// `route`). Only while stable and candidate are both routed.
+    pub fn set_shares(
+        &self,
+        stable: Option<Backend>,
+        candidate: Option<Backend>,
+        baseline: Option<Backend>,
+        weight: u8,
+        routing: &Routing,
+    ) -> Result<(), String> {
         let shared = &self.inner.shared;
         let weight = weight.min(100);
-        let routing = if stable.is_some() && candidate.is_some() {
+        let both = stable.is_some() && candidate.is_some();
+        let routing = if both {
             routing.clone()
         } else {
             Routing::default()
         };
-        if self.traffic() == (stable.clone(), candidate.clone(), weight, routing.clone()) {
+        let baseline = baseline.filter(|_| both);
+        if self.traffic() == (stable.clone(), candidate.clone(), weight, routing.clone())
+            && self.baseline() == baseline
+        {
             return Ok(()); // idempotent: keep the smooth sequences where they are
         }
         let conditions = routing
@@ -205,6 +225,7 @@ impl Proxy {
             })
         };
         let table = Table::new(routed(stable), routed(candidate), weight)
+            .with_baseline(routed(baseline), weight)
             .shaped(routing, conditions, shadow);
         *shared.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
         // Forget counters nobody holds any more (no table, no request).
@@ -233,6 +254,18 @@ impl Proxy {
             table.weight,
             table.routing.clone(),
         )
+    }
+
+    /// The fresh baseline routed now, if any.
+    pub fn baseline(&self) -> Option<Backend> {
+        let table = self
+            .inner
+            .shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        table.baseline.as_ref().map(|r| r.backend.clone())
     }
 
     /// Block until no request is in flight to `addr` (or `timeout`); true when drained.
@@ -494,7 +527,10 @@ fn metrics_response(shared: &Shared, method: &Method) -> Response<ProxyBody> {
         "# HELP rollgate_proxy_in_flight_requests Requests being served now, by routed version.\n",
     );
     text.push_str("# TYPE rollgate_proxy_in_flight_requests gauge\n");
-    for r in [&table.stable, &table.candidate].into_iter().flatten() {
+    for r in [&table.stable, &table.candidate, &table.baseline]
+        .into_iter()
+        .flatten()
+    {
         text.push_str(&format!(
             "rollgate_proxy_in_flight_requests{{version=\"{}\"}} {}\n",
             stats::escape_label(&r.backend.version),

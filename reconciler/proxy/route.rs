@@ -7,6 +7,12 @@
 //! or cookie goes to the candidate when `fnv1a(value) mod 100 < w`: a client keeps its
 //! version while the weight is unchanged, and moves only when the weight crosses its
 //! bucket (raising the weight never moves a client back to stable).
+//! A fresh baseline (a copy of the stable artifact) takes as many as the candidate: the
+//! `w + b` requests of each 100 that leave the stable go by the same counter, and among
+//! them a second error-diffusion counter gives the candidate `w` and the baseline `b`
+//! (alternating when equal), so any 100 consecutive requests send exactly `w` to the
+//! candidate and `b` to the baseline. Sticky buckets below `w` go to the candidate,
+//! those from `w` to `w + b` to the baseline.
 //! A header route comes first: a request meeting every one of its conditions goes to the
 //! candidate whatever the weight (and is not mirrored). A mirror copies every
 //! `100/percent`-th request served by the stable version, by the same error-diffusion
@@ -27,6 +33,37 @@ pub(crate) fn smooth_pick(n: u64, weight: u8) -> bool {
     let w = u64::from(weight.min(100));
     let n = n % 100;
     ((n + 1) * w + 50) / 100 > (n * w + 50) / 100
+}
+
+/// Which backend a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    Stable,
+    Candidate,
+    Baseline,
+}
+
+/// Where the `n`-th request (from 0) goes with `weight`% to the candidate and
+/// `baseline`% (at most what the stable has left) to a fresh baseline. A function of
+/// `n mod 100` with exactly `weight` and `baseline` picks in each period; with no
+/// baseline it is `smooth_pick`.
+pub(crate) fn smooth_share(n: u64, weight: u8, baseline: u8) -> Share {
+    let wc = u64::from(weight.min(100));
+    let wb = u64::from(baseline.min(100 - weight.min(100)));
+    let total = wc + wb;
+    let r = n % 100;
+    // `total` ≤ 100, so it fits a weight.
+    if !smooth_pick(r, u8::try_from(total).unwrap_or(100)) {
+        return Share::Stable;
+    }
+    // This is the k-th (from 0) of the period's `total` picks: spread `wc` over them.
+    let k = (r * total + 50) / 100;
+    let half = total / 2;
+    if ((k + 1) * wc + half) / total > (k * wc + half) / total {
+        Share::Candidate
+    } else {
+        Share::Baseline
+    }
 }
 
 /// FNV-1a, 64 bits: stable across processes and releases (unlike `DefaultHasher`).
@@ -135,12 +172,19 @@ pub(crate) struct Routed {
     pub recorder: Recorder,
 }
 
+/// The backends a table routes to: stable, candidate, fresh baseline.
+pub(crate) type RoutedAddrs = [Option<std::net::SocketAddr>; 3];
+
 /// One routing state: replaced as a whole by `Proxy::set_traffic`.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     pub stable: Option<Arc<Routed>>,
     pub candidate: Option<Arc<Routed>>,
     pub weight: u8,
+    /// A fresh baseline (a copy of the stable artifact, counted under its own series)
+    /// and its share; only with both other backends.
+    pub baseline: Option<Arc<Routed>>,
+    pub baseline_weight: u8,
     seq: AtomicU64,
     /// A header route: all must hold; empty, none. Only with both backends.
     pub conditions: Vec<Condition>,
@@ -186,9 +230,20 @@ impl Table {
         self
     }
 
+    /// With a fresh baseline taking `share`% (capped at what the stable has left);
+    /// ignored unless both other backends are routed.
+    #[must_use]
+    pub fn with_baseline(mut self, baseline: Option<Arc<Routed>>, share: u8) -> Self {
+        if self.stable.is_some() && self.candidate.is_some() && baseline.is_some() {
+            self.baseline_weight = share.min(100 - self.weight);
+            self.baseline = baseline;
+        }
+        self
+    }
+
     /// The addresses this table routes to.
-    pub fn addrs(&self) -> [Option<std::net::SocketAddr>; 2] {
-        [&self.stable, &self.candidate].map(|r| r.as_ref().map(|r| r.backend.addr))
+    pub fn addrs(&self) -> RoutedAddrs {
+        [&self.stable, &self.candidate, &self.baseline].map(|r| r.as_ref().map(|r| r.backend.addr))
     }
 
     /// Where a request with these headers goes (`bucket`: its sticky bucket, if any): a
@@ -204,12 +259,23 @@ impl Table {
                 if !self.conditions.is_empty() && self.conditions.iter().all(|m| m.holds(headers)) {
                     return only(c);
                 }
-                let to_candidate = match bucket {
-                    Some(b) => b < self.weight,
-                    None => smooth_pick(self.seq.fetch_add(1, Ordering::Relaxed), self.weight),
+                let bw = if self.baseline.is_some() {
+                    self.baseline_weight
+                } else {
+                    0
                 };
-                if to_candidate {
-                    return only(c);
+                let share = match bucket {
+                    Some(b) if b < self.weight => Share::Candidate,
+                    Some(b) if u16::from(b) < u16::from(self.weight) + u16::from(bw) => {
+                        Share::Baseline
+                    }
+                    Some(_) => Share::Stable,
+                    None => smooth_share(self.seq.fetch_add(1, Ordering::Relaxed), self.weight, bw),
+                };
+                match (share, &self.baseline) {
+                    (Share::Candidate, _) => return only(c),
+                    (Share::Baseline, Some(b)) => return only(b),
+                    _ => {}
                 }
                 let mirror = (self.mirror > 0
                     && smooth_pick(self.mirror_seq.fetch_add(1, Ordering::Relaxed), self.mirror))
@@ -242,6 +308,80 @@ mod tests {
             }
         }
         assert!(!smooth_pick(0, 5) && smooth_pick(9, 5) && smooth_pick(29, 5));
+    }
+
+    #[test]
+    fn with_a_fresh_baseline_any_hundred_consecutive_requests_carry_exactly_each_share() {
+        for w in 0..=100u8 {
+            for b in [0, w / 3, w, 100 - w] {
+                let shares: Vec<Share> = (0..1000).map(|n| smooth_share(n, w, b)).collect();
+                let b = b.min(100 - w);
+                for window in shares.windows(100) {
+                    let count = |s| window.iter().filter(|x| **x == s).count();
+                    assert_eq!(count(Share::Candidate), usize::from(w), "w {w} b {b}");
+                    assert_eq!(count(Share::Baseline), usize::from(b), "w {w} b {b}");
+                }
+                if b == 0 {
+                    // No baseline: exactly today's smooth pick.
+                    assert!(
+                        (0..200u64)
+                            .all(|n| (smooth_share(n, w, 0) == Share::Candidate)
+                                == smooth_pick(n, w))
+                    );
+                }
+            }
+        }
+        // Equal shares alternate: at 5 and 5, one in ten leaves the stable, and those
+        // take turns.
+        let away: Vec<Share> = (0..100)
+            .map(|n| smooth_share(n, 5, 5))
+            .filter(|s| *s != Share::Stable)
+            .collect();
+        assert_eq!(away.len(), 10);
+        assert!(away.windows(2).all(|p| p[0] != p[1]), "{away:?}");
+    }
+
+    #[test]
+    fn sticky_buckets_from_the_weight_to_twice_it_go_to_the_fresh_baseline_and_only_stable_ones_are_mirrored()
+     {
+        let stats = super::super::Stats::new();
+        let routed = |version: &str, port: u16| {
+            Arc::new(Routed {
+                backend: Backend {
+                    version: version.to_owned(),
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                },
+                in_flight: Arc::default(),
+                recorder: stats.recorder(version),
+            })
+        };
+        let mirror = Routing {
+            mirror: 100,
+            ..Routing::default()
+        };
+        let t = Table::new(Some(routed("v1", 1)), Some(routed("v2", 2)), 20)
+            .with_baseline(Some(routed("v1 baseline", 3)), 20)
+            .shaped(mirror, Vec::new(), None);
+        let h = HeaderMap::new();
+        for b in 0..100u8 {
+            let p = t.pick_for(Some(b), &h).expect("routed");
+            let want = match b {
+                0..20 => "v2",
+                20..40 => "v1 baseline",
+                _ => "v1",
+            };
+            assert_eq!(p.to.backend.version, want, "bucket {b}");
+            assert_eq!(p.mirror.is_some(), want == "v1", "bucket {b}");
+        }
+        // The baseline's share is capped at what the stable has left, and there is no
+        // baseline without both other versions
+        let capped = Table::new(Some(routed("v1", 1)), Some(routed("v2", 2)), 70)
+            .with_baseline(Some(routed("v1 baseline", 3)), 70);
+        assert_eq!(capped.baseline_weight, 30);
+        let alone = Table::new(Some(routed("v1", 1)), None, 20)
+            .with_baseline(Some(routed("v1 baseline", 3)), 20);
+        assert!(alone.baseline.is_none());
+        assert_eq!(alone.addrs()[2], None);
     }
 
     #[test]

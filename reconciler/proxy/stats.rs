@@ -187,6 +187,12 @@ pub fn shadow_series(version: &str) -> String {
     format!("{version} shadow")
 }
 
+/// The series a fresh baseline (a new copy of `version`, the stable artifact) is
+/// counted under: `"<version> baseline"`, apart from the stable fleet's own.
+pub fn baseline_series(version: &str) -> String {
+    format!("{version} baseline")
+}
+
 impl Default for Stats {
     fn default() -> Self {
         Self::new()

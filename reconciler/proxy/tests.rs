@@ -715,6 +715,7 @@ fn window_queries_match_a_scripted_sequence() {
         plan: "checkout",
         version: "v2",
         baseline: None,
+        fresh_baseline: false,
         window: Duration::from_secs(30),
         workload: None,
     };

@@ -15,7 +15,10 @@
 //! route where only that is claimed; a 20% mirror) from the
 //! start, kept while the weights move, and gone after promotion and after rollback;
 //! a workload that claims neither has a non-empty routing refused (`Refused`, nothing
-//! changed) and the empty one accepted.
+//! changed) and the empty one accepted. A fresh baseline (`baseline: fresh`) is asked of
+//! every canary: a workload that claims it runs one while the weight is between 0 and
+//! 100 (exclusive), none after promotion and after rollback; one that does not refuses
+//! it (`Refused`).
 
 use super::{Desired, ErrorKind, Target};
 use crate::engine::TargetHealth;
@@ -64,6 +67,7 @@ pub fn run(
             value: MatchValue::Exact("1".to_owned()),
         }],
         mirror: 20,
+        baseline: true,
     };
     // What this plan's rollouts route by, besides weights (a blue-green plan has no
     // steps to ask for any).
@@ -80,9 +84,17 @@ pub fn run(
                 Vec::new()
             },
             mirror: if caps.mirror { asked.mirror } else { 0 },
+            baseline: caps.fresh_baseline,
         },
         Strategy::BlueGreen(_) => Routing::default(),
     };
+    // The routing at weight `w`: a fresh baseline runs only while the weight is above 0
+    // and below 100, and only with a stable version to copy (as `engine::routing` has it).
+    let routing_with = |w: u8, stable: bool| Routing {
+        baseline: routing.baseline && stable && (1..100).contains(&w),
+        ..routing.clone()
+    };
+    let routing_at = |w: u8| routing_with(w, stable.is_some());
     // A rollout to v2 that succeeds.
     for _ in 0..2 {
         target
@@ -100,7 +112,19 @@ pub fn run(
         TargetHealth::Healthy,
         "candidate v2 at 0%"
     );
-    if !caps.header_route && !caps.mirror {
+    if !caps.fresh_baseline && matches!(plan.strategy, Strategy::Canary { .. }) {
+        let err = target
+            .set_routing(
+                plan,
+                &Routing {
+                    baseline: true,
+                    ..routing.clone()
+                },
+            )
+            .expect_err("a fresh baseline the workload cannot run is refused");
+        assert_eq!(err.kind, ErrorKind::Refused, "{err}");
+    }
+    if !caps.header_route && !caps.mirror && !caps.fresh_baseline {
         let err = target
             .set_routing(plan, &asked)
             .expect_err("a routing the workload cannot take is refused");
@@ -114,12 +138,14 @@ pub fn run(
             "nothing changed by a refused routing"
         );
     }
-    if !routing.is_empty() {
+    if !routing_at(0).is_empty() {
         for _ in 0..2 {
-            target.set_routing(plan, &routing).expect("set_routing");
+            target
+                .set_routing(plan, &routing_at(0))
+                .expect("set_routing");
         }
         let d = Desired {
-            routing: routing.clone(),
+            routing: routing_at(0),
             ..d.clone()
         };
         assert_eq!(
@@ -129,14 +155,21 @@ pub fn run(
         );
     }
     for &w in weights {
+        // As the engine does: the routing first (a fresh baseline ready before its
+        // share moves), then the weight.
         for _ in 0..2 {
+            if !routing.is_empty() {
+                target
+                    .set_routing(plan, &routing_at(w))
+                    .expect("set_routing");
+            }
             target.set_weight(plan, w).expect("set_weight");
         }
         let d = Desired {
             stable: stable.clone(),
             candidate: Some(v2.to_owned()),
             weight: w,
-            routing: routing.clone(),
+            routing: routing_at(w),
         };
         assert_eq!(
             settle(target, plan, &d, polls, pause),
@@ -173,13 +206,15 @@ pub fn run(
         .expect("start_candidate v3");
     target.set_weight(plan, rollback_at).expect("set_weight v3");
     if !routing.is_empty() {
-        target.set_routing(plan, &routing).expect("set_routing v3");
+        target
+            .set_routing(plan, &routing_with(rollback_at, true))
+            .expect("set_routing v3");
     }
     let d = Desired {
         stable: Some(v2.to_owned()),
         candidate: Some(v3.to_owned()),
         weight: rollback_at,
-        routing: routing.clone(),
+        routing: routing_with(rollback_at, true),
     };
     assert_eq!(
         settle(target, plan, &d, polls, pause),

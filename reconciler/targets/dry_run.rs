@@ -124,12 +124,19 @@ impl Target for DryRun {
         self.record(plan, "weight", &weight.to_string())
     }
 
-    /// Journalled as `plan routing {"match":[…],"mirror":N}` (one line of JSON).
+    /// Journalled as `plan routing {"match":[…],"mirror":N,"baseline":true}` (one line
+    /// of JSON; empty parts left out).
     fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
         let caps = plan.workload.capabilities();
         if !caps.routes_by(&routing.matches) || (routing.mirror > 0 && !caps.mirror) {
             return Err(TargetError::refused(format!(
                 "{} workloads cannot route by header or mirror requests",
+                plan.workload.kind()
+            )));
+        }
+        if routing.baseline && !caps.fresh_baseline {
+            return Err(TargetError::refused(format!(
+                "{} workloads cannot run a fresh baseline",
                 plan.workload.kind()
             )));
         }

@@ -249,6 +249,11 @@ fn route_tag(routing: &Routing) -> Result<Option<&str>, TargetError> {
             "knative workloads cannot mirror requests".to_owned(),
         ));
     }
+    if routing.baseline {
+        return Err(TargetError::refused(
+            "knative workloads cannot run a fresh baseline".to_owned(),
+        ));
+    }
     if routing.matches.is_empty() {
         return Ok(None);
     }

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!   clients ──▶ proxy (plan.listen) ──weight%──▶ candidate process (127.0.0.1:free port)
+//!                                    ├─weight%──▶ fresh baseline   (the stable artifact, when asked)
 //!                                    └─rest───▶ stable process    (127.0.0.1:free port)
 //! ```
-//! Each plan gets a proxy on its `listen` address and up to two supervised processes,
+//! Each plan gets a proxy on its `listen` address and up to three supervised processes
+//! (the third a fresh baseline: a new copy of the stable artifact, routed the
+//! candidate's share and counted under `stats::baseline_series`, only while
+//! `Routing::baseline` asks for it; its files are `<version>.baseline.*`),
 //! started from the plan's `command` with `{{port}}` and `{{version}}` filled in; a
 //! process that exits is restarted with backoff, its output goes to
 //! `STATE/<plan>/<version>.log`. Promotion routes everything to the candidate, drains
@@ -151,7 +155,9 @@ struct Runtime {
     stable: Option<Instance>,
     candidate: Option<Instance>,
     weight: u8,
-    /// Header route and mirror; in force only while both versions run.
+    /// A fresh copy of the stable artifact, running while `routing.baseline` asks for it.
+    baseline: Option<Instance>,
+    /// Header route, mirror and fresh baseline; in force only while both versions run.
     routing: Routing,
 }
 
@@ -159,6 +165,14 @@ impl Runtime {
     fn route(&self) -> Result<(), TargetError> {
         let stable = self.stable.as_ref().map(Instance::backend);
         let candidate = self.candidate.as_ref().map(Instance::backend);
+        let baseline = self
+            .baseline
+            .as_ref()
+            .filter(|_| self.routing.baseline)
+            .map(|b| Backend {
+                version: crate::proxy::stats::baseline_series(&b.version),
+                addr: b.addr,
+            });
         match (stable, candidate) {
             // Nothing else can serve: the only version takes everything.
             (None, Some(c)) => {
@@ -167,9 +181,21 @@ impl Runtime {
             }
             (s, c) => self
                 .proxy
-                .set_traffic(s, c, self.weight, &self.routing)
+                .set_shares(s, c, baseline, self.weight, &self.routing)
                 .map_err(TargetError::refused),
         }
+    }
+
+    /// Take the fresh baseline out of the routes (if it runs), drain it and stop it.
+    fn retire_baseline(&mut self) -> Result<(), TargetError> {
+        let Some(b) = self.baseline.take() else {
+            return Ok(());
+        };
+        self.routing.baseline = false;
+        let routed = self.route();
+        self.proxy.drain(b.addr, DRAIN_TIMEOUT);
+        b.stop();
+        routed
     }
 }
 
@@ -311,6 +337,7 @@ impl LocalTarget {
                     proxy,
                     stable: None,
                     candidate: None,
+                    baseline: None,
                     weight: 0,
                     routing: Routing::default(),
                 },
@@ -323,6 +350,17 @@ impl LocalTarget {
 
     /// Start `version` and wait until it answers its health check (bounded).
     fn spawn(&mut self, spec: &Spec, version: &str) -> Result<Instance, TargetError> {
+        self.spawn_as(spec, version, "")
+    }
+
+    /// `spawn`, its log and pid files named `<version><suffix>` (a fresh baseline's
+    /// `.baseline`, beside the stable's own).
+    fn spawn_as(
+        &mut self,
+        spec: &Spec,
+        version: &str,
+        suffix: &str,
+    ) -> Result<Instance, TargetError> {
         // Leftovers first: a new process never starts next to an old one of the plan.
         self.runtime(spec)?;
         let l = &spec.workload;
@@ -349,6 +387,7 @@ impl LocalTarget {
                     '_'
                 }
             })
+            .chain(suffix.chars())
             .collect();
         let log_path = dir.join(format!("{safe}.log"));
         let env: Vec<(String, String)> = l
@@ -502,6 +541,7 @@ impl LocalTarget {
         }
         let inst = self.spawn(spec, artifact)?;
         let rt = self.runtime(spec)?;
+        rt.retire_baseline()?;
         let old = rt.candidate.replace(inst);
         rt.weight = 0;
         rt.routing = Routing::default();
@@ -530,7 +570,34 @@ impl LocalTarget {
         if rt.candidate.is_none() {
             return Err(err(format!("no candidate is running for {}", spec.plan)));
         }
-        if rt.routing != *routing {
+        let stable = rt.stable.as_ref().map(|s| s.version.clone());
+        let copy_of_stable = rt
+            .baseline
+            .as_ref()
+            .is_some_and(|b| Some(&b.version) == stable.as_ref());
+        if !routing.baseline || !copy_of_stable {
+            // Out of the routes before anything else changes (or before its replacement
+            // starts: a copy of an older stable is no baseline).
+            rt.retire_baseline()?;
+        }
+        if routing.baseline && !copy_of_stable {
+            let Some(version) = stable else {
+                return Err(TargetError::refused(format!(
+                    "no stable version runs for {} to copy as a fresh baseline",
+                    spec.plan
+                )));
+            };
+            let inst = self.spawn_as(spec, &version, ".baseline")?;
+            // Traffic never moves to a copy that does not answer its health check.
+            if let Err(reason) = Self::healthy(&spec.workload, &inst) {
+                inst.stop();
+                return Err(err(format!("the fresh baseline is not ready: {reason}")));
+            }
+            let rt = self.runtime(spec)?;
+            rt.baseline = Some(inst);
+        }
+        let rt = self.runtime(spec)?;
+        if rt.routing != *routing || (routing.baseline && rt.proxy.baseline().is_none()) {
             let before = std::mem::replace(&mut rt.routing, routing.clone());
             if let Err(e) = rt.route() {
                 rt.routing = before;
@@ -554,6 +621,7 @@ impl LocalTarget {
             self.start_candidate_of(spec, artifact)?;
         }
         let rt = self.runtime(spec)?;
+        rt.retire_baseline()?;
         let new = rt
             .candidate
             .take()
@@ -571,6 +639,7 @@ impl LocalTarget {
 
     fn rollback_of(&mut self, spec: &Spec, stable: Option<&str>) -> Result<(), TargetError> {
         let rt = self.runtime(spec)?;
+        rt.retire_baseline()?;
         let need_stable = stable.is_some_and(|v| rt.stable.as_ref().is_none_or(|s| s.version != v));
         if let (true, Some(v)) = (need_stable, stable) {
             // The stable process must serve before traffic moves to it.
@@ -612,6 +681,8 @@ impl LocalTarget {
         if !stable_ok && let Some(v) = stable {
             let inst = self.spawn(spec, v)?;
             let rt = self.runtime(spec)?;
+            // A copy of the old stable is no baseline for the new one.
+            rt.retire_baseline()?;
             let old = rt.stable.replace(inst);
             rt.route()?;
             if let Some(old) = old {
@@ -648,7 +719,19 @@ impl LocalTarget {
         {
             return TargetHealth::Progressing;
         }
-        for i in [&rt.candidate, &rt.stable].into_iter().flatten() {
+        // A fresh baseline runs, as a copy of the stable, exactly while one is asked for.
+        let want_baseline = desired.candidate.is_some() && desired.routing.baseline;
+        let baseline_ok = match &rt.baseline {
+            None => !want_baseline,
+            Some(b) => want_baseline && Some(&b.version) == desired.stable.as_ref(),
+        };
+        if !baseline_ok {
+            return TargetHealth::Progressing;
+        }
+        for i in [&rt.candidate, &rt.stable, &rt.baseline]
+            .into_iter()
+            .flatten()
+        {
             if let Err(reason) = Self::healthy(l, i) {
                 return if i.restarts.load(Ordering::SeqCst) >= CRASH_LOOP_RESTARTS {
                     TargetHealth::Unhealthy { reason }
@@ -664,7 +747,7 @@ impl LocalTarget {
     pub fn shutdown(&mut self) {
         for (name, rt) in self.plans.drain() {
             rt.proxy.set_routes(None, None, 0);
-            for i in [rt.candidate, rt.stable].into_iter().flatten() {
+            for i in [rt.candidate, rt.baseline, rt.stable].into_iter().flatten() {
                 rt.proxy.drain(i.addr, DRAIN_TIMEOUT);
                 i.stop();
             }
@@ -784,7 +867,7 @@ impl Target for LocalTarget {
 impl Drop for LocalTarget {
     fn drop(&mut self) {
         for (_, rt) in self.plans.drain() {
-            for i in [rt.candidate, rt.stable].into_iter().flatten() {
+            for i in [rt.candidate, rt.baseline, rt.stable].into_iter().flatten() {
                 i.stop();
             }
             rt.proxy.shutdown();

@@ -329,6 +329,7 @@ fn the_builtin_source_over_the_data_plane_passes_the_metrics_source_contract() {
             plan: &plan.name,
             version,
             baseline: None,
+            fresh_baseline: false,
             window: Duration::from_secs(600),
             workload: None,
         },

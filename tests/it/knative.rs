@@ -325,6 +325,7 @@ fn tag_route(tag: &str) -> Routing {
             value: MatchValue::Exact(tag.to_owned()),
         }],
         mirror: 0,
+        baseline: false,
     }
 }
 
@@ -436,14 +437,21 @@ fn routes_knative_cannot_express_are_refused_and_change_nothing() {
             value: MatchValue::Exact("1".to_owned()),
         }],
         mirror: 0,
+        baseline: false,
     };
     let mirror = Routing {
         matches: Vec::new(),
         mirror: 20,
+        baseline: false,
+    };
+    let baseline = Routing {
+        baseline: true,
+        ..Routing::default()
     };
     for (what, r) in [
         ("another header", header),
         ("a mirror", mirror),
+        ("a fresh baseline", baseline),
         ("a tag that is no DNS label", tag_route("Beta_1")),
     ] {
         let err = t.set_routing(&p, &r).expect_err(what);

@@ -317,6 +317,7 @@ fn cloudwatch_passes_the_metrics_source_contract() {
             plan: "pay",
             version,
             baseline: Some("1"),
+            fresh_baseline: false,
             window: Duration::from_secs(45),
             workload: Some(&p.workload),
         },
@@ -348,6 +349,7 @@ fn cloudwatch_measures_each_version_by_its_executed_version_dimension() {
         plan: "pay",
         version,
         baseline: Some("1"),
+        fresh_baseline: false,
         window: Duration::from_secs(45),
         workload: Some(&p.workload),
     };
@@ -635,6 +637,7 @@ fn credentials_are_never_printed() {
         plan: "pay",
         version: "2",
         baseline: Some("1"),
+        fresh_baseline: false,
         window: Duration::from_secs(60),
         workload: Some(&p.workload),
     };

@@ -13,6 +13,7 @@ mod dashboard;
 mod data_plane;
 mod demo;
 mod deploy_manifests;
+mod fresh_baseline;
 mod fuzz_regressions;
 mod git_servers_selftest;
 mod git_transports;

@@ -554,6 +554,7 @@ fn prometheus_passes_the_metrics_source_contract() {
             plan: "web",
             version,
             baseline: Some("v1"),
+            fresh_baseline: false,
             window: Duration::from_secs(60),
             workload: None,
         },

@@ -36,7 +36,11 @@ fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
     (status, version)
 }
 
-fn versions(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
+pub(crate) fn versions(
+    addr: SocketAddr,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
         let (status, version) = get(addr, headers);
@@ -47,7 +51,7 @@ fn versions(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> BTreeMap<St
 }
 
 /// `rollgate_proxy_requests_total` of `series` (all classes), from the proxy itself.
-fn proxied(addr: SocketAddr, series: &str) -> u64 {
+pub(crate) fn proxied(addr: SocketAddr, series: &str) -> u64 {
     let (code, text) =
         rollgate::targets::local::http_get(addr, "/.rollgate/metrics", Duration::from_secs(5))
             .expect("metrics");

@@ -212,6 +212,7 @@ fn ctx(version: &str) -> QueryContext<'_> {
         plan: "checkout",
         version,
         baseline: Some("v1"),
+        fresh_baseline: false,
         window: Duration::from_secs(60),
         workload: None,
     }

@@ -1,7 +1,8 @@
 //! `spec.strategy`: a canary's steps, a blue-green switch, or a CodeDeploy-style preset
 //! expanded into canary steps (`expand_preset`).
 //!
-//! Invariants: pure; weights are 0-100 and never go down; a canary reaches 100% or ends
+//! Invariants: pure; weights are 0-100 and never go down (with `baseline: fresh`, at
+//! most 50 below 100, and only on workloads whose capabilities say so); a canary reaches 100% or ends
 //! in an untimed pause (a promotion), unless a bad weight already explains why not; a
 //! canary's analysis lasts longer than 0s; an analysis (a canary step, a blue-green
 //! preview, a preset's holds) names at least one check, each declared in `spec.checks`
@@ -39,6 +40,19 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                     "a canary needs at least one step",
                 );
             }
+            let fresh = c.baseline == Some(wire::BaselineKind::Fresh);
+            if fresh && !workload.capabilities().fresh_baseline {
+                let here = [K("spec"), K("strategy"), K("canary"), K("baseline")];
+                cx.err(
+                    &here,
+                    Code::UnsupportedTraffic,
+                    format!("a {} workload cannot run a fresh baseline", workload.kind()),
+                )
+                .help = Some(format!(
+                    "`baseline: fresh` is supported on {}; without it, baseline judges compare with the stable version (`baseline: stable`)",
+                    plan::FRESH_BASELINE_WORKLOADS
+                ));
+            }
             let mut steps = Vec::new();
             let mut last_weight: Option<(u8, usize)> = None;
             let mut bad_weight = false;
@@ -74,6 +88,19 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                                 "weights only go up; a rollback is what sends traffic back"
                                     .to_owned(),
                             );
+                        }
+                        if fresh && wt > plan::MAX_WEIGHT_WITH_FRESH_BASELINE && wt < 100 {
+                            cx.err(
+                                &at("setWeight", &[]),
+                                Code::WeightRange,
+                                format!(
+                                    "weight {wt} leaves a fresh baseline less than the canary's share"
+                                ),
+                            )
+                            .help = Some(format!(
+                                "with `baseline: fresh` the canary and its baseline each take the step's weight: use at most {}, then `setWeight: 100` or a promotion",
+                                plan::MAX_WEIGHT_WITH_FRESH_BASELINE
+                            ));
                         }
                         last_weight = Some((wt, i));
                         steps.push(Step::SetWeight(wt));
@@ -170,7 +197,14 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                         .to_owned(),
                 );
             }
-            Strategy::Canary { steps }
+            Strategy::Canary {
+                steps,
+                baseline: if fresh {
+                    plan::Baseline::Fresh
+                } else {
+                    plan::Baseline::Stable
+                },
+            }
         }
         wire::Strategy::BlueGreen(bg) => {
             let base = [K("spec"), K("strategy"), K("blueGreen")];
@@ -210,15 +244,13 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                 refs(cx, &check_names, &p.checks, &cp);
             }
             match expand_preset(&p.name, &p.checks) {
-                Some(steps) => Strategy::Canary { steps },
+                Some(steps) => Strategy::canary(steps),
                 None => {
                     let np: Vec<P<'static>> = base.iter().copied().chain([K("name")]).collect();
                     cx.err(&np, Code::BadPreset, format!("unknown preset `{}`", p.name)).help = Some(
                         "presets: `CanaryNPercentMMinutes` (e.g. Canary10Percent5Minutes), `LinearNPercentEveryMMinutes` (e.g. Linear10PercentEvery1Minute), `AllAtOnce`".to_owned(),
                     );
-                    Strategy::Canary {
-                        steps: vec![Step::SetWeight(100)],
-                    }
+                    Strategy::canary(vec![Step::SetWeight(100)])
                 }
             }
         }

@@ -419,3 +419,32 @@ fn a_knative_plan_takes_a_header_route_on_its_tag_header_only() {
     let d = knative_plan("setMirror: { percent: 20 }").expect_err("mirror");
     assert_eq!(d[0].code, Code::UnsupportedTraffic, "{d:?}");
 }
+
+#[test]
+fn a_fresh_baseline_is_kept_with_weights_up_to_half_and_a_last_full_step() {
+    use crate::model::plan::{Baseline, Strategy};
+    // Given a local canary with a fresh baseline at 5, 25, 50, then 100
+    let text = plan(
+        "    canary:\n      baseline: fresh\n      steps: [ { setWeight: 5 }, { setWeight: 25 }, { setWeight: 50 }, { setWeight: 100 } ]",
+    );
+    let parsed = parse_plan("plans/p.yaml", &text, None).expect("valid");
+    // Then the plan carries it, and its file form says so again
+    assert!(parsed.plan.strategy.fresh_baseline());
+    assert!(matches!(
+        parsed.plan.strategy,
+        Strategy::Canary {
+            baseline: Baseline::Fresh,
+            ..
+        }
+    ));
+    let again = serde_json::to_value(parsed.plan.to_wire()).expect("serialises");
+    assert_eq!(again["spec"]["strategy"]["canary"]["baseline"], "fresh");
+    // And without the key, or with `stable`, the stable fleet stays the baseline
+    for strategy in [
+        "    canary:\n      steps: [ { setWeight: 75 }, { setWeight: 100 } ]",
+        "    canary:\n      baseline: stable\n      steps: [ { setWeight: 75 }, { setWeight: 100 } ]",
+    ] {
+        let p = parse_plan("plans/p.yaml", &plan(strategy), None).expect("valid");
+        assert!(!p.plan.strategy.fresh_baseline(), "{strategy}");
+    }
+}

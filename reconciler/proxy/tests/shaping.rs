@@ -10,6 +10,7 @@ fn canary_header() -> Routing {
             value: MatchValue::Exact("1".into()),
         }],
         mirror: 0,
+        baseline: false,
     }
 }
 
@@ -118,6 +119,7 @@ fn a_mirror_copies_its_share_to_the_candidate_and_users_only_see_the_stable_answ
         let mirror = Routing {
             matches: Vec::new(),
             mirror: 30,
+            baseline: false,
         };
         proxy
             .set_traffic(Some(v1.backend()), Some(v2.backend()), 0, &mirror)
@@ -170,6 +172,7 @@ fn a_dead_or_silent_candidate_behind_a_mirror_costs_users_nothing() {
         let all = Routing {
             matches: Vec::new(),
             mirror: 100,
+            baseline: false,
         };
         // A dead candidate: copies fail (counted as 502 in the shadow series), users do not.
         let dead = Backend {
@@ -229,6 +232,7 @@ fn a_request_with_a_body_is_not_mirrored_and_is_counted() {
         let all = Routing {
             matches: Vec::new(),
             mirror: 100,
+            baseline: false,
         };
         proxy
             .set_traffic(Some(v1.backend()), Some(v2.backend()), 0, &all)

@@ -149,6 +149,13 @@ impl Target for Deployments {
     /// `traffic.rs`); replica ratio has no route to route by (validation refuses the
     /// steps there) and accepts only the empty routing.
     fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
+        if routing.baseline {
+            // Validation refuses `baseline: fresh` on Kubernetes workloads (see
+            // `Workload::capabilities`); refused here too, before anything changes.
+            return Err(TargetError::refused(
+                "kubernetes workloads cannot run a fresh baseline",
+            ));
+        }
         let c = self.cluster(plan)?;
         self.connection.block_on(c.route_to(routing))
     }

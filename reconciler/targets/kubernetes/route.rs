@@ -436,6 +436,7 @@ mod tests {
                 },
             ],
             mirror,
+            baseline: false,
         }
     }
 

@@ -91,7 +91,7 @@ pub(super) fn shaped_plan_for_e2e(artifact: &str) -> Plan {
 
 fn steps(p: &Plan) -> Vec<Step> {
     match &p.strategy {
-        Strategy::Canary { steps } => steps.clone(),
+        Strategy::Canary { steps, .. } => steps.clone(),
         Strategy::BlueGreen(_) => panic!("a canary plan"),
     }
 }
