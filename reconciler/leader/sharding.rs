@@ -506,13 +506,19 @@ impl ShardElector {
     }
 
     /// Stop acting on every shard, then give back every Lease of this group this
-    /// replica holds (SIGTERM, shutdown). Returns how many were released.
+    /// replica holds (SIGTERM, shutdown), but for a shard whose plan is still being
+    /// reconciled: that one is left to lapse, so nobody acts on the plan while it is.
+    /// Returns how many were released.
     pub async fn release_all(&mut self, now: DateTime<Utc>) -> Result<usize, LeaseError> {
         for i in 0..self.n as usize {
             self.table.stop(i);
             self.renewed_at[i] = None;
             self.draining[i] = false;
         }
+        let busy: BTreeSet<String> = (0..self.n)
+            .filter(|&i| self.table.busy[i as usize].load(Ordering::SeqCst) > 0)
+            .map(|i| shard_lease_name(&self.base, i, self.n))
+            .collect();
         let mut released = 0;
         for lease in self.list().await? {
             let mine = lease
@@ -520,7 +526,12 @@ impl ShardElector {
                 .as_ref()
                 .and_then(|s| s.holder_identity.as_deref())
                 == Some(self.identity.as_str());
-            let Some(name) = lease.metadata.name.clone().filter(|_| mine) else {
+            let Some(name) = lease
+                .metadata
+                .name
+                .clone()
+                .filter(|n| mine && !busy.contains(n))
+            else {
                 continue;
             };
             if self

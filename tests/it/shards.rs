@@ -635,3 +635,40 @@ fn shards_refuse_leader_election_once_and_zero() {
         );
     }
 }
+
+/// On SIGTERM (or shutdown) a replica gives its shards back at once, so the others take
+/// them at their next round, except a shard whose plan is still being reconciled: that
+/// Lease is left to lapse, so nobody acts on the plan while the process finishes it.
+#[test]
+fn shutdown_releases_every_idle_shard_and_leaves_a_busy_one_to_lapse() {
+    let api = Cluster::new();
+    let mut a = api.elector("a");
+    let gate = a.gate();
+    assert_eq!(api.round(&mut a, t(0.0)).acting.len(), SHARDS as usize);
+    let plan = plans(300)
+        .into_iter()
+        .find(|p| gate.shard_of(p) == 5)
+        .expect("a plan of shard 5");
+    let claim = gate.claim(&plan, t(1.0)).expect("a owns it");
+    let released = api
+        .runtime
+        .block_on(a.release_all(t(1.0)))
+        .expect("release");
+    // 11 idle shards and the member Lease
+    assert_eq!(released, SHARDS as usize);
+    assert!(
+        (0..SHARDS).all(|i| !gate.acting(i, t(1.0))),
+        "a stops acting at once"
+    );
+    assert!(gate.claim(&plan, t(1.0)).is_none());
+    for i in 0..SHARDS {
+        let holder = api.holder(&shard_lease_name(BASE, i, SHARDS));
+        assert_eq!(holder.as_deref(), (i == 5).then_some("a"), "shard {i}");
+    }
+    drop(claim);
+    // b takes the 11 at once and shard 5 one lease duration after its first look
+    let mut b = api.elector("b");
+    assert_eq!(api.round(&mut b, t(2.0)).acting.len(), SHARDS as usize - 1);
+    assert!(!api.round(&mut b, t(16.9)).acting.contains(&5));
+    assert!(api.round(&mut b, t(17.0)).acting.contains(&5));
+}
