@@ -672,3 +672,71 @@ fn shutdown_releases_every_idle_shard_and_leaves_a_busy_one_to_lapse() {
     assert!(!api.round(&mut b, t(16.9)).acting.contains(&5));
     assert!(api.round(&mut b, t(17.0)).acting.contains(&5));
 }
+
+/// A real `rollgate run --shards 2` that cannot reach any Kubernetes API holds no shard:
+/// it logs why, fetches, and writes nothing to Git and calls no target; SIGTERM ends it
+/// with 0.
+#[test]
+fn a_sharded_daemon_without_an_api_holds_no_shard_and_writes_nothing() {
+    const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // Given a remote with one new plan (a single replica would deploy it at once)
+    let plan = PlanFile::new("web");
+    let remote = Remote::with_plans(&[&plan]);
+    let seeded = remote.head();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("stderr.log");
+    // When the daemon starts sharded, with no kubeconfig and outside a cluster
+    let mut daemon = Kill(
+        std::process::Command::new(BIN)
+            .args(["run", "--shards", "2", "--interval", "1s", "--repo"])
+            .arg(&remote.bare)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("HOME", dir.path())
+            .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("rollgate run"),
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(read().contains("holding no shard") && read().contains("rollgate running")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word of the missing API: {}",
+            read()
+        );
+        assert!(daemon.0.try_wait().expect("wait").is_none(), "{}", read());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Then, passes later, nothing was written: the plan is no replica's
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(remote.head(), seeded, "{}", read());
+    assert!(remote.status("web").is_none());
+    // And SIGTERM ends it cleanly
+    let pid = daemon.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", read());
+}
