@@ -14,14 +14,15 @@
 //! another replica is taken only when released or one lease duration after we first
 //! saw its current version; a replica never holds more than its fair share
 //! ⌈N / replicas⌉ after a round (the excess is released, never taken over), and never
-//! acquires beyond it; replicas are the live holders of member Leases plus this one;
+//! acquires beyond it; replicas are this one plus the holders of member Leases that
+//! changed within three retry periods (counting sizes the fair share only);
 //! while a Lease of another shard count is live (a changed `--shards` mid-rollout) this
 //! replica holds no shard at all, since two layouts could give one plan two owners.
 
 use chrono::{DateTime, Utc};
 
 use super::LeaseConfig;
-use super::decide::{LeaseDecision, LeaseState, decide};
+use super::decide::{LeaseDecision, LeaseState, after, decide};
 
 /// The shard of `plan` among `shards` (0 when `shards` is 0 or 1): FNV-1a 64 of the
 /// name's bytes, modulo `shards`. Stable across builds, platforms and releases.
@@ -133,9 +134,20 @@ pub fn decide_shards(
     // Membership: keep the lowest slot we hold, give back any other; without one, take
     // the first free or lapsed slot.
     let member_base: Vec<LeaseDecision> = view.members.iter().map(base).collect();
+    // Counted as alive: another's member Lease that changed (or was first seen) within
+    // the last three retry periods. Counting only sizes the fair share, it never lets
+    // a Lease be taken before it lapses, so a replica that stopped renewing can stop
+    // counting sooner than its Leases lapse: a newcomer, which must not trust a Lease's
+    // age, does not wait a whole lease duration to discount a dead replica.
+    let recent = cfg.retry_period.saturating_mul(3);
     let others_alive = member_base
         .iter()
-        .filter(|d| matches!(d, LeaseDecision::Follow { .. }))
+        .zip(view.members)
+        .filter(|(d, l)| {
+            matches!(d, LeaseDecision::Follow { .. })
+                && l.as_ref()
+                    .is_some_and(|l| now < after(l.observed_at, recent))
+        })
         .count();
     let mut members = Vec::with_capacity(member_base.len());
     let mut have_slot = false;
@@ -326,8 +338,9 @@ mod tests {
     #[test]
     fn a_live_shard_of_another_holder_is_never_taken_even_below_the_fair_share() {
         let shards = vec![held("b", 0); 4];
-        let members = vec![held("b", 0), None, None, None];
         for now in [0, 5, 14] {
+            // b renews its member Lease every round; its shards were seen at 0.
+            let members = vec![held("b", now), None, None, None];
             let d = decide_shards(
                 ShardView {
                     shards: &shards,
@@ -341,6 +354,31 @@ mod tests {
             assert_eq!(d.fair_share, 2);
             assert!(d.shards.iter().all(|a| *a == SlotAction::Leave), "{now}");
         }
+    }
+
+    #[test]
+    fn a_member_lease_unchanged_for_three_retry_periods_no_longer_counts_but_is_not_taken() {
+        let shards = vec![None; 4];
+        let members = vec![held("b", 0), None, None, None];
+        let at = |now| {
+            decide_shards(
+                ShardView {
+                    shards: &shards,
+                    members: &members,
+                    other_layout_live: false,
+                },
+                "a",
+                t(now),
+                &cfg(),
+            )
+        };
+        assert_eq!((at(5).replicas, at(5).fair_share), (2, 2));
+        let d = at(6);
+        assert_eq!((d.replicas, d.fair_share), (1, 4));
+        // b's member slot stays b's until it lapses; a takes the next one.
+        assert_eq!(d.members[0], SlotAction::Leave);
+        assert_eq!(d.members[1], SlotAction::Acquire { transitions: 0 });
+        assert!(matches!(at(15).members[0], SlotAction::TakeOver { .. }));
     }
 
     #[test]
