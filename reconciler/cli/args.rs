@@ -271,11 +271,12 @@ pub struct RunArgs {
     /// (a stable hash of its name), and each replica reconciles only the plans of the
     /// shards whose coordination.k8s.io Lease it holds, about N / replicas of them. N
     /// must be the same on every replica; 1 is leader election with every replica
-    /// standing by but one. Not with `--leader-elect`.
+    /// standing by but one. Not with `--leader-elect`, nor `--dry-run` (a dry run would
+    /// hold shards, and their plans would go unreconciled by the real replicas).
     #[arg(
         long,
         value_name = "N",
-        conflicts_with_all = ["once", "leader_elect"],
+        conflicts_with_all = ["once", "leader_elect", "dry_run"],
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     pub shards: Option<u32>,

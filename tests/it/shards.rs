@@ -612,14 +612,16 @@ fn three_replicas_roll_out_plans_on_one_branch_and_lose_nothing_when_one_dies() 
     assert_eq!(shares, BTreeMap::from([("a", 4), ("b", 4), ("d", 4)]));
 }
 
-/// `--shards` is its own mode: with `--leader-elect` or `--once`, or 0 shards, `rollgate
-/// run` refuses before touching anything, naming the flag.
+/// `--shards` is its own mode: with `--leader-elect`, `--once` or `--dry-run` (which
+/// would hold shards whose plans then nobody reconciles), or 0 shards, `rollgate run`
+/// refuses before touching anything, naming the flag.
 #[test]
-fn shards_refuse_leader_election_once_and_zero() {
+fn shards_refuse_leader_election_once_dry_run_and_zero() {
     const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
     for (extra, says) in [
         (&["--shards", "3", "--leader-elect"][..], "--leader-elect"),
         (&["--shards", "3", "--once"][..], "--once"),
+        (&["--shards", "3", "--dry-run"][..], "--dry-run"),
         (&["--shards", "0"][..], "0"),
     ] {
         let out = std::process::Command::new(BIN)
