@@ -742,3 +742,64 @@ fn a_sharded_daemon_without_an_api_holds_no_shard_and_writes_nothing() {
     };
     assert_eq!(status.code(), Some(0), "{}", read());
 }
+
+/// The daemon's handle, on the real clock: two campaigns share the shards 6 and 6, a
+/// shard gained wakes the daemon (`on_gain`), and shutting one down releases its shards
+/// so the other takes them without waiting for them to lapse.
+#[test]
+fn the_background_campaigns_share_the_shards_and_hand_them_over_on_shutdown() {
+    let quick = LeaseConfig {
+        lease_duration: std::time::Duration::from_secs(30),
+        renew_deadline: std::time::Duration::from_secs(20),
+        retry_period: std::time::Duration::from_millis(200),
+    };
+    let runtime = rollgate::leader::runtime().expect("runtime");
+    let client = runtime
+        .block_on(kube_fake_client::ClientBuilder::new().build())
+        .expect("fake client");
+    let campaign = |id: &str, woken: Arc<AtomicUsize>| {
+        let elector = ShardElector::new(client.clone(), NS, BASE, SHARDS, id, quick);
+        rollgate::leader::Sharding::start(
+            rollgate::leader::runtime().expect("runtime"),
+            elector,
+            Box::new(move || {
+                woken.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+    };
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let acting = |g: &ShardGate| (0..SHARDS).filter(|&i| g.acting(i, Utc::now())).count();
+    let (a_woken, b_woken) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a = campaign("a", Arc::clone(&a_woken));
+    let a_gate = a.gate();
+    wait_for("a acts on every shard", &|| {
+        acting(&a_gate) == SHARDS as usize
+    });
+    assert!(a.standing_by());
+    assert!(
+        a_woken.load(Ordering::SeqCst) >= 1,
+        "a gain wakes the daemon"
+    );
+    let b = campaign("b", Arc::clone(&b_woken));
+    let b_gate = b.gate();
+    wait_for("6 and 6", &|| acting(&a_gate) == 6 && acting(&b_gate) == 6);
+    assert!(b_woken.load(Ordering::SeqCst) >= 1);
+    // The GitHub gate follows shard 0's holder
+    assert_ne!(
+        a_gate.github_gate().is_leader(),
+        b_gate.github_gate().is_leader()
+    );
+    a.shutdown();
+    assert_eq!(acting(&a_gate), 0, "a stops acting at once");
+    // Far sooner than the 30 s lease duration: the shards were released.
+    wait_for("b takes all", &|| acting(&b_gate) == SHARDS as usize);
+    assert!(b_gate.github_gate().is_leader());
+    drop(b);
+    assert_eq!(acting(&b_gate), 0);
+}
