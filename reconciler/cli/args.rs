@@ -267,7 +267,21 @@ pub struct RunArgs {
     /// the others stand by and take over when it lapses.
     #[arg(long, conflicts_with = "once")]
     pub leader_elect: bool,
-    /// The Lease's name.
+    /// One of several replicas sharing the plans: each plan belongs to one of N shards
+    /// (a stable hash of its name), and each replica reconciles only the plans of the
+    /// shards whose coordination.k8s.io Lease it holds, about N / replicas of them. N
+    /// must be the same on every replica; 1 is leader election with every replica
+    /// standing by but one. Not with `--leader-elect`, nor `--dry-run` (a dry run would
+    /// hold shards, and their plans would go unreconciled by the real replicas).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["once", "leader_elect", "dry_run"],
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub shards: Option<u32>,
+    /// The Lease's name (with `--shards`, the prefix of the shard and member Leases:
+    /// `<name>-shard-<i>-of-<N>`, `<name>-member-<k>-of-<N>`).
     #[arg(long, default_value = "rollgate")]
     pub lease_name: String,
     /// The Lease's namespace (default: `POD_NAMESPACE`, else the pod's own, else `default`).

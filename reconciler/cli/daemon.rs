@@ -123,8 +123,10 @@ pub(super) fn run_daemon(args: RunArgs) -> Result<ExitCode> {
             )
             .context("cannot start leader election")?,
         )
-    } else {
+    } else if args.shards.is_none() {
         crate::telemetry::global().set_leader(true);
+        None
+    } else {
         None
     };
     let interval = crate::model::duration::parse(&args.interval)
@@ -148,10 +150,37 @@ pub(super) fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         .is_some_and(|o| matches!(o.github.auth, crate::github::Auth::App { .. }));
     // Wakes the loop: a file event on a local remote, or a verified push webhook.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    // Only the leader acts on GitHub (#15): a stand-by's worker takes no job.
-    let leader = leadership
-        .as_ref()
-        .map_or_else(crate::leader::Gate::always, crate::leader::Leadership::gate);
+    // `--shards N`: plans of the shards this replica holds; a shard taken wakes the loop.
+    let sharding = match args.shards {
+        Some(n) => {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(crate::leader::default_namespace);
+            let wake = tx.clone();
+            Some(
+                crate::leader::Sharding::connect(
+                    &namespace,
+                    &args.lease_name,
+                    n,
+                    crate::leader::LeaseConfig::default(),
+                    Box::new(leader_stopped),
+                    Box::new(move || {
+                        let _ = wake.send(());
+                    }),
+                )
+                .context("cannot start sharding")?,
+            )
+        }
+        None => None,
+    };
+    // Only the leader acts on GitHub (#15): a stand-by's worker takes no job. Sharded,
+    // the holder of shard 0 does.
+    let leader = match (&leadership, &sharding) {
+        (Some(l), _) => l.gate(),
+        (None, Some(s)) => s.gate().github_gate(),
+        (None, None) => crate::leader::Gate::always(),
+    };
     // Started before the first fetch: with a GitHub App, the daemon's own Git over https
     // to GitHub's host (fetch, status commits) uses the installation token the worker
     // got at start and keeps fresh, when ROLLGATE_GIT_TOKEN is not set.
@@ -236,11 +265,14 @@ pub(super) fn run_daemon(args: RunArgs) -> Result<ExitCode> {
         rec.set_namespaces(ns.clone());
     }
     rec.set_dry_run(args.dry_run);
+    if let Some(s) = &sharding {
+        rec.set_shards(s.gate());
+    }
 
     // A local remote is watched: a push wakes the loop within milliseconds.
     let _watcher =
         watch_paths.and_then(|paths| crate::source::watch::local_refs(&paths, tx.clone()));
-    tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, "rollgate running");
+    tracing::info!(repo = %url, branch = %args.branch, dry_run = args.dry_run, leader_elect = args.leader_elect, shards = args.shards, "rollgate running");
     let options = crate::daemon::run::Options {
         once: args.once,
         interval,

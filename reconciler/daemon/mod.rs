@@ -168,6 +168,8 @@ pub struct Reconciler {
     adapters: Option<Adapters>,
     /// Told of every status and revert commit once it is pushed (`with_notifications`).
     notify: Option<crate::notify::Outbox>,
+    /// `run --shards`: only plans of shards this replica holds are reconciled.
+    shards: Option<crate::leader::ShardGate>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -239,6 +241,7 @@ impl Reconciler {
             dry_run: false,
             adapters: None,
             notify: None,
+            shards: None,
         }
     }
 
@@ -268,6 +271,27 @@ impl Reconciler {
     /// others are rejected by the gate.
     pub fn set_namespaces(&mut self, namespaces: Vec<String>) {
         self.namespaces = Some(namespaces);
+    }
+
+    /// One replica of several (`run --shards`): a pass reconciles only the plans of the
+    /// shards `gate` says this replica holds.
+    pub fn set_shards(&mut self, gate: crate::leader::ShardGate) {
+        self.shards = Some(gate);
+    }
+
+    /// Whether this pass reconciles `name`, and the claim to hold while it does. A plan
+    /// of a shard this replica does not hold is skipped and its memory forgotten, so if
+    /// the shard comes (back) to it later, it resumes from Git alone (re-applying the
+    /// target's state) like after a restart.
+    fn claim(&mut self, name: &str, now: DateTime<Utc>) -> Option<crate::leader::Claim> {
+        let Some(gate) = &self.shards else {
+            return Some(crate::leader::Claim::unsharded());
+        };
+        let claim = gate.claim(name, now);
+        if claim.is_none() {
+            self.memo.remove(name);
+        }
+        claim
     }
 
     /// Where the jitter of retry backoffs comes from (tests pass a fixed one).
@@ -350,6 +374,9 @@ impl Reconciler {
         };
         let names: Vec<String> = self.report.accepted.keys().cloned().collect();
         for name in names {
+            let Some(_claim) = self.claim(&name, now) else {
+                continue;
+            };
             let span = tracing::info_span!("plan", plan = %name);
             let _enter = span.enter();
             let started = std::time::Instant::now();

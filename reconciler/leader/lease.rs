@@ -17,14 +17,16 @@ use kube::core::ObjectMeta;
 use super::LeaseConfig;
 use super::decide::{LeaseDecision, LeaseState, after, decide};
 
-/// Every API call the elector makes, as (apiGroup, resource, verbs): `get` the Lease
-/// each round, `create` it when absent, `update` (a PUT carrying the `resourceVersion`
-/// read) to acquire, renew, take over or release it. Leases live in rollgate's own
+/// Every API call leader election and sharding make, as (apiGroup, resource, verbs):
+/// `get` the Lease each round (`--leader-elect`), `list` the shard and member Leases
+/// each round (`--shards`, by label), `create` one when absent, `update` (a PUT
+/// carrying the `resourceVersion` read) to acquire, renew, take over or release it.
+/// No `watch`: rounds poll every retry period. Leases live in rollgate's own
 /// namespace, so `deploy/kubernetes` grants these with a namespaced Role.
 pub const RBAC: &[(&str, &str, &[&str])] = &[(
     "coordination.k8s.io",
     "leases",
-    &["get", "create", "update"],
+    &["get", "list", "create", "update"],
 )];
 
 /// A failed call to the API server (the round changes nothing; a leader stays leader
@@ -34,7 +36,7 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[(
 pub struct LeaseError(String);
 
 /// `what: cause`, the cause once (kube's `Display` of an API error repeats it).
-fn api_err(what: &str, e: kube::Error) -> LeaseError {
+pub(super) fn api_err(what: &str, e: kube::Error) -> LeaseError {
     match e {
         kube::Error::Api(s) => LeaseError(format!(
             "{what}: {} ({} {})",
@@ -46,7 +48,7 @@ fn api_err(what: &str, e: kube::Error) -> LeaseError {
     }
 }
 
-fn micro_time(t: DateTime<Utc>) -> Result<MicroTime, LeaseError> {
+pub(super) fn micro_time(t: DateTime<Utc>) -> Result<MicroTime, LeaseError> {
     k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
         .map(MicroTime)
         .map_err(|e| LeaseError(format!("time {t} is out of range: {e}")))

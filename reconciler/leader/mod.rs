@@ -43,9 +43,12 @@ use chrono::{DateTime, Utc};
 
 mod decide;
 mod lease;
+pub mod sharding;
+pub mod shards;
 
 pub use decide::{LeaseDecision, LeaseState, decide};
 pub use lease::{LeaseElector, LeaseError, RBAC, Role};
+pub use sharding::{Claim, ShardElector, ShardGate, ShardRound, Sharding};
 
 /// Where a pod's namespace is mounted with its service account token.
 pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";

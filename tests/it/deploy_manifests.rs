@@ -453,3 +453,57 @@ fn the_namespaced_overlay_binds_per_namespace_and_tells_the_daemon_the_same_list
     told.sort();
     assert_eq!(told, bound);
 }
+
+#[test]
+fn the_sharded_overlay_runs_three_replicas_sharing_twelve_shards_instead_of_a_leader() {
+    // Rendered by kustomize itself (kubectl's built-in), as `kubectl apply -k` would.
+    let dir = deploy_dir().join("kubernetes-sharded");
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED: kubectl is not installed ({e}); the overlay was not rendered");
+            return;
+        }
+    };
+    // The `test` op fails the render if the base's args moved under the patch.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
+        .expect("rendered manifests parse");
+    let deployment: Deployment = typed(
+        "overlay",
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("a Deployment")
+            .clone(),
+    );
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(3));
+    let args = spec.template.spec.expect("pod").containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--shards=12"), "{args:?}");
+    assert!(!args.iter().any(|a| a == "--leader-elect"), "{args:?}");
+    // The same Role as the base install: leases, listed by the shard elector.
+    let role: Role = typed(
+        "overlay",
+        docs.iter()
+            .find(|d| d["kind"] == "Role")
+            .expect("a Role")
+            .clone(),
+    );
+    assert_eq!(
+        granted(role.rules.iter().flatten()),
+        used(rollgate::leader::RBAC)
+    );
+    let leases = ("coordination.k8s.io".to_owned(), "leases".to_owned());
+    assert!(used(rollgate::leader::RBAC)[&leases].contains("list"));
+}

@@ -34,6 +34,7 @@ mod push_race;
 mod reconcile;
 mod roundtrip;
 mod schema_fresh;
+mod shards;
 mod traffic_shaping;
 mod trust;
 mod web_source;
