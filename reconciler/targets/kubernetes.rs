@@ -107,6 +107,7 @@ use std::time::Duration;
 
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 
+mod baseline;
 mod blue_green;
 mod deployment;
 mod deployments;
@@ -146,6 +147,12 @@ pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
 pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
 /// On the canary Deployment: the total replicas to keep in replica-ratio mode.
 pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
+
+/// On the fresh baseline's Deployment, pods and selector (issue #19), as [`TRACK`] on
+/// the canary's: how its pods are told apart from the stable ones.
+pub const BASELINE_TRACK: (&str, &str) = ("rollgate.dev/track", "baseline");
+/// Suffix of the fresh baseline's Deployment name (`<deployment>-baseline`).
+pub const BASELINE_SUFFIX: &str = "-baseline";
 
 /// Suffix of the canary Deployment and Service names.
 pub const CANARY_SUFFIX: &str = "-canary";
