@@ -9,6 +9,7 @@
 //! Files under `kubernetes/`: `deployments.rs` (the Deployments target: promotion,
 //! rollback, health), `ownership.rs` (what rollgate creates, refuses to adopt, and
 //! deletes), `traffic.rs` (Gateway API weights and replica-ratio splits),
+//! `baseline.rs` (the fresh baseline's Deployment),
 //! `readiness.rs` (the readiness gate on traffic and the drift memory), `blue_green.rs`
 //! (the selector switch and the preview's retirement), and the pure readers
 //! `deployment.rs` and `route.rs`.
@@ -84,6 +85,13 @@
 //!                    ├── weight 100-w ──▶ Service <svc>
 //!                    └── weight w     ──▶ Service <svc>-canary
 //! ```
+//!
+//! **A fresh baseline** (issue #19, `baseline: fresh`, replica-ratio mode only; see
+//! `baseline.rs`): `<deployment>-baseline`, a copy of the stable Deployment as it runs
+//! (the stable artifact), tracked `rollgate.dev/track: baseline`, with the canary's
+//! replicas taken from the stable's, so the replica split is w : w : 100-2w; created by
+//! `set_routing`, deleted (its replicas given back to the stable first) when the
+//! routing drops it, at promotion and at rollback. Gateway API mode refuses it.
 //!
 //! **Blue-green** (`strategy.blueGreen`) uses the same machinery with `-preview` names:
 //! `<deployment>-preview` is a full-size copy running the artifact and `<service>-preview`

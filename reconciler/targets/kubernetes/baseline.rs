@@ -8,8 +8,9 @@
 //!
 //! Invariants: the baseline is created and deleted only here; it carries the managed-by
 //! label ([`MANAGED_BY`](super::MANAGED_BY)) and never the opt-in one; a
-//! `<deployment>-baseline` without the managed-by label is never adopted, overwritten
-//! nor deleted; before it is deleted the stable Deployment is scaled back to its share
+//! `<deployment>-baseline` without the managed-by label is never adopted, overwritten,
+//! scaled nor deleted (a plan that asks for a baseline fails on it; one that does not
+//! ignores it); before it is deleted the stable Deployment is scaled back to its share
 //! (stable first, so the ready total never drops below the rollout's total); deletes
 //! are guarded by the uid just read. The replica split itself is `traffic.rs`'s.
 //! Gateway API mode has no baseline yet: validation refuses `baseline: fresh` there
@@ -41,22 +42,23 @@ impl Cluster<'_> {
         format!("{}{BASELINE_SUFFIX}", self.w.deployment)
     }
 
-    /// The baseline Deployment, if there is one; one rollgate did not create is an
-    /// error (never read as ours, so never scaled nor deleted).
+    /// The baseline Deployment, if there is one of rollgate's. A `<deployment>-baseline`
+    /// rollgate did not create is not a baseline: never scaled nor deleted, and no
+    /// reason to hold a plan that runs none (`start_baseline` refuses to adopt it).
     pub(super) async fn baseline(&self) -> Result<Option<Deployment>, TargetError> {
+        Ok(self
+            .any_baseline()
+            .await?
+            .filter(|d| is_managed(&d.metadata)))
+    }
+
+    async fn any_baseline(&self) -> Result<Option<Deployment>, TargetError> {
         let name = self.baseline_deployment();
-        let found = self
-            .timed(
-                &format!("cannot read deployment {name}"),
-                self.deployments.get_opt(&name),
-            )
-            .await?;
-        match found {
-            Some(d) if !is_managed(&d.metadata) => Err(TargetError::failed(format!(
-                "deployment {name} exists and was not created by rollgate; refusing to adopt it"
-            ))),
-            other => Ok(other),
-        }
+        self.timed(
+            &format!("cannot read deployment {name}"),
+            self.deployments.get_opt(&name),
+        )
+        .await
     }
 
     /// Create the baseline (if it is not there yet) with `replicas`: the stable
@@ -68,7 +70,13 @@ impl Cluster<'_> {
         replicas: i32,
         total: i32,
     ) -> Result<Deployment, TargetError> {
-        if let Some(existing) = self.baseline().await? {
+        if let Some(existing) = self.any_baseline().await? {
+            if !is_managed(&existing.metadata) {
+                return Err(TargetError::failed(format!(
+                    "deployment {} exists and was not created by rollgate; refusing to adopt it as the fresh baseline",
+                    self.baseline_deployment()
+                )));
+            }
             return Ok(existing);
         }
         let stable = self.stable().await?;

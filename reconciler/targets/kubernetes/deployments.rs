@@ -427,8 +427,16 @@ impl Cluster<'_> {
                 if !awaited {
                     self.drifted(what);
                 }
-                self.weigh(Some(w)).await?;
-                self.route_to(&desired.routing).await?;
+                if self.w.traffic == Traffic::ReplicaRatio {
+                    // The fresh baseline first, as the engine orders it: a missing one
+                    // is started (and a dropped one given back) before the split is
+                    // made again, so the stable is not scaled up and down again.
+                    self.route_to(&desired.routing).await?;
+                    self.weigh(Some(w)).await?;
+                } else {
+                    self.weigh(Some(w)).await?;
+                    self.route_to(&desired.routing).await?;
+                }
             }
             Observed::AsDesired => self.no_drift(),
         }

@@ -209,7 +209,7 @@ fn regression_a_baseline_deleted_behind_rollgate_s_back_is_started_again() {
 }
 
 #[test]
-fn a_baseline_rollgate_did_not_create_is_never_adopted_nor_deleted() {
+fn a_baseline_rollgate_did_not_create_is_never_adopted_scaled_nor_deleted() {
     let mut foreign = stable_deployment(2);
     foreign["metadata"]["name"] = json!("web-baseline");
     let mut t = cluster_with(20, vec![foreign]);
@@ -220,7 +220,18 @@ fn a_baseline_rollgate_did_not_create_is_never_adopted_nor_deleted() {
         .set_routing(&p, &with_baseline(true))
         .expect_err("refuses to adopt");
     assert!(err.message.contains("not created by rollgate"), "{err}");
-    assert!(t.rollback(&p, Some(V1)).is_err(), "refuses to delete");
+    assert_ne!(
+        t.health(&p, &desired(V2, 0, true)),
+        TargetHealth::Healthy,
+        "not a baseline"
+    );
+    // A rollout that ends, or runs none, leaves it alone and is not held by it
+    t.rollback(&p, Some(V1)).expect("rollback ignores it");
+    let at_rest = Desired {
+        stable: Some(V1.into()),
+        ..Desired::default()
+    };
+    assert_eq!(settle(&mut t, &p, &at_rest), TargetHealth::Healthy);
     let still = deployment(&t, "web-baseline").expect("foreign deployment survives");
     assert_eq!(replicas(&still), 2);
     assert!(!kubernetes::is_managed(&still.metadata));
