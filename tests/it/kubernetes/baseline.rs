@@ -251,3 +251,32 @@ fn a_gateway_route_refuses_a_fresh_baseline_and_changes_nothing() {
     assert_eq!(snapshot(&t), before);
     assert!(deployment(&t, "web-baseline").is_none());
 }
+
+#[test]
+fn regression_the_stable_keeps_its_replicas_until_the_baseline_is_ready() {
+    let readiness = Readiness::default();
+    let mut t = cluster_built(20, Vec::new(), None, readiness.clone());
+    let p = baseline_plan();
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    // Given the canary at 10% without a baseline yet
+    step(&mut t, &p, V2, 10, false);
+    assert_eq!(split(&t), (18, 2, None));
+    // When the baseline starts on a cluster whose new pods do not become ready
+    readiness.withhold(true);
+    t.set_routing(&p, &with_baseline(true))
+        .expect("set_routing");
+    t.set_weight(&p, 10).expect("set_weight");
+    // Then the stable keeps the replicas the baseline is to take over
+    for _ in 0..20 {
+        assert_ne!(t.health(&p, &desired(V2, 10, true)), TargetHealth::Healthy);
+    }
+    assert_eq!(split(&t), (18, 2, Some(2)), "the stable waits");
+    // And gives them up once the baseline's pods are ready
+    readiness.withhold(false);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V2, 10, true)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(split(&t), (16, 2, Some(2)));
+}
