@@ -1,8 +1,13 @@
 //! The `prometheus` metrics source: instant and range queries over the HTTP API.
 //!
 //! A check's query is PromQL with placeholders: `{{version}}` (the candidate),
-//! `{{baseline}}` (the stable version), `{{plan}}`, and `{{window}}` (the analysis so
-//! far, as a PromQL duration like `45s`). An error, a timeout or an empty result is a
+//! `{{baseline}}` (the stable version), `{{plan}}`, `{{window}}` (the analysis so
+//! far, as a PromQL duration like `45s`) and, for a Kubernetes workload,
+//! `{{baselineDeployment}}`: the Deployment whose pods are the baseline, the fresh
+//! baseline `<deployment>-baseline` while one runs (issue #19), else the stable
+//! `<deployment>` (empty for other workloads). A fresh baseline runs the stable
+//! artifact, so `{{baseline}}` (a version) cannot tell its pods from the stable ones;
+//! a pod-name match such as `pod=~"{{baselineDeployment}}-[a-z0-9]+-[a-z0-9]+"` can. An error, a timeout or an empty result is a
 //! measurement without a value (`NoData`) or an error — never a pass.
 //! Invariants: the auth header value is read from the environment at call time and is
 //! never logged or put into an error message; responses are size-capped.
@@ -37,6 +42,23 @@ pub fn render(query: &str, ctx: &QueryContext<'_>) -> String {
         .replace("{{baseline}}", ctx.baseline.unwrap_or(""))
         .replace("{{plan}}", ctx.plan)
         .replace("{{window}}", &format!("{secs}s"))
+        .replace("{{baselineDeployment}}", &baseline_deployment(ctx))
+}
+
+/// `{{baselineDeployment}}`: `<deployment>-baseline` while a fresh baseline runs, else
+/// `<deployment>`; empty for a workload that is not a Kubernetes Deployment.
+fn baseline_deployment(ctx: &QueryContext<'_>) -> String {
+    match ctx.workload {
+        Some(crate::model::plan::Workload::Kubernetes(w)) if ctx.fresh_baseline => {
+            format!(
+                "{}{}",
+                w.deployment,
+                crate::targets::kubernetes::BASELINE_SUFFIX
+            )
+        }
+        Some(crate::model::plan::Workload::Kubernetes(w)) => w.deployment.clone(),
+        _ => String::new(),
+    }
 }
 
 fn encode(s: &str) -> String {
@@ -300,6 +322,35 @@ mod tests {
             ),
             "rate(x{version=\"v2\",plan=\"web\"}[45s]) / rate(x{version=\"v1\"}[45s])"
         );
+    }
+
+    #[test]
+    fn baseline_deployment_names_the_fresh_baseline_while_one_runs() {
+        let plan = crate::model::validate::parse_plan(
+            "plans/web.yaml",
+            "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web }\nspec:\n  target: t\n  workload:\n    kubernetes: { namespace: shop, deployment: web }\n  artifact: web:2\n  strategy:\n    canary: { baseline: fresh, steps: [ { setWeight: 10 }, { setWeight: 100 } ] }\n",
+            None,
+        )
+        .expect("plan parses")
+        .plan;
+        let q = "pod=~\"{{baselineDeployment}}-[a-z0-9]+-[a-z0-9]+\"";
+        let ctx = |fresh: bool, workload| QueryContext {
+            plan: "web",
+            version: "v2",
+            baseline: Some("v1"),
+            fresh_baseline: fresh,
+            window: Duration::from_secs(45),
+            workload,
+        };
+        assert_eq!(
+            render(q, &ctx(true, Some(&plan.workload))),
+            "pod=~\"web-baseline-[a-z0-9]+-[a-z0-9]+\""
+        );
+        assert_eq!(
+            render(q, &ctx(false, Some(&plan.workload))),
+            "pod=~\"web-[a-z0-9]+-[a-z0-9]+\""
+        );
+        assert_eq!(render(q, &ctx(true, None)), "pod=~\"-[a-z0-9]+-[a-z0-9]+\"");
     }
 
     #[test]

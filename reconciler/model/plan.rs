@@ -116,8 +116,13 @@ impl Workload {
                 tag_header_route: true,
                 ..Capabilities::default()
             },
-            // Replica ratio has no router to ask; Lambda aliases route by weight only.
-            Workload::Kubernetes(_) | Workload::Lambda(_) => Capabilities::default(),
+            // Replica ratio has no router to ask, but a third Deployment takes its share
+            // by its replicas (`<deployment>-baseline`); Lambda aliases route by weight only.
+            Workload::Kubernetes(_) => Capabilities {
+                fresh_baseline: true,
+                ..Capabilities::default()
+            },
+            Workload::Lambda(_) => Capabilities::default(),
         }
     }
 }
@@ -172,7 +177,8 @@ pub const SHAPING_WORKLOADS: &str =
     "local workloads and Kubernetes workloads with a Gateway API route";
 
 /// The workloads that support `baseline: fresh`, for help lines.
-pub const FRESH_BASELINE_WORKLOADS: &str = "local workloads";
+pub const FRESH_BASELINE_WORKLOADS: &str =
+    "local workloads and Kubernetes workloads in replica-ratio mode (no Gateway API route)";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalWorkload {

@@ -9,6 +9,7 @@
 //! Files under `kubernetes/`: `deployments.rs` (the Deployments target: promotion,
 //! rollback, health), `ownership.rs` (what rollgate creates, refuses to adopt, and
 //! deletes), `traffic.rs` (Gateway API weights and replica-ratio splits),
+//! `baseline.rs` (the fresh baseline's Deployment),
 //! `readiness.rs` (the readiness gate on traffic and the drift memory), `blue_green.rs`
 //! (the selector switch and the preview's retirement), and the pure readers
 //! `deployment.rs` and `route.rs`.
@@ -85,6 +86,13 @@
 //!                    └── weight w     ──▶ Service <svc>-canary
 //! ```
 //!
+//! **A fresh baseline** (issue #19, `baseline: fresh`, replica-ratio mode only; see
+//! `baseline.rs`): `<deployment>-baseline`, a copy of the stable Deployment as it runs
+//! (the stable artifact), tracked `rollgate.dev/track: baseline`, with the canary's
+//! replicas taken from the stable's, so the replica split is w : w : 100-2w; created by
+//! `set_routing`, deleted (its replicas given back to the stable first) when the
+//! routing drops it, at promotion and at rollback. Gateway API mode refuses it.
+//!
 //! **Blue-green** (`strategy.blueGreen`) uses the same machinery with `-preview` names:
 //! `<deployment>-preview` is a full-size copy running the artifact and `<service>-preview`
 //! selects it, so checks can reach it before any user does. The switch is either the
@@ -107,6 +115,7 @@ use std::time::Duration;
 
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 
+mod baseline;
 mod blue_green;
 mod deployment;
 mod deployments;
@@ -146,6 +155,12 @@ pub const TRACK: (&str, &str) = ("rollgate.dev/track", "canary");
 pub const ARTIFACT_ANNOTATION: &str = "rollgate.dev/artifact";
 /// On the canary Deployment: the total replicas to keep in replica-ratio mode.
 pub const TOTAL_ANNOTATION: &str = "rollgate.dev/total-replicas";
+
+/// On the fresh baseline's Deployment, pods and selector (issue #19), as [`TRACK`] on
+/// the canary's: how its pods are told apart from the stable ones.
+pub const BASELINE_TRACK: (&str, &str) = ("rollgate.dev/track", "baseline");
+/// Suffix of the fresh baseline's Deployment name (`<deployment>-baseline`).
+pub const BASELINE_SUFFIX: &str = "-baseline";
 
 /// Suffix of the canary Deployment and Service names.
 pub const CANARY_SUFFIX: &str = "-canary";

@@ -8,6 +8,7 @@
 
 use crate::support;
 
+mod baseline;
 mod routing;
 
 use std::collections::BTreeMap;

@@ -176,8 +176,8 @@ pub fn wait_until(what: &str, within: Duration, cond: impl FnMut() -> bool) {
 }
 
 /// The handle on the stand-in Deployment controller: how many of the candidate's pods
-/// it lets become ready, and how many passes it has made. Capped, the `-canary` and
-/// `-preview` Deployments run pods beyond the cap that never pass their readiness
+/// it lets become ready, and how many passes it has made. Capped, the `-canary`,
+/// `-preview` and `-baseline` Deployments run pods beyond the cap that never pass their readiness
 /// probe (or a cluster with no kubelet): the replicas exist, at most the cap ready, no
 /// condition written. Negative: no cap.
 #[derive(Clone)]
@@ -217,7 +217,9 @@ impl Readiness {
         let cap = self.cap.load(Ordering::SeqCst);
         (cap >= 0
             && cap < replicas
-            && (deployment.ends_with("-canary") || deployment.ends_with("-preview")))
+            && (deployment.ends_with("-canary")
+                || deployment.ends_with("-preview")
+                || deployment.ends_with("-baseline")))
         .then_some(cap)
     }
 

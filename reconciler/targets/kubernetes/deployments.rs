@@ -147,15 +147,9 @@ impl Target for Deployments {
 
     /// Gateway API mode: rollgate's header rule and mirror filter in the route (see
     /// `traffic.rs`); replica ratio has no route to route by (validation refuses the
-    /// steps there) and accepts only the empty routing.
+    /// steps there) and takes only a fresh baseline (`baseline.rs`), which Gateway API
+    /// mode refuses (validation too).
     fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
-        if routing.baseline {
-            // Validation refuses `baseline: fresh` on Kubernetes workloads (see
-            // `Workload::capabilities`); refused here too, before anything changes.
-            return Err(TargetError::refused(
-                "kubernetes workloads cannot run a fresh baseline",
-            ));
-        }
         let c = self.cluster(plan)?;
         self.connection.block_on(c.route_to(routing))
     }
@@ -348,12 +342,14 @@ impl Cluster<'_> {
         }
         self.wait_stable(artifact).await?;
         self.weigh(None).await?;
-        self.remove_canary().await
+        self.remove_canary().await?;
+        self.remove_baseline().await
     }
 
     pub(super) async fn rollback(&self, stable: Option<&str>) -> Result<(), TargetError> {
         self.weigh(None).await?;
         self.remove_canary().await?;
+        self.remove_baseline().await?;
         if let Some(artifact) = stable {
             let current = self.stable().await?;
             if image_of(&current, self.w.container.as_deref()).as_deref() != Some(artifact) {
@@ -384,6 +380,9 @@ impl Cluster<'_> {
         let Some(want) = &desired.candidate else {
             if canary.is_some() {
                 return progressing(format!("{} still exists", self.canary_deployment()));
+            }
+            if self.baseline().await?.is_some() {
+                return progressing(format!("{} still exists", self.baseline_deployment()));
             }
             let name = self.canary_service();
             if self
@@ -428,8 +427,16 @@ impl Cluster<'_> {
                 if !awaited {
                     self.drifted(what);
                 }
-                self.weigh(Some(w)).await?;
-                self.route_to(&desired.routing).await?;
+                if self.w.traffic == Traffic::ReplicaRatio {
+                    // The fresh baseline first, as the engine orders it: a missing one
+                    // is started (and a dropped one given back) before the split is
+                    // made again, so the stable is not scaled up and down again.
+                    self.route_to(&desired.routing).await?;
+                    self.weigh(Some(w)).await?;
+                } else {
+                    self.weigh(Some(w)).await?;
+                    self.route_to(&desired.routing).await?;
+                }
             }
             Observed::AsDesired => self.no_drift(),
         }
@@ -446,6 +453,17 @@ impl Cluster<'_> {
             return Ok(self.waiting(&canary, share));
         }
         self.ready_again(&canary);
+        // The fresh baseline, exactly while the step asks for one: its replicas ready
+        // (a baseline not asked for is a difference `observe` reported).
+        if desired.routing.baseline
+            && let Some(baseline) = self.baseline().await?
+        {
+            match rollout_of(&baseline) {
+                Rollout::Failed(reason) => return Ok(TargetHealth::Unhealthy { reason }),
+                Rollout::Progressing(why) => return progressing(why),
+                Rollout::Available => {}
+            }
+        }
         if let Observed::Differs(what) = observed {
             if awaited {
                 tracing::info!(
@@ -515,16 +533,23 @@ impl Cluster<'_> {
             }
             Traffic::ReplicaRatio => {
                 let total = Self::total_of(canary).unwrap_or_else(|| replicas_of(canary));
-                let c = canary_replicas(total, weight);
+                let baseline = self.baseline().await?;
+                let (c, b, s) =
+                    Self::replica_split(total, canary_replicas(total, weight), routing.baseline);
                 let (has_c, has_s) = (replicas_of(canary), replicas_of(stable));
-                if (has_c, has_s) == (c, total - c) {
+                let has_b = baseline.as_ref().map(replicas_of);
+                let want_b = routing.baseline.then_some(b);
+                if (has_c, has_b, has_s) == (c, want_b, s) {
                     return Ok(Observed::AsDesired);
                 }
+                let show = |r: Option<i32>| r.map_or("none".to_owned(), |r| r.to_string());
                 Ok(Observed::Differs(format!(
-                    "replicas {} {has_s} and {} {has_c}, the step {} and {c}",
+                    "replicas {} {has_s}, {} {has_c} and {} {}, the step {s}, {c} and {}",
                     self.w.deployment,
                     self.canary_deployment(),
-                    total - c
+                    self.baseline_deployment(),
+                    show(has_b),
+                    show(want_b)
                 )))
             }
         }

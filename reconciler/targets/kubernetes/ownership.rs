@@ -300,7 +300,7 @@ impl Cluster<'_> {
     }
 }
 
-fn delete_params(meta: &ObjectMeta) -> DeleteParams {
+pub(super) fn delete_params(meta: &ObjectMeta) -> DeleteParams {
     DeleteParams {
         preconditions: Some(Preconditions {
             uid: meta.uid.clone(),
@@ -312,7 +312,7 @@ fn delete_params(meta: &ObjectMeta) -> DeleteParams {
 
 /// A delete whose object is already gone (deleted by someone else between our read
 /// and our delete) has reached its goal.
-fn gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(super) fn gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),

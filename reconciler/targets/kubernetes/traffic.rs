@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::deployment::{container_name, image_of, replicas_of};
 use super::deployments::Mode;
 use super::{
-    Cluster, Share, TargetError, canary_replicas, is_managed, normalized, route_weights,
-    routing_shown, rules_with_routing, rules_with_weight,
+    Cluster, Share, TargetError, canary_replicas, is_managed, normalized, ready_replicas,
+    route_weights, routing_shown, rules_with_routing, rules_with_weight,
 };
 use crate::engine::TargetHealth;
 use crate::model::plan::{Routing, Traffic};
@@ -133,29 +133,63 @@ impl Cluster<'_> {
                 }
                 let total = Self::total_of(&canary).unwrap_or_else(|| replicas_of(&canary));
                 let c = canary_replicas(total, weight.unwrap_or(0));
-                // Stable first when shrinking the canary; when growing it, the canary
-                // first, and the stable gives up replicas only once the canary's are
-                // ready (a later `health` pass finishes the step), so the ready total
-                // never drops below `total`.
-                let grow = c >= replicas_of(&canary);
-                if !grow {
-                    self.patch_stable(None, Some(total - c)).await?;
-                }
-                if weight.is_some() && c != replicas_of(&canary) {
-                    self.scale_canary(c).await?;
-                }
-                if grow {
-                    let share = Share::of(&canary, weight.unwrap_or(0));
-                    // Just scaled: its pods are not ready yet.
-                    if c != replicas_of(&canary) || !share.covered() {
-                        self.defer(&canary, share);
-                        return Ok(());
-                    }
-                    self.patch_stable(None, Some(total - c)).await?;
-                }
-                Ok(())
+                let baseline = self.baseline().await?;
+                self.split(&canary, baseline.as_ref(), total, c, weight)
+                    .await
             }
         }
+    }
+
+    /// The replicas of a replica-ratio split of `total` with `c` on the canary: the
+    /// canary's, the fresh baseline's (as many as the canary, as far as the stable has
+    /// them to give; none without one) and the stable's (the rest).
+    pub(super) fn replica_split(total: i32, c: i32, baseline: bool) -> (i32, i32, i32) {
+        let b = if baseline { c.min(total - c).max(0) } else { 0 };
+        (c, b, (total - c - b).max(0))
+    }
+
+    /// Replica ratio: scale the canary to `c` (only when a `weight` is asked; `None`
+    /// leaves it to be deleted), the fresh baseline (when there is one) to as many, and
+    /// the stable to the rest of `total`. A stable that grows goes first; one that
+    /// shrinks goes last, once the canary covers its share and the baseline its
+    /// replicas (a later `health` pass finishes the step), so the ready total never
+    /// drops below `total`.
+    pub(super) async fn split(
+        &self,
+        canary: &Deployment,
+        baseline: Option<&Deployment>,
+        total: i32,
+        c: i32,
+        weight: Option<u8>,
+    ) -> Result<(), TargetError> {
+        let (c, b, s) = Self::replica_split(total, c, baseline.is_some());
+        let stable_now = replicas_of(&self.stable().await?);
+        let scale_others = async {
+            if weight.is_some() && c != replicas_of(canary) {
+                self.scale_canary(c).await?;
+            }
+            if let Some(bd) = baseline
+                && b != replicas_of(bd)
+            {
+                self.scale_baseline(b).await?;
+            }
+            Ok::<_, TargetError>(())
+        };
+        if s >= stable_now {
+            self.patch_stable(None, Some(s)).await?;
+            return scale_others.await;
+        }
+        let scaled = (weight.is_some() && c != replicas_of(canary))
+            || baseline.is_some_and(|bd| b != replicas_of(bd));
+        scale_others.await?;
+        let share = Share::of(canary, weight.unwrap_or(0));
+        let baseline_ready = baseline.is_none_or(|bd| ready_replicas(bd) >= b);
+        // Just scaled: their pods are not ready yet.
+        if scaled || !share.covered() || !baseline_ready {
+            self.defer(canary, share);
+            return Ok(());
+        }
+        self.patch_stable(None, Some(s)).await
     }
 
     /// Set the candidate's `spec.replicas` (a merge patch: an apply of only `replicas`
@@ -331,14 +365,22 @@ impl Cluster<'_> {
     /// validation refuses these steps there, and an empty routing is all it accepts.
     pub(super) async fn route_to(&self, routing: &Routing) -> Result<(), TargetError> {
         let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic else {
-            if routing.is_empty() {
-                return Ok(());
+            if !routing.matches.is_empty() || routing.mirror > 0 {
+                return Err(TargetError::refused(format!(
+                    "deployment {} has no Gateway API route: it cannot route by header or mirror requests",
+                    self.w.deployment
+                )));
             }
+            return self.baseline_to(routing.baseline).await;
+        };
+        if routing.baseline {
+            // Validation refuses `baseline: fresh` with a Gateway API route (see
+            // `Workload::capabilities`); refused here too, before anything changes.
             return Err(TargetError::refused(format!(
-                "deployment {} has no Gateway API route: it cannot route by header or mirror requests",
+                "deployment {} has a Gateway API route: rollgate runs a fresh baseline there only in replica-ratio mode",
                 self.w.deployment
             )));
-        };
+        }
         if !routing.is_empty() {
             self.our_canary_service().await?;
             let canary = self.owned_canary().await?;
@@ -362,6 +404,23 @@ impl Cluster<'_> {
             Ok((normalized(&rules) != normalized(&value["spec"]["rules"])).then_some(rules))
         })
         .await
+    }
+
+    /// Replica ratio: a fresh baseline (`wanted`) started beside the candidate and
+    /// given as many replicas as it runs (the stable giving them up once the baseline's
+    /// are ready, see [`Cluster::split`]), or given back and deleted. Without a
+    /// candidate there is nothing to copy a share from: only the removal is done.
+    pub(super) async fn baseline_to(&self, wanted: bool) -> Result<(), TargetError> {
+        if !wanted {
+            return self.remove_baseline().await;
+        }
+        let canary = self.owned_canary().await?;
+        let total = Self::total_of(&canary).unwrap_or_else(|| replicas_of(&canary));
+        let c = replicas_of(&canary);
+        let (_, b, _) = Self::replica_split(total, c, true);
+        let baseline = self.start_baseline(b, total).await?;
+        // The canary's own scaling is `set_weight`'s: its share is not asked here.
+        self.split(&canary, Some(&baseline), total, c, None).await
     }
 
     /// The route's header rule and mirror against `routing`: `Ok(None)` when they are
