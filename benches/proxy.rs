@@ -32,8 +32,15 @@
 //! dir; it runs in the foreground (`-db`) and is killed when the benchmark ends, also on
 //! a panic (not on SIGKILL of the benchmark itself).
 //!
+//! A second scenario answers issue #19's mirror goal: users paced at 500 req/s (8
+//! connections) through the proxy with the mirror off, then copying 30% to a candidate
+//! that answers after 200 ms, to one answering 500 at once and to one refusing
+//! connections; each run prints the users' p50/p99 against mirroring off in the same
+//! round and the user requests lost (goal: p99 +1 ms at most, none lost).
+//!
 //! Run: `cargo bench --bench proxy` (options after `--`: `--secs S`, `--connections N`,
-//! `--rate R`, `--high-rate R`, `--rounds N`, `--no-haproxy`). Under `cargo test` or
+//! `--rate R`, `--high-rate R`, `--rounds N`, `--no-haproxy`, `--mirror-rate R`,
+//! `--only-mirror`, `--no-mirror`). Under `cargo test` or
 //! `cargo nextest` (no `--bench`) it runs a short smoke check only, without haproxy.
 
 use std::collections::HashMap;
@@ -73,6 +80,35 @@ async fn backend() -> SocketAddr {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                         b"hello from the backend\n",
                     ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A mirror candidate that answers every request with `status` after `delay`.
+async fn slow_backend(delay: Duration, status: u16) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a candidate");
+    let addr = listener.local_addr().expect("candidate address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    let mut resp = Response::new(Full::new(Bytes::from_static(b"candidate\n")));
+                    *resp.status_mut() =
+                        hyper::StatusCode::from_u16(status).expect("a status code");
+                    Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -446,101 +482,137 @@ fn find_or_install_haproxy() -> Result<PathBuf, String> {
     find().ok_or_else(|| "apt-get installed haproxy but no haproxy binary was found".into())
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
-        // Test runners list tests (libtest's terse format): the smoke check is one, so
-        // `cargo nextest run --bench proxy` runs it; none is ignored.
-        if !args.iter().any(|a| a == "--ignored") {
-            println!("smoke: test");
-        }
-        return;
-    }
-    // `cargo bench` passes `--bench`; under `cargo test` run a short smoke check only.
-    let full = args.iter().any(|a| a == "--bench");
-    let secs = arg(&args, "--secs").unwrap_or(if full { 5 } else { 0 });
-    let duration = if secs == 0 {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_secs(secs)
-    };
-    let connections = arg(&args, "--connections").unwrap_or(if full { 32 } else { 4 }) as usize;
-    let rate = arg(&args, "--rate").unwrap_or(5_000);
-    let high_rate = arg(&args, "--high-rate").unwrap_or(20_000);
-    let rounds = arg(&args, "--rounds")
-        .unwrap_or(if full { 2 } else { 1 })
-        .max(1);
-    let with_haproxy = full && !args.iter().any(|a| a == "--no-haproxy");
-
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The proxy's worker threads (reconciler/proxy/mod.rs); haproxy gets as many.
-    let proxy_threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
-    // Backends and the load generator each get a small runtime; the proxy has its own.
-    let backends_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-backend")
-        .enable_all()
-        .build()
-        .expect("backend runtime");
-    let load_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-load")
-        .enable_all()
-        .build()
-        .expect("load runtime");
-    let (a, b) = backends_rt.block_on(async { (backend().await, backend().await) });
-    let proxy =
-        Proxy::start("127.0.0.1:0".parse().expect("an address"), None).expect("the proxy starts");
-    proxy.set_routes(
-        Some(Backend {
-            version: "a".into(),
-            addr: a,
-        }),
-        Some(Backend {
-            version: "b".into(),
-            addr: b,
-        }),
-        50,
-    );
-    let target = proxy.local_addr();
-    let haproxy = if with_haproxy {
-        let started = find_or_install_haproxy().and_then(|binary| {
-            let version = Command::new(&binary)
-                .arg("-v")
-                .output()
-                .ok()
-                .and_then(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .next()
-                        .map(String::from)
-                })
-                .unwrap_or_default();
-            let haproxy = Haproxy::start(&binary, a, b, proxy_threads)
-                .map_err(|e| format!("{}: {e}", binary.display()))?;
-            println!(
-                "{version} ({}), pid {}, nbthread {proxy_threads}, listening on {}",
-                binary.display(),
-                haproxy.pid(),
-                haproxy.addr
-            );
-            Ok(haproxy)
-        });
-        match started {
-            Ok(haproxy) => Some(haproxy),
-            Err(reason) => {
-                println!("SKIPPED haproxy: {reason}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-
+/// Issue #19's mirror goal: users' p50/p99 at `rate` req/s with the mirror off, then
+/// copying `MIRROR_PERCENT`% to a slow candidate, to one answering 500 and to one that
+/// refuses connections, one after another in the same run (`rounds` times). Returns the
+/// user requests lost (errors) over every run.
+#[allow(clippy::too_many_arguments)]
+fn mirror_scenario(
+    load_rt: &tokio::runtime::Runtime,
+    backends_rt: &tokio::runtime::Runtime,
+    proxy: &Proxy,
+    stable: SocketAddr,
+    rate: u64,
+    duration: Duration,
+    rounds: u64,
+) -> u64 {
+    const MIRROR_PERCENT: u8 = 30;
+    const CONNECTIONS: usize = 8;
+    let slow_ms = 200;
+    let (slow, failing) = backends_rt.block_on(async {
+        (
+            slow_backend(Duration::from_millis(slow_ms), 200).await,
+            slow_backend(Duration::ZERO, 500).await,
+        )
+    });
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let candidates = [
+        (format!("slow ({slow_ms} ms)"), "slow", slow),
+        ("failing (500)".to_string(), "failing", failing),
+        ("refusing connections".to_string(), "refusing", refused),
+    ];
     println!(
-        "proxy benchmark: {connections} keep-alive connections, {:.1} s per run, {rounds} round(s), {cores} CPU core(s) shared by load, proxies and backends; the proxy and haproxy have {proxy_threads} worker thread(s) each",
+        "mirror benchmark (#19): users paced at {rate} req/s over {CONNECTIONS} keep-alive connections, {:.1} s per run; mirror {MIRROR_PERCENT}% of requests to a candidate",
         duration.as_secs_f64()
     );
+    let stable_backend = Backend {
+        version: "stable".into(),
+        addr: stable,
+    };
+    let mut lost = 0;
+    let mut worst: Option<f64> = None;
+    for round_no in 1..=rounds {
+        proxy.set_routes(Some(stable_backend.clone()), None, 0);
+        let mut off = load_rt.block_on(load(
+            proxy.local_addr(),
+            CONNECTIONS,
+            duration,
+            Some(rate),
+            None,
+        ));
+        lost += off.errors;
+        let (_, off_p50, off_p99) =
+            report(&format!("round {round_no}: mirror off"), &mut off, "proxy");
+        for (label, version, addr) in &candidates {
+            let routing = rollgate::model::plan::Routing {
+                matches: Vec::new(),
+                mirror: MIRROR_PERCENT,
+                baseline: false,
+            };
+            proxy
+                .set_traffic(
+                    Some(stable_backend.clone()),
+                    Some(Backend {
+                        version: (*version).into(),
+                        addr: *addr,
+                    }),
+                    0,
+                    &routing,
+                )
+                .expect("a mirror routing");
+            let series = rollgate::proxy::stats::shadow_series(version);
+            let copies_before = proxy
+                .stats()
+                .window(&series, Duration::from_secs(900))
+                .requests;
+            let mut on = load_rt.block_on(load(
+                proxy.local_addr(),
+                CONNECTIONS,
+                duration,
+                Some(rate),
+                None,
+            ));
+            // Copies still outstanding (the slow candidate) finish within its delay.
+            std::thread::sleep(Duration::from_millis(slow_ms + 100));
+            lost += on.errors;
+            let copies = proxy
+                .stats()
+                .window(&series, Duration::from_secs(900))
+                .requests
+                - copies_before;
+            let (_, p50, p99) = report(
+                &format!("round {round_no}: mirror to {version}"),
+                &mut on,
+                "proxy",
+            );
+            let not_sent = proxy.stats().mirror_not_sent();
+            println!(
+                "round {round_no}: mirror {MIRROR_PERCENT}% to a {label} candidate: users' p50 {:+.3} ms, p99 {:+.3} ms over mirroring off; {} user requests lost; {copies} copies answered ({:.1}% of {} requests; not sent so far: {} backpressure)",
+                p50 - off_p50,
+                p99 - off_p99,
+                on.errors,
+                copies as f64 * 100.0 / on.requests.max(1) as f64,
+                on.requests,
+                not_sent.backpressure,
+            );
+            worst = Some(worst.map_or(p99 - off_p99, |w: f64| w.max(p99 - off_p99)));
+        }
+    }
+    if let Some(worst) = worst {
+        println!(
+            "mirror goal (#19): worst p99 added by mirroring {worst:+.3} ms (goal <= +1.000 ms), user requests lost {lost} (goal 0)"
+        );
+    }
+    lost
+}
+
+/// The closed-loop and paced rounds: direct, through the proxy and through haproxy.
+#[allow(clippy::too_many_arguments)]
+fn main_rounds(
+    load_rt: &tokio::runtime::Runtime,
+    proxy: &Proxy,
+    a: SocketAddr,
+    haproxy: Option<Haproxy>,
+    connections: usize,
+    duration: Duration,
+    rate: u64,
+    high_rate: u64,
+    rounds: u64,
+    with_haproxy: bool,
+) {
+    let target = proxy.local_addr();
     // Warm up connections and pools.
     let warm_up = Duration::from_millis(200);
     load_rt.block_on(load(a, connections, warm_up, None, None));
@@ -635,5 +707,131 @@ fn main() {
         window.requests > 0 && errors == 0,
         "the proxy answered with errors: {errors}"
     );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        // Test runners list tests (libtest's terse format): the smoke check is one, so
+        // `cargo nextest run --bench proxy` runs it; none is ignored.
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("smoke: test");
+        }
+        return;
+    }
+    // `cargo bench` passes `--bench`; under `cargo test` run a short smoke check only.
+    let full = args.iter().any(|a| a == "--bench");
+    let secs = arg(&args, "--secs").unwrap_or(if full { 5 } else { 0 });
+    let duration = if secs == 0 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(secs)
+    };
+    let connections = arg(&args, "--connections").unwrap_or(if full { 32 } else { 4 }) as usize;
+    let rate = arg(&args, "--rate").unwrap_or(5_000);
+    let high_rate = arg(&args, "--high-rate").unwrap_or(20_000);
+    let rounds = arg(&args, "--rounds")
+        .unwrap_or(if full { 2 } else { 1 })
+        .max(1);
+    let with_haproxy = full && !args.iter().any(|a| a == "--no-haproxy");
+    let mirror_rate = arg(&args, "--mirror-rate").unwrap_or(500);
+    let only_mirror = args.iter().any(|a| a == "--only-mirror");
+    let with_mirror = !args.iter().any(|a| a == "--no-mirror");
+    let with_haproxy = with_haproxy && !only_mirror;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The proxy's worker threads (reconciler/proxy/mod.rs); haproxy gets as many.
+    let proxy_threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    // Backends and the load generator each get a small runtime; the proxy has its own.
+    let backends_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-backend")
+        .enable_all()
+        .build()
+        .expect("backend runtime");
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-load")
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let (a, b) = backends_rt.block_on(async { (backend().await, backend().await) });
+    let proxy =
+        Proxy::start("127.0.0.1:0".parse().expect("an address"), None).expect("the proxy starts");
+    proxy.set_routes(
+        Some(Backend {
+            version: "a".into(),
+            addr: a,
+        }),
+        Some(Backend {
+            version: "b".into(),
+            addr: b,
+        }),
+        50,
+    );
+    let haproxy = if with_haproxy {
+        let started = find_or_install_haproxy().and_then(|binary| {
+            let version = Command::new(&binary)
+                .arg("-v")
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(String::from)
+                })
+                .unwrap_or_default();
+            let haproxy = Haproxy::start(&binary, a, b, proxy_threads)
+                .map_err(|e| format!("{}: {e}", binary.display()))?;
+            println!(
+                "{version} ({}), pid {}, nbthread {proxy_threads}, listening on {}",
+                binary.display(),
+                haproxy.pid(),
+                haproxy.addr
+            );
+            Ok(haproxy)
+        });
+        match started {
+            Ok(haproxy) => Some(haproxy),
+            Err(reason) => {
+                println!("SKIPPED haproxy: {reason}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    println!(
+        "proxy benchmark: {connections} keep-alive connections, {:.1} s per run, {rounds} round(s), {cores} CPU core(s) shared by load, proxies and backends; the proxy and haproxy have {proxy_threads} worker thread(s) each",
+        duration.as_secs_f64()
+    );
+    if !only_mirror {
+        main_rounds(
+            &load_rt,
+            &proxy,
+            a,
+            haproxy,
+            connections,
+            duration,
+            rate,
+            high_rate,
+            rounds,
+            with_haproxy,
+        );
+    }
+    if with_mirror {
+        let lost = mirror_scenario(
+            &load_rt,
+            &backends_rt,
+            &proxy,
+            a,
+            mirror_rate,
+            duration,
+            rounds,
+        );
+        assert_eq!(lost, 0, "user requests lost while mirroring");
+    }
     proxy.shutdown();
 }

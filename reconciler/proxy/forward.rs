@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::route::Routed;
+use super::shadow::Tee;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -113,8 +114,8 @@ impl Drop for Tracker {
     }
 }
 
-type Sender = client::SendRequest<Incoming>;
-type Connection = client::Connection<TokioIo<TcpStream>, Incoming>;
+type Sender = client::SendRequest<Tee>;
+type Connection = client::Connection<TokioIo<TcpStream>, Tee>;
 
 /// Idle backend connections one client connection keeps (one per routed backend is the
 /// steady state; the cap only bounds oddities).
@@ -199,7 +200,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         routed: super::route::RoutedAddrs,
-        mut req: Request<Incoming>,
+        mut req: Request<Tee>,
     ) -> Result<Response<Incoming>, BoxError> {
         if let Some(mut sender) = self.take(addr, routed)
             && sender.ready().await.is_ok()

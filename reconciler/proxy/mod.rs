@@ -10,7 +10,8 @@
 //! Routing is a table swapped whole by `set_traffic`; the choice is smooth (see `route`),
 //! or sticky by a header or cookie; a header route sends matching requests to the
 //! candidate first, and a mirror copies a share of stable-served requests to the
-//! candidate (`shadow`: answers counted, then thrown away). Requests stream both ways. Each client connection is
+//! candidate (`shadow`: bodies up to `shadow::MAX_BODY` copied as they stream to the
+//! stable; answers counted, then thrown away). Requests stream both ways. Each client connection is
 //! one task that also drives its own keep-alive connections to the backends (one per
 //! routed backend, see `forward::Upstreams`): no pool, no hand-off between tasks. A
 //! backend that cannot be reached gives 502, no backend 503.
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -51,7 +53,7 @@ use self::forward::{
     ProxyBody, Tracker, Upstreams, add_forwarded_for, forwarded_for_value, plain, strip_hop_by_hop,
 };
 use self::route::{Condition, Routed, Table, request_bucket};
-use self::shadow::Shadow;
+use self::shadow::{Shadow, Tee};
 pub use self::stats::{Stats, WindowStats};
 use crate::model::plan::Routing;
 pub use crate::model::plan::Sticky;
@@ -472,10 +474,15 @@ async fn handle(
         };
     }
     parts.version = Version::HTTP_11;
-    if let Some((to, recorder)) = mirror {
-        if body.is_end_stream() {
+    let body = match mirror {
+        None => Tee::plain(body),
+        Some(_) if body.size_hint().lower() > shadow::MAX_BODY as u64 => {
+            shared.stats.record_mirror_too_large();
+            Tee::plain(body)
+        }
+        Some((to, recorder)) => {
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            shared.shadow.send(
+            let copy = shared.shadow.reserve(
                 &shared.stats,
                 to,
                 recorder,
@@ -483,11 +490,16 @@ async fn handle(
                 target,
                 &parts.headers,
             );
-        } else {
-            shared.stats.record_shadow_skipped();
+            match copy {
+                None => Tee::plain(body),
+                Some(copy) if body.is_end_stream() => {
+                    copy.send(Bytes::new());
+                    Tee::plain(body)
+                }
+                Some(copy) => Tee::copying(body, copy, shared.stats.clone()),
+            }
         }
-    }
-
+    };
     match upstreams
         .send(addr, routed, Request::from_parts(parts, body))
         .await

@@ -176,9 +176,21 @@ pub struct Stats {
     unrouted: AtomicU64,
     /// Client connections closed unserved: the connection cap was reached.
     refused: AtomicU64,
-    /// Mirror copies not sent: too many outstanding (backpressure) / a request body.
-    shadow_dropped: AtomicU64,
-    shadow_skipped: AtomicU64,
+    /// Mirror copies not sent, by reason (see `MirrorNotSent`).
+    mirror_backpressure: AtomicU64,
+    mirror_too_large: AtomicU64,
+    mirror_incomplete: AtomicU64,
+}
+
+/// Requests a mirror step would have copied but did not, since the proxy started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorNotSent {
+    /// `shadow::MAX_IN_FLIGHT` copies were outstanding already (buffering or sent).
+    pub backpressure: u64,
+    /// The body was larger than `shadow::MAX_BODY` (by its length, or as it arrived).
+    pub too_large: u64,
+    /// The body did not arrive whole (the client or the stable backend gave up first).
+    pub incomplete: u64,
 }
 
 /// The series a version's answers to mirrored copies are counted under: `"<version>
@@ -308,8 +320,9 @@ impl Stats {
             versions: Mutex::new(HashMap::new()),
             unrouted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            shadow_dropped: AtomicU64::new(0),
-            shadow_skipped: AtomicU64::new(0),
+            mirror_backpressure: AtomicU64::new(0),
+            mirror_too_large: AtomicU64::new(0),
+            mirror_incomplete: AtomicU64::new(0),
         }
     }
 
@@ -380,21 +393,27 @@ impl Stats {
     }
 
     /// Count a mirror copy dropped because too many were outstanding.
-    pub fn record_shadow_dropped(&self) {
-        self.shadow_dropped.fetch_add(1, Ordering::Relaxed);
+    pub fn record_mirror_backpressure(&self) {
+        self.mirror_backpressure.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count a request not mirrored because it has a body.
-    pub fn record_shadow_skipped(&self) {
-        self.shadow_skipped.fetch_add(1, Ordering::Relaxed);
+    /// Count a request not mirrored because its body is larger than the bound.
+    pub fn record_mirror_too_large(&self) {
+        self.mirror_too_large.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Mirror copies dropped (backpressure) and skipped (a body), since the proxy started.
-    pub fn shadow_not_sent(&self) -> (u64, u64) {
-        (
-            self.shadow_dropped.load(Ordering::Relaxed),
-            self.shadow_skipped.load(Ordering::Relaxed),
-        )
+    /// Count a request not mirrored because its body did not arrive whole.
+    pub fn record_mirror_incomplete(&self) {
+        self.mirror_incomplete.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mirror copies not sent, by reason, since the proxy started.
+    pub fn mirror_not_sent(&self) -> MirrorNotSent {
+        MirrorNotSent {
+            backpressure: self.mirror_backpressure.load(Ordering::Relaxed),
+            too_large: self.mirror_too_large.load(Ordering::Relaxed),
+            incomplete: self.mirror_incomplete.load(Ordering::Relaxed),
+        }
     }
 
     /// Client connections closed unserved, since the proxy started.
@@ -519,17 +538,19 @@ impl Stats {
             "rollgate_proxy_connections_refused_total {}",
             self.refused()
         );
-        let (dropped, skipped) = self.shadow_not_sent();
-        out.push_str("# HELP rollgate_proxy_mirror_not_sent_total Requests that a mirror step would have copied but did not: too many copies outstanding (backpressure), or a request body.\n");
+        let not_sent = self.mirror_not_sent();
+        out.push_str("# HELP rollgate_proxy_mirror_not_sent_total Requests that a mirror step would have copied but did not: too many copies outstanding (backpressure), a request body over the bound (body_too_large), or one that did not arrive whole (body_incomplete).\n");
         out.push_str("# TYPE rollgate_proxy_mirror_not_sent_total counter\n");
-        let _ = writeln!(
-            out,
-            "rollgate_proxy_mirror_not_sent_total{{reason=\"backpressure\"}} {dropped}"
-        );
-        let _ = writeln!(
-            out,
-            "rollgate_proxy_mirror_not_sent_total{{reason=\"body\"}} {skipped}"
-        );
+        for (reason, n) in [
+            ("backpressure", not_sent.backpressure),
+            ("body_too_large", not_sent.too_large),
+            ("body_incomplete", not_sent.incomplete),
+        ] {
+            let _ = writeln!(
+                out,
+                "rollgate_proxy_mirror_not_sent_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
     }
 }
 

@@ -37,7 +37,9 @@ fn any_port() -> SocketAddr {
 }
 
 /// A backend process stand-in. `/sleep/<ms>` answers after `ms`, `/status/<code>` with
-/// that code, `/echo` with the request it saw; everything else with its version.
+/// that code, `/echo` with the request it saw (its body kept in `bodies`), `/first`
+/// with the first frame of the request's body, read before the rest has arrived;
+/// everything else with its version.
 struct TestBackend {
     version: String,
     addr: SocketAddr,
@@ -45,6 +47,8 @@ struct TestBackend {
     /// Requests being answered right now.
     active: Arc<AtomicUsize>,
     served: Arc<AtomicUsize>,
+    /// The bodies of the `/echo` requests answered, in order.
+    bodies: Arc<std::sync::Mutex<Vec<Bytes>>>,
 }
 
 impl TestBackend {
@@ -56,7 +60,13 @@ impl TestBackend {
         let (stop, stopped) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let served = Arc::new(AtomicUsize::new(0));
-        let (v, a, s) = (version.to_owned(), active.clone(), served.clone());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (v, a, s, b) = (
+            version.to_owned(),
+            active.clone(),
+            served.clone(),
+            bodies.clone(),
+        );
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
             loop {
@@ -65,11 +75,11 @@ impl TestBackend {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                 };
                 let _ = stream.set_nodelay(true);
-                let (v, a, s) = (v.clone(), a.clone(), s.clone());
+                let (v, a, s, b) = (v.clone(), a.clone(), s.clone(), b.clone());
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        answer(v.clone(), a.clone(), s.clone(), req)
+                        answer(v.clone(), a.clone(), s.clone(), b.clone(), req)
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
@@ -88,6 +98,7 @@ impl TestBackend {
             stop,
             active,
             served,
+            bodies,
         }
     }
 
@@ -110,6 +121,7 @@ async fn answer(
     version: String,
     active: Arc<AtomicUsize>,
     served: Arc<AtomicUsize>,
+    bodies: Arc<std::sync::Mutex<Vec<Bytes>>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     active.fetch_add(1, Ordering::SeqCst);
@@ -125,6 +137,20 @@ async fn answer(
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::IM_A_TEAPOT);
         Bytes::from(version)
+    } else if path == "/first" {
+        let mut body = req.into_body();
+        let first = loop {
+            match body.frame().await {
+                Some(frame) => match frame?.into_data() {
+                    Ok(data) if !data.is_empty() => break data,
+                    _ => continue,
+                },
+                None => break Bytes::new(),
+            }
+        };
+        // Answer before the rest of the body, then read it (so the connection stays usable).
+        tokio::spawn(async move { while body.frame().await.is_some() {} });
+        first
     } else if path == "/echo" {
         let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
         let mut names: Vec<String> = req
@@ -136,6 +162,10 @@ async fn answer(
         text.push_str(&names.join("\n"));
         text.push_str("\n\n");
         let body = req.into_body().collect().await?.to_bytes();
+        bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(body.clone());
         let mut out = text.into_bytes();
         out.extend_from_slice(&body);
         Bytes::from(out)
