@@ -512,3 +512,33 @@ fn a_baseline_service_rollgate_did_not_create_is_never_adopted_nor_deleted() {
         Some("other")
     );
 }
+
+#[test]
+fn regression_a_gateway_baseline_s_backend_ref_removed_behind_rollgate_s_back_is_put_back() {
+    let mut t = cluster();
+    let p = gateway_baseline_plan();
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    step(&mut t, &p, V2, 25, true);
+    let served = rules_with(&[("web", 50), ("web-canary", 25), ("web-baseline", 25)]);
+    assert_eq!(route_rules(&t), served);
+    // When someone removes the baseline's backendRef (its share back to the stable)
+    let mut route = route_value(&t);
+    let refs = route["spec"]["rules"][1]["backendRefs"]
+        .as_array_mut()
+        .expect("refs");
+    refs.retain(|r| r["name"] != json!("web-baseline"));
+    refs[0]["weight"] = json!(75);
+    let api: Api<HttpRoute> = Api::namespaced(t.client(), NS);
+    let edited: HttpRoute = serde_json::from_value(route).expect("route");
+    t.block_on(api.replace("web", &PostParams::default(), &edited))
+        .expect("edit");
+    // Then the step is not served until the route reads back as it says
+    assert_ne!(t.health(&p, &desired(V2, 25, true)), TargetHealth::Healthy);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V2, 25, true)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(route_rules(&t), served);
+    assert_gateway_baseline(&t);
+}
