@@ -542,3 +542,46 @@ fn regression_a_gateway_baseline_s_backend_ref_removed_behind_rollgate_s_back_is
     assert_eq!(route_rules(&t), served);
     assert_gateway_baseline(&t);
 }
+
+#[test]
+fn regression_the_canary_s_weight_waits_for_the_gateway_baseline_s_backend_ref() {
+    let text = "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: { name: web }\nspec:\n  target: prod\n  workload:\n    kubernetes: { namespace: shop, deployment: web, container: app, route: web, routeRule: 1, canaryScale: full }\n  artifact: registry.example/web:v2\n  strategy:\n    canary:\n      baseline: fresh\n      steps: [ { setWeight: 10 }, { setWeight: 25 }, { setWeight: 100 } ]\n";
+    let p = rollgate::model::validate::parse_plan("plans/web.yaml", text, None)
+        .expect("plan parses")
+        .plan;
+    let readiness = Readiness::default();
+    let mut t = cluster_built(4, Vec::new(), None, readiness.clone());
+    t.start_candidate(&p, V2).expect("start");
+    wait_rolled_out(&t);
+    // Given a full-size canary (4 replicas) at 10% without a baseline yet
+    step(&mut t, &p, V2, 10, false);
+    assert_eq!(
+        route_rules(&t),
+        rules_with(&[("web", 90), ("web-canary", 10)])
+    );
+    // When the baseline (4 replicas) starts on a cluster that lets one candidate pod be
+    // ready: enough for the canary's 25%, not for the baseline
+    readiness.cap(1);
+    t.set_routing(&p, &with_baseline(true))
+        .expect("set_routing");
+    t.set_weight(&p, 25).expect("set_weight");
+    // Then neither the baseline's backendRef nor more canary weight is written
+    for _ in 0..20 {
+        assert_ne!(t.health(&p, &desired(V2, 25, true)), TargetHealth::Healthy);
+    }
+    assert_eq!(
+        route_rules(&t),
+        rules_with(&[("web", 90), ("web-canary", 10)]),
+        "the canary waits for its baseline"
+    );
+    // And both move once the baseline's pods are ready
+    readiness.withhold(false);
+    assert_eq!(
+        settle(&mut t, &p, &desired(V2, 25, true)),
+        TargetHealth::Healthy
+    );
+    assert_eq!(
+        route_rules(&t),
+        rules_with(&[("web", 50), ("web-canary", 25), ("web-baseline", 25)])
+    );
+}
