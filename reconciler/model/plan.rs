@@ -109,7 +109,7 @@ impl Workload {
                 header_route: true,
                 tag_header_route: true,
                 mirror: true,
-                fresh_baseline: matches!(self, Workload::Local(_)),
+                fresh_baseline: true,
             },
             // A Knative Service routes a header only by its tag header.
             Workload::Knative(_) => Capabilities {
@@ -178,7 +178,7 @@ pub const SHAPING_WORKLOADS: &str =
 
 /// The workloads that support `baseline: fresh`, for help lines.
 pub const FRESH_BASELINE_WORKLOADS: &str =
-    "local workloads and Kubernetes workloads in replica-ratio mode (no Gateway API route)";
+    "local workloads and Kubernetes workloads (replica ratio or a Gateway API route)";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalWorkload {

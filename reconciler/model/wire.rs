@@ -223,7 +223,7 @@ pub struct Canary {
     /// stable fleet serving the rest of the traffic. `fresh`: a new copy of the stable
     /// artifact, started beside the canary with the same share of traffic (so steps
     /// weigh at most 50, or 100 as the last move), removed at promotion and rollback.
-    /// Targets: `local`, and Kubernetes in replica-ratio mode (no Gateway API route).
+    /// Targets: `local`, and Kubernetes (replica ratio, or a Gateway API route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineKind>,
 }

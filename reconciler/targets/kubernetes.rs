@@ -86,12 +86,15 @@
 //!                    └── weight w     ──▶ Service <svc>-canary
 //! ```
 //!
-//! **A fresh baseline** (issue #19, `baseline: fresh`, replica-ratio mode only; see
-//! `baseline.rs`): `<deployment>-baseline`, a copy of the stable Deployment as it runs
-//! (the stable artifact), tracked `rollgate.dev/track: baseline`, with the canary's
-//! replicas taken from the stable's, so the replica split is w : w : 100-2w; created by
-//! `set_routing`, deleted (its replicas given back to the stable first) when the
-//! routing drops it, at promotion and at rollback. Gateway API mode refuses it.
+//! **A fresh baseline** (issue #19, `baseline: fresh`; see `baseline.rs`):
+//! `<deployment>-baseline`, a copy of the stable Deployment as it runs (the stable
+//! artifact), tracked `rollgate.dev/track: baseline`, with the canary's replicas. In
+//! replica-ratio mode they are taken from the stable's, so the replica split is
+//! w : w : 100-2w; with a route, its pods carry `<value>-baseline` labels,
+//! `<service>-baseline` (rollgate's) selects them, and the rule's backendRefs weigh
+//! stable 100-2w, canary w, baseline w. Created by `set_routing`, deleted when the
+//! routing drops it, at promotion and at rollback (replica ratio: its replicas given
+//! back to the stable first; route: its backendRef removed first, then its Service).
 //!
 //! **Blue-green** (`strategy.blueGreen`) uses the same machinery with `-preview` names:
 //! `<deployment>-preview` is a full-size copy running the artifact and `<service>-preview`
@@ -128,8 +131,9 @@ mod traffic;
 pub use deployment::{Rollout, canary_replicas, needed_ready, ready_replicas, rollout_of};
 pub use deployments::Deployments;
 pub use route::{
-    header_match, header_rule_name, normalized, regex_escape, route_weights, routing_shown,
-    rule_index, rules_with_routing, rules_with_weight,
+    baseline_share, header_match, header_rule_name, normalized, ref_weight, regex_escape,
+    route_weights, routing_shown, rule_index, rules_with_baseline, rules_with_routing,
+    rules_with_weight,
 };
 
 use deployments::{Cluster, Observed};
@@ -179,9 +183,9 @@ pub const SCALE_DOWN_AT_ANNOTATION: &str = "rollgate.dev/scale-down-at";
 /// - Deployments: `get` (stable, canary), `create` and `patch` (apply the canary or
 ///   preview, which creates it; `patch` alone: stable image and replicas, canary
 ///   replicas, preview annotations), `delete` (canary).
-/// - Services: `get` (stable selector, canary), `create` and `patch` (apply the canary
-///   or preview, which creates it; `patch` alone: the active Service's selector in a
-///   blue-green switch), `delete` (canary).
+/// - Services: `get` (stable selector, canary, baseline), `create` and `patch` (apply
+///   the canary, preview or baseline Service, which creates it; `patch` alone: the
+///   active Service's selector in a blue-green switch), `delete` (canary, baseline).
 /// - HTTPRoutes: `get` (rules), `patch` (apply rules with new weights; the route is the
 ///   user's and must exist, so this apply never creates it).
 pub const RBAC: &[(&str, &str, &[&str])] = &[

@@ -329,7 +329,6 @@ cases! {
     unsupported_traffic_header_route_knative => "unsupported-traffic-header-route-knative",
     unsupported_traffic_two_cookies_gateway => "unsupported-traffic-two-cookies-gateway",
     unsupported_traffic_fresh_baseline_knative => "unsupported-traffic-fresh-baseline-knative",
-    unsupported_traffic_fresh_baseline_gateway => "unsupported-traffic-fresh-baseline-gateway",
     weight_decreasing => "weight-decreasing",
     weight_range => "weight-range",
     weight_range_negative => "weight-range-negative",

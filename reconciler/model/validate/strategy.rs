@@ -46,13 +46,7 @@ pub(super) fn strategy(cx: &mut Ctx<'_>, s: &wire::PlanSpec, workload: &Workload
                 cx.err(
                     &here,
                     Code::UnsupportedTraffic,
-                    match workload {
-                        plan::Workload::Kubernetes(plan::KubernetesWorkload {
-                            traffic: plan::Traffic::GatewayRoute { .. },
-                            ..
-                        }) => "a kubernetes workload with a Gateway API route cannot run a fresh baseline: rollgate starts one only where the replica split carries its share (replica-ratio mode)".to_owned(),
-                        _ => format!("a {} workload cannot run a fresh baseline", workload.kind()),
-                    },
+                    format!("a {} workload cannot run a fresh baseline", workload.kind()),
                 )
                 .help = Some(format!(
                     "`baseline: fresh` is supported on {}; without it, baseline judges compare with the stable version (`baseline: stable`)",

@@ -450,26 +450,21 @@ fn a_fresh_baseline_is_kept_with_weights_up_to_half_and_a_last_full_step() {
 }
 
 #[test]
-fn a_fresh_baseline_is_accepted_on_kubernetes_replica_ratio_and_refused_with_a_gateway_route() {
+fn a_fresh_baseline_is_accepted_on_kubernetes_with_replica_ratio_and_with_a_gateway_route() {
     let k8s = |workload: &str| {
         let text = format!(
             "apiVersion: rollgate.dev/v1alpha1\nkind: RolloutPlan\nmetadata: {{ name: p }}\nspec:\n  target: k8s\n  workload:\n    kubernetes: {{ {workload} }}\n  artifact: registry.example.com/web:2\n  strategy:\n    canary:\n      baseline: fresh\n      steps: [ {{ setWeight: 10 }}, {{ setWeight: 50 }}, {{ setWeight: 100 }} ]\n"
         );
         parse_plan("plans/p.yaml", &text, Some(&settings()))
     };
-    // Given a Deployment whose traffic follows its replicas: accepted
-    let ok = k8s("namespace: web, deployment: web, service: web").expect("replica ratio");
-    assert!(ok.plan.strategy.fresh_baseline());
-    assert!(ok.plan.workload.capabilities().fresh_baseline);
-    // Given the same with a Gateway API route: refused where `baseline` is written
-    let d = k8s("namespace: web, deployment: web, service: web, route: web")
-        .expect_err("gateway route");
-    assert_eq!(d[0].code, Code::UnsupportedTraffic, "{d:?}");
-    assert!(d[0].message.contains("Gateway API route"), "{d:?}");
-    assert!(
-        d[0].help
-            .as_deref()
-            .is_some_and(|h| h.contains("replica-ratio")),
-        "{d:?}"
-    );
+    // Given a Deployment whose traffic follows its replicas, or a Gateway API route
+    // (a third backendRef to `<service>-baseline`): accepted
+    for workload in [
+        "namespace: web, deployment: web, service: web",
+        "namespace: web, deployment: web, service: web, route: web",
+    ] {
+        let ok = k8s(workload).expect(workload);
+        assert!(ok.plan.strategy.fresh_baseline(), "{workload}");
+        assert!(ok.plan.workload.capabilities().fresh_baseline, "{workload}");
+    }
 }

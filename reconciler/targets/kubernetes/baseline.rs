@@ -1,24 +1,31 @@
-//! The fresh baseline on a cluster (issue #19, `baseline: fresh`), replica-ratio mode:
+//! The fresh baseline on a cluster (issue #19, `baseline: fresh`):
 //! `<deployment>-baseline`, a copy of the stable Deployment as it runs (its pod
 //! template, so the stable artifact), labelled `rollgate.dev/track: baseline` on the
 //! Deployment, its selector and its pods the way the canary carries
-//! `rollgate.dev/track: canary`, and given as many replicas as the canary, so the
-//! stable Service (which selects all three, as it selects the canary in this mode)
-//! splits the traffic canary : baseline : stable ≈ w : w : 100-2w by replica counts.
+//! `rollgate.dev/track: canary`, and given as many replicas as the canary.
+//! - Replica ratio: the stable Service (which selects all three, as it selects the
+//!   canary in this mode) splits the traffic canary : baseline : stable ≈ w : w : 100-2w
+//!   by replica counts (the split itself is `traffic.rs`'s).
+//! - Gateway API: as the canary's, the baseline's pods carry `<value>-baseline` for
+//!   every key of the stable selector, so the stable Service does not select them;
+//!   `<service>-baseline`, a Service rollgate creates (as it creates `<service>-canary`),
+//!   selects them; and the route rule weighs stable 100-2w, canary w, baseline w
+//!   (`route::rules_with_baseline`). The baseline's backendRef is written only once its
+//!   replicas are ready, and removed before its Service and Deployment are deleted.
 //!
-//! Invariants: the baseline is created and deleted only here; it carries the managed-by
-//! label ([`MANAGED_BY`](super::MANAGED_BY)) and never the opt-in one; a
-//! `<deployment>-baseline` without the managed-by label is never adopted, overwritten,
-//! scaled nor deleted (a plan that asks for a baseline fails on it; one that does not
-//! ignores it); before it is deleted the stable Deployment is scaled back to its share
-//! (stable first, so the ready total never drops below the rollout's total); deletes
-//! are guarded by the uid just read. The replica split itself is `traffic.rs`'s.
-//! Gateway API mode has no baseline yet: validation refuses `baseline: fresh` there
-//! (see `Workload::capabilities`), and `set_routing` refuses it too.
+//! Invariants: the baseline Deployment and Service are created and deleted only here;
+//! they carry the managed-by label ([`MANAGED_BY`](super::MANAGED_BY)) and never the
+//! opt-in one; a `<deployment>-baseline` or `<service>-baseline` without the managed-by
+//! label is never adopted, overwritten, scaled nor deleted (a plan that asks for a
+//! baseline fails on it; one that does not ignores it); in replica-ratio mode, before
+//! the baseline is deleted the stable Deployment is scaled back to its share (stable
+//! first, so the ready total never drops below the rollout's total); deletes are
+//! guarded by the uid just read.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::api::Patch;
 use kube::core::ObjectMeta;
 
@@ -26,12 +33,22 @@ use super::deployment::{image_of, replicas_of};
 use super::ownership::{delete_params, gone};
 use super::{
     ARTIFACT_ANNOTATION, BASELINE_SUFFIX, BASELINE_TRACK, Cluster, MANAGED_BY, OPT_IN,
-    TOTAL_ANNOTATION, TargetError, is_managed,
+    TOTAL_ANNOTATION, TargetError, is_managed, rules_with_baseline,
 };
+use crate::model::plan::Traffic;
 
-/// `labels` with the baseline's track (replacing the canary's or none).
-fn tracked(labels: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+/// `labels` with the keys of `renamed` given its values (where present) and the
+/// baseline's track (replacing the canary's or none).
+fn tracked(
+    labels: Option<&BTreeMap<String, String>>,
+    renamed: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut out = labels.cloned().unwrap_or_default();
+    for (k, v) in renamed {
+        if out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
     out.insert(BASELINE_TRACK.0.into(), BASELINE_TRACK.1.into());
     out
 }
@@ -50,6 +67,94 @@ impl Cluster<'_> {
             .any_baseline()
             .await?
             .filter(|d| is_managed(&d.metadata)))
+    }
+
+    /// `<service>-baseline` (Gateway API mode).
+    pub(super) fn baseline_service(&self) -> String {
+        format!("{}{BASELINE_SUFFIX}", self.w.service)
+    }
+
+    /// The label values the baseline's pods carry instead of the stable's: none in
+    /// replica-ratio mode (the stable Service selects them), `<value>-baseline` for every
+    /// key of the stable selector with a route (so only `<service>-baseline` does).
+    fn baseline_renamed(&self, stable: &Deployment) -> BTreeMap<String, String> {
+        if self.w.traffic == Traffic::ReplicaRatio {
+            return BTreeMap::new();
+        }
+        stable
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, format!("{v}{BASELINE_SUFFIX}")))
+            .collect()
+    }
+
+    async fn any_baseline_service(&self) -> Result<Option<Service>, TargetError> {
+        let name = self.baseline_service();
+        self.timed(
+            &format!("cannot read service {name}"),
+            self.services.get_opt(&name),
+        )
+        .await
+    }
+
+    /// Gateway API mode: whether `<service>-baseline` is there and rollgate's.
+    pub(super) async fn has_baseline_service(&self) -> Result<bool, TargetError> {
+        Ok(self
+            .any_baseline_service()
+            .await?
+            .is_some_and(|s| is_managed(&s.metadata)))
+    }
+
+    /// Gateway API mode: apply `<service>-baseline`, a copy of the stable Service (its
+    /// ports) selecting the baseline's pods. A foreign one is never adopted.
+    pub(super) async fn start_baseline_service(&self) -> Result<(), TargetError> {
+        let name = self.baseline_service();
+        if let Some(existing) = self.any_baseline_service().await?
+            && !is_managed(&existing.metadata)
+        {
+            return Err(TargetError::failed(format!(
+                "service {name} exists and was not created by rollgate; refusing to adopt it as the fresh baseline's"
+            )));
+        }
+        let stable = self.stable_service().await?;
+        let renamed = self.baseline_renamed(&self.stable().await?);
+        let spec = stable.spec.unwrap_or_default();
+        let mut labels = tracked(stable.metadata.labels.as_ref(), &BTreeMap::new());
+        labels.remove(OPT_IN.0);
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        let service = Service {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.w.namespace.clone()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(tracked(spec.selector.as_ref(), &renamed)),
+                ports: spec.ports.map(|ports| {
+                    ports
+                        .into_iter()
+                        .map(|mut p| {
+                            p.node_port = None;
+                            p
+                        })
+                        .collect()
+                }),
+                type_: Some("ClusterIP".into()),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        self.timed(
+            &format!("cannot apply service {name}"),
+            self.services
+                .patch(&name, &Self::apply(), &Patch::Apply(&service)),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn any_baseline(&self) -> Result<Option<Deployment>, TargetError> {
@@ -87,13 +192,15 @@ impl Cluster<'_> {
             )));
         };
         spec.replicas = Some(replicas);
-        spec.selector.match_labels = Some(tracked(spec.selector.match_labels.as_ref()));
+        let renamed = self.baseline_renamed(&stable);
+        spec.selector.match_labels = Some(tracked(spec.selector.match_labels.as_ref(), &renamed));
         spec.template.metadata = Some(ObjectMeta {
             labels: Some(tracked(
                 spec.template
                     .metadata
                     .as_ref()
                     .and_then(|m| m.labels.as_ref()),
+                &renamed,
             )),
             annotations: spec
                 .template
@@ -102,7 +209,7 @@ impl Cluster<'_> {
                 .and_then(|m| m.annotations.clone()),
             ..ObjectMeta::default()
         });
-        let mut labels = tracked(stable.metadata.labels.as_ref());
+        let mut labels = tracked(stable.metadata.labels.as_ref(), &BTreeMap::new());
         labels.remove(OPT_IN.0);
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         let artifact = image_of(&stable, self.w.container.as_deref()).unwrap_or_default();
@@ -148,23 +255,53 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    /// Give the baseline's replicas back to the stable Deployment (stable first: it
-    /// takes `total` less what the canary still runs), then delete the baseline.
-    /// Nothing to do when there is none.
+    /// Take the baseline away: with a route, its backendRef first (its share back to
+    /// the stable), then `<service>-baseline` (only rollgate's), then the Deployment;
+    /// in replica-ratio mode its replicas back to the stable Deployment first (it takes
+    /// `total` less what the canary still runs), then the Deployment. Nothing to do
+    /// when there is none.
     pub(super) async fn remove_baseline(&self) -> Result<(), TargetError> {
+        if let Traffic::GatewayRoute { route, rule, .. } = &self.w.traffic {
+            let (stable, canary, baseline) = (
+                self.w.service.clone(),
+                self.canary_service(),
+                self.baseline_service(),
+            );
+            self.update_route(route, |value| {
+                if super::ref_weight(value, *rule, &baseline).is_none() {
+                    return Ok(None);
+                }
+                rules_with_baseline(value, *rule, &stable, &canary, &baseline, false)
+                    .map(Some)
+                    .map_err(|e| TargetError::failed(format!("httproute {route}: {e}")))
+            })
+            .await?;
+            if let Some(s) = self.any_baseline_service().await?
+                && is_managed(&s.metadata)
+            {
+                let name = self.baseline_service();
+                let dp = delete_params(&s.metadata);
+                self.timed(&format!("cannot delete service {name}"), async {
+                    gone(self.services.delete(&name, &dp).await)
+                })
+                .await?;
+            }
+        }
         let Some(baseline) = self.baseline().await? else {
             return Ok(());
         };
-        let canary = self.canary().await?.filter(|c| is_managed(&c.metadata));
-        let total = canary
-            .as_ref()
-            .and_then(Self::total_of)
-            .or_else(|| Self::total_of(&baseline));
-        if let Some(total) = total {
-            let c = canary.as_ref().map_or(0, replicas_of);
-            let s = (total - c).max(0);
-            if replicas_of(&self.stable().await?) < s {
-                self.patch_stable(None, Some(s)).await?;
+        if self.w.traffic == Traffic::ReplicaRatio {
+            let canary = self.canary().await?.filter(|c| is_managed(&c.metadata));
+            let total = canary
+                .as_ref()
+                .and_then(Self::total_of)
+                .or_else(|| Self::total_of(&baseline));
+            if let Some(total) = total {
+                let c = canary.as_ref().map_or(0, replicas_of);
+                let s = (total - c).max(0);
+                if replicas_of(&self.stable().await?) < s {
+                    self.patch_stable(None, Some(s)).await?;
+                }
             }
         }
         let name = self.baseline_deployment();

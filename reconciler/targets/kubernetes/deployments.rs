@@ -23,7 +23,8 @@ use super::deployment::{image_of, replicas_of};
 use super::readiness::Share;
 use super::{
     CANARY_SUFFIX, Connection, FIELD_MANAGER, OPT_IN, PREVIEW_SUFFIX, Rollout, TOTAL_ANNOTATION,
-    TRACK, Timing, api_err, canary_replicas, http_route, opted_in, rollout_of, route_weights,
+    TRACK, Timing, api_err, baseline_share, canary_replicas, http_route, opted_in, ref_weight,
+    rollout_of, route_weights,
 };
 use crate::engine::{Measurement, TargetHealth};
 use crate::model::Plan;
@@ -146,9 +147,9 @@ impl Target for Deployments {
     }
 
     /// Gateway API mode: rollgate's header rule and mirror filter in the route (see
-    /// `traffic.rs`); replica ratio has no route to route by (validation refuses the
-    /// steps there) and takes only a fresh baseline (`baseline.rs`), which Gateway API
-    /// mode refuses (validation too).
+    /// `traffic.rs`), and a fresh baseline's Deployment, Service and backendRef
+    /// (`baseline.rs`); replica ratio has no route to route by (validation refuses the
+    /// steps there) and takes only a fresh baseline (a third Deployment in the split).
     fn set_routing(&mut self, plan: &Plan, routing: &Routing) -> Result<(), TargetError> {
         let c = self.cluster(plan)?;
         self.connection.block_on(c.route_to(routing))
@@ -384,6 +385,11 @@ impl Cluster<'_> {
             if self.baseline().await?.is_some() {
                 return progressing(format!("{} still exists", self.baseline_deployment()));
             }
+            if matches!(self.w.traffic, Traffic::GatewayRoute { .. })
+                && self.has_baseline_service().await?
+            {
+                return progressing(format!("{} still exists", self.baseline_service()));
+            }
             let name = self.canary_service();
             if self
                 .timed(
@@ -504,7 +510,35 @@ impl Cluster<'_> {
                         "httproute {route} has no rule {rule} with backendRefs"
                     )));
                 };
-                let want = (100 - i64::from(weight), i64::from(weight));
+                // A fresh baseline (issue #19): its ref weighs as much as the canary's,
+                // taken from the stable's, exactly while the step asks for one.
+                let baseline_name = self.baseline_service();
+                let b = ref_weight(&value, *rule, &baseline_name);
+                let want_b = routing.baseline.then(|| baseline_share(i64::from(weight)));
+                let want = (
+                    100 - i64::from(weight) - want_b.unwrap_or(0),
+                    i64::from(weight),
+                );
+                if b != want_b {
+                    let show =
+                        |w: Option<i64>| w.map_or("no backendRef".to_owned(), |w| w.to_string());
+                    return Ok(Observed::Differs(format!(
+                        "httproute {route} rule {rule} weighs {baseline_name} {}, the step {}",
+                        show(b),
+                        show(want_b)
+                    )));
+                }
+                if routing.baseline != self.baseline().await?.is_some() {
+                    return Ok(Observed::Differs(format!(
+                        "{} {}",
+                        self.baseline_deployment(),
+                        if routing.baseline {
+                            "does not exist"
+                        } else {
+                            "still exists"
+                        }
+                    )));
+                }
                 if (s, c) == (Some(want.0), Some(want.1)) {
                     return Ok(match self.size_of(canary, weight) {
                         Some(size) if size != replicas_of(canary) => Observed::Differs(format!(

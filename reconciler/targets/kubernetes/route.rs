@@ -110,6 +110,78 @@ pub fn rules_with_weight(
     Ok(rules)
 }
 
+/// The weight of the backendRef to Service `name` in the plan's rule `rule`: `None`
+/// when the rule or the ref is absent (a ref without `weight` counts as 1).
+pub fn ref_weight(route: &Value, rule: u32, name: &str) -> Option<i64> {
+    let rules = rules_of(route)?;
+    rules[rule_index(rules, rule)?]
+        .get("backendRefs")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
+        .map(|r| r.get("weight").and_then(Value::as_i64).unwrap_or(1))
+}
+
+/// The fresh baseline's share beside a candidate at `weight`%: as much as the
+/// candidate, never more than what the stable has left (validation keeps a baseline
+/// to weights up to 50, and drops it at 100).
+pub fn baseline_share(weight: i64) -> i64 {
+    weight.clamp(0, 100).min(100 - weight.clamp(0, 100))
+}
+
+/// The route's `rules` with the fresh baseline's backendRef (Service `baseline`, issue
+/// #19) in rule `rule` when `on` (added as a copy of the stable ref if missing) or
+/// without it, and the weights made stable `100 - c - b`, baseline `b` =
+/// [`baseline_share`]`(c)`, where `c` is the `canary` ref's weight as it is (0 when
+/// absent). Foreign refs and rules untouched. Pure, for tests.
+pub fn rules_with_baseline(
+    route: &Value,
+    rule: u32,
+    stable: &str,
+    canary: &str,
+    baseline: &str,
+    on: bool,
+) -> Result<Value, String> {
+    let c = route_weights(route, rule, stable, canary)
+        .and_then(|(_, c)| c)
+        .unwrap_or(0);
+    let mut rules = route
+        .pointer("/spec/rules")
+        .cloned()
+        .ok_or("route has no rules")?;
+    let at = rules
+        .as_array()
+        .and_then(|r| rule_index(r, rule))
+        .unwrap_or(usize::MAX);
+    let refs = rules
+        .get_mut(at)
+        .and_then(|r| r.get_mut("backendRefs"))
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| format!("route has no rule {rule} with backendRefs"))?;
+    let is = |r: &Value, name: &str| r.get("name").and_then(Value::as_str) == Some(name);
+    let Some(stable_ref) = refs.iter().find(|r| is(r, stable)).cloned() else {
+        return Err(format!("rule {rule} has no backendRef to service {stable}"));
+    };
+    if on {
+        if !refs.iter().any(|r| is(r, baseline)) {
+            let mut b = stable_ref;
+            b["name"] = json!(baseline);
+            refs.push(b);
+        }
+    } else {
+        refs.retain(|r| !is(r, baseline));
+    }
+    let b = if on { baseline_share(c) } else { 0 };
+    for r in refs.iter_mut() {
+        if is(r, stable) {
+            r["weight"] = json!((100 - c - b).max(0));
+        } else if is(r, baseline) {
+            r["weight"] = json!(b);
+        }
+    }
+    Ok(rules)
+}
+
 /// Whether `filter` is rollgate's mirror to the `canary` Service (a `RequestMirror`
 /// whose backendRef names it); any other filter is someone else's.
 fn is_our_mirror(filter: &Value, canary: &str) -> bool {
@@ -408,6 +480,34 @@ mod tests {
         );
         assert!(rules_with_weight(&route, 1, "web", "web-canary", Some(5)).is_err());
         assert!(rules_with_weight(&route, 0, "nope", "nope-canary", Some(5)).is_err());
+    }
+
+    #[test]
+    fn a_baseline_ref_takes_the_canary_s_share_from_the_stable_and_goes_again() {
+        let route = json!({ "spec": { "rules": [
+            { "backendRefs": [ { "name": "other", "port": 80, "weight": 3 } ] },
+            { "backendRefs": [ { "name": "web", "port": 80, "weight": 75 },
+                               { "name": "web-canary", "port": 80, "weight": 25 } ] },
+        ] } });
+        let rules = rules_with_baseline(&route, 1, "web", "web-canary", "web-baseline", true)
+            .expect("rules");
+        assert_eq!(
+            rules,
+            json!([
+                { "backendRefs": [ { "name": "other", "port": 80, "weight": 3 } ] },
+                { "backendRefs": [ { "name": "web", "port": 80, "weight": 50 },
+                                   { "name": "web-canary", "port": 80, "weight": 25 },
+                                   { "name": "web-baseline", "port": 80, "weight": 25 } ] },
+            ])
+        );
+        let with = json!({ "spec": { "rules": rules } });
+        assert_eq!(ref_weight(&with, 1, "web-baseline"), Some(25));
+        let back = rules_with_baseline(&with, 1, "web", "web-canary", "web-baseline", false)
+            .expect("rules");
+        assert_eq!(back, route["spec"]["rules"]);
+        assert_eq!(baseline_share(50), 50);
+        assert_eq!(baseline_share(100), 0);
+        assert!(rules_with_baseline(&route, 0, "web", "web-canary", "web-baseline", true).is_err());
     }
 
     fn route() -> Value {

@@ -6,7 +6,9 @@
 //! the share (otherwise the move is deferred, see `readiness.rs`), never towards a
 //! candidate Service that is missing or not rollgate's; moving it away is never held;
 //! rollgate's header rule and mirror filter (issue #19) are written beside the weights
-//! by the same writer ([`Cluster::update_route`]) and go with the candidate's backendRef;
+//! by the same writer ([`Cluster::update_route`]) and go with the candidate's backendRef,
+//! and so is the fresh baseline's backendRef (issue #19: added only once its replicas are
+//! ready, weighing as much as the candidate's, taken from the stable's);
 //! a route at rest is never written; the route is applied whole with the
 //! `resourceVersion` just read, so a concurrent edit is never lost: the write is
 //! refused, the route read again and the rules computed again (a few times, then a
@@ -19,8 +21,9 @@ use serde_json::{Value, json};
 use super::deployment::{container_name, image_of, replicas_of};
 use super::deployments::Mode;
 use super::{
-    Cluster, Share, TargetError, canary_replicas, is_managed, normalized, ready_replicas,
-    route_weights, routing_shown, rules_with_routing, rules_with_weight,
+    Cluster, Share, TargetError, baseline_share, canary_replicas, is_managed, normalized,
+    ready_replicas, ref_weight, route_weights, routing_shown, rules_with_baseline,
+    rules_with_routing, rules_with_weight,
 };
 use crate::engine::TargetHealth;
 use crate::model::plan::{Routing, Traffic};
@@ -98,6 +101,16 @@ impl Cluster<'_> {
                         .and_then(|(_, c)| c)
                         .unwrap_or(0);
                     if i64::from(w) > now && !share.covered() {
+                        self.defer(&canary, share);
+                        return Ok(());
+                    }
+                    // Nor a share the fresh baseline (when one runs) cannot take beside
+                    // it yet: the canary never has traffic its baseline lacks.
+                    if i64::from(w) > now
+                        && let Some(baseline) = self.baseline().await?
+                        && (ref_weight(&value, *rule, &self.baseline_service()).is_none()
+                            || ready_replicas(&baseline) < replicas_of(&baseline))
+                    {
                         self.defer(&canary, share);
                         return Ok(());
                     }
@@ -314,6 +327,7 @@ impl Cluster<'_> {
         weight: Option<u8>,
     ) -> Result<(), TargetError> {
         let candidate = self.canary_service();
+        let baseline = self.baseline_service();
         self.update_route(route, |value| {
             let at_rest = || {
                 rules_with_routing(
@@ -327,19 +341,41 @@ impl Cluster<'_> {
                 .map(|r| normalized(&r) == normalized(&value["spec"]["rules"]))
                 .unwrap_or(false)
             };
+            let b = ref_weight(value, rule, &baseline);
             if let Some((s, c)) = route_weights(value, rule, &self.w.service, &candidate) {
                 let done = match weight {
-                    Some(w) => (s, c) == (Some(100 - i64::from(w)), Some(i64::from(w))),
+                    // A fresh baseline's ref (when there) takes as much as the canary.
+                    Some(w) => {
+                        let want_b = b.map(|_| baseline_share(i64::from(w)));
+                        (s, c, b)
+                            == (
+                                Some(100 - i64::from(w) - want_b.unwrap_or(0)),
+                                Some(i64::from(w)),
+                                want_b,
+                            )
+                    }
                     // At rest: the stable alone, at whatever weight its owner wrote.
-                    None => s.is_some() && c.is_none() && at_rest(),
+                    None => s.is_some() && c.is_none() && b.is_none() && at_rest(),
                 };
                 if done {
                     return Ok(None);
                 }
             }
             let fail = |e: String| TargetError::failed(format!("httproute {route}: {e}"));
-            let rules = rules_with_weight(value, rule, &self.w.service, &candidate, weight)
+            let mut rules = rules_with_weight(value, rule, &self.w.service, &candidate, weight)
                 .map_err(fail)?;
+            // The baseline's ref follows the canary's weight, and goes with it.
+            if b.is_some() {
+                rules = rules_with_baseline(
+                    &json!({ "spec": { "rules": rules } }),
+                    rule,
+                    &self.w.service,
+                    &candidate,
+                    &baseline,
+                    weight.is_some(),
+                )
+                .map_err(fail)?;
+            }
             if weight.is_some() {
                 return Ok(Some(rules));
             }
@@ -373,13 +409,12 @@ impl Cluster<'_> {
             }
             return self.baseline_to(routing.baseline).await;
         };
+        // The fresh baseline first (the engine starts it before the canary's share
+        // moves), or taken away: its backendRef, then its Service and Deployment.
         if routing.baseline {
-            // Validation refuses `baseline: fresh` with a Gateway API route (see
-            // `Workload::capabilities`); refused here too, before anything changes.
-            return Err(TargetError::refused(format!(
-                "deployment {} has a Gateway API route: rollgate runs a fresh baseline there only in replica-ratio mode",
-                self.w.deployment
-            )));
+            self.route_baseline(route, *rule).await?;
+        } else {
+            self.remove_baseline().await?;
         }
         if !routing.is_empty() {
             self.our_canary_service().await?;
@@ -401,6 +436,40 @@ impl Cluster<'_> {
                 routing,
             )
             .map_err(|e| TargetError::refused(format!("httproute {route}: {e}")))?;
+            Ok((normalized(&rules) != normalized(&value["spec"]["rules"])).then_some(rules))
+        })
+        .await
+    }
+
+    /// Gateway API: the fresh baseline started beside the candidate (its Deployment
+    /// with the canary's replicas, and `<service>-baseline`), and its backendRef added
+    /// to the rule (weighing as much as the canary's, taken from the stable's) once its
+    /// replicas are ready; until then nothing is routed to it (`health` adds it later,
+    /// and `weigh` holds the canary's share meanwhile).
+    async fn route_baseline(&self, route: &str, rule: u32) -> Result<(), TargetError> {
+        self.our_canary_service().await?;
+        let canary = self.owned_canary().await?;
+        let replicas = replicas_of(&canary).max(1);
+        let total = Self::total_of(&canary).unwrap_or(replicas);
+        // Its Service first: a foreign `<service>-baseline` is refused before anything
+        // is written.
+        self.start_baseline_service().await?;
+        let baseline = self.start_baseline(replicas, total).await?;
+        if replicas_of(&baseline) != replicas {
+            self.scale_baseline(replicas).await?;
+            return Ok(());
+        }
+        if ready_replicas(&baseline) < replicas {
+            return Ok(());
+        }
+        let (stable, candidate, name) = (
+            self.w.service.clone(),
+            self.canary_service(),
+            self.baseline_service(),
+        );
+        self.update_route(route, |value| {
+            let rules = rules_with_baseline(value, rule, &stable, &candidate, &name, true)
+                .map_err(|e| TargetError::failed(format!("httproute {route}: {e}")))?;
             Ok((normalized(&rules) != normalized(&value["spec"]["rules"])).then_some(rules))
         })
         .await
@@ -497,6 +566,7 @@ impl Cluster<'_> {
         Ok(
             if c.is_none()
                 && s.is_some()
+                && ref_weight(&value, *rule, &self.baseline_service()).is_none()
                 && self
                     .routing_differs(&value, *rule, &Routing::default())
                     .is_ok_and(|d| d.is_none())
