@@ -114,6 +114,65 @@ pub fn status_commit(
     }
 }
 
+/// The status commits of one pass, as one commit: the subject counts them, the body
+/// holds each plan's own subject (`- web: Progressing step 1/4 at 10% (v2)`), the
+/// trailers are each plan's block in turn (a block opens with `Rollgate-Plan`), the
+/// edits every plan's status file. One spec is returned as it is (the single-plan format).
+pub fn batch_commit(specs: Vec<CommitSpec>) -> Option<CommitSpec> {
+    if specs.len() <= 1 {
+        return specs.into_iter().next();
+    }
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut body = String::new();
+    let mut trailers = Vec::new();
+    let mut edits = Vec::new();
+    for s in &specs {
+        if let Some((_, phase)) = s.trailers.iter().find(|(k, _)| k == PHASE) {
+            *phases.entry(phase.clone()).or_default() += 1;
+        }
+        body.push_str("- ");
+        body.push_str(&s.subject);
+        body.push('\n');
+    }
+    let counts: Vec<String> = phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    for s in specs.iter() {
+        trailers.extend(s.trailers.iter().cloned());
+        edits.extend(s.edits.iter().cloned());
+    }
+    Some(CommitSpec {
+        subject: format!("{} rollouts moved: {}", specs.len(), counts.join(", ")),
+        body: Some(body),
+        trailers,
+        revert: None,
+        edits,
+    })
+}
+
+/// Split a commit's trailers into one block per plan: each block starts at a
+/// `Rollgate-Plan` trailer and runs to the next one (trailers before the first belong to
+/// none and are dropped). A single-plan commit is one block.
+pub fn plan_blocks<K: AsRef<str>, V>(trailers: &[(K, V)]) -> Vec<&[(K, V)]> {
+    let starts: Vec<usize> = trailers
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k.as_ref().eq_ignore_ascii_case(PLAN))
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| &trailers[i..starts.get(n + 1).copied().unwrap_or(trailers.len())])
+        .collect()
+}
+
+/// In a batch commit's body, each plan's own subject (`- PLAN: …`), by plan.
+pub fn batch_subjects(body: &str) -> std::collections::HashMap<&str, &str> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter_map(|l| l.split_once(": ").map(|(plan, _)| (plan, l)))
+        .collect()
+}
+
 /// The facts of a rollback commit: what was rolled back, why, and the evidence.
 fn rollback_trailers(plan: &str, revert: &Revert) -> Vec<(String, String)> {
     let mut trailers = vec![
