@@ -382,7 +382,7 @@ impl Reconciler {
                 continue;
             }
             in_chunk += 1;
-            if in_chunk >= order::CHUNK_PLANS || chunk_start.elapsed() >= order::CHUNK_TIME {
+            if order::chunk_done(in_chunk, chunk_start.elapsed()) {
                 self.flush(&mut report);
                 in_chunk = 0;
                 if self.new_commits_waiting() {

@@ -17,8 +17,15 @@ use crate::model::status::{Phase, Status};
 
 /// Routine work checks for new commits after this many plans…
 pub const CHUNK_PLANS: usize = 100;
-/// …or after this long, whichever comes first.
+/// …or after this long, whichever comes first…
 pub const CHUNK_TIME: Duration = Duration::from_millis(200);
+/// …but never before this many (a small pass stays one commit, however slow).
+pub const CHUNK_MIN_PLANS: usize = 10;
+
+/// Whether a chunk of `plans` routine plans that took `took` is done.
+pub fn chunk_done(plans: usize, took: Duration) -> bool {
+    plans >= CHUNK_PLANS || (plans >= CHUNK_MIN_PLANS && took >= CHUNK_TIME)
+}
 
 /// How soon a plan is looked at in a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +148,14 @@ mod tests {
         let back = status(Phase::RollingBack, "v2", Some("v1"));
         assert_eq!(priority(&seen("v2", Some(&back), false)), Priority::Urgent);
         assert_eq!(priority(&seen("v1", None, true)), Priority::New);
+    }
+
+    #[test]
+    fn a_chunk_ends_at_its_size_or_its_time_but_a_small_one_never_on_time() {
+        assert!(chunk_done(CHUNK_PLANS, Duration::ZERO));
+        assert!(!chunk_done(CHUNK_PLANS - 1, Duration::ZERO));
+        assert!(chunk_done(CHUNK_MIN_PLANS, CHUNK_TIME));
+        assert!(!chunk_done(CHUNK_MIN_PLANS - 1, Duration::from_secs(60)));
     }
 
     #[test]
