@@ -300,12 +300,7 @@ fn statuses(bare: &Path) -> Vec<Status> {
 }
 
 /// Poll the remote until `n` statuses satisfy `done`; when that was first seen.
-fn wait_all(
-    remote: &Remote,
-    n: usize,
-    limit: Duration,
-    done: impl Fn(&Status) -> bool,
-) -> Instant {
+fn wait_all(remote: &Remote, n: usize, limit: Duration, done: impl Fn(&Status) -> bool) -> Instant {
     let start = Instant::now();
     loop {
         if statuses(&remote.bare).iter().filter(|s| done(s)).count() >= n {
@@ -328,10 +323,21 @@ impl Daemon {
             .arg(&remote.bare)
             .arg("--state-dir")
             .arg(state)
-            .env("RUST_LOG", "error")
+            // MASS_LOG=FILE keeps the daemon's log (at info) for a look at where time goes.
+            .env(
+                "RUST_LOG",
+                if std::env::var_os("MASS_LOG").is_some() {
+                    "info"
+                } else {
+                    "error"
+                },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("MASS_LOG") {
+                Some(f) => Stdio::from(std::fs::File::create(f).expect("log file")),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("rollgate run starts");
         Self { child }
@@ -372,7 +378,8 @@ impl Daemon {
         // Fields after the command name, which is in parentheses.
         let rest = &stat[stat.rfind(')').expect("comm") + 2..];
         let f: Vec<&str> = rest.split(' ').collect();
-        let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
         // CLK_TCK is 100 on Linux.
         Duration::from_millis(ticks * 10)
     }

@@ -169,7 +169,10 @@ mod tests {
         ];
         let names = |v: Vec<(String, Priority)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         assert_eq!(names(order(plans.clone(), None)), ["d", "b", "a", "c", "e"]);
-        assert_eq!(names(order(plans.clone(), Some("c"))), ["d", "b", "e", "a", "c"]);
+        assert_eq!(
+            names(order(plans.clone(), Some("c"))),
+            ["d", "b", "e", "a", "c"]
+        );
         assert_eq!(names(order(plans, Some("z"))), ["d", "b", "a", "c", "e"]);
     }
 }

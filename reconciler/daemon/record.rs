@@ -108,11 +108,7 @@ impl Reconciler {
             Some(h) => self.src.file_at(h, &path)?,
             None => None,
         };
-        if next.phase == Phase::RollingBack {
-            memo.rolling_back = true;
-        } else {
-            memo.rolling_back = false;
-        }
+        memo.rolling_back = next.phase == Phase::RollingBack;
         self.staged.push(Staged {
             name,
             path,
@@ -218,7 +214,9 @@ impl Reconciler {
             for (t, written) in then {
                 let span = tracing::info_span!("plan", plan = %t.pp.plan.name);
                 let _enter = span.enter();
-                if let Err(e) = self.act_recorded(&t.pp, written, t.actions, t.next_wakeup, t.now, report) {
+                if let Err(e) =
+                    self.act_recorded(&t.pp, written, t.actions, t.next_wakeup, t.now, report)
+                {
                     report.errors += 1;
                     tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
                 }

@@ -124,7 +124,10 @@ fn a_pass_that_moves_many_plans_writes_one_commit_with_a_trailer_block_per_plan(
                 "Rollgate-Reason"
             ]
         );
-        assert!(b.iter().any(|(k, v)| k == "Rollgate-Revision" && *v == change));
+        assert!(
+            b.iter()
+                .any(|(k, v)| k == "Rollgate-Revision" && *v == change)
+        );
     }
 
     // And `history` reads one event per plan from it, each with its own subject
@@ -217,8 +220,7 @@ fn a_status_changed_by_another_writer_mid_pass_drops_out_of_the_batch_without_bl
             git(&human, &["pull", "-q", "--rebase", "origin", "main"]);
             let file = human.join("status/a.yaml");
             let text = std::fs::read_to_string(&file).expect("status a");
-            std::fs::write(&file, format!("{text}# touched by another writer\n"))
-                .expect("write");
+            std::fs::write(&file, format!("{text}# touched by another writer\n")).expect("write");
             git(&human, &["commit", "-qam", "another writer"]);
             git(&human, &["push", "-q", "origin", "main"]);
             *seen.lock().expect("lock") = Some(git(&human, &["rev-parse", "HEAD"]));
@@ -244,7 +246,9 @@ fn a_status_changed_by_another_writer_mid_pass_drops_out_of_the_batch_without_bl
         "a stale status was written: {ours:#?}"
     );
     assert!(
-        w.remote.file("status/a.yaml").ends_with("# touched by another writer"),
+        w.remote
+            .file("status/a.yaml")
+            .ends_with("# touched by another writer"),
         "the other writer's status stays"
     );
     assert_eq!(r.errors, 0, "{r:?}");
@@ -315,7 +319,11 @@ fn a_human_revert_during_a_1000_plan_mass_change_is_not_blocked_behind_it() {
     });
     let busy = w.tick();
     w.target.clear_hook();
-    let r = revert.lock().expect("lock").clone().expect("the revert was pushed");
+    let r = revert
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the revert was pushed");
 
     // Then that pass yields to the new commit, and the next pass acts on the revert first
     assert!(busy.yielded, "the busy pass went on to the end: {busy:?}");
@@ -334,7 +342,12 @@ fn a_human_revert_during_a_1000_plan_mass_change_is_not_blocked_behind_it() {
     // Only the routine chunk in progress when the revert landed went before it…
     let routine_before: usize = after[..web_at]
         .iter()
-        .map(|c| blocks(c).iter().filter(|(p, _)| p.starts_with("m-")).count())
+        .map(|c| {
+            blocks(c)
+                .iter()
+                .filter(|(p, _)| p.starts_with("m-"))
+                .count()
+        })
         .sum();
     assert!(
         routine_before <= CHUNK_PLANS,
