@@ -306,6 +306,46 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_the_single_plan_blocks_in_turn_and_splits_back_into_them() {
+        let one = |plan: &str| {
+            let mut s = Status::pending(plan, "v2", "abc");
+            s.phase = Phase::Pending;
+            let t = Transition {
+                from: Some(Phase::Succeeded),
+                to: Phase::Pending,
+                step: (0, 3),
+                reason: "rollout of v2 pending".to_owned(),
+                verdicts: Vec::new(),
+                first_rollout: None,
+                analysis_restarted_at: None,
+            };
+            status_commit(&s, Some(&t), None, format!("plan: {plan}\n"))
+        };
+        // One spec stays the single-plan commit, exactly.
+        assert_eq!(batch_commit(vec![one("a")]), Some(one("a")));
+        assert_eq!(batch_commit(Vec::new()), None);
+        let batch = batch_commit(vec![one("a"), one("b")]).expect("a batch");
+        assert_eq!(batch.subject, "2 rollouts moved: 2 Pending");
+        assert_eq!(batch.edits.len(), 2);
+        let blocks = plan_blocks(&batch.trailers);
+        assert_eq!(
+            blocks,
+            [one("a").trailers.as_slice(), one("b").trailers.as_slice()]
+        );
+        // What Git reads back from the message is the same blocks.
+        let message = batch.message(false);
+        let parsed = git2::message_trailers_strs(&message).expect("trailers");
+        let parsed: Vec<(&str, &str)> = parsed.iter().collect();
+        assert_eq!(plan_blocks(&parsed).len(), 2);
+        assert_eq!(parsed.len(), batch.trailers.len());
+        let body = batch.body.as_deref().expect("a body");
+        assert_eq!(batch_subjects(body).get("b"), Some(&"b: Pending (v2)"));
+        // Trailers before the first plan belong to none.
+        let loose = [("Other", "x"), (PLAN, "a"), (PHASE, "Pending")];
+        assert_eq!(plan_blocks(&loose), [&loose[1..]]);
+    }
+
+    #[test]
     fn replaces_the_artifact_and_keeps_the_rest() {
         let text = "# comment\nspec:\n  artifact: v3  # the new one\n  target: local\n";
         assert_eq!(
