@@ -111,25 +111,61 @@ pub fn collect(repo: &Repository, head: Oid, plan: Option<&str>) -> Result<Vec<E
     let mut out = Vec::new();
     for id in walk {
         let c = repo.find_commit(id?)?;
-        if let Some(e) = entry(&c)
-            && plan.is_none_or(|want| want == e.plan)
-        {
-            out.push(e);
+        // Walked newest first and reversed at the end: a batch's entries go in reversed.
+        for e in entries(&c).into_iter().rev() {
+            if plan.is_none_or(|want| want == e.plan) {
+                out.push(e);
+            }
         }
     }
     out.reverse();
     Ok(out)
 }
 
-/// The rollgate event one commit records, from its trailers (`None`: not rollgate's).
+/// The rollgate event one commit records, from its trailers (`None`: not rollgate's). A
+/// batch commit records one event per plan: this is its first (`entries` has them all).
 pub fn entry(c: &git2::Commit<'_>) -> Option<Entry> {
+    entries(c).into_iter().next()
+}
+
+/// Every rollgate event one commit records: one per `Rollgate-Plan` trailer block (a
+/// single-plan commit is one block; a batch commit one per plan, `messages::plan_blocks`).
+pub fn entries(c: &git2::Commit<'_>) -> Vec<Entry> {
     let msg = c.message().unwrap_or("");
-    let trailers = git2::message_trailers_strs(msg).ok()?;
+    let Ok(trailers) = git2::message_trailers_strs(msg) else {
+        return Vec::new();
+    };
+    let all: Vec<(&str, &str)> = trailers.iter().collect();
+    let blocks = m::plan_blocks(&all);
+    let subject = c.summary().ok().flatten().unwrap_or("").to_owned();
+    // A batch names each plan's own subject in its body.
+    let body = if blocks.len() > 1 {
+        c.body().ok().flatten().unwrap_or("")
+    } else {
+        ""
+    };
+    let subjects = m::batch_subjects(body);
+    blocks
+        .into_iter()
+        .filter_map(|block| {
+            let e = block_entry(c, block, &subject)?;
+            Some(match subjects.get(e.plan.as_str()) {
+                Some(own) => Entry {
+                    subject: (*own).to_owned(),
+                    ..e
+                },
+                None => e,
+            })
+        })
+        .collect()
+}
+
+fn block_entry(c: &git2::Commit<'_>, trailers: &[(&str, &str)], subject: &str) -> Option<Entry> {
     let get = |k: &str| {
         trailers
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| (*v).to_owned())
     };
     let p = get(m::PLAN)?;
     let kind = if get(m::COMMAND).is_some() {
@@ -154,11 +190,11 @@ pub fn entry(c: &git2::Commit<'_>) -> Option<Entry> {
         verdicts: trailers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(m::VERDICT))
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| (*v).to_owned())
             .collect(),
         first_rollout: get(m::FIRST_ROLLOUT),
         analysis_restarted: get(m::ANALYSIS_RESTARTED),
-        subject: c.summary().ok().flatten().unwrap_or("").to_owned(),
+        subject: subject.to_owned(),
     })
 }
 

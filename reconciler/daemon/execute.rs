@@ -137,7 +137,9 @@ impl Reconciler {
         engine::action_failed(plan, before, d, &message, now, retry_at)
     }
 
-    /// Do what was decided: target actions, then the revert, then the status commit.
+    /// Do what was decided: target actions, then the revert, then the status (staged for
+    /// the pass's commit). A decision recorded first has its actions done once its
+    /// status is pushed.
     /// A failed action turns the decision into a hold (`engine::action_failed`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn execute(
@@ -161,39 +163,21 @@ impl Reconciler {
             else {
                 return Ok(());
             };
-            let doing = Decision {
-                status: Some(written.clone()),
-                actions: d.actions,
-                transition: None,
-                revert: None,
-                next_wakeup: d.next_wakeup,
-                record_first: false,
-            };
-            return match self.act(plan, &doing, report) {
-                None => {
-                    self.recovered(&plan.name, &doing);
-                    Ok(())
-                }
-                Some((action, error)) if self.race_lost(&plan.name, &action, &error) => {
-                    // Git says Promoting: the next pass promotes again.
-                    report.next_wakeup = Some(report.next_wakeup.map_or(now, |n| n.min(now)));
-                    Ok(())
-                }
-                Some((action, error)) => {
-                    let held = self.failed(
-                        pp,
-                        Some(&written),
-                        &doing,
-                        &action,
-                        &error.message,
-                        now,
-                        report,
-                    );
-                    let file = Some(written.clone());
-                    self.record(pp, Some(&written), file, held, None, report)
-                        .map(|_| ())
-                }
-            };
+            // The actions wait for the status to be pushed (`flush`); when nothing was
+            // staged (a dry run), they are done now.
+            if let Some(staged) = self.staged.last_mut()
+                && staged.then.is_none()
+                && staged.is_for(&plan.name)
+            {
+                staged.then = Some(super::record::Then {
+                    pp: pp.clone(),
+                    actions: d.actions,
+                    next_wakeup: d.next_wakeup,
+                    now,
+                });
+                return Ok(());
+            }
+            return self.act_recorded(pp, written, d.actions, d.next_wakeup, now, report);
         }
         let d = match self.act(plan, &d, report) {
             Some((action, error)) if self.race_lost(&plan.name, &action, &error) => {
@@ -211,6 +195,53 @@ impl Reconciler {
         };
         self.record(pp, before, file_status, d, last_command, report)
             .map(|_| ())
+    }
+
+    /// Do the actions of a decision whose status (`written`) is recorded: Git says what
+    /// is in flight (Promoting) while the target does it. A failure is recorded as a hold.
+    pub(super) fn act_recorded(
+        &mut self,
+        pp: &Arc<ParsedPlan>,
+        written: Status,
+        actions: Vec<engine::Action>,
+        next_wakeup: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<()> {
+        let plan = &pp.plan;
+        let doing = Decision {
+            status: Some(written.clone()),
+            actions,
+            transition: None,
+            revert: None,
+            next_wakeup,
+            record_first: false,
+        };
+        match self.act(plan, &doing, report) {
+            None => {
+                self.recovered(&plan.name, &doing);
+                Ok(())
+            }
+            Some((action, error)) if self.race_lost(&plan.name, &action, &error) => {
+                // Git says Promoting: the next pass promotes again.
+                report.next_wakeup = Some(report.next_wakeup.map_or(now, |n| n.min(now)));
+                Ok(())
+            }
+            Some((action, error)) => {
+                let held = self.failed(
+                    pp,
+                    Some(&written),
+                    &doing,
+                    &action,
+                    &error.message,
+                    now,
+                    report,
+                );
+                let file = Some(written.clone());
+                self.record(pp, Some(&written), file, held, None, report)
+                    .map(|_| ())
+            }
+        }
     }
 
     /// The actions of `d` all succeeded: a failure streak, if any, is over.

@@ -84,6 +84,14 @@ impl Reconciler {
                 log_diagnostic(d);
             }
         }
+        // Plans whose file this change touched are new work (`order::Priority::New`,
+        // or urgent when they change a rollout in flight).
+        for (name, pp) in &self.report.accepted {
+            if changed.contains(&pp.file) {
+                self.fresh.insert(name.clone());
+            }
+        }
+        self.fresh.retain(|n| self.report.accepted.contains_key(n));
         self.rebuild_adapters();
         let t = crate::telemetry::global();
         t.accepted_plans.store(

@@ -22,12 +22,13 @@ mod adapters;
 mod execute;
 mod intake;
 mod observe;
+pub mod order;
 mod record;
 pub mod run;
 
 use adapters::Adapters;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ pub struct TickReport {
     pub moves_on_at: Option<DateTime<Utc>>,
     /// Plans held because their target refused an action (kind `target`).
     pub held_on_target: usize,
+    /// The pass stopped early for new commits (a human's revert or change waits): the
+    /// next pass should start at once.
+    pub yielded: bool,
 }
 
 /// Per-plan memory that is not in Git (and need not survive a restart).
@@ -95,6 +99,8 @@ struct Memo {
     conflicts: u32,
     /// The last warning said per cause (`Reconciler::news`): a repeat is not news.
     said: HashMap<String, String>,
+    /// The last status recorded was RollingBack: the plan is urgent (`order`).
+    rolling_back: bool,
     /// Jobs started and not yet seen to end: (check, id). One the rollout no longer
     /// wants (it moved on, rolled back) is stopped (`JobRunner::cleanup`).
     jobs: Vec<(String, String)>,
@@ -170,6 +176,12 @@ pub struct Reconciler {
     notify: Option<crate::notify::Outbox>,
     /// `run --shards`: only plans of shards this replica holds are reconciled.
     shards: Option<crate::leader::ShardGate>,
+    /// Statuses decided this pass, not yet committed (`record`, `flush`).
+    staged: Vec<record::Staged>,
+    /// Plans whose file changed in commits not yet acted on (`order::Priority::New`).
+    fresh: BTreeSet<String>,
+    /// Where the last pass that yielded stopped in its routine plans.
+    cursor: Option<String>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -242,6 +254,9 @@ impl Reconciler {
             adapters: None,
             notify: None,
             shards: None,
+            staged: Vec::new(),
+            fresh: BTreeSet::new(),
+            cursor: None,
         }
     }
 
@@ -372,57 +387,141 @@ impl Reconciler {
             head: Some(head.to_string()),
             ..TickReport::default()
         };
-        let names: Vec<String> = self.report.accepted.keys().cloned().collect();
-        for name in names {
-            let Some(_claim) = self.claim(&name, now) else {
+        // Urgent plans first, each chunk of the rest committed as one, and the pass
+        // yields when someone else pushed meanwhile (`order`).
+        let cursor = self.cursor.take();
+        let plans = self.pass_order(cursor.as_deref());
+        let mut urgent_flushed = false;
+        let mut chunk_start = std::time::Instant::now();
+        let mut in_chunk = 0usize;
+        // `run --shards`: a plan is reconciled only under a claim on its shard, held
+        // until its status is committed (the chunk's flush).
+        let mut claims = Vec::new();
+        for (name, priority) in plans {
+            if priority != order::Priority::Urgent && !urgent_flushed {
+                urgent_flushed = true;
+                self.flush(&mut report);
+                claims.clear();
+                chunk_start = std::time::Instant::now();
+            }
+            match self.claim(&name, now) {
+                Some(claim) => claims.push(claim),
+                None => continue,
+            }
+            self.reconcile_logged(&name, now, &mut report);
+            self.fresh.remove(&name);
+            if priority == order::Priority::Urgent {
                 continue;
-            };
-            let span = tracing::info_span!("plan", plan = %name);
-            let _enter = span.enter();
-            let started = std::time::Instant::now();
-            let result = self.reconcile(&name, now, &mut report);
-            let t = crate::telemetry::global();
-            t.reconciles
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            t.reconcile_took(started.elapsed());
-            match result {
-                Err(e) => {
-                    t.reconcile_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    report.errors += 1;
-                    let error = format!("{e:#}");
-                    if self.news(&name, "reconcile", Some(&error)) {
-                        tracing::warn!(%error, "reconcile failed; other plans go on");
-                    } else {
-                        tracing::debug!(%error, "reconcile failed again");
-                    }
-                }
-                Ok(()) => {
-                    self.news(&name, "reconcile", None);
-                }
             }
-            if self.live_status(&name).is_some_and(|s| {
-                s.phase == Phase::Held
-                    && s.hold
-                        .as_ref()
-                        .is_some_and(|h| h.kind == crate::model::status::HoldKind::Target)
-            }) {
-                report.held_on_target += 1;
-            }
-            if let Some(w) = self.memo.get(&name).and_then(|m| m.wakeup) {
-                report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
-                let moving = self.live_status(&name).is_some_and(|s| {
-                    matches!(
-                        s.phase,
-                        Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
-                    )
-                });
-                if moving {
-                    report.moves_on_at = Some(report.moves_on_at.map_or(w, |n| n.min(w)));
+            in_chunk += 1;
+            if order::chunk_done(in_chunk, chunk_start.elapsed()) {
+                self.flush(&mut report);
+                claims.clear();
+                in_chunk = 0;
+                if self.new_commits_waiting() {
+                    tracing::debug!(after = %name, "new commits: this pass yields to the next");
+                    report.yielded = true;
+                    self.cursor = match priority {
+                        order::Priority::Routine => Some(name),
+                        _ => cursor,
+                    };
+                    break;
                 }
+                chunk_start = std::time::Instant::now();
             }
         }
+        self.flush(&mut report);
+        drop(claims);
         Ok(report)
+    }
+
+    /// Every accepted plan with its priority, in the order of this pass.
+    fn pass_order(&self, cursor: Option<&str>) -> Vec<(String, order::Priority)> {
+        let plans = self
+            .report
+            .accepted
+            .iter()
+            .map(|(name, pp)| {
+                let changed = self.fresh.contains(name);
+                let commands: Vec<Command> = self
+                    .commands
+                    .get(name)
+                    .map(|c| c.iter().map(|(_, c)| *c).collect())
+                    .unwrap_or_default();
+                // Only a changed plan needs its status read to be ordered.
+                let status = changed.then(|| self.live_status(name)).flatten();
+                let seen = order::Seen {
+                    artifact: &pp.plan.artifact,
+                    status: status.as_ref(),
+                    changed,
+                    commands: &commands,
+                    rolling_back: self.memo.get(name).is_some_and(|m| m.rolling_back),
+                };
+                (name.clone(), order::priority(&seen))
+            })
+            .collect();
+        order::order(plans, cursor)
+    }
+
+    /// Whether someone else pushed since this pass's head (rollgate's own commits aside).
+    fn new_commits_waiting(&self) -> bool {
+        let Ok(head) = self.src.fetch() else {
+            return false;
+        };
+        if Some(head) == self.head {
+            return false;
+        }
+        self.src
+            .commits_between(self.head, head, HISTORY_LIMIT)
+            .is_ok_and(|cs| cs.iter().any(|c| !c.is_rollgate()))
+    }
+
+    /// Reconcile one plan in its span; an error is logged (once per cause) and counted.
+    fn reconcile_logged(&mut self, name: &str, now: DateTime<Utc>, report: &mut TickReport) {
+        let span = tracing::info_span!("plan", plan = %name);
+        let _enter = span.enter();
+        let started = std::time::Instant::now();
+        let result = self.reconcile(name, now, report);
+        let t = crate::telemetry::global();
+        t.reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        t.reconcile_took(started.elapsed());
+        match result {
+            Err(e) => {
+                t.reconcile_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                report.errors += 1;
+                let error = format!("{e:#}");
+                if self.news(name, "reconcile", Some(&error)) {
+                    tracing::warn!(%error, "reconcile failed; other plans go on");
+                } else {
+                    tracing::debug!(%error, "reconcile failed again");
+                }
+            }
+            Ok(()) => {
+                self.news(name, "reconcile", None);
+            }
+        }
+        if self.live_status(name).is_some_and(|s| {
+            s.phase == Phase::Held
+                && s.hold
+                    .as_ref()
+                    .is_some_and(|h| h.kind == crate::model::status::HoldKind::Target)
+        }) {
+            report.held_on_target += 1;
+        }
+        if let Some(w) = self.memo.get(name).and_then(|m| m.wakeup) {
+            report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
+            let moving = self.live_status(name).is_some_and(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
+                )
+            });
+            if moving {
+                report.moves_on_at = Some(report.moves_on_at.map_or(w, |n| n.min(w)));
+            }
+        }
     }
 
     fn reconcile(&mut self, name: &str, now: DateTime<Utc>, report: &mut TickReport) -> Result<()> {
@@ -605,7 +704,7 @@ impl Reconciler {
         let mut reports = Vec::new();
         for _ in 0..max_ticks {
             let r = self.tick(Utc::now())?;
-            let moved = r.transitions > 0 || r.reverts > 0;
+            let moved = r.transitions > 0 || r.reverts > 0 || r.yielded;
             reports.push(r);
             if !moved {
                 break;

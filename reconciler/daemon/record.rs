@@ -1,12 +1,52 @@
 //! Recording a decision in Git: the status commit, and the revert or restore commit
 //! before it when a rollout rolls back.
 //!
-//! Invariants: the revert is pushed before the status (a crash in between resumes as a
-//! human revert); every push is a compare-and-swap of the head this pass read; a status
-//! whose file changed since this pass read it is not written (the next pass decides
-//! again); a dry run writes nothing and keeps the status in memory.
+//! `record` stages a plan's status; `flush` writes everything staged as one commit (a
+//! batch commit when several plans moved, `messages::batch_commit`; the single-plan
+//! commit when one did). The run of one pass calls `flush` after its urgent plans and
+//! after each chunk of routine ones (`daemon::order`).
+//!
+//! Invariants: the revert is pushed, in its own commit, before the status (a crash in
+//! between resumes as a human revert); every push is a compare-and-swap of the head
+//! this pass read, and after a lost race every plan's edit is recomputed on the new
+//! head; a status whose file changed since this pass read it is not written (it drops
+//! out of the batch, the others are written, the next pass decides again); actions
+//! recorded first are done only once their status is pushed; a dry run writes nothing
+//! and keeps the status in memory.
 
 use super::*;
+
+/// A status decided this pass and not yet committed (`Reconciler::flush` writes them).
+#[derive(Debug)]
+pub(super) struct Staged {
+    name: String,
+    path: String,
+    /// The status file at the head the decision read (`None`: there was none).
+    basis: Option<Vec<u8>>,
+    /// The plan's own status commit (a batch is made of these).
+    spec: crate::writeback::CommitSpec,
+    status: Status,
+    /// The transition's reason, when there is one (not only an acknowledged command).
+    transition: Option<String>,
+    last_command: Option<String>,
+    /// Target actions to do once the status is in Git (decide, record, then do).
+    pub(super) then: Option<Then>,
+}
+
+impl Staged {
+    pub(super) fn is_for(&self, plan: &str) -> bool {
+        self.name == plan
+    }
+}
+
+/// What waits for a staged status to be committed: the decision's target actions.
+#[derive(Debug)]
+pub(super) struct Then {
+    pub(super) pp: Arc<ParsedPlan>,
+    pub(super) actions: Vec<engine::Action>,
+    pub(super) next_wakeup: Option<DateTime<Utc>>,
+    pub(super) now: DateTime<Utc>,
+}
 
 impl Reconciler {
     /// Record a decision whose actions are done (or not needed): the revert, then the
@@ -59,66 +99,129 @@ impl Reconciler {
             return Ok(Some(next));
         }
         memo.counters = None;
-        let wb = self.write_back();
         // Compare-and-swap on the status itself: this decision rests on the status file
         // as it was at the head this pass read. If another writer changed it since (a
         // killed daemon's push that still landed, another replica), the decision is
-        // stale: nothing is written and the next pass decides again from what is there.
+        // stale: it drops out of the commit and the next pass decides again (`flush`).
         let path = status_path(&name);
         let basis = match self.head {
             Some(h) => self.src.file_at(h, &path)?,
             None => None,
         };
-        let stale = std::cell::Cell::new(false);
-        let outcome = Writer::new(&self.src, &wb).write(|head| {
-            if self.src.file_at(head, &path)? != basis {
-                tracing::info!("the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
-                stale.set(true);
-                return Ok(None);
-            }
-            Ok(Some(spec.clone()))
-        })?;
-        if stale.get() {
-            // The target may be ahead of Git now: put it back where Git says first.
-            if let Some(memo) = self.memo.get_mut(&name) {
-                memo.reapplied = false;
-                memo.counters = None;
-            }
-            return Ok(None);
-        }
-        if let WriteOutcome::Pushed { commit, attempts } = outcome {
-            report.transitions += 1;
-            let t = crate::telemetry::global();
-            t.writeback_commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            t.writeback_retries.fetch_add(
-                u64::from(attempts.saturating_sub(1)),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            if d.transition.is_some() {
-                t.transition(next.phase);
-            }
-            tracing::info!(
-                commit = %commit,
-                phase = next.phase.as_str(),
-                step = %next.step_label(),
-                step_index = next.step,
-                weight = next.weight,
-                attempts,
-                reason = d.transition.as_ref().map_or("", |t| t.reason.as_str()),
-                "status written"
-            );
-            if let Some(n) = &self.notify {
-                n.pushed(commit);
-            }
-        }
-        if let Some(c) = self.commands.get_mut(&name)
-            && let Some(sha) = &last_command
-            && let Some(i) = c.iter().position(|(s, _)| s == sha)
-        {
-            c.drain(..=i);
-        }
+        memo.rolling_back = next.phase == Phase::RollingBack;
+        self.staged.push(Staged {
+            name,
+            path,
+            basis,
+            spec,
+            status: next.clone(),
+            transition: d.transition.as_ref().map(|t| t.reason.clone()),
+            last_command,
+            then: None,
+        });
         Ok(Some(next))
+    }
+
+    /// Write every status staged since the last flush as one commit (one staged: the
+    /// single-plan format), then do what waited for it (`Then`). Each try, on the head
+    /// just fetched, keeps only the plans whose status file is still the one their
+    /// decision read: a plan whose file changed drops out (the next pass decides again)
+    /// and the others are written. A failed write is logged and counted per plan; the
+    /// pass goes on.
+    pub(super) fn flush(&mut self, report: &mut TickReport) {
+        // A deferred action that fails stages its hold: at most one more round.
+        for _ in 0..3 {
+            if self.staged.is_empty() {
+                return;
+            }
+            let staged = std::mem::take(&mut self.staged);
+            let kept = std::cell::RefCell::new(Vec::<bool>::new());
+            let wb = self.write_back();
+            let outcome = Writer::new(&self.src, &wb).write(|head| {
+                let mut keep = Vec::with_capacity(staged.len());
+                let mut specs = Vec::new();
+                for s in &staged {
+                    let same = self.src.file_at(head, &s.path)? == s.basis;
+                    if same {
+                        specs.push(s.spec.clone());
+                    } else {
+                        tracing::info!(plan = %s.name, "the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
+                    }
+                    keep.push(same);
+                }
+                *kept.borrow_mut() = keep;
+                Ok(messages::batch_commit(specs))
+            });
+            let kept = kept.into_inner();
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    report.errors += staged.len();
+                    tracing::warn!(error = %format!("{e:#}"), plans = staged.len(), "status commit failed; the next pass decides again");
+                    continue;
+                }
+            };
+            let mut then = Vec::new();
+            for (i, s) in staged.into_iter().enumerate() {
+                if !kept.get(i).copied().unwrap_or(false) {
+                    // The target may be ahead of Git now: put it back where Git says first.
+                    if let Some(memo) = self.memo.get_mut(&s.name) {
+                        memo.reapplied = false;
+                        memo.counters = None;
+                    }
+                    continue;
+                }
+                if let WriteOutcome::Pushed { commit, attempts } = outcome {
+                    report.transitions += 1;
+                    let t = crate::telemetry::global();
+                    t.writeback_retries.fetch_add(
+                        u64::from(attempts.saturating_sub(1)),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    if s.transition.is_some() {
+                        t.transition(s.status.phase);
+                    }
+                    tracing::info!(
+                        plan = %s.name,
+                        commit = %commit,
+                        phase = s.status.phase.as_str(),
+                        step = %s.status.step_label(),
+                        step_index = s.status.step,
+                        weight = s.status.weight,
+                        attempts,
+                        reason = s.transition.as_deref().unwrap_or(""),
+                        "status written"
+                    );
+                }
+                if let Some(c) = self.commands.get_mut(&s.name)
+                    && let Some(sha) = &s.last_command
+                    && let Some(i) = c.iter().position(|(x, _)| x == sha)
+                {
+                    c.drain(..=i);
+                }
+                if let Some(t) = s.then {
+                    then.push((t, s.status));
+                }
+            }
+            if let WriteOutcome::Pushed { commit, .. } = outcome {
+                crate::telemetry::global()
+                    .writeback_commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(n) = &self.notify {
+                    n.pushed(commit);
+                }
+            }
+            for (t, written) in then {
+                let span = tracing::info_span!("plan", plan = %t.pp.plan.name);
+                let _enter = span.enter();
+                if let Err(e) =
+                    self.act_recorded(&t.pp, written, t.actions, t.next_wakeup, t.now, report)
+                {
+                    report.errors += 1;
+                    tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
+                }
+            }
+        }
     }
 
     /// Push the revert of the failed plan change, or restore the stable artifact when the

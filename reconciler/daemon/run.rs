@@ -133,7 +133,7 @@ pub fn run(
             }
         };
         after_pass(rec, &report);
-        let moved = report.transitions > 0 || report.reverts > 0;
+        let moved = report.transitions > 0 || report.reverts > 0 || report.yielded;
         if o.once && !moved {
             // A rollout that moves on by itself soon (an analysis measuring, a timed
             // pause) is waited for; one that waits on a human, a change window or a

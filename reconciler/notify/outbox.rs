@@ -266,9 +266,14 @@ impl Worker {
         pending.reverse();
         for id in pending {
             let commit = repo.find_commit(id)?;
-            if let Some(entry) = crate::history::entry(&commit)
-                && self.wrote(&commit)
-            {
+            // A batch commit (one pass, many plans) is one event per plan; the record is
+            // per commit, so a batch cut short is announced again from its first plan.
+            let entries = if self.wrote(&commit) {
+                crate::history::entries(&commit)
+            } else {
+                Vec::new()
+            };
+            for entry in entries {
                 let status = status_at(&repo, &commit, &entry.plan);
                 if let Some(event) = Event::from_commit(&entry, status.as_ref())
                     && self

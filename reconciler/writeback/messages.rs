@@ -114,6 +114,65 @@ pub fn status_commit(
     }
 }
 
+/// The status commits of one pass, as one commit: the subject counts them, the body
+/// holds each plan's own subject (`- web: Progressing step 1/4 at 10% (v2)`), the
+/// trailers are each plan's block in turn (a block opens with `Rollgate-Plan`), the
+/// edits every plan's status file. One spec is returned as it is (the single-plan format).
+pub fn batch_commit(specs: Vec<CommitSpec>) -> Option<CommitSpec> {
+    if specs.len() <= 1 {
+        return specs.into_iter().next();
+    }
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut body = String::new();
+    let mut trailers = Vec::new();
+    let mut edits = Vec::new();
+    for s in &specs {
+        if let Some((_, phase)) = s.trailers.iter().find(|(k, _)| k == PHASE) {
+            *phases.entry(phase.clone()).or_default() += 1;
+        }
+        body.push_str("- ");
+        body.push_str(&s.subject);
+        body.push('\n');
+    }
+    let counts: Vec<String> = phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    for s in specs.iter() {
+        trailers.extend(s.trailers.iter().cloned());
+        edits.extend(s.edits.iter().cloned());
+    }
+    Some(CommitSpec {
+        subject: format!("{} rollouts moved: {}", specs.len(), counts.join(", ")),
+        body: Some(body),
+        trailers,
+        revert: None,
+        edits,
+    })
+}
+
+/// Split a commit's trailers into one block per plan: each block starts at a
+/// `Rollgate-Plan` trailer and runs to the next one (trailers before the first belong to
+/// none and are dropped). A single-plan commit is one block.
+pub fn plan_blocks<K: AsRef<str>, V>(trailers: &[(K, V)]) -> Vec<&[(K, V)]> {
+    let starts: Vec<usize> = trailers
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k.as_ref().eq_ignore_ascii_case(PLAN))
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| &trailers[i..starts.get(n + 1).copied().unwrap_or(trailers.len())])
+        .collect()
+}
+
+/// In a batch commit's body, each plan's own subject (`- PLAN: …`), by plan.
+pub fn batch_subjects(body: &str) -> std::collections::HashMap<&str, &str> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter_map(|l| l.split_once(": ").map(|(plan, _)| (plan, l)))
+        .collect()
+}
+
 /// The facts of a rollback commit: what was rolled back, why, and the evidence.
 fn rollback_trailers(plan: &str, revert: &Revert) -> Vec<(String, String)> {
     let mut trailers = vec![
@@ -244,6 +303,46 @@ mod tests {
         assert_eq!(trailer(REASON), Some(t.reason.as_str()));
         assert_eq!(trailer(FIRST_ROLLOUT), None);
         assert_eq!(spec.subject, "web: Progressing step 2/4 at 0% (v2)");
+    }
+
+    #[test]
+    fn a_batch_is_the_single_plan_blocks_in_turn_and_splits_back_into_them() {
+        let one = |plan: &str| {
+            let mut s = Status::pending(plan, "v2", "abc");
+            s.phase = Phase::Pending;
+            let t = Transition {
+                from: Some(Phase::Succeeded),
+                to: Phase::Pending,
+                step: (0, 3),
+                reason: "rollout of v2 pending".to_owned(),
+                verdicts: Vec::new(),
+                first_rollout: None,
+                analysis_restarted_at: None,
+            };
+            status_commit(&s, Some(&t), None, format!("plan: {plan}\n"))
+        };
+        // One spec stays the single-plan commit, exactly.
+        assert_eq!(batch_commit(vec![one("a")]), Some(one("a")));
+        assert_eq!(batch_commit(Vec::new()), None);
+        let batch = batch_commit(vec![one("a"), one("b")]).expect("a batch");
+        assert_eq!(batch.subject, "2 rollouts moved: 2 Pending");
+        assert_eq!(batch.edits.len(), 2);
+        let blocks = plan_blocks(&batch.trailers);
+        assert_eq!(
+            blocks,
+            [one("a").trailers.as_slice(), one("b").trailers.as_slice()]
+        );
+        // What Git reads back from the message is the same blocks.
+        let message = batch.message(false);
+        let parsed = git2::message_trailers_strs(&message).expect("trailers");
+        let parsed: Vec<(&str, &str)> = parsed.iter().collect();
+        assert_eq!(plan_blocks(&parsed).len(), 2);
+        assert_eq!(parsed.len(), batch.trailers.len());
+        let body = batch.body.as_deref().expect("a body");
+        assert_eq!(batch_subjects(body).get("b"), Some(&"b: Pending (v2)"));
+        // Trailers before the first plan belong to none.
+        let loose = [("Other", "x"), (PLAN, "a"), (PHASE, "Pending")];
+        assert_eq!(plan_blocks(&loose), [&loose[1..]]);
     }
 
     #[test]

@@ -22,7 +22,10 @@ use crate::model::settings::{Signing, WriteBack};
 use crate::source::git::GitSource;
 use crate::source::remote::Push;
 
+mod edits;
 pub mod messages;
+
+pub use edits::put_files;
 
 /// One file change in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,9 +175,7 @@ impl<'a> Writer<'a> {
             }
             tree_id = index.write_tree_to(repo)?;
         }
-        for e in &spec.edits {
-            tree_id = put_file(repo, tree_id, &e.path, e.content.as_deref())?;
-        }
+        tree_id = put_files(repo, tree_id, &spec.edits)?;
         if tree_id == base_tree.id() {
             return Ok(None);
         }

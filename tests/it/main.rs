@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
 mod cli;
 mod commands;
 mod crash_resume;

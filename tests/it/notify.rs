@@ -286,17 +286,27 @@ fn succeeded_with(remote: &Remote, artifact: &str) -> bool {
 }
 
 /// The status commits of transitions and the revert commits of `web`, oldest first:
-/// what must be announced, as (id, type).
+/// what must be announced, as (id, type). A batch commit (one pass, several plans)
+/// announces `web`'s own trailer block.
 fn announced(remote: &Remote) -> Vec<Delivery> {
     remote
         .rollgate_commits()
         .into_iter()
-        .filter(|c| c.author == "rollgate" && c.trailer("Rollgate-Plan") == Some("web"))
+        .filter(|c| c.author == "rollgate")
         .filter_map(|c| {
-            let kind = if c.trailer("Rollgate-Rollback-Of").is_some() {
+            let block = rollgate::writeback::messages::plan_blocks(&c.trailers)
+                .into_iter()
+                .find(|b| b.first().is_some_and(|(_, plan)| plan == "web"))?;
+            let get = |k: &str| {
+                block
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.as_str())
+            };
+            let kind = if get("Rollgate-Rollback-Of").is_some() {
                 "reverted".to_owned()
-            } else if c.is_status() && c.trailer("Rollgate-Step").is_some() {
-                c.trailer("Rollgate-Phase")?.to_ascii_lowercase()
+            } else if c.is_status() && get("Rollgate-Step").is_some() {
+                get("Rollgate-Phase")?.to_ascii_lowercase()
             } else {
                 return None;
             };

@@ -1,0 +1,404 @@
+//! Benchmark: 1,000 live rollouts on instant targets (#21).
+//!
+//! Through the daemon binary (`rollgate run --journal-targets`, a bare remote on a path):
+//! (a) 1,000 plans changed in one commit → every plan at its first step (weight 10
+//!     committed), and → every plan at its untimed pause. Goal: first step ≤ 5 s.
+//! (b) the daemon's peak RSS (VmHWM) after (a). Goal: ≤ 100 MB.
+//! (c) CPU of the idle daemon with the 1,000 rollouts paused, over 20 s (utime + stime
+//!     from /proc, so other load hardly changes it). Was 90% of a core.
+//! (d) RSS after 1,000 and after 10,000 finished rollouts (ten mass changes of the same
+//!     1,000 plans, each run to Succeeded). Goal: flat.
+//! In process (`Reconciler::tick` with a `DryRun` target):
+//! (e) a pass with every rollout due (1,000 transitions). Goal: ≤ 1 s.
+//! (f) while 10 humans push to the same branch in a loop, each pass's duration, which
+//!     bounds the time from each of its transitions' decisions to its commit being
+//!     pushed; reported as p50/p99 over transitions. Goal: p99 ≤ 2 s.
+//! Run: `cargo bench --bench mass` (add `-- N` for another number of plans).
+//! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rollgate::daemon::Reconciler;
+use rollgate::model::status::{Phase, Status, Success};
+use rollgate::source::git::GitSource;
+use rollgate::targets::Target;
+use rollgate::targets::dry_run::DryRun;
+use support::Remote;
+use support::rollout::{PlanFile, SETTINGS, set_artifact};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+
+/// A canary that stops at an untimed pause after its first step.
+const PAUSING: &[&str] = &["setWeight: 10", "pause: {}", "setWeight: 100"];
+/// A canary that runs to the end by itself.
+const RUNNING: &[&str] = &["setWeight: 10", "setWeight: 50", "setWeight: 100"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let n: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(if smoke { 20 } else { 1_000 });
+    let say = |line: String| {
+        if !smoke {
+            println!("{line}");
+        }
+    };
+    let rounds = if smoke { 2 } else { 10 };
+
+    // (a)–(c): the daemon, a mass change to plans that pause after their first step
+    let remote = seeded(n, PAUSING);
+    let mut d = Daemon::start(&remote, &remote.work_dir("state-a"));
+    d.wait_ready(&remote, n);
+    let started = Instant::now();
+    change_all(&remote, n, "v2");
+    let pushed = started.elapsed();
+    let pushed_at = Instant::now();
+    let first = wait_all(&remote, n, Duration::from_secs(600), |s| {
+        s.candidate == "v2" && s.step >= 1
+    });
+    let paused = wait_all(&remote, n, Duration::from_secs(600), |s| {
+        s.candidate == "v2" && s.phase == Phase::Paused
+    });
+    let commits = remote.commits().len();
+    say(format!(
+        "(a) {n} plans changed in one commit: all at their first step {:.2} s after the push, all paused after {:.2} s ({commits} commits on main in all; the push took {:.2} s) (goal ≤ 5 s)",
+        first.duration_since(pushed_at).as_secs_f64(),
+        paused.duration_since(pushed_at).as_secs_f64(),
+        pushed.as_secs_f64()
+    ));
+    say(format!(
+        "(b) daemon peak RSS: {:.1} MiB (goal ≤ 100 MB)",
+        d.kib("VmHWM") as f64 / 1024.0
+    ));
+    std::thread::sleep(Duration::from_secs(if smoke { 1 } else { 3 }));
+    let window = Duration::from_secs(if smoke { 1 } else { 20 });
+    let cpu = d.cpu_over(window);
+    say(format!(
+        "(c) idle daemon, {n} rollouts paused: {:.3} s CPU in {} s ({:.1}% of a core)",
+        cpu.as_secs_f64(),
+        window.as_secs(),
+        cpu.as_secs_f64() * 100.0 / window.as_secs_f64()
+    ));
+    d.stop();
+
+    // (d): the same daemon binary, rollouts run to the end, ten times over
+    let remote = seeded(n, RUNNING);
+    let mut d = Daemon::start(&remote, &remote.work_dir("state-d"));
+    d.wait_ready(&remote, n);
+    let mut rss = Vec::new();
+    for round in 0..rounds {
+        let v = format!("v{}", round + 2);
+        change_all(&remote, n, &v);
+        wait_all(&remote, n, Duration::from_secs(900), |s| {
+            s.candidate == v && s.phase == Phase::Succeeded
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        rss.push(d.kib("VmRSS"));
+    }
+    say(format!(
+        "(d) daemon RSS after {} finished rollouts: {:.1} MiB; after {}: {:.1} MiB (peak {:.1} MiB); per round: {:?} KiB",
+        n,
+        rss[0] as f64 / 1024.0,
+        n * rounds,
+        rss[rounds - 1] as f64 / 1024.0,
+        d.kib("VmHWM") as f64 / 1024.0,
+        rss
+    ));
+    d.stop();
+
+    // (e), (f): in process, every rollout due, then with 10 humans pushing
+    let remote = seeded(n, RUNNING);
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("rec"),
+        "main",
+    )
+    .expect("open the remote");
+    let mut targets: BTreeMap<String, Box<dyn Target>> = BTreeMap::new();
+    targets.insert("local".to_owned(), Box::new(DryRun::new()));
+    let mut rec = Reconciler::new(src, None, targets, BTreeMap::new());
+    rec.tick(chrono::Utc::now()).expect("first pass");
+    change_all(&remote, n, "v2");
+    let mut due = Vec::new();
+    loop {
+        let t = Instant::now();
+        let r = rec.tick(chrono::Utc::now()).expect("tick");
+        if r.transitions == 0 {
+            break;
+        }
+        due.push((t.elapsed(), r.transitions));
+    }
+    for (took, transitions) in &due {
+        say(format!(
+            "(e) pass with {transitions} transitions: {:.0} ms (goal ≤ 1 s for {n})",
+            ms(*took)
+        ));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let human_pushes = Arc::new(AtomicUsize::new(0));
+    let humans: Vec<_> = (0..10)
+        .map(|h| {
+            let dir = remote.work_dir(&format!("human-{h}"));
+            support::git(
+                dir.parent().expect("parent"),
+                &[
+                    "clone",
+                    "-q",
+                    remote.bare.to_str().expect("utf8"),
+                    dir.to_str().expect("utf8"),
+                ],
+            );
+            let stop = stop.clone();
+            let count = human_pushes.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n"))
+                        .expect("write");
+                    support::git(&dir, &["add", "-A"]);
+                    support::git(&dir, &["commit", "-qm", &format!("human {h}: note {i}")]);
+                    while !stop.load(Ordering::Relaxed)
+                        && !support::git_ok(&dir, &["push", "-q", "origin", "HEAD:main"])
+                    {
+                        support::git_ok(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    let _stop_humans = StopOnDrop(stop.clone());
+    let mut latencies = Vec::new();
+    let mut passes = 0;
+    let busy_from = Instant::now();
+    for round in 0..rounds.min(3) {
+        change_all(&remote, n, &format!("v{}", round + 3));
+        loop {
+            let t = Instant::now();
+            let r = rec.tick(chrono::Utc::now()).expect("tick");
+            passes += 1;
+            let took = t.elapsed();
+            latencies.extend(std::iter::repeat_n(took, r.transitions));
+            let done = (0..n).all(|i| {
+                rec.status(&name(i)).is_some_and(|s| {
+                    s.candidate == format!("v{}", round + 3) && s.phase == Phase::Succeeded
+                })
+            });
+            if done {
+                break;
+            }
+        }
+    }
+    let busy = busy_from.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in humans {
+        let _ = h.join();
+    }
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        ms(latencies[i.min(latencies.len() - 1)])
+    };
+    say(format!(
+        "(f) {} transitions in {passes} passes over {:.1} s while 10 humans pushed {} commits: decision → pushed ≤ pass time, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (goal p99 ≤ 2 s)",
+        latencies.len(),
+        busy.as_secs_f64(),
+        human_pushes.load(Ordering::Relaxed),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    ));
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    /// The pushing threads end even when the benchmark panics.
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn name(i: usize) -> String {
+    format!("svc-{i:04}")
+}
+
+fn plan(i: usize, steps: &[&str]) -> PlanFile {
+    PlanFile::new(&name(i))
+        .steps(steps)
+        .port(20_000 + u16::try_from(i % 40_000).expect("port"))
+}
+
+/// A remote with `n` plans whose rollout of v1 succeeded (status files in the import).
+fn seeded(n: usize, steps: &[&str]) -> Remote {
+    let now = chrono::Utc::now();
+    let mut files = vec![("rollgate.yaml".to_owned(), SETTINGS.to_owned())];
+    for i in 0..n {
+        let p = plan(i, steps);
+        let mut s = Status::pending(&p.name, "v1", &"0".repeat(40));
+        s.phase = Phase::Succeeded;
+        s.stable = Some("v1".to_owned());
+        s.step = steps.len();
+        s.weight = 100;
+        s.succeeded = vec![Success {
+            artifact: "v1".to_owned(),
+            at: now,
+        }];
+        s.last_transition_at = Some(now);
+        files.push((
+            format!("status/{}.yaml", p.name),
+            s.to_yaml().expect("status yaml"),
+        ));
+        files.push((p.path(), p.yaml()));
+    }
+    Remote::with_files(&files)
+}
+
+/// The human changes every plan to `to` in one commit and pushes it.
+fn change_all(remote: &Remote, n: usize, to: &str) {
+    remote.pull();
+    for i in 0..n {
+        let file = remote.human.join(format!("plans/{}.yaml", name(i)));
+        let text = std::fs::read_to_string(&file).expect("read plan");
+        std::fs::write(&file, set_artifact(to)(text)).expect("write plan");
+    }
+    remote.human(&["commit", "-qam", &format!("{n} plans: {to}")]);
+    while !support::git_ok(&remote.human, &["push", "-q", "origin", "main"]) {
+        remote.pull();
+    }
+}
+
+/// Every status at the remote's head.
+fn statuses(bare: &Path) -> Vec<Status> {
+    let repo = git2::Repository::open_bare(bare).expect("open");
+    let head = repo
+        .revparse_single("refs/heads/main")
+        .and_then(|o| o.peel_to_commit())
+        .expect("main");
+    rollgate::history::statuses(&repo, head.id()).expect("statuses")
+}
+
+/// Poll the remote until `n` statuses satisfy `done`; when that was first seen.
+fn wait_all(remote: &Remote, n: usize, limit: Duration, done: impl Fn(&Status) -> bool) -> Instant {
+    let start = Instant::now();
+    loop {
+        if statuses(&remote.bare).iter().filter(|s| done(s)).count() >= n {
+            return Instant::now();
+        }
+        assert!(start.elapsed() < limit, "not there after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `rollgate run --journal-targets` as a subprocess.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(remote: &Remote, state: &Path) -> Self {
+        let child = Command::new(BIN)
+            .args(["run", "--journal-targets", "--interval", "30s", "--repo"])
+            .arg(&remote.bare)
+            .arg("--state-dir")
+            .arg(state)
+            // MASS_LOG=FILE keeps the daemon's log (at info) for a look at where time goes.
+            .env(
+                "RUST_LOG",
+                if std::env::var_os("MASS_LOG").is_some() {
+                    "info"
+                } else {
+                    "error"
+                },
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(match std::env::var_os("MASS_LOG") {
+                Some(f) => Stdio::from(std::fs::File::create(f).expect("log file")),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .expect("rollgate run starts");
+        Self { child }
+    }
+
+    /// Wait until the daemon's first pass is over (every plan re-applied: its CPU rests).
+    fn wait_ready(&mut self, remote: &Remote, n: usize) {
+        assert_eq!(statuses(&remote.bare).len(), n);
+        let mut last = self.cpu();
+        let start = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.cpu();
+            if now - last < Duration::from_millis(50) {
+                return;
+            }
+            last = now;
+            assert!(start.elapsed() < Duration::from_secs(600), "never idle");
+        }
+    }
+
+    /// A `/proc/PID/status` figure, in KiB.
+    fn kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(&format!("{field}:")))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// CPU time used so far (utime + stime).
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the daemon runs");
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        // CLK_TCK is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn cpu_over(&self, window: Duration) -> Duration {
+        let before = self.cpu();
+        std::thread::sleep(window);
+        self.cpu() - before
+    }
+
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Daemon {
+    /// Never leave the daemon running, even when the benchmark panics.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,178 @@
+//! The order of one pass: rollbacks, aborts and human reverts first, then new changes,
+//! then routine transitions; and when routine work yields to new commits.
+//!
+//! ```text
+//!  urgent (all) ─▶ flush ─▶ new changes + routine, in chunks ─▶ flush ─▶ new commits? ─▶ yield
+//!                                       ▲                                  │ no
+//!                                       └──────────────────────────────────┘
+//! ```
+//! Invariants: pure (no I/O, no clock: the caller says what it saw); every plan has
+//! exactly one place in the order; routine plans start after the one a yielded pass
+//! stopped at, so a busy branch cannot starve the plans at the end of the list.
+
+use std::time::Duration;
+
+use crate::engine::Command;
+use crate::model::status::{Phase, Status};
+
+/// Routine work checks for new commits after this many plans…
+pub const CHUNK_PLANS: usize = 100;
+/// …or after this long, whichever comes first…
+pub const CHUNK_TIME: Duration = Duration::from_millis(200);
+/// …but never before this many (a small pass stays one commit, however slow).
+pub const CHUNK_MIN_PLANS: usize = 10;
+
+/// Whether a chunk of `plans` routine plans that took `took` is done.
+pub fn chunk_done(plans: usize, took: Duration) -> bool {
+    plans >= CHUNK_PLANS || (plans >= CHUNK_MIN_PLANS && took >= CHUNK_TIME)
+}
+
+/// How soon a plan is looked at in a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// A rollback in flight, an abort, or a human revert (or any change) of a rollout in
+    /// flight: acted on before anything else.
+    Urgent,
+    /// A plan changed by a commit not yet acted on, or a command other than abort.
+    New,
+    /// Everything else: the next step of a rollout, a measurement, an idle check.
+    Routine,
+}
+
+/// What the pass knows of one plan when it orders them.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    /// The artifact the plan names now.
+    pub artifact: &'a str,
+    /// Its status (`None`: never rolled out).
+    pub status: Option<&'a Status>,
+    /// Its plan file changed in a commit not yet acted on.
+    pub changed: bool,
+    /// Commands not yet acted on.
+    pub commands: &'a [Command],
+    /// The last status this daemon recorded was RollingBack.
+    pub rolling_back: bool,
+}
+
+/// The priority of one plan.
+pub fn priority(seen: &Seen<'_>) -> Priority {
+    if seen.commands.contains(&Command::Abort) || seen.rolling_back {
+        return Priority::Urgent;
+    }
+    if let Some(s) = seen.status {
+        if s.phase == Phase::RollingBack {
+            return Priority::Urgent;
+        }
+        if seen.changed && s.candidate != seen.artifact {
+            // Changed while in flight (a revert, or a newer change that supersedes it),
+            // or back to a version that was stable (a revert of a finished rollout).
+            let was_stable = s.stable.as_deref() == Some(seen.artifact)
+                || s.succeeded.iter().any(|x| x.artifact == seen.artifact);
+            if s.phase.is_in_flight() || was_stable {
+                return Priority::Urgent;
+            }
+        }
+    }
+    if seen.changed || !seen.commands.is_empty() {
+        Priority::New
+    } else {
+        Priority::Routine
+    }
+}
+
+/// The pass's order: `plans` (name, priority; in name order) sorted by priority, the
+/// routine ones rotated to start after `cursor` (where a yielded pass stopped).
+pub fn order(plans: Vec<(String, Priority)>, cursor: Option<&str>) -> Vec<(String, Priority)> {
+    let (mut first, routine): (Vec<_>, Vec<_>) = plans
+        .into_iter()
+        .partition(|(_, p)| *p != Priority::Routine);
+    first.sort_by_key(|(_, p)| *p);
+    let start = cursor.map_or(0, |c| routine.partition_point(|(n, _)| n.as_str() <= c));
+    first.extend(routine[start..].iter().cloned());
+    first.extend(routine[..start].iter().cloned());
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::status::Success;
+
+    fn status(phase: Phase, candidate: &str, stable: Option<&str>) -> Status {
+        let mut s = Status::pending("web", candidate, "abc");
+        s.phase = phase;
+        s.stable = stable.map(str::to_owned);
+        s
+    }
+
+    fn seen<'a>(artifact: &'a str, status: Option<&'a Status>, changed: bool) -> Seen<'a> {
+        Seen {
+            artifact,
+            status,
+            changed,
+            commands: &[],
+            rolling_back: false,
+        }
+    }
+
+    #[test]
+    fn a_human_revert_of_a_rollout_in_flight_is_urgent() {
+        let s = status(Phase::Paused, "v2", Some("v1"));
+        assert_eq!(priority(&seen("v1", Some(&s), true)), Priority::Urgent);
+        // The same plan with nothing new is routine.
+        assert_eq!(priority(&seen("v2", Some(&s), false)), Priority::Routine);
+    }
+
+    #[test]
+    fn a_revert_of_a_finished_rollout_to_a_recent_stable_version_is_urgent() {
+        let mut s = status(Phase::Succeeded, "v2", Some("v2"));
+        s.succeeded = vec![Success {
+            artifact: "v1".to_owned(),
+            at: chrono::DateTime::UNIX_EPOCH,
+        }];
+        assert_eq!(priority(&seen("v1", Some(&s), true)), Priority::Urgent);
+        // A new version of a finished rollout is a new change, not urgent.
+        assert_eq!(priority(&seen("v3", Some(&s), true)), Priority::New);
+    }
+
+    #[test]
+    fn aborts_and_rollbacks_in_flight_are_urgent_other_commands_are_new() {
+        let s = status(Phase::Paused, "v2", Some("v1"));
+        let abort = [Command::Abort];
+        let promote = [Command::Promote];
+        let mut x = seen("v2", Some(&s), false);
+        x.commands = &abort;
+        assert_eq!(priority(&x), Priority::Urgent);
+        x.commands = &promote;
+        assert_eq!(priority(&x), Priority::New);
+        let back = status(Phase::RollingBack, "v2", Some("v1"));
+        assert_eq!(priority(&seen("v2", Some(&back), false)), Priority::Urgent);
+        assert_eq!(priority(&seen("v1", None, true)), Priority::New);
+    }
+
+    #[test]
+    fn a_chunk_ends_at_its_size_or_its_time_but_a_small_one_never_on_time() {
+        assert!(chunk_done(CHUNK_PLANS, Duration::ZERO));
+        assert!(!chunk_done(CHUNK_PLANS - 1, Duration::ZERO));
+        assert!(chunk_done(CHUNK_MIN_PLANS, CHUNK_TIME));
+        assert!(!chunk_done(CHUNK_MIN_PLANS - 1, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn urgent_plans_come_first_and_routine_ones_resume_after_the_cursor() {
+        let plans = vec![
+            ("a".to_owned(), Priority::Routine),
+            ("b".to_owned(), Priority::New),
+            ("c".to_owned(), Priority::Routine),
+            ("d".to_owned(), Priority::Urgent),
+            ("e".to_owned(), Priority::Routine),
+        ];
+        let names = |v: Vec<(String, Priority)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(order(plans.clone(), None)), ["d", "b", "a", "c", "e"]);
+        assert_eq!(
+            names(order(plans.clone(), Some("c"))),
+            ["d", "b", "e", "a", "c"]
+        );
+        assert_eq!(names(order(plans, Some("z"))), ["d", "b", "a", "c", "e"]);
+    }
+}
