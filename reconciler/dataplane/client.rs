@@ -82,6 +82,14 @@ impl Connection {
     }
 }
 
+/// The pauses before each try of a data-plane call (the first at once): about half a
+/// second in all before the target is reported unreachable.
+const RETRY_PAUSES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+];
+
 /// One request on a fresh connection to the data plane of `dir` (no start).
 pub fn request(dir: &Path, req: &Request) -> Result<Reply, String> {
     Connection::open(dir)
@@ -353,8 +361,10 @@ impl DataPlaneTarget {
         self.conn.as_mut().ok_or_else(|| "no connection".to_owned())
     }
 
-    /// Run `op` on `plan` in the data plane: one retry on a fresh connection when the
-    /// old one broke (a data plane that restarted).
+    /// Run `op` on `plan` in the data plane: retried on a fresh connection when the old
+    /// one broke (a data plane that restarted), after [`RETRY_PAUSES`]: a data plane
+    /// killed mid-call can still accept a connection while the kernel tears it down,
+    /// so two tries in a row may both meet the dying process. Every `Op` is idempotent.
     fn run(&mut self, plan: &Plan, op: Op) -> Result<Reply, TargetError> {
         let spec = Spec::of(plan)?;
         let req = Request::Run {
@@ -362,7 +372,8 @@ impl DataPlaneTarget {
             op: OpWire::from(&op),
         };
         let mut last = String::new();
-        for _ in 0..2 {
+        for pause in RETRY_PAUSES {
+            std::thread::sleep(pause);
             let answer = match self.connect() {
                 Ok(conn) => conn.call(&req),
                 Err(e) => Err(e),

@@ -559,7 +559,8 @@ fn three_replicas_roll_out_plans_on_one_branch_and_lose_nothing_when_one_dies() 
     let violations = watch.violations.lock().expect("violations").clone();
     assert!(violations.is_empty(), "{violations:?}");
     // And every plan's history is complete and has no transition twice: Pending,
-    // Progressing 1/2 and 2/2, Promoting, Succeeded, each in one status commit
+    // Progressing 1/2 and 2/2, Promoting, Succeeded, each in one status commit (a
+    // replica's pass writes one commit with a trailer block per plan it moved)
     let commits = support::rollout::commits_of(&remote.bare);
     let seen_at = commits
         .iter()
@@ -568,14 +569,21 @@ fn three_replicas_roll_out_plans_on_one_branch_and_lose_nothing_when_one_dies() 
     let mut history: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for c in &commits[seen_at + 1..] {
         assert!(c.is_status(), "{c:?}");
-        let plan = c
-            .trailer("Rollgate-Plan")
-            .expect("a plan trailer")
-            .to_owned();
-        history.entry(plan).or_default().push((
-            c.trailer("Rollgate-Phase").unwrap_or("-").to_owned(),
-            c.trailer("Rollgate-Step").unwrap_or("-").to_owned(),
-        ));
+        let blocks = rollgate::writeback::messages::plan_blocks(&c.trailers);
+        assert!(!blocks.is_empty(), "a plan trailer: {c:?}");
+        for block in blocks {
+            let get = |key: &str| {
+                block
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map_or("-", |(_, v)| v.as_str())
+                    .to_owned()
+            };
+            history
+                .entry(get("Rollgate-Plan"))
+                .or_default()
+                .push((get("Rollgate-Phase"), get("Rollgate-Step")));
+        }
     }
     let expected: Vec<(String, String)> = [
         ("Pending", "0/2"),
