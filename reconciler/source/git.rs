@@ -6,6 +6,12 @@
 //! Invariant: tree entries that are symlinks or submodules, or blobs over the size cap,
 //! are refused with a diagnostic and never read.
 //!
+//! Speed: libgit2 caches no tree over 4 KiB, so `Tree::get_path` re-reads (inflates and
+//! re-hashes) a 1,000-entry `status/` tree for every file it finds there. Per-file reads
+//! go through `Folders` (each folder's tree read once per call) and `file_at` keeps the
+//! listing of the last few (commit, folder) pairs; a commit never changes, so neither
+//! does its listing.
+//!
 //! One job over 600 lines, kept in one file: the daemon's clone: snapshots, diffs,
 //! commit walks, trailers.
 
@@ -55,6 +61,55 @@ pub struct GitSource {
     repo: Repository,
     remote: Remote,
     branch: String,
+    /// `file_at`'s folder listings, most recently used last (at most `LISTINGS`).
+    listings: std::sync::Mutex<Vec<Listing>>,
+}
+
+/// How many (commit, folder) listings `file_at` keeps: a pass reads at the head it
+/// started from and at the head each flush fetched.
+const LISTINGS: usize = 4;
+
+/// The readable files of one folder of one commit: name → blob (symlinks, submodules
+/// and subfolders left out, as `file_at` never reads them).
+struct Listing {
+    commit: Oid,
+    folder: String,
+    blobs: std::collections::HashMap<String, Oid>,
+}
+
+/// Entries of one tree by path, each first-level folder's tree read once (see the
+/// module header); the same answers as `Tree::get_path`.
+struct Folders<'r> {
+    repo: &'r Repository,
+    tree: git2::Tree<'r>,
+    subs: std::collections::HashMap<String, Option<git2::Tree<'r>>>,
+}
+
+impl<'r> Folders<'r> {
+    fn new(repo: &'r Repository, tree: git2::Tree<'r>) -> Self {
+        Self {
+            repo,
+            tree,
+            subs: std::collections::HashMap::new(),
+        }
+    }
+
+    fn entry(&mut self, path: &str) -> Option<git2::TreeEntry<'static>> {
+        let Some((folder, rest)) = path.split_once('/') else {
+            return self.tree.get_name(path).map(|e| e.to_owned());
+        };
+        if folder.is_empty() || rest.is_empty() || rest.contains('/') {
+            return self.tree.get_path(Path::new(path)).ok();
+        }
+        let (tree, repo) = (&self.tree, self.repo);
+        let sub = self.subs.entry(folder.to_owned()).or_insert_with(|| {
+            let e = tree.get_name(folder)?;
+            (e.kind() == Some(ObjectType::Tree))
+                .then(|| repo.find_tree(e.id()).ok())
+                .flatten()
+        });
+        sub.as_ref()?.get_name(rest).map(|e| e.to_owned())
+    }
 }
 
 /// One commit, as the reconciler needs it.
@@ -124,6 +179,7 @@ impl GitSource {
             repo,
             remote: Remote::new(parsed, auth),
             branch: branch.to_owned(),
+            listings: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -196,11 +252,12 @@ impl GitSource {
     /// Read the rollgate files of `commit` into a snapshot.
     pub fn snapshot(&self, commit: Oid) -> Result<Snapshot> {
         let tree = self.repo.find_commit(commit)?.tree()?;
+        let mut folders = Folders::new(&self.repo, tree);
         let paths: Vec<String> = WATCHED.iter().map(|p| (*p).to_owned()).collect();
-        self.within_budget(&tree, &paths, 0)?;
+        self.within_budget(&mut folders, &paths, 0)?;
         let mut snap = Snapshot::default();
         for top in WATCHED {
-            self.read_path(&tree, top, &mut snap)?;
+            self.read_path(&mut folders, top, &mut snap)?;
         }
         Ok(snap)
     }
@@ -213,24 +270,30 @@ impl GitSource {
         changed: &[String],
     ) -> Result<()> {
         let tree = self.repo.find_commit(commit)?.tree()?;
+        let mut folders = Folders::new(&self.repo, tree);
         let kept: usize = snap
             .files
             .iter()
             .filter(|(p, _)| !changed.contains(p))
             .map(|(_, b)| b.len())
             .sum();
-        self.within_budget(&tree, changed, kept)?;
+        self.within_budget(&mut folders, changed, kept)?;
         snap.refused.retain(|d| !changed.contains(&d.file));
         for path in changed {
             snap.files.remove(path);
-            self.read_path(&tree, path, snap)?;
+            self.read_path(&mut folders, path, snap)?;
         }
         Ok(())
     }
 
     /// Refuse (with a `SnapshotError`) when reading `paths` of `tree` on top of `kept`
     /// bytes would pass the budgets; only tree entries and blob headers are looked at.
-    fn within_budget(&self, tree: &git2::Tree<'_>, paths: &[String], kept: usize) -> Result<()> {
+    fn within_budget(
+        &self,
+        folders: &mut Folders<'_>,
+        paths: &[String],
+        kept: usize,
+    ) -> Result<()> {
         let odb = self.repo.odb()?;
         let mut bytes = kept;
         let size_of = |e: &git2::TreeEntry<'_>| -> Result<usize> {
@@ -243,7 +306,7 @@ impl GitSource {
         };
         let mut per_folder: std::collections::BTreeMap<&str, usize> = BTreeMap::new();
         for path in paths {
-            let Ok(entry) = tree.get_path(Path::new(path)) else {
+            let Some(entry) = folders.entry(path) else {
                 continue;
             };
             if entry.kind() == Some(ObjectType::Tree) && !path.contains('/') {
@@ -281,8 +344,8 @@ impl GitSource {
         Ok(())
     }
 
-    fn read_path(&self, tree: &git2::Tree<'_>, path: &str, snap: &mut Snapshot) -> Result<()> {
-        let Ok(entry) = tree.get_path(Path::new(path)) else {
+    fn read_path(&self, folders: &mut Folders<'_>, path: &str, snap: &mut Snapshot) -> Result<()> {
+        let Some(entry) = folders.entry(path) else {
             return Ok(());
         };
         match entry.kind() {
@@ -440,17 +503,18 @@ impl GitSource {
             {
                 continue;
             }
-            let blob_at = |commit: Option<&git2::Commit<'_>>, path: &str| -> Option<Oid> {
-                commit?
-                    .tree()
-                    .ok()?
-                    .get_path(Path::new(path))
-                    .ok()
-                    .map(|e| e.id())
+            // Each side's folder tree read once for all paths (see the module header).
+            let mut at_c = c.tree().ok().map(|t| Folders::new(&self.repo, t));
+            let mut at_p = parent
+                .as_ref()
+                .and_then(|p| p.tree().ok())
+                .map(|t| Folders::new(&self.repo, t));
+            let blob_at = |at: &mut Option<Folders<'_>>, path: &str| -> Option<Oid> {
+                at.as_mut()?.entry(path).map(|e| e.id())
             };
             let changed: Vec<String> = open
                 .keys()
-                .filter(|path| blob_at(Some(&c), path) != blob_at(parent.as_ref(), path))
+                .filter(|path| blob_at(&mut at_c, path) != blob_at(&mut at_p, path))
                 .cloned()
                 .collect();
             if changed.is_empty() {
@@ -461,7 +525,7 @@ impl GitSource {
                 if ok {
                     let untrusted = open.remove(&path).unwrap_or_default();
                     if !untrusted.is_empty() {
-                        let good = match blob_at(Some(&c), &path) {
+                        let good = match blob_at(&mut at_c, &path) {
                             Some(b) => Some(self.repo.find_blob(b)?.content().to_vec()),
                             None => None,
                         };
@@ -551,16 +615,68 @@ impl GitSource {
         Ok(candidate)
     }
 
-    /// A file's content at a commit.
+    /// A file's content at a commit (`None`: absent, a symlink or not a file).
     pub fn file_at(&self, commit: Oid, path: &str) -> Result<Option<Vec<u8>>> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
-        let Ok(entry) = tree.get_path(Path::new(path)) else {
-            return Ok(None);
+        let blob = match path.split_once('/') {
+            Some((folder, name))
+                if !folder.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                self.listed_blob(commit, folder, name)?
+            }
+            _ => {
+                let tree = self.repo.find_commit(commit)?.tree()?;
+                let Ok(entry) = tree.get_path(Path::new(path)) else {
+                    return Ok(None);
+                };
+                if entry.filemode() == 0o120000 || entry.kind() != Some(ObjectType::Blob) {
+                    return Ok(None);
+                }
+                Some(entry.id())
+            }
         };
-        if entry.filemode() == 0o120000 || entry.kind() != Some(ObjectType::Blob) {
-            return Ok(None);
+        match blob {
+            Some(id) => Ok(Some(self.repo.find_blob(id)?.content().to_vec())),
+            None => Ok(None),
         }
-        Ok(Some(self.repo.find_blob(entry.id())?.content().to_vec()))
+    }
+
+    /// The blob `folder/name` names at `commit`, from the kept listing of that folder
+    /// (read once per commit and folder; see the module header).
+    fn listed_blob(&self, commit: Oid, folder: &str, name: &str) -> Result<Option<Oid>> {
+        let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let at = listings
+            .iter()
+            .position(|l| l.commit == commit && l.folder == folder);
+        let listing = match at {
+            Some(i) => listings.remove(i),
+            None => {
+                let tree = self.repo.find_commit(commit)?.tree()?;
+                let mut blobs = std::collections::HashMap::new();
+                if let Some(e) = tree.get_name(folder)
+                    && e.kind() == Some(ObjectType::Tree)
+                {
+                    for e in self.repo.find_tree(e.id())?.iter() {
+                        if e.kind() == Some(ObjectType::Blob)
+                            && e.filemode() != 0o120000
+                            && let Ok(n) = e.name()
+                        {
+                            blobs.insert(n.to_owned(), e.id());
+                        }
+                    }
+                }
+                Listing {
+                    commit,
+                    folder: folder.to_owned(),
+                    blobs,
+                }
+            }
+        };
+        let blob = listing.blobs.get(name).copied();
+        if listings.len() >= LISTINGS {
+            listings.remove(0);
+        }
+        listings.push(listing);
+        Ok(blob)
     }
 }
 
@@ -616,5 +732,135 @@ fn wanted(path: &str) -> bool {
                 && (rest.ends_with(".rego") || rest.ends_with(".json") || is_yaml(rest))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit on `main` of `repo` whose tree is built by `build` (on top of `parent`).
+    fn commit(repo: &Repository, files: &[(&str, &[u8], i32)], parent: Option<Oid>) -> Oid {
+        let mut folders: BTreeMap<&str, git2::TreeBuilder<'_>> = BTreeMap::new();
+        let mut root = repo.treebuilder(None).expect("treebuilder");
+        for (path, bytes, mode) in files {
+            let blob = repo.blob(bytes).expect("blob");
+            match path.split_once('/') {
+                Some((folder, name)) => {
+                    let b = folders
+                        .entry(folder)
+                        .or_insert_with(|| repo.treebuilder(None).expect("treebuilder"));
+                    b.insert(name, blob, *mode).expect("insert");
+                }
+                None => {
+                    root.insert(path, blob, *mode).expect("insert");
+                }
+            }
+        }
+        for (folder, b) in folders {
+            let id = b.write().expect("tree");
+            root.insert(folder, id, 0o040000).expect("insert");
+        }
+        let tree = repo.find_tree(root.write().expect("tree")).expect("tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).expect("parent"))
+            .into_iter()
+            .collect();
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "c", &tree, &parents)
+            .expect("commit")
+    }
+
+    const SHAPES: &[&str] = &[
+        "status/a.yaml",
+        "status/link.yaml",
+        "status/missing.yaml",
+        "status/deep/x.yaml",
+        "status",
+        "plans/a.yaml",
+        "settings.yaml",
+        "settings.yaml/x",
+        "nowhere/a.yaml",
+        "status/",
+        "/status/a.yaml",
+    ];
+
+    #[test]
+    fn regression_folders_answer_like_get_path_for_every_path_shape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("repo");
+        let head = commit(
+            &repo,
+            &[
+                ("status/a.yaml", b"a", 0o100644),
+                ("status/link.yaml", b"a.yaml", 0o120000),
+                ("plans/a.yaml", b"p", 0o100644),
+                ("settings.yaml", b"s", 0o100644),
+            ],
+            None,
+        );
+        let tree = repo.find_commit(head).expect("c").tree().expect("tree");
+        let mut folders = Folders::new(&repo, tree.clone());
+        for path in SHAPES {
+            let want = tree
+                .get_path(Path::new(path))
+                .ok()
+                .map(|e| (e.id(), e.filemode()));
+            let got = folders.entry(path).map(|e| (e.id(), e.filemode()));
+            assert_eq!(got, want, "{path}");
+        }
+    }
+
+    #[test]
+    fn regression_file_at_reads_each_commit_not_a_kept_listing_of_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("remote.git");
+        let repo = Repository::init_bare(&bare).expect("repo");
+        let first = commit(
+            &repo,
+            &[
+                ("status/a.yaml", b"one", 0o100644),
+                ("status/link.yaml", b"a.yaml", 0o120000),
+            ],
+            None,
+        );
+        let src = GitSource::open(
+            bare.to_str().expect("utf-8"),
+            &dir.path().join("clone"),
+            "main",
+        )
+        .expect("open");
+        assert_eq!(src.fetch().expect("fetch"), first);
+        assert_eq!(
+            src.file_at(first, "status/a.yaml").expect("read"),
+            Some(b"one".to_vec())
+        );
+        assert_eq!(src.file_at(first, "status/link.yaml").expect("read"), None);
+        assert_eq!(src.file_at(first, "status/b.yaml").expect("read"), None);
+        let second = commit(
+            &repo,
+            &[
+                ("status/a.yaml", b"two", 0o100644),
+                ("status/b.yaml", b"b", 0o100644),
+            ],
+            Some(first),
+        );
+        assert_eq!(src.fetch().expect("fetch"), second);
+        for _ in 0..2 {
+            assert_eq!(
+                src.file_at(second, "status/a.yaml").expect("read"),
+                Some(b"two".to_vec())
+            );
+            assert_eq!(
+                src.file_at(second, "status/b.yaml").expect("read"),
+                Some(b"b".to_vec())
+            );
+            assert_eq!(
+                src.file_at(first, "status/a.yaml").expect("read"),
+                Some(b"one".to_vec())
+            );
+            assert_eq!(src.file_at(first, "status/b.yaml").expect("read"), None);
+        }
     }
 }
