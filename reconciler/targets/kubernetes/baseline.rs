@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::Patch;
 use kube::core::ObjectMeta;
 
@@ -125,36 +125,9 @@ impl Cluster<'_> {
         let mut labels = tracked(stable.metadata.labels.as_ref(), &BTreeMap::new());
         labels.remove(OPT_IN.0);
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-        let service = Service {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(self.w.namespace.clone()),
-                labels: Some(labels),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some(tracked(spec.selector.as_ref(), &renamed)),
-                ports: spec.ports.map(|ports| {
-                    ports
-                        .into_iter()
-                        .map(|mut p| {
-                            p.node_port = None;
-                            p
-                        })
-                        .collect()
-                }),
-                type_: Some("ClusterIP".into()),
-                ..ServiceSpec::default()
-            }),
-            status: None,
-        };
-        self.timed(
-            &format!("cannot apply service {name}"),
-            self.services
-                .patch(&name, &Self::apply(), &Patch::Apply(&service)),
-        )
-        .await?;
-        Ok(())
+        let selector = tracked(spec.selector.as_ref(), &renamed);
+        self.apply_service_copy(&name, labels, selector, spec.ports)
+            .await
     }
 
     async fn any_baseline(&self) -> Result<Option<Deployment>, TargetError> {

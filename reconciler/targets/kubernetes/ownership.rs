@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::api::{DeleteParams, Patch, Preconditions};
 use kube::core::ObjectMeta;
 
@@ -214,16 +214,31 @@ impl Cluster<'_> {
             )));
         }
         let spec = stable.spec.unwrap_or_default();
-        let canary = Service {
+        let labels = self.owned_labels(stable.metadata.labels.as_ref());
+        let selector = self.rename(spec.selector.as_ref(), renamed);
+        self.apply_service_copy(&canary_name, labels, selector, spec.ports)
+            .await
+    }
+
+    /// Apply `name`, rollgate's ClusterIP copy of a Service with `ports` (node ports
+    /// dropped), `labels` and `selector` (the canary's and the fresh baseline's).
+    pub(super) async fn apply_service_copy(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        selector: BTreeMap<String, String>,
+        ports: Option<Vec<ServicePort>>,
+    ) -> Result<(), TargetError> {
+        let service = Service {
             metadata: ObjectMeta {
-                name: Some(canary_name.clone()),
+                name: Some(name.to_owned()),
                 namespace: Some(self.w.namespace.clone()),
-                labels: Some(self.owned_labels(stable.metadata.labels.as_ref())),
+                labels: Some(labels),
                 ..ObjectMeta::default()
             },
             spec: Some(ServiceSpec {
-                selector: Some(self.rename(spec.selector.as_ref(), renamed)),
-                ports: spec.ports.map(|ports| {
+                selector: Some(selector),
+                ports: ports.map(|ports| {
                     ports
                         .into_iter()
                         .map(|mut p| {
@@ -238,9 +253,9 @@ impl Cluster<'_> {
             status: None,
         };
         self.timed(
-            &format!("cannot apply service {canary_name}"),
+            &format!("cannot apply service {name}"),
             self.services
-                .patch(&canary_name, &Self::apply(), &Patch::Apply(&canary)),
+                .patch(name, &Self::apply(), &Patch::Apply(&service)),
         )
         .await?;
         Ok(())
