@@ -9,7 +9,8 @@
 //! (`writeback::messages`), in the domain the engine gives them (plan names are DNS
 //! labels, artifacts one word, revisions commit ids; reasons and verdicts any text):
 //! the commit message rollgate writes reads back as the trailers it meant, and as its
-//! own commit.
+//! own commit; several status commits batched into one (`batch_commit`) read back as
+//! one entry per plan, in order.
 //!
 //! Seeds: a few commit messages (`fuzz/seed.sh`).
 #![no_main]
@@ -48,8 +49,12 @@ fn commit(repo: &Repository, message: &str) -> Option<Oid> {
     repo.commit(None, &sig, &sig, message, &tree, &[]).ok()
 }
 
-/// The trailers of `message`, as `GitSource::commit_info` reads them.
-fn commit_info(id: Oid, message: &str) -> CommitInfo {
+/// The trailers of commit `id`, as `GitSource::commit_info` reads them: from the message
+/// Git stored (libgit2 drops a message's leading newlines, so it is not always the
+/// message committed).
+fn commit_info(repo: &Repository, id: Oid) -> CommitInfo {
+    let c = repo.find_commit(id).expect("the commit just made");
+    let message = c.message().unwrap_or("");
     let trailers = git2::message_trailers_strs(message)
         .map(|t| {
             t.iter()
@@ -72,14 +77,22 @@ fn read(repo: &Repository, message: &str) {
         return;
     };
     let entries = history::collect(repo, id, None).expect("history of one commit");
-    assert!(entries.len() <= 1);
     let _ = history::render_text(&entries);
     serde_json::to_string(&entries).expect("entries serialise");
-    let info = commit_info(id, message);
+    let info = commit_info(repo, id);
     assert_eq!(
         info.is_rollgate(),
         info.trailer(m::PLAN).is_some() && info.trailer(m::COMMAND).is_none()
     );
+    // One entry per `Rollgate-Plan` trailer (a batch commit has several), in order.
+    let plans: Vec<&str> = info
+        .trailers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(m::PLAN))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let read: Vec<&str> = entries.iter().map(|e| e.plan.as_str()).collect();
+    assert_eq!(read, plans, "{message:?}");
     if let Some(e) = entries.first() {
         assert_eq!(info.trailer(m::PLAN), Some(e.plan.as_str()));
     }
@@ -220,13 +233,29 @@ fn as_read(v: &str) -> String {
 }
 
 fn write(repo: &Repository, data: &[u8]) {
-    let Ok(facts) = Facts::arbitrary_take_rest(Unstructured::new(data)) else {
+    let Ok((facts, more)) = <(Facts, Vec<Facts>)>::arbitrary_take_rest(Unstructured::new(data))
+    else {
         return;
     };
     let skip_ci = facts.skip_ci;
-    let Some((spec, kind)) = spec(facts) else {
+    let Some(first) = spec(facts) else {
         return;
     };
+    // A pass that moves several rollouts writes their status commits as one batch
+    // (`messages::batch_commit`); reverts and restores are never batched.
+    let mut parts = vec![first];
+    if parts[0].1 == "transition" {
+        parts.extend(
+            more.into_iter()
+                .take(3)
+                .filter_map(spec)
+                .filter(|(_, kind)| *kind == "transition"),
+        );
+    }
+    let plans: Vec<String> = parts.iter().map(|(s, _)| plan_of(s)).collect();
+    let kind = parts[0].1;
+    let n = parts.len();
+    let spec = m::batch_commit(parts.into_iter().map(|(s, _)| s).collect()).expect("a spec");
     assert!(
         spec.trailers
             .iter()
@@ -249,13 +278,26 @@ fn write(repo: &Repository, data: &[u8]) {
         .collect();
     assert_eq!(read, meant, "{message:?}");
     let id = commit(repo, &message).expect("a commit");
-    let info = commit_info(id, &message);
+    let info = commit_info(repo, id);
     assert!(info.is_rollgate(), "{message:?}");
     let entries = history::collect(repo, id, None).expect("history");
-    assert_eq!(entries.len(), 1, "{message:?}");
-    assert_eq!(entries[0].kind, kind, "{message:?}");
-    assert!(is_sha(entries[0].revision.as_deref().unwrap_or("")));
+    assert_eq!(entries.len(), n, "{message:?}");
+    let read: Vec<&str> = entries.iter().map(|e| e.plan.as_str()).collect();
+    assert_eq!(read, plans, "{message:?}");
+    for e in &entries {
+        assert_eq!(e.kind, kind, "{message:?}");
+        assert!(is_sha(e.revision.as_deref().unwrap_or("")));
+    }
     let _ = history::render_text(&entries);
+}
+
+/// The plan a single-plan spec is about: its `Rollgate-Plan` trailer.
+fn plan_of(spec: &CommitSpec) -> String {
+    spec.trailers
+        .iter()
+        .find(|(k, _)| k == m::PLAN)
+        .map(|(_, v)| v.clone())
+        .expect("every spec names its plan")
 }
 
 fuzz_target!(|data: &[u8]| {
