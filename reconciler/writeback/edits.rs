@@ -1,76 +1,292 @@
-//! Many file edits applied to a tree in one walk: each directory on the way is rebuilt
-//! once, however many of its files change, so a batch commit of 1,000 status files
-//! writes one `status/` tree instead of 1,000 (`put_file` once per edit would copy the
-//! whole folder for every file).
+//! File edits applied to a tree by rewriting only the trees on the changed paths.
 //!
-//! Invariant: the result is the tree `put_file` gives when called for each edit in
-//! order (a later edit of the same path wins; a folder left empty is removed).
+//! ```text
+//!   root ─▶ status/ (10,000 entries) ─▶ status/checkout.yaml
+//!    new      entries merged in raw       new blob
+//! ```
+//! A status commit changes one file; a batch commit (a mass change) a thousand in one
+//! folder. Each folder on a changed path is rewritten once, by merging its changed
+//! entries into its raw bytes: no tree builder that parses, hashes, sorts and
+//! re-serialises 10,000 entries per folder, and no look at a folder no edit touches.
+//! The raw bytes of the large trees read or written last are kept in memory by id, so
+//! the next commit on the `status/` folder starts from them without reading the
+//! object database.
+//!
+//! Invariants:
+//! - the result is the tree libgit2's tree builder gives when the edits are made one
+//!   at a time in order (a later edit of the same path wins; a file replaces a folder of
+//!   the same name and the other way round; a folder left empty is removed; entries in
+//!   Git's order, a folder's name compared as if it ended in `/`);
+//! - nothing changed, nothing written: the same id comes back;
+//! - the cache is keyed by tree id, which names the content, so it can never hand out
+//!   stale bytes, whatever repository asks.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
-use git2::{ObjectType, Oid, Repository};
+use anyhow::{Context, Result, bail};
+use git2::{ObjectType, Odb, Oid, Repository};
 
 use super::Edit;
 
-/// One edit as the walk sees it: the path below the folder walked, and the content.
-type Item<'a> = (&'a str, Option<&'a [u8]>);
+const MODE_BLOB: &[u8] = b"100644";
+const MODE_TREE: &[u8] = b"40000";
 
-/// Apply `edits` to the tree `root`; the new tree's id.
+/// Trees at least this large are kept in memory (small ones are cheap to read).
+const CACHE_MIN_BYTES: usize = 16 * 1024;
+/// How many large trees are kept: the folders status commits write (`status/`, and
+/// `plans/` for a restore), in a version or two, with room for a second repository.
+const CACHE_ENTRIES: usize = 8;
+
+/// Raw tree objects by id, most recently used last.
+static CACHE: Mutex<Vec<(Oid, Arc<Vec<u8>>)>> = Mutex::new(Vec::new());
+
+/// Apply `edits` (in order) to the tree `root`; the new tree's id.
 pub fn put_files(repo: &Repository, root: Oid, edits: &[Edit]) -> Result<Oid> {
     let items: Vec<Item<'_>> = edits
         .iter()
         .map(|e| (e.path.as_str(), e.content.as_deref()))
         .collect();
-    put_many(repo, Some(root), &items)
+    let odb = repo.odb()?;
+    let new = put_many(&odb, Some(root), &items)
+        .with_context(|| format!("cannot write {} file(s) into tree {root}", edits.len()))?;
+    match new {
+        Some(id) => Ok(id),
+        None => Ok(odb.write(ObjectType::Tree, &[])?),
+    }
 }
 
-fn put_many(repo: &Repository, root: Option<Oid>, items: &[Item<'_>]) -> Result<Oid> {
-    let tree = root.map(|r| repo.find_tree(r)).transpose()?;
-    let mut builder = repo.treebuilder(tree.as_ref())?;
-    // Edits below a folder, by folder, in order; files of this folder at once.
-    let mut below: BTreeMap<&str, Vec<Item<'_>>> = BTreeMap::new();
+/// One edit as the walk sees it: the path below the folder walked, and the content
+/// (`None`: delete).
+type Item<'a> = (&'a str, Option<&'a [u8]>);
+
+/// What becomes of one name in a folder.
+#[derive(Default)]
+struct Change<'a> {
+    /// The last edit of the name itself: `Some(None)` deletes it.
+    file: Option<Option<&'a [u8]>>,
+    /// Edits below the name, made after that last edit (a folder there).
+    below: Vec<Item<'a>>,
+}
+
+/// `items` applied to `tree` (`None`: an empty tree); `None` when the tree ends up empty.
+fn put_many(odb: &Odb<'_>, tree: Option<Oid>, items: &[Item<'_>]) -> Result<Option<Oid>> {
+    let raw = match tree {
+        Some(id) => read_tree(odb, id)?,
+        None => Arc::new(Vec::new()),
+    };
+    let mut changes: BTreeMap<&[u8], Change<'_>> = BTreeMap::new();
     for &(path, content) in items {
-        match path.split_once('/') {
-            Some((head, rest)) => below.entry(head).or_default().push((rest, content)),
+        let (name, rest) = match path.split_once('/') {
+            Some((n, r)) => (n, Some(r)),
+            None => (path, None),
+        };
+        check_name(name, path)?;
+        let change = changes.entry(name.as_bytes()).or_default();
+        match rest {
+            Some(rest) => change.below.push((rest, content)),
             None => {
-                // A file edit after edits below a folder of the same name replaces it.
-                below.remove(path);
-                match content {
-                    Some(bytes) => {
-                        let blob = repo.blob(bytes)?;
-                        builder.insert(path, blob, 0o100644)?;
-                    }
-                    None => {
-                        if builder.get(path)?.is_some() {
-                            builder.remove(path)?;
-                        }
-                    }
-                }
+                // A file edit replaces whatever was edited below the same name before it.
+                change.below.clear();
+                change.file = Some(content);
             }
         }
     }
-    for (head, sub_items) in below {
-        let sub = match builder.get(head)? {
-            Some(e) if e.kind() == Some(ObjectType::Tree) => Some(e.id()),
-            _ => None,
-        };
-        let new_sub = put_many(repo, sub, &sub_items)?;
-        if repo.find_tree(new_sub)?.is_empty() {
-            if builder.get(head)?.is_some() {
-                builder.remove(head)?;
+    // The old entries of the changed names.
+    let mut old: BTreeMap<&[u8], RawEntry<'_>> = BTreeMap::new();
+    for e in entries(&raw) {
+        let e = e?;
+        if changes.contains_key(e.name) {
+            old.insert(e.name, e);
+        }
+    }
+    // The new entries of the changed names: (name, is a tree, id); none is a delete.
+    let mut new: Vec<(&[u8], bool, Oid)> = Vec::new();
+    let mut changed = false;
+    for (name, change) in &changes {
+        let before = old.get(name);
+        let after: Option<(bool, Oid)> = if change.below.is_empty() {
+            match change.file {
+                Some(Some(bytes)) => Some((false, odb.write(ObjectType::Blob, bytes)?)),
+                Some(None) | None => None,
             }
         } else {
-            builder.insert(head, new_sub, 0o040000)?;
+            // A folder edited below: on the old folder, unless a file edit (or a file
+            // there) came first.
+            let base = match (change.file, before) {
+                (None, Some(e)) if e.is_tree() => Some(e.id),
+                _ => None,
+            };
+            put_many(odb, base, &change.below)?.map(|id| (true, id))
+        };
+        let same = match (before, after) {
+            (None, None) => true,
+            (Some(b), Some((is_tree, id))) => {
+                b.id == id && b.is_tree() == is_tree && (is_tree || b.mode == MODE_BLOB)
+            }
+            _ => false,
+        };
+        changed |= !same;
+        if let Some((is_tree, id)) = after {
+            new.push((name, is_tree, id));
         }
     }
-    Ok(builder.write()?)
+    if !changed {
+        return Ok(tree.filter(|_| !raw.is_empty()));
+    }
+    new.sort_by(|a, b| git_order(a.0, a.1, b.0, b.1));
+    // Merge: the untouched old entries (already in Git's order) with the new ones.
+    let mut bytes = Vec::with_capacity(raw.len() + new.len() * 64);
+    let mut pending = new.into_iter().peekable();
+    for e in entries(&raw) {
+        let e = e?;
+        if changes.contains_key(e.name) {
+            continue;
+        }
+        while let Some(n) = pending.next_if(|n| git_order(n.0, n.1, e.name, e.is_tree()).is_lt()) {
+            push_entry(&mut bytes, n);
+        }
+        bytes.extend_from_slice(&raw[e.start..e.end]);
+    }
+    for n in pending {
+        push_entry(&mut bytes, n);
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let id = odb.write(ObjectType::Tree, &bytes)?;
+    remember(id, Arc::new(bytes));
+    Ok(Some(id))
+}
+
+fn push_entry(bytes: &mut Vec<u8>, (name, is_tree, id): (&[u8], bool, Oid)) {
+    bytes.extend_from_slice(if is_tree { MODE_TREE } else { MODE_BLOB });
+    bytes.push(b' ');
+    bytes.extend_from_slice(name);
+    bytes.push(0);
+    bytes.extend_from_slice(id.as_bytes());
+}
+
+/// The names libgit2's tree builder refuses (and Git's fsck): nothing a status or plan
+/// path holds.
+fn check_name(name: &str, path: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.eq_ignore_ascii_case(".git") {
+        bail!("invalid path component `{name}` in {path}");
+    }
+    if name.contains('\0') {
+        bail!("a NUL in path {path:?}");
+    }
+    Ok(())
+}
+
+fn cached(id: Oid) -> Option<Arc<Vec<u8>>> {
+    let mut cache = CACHE.lock().ok()?;
+    let i = cache.iter().position(|(k, _)| *k == id)?;
+    let entry = cache.remove(i);
+    let raw = entry.1.clone();
+    cache.push(entry);
+    Some(raw)
+}
+
+fn remember(id: Oid, raw: Arc<Vec<u8>>) {
+    if raw.len() < CACHE_MIN_BYTES {
+        return;
+    }
+    if let Ok(mut cache) = CACHE.lock() {
+        cache.retain(|(k, _)| *k != id);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.remove(0);
+        }
+        cache.push((id, raw));
+    }
+}
+
+/// The raw bytes of tree `id`.
+fn read_tree(odb: &Odb<'_>, id: Oid) -> Result<Arc<Vec<u8>>> {
+    if let Some(raw) = cached(id) {
+        return Ok(raw);
+    }
+    let obj = odb.read(id)?;
+    if obj.kind() != ObjectType::Tree {
+        bail!("{id} is a {}, not a tree", obj.kind());
+    }
+    let raw = Arc::new(obj.data().to_vec());
+    remember(id, raw.clone());
+    Ok(raw)
+}
+
+/// One entry of a raw tree: where it lies in the bytes, its mode, name and id.
+struct RawEntry<'a> {
+    start: usize,
+    end: usize,
+    mode: &'a [u8],
+    name: &'a [u8],
+    id: Oid,
+}
+
+impl RawEntry<'_> {
+    fn is_tree(&self) -> bool {
+        self.mode == MODE_TREE
+    }
+}
+
+/// The entries of a raw tree, in order.
+fn entries(raw: &[u8]) -> impl Iterator<Item = Result<RawEntry<'_>>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= raw.len() {
+            return None;
+        }
+        let start = at;
+        let parse = || -> Option<RawEntry<'_>> {
+            let space = start + raw[start..].iter().position(|b| *b == b' ')?;
+            let nul = space + 1 + raw[space + 1..].iter().position(|b| *b == 0)?;
+            let end = nul + 1 + 20;
+            let id = Oid::from_bytes(raw.get(nul + 1..end)?).ok()?;
+            Some(RawEntry {
+                start,
+                end,
+                mode: &raw[start..space],
+                name: &raw[space + 1..nul],
+                id,
+            })
+        };
+        match parse() {
+            Some(e) => {
+                at = e.end;
+                Some(Ok(e))
+            }
+            None => {
+                at = raw.len();
+                Some(Err(anyhow::anyhow!("malformed tree object")))
+            }
+        }
+    })
+}
+
+/// Git's order of tree entries: names compared byte by byte, a tree's as if it ended
+/// in `/`.
+fn git_order(a: &[u8], a_tree: bool, b: &[u8], b_tree: bool) -> std::cmp::Ordering {
+    let key = |name: &[u8], tree: bool, i: usize| -> Option<u8> {
+        match name.get(i) {
+            Some(c) => Some(*c),
+            None if tree && i == name.len() => Some(b'/'),
+            None => None,
+        }
+    };
+    let mut i = 0;
+    loop {
+        match (key(a, a_tree, i), key(b, b_tree, i)) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (x, y) if x != y => return x.cmp(&y),
+            _ => i += 1,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writeback::put_file;
 
     fn edit(path: &str, content: Option<&str>) -> Edit {
         Edit {
@@ -79,15 +295,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn many_edits_in_one_walk_make_the_tree_one_edit_at_a_time_makes() {
+    fn repo() -> (tempfile::TempDir, Repository) {
         let dir = tempfile::tempdir().expect("temp dir");
         let repo = Repository::init_bare(dir.path()).expect("repo");
-        let mut root = repo
-            .treebuilder(None)
-            .expect("builder")
-            .write()
-            .expect("empty");
+        (dir, repo)
+    }
+
+    /// One edit made by libgit2's tree builder: the reference the merge must agree with.
+    fn by_builder(repo: &Repository, root: Oid, path: &str, content: Option<&[u8]>) -> Oid {
+        let tree = repo.find_tree(root).expect("tree");
+        let (head, rest) = match path.split_once('/') {
+            Some((h, r)) => (h, Some(r)),
+            None => (path, None),
+        };
+        let mut b = repo.treebuilder(Some(&tree)).expect("builder");
+        match rest {
+            None => match content {
+                Some(c) => {
+                    let blob = repo.blob(c).expect("blob");
+                    b.insert(head, blob, 0o100644).expect("insert");
+                }
+                None => {
+                    if b.get(head).expect("get").is_some() {
+                        b.remove(head).expect("remove");
+                    }
+                }
+            },
+            Some(rest) => {
+                let sub = match tree.get_name(head) {
+                    Some(e) if e.kind() == Some(ObjectType::Tree) => e.id(),
+                    _ => repo.treebuilder(None).expect("b").write().expect("w"),
+                };
+                let new = by_builder(repo, sub, rest, content);
+                if repo.find_tree(new).expect("t").is_empty() {
+                    if b.get(head).expect("get").is_some() {
+                        b.remove(head).expect("remove");
+                    }
+                } else {
+                    b.insert(head, new, 0o040000).expect("insert");
+                }
+            }
+        }
+        b.write().expect("write")
+    }
+
+    fn empty(repo: &Repository) -> Oid {
+        repo.treebuilder(None).expect("b").write().expect("w")
+    }
+
+    #[test]
+    fn many_edits_in_one_walk_make_the_tree_libgit2s_builder_makes_one_at_a_time() {
+        let (_dir, repo) = repo();
+        let mut root = empty(&repo);
         for e in [
             edit("status/a.yaml", Some("a1")),
             edit("status/b.yaml", Some("b1")),
@@ -95,7 +354,7 @@ mod tests {
             edit("gone/only.yaml", Some("x")),
             edit("README", Some("r")),
         ] {
-            root = put_file(&repo, root, &e.path, e.content.as_deref()).expect("seed");
+            root = by_builder(&repo, root, &e.path, e.content.as_deref());
         }
         let edits = vec![
             edit("status/a.yaml", Some("a2")),
@@ -108,7 +367,7 @@ mod tests {
         ];
         let mut one_by_one = root;
         for e in &edits {
-            one_by_one = put_file(&repo, one_by_one, &e.path, e.content.as_deref()).expect("put");
+            one_by_one = by_builder(&repo, one_by_one, &e.path, e.content.as_deref());
         }
         assert_eq!(
             put_files(&repo, root, &edits).expect("put_files"),
@@ -116,5 +375,154 @@ mod tests {
         );
         // Nothing to do: the same tree.
         assert_eq!(put_files(&repo, root, &[]).expect("none"), root);
+    }
+
+    #[test]
+    fn every_single_edit_writes_the_tree_libgit2s_builder_writes() {
+        let (_dir, repo) = repo();
+        let mut root = empty(&repo);
+        // Names that sort differently as files and as trees (`a-b` < `a/` < `a0`), a
+        // file and a folder of one name in turn, deletes, and a folder emptied.
+        let steps: &[(&str, Option<&str>)] = &[
+            ("status/web.yaml", Some("one")),
+            ("status/a-b.yaml", Some("two")),
+            ("status/a/x.yaml", Some("three")),
+            ("status/a0.yaml", Some("four")),
+            ("status/web.yaml", Some("one, changed")),
+            ("status.yaml", Some("beside the folder")),
+            ("plans/web.yaml", Some("plan")),
+            ("status/a/x.yaml", None),
+            ("status/missing.yaml", None),
+            ("nowhere/missing.yaml", None),
+            ("a", Some("a file first")),
+            ("a", None),
+            ("a/b", Some("then a folder")),
+            ("a", Some("then a file again")),
+            ("status/web.yaml", Some("one, changed")),
+            ("plans/web.yaml", None),
+        ];
+        for (path, content) in steps {
+            let content = content.map(str::as_bytes);
+            let want = by_builder(&repo, root, path, content);
+            let got = put_files(
+                &repo,
+                root,
+                &[edit(
+                    path,
+                    content.map(|c| std::str::from_utf8(c).expect("utf-8")),
+                )],
+            )
+            .expect("put");
+            assert_eq!(got, want, "{path}");
+            root = got;
+        }
+    }
+
+    /// A small deterministic generator: the same sequences on every run.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n
+        }
+    }
+
+    #[test]
+    fn random_batches_of_edits_agree_with_the_builder_one_edit_at_a_time() {
+        let (_dir, repo) = repo();
+        // Names chosen to collide as files and folders and to sort around `/`.
+        let names = ["a", "a-b", "a0", "b", "status", "x.yaml"];
+        let mut rng = Lcg(7);
+        let mut root = empty(&repo);
+        for round in 0..300 {
+            let n = 1 + rng.next(6);
+            let edits: Vec<Edit> = (0..n)
+                .map(|i| {
+                    let depth = 1 + rng.next(3);
+                    let path: Vec<&str> =
+                        (0..depth).map(|_| names[rng.next(names.len())]).collect();
+                    let content = (rng.next(4) != 0).then(|| format!("{round}.{i}"));
+                    edit(&path.join("/"), content.as_deref())
+                })
+                .collect();
+            let mut want = root;
+            for e in &edits {
+                want = by_builder(&repo, want, &e.path, e.content.as_deref());
+            }
+            let got = put_files(&repo, root, &edits).expect("put_files");
+            assert_eq!(got, want, "round {round}: {edits:?}");
+            root = got;
+        }
+    }
+
+    #[test]
+    fn a_folder_of_a_thousand_changes_by_one_entry_and_an_unchanged_edit_writes_nothing() {
+        let (_dir, repo) = repo();
+        let mut b = repo.treebuilder(None).expect("b");
+        for i in 0..1_000 {
+            let blob = repo.blob(format!("plan: svc-{i}\n").as_bytes()).expect("b");
+            b.insert(format!("svc-{i:05}.yaml"), blob, 0o100644)
+                .expect("insert");
+        }
+        let status = b.write().expect("status");
+        let mut r = repo.treebuilder(None).expect("b");
+        r.insert("status", status, 0o040000).expect("insert");
+        let root = r.write().expect("root");
+        for (path, content) in [
+            ("status/svc-00500.yaml", Some("changed")),
+            ("status/svc-99999.yaml", Some("new, last")),
+            ("status/aaa.yaml", Some("new, first")),
+            ("status/svc-00000.yaml", None),
+        ] {
+            assert_eq!(
+                put_files(&repo, root, &[edit(path, content)]).expect("put"),
+                by_builder(&repo, root, path, content.map(str::as_bytes)),
+                "{path}"
+            );
+        }
+        let once = put_files(&repo, root, &[edit("status/x.yaml", Some("x"))]).expect("put");
+        assert_eq!(
+            put_files(&repo, once, &[edit("status/x.yaml", Some("x"))]).expect("put"),
+            once
+        );
+    }
+
+    #[test]
+    fn an_executable_file_rewritten_with_the_same_content_becomes_a_plain_file_as_the_builder_makes_it()
+     {
+        let (_dir, repo) = repo();
+        let blob = repo.blob(b"#!/bin/sh\n").expect("blob");
+        let mut b = repo.treebuilder(None).expect("b");
+        b.insert("run.sh", blob, 0o100755).expect("insert");
+        let root = b.write().expect("root");
+        let got = put_files(&repo, root, &[edit("run.sh", Some("#!/bin/sh\n"))]).expect("put");
+        assert_eq!(got, by_builder(&repo, root, "run.sh", Some(b"#!/bin/sh\n")));
+        assert_ne!(got, root);
+    }
+
+    #[test]
+    fn paths_git_refuses_are_refused_and_name_the_path() {
+        let (_dir, repo) = repo();
+        let root = empty(&repo);
+        for path in ["status//x.yaml", "./x", "a/../x", ".git/config", "status/"] {
+            let err = put_files(&repo, root, &[edit(path, Some("x"))]).expect_err(path);
+            assert!(
+                format!("{err:#}").contains("invalid path component"),
+                "{path}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn git_orders_a_tree_as_if_its_name_ended_in_a_slash() {
+        use std::cmp::Ordering::*;
+        assert_eq!(git_order(b"a-b", false, b"a", true), Less);
+        assert_eq!(git_order(b"a", true, b"a0", false), Less);
+        assert_eq!(git_order(b"a", false, b"a-b", false), Less);
+        assert_eq!(git_order(b"a", false, b"a", true), Less);
+        assert_eq!(git_order(b"a", true, b"a", true), Equal);
     }
 }

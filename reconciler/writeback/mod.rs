@@ -246,47 +246,22 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + jitter)
 }
 
-/// Write `content` (or delete) at `path` in the tree `root`, returning the new tree.
+/// Write `content` (or delete) at `path` in the tree `root`, returning the new tree
+/// (one edit of [`put_files`]: only the trees on the path are rewritten).
 pub fn put_file(
     repo: &git2::Repository,
     root: Oid,
     path: &str,
     content: Option<&[u8]>,
 ) -> Result<Oid> {
-    let tree = repo.find_tree(root)?;
-    let (head, rest) = match path.split_once('/') {
-        Some((h, r)) => (h, Some(r)),
-        None => (path, None),
-    };
-    let mut builder = repo.treebuilder(Some(&tree))?;
-    match rest {
-        None => match content {
-            Some(bytes) => {
-                let blob = repo.blob(bytes)?;
-                builder.insert(head, blob, 0o100644)?;
-            }
-            None => {
-                if builder.get(head)?.is_some() {
-                    builder.remove(head)?;
-                }
-            }
-        },
-        Some(rest) => {
-            let sub = match tree.get_name(head) {
-                Some(e) if e.kind() == Some(git2::ObjectType::Tree) => e.id(),
-                _ => repo.treebuilder(None)?.write()?,
-            };
-            let new_sub = put_file(repo, sub, rest, content)?;
-            if repo.find_tree(new_sub)?.is_empty() {
-                if builder.get(head)?.is_some() {
-                    builder.remove(head)?;
-                }
-            } else {
-                builder.insert(head, new_sub, 0o040000)?;
-            }
-        }
-    }
-    Ok(builder.write()?)
+    put_files(
+        repo,
+        root,
+        &[Edit {
+            path: path.to_owned(),
+            content: content.map(<[u8]>::to_vec),
+        }],
+    )
 }
 
 /// Sign a commit buffer the way git does: `ssh-keygen -Y sign` or `gpg --detach-sign`.
