@@ -1,9 +1,9 @@
 //! The single Git writer: status, revert and restore commits, pushed as compare-and-swap.
 //!
 //! ```text
-//!   loop: fetch head ─▶ compute(head) ─▶ commit on head ─▶ push (fast-forward only)
-//!            ▲                                               │ rejected: someone pushed
-//!            └────────────── jittered backoff ◀──────────────┘
+//!   head last fetched ─▶ compute(head) ─▶ commit on head ─▶ push (compare-and-swap)
+//!            ▲                                                  │ rejected: someone pushed
+//!            └──── fetch ◀─────── jittered backoff ◀────────────┘
 //! ```
 //! Invariants: never force-pushes (every push, on every transport, is a compare-and-swap
 //! of the exact head the commit was computed on: `source::remote`), so a human commit can
@@ -115,20 +115,42 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Fetch, compute the change on the head, commit, push; on a lost race, again.
+    /// Compute the change on the head, commit, push; on a lost race, fetch and again.
+    ///
+    /// The first attempt builds on the head last fetched or pushed (the daemon fetched
+    /// it at the start of its pass) instead of fetching again: the push is a
+    /// compare-and-swap of exactly that head, so a head that moved meanwhile is a lost
+    /// race like any other, fetched and recomputed. An answer of "nothing to write"
+    /// is only believed on a freshly fetched head.
     pub fn write(
         &self,
         mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>,
     ) -> Result<WriteOutcome> {
         let mut attempt = 0;
+        // The head to build on, and whether it was fetched just now.
+        let mut next = self.src.head().ok().map(|h| (h, false));
         loop {
             attempt += 1;
-            let head = self.src.fetch()?;
-            let Some(spec) = compute(head)? else {
-                return Ok(WriteOutcome::NoChange);
+            let (head, fetched) = match next.take() {
+                Some(known) => known,
+                None => (self.src.fetch()?, true),
             };
-            let Some(commit) = self.make_commit(head, &spec)? else {
-                return Ok(WriteOutcome::NoChange);
+            let commit = match compute(head)? {
+                Some(spec) => self.make_commit(head, &spec)?,
+                None => None,
+            };
+            let Some(commit) = commit else {
+                if fetched {
+                    return Ok(WriteOutcome::NoChange);
+                }
+                let fresh = self.src.fetch()?;
+                if fresh == head {
+                    return Ok(WriteOutcome::NoChange);
+                }
+                // The head moved since it was last fetched: compute again on the new one.
+                next = Some((fresh, true));
+                attempt -= 1;
+                continue;
             };
             match self.push(commit)? {
                 true => {
@@ -153,7 +175,11 @@ impl<'a> Writer<'a> {
                         attempt,
                         "push rejected (the branch moved); recomputing on the new head"
                     );
-                    std::thread::sleep(backoff(attempt));
+                    // Built on the head last seen, not one fetched just now: the branch
+                    // moved before this write began, no writer is racing it yet.
+                    if fetched {
+                        std::thread::sleep(backoff(attempt));
+                    }
                 }
             }
         }

@@ -59,6 +59,78 @@ fn a_status_commit_carries_its_trailers_and_a_repeat_is_not_committed() {
 }
 
 #[test]
+fn regression_a_write_on_the_head_last_fetched_loses_the_race_to_a_human_push_and_recomputes() {
+    // Given a writer that wrote once (its head: that commit), then a human push
+    let remote = Remote::seeded_from(&example_repo());
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
+    let settings = WriteBack::default();
+    let writer = Writer::new(&src, &settings);
+    let WriteOutcome::Pushed { commit: first, .. } =
+        writer.write(|_| Ok(Some(status_spec(1)))).expect("write")
+    else {
+        panic!("not pushed");
+    };
+    let human = remote.human_commit("notes.txt", |_| "a note\n".to_owned(), "human: note");
+    // When it writes again
+    let mut heads = Vec::new();
+    let out = writer
+        .write(|head| {
+            heads.push(head.to_string());
+            Ok(Some(status_spec(2)))
+        })
+        .expect("write");
+    // Then it built on the head it knew, lost the race, fetched and recomputed on the human's
+    let WriteOutcome::Pushed { commit, attempts } = out else {
+        panic!("not pushed: {out:?}");
+    };
+    assert_eq!(heads, [first.to_string(), human.clone()]);
+    assert_eq!(attempts, 2);
+    // And the human's commit is kept, under rollgate's
+    assert_eq!(remote.log("%H").lines().nth(1), Some(human.as_str()));
+    assert_eq!(
+        remote.log("%H").lines().next(),
+        Some(commit.to_string().as_str())
+    );
+    assert_eq!(git(&remote.bare, &["show", "main:notes.txt"]), "a note");
+}
+
+#[test]
+fn nothing_to_write_is_believed_only_on_a_freshly_fetched_head() {
+    // Given a writer that wrote once, then a human push it has not fetched
+    let remote = Remote::seeded_from(&example_repo());
+    let src = GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open");
+    let settings = WriteBack::default();
+    let writer = Writer::new(&src, &settings);
+    writer.write(|_| Ok(Some(status_spec(1)))).expect("write");
+    let known = src.head().expect("head");
+    let human = remote.human_commit("notes.txt", |_| "a note\n".to_owned(), "human: note");
+    // When the change looks done on the head it knows (and is not on the human's)
+    let out = writer
+        .write(|head| Ok((head != known).then(|| status_spec(2))))
+        .expect("write");
+    // Then it fetched, saw the new head, and wrote on it
+    assert!(matches!(out, WriteOutcome::Pushed { .. }), "{out:?}");
+    assert_eq!(remote.log("%H").lines().nth(1), Some(human.as_str()));
+    // And on a head that did not move, nothing to write is nothing written
+    let head = remote.head();
+    assert_eq!(
+        writer.write(|_| Ok(None)).expect("write"),
+        WriteOutcome::NoChange
+    );
+    assert_eq!(remote.head(), head);
+}
+
+#[test]
 fn skip_ci_is_a_setting() {
     let remote = Remote::seeded_from(&example_repo());
     let src = GitSource::open(
