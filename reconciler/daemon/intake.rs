@@ -106,6 +106,46 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Take in rollgate's own status commit without a fetch or a diff. When `commit` was
+    /// pushed on the head this pass read (no one pushed in between) and its `edits` are
+    /// all `status/` files, the head it makes differs from this one by exactly those
+    /// files: the snapshot moves to it by them, and the gate's verdicts stand (no plan,
+    /// setting or policy changed; status changes never re-run policies, `advance` alike).
+    /// Otherwise (a change recomputed on a human's commit after a lost race) nothing
+    /// moves: the next pass fetches and takes the commits in the usual way. Returns
+    /// whether the snapshot moved.
+    pub(super) fn take_own_commit(
+        &mut self,
+        commit: Oid,
+        edits: &[crate::writeback::Edit],
+    ) -> bool {
+        let parent = self
+            .src
+            .repo()
+            .find_commit(commit)
+            .ok()
+            .and_then(|c| c.parent_id(0).ok());
+        let status_only = edits.iter().all(|e| crate::source::is_status_path(&e.path));
+        if self.head.is_none() || parent != self.head || !status_only {
+            return false;
+        }
+        let paths: Vec<String> = edits.iter().map(|e| e.path.clone()).collect();
+        for e in edits {
+            self.snapshot.refused.retain(|d| d.file != e.path);
+            match &e.content {
+                Some(bytes) => {
+                    self.snapshot.files.insert(e.path.clone(), bytes.clone());
+                }
+                None => {
+                    self.snapshot.files.remove(&e.path);
+                }
+            }
+        }
+        self.cache.invalidate(&paths);
+        self.head = Some(commit);
+        true
+    }
+
     /// Status is rollgate's alone: a `status/` file whose last change at `head` was made
     /// by a commit rollgate did not write (its trailers and its configured author) is
     /// replaced, in the snapshot everything reads, by its content as rollgate last wrote

@@ -400,7 +400,7 @@ impl Reconciler {
         for (name, priority) in plans {
             if priority != order::Priority::Urgent && !urgent_flushed {
                 urgent_flushed = true;
-                self.flush(&mut report);
+                self.flush(now, &mut report);
                 claims.clear();
                 chunk_start = std::time::Instant::now();
             }
@@ -415,7 +415,7 @@ impl Reconciler {
             }
             in_chunk += 1;
             if order::chunk_done(in_chunk, chunk_start.elapsed()) {
-                self.flush(&mut report);
+                self.flush(now, &mut report);
                 claims.clear();
                 in_chunk = 0;
                 if self.new_commits_waiting() {
@@ -430,7 +430,7 @@ impl Reconciler {
                 chunk_start = std::time::Instant::now();
             }
         }
-        self.flush(&mut report);
+        self.flush(now, &mut report);
         drop(claims);
         Ok(report)
     }

@@ -128,14 +128,16 @@ impl Reconciler {
     /// decision read: a plan whose file changed drops out (the next pass decides again)
     /// and the others are written. A failed write is logged and counted per plan; the
     /// pass goes on.
-    pub(super) fn flush(&mut self, report: &mut TickReport) {
-        // A deferred action that fails stages its hold: at most one more round.
-        for _ in 0..3 {
+    pub(super) fn flush(&mut self, now: DateTime<Utc>, report: &mut TickReport) {
+        // Rounds: the statuses staged; the first steps of rollouts that just started;
+        // a deferred action that failed stages its hold; one to spare.
+        for _ in 0..4 {
             if self.staged.is_empty() {
                 return;
             }
             let staged = std::mem::take(&mut self.staged);
             let kept = std::cell::RefCell::new(Vec::<bool>::new());
+            let edits = std::cell::RefCell::new(Vec::new());
             let wb = self.write_back();
             let outcome = Writer::new(&self.src, &wb).write(|head| {
                 let mut keep = Vec::with_capacity(staged.len());
@@ -150,9 +152,20 @@ impl Reconciler {
                     keep.push(same);
                 }
                 *kept.borrow_mut() = keep;
-                Ok(messages::batch_commit(specs))
+                let spec = messages::batch_commit(specs);
+                *edits.borrow_mut() = spec.as_ref().map(|s| s.edits.clone()).unwrap_or_default();
+                Ok(spec)
             });
             let kept = kept.into_inner();
+            // Pushed on the head this pass read: the snapshot moves to it by its edits,
+            // so the rollouts it started can take their first step in this pass.
+            let moved = match &outcome {
+                Ok(WriteOutcome::Pushed { commit, .. }) => {
+                    self.take_own_commit(*commit, &edits.into_inner())
+                }
+                _ => false,
+            };
+            let mut starting = Vec::new();
             let outcome = match outcome {
                 Ok(o) => o,
                 Err(e) => {
@@ -199,6 +212,9 @@ impl Reconciler {
                 {
                     c.drain(..=i);
                 }
+                if moved && s.status.phase == Phase::Pending && s.transition.is_some() {
+                    starting.push(s.name.clone());
+                }
                 if let Some(t) = s.then {
                     then.push((t, s.status));
                 }
@@ -220,6 +236,13 @@ impl Reconciler {
                     report.errors += 1;
                     tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
                 }
+            }
+            // Push → first target call in one pass: a rollout whose `Pending` is now in
+            // Git (and in the snapshot) decides its first step at once; the step's
+            // status is staged, and its action waits for it (the next round).
+            for name in starting {
+                tracing::debug!(plan = %name, "a rollout starts: its first step in the same pass");
+                self.reconcile_logged(&name, now, report);
             }
         }
     }

@@ -44,3 +44,9 @@ pub fn is_plan_path(path: &str) -> bool {
     path.strip_prefix("plans/")
         .is_some_and(|rest| !rest.contains('/') && is_yaml(rest))
 }
+
+/// `status/<name>.yaml`: a status file as the snapshot holds it.
+pub fn is_status_path(path: &str) -> bool {
+    path.strip_prefix("status/")
+        .is_some_and(|rest| !rest.contains('/') && is_yaml(rest))
+}

@@ -92,10 +92,21 @@ fn a_pass_that_moves_many_plans_writes_one_commit_with_a_trailer_block_per_plan(
     let change = change_all(&w.remote, &plans, "v2");
     let r = w.tick();
 
-    // Then the pass wrote one commit: every status file, a trailer block per plan
-    assert_eq!((r.transitions, r.errors), (3, 0), "{r:?}");
+    // Then the pass wrote one commit per round: every status file, a trailer block per
+    // plan; the three start (Pending), then take their first step, in the same pass
+    assert_eq!((r.transitions, r.errors), (6, 0), "{r:?}");
     let new = commits_after(&w.remote, &change);
-    assert_eq!(new.len(), 1, "one commit for the pass: {new:#?}");
+    assert_eq!(new.len(), 2, "one commit per round of the pass: {new:#?}");
+    assert_eq!(
+        blocks(&new[1]),
+        [
+            ("a", "Progressing"),
+            ("b", "Progressing"),
+            ("c", "Progressing")
+        ]
+        .map(|(p, ph)| (p.to_owned(), ph.to_owned()))
+    );
+    assert_eq!(new[1].subject, "3 rollouts moved: 3 Progressing");
     let batch = &new[0];
     assert!(batch.is_status(), "{batch:?}");
     assert_eq!(
@@ -199,19 +210,14 @@ fn a_pass_that_moves_many_plans_writes_one_commit_with_a_trailer_block_per_plan(
 #[test]
 fn a_status_changed_by_another_writer_mid_pass_drops_out_of_the_batch_without_blocking_the_others()
 {
-    // Given three rollouts of v2 just recorded as Pending
+    // Given three finished rollouts, and a change of all three to v2
     let plans = vec![plan("a", 18111), plan("b", 18112), plan("c", 18113)];
     let mut w = finished(&plans);
     change_all(&w.remote, &plans, "v2");
-    w.tick();
-    assert!(
-        plans
-            .iter()
-            .all(|p| w.status(&p.name).phase == Phase::Pending)
-    );
 
-    // When another writer changes `a`'s status while the pass is between `a` and `b`
-    // (as a daemon killed mid-push whose push still landed)
+    // When another writer changes `a`'s status while the pass that starts them is
+    // between `a`'s first step and `b`'s (as a daemon killed mid-push whose push still
+    // landed)
     let human = w.remote.human.clone();
     let foreign = Arc::new(Mutex::new(None::<String>));
     let seen = foreign.clone();
@@ -289,20 +295,10 @@ fn a_human_revert_during_a_1000_plan_mass_change_is_not_blocked_behind_it() {
     }
     assert_eq!(w.status("web").phase, Phase::Paused);
 
-    // And a mass change of the 1,000 in one commit, recorded as Pending
+    // When a mass change of the 1,000 is pushed in one commit, and in the middle of the
+    // pass that records it (Pending, then each chunk's canaries start) the human reverts
+    // web's change
     let mass_change = change_all(&w.remote, &mass, "v2");
-    let r = w.tick();
-    assert_eq!((r.transitions, r.errors), (1000, 0), "{r:?}");
-    let pending = commits_after(&w.remote, &mass_change);
-    // (chunks end at CHUNK_PLANS plans or CHUNK_TIME, whichever comes first)
-    assert!(
-        pending.len() < 1000 / order::CHUNK_MIN_PLANS,
-        "{} commits for 1,000 transitions",
-        pending.len()
-    );
-
-    // When, in the middle of the next pass (the 1,000 start their canaries), the human
-    // reverts web's change
     let human = w.remote.human.clone();
     let revert = Arc::new(Mutex::new(None::<String>));
     let seen = revert.clone();
@@ -324,6 +320,25 @@ fn a_human_revert_during_a_1000_plan_mass_change_is_not_blocked_behind_it() {
         .expect("lock")
         .clone()
         .expect("the revert was pushed");
+    assert_eq!(busy.errors, 0, "{busy:?}");
+    // (each chunk is two commits, its Pending and its first steps; chunks end at
+    // CHUNK_PLANS plans or CHUNK_TIME, whichever comes first)
+    let during: Vec<_> = commits_after(&w.remote, &mass_change)
+        .into_iter()
+        .filter(LoggedCommit::is_rollgate)
+        .collect();
+    let moved: usize = during.iter().map(|c| blocks(c).len()).sum();
+    assert_eq!(
+        busy.transitions,
+        moved,
+        "{busy:?} {:#?}",
+        during.iter().map(|c| &c.subject).collect::<Vec<_>>()
+    );
+    assert!(
+        during.len() <= 2 * moved.div_ceil(order::CHUNK_MIN_PLANS),
+        "{} commits for {moved} transitions",
+        during.len()
+    );
 
     // Then that pass yields to the new commit, and the next pass acts on the revert first
     assert!(busy.yielded, "the busy pass went on to the end: {busy:?}");

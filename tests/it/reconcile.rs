@@ -74,7 +74,11 @@ fn a_plan_change_rolls_out_in_stages_with_one_commit_per_transition() {
     let new = commits_after(&w.remote, &change);
     let transitions: usize = reports.iter().map(|r| r.transitions).sum();
     assert_eq!(new.len(), transitions, "one commit per transition");
-    assert!(reports.iter().all(|r| r.transitions <= 1 && r.errors == 0));
+    // The pass that sees the push records Pending and takes the first step; every later
+    // pass records at most one transition
+    assert_eq!(reports[0].transitions, 2, "{reports:?}");
+    assert!(reports[1..].iter().all(|r| r.transitions <= 1));
+    assert!(reports.iter().all(|r| r.errors == 0), "{reports:?}");
     for c in &new {
         assert!(c.is_status(), "not a status commit: {c:?}");
         assert_eq!(c.files, vec!["status/web.yaml".to_owned()], "{c:?}");
@@ -151,6 +155,172 @@ fn a_plan_change_rolls_out_in_stages_with_one_commit_per_transition() {
         .collect();
     let expected: Vec<&str> = new.iter().map(|c| c.sha.as_str()).collect();
     assert_eq!(commits, expected);
+}
+
+/// The remote's status of `plan` at this moment (for hooks, which cannot hold a `Remote`).
+fn remote_phase(bare: &std::path::Path, plan: &str) -> String {
+    let text = git(bare, &["show", &format!("main:status/{plan}.yaml")]);
+    let s = rollgate::model::status::Status::from_yaml(&text).expect("status");
+    format!("{} {}", s.phase.as_str(), s.candidate)
+}
+
+#[test]
+fn regression_a_pushed_artifact_reaches_the_target_in_the_pass_that_sees_it() {
+    // Given a plan rolled out at v1, and a target that notes what Git says at each call
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let calls_before = w.target.calls("web").len();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (bare, seen2) = (w.remote.bare.clone(), seen.clone());
+    w.target.before_each_action(move |action| {
+        let phase = remote_phase(&bare, "web");
+        seen2
+            .lock()
+            .expect("lock")
+            .push(format!("{action} / {phase}"));
+        Ok(())
+    });
+
+    // When the human changes the artifact to v2 and one pass runs
+    let change = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    let r = w.tick();
+
+    // Then that pass started the candidate (before: only the next pass did)
+    assert_eq!((r.transitions, r.errors), (2, 0), "{r:?}");
+    assert_eq!(
+        w.target.calls("web")[calls_before..],
+        ["start v2", "weight 10"]
+    );
+    // And the Pending commit was on the remote before the target heard of v2
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["web start v2 / Pending v2", "web weight 10 / Pending v2"]
+    );
+    // And Git keeps one commit per transition, Pending first
+    assert_eq!(
+        phases_and_steps(&commits_after(&w.remote, &change)),
+        pairs(&[("Pending", "0/4"), ("Progressing", "1/4")])
+    );
+
+    // When the human pushes v3 between passes (the daemon took in its own commits
+    // without a fetch)
+    w.target.clear_hook();
+    let calls_before = w.target.calls("web").len();
+    let v3 = w
+        .remote
+        .human_commit(&plan.path(), set_artifact("v3"), "web: v3");
+    w.tick();
+    // Then the next pass sees it: v2 is superseded and v3 starts in that same pass
+    assert_eq!(
+        w.target.calls("web")[calls_before..],
+        ["rollback v1", "start v3", "weight 10"]
+    );
+    assert_eq!(
+        phases_and_steps(&commits_after(&w.remote, &v3)),
+        pairs(&[("Pending", "0/4"), ("Progressing", "1/4")])
+    );
+    w.run_until("web", 10, 40, is(Phase::Succeeded, "v3"));
+}
+
+#[test]
+fn regression_a_plan_the_gate_rejects_gets_no_pending_and_no_target_call() {
+    // Given a plan rolled out at v1
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    let calls = w.target.calls("web").len();
+    let head = w.remote.head();
+    // When the human pushes v2 with a field the schema does not know
+    let change = w.remote.human_commit(
+        &plan.path(),
+        |s| set_artifact("v2")(s).replace("spec:\n", "spec:\n  bogus: 1\n"),
+        "web: v2, broken",
+    );
+    assert_ne!(w.remote.head(), head);
+    let r = w.tick();
+    // Then no status commit and no target call
+    assert_eq!((r.transitions, r.actions), (0, 0), "{r:?}");
+    assert!(commits_after(&w.remote, &change).is_empty());
+    assert_eq!(w.target.calls("web").len(), calls);
+    assert!(w.rec.report().rejected.contains(&plan.path()));
+}
+
+#[test]
+fn regression_a_status_push_that_lost_a_race_is_taken_in_by_a_fetch_not_in_place() {
+    // Given two plans rolled out at v1
+    let api = PlanFile::new("api").port(18083);
+    let web = PlanFile::new("web");
+    let mut w = World::new(&[&api, &web]);
+    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    // And a human who pushes api at v3 while the daemon starts api's v2 (after api's
+    // Pending commit, before its next one: that write loses the race)
+    let human = w.remote.human.clone();
+    let api_path = api.path();
+    let pushed = Arc::new(AtomicBool::new(false));
+    let pushed2 = pushed.clone();
+    w.target.before_each_action(move |action| {
+        if action == "api start v2" && !pushed2.swap(true, Ordering::SeqCst) {
+            git(&human, &["pull", "-q", "--rebase", "origin", "main"]);
+            let file = human.join(&api_path);
+            let text = std::fs::read_to_string(&file).expect("read");
+            std::fs::write(&file, set_artifact("v3")(text)).expect("write");
+            git(&human, &["commit", "-qam", "api: v3"]);
+            git(&human, &["push", "-q", "origin", "main"]);
+        }
+        Ok(())
+    });
+
+    // When one commit changes both to v2, and one pass runs
+    w.remote.pull();
+    std::fs::write(
+        w.remote.human.join(api.path()),
+        api.clone().artifact("v2").yaml(),
+    )
+    .expect("write");
+    std::fs::write(
+        w.remote.human.join(web.path()),
+        web.clone().artifact("v2").yaml(),
+    )
+    .expect("write");
+    w.remote.human(&["commit", "-qam", "api and web: v2"]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    let r = w.tick();
+
+    // Then api's next status was recomputed on the human's commit and pushed on top of it
+    assert!(pushed.load(Ordering::SeqCst));
+    assert_eq!(r.errors, 0, "{r:?}");
+    let subjects = w.remote.log("%s");
+    assert!(subjects.lines().any(|l| l == "api: v3"), "{subjects}");
+    let api_v3 = git(
+        &w.remote.bare,
+        &["log", "-1", "--format=%H", "--grep=^api: v3$", "main"],
+    );
+    let after: Vec<String> = commits_after(&w.remote, &api_v3)
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.trailer("Rollgate-Plan").unwrap_or("-"),
+                c.trailer("Rollgate-Phase").unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(after, ["api Progressing"]);
+    // And both had started in that pass, on the head it read (Pending, then first steps)
+    assert!(w.target.calls("web").contains(&"start v2".to_owned()));
+    // And the write that lost the race did not move the pass's snapshot on past the
+    // human's commit: the next pass fetches and reads it
+    w.target.clear_hook();
+    w.tick();
+    // And the human's v3 was seen: it supersedes api's v2 and starts at once
+    let calls = w.target.calls("api");
+    assert_eq!(
+        calls[calls.len() - 3..],
+        ["rollback v1", "start v3", "weight 10"]
+    );
+    assert_eq!(w.status("api").candidate, "v3");
 }
 
 #[test]
@@ -717,17 +887,17 @@ fn rollgate_never_reacts_to_its_own_commits() {
     let mut w = World::new(&[&plan]);
     // When each pass writes a status commit, the pass right after it at the same time,
     // with nothing due, writes nothing and calls no target
-    loop {
+    for _ in 0..10 {
         let r = w.tick();
         if r.transitions == 0 {
             break;
         }
-        let head = w.remote.head();
         let own = w.remote.commits().pop().expect("a commit");
         assert!(own.is_rollgate(), "{own:?}");
-        let calls = w.target.all_calls();
-        let again = w.tick();
         if w.status("web").phase == Phase::Paused {
+            let head = w.remote.head();
+            let calls = w.target.all_calls();
+            let again = w.tick();
             assert_eq!(
                 (again.transitions, again.actions, again.reverts),
                 (0, 0, 0),
