@@ -2,9 +2,9 @@
 //! then routine transitions; and when routine work yields to new commits.
 //!
 //! ```text
-//!  urgent (all) ─▶ flush ─▶ new changes + routine, in chunks ─▶ flush ─▶ new commits? ─▶ yield
-//!                                       ▲                                  │ no
-//!                                       └──────────────────────────────────┘
+//!  urgent (all) ─▶ flush ─▶ new changes, in chunks ─▶ flush ─▶ routine, in chunks ─▶ flush ─▶ new commits? ─▶ yield
+//!                                                                      ▲                                │ no
+//!                                                                      └────────────────────────────────┘
 //! ```
 //! Invariants: pure (no I/O, no clock: the caller says what it saw); every plan has
 //! exactly one place in the order; routine plans start after the one a yielded pass
