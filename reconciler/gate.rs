@@ -140,12 +140,18 @@ pub fn check(
 pub struct GateCache {
     parsed: HashMap<String, Result<Arc<ParsedPlan>, Vec<Diagnostic>>>,
     findings: HashMap<String, Result<Findings, String>>,
+    /// Each status file's policy view (`status_doc`) by path, or why it does not parse:
+    /// a plan change re-reads only the status files that changed, not all of them.
+    statuses: HashMap<String, Result<(String, Value), String>>,
 }
 
 impl GateCache {
     /// Forget what `changed` (repo-relative paths) may have changed. Settings or
     /// policies changing invalidates everything.
     pub fn invalidate(&mut self, changed: &[String]) {
+        for p in changed {
+            self.statuses.remove(p);
+        }
         if changed
             .iter()
             .any(|p| p == SETTINGS_FILE || p.starts_with("policies/"))
@@ -275,7 +281,7 @@ pub fn check_with(
         .filter(|(f, _)| policy.is_some() && !cache.findings.contains_key(*f))
         .collect();
     let statuses = if reparsed || !pending.is_empty() {
-        let (statuses, status_diags) = status_docs(snap);
+        let (statuses, status_diags) = status_docs(snap, &mut cache.statuses);
         report.diagnostics.extend(status_diags);
         statuses
     } else {
@@ -417,19 +423,28 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 /// Every status file as policies see it (`input.statuses`), by plan name. A status
 /// file that does not parse is an error diagnostic and is left out, so policies that
 /// need it deny (fail closed).
-fn status_docs(snap: &Snapshot) -> (Value, Vec<Diagnostic>) {
+/// `cache` keeps each file's view by path (invalidated with the paths a diff names), so
+/// only new or changed status files are parsed.
+fn status_docs(
+    snap: &Snapshot,
+    cache: &mut HashMap<String, Result<(String, Value), String>>,
+) -> (Value, Vec<Diagnostic>) {
     let mut out = serde_json::Map::new();
     let mut diags = Vec::new();
+    cache.retain(|f, _| snap.files.contains_key(f));
     for (file, bytes) in snap.status_files() {
-        let parsed = std::str::from_utf8(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()));
+        let parsed = cache.entry(file.clone()).or_insert_with(|| {
+            std::str::from_utf8(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
+                .map(|status| (status.plan.clone(), status_doc(&status)))
+        });
         match parsed {
-            Ok(status) => {
-                out.insert(status.plan.clone(), status_doc(&status));
+            Ok((plan, doc)) => {
+                out.insert(plan.clone(), doc.clone());
             }
             Err(e) => diags.push(
-                Diagnostic::error(file.as_str(), None, Code::BadStatus, e).with_help(
+                Diagnostic::error(file.as_str(), None, Code::BadStatus, e.clone()).with_help(
                     "status files are written by rollgate; restore it from history (`git log -p -- status/`)",
                 ),
             ),

@@ -16,6 +16,7 @@ mod demo;
 mod deploy_manifests;
 mod fresh_baseline;
 mod fuzz_regressions;
+mod gate_cache;
 mod git_servers_selftest;
 mod git_transports;
 mod hostile_files;
