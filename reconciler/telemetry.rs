@@ -21,6 +21,8 @@ pub struct Telemetry {
     judge: [AtomicU64; 3],
     pub writeback_retries: AtomicU64,
     pub writeback_commits: AtomicU64,
+    /// Fetches of the watched branch (each one a `git fetch`).
+    pub git_fetches: AtomicU64,
     pub reverts: AtomicU64,
     /// Target actions that failed, by `engine::Action::kind` (see `ACTION_KINDS`).
     action_failures: [AtomicU64; 4],
@@ -201,6 +203,12 @@ impl Telemetry {
             "rollgate_writeback_commits_total",
             "Commits pushed by the writer.",
             g(&self.writeback_commits),
+        );
+        counter(
+            &mut o,
+            "rollgate_git_fetches_total",
+            "Fetches of the watched branch from the remote.",
+            g(&self.git_fetches),
         );
         counter(
             &mut o,

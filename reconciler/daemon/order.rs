@@ -2,9 +2,11 @@
 //! then routine transitions; and when routine work yields to new commits.
 //!
 //! ```text
-//!  urgent (all) ─▶ flush ─▶ new changes, in chunks ─▶ flush ─▶ routine, in chunks ─▶ flush ─▶ new commits? ─▶ yield
-//!                                                                      ▲                                │ no
-//!                                                                      └────────────────────────────────┘
+//!  urgent (all) ─▶ flush ─▶ new changes, in chunks ─▶ flush ─▶ routine, in chunks
+//!                                                      ▲            │ each chunk: flush; every
+//!                                                      │            │ CHUNK_TIME: new commits?
+//!                                                      └─── no ─────┤ (a fetch)
+//!                                                                   └─ yes ─▶ yield
 //! ```
 //! Invariants: pure (no I/O, no clock: the caller says what it saw); every plan has
 //! exactly one place in the order; routine plans start after the one a yielded pass
@@ -25,6 +27,13 @@ pub const CHUNK_MIN_PLANS: usize = 10;
 /// Whether a chunk of `plans` routine plans that took `took` is done.
 pub fn chunk_done(plans: usize, took: Duration) -> bool {
     plans >= CHUNK_PLANS || (plans >= CHUNK_MIN_PLANS && took >= CHUNK_TIME)
+}
+
+/// Whether a pass that last looked for new commits `since` ago looks again at the end
+/// of this chunk (a look is a fetch: chunks of idle plans are quick, and a look per
+/// chunk cost more than the plans).
+pub fn check_due(since: Duration) -> bool {
+    since >= CHUNK_TIME
 }
 
 /// How soon a plan is looked at in a pass.
@@ -155,6 +164,7 @@ mod tests {
         assert!(chunk_done(CHUNK_PLANS, Duration::ZERO));
         assert!(!chunk_done(CHUNK_PLANS - 1, Duration::ZERO));
         assert!(chunk_done(CHUNK_MIN_PLANS, CHUNK_TIME));
+        assert!(check_due(CHUNK_TIME) && !check_due(CHUNK_TIME / 2));
         assert!(!chunk_done(CHUNK_MIN_PLANS - 1, Duration::from_secs(60)));
     }
 

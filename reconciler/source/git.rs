@@ -236,6 +236,9 @@ impl GitSource {
     pub fn fetch(&self) -> Result<Oid> {
         let spec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
         self.remote.fetch(self.repo.path(), &[spec])?;
+        crate::telemetry::global()
+            .git_fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.head()
     }
 

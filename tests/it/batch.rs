@@ -384,3 +384,34 @@ fn a_human_revert_during_a_1000_plan_mass_change_is_not_blocked_behind_it() {
         "{started_before_web} of the 1,000 canaries started before the revert was acted on"
     );
 }
+
+#[test]
+fn regression_an_idle_pass_over_many_plans_does_not_fetch_once_per_chunk() {
+    // Given 250 finished rollouts (three chunks of routine work)
+    let plans: Vec<PlanFile> = (0..250)
+        .map(|i| plan(&format!("idle-{i:03}"), 21_000 + i))
+        .collect();
+    let mut w = finished(&plans);
+    let fetches = || {
+        rollgate::telemetry::global()
+            .git_fetches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // When the daemon passes over them with nothing to do
+    let before = fetches();
+    let started = std::time::Instant::now();
+    let r = w.tick();
+    let took = started.elapsed();
+
+    // Then it fetched once, at the start of the pass: a look for new commits after each
+    // chunk is due only every CHUNK_TIME (it was a fetch per 100 idle plans)
+    assert_eq!((r.transitions, r.errors), (0, 0), "{r:?}");
+    let looks = fetches() - before;
+    let allowed = 1 + (took.as_millis() / order::CHUNK_TIME.as_millis()) as u64;
+    assert!(
+        looks <= allowed,
+        "{looks} fetches in a {took:?} idle pass over 250 plans"
+    );
+    assert!(looks >= 1, "the pass did not fetch at all");
+}
