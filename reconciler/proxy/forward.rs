@@ -114,6 +114,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the proxy sends.
 #[derive(Debug)]
+// Boxing the streamed variant would cost an allocation per proxied request; the
+// small one is only the proxy's own answers (502, 503, metrics).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ProxyBody {
     /// Streamed from a backend; the tracker ends with the stream.
     Tracked {
