@@ -38,7 +38,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode, Version};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::route::RoutedAddrs;
@@ -54,8 +54,9 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 /// steady state; the cap only bounds oddities).
 const MAX_IDLE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// The first read of a connection, and the most one read asks for.
+const FIRST_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 /// Request body bytes gathered before they are written (so a small body leaves with
 /// its head in one write).
 const WRITE_GATHER: usize = 16 * 1024;
@@ -90,6 +91,8 @@ struct Conn {
     addr: SocketAddr,
     stream: TcpStream,
     rbuf: BytesMut,
+    /// How much the next read asks for.
+    window: usize,
 }
 
 impl Conn {
@@ -102,12 +105,14 @@ impl Conn {
         Ok(Conn {
             addr,
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: BytesMut::with_capacity(FIRST_READ),
+            window: FIRST_READ,
         })
     }
 
     /// Whether an idle connection can carry a request: the backend has neither closed
-    /// it nor sent anything unasked. A syscall only when the socket reported readiness.
+    /// it nor sent anything unasked. A syscall only when the socket reported readiness
+    /// since the last read (`poll_fill` leaves none after a read that drained it).
     fn still_open(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
@@ -123,18 +128,22 @@ impl Conn {
         }
     }
 
-    /// Read more into `rbuf`; `Ok(0)` at the connection's end.
+    /// Read more into `rbuf`; `Ok(0)` at the connection's end. Through `AsyncRead`,
+    /// which takes a read that did not fill its buffer as the socket drained (no
+    /// `EAGAIN` read before the next wait): the buffer is zeroed first, `window` bytes
+    /// (small while answers are small, grown while reads fill it).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_CHUNK);
+        let len = self.rbuf.len();
+        self.rbuf.resize(len + self.window, 0);
+        let mut read = ReadBuf::new(&mut self.rbuf[len..]);
+        let polled = Pin::new(&mut self.stream).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        self.rbuf.truncate(len + n);
+        ready!(polled)?;
+        if n == self.window {
+            self.window = (self.window * 4).min(MAX_READ);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        Poll::Ready(Ok(n))
     }
 }
 
