@@ -25,6 +25,8 @@
 //! is not exactly `HEX[;ext]CRLF data CRLF` (size line at most `MAX_CHUNK_LINE`, no
 //! overflow, trailers within `MAX_HEAD`) are errors: the client gets 502 (or, once the
 //! head was forwarded, a cut connection) and the backend connection is closed.
+//! One job over 600 lines, kept in one file: one HTTP/1.1 exchange with a backend
+//! (writing the request, parsing and framing the answer, keeping the connection).
 
 use std::io;
 use std::net::SocketAddr;
