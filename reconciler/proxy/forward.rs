@@ -5,24 +5,20 @@
 //! until its response body has been sent in full (or dropped); its statistics are
 //! recorded exactly once, at that moment.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1 as client;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::{Response, StatusCode};
 
 use super::route::Routed;
-use super::shadow::Tee;
+use super::upstream::UpstreamBody;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -114,126 +110,17 @@ impl Drop for Tracker {
     }
 }
 
-type Sender = client::SendRequest<Tee>;
-type Connection = client::Connection<TokioIo<TcpStream>, Tee>;
-
-/// Idle backend connections one client connection keeps (one per routed backend is the
-/// steady state; the cap only bounds oddities).
-const MAX_IDLE: usize = 4;
-
-/// The backend connections of one client connection, driven by that connection's own
-/// task (see `Upstreams::drive`), so a request and its forwarded copy never wait on a
-/// wake-up of another task. Requests on a client connection come one after another,
-/// so each backend needs one connection, reused while the backend stays routed.
-#[derive(Debug, Default)]
-pub(crate) struct Upstreams {
-    inner: Mutex<UpstreamsInner>,
-}
-
-#[derive(Default)]
-struct UpstreamsInner {
-    idle: Vec<(SocketAddr, Sender)>,
-    connections: Vec<Pin<Box<Connection>>>,
-}
-
-impl std::fmt::Debug for UpstreamsInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstreams")
-            .field("idle", &self.idle.len())
-            .field("connections", &self.connections.len())
-            .finish()
-    }
-}
-
-impl Upstreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, UpstreamsInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Poll every backend connection (reading responses, writing requests); forget
-    /// those that ended. Call it whenever the client connection's task is polled.
-    pub fn drive(&self, cx: &mut Context<'_>) {
-        self.lock()
-            .connections
-            .retain_mut(|c| match c.as_mut().poll(cx) {
-                Poll::Pending => true,
-                Poll::Ready(Ok(())) => false,
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("backend connection: {e}");
-                    false
-                }
-            });
-    }
-
-    /// A kept connection to `addr`, dropping those to backends no longer in `routed`.
-    fn take(&self, addr: SocketAddr, routed: super::route::RoutedAddrs) -> Option<Sender> {
-        let mut inner = self.lock();
-        inner
-            .idle
-            .retain(|(a, s)| routed.contains(&Some(*a)) && !s.is_closed());
-        let i = inner.idle.iter().position(|(a, _)| *a == addr)?;
-        Some(inner.idle.swap_remove(i).1)
-    }
-
-    fn put(&self, addr: SocketAddr, sender: Sender) {
-        let mut inner = self.lock();
-        if inner.idle.len() >= MAX_IDLE {
-            inner.idle.remove(0);
-        }
-        inner.idle.push((addr, sender));
-    }
-
-    async fn dial(&self, addr: SocketAddr) -> Result<Sender, BoxError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out")??;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = client::handshake(TokioIo::new(stream)).await?;
-        self.lock().connections.push(Box::pin(connection));
-        Ok(sender)
-    }
-
-    /// Send `req` to `addr` on a kept connection or a new one. A kept connection the
-    /// backend closed meanwhile is replaced, and the request retried on a new one when
-    /// it was not sent yet; once sent, a request is never sent twice.
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        routed: super::route::RoutedAddrs,
-        mut req: Request<Tee>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        if let Some(mut sender) = self.take(addr, routed)
-            && sender.ready().await.is_ok()
-        {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.put(addr, sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
-            }
-        }
-        let mut sender = self.dial(addr).await?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        self.put(addr, sender);
-        Ok(resp)
-    }
-}
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The body of every response the proxy sends.
 #[derive(Debug)]
+// Boxing the streamed variant would cost an allocation per proxied request; the
+// small one is only the proxy's own answers (502, 503, metrics).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ProxyBody {
     /// Streamed from a backend; the tracker ends with the stream.
     Tracked {
-        inner: Incoming,
+        inner: UpstreamBody,
         tracker: Option<Tracker>,
     },
     /// Made by the proxy itself.
@@ -248,15 +135,15 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Tracked { inner, tracker } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(inner).poll_frame(cx).map_err(BoxError::from);
                 match &polled {
                     Poll::Ready(None) => drop(tracker.take()),
                     Poll::Ready(Some(Err(_))) => {

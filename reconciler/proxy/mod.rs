@@ -12,9 +12,11 @@
 //! candidate first, and a mirror copies a share of stable-served requests to the
 //! candidate (`shadow`: bodies up to `shadow::MAX_BODY` copied as they stream to the
 //! stable; answers counted, then thrown away). Requests stream both ways. Each client connection is
-//! one task that also drives its own keep-alive connections to the backends (one per
-//! routed backend, see `forward::Upstreams`): no pool, no hand-off between tasks. A
-//! backend that cannot be reached gives 502, no backend 503.
+//! one task that writes its requests straight onto its own keep-alive connections to
+//! the backends and reads their answers (one per routed backend, see `upstream`: the
+//! proxy's own strict HTTP/1.1 client): no pool, no channel, no hand-off between tasks.
+//! A backend that cannot be reached, or answers with a malformed response, gives 502;
+//! no backend 503.
 //! Invariants: a request is counted in flight to its backend *under the table's read
 //! lock*, so once `set_routes` returns, every request routed by an older table is
 //! already counted and `drain` waits for it; a request finishes on the backend it
@@ -30,6 +32,7 @@ mod shadow;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,11 +53,12 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use self::forward::{
-    ProxyBody, Tracker, Upstreams, add_forwarded_for, forwarded_for_value, plain, strip_hop_by_hop,
+    ProxyBody, Tracker, add_forwarded_for, forwarded_for_value, plain, strip_hop_by_hop,
 };
 use self::route::{Condition, Routed, Table, request_bucket};
 use self::shadow::{Shadow, Tee};
 pub use self::stats::{Stats, WindowStats};
+use self::upstream::Upstreams;
 use crate::model::plan::Routing;
 pub use crate::model::plan::Sticky;
 
@@ -386,7 +390,6 @@ async fn serve_client(
     let upstreams = Arc::new(Upstreams::default());
     let forwarded_for = forwarded_for_value(peer);
     let service = {
-        let upstreams = upstreams.clone();
         service_fn(move |req| {
             handle(
                 shared.clone(),
@@ -396,23 +399,11 @@ async fn serve_client(
             )
         })
     };
-    let conn = http1::Builder::new()
+    let served = http1::Builder::new()
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // Backend connections first (a response that arrived is then forwarded in the same
-    // poll), then the client side, then backends again (a request just handed over is
-    // written at once).
-    let served = std::future::poll_fn(|cx| {
-        upstreams.drive(cx);
-        let polled = conn.as_mut().poll(cx);
-        if polled.is_pending() {
-            upstreams.drive(cx);
-        }
-        polled
-    });
     tokio::select! {
         r = served => if let Err(e) = r { tracing::debug!(%peer, "client connection: {e}") },
         _ = stopped.wait_for(|s| *s) => {}
@@ -500,10 +491,7 @@ async fn handle(
             }
         }
     };
-    match upstreams
-        .send(addr, routed, Request::from_parts(parts, body))
-        .await
-    {
+    match upstream::send(&upstreams, addr, routed, &parts, body).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

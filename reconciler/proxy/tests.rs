@@ -22,6 +22,7 @@ use super::*;
 use crate::metrics::MetricsSource;
 use crate::metrics::builtin::{Builtin, Registry};
 
+mod framing;
 mod shaping;
 
 fn runtime() -> Runtime {
