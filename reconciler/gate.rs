@@ -29,7 +29,7 @@ pub trait PolicyEngine: Send {
     /// `settings`, `change`, `now`), converted once rather than once per plan.
     fn set_shared(&mut self, shared: &Value);
     /// Evaluate one plan's input, merged over the shared parts.
-    fn evaluate(&mut self, input: &Value) -> Result<Findings, String>;
+    fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String>;
     /// An independent copy for another worker thread.
     fn fork(&self) -> Box<dyn PolicyEngine>;
 }
@@ -106,10 +106,13 @@ impl PolicyEngine for Rego {
         self.shared = Some(std::sync::Arc::new(crate::policy::SharedInput::new(shared)));
     }
 
-    fn evaluate(&mut self, input: &Value) -> Result<Findings, String> {
+    fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String> {
+        let fields = input.fields();
         let result = match &self.shared {
-            Some(shared) => self.set.evaluate_with(shared, input),
-            None => self.set.evaluate(input),
+            Some(shared) => self.set.evaluate_fields(shared, &fields),
+            None => self
+                .set
+                .evaluate_fields(&crate::policy::SharedInput::default(), &fields),
         };
         result.map_err(|e| e.to_string())
     }
@@ -322,8 +325,7 @@ pub fn check_on(
             .map(|_| prepared.fork())
             .collect();
         let results = parallel_map(&pending, forks, |engine, (file, p)| {
-            let input = policy_input(file, p, &shared);
-            engine.evaluate(&input)
+            engine.evaluate(&policy_input(file, p, &shared))
         });
         for ((file, _), result) in pending.iter().zip(results) {
             cache.findings.insert((*file).clone(), result);
@@ -409,16 +411,58 @@ struct Shared<'a> {
 }
 
 /// The per-plan part of the document policies see as `input` (documented in the
-/// README); `change`, `statuses`, `settings` and `now` are shared (`set_shared`).
-fn policy_input(file: &str, p: &Arc<ParsedPlan>, s: &Shared<'_>) -> Value {
+/// README), borrowed from the parsed plan: the plan's document is never copied, the
+/// engine converts it straight into its own values. `change`, `statuses`, `settings`
+/// and `now` are shared (`set_shared`).
+#[derive(Debug)]
+pub struct PolicyInput<'a> {
+    /// The plan's repo-relative path (`input.file`).
+    pub file: Value,
+    /// The plan file as written (`input.plan`).
+    pub plan: &'a Value,
+    /// The plan's steps in the file form (`input.steps`), presets expanded.
+    pub steps: Value,
+    /// The plan of the same name at the base revision (`input.basePlan`), if any.
+    pub base_plan: Option<&'a Value>,
+    /// Whether the plan's windows are open now (`input.windowOpen`).
+    pub window_open: Value,
+}
+
+static NULL: Value = Value::Null;
+
+impl PolicyInput<'_> {
+    /// The top-level keys of the per-plan input.
+    pub fn fields(&self) -> [(&'static str, &Value); 5] {
+        [
+            ("file", &self.file),
+            ("plan", self.plan),
+            ("steps", &self.steps),
+            ("basePlan", self.base_plan.unwrap_or(&NULL)),
+            ("windowOpen", &self.window_open),
+        ]
+    }
+
+    /// The per-plan input as one JSON document.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "file": self.file,
+            "plan": self.plan,
+            "steps": self.steps,
+            "basePlan": self.base_plan,
+            "windowOpen": self.window_open,
+        })
+    }
+}
+
+fn policy_input<'a>(file: &str, p: &'a ParsedPlan, s: &'a Shared<'_>) -> PolicyInput<'a> {
     let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
-    json!({
-        "file": file,
-        "plan": p.document,
-        "steps": steps,
-        "basePlan": s.base_plans.get(&p.plan.name).cloned().unwrap_or(Value::Null),
-        "windowOpen": p.plan.windows.is_open(s.now),
-    })
+    PolicyInput {
+        file: Value::String(file.to_owned()),
+        plan: &p.document,
+        steps: Value::Array(steps),
+        base_plan: s.base_plans.get(&p.plan.name),
+        window_open: Value::Bool(p.plan.windows.is_open(s.now)),
+    }
 }
 
 /// A domain step in the file form (`{"setWeight": 5}` …).
@@ -799,7 +843,7 @@ spec:
         };
         let mut judged = 0;
         for p in schema_only.accepted.values() {
-            let mut input = policy_input(&p.file, p, &shared);
+            let mut input = policy_input(&p.file, p, &shared).to_json();
             let object = input.as_object_mut().expect("an object");
             object.insert(
                 "change".into(),
