@@ -29,7 +29,7 @@ pub trait PolicyEngine: Send {
     /// `settings`, `change`, `now`), converted once rather than once per plan.
     fn set_shared(&mut self, shared: &Value);
     /// Evaluate one plan's input, merged over the shared parts.
-    fn evaluate(&mut self, input: &Value) -> Result<Findings, String>;
+    fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String>;
     /// An independent copy for another worker thread.
     fn fork(&self) -> Box<dyn PolicyEngine>;
 }
@@ -106,10 +106,13 @@ impl PolicyEngine for Rego {
         self.shared = Some(std::sync::Arc::new(crate::policy::SharedInput::new(shared)));
     }
 
-    fn evaluate(&mut self, input: &Value) -> Result<Findings, String> {
+    fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String> {
+        let fields = input.fields();
         let result = match &self.shared {
-            Some(shared) => self.set.evaluate_with(shared, input),
-            None => self.set.evaluate(input),
+            Some(shared) => self.set.evaluate_fields(shared, &fields),
+            None => self
+                .set
+                .evaluate_fields(&crate::policy::SharedInput::default(), &fields),
         };
         result.map_err(|e| e.to_string())
     }
@@ -174,6 +177,20 @@ pub fn check_with(
     policy: Option<&dyn PolicyEngine>,
     cache: &mut GateCache,
 ) -> GateReport {
+    check_on(snap, cx, policy, cache, None)
+}
+
+/// [`check_with`] on exactly `threads` worker threads (`None`: one per core, at most
+/// one per 64 plans). The report is the same for any number: tests and benchmarks
+/// compare them.
+pub fn check_on(
+    snap: &Snapshot,
+    cx: &GateContext<'_>,
+    policy: Option<&dyn PolicyEngine>,
+    cache: &mut GateCache,
+    threads: Option<std::num::NonZeroUsize>,
+) -> GateReport {
+    let workers_for = |n: usize| threads.map_or_else(|| workers(n), std::num::NonZeroUsize::get);
     let mut report = GateReport {
         diagnostics: snap.refused.clone(),
         ..Default::default()
@@ -236,9 +253,11 @@ pub fn check_with(
         .copied()
         .filter(|(f, _)| !cache.parsed.contains_key(*f))
         .collect();
-    let fresh = parallel_map(&missing, |(file, bytes)| {
-        parse_one(file, bytes, settings).map(Arc::new)
-    });
+    let fresh = parallel_map(
+        &missing,
+        vec![(); workers_for(missing.len())],
+        |_, (file, bytes)| parse_one(file, bytes, settings).map(Arc::new),
+    );
     let reparsed = !missing.is_empty();
     for ((file, _), result) in missing.iter().zip(fresh) {
         cache.parsed.insert((*file).clone(), result);
@@ -308,9 +327,11 @@ pub fn check_with(
             "settings": shared.settings,
             "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }));
-        let results = parallel_map_with(&pending, prepared.as_ref(), |engine, (file, p)| {
-            let input = policy_input(file, p, &shared);
-            engine.evaluate(&input)
+        let forks = (0..workers_for(pending.len()))
+            .map(|_| prepared.fork())
+            .collect();
+        let results = parallel_map(&pending, forks, |engine, (file, p)| {
+            engine.evaluate(&policy_input(file, p, &shared))
         });
         for ((file, _), result) in pending.iter().zip(results) {
             cache.findings.insert((*file).clone(), result);
@@ -396,16 +417,58 @@ struct Shared<'a> {
 }
 
 /// The per-plan part of the document policies see as `input` (documented in the
-/// README); `change`, `statuses`, `settings` and `now` are shared (`set_shared`).
-fn policy_input(file: &str, p: &Arc<ParsedPlan>, s: &Shared<'_>) -> Value {
+/// README), borrowed from the parsed plan: the plan's document is never copied, the
+/// engine converts it straight into its own values. `change`, `statuses`, `settings`
+/// and `now` are shared (`set_shared`).
+#[derive(Debug)]
+pub struct PolicyInput<'a> {
+    /// The plan's repo-relative path (`input.file`).
+    pub file: Value,
+    /// The plan file as written (`input.plan`).
+    pub plan: &'a Value,
+    /// The plan's steps in the file form (`input.steps`), presets expanded.
+    pub steps: Value,
+    /// The plan of the same name at the base revision (`input.basePlan`), if any.
+    pub base_plan: Option<&'a Value>,
+    /// Whether the plan's windows are open now (`input.windowOpen`).
+    pub window_open: Value,
+}
+
+static NULL: Value = Value::Null;
+
+impl PolicyInput<'_> {
+    /// The top-level keys of the per-plan input.
+    pub fn fields(&self) -> [(&'static str, &Value); 5] {
+        [
+            ("file", &self.file),
+            ("plan", self.plan),
+            ("steps", &self.steps),
+            ("basePlan", self.base_plan.unwrap_or(&NULL)),
+            ("windowOpen", &self.window_open),
+        ]
+    }
+
+    /// The per-plan input as one JSON document.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "file": self.file,
+            "plan": self.plan,
+            "steps": self.steps,
+            "basePlan": self.base_plan,
+            "windowOpen": self.window_open,
+        })
+    }
+}
+
+fn policy_input<'a>(file: &str, p: &'a ParsedPlan, s: &'a Shared<'_>) -> PolicyInput<'a> {
     let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
-    json!({
-        "file": file,
-        "plan": p.document,
-        "steps": steps,
-        "basePlan": s.base_plans.get(&p.plan.name).cloned().unwrap_or(Value::Null),
-        "windowOpen": p.plan.windows.is_open(s.now),
-    })
+    PolicyInput {
+        file: Value::String(file.to_owned()),
+        plan: &p.document,
+        steps: Value::Array(steps),
+        base_plan: s.base_plans.get(&p.plan.name),
+        window_open: Value::Bool(p.plan.windows.is_open(s.now)),
+    }
 }
 
 /// A domain step in the file form (`{"setWeight": 5}` …).
@@ -479,57 +542,65 @@ fn base_plan_docs(base: &Snapshot) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// How many threads the gate may use: every core, but no more than one per 64 plans.
 fn workers(n: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     cores.min(n / 64 + 1).max(1)
 }
 
-/// Map `f` over `items` on all cores, keeping order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let n = workers(items.len());
-    if n <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
-}
+/// Items a worker takes at a time: small enough that a worker the scheduler holds back
+/// (other processes on the same cores) leaves little for the others to wait on at the
+/// end, large enough that taking one costs nothing.
+const BLOCK: usize = 16;
 
-/// Like `parallel_map`, giving each worker its own fork of the policy engine.
-fn parallel_map_with<T: Sync, R: Send>(
+/// Map `f` over `items` with one worker per `states` entry (each worker owns its
+/// state, e.g. a fork of the policy engine), keeping the order of `items`. Workers take
+/// blocks of [`BLOCK`] items from a shared counter, so a busy core slows its worker
+/// without idling the others; the result is the same for any number of workers.
+fn parallel_map<T: Sync, R: Send, S: Send>(
     items: &[T],
-    engine: &dyn PolicyEngine,
-    f: impl Fn(&mut dyn PolicyEngine, &T) -> R + Sync,
+    mut states: Vec<S>,
+    f: impl Fn(&mut S, &T) -> R + Sync,
 ) -> Vec<R> {
-    let n = workers(items.len());
-    let chunk = items.len().div_ceil(n).max(1);
-    let mut forks: Vec<Box<dyn PolicyEngine>> = (0..n).map(|_| engine.fork()).collect();
+    if states.len() <= 1 || items.len() <= BLOCK {
+        return match states.first_mut() {
+            Some(state) => items.iter().map(|item| f(state, item)).collect(),
+            None => Vec::new(),
+        };
+    }
+    let blocks: Vec<&[T]> = items.chunks(BLOCK).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<Option<Vec<R>>> =
+        std::iter::repeat_with(|| None).take(blocks.len()).collect();
     std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .zip(forks.iter_mut())
-            .map(|(c, eng)| {
-                let f = &f;
+        let (blocks, next, f) = (&blocks, &next, &f);
+        let handles: Vec<_> = states
+            .iter_mut()
+            .map(|state| {
                 s.spawn(move || {
-                    c.iter()
-                        .map(|item| f(eng.as_mut(), item))
-                        .collect::<Vec<R>>()
+                    let mut out = Vec::new();
+                    loop {
+                        let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(block) = blocks.get(b) else { break };
+                        out.push((
+                            b,
+                            block.iter().map(|item| f(state, item)).collect::<Vec<R>>(),
+                        ));
+                    }
+                    out
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
+        for handle in handles {
+            let out = handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            for (b, results) in out {
+                done[b] = Some(results);
+            }
+        }
+    });
+    done.into_iter().flatten().flatten().collect()
 }
 
 /// The policies of a revision (`policies/` in its snapshot), written out to `dir` and
@@ -556,5 +627,297 @@ pub fn repository_policies(
             Box::new(Rego::new(crate::policy::PolicySet::load(Some(&dir))?))
                 as Box<dyn PolicyEngine>,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gate's answer does not depend on how it was computed: on how many threads,
+    //! on a warm cache, or on one policy engine (and one shared input) serving many plans.
+
+    use std::num::NonZeroUsize;
+    use std::path::Path;
+
+    use super::*;
+
+    const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
+
+    /// A generated plan: valid, or denied by the built-in digest policy (a tag), or by the
+    /// repository's team policy (a number above 3), or failing it (a team that is no number).
+    fn generated(i: usize) -> String {
+        let team = if i.is_multiple_of(5) {
+            format!("t{i}")
+        } else {
+            (i % 7).to_string()
+        };
+        let artifact = if i.is_multiple_of(3) {
+            format!("registry.example/gen-{i:03}:v{i}")
+        } else {
+            format!("registry.example/gen-{i:03}@sha256:{i:064x}")
+        };
+        let owner = if i.is_multiple_of(4) {
+            ""
+        } else {
+            ", owner: ops"
+        };
+        format!(
+            "apiVersion: rollgate.dev/v1alpha1
+kind: RolloutPlan
+metadata: {{ name: gen-{i:03}, labels: {{ team: \"{team}\"{owner} }} }}
+spec:
+  target: prod-eu
+  workload:
+    kubernetes: {{ namespace: ns-{i}, deployment: gen-{i:03} }}
+  artifact: {artifact}
+  strategy:
+    canary:
+      steps:
+        - setWeight: {}
+        - analysis: {{ checks: [errors], duration: 5m }}
+        - setWeight: 100
+  checks:
+    - {{ name: errors, source: prometheus, query: up, judge: {{ max: 0.1 }} }}
+",
+            5 + i % 40
+        )
+    }
+
+    /// The corpus settings; every invalid case that is one file or a folder of plans and
+    /// statuses (no settings or policies of its own); 300 generated plans.
+    fn corpus_snapshot() -> Snapshot {
+        let root = Path::new(CORPUS);
+        let read = |p: &Path| std::fs::read(p).expect("corpus file reads");
+        let mut files = BTreeMap::new();
+        files.insert(SETTINGS_FILE.to_owned(), read(&root.join("rollgate.yaml")));
+        for entry in std::fs::read_dir(root.join("invalid")).expect("corpus") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+            if path.is_file() && crate::source::is_yaml(name) {
+                files.insert(format!("plans/{name}"), read(&path));
+            } else if path.is_dir() && !path.join(SETTINGS_FILE).exists() {
+                for folder in ["plans", "status"] {
+                    let Ok(listing) = std::fs::read_dir(path.join(folder)) else {
+                        continue;
+                    };
+                    for f in listing {
+                        let f = f.expect("entry").path();
+                        let n = f.file_name().and_then(|n| n.to_str()).expect("name");
+                        files.insert(format!("{folder}/{n}"), read(&f));
+                    }
+                }
+            }
+        }
+        for i in 0..300 {
+            files.insert(format!("plans/gen-{i:03}.yaml"), generated(i).into_bytes());
+        }
+        files.insert(
+            "plans/broken.yaml".to_owned(),
+            b"kind: [RolloutPlan\n".to_vec(),
+        );
+        files.insert("plans/binary.yaml".to_owned(), b"kind: \0\n".to_vec());
+        files.insert("plans/latin1.yaml".to_owned(), b"kind: caf\xe9\n".to_vec());
+        Snapshot {
+            files,
+            refused: Vec::new(),
+        }
+    }
+
+    /// The built-in policies, the corpus policy that fails on a team that is not a
+    /// number, and one that warns about a plan without an owner.
+    fn policies() -> Rego {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let failing = Path::new(CORPUS).join("invalid/policy-error/policies/owner.rego");
+        std::fs::copy(failing, dir.path().join("owner.rego")).expect("copy policy");
+        std::fs::write(
+            dir.path().join("labels.rego"),
+            "package rollgate.test.labels\n\nimport rego.v1\n\nwarn contains msg if {\n\tnot input.plan.metadata.labels.owner\n\tmsg := sprintf(\"plan %q has no owner label\", [input.plan.metadata.name])\n}\n",
+        )
+        .expect("write policy");
+        Rego::new(crate::policy::PolicySet::load(Some(dir.path())).expect("policies load"))
+    }
+
+    fn context() -> GateContext<'static> {
+        GateContext {
+            base: None,
+            change: Change {
+                labels: vec!["reviewed".to_owned()],
+                ..Change::default()
+            },
+            now: "2026-11-24T10:00:00Z".parse().expect("time"),
+            only: None,
+            namespaces: None,
+        }
+    }
+
+    /// Everything a report says, in a comparable form: diagnostics, accepted plans (name,
+    /// file, document), rejected files.
+    type Summary = (Vec<Diagnostic>, Vec<(String, String, Value)>, Vec<String>);
+
+    fn summary(r: &GateReport) -> Summary {
+        let accepted = r
+            .accepted
+            .iter()
+            .map(|(name, p)| (name.clone(), p.file.clone(), p.document.clone()))
+            .collect();
+        (
+            r.diagnostics.clone(),
+            accepted,
+            r.rejected.iter().cloned().collect(),
+        )
+    }
+
+    fn threads(n: usize) -> Option<NonZeroUsize> {
+        NonZeroUsize::new(n)
+    }
+
+    #[test]
+    fn parallel_and_sequential_gates_give_the_same_report() {
+        let snap = corpus_snapshot();
+        let cx = context();
+        let rego = policies();
+        let one = check_on(
+            &snap,
+            &cx,
+            Some(&rego),
+            &mut GateCache::default(),
+            threads(1),
+        );
+        // The corpus exercises every kind of outcome, so the comparison means something.
+        let codes: BTreeSet<Code> = one.diagnostics.iter().map(|d| d.code).collect();
+        for code in [
+            Code::YamlSyntax,
+            Code::UnknownField,
+            Code::DuplicatePlan,
+            Code::BadStatus,
+            Code::PolicyDenied,
+            Code::PolicyWarning,
+            Code::PolicyError,
+        ] {
+            assert!(codes.contains(&code), "the corpus yields {code}: {codes:?}");
+        }
+        assert!(one.accepted.len() >= 40, "{} accepted", one.accepted.len());
+        for n in [2, 3, 8] {
+            let many = check_on(
+                &snap,
+                &cx,
+                Some(&rego),
+                &mut GateCache::default(),
+                threads(n),
+            );
+            assert_eq!(summary(&one), summary(&many), "{n} threads");
+        }
+        let default = check(&snap, &cx, Some(&rego));
+        assert_eq!(summary(&one), summary(&default), "default threads");
+        let schema_only_one = check_on(&snap, &cx, None, &mut GateCache::default(), threads(1));
+        let schema_only_many = check_on(&snap, &cx, None, &mut GateCache::default(), threads(4));
+        assert_eq!(summary(&schema_only_one), summary(&schema_only_many));
+    }
+
+    /// A warm cache answers for every plan as a cold one does. (Status-file diagnostics
+    /// come only from a pass that re-reads the statuses, i.e. one with something to
+    /// parse or judge, so they are left out of the comparison.)
+    #[test]
+    fn a_warm_cache_gives_the_same_plan_verdicts_as_a_cold_one() {
+        let snap = corpus_snapshot();
+        let cx = context();
+        let rego = policies();
+        let mut cache = GateCache::default();
+        let plan_summary = |r: &GateReport| {
+            let mut s = summary(r);
+            s.0.retain(|d| d.code != Code::BadStatus);
+            s
+        };
+        let cold = check_on(&snap, &cx, Some(&rego), &mut cache, threads(2));
+        let warm = check_on(&snap, &cx, Some(&rego), &mut cache, threads(2));
+        assert_eq!(plan_summary(&cold), plan_summary(&warm));
+    }
+
+    /// Each plan's findings through the gate (one engine and one shared input serving
+    /// every plan) equal those of a fresh engine given that plan's whole input, as JSON.
+    #[test]
+    fn findings_from_a_shared_engine_equal_those_of_a_fresh_engine_per_plan() {
+        let snap = corpus_snapshot();
+        let cx = context();
+        let rego = policies();
+        let report = check_on(
+            &snap,
+            &cx,
+            Some(&rego),
+            &mut GateCache::default(),
+            threads(2),
+        );
+        let schema_only = check_on(&snap, &cx, None, &mut GateCache::default(), threads(1));
+        let (statuses, _) = status_docs(&snap);
+        let settings = yaml_json(SETTINGS_FILE, &snap.files[SETTINGS_FILE]).expect("settings");
+        let shared = Shared {
+            statuses: statuses.clone(),
+            settings: settings.clone(),
+            base_plans: BTreeMap::new(),
+            change: &cx.change,
+            now: cx.now,
+        };
+        let mut judged = 0;
+        for p in schema_only.accepted.values() {
+            let mut input = policy_input(&p.file, p, &shared).to_json();
+            let object = input.as_object_mut().expect("an object");
+            object.insert(
+                "change".into(),
+                json!({"commit": null, "author": null, "files": [], "labels": ["reviewed"]}),
+            );
+            object.insert("statuses".into(), statuses.clone());
+            object.insert("settings".into(), settings.clone());
+            object.insert(
+                "now".into(),
+                json!(cx.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
+            let fresh = rego.set.clone().evaluate(&input);
+            let mut expected: Vec<Diagnostic> = match fresh {
+                Ok(f) => f
+                    .deny
+                    .into_iter()
+                    .map(|d| {
+                        Diagnostic::error(
+                            p.file.as_str(),
+                            p.name_pos,
+                            Code::PolicyDenied,
+                            d.message,
+                        )
+                        .with_help(format!("policy {}", d.policy))
+                    })
+                    .chain(f.warn.into_iter().map(|w| {
+                        Diagnostic::warning(
+                            p.file.as_str(),
+                            p.name_pos,
+                            Code::PolicyWarning,
+                            w.message,
+                        )
+                        .with_help(format!("policy {}", w.policy))
+                    }))
+                    .collect(),
+                Err(e) => vec![Diagnostic::error(
+                    p.file.as_str(),
+                    p.name_pos,
+                    Code::PolicyError,
+                    e.to_string(),
+                )],
+            };
+            let mut got: Vec<Diagnostic> = report
+                .diagnostics
+                .iter()
+                .filter(|d| {
+                    d.file == p.file
+                        && matches!(
+                            d.code,
+                            Code::PolicyDenied | Code::PolicyWarning | Code::PolicyError
+                        )
+                })
+                .cloned()
+                .collect();
+            diagnostics::sort(&mut expected);
+            diagnostics::sort(&mut got);
+            assert_eq!(got, expected, "{}", p.file);
+            judged += usize::from(!expected.is_empty());
+        }
+        assert!(judged >= 100, "only {judged} plans had findings");
     }
 }

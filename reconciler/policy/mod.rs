@@ -260,6 +260,29 @@ impl PolicySet {
         self.evaluate_value(value)
     }
 
+    /// [`evaluate_with`](Self::evaluate_with) for an input given as its top-level keys,
+    /// each converted straight into the engine's values: no JSON document of the whole
+    /// input is built (for the gate, that would copy every plan's document once more).
+    /// A key in `fields` wins over the same key in `shared`.
+    pub fn evaluate_fields(
+        &self,
+        shared: &SharedInput,
+        fields: &[(&str, &Value)],
+    ) -> Result<PolicyOutcome, PolicyError> {
+        let mut value = regorus::Value::new_object();
+        if let Ok(object) = value.as_object_mut() {
+            for (key, field) in fields {
+                object.insert(regorus::Value::from(*key), to_regorus(field)?);
+            }
+            for (key, part) in &shared.parts {
+                if !object.contains_key(key) {
+                    object.insert(key.clone(), part.clone());
+                }
+            }
+        }
+        self.evaluate_value(value)
+    }
+
     fn evaluate_value(&self, input: regorus::Value) -> Result<PolicyOutcome, PolicyError> {
         let started = Instant::now();
         let mut engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
