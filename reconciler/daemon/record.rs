@@ -129,6 +129,7 @@ impl Reconciler {
     /// and the others are written. A failed write is logged and counted per plan; the
     /// pass goes on.
     pub(super) fn flush(&mut self, report: &mut TickReport) {
+        self.pushed = None;
         // A deferred action that fails stages its hold: at most one more round.
         for _ in 0..3 {
             if self.staged.is_empty() {
@@ -204,6 +205,7 @@ impl Reconciler {
                 }
             }
             if let WriteOutcome::Pushed { commit, .. } = outcome {
+                self.pushed = Some(commit);
                 crate::telemetry::global()
                     .writeback_commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
