@@ -173,6 +173,10 @@ fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Held while the benchmark pushes its own 1,000-plan change: against ten small
+    // pushes in a loop, that big pull-rebase-push never won a race (the run that hit
+    // its time limit waited here, not on rollgate).
+    let hold = Arc::new(AtomicBool::new(false));
     let human_pushes = Arc::new(AtomicUsize::new(0));
     let humans: Vec<_> = (0..10)
         .map(|h| {
@@ -187,10 +191,15 @@ fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
                 ],
             );
             let stop = stop.clone();
+            let hold = hold.clone();
             let count = human_pushes.clone();
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
+                    if hold.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
                     i += 1;
                     std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n"))
                         .expect("write");
@@ -212,7 +221,9 @@ fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
     let mut passes = 0;
     let busy_from = Instant::now();
     for round in 0..rounds.min(3) {
+        hold.store(true, Ordering::Relaxed);
         change_all(&remote, n, &format!("v{}", round + 3));
+        hold.store(false, Ordering::Relaxed);
         loop {
             let t = Instant::now();
             let r = rec.tick(chrono::Utc::now()).expect("tick");
