@@ -13,7 +13,8 @@
 //! (f) while 10 humans push to the same branch in a loop, each pass's duration, which
 //!     bounds the time from each of its transitions' decisions to its commit being
 //!     pushed; reported as p50/p99 over transitions. Goal: p99 ≤ 2 s.
-//! Run: `cargo bench --bench mass` (add `-- N` for another number of plans).
+//! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
+//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e) and (f)).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
 
 #[path = "../tests/support/mod.rs"]
@@ -58,8 +59,26 @@ fn main() {
         }
     };
     let rounds = if smoke { 2 } else { 10 };
+    // `--only LETTERS`: the parts to run (all by default).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let part = |p: char| only.as_ref().is_none_or(|o| o.contains(p));
+    if part('a') {
+        mass_change(n, smoke, &say);
+    }
+    if part('d') {
+        finished_rollouts(n, rounds, &say);
+    }
+    if part('e') {
+        in_process(n, rounds, &say);
+    }
+}
 
-    // (a)–(c): the daemon, a mass change to plans that pause after their first step
+/// (a)–(c): the daemon, a mass change to plans that pause after their first step.
+fn mass_change(n: usize, smoke: bool, say: &dyn Fn(String)) {
     let remote = seeded(n, PAUSING);
     let mut d = Daemon::start(&remote, &remote.work_dir("state-a"));
     d.wait_ready(&remote, n);
@@ -94,8 +113,10 @@ fn main() {
         cpu.as_secs_f64() * 100.0 / window.as_secs_f64()
     ));
     d.stop();
+}
 
-    // (d): the same daemon binary, rollouts run to the end, ten times over
+/// (d): the same daemon binary, rollouts run to the end, `rounds` times over.
+fn finished_rollouts(n: usize, rounds: usize, say: &dyn Fn(String)) {
     let remote = seeded(n, RUNNING);
     let mut d = Daemon::start(&remote, &remote.work_dir("state-d"));
     d.wait_ready(&remote, n);
@@ -119,8 +140,10 @@ fn main() {
         rss
     ));
     d.stop();
+}
 
-    // (e), (f): in process, every rollout due, then with 10 humans pushing
+/// (e), (f): in process, every rollout due, then with 10 humans pushing.
+fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
     let remote = seeded(n, RUNNING);
     let src = GitSource::open(
         remote.bare.to_str().expect("utf8"),
@@ -150,6 +173,10 @@ fn main() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Held while the benchmark pushes its own 1,000-plan change: against ten small
+    // pushes in a loop, that big pull-rebase-push never won a race (the run that hit
+    // its time limit waited here, not on rollgate).
+    let hold = Arc::new(AtomicBool::new(false));
     let human_pushes = Arc::new(AtomicUsize::new(0));
     let humans: Vec<_> = (0..10)
         .map(|h| {
@@ -164,10 +191,15 @@ fn main() {
                 ],
             );
             let stop = stop.clone();
+            let hold = hold.clone();
             let count = human_pushes.clone();
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
+                    if hold.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
                     i += 1;
                     std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n"))
                         .expect("write");
@@ -189,7 +221,9 @@ fn main() {
     let mut passes = 0;
     let busy_from = Instant::now();
     for round in 0..rounds.min(3) {
+        hold.store(true, Ordering::Relaxed);
         change_all(&remote, n, &format!("v{}", round + 3));
+        hold.store(false, Ordering::Relaxed);
         loop {
             let t = Instant::now();
             let r = rec.tick(chrono::Utc::now()).expect("tick");
@@ -289,22 +323,41 @@ fn change_all(remote: &Remote, n: usize, to: &str) {
     }
 }
 
-/// Every status at the remote's head.
-fn statuses(bare: &Path) -> Vec<Status> {
+/// The head of the remote's main.
+fn head_of(bare: &Path) -> git2::Oid {
     let repo = git2::Repository::open_bare(bare).expect("open");
-    let head = repo
-        .revparse_single("refs/heads/main")
-        .and_then(|o| o.peel_to_commit())
-        .expect("main");
-    rollgate::history::statuses(&repo, head.id()).expect("statuses")
+    repo.refname_to_id("refs/heads/main").expect("main")
 }
 
-/// Poll the remote until `n` statuses satisfy `done`; when that was first seen.
+/// Every status at `head` of the remote.
+fn statuses_at(bare: &Path, head: git2::Oid) -> Vec<Status> {
+    let repo = git2::Repository::open_bare(bare).expect("open");
+    rollgate::history::statuses(&repo, head).expect("statuses")
+}
+
+/// Every status at the remote's head.
+fn statuses(bare: &Path) -> Vec<Status> {
+    statuses_at(bare, head_of(bare))
+}
+
+/// Poll the remote until `n` statuses satisfy `done`; when that was first seen. The
+/// statuses are read again only when the head moved: reading 1,000 of them every poll
+/// took CPU from the daemon under measurement.
 fn wait_all(remote: &Remote, n: usize, limit: Duration, done: impl Fn(&Status) -> bool) -> Instant {
     let start = Instant::now();
+    let mut seen = None;
     loop {
-        if statuses(&remote.bare).iter().filter(|s| done(s)).count() >= n {
-            return Instant::now();
+        let head = head_of(&remote.bare);
+        if seen != Some(head) {
+            seen = Some(head);
+            if statuses_at(&remote.bare, head)
+                .iter()
+                .filter(|s| done(s))
+                .count()
+                >= n
+            {
+                return Instant::now();
+            }
         }
         assert!(start.elapsed() < limit, "not there after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));

@@ -182,6 +182,9 @@ pub struct Reconciler {
     fresh: BTreeSet<String>,
     /// Where the last pass that yielded stopped in its routine plans.
     cursor: Option<String>,
+    /// The commit the last `flush` pushed (`None`: it pushed nothing): the branch's
+    /// history up to it is known without a fetch (`new_commits_waiting`).
+    pushed: Option<Oid>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -257,6 +260,7 @@ impl Reconciler {
             staged: Vec::new(),
             fresh: BTreeSet::new(),
             cursor: None,
+            pushed: None,
         }
     }
 
@@ -482,9 +486,17 @@ impl Reconciler {
     }
 
     /// Whether someone else pushed since this pass's head (rollgate's own commits aside).
-    fn new_commits_waiting(&self) -> bool {
-        let Ok(head) = self.src.fetch() else {
-            return false;
+    /// Right after the chunk's commit was pushed, the branch was that commit, so its
+    /// first-parent history tells without a fetch (a compare-and-swap push lands only on
+    /// the head it was made on, which the writer had fetched): a fetch per chunk cost
+    /// as much as the chunk's own push. A push after ours is seen after the next chunk.
+    fn new_commits_waiting(&mut self) -> bool {
+        let head = match self.pushed.take() {
+            Some(pushed) => pushed,
+            None => match self.src.fetch() {
+                Ok(head) => head,
+                Err(_) => return false,
+            },
         };
         if Some(head) == self.head {
             return false;

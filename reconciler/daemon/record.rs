@@ -129,6 +129,7 @@ impl Reconciler {
     /// and the others are written. A failed write is logged and counted per plan; the
     /// pass goes on.
     pub(super) fn flush(&mut self, now: DateTime<Utc>, report: &mut TickReport) {
+        self.pushed = None;
         // Rounds: the statuses staged; the first steps of rollouts that just started;
         // a deferred action that failed stages its hold; one to spare.
         for _ in 0..4 {
@@ -220,6 +221,7 @@ impl Reconciler {
                 }
             }
             if let WriteOutcome::Pushed { commit, .. } = outcome {
+                self.pushed = Some(commit);
                 crate::telemetry::global()
                     .writeback_commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -584,14 +584,32 @@ impl GitSource {
     ) -> Result<Option<Oid>> {
         // Most commits (status commits) leave the plan's blob as it is: parse once per blob.
         let mut last: Option<(Oid, Option<String>)> = None;
+        // The plan's blob per commit through the kept folder listings (`listed_blob`):
+        // a `get_path` re-read the whole `plans/` tree per commit and plan, which in a
+        // 1,000-plan change was most of the libgit2 time of the pass that records Pending.
+        let blob_at = |c: &git2::Commit<'_>| -> Option<Oid> {
+            match path.split_once('/') {
+                Some((folder, name))
+                    if !folder.is_empty() && !name.is_empty() && !name.contains('/') =>
+                {
+                    self.listed_blob(c.id(), folder, name).ok().flatten()
+                }
+                _ => c
+                    .tree()
+                    .ok()?
+                    .get_path(Path::new(path))
+                    .ok()
+                    .map(|e| e.id()),
+            }
+        };
         let mut artifact_at = |c: &git2::Commit<'_>| -> Option<String> {
-            let entry = c.tree().ok()?.get_path(Path::new(path)).ok()?;
-            if let Some((id, a)) = &last
-                && *id == entry.id()
+            let id = blob_at(c)?;
+            if let Some((seen, a)) = &last
+                && *seen == id
             {
                 return a.clone();
             }
-            let blob = self.repo.find_blob(entry.id()).ok()?;
+            let blob = self.repo.find_blob(id).ok()?;
             let parsed = std::str::from_utf8(blob.content()).ok().and_then(|text| {
                 let root = crate::model::yaml::parse(path, text).ok()?;
                 root.at(&[
@@ -601,7 +619,7 @@ impl GitSource {
                 .as_str()
                 .map(str::to_owned)
             });
-            last = Some((entry.id(), parsed.clone()));
+            last = Some((id, parsed.clone()));
             parsed
         };
         let mut walk = self.repo.revwalk()?;
@@ -865,5 +883,69 @@ mod tests {
             );
             assert_eq!(src.file_at(first, "status/b.yaml").expect("read"), None);
         }
+    }
+    #[test]
+    fn regression_artifact_introduced_finds_the_change_through_kept_listings_past_later_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("remote.git");
+        let repo = Repository::init_bare(&bare).expect("repo");
+        let plan = |artifact: &str, note: &str| {
+            format!("spec:\n  artifact: {artifact}\n  note: {note}\n").into_bytes()
+        };
+        let v1 = plan("v1", "a");
+        let mut head = commit(&repo, &[("plans/web.yaml", &v1, 0o100644)], None);
+        let v2 = plan("v2", "a");
+        let v2_edited = plan("v2", "b");
+        head = commit(&repo, &[("plans/web.yaml", &v2, 0o100644)], Some(head));
+        let introduced = head;
+        // Later commits keep v2: an edit of another field and more commits than the
+        // kept listings (status commits), each a new (commit, folder) pair.
+        head = commit(
+            &repo,
+            &[("plans/web.yaml", &v2_edited, 0o100644)],
+            Some(head),
+        );
+        for i in 0..6 {
+            let status = format!("phase: {i}").into_bytes();
+            head = commit(
+                &repo,
+                &[
+                    ("plans/web.yaml", &v2_edited, 0o100644),
+                    ("status/web.yaml", &status, 0o100644),
+                ],
+                Some(head),
+            );
+        }
+        let src = GitSource::open(
+            bare.to_str().expect("utf-8"),
+            &dir.path().join("clone"),
+            "main",
+        )
+        .expect("open");
+        assert_eq!(src.fetch().expect("fetch"), head);
+        for _ in 0..2 {
+            // (the second time with listings already kept from the first)
+            assert_eq!(
+                src.artifact_introduced(head, "plans/web.yaml", "v2", 100)
+                    .expect("walk"),
+                Some(introduced)
+            );
+            assert_eq!(
+                src.artifact_introduced(head, "plans/web.yaml", "v3", 100)
+                    .expect("walk"),
+                None
+            );
+            assert_eq!(
+                src.artifact_introduced(head, "plans/other.yaml", "v2", 100)
+                    .expect("walk"),
+                None
+            );
+        }
+        // A walk cut short by its limit names the oldest commit it saw with the artifact.
+        assert_ne!(
+            src.artifact_introduced(head, "plans/web.yaml", "v2", 3)
+                .expect("walk"),
+            Some(introduced)
+        );
     }
 }
