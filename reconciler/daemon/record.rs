@@ -140,7 +140,10 @@ impl Reconciler {
             let kept = std::cell::RefCell::new(Vec::<bool>::new());
             let edits = std::cell::RefCell::new(Vec::new());
             let wb = self.write_back();
-            let outcome = Writer::new(&self.src, &wb).write(|head| {
+            let mut writer = Writer::new(&self.src, &wb);
+            // This pass fetched the head it decided on just now.
+            writer.first_on_known_head = true;
+            let outcome = writer.write(|head| {
                 let mut keep = Vec::with_capacity(staged.len());
                 let mut specs = Vec::new();
                 for s in &staged {

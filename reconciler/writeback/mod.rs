@@ -101,6 +101,11 @@ pub struct Writer<'a> {
     src: &'a GitSource,
     settings: &'a WriteBack,
     pub max_attempts: u32,
+    /// Build the first attempt on the head last fetched or pushed instead of fetching
+    /// (the daemon's flush: its pass fetched just now). Off, every attempt fetches first,
+    /// which is cheaper on a branch others push to all the time (a first attempt on a
+    /// stale head is one push lost for sure).
+    pub first_on_known_head: bool,
     /// Why the last push was refused (a lost race, or e.g. a lock on the remote).
     last_rejection: std::sync::Mutex<Option<String>>,
 }
@@ -111,24 +116,29 @@ impl<'a> Writer<'a> {
             src,
             settings,
             max_attempts: 50,
+            first_on_known_head: false,
             last_rejection: std::sync::Mutex::new(None),
         }
     }
 
     /// Compute the change on the head, commit, push; on a lost race, fetch and again.
     ///
-    /// The first attempt builds on the head last fetched or pushed (the daemon fetched
-    /// it at the start of its pass) instead of fetching again: the push is a
-    /// compare-and-swap of exactly that head, so a head that moved meanwhile is a lost
-    /// race like any other, fetched and recomputed. An answer of "nothing to write"
-    /// is only believed on a freshly fetched head.
+    /// With `first_on_known_head`, the first attempt builds on the head last fetched or
+    /// pushed (the daemon fetched it at the start of its pass) instead of fetching
+    /// again: the push is a compare-and-swap of exactly that head, so a head that moved
+    /// meanwhile is a lost race like any other, fetched and recomputed. An answer of
+    /// "nothing to write" is only believed on a freshly fetched head.
     pub fn write(
         &self,
         mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>,
     ) -> Result<WriteOutcome> {
         let mut attempt = 0;
         // The head to build on, and whether it was fetched just now.
-        let mut next = self.src.head().ok().map(|h| (h, false));
+        let mut next = if self.first_on_known_head {
+            self.src.head().ok().map(|h| (h, false))
+        } else {
+            None
+        };
         loop {
             attempt += 1;
             let (head, fetched) = match next.take() {

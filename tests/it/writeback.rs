@@ -69,7 +69,8 @@ fn regression_a_write_on_the_head_last_fetched_loses_the_race_to_a_human_push_an
     )
     .expect("open");
     let settings = WriteBack::default();
-    let writer = Writer::new(&src, &settings);
+    let mut writer = Writer::new(&src, &settings);
+    writer.first_on_known_head = true;
     let WriteOutcome::Pushed { commit: first, .. } =
         writer.write(|_| Ok(Some(status_spec(1)))).expect("write")
     else {
@@ -110,7 +111,8 @@ fn nothing_to_write_is_believed_only_on_a_freshly_fetched_head() {
     )
     .expect("open");
     let settings = WriteBack::default();
-    let writer = Writer::new(&src, &settings);
+    let mut writer = Writer::new(&src, &settings);
+    writer.first_on_known_head = true;
     writer.write(|_| Ok(Some(status_spec(1)))).expect("write");
     let known = src.head().expect("head");
     let human = remote.human_commit("notes.txt", |_| "a note\n".to_owned(), "human: note");
