@@ -116,7 +116,9 @@ fn run(cfg: &Config, others: usize) {
     )
     .expect("open the remote");
     let wb = WriteBack::default();
-    let writer = Writer::new(&src, &wb);
+    let mut writer = Writer::new(&src, &wb);
+    // As the daemon's flush writes: on the head its pass fetched (no fetch of its own).
+    writer.first_on_known_head = true;
     let mut write = Vec::new();
     for i in 0..cfg.rounds.max(2) * 2 {
         let spec = status_spec(i);
