@@ -123,11 +123,12 @@ impl Reconciler {
     }
 
     /// Write every status staged since the last flush as one commit (one staged: the
-    /// single-plan format), then do what waited for it (`Then`). Each try, on the head
-    /// just fetched, keeps only the plans whose status file is still the one their
-    /// decision read: a plan whose file changed drops out (the next pass decides again)
-    /// and the others are written. A failed write is logged and counted per plan; the
-    /// pass goes on.
+    /// single-plan format), then do what waited for it (`Then`), then decide the first
+    /// step of each rollout that commit started (`Pending`), written in the next round.
+    /// Each try, on the head the pass read or one just fetched, keeps only the plans
+    /// whose status file is still the one their decision read: a plan whose file changed
+    /// drops out (the next pass decides again) and the others are written. A failed
+    /// write is logged and counted per plan; the pass goes on.
     pub(super) fn flush(&mut self, now: DateTime<Utc>, report: &mut TickReport) {
         self.pushed = None;
         // Rounds: the statuses staged; the first steps of rollouts that just started;
