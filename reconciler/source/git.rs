@@ -65,15 +65,17 @@ pub struct GitSource {
     listings: std::sync::Mutex<Vec<Listing>>,
 }
 
-/// How many (commit, folder) listings `file_at` keeps: a pass reads at the head it
-/// started from and at the head each flush fetched.
+/// How many folder listings (by the folder's tree id) `file_at` and
+/// `artifact_introduced` keep: a pass reads at the head it started from and at the
+/// heads its flushes pushed, and status commits leave `plans/` as it is.
 const LISTINGS: usize = 4;
 
 /// The readable files of one folder of one commit: name → blob (symlinks, submodules
 /// and subfolders left out, as `file_at` never reads them).
 struct Listing {
-    commit: Oid,
-    folder: String,
+    /// The folder's tree: commits that leave the folder as it is (every status commit,
+    /// for `plans/`) share one listing.
+    tree: Oid,
     blobs: std::collections::HashMap<String, Oid>,
 }
 
@@ -664,32 +666,30 @@ impl GitSource {
     /// The blob `folder/name` names at `commit`, from the kept listing of that folder
     /// (read once per commit and folder; see the module header).
     fn listed_blob(&self, commit: Oid, folder: &str, name: &str) -> Result<Option<Oid>> {
+        // The root tree is small (libgit2 caches it); the folder's id names its content.
+        let root = self.repo.find_commit(commit)?.tree()?;
+        let Some(tree) = root
+            .get_name(folder)
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+            .map(|e| e.id())
+        else {
+            return Ok(None);
+        };
         let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
-        let at = listings
-            .iter()
-            .position(|l| l.commit == commit && l.folder == folder);
+        let at = listings.iter().position(|l| l.tree == tree);
         let listing = match at {
             Some(i) => listings.remove(i),
             None => {
-                let tree = self.repo.find_commit(commit)?.tree()?;
                 let mut blobs = std::collections::HashMap::new();
-                if let Some(e) = tree.get_name(folder)
-                    && e.kind() == Some(ObjectType::Tree)
-                {
-                    for e in self.repo.find_tree(e.id())?.iter() {
-                        if e.kind() == Some(ObjectType::Blob)
-                            && e.filemode() != 0o120000
-                            && let Ok(n) = e.name()
-                        {
-                            blobs.insert(n.to_owned(), e.id());
-                        }
+                for e in self.repo.find_tree(tree)?.iter() {
+                    if e.kind() == Some(ObjectType::Blob)
+                        && e.filemode() != 0o120000
+                        && let Ok(n) = e.name()
+                    {
+                        blobs.insert(n.to_owned(), e.id());
                     }
                 }
-                Listing {
-                    commit,
-                    folder: folder.to_owned(),
-                    blobs,
-                }
+                Listing { tree, blobs }
             }
         };
         let blob = listing.blobs.get(name).copied();
