@@ -10,6 +10,16 @@ use rollgate::source::git::GitSource;
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
 use support::{Remote, example_repo, git};
 
+/// rollgate's clone of `remote`'s main.
+fn open_source(remote: &Remote) -> GitSource {
+    GitSource::open(
+        remote.bare.to_str().expect("utf8"),
+        &remote.work_dir("work"),
+        "main",
+    )
+    .expect("open")
+}
+
 fn status_spec(n: usize) -> CommitSpec {
     CommitSpec {
         subject: format!("hello: step {n}"),
@@ -30,12 +40,7 @@ fn status_spec(n: usize) -> CommitSpec {
 fn a_status_commit_carries_its_trailers_and_a_repeat_is_not_committed() {
     // Given a remote seeded with the example repository
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack::default();
     let writer = Writer::new(&src, &settings);
     // When rollgate writes a status change
@@ -62,12 +67,7 @@ fn a_status_commit_carries_its_trailers_and_a_repeat_is_not_committed() {
 fn regression_a_write_on_the_head_last_fetched_loses_the_race_to_a_human_push_and_recomputes() {
     // Given a writer that wrote once (its head: that commit), then a human push
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack::default();
     let mut writer = Writer::new(&src, &settings);
     writer.first_on_known_head = true;
@@ -104,12 +104,7 @@ fn regression_a_write_on_the_head_last_fetched_loses_the_race_to_a_human_push_an
 fn nothing_to_write_is_believed_only_on_a_freshly_fetched_head() {
     // Given a writer that wrote once, then a human push it has not fetched
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack::default();
     let mut writer = Writer::new(&src, &settings);
     writer.first_on_known_head = true;
@@ -135,12 +130,7 @@ fn nothing_to_write_is_believed_only_on_a_freshly_fetched_head() {
 #[test]
 fn skip_ci_is_a_setting() {
     let remote = Remote::seeded_from(&example_repo());
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack {
         skip_ci: true,
         ..WriteBack::default()
@@ -162,12 +152,7 @@ fn a_revert_commit_undoes_the_plan_change() {
         |s| s.replace("artifact: v1", "artifact: v2"),
         "hello: v2",
     );
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack::default();
     let oid = git2::Oid::from_str(&change).expect("oid");
     let spec = CommitSpec {
@@ -222,12 +207,7 @@ fn push_race_never_drops_a_human_commit_and_never_force_pushes() {
         pushed
     });
     // When rollgate writes 30 status commits meanwhile
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack::default();
     let writer = Writer::new(&src, &settings);
     let mut retries = 0;
@@ -294,12 +274,7 @@ fn ssh_signed_status_commits_verify_with_git() {
         .status()
         .expect("ssh-keygen runs");
     assert!(made.success());
-    let src = GitSource::open(
-        remote.bare.to_str().expect("utf8"),
-        &remote.work_dir("work"),
-        "main",
-    )
-    .expect("open");
+    let src = open_source(&remote);
     let settings = WriteBack {
         signing: Some(rollgate::model::settings::Signing::Ssh {
             key: key.display().to_string(),
