@@ -291,15 +291,31 @@ struct Daemon {
 
 impl Daemon {
     fn start(remote: &Remote, state: &Path) -> Self {
+        // `ROLLGATE_BENCH_DAEMON_LOG=FILE`: the daemon's debug log (timed git runs, each
+        // pass's steps) appended to FILE, to see where a reaction's time goes.
+        let log = std::env::var_os("ROLLGATE_BENCH_DAEMON_LOG").map(|f| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("open the daemon log")
+        });
         let child = Command::new(BIN)
             .args(["run", "--journal-targets", "--interval", "30s", "--repo"])
             .arg(&remote.bare)
             .arg("--state-dir")
             .arg(state)
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                if log.is_some() {
+                    "rollgate=debug"
+                } else {
+                    "error"
+                },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
             .expect("rollgate run starts");
         Self {
@@ -344,6 +360,17 @@ impl Daemon {
             remote.pull();
         }
         let pushed = Instant::now();
+        if let Some(log) = std::env::var_os("ROLLGATE_BENCH_DAEMON_LOG") {
+            use std::io::Write;
+            let line = format!(
+                "{} BENCH human push of v{version} ended\n",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+        }
         loop {
             if self.poll() && self.seen.contains(&want) {
                 return pushed.elapsed();

@@ -20,14 +20,15 @@ use crate::model::validate::{self, ParsedPlan};
 use crate::model::{Code, Diagnostic, Pos, Settings, diagnostics};
 use crate::source::{SETTINGS_FILE, Snapshot};
 
-pub use crate::policy::{Finding, PolicyOutcome as Findings};
+pub use crate::policy::{Finding, PolicyOutcome as Findings, Prepared};
 
 /// The extension point for policy-as-code. Implementations must be deterministic for a
 /// given input and bound their own running time.
 pub trait PolicyEngine: Send {
-    /// The parts of the input every plan of one revision shares (`statuses`,
-    /// `settings`, `change`, `now`), converted once rather than once per plan.
-    fn set_shared(&mut self, shared: &Value);
+    /// The parts of the input every plan of one revision shares (`settings`,
+    /// `change`, `now` in `shared`; `statuses` prepared by the gate, which keeps each
+    /// status file's view between revisions), converted once rather than once per plan.
+    fn set_shared(&mut self, shared: &Value, statuses: &Prepared);
     /// Evaluate one plan's input, merged over the shared parts.
     fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String>;
     /// An independent copy for another worker thread.
@@ -102,8 +103,10 @@ impl Rego {
 }
 
 impl PolicyEngine for Rego {
-    fn set_shared(&mut self, shared: &Value) {
-        self.shared = Some(std::sync::Arc::new(crate::policy::SharedInput::new(shared)));
+    fn set_shared(&mut self, shared: &Value, statuses: &Prepared) {
+        self.shared = Some(std::sync::Arc::new(
+            crate::policy::SharedInput::new(shared).with("statuses", statuses),
+        ));
     }
 
     fn evaluate(&mut self, input: &PolicyInput<'_>) -> Result<Findings, String> {
@@ -146,18 +149,23 @@ pub struct GateCache {
     /// Each status file's policy view (`status_doc`) by path, or why it does not parse:
     /// a plan change re-reads only the status files that changed, not all of them.
     statuses: StatusViews,
+    /// `input.statuses` put together from `statuses`, until one of them changes: a plan
+    /// change in a 10,000-plan repository had copied and converted every view again.
+    statuses_input: Option<Prepared>,
 }
 
-/// Each status file's policy view (its plan and `status_doc`) by path, or why it does
-/// not parse.
-type StatusViews = HashMap<String, Result<(String, Value), String>>;
+/// Each status file's policy view (its plan and `status_doc`, prepared for the engine)
+/// by path, or why it does not parse.
+type StatusViews = HashMap<String, Result<(String, Prepared), String>>;
 
 impl GateCache {
     /// Forget what `changed` (repo-relative paths) may have changed. Settings or
     /// policies changing invalidates everything.
     pub fn invalidate(&mut self, changed: &[String]) {
         for p in changed {
-            self.statuses.remove(p);
+            if self.statuses.remove(p).is_some() {
+                self.statuses_input = None;
+            }
         }
         if changed
             .iter()
@@ -262,7 +270,6 @@ pub fn check_on(
         vec![(); workers_for(missing.len())],
         |_, (file, bytes)| parse_one(file, bytes, settings).map(Arc::new),
     );
-    let reparsed = !missing.is_empty();
     for ((file, _), result) in missing.iter().zip(fresh) {
         cache.parsed.insert((*file).clone(), result);
     }
@@ -305,35 +312,37 @@ pub fn check_on(
         .collect();
     // Every status file is checked on every pass (a cached view per path costs a look-up);
     // the views are put together only when policies run.
-    report
-        .diagnostics
-        .extend(refresh_statuses(snap, &mut cache.statuses));
-    let statuses = if reparsed || !pending.is_empty() {
-        status_docs(snap, &cache.statuses)
-    } else {
-        Value::Null
-    };
+    let (diags, moved) = refresh_statuses(snap, &mut cache.statuses);
+    report.diagnostics.extend(diags);
+    if moved {
+        cache.statuses_input = None;
+    }
     if let (Some(engine), false) = (policy, pending.is_empty()) {
+        let statuses = cache
+            .statuses_input
+            .get_or_insert_with(|| status_docs(snap, &cache.statuses))
+            .clone();
         let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
         let shared = Shared {
-            statuses,
             settings: settings_doc,
             base_plans,
             change: &cx.change,
             now: cx.now,
         };
         let mut prepared = engine.fork();
-        prepared.set_shared(&json!({
-            "change": {
-                "commit": shared.change.commit,
-                "author": shared.change.author,
-                "files": shared.change.files,
-                "labels": shared.change.labels,
-            },
-            "statuses": shared.statuses,
-            "settings": shared.settings,
-            "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        }));
+        prepared.set_shared(
+            &json!({
+                "change": {
+                    "commit": shared.change.commit,
+                    "author": shared.change.author,
+                    "files": shared.change.files,
+                    "labels": shared.change.labels,
+                },
+                "settings": shared.settings,
+                "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }),
+            &statuses,
+        );
         let forks = (0..workers_for(pending.len()))
             .map(|_| prepared.fork())
             .collect();
@@ -416,7 +425,6 @@ fn parse_one(
 }
 
 struct Shared<'a> {
-    statuses: Value,
     settings: Value,
     base_plans: BTreeMap<String, Value>,
     change: &'a Change,
@@ -493,17 +501,28 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 /// Bring the cached policy view of every status file up to date with `snap` (parsing
 /// only new or changed files, which `GateCache::invalidate` dropped) and report each
 /// file that does not parse: an error diagnostic, and left out of `input.statuses`, so
-/// policies that need it deny (fail closed).
-fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> Vec<Diagnostic> {
+/// a policy that needs it finds no status. Also says whether any view came or went.
+fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic>, bool) {
     let mut diags = Vec::new();
+    let before = cache.len();
     cache.retain(|f, _| snap.files.contains_key(f));
+    let mut moved = cache.len() != before;
     for (file, bytes) in snap.status_files() {
-        let parsed = cache.entry(file.clone()).or_insert_with(|| {
-            std::str::from_utf8(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
-                .map(|status| (status.plan.clone(), status_doc(&status)))
-        });
+        let parsed = match cache.get(file) {
+            Some(view) => view,
+            None => {
+                moved = true;
+                let view = std::str::from_utf8(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
+                    .and_then(|status| {
+                        Prepared::from_json(&status_doc(&status))
+                            .map(|doc| (status.plan.clone(), doc))
+                            .map_err(|e| e.to_string())
+                    });
+                cache.entry(file.clone()).or_insert(view)
+            }
+        };
         if let Err(e) = parsed {
             diags.push(
                 Diagnostic::error(file.as_str(), None, Code::BadStatus, e.clone()).with_help(
@@ -512,19 +531,19 @@ fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> Vec<Diagnostic>
             );
         }
     }
-    diags
+    (diags, moved)
 }
 
 /// Every status file as policies see it (`input.statuses`), by plan name, from the
 /// views `refresh_statuses` brought up to date.
-fn status_docs(snap: &Snapshot, cache: &StatusViews) -> Value {
-    let mut out = serde_json::Map::new();
-    for (file, _) in snap.status_files() {
-        if let Some(Ok((plan, doc))) = cache.get(file) {
-            out.insert(plan.clone(), doc.clone());
-        }
-    }
-    Value::Object(out)
+fn status_docs(snap: &Snapshot, cache: &StatusViews) -> Prepared {
+    Prepared::object(
+        snap.status_files()
+            .filter_map(|(file, _)| match cache.get(file) {
+                Some(Ok((plan, doc))) => Some((plan.as_str(), doc)),
+                _ => None,
+            }),
+    )
 }
 
 /// The policy view of one status: a small, stable contract (documented in the README).
@@ -856,12 +875,17 @@ spec:
             threads(2),
         );
         let schema_only = check_on(&snap, &cx, None, &mut GateCache::default(), threads(1));
-        let mut views = StatusViews::new();
-        refresh_statuses(&snap, &mut views);
-        let statuses = status_docs(&snap, &views);
+        // `input.statuses` as JSON, built without the gate's prepared views.
+        let statuses = Value::Object(
+            snap.status_files()
+                .filter_map(|(_, bytes)| {
+                    let status = Status::from_yaml(std::str::from_utf8(bytes).ok()?).ok()?;
+                    Some((status.plan.clone(), status_doc(&status)))
+                })
+                .collect(),
+        );
         let settings = yaml_json(SETTINGS_FILE, &snap.files[SETTINGS_FILE]).expect("settings");
         let shared = Shared {
-            statuses: statuses.clone(),
             settings: settings.clone(),
             base_plans: BTreeMap::new(),
             change: &cx.change,

@@ -383,9 +383,12 @@ impl Reconciler {
 
     /// One pass: fetch, take in any new commits, and reconcile every accepted plan.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Result<TickReport> {
+        let started = std::time::Instant::now();
         let head = self.src.fetch()?;
         if Some(head) != self.head {
+            let t = std::time::Instant::now();
             self.advance(head, now)?;
+            tracing::debug!(%head, ms = t.elapsed().as_millis() as u64, "new commits taken in");
         }
         let mut report = TickReport {
             head: Some(head.to_string()),
@@ -454,6 +457,12 @@ impl Reconciler {
         }
         self.flush(now, &mut report);
         drop(claims);
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            transitions = report.transitions,
+            yielded = report.yielded,
+            "pass done"
+        );
         Ok(report)
     }
 

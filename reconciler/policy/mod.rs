@@ -125,6 +125,38 @@ impl SharedInput {
     }
 }
 
+impl SharedInput {
+    /// This input with `key` set to a value prepared beforehand (it replaces a `key` of
+    /// the document it was made from).
+    pub fn with(mut self, key: &str, value: &Prepared) -> Self {
+        let key = regorus::Value::from(key);
+        self.parts.retain(|(k, _)| *k != key);
+        self.parts.push((key, value.0.clone()));
+        self
+    }
+}
+
+/// One input value converted to the engine's value type, kept by the caller between
+/// evaluations (the gate keeps each status file's view this way): cloning it, or putting
+/// it into an object, is a reference-count increment.
+#[derive(Debug, Clone)]
+pub struct Prepared(regorus::Value);
+
+impl Prepared {
+    pub fn from_json(value: &Value) -> Result<Self, PolicyError> {
+        to_regorus(value).map(Self)
+    }
+
+    /// An object of prepared values by key (a later duplicate key wins).
+    pub fn object<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Prepared)>) -> Self {
+        let map: std::collections::BTreeMap<regorus::Value, regorus::Value> = entries
+            .into_iter()
+            .map(|(k, v)| (regorus::Value::from(k), v.0.clone()))
+            .collect();
+        Self(regorus::Value::from(map))
+    }
+}
+
 /// What the policies said about one input.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PolicyOutcome {
