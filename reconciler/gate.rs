@@ -273,7 +273,11 @@ pub fn check_on(
     for ((file, _), result) in missing.iter().zip(fresh) {
         cache.parsed.insert((*file).clone(), result);
     }
-    cache.parsed.retain(|f, _| snap.files.contains_key(f));
+    // Every plan file has its entry now: as many entries as files means none is stale
+    // (a look-up per plan, 10,000 of them, is not free).
+    if cache.parsed.len() > files.len() {
+        cache.parsed.retain(|f, _| snap.files.contains_key(f));
+    }
     let mut ok: BTreeMap<String, Arc<ParsedPlan>> = BTreeMap::new();
     for (file, _) in &files {
         match cache.parsed.get(*file) {
@@ -504,10 +508,10 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 /// a policy that needs it finds no status. Also says whether any view came or went.
 fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic>, bool) {
     let mut diags = Vec::new();
-    let before = cache.len();
-    cache.retain(|f, _| snap.files.contains_key(f));
-    let mut moved = cache.len() != before;
+    let mut moved = false;
+    let mut files = 0;
     for (file, bytes) in snap.status_files() {
+        files += 1;
         let parsed = match cache.get(file) {
             Some(view) => view,
             None => {
@@ -530,6 +534,11 @@ fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic
                 ),
             );
         }
+    }
+    // Every status file has its view now: more views than files means some are stale.
+    if cache.len() > files {
+        cache.retain(|f, _| snap.files.contains_key(f));
+        moved = true;
     }
     (diags, moved)
 }
@@ -858,6 +867,43 @@ spec:
         // A bad status file stays reported on a warm pass (it was dropped when nothing
         // was re-parsed or judged)
         assert_eq!(summary(&cold), summary(&warm));
+    }
+
+    /// The status views (and with them `input.statuses`) follow status files that come
+    /// and go between passes with no invalidation naming them, also when as many go as
+    /// come (the views are pruned by count).
+    #[test]
+    fn regression_status_views_follow_status_files_that_come_and_go_without_an_invalidation() {
+        let status = |plan: &str| {
+            Status::pending(plan, "v1", &"0".repeat(40))
+                .to_yaml()
+                .expect("yaml")
+                .into_bytes()
+        };
+        let plans = |views: &StatusViews| -> Vec<String> {
+            let mut names: Vec<String> = views
+                .values()
+                .filter_map(|v| v.as_ref().ok().map(|(plan, _)| plan.clone()))
+                .collect();
+            names.sort();
+            names
+        };
+        let mut snap = Snapshot::default();
+        snap.files.insert("status/a.yaml".into(), status("a"));
+        snap.files.insert("status/b.yaml".into(), status("b"));
+        let mut views = StatusViews::new();
+        assert!(refresh_statuses(&snap, &mut views).1, "views came");
+        assert!(!refresh_statuses(&snap, &mut views).1, "nothing moved");
+
+        snap.files.remove("status/b.yaml");
+        snap.files.insert("status/c.yaml".into(), status("c"));
+        assert!(refresh_statuses(&snap, &mut views).1, "one went, one came");
+        assert_eq!(plans(&views), ["a", "c"]);
+
+        snap.files.remove("status/c.yaml");
+        assert!(refresh_statuses(&snap, &mut views).1, "one went");
+        assert_eq!(plans(&views), ["a"]);
+        assert!(!refresh_statuses(&snap, &mut views).1, "nothing moved");
     }
 
     /// Each plan's findings through the gate (one engine and one shared input serving
