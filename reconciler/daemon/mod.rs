@@ -384,6 +384,10 @@ impl Reconciler {
     /// One pass: fetch, take in any new commits, and reconcile every accepted plan.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Result<TickReport> {
         let head = self.src.fetch()?;
+        // A new pack (a big push, `git gc`): libgit2 lets go of the packs it read (#21).
+        if let Err(e) = self.src.forget_old_packs() {
+            tracing::warn!(error = %format!("{e:#}"), "cannot reopen the clone; reading on");
+        }
         if Some(head) != self.head {
             self.advance(head, now)?;
         }
