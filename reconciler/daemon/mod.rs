@@ -743,13 +743,14 @@ impl Reconciler {
     /// Forget the memory of plans whose file is gone (deleted or renamed): a plan is
     /// remembered only while the head has it, accepted or not (#21).
     fn forget_deleted_plans(&mut self) {
+        let rejected: BTreeSet<&str> = self
+            .report
+            .rejected
+            .iter()
+            .filter_map(|file| Path::new(file).file_stem().and_then(|s| s.to_str()))
+            .collect();
         let exists =
-            |name: &str| {
-                self.report.accepted.contains_key(name)
-                    || self.report.rejected.iter().any(|file| {
-                        Path::new(file).file_stem().and_then(|s| s.to_str()) == Some(name)
-                    })
-            };
+            |name: &str| self.report.accepted.contains_key(name) || rejected.contains(name);
         let gone: Vec<String> = self
             .memo
             .keys()

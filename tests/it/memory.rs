@@ -50,7 +50,17 @@ fn regression_a_deleted_plan_leaves_no_memory_behind() {
     w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
     assert_eq!(w.rec.remembered().plans, 2);
 
-    // When the human deletes one of them
+    // When one of them turns invalid, it is still remembered (fixed, it goes on)
+    w.remote.human_commit(
+        &api.path(),
+        |t| format!("{t}\nnosuchfield: 1\n"),
+        "api: broken",
+    );
+    w.tick();
+    assert!(w.rec.report().rejected.contains(&api.path()));
+    assert_eq!(w.rec.remembered().plans, 2);
+
+    // When the human deletes it
     w.remote.pull();
     w.remote.human(&["rm", "-q", &api.path()]);
     w.remote.human(&["commit", "-qm", "api: gone"]);
