@@ -29,6 +29,7 @@ pub mod run;
 use adapters::Adapters;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,15 @@ pub struct TickReport {
     /// The pass stopped early for new commits (a human's revert or change waits): the
     /// next pass should start at once.
     pub yielded: bool,
+}
+
+/// The size of what a `Reconciler` remembers between passes (`Reconciler::remembered`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remembered {
+    /// Plans with memory (counters, backoff, the last warning said, jobs).
+    pub plans: usize,
+    /// Command commits kept for plans whose rollout may still act on them.
+    pub commands: usize,
 }
 
 /// Per-plan memory that is not in Git (and need not survive a restart).
@@ -385,9 +395,14 @@ impl Reconciler {
     pub fn tick(&mut self, now: DateTime<Utc>) -> Result<TickReport> {
         let started = std::time::Instant::now();
         let head = self.src.fetch()?;
+        // A new pack (a big push, `git gc`): libgit2 lets go of the packs it read (#21).
+        if let Err(e) = self.src.forget_old_packs() {
+            tracing::warn!(error = %format!("{e:#}"), "cannot reopen the clone; reading on");
+        }
         if Some(head) != self.head {
             let t = std::time::Instant::now();
             self.advance(head, now)?;
+            self.forget_deleted_plans();
             tracing::debug!(%head, ms = t.elapsed().as_millis() as u64, "new commits taken in");
         }
         let mut report = TickReport {
@@ -732,6 +747,39 @@ impl Reconciler {
             self.memo.entry(name.to_owned()).or_default().idle = Some((pp, status_bytes));
         }
         Ok(())
+    }
+
+    /// Forget the memory of plans whose file is gone (deleted or renamed): a plan is
+    /// remembered only while the head has it, accepted or not (#21).
+    fn forget_deleted_plans(&mut self) {
+        let rejected: BTreeSet<&str> = self
+            .report
+            .rejected
+            .iter()
+            .filter_map(|file| Path::new(file).file_stem().and_then(|s| s.to_str()))
+            .collect();
+        let exists =
+            |name: &str| self.report.accepted.contains_key(name) || rejected.contains(name);
+        let gone: Vec<String> = self
+            .memo
+            .keys()
+            .chain(self.commands.keys())
+            .filter(|n| !exists(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.memo.remove(&name);
+            self.commands.remove(&name);
+        }
+    }
+
+    /// What the daemon remembers between passes besides Git: it grows with plans, never
+    /// with finished rollouts or commits.
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            plans: self.memo.len(),
+            commands: self.commands.values().map(Vec::len).sum(),
+        }
     }
 
     /// Whether `message` is news for `plan` under `cause`, to log it at WARN once per

@@ -69,6 +69,8 @@ pub struct GitSource {
     branch: String,
     /// `file_at`'s folder listings, most recently used last (at most `LISTINGS`).
     listings: std::sync::Mutex<Vec<Listing>>,
+    /// The pack files in the clone when `repo` was opened (`forget_old_packs`).
+    packs: BTreeSet<std::ffi::OsString>,
 }
 
 /// How many folder listings (by the folder's tree id) `file_at` and
@@ -185,11 +187,30 @@ impl GitSource {
             }
         }
         Ok(Self {
+            packs: pack_files(&repo),
             repo,
             remote: Remote::new(parsed, auth),
             branch: branch.to_owned(),
             listings: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Open the clone afresh when its pack files changed since it was opened (a fetch of
+    /// 100 objects or more, `git gc`), so libgit2 lets go of the packs it read: a
+    /// `Repository` keeps every pack it ever opened, each with its index mapped and a
+    /// delta-base cache of up to 16 MiB, even once `git gc` deleted it, and its object
+    /// cache of commits and small trees grows to 256 MiB; a daemon that fetches for
+    /// months held them all (#21). The kept folder listings stay (they are by tree id).
+    /// Returns whether the clone was opened afresh.
+    pub fn forget_old_packs(&mut self) -> Result<bool> {
+        let now = pack_files(&self.repo);
+        if now == self.packs {
+            return Ok(false);
+        }
+        self.repo = Repository::open_bare(self.repo.path())
+            .with_context(|| format!("cannot reopen {}", self.repo.path().display()))?;
+        self.packs = now;
+        Ok(true)
     }
 
     /// The remote, for fetch and push.
@@ -766,6 +787,17 @@ fn claim(work_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The names of the pack files in `repo` (none when the folder cannot be read).
+fn pack_files(repo: &Repository) -> BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir(repo.path().join("objects").join("pack"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|n| Path::new(n).extension().is_some_and(|x| x == "pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn wanted(path: &str) -> bool {
     if path == SETTINGS_FILE {
         return true;
@@ -970,6 +1002,84 @@ mod tests {
             src.artifact_introduced(head, "plans/web.yaml", "v2", 3)
                 .expect("walk"),
             Some(introduced)
+        );
+    }
+
+    /// The pack files `/proc/self/maps` shows mapped from `dir`, and whether each was
+    /// deleted.
+    #[cfg(target_os = "linux")]
+    fn mapped_packs(dir: &Path) -> Vec<(String, bool)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let dir = dir.to_str().expect("utf-8");
+        let mut found: Vec<(String, bool)> = maps
+            .lines()
+            .filter(|l| l.contains(dir) && l.contains("/objects/pack/pack-"))
+            .map(|l| {
+                let name = l.rsplit('/').next().unwrap_or("");
+                let name = name.split_whitespace().next().unwrap_or("").to_owned();
+                (name, l.ends_with("(deleted)"))
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn regression_packs_deleted_by_gc_do_not_stay_mapped_in_the_daemons_clone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("remote.git");
+        let repo = Repository::init_bare(&bare).expect("repo");
+        let clone = dir.path().join("clone");
+        let repack = || {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&clone)
+                .args(["repack", "-a", "-d", "-q"])
+                .output()
+                .expect("git repack");
+            assert!(out.status.success(), "{out:?}");
+        };
+        let first = commit(&repo, &[("status/a.yaml", b"one", 0o100644)], None);
+        let mut src = GitSource::open(bare.to_str().expect("utf-8"), &clone, "main").expect("open");
+        assert_eq!(src.fetch().expect("fetch"), first);
+        assert!(!src.forget_old_packs().expect("look"), "nothing changed");
+        // Given the clone's objects in a pack that rollgate reads from
+        repack();
+        assert!(src.forget_old_packs().expect("look"), "a pack appeared");
+        assert_eq!(
+            src.file_at(first, "status/a.yaml").expect("read"),
+            Some(b"one".to_vec())
+        );
+        let old = mapped_packs(&clone);
+        assert!(!old.is_empty(), "libgit2 maps the pack it reads");
+        // When a fetch and `git gc` replace that pack with another
+        let second = commit(&repo, &[("status/a.yaml", b"two", 0o100644)], Some(first));
+        assert_eq!(src.fetch().expect("fetch"), second);
+        repack();
+        assert!(
+            mapped_packs(&clone).iter().all(|(_, deleted)| *deleted),
+            "the old pack is deleted on disk but still mapped: {:?}",
+            mapped_packs(&clone)
+        );
+        // Then the clone is opened afresh, and reads map only the new pack
+        assert!(src.forget_old_packs().expect("look"), "the packs changed");
+        assert!(!src.forget_old_packs().expect("look"), "and only once");
+        assert_eq!(
+            src.file_at(second, "status/a.yaml").expect("read"),
+            Some(b"two".to_vec())
+        );
+        assert_eq!(
+            src.file_at(first, "status/a.yaml").expect("read"),
+            Some(b"one".to_vec())
+        );
+        let now = mapped_packs(&clone);
+        assert!(!now.is_empty(), "the new pack is read");
+        assert!(
+            now.iter()
+                .all(|(name, deleted)| !deleted && !old.iter().any(|(o, _)| o == name)),
+            "no old pack stays mapped: {now:?} (before: {old:?})"
         );
     }
 }

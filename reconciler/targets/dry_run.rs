@@ -3,6 +3,10 @@
 //! Used by `rollgate run --dry-run` (see what a rollout would do, in a journal file)
 //! and by tests as the recording target. Its state survives restarts through the
 //! journal, so re-applying a step is visibly idempotent.
+//!
+//! Memory: one `Workload` per plan. With a journal the file is the record of calls,
+//! and `calls` stays empty: a daemon's dry run kept every call of every rollout in
+//! memory for as long as it ran (#21).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,7 +29,7 @@ pub struct Workload {
 #[derive(Debug, Default)]
 pub struct DryRun {
     pub workloads: BTreeMap<String, Workload>,
-    /// Every call, as `plan action args`, in order.
+    /// Every call, as `plan action args`, in order; only without a journal (tests).
     pub calls: Vec<String>,
     journal: Option<PathBuf>,
     /// Fail every call with this message (to test unreachable targets).
@@ -89,7 +93,9 @@ impl DryRun {
             }
             _ => {}
         }
-        self.calls.push(line.to_owned());
+        if self.journal.is_none() {
+            self.calls.push(line.to_owned());
+        }
     }
 
     fn record(&mut self, plan: &Plan, action: &str, arg: &str) -> Result<(), TargetError> {
@@ -275,5 +281,31 @@ mod tests {
         let t = DryRun::with_journal(path);
         assert_eq!(t.workload("p").candidate.as_deref(), Some("v2"));
         assert_eq!(t.workload("p").weight, 25);
+    }
+
+    #[test]
+    fn regression_a_journalled_dry_run_does_not_keep_every_call_in_memory() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("journal");
+        let plan = canary();
+        let mut t = DryRun::with_journal(path.clone());
+        for round in 0..100 {
+            let v = format!("v{round}");
+            t.start_candidate(&plan, &v).expect("start");
+            t.set_weight(&plan, 50).expect("weight");
+            t.promote(&plan, &v).expect("promote");
+        }
+        // The journal has every call, memory only the workload it left
+        let lines = std::fs::read_to_string(&path).expect("journal");
+        assert_eq!(lines.lines().count(), 300);
+        assert!(t.calls.is_empty(), "{} calls kept", t.calls.len());
+        assert_eq!(t.workload("p").stable.as_deref(), Some("v99"));
+        let again = DryRun::with_journal(path);
+        assert!(again.calls.is_empty());
+        assert_eq!(again.workload("p").stable.as_deref(), Some("v99"));
+        // Without a journal, the calls are the record (tests read them)
+        let mut plain = DryRun::new();
+        plain.set_weight(&plan, 5).expect("weight");
+        assert_eq!(plain.calls, vec!["p weight 5".to_owned()]);
     }
 }

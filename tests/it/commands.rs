@@ -382,8 +382,7 @@ fn regression_a_dry_run_pushes_nothing_and_plays_the_rollout_in_memory() {
     assert!(would.len() >= 3, "{log}");
     assert!(would.iter().any(|l| l.contains("Succeeded")), "{log}");
     // And the targets only journalled
-    let journal = rollgate::targets::dry_run::DryRun::with_journal(
-        state.join("dry-run").join("local.journal"),
-    );
-    assert!(!journal.calls.is_empty());
+    let journal = std::fs::read_to_string(state.join("dry-run").join("local.journal"))
+        .expect("the local target's journal");
+    assert!(journal.lines().count() > 0);
 }

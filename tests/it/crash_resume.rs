@@ -291,7 +291,10 @@ fn a_daemon_killed_at_random_moments_ends_where_an_uninterrupted_one_ends() {
         "seed {seed}: uninterrupted: {calm_took:?}; killed {kills} times, \
          {stale_locks} stale lock files cleared ({journal_lines_at_last_kill} \
          target calls by the last kill, {} in all)",
-        DryRun::with_journal(journal(&crashy.state)).calls.len()
+        std::fs::read_to_string(journal(&crashy.state))
+            .unwrap_or_default()
+            .lines()
+            .count()
     );
 }
 

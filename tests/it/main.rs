@@ -29,6 +29,7 @@ mod kubernetes_jobs;
 mod lambda;
 mod leader;
 mod local_target;
+mod memory;
 mod notify;
 mod preview;
 mod prometheus;

@@ -1,0 +1,73 @@
+//! What the daemon remembers between passes stays flat over time (#21): it grows with
+//! plans, never with finished rollouts or commits. The memory figures themselves are in
+//! `benches/mass.rs` (d); these tests pin the structures that used to grow.
+
+use crate::support;
+
+use rollgate::model::status::Phase;
+use support::rollout::{PlanFile, World};
+
+/// Promote `plan` with a command commit, as plain git does it.
+fn promote(w: &World, plan: &str) {
+    w.remote.pull();
+    w.remote.human(&[
+        "commit",
+        "--allow-empty",
+        "-q",
+        "-m",
+        &format!("Promote {plan}"),
+        "--trailer",
+        "Rollgate-Command: promote",
+        "--trailer",
+        &format!("Rollgate-Plan: {plan}"),
+    ]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+}
+
+#[test]
+fn regression_commands_for_a_plan_that_does_not_exist_are_not_kept() {
+    // Given a plan rolled out
+    let plan = PlanFile::new("web");
+    let mut w = World::new(&[&plan]);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    // When command commits name a plan that is not there (a typo, a deleted plan)
+    for _ in 0..3 {
+        promote(&w, "nosuch");
+        w.tick();
+    }
+    // Then none of them is kept
+    assert_eq!(w.rec.remembered().commands, 0);
+    assert_eq!(w.rec.remembered().plans, 1);
+}
+
+#[test]
+fn regression_a_deleted_plan_leaves_no_memory_behind() {
+    // Given two plans rolled out
+    let web = PlanFile::new("web");
+    let api = PlanFile::new("api").port(20_001);
+    let mut w = World::new(&[&web, &api]);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    assert_eq!(w.rec.remembered().plans, 2);
+
+    // When one of them turns invalid, it is still remembered (fixed, it goes on)
+    w.remote.human_commit(
+        &api.path(),
+        |t| format!("{t}\nnosuchfield: 1\n"),
+        "api: broken",
+    );
+    w.tick();
+    assert!(w.rec.report().rejected.contains(&api.path()));
+    assert_eq!(w.rec.remembered().plans, 2);
+
+    // When the human deletes it
+    w.remote.pull();
+    w.remote.human(&["rm", "-q", &api.path()]);
+    w.remote.human(&["commit", "-qm", "api: gone"]);
+    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.tick();
+
+    // Then only the other one is remembered
+    assert_eq!(w.rec.remembered().plans, 1);
+    assert!(w.rec.report().accepted.contains_key("web"));
+}
