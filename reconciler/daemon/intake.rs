@@ -107,7 +107,8 @@ impl Reconciler {
     }
 
     /// Take in rollgate's own status commit without a fetch or a diff. When `commit` was
-    /// pushed on the head this pass read (no one pushed in between) and its `edits` are
+    /// pushed on the head this pass read (no one pushed in between, or only commits that
+    /// change nothing rollgate reads: `nothing_read_changed`) and its `edits` are
     /// all `status/` files, the head it makes differs from this one by exactly those
     /// files: the snapshot moves to it by them, and the gate's verdicts stand (no plan,
     /// setting or policy changed; status changes never re-run policies, `advance` alike).
@@ -126,7 +127,13 @@ impl Reconciler {
             .ok()
             .and_then(|c| c.parent_id(0).ok());
         let status_only = edits.iter().all(|e| crate::source::is_status_path(&e.path));
-        if self.head.is_none() || parent != self.head || !status_only {
+        // Made on the pass's head, or on commits after it that change nothing rollgate
+        // reads (humans pushing other files while the pass ran).
+        let on_head = match (self.head, parent) {
+            (Some(head), Some(parent)) => self.nothing_read_changed(head, parent),
+            _ => false,
+        };
+        if !on_head || !status_only {
             return false;
         }
         let paths: Vec<String> = edits.iter().map(|e| e.path.clone()).collect();

@@ -233,6 +233,27 @@ impl GitSource {
             .is_some_and(|(tree, parent)| tree == parent)
     }
 
+    /// Whether `commit` changes anything rollgate reads (`WATCHED`) against its first
+    /// parent: a root entry of those names differs. A root commit, or one that cannot
+    /// be read, does.
+    pub fn touches_watched(&self, commit: Oid) -> bool {
+        let Ok(c) = self.repo.find_commit(commit) else {
+            return true;
+        };
+        let (Ok(tree), Some(Ok(parent))) = (c.tree(), c.parent(0).ok().map(|p| p.tree())) else {
+            return true;
+        };
+        WATCHED.iter().any(|name| {
+            let id = |t: &git2::Tree<'_>| t.get_name(name).map(|e| (e.id(), e.filemode()));
+            id(&tree) != id(&parent)
+        })
+    }
+
+    /// The first parent of `commit` (`None`: a root commit, or unreadable).
+    pub fn first_parent(&self, commit: Oid) -> Option<Oid> {
+        self.repo.find_commit(commit).ok()?.parent_id(0).ok()
+    }
+
     pub fn url(&self) -> &str {
         self.remote.url().as_str()
     }
@@ -1026,6 +1047,58 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    #[test]
+    fn touches_watched_says_whether_a_commit_changes_what_rollgate_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("remote.git");
+        let repo = Repository::init_bare(&bare).expect("repo");
+        let plan: (&str, &[u8], i32) = ("plans/a.yaml", b"a", 0o100644);
+        let status: (&str, &[u8], i32) = ("status/a.yaml", b"s", 0o100644);
+        let root = commit(&repo, &[plan, status], None);
+        let notes = commit(
+            &repo,
+            &[plan, status, ("NOTES.md", b"n", 0o100644)],
+            Some(root),
+        );
+        let empty = commit(
+            &repo,
+            &[plan, status, ("NOTES.md", b"n", 0o100644)],
+            Some(notes),
+        );
+        let plan_changed = commit(
+            &repo,
+            &[("plans/a.yaml", b"b", 0o100644), status],
+            Some(empty),
+        );
+        let status_changed = commit(
+            &repo,
+            &[
+                ("plans/a.yaml", b"b", 0o100644),
+                ("status/a.yaml", b"t", 0o100644),
+            ],
+            Some(plan_changed),
+        );
+        let settings = commit(
+            &repo,
+            &[
+                ("plans/a.yaml", b"b", 0o100644),
+                ("status/a.yaml", b"t", 0o100644),
+                (SETTINGS_FILE, b"x", 0o100644),
+            ],
+            Some(status_changed),
+        );
+        let src = GitSource::open(bare.to_str().expect("utf-8"), &dir.path().join("c"), "main")
+            .expect("open");
+        assert_eq!(src.fetch().expect("fetch"), settings);
+        let touches: Vec<bool> = [root, notes, empty, plan_changed, status_changed, settings]
+            .into_iter()
+            .map(|c| src.touches_watched(c))
+            .collect();
+        assert_eq!(touches, [true, false, false, true, true, true]);
+        assert_eq!(src.first_parent(notes), Some(root));
+        assert_eq!(src.first_parent(root), None);
+    }
+
     #[test]
     fn regression_packs_deleted_by_gc_do_not_stay_mapped_in_the_daemons_clone() {
         let dir = tempfile::tempdir().expect("tempdir");

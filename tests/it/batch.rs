@@ -415,3 +415,67 @@ fn regression_an_idle_pass_over_many_plans_does_not_fetch_once_per_chunk() {
     );
     assert!(looks >= 1, "the pass did not fetch at all");
 }
+
+#[test]
+fn regression_a_mass_change_does_not_yield_to_commits_that_change_nothing_rollgate_reads() {
+    // Given 300 finished rollouts
+    let mass: Vec<PlanFile> = (0..300)
+        .map(|i| plan(&format!("n-{i:03}"), 22_000 + i))
+        .collect();
+    let mut w = finished(&mass);
+
+    // When all 300 change in one commit, and in the middle of the pass that starts them a
+    // human pushes a commit that changes only a file rollgate does not read (then takes
+    // long enough that the pass looks for new commits before its next chunk)
+    let mass_change = change_all(&w.remote, &mass, "v2");
+    let human = w.remote.human.clone();
+    let notes = Arc::new(Mutex::new(None::<String>));
+    let seen = notes.clone();
+    w.target.before_each_action(move |action| {
+        if action == "n-150 start v2" && seen.lock().expect("lock").is_none() {
+            git(&human, &["pull", "-q", "--rebase", "origin", "main"]);
+            std::fs::write(human.join("NOTES.md"), "release notes\n").expect("write");
+            git(&human, &["add", "NOTES.md"]);
+            git(&human, &["commit", "-qm", "notes"]);
+            while !git_ok(&human, &["push", "-q", "origin", "main"]) {
+                git(&human, &["pull", "-q", "--rebase", "origin", "main"]);
+            }
+            *seen.lock().expect("lock") = Some(git(&human, &["rev-parse", "HEAD"]));
+            std::thread::sleep(order::CHUNK_TIME + order::CHUNK_TIME / 4);
+        }
+        Ok(())
+    });
+    let busy = w.tick();
+    w.target.clear_hook();
+    let notes = notes.lock().expect("lock").clone().expect("notes pushed");
+
+    // Then that pass did not yield: every plan took its first step in it (it yielded
+    // after the first chunk before, and against humans pushing all the time, every pass did)
+    assert_eq!(busy.errors, 0, "{busy:?}");
+    assert!(
+        !busy.yielded,
+        "the pass yielded to a commit it does not read: {busy:?}"
+    );
+    assert_eq!(busy.transitions, 2 * mass.len(), "{busy:?}");
+    for p in &mass {
+        let s = w.status(&p.name);
+        assert_eq!(
+            (s.candidate.as_str(), s.phase, s.weight),
+            ("v2", Phase::Progressing, 10),
+            "{}: {s:?}",
+            p.name
+        );
+    }
+    // And the human's commit is kept, under rollgate's later commits
+    let after = commits_after(&w.remote, &mass_change);
+    assert!(
+        after.iter().any(|c| c.subject == "notes"),
+        "{:#?}",
+        after.iter().map(|c| &c.subject).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        git(&w.remote.bare, &["show", "main:NOTES.md"]).trim(),
+        "release notes"
+    );
+    assert!(!git(&w.remote.bare, &["branch", "--contains", notes.trim()]).is_empty());
+}
