@@ -852,9 +852,8 @@ spec:
         assert_eq!(summary(&schema_only_one), summary(&schema_only_many));
     }
 
-    /// A warm cache answers for every plan as a cold one does. (Status-file diagnostics
-    /// come only from a pass that re-reads the statuses, i.e. one with something to
-    /// parse or judge, so they are left out of the comparison.)
+    /// A warm cache gives the report a cold one does, bad status files included (they
+    /// are checked on every pass, not only on one with something to parse or judge).
     #[test]
     fn regression_a_warm_cache_gives_the_same_report_bad_status_files_included() {
         let snap = corpus_snapshot();

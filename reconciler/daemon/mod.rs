@@ -531,42 +531,40 @@ impl Reconciler {
         // Only what rollgate reads makes a pass yield: a plan, setting, policy or status
         // change, or a command (which changes no file). Against humans pushing other files
         // all the time, every pass had yielded after its first chunk.
-        let src = &self.src;
-        let matters = |c: &CommitInfo| {
-            c.trailer(crate::source::git::TRAILER_COMMAND).is_some() || src.touches_watched(c.id)
-        };
-        if commits.iter().any(|c| !c.is_rollgate() && matters(c)) {
+        if commits.iter().any(|c| !c.is_rollgate() && self.is_read(c)) {
             return true;
         }
         // Nothing rollgate reads changed since the pass's head (rollgate's own commits
         // included: another replica's status commit is not skipped): the head moves on
         // with the snapshot as it is, so this pass's commits take their first steps.
-        if self
-            .head
-            .is_some_and(|h| self.nothing_read_changed(h, head))
-        {
+        if self.head.is_some_and(|h| self.none_read(h, &commits)) {
             tracing::debug!(%head, commits = commits.len(), "new commits change nothing rollgate reads: the pass goes on");
             self.head = Some(head);
         }
         false
     }
 
-    /// Whether `to` follows `from` on the first-parent line by commits that change nothing
-    /// rollgate reads and carry no command: the snapshot at `from` is the one at `to`.
-    pub(super) fn nothing_read_changed(&self, from: Oid, to: Oid) -> bool {
-        if from == to {
-            return true;
-        }
-        let Ok(commits) = self.src.commits_between(Some(from), to, HISTORY_LIMIT) else {
-            return false;
-        };
+    /// Whether `c` changes what rollgate reads (a watched path) or carries a command.
+    fn is_read(&self, c: &CommitInfo) -> bool {
+        c.trailer(crate::source::git::TRAILER_COMMAND).is_some() || self.src.touches_watched(c.id)
+    }
+
+    /// Whether `commits` (first-parent, oldest first) follow `from` and none is read.
+    fn none_read(&self, from: Oid, commits: &[CommitInfo]) -> bool {
         commits
             .first()
             .is_some_and(|c| self.src.first_parent(c.id) == Some(from))
-            && commits.iter().all(|c| {
-                c.trailer(crate::source::git::TRAILER_COMMAND).is_none()
-                    && !self.src.touches_watched(c.id)
-            })
+            && !commits.iter().any(|c| self.is_read(c))
+    }
+
+    /// Whether `to` follows `from` on the first-parent line by commits that change nothing
+    /// rollgate reads and carry no command: the snapshot at `from` is the one at `to`.
+    pub(super) fn nothing_read_changed(&self, from: Oid, to: Oid) -> bool {
+        from == to
+            || self
+                .src
+                .commits_between(Some(from), to, HISTORY_LIMIT)
+                .is_ok_and(|commits| self.none_read(from, &commits))
     }
 
     /// Reconcile one plan in its span; an error is logged (once per cause) and counted.
