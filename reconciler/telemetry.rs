@@ -11,7 +11,110 @@ use std::time::Duration;
 
 use crate::model::status::Phase;
 
-const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds of `rollgate_reconcile_duration_seconds`.
+const RECONCILE_BOUNDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds of `rollgate_status_push_delay_seconds`: dense around the 2 s a
+/// transition may wait for its commit while others push (#21).
+const PUSH_DELAY_BOUNDS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A Prometheus histogram of durations over at most 16 upper bounds, given by the
+/// caller on every use (a `const` slice per series).
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations at most each bound (cumulative, as exposed).
+    buckets: [AtomicU64; 16],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, bounds: &[f64], d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in bounds.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str, bounds: &[f64]) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in bounds.iter().enumerate() {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", g(&self.buckets[i]));
+        }
+        let count = g(&self.count);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "{name}_sum {}", g(&self.micros) as f64 / 1e6);
+        let _ = writeln!(o, "{name}_count {count}");
+    }
+
+    fn snapshot(&self, bounds: &'static [f64]) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds,
+            at_most: (0..bounds.len())
+                .map(|i| self.buckets[i].load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A histogram's counts at one moment: the difference of two is what was observed in
+/// between, and its quantiles are estimated as Prometheus' `histogram_quantile` does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    bounds: &'static [f64],
+    /// Observations at most each bound (cumulative).
+    at_most: Vec<u64>,
+    count: u64,
+}
+
+impl HistogramSnapshot {
+    /// What was observed since `earlier` (a snapshot of the same histogram).
+    #[must_use]
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: self.bounds,
+            at_most: self
+                .at_most
+                .iter()
+                .zip(&earlier.at_most)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile in seconds, linear within the bucket it falls in; `None` with no
+    /// observation, and the largest bound when it falls past it.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let (mut lower, mut below) = (0.0, 0u64);
+        for (b, at_most) in self.bounds.iter().zip(&self.at_most) {
+            if *at_most as f64 >= rank {
+                let within = (at_most - below).max(1) as f64;
+                return Some(lower + (b - lower) * ((rank - below as f64) / within));
+            }
+            (lower, below) = (*b, *at_most);
+        }
+        Some(lower)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -28,9 +131,9 @@ pub struct Telemetry {
     action_failures: [AtomicU64; 4],
     pub rejected_plans: AtomicU64,
     pub accepted_plans: AtomicU64,
-    buckets: [AtomicU64; 10],
-    duration_count: AtomicU64,
-    duration_micros: AtomicU64,
+    reconcile_duration: Histogram,
+    /// From a transition's decision to its status commit pushed (lost races included).
+    push_delay: Histogram,
     /// 1 while this process may write (it holds the lease, or runs without election).
     leader: AtomicU64,
     webhooks: [AtomicU64; 7],
@@ -166,17 +269,17 @@ impl Telemetry {
     }
 
     pub fn reconcile_took(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_micros.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.reconcile_duration.observe(RECONCILE_BOUNDS, d);
+    }
+
+    /// A transition's status commit pushed `d` after the transition was decided.
+    pub fn status_pushed_after(&self, d: Duration) {
+        self.push_delay.observe(PUSH_DELAY_BOUNDS, d);
+    }
+
+    /// The delays from decision to pushed status commit so far.
+    pub fn push_delays(&self) -> HistogramSnapshot {
+        self.push_delay.snapshot(PUSH_DELAY_BOUNDS)
     }
 
     /// Prometheus text exposition.
@@ -311,28 +414,18 @@ impl Telemetry {
                 g(&self.judge[i])
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP rollgate_reconcile_duration_seconds Time to reconcile one plan.\n# TYPE rollgate_reconcile_duration_seconds histogram"
+        self.reconcile_duration.render(
+            &mut o,
+            "rollgate_reconcile_duration_seconds",
+            "Time to reconcile one plan.",
+            RECONCILE_BOUNDS,
         );
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "rollgate_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                g(&self.buckets[i])
-            );
-        }
-        let count = g(&self.duration_count);
-        let _ = writeln!(
-            o,
-            "rollgate_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.push_delay.render(
+            &mut o,
+            "rollgate_status_push_delay_seconds",
+            "Time from a transition's decision to its status commit pushed, lost races to other writers included.",
+            PUSH_DELAY_BOUNDS,
         );
-        let _ = writeln!(
-            o,
-            "rollgate_reconcile_duration_seconds_sum {}",
-            g(&self.duration_micros) as f64 / 1e6
-        );
-        let _ = writeln!(o, "rollgate_reconcile_duration_seconds_count {count}");
         o
     }
 }
@@ -340,6 +433,42 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_delay_quantiles_interpolate_within_their_bucket_like_prometheus() {
+        let t = Telemetry::default();
+        let before = t.push_delays();
+        assert_eq!(before.quantile(0.5), None, "no push yet");
+        t.status_pushed_after(Duration::from_secs(20));
+        let earlier = t.push_delays();
+        // 98 pushes within 0.1 s, one at 1.2 s, one at 45 s.
+        for _ in 0..98 {
+            t.status_pushed_after(Duration::from_millis(80));
+        }
+        t.status_pushed_after(Duration::from_millis(1200));
+        t.status_pushed_after(Duration::from_secs(45));
+        let since = t.push_delays().since(&earlier);
+        assert_eq!(since.count(), 100);
+        let q = |q| since.quantile(q).expect("pushes seen");
+        // Rank 50 of the 98 in (0.05, 0.1].
+        assert!(
+            (q(0.5) - (0.05 + 0.05 * 50.0 / 98.0)).abs() < 1e-9,
+            "{}",
+            q(0.5)
+        );
+        // Rank 99 is the push in (1.0, 1.5]: its bucket's top.
+        assert!((q(0.99) - 1.5).abs() < 1e-9, "{}", q(0.99));
+        assert!((q(1.0) - 60.0).abs() < 1e-9, "{}", q(1.0));
+        let text = t.render();
+        assert!(
+            text.contains("rollgate_status_push_delay_seconds_bucket{le=\"2\"} 99\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rollgate_status_push_delay_seconds_count 101\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_valid_exposition_lines() {

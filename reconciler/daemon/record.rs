@@ -31,12 +31,35 @@ pub(super) struct Staged {
     last_command: Option<String>,
     /// Target actions to do once the status is in Git (decide, record, then do).
     pub(super) then: Option<Then>,
+    /// When the decision was made: its push delay (`rollgate_status_push_delay_seconds`)
+    /// counts from here.
+    decided: std::time::Instant,
 }
 
 impl Staged {
     pub(super) fn is_for(&self, plan: &str) -> bool {
         self.name == plan
     }
+}
+
+/// What became of a staged status in one try of a commit (`Reconciler::write_staged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// In the commit.
+    Written,
+    /// Still valid, left for the next commit (this one was made smaller).
+    Later,
+    /// Its status file changed since the decision read it: not written.
+    Dropped,
+}
+
+/// How many of `n` plans the `try_`th try of a commit carries: all of them on the first
+/// two, then half as many after each lost race, at least one. A smaller commit's push
+/// is shorter, so the branch is likelier to be where it was when the try began (ten
+/// humans pushing: a 54-plan commit lost 25 races in a row, 10-plan ones 1.4 each).
+pub(super) fn batch_share(n: usize, try_: u32) -> usize {
+    let halvings = try_.saturating_sub(2).min(usize::BITS - 1);
+    (n >> halvings).max(1)
 }
 
 /// What waits for a staged status to be committed: the decision's target actions.
@@ -118,6 +141,7 @@ impl Reconciler {
             transition: d.transition.as_ref().map(|t| t.reason.clone()),
             last_command,
             then: None,
+            decided: std::time::Instant::now(),
         });
         Ok(Some(next))
     }
@@ -129,59 +153,100 @@ impl Reconciler {
     /// whose status file is still the one their decision read: a plan whose file changed
     /// drops out (the next pass decides again) and the others are written. A failed
     /// write is logged and counted per plan; the pass goes on.
+    ///
+    /// Against other writers, a big commit loses more races than a small one (its push
+    /// takes longer, and the branch moves meanwhile), so after two lost races a try
+    /// carries only the first half of the plans still kept, then a quarter, and so on
+    /// (`batch_share`); the rest are written next, in their order, as commits of their
+    /// own. Every commit is still a compare-and-swap of the head it was made on.
     pub(super) fn flush(&mut self, now: DateTime<Utc>, report: &mut TickReport) {
         self.pushed = None;
         // Rounds: the statuses staged; the first steps of rollouts that just started;
-        // a deferred action that failed stages its hold; one to spare.
-        for _ in 0..4 {
-            if self.staged.is_empty() {
-                return;
-            }
-            let staged = std::mem::take(&mut self.staged);
-            let kept = std::cell::RefCell::new(Vec::<bool>::new());
-            let edits = std::cell::RefCell::new(Vec::new());
-            let wb = self.write_back();
-            let mut writer = Writer::new(&self.src, &wb);
-            // This pass fetched the head it decided on just now.
-            writer.first_on_known_head = true;
-            let outcome = writer.write(|head| {
-                let mut keep = Vec::with_capacity(staged.len());
-                let mut specs = Vec::new();
-                for s in &staged {
-                    let same = self.src.file_at(head, &s.path)? == s.basis;
-                    if same {
-                        specs.push(s.spec.clone());
-                    } else {
-                        tracing::info!(plan = %s.name, "the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
-                    }
-                    keep.push(same);
+        // a deferred action that failed stages its hold; one to spare. Plans left out of
+        // a smaller commit are written before the next round, and do not count as one.
+        let mut rounds = 0;
+        let mut left_out = Vec::new();
+        loop {
+            let staged = if left_out.is_empty() {
+                if self.staged.is_empty() || rounds == 4 {
+                    return;
                 }
-                *kept.borrow_mut() = keep;
-                let spec = messages::batch_commit(specs);
-                *edits.borrow_mut() = spec.as_ref().map(|s| s.edits.clone()).unwrap_or_default();
-                Ok(spec)
-            });
-            let kept = kept.into_inner();
-            // Pushed on the head this pass read: the snapshot moves to it by its edits,
-            // so the rollouts it started can take their first step in this pass.
-            let moved = match &outcome {
-                Ok(WriteOutcome::Pushed { commit, .. }) => {
-                    self.take_own_commit(*commit, &edits.into_inner())
-                }
-                _ => false,
+                rounds += 1;
+                std::mem::take(&mut self.staged)
+            } else {
+                std::mem::take(&mut left_out)
             };
-            let mut starting = Vec::new();
-            let outcome = match outcome {
-                Ok(o) => o,
-                Err(e) => {
-                    report.errors += staged.len();
-                    tracing::warn!(error = %format!("{e:#}"), plans = staged.len(), "status commit failed; the next pass decides again");
+            left_out = self.write_staged(staged, now, report);
+        }
+    }
+
+    /// One commit of `flush`: the plans of `staged` still kept, or the first of them
+    /// after lost races. Returns the plans left out of the commit, to write next.
+    fn write_staged(
+        &mut self,
+        staged: Vec<Staged>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Vec<Staged> {
+        let kept = std::cell::RefCell::new(Vec::<Kept>::new());
+        let edits = std::cell::RefCell::new(Vec::new());
+        let tries = std::cell::Cell::new(0u32);
+        let wb = self.write_back();
+        let mut writer = Writer::new(&self.src, &wb);
+        // This pass fetched the head it decided on just now.
+        writer.first_on_known_head = true;
+        let outcome = writer.write(|head| {
+            tries.set(tries.get() + 1);
+            let mut keep = Vec::with_capacity(staged.len());
+            let mut specs = Vec::new();
+            let mut room = None;
+            for s in &staged {
+                if self.src.file_at(head, &s.path)? != s.basis {
+                    tracing::info!(plan = %s.name, "the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
+                    keep.push(Kept::Dropped);
                     continue;
                 }
-            };
-            let mut then = Vec::new();
-            for (i, s) in staged.into_iter().enumerate() {
-                if !kept.get(i).copied().unwrap_or(false) {
+                let room = *room.get_or_insert_with(|| batch_share(staged.len(), tries.get()));
+                if specs.len() < room {
+                    specs.push(s.spec.clone());
+                    keep.push(Kept::Written);
+                } else {
+                    keep.push(Kept::Later);
+                }
+            }
+            *kept.borrow_mut() = keep;
+            let spec = messages::batch_commit(specs);
+            *edits.borrow_mut() = spec.as_ref().map(|s| s.edits.clone()).unwrap_or_default();
+            Ok(spec)
+        });
+        let kept = kept.into_inner();
+        // Pushed on the head this pass read: the snapshot moves to it by its edits,
+        // so the rollouts it started can take their first step in this pass.
+        let moved = match &outcome {
+            Ok(WriteOutcome::Pushed { commit, .. }) => {
+                self.take_own_commit(*commit, &edits.into_inner())
+            }
+            _ => false,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                report.errors += staged.len();
+                tracing::warn!(error = %format!("{e:#}"), plans = staged.len(), "status commit failed; the next pass decides again");
+                return Vec::new();
+            }
+        };
+        let mut starting = Vec::new();
+        let mut later = Vec::new();
+        let mut then = Vec::new();
+        for (i, s) in staged.into_iter().enumerate() {
+            match kept.get(i).copied().unwrap_or(Kept::Dropped) {
+                Kept::Written => {}
+                Kept::Later => {
+                    later.push(s);
+                    continue;
+                }
+                Kept::Dropped => {
                     // The target may be ahead of Git now: put it back where Git says first.
                     if let Some(memo) = self.memo.get_mut(&s.name) {
                         memo.reapplied = false;
@@ -189,68 +254,72 @@ impl Reconciler {
                     }
                     continue;
                 }
-                if let WriteOutcome::Pushed { commit, attempts } = outcome {
-                    report.transitions += 1;
-                    let t = crate::telemetry::global();
-                    t.writeback_retries.fetch_add(
-                        u64::from(attempts.saturating_sub(1)),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    if s.transition.is_some() {
-                        t.transition(s.status.phase);
-                    }
-                    tracing::info!(
-                        plan = %s.name,
-                        commit = %commit,
-                        phase = s.status.phase.as_str(),
-                        step = %s.status.step_label(),
-                        step_index = s.status.step,
-                        weight = s.status.weight,
-                        attempts,
-                        reason = s.transition.as_deref().unwrap_or(""),
-                        "status written"
-                    );
-                }
-                if let Some(c) = self.commands.get_mut(&s.name)
-                    && let Some(sha) = &s.last_command
-                    && let Some(i) = c.iter().position(|(x, _)| x == sha)
-                {
-                    c.drain(..=i);
-                }
-                if moved && s.status.phase == Phase::Pending && s.transition.is_some() {
-                    starting.push(s.name.clone());
-                }
-                if let Some(t) = s.then {
-                    then.push((t, s.status));
-                }
             }
-            if let WriteOutcome::Pushed { commit, .. } = outcome {
-                self.pushed = Some(commit);
-                crate::telemetry::global()
-                    .writeback_commits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(n) = &self.notify {
-                    n.pushed(commit);
+            if let WriteOutcome::Pushed { commit, attempts } = outcome {
+                report.transitions += 1;
+                let t = crate::telemetry::global();
+                t.writeback_retries.fetch_add(
+                    u64::from(attempts.saturating_sub(1)),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if s.transition.is_some() {
+                    t.transition(s.status.phase);
                 }
+                let waited = s.decided.elapsed();
+                t.status_pushed_after(waited);
+                tracing::info!(
+                    plan = %s.name,
+                    commit = %commit,
+                    phase = s.status.phase.as_str(),
+                    step = %s.status.step_label(),
+                    step_index = s.status.step,
+                    weight = s.status.weight,
+                    attempts,
+                    waited_ms = waited.as_millis(),
+                    reason = s.transition.as_deref().unwrap_or(""),
+                    "status written"
+                );
             }
-            for (t, written) in then {
-                let span = tracing::info_span!("plan", plan = %t.pp.plan.name);
-                let _enter = span.enter();
-                if let Err(e) =
-                    self.act_recorded(&t.pp, written, t.actions, t.next_wakeup, t.now, report)
-                {
-                    report.errors += 1;
-                    tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
-                }
+            if let Some(c) = self.commands.get_mut(&s.name)
+                && let Some(sha) = &s.last_command
+                && let Some(i) = c.iter().position(|(x, _)| x == sha)
+            {
+                c.drain(..=i);
             }
-            // Push → first target call in one pass: a rollout whose `Pending` is now in
-            // Git (and in the snapshot) decides its first step at once; the step's
-            // status is staged, and its action waits for it (the next round).
-            for name in starting {
-                tracing::debug!(plan = %name, "a rollout starts: its first step in the same pass");
-                self.reconcile_logged(&name, now, report);
+            if moved && s.status.phase == Phase::Pending && s.transition.is_some() {
+                starting.push(s.name.clone());
+            }
+            if let Some(t) = s.then {
+                then.push((t, s.status));
             }
         }
+        if let WriteOutcome::Pushed { commit, .. } = outcome {
+            self.pushed = Some(commit);
+            crate::telemetry::global()
+                .writeback_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(n) = &self.notify {
+                n.pushed(commit);
+            }
+        }
+        for (t, written) in then {
+            let span = tracing::info_span!("plan", plan = %t.pp.plan.name);
+            let _enter = span.enter();
+            if let Err(e) =
+                self.act_recorded(&t.pp, written, t.actions, t.next_wakeup, t.now, report)
+            {
+                report.errors += 1;
+                tracing::warn!(error = %format!("{e:#}"), "reconcile failed; other plans go on");
+            }
+        }
+        // Push → first target call in one pass: a rollout whose `Pending` is now in
+        // Git (and in the snapshot) decides its first step at once; the step's
+        // status is staged, and its action waits for it (the next round).
+        for name in starting {
+            tracing::debug!(plan = %name, "a rollout starts: its first step in the same pass");
+            self.reconcile_logged(&name, now, report);
+        }
+        later
     }
 
     /// Push the revert of the failed plan change, or restore the stable artifact when the

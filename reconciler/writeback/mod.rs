@@ -183,7 +183,8 @@ impl<'a> Writer<'a> {
                 false => {
                     tracing::debug!(
                         attempt,
-                        "push rejected (the branch moved); recomputing on the new head"
+                        why = %self.last_rejection.lock().ok().and_then(|r| r.clone()).unwrap_or_default(),
+                        "push rejected; recomputing on the new head"
                     );
                     // Built on the head last seen, not one fetched just now: the branch
                     // moved before this write began, no writer is racing it yet.
@@ -272,14 +273,28 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Jittered exponential backoff: 5 ms doubling to 500 ms, ± half.
+/// The most a lost race waits before fetching again.
+///
+/// Short on purpose: the other writers on a branch are mostly people and CI pushing
+/// without any backoff, and every attempt already spends a fetch and a push (tens of
+/// milliseconds, more under load), which spaces the attempts out. A long wait only hands
+/// the branch to them: with 500 ms, a 100-plan status commit lost 20 races in a row
+/// to ten humans pushing and waited 14 s (`benches/mass.rs` (f)). Several rollgate
+/// replicas racing one another are kept apart by the jitter.
+const MAX_BACKOFF: Duration = Duration::from_millis(40);
+
+/// Jittered exponential backoff after the `attempt`th lost race: up to 5 ms, doubling,
+/// to at most `MAX_BACKOFF`, each wait drawn evenly from its lower half to its whole.
 fn backoff(attempt: u32) -> Duration {
-    let base = 5u64.saturating_mul(1 << attempt.min(7)).min(500);
+    let cap = u64::try_from(MAX_BACKOFF.as_micros()).unwrap_or(u64::MAX);
+    let whole = 5_000u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
+        .min(cap);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let jitter = u64::from(nanos) % (base + 1);
-    Duration::from_millis(base / 2 + jitter)
+    let jitter = u64::from(nanos) % (whole / 2 + 1);
+    Duration::from_micros(whole / 2 + jitter)
 }
 
 /// Write `content` (or delete) at `path` in the tree `root`, returning the new tree
@@ -341,4 +356,27 @@ fn sign(signing: &Signing, data: &[u8]) -> Result<String> {
         );
     }
     String::from_utf8(out.stdout).context("signature is not text")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_a_status_commit_does_not_wait_out_long_backoffs_while_humans_push() {
+        for attempt in 1..=60 {
+            let want = 5u64 * (1 << (attempt - 1).min(7));
+            let whole = Duration::from_millis(want).min(MAX_BACKOFF);
+            for _ in 0..50 {
+                let w = backoff(attempt);
+                assert!(
+                    w >= whole / 2 && w <= whole,
+                    "attempt {attempt}: waited {w:?}, not within half of {whole:?} to all of it"
+                );
+            }
+        }
+        // The whole wait after 20 lost races: was 7.5–12 s with a 500 ms cap.
+        let total: Duration = (1..=20).map(backoff).sum();
+        assert!(total <= Duration::from_millis(800), "{total:?}");
+    }
 }

@@ -479,3 +479,54 @@ fn regression_a_mass_change_does_not_yield_to_commits_that_change_nothing_rollga
     );
     assert!(!git(&w.remote.bare, &["branch", "--contains", notes.trim()]).is_empty());
 }
+
+#[test]
+fn regression_a_batch_that_keeps_losing_races_is_written_in_smaller_commits_not_given_up() {
+    // Given eight finished rollouts, and a remote that refuses any push changing more
+    // than two status files (as a branch others push to all the time refuses big,
+    // slow pushes: they lose the race every time)
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let plans: Vec<PlanFile> = names
+        .iter()
+        .zip(18121..)
+        .map(|(n, port)| plan(n, port))
+        .collect();
+    let mut w = finished(&plans);
+    let hook = w.remote.bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n\
+         while read old new ref; do\n\
+           n=$(git diff --name-only \"$old\" \"$new\" -- status/ | wc -l)\n\
+           if [ \"$n\" -gt 2 ]; then echo \"$n status files: too many\" >&2; exit 1; fi\n\
+         done\n",
+    )
+    .expect("hook");
+    let mut perms = std::fs::metadata(&hook).expect("hook").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&hook, perms).expect("chmod");
+
+    // When one commit changes all eight, and the daemon passes once
+    let change = change_all(&w.remote, &plans, "v2");
+    let r = w.tick();
+
+    // Then every plan started and took its first step, in commits of at most two plans,
+    // in the order decided
+    assert_eq!((r.transitions, r.errors), (16, 0), "{r:?}");
+    let new = commits_after(&w.remote, &change);
+    assert!(new.iter().all(LoggedCommit::is_status), "{new:#?}");
+    assert!(
+        new.iter().all(|c| (1..=2).contains(&c.files.len())),
+        "{:#?}",
+        new.iter().map(|c| &c.files).collect::<Vec<_>>()
+    );
+    let written: Vec<(String, String)> = new.iter().flat_map(blocks).collect();
+    let expect: Vec<(String, String)> = ["Pending", "Progressing"]
+        .iter()
+        .flat_map(|ph| names.iter().map(|n| ((*n).to_owned(), (*ph).to_owned())))
+        .collect();
+    assert_eq!(written, expect);
+    for p in &plans {
+        assert_eq!(w.status(&p.name).phase, Phase::Progressing, "{}", p.name);
+    }
+}
