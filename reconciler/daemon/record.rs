@@ -57,7 +57,7 @@ enum Kept {
 /// two, then half as many after each lost race, at least one. A smaller commit's push
 /// is shorter, so the branch is likelier to be where it was when the try began (ten
 /// humans pushing: a 54-plan commit lost 25 races in a row, 10-plan ones 1.4 each).
-pub(super) fn batch_share(n: usize, try_: u32) -> usize {
+fn batch_share(n: usize, try_: u32) -> usize {
     let halvings = try_.saturating_sub(2).min(usize::BITS - 1);
     (n >> halvings).max(1)
 }
@@ -199,14 +199,13 @@ impl Reconciler {
             tries.set(tries.get() + 1);
             let mut keep = Vec::with_capacity(staged.len());
             let mut specs = Vec::new();
-            let mut room = None;
+            let room = batch_share(staged.len(), tries.get());
             for s in &staged {
                 if self.src.file_at(head, &s.path)? != s.basis {
                     tracing::info!(plan = %s.name, "the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
                     keep.push(Kept::Dropped);
                     continue;
                 }
-                let room = *room.get_or_insert_with(|| batch_share(staged.len(), tries.get()));
                 if specs.len() < room {
                     specs.push(s.spec.clone());
                     keep.push(Kept::Written);
