@@ -26,7 +26,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use git2::Oid;
@@ -378,16 +379,33 @@ impl RemoteError {
     }
 }
 
+/// One fetch in this many checks whether the clone needs `git maintenance` (gc of
+/// loose objects): `git fetch` runs `git maintenance run --auto` after every fetch, one
+/// more process each time (2 of 7.8 ms of a fetch with nothing new, more under load,
+/// and a pass fetches again after every lost race).
+pub const MAINTENANCE_EVERY: u32 = 16;
+
+/// Whether the `n`th fetch (from 0) of a remote lets git run its auto maintenance.
+pub fn maintenance_due(n: u32) -> bool {
+    n % MAINTENANCE_EVERY == 0
+}
+
 /// A remote and how to reach it: runs `git fetch` and `git push` for a repository.
 #[derive(Debug, Clone)]
 pub struct Remote {
     url: RemoteUrl,
     auth: GitAuth,
+    /// Fetches so far (shared by clones of this value): see `maintenance_due`.
+    fetches: Arc<AtomicU32>,
 }
 
 impl Remote {
     pub fn new(url: RemoteUrl, auth: GitAuth) -> Self {
-        Self { url, auth }
+        Self {
+            url,
+            auth,
+            fetches: Arc::new(AtomicU32::new(0)),
+        }
     }
 
     pub fn url(&self) -> &RemoteUrl {
@@ -397,10 +415,11 @@ impl Remote {
     /// Fetch `refspecs` from the remote into the repository at `git_dir`.
     pub fn fetch(&self, git_dir: &Path, refspecs: &[String]) -> Result<(), RemoteError> {
         let mut cmd = self.git(git_dir)?;
-        cmd.args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"])
-            .arg("--")
-            .arg(self.url.as_str())
-            .args(refspecs);
+        cmd.args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]);
+        if !maintenance_due(self.fetches.fetch_add(1, Ordering::Relaxed)) {
+            cmd.arg("--no-auto-maintenance");
+        }
+        cmd.arg("--").arg(self.url.as_str()).args(refspecs);
         let out = self.run(cmd, "fetch")?;
         if out.status.success() {
             return Ok(());
@@ -939,6 +958,22 @@ fn warn_once_plain_http(url: &RemoteUrl) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_every_fetch_does_not_start_a_maintenance_process_yet_some_still_do() {
+        let due: Vec<u32> = (0..3 * MAINTENANCE_EVERY)
+            .filter(|n| maintenance_due(*n))
+            .collect();
+        assert_eq!(due, [0, MAINTENANCE_EVERY, 2 * MAINTENANCE_EVERY]);
+        // Clones of a remote count together (the daemon's source hands out clones).
+        let remote = Remote::new(
+            RemoteUrl::parse("https://git.example/ops.git").expect("a URL"),
+            GitAuth::default(),
+        );
+        let copy = remote.clone();
+        remote.fetches.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(copy.fetches.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn https_userinfo_leaves_the_url_and_becomes_the_credential() {

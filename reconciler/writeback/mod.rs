@@ -100,7 +100,12 @@ pub struct RevertConflict(pub Oid);
 pub struct Writer<'a> {
     src: &'a GitSource,
     settings: &'a WriteBack,
+    /// A write gives up after this many lost races, once it has also been trying for
+    /// `min_persistence`.
     pub max_attempts: u32,
+    /// The least time a write keeps trying: with a short backoff, 50 tries take a few
+    /// seconds, and a human pushing in a tight loop can win all of them.
+    pub min_persistence: Duration,
     /// Build the first attempt on the head last fetched or pushed instead of fetching
     /// (the daemon's flush: its pass fetched just now). Off, every attempt fetches first,
     /// which is cheaper on a branch others push to all the time (a first attempt on a
@@ -116,6 +121,7 @@ impl<'a> Writer<'a> {
             src,
             settings,
             max_attempts: 50,
+            min_persistence: Duration::from_secs(30),
             first_on_known_head: false,
             last_rejection: std::sync::Mutex::new(None),
         }
@@ -133,6 +139,7 @@ impl<'a> Writer<'a> {
         mut compute: impl FnMut(Oid) -> Result<Option<CommitSpec>>,
     ) -> Result<WriteOutcome> {
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         // The head to build on, and whether it was fetched just now.
         let mut next = if self.first_on_known_head {
             self.src.head().ok().map(|h| (h, false))
@@ -169,7 +176,10 @@ impl<'a> Writer<'a> {
                         attempts: attempt,
                     });
                 }
-                false if attempt >= self.max_attempts => {
+                false
+                    if attempt >= self.max_attempts
+                        && started.elapsed() >= self.min_persistence =>
+                {
                     bail!(
                         "push to {} was rejected {attempt} times (last: {}); giving up for now",
                         self.src.branch(),
