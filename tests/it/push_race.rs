@@ -200,8 +200,10 @@ fn race(bare: &Path, rollgate_url: &str, auth: GitAuth, access: HumanAccess, pus
             WriteOutcome::NoChange => panic!("status {n} was not written"),
         }
         // A rollout writes a few status commits a second, not a flood: pace it so the
-        // humans are not starved, yet race them on every write.
-        std::thread::sleep(jitter(40));
+        // humans are not starved, yet race them on every write. (Since rollgate retries a
+        // lost race after at most 40 ms, back-to-back writes made the humans lose most
+        // races and the path test take 11 minutes.)
+        std::thread::sleep(std::time::Duration::from_millis(40) + jitter(80));
     }
     let mut human_subjects = Vec::new();
     let mut human_lost = 0;
