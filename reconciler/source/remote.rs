@@ -387,7 +387,7 @@ pub const MAINTENANCE_EVERY: u32 = 16;
 
 /// Whether the `n`th fetch (from 0) of a remote lets git run its auto maintenance.
 pub fn maintenance_due(n: u32) -> bool {
-    n % MAINTENANCE_EVERY == 0
+    n.is_multiple_of(MAINTENANCE_EVERY)
 }
 
 /// A remote and how to reach it: runs `git fetch` and `git push` for a repository.

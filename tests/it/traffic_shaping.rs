@@ -97,8 +97,9 @@ fn a_shadow_check_that_fails_rolls_back_before_any_user_traffic_moved() {
     assert!(!seen.versions.contains_key("v2"), "{seen:?}");
     assert!(!seen.failed_by.contains_key("v2"), "{seen:?}");
     assert_eq!(seen.proxy_errors(), 0, "{seen:?}");
+    // At least the 100 answers waited for above (a fast rollback ends the load at 100).
     assert!(
-        seen.versions.get("v1").copied().unwrap_or(0) > 100,
+        seen.versions.get("v1").copied().unwrap_or(0) >= 100,
         "{seen:?}"
     );
     let plan = git(&world.remote.bare, &["show", "main:plans/web.yaml"]);
