@@ -20,7 +20,7 @@
 //!     as Prometheus' `histogram_quantile` does). Goal: p99 ≤ 2 s. Stops at a time
 //!     budget. Also reported: the pushes lost (`writeback_retries`, per plan).
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
-//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e) and (f)).
+//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f)).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
 
 #[path = "../tests/support/mod.rs"]
@@ -88,8 +88,8 @@ fn main() {
     if part('d') {
         finished_rollouts(n, rounds, &say);
     }
-    if part('e') {
-        in_process(n, rounds, &say);
+    if part('e') || part('f') {
+        in_process(n, rounds, part('f'), &say);
     }
 }
 
@@ -137,6 +137,7 @@ fn finished_rollouts(n: usize, rounds: usize, say: &dyn Fn(String)) {
     let mut d = Daemon::start(&remote, &remote.work_dir("state-d"));
     d.wait_ready(&remote, n);
     let mut rss = Vec::new();
+    let mut anon = Vec::new();
     for round in 0..rounds {
         let v = format!("v{}", round + 2);
         change_all(&remote, n, &v);
@@ -145,21 +146,30 @@ fn finished_rollouts(n: usize, rounds: usize, say: &dyn Fn(String)) {
         });
         std::thread::sleep(Duration::from_millis(500));
         rss.push(d.kib("VmRSS"));
+        anon.push(d.kib("RssAnon"));
+        if round == 0 || round + 1 == rounds {
+            say(format!(
+                "(d) after round {}, resident KiB by mapping: {}",
+                round + 1,
+                d.rss_by_mapping()
+            ));
+        }
     }
     say(format!(
-        "(d) daemon RSS after {} finished rollouts: {:.1} MiB; after {}: {:.1} MiB (peak {:.1} MiB); per round: {:?} KiB",
+        "(d) daemon RSS after {} finished rollouts: {:.1} MiB; after {}: {:.1} MiB (peak {:.1} MiB); per round: {:?} KiB; of which anonymous (heap, not mapped files): {:?} KiB",
         n,
         rss[0] as f64 / 1024.0,
         n * rounds,
         rss[rounds - 1] as f64 / 1024.0,
         d.kib("VmHWM") as f64 / 1024.0,
-        rss
+        rss,
+        anon
     ));
     d.stop();
 }
 
 /// (e), (f): in process, every rollout due, then with 10 humans pushing.
-fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
+fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) {
     let remote = seeded(n, RUNNING);
     let src = GitSource::open(
         remote.bare.to_str().expect("utf8"),
@@ -186,6 +196,9 @@ fn in_process(n: usize, rounds: usize, say: &dyn Fn(String)) {
             "(e) pass with {transitions} transitions: {:.0} ms (goal ≤ 1 s for {n})",
             ms(*took)
         ));
+    }
+    if !with_humans {
+        return;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -476,6 +489,39 @@ impl Daemon {
                     .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             })
             .unwrap_or(0)
+    }
+
+    /// The largest resident parts of the daemon, by mapping (`/proc/PID/smaps`): the
+    /// binary, each mapped pack file, the heap and other anonymous memory.
+    fn rss_by_mapping(&self) -> String {
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).unwrap_or_default();
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        let mut name = String::new();
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("Rss:") => {
+                    let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    *by.entry(name.clone()).or_default() += kib;
+                }
+                Some(first) if first.contains('-') && !first.ends_with(':') => {
+                    // A mapping's first line: range, perms, offset, dev, inode, [path].
+                    let path = line.split_whitespace().nth(5).unwrap_or("[anonymous]");
+                    name = path.rsplit('/').next().unwrap_or(path).to_owned();
+                    if name.starts_with("pack-") {
+                        name = format!("pack-*{}", &name[name.len().saturating_sub(5)..]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut top: Vec<(String, u64)> = by.into_iter().filter(|(_, k)| *k >= 256).collect();
+        top.sort_by_key(|e| std::cmp::Reverse(e.1));
+        top.iter()
+            .map(|(n, k)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// CPU time used so far (utime + stime).

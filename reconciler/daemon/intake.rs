@@ -103,6 +103,7 @@ impl Reconciler {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.head = Some(head);
+        self.plans_head = Some(head);
         Ok(())
     }
 

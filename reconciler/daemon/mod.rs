@@ -169,6 +169,11 @@ pub struct Reconciler {
     cache: GateCache,
     snapshot: Snapshot,
     head: Option<Oid>,
+    /// The head `advance` last took in. `plans/` is the same at `head`: the heads after
+    /// it are status commits taken in place and commits that change nothing rollgate
+    /// reads. A plan's history is walked from here, not through the pass's own commits
+    /// (a 1,000-plan change makes 20 of them, and every plan walked them all).
+    plans_head: Option<Oid>,
     report: GateReport,
     memo: HashMap<String, Memo>,
     /// Command commits seen, per plan, oldest first.
@@ -258,6 +263,7 @@ impl Reconciler {
             cache: GateCache::default(),
             snapshot: Snapshot::default(),
             head: None,
+            plans_head: None,
             report: GateReport::default(),
             memo: HashMap::new(),
             commands: HashMap::new(),
@@ -695,7 +701,12 @@ impl Reconciler {
                 // The commit that introduced this artifact (not merely the last edit).
                 let head = self.head.context("no head")?;
                 self.src
-                    .artifact_introduced(head, &pp.file, &plan.artifact, HISTORY_LIMIT)?
+                    .artifact_introduced(
+                        self.plans_head.unwrap_or(head),
+                        &pp.file,
+                        &plan.artifact,
+                        HISTORY_LIMIT,
+                    )?
                     .unwrap_or(head)
                     .to_string()
             }

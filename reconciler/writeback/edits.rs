@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use git2::{ObjectType, Odb, Oid, Repository};
 
 use super::Edit;
+use super::pack::Pending;
 
 const MODE_BLOB: &[u8] = b"100644";
 const MODE_TREE: &[u8] = b"40000";
@@ -43,16 +44,59 @@ static CACHE: Mutex<Vec<(Oid, Arc<Vec<u8>>)>> = Mutex::new(Vec::new());
 
 /// Apply `edits` (in order) to the tree `root`; the new tree's id.
 pub fn put_files(repo: &Repository, root: Oid, edits: &[Edit]) -> Result<Oid> {
+    let odb = repo.odb()?;
+    put_into(
+        &mut Store {
+            odb: &odb,
+            pack: None,
+        },
+        root,
+        edits,
+    )
+}
+
+/// [`put_files`], its new objects written as one pack file rather than a loose file
+/// each (`pack`: for the thousand files of a mass change's batch commit).
+pub fn put_files_packed(repo: &Repository, root: Oid, edits: &[Edit]) -> Result<Oid> {
+    let odb = repo.odb()?;
+    let mut store = Store {
+        odb: &odb,
+        pack: Some(Pending::default()),
+    };
+    let id = put_into(&mut store, root, edits)?;
+    if let Some(pack) = &store.pack {
+        pack.write(&odb)
+            .with_context(|| format!("cannot write the {} new object(s)", pack.len()))?;
+    }
+    Ok(id)
+}
+
+fn put_into(store: &mut Store<'_, '_>, root: Oid, edits: &[Edit]) -> Result<Oid> {
     let items: Vec<Item<'_>> = edits
         .iter()
         .map(|e| (e.path.as_str(), e.content.as_deref()))
         .collect();
-    let odb = repo.odb()?;
-    let new = put_many(&odb, Some(root), &items)
+    let new = put_many(store, Some(root), &items)
         .with_context(|| format!("cannot write {} file(s) into tree {root}", edits.len()))?;
     match new {
         Some(id) => Ok(id),
-        None => Ok(odb.write(ObjectType::Tree, &[])?),
+        None => store.write(ObjectType::Tree, &[]),
+    }
+}
+
+/// Where trees are read from, and where new objects go: the object database, or a
+/// pack written once the walk is done.
+struct Store<'a, 'r> {
+    odb: &'a Odb<'r>,
+    pack: Option<Pending>,
+}
+
+impl Store<'_, '_> {
+    fn write(&mut self, kind: ObjectType, data: &[u8]) -> Result<Oid> {
+        match &mut self.pack {
+            Some(pack) => pack.add(kind, data),
+            None => Ok(self.odb.write(kind, data)?),
+        }
     }
 }
 
@@ -70,9 +114,13 @@ struct Change<'a> {
 }
 
 /// `items` applied to `tree` (`None`: an empty tree); `None` when the tree ends up empty.
-fn put_many(odb: &Odb<'_>, tree: Option<Oid>, items: &[Item<'_>]) -> Result<Option<Oid>> {
+fn put_many(
+    store: &mut Store<'_, '_>,
+    tree: Option<Oid>,
+    items: &[Item<'_>],
+) -> Result<Option<Oid>> {
     let raw = match tree {
-        Some(id) => read_tree(odb, id)?,
+        Some(id) => read_tree(store.odb, id)?,
         None => Arc::new(Vec::new()),
     };
     let mut changes: BTreeMap<&[u8], Change<'_>> = BTreeMap::new();
@@ -107,7 +155,7 @@ fn put_many(odb: &Odb<'_>, tree: Option<Oid>, items: &[Item<'_>]) -> Result<Opti
         let before = old.get(name);
         let after: Option<(bool, Oid)> = if change.below.is_empty() {
             match change.file {
-                Some(Some(bytes)) => Some((false, odb.write(ObjectType::Blob, bytes)?)),
+                Some(Some(bytes)) => Some((false, store.write(ObjectType::Blob, bytes)?)),
                 Some(None) | None => None,
             }
         } else {
@@ -117,7 +165,7 @@ fn put_many(odb: &Odb<'_>, tree: Option<Oid>, items: &[Item<'_>]) -> Result<Opti
                 (None, Some(e)) if e.is_tree() => Some(e.id),
                 _ => None,
             };
-            put_many(odb, base, &change.below)?.map(|id| (true, id))
+            put_many(store, base, &change.below)?.map(|id| (true, id))
         };
         let same = match (before, after) {
             (None, None) => true,
@@ -154,7 +202,7 @@ fn put_many(odb: &Odb<'_>, tree: Option<Oid>, items: &[Item<'_>]) -> Result<Opti
     if bytes.is_empty() {
         return Ok(None);
     }
-    let id = odb.write(ObjectType::Tree, &bytes)?;
+    let id = store.write(ObjectType::Tree, &bytes)?;
     remember(id, Arc::new(bytes));
     Ok(Some(id))
 }
@@ -437,7 +485,7 @@ mod tests {
         let names = ["a", "a-b", "a0", "b", "status", "x.yaml"];
         let mut rng = Lcg(7);
         let mut root = empty(&repo);
-        for round in 0..300 {
+        for round in 0..300u32 {
             let n = 1 + rng.next(6);
             let edits: Vec<Edit> = (0..n)
                 .map(|i| {
@@ -452,7 +500,12 @@ mod tests {
             for e in &edits {
                 want = by_builder(&repo, want, &e.path, e.content.as_deref());
             }
-            let got = put_files(&repo, root, &edits).expect("put_files");
+            // Every other round through the pack: the same trees, whichever way written.
+            let got = if round.is_multiple_of(2) {
+                put_files(&repo, root, &edits).expect("put_files")
+            } else {
+                put_files_packed(&repo, root, &edits).expect("put_files_packed")
+            };
             assert_eq!(got, want, "round {round}: {edits:?}");
             root = got;
         }
@@ -524,5 +577,79 @@ mod tests {
         assert_eq!(git_order(b"a", false, b"a-b", false), Less);
         assert_eq!(git_order(b"a", false, b"a", true), Less);
         assert_eq!(git_order(b"a", true, b"a", true), Equal);
+    }
+
+    /// Loose object files in a bare repository's object store.
+    fn loose_objects(git_dir: &std::path::Path) -> usize {
+        std::fs::read_dir(git_dir.join("objects"))
+            .expect("objects")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().len() == 2)
+            .map(|e| std::fs::read_dir(e.path()).map_or(0, Iterator::count))
+            .sum()
+    }
+
+    fn pack_files(git_dir: &std::path::Path) -> usize {
+        std::fs::read_dir(git_dir.join("objects/pack"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn regression_a_large_commit_writes_one_pack_file_not_a_loose_file_per_object() {
+        let (dir, target) = repo();
+        let root = empty(&target);
+        let before = loose_objects(dir.path());
+        let edits: Vec<Edit> = (0..200)
+            .map(|i| {
+                let text = format!("phase: Progressing\nstep: {i}\n");
+                edit(&format!("status/svc-{i:04}.yaml"), Some(&text))
+            })
+            .collect();
+        let packed = put_files_packed(&target, root, &edits).expect("packed");
+        assert_eq!(loose_objects(dir.path()), before, "no loose object file");
+        assert_eq!(
+            pack_files(dir.path()),
+            1,
+            "one pack for 200 blobs and 2 trees"
+        );
+
+        // The tree the loose path writes, readable from a handle opened afterwards.
+        let (_other_dir, other) = repo();
+        let loose = put_files(&other, empty(&other), &edits).expect("loose");
+        assert_eq!(packed, loose);
+        let fresh = Repository::open_bare(dir.path()).expect("reopen");
+        let tree = fresh.find_tree(packed).expect("root tree");
+        let status = tree
+            .get_name("status")
+            .expect("status/")
+            .to_object(&fresh)
+            .expect("object")
+            .peel_to_tree()
+            .expect("tree");
+        assert_eq!(status.len(), 200);
+        for (i, e) in status.iter().enumerate() {
+            let blob = fresh.find_blob(e.id()).expect("blob");
+            assert_eq!(
+                blob.content(),
+                format!("phase: Progressing\nstep: {i}\n").as_bytes()
+            );
+        }
+        // And git itself reads the pack as sound.
+        let fsck = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(dir.path())
+            .args(["fsck", "--strict", "--no-dangling"])
+            .output()
+            .expect("git fsck runs");
+        assert!(
+            fsck.status.success(),
+            "git fsck: {}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
     }
 }

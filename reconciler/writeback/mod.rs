@@ -24,8 +24,9 @@ use crate::source::remote::Push;
 
 mod edits;
 pub mod messages;
+mod pack;
 
-pub use edits::put_files;
+pub use edits::{put_files, put_files_packed};
 
 /// One file change in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +223,13 @@ impl<'a> Writer<'a> {
             }
             tree_id = index.write_tree_to(repo)?;
         }
-        tree_id = put_files(repo, tree_id, &spec.edits)?;
+        // A large commit's new objects as one pack file, not a loose file each: creating
+        // a file costs about 0.8 ms here, a thousand of them most of a mass change's pass.
+        tree_id = if spec.edits.len() >= PACK_FROM {
+            put_files_packed(repo, tree_id, &spec.edits)?
+        } else {
+            put_files(repo, tree_id, &spec.edits)?
+        };
         if tree_id == base_tree.id() {
             return Ok(None);
         }
@@ -282,6 +289,11 @@ impl<'a> Writer<'a> {
         }
     }
 }
+
+/// A commit of this many files or more has its new blobs and trees written as one pack
+/// file (`put_files_packed`); below, as loose objects (a status commit writes three and
+/// its commit), so one-plan commits do not add a pack file each.
+const PACK_FROM: usize = 8;
 
 /// The most a lost race waits before fetching again.
 ///
