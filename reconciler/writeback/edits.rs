@@ -64,7 +64,8 @@ pub fn put_files_packed(repo: &Repository, root: Oid, edits: &[Edit]) -> Result<
         pack: Some(Pending::default()),
     };
     let id = put_into(&mut store, root, edits)?;
-    if let Some(pack) = &store.pack {
+    // The same tree (every edit a no-op): no commit will be made, so no pack either.
+    if let Some(pack) = store.pack.as_ref().filter(|_| id != root) {
         pack.write(&odb)
             .with_context(|| format!("cannot write the {} new object(s)", pack.len()))?;
     }
@@ -616,6 +617,16 @@ mod tests {
             pack_files(dir.path()),
             1,
             "one pack for 200 blobs and 2 trees"
+        );
+        // The same edits again change nothing: no second pack.
+        assert_eq!(
+            put_files_packed(&target, packed, &edits).expect("again"),
+            packed
+        );
+        assert_eq!(
+            pack_files(dir.path()),
+            1,
+            "no pack for a tree that did not change"
         );
 
         // The tree the loose path writes, readable from a handle opened afterwards.
