@@ -12,6 +12,8 @@
 //!     reaches after ten rollouts: seeded with one, each round grew every status file
 //!     (and the daemon's copies of it: snapshot, gate views, policy input) until the
 //!     tenth, which is Git's data reaching its bound, not the daemon's memory growing.
+//!     Also printed: the anonymous part of each round's RSS, and the largest mappings
+//!     (`/proc/PID/smaps`) after the first and the last round.
 //! In process (`Reconciler::tick` with a `DryRun` target):
 //! (e) a pass with every rollout due (1,000 transitions). Goal: ≤ 1 s.
 //! (f) while 10 humans push to the same branch in a loop, the time from each
@@ -253,8 +255,8 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
     let lost_before = lost_races();
     let delays_before = rollgate::telemetry::global().push_delays();
     let busy_from = Instant::now();
-    // Against ten humans a pass commits one chunk and yields (see the header): three
-    // rounds of 1,000 rollouts took over an hour, so (f) stops at its budget.
+    // Against ten humans three rounds of 1,000 rollouts once took over an hour, so (f)
+    // stops at its budget (`ROLLGATE_BENCH_BUDGET_S`, 180 s by default).
     let budget = Duration::from_secs(
         std::env::var("ROLLGATE_BENCH_BUDGET_S")
             .ok()
@@ -507,7 +509,7 @@ impl Daemon {
                 }
                 Some(first) if first.contains('-') && !first.ends_with(':') => {
                     // A mapping's first line: range, perms, offset, dev, inode, [path].
-                    let path = line.split_whitespace().nth(5).unwrap_or("[anonymous]");
+                    let path = words.nth(4).unwrap_or("[anonymous]");
                     name = path.rsplit('/').next().unwrap_or(path).to_owned();
                     if name.starts_with("pack-") {
                         name = format!("pack-*{}", &name[name.len().saturating_sub(5)..]);

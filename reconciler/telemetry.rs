@@ -19,6 +19,9 @@ const PUSH_DELAY_BOUNDS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
+// Every series fits its `Histogram`'s 16 buckets.
+const _: () = assert!(RECONCILE_BOUNDS.len() <= 16 && PUSH_DELAY_BOUNDS.len() <= 16);
+
 /// A Prometheus histogram of durations over at most 16 upper bounds, given by the
 /// caller on every use (a `const` slice per series).
 #[derive(Debug, Default)]

@@ -184,17 +184,13 @@ impl<'a> Writer<'a> {
                     bail!(
                         "push to {} was rejected {attempt} times (last: {}); giving up for now",
                         self.src.branch(),
-                        self.last_rejection
-                            .lock()
-                            .map(|r| r.clone())
-                            .unwrap_or_default()
-                            .unwrap_or_else(|| "the branch moved".to_owned())
+                        self.why_rejected()
                     )
                 }
                 false => {
                     tracing::debug!(
                         attempt,
-                        why = %self.last_rejection.lock().ok().and_then(|r| r.clone()).unwrap_or_default(),
+                        why = %self.why_rejected(),
                         "push rejected; recomputing on the new head"
                     );
                     // Built on the head last seen, not one fetched just now: the branch
@@ -205,6 +201,15 @@ impl<'a> Writer<'a> {
                 }
             }
         }
+    }
+
+    /// Why the last push was refused, as git said it.
+    fn why_rejected(&self) -> String {
+        self.last_rejection
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "the branch moved".to_owned())
     }
 
     /// Build the commit object (not yet on any branch). `None` when the tree would not change.
