@@ -40,6 +40,16 @@ struct Human {
 impl Human {
     fn git(&self, args: &[&str]) -> std::process::Output {
         let mut c = Command::new("git");
+        // Git's auto gc runs in the foreground, as rollgate's own fetches run it: a gc
+        // left running in the background removes empty object directories while the
+        // human's next command writes objects into them, and that command fails with
+        // "unable to create temporary file" (seen once in CI, after 1,030 human pushes).
+        c.args([
+            "-c",
+            "gc.autoDetach=false",
+            "-c",
+            "maintenance.autoDetach=false",
+        ]);
         for cfg in &self.access.config {
             c.args(["-c", cfg]);
         }
@@ -97,12 +107,20 @@ impl Human {
             let pull = self.git(&["pull", "-q", "--rebase", "origin", "main"]);
             if !pull.status.success() {
                 let _ = self.git(&["rebase", "--abort"]);
-                return Err(format!(
-                    "{subject}: rebasing on the remote conflicts on {file}, which only this human writes: the remote lost an earlier commit of it ({})",
+                let said = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&pull.stdout),
                     String::from_utf8_lossy(&pull.stderr)
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
+                );
+                if said.contains("CONFLICT") {
+                    return Err(format!(
+                        "{subject}: rebasing on the remote conflicts on {file}, which only this human writes: the remote lost an earlier commit of it ({})",
+                        said.trim()
+                    ));
+                }
+                return Err(format!(
+                    "{subject}: `git pull --rebase` failed without a conflict: {}",
+                    said.trim()
                 ));
             }
         }
