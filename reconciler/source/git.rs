@@ -69,6 +69,11 @@ pub struct GitSource {
     branch: String,
     /// `file_at`'s folder listings, most recently used last (at most `LISTINGS`).
     listings: std::sync::Mutex<Vec<Listing>>,
+    /// The root tree of the commits read last (at most `TREES_OF`), most recent last: a
+    /// commit is immutable, and libgit2 does not cache one over 4 KiB, which a batch
+    /// commit's message of one trailer block per plan is, so every `find_commit` of such a
+    /// head read and inflated it again (about a dozen times per plan per pass).
+    trees_of: std::sync::Mutex<Vec<(Oid, Oid)>>,
     /// The pack files in the clone when `repo` was opened (`forget_old_packs`).
     packs: BTreeSet<std::ffi::OsString>,
 }
@@ -77,6 +82,9 @@ pub struct GitSource {
 /// `artifact_introduced` keep: a pass reads at the head it started from and at the
 /// heads its flushes pushed, and status commits leave `plans/` as it is.
 const LISTINGS: usize = 4;
+
+/// How many commits' root trees `GitSource::tree_of` keeps.
+const TREES_OF: usize = 8;
 
 /// The readable files of one folder of one commit: name → blob (symlinks, submodules
 /// and subfolders left out, as `file_at` never reads them).
@@ -192,6 +200,7 @@ impl GitSource {
             remote: Remote::new(parsed, auth),
             branch: branch.to_owned(),
             listings: std::sync::Mutex::new(Vec::new()),
+            trees_of: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -220,6 +229,25 @@ impl GitSource {
 
     pub fn repo(&self) -> &Repository {
         &self.repo
+    }
+
+    /// The root tree of `commit`, from the commits read last when it is one of them.
+    pub fn tree_of(&self, commit: Oid) -> Result<Oid> {
+        let mut kept = self.trees_of.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(_, tree)) = kept.iter().rev().find(|(c, _)| *c == commit) {
+            return Ok(tree);
+        }
+        let tree = self.repo.find_commit(commit)?.tree_id();
+        if kept.len() >= TREES_OF {
+            kept.remove(0);
+        }
+        kept.push((commit, tree));
+        Ok(tree)
+    }
+
+    /// The root tree of `commit` (`tree_of`), read.
+    fn root_tree(&self, commit: Oid) -> Result<git2::Tree<'_>> {
+        Ok(self.repo.find_tree(self.tree_of(commit)?)?)
     }
 
     /// True when `commit` changes no file: its tree is its first parent's (a pure
@@ -305,7 +333,7 @@ impl GitSource {
 
     /// Read the rollgate files of `commit` into a snapshot.
     pub fn snapshot(&self, commit: Oid) -> Result<Snapshot> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
+        let tree = self.root_tree(commit)?;
         let mut folders = Folders::new(&self.repo, tree);
         let paths: Vec<String> = WATCHED.iter().map(|p| (*p).to_owned()).collect();
         self.within_budget(&mut folders, &paths, 0)?;
@@ -323,7 +351,7 @@ impl GitSource {
         commit: Oid,
         changed: &[String],
     ) -> Result<()> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
+        let tree = self.root_tree(commit)?;
         let mut folders = Folders::new(&self.repo, tree);
         let kept: usize = snap
             .files
@@ -475,9 +503,9 @@ impl GitSource {
     }
 
     fn diff_paths(&self, old: Option<Oid>, new: Oid, only: &[&str]) -> Result<Vec<String>> {
-        let new_tree = self.repo.find_commit(new)?.tree()?;
+        let new_tree = self.root_tree(new)?;
         let old_tree = match old {
-            Some(o) => Some(self.repo.find_commit(o)?.tree()?),
+            Some(o) => Some(self.root_tree(o)?),
             None => None,
         };
         let mut opts = git2::DiffOptions::new();
@@ -706,7 +734,7 @@ impl GitSource {
                 self.listed_blob(commit, folder, name)?
             }
             _ => {
-                let tree = self.repo.find_commit(commit)?.tree()?;
+                let tree = self.root_tree(commit)?;
                 let Ok(entry) = tree.get_path(Path::new(path)) else {
                     return Ok(None);
                 };
@@ -726,7 +754,7 @@ impl GitSource {
     /// (read once per commit and folder; see the module header).
     fn listed_blob(&self, commit: Oid, folder: &str, name: &str) -> Result<Option<Oid>> {
         // The root tree is small (libgit2 caches it); the folder's id names its content.
-        let root = self.repo.find_commit(commit)?.tree()?;
+        let root = self.root_tree(commit)?;
         let Some(tree) = root
             .get_name(folder)
             .filter(|e| e.kind() == Some(ObjectType::Tree))
@@ -961,6 +989,45 @@ mod tests {
             assert_eq!(src.file_at(first, "status/b.yaml").expect("read"), None);
         }
     }
+    #[test]
+    fn regression_file_at_answers_each_commit_past_the_kept_root_trees() {
+        // More commits than `tree_of` keeps, read out of order and again: every answer
+        // is the commit's own file, never a neighbour's kept tree.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("remote.git");
+        let repo = Repository::init_bare(&bare).expect("repo");
+        let mut commits = Vec::new();
+        let mut head = None;
+        for i in 0..3 * TREES_OF {
+            let status = format!("n: {i}").into_bytes();
+            let c = commit(&repo, &[("status/a.yaml", &status, 0o100644)], head);
+            commits.push(c);
+            head = Some(c);
+        }
+        let src = GitSource::open(
+            bare.to_str().expect("utf-8"),
+            &dir.path().join("clone"),
+            "main",
+        )
+        .expect("open");
+        src.fetch().expect("fetch");
+        let order = (0..commits.len())
+            .chain((0..commits.len()).rev())
+            .chain([0, 5, 0]);
+        for i in order {
+            let c = commits[i];
+            assert_eq!(
+                src.tree_of(c).expect("tree"),
+                repo.find_commit(c).expect("commit").tree_id()
+            );
+            assert_eq!(
+                src.file_at(c, "status/a.yaml").expect("read"),
+                Some(format!("n: {i}").into_bytes())
+            );
+        }
+        assert!(src.trees_of.lock().expect("lock").len() <= TREES_OF);
+    }
+
     #[test]
     fn regression_artifact_introduced_finds_the_change_through_kept_listings_past_later_commits() {
         let dir = tempfile::tempdir().expect("tempdir");
