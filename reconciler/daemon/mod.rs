@@ -197,6 +197,9 @@ pub struct Reconciler {
     fresh: BTreeSet<String>,
     /// Where the last pass that yielded stopped in its routine plans.
     cursor: Option<String>,
+    /// How many routine plans a chunk holds now (`order::ChunkSize`: smaller while status
+    /// commits lose races).
+    chunk: order::ChunkSize,
     /// The commit the last `flush` pushed (`None`: it pushed nothing): the branch's
     /// history up to it is known without a fetch (`new_commits_waiting`).
     pushed: Option<Oid>,
@@ -276,6 +279,7 @@ impl Reconciler {
             staged: Vec::new(),
             fresh: BTreeSet::new(),
             cursor: None,
+            chunk: order::ChunkSize::default(),
             pushed: None,
         }
     }
@@ -455,7 +459,7 @@ impl Reconciler {
                 continue;
             }
             in_chunk += 1;
-            if order::chunk_done(in_chunk, chunk_start.elapsed()) {
+            if order::chunk_done(in_chunk, chunk_start.elapsed(), self.chunk) {
                 self.flush(now, &mut report);
                 claims.clear();
                 in_chunk = 0;

@@ -17,16 +17,53 @@ use std::time::Duration;
 use crate::engine::Command;
 use crate::model::status::{Phase, Status};
 
-/// Routine work checks for new commits after this many plans…
-pub const CHUNK_PLANS: usize = 100;
+/// Routine work checks for new commits after at most this many plans (`ChunkSize`)…
+pub const CHUNK_PLANS: usize = 250;
 /// …or after this long, whichever comes first…
 pub const CHUNK_TIME: Duration = Duration::from_millis(200);
 /// …but never before this many (a small pass stays one commit, however slow).
 pub const CHUNK_MIN_PLANS: usize = 10;
 
-/// Whether a chunk of `plans` routine plans that took `took` is done.
-pub fn chunk_done(plans: usize, took: Duration) -> bool {
-    plans >= CHUNK_PLANS || (plans >= CHUNK_MIN_PLANS && took >= CHUNK_TIME)
+/// Whether a chunk of `plans` routine plans that took `took` is done, at `size` plans.
+pub fn chunk_done(plans: usize, took: Duration, size: ChunkSize) -> bool {
+    plans >= size.plans() || (plans >= CHUNK_MIN_PLANS && took >= CHUNK_TIME)
+}
+
+/// How many plans a chunk holds, and a status commit carries on its first tries, from
+/// how the last commits fared: `CHUNK_PLANS` while the branch is quiet (a chunk's commit
+/// and push cost about as much as 100 plans' decisions, so fewer, larger chunks make a
+/// pass of 1,000 transitions a third shorter), smaller after each commit that lost a race
+/// to another writer, down to `CHUNK_MIN_PLANS`, and doubled back after each commit
+/// pushed at the first try. A large commit pushes longer,
+/// so while humans push to the branch it loses more races, and every plan in it waits
+/// for its push (ten humans pushing: 250-plan chunks throughout put p99 from decision to
+/// push at 18.8 s, against 8.6 s with 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSize(usize);
+
+impl Default for ChunkSize {
+    fn default() -> Self {
+        Self(CHUNK_PLANS)
+    }
+}
+
+impl ChunkSize {
+    pub fn plans(self) -> usize {
+        self.0
+    }
+
+    /// After a status commit of `carried` plans: pushed at the `attempts`th try (`None`:
+    /// not pushed). A commit that won only after losing races sets the size to what it
+    /// carried (the plans left out of it start their own commit from there, not from the
+    /// full size that just lost).
+    #[must_use]
+    pub fn after_commit(self, attempts: Option<u32>, carried: usize) -> Self {
+        match attempts {
+            Some(1) => Self((self.0 * 2).min(CHUNK_PLANS)),
+            Some(_) => Self((self.0 / 2).min(carried).max(CHUNK_MIN_PLANS)),
+            None => Self((self.0 / 2).max(CHUNK_MIN_PLANS)),
+        }
+    }
 }
 
 /// Whether a pass that last looked for new commits `since` ago looks again at the end
@@ -161,11 +198,46 @@ mod tests {
 
     #[test]
     fn a_chunk_ends_at_its_size_or_its_time_but_a_small_one_never_on_time() {
-        assert!(chunk_done(CHUNK_PLANS, Duration::ZERO));
-        assert!(!chunk_done(CHUNK_PLANS - 1, Duration::ZERO));
-        assert!(chunk_done(CHUNK_MIN_PLANS, CHUNK_TIME));
+        let quiet = ChunkSize::default();
+        assert!(chunk_done(CHUNK_PLANS, Duration::ZERO, quiet));
+        assert!(!chunk_done(CHUNK_PLANS - 1, Duration::ZERO, quiet));
+        assert!(chunk_done(CHUNK_MIN_PLANS, CHUNK_TIME, quiet));
         assert!(check_due(CHUNK_TIME) && !check_due(CHUNK_TIME / 2));
-        assert!(!chunk_done(CHUNK_MIN_PLANS - 1, Duration::from_secs(60)));
+        assert!(!chunk_done(
+            CHUNK_MIN_PLANS - 1,
+            Duration::from_secs(60),
+            quiet
+        ));
+        let contended = quiet.after_commit(Some(3), 100);
+        assert!(chunk_done(contended.plans(), Duration::ZERO, contended));
+        assert!(!chunk_done(contended.plans(), Duration::ZERO, quiet));
+    }
+
+    #[test]
+    fn chunks_shrink_while_commits_lose_races_and_grow_back_while_they_win() {
+        let mut size = ChunkSize::default();
+        assert_eq!(size.plans(), CHUNK_PLANS);
+        let mut seen = vec![size.plans()];
+        for (attempts, carried) in [
+            (Some(2), 250),
+            (Some(5), 20),
+            (None, 20),
+            (Some(2), 5),
+            (Some(9), 1),
+        ] {
+            size = size.after_commit(attempts, carried);
+            seen.push(size.plans());
+        }
+        assert_eq!(seen, [250, 125, 20, 10, 10, 10]);
+        for _ in 0..3 {
+            size = size.after_commit(Some(1), 10);
+            seen.push(size.plans());
+        }
+        assert_eq!(seen[6..], [20, 40, 80]);
+        for _ in 0..3 {
+            size = size.after_commit(Some(1), 10);
+        }
+        assert_eq!(size.plans(), CHUNK_PLANS, "never past the quiet size");
     }
 
     #[test]

@@ -53,8 +53,9 @@ enum Kept {
     Dropped,
 }
 
-/// How many of `n` plans the `try_`th try of a commit carries: all of them on the first
-/// two, then half as many after each lost race, at least one. A smaller commit's push
+/// How many of `n` plans (at most the current `ChunkSize`) the `try_`th try of a commit
+/// carries: all of them on the first two, then half as many after each lost race, at
+/// least one. A smaller commit's push
 /// is shorter, so the branch is likelier to be where it was when the try began (ten
 /// humans pushing: a 54-plan commit lost 25 races in a row, 10-plan ones 1.4 each).
 fn batch_share(n: usize, try_: u32) -> usize {
@@ -191,6 +192,8 @@ impl Reconciler {
         let kept = std::cell::RefCell::new(Vec::<Kept>::new());
         let edits = std::cell::RefCell::new(Vec::new());
         let tries = std::cell::Cell::new(0u32);
+        // The first tries carry as many plans as the last commits could push (`ChunkSize`).
+        let start = self.chunk.plans();
         let wb = self.write_back();
         let mut writer = Writer::new(&self.src, &wb);
         // This pass fetched the head it decided on just now.
@@ -199,7 +202,7 @@ impl Reconciler {
             tries.set(tries.get() + 1);
             let mut keep = Vec::with_capacity(staged.len());
             let mut specs = Vec::new();
-            let room = batch_share(staged.len(), tries.get());
+            let room = batch_share(staged.len().min(start), tries.get());
             for s in &staged {
                 if self.src.file_at(head, &s.path)? != s.basis {
                     tracing::info!(plan = %s.name, "the status changed since this pass read it: not written; the next pass re-applies what Git says and decides again");
@@ -226,6 +229,14 @@ impl Reconciler {
                 self.take_own_commit(*commit, &edits.into_inner())
             }
             _ => false,
+        };
+        let carried = kept.iter().filter(|k| **k == Kept::Written).count();
+        self.chunk = match &outcome {
+            Ok(WriteOutcome::Pushed { attempts, .. }) => {
+                self.chunk.after_commit(Some(*attempts), carried)
+            }
+            Ok(_) => self.chunk,
+            Err(_) => self.chunk.after_commit(None, carried),
         };
         let outcome = match outcome {
             Ok(o) => o,
