@@ -55,9 +55,10 @@ enum Kept {
 
 /// How many of `n` plans (at most the current `ChunkSize`) the `try_`th try of a commit
 /// carries: all of them on the first two, then half as many after each lost race, at
-/// least one. A smaller commit's push
-/// is shorter, so the branch is likelier to be where it was when the try began (ten
-/// humans pushing: a 54-plan commit lost 25 races in a row, 10-plan ones 1.4 each).
+/// least one. A smaller commit's push is shorter, so the branch is likelier to be where
+/// it was when the try began (ten humans pushing: a 54-plan commit lost 25 races in a
+/// row, 10-plan ones 1.4 each; with no halving at all, p99 from decision to push was
+/// 27.6 s against 8.6 s).
 fn batch_share(n: usize, try_: u32) -> usize {
     let halvings = try_.saturating_sub(2).min(usize::BITS - 1);
     (n >> halvings).max(1)
