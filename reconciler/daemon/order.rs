@@ -34,10 +34,10 @@ pub fn chunk_done(plans: usize, took: Duration, size: ChunkSize) -> bool {
 /// and push cost about as much as 100 plans' decisions, so fewer, larger chunks make a
 /// pass of 1,000 transitions a third shorter), smaller after each commit that lost a race
 /// to another writer, down to `CHUNK_MIN_PLANS`, and doubled back after each commit
-/// pushed at the first try. A large commit pushes longer,
-/// so while humans push to the branch it loses more races, and every plan in it waits
-/// for its push (ten humans pushing: 250-plan chunks throughout put p99 from decision to
-/// push at 18.8 s, against 8.6 s with 100).
+/// pushed at the first try. A large commit pushes longer, so while humans push to the
+/// branch it loses more races, and every plan in it waits for its push (ten humans
+/// pushing: 250-plan chunks throughout put p99 from decision to push at 18.8 s, against
+/// 8.6 s with 100).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSize(usize);
 
