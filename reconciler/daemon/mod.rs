@@ -103,6 +103,11 @@ struct Memo {
     /// both are the same and no command waits, the plan is skipped (10,000 idle plans
     /// cost a comparison each, not a decision).
     idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
+    /// The status file as last parsed, with the bytes it was parsed from: a pass asks
+    /// for a plan's status up to three times (to order it, to decide, to count it as
+    /// held or moving), and parsing it each time was half of a busy pass (#21). Dropped
+    /// when the plan goes idle, so only rollouts in flight keep one.
+    parsed: Option<(Vec<u8>, Status)>,
     /// The last target action that failed, while it keeps failing.
     failure: Option<Failure>,
     /// Target actions in a row that lost an optimistic-concurrency race.
@@ -381,7 +386,39 @@ impl Reconciler {
     /// The status of a plan at the last fetched head.
     pub fn status(&self, plan: &str) -> Option<Status> {
         let bytes = self.snapshot.files.get(&status_path(plan))?;
+        if let Some((seen, parsed)) = self.memo.get(plan).and_then(|m| m.parsed.as_ref())
+            && seen == bytes
+        {
+            return Some(parsed.clone());
+        }
         Status::from_yaml(std::str::from_utf8(bytes).ok()?).ok()
+    }
+
+    /// The status file of `name` at the last fetched head, parsed once per content:
+    /// `None` without a file, an error naming why it does not parse.
+    fn parse_status(&mut self, name: &str) -> Result<Option<Status>> {
+        let Some(bytes) = self.snapshot.files.get(&status_path(name)) else {
+            return Ok(None);
+        };
+        if let Some((seen, parsed)) = self.memo.get(name).and_then(|m| m.parsed.as_ref())
+            && seen == bytes
+        {
+            return Ok(Some(parsed.clone()));
+        }
+        match std::str::from_utf8(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
+        {
+            Ok(s) => {
+                let bytes = bytes.clone();
+                self.memo.entry(name.to_owned()).or_default().parsed = Some((bytes, s.clone()));
+                Ok(Some(s))
+            }
+            // Fail safe: without a readable state, touch nothing.
+            Err(e) => {
+                anyhow::bail!("status/{name}.yaml is unreadable ({e}); not reconciling this plan")
+            }
+        }
     }
 
     /// The status with the analysis counters gathered since the last commit (for live views).
@@ -607,25 +644,23 @@ impl Reconciler {
         // its status file is not parsed again (10,000 idle plans cost a comparison each
         // per pass, not two YAML parses).
         let idle = self.is_idle(name);
-        if !idle
-            && self.live_status(name).is_some_and(|s| {
-                s.phase == Phase::Held
-                    && s.hold
-                        .as_ref()
-                        .is_some_and(|h| h.kind == crate::model::status::HoldKind::Target)
-            })
-        {
+        let live = if idle { None } else { self.live_status(name) };
+        if live.as_ref().is_some_and(|s| {
+            s.phase == Phase::Held
+                && s.hold
+                    .as_ref()
+                    .is_some_and(|h| h.kind == crate::model::status::HoldKind::Target)
+        }) {
             report.held_on_target += 1;
         }
         if let Some(w) = self.memo.get(name).and_then(|m| m.wakeup) {
             report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
-            let moving = !idle
-                && self.live_status(name).is_some_and(|s| {
-                    matches!(
-                        s.phase,
-                        Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
-                    )
-                });
+            let moving = live.as_ref().is_some_and(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
+                )
+            });
             if moving {
                 report.moves_on_at = Some(report.moves_on_at.map_or(w, |n| n.min(w)));
             }
@@ -671,21 +706,7 @@ impl Reconciler {
         }
         let status_bytes = status_bytes.cloned();
         let plan = &pp.plan;
-        let file_status = match self.snapshot.files.get(&status_path(name)) {
-            None => None,
-            Some(bytes) => match std::str::from_utf8(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
-            {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    // Fail safe: without a readable state, touch nothing.
-                    anyhow::bail!(
-                        "status/{name}.yaml is unreadable ({e}); not reconciling this plan"
-                    );
-                }
-            },
-        };
+        let file_status = self.parse_status(name)?;
         let memo = self.memo.entry(name.to_owned()).or_default();
         let status = match &memo.counters {
             Some((based_on, counted)) if *based_on == file_status => Some(counted.clone()),
@@ -796,7 +817,9 @@ impl Reconciler {
             report,
         )?;
         if quiet {
-            self.memo.entry(name.to_owned()).or_default().idle = Some((pp, status_bytes));
+            let memo = self.memo.entry(name.to_owned()).or_default();
+            memo.idle = Some((pp, status_bytes));
+            memo.parsed = None;
         }
         Ok(())
     }

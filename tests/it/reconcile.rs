@@ -157,6 +157,44 @@ fn a_plan_change_rolls_out_in_stages_with_one_commit_per_transition() {
     assert_eq!(commits, expected);
 }
 
+/// The daemon keeps each status file parsed while its bytes stay the same (a pass asks
+/// for it up to three times). The kept parse must never outlive its file.
+#[test]
+fn regression_the_status_the_daemon_keeps_parsed_follows_every_commit() {
+    // Given a plan rolled out at v1
+    let plan = PlanFile::new("web");
+    let mut w = rolled_out(&plan);
+    assert_eq!(w.rec.status("web"), w.remote.status("web"));
+
+    // When the human changes the artifact and the daemon walks the rollout
+    w.remote
+        .human_commit(&plan.path(), set_artifact("v2"), "web: v2");
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let r = w.tick();
+        // Then after every pass, moving or not, the daemon's status is the file at the
+        // remote's head, which its own commits moved
+        let remote = w.remote.status("web");
+        assert_eq!(w.rec.status("web"), remote, "after {r:?}");
+        assert_eq!(
+            w.rec.live_status("web").map(|s| s.phase),
+            remote.as_ref().map(|s| s.phase)
+        );
+        let s = remote.expect("a status file");
+        seen.push(s.phase);
+        if s.phase == Phase::Succeeded && s.candidate == "v2" {
+            break;
+        }
+        w.wait(10);
+    }
+    // And the rollout went through its stages to the end
+    assert_eq!(seen.last(), Some(&Phase::Succeeded), "{seen:?}");
+    assert!(
+        seen.contains(&Phase::Progressing) && seen.contains(&Phase::Promoting),
+        "{seen:?}"
+    );
+}
+
 /// The remote's status of `plan` at this moment (for hooks, which cannot hold a `Remote`).
 fn remote_phase(bare: &std::path::Path, plan: &str) -> String {
     let text = git(bare, &["show", &format!("main:status/{plan}.yaml")]);
