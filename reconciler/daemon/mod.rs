@@ -103,11 +103,12 @@ struct Memo {
     /// both are the same and no command waits, the plan is skipped (10,000 idle plans
     /// cost a comparison each, not a decision).
     idle: Option<(Arc<ParsedPlan>, Option<Vec<u8>>)>,
-    /// The status file as last parsed, with the bytes it was parsed from: a pass asks
-    /// for a plan's status up to three times (to order it, to decide, to count it as
-    /// held or moving), and parsing it each time was half of a busy pass (#21). Dropped
-    /// when the plan goes idle, so only rollouts in flight keep one.
-    parsed: Option<(Vec<u8>, Status)>,
+    /// The status file as last parsed and as last written by this daemon, each with its
+    /// bytes (`Parsed`): a pass asks for a plan's status up to three times (to order it,
+    /// to decide, to count it as held or moving), and parsing it each time was half of a
+    /// busy pass (#21). Dropped when the plan goes idle, so only rollouts in flight keep
+    /// them.
+    parsed: Parsed,
     /// The last target action that failed, while it keeps failing.
     failure: Option<Failure>,
     /// Target actions in a row that lost an optimistic-concurrency race.
@@ -119,6 +120,34 @@ struct Memo {
     /// Jobs started and not yet seen to end: (check, id). One the rollout no longer
     /// wants (it moved on, rolled back) is stopped (`JobRunner::cleanup`).
     jobs: Vec<(String, String)>,
+}
+
+/// Status files known parsed, by their bytes: the file at the head (until the pass's
+/// commit lands, the file a decision rests on) and the one this daemon wrote last.
+#[derive(Debug, Default)]
+struct Parsed(Vec<(Vec<u8>, Status)>);
+
+impl Parsed {
+    /// As many as a plan needs: its file now and the one its staged commit writes.
+    const KEEP: usize = 2;
+
+    fn get(&self, bytes: &[u8]) -> Option<&Status> {
+        self.0.iter().find(|(b, _)| b == bytes).map(|(_, s)| s)
+    }
+
+    fn keep(&mut self, bytes: Vec<u8>, status: Status) {
+        if self.get(&bytes).is_some() {
+            return;
+        }
+        if self.0.len() >= Self::KEEP {
+            self.0.remove(0);
+        }
+        self.0.push((bytes, status));
+    }
+
+    fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
 }
 
 /// A target action that failed, and when to try again: until then, and while the plan
@@ -386,9 +415,7 @@ impl Reconciler {
     /// The status of a plan at the last fetched head.
     pub fn status(&self, plan: &str) -> Option<Status> {
         let bytes = self.snapshot.files.get(&status_path(plan))?;
-        if let Some((seen, parsed)) = self.memo.get(plan).and_then(|m| m.parsed.as_ref())
-            && seen == bytes
-        {
+        if let Some(parsed) = self.memo.get(plan).and_then(|m| m.parsed.get(bytes)) {
             return Some(parsed.clone());
         }
         Status::from_yaml(std::str::from_utf8(bytes).ok()?).ok()
@@ -400,9 +427,7 @@ impl Reconciler {
         let Some(bytes) = self.snapshot.files.get(&status_path(name)) else {
             return Ok(None);
         };
-        if let Some((seen, parsed)) = self.memo.get(name).and_then(|m| m.parsed.as_ref())
-            && seen == bytes
-        {
+        if let Some(parsed) = self.memo.get(name).and_then(|m| m.parsed.get(bytes)) {
             return Ok(Some(parsed.clone()));
         }
         match std::str::from_utf8(bytes)
@@ -411,7 +436,11 @@ impl Reconciler {
         {
             Ok(s) => {
                 let bytes = bytes.clone();
-                self.memo.entry(name.to_owned()).or_default().parsed = Some((bytes, s.clone()));
+                self.memo
+                    .entry(name.to_owned())
+                    .or_default()
+                    .parsed
+                    .keep(bytes, s.clone());
                 Ok(Some(s))
             }
             // Fail safe: without a readable state, touch nothing.
@@ -819,7 +848,7 @@ impl Reconciler {
         if quiet {
             let memo = self.memo.entry(name.to_owned()).or_default();
             memo.idle = Some((pp, status_bytes));
-            memo.parsed = None;
+            memo.parsed.clear();
         }
         Ok(())
     }
