@@ -149,9 +149,41 @@ pub struct GateCache {
     /// Each status file's policy view (`status_doc`) by path, or why it does not parse:
     /// a plan change re-reads only the status files that changed, not all of them.
     statuses: StatusViews,
-    /// `input.statuses` put together from `statuses`, until one of them changes: a plan
-    /// change in a 10,000-plan repository had copied and converted every view again.
+    /// `input.statuses` put together from `statuses`: a plan change in a 10,000-plan
+    /// repository had copied and converted every view again. Kept up to date by
+    /// patching in the views of `status_changed` (a status commit changes one).
     statuses_input: Option<Prepared>,
+    /// Status paths whose view came, went or changed since `statuses_input` was put
+    /// together or patched.
+    status_changed: BTreeSet<String>,
+    /// A view whose plan is not the one its path names (`status/<plan>.yaml`): then two
+    /// files may claim a key, and `input.statuses` is put together whole, as before.
+    status_misnamed: bool,
+    /// What the cross-plan checks read of each plan that parsed, by file, and their
+    /// diagnostics over it (`None`: to compute). A plan whose content changes keeps its
+    /// name, so a change does not cross-check 10,000 plans again.
+    cross_keys: HashMap<String, CrossKey>,
+    cross: Option<Vec<Diagnostic>>,
+}
+
+/// What `validate::cross_check` reads of one plan: its name and `promotedFrom`, and
+/// where each is written.
+type CrossKey = (String, Option<Pos>, Option<String>, Option<Pos>);
+
+fn cross_key(p: &ParsedPlan) -> CrossKey {
+    (
+        p.plan.name.clone(),
+        p.name_pos,
+        p.plan.promoted_from.clone(),
+        p.promoted_from_pos,
+    )
+}
+
+/// The plan a status path names (`status/<plan>.yaml`), if it has that shape.
+fn status_path_plan(path: &str) -> Option<&str> {
+    path.strip_prefix("status/")?
+        .strip_suffix(".yaml")
+        .filter(|p| !p.contains('/'))
 }
 
 /// Each status file's policy view (its plan and `status_doc`, prepared for the engine)
@@ -163,8 +195,12 @@ impl GateCache {
     /// policies changing invalidates everything.
     pub fn invalidate(&mut self, changed: &[String]) {
         for p in changed {
-            if self.statuses.remove(p).is_some() {
-                self.statuses_input = None;
+            // Noted only while there is an `input.statuses` to patch (else the set
+            // would grow with every path ever changed).
+            if (self.statuses.remove(p).is_some() || p.starts_with("status/"))
+                && self.statuses_input.is_some()
+            {
+                self.status_changed.insert(p.clone());
             }
         }
         if changed
@@ -271,6 +307,19 @@ pub fn check_on(
         |_, (file, bytes)| parse_one(file, bytes, settings).map(Arc::new),
     );
     for ((file, _), result) in missing.iter().zip(fresh) {
+        match result.as_ref().ok().map(|p| cross_key(p)) {
+            Some(key) => {
+                if cache.cross_keys.get(*file) != Some(&key) {
+                    cache.cross_keys.insert((*file).clone(), key);
+                    cache.cross = None;
+                }
+            }
+            None => {
+                if cache.cross_keys.remove(*file).is_some() {
+                    cache.cross = None;
+                }
+            }
+        }
         cache.parsed.insert((*file).clone(), result);
     }
     // Every plan file has its entry now: as many entries as files means none is stale
@@ -291,7 +340,21 @@ pub fn check_on(
             None => {}
         }
     }
-    let cross = validate::cross_check(&ok.iter().map(|(f, p)| (f.clone(), p.as_ref())).collect());
+    // Every plan that parsed has its key, taken when it was parsed: more keys than such
+    // plans means some file is gone.
+    if cache.cross_keys.len() != ok.len() {
+        cache.cross_keys.retain(|f, _| ok.contains_key(f));
+        cache.cross = None;
+    }
+    let cross = match &cache.cross {
+        Some(cross) => cross.clone(),
+        None => {
+            let cross =
+                validate::cross_check(&ok.iter().map(|(f, p)| (f.clone(), p.as_ref())).collect());
+            cache.cross = Some(cross.clone());
+            cross
+        }
+    };
     for d in &cross {
         report.rejected.insert(d.file.clone());
     }
@@ -316,16 +379,13 @@ pub fn check_on(
         .collect();
     // Every status file is checked on every pass (a cached view per path costs a look-up);
     // the views are put together only when policies run.
-    let (diags, moved) = refresh_statuses(snap, &mut cache.statuses);
+    let (diags, stale) = refresh_statuses(snap, cache);
     report.diagnostics.extend(diags);
-    if moved {
+    if stale {
         cache.statuses_input = None;
     }
     if let (Some(engine), false) = (policy, pending.is_empty()) {
-        let statuses = cache
-            .statuses_input
-            .get_or_insert_with(|| status_docs(snap, &cache.statuses))
-            .clone();
+        let statuses = statuses_input(snap, cache);
         let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
         let shared = Shared {
             settings: settings_doc,
@@ -505,17 +565,18 @@ fn yaml_json(file: &str, bytes: &[u8]) -> Option<Value> {
 /// Bring the cached policy view of every status file up to date with `snap` (parsing
 /// only new or changed files, which `GateCache::invalidate` dropped) and report each
 /// file that does not parse: an error diagnostic, and left out of `input.statuses`, so
-/// a policy that needs it finds no status. Also says whether any view came or went.
-fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic>, bool) {
+/// a policy that needs it finds no status. New views are noted in `status_changed`;
+/// also says whether a view was dropped without a word from `invalidate` (then
+/// `input.statuses` is put together whole).
+fn refresh_statuses(snap: &Snapshot, cache: &mut GateCache) -> (Vec<Diagnostic>, bool) {
     let mut diags = Vec::new();
-    let mut moved = false;
+    let mut stale = false;
     let mut files = 0;
     for (file, bytes) in snap.status_files() {
         files += 1;
-        let parsed = match cache.get(file) {
+        let parsed = match cache.statuses.get(file) {
             Some(view) => view,
             None => {
-                moved = true;
                 let view = std::str::from_utf8(bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|t| Status::from_yaml(t).map_err(|e| e.to_string()))
@@ -524,7 +585,15 @@ fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic
                             .map(|doc| (status.plan.clone(), doc))
                             .map_err(|e| e.to_string())
                     });
-                cache.entry(file.clone()).or_insert(view)
+                if let Ok((plan, _)) = &view
+                    && status_path_plan(file) != Some(plan.as_str())
+                {
+                    cache.status_misnamed = true;
+                }
+                if cache.statuses_input.is_some() {
+                    cache.status_changed.insert(file.clone());
+                }
+                cache.statuses.entry(file.clone()).or_insert(view)
             }
         };
         if let Err(e) = parsed {
@@ -536,11 +605,41 @@ fn refresh_statuses(snap: &Snapshot, cache: &mut StatusViews) -> (Vec<Diagnostic
         }
     }
     // Every status file has its view now: more views than files means some are stale.
-    if cache.len() > files {
-        cache.retain(|f, _| snap.files.contains_key(f));
-        moved = true;
+    if cache.statuses.len() > files {
+        cache.statuses.retain(|f, _| snap.files.contains_key(f));
+        stale = true;
     }
-    (diags, moved)
+    (diags, stale)
+}
+
+/// `input.statuses` as the views say: the one kept, with the views changed since put
+/// in; put together whole the first time, after a view went stale, or while some file
+/// names another plan than its path (`status_misnamed`).
+fn statuses_input(snap: &Snapshot, cache: &mut GateCache) -> Prepared {
+    let changed = std::mem::take(&mut cache.status_changed);
+    if let Some(input) = cache.statuses_input.as_mut()
+        && !cache.status_misnamed
+        && changed.iter().all(|path| {
+            let Some(plan) = status_path_plan(path) else {
+                return false;
+            };
+            match cache.statuses.get(path) {
+                Some(Ok((_, doc))) => input.insert(plan, doc),
+                _ => input.remove(plan),
+            }
+            true
+        })
+    {
+        return input.clone();
+    }
+    cache.status_misnamed = cache.statuses.iter().any(|(path, view)| {
+        view.as_ref()
+            .is_ok_and(|(plan, _)| status_path_plan(path) != Some(plan.as_str()))
+    });
+    cache
+        .statuses_input
+        .insert(status_docs(snap, &cache.statuses))
+        .clone()
 }
 
 /// Every status file as policies see it (`input.statuses`), by plan name, from the
@@ -870,7 +969,8 @@ spec:
 
     /// The status views (and with them `input.statuses`) follow status files that come
     /// and go between passes with no invalidation naming them, also when as many go as
-    /// come (the views are pruned by count).
+    /// come (the views are pruned by count); `input.statuses`, patched with the views that
+    /// changed, is always the one put together whole.
     #[test]
     fn regression_status_views_follow_status_files_that_come_and_go_without_an_invalidation() {
         let status = |plan: &str| {
@@ -887,22 +987,47 @@ spec:
             names.sort();
             names
         };
+        // What `check_on` does before its policies run, and the input it gets.
+        let input = |snap: &Snapshot, cache: &mut GateCache| {
+            if refresh_statuses(snap, cache).1 {
+                cache.statuses_input = None;
+            }
+            let input = statuses_input(snap, cache);
+            assert_eq!(
+                input,
+                status_docs(snap, &cache.statuses),
+                "patched as whole"
+            );
+            input
+        };
         let mut snap = Snapshot::default();
         snap.files.insert("status/a.yaml".into(), status("a"));
         snap.files.insert("status/b.yaml".into(), status("b"));
-        let mut views = StatusViews::new();
-        assert!(refresh_statuses(&snap, &mut views).1, "views came");
-        assert!(!refresh_statuses(&snap, &mut views).1, "nothing moved");
+        let mut cache = GateCache::default();
+        let first = input(&snap, &mut cache);
+        assert_eq!(plans(&cache.statuses), ["a", "b"]);
+        assert_eq!(input(&snap, &mut cache), first, "nothing moved");
 
         snap.files.remove("status/b.yaml");
         snap.files.insert("status/c.yaml".into(), status("c"));
-        assert!(refresh_statuses(&snap, &mut views).1, "one went, one came");
-        assert_eq!(plans(&views), ["a", "c"]);
+        assert_ne!(input(&snap, &mut cache), first, "one went, one came");
+        assert_eq!(plans(&cache.statuses), ["a", "c"]);
+
+        snap.files.insert("status/d.yaml".into(), status("d"));
+        input(&snap, &mut cache);
+        assert_eq!(plans(&cache.statuses), ["a", "c", "d"], "one came");
 
         snap.files.remove("status/c.yaml");
-        assert!(refresh_statuses(&snap, &mut views).1, "one went");
-        assert_eq!(plans(&views), ["a"]);
-        assert!(!refresh_statuses(&snap, &mut views).1, "nothing moved");
+        snap.files.remove("status/d.yaml");
+        input(&snap, &mut cache);
+        assert_eq!(plans(&cache.statuses), ["a"], "two went");
+        // A file that names another plan than its path: put together whole from then on.
+        snap.files.insert("status/e.yaml".into(), status("a"));
+        input(&snap, &mut cache);
+        assert!(cache.status_misnamed);
+        snap.files.remove("status/e.yaml");
+        input(&snap, &mut cache);
+        assert!(!cache.status_misnamed, "named as its path again");
     }
 
     /// Each plan's findings through the gate (one engine and one shared input serving

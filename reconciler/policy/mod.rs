@@ -139,7 +139,7 @@ impl SharedInput {
 /// One input value converted to the engine's value type, kept by the caller between
 /// evaluations (the gate keeps each status file's view this way): cloning it, or putting
 /// it into an object, is a reference-count increment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Prepared(regorus::Value);
 
 impl Prepared {
@@ -154,6 +154,21 @@ impl Prepared {
             .map(|(k, v)| (regorus::Value::from(k), v.0.clone()))
             .collect();
         Self(regorus::Value::from(map))
+    }
+
+    /// Set `key` of this object to `value` (copying the object only while another
+    /// holder shares it). Not an object: nothing changes.
+    pub fn insert(&mut self, key: &str, value: &Prepared) {
+        if let Ok(map) = self.0.as_object_mut() {
+            map.insert(regorus::Value::from(key), value.0.clone());
+        }
+    }
+
+    /// Remove `key` from this object, if there.
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(map) = self.0.as_object_mut() {
+            map.remove(&regorus::Value::from(key));
+        }
     }
 }
 
