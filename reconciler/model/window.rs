@@ -21,9 +21,34 @@ impl PartialEq for CronExpr {
     }
 }
 
+/// Expressions this thread parsed lately, by text, and at most how many: plans share a
+/// few windows, and parsing each plan's was a twentieth of validating 10,000 plans
+/// (#21). Parsing is pure, so a kept result is the result.
+const PARSED_KEEP: usize = 256;
+
+thread_local! {
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<CronExpr, String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 impl CronExpr {
     /// Parse a standard five-field expression (minute hour day-of-month month day-of-week).
     pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(kept) = PARSED.with(|p| p.borrow().get(text).cloned()) {
+            return kept;
+        }
+        let parsed = Self::parse_new(text);
+        PARSED.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= PARSED_KEEP {
+                p.clear();
+            }
+            p.insert(text.to_owned(), parsed.clone());
+        });
+        parsed
+    }
+
+    fn parse_new(text: &str) -> Result<Self, String> {
         let fields = text.split_whitespace().count();
         if fields != 5 {
             return Err(format!(
@@ -147,6 +172,42 @@ mod tests {
         );
         let denied = utc(2026, 11, 26, 11, 30) + ChronoDuration::seconds(59);
         assert!(!w.is_open(denied), "a deny covers its whole minute too");
+    }
+
+    /// Parses are kept per thread: a kept one must answer as a fresh one, also past the
+    /// number kept, and a refused expression stays refused.
+    #[test]
+    fn a_kept_parse_answers_as_a_fresh_one() {
+        let at = |h, m| utc(2026, 11, 23, h, m);
+        for round in 0..2 {
+            // Three times as many as are kept: each is parsed, kept, dropped, parsed again.
+            for h in 0..12u32 {
+                for m in 0..64u32 {
+                    let text = format!("{m} {h} * * *");
+                    let parsed = CronExpr::parse(&text);
+                    if m >= 60 {
+                        assert!(parsed.is_err(), "round {round}: `{text}`");
+                        continue;
+                    }
+                    let cron = parsed.expect("cron");
+                    assert_eq!(cron.text, text);
+                    assert!(
+                        cron.matches(at(h, m), chrono_tz::UTC),
+                        "round {round}: `{text}`"
+                    );
+                    assert!(!cron.matches(at(h, (m + 1) % 60), chrono_tz::UTC));
+                }
+            }
+        }
+        assert_eq!(
+            CronExpr::parse("nonsense").err(),
+            CronExpr::parse_new("nonsense").err()
+        );
+        assert_eq!(
+            CronExpr::parse("nonsense").err(),
+            CronExpr::parse_new("nonsense").err(),
+            "refused again, with the same words"
+        );
     }
 
     #[test]
