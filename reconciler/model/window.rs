@@ -23,8 +23,11 @@ impl PartialEq for CronExpr {
 
 /// Expressions this thread parsed lately, by text, and at most how many: plans share a
 /// few windows, and parsing each plan's was a twentieth of validating 10,000 plans
-/// (#21). Parsing is pure, so a kept result is the result.
+/// (#21). Parsing is pure, so a kept result is the result. Only texts of a cron
+/// expression's size are kept (`PARSED_MAX_TEXT`): a hostile plan's megabyte of text is
+/// parsed, refused and forgotten.
 const PARSED_KEEP: usize = 256;
+const PARSED_MAX_TEXT: usize = 128;
 
 thread_local! {
     static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<CronExpr, String>>> =
@@ -38,6 +41,9 @@ impl CronExpr {
             return kept;
         }
         let parsed = Self::parse_new(text);
+        if text.len() > PARSED_MAX_TEXT {
+            return parsed;
+        }
         PARSED.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() >= PARSED_KEEP {
@@ -208,6 +214,13 @@ mod tests {
             CronExpr::parse_new("nonsense").err(),
             "refused again, with the same words"
         );
+        // A text longer than any cron expression is parsed and not kept
+        let long = format!("* * * * {}", "1,".repeat(PARSED_MAX_TEXT));
+        assert_eq!(
+            CronExpr::parse(&long).map(|c| c.text),
+            CronExpr::parse_new(&long).map(|c| c.text)
+        );
+        assert!(PARSED.with(|p| !p.borrow().contains_key(&long)), "not kept");
     }
 
     #[test]
