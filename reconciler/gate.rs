@@ -1019,8 +1019,9 @@ spec:
 
         snap.files.remove("status/c.yaml");
         snap.files.remove("status/d.yaml");
-        input(&snap, &mut cache);
+        let after = input(&snap, &mut cache);
         assert_eq!(plans(&cache.statuses), ["a"], "two went");
+        assert_eq!(input(&snap, &mut cache), after, "nothing moved");
         // A file that names another plan than its path: put together whole from then on.
         snap.files.insert("status/e.yaml".into(), status("a"));
         input(&snap, &mut cache);
