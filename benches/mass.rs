@@ -22,7 +22,8 @@
 //!     as Prometheus' `histogram_quantile` does). Goal: p99 ≤ 2 s. Stops at a time
 //!     budget. Also reported: the pushes lost (`writeback_retries`, per plan).
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
-//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f)).
+//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f);
+//! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
 
 #[path = "../tests/support/mod.rs"]
@@ -56,17 +57,25 @@ fn main() {
         return;
     }
     let smoke = !args.iter().any(|a| a == "--bench");
+    // The number of plans: the first number that is not an option's value.
     let n: usize = args
         .iter()
+        .enumerate()
         .skip(1)
-        .find_map(|a| a.parse().ok())
+        .filter(|(i, _)| !matches!(args[i - 1].as_str(), "--rounds" | "--only"))
+        .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(if smoke { 20 } else { 1_000 });
     let say = |line: String| {
         if !smoke {
             println!("{line}");
         }
     };
-    let rounds = if smoke { 2 } else { 10 };
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if smoke { 2 } else { 10 });
     // `--only LETTERS`: the parts to run (all by default).
     let only = args
         .iter()

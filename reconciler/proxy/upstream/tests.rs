@@ -69,6 +69,41 @@ fn a_response_head_over_the_size_or_header_count_limit_is_refused() {
 }
 
 #[test]
+fn heads_with_more_headers_than_the_small_table_keep_every_header_in_order() {
+    // Around the small table's size, with the framing header last (past it) and an
+    // interim answer first that itself has more headers than the small table.
+    for count in [
+        FEW_HEADERS - 1,
+        FEW_HEADERS,
+        FEW_HEADERS + 1,
+        3 * FEW_HEADERS,
+    ] {
+        let lines: String = (0..count).map(|i| format!("x-h{i}: v{i}\r\n")).collect();
+        let text = format!(
+            "HTTP/1.1 103 Early Hints\r\n{lines}\r\nHTTP/1.1 200 OK\r\n{lines}content-length: 7\r\n\r\nrest"
+        );
+        let mut buf = BytesMut::from(text.as_bytes());
+        let h = take_head(&mut buf, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(h.status, StatusCode::OK, "{count} headers");
+        assert_eq!(h.framing, Framing::Length(7), "{count} headers");
+        let got: Vec<(String, String)> = h
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
+            .collect();
+        let mut want: Vec<(String, String)> = (0..count)
+            .map(|i| (format!("x-h{i}"), format!("v{i}")))
+            .collect();
+        want.push(("content-length".into(), "7".into()));
+        assert_eq!(got, want, "{count} headers");
+        // What follows the head stays for the body.
+        assert_eq!(&buf[..], b"rest", "{count} headers");
+    }
+}
+
+#[test]
 fn content_length_must_be_one_decimal_number() {
     for bad in [
         "+5",
