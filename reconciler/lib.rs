@@ -26,6 +26,7 @@
 //! - `history`: `rollgate history` and `status` from Git alone.
 //! - `server`: `/healthz`, `/readyz`, `/metrics` and the webhook endpoint.
 //! - `telemetry`: rollgate's own metrics.
+//! - `memory`: hands the memory a burst freed back to the system (glibc's `malloc_trim`).
 //! - `demo`: `rollgate demo`, its service and its load generator.
 
 pub mod aws;
@@ -40,6 +41,7 @@ pub mod gate;
 pub mod github;
 pub mod history;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;

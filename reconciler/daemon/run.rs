@@ -6,7 +6,9 @@
 //! fetched) changed nothing and is retried with a jittered exponential backoff, its
 //! cause logged once; a pass that moved something is followed at once by another; an
 //! idle daemon sleeps until the next wake-up the plans asked for, the fetch interval, or
-//! a push (`wake`), whichever comes first. `--once` waits for rollouts that move on by
+//! a push (`wake`), whichever comes first; before the first such sleep after passes that
+//! moved rollouts, the memory the burst freed is handed back (`memory::release`), so
+//! resident memory follows what is live. `--once` waits for rollouts that move on by
 //! themselves within `ONCE_WAITS_AT_MOST`, and reports plans that failed.
 
 use std::sync::atomic::Ordering;
@@ -73,6 +75,9 @@ pub fn run(
     // Quiet passes in a row with a failing plan (`--once`).
     let mut erring_passes: u32 = 0;
     let mut last_cause: Option<String> = None;
+    // Passes moved rollouts since the daemon last rested: the burst's freed memory is
+    // handed back once it does (`memory`).
+    let mut burst = false;
     loop {
         if let Some(l) = o.leadership
             && !l.is_leader(Utc::now())
@@ -161,7 +166,17 @@ pub fn run(
             }
         }
         if moved {
+            burst = true;
             continue;
+        }
+        if std::mem::take(&mut burst) {
+            let started = std::time::Instant::now();
+            let released = crate::memory::release();
+            tracing::debug!(
+                released,
+                took_ms = started.elapsed().as_millis() as u64,
+                "memory freed by the burst handed back"
+            );
         }
         let wait = report
             .next_wakeup
