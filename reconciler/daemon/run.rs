@@ -8,7 +8,7 @@
 //! idle daemon sleeps until the next wake-up the plans asked for, the fetch interval, or
 //! a push (`wake`), whichever comes first; before the first such sleep after passes that
 //! moved rollouts, the memory the burst freed is handed back (`memory::release`), so
-//! resident memory follows what is live. `--once` waits for rollouts that move on by
+//! pages with nothing live on them do not stay resident. `--once` waits for rollouts that move on by
 //! themselves within `ONCE_WAITS_AT_MOST`, and reports plans that failed.
 
 use std::sync::atomic::Ordering;
