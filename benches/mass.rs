@@ -70,18 +70,17 @@ fn main() {
             println!("{line}");
         }
     };
-    let rounds = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
+    // The value after the option `name`, if given.
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let rounds = option("--rounds")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if smoke { 2 } else { 10 });
     // `--only LETTERS`: the parts to run (all by default).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let only = option("--only").cloned();
     let part = |p: char| only.as_ref().is_none_or(|o| o.contains(p));
     // `ROLLGATE_BENCH_LOG=FILE`: the in-process daemon's log ((e), (f)) at `RUST_LOG`'s
     // level, e.g. `rollgate=debug`, to see where a pass's time goes.
