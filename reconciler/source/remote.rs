@@ -18,7 +18,10 @@
 //! - `git` never prompts (no terminal, `GIT_TERMINAL_PROMPT=0`, ssh in batch mode) and
 //!   never reads the user's credential helpers;
 //! - ssh verifies the host key against a known_hosts file (`StrictHostKeyChecking=yes`),
-//!   https verifies certificates; there is no switch to turn either off.
+//!   https verifies certificates; there is no switch to turn either off;
+//! - over ssh, the commands of one `Remote` share one connection ([`SharedSsh`]) whose
+//!   control socket only this user can reach, and which closes when the last clone of
+//!   the `Remote` is dropped (or after [`SSH_SHARE_IDLE`] without a command).
 //!
 //! One job over 600 lines, kept in one file: Git's network side (URLs, credentials,
 //! fetch, the compare-and-swap push, error classes); about a third is tests.
@@ -397,19 +400,103 @@ pub struct Remote {
     auth: GitAuth,
     /// Fetches so far (shared by clones of this value): see `maintenance_due`.
     fetches: Arc<AtomicU32>,
+    /// For ssh: the one connection every fetch and push of this remote (and its clones)
+    /// goes through. `None` for other schemes, or when no private folder could be had.
+    shared_ssh: Option<Arc<SharedSsh>>,
+}
+
+/// How long ssh keeps a shared connection open after its last command (OpenSSH's
+/// `ControlPersist`): longer than the daemon's usual gap between two fetches, short
+/// enough that a daemon killed without dropping its `Remote` leaves nothing for long.
+pub const SSH_SHARE_IDLE: Duration = Duration::from_secs(60);
+
+/// The longest control socket path used: a Unix socket path holds 108 bytes, and ssh
+/// first binds a temporary name 17 bytes longer than the one configured.
+const MAX_SOCKET_PATH: usize = 90;
+
+/// One ssh connection shared by every `git` command of a remote (OpenSSH's
+/// `ControlMaster`): a fetch or push over ssh opened a connection of its own each time,
+/// a key exchange and a login (about 0.3 s each on loopback, more over a WAN), two per
+/// status write. The first command opens it, later ones reuse it, it closes after
+/// [`SSH_SHARE_IDLE`] without commands, and when the last clone of its `Remote` is
+/// dropped.
+///
+/// The control socket lives in a folder of its own, created `0700` and removed on drop:
+/// only this user can ride the connection. The host key is checked when the connection
+/// opens, as before; a connection opened with other settings (another key, another
+/// known_hosts) is never reused, because each `Remote` has its own.
+#[derive(Debug)]
+pub struct SharedSsh {
+    dir: tempfile::TempDir,
+}
+
+impl SharedSsh {
+    fn new() -> Option<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("rollgate-ssh-")
+            .tempdir()
+            .ok()?;
+        let share = Self { dir };
+        (share.socket().as_os_str().len() <= MAX_SOCKET_PATH).then_some(share)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("c")
+    }
+
+    /// The options that make ssh share this connection.
+    fn options(&self) -> [String; 6] {
+        [
+            "-o".to_owned(),
+            "ControlMaster=auto".to_owned(),
+            "-o".to_owned(),
+            format!("ControlPath={}", shell_quote_path(&self.socket())),
+            "-o".to_owned(),
+            format!("ControlPersist={}", SSH_SHARE_IDLE.as_secs()),
+        ]
+    }
+}
+
+impl Drop for SharedSsh {
+    /// Close the connection now (`ssh -O exit`), not when it has been idle long enough:
+    /// a test's server, or a daemon's next start, does not find it still open.
+    fn drop(&mut self) {
+        let socket = self.socket();
+        if !socket.exists() {
+            return;
+        }
+        let _ = Command::new("ssh")
+            .arg("-o")
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-O", "exit", "rollgate-remote"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Remote {
     pub fn new(url: RemoteUrl, auth: GitAuth) -> Self {
+        let shared_ssh = match url.scheme {
+            Scheme::Ssh => SharedSsh::new().map(Arc::new),
+            _ => None,
+        };
         Self {
             url,
             auth,
             fetches: Arc::new(AtomicU32::new(0)),
+            shared_ssh,
         }
     }
 
     pub fn url(&self) -> &RemoteUrl {
         &self.url
+    }
+
+    /// The control socket of the shared ssh connection ([`SharedSsh`]), when there is one.
+    pub fn ssh_control_socket(&self) -> Option<PathBuf> {
+        self.shared_ssh.as_ref().map(|s| s.socket())
     }
 
     /// Fetch `refspecs` from the remote into the repository at `git_dir`.
@@ -620,6 +707,9 @@ impl Remote {
             "-o".to_owned(),
             "ServerAliveInterval=15".to_owned(),
         ];
+        if let Some(share) = &self.shared_ssh {
+            c.extend(share.options());
+        }
         // With a passphrase, ssh must be allowed to ask (SSH_ASKPASS answers).
         if self.auth.ssh_passphrase_file.is_none() {
             c.extend(["-o".to_owned(), "BatchMode=yes".to_owned()]);

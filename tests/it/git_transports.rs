@@ -649,6 +649,68 @@ fn ssh_fetch_and_push_work_with_the_key_and_known_hosts() {
     );
 }
 
+/// The processes whose command line names `needle` (`/proc/*/cmdline`).
+fn processes_naming(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+#[test]
+fn ssh_commands_share_one_connection_that_closes_with_the_remote() {
+    let server = start_or_skip!(SshGit);
+    let remote = Remote::seeded_from(&example_repo());
+    let url = server.url(&remote.bare);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = GitSource::open_with(&url, &tmp.path().join("work"), "main", ssh_auth(&server))
+        .expect("open");
+    let socket = src
+        .remote()
+        .ssh_control_socket()
+        .expect("an ssh remote shares its connection");
+    for _ in 0..3 {
+        src.fetch().expect("fetch");
+    }
+    let settings = WriteBack::default();
+    pushed(
+        Writer::new(&src, &settings)
+            .write(|_| Ok(Some(status_spec(1))))
+            .expect("push"),
+    );
+    let log = server.log();
+    let logins = log.matches("Accepted publickey for").count();
+    let commands = log.matches("Starting session: command").count();
+    assert_eq!(logins, 1, "one login for every command: {log}");
+    assert!(commands >= 5, "{commands} commands: {log}");
+    let shown = socket.display().to_string();
+    assert!(
+        !processes_naming(&shown).is_empty(),
+        "the shared connection is open while the remote is"
+    );
+    // Dropped: the connection closes at once (not after its idle time), and its folder
+    // goes with it.
+    drop(src);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_naming(&shown).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        processes_naming(&shown).is_empty(),
+        "still running after the remote was dropped: {:?}",
+        processes_naming(&shown)
+    );
+    assert!(
+        !socket.parent().expect("folder").exists(),
+        "the socket's folder is removed"
+    );
+}
+
 #[test]
 fn ssh_an_unknown_or_changed_host_key_is_a_host_key_error() {
     let server = start_or_skip!(SshGit);
@@ -972,12 +1034,19 @@ fn a_rollout_succeeds_and_one_is_rolled_back_over_ssh() {
     let remote = Remote::with_plans(&[&PlanFile::new("web")]);
     let url = server.url(&remote.bare);
     let w = rollout_story(remote, &url, ssh_auth(&server));
-    // Every push of rollgate's went through sshd (the human pushes on the path).
+    // Every push of rollgate's went through sshd (the human pushes on the path), each as
+    // a command of its own, over one shared connection (`remote::SharedSsh`).
     let pushes = w.remote.rollgate_commits().len();
-    let accepted = server.log().matches("Accepted publickey for").count();
+    let log = server.log();
+    let commands = log.matches("Starting session: command").count();
+    let logins = log.matches("Accepted publickey for").count();
     assert!(
-        accepted > pushes,
-        "{accepted} ssh logins for {pushes} pushes and the fetches"
+        commands > pushes,
+        "{commands} ssh commands for {pushes} pushes and the fetches"
+    );
+    assert!(
+        logins * 4 < commands,
+        "{logins} ssh logins for {commands} commands: the connection was not shared"
     );
 }
 
