@@ -783,3 +783,50 @@ fn regression_two_thousand_idle_half_open_connections_do_not_starve_the_proxy() 
     assert!(slowest < Duration::from_millis(100), "{slowest:?}");
     drop(idle);
 }
+
+#[test]
+fn new_connections_go_to_the_lane_serving_the_fewest_and_equal_lanes_take_turns() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let lanes: Vec<Lane> = (0..3)
+        .map(|_| Lane {
+            handle: rt.handle().clone(),
+            live: Arc::new(AtomicUsize::new(0)),
+        })
+        .collect();
+    let counts = |lanes: &[Lane]| -> Vec<usize> {
+        lanes
+            .iter()
+            .map(|l| l.live.load(Ordering::Relaxed))
+            .collect()
+    };
+    let mut next = 0;
+    let mut open = |lanes: &[Lane], next: &mut usize| {
+        let i = least_busy(lanes, next);
+        lanes[i].live.fetch_add(1, Ordering::Relaxed);
+        i
+    };
+    let first: Vec<usize> = (0..3).map(|_| open(&lanes, &mut next)).collect();
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![0, 1, 2], "one each first: {first:?}");
+    for _ in 0..9 {
+        open(&lanes, &mut next);
+    }
+    assert_eq!(counts(&lanes), vec![4, 4, 4]);
+    // Lane 1's connections close: the next four go there, and only there.
+    lanes[1].live.store(0, Ordering::Relaxed);
+    let refill: Vec<usize> = (0..4).map(|_| open(&lanes, &mut next)).collect();
+    assert_eq!(refill, vec![1, 1, 1, 1]);
+    assert_eq!(counts(&lanes), vec![4, 4, 4]);
+}
+
+#[test]
+fn a_connection_counts_on_its_lane_until_its_task_is_gone() {
+    let live = Arc::new(AtomicUsize::new(1));
+    let on_lane = OnLane(live.clone());
+    assert_eq!(live.load(Ordering::Relaxed), 1);
+    drop(on_lane);
+    assert_eq!(live.load(Ordering::Relaxed), 0);
+}
