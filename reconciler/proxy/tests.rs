@@ -802,7 +802,7 @@ fn new_connections_go_to_the_lane_serving_the_fewest_and_equal_lanes_take_turns(
             .collect()
     };
     let mut next = 0;
-    let mut open = |lanes: &[Lane], next: &mut usize| {
+    let open = |lanes: &[Lane], next: &mut usize| {
         let i = least_busy(lanes, next);
         lanes[i].live.fetch_add(1, Ordering::Relaxed);
         i
