@@ -620,14 +620,21 @@ fn the_binary_fetches_and_pushes_over_https_to_loopback_with_the_token() {
 
 // --- ssh --------------------------------------------------------------------------------
 
-#[test]
-fn ssh_fetch_and_push_work_with_the_key_and_known_hosts() {
-    let server = start_or_skip!(SshGit);
+/// The example repository as a bare remote, and rollgate's source for it over `server`
+/// with the test key (the folder holds the private clone).
+fn over_ssh(server: &SshGit) -> (Remote, tempfile::TempDir, GitSource) {
     let remote = Remote::seeded_from(&example_repo());
     let url = server.url(&remote.bare);
     let tmp = tempfile::tempdir().expect("tmp");
-    let src = GitSource::open_with(&url, &tmp.path().join("work"), "main", ssh_auth(&server))
+    let src = GitSource::open_with(&url, &tmp.path().join("work"), "main", ssh_auth(server))
         .expect("open");
+    (remote, tmp, src)
+}
+
+#[test]
+fn ssh_fetch_and_push_work_with_the_key_and_known_hosts() {
+    let server = start_or_skip!(SshGit);
+    let (remote, _tmp, src) = over_ssh(&server);
     assert_eq!(src.fetch().expect("fetch").to_string(), remote.head());
     let settings = WriteBack::default();
     let commit = pushed(
@@ -665,11 +672,7 @@ fn processes_naming(needle: &str) -> Vec<String> {
 #[test]
 fn ssh_commands_share_one_connection_that_closes_with_the_remote() {
     let server = start_or_skip!(SshGit);
-    let remote = Remote::seeded_from(&example_repo());
-    let url = server.url(&remote.bare);
-    let tmp = tempfile::tempdir().expect("tmp");
-    let src = GitSource::open_with(&url, &tmp.path().join("work"), "main", ssh_auth(&server))
-        .expect("open");
+    let (_remote, _tmp, src) = over_ssh(&server);
     let socket = src
         .remote()
         .ssh_control_socket()
