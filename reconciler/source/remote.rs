@@ -431,7 +431,9 @@ pub struct SharedSsh {
 }
 
 impl SharedSsh {
-    fn new() -> Option<Self> {
+    /// A new private folder for one connection's socket; `None` when none can be made
+    /// (or its path is too long for a socket).
+    pub fn new() -> Option<Self> {
         let dir = tempfile::Builder::new()
             .prefix("rollgate-ssh-")
             .tempdir()
@@ -444,8 +446,9 @@ impl SharedSsh {
         self.dir.path().join("c")
     }
 
-    /// The options that make ssh share this connection.
-    fn options(&self) -> [String; 6] {
+    /// The options that make ssh share this connection, quoted for a shell command line
+    /// such as `GIT_SSH_COMMAND`.
+    pub fn options(&self) -> [String; 6] {
         [
             "-o".to_owned(),
             "ControlMaster=auto".to_owned(),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rollgate::model::settings::WriteBack;
 use rollgate::source::git::GitSource;
-use rollgate::source::remote::GitAuth;
+use rollgate::source::remote::{GitAuth, SharedSsh};
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
 use support::git_servers::{HttpsGit, SshGit, https_auth, ssh_auth, start_or_skip};
 use support::{Remote, example_repo, git};
@@ -351,18 +351,18 @@ fn a_status_push_over_ssh_never_overwrites_a_human_push() {
     let server = start_or_skip!(SshGit);
     let bare = server.add_bare("race.git", Some(&example_repo()));
     let auth = ssh_auth(&server);
-    // The humans share one ssh connection too, as rollgate does (`remote::SharedSsh`), so
+    // The humans share one ssh connection too, the same way as rollgate (`SharedSsh`), so
     // both sides push at the same pace: with a key exchange and a login per push (0.3 s
     // here) the humans lost nearly every race to rollgate's shared connection.
-    let humans_ssh = HumansSsh::new();
+    let humans_ssh = SharedSsh::new().expect("a folder for the humans' ssh socket");
     let humans = HumanAccess {
         url: server.url("race.git"),
         env: vec![(
             "GIT_SSH_COMMAND".to_owned(),
             format!(
-                "{} -o ControlMaster=auto -o ControlPersist=30 -o ControlPath={}",
+                "{} {}",
                 server.ssh_command(&server.client_key, &server.known_hosts),
-                humans_ssh.socket().display()
+                humans_ssh.options().join(" ")
             ),
         )],
         config: Vec::new(),
@@ -374,31 +374,4 @@ fn a_status_push_over_ssh_never_overwrites_a_human_push() {
         humans,
         human_pushes(150),
     );
-}
-
-/// The humans' shared ssh connection: its socket in a folder of the test's, and the
-/// connection closed when the test ends, even on a panic (`ssh -O exit`).
-struct HumansSsh(tempfile::TempDir);
-
-impl HumansSsh {
-    fn new() -> Self {
-        Self(tempfile::tempdir().expect("tmp"))
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.path().join("h")
-    }
-}
-
-impl Drop for HumansSsh {
-    fn drop(&mut self) {
-        let _ = Command::new("ssh")
-            .arg("-o")
-            .arg(format!("ControlPath={}", self.socket().display()))
-            .args(["-O", "exit", "humans"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
