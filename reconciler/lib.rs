@@ -26,7 +26,7 @@
 //! - `history`: `rollgate history` and `status` from Git alone.
 //! - `server`: `/healthz`, `/readyz`, `/metrics` and the webhook endpoint.
 //! - `telemetry`: rollgate's own metrics.
-//! - `memory`: hands the memory a burst freed back to the system (glibc's `malloc_trim`).
+//! - `memory`: the process's allocator (jemalloc), and the hand-back of what a burst freed.
 //! - `demo`: `rollgate demo`, its service and its load generator.
 
 pub mod aws;
