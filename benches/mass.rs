@@ -20,7 +20,9 @@
 //!     transition's decision to its status commit pushed, lost races included (the
 //!     daemon's `rollgate_status_push_delay_seconds` histogram, its quantiles estimated
 //!     as Prometheus' `histogram_quantile` does). Goal: p99 ≤ 2 s. Stops at a time
-//!     budget. Also reported: the pushes lost (`writeback_retries`, per plan).
+//!     budget. Also reported: the pushes lost (`writeback_retries`, per plan), and the
+//!     yardstick: each human push's time from its commit to its push landing (the same
+//!     race, run by `git pull --rebase` and `git push`).
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
 //! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f);
 //! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles).
@@ -217,6 +219,9 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
     // its time limit waited here, not on rollgate).
     let hold = Arc::new(AtomicBool::new(false));
     let human_pushes = Arc::new(AtomicUsize::new(0));
+    // Each human push's time from its commit to its push landing, lost races included:
+    // the yardstick for rollgate's own (a writer among eleven on one branch).
+    let human_waits = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
     let humans: Vec<_> = (0..10)
         .map(|h| {
             let dir = remote.work_dir(&format!("human-{h}"));
@@ -232,6 +237,7 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
             let stop = stop.clone();
             let hold = hold.clone();
             let count = human_pushes.clone();
+            let waits = human_waits.clone();
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -244,10 +250,17 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
                         .expect("write");
                     support::git(&dir, &["add", "-A"]);
                     support::git(&dir, &["commit", "-qm", &format!("human {h}: note {i}")]);
-                    while !stop.load(Ordering::Relaxed)
-                        && !support::git_ok(&dir, &["push", "-q", "origin", "HEAD:main"])
-                    {
+                    let committed = Instant::now();
+                    let mut pushed = false;
+                    while !stop.load(Ordering::Relaxed) {
+                        if support::git_ok(&dir, &["push", "-q", "origin", "HEAD:main"]) {
+                            pushed = true;
+                            break;
+                        }
                         support::git_ok(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
+                    }
+                    if pushed && let Ok(mut w) = waits.lock() {
+                        w.push(committed.elapsed());
                     }
                     count.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(50));
@@ -307,8 +320,14 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
         .push_delays()
         .since(&delays_before);
     let at = |q: f64| delays.quantile(q).map_or(f64::NAN, |s| s * 1000.0);
+    let mut human = human_waits.lock().map(|w| w.clone()).unwrap_or_default();
+    human.sort();
+    let human_at = |q: f64| {
+        let i = ((human.len() as f64 - 1.0) * q).round() as usize;
+        human.get(i).map_or(f64::NAN, |d| ms(*d))
+    };
     say(format!(
-        "(f) {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits; status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s)",
+        "(f) {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits; status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s); beside it, the humans' commit → push landed over {} pushes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
         busy.as_secs_f64(),
         rounds.min(3),
         budget.as_secs(),
@@ -318,6 +337,10 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
         at(0.5),
         at(0.9),
         at(0.99),
+        human.len(),
+        human_at(0.5),
+        human_at(0.9),
+        human_at(0.99),
     ));
 }
 
