@@ -7,10 +7,13 @@
 //! on a differently fragmented heap, and the daemon's resident memory crept up: 51 → 62
 //! MiB anonymous over 40 mass changes, 35.5 → 43.2 MiB even with `malloc_trim` after
 //! each, while heaptrack showed the live heap flat (`cargo bench --bench mass -- --bench
-//! --only d --rounds 40`). jemalloc sorts blocks into slabs by size class, so survivors
-//! pin only their own slab's pages; and glibc's malloc/free took about 17% of `rollgate
-//! validate`'s CPU (`perf record` on `cargo bench --bench validate`), which jemalloc's
-//! thread caches cut: 0.87–0.92 s → 0.71 s for 10,000 plans.
+//! --only d --rounds 40`). With jemalloc (its slabs sort blocks by size class) the same
+//! run grows less, 32.2 → 38.3 MiB, and jemalloc's own counters show what is left:
+//! `stats.allocated` flat at 25.6–25.8 MiB, `stats.active` 28.9 → 34.9 MiB, i.e. pages
+//! that a survivor among freed blocks still pins (fragmentation, not a leak). And glibc's
+//! malloc/free took about 17% of `rollgate validate`'s CPU (`perf record` on `cargo bench
+//! --bench validate`), which jemalloc's thread caches cut: 0.87–0.92 s → 0.71 s for
+//! 10,000 plans. The C code linked in (libgit2, aws-lc) allocates through it too.
 //!
 //! `release`: jemalloc returns freed pages by itself only as later allocations go by
 //! (dirty pages decay over 10 s), and an idle daemon allocates nothing; so after a burst
