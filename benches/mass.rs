@@ -22,7 +22,12 @@
 //!     as Prometheus' `histogram_quantile` does). Goal: p99 ≤ 2 s. Stops at a time
 //!     budget. Also reported: the pushes lost (`writeback_retries`, per plan), and the
 //!     yardstick: each human push's time from its commit to its push landing (the same
-//!     race, run by `git pull --rebase` and `git push`).
+//!     race, run by `git pull --rebase` and `git push`). Run twice: with the humans'
+//!     `git` on the same cores as rollgate, then (two cores or more, `taskset`) with the
+//!     humans on a core of their own and rollgate on the rest. On one small machine the
+//!     first mostly measures CPU taken by ten `git` loops (their rebases of every status
+//!     file, and the remote's side of their pushes); the second is the deployed case,
+//!     people pushing from their own machines, where only the branch is shared.
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
 //! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f);
 //! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles).
@@ -101,8 +106,121 @@ fn main() {
         finished_rollouts(n, rounds, &say);
     }
     if part('e') || part('f') {
-        in_process(n, rounds, part('f'), &say);
+        in_process(n, rounds, part('f').then_some(Humans::Shared), &say);
     }
+    if part('f') {
+        match Humans::apart() {
+            Ok(apart) => in_process(n, rounds, Some(apart), &say),
+            Err(why) => say(format!("SKIPPED (f) with the humans apart: {why}")),
+        }
+    }
+}
+
+/// Where the ten humans of (f) run their `git`.
+#[derive(Debug, Clone)]
+enum Humans {
+    /// On every core, beside rollgate: their commits, rebases and pushes (and the
+    /// remote's side of them) take CPU from rollgate's own passes and pushes.
+    Shared,
+    /// On a core of their own (`taskset`), rollgate on the others: as when people push
+    /// from their own machines and only the branch is shared.
+    Apart { rollgate: String, humans: String },
+}
+
+impl Humans {
+    /// The split of the CPUs this process may use, when there are two or more and
+    /// `taskset`: the last for the humans, the others for rollgate.
+    fn apart() -> Result<Humans, String> {
+        let allowed = allowed_cpus().ok_or("no Cpus_allowed_list in /proc/self/status")?;
+        let Some((humans, rest)) = allowed.split_last().filter(|(_, rest)| !rest.is_empty()) else {
+            return Err(format!("CPUs {allowed:?}: none to spare for the humans"));
+        };
+        let found = Command::new("taskset")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Err("`taskset` (util-linux) is not installed".to_owned());
+        }
+        let rollgate: Vec<String> = rest.iter().map(ToString::to_string).collect();
+        Ok(Humans::Apart {
+            rollgate: rollgate.join(","),
+            humans: humans.to_string(),
+        })
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Humans::Shared => "the humans on the same cores".to_owned(),
+            Humans::Apart { rollgate, humans } => {
+                format!("the humans apart: rollgate on CPU {rollgate}, the humans on CPU {humans}")
+            }
+        }
+    }
+
+    /// A human's `git` with `args` in `dir`, on the humans' cores; whether it succeeded.
+    fn git(&self, dir: &Path, args: &[&str]) -> bool {
+        let mut cmd = match self {
+            Humans::Shared => Command::new("git"),
+            Humans::Apart { humans, .. } => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", humans, "git"]);
+                c
+            }
+        };
+        support::as_human(&mut cmd, dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Keep this process (every thread it has now, and so the threads and processes
+    /// they start) on rollgate's CPUs until the guard drops.
+    fn pin_rollgate(&self) -> Option<Pinned> {
+        let Humans::Apart { rollgate, .. } = self else {
+            return None;
+        };
+        let before: Vec<String> = allowed_cpus()?.iter().map(ToString::to_string).collect();
+        set_affinity(rollgate).then(|| Pinned(before.join(",")))
+    }
+}
+
+/// Undoes `Humans::pin_rollgate`: the CPUs allowed before.
+struct Pinned(String);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        set_affinity(&self.0);
+    }
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list`, e.g. `0-3,6`).
+fn allowed_cpus() -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// Every thread of this process on the CPUs `list` (`taskset -a -p`).
+fn set_affinity(list: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", list, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// (a)–(c): the daemon, a mass change to plans that pause after their first step.
@@ -181,7 +299,7 @@ fn finished_rollouts(n: usize, rounds: usize, say: &dyn Fn(String)) {
 }
 
 /// (e), (f): in process, every rollout due, then with 10 humans pushing.
-fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) {
+fn in_process(n: usize, rounds: usize, humans: Option<Humans>, say: &dyn Fn(String)) {
     let remote = seeded(n, RUNNING);
     let src = GitSource::open(
         remote.bare.to_str().expect("utf8"),
@@ -209,9 +327,10 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
             ms(*took)
         ));
     }
-    if !with_humans {
+    let Some(place) = humans else {
         return;
-    }
+    };
+    let _pinned = place.pin_rollgate();
 
     let stop = Arc::new(AtomicBool::new(false));
     // Held while the benchmark pushes its own 1,000-plan change: against ten small
@@ -238,6 +357,7 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
             let hold = hold.clone();
             let count = human_pushes.clone();
             let waits = human_waits.clone();
+            let place = place.clone();
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -248,16 +368,20 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
                     i += 1;
                     std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n"))
                         .expect("write");
-                    support::git(&dir, &["add", "-A"]);
-                    support::git(&dir, &["commit", "-qm", &format!("human {h}: note {i}")]);
+                    let message = format!("human {h}: note {i}");
+                    assert!(
+                        place.git(&dir, &["add", "-A"])
+                            && place.git(&dir, &["commit", "-qm", &message]),
+                        "human {h} cannot commit"
+                    );
                     let committed = Instant::now();
                     let mut pushed = false;
                     while !stop.load(Ordering::Relaxed) {
-                        if support::git_ok(&dir, &["push", "-q", "origin", "HEAD:main"]) {
+                        if place.git(&dir, &["push", "-q", "origin", "HEAD:main"]) {
                             pushed = true;
                             break;
                         }
-                        support::git_ok(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
+                        place.git(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
                     }
                     if pushed && let Ok(mut w) = waits.lock() {
                         w.push(committed.elapsed());
@@ -327,7 +451,8 @@ fn in_process(n: usize, rounds: usize, with_humans: bool, say: &dyn Fn(String)) 
         human.get(i).map_or(f64::NAN, |d| ms(*d))
     };
     say(format!(
-        "(f) {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits; status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s); beside it, the humans' commit → push landed over {} pushes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+        "(f) with {}: {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits; status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s); beside it, the humans' commit → push landed over {} pushes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+        place.label(),
         busy.as_secs_f64(),
         rounds.min(3),
         budget.as_secs(),

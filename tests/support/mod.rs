@@ -16,14 +16,8 @@ use std::process::Command;
 
 /// Run the real `git` in `dir`; panics with its output when it fails.
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
+    let out = as_human(&mut Command::new("git"), dir)
         .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Human")
-        .env("GIT_AUTHOR_EMAIL", "human@example.com")
-        .env("GIT_COMMITTER_NAME", "Human")
-        .env("GIT_COMMITTER_EMAIL", "human@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
         .output()
         .expect("git runs");
     assert!(
@@ -37,16 +31,22 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// Like `git`, but returns whether it succeeded instead of panicking.
 pub fn git_ok(dir: &Path, args: &[&str]) -> bool {
-    Command::new("git")
+    as_human(&mut Command::new("git"), dir)
         .args(args)
-        .current_dir(dir)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `cmd` (a `git`, or a wrapper that runs one) set up to run in `dir` as the human: their
+/// name on commits, no system-wide Git configuration.
+pub fn as_human<'c>(cmd: &'c mut Command, dir: &Path) -> &'c mut Command {
+    cmd.current_dir(dir)
         .env("GIT_AUTHOR_NAME", "Human")
         .env("GIT_AUTHOR_EMAIL", "human@example.com")
         .env("GIT_COMMITTER_NAME", "Human")
         .env("GIT_COMMITTER_EMAIL", "human@example.com")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
 }
 
 /// A bare remote holding a copy of `files` (from a folder) on `main`, and a human's clone.
