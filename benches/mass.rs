@@ -127,7 +127,12 @@ enum Humans {
     Shared,
     /// On a core of their own (`taskset`), rollgate on the others: rollgate keeps its
     /// CPU, as when people push from their own machines, but ten people share one core.
-    Apart { rollgate: String, humans: String },
+    Apart {
+        rollgate: String,
+        humans: String,
+        /// Every CPU the process had, put back after the run.
+        all: String,
+    },
 }
 
 impl Humans {
@@ -146,17 +151,19 @@ impl Humans {
         if !found {
             return Err("`taskset` (util-linux) is not installed".to_owned());
         }
-        let rollgate: Vec<String> = rest.iter().map(ToString::to_string).collect();
         Ok(Humans::Apart {
-            rollgate: rollgate.join(","),
+            rollgate: cpu_list(rest),
             humans: humans.to_string(),
+            all: cpu_list(&allowed),
         })
     }
 
     fn label(&self) -> String {
         match self {
             Humans::Shared => "the humans on the same cores".to_owned(),
-            Humans::Apart { rollgate, humans } => {
+            Humans::Apart {
+                rollgate, humans, ..
+            } => {
                 format!("the humans apart: rollgate on CPU {rollgate}, the humans on CPU {humans}")
             }
         }
@@ -183,11 +190,10 @@ impl Humans {
     /// Keep this process (every thread it has now, and so the threads and processes
     /// they start) on rollgate's CPUs until the guard drops.
     fn pin_rollgate(&self) -> Option<Pinned> {
-        let Humans::Apart { rollgate, .. } = self else {
+        let Humans::Apart { rollgate, all, .. } = self else {
             return None;
         };
-        let before: Vec<String> = allowed_cpus()?.iter().map(ToString::to_string).collect();
-        set_affinity(rollgate).then(|| Pinned(before.join(",")))
+        set_affinity(rollgate).then(|| Pinned(all.clone()))
     }
 }
 
@@ -215,6 +221,12 @@ fn allowed_cpus() -> Option<Vec<usize>> {
         }
     }
     Some(cpus)
+}
+
+/// `cpus` as `taskset` takes them: `0,1,2`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let cpus: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+    cpus.join(",")
 }
 
 /// Every thread of this process on the CPUs `list` (`taskset -a -p`).
