@@ -204,17 +204,60 @@ pub(crate) mod tests {
         assert_eq!(get("/nope").0, 404);
     }
 
-    /// `n` connections that each sent half a request's headers and then nothing.
+    /// `n` connections that each sent half a request's headers and then nothing, all
+    /// accepted by the server at `addr` when this returns (see `wait_until_accepted`).
     pub(crate) fn half_open(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
         use std::io::Write;
-        (0..n)
+        let streams = (0..n)
             .map(|_| {
                 let mut s = std::net::TcpStream::connect(addr).expect("connect");
                 s.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
                     .expect("half a request");
                 s
             })
-            .collect()
+            .collect();
+        wait_until_accepted(addr);
+        streams
+    }
+
+    /// Wait until the kernel holds no connection to `addr` that the server has not
+    /// accepted: none half-made (`SYN_RECV`) and none in the listening socket's accept
+    /// queue. Connecting thousands back to back overflows that queue; the kernel then
+    /// drops the handshake's last ACK and the client, which thinks itself connected,
+    /// waits a 1 s SYN-ACK retransmit. Timing a request before the backlog is drained
+    /// measured that retransmit, not the server (a 1.025 s `/healthz` in CI).
+    pub(crate) fn wait_until_accepted(addr: SocketAddr) {
+        let port = format!(":{:04X}", addr.port());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+            let waiting: usize = table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let (local, state, queues) = (f.get(1)?, *f.get(3)?, f.get(4)?);
+                    if !local.ends_with(&port) {
+                        return None;
+                    }
+                    match state {
+                        // SYN_RECV: the server has not got it yet.
+                        "03" => Some(1),
+                        // LISTEN: rx_queue is the accept queue's length.
+                        "0A" => usize::from_str_radix(queues.split(':').nth(1)?, 16).ok(),
+                        _ => None,
+                    }
+                })
+                .sum();
+            if waiting == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} connections to {addr} still not accepted after 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// The slowest of five `/healthz` answers.
