@@ -31,8 +31,13 @@
 //!     Apart, rollgate has its core, and the ten humans share one for their fetches of
 //!     rollgate's commits and the remote's side of their pushes: they push a few times a
 //!     second, but in the runs so far never inside rollgate's window.
+//! (g) (f) with the branch moved at set rates (`--rates 1,3,10`, pushes a second by the
+//!     ten humans together, exponential gaps), each human commit made in the remote and
+//!     the branch moved by compare-and-swap: next to no CPU, so the rate is the only
+//!     load, as when the humans and the Git server have machines of their own.
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
-//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f);
+//! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f),
+//! `g` is (e) then (g);
 //! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
 
@@ -72,7 +77,7 @@ fn main() {
         .iter()
         .enumerate()
         .skip(1)
-        .filter(|(i, _)| !matches!(args[i - 1].as_str(), "--rounds" | "--only"))
+        .filter(|(i, _)| !matches!(args[i - 1].as_str(), "--rounds" | "--only" | "--rates"))
         .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(if smoke { 20 } else { 1_000 });
     let say = |line: String| {
@@ -108,13 +113,22 @@ fn main() {
     if part('d') {
         finished_rollouts(n, rounds, &say);
     }
-    if part('e') || part('f') {
+    if part('e') || part('f') || part('g') {
         in_process(n, rounds, part('f').then_some(Humans::Shared), &say);
     }
     if part('f') {
         match Humans::apart() {
             Ok(apart) => in_process(n, rounds, Some(apart), &say),
             Err(why) => say(format!("SKIPPED (f) with the humans apart: {why}")),
+        }
+    }
+    if part('g') {
+        // `--rates 1,3,10`: the humans' pushes per second, all ten together.
+        let rates: Vec<f64> = option("--rates")
+            .map(|r| r.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1.0, 3.0, 10.0]);
+        for rate in rates {
+            in_process(n, rounds, Some(Humans::Rate(rate)), &say);
         }
     }
 }
@@ -133,6 +147,13 @@ enum Humans {
         /// Every CPU the process had, put back after the run.
         all: String,
     },
+    /// (g): the ten humans' pushes land at this many a second in all, at random
+    /// (exponential) intervals. Each is a commit written straight into the remote and
+    /// the branch moved there by compare-and-swap from the head it was made on (what a
+    /// push does once its pack is in), retried on a lost race. It costs a
+    /// millisecond or so of CPU, so the branch moves at the rate chosen whatever the
+    /// load, and the race is rollgate's window against that rate alone.
+    Rate(f64),
 }
 
 impl Humans {
@@ -161,6 +182,9 @@ impl Humans {
     fn label(&self) -> String {
         match self {
             Humans::Shared => "the humans on the same cores".to_owned(),
+            Humans::Rate(rate) => format!(
+                "the branch moved by the humans {rate} times a second (commits made in the remote)"
+            ),
             Humans::Apart {
                 rollgate, humans, ..
             } => {
@@ -172,7 +196,7 @@ impl Humans {
     /// A human's `git` with `args` in `dir`, on the humans' cores; whether it succeeded.
     fn git(&self, dir: &Path, args: &[&str]) -> bool {
         let mut cmd = match self {
-            Humans::Shared => Command::new("git"),
+            Humans::Shared | Humans::Rate(_) => Command::new("git"),
             Humans::Apart { humans, .. } => {
                 let mut c = Command::new("taskset");
                 c.args(["-c", humans, "git"]);
@@ -187,6 +211,37 @@ impl Humans {
             .is_ok_and(|s| s.success())
     }
 
+    /// Human `h`'s `i`th commit, pushed to the remote's main: with `git` from the clone
+    /// at `dir` (`pull --rebase` and again on a lost race), or for `Rate` made in the
+    /// remote `bare`. False when `stop` came first.
+    fn push(&self, h: usize, i: usize, dir: &Path, bare: &Path, stop: &AtomicBool) -> bool {
+        if let Humans::Rate(_) = self {
+            return moved(bare, h, i, stop);
+        }
+        std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n")).expect("write");
+        let message = format!("human {h}: note {i}");
+        assert!(
+            self.git(dir, &["add", "-A"]) && self.git(dir, &["commit", "-qm", &message]),
+            "human {h} cannot commit"
+        );
+        while !stop.load(Ordering::Relaxed) {
+            if self.git(dir, &["push", "-q", "origin", "HEAD:main"]) {
+                return true;
+            }
+            self.git(dir, &["pull", "-q", "--rebase", "origin", "main"]);
+        }
+        false
+    }
+
+    /// How long a human waits before the next commit; `draw` is uniform in (0, 1].
+    fn pause(&self, draw: f64) -> Duration {
+        match self {
+            // Ten humans at `rate` in all: each at `rate / 10`, exponential gaps.
+            Humans::Rate(rate) => Duration::from_secs_f64(-draw.ln() * 10.0 / rate.max(1e-3)),
+            _ => Duration::from_millis(50),
+        }
+    }
+
     /// Keep this process (every thread it has now, and so the threads and processes
     /// they start) on rollgate's CPUs until the guard drops.
     fn pin_rollgate(&self) -> Option<Pinned> {
@@ -194,6 +249,48 @@ impl Humans {
             return None;
         };
         set_affinity(rollgate).then(|| Pinned(all.clone()))
+    }
+}
+
+/// Human `h`'s `i`th commit made in the remote `bare` on its main's head, and main
+/// moved to it only if still at that head (`reference_matching`: the lock file and
+/// compare that `receive-pack` uses), again from the new head until it lands.
+fn moved(bare: &Path, h: usize, i: usize, stop: &AtomicBool) -> bool {
+    let repo = git2::Repository::open_bare(bare).expect("open the remote");
+    let who = git2::Signature::now(&format!("human {h}"), "human@example.com").expect("signature");
+    let message = format!("human {h}: note {i}");
+    let blob = repo.blob(format!("{i}\n").as_bytes()).expect("blob");
+    while !stop.load(Ordering::Relaxed) {
+        let head = repo.refname_to_id("refs/heads/main").expect("main");
+        let parent = repo.find_commit(head).expect("head commit");
+        let mut edit = git2::build::TreeUpdateBuilder::new();
+        edit.upsert(format!("notes-{h}.txt"), blob, git2::FileMode::Blob);
+        let tree = edit
+            .create_updated(&repo, &parent.tree().expect("tree"))
+            .expect("tree written");
+        let tree = repo.find_tree(tree).expect("tree");
+        let commit = repo
+            .commit(None, &who, &who, &message, &tree, &[&parent])
+            .expect("commit");
+        if repo
+            .reference_matching("refs/heads/main", commit, true, head, &message)
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// A small xorshift generator for the humans' intervals: uniform in (0, 1].
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 1.0) / (1u64 << 53) as f64
     }
 }
 
@@ -359,50 +456,47 @@ fn in_process(n: usize, rounds: usize, humans: Option<Humans>, say: &dyn Fn(Stri
     let humans: Vec<_> = (0..10)
         .map(|h| {
             let dir = remote.work_dir(&format!("human-{h}"));
-            support::git(
-                dir.parent().expect("parent"),
-                &[
-                    "clone",
-                    "-q",
-                    remote.bare.to_str().expect("utf8"),
-                    dir.to_str().expect("utf8"),
-                ],
-            );
+            if !matches!(place, Humans::Rate(_)) {
+                support::git(
+                    dir.parent().expect("parent"),
+                    &[
+                        "clone",
+                        "-q",
+                        remote.bare.to_str().expect("utf8"),
+                        dir.to_str().expect("utf8"),
+                    ],
+                );
+            }
+            let bare = remote.bare.clone();
             let stop = stop.clone();
             let hold = hold.clone();
             let count = human_pushes.clone();
             let waits = human_waits.clone();
             let place = place.clone();
             std::thread::spawn(move || {
+                let mut draws = Draws(0x9E37_79B9_7F4A_7C15 ^ (h as u64 + 1));
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if hold.load(Ordering::Relaxed) {
+                    // The pause first (ten humans starting at once would push ten
+                    // commits in a burst), in slices, so a stop is seen within 50 ms.
+                    let until = Instant::now() + place.pause(draws.next());
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                    while hold.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(10));
-                        continue;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
                     }
                     i += 1;
-                    std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n"))
-                        .expect("write");
-                    let message = format!("human {h}: note {i}");
-                    assert!(
-                        place.git(&dir, &["add", "-A"])
-                            && place.git(&dir, &["commit", "-qm", &message]),
-                        "human {h} cannot commit"
-                    );
                     let committed = Instant::now();
-                    let mut pushed = false;
-                    while !stop.load(Ordering::Relaxed) {
-                        if place.git(&dir, &["push", "-q", "origin", "HEAD:main"]) {
-                            pushed = true;
-                            break;
+                    if place.push(h, i, &dir, &bare, &stop) {
+                        if let Ok(mut w) = waits.lock() {
+                            w.push(committed.elapsed());
                         }
-                        place.git(&dir, &["pull", "-q", "--rebase", "origin", "main"]);
+                        count.fetch_add(1, Ordering::Relaxed);
                     }
-                    if pushed && let Ok(mut w) = waits.lock() {
-                        w.push(committed.elapsed());
-                    }
-                    count.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(50));
                 }
             })
         })
@@ -466,12 +560,18 @@ fn in_process(n: usize, rounds: usize, humans: Option<Humans>, say: &dyn Fn(Stri
         human.get(i).map_or(f64::NAN, |d| ms(*d))
     };
     say(format!(
-        "(f) with {}: {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits; status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s); beside it, the humans' commit → push landed over {} pushes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+        "{} with {}: {transitions} transitions in {passes} passes ({yielded} yielded to new commits) over {:.1} s, {finished_rounds} of {} rounds of {n} rollouts finished (budget {} s), while 10 humans pushed {} commits ({:.1} a second); status pushes lost to them: {lost} ({:.1} per transition); decision → status pushed over {} commits' transitions: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms (goal p99 ≤ 2 s); beside it, the humans' commit → push landed over {} pushes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+        if matches!(place, Humans::Rate(_)) {
+            "(g)"
+        } else {
+            "(f)"
+        },
         place.label(),
         busy.as_secs_f64(),
         rounds.min(3),
         budget.as_secs(),
         human_pushes.load(Ordering::Relaxed),
+        human_pushes.load(Ordering::Relaxed) as f64 / busy.as_secs_f64(),
         lost as f64 / transitions.max(1) as f64,
         delays.count(),
         at(0.5),

@@ -317,3 +317,72 @@ fn ssh_signed_status_commits_verify_with_git() {
         "private key leaked into the commit"
     );
 }
+
+/// A status commit of `files` status files, each at `step`, a few KB alike but for
+/// their last line: what a mass change's pass writes.
+fn mass_spec(files: usize, step: usize) -> CommitSpec {
+    let filler: String = (0..60).map(|k| format!("history{k}: v0.{k}\n")).collect();
+    CommitSpec {
+        subject: format!("{files} plans: step {step}"),
+        body: None,
+        trailers: vec![("Rollgate-Plan".into(), "many".into())],
+        revert: None,
+        edits: (0..files)
+            .map(|i| Edit {
+                path: format!("status/p{i}.yaml"),
+                content: Some(format!("plan: p{i}\n{filler}step: {step}\n").into_bytes()),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn regression_a_large_status_push_sends_whole_objects_so_neither_side_searches_for_deltas() {
+    // Given a remote with 150 status files, pushed by rollgate
+    let remote = Remote::seeded_from(&example_repo());
+    let src = open_source(&remote);
+    let settings = WriteBack::default();
+    let writer = Writer::new(&src, &settings);
+    let first = writer
+        .write(|_| Ok(Some(mass_spec(150, 1))))
+        .expect("write");
+    assert!(matches!(first, WriteOutcome::Pushed { .. }), "{first:?}");
+    // When rollgate pushes a new version of every one, each a line away from the last
+    let packs_before = packs(&remote.bare);
+    let second = writer
+        .write(|_| Ok(Some(mass_spec(150, 2))))
+        .expect("write");
+    assert!(matches!(second, WriteOutcome::Pushed { .. }), "{second:?}");
+    // Then the pack the remote kept (over `receive.unpackLimit`'s 100 objects) holds
+    // no delta: Git's delta search, 50 ms of CPU for a 1,000-status commit, widened the
+    // window in which another writer's push wins the race (before: 150 deltas)
+    let new: Vec<_> = packs(&remote.bare)
+        .into_iter()
+        .filter(|p| !packs_before.contains(p))
+        .collect();
+    assert_eq!(new.len(), 1, "one new pack: {new:?}");
+    let listing = git(
+        &remote.bare,
+        &["verify-pack", "-v", new[0].to_str().expect("utf8")],
+    );
+    let objects = listing.lines().filter(|l| l.contains(" blob ")).count();
+    // `verify-pack -v`: `id type size size-in-pack offset [depth base-id]`.
+    let deltas = listing
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 7)
+        .count();
+    assert!(objects >= 150, "{listing}");
+    assert_eq!(deltas, 0, "{listing}");
+    assert!(git(&remote.bare, &["show", "main:status/p7.yaml"]).ends_with("step: 2"));
+}
+
+/// The `.pack` files of a bare repository.
+fn packs(bare: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(bare.join("objects/pack"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
