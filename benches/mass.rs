@@ -211,12 +211,11 @@ impl Humans {
             .is_ok_and(|s| s.success())
     }
 
-    /// Human `h`'s `i`th commit, pushed to the remote's main: with `git` from the clone
-    /// at `dir` (`pull --rebase` and again on a lost race), or for `Rate` made in the
-    /// remote `bare`. False when `stop` came first.
-    fn push(&self, h: usize, i: usize, dir: &Path, bare: &Path, stop: &AtomicBool) -> bool {
+    /// Human `h`'s `i`th commit in the clone at `dir` (for `Rate`, nothing: `push`
+    /// makes it in the remote, on the head it lands on).
+    fn commit(&self, h: usize, i: usize, dir: &Path) {
         if let Humans::Rate(_) = self {
-            return moved(bare, h, i, stop);
+            return;
         }
         std::fs::write(dir.join(format!("notes-{h}.txt")), format!("{i}\n")).expect("write");
         let message = format!("human {h}: note {i}");
@@ -224,6 +223,15 @@ impl Humans {
             self.git(dir, &["add", "-A"]) && self.git(dir, &["commit", "-qm", &message]),
             "human {h} cannot commit"
         );
+    }
+
+    /// Human `h`'s `i`th commit, pushed to the remote's main: with `git` from the clone
+    /// at `dir` (`pull --rebase` and again on a lost race), or for `Rate` made in the
+    /// remote `bare`. False when `stop` came first.
+    fn push(&self, h: usize, i: usize, dir: &Path, bare: &Path, stop: &AtomicBool) -> bool {
+        if let Humans::Rate(_) = self {
+            return moved(bare, h, i, stop);
+        }
         while !stop.load(Ordering::Relaxed) {
             if self.git(dir, &["push", "-q", "origin", "HEAD:main"]) {
                 return true;
@@ -490,6 +498,7 @@ fn in_process(n: usize, rounds: usize, humans: Option<Humans>, say: &dyn Fn(Stri
                         break;
                     }
                     i += 1;
+                    place.commit(h, i, &dir);
                     let committed = Instant::now();
                     if place.push(h, i, &dir, &bare, &stop) {
                         if let Ok(mut w) = waits.lock() {
