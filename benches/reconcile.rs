@@ -6,7 +6,8 @@
 //! (b) one status commit pushed to the bare remote by `Writer`. Goal: p50 ≤ 20 ms.
 //! (c) both again with 10,000 other plans (finished rollouts) in the repository; plus
 //!     the cost of one idle `tick` of an in-process `Reconciler` over all of them.
-//! Run: `cargo bench --bench reconcile` (add `-- N` for another count of other plans).
+//! Run: `cargo bench --bench reconcile` (add `-- N` for another count of other plans, and
+//! `-- --sharded` for the sharded status layout, `writeBack.statusLayout: sharded`).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run.
 
 #[path = "../tests/support/mod.rs"]
@@ -19,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollgate::daemon::Reconciler;
-use rollgate::model::settings::WriteBack;
+use rollgate::model::settings::{StatusLayout, WriteBack};
 use rollgate::model::status::{Phase, Status, Success};
 use rollgate::source::git::GitSource;
 use rollgate::targets::Target;
@@ -37,6 +38,8 @@ struct Config {
     rounds: usize,
     others: usize,
     smoke: bool,
+    /// Status files in shard folders (`writeBack.statusLayout: sharded`).
+    sharded: bool,
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn main() {
         rounds: if smoke { 2 } else { 30 },
         others,
         smoke,
+        sharded: args.iter().any(|a| a == "--sharded"),
     };
     for n in [0, cfg.others] {
         run(&cfg, n);
@@ -68,12 +72,13 @@ fn say(cfg: &Config, line: &str) {
 
 fn run(cfg: &Config, others: usize) {
     let started = Instant::now();
-    let remote = seeded(others);
+    let remote = seeded(others, cfg.sharded);
     say(
         cfg,
         &format!(
-            "repository with {others} other plans seeded in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "repository with {others} other plans seeded in {:.1} s (status layout: {})",
+            started.elapsed().as_secs_f64(),
+            if cfg.sharded { "sharded" } else { "flat" }
         ),
     );
 
@@ -115,10 +120,20 @@ fn run(cfg: &Config, others: usize) {
         "main",
     )
     .expect("open the remote");
-    let wb = WriteBack::default();
+    let wb = WriteBack {
+        status_layout: if cfg.sharded {
+            StatusLayout::Sharded
+        } else {
+            StatusLayout::Flat
+        },
+        ..WriteBack::default()
+    };
     let mut writer = Writer::new(&src, &wb);
     // As the daemon's flush writes: on the head its pass fetched (no fetch of its own).
     writer.first_on_known_head = true;
+    // The pass fetched that head before it decided: the clone's first fetch (the whole
+    // repository) is not part of a status write.
+    src.fetch().expect("fetch");
     let mut write = Vec::new();
     for i in 0..cfg.rounds.max(2) * 2 {
         let spec = status_spec(i);
@@ -230,10 +245,21 @@ fn report(cfg: &Config, what: &str, samples: &mut [Duration], goal_ms: f64) {
 }
 
 /// A remote with `rollgate.yaml`, the plan `bench` at v1, and `others` plans whose
-/// rollouts already succeeded (each with its status file).
-fn seeded(others: usize) -> Remote {
+/// rollouts already succeeded (each with its status file, in shard folders when
+/// `sharded`).
+fn seeded(others: usize, sharded: bool) -> Remote {
+    let layout = if sharded {
+        StatusLayout::Sharded
+    } else {
+        StatusLayout::Flat
+    };
+    let settings = if sharded {
+        format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n")
+    } else {
+        SETTINGS.to_owned()
+    };
     let mut files = vec![
-        ("rollgate.yaml".to_owned(), SETTINGS.to_owned()),
+        ("rollgate.yaml".to_owned(), settings),
         (bench_plan().path(), bench_plan().yaml()),
     ];
     let now = chrono::Utc::now();
@@ -253,7 +279,7 @@ fn seeded(others: usize) -> Remote {
         s.last_transition_at = Some(now);
         s.message = Some("v1 is stable".to_owned());
         files.push((
-            format!("status/{}.yaml", plan.name),
+            layout.physical(&format!("status/{}.yaml", plan.name)),
             s.to_yaml().expect("status yaml"),
         ));
         files.push((plan.path(), plan.yaml()));

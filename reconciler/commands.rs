@@ -68,7 +68,7 @@ pub fn applicable(repo: &Repository, commit: Oid, c: Command, plan: &str) -> Res
     use crate::model::status::{HoldKind, Phase, Status};
     let tree = repo.find_commit(commit)?.tree()?;
     let read = |path: &str| -> Option<String> {
-        let entry = tree.get_path(std::path::Path::new(path)).ok()?;
+        let entry = crate::source::git::entry_at(&tree, path)?;
         let blob = repo.find_blob(entry.id()).ok()?;
         std::str::from_utf8(blob.content()).ok().map(str::to_owned)
     };

@@ -856,7 +856,7 @@ spec:
         files.insert("plans/latin1.yaml".to_owned(), b"kind: caf\xe9\n".to_vec());
         Snapshot {
             files,
-            refused: Vec::new(),
+            ..Snapshot::default()
         }
     }
 

@@ -249,16 +249,9 @@ pub fn render_text(entries: &[Entry]) -> String {
 /// Every status file at `head`.
 pub fn statuses(repo: &Repository, head: Oid) -> Result<Vec<Status>> {
     let tree = repo.find_commit(head)?.tree()?;
-    let Ok(entry) = tree.get_path(std::path::Path::new("status")) else {
-        return Ok(Vec::new());
-    };
-    let dir = repo.find_tree(entry.id())?;
     let mut out = Vec::new();
-    for e in dir.iter() {
-        if e.filemode() == 0o120000 {
-            continue;
-        }
-        let Ok(blob) = repo.find_blob(e.id()) else {
+    for id in crate::source::git::status_entries(repo, &tree)?.into_values() {
+        let Ok(blob) = repo.find_blob(id) else {
             continue;
         };
         if let Some(s) = std::str::from_utf8(blob.content())

@@ -76,9 +76,11 @@ impl Reconciler {
                 .diagnostics
                 .extend(self.policy_errors.iter().cloned());
         }
+        let changing: std::collections::HashSet<&str> =
+            changed.iter().map(String::as_str).collect();
         for d in &self.report.diagnostics {
             // Log what this change broke (not every old problem again).
-            if changed.contains(&d.file)
+            if changing.contains(d.file.as_str())
                 || !prev_rejected.contains(&d.file) && self.report.rejected.contains(&d.file)
             {
                 log_diagnostic(d);
@@ -87,7 +89,7 @@ impl Reconciler {
         // Plans whose file this change touched are new work (`order::Priority::New`,
         // or urgent when they change a rollout in flight).
         for (name, pp) in &self.report.accepted {
-            if changed.contains(&pp.file) {
+            if changing.contains(pp.file.as_str()) {
                 self.fresh.insert(name.clone());
             }
         }
@@ -138,8 +140,15 @@ impl Reconciler {
             return false;
         }
         let paths: Vec<String> = edits.iter().map(|e| e.path.clone()).collect();
+        // The writer stored each where the configured layout keeps it.
+        let sharded = self.write_back().status_layout == StatusLayout::Sharded;
         for e in edits {
             self.snapshot.refused.retain(|d| d.file != e.path);
+            if sharded && e.content.is_some() {
+                self.snapshot.sharded.insert(e.path.clone());
+            } else {
+                self.snapshot.sharded.remove(&e.path);
+            }
             match &e.content {
                 Some(bytes) => {
                     self.snapshot.files.insert(e.path.clone(), bytes.clone());

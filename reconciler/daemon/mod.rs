@@ -21,6 +21,7 @@
 mod adapters;
 mod execute;
 mod intake;
+mod layout;
 mod observe;
 pub mod order;
 mod record;
@@ -41,7 +42,7 @@ use crate::engine::{self, Command, Decision, Observation, Observed, TargetHealth
 use crate::gate::{self, Change, GateCache, GateContext, GateReport, PolicyEngine};
 use crate::metrics::{MetricsSource, QueryContext};
 use crate::model::plan::Routing;
-use crate::model::settings::WriteBack;
+use crate::model::settings::{StatusLayout, WriteBack};
 use crate::model::status::{Phase, Status};
 use crate::model::validate::ParsedPlan;
 use crate::model::{Diagnostic, Plan};
@@ -237,6 +238,9 @@ pub struct Reconciler {
     /// The commit the last `flush` pushed (`None`: it pushed nothing): the branch's
     /// history up to it is known without a fetch (`new_commits_waiting`).
     pushed: Option<Oid>,
+    /// The last move of the status files to the configured layout failed: try again
+    /// (`layout::settle_status_layout`).
+    layout_retry: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -315,6 +319,7 @@ impl Reconciler {
             cursor: None,
             chunk: order::ChunkSize::default(),
             pushed: None,
+            layout_retry: false,
         }
     }
 
@@ -480,6 +485,9 @@ impl Reconciler {
             self.advance(head, now)?;
             self.forget_deleted_plans();
             tracing::debug!(%head, ms = t.elapsed().as_millis() as u64, "new commits taken in");
+            self.settle_status_layout();
+        } else if self.layout_retry {
+            self.settle_status_layout();
         }
         let mut report = TickReport {
             head: Some(head.to_string()),

@@ -247,6 +247,29 @@ pub struct WriteBack {
     pub committer: Identity,
     pub skip_ci: bool,
     pub signing: Option<Signing>,
+    /// Where status files are stored (`writeBack.statusLayout`).
+    pub status_layout: StatusLayout,
+}
+
+/// Where the status files are stored. Everything but the Git boundary (the reads of
+/// `source::git`, `history`, and the writer) sees only the logical path
+/// `status/<plan>.yaml`.
+///
+/// - `Flat`: `status/<plan>.yaml`, every status file in one folder (the default).
+/// - `Sharded`: `status/<hh>/<plan>.yaml`, `hh` the two lowercase hex digits of
+///   `source::status_shard`: 256 folders, so a status commit in a repository of 10,000 plans
+///   writes a folder of about 40 entries and one of 256, not one of 10,000 (about
+///   0.4 MB, written, pushed and fetched with every transition).
+///
+/// Readers accept both at once (a file in its shard folder wins over a flat one), so a
+/// repository can move between them: the writer writes each status at the configured
+/// place and deletes it at the other, and the daemon moves every status file in one
+/// commit when the setting changes (`Rollgate-Status-Layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusLayout {
+    #[default]
+    Flat,
+    Sharded,
 }
 
 impl Default for WriteBack {
@@ -261,6 +284,7 @@ impl Default for WriteBack {
             committer: id,
             skip_ci: false,
             signing: None,
+            status_layout: StatusLayout::Flat,
         }
     }
 }

@@ -674,6 +674,17 @@ pub struct WriteBack {
     pub skip_ci: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
+    /// Where status files are stored: `flat` (`status/<plan>.yaml`, the default) or
+    /// `sharded` (`status/<hh>/<plan>.yaml`, 256 folders; for thousands of plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_layout: Option<StatusLayout>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StatusLayout {
+    Flat,
+    Sharded,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -351,7 +351,7 @@ fn status_at(repo: &Repository, commit: &git2::Commit<'_>, plan: &str) -> Option
 }
 
 fn file_at(repo: &Repository, commit: &git2::Commit<'_>, path: &str) -> Option<String> {
-    let entry = commit.tree().ok()?.get_path(Path::new(path)).ok()?;
+    let entry = crate::source::git::entry_at(&commit.tree().ok()?, path)?;
     let blob = repo.find_blob(entry.id()).ok()?;
     String::from_utf8(blob.content().to_vec()).ok()
 }

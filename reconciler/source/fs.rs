@@ -24,7 +24,8 @@ const DIRS: &[(&str, Wanted)] = &[
     }),
 ];
 
-/// Read `rollgate.yaml`, `plans/`, `status/` and `policies/` (one level, no recursion).
+/// Read `rollgate.yaml`, `plans/`, `status/` (with its shard folders, `StatusLayout`) and
+/// `policies/` (one level, no recursion).
 pub fn read_dir(root: &Path) -> std::io::Result<Snapshot> {
     let meta = fs::metadata(root)?;
     if !meta.is_dir() {
@@ -57,9 +58,39 @@ pub fn read_dir(root: &Path) -> std::io::Result<Snapshot> {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         names.sort();
+        let mut shards = Vec::new();
         for name in names {
             if wanted(&name) {
                 read_one(root, &format!("{dir}/{name}"), &mut snap);
+            } else if *dir == "status" && super::is_shard_folder(&name) {
+                shards.push(name);
+            }
+        }
+        // A status file in its shard folder (`StatusLayout::Sharded`) wins over a flat one.
+        for hh in shards {
+            let folder = path.join(&hh);
+            if fs::symlink_metadata(&folder).is_ok_and(|m| !m.is_dir()) {
+                continue; // a symlink or a file named like a shard folder: not read
+            }
+            let Ok(entries) = fs::read_dir(&folder) else {
+                continue;
+            };
+            let mut files: Vec<String> = entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_yaml(n) && super::status_shard(n) == hh)
+                .collect();
+            files.sort();
+            for name in files {
+                let logical = format!("status/{name}");
+                let mut one = Snapshot::default();
+                read_one(root, &format!("status/{hh}/{name}"), &mut one);
+                if let Some(bytes) = one.files.into_values().next() {
+                    snap.refused.retain(|d| d.file != logical);
+                    snap.files.insert(logical.clone(), bytes);
+                    snap.sharded.insert(logical);
+                }
+                snap.refused.extend(one.refused);
             }
         }
     }

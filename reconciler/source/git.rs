@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use git2::{ObjectType, Oid, Repository};
 
-use super::{SETTINGS_FILE, Snapshot, is_yaml};
+use super::{SETTINGS_FILE, Snapshot, is_shard_folder, is_status_path, is_yaml, status_shard};
 use crate::model::yaml::MAX_FILE_BYTES;
 use crate::model::{Code, Diagnostic};
 
@@ -62,6 +62,8 @@ pub enum SnapshotError {
 /// The trailer that marks rollgate's own commits.
 pub const TRAILER_PLAN: &str = "Rollgate-Plan";
 pub const TRAILER_COMMAND: &str = "Rollgate-Command";
+/// The trailer of the commit that moves the status files to another layout.
+pub const TRAILER_STATUS_LAYOUT: &str = crate::writeback::messages::STATUS_LAYOUT;
 
 pub struct GitSource {
     repo: Repository,
@@ -93,6 +95,8 @@ struct Listing {
     /// for `plans/`) share one listing.
     tree: Oid,
     blobs: std::collections::HashMap<String, Oid>,
+    /// `status/` only: its shard folders (`StatusLayout::Sharded`), by name.
+    shards: std::collections::HashMap<String, Oid>,
 }
 
 /// Entries of one tree by path, each first-level folder's tree read once (see the
@@ -113,20 +117,57 @@ impl<'r> Folders<'r> {
     }
 
     fn entry(&mut self, path: &str) -> Option<git2::TreeEntry<'static>> {
+        self.located(path).map(|(e, _)| e)
+    }
+
+    /// Like `entry`, and whether a status file was found in its shard folder
+    /// (`status/<hh>/<file>` for the logical `status/<file>`, which wins over a flat one).
+    fn located(&mut self, path: &str) -> Option<(git2::TreeEntry<'static>, bool)> {
+        if is_status_path(path)
+            && let Some(file) = path.strip_prefix("status/")
+        {
+            let hh = status_shard(file);
+            let key = format!("status/{hh}");
+            if !self.subs.contains_key(&key) {
+                // Through the cached `status` folder: a flat one of 10,000 entries is
+                // read once per call, not once per file.
+                let shard = self
+                    .folder("status")
+                    .and_then(|status| status.get_name(&hh).map(|e| e.to_owned()))
+                    .filter(|e| e.kind() == Some(ObjectType::Tree))
+                    .and_then(|e| self.repo.find_tree(e.id()).ok());
+                self.subs.insert(key.clone(), shard);
+            }
+            let sub = self.subs.get(&key).and_then(Option::as_ref);
+            if let Some(e) = sub.and_then(|t| t.get_name(file)) {
+                return Some((e.to_owned(), true));
+            }
+        }
+        self.flat_entry(path).map(|e| (e, false))
+    }
+
+    fn flat_entry(&mut self, path: &str) -> Option<git2::TreeEntry<'static>> {
         let Some((folder, rest)) = path.split_once('/') else {
             return self.tree.get_name(path).map(|e| e.to_owned());
         };
         if folder.is_empty() || rest.is_empty() || rest.contains('/') {
             return self.tree.get_path(Path::new(path)).ok();
         }
+        self.folder(folder)?.get_name(rest).map(|e| e.to_owned())
+    }
+
+    /// The first-level folder `name`'s tree, read once.
+    fn folder(&mut self, name: &str) -> Option<&git2::Tree<'r>> {
         let (tree, repo) = (&self.tree, self.repo);
-        let sub = self.subs.entry(folder.to_owned()).or_insert_with(|| {
-            let e = tree.get_name(folder)?;
-            (e.kind() == Some(ObjectType::Tree))
-                .then(|| repo.find_tree(e.id()).ok())
-                .flatten()
-        });
-        sub.as_ref()?.get_name(rest).map(|e| e.to_owned())
+        self.subs
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let e = tree.get_name(name)?;
+                (e.kind() == Some(ObjectType::Tree))
+                    .then(|| repo.find_tree(e.id()).ok())
+                    .flatten()
+            })
+            .as_ref()
     }
 }
 
@@ -151,7 +192,8 @@ impl CommitInfo {
     /// Written by rollgate itself (a status, revert or restore commit): never reacted to.
     /// Command commits (`Rollgate-Command`) are made for humans and are acted on.
     pub fn is_rollgate(&self) -> bool {
-        self.trailer(TRAILER_PLAN).is_some() && self.trailer(TRAILER_COMMAND).is_none()
+        (self.trailer(TRAILER_PLAN).is_some() || self.trailer(TRAILER_STATUS_LAYOUT).is_some())
+            && self.trailer(TRAILER_COMMAND).is_none()
     }
 }
 
@@ -353,16 +395,20 @@ impl GitSource {
     ) -> Result<()> {
         let tree = self.root_tree(commit)?;
         let mut folders = Folders::new(&self.repo, tree);
+        // A set: a move of the layout changes every status file (10,000 × 20,000 compares).
+        let changing: std::collections::HashSet<&str> =
+            changed.iter().map(String::as_str).collect();
         let kept: usize = snap
             .files
             .iter()
-            .filter(|(p, _)| !changed.contains(p))
+            .filter(|(p, _)| !changing.contains(p.as_str()))
             .map(|(_, b)| b.len())
             .sum();
         self.within_budget(&mut folders, changed, kept)?;
-        snap.refused.retain(|d| !changed.contains(&d.file));
+        snap.refused.retain(|d| !changing.contains(d.file.as_str()));
         for path in changed {
             snap.files.remove(path);
+            snap.sharded.remove(path);
             self.read_path(&mut folders, path, snap)?;
         }
         Ok(())
@@ -393,16 +439,36 @@ impl GitSource {
             };
             if entry.kind() == Some(ObjectType::Tree) && !path.contains('/') {
                 let sub = self.repo.find_tree(entry.id())?;
-                if sub.len() > MAX_FOLDER_ENTRIES {
-                    return Err(SnapshotError::TooManyEntries {
-                        folder: path.clone(),
-                        entries: sub.len(),
-                    }
-                    .into());
+                // The entries of a folder, its status shard folders' included.
+                let mut entries = sub.len();
+                let too_many = |entries: usize| SnapshotError::TooManyEntries {
+                    folder: path.clone(),
+                    entries,
+                };
+                if entries > MAX_FOLDER_ENTRIES {
+                    return Err(too_many(entries).into());
                 }
                 for e in sub.iter() {
-                    if e.name().is_ok_and(|n| wanted(&format!("{path}/{n}"))) {
+                    let Ok(n) = e.name() else { continue };
+                    if wanted(&format!("{path}/{n}")) {
                         bytes = bytes.saturating_add(size_of(&e)?);
+                    } else if path == "status"
+                        && is_shard_folder(n)
+                        && e.kind() == Some(ObjectType::Tree)
+                    {
+                        let shard = self.repo.find_tree(e.id())?;
+                        entries = entries.saturating_add(shard.len());
+                        if entries > MAX_FOLDER_ENTRIES {
+                            return Err(too_many(entries).into());
+                        }
+                        for f in shard.iter() {
+                            if f.name().is_ok_and(|f| is_yaml(f) && status_shard(f) == n) {
+                                bytes = bytes.saturating_add(size_of(&f)?);
+                            }
+                        }
+                    }
+                    if bytes > MAX_SNAPSHOT_BYTES {
+                        return Err(SnapshotError::TooLarge { bytes }.into());
                     }
                 }
             } else if wanted(path) {
@@ -427,7 +493,7 @@ impl GitSource {
     }
 
     fn read_path(&self, folders: &mut Folders<'_>, path: &str, snap: &mut Snapshot) -> Result<()> {
-        let Some(entry) = folders.entry(path) else {
+        let Some((entry, sharded)) = folders.located(path) else {
             return Ok(());
         };
         match entry.kind() {
@@ -436,17 +502,38 @@ impl GitSource {
                     return Ok(()); // one level only: plans/<name>.yaml
                 }
                 let sub = self.repo.find_tree(entry.id())?;
+                let mut shards = Vec::new();
                 for e in sub.iter() {
                     let Ok(name) = e.name() else { continue };
                     let child = format!("{path}/{name}");
                     if wanted(&child) {
                         self.read_entry(&child, &e, snap)?;
+                    } else if path == "status"
+                        && is_shard_folder(name)
+                        && e.kind() == Some(ObjectType::Tree)
+                    {
+                        shards.push((name.to_owned(), e.id()));
+                    }
+                }
+                // After the flat files: a status file in its shard folder wins.
+                for (hh, id) in shards {
+                    for e in self.repo.find_tree(id)?.iter() {
+                        let Ok(name) = e.name() else { continue };
+                        if is_yaml(name) && status_shard(name) == hh {
+                            let logical = format!("status/{name}");
+                            snap.refused.retain(|d| d.file != logical);
+                            self.read_entry(&logical, &e, snap)?;
+                            snap.sharded.insert(logical);
+                        }
                     }
                 }
             }
             _ => {
                 if wanted(path) {
                     self.read_entry(path, &entry, snap)?;
+                    if sharded {
+                        snap.sharded.insert(path.to_owned());
+                    }
                 }
             }
         }
@@ -519,7 +606,8 @@ impl GitSource {
         for d in diff.deltas() {
             for f in [d.old_file(), d.new_file()] {
                 if let Some(p) = f.path().and_then(Path::to_str) {
-                    out.insert(p.to_owned());
+                    // A status file by its logical path, whichever layout stores it.
+                    out.insert(super::logical_status_path(p).into_owned());
                 }
             }
         }
@@ -750,6 +838,54 @@ impl GitSource {
         }
     }
 
+    /// The status files at `commit` not stored where `layout` keeps them (a plan's status
+    /// in both places counts too), each as an edit of its logical path with the content
+    /// that wins (the shard folder's): written through the `Writer`, each moves.
+    pub fn misplaced_status(
+        &self,
+        commit: Oid,
+        layout: super::StatusLayout,
+    ) -> Result<Vec<crate::writeback::Edit>> {
+        let root = self.root_tree(commit)?;
+        // Where each status file is stored: flat, in its shard folder, or both.
+        let mut flat = BTreeSet::new();
+        let mut sharded = BTreeSet::new();
+        if let Ok(e) = root.get_path(Path::new("status"))
+            && let Ok(dir) = self.repo.find_tree(e.id())
+        {
+            for e in dir.iter() {
+                let Ok(name) = e.name() else { continue };
+                if is_yaml(name) && e.kind() == Some(ObjectType::Blob) {
+                    flat.insert(format!("status/{name}"));
+                } else if is_shard_folder(name) && e.kind() == Some(ObjectType::Tree) {
+                    for f in self.repo.find_tree(e.id())?.iter() {
+                        if let Ok(file) = f.name()
+                            && is_yaml(file)
+                            && status_shard(file) == name
+                            && f.kind() == Some(ObjectType::Blob)
+                        {
+                            sharded.insert(format!("status/{file}"));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (logical, id) in status_entries(&self.repo, &root)? {
+            let misplaced = match layout {
+                super::StatusLayout::Flat => sharded.contains(&logical),
+                super::StatusLayout::Sharded => flat.contains(&logical),
+            };
+            if misplaced {
+                out.push(crate::writeback::Edit {
+                    path: logical,
+                    content: Some(self.repo.find_blob(id)?.content().to_vec()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The blob `folder/name` names at `commit`, from the kept listing of that folder
     /// (read once per commit and folder; see the module header).
     fn listed_blob(&self, commit: Oid, folder: &str, name: &str) -> Result<Option<Oid>> {
@@ -768,24 +904,90 @@ impl GitSource {
             Some(i) => listings.remove(i),
             None => {
                 let mut blobs = std::collections::HashMap::new();
+                let mut shards = std::collections::HashMap::new();
                 for e in self.repo.find_tree(tree)?.iter() {
-                    if e.kind() == Some(ObjectType::Blob)
-                        && e.filemode() != 0o120000
-                        && let Ok(n) = e.name()
-                    {
+                    let Ok(n) = e.name() else { continue };
+                    if e.kind() == Some(ObjectType::Blob) && e.filemode() != 0o120000 {
                         blobs.insert(n.to_owned(), e.id());
+                    } else if folder == "status"
+                        && is_shard_folder(n)
+                        && e.kind() == Some(ObjectType::Tree)
+                    {
+                        shards.insert(n.to_owned(), e.id());
                     }
                 }
-                Listing { tree, blobs }
+                Listing {
+                    tree,
+                    blobs,
+                    shards,
+                }
             }
         };
-        let blob = listing.blobs.get(name).copied();
+        // A status file in its shard folder wins over a flat one (`StatusLayout`).
+        let sharded = match listing.shards.get(&status_shard(name)) {
+            Some(id) if is_yaml(name) => self
+                .repo
+                .find_tree(*id)?
+                .get_name(name)
+                .filter(|e| e.kind() == Some(ObjectType::Blob) && e.filemode() != 0o120000)
+                .map(|e| e.id()),
+            _ => None,
+        };
+        let blob = sharded.or_else(|| listing.blobs.get(name).copied());
         if listings.len() >= LISTINGS {
             listings.remove(0);
         }
         listings.push(listing);
         Ok(blob)
     }
+}
+
+/// The entry at `path` in the root tree `root`, a logical status path
+/// (`status/<plan>.yaml`) looked up in its shard folder first (`StatusLayout`). For the
+/// readers outside a `GitSource` (`history`, the CLI's commands, the notifier).
+pub fn entry_at(root: &git2::Tree<'_>, path: &str) -> Option<git2::TreeEntry<'static>> {
+    if is_status_path(path)
+        && let Some(file) = path.strip_prefix("status/")
+        && let Ok(e) = root.get_path(Path::new(&format!("status/{}/{file}", status_shard(file))))
+    {
+        return Some(e);
+    }
+    root.get_path(Path::new(path)).ok()
+}
+
+/// Every status file of the root tree `root`, flat or in its shard folder (which wins),
+/// by logical path; symlinks and other entries left out.
+pub fn status_entries(repo: &Repository, root: &git2::Tree<'_>) -> Result<BTreeMap<String, Oid>> {
+    let mut out = BTreeMap::new();
+    let Ok(entry) = root.get_path(Path::new("status")) else {
+        return Ok(out);
+    };
+    let Ok(dir) = repo.find_tree(entry.id()) else {
+        return Ok(out);
+    };
+    let is_file =
+        |e: &git2::TreeEntry<'_>| e.kind() == Some(ObjectType::Blob) && e.filemode() != 0o120000;
+    let mut shards = Vec::new();
+    for e in dir.iter() {
+        let Ok(name) = e.name() else { continue };
+        if is_file(&e) && is_yaml(name) {
+            out.insert(format!("status/{name}"), e.id());
+        } else if is_shard_folder(name) && e.kind() == Some(ObjectType::Tree) {
+            shards.push((name.to_owned(), e.id()));
+        }
+    }
+    for (hh, id) in shards {
+        for e in repo.find_tree(id)?.iter() {
+            if let Ok(name) = e.name()
+                && is_file(&e)
+                && is_yaml(name)
+                && status_shard(name) == hh
+            {
+                out.insert(format!("status/{name}"), e.id());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// libgit2's process-wide settings, set once: objects read are not hashed again (see the
@@ -1220,6 +1422,216 @@ mod tests {
             now.iter()
                 .all(|(name, deleted)| !deleted && !old.iter().any(|(o, _)| o == name)),
             "no old pack stays mapped: {now:?} (before: {old:?})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    //! The status layouts (`StatusLayout`) as every reader of a `GitSource` sees them.
+    use super::*;
+    use crate::source::StatusLayout;
+    use crate::writeback::Edit;
+
+    /// A commit on `main` with `files` (nested paths allowed) on top of `parent`.
+    fn commit(repo: &Repository, files: &[(&str, Option<&[u8]>)], parent: Option<Oid>) -> Oid {
+        let base = match parent {
+            Some(p) => repo.find_commit(p).expect("parent").tree_id(),
+            None => repo
+                .treebuilder(None)
+                .expect("tb")
+                .write()
+                .expect("empty tree"),
+        };
+        let edits: Vec<Edit> = files
+            .iter()
+            .map(|(p, c)| Edit {
+                path: (*p).to_owned(),
+                content: c.map(<[u8]>::to_vec),
+            })
+            .collect();
+        let tree = crate::writeback::put_files(repo, base, &edits).expect("put");
+        let tree = repo.find_tree(tree).expect("tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).expect("parent"))
+            .into_iter()
+            .collect();
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "c", &tree, &parents)
+            .expect("commit")
+    }
+
+    fn sharded(file: &str) -> String {
+        format!("status/{}/{file}", status_shard(file))
+    }
+
+    /// A source over a bare repository whose `main` is the tracked branch.
+    fn source(dir: &Path) -> (GitSource, Repository) {
+        let remote = dir.join("remote.git");
+        let repo = Repository::init_bare(&remote).expect("repo");
+        let src = GitSource::open(remote.to_str().expect("utf8"), &dir.join("clone"), "main")
+            .expect("open");
+        (src, repo)
+    }
+
+    #[test]
+    fn status_files_in_their_shard_folder_are_read_by_their_logical_path_and_win_over_flat_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, repo) = source(dir.path());
+        let wrong = if status_shard("stray.yaml") == "00" {
+            "01"
+        } else {
+            "00"
+        };
+        let stray = format!("status/{wrong}/stray.yaml");
+        let head = commit(
+            &repo,
+            &[
+                (&sharded("web.yaml"), Some(b"web: sharded")),
+                ("status/old.yaml", Some(b"old: flat")),
+                ("status/both.yaml", Some(b"both: flat")),
+                (&sharded("both.yaml"), Some(b"both: sharded")),
+                (&stray, Some(b"in the wrong folder")),
+                ("plans/web.yaml", Some(b"plan")),
+            ],
+            None,
+        );
+        assert_eq!(src.fetch().expect("fetch"), head);
+        let snap = src.snapshot(head).expect("snapshot");
+        let statuses: Vec<(&str, &[u8])> = snap
+            .status_files()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("status/both.yaml", &b"both: sharded"[..]),
+                ("status/old.yaml", &b"old: flat"[..]),
+                ("status/web.yaml", &b"web: sharded"[..]),
+            ]
+        );
+        assert_eq!(
+            snap.sharded.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["status/both.yaml", "status/web.yaml"]
+        );
+        assert!(snap.refused.is_empty(), "{:?}", snap.refused);
+        for (path, want) in [
+            ("status/web.yaml", Some(&b"web: sharded"[..])),
+            ("status/both.yaml", Some(&b"both: sharded"[..])),
+            ("status/old.yaml", Some(&b"old: flat"[..])),
+            ("status/stray.yaml", None),
+        ] {
+            assert_eq!(
+                src.file_at(head, path).expect("file_at").as_deref(),
+                want,
+                "{path}"
+            );
+            let root = src.root_tree(head).expect("root");
+            let by_entry = entry_at(&root, path)
+                .map(|e| repo.find_blob(e.id()).expect("blob").content().to_vec());
+            assert_eq!(by_entry.as_deref(), want, "entry_at {path}");
+        }
+        // Moving to either layout: the files stored elsewhere, or twice.
+        let moves = |layout| -> Vec<String> {
+            src.misplaced_status(head, layout)
+                .expect("misplaced")
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e.path,
+                        String::from_utf8_lossy(&e.content.unwrap_or_default())
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            moves(StatusLayout::Sharded),
+            vec![
+                "status/both.yaml=both: sharded",
+                "status/old.yaml=old: flat"
+            ]
+        );
+        assert_eq!(
+            moves(StatusLayout::Flat),
+            vec![
+                "status/both.yaml=both: sharded",
+                "status/web.yaml=web: sharded"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_status_file_moved_between_layouts_is_one_logical_change_and_the_snapshot_follows_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, repo) = source(dir.path());
+        let first = commit(&repo, &[("status/web.yaml", Some(b"v: 1"))], None);
+        let moved = commit(
+            &repo,
+            &[
+                ("status/web.yaml", None),
+                (&sharded("web.yaml"), Some(b"v: 2")),
+            ],
+            Some(first),
+        );
+        assert_eq!(src.fetch().expect("fetch"), moved);
+        let changed = src.changed_paths(Some(first), moved).expect("diff");
+        assert_eq!(changed, vec!["status/web.yaml".to_owned()]);
+        let mut snap = src.snapshot(first).expect("snapshot");
+        assert!(snap.sharded.is_empty());
+        src.update_snapshot(&mut snap, moved, &changed)
+            .expect("update");
+        assert_eq!(
+            snap.files.get("status/web.yaml").map(Vec::as_slice),
+            Some(&b"v: 2"[..])
+        );
+        assert!(snap.sharded.contains("status/web.yaml"));
+        // Back to flat: the snapshot forgets the shard.
+        let back = commit(
+            &repo,
+            &[
+                (&sharded("web.yaml"), None),
+                ("status/web.yaml", Some(b"v: 3")),
+            ],
+            Some(moved),
+        );
+        assert_eq!(src.fetch().expect("fetch"), back);
+        let changed = src.changed_paths(Some(moved), back).expect("diff");
+        src.update_snapshot(&mut snap, back, &changed)
+            .expect("update");
+        assert_eq!(
+            snap.files.get("status/web.yaml").map(Vec::as_slice),
+            Some(&b"v: 3"[..])
+        );
+        assert!(snap.sharded.is_empty());
+    }
+
+    #[test]
+    fn shard_folders_count_toward_the_status_folder_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, repo) = source(dir.path());
+        // More status files than one folder may hold, spread over shard folders: the
+        // revision is refused as a flat folder of as many would be.
+        let mut files = Vec::new();
+        let mut n = 0;
+        while files.len() <= MAX_FOLDER_ENTRIES {
+            files.push(sharded(&format!("p{n}.yaml")));
+            n += 1;
+        }
+        let edits: Vec<(&str, Option<&[u8]>)> = files
+            .iter()
+            .map(|p| (p.as_str(), Some(&b"x"[..])))
+            .collect();
+        let head = commit(&repo, &edits, None);
+        assert_eq!(src.fetch().expect("fetch"), head);
+        let err = src.snapshot(head).expect_err("too many");
+        assert!(
+            matches!(
+                err.downcast_ref::<SnapshotError>(),
+                Some(SnapshotError::TooManyEntries { folder, .. }) if folder == "status"
+            ),
+            "{err:#}"
         );
     }
 }

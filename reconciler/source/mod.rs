@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Files that were refused (symlinks, too large, unreadable).
     pub refused: Vec<Diagnostic>,
+    /// The status files (by logical path) stored in their shard folder
+    /// (`status/<hh>/<plan>.yaml`); the others in `files` are stored flat.
+    pub sharded: std::collections::BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -45,8 +48,118 @@ pub fn is_plan_path(path: &str) -> bool {
         .is_some_and(|rest| !rest.contains('/') && is_yaml(rest))
 }
 
-/// `status/<name>.yaml`: a status file as the snapshot holds it.
+/// `status/<name>.yaml`: a status file as the snapshot holds it (its logical path,
+/// whichever layout the repository stores it in: [`StatusLayout`]).
 pub fn is_status_path(path: &str) -> bool {
     path.strip_prefix("status/")
         .is_some_and(|rest| !rest.contains('/') && is_yaml(rest))
+}
+
+pub use crate::model::settings::StatusLayout;
+
+/// Status paths by layout (the type is the setting `writeBack.statusLayout`).
+impl StatusLayout {
+    /// Where the status file with the logical path `logical` is stored in this layout
+    /// (`logical` itself when it is not a status path).
+    pub fn physical(self, logical: &str) -> String {
+        match (self, logical.strip_prefix("status/")) {
+            (Self::Sharded, Some(file)) if is_status_path(logical) => {
+                format!("status/{}/{file}", status_shard(file))
+            }
+            _ => logical.to_owned(),
+        }
+    }
+
+    /// The other layout.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Flat => Self::Sharded,
+            Self::Sharded => Self::Flat,
+        }
+    }
+}
+
+/// The shard folder of a status file: FNV-1a 64 of its file name (`<plan>.yaml`) modulo
+/// 256, as two lowercase hex digits. Stable across builds and releases: it is part of
+/// the repository format.
+pub fn status_shard(file: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in file.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:02x}", h % 256)
+}
+
+/// Whether `name` is a shard folder's name (two lowercase hex digits).
+pub fn is_shard_folder(name: &str) -> bool {
+    name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The logical path of a status file stored at `physical`: `status/<hh>/<file>` is
+/// `status/<file>` when `hh` is the file's own shard; any other path is its own.
+pub fn logical_status_path(physical: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(rest) = physical.strip_prefix("status/")
+        && let Some((hh, file)) = rest.split_once('/')
+        && is_shard_folder(hh)
+        && !file.contains('/')
+        && is_yaml(file)
+        && status_shard(file) == hh
+    {
+        return std::borrow::Cow::Owned(format!("status/{file}"));
+    }
+    std::borrow::Cow::Borrowed(physical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_of_a_status_file_is_part_of_the_repository_format_and_never_changes() {
+        // FNV-1a 64 of the file name, modulo 256: these must hold in every release, or a
+        // repository written by one would not be read by the next.
+        for (file, hh) in [
+            ("web.yaml", "f6"),
+            ("checkout.yaml", "8e"),
+            ("svc-00000.yaml", "29"),
+            ("a.yaml", "65"),
+        ] {
+            assert_eq!(status_shard(file), hh, "{file}");
+        }
+    }
+
+    #[test]
+    fn status_paths_map_between_their_logical_and_stored_places() {
+        let s = StatusLayout::Sharded;
+        assert_eq!(s.physical("status/web.yaml"), "status/f6/web.yaml");
+        assert_eq!(
+            StatusLayout::Flat.physical("status/web.yaml"),
+            "status/web.yaml"
+        );
+        // Only status files move.
+        for other in [
+            "plans/web.yaml",
+            "rollgate.yaml",
+            "status/f6/web.yaml",
+            "status/x.txt",
+        ] {
+            assert_eq!(s.physical(other), other);
+        }
+        assert_eq!(logical_status_path("status/f6/web.yaml"), "status/web.yaml");
+        // Not its own shard, not a shard folder, too deep, not YAML: left as they are
+        // (and so never read as a status).
+        for kept in [
+            "status/00/web.yaml",
+            "status/F6/web.yaml",
+            "status/f6/x/web.yaml",
+            "status/f6/web.txt",
+            "status/web.yaml",
+            "plans/f6/web.yaml",
+        ] {
+            assert_eq!(logical_status_path(kept), kept);
+        }
+        assert!(is_shard_folder("0a") && !is_shard_folder("0A") && !is_shard_folder("abc"));
+        assert_eq!(s.other(), StatusLayout::Flat);
+    }
 }

@@ -28,10 +28,33 @@ pub const COMMAND: &str = "Rollgate-Command";
 pub const ACK: &str = "Rollgate-Command-Ack";
 /// On a command commit made for a GitHub comment: the comment's id (one commit per comment).
 pub const COMMENT: &str = "Rollgate-Comment";
+/// On the commit that moves every status file to the configured layout: `flat` or
+/// `sharded` (`source::StatusLayout`).
+pub const STATUS_LAYOUT: &str = "Rollgate-Status-Layout";
 
-/// The path of a plan's status file.
+/// The path of a plan's status file: its logical path, whichever layout stores it
+/// (`source::StatusLayout`).
 pub fn status_path(plan: &str) -> String {
     format!("status/{plan}.yaml")
+}
+
+/// The commit that moves the status files `edits` (each at its logical path, with its
+/// content) to `layout` (`daemon::layout`).
+pub fn layout_commit(layout: crate::source::StatusLayout, edits: Vec<Edit>) -> CommitSpec {
+    let (word, place) = match layout {
+        crate::source::StatusLayout::Flat => ("flat", "status/<plan>.yaml"),
+        crate::source::StatusLayout::Sharded => ("sharded", "status/<hh>/<plan>.yaml"),
+    };
+    let n = edits.len();
+    CommitSpec {
+        subject: format!("rollgate: status files moved to the {word} layout"),
+        body: Some(format!(
+            "{n} status file(s) moved to {place}, as writeBack.statusLayout says.\nOnly the place changes; every status keeps its content."
+        )),
+        trailers: vec![(STATUS_LAYOUT.to_owned(), word.to_owned())],
+        revert: None,
+        edits,
+    }
 }
 
 fn short(artifact: &str) -> String {

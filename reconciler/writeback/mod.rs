@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use git2::{Oid, Signature};
 
-use crate::model::settings::{Signing, WriteBack};
+use crate::model::settings::{Signing, StatusLayout, WriteBack};
 use crate::source::git::GitSource;
 use crate::source::remote::Push;
 
@@ -228,12 +228,13 @@ impl<'a> Writer<'a> {
             }
             tree_id = index.write_tree_to(repo)?;
         }
+        let edits = stored_edits(&spec.edits, self.settings.status_layout);
         // A large commit's new objects as one pack file, not a loose file each: creating
         // a file costs about 0.8 ms here, a thousand of them most of a mass change's pass.
         tree_id = if spec.edits.len() >= PACK_FROM {
-            put_files_packed(repo, tree_id, &spec.edits)?
+            put_files_packed(repo, tree_id, &edits)?
         } else {
-            put_files(repo, tree_id, &spec.edits)?
+            put_files(repo, tree_id, &edits)?
         };
         if tree_id == base_tree.id() {
             return Ok(None);
@@ -293,6 +294,30 @@ impl<'a> Writer<'a> {
             }
         }
     }
+}
+
+/// `edits` as stored in `layout`: a status file (`status/<plan>.yaml`, its logical path)
+/// is deleted where the other layout keeps it and written where `layout` does, so a
+/// plan's status is never in two places, and a repository moves to the configured
+/// layout plan by plan (and all at once by the daemon's layout commit). Other files as
+/// they are.
+pub fn stored_edits(edits: &[Edit], layout: StatusLayout) -> Vec<Edit> {
+    let mut out = Vec::with_capacity(edits.len() * 2);
+    for e in edits {
+        if crate::source::is_status_path(&e.path) {
+            out.push(Edit {
+                path: layout.other().physical(&e.path),
+                content: None,
+            });
+            out.push(Edit {
+                path: layout.physical(&e.path),
+                content: e.content.clone(),
+            });
+        } else {
+            out.push(e.clone());
+        }
+    }
+    out
 }
 
 /// A commit of this many files or more has its new blobs and trees written as one pack
@@ -405,5 +430,87 @@ mod tests {
         // The whole wait after 20 lost races: was 7.5–12 s with a 500 ms cap.
         let total: Duration = (1..=20).map(backoff).sum();
         assert!(total <= Duration::from_millis(800), "{total:?}");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn edit(path: &str, content: Option<&str>) -> Edit {
+        Edit {
+            path: path.to_owned(),
+            content: content.map(|c| c.as_bytes().to_vec()),
+        }
+    }
+
+    fn tree_paths(repo: &git2::Repository, tree: Oid) -> Vec<String> {
+        let mut out = Vec::new();
+        repo.find_tree(tree)
+            .expect("tree")
+            .walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+                if e.kind() == Some(git2::ObjectType::Blob) {
+                    out.push(format!("{dir}{}", e.name().unwrap_or("")));
+                }
+                git2::TreeWalkResult::Ok
+            })
+            .expect("walk");
+        out
+    }
+
+    #[test]
+    fn a_status_write_lands_where_the_layout_keeps_it_and_leaves_no_copy_in_the_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init_bare(dir.path()).expect("repo");
+        let empty = repo.treebuilder(None).expect("tb").write().expect("tree");
+        let flat = put_files(
+            &repo,
+            empty,
+            &[
+                edit("status/web.yaml", Some("v: 1")),
+                edit("status/api.yaml", Some("v: 1")),
+                edit("plans/web.yaml", Some("plan")),
+            ],
+        )
+        .expect("put");
+        let one = [edit("status/web.yaml", Some("v: 2"))];
+
+        // Flat, the default: exactly the tree the edit alone makes (no shard folder).
+        let same = put_files(&repo, flat, &stored_edits(&one, StatusLayout::Flat)).expect("put");
+        assert_eq!(same, put_files(&repo, flat, &one).expect("put"));
+        assert_eq!(
+            tree_paths(&repo, same),
+            vec!["plans/web.yaml", "status/api.yaml", "status/web.yaml"]
+        );
+
+        // Sharded: the file moves into its shard folder; the others stay until moved.
+        let sharded =
+            put_files(&repo, flat, &stored_edits(&one, StatusLayout::Sharded)).expect("put");
+        assert_eq!(
+            tree_paths(&repo, sharded),
+            vec!["plans/web.yaml", "status/api.yaml", "status/f6/web.yaml"]
+        );
+        // And back: flat again, the shard folder gone with its last file.
+        let back = put_files(
+            &repo,
+            sharded,
+            &stored_edits(&[edit("status/web.yaml", Some("v: 3"))], StatusLayout::Flat),
+        )
+        .expect("put");
+        assert_eq!(
+            tree_paths(&repo, back),
+            vec!["plans/web.yaml", "status/api.yaml", "status/web.yaml"]
+        );
+        // A deletion deletes both places.
+        let gone = put_files(
+            &repo,
+            sharded,
+            &stored_edits(&[edit("status/web.yaml", None)], StatusLayout::Flat),
+        )
+        .expect("put");
+        assert_eq!(
+            tree_paths(&repo, gone),
+            vec!["plans/web.yaml", "status/api.yaml"]
+        );
     }
 }

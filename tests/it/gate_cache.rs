@@ -51,7 +51,7 @@ fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cach
                 status_yaml("staging", None),
             ),
         ]),
-        refused: Vec::new(),
+        ..Snapshot::default()
     };
     let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
     let policy = Some(&rego as &dyn PolicyEngine);
@@ -124,7 +124,7 @@ fn a_cached_gate_reports_what_a_fresh_gate_reports_after_every_kind_of_change() 
             (api.path(), api.yaml().into_bytes()),
             ("status/web.yaml".to_owned(), status_yaml("web", Some("v1"))),
         ]),
-        refused: Vec::new(),
+        ..Snapshot::default()
     };
     let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
     let policy = Some(&rego as &dyn PolicyEngine);

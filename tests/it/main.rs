@@ -38,6 +38,7 @@ mod reconcile;
 mod roundtrip;
 mod schema_fresh;
 mod shards;
+mod status_layout;
 mod traffic_shaping;
 mod trust;
 mod web_source;

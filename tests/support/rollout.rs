@@ -194,11 +194,11 @@ impl Remote {
             .expect("main")
             .peel_to_commit()
             .expect("commit");
-        let entry = head
-            .tree()
-            .expect("tree")
-            .get_path(Path::new(&format!("status/{plan}.yaml")))
-            .ok()?;
+        // Whichever layout stores it (`writeBack.statusLayout`).
+        let entry = rollgate::source::git::entry_at(
+            &head.tree().expect("tree"),
+            &format!("status/{plan}.yaml"),
+        )?;
         let blob = repo.find_blob(entry.id()).expect("blob");
         let text = std::str::from_utf8(blob.content()).expect("utf8");
         Some(Status::from_yaml(text).expect("a readable status"))

@@ -177,6 +177,10 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 wire::Signing::Ssh(k) => settings::Signing::Ssh { key: k.key.clone() },
                 wire::Signing::Gpg(k) => settings::Signing::Gpg { key: k.key.clone() },
             }),
+            status_layout: match wb.status_layout {
+                None | Some(wire::StatusLayout::Flat) => settings::StatusLayout::Flat,
+                Some(wire::StatusLayout::Sharded) => settings::StatusLayout::Sharded,
+            },
         };
     }
     out.notify = notifiers(&mut cx, &w.notify);
