@@ -5,8 +5,9 @@
 //! Invariants: the commit only moves files (each status keeps its content, read at the
 //! head the commit is made on, recomputed after a lost race like any write); it carries
 //! the `Rollgate-Status-Layout` trailer, so it is rollgate's own (never a command, and
-//! its status changes are trusted); a dry run moves nothing; when the move fails, the
-//! next pass tries again.
+//! its status changes are trusted); a dry run moves nothing; settings that do not read
+//! (a broken `rollgate.yaml`) move nothing; when the move fails, the next pass tries
+//! again.
 
 use super::*;
 
@@ -14,7 +15,17 @@ impl Reconciler {
     /// After a new head is taken in (or when the last move failed): when some status file
     /// is stored in the other layout than the settings name, move them all in one commit.
     pub(super) fn settle_status_layout(&mut self) {
-        let layout = self.write_back().status_layout;
+        self.layout_retry = false;
+        // Only on settings that were read: a broken `rollgate.yaml` (the default layout
+        // in its place) must not move every status file back and forth.
+        let Some(layout) = self
+            .report
+            .settings
+            .as_ref()
+            .map(|s| s.write_back.status_layout)
+        else {
+            return;
+        };
         let misplaced = self
             .snapshot
             .status_files()
@@ -22,7 +33,6 @@ impl Reconciler {
                 (layout == StatusLayout::Sharded) != self.snapshot.sharded.contains(*path)
             })
             .count();
-        self.layout_retry = false;
         if misplaced == 0 || self.dry_run {
             return;
         }

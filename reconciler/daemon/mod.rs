@@ -469,7 +469,15 @@ impl Reconciler {
             .settings
             .as_ref()
             .map(|s| s.write_back.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(|| WriteBack {
+                // Settings that do not read name no layout: keep the one in use.
+                status_layout: if self.snapshot.sharded.is_empty() {
+                    StatusLayout::Flat
+                } else {
+                    StatusLayout::Sharded
+                },
+                ..WriteBack::default()
+            })
     }
 
     /// One pass: fetch, take in any new commits, and reconcile every accepted plan.

@@ -522,6 +522,7 @@ impl GitSource {
                         if is_yaml(name) && status_shard(name) == hh {
                             let logical = format!("status/{name}");
                             snap.refused.retain(|d| d.file != logical);
+                            snap.files.remove(&logical);
                             self.read_entry(&logical, &e, snap)?;
                             snap.sharded.insert(logical);
                         }

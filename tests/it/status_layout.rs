@@ -206,3 +206,29 @@ fn a_status_file_forged_in_its_shard_folder_by_a_human_commit_is_ignored() {
     assert_eq!(w.status("web").stable.as_deref(), Some("v2"));
     assert_eq!(w.target.workload("web").stable.as_deref(), Some("v2"));
 }
+
+#[test]
+fn regression_a_broken_rollgate_yaml_does_not_move_sharded_status_files_back_to_flat() {
+    // Given a plan rolled out in the sharded layout
+    let web = PlanFile::new("web");
+    let mut w = World::new(&[&web]);
+    w.remote.human_commit(
+        "rollgate.yaml",
+        set_layout("sharded"),
+        "shard the status files",
+    );
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    assert_eq!(status_tree(&w), [sharded("web")]);
+
+    // When a human breaks the settings (the layout then reads as the default, flat)
+    w.remote
+        .human_commit("rollgate.yaml", |t| format!("{t}targets: [\n"), "oops");
+    for _ in 0..3 {
+        w.wait(10);
+        w.tick();
+    }
+
+    // Then nothing moved (the status was written sharded from the start: no move at all)
+    assert_eq!(layout_commits(&w).len(), 0);
+    assert_eq!(status_tree(&w), [sharded("web")]);
+}
