@@ -1090,7 +1090,12 @@ mod tests {
             let id = b.write().expect("tree");
             root.insert(folder, id, 0o040000).expect("insert");
         }
-        let tree = repo.find_tree(root.write().expect("tree")).expect("tree");
+        commit_tree(repo, root.write().expect("tree"), parent)
+    }
+
+    /// A commit of `tree` on `main` of `repo`, on top of `parent`.
+    pub(super) fn commit_tree(repo: &Repository, tree: Oid, parent: Option<Oid>) -> Oid {
+        let tree = repo.find_tree(tree).expect("tree");
         let sig = git2::Signature::now("t", "t@example.com").expect("sig");
         let parents: Vec<git2::Commit<'_>> = parent
             .map(|p| repo.find_commit(p).expect("parent"))
@@ -1452,15 +1457,7 @@ mod layout_tests {
             })
             .collect();
         let tree = crate::writeback::put_files(repo, base, &edits).expect("put");
-        let tree = repo.find_tree(tree).expect("tree");
-        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
-        let parents: Vec<git2::Commit<'_>> = parent
-            .map(|p| repo.find_commit(p).expect("parent"))
-            .into_iter()
-            .collect();
-        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
-        repo.commit(Some("refs/heads/main"), &sig, &sig, "c", &tree, &parents)
-            .expect("commit")
+        super::tests::commit_tree(repo, tree, parent)
     }
 
     fn sharded(file: &str) -> String {

@@ -9,19 +9,7 @@ use support::rollout::{PlanFile, World};
 
 /// Promote `plan` with a command commit, as plain git does it.
 fn promote(w: &World, plan: &str) {
-    w.remote.pull();
-    w.remote.human(&[
-        "commit",
-        "--allow-empty",
-        "-q",
-        "-m",
-        &format!("Promote {plan}"),
-        "--trailer",
-        "Rollgate-Command: promote",
-        "--trailer",
-        &format!("Rollgate-Plan: {plan}"),
-    ]);
-    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.remote.human_promote(plan);
 }
 
 #[test]

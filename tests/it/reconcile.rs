@@ -772,19 +772,7 @@ fn an_untimed_pause_waits_for_a_promote_commit_acted_on_once_across_restarts() {
     assert_eq!(w.status("web").step, 3);
 
     // When the human promotes with plain git
-    w.remote.pull();
-    w.remote.human(&[
-        "commit",
-        "--allow-empty",
-        "-q",
-        "-m",
-        "Promote web",
-        "--trailer",
-        "Rollgate-Command: promote",
-        "--trailer",
-        "Rollgate-Plan: web",
-    ]);
-    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.remote.human_promote("web");
     let second = w.remote.head();
     let r = w.tick();
     assert_eq!(r.transitions, 1, "{r:?}");

@@ -187,19 +187,7 @@ fn a_status_file_forged_in_its_shard_folder_by_a_human_commit_is_ignored() {
         (Some("v1"), Some("v2"), 20)
     );
     // And a real promote continues from the state rollgate wrote, and Git converges
-    w.remote.pull();
-    w.remote.human(&[
-        "commit",
-        "--allow-empty",
-        "-q",
-        "-m",
-        "Promote web",
-        "--trailer",
-        "Rollgate-Command: promote",
-        "--trailer",
-        "Rollgate-Plan: web",
-    ]);
-    w.remote.human(&["push", "-q", "origin", "main"]);
+    w.remote.human_promote("web");
     w.run_until("web", 10, 40, |s| {
         s.phase == Phase::Succeeded && s.to_yaml().expect("yaml") != forged_yaml
     });

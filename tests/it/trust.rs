@@ -58,19 +58,7 @@ fn regression_a_command_trailer_in_a_commit_that_changes_files_is_not_obeyed() {
     assert_eq!(s.last_command, None);
 
     // When a maintainer makes a pure command commit (no file changed)
-    remote.pull();
-    remote.human(&[
-        "commit",
-        "--allow-empty",
-        "-q",
-        "-m",
-        "Promote web",
-        "--trailer",
-        "Rollgate-Command: promote",
-        "--trailer",
-        "Rollgate-Plan: web",
-    ]);
-    remote.human(&["push", "-q", "origin", "main"]);
+    remote.human_promote("web");
     run_once(&remote, &state);
     // Then it is obeyed
     let s = remote.status("web").expect("status");
@@ -125,19 +113,7 @@ fn regression_a_status_file_forged_by_a_human_commit_is_ignored() {
         }
     );
     // And a real promote continues from the state rollgate wrote, and Git converges
-    remote.pull();
-    remote.human(&[
-        "commit",
-        "--allow-empty",
-        "-q",
-        "-m",
-        "Promote web",
-        "--trailer",
-        "Rollgate-Command: promote",
-        "--trailer",
-        "Rollgate-Plan: web",
-    ]);
-    remote.human(&["push", "-q", "origin", "main"]);
+    remote.human_promote("web");
     run_once(&remote, &state);
     let s = remote.status("web").expect("status");
     assert_eq!(

@@ -171,6 +171,24 @@ impl Remote {
         super::git(&self.human, args)
     }
 
+    /// The human promotes `plan` with a pure command commit, as plain git does it, and
+    /// pushes it.
+    pub fn human_promote(&self, plan: &str) {
+        self.pull();
+        self.human(&[
+            "commit",
+            "--allow-empty",
+            "-q",
+            "-m",
+            &format!("Promote {plan}"),
+            "--trailer",
+            "Rollgate-Command: promote",
+            "--trailer",
+            &format!("Rollgate-Plan: {plan}"),
+        ]);
+        self.human(&["push", "-q", "origin", "main"]);
+    }
+
     /// The human pulls rollgate's commits.
     pub fn pull(&self) {
         super::git(&self.human, &["pull", "-q", "--rebase", "origin", "main"]);
