@@ -220,3 +220,50 @@ fn regression_a_broken_rollgate_yaml_does_not_move_sharded_status_files_back_to_
     assert_eq!(layout_commits(&w).len(), 0);
     assert_eq!(status_tree(&w), [sharded("web")]);
 }
+
+#[test]
+fn a_checkout_with_sharded_status_files_reads_like_the_repository() {
+    // `rollgate validate DIR` and the directory source read a checkout the same way
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let wrong = if status_shard("stray.yaml") == "00" {
+        "01"
+    } else {
+        "00"
+    };
+    for (path, text) in [
+        (sharded("web"), "web: sharded"),
+        ("status/old.yaml".to_owned(), "old: flat"),
+        ("status/both.yaml".to_owned(), "both: flat"),
+        (sharded("both"), "both: sharded"),
+        (format!("status/{wrong}/stray.yaml"), "in the wrong folder"),
+    ] {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    // A shard folder that is a link is not followed
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    std::fs::write(elsewhere.path().join("linked.yaml"), "secret").expect("write");
+    let linked_shard = status_shard("linked.yaml");
+    std::os::unix::fs::symlink(elsewhere.path(), root.join("status").join(&linked_shard))
+        .expect("symlink");
+
+    let snap = rollgate::source::fs::read_dir(root).expect("read");
+    let statuses: Vec<(String, String)> = snap
+        .status_files()
+        .map(|(p, b)| (p.clone(), String::from_utf8_lossy(b).into_owned()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("status/both.yaml", "both: sharded"),
+        ("status/old.yaml", "old: flat"),
+        ("status/web.yaml", "web: sharded"),
+    ]
+    .iter()
+    .map(|(p, t)| ((*p).to_owned(), (*t).to_owned()))
+    .collect();
+    assert_eq!(statuses, want);
+    let mut sharded_ones: Vec<&str> = snap.sharded.iter().map(String::as_str).collect();
+    sharded_ones.sort_unstable();
+    assert_eq!(sharded_ones, ["status/both.yaml", "status/web.yaml"]);
+}
