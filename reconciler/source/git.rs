@@ -848,38 +848,18 @@ impl GitSource {
         layout: super::StatusLayout,
     ) -> Result<Vec<crate::writeback::Edit>> {
         let root = self.root_tree(commit)?;
-        // Where each status file is stored: flat, in its shard folder, or both.
-        let mut flat = BTreeSet::new();
-        let mut sharded = BTreeSet::new();
-        if let Ok(e) = root.get_path(Path::new("status"))
-            && let Ok(dir) = self.repo.find_tree(e.id())
-        {
-            for e in dir.iter() {
-                let Ok(name) = e.name() else { continue };
-                if is_yaml(name) && e.kind() == Some(ObjectType::Blob) {
-                    flat.insert(format!("status/{name}"));
-                } else if is_shard_folder(name) && e.kind() == Some(ObjectType::Tree) {
-                    for f in self.repo.find_tree(e.id())?.iter() {
-                        if let Ok(file) = f.name()
-                            && is_yaml(file)
-                            && status_shard(file) == name
-                            && f.kind() == Some(ObjectType::Blob)
-                        {
-                            sharded.insert(format!("status/{file}"));
-                        }
-                    }
-                }
-            }
-        }
+        let (flat, sharded) = status_places(&self.repo, &root)?;
+        let misplaced = match layout {
+            super::StatusLayout::Flat => &sharded,
+            super::StatusLayout::Sharded => &flat,
+        };
         let mut out = Vec::new();
-        for (logical, id) in status_entries(&self.repo, &root)? {
-            let misplaced = match layout {
-                super::StatusLayout::Flat => sharded.contains(&logical),
-                super::StatusLayout::Sharded => flat.contains(&logical),
-            };
-            if misplaced {
+        for logical in misplaced.keys() {
+            // The content that wins: the shard folder's, else the flat file's.
+            let id = sharded.get(logical).or_else(|| flat.get(logical)).copied();
+            if let Some(id) = id {
                 out.push(crate::writeback::Edit {
-                    path: logical,
+                    path: logical.clone(),
                     content: Some(self.repo.find_blob(id)?.content().to_vec()),
                 });
             }
@@ -959,36 +939,43 @@ pub fn entry_at(root: &git2::Tree<'_>, path: &str) -> Option<git2::TreeEntry<'st
 /// Every status file of the root tree `root`, flat or in its shard folder (which wins),
 /// by logical path; symlinks and other entries left out.
 pub fn status_entries(repo: &Repository, root: &git2::Tree<'_>) -> Result<BTreeMap<String, Oid>> {
-    let mut out = BTreeMap::new();
+    let (mut out, sharded) = status_places(repo, root)?;
+    out.extend(sharded);
+    Ok(out)
+}
+
+/// The status files of the root tree `root` by logical path: those stored flat, and
+/// those stored in their shard folder (a plan may be in both).
+fn status_places(
+    repo: &Repository,
+    root: &git2::Tree<'_>,
+) -> Result<(BTreeMap<String, Oid>, BTreeMap<String, Oid>)> {
+    let (mut flat, mut sharded) = (BTreeMap::new(), BTreeMap::new());
     let Ok(entry) = root.get_path(Path::new("status")) else {
-        return Ok(out);
+        return Ok((flat, sharded));
     };
     let Ok(dir) = repo.find_tree(entry.id()) else {
-        return Ok(out);
+        return Ok((flat, sharded));
     };
     let is_file =
         |e: &git2::TreeEntry<'_>| e.kind() == Some(ObjectType::Blob) && e.filemode() != 0o120000;
-    let mut shards = Vec::new();
     for e in dir.iter() {
         let Ok(name) = e.name() else { continue };
         if is_file(&e) && is_yaml(name) {
-            out.insert(format!("status/{name}"), e.id());
+            flat.insert(format!("status/{name}"), e.id());
         } else if is_shard_folder(name) && e.kind() == Some(ObjectType::Tree) {
-            shards.push((name.to_owned(), e.id()));
-        }
-    }
-    for (hh, id) in shards {
-        for e in repo.find_tree(id)?.iter() {
-            if let Ok(name) = e.name()
-                && is_file(&e)
-                && is_yaml(name)
-                && status_shard(name) == hh
-            {
-                out.insert(format!("status/{name}"), e.id());
+            for f in repo.find_tree(e.id())?.iter() {
+                if let Ok(file) = f.name()
+                    && is_file(&f)
+                    && is_yaml(file)
+                    && status_shard(file) == name
+                {
+                    sharded.insert(format!("status/{file}"), f.id());
+                }
             }
         }
     }
-    Ok(out)
+    Ok((flat, sharded))
 }
 
 /// libgit2's process-wide settings, set once: objects read are not hashed again (see the

@@ -83,12 +83,8 @@ impl StatusLayout {
 /// 256, as two lowercase hex digits. Stable across builds and releases: it is part of
 /// the repository format.
 pub fn status_shard(file: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in file.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:02x}", h % 256)
+    // The same stable hash that spreads plans over replicas (`run --shards`).
+    format!("{:02x}", crate::leader::shards::shard_of(file, 256))
 }
 
 /// Whether `name` is a shard folder's name (two lowercase hex digits).
