@@ -38,7 +38,8 @@
 //! Run: `cargo bench --bench mass` (add `-- N` for another number of plans, `--only ad`
 //! for some of the parts: `a` is (a)–(c), `d` is (d), `e` is (e), `f` is (e) then (f),
 //! `g` is (e) then (g);
-//! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles).
+//! `--rounds R` for (d)'s mass changes, 10 by default, to see where its memory settles;
+//! `--sharded` for status files in shard folders, `writeBack.statusLayout: sharded`).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run (20 plans).
 
 #[path = "../tests/support/mod.rs"]
@@ -47,11 +48,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rollgate::daemon::Reconciler;
+use rollgate::model::settings::StatusLayout;
 use rollgate::model::status::{MAX_SUCCEEDED, Phase, Status, Success};
 use rollgate::source::git::GitSource;
 use rollgate::targets::Target;
@@ -65,6 +67,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 const PAUSING: &[&str] = &["setWeight: 10", "pause: {}", "setWeight: 100"];
 /// A canary that runs to the end by itself.
 const RUNNING: &[&str] = &["setWeight: 10", "setWeight: 50", "setWeight: 100"];
+
+/// Where the seeded repositories keep status files (`--sharded`: in shard folders).
+static LAYOUT: OnceLock<StatusLayout> = OnceLock::new();
+
+fn layout() -> StatusLayout {
+    LAYOUT.get().copied().unwrap_or(StatusLayout::Flat)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -91,6 +100,18 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
     };
+    let sharded = args.iter().any(|a| a == "--sharded");
+    LAYOUT
+        .set(if sharded {
+            StatusLayout::Sharded
+        } else {
+            StatusLayout::Flat
+        })
+        .expect("set once");
+    say(format!(
+        "status layout: {}",
+        if sharded { "sharded" } else { "flat" }
+    ));
     let rounds = option("--rounds")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if smoke { 2 } else { 10 });
@@ -627,7 +648,11 @@ fn plan(i: usize, steps: &[&str]) -> PlanFile {
 /// A remote with `n` plans whose rollout of v1 succeeded (status files in the import).
 fn seeded(n: usize, steps: &[&str]) -> Remote {
     let now = chrono::Utc::now();
-    let mut files = vec![("rollgate.yaml".to_owned(), SETTINGS.to_owned())];
+    let settings = match layout() {
+        StatusLayout::Flat => SETTINGS.to_owned(),
+        StatusLayout::Sharded => format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n"),
+    };
+    let mut files = vec![("rollgate.yaml".to_owned(), settings)];
     for i in 0..n {
         let p = plan(i, steps);
         let mut s = Status::pending(&p.name, "v1", &"0".repeat(40));
@@ -650,7 +675,7 @@ fn seeded(n: usize, steps: &[&str]) -> Remote {
             .collect();
         s.last_transition_at = Some(now);
         files.push((
-            format!("status/{}.yaml", p.name),
+            layout().physical(&format!("status/{}.yaml", p.name)),
             s.to_yaml().expect("status yaml"),
         ));
         files.push((p.path(), p.yaml()));

@@ -6,6 +6,10 @@
 //! (b) one status commit pushed to the bare remote by `Writer`. Goal: p50 ≤ 20 ms.
 //! (c) both again with 10,000 other plans (finished rollouts) in the repository; plus
 //!     the cost of one idle `tick` of an in-process `Reconciler` over all of them.
+//! (d) Git's floor under (a) and (b), side by side in the same run (the daemon stopped):
+//!     plain `git` fetching a human's one-plan change with the daemon's fetch options,
+//!     and pushing a one-file status commit as the daemon pushes (a compare-and-swap,
+//!     objects sent whole). Neither (a) nor (b) can be faster than these.
 //! Run: `cargo bench --bench reconcile` (add `-- N` for another count of other plans, and
 //! `-- --sharded` for the sharded status layout, `writeBack.statusLayout: sharded`).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run.
@@ -215,6 +219,98 @@ fn run(cfg: &Config, others: usize) {
             f64::INFINITY,
         );
     }
+
+    floors(cfg, &remote);
+}
+
+/// (d): plain `git` doing the transfers under (a) and (b), on the same repository.
+fn floors(cfg: &Config, remote: &Remote) {
+    let bare = remote.bare.to_str().expect("utf8");
+    let fetcher = remote.work_dir("floor-fetch.git");
+    let fetcher = fetcher.to_str().expect("utf8");
+    support::git(
+        &remote.human,
+        &["clone", "--bare", "--quiet", "--no-local", bare, fetcher],
+    );
+    let layout = if cfg.sharded {
+        StatusLayout::Sharded
+    } else {
+        StatusLayout::Flat
+    };
+    let status = layout.physical("status/floor.yaml");
+    let plan = bench_plan().path();
+    // The branch into the fetcher, with the options `Remote::fetch` uses.
+    let fetch_all = || {
+        support::git(
+            &remote.human,
+            &[
+                "--git-dir",
+                fetcher,
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--no-auto-maintenance",
+                "--",
+                bare,
+                "+refs/heads/main:refs/remotes/origin/main",
+            ],
+        )
+    };
+    remote.pull();
+    let mut fetch = Vec::new();
+    let mut push = Vec::new();
+    for i in 0..cfg.rounds.max(2) {
+        // A human's one-plan change lands (untimed); the fetch of it is timed.
+        let file = remote.human.join(&plan);
+        let mut text = std::fs::read_to_string(&file).expect("read plan");
+        text.push_str(&format!("# floor {i}\n"));
+        std::fs::write(&file, text).expect("write plan");
+        remote.human(&["commit", "-qam", &format!("floor: plan {i}")]);
+        remote.human(&["push", "-q", "origin", "main"]);
+        let t = Instant::now();
+        fetch_all();
+        fetch.push(t.elapsed());
+        // A one-file status commit (made untimed), pushed as `Remote::push` does.
+        let old = remote.human(&["rev-parse", "HEAD"]);
+        let path = remote.human.join(&status);
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("mkdir");
+        std::fs::write(&path, format!("plan: floor\nstep: {i}\n")).expect("write status");
+        remote.human(&["add", &status]);
+        remote.human(&["commit", "-qm", &format!("floor: status {i}")]);
+        let t = Instant::now();
+        support::git(
+            &remote.human,
+            &[
+                "-c",
+                "pack.window=0",
+                "push",
+                "--porcelain",
+                "--quiet",
+                "--no-verify",
+                &format!("--force-with-lease=refs/heads/main:{old}"),
+                "--",
+                bare,
+                "HEAD:refs/heads/main",
+            ],
+        );
+        push.push(t.elapsed());
+        // As the daemon, which wrote it, the fetcher has the status commit before the
+        // next human change: the next timed fetch brings that change alone.
+        fetch_all();
+    }
+    report(
+        cfg,
+        "(d) floor of (a): plain git fetch of a one-plan change",
+        &mut fetch,
+        f64::INFINITY,
+    );
+    report(
+        cfg,
+        "(d) floor of (b): plain git push of a one-file status commit",
+        &mut push,
+        f64::INFINITY,
+    );
 }
 
 fn ms(d: Duration) -> f64 {
