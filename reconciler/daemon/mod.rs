@@ -661,11 +661,20 @@ impl Reconciler {
 
     /// Reconcile one plan in its span; an error is logged (once per cause) and counted.
     fn reconcile_logged(&mut self, name: &str, now: DateTime<Utc>, report: &mut TickReport) {
+        let started = std::time::Instant::now();
+        let t = crate::telemetry::global();
+        // An idle plan (a finished rollout with nothing new) has nothing to decide, log or
+        // read: one comparison, and no span, per plan and pass (10,000 of them).
+        if self.is_idle(name) {
+            t.reconciles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.reconcile_took(started.elapsed());
+            self.note_wakeup(name, None, report);
+            return;
+        }
         let span = tracing::info_span!("plan", plan = %name);
         let _enter = span.enter();
-        let started = std::time::Instant::now();
         let result = self.reconcile(name, now, report);
-        let t = crate::telemetry::global();
         t.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         t.reconcile_took(started.elapsed());
@@ -685,12 +694,20 @@ impl Reconciler {
                 self.news(name, "reconcile", None);
             }
         }
-        // An idle plan (a finished rollout with nothing new) is neither held nor moving:
-        // its status file is not parsed again (10,000 idle plans cost a comparison each
-        // per pass, not two YAML parses).
-        let idle = self.is_idle(name);
-        let live = if idle { None } else { self.live_status(name) };
-        if live.as_ref().is_some_and(|s| {
+        // A plan idle now (its rollout just finished) is neither held nor moving: its
+        // status file is not parsed again.
+        let live = if self.is_idle(name) {
+            None
+        } else {
+            self.live_status(name)
+        };
+        self.note_wakeup(name, live.as_ref(), report);
+    }
+
+    /// Count `name` in the pass's report by its live status (`None`: idle): held on its
+    /// target, and when its memo asks to be woken.
+    fn note_wakeup(&self, name: &str, live: Option<&Status>, report: &mut TickReport) {
+        if live.is_some_and(|s| {
             s.phase == Phase::Held
                 && s.hold
                     .as_ref()
@@ -700,7 +717,7 @@ impl Reconciler {
         }
         if let Some(w) = self.memo.get(name).and_then(|m| m.wakeup) {
             report.next_wakeup = Some(report.next_wakeup.map_or(w, |n| n.min(w)));
-            let moving = live.as_ref().is_some_and(|s| {
+            let moving = live.is_some_and(|s| {
                 matches!(
                     s.phase,
                     Phase::Pending | Phase::Progressing | Phase::Paused | Phase::Promoting
@@ -734,9 +751,6 @@ impl Reconciler {
         let Some(pp) = self.report.accepted.get(name).cloned() else {
             return Ok(());
         };
-        if self.is_idle(name) {
-            return Ok(());
-        }
         let status_bytes = self.snapshot.files.get(&status_path(name));
         let commands_seen = self.commands.get(name).map_or(0, Vec::len);
         if let Some(memo) = self.memo.get_mut(name)
