@@ -601,6 +601,29 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_packed_commit_with_two_identical_files_and_folders_is_written() {
+        // `a/` and `b/` hold the same file: one blob and one tree for both, which went
+        // into the pack twice, and libgit2 refused the pack.
+        let (_dir, repo) = repo();
+        let root = empty(&repo);
+        let mut edits = vec![
+            edit("a/same.yaml", Some("plan: same\n")),
+            edit("b/same.yaml", Some("plan: same\n")),
+        ];
+        edits.extend((0..8).map(|i| edit(&format!("c/{i}.yaml"), Some(&format!("{i}\n")))));
+        let packed = put_files_packed(&repo, root, &edits).expect("packed");
+        let (_other_dir, other) = self::repo();
+        assert_eq!(
+            packed,
+            put_files(&other, empty(&other), &edits).expect("loose")
+        );
+        let tree = repo.find_tree(packed).expect("root tree");
+        let a = tree.get_name("a").expect("a/").id();
+        assert_eq!(tree.get_name("b").expect("b/").id(), a, "one tree for both");
+        assert!(repo.find_tree(a).is_ok(), "the shared tree is in the pack");
+    }
+
+    #[test]
     fn regression_a_large_commit_writes_one_pack_file_not_a_loose_file_per_object() {
         let (dir, target) = repo();
         let root = empty(&target);

@@ -21,13 +21,18 @@ use sha1::{Digest, Sha1};
 #[derive(Debug, Default)]
 pub struct Pending {
     objects: Vec<(ObjectType, Vec<u8>)>,
+    /// The ids of `objects`: each object goes into the pack once (libgit2's indexer
+    /// refuses a pack that holds one twice).
+    ids: std::collections::HashSet<Oid>,
 }
 
 impl Pending {
     /// Keep `data` as an object of `kind`; its id.
     pub fn add(&mut self, kind: ObjectType, data: &[u8]) -> Result<Oid> {
         let id = Oid::hash_object(kind, data)?;
-        self.objects.push((kind, data.to_vec()));
+        if self.ids.insert(id) {
+            self.objects.push((kind, data.to_vec()));
+        }
         Ok(id)
     }
 
@@ -115,6 +120,30 @@ mod tests {
             Some(vec![0xb0, 0x80, 0x80, 0x04])
         );
         assert!(object_header(ObjectType::Any, 1).is_err());
+    }
+
+    #[test]
+    fn regression_a_pack_with_an_object_added_twice_is_written_and_reads_back() {
+        // The empty object is added twice: packed twice, libgit2's indexer refused the
+        // whole pack ("Write error").
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = git2::Repository::init_bare(dir.path()).expect("bare repository");
+        let odb = repo.odb().expect("odb");
+        let objects: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"plan: web\n".to_vec(),
+            Vec::new(),
+            b"phase: Succeeded\n".repeat(1000),
+        ];
+        let mut pending = Pending::default();
+        let ids: Vec<Oid> = objects
+            .iter()
+            .map(|d| pending.add(ObjectType::Blob, d).expect("id"))
+            .collect();
+        pending.write(&odb).expect("pack written");
+        for (id, data) in ids.iter().zip(&objects) {
+            assert_eq!(&odb.read(*id).expect("object in the pack").data(), data);
+        }
     }
 
     #[test]
