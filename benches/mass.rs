@@ -59,7 +59,7 @@ use rollgate::source::git::GitSource;
 use rollgate::targets::Target;
 use rollgate::targets::dry_run::DryRun;
 use support::Remote;
-use support::rollout::{PlanFile, SETTINGS, set_artifact};
+use support::rollout::{PlanFile, layout_arg, set_artifact, settings_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
@@ -100,17 +100,10 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
     };
-    let sharded = args.iter().any(|a| a == "--sharded");
-    LAYOUT
-        .set(if sharded {
-            StatusLayout::Sharded
-        } else {
-            StatusLayout::Flat
-        })
-        .expect("set once");
+    LAYOUT.set(layout_arg(&args)).expect("set once");
     say(format!(
         "status layout: {}",
-        if sharded { "sharded" } else { "flat" }
+        format!("{:?}", layout()).to_lowercase()
     ));
     let rounds = option("--rounds")
         .and_then(|r| r.parse().ok())
@@ -648,11 +641,7 @@ fn plan(i: usize, steps: &[&str]) -> PlanFile {
 /// A remote with `n` plans whose rollout of v1 succeeded (status files in the import).
 fn seeded(n: usize, steps: &[&str]) -> Remote {
     let now = chrono::Utc::now();
-    let settings = match layout() {
-        StatusLayout::Flat => SETTINGS.to_owned(),
-        StatusLayout::Sharded => format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n"),
-    };
-    let mut files = vec![("rollgate.yaml".to_owned(), settings)];
+    let mut files = vec![("rollgate.yaml".to_owned(), settings_in(layout()))];
     for i in 0..n {
         let p = plan(i, steps);
         let mut s = Status::pending(&p.name, "v1", &"0".repeat(40));

@@ -31,7 +31,7 @@ use rollgate::targets::Target;
 use rollgate::targets::dry_run::DryRun;
 use rollgate::writeback::{CommitSpec, Edit, WriteOutcome, Writer};
 use support::Remote;
-use support::rollout::{PlanFile, SETTINGS, set_artifact};
+use support::rollout::{PlanFile, layout_arg, set_artifact, settings_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
 
@@ -42,8 +42,8 @@ struct Config {
     rounds: usize,
     others: usize,
     smoke: bool,
-    /// Status files in shard folders (`writeBack.statusLayout: sharded`).
-    sharded: bool,
+    /// Where status files are kept (`--sharded`: in shard folders).
+    layout: StatusLayout,
 }
 
 fn main() {
@@ -61,7 +61,7 @@ fn main() {
         rounds: if smoke { 2 } else { 30 },
         others,
         smoke,
-        sharded: args.iter().any(|a| a == "--sharded"),
+        layout: layout_arg(&args),
     };
     for n in [0, cfg.others] {
         run(&cfg, n);
@@ -76,13 +76,13 @@ fn say(cfg: &Config, line: &str) {
 
 fn run(cfg: &Config, others: usize) {
     let started = Instant::now();
-    let remote = seeded(others, cfg.sharded);
+    let remote = seeded(others, cfg.layout);
     say(
         cfg,
         &format!(
             "repository with {others} other plans seeded in {:.1} s (status layout: {})",
             started.elapsed().as_secs_f64(),
-            if cfg.sharded { "sharded" } else { "flat" }
+            format!("{:?}", cfg.layout).to_lowercase()
         ),
     );
 
@@ -125,11 +125,7 @@ fn run(cfg: &Config, others: usize) {
     )
     .expect("open the remote");
     let wb = WriteBack {
-        status_layout: if cfg.sharded {
-            StatusLayout::Sharded
-        } else {
-            StatusLayout::Flat
-        },
+        status_layout: cfg.layout,
         ..WriteBack::default()
     };
     let mut writer = Writer::new(&src, &wb);
@@ -232,12 +228,7 @@ fn floors(cfg: &Config, remote: &Remote) {
         &remote.human,
         &["clone", "--bare", "--quiet", "--no-local", bare, fetcher],
     );
-    let layout = if cfg.sharded {
-        StatusLayout::Sharded
-    } else {
-        StatusLayout::Flat
-    };
-    let status = layout.physical("status/floor.yaml");
+    let status = cfg.layout.physical("status/floor.yaml");
     let plan = bench_plan().path();
     // The branch into the fetcher, with the options `Remote::fetch` uses.
     let fetch_all = || {
@@ -341,21 +332,10 @@ fn report(cfg: &Config, what: &str, samples: &mut [Duration], goal_ms: f64) {
 }
 
 /// A remote with `rollgate.yaml`, the plan `bench` at v1, and `others` plans whose
-/// rollouts already succeeded (each with its status file, in shard folders when
-/// `sharded`).
-fn seeded(others: usize, sharded: bool) -> Remote {
-    let layout = if sharded {
-        StatusLayout::Sharded
-    } else {
-        StatusLayout::Flat
-    };
-    let settings = if sharded {
-        format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n")
-    } else {
-        SETTINGS.to_owned()
-    };
+/// rollouts already succeeded (each with its status file where `layout` keeps it).
+fn seeded(others: usize, layout: StatusLayout) -> Remote {
     let mut files = vec![
-        ("rollgate.yaml".to_owned(), settings),
+        ("rollgate.yaml".to_owned(), settings_in(layout)),
         (bench_plan().path(), bench_plan().yaml()),
     ];
     let now = chrono::Utc::now();

@@ -14,6 +14,7 @@ use rollgate::engine::{Measurement, TargetHealth};
 use rollgate::metrics::{MetricsSource, QueryContext};
 use rollgate::model::Plan;
 use rollgate::model::plan::Check;
+use rollgate::model::settings::StatusLayout;
 use rollgate::model::status::Status;
 
 use rollgate::source::git::GitSource;
@@ -29,6 +30,23 @@ kind: Settings
 targets:
   local: { local: {} }
 ";
+
+/// [`SETTINGS`] with the status files kept in `layout` (`writeBack.statusLayout`).
+pub fn settings_in(layout: StatusLayout) -> String {
+    match layout {
+        StatusLayout::Flat => SETTINGS.to_owned(),
+        StatusLayout::Sharded => format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n"),
+    }
+}
+
+/// The status layout a benchmark's arguments ask for: `--sharded`, else flat.
+pub fn layout_arg(args: &[String]) -> StatusLayout {
+    if args.iter().any(|a| a == "--sharded") {
+        StatusLayout::Sharded
+    } else {
+        StatusLayout::Flat
+    }
+}
 
 /// A canary plan on the `local` target, judged by `success-rate` from the `builtin` source.
 #[derive(Debug, Clone)]
