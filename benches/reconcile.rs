@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollgate::daemon::Reconciler;
-use rollgate::model::settings::{StatusLayout, WriteBack};
+use rollgate::model::settings::{LayoutSetting, StatusLayout, WriteBack};
 use rollgate::model::status::{Phase, Status, Success};
 use rollgate::source::git::GitSource;
 use rollgate::targets::Target;
@@ -125,7 +125,7 @@ fn run(cfg: &Config, others: usize) {
     )
     .expect("open the remote");
     let wb = WriteBack {
-        status_layout: cfg.layout,
+        status_layout: LayoutSetting::Fixed(cfg.layout),
         ..WriteBack::default()
     };
     let mut writer = Writer::new(&src, &wb);

@@ -141,7 +141,7 @@ impl Reconciler {
         }
         let paths: Vec<String> = edits.iter().map(|e| e.path.clone()).collect();
         // The writer stored each where the configured layout keeps it.
-        let sharded = self.write_back().status_layout == StatusLayout::Sharded;
+        let sharded = self.status_layout() == StatusLayout::Sharded;
         for e in edits {
             self.snapshot.refused.retain(|d| d.file != e.path);
             if sharded && e.content.is_some() {

@@ -1,6 +1,7 @@
 //! Moving the status files to the configured layout (`writeBack.statusLayout`) in one
-//! commit, so a repository that turns sharding on (or off) is all in one layout after
-//! the next pass, not only the plans that moved since.
+//! commit, so a repository that turns sharding on (or off), or that `auto` moves as it
+//! grows past 2,000 plans or shrinks below 1,000, is all in one layout after the next
+//! pass, not only the plans that moved since.
 //!
 //! Invariants: the commit only moves files (each status keeps its content, read at the
 //! head the commit is made on, recomputed after a lost race like any write); it carries
@@ -13,19 +14,15 @@ use super::*;
 
 impl Reconciler {
     /// After a new head is taken in (or when the last move failed): when some status file
-    /// is stored in the other layout than the settings name, move them all in one commit.
+    /// is stored in the other layout than the settings pick, move them all in one commit.
     pub(super) fn settle_status_layout(&mut self) {
         self.layout_retry = false;
         // Only on settings that were read: a broken `rollgate.yaml` (the default layout
         // in its place) must not move every status file back and forth.
-        let Some(layout) = self
-            .report
-            .settings
-            .as_ref()
-            .map(|s| s.write_back.status_layout)
-        else {
+        if self.report.settings.is_none() {
             return;
-        };
+        }
+        let layout = self.status_layout();
         let misplaced = self
             .snapshot
             .status_files()

@@ -42,7 +42,7 @@ use crate::engine::{self, Command, Decision, Observation, Observed, TargetHealth
 use crate::gate::{self, Change, GateCache, GateContext, GateReport, PolicyEngine};
 use crate::metrics::{MetricsSource, QueryContext};
 use crate::model::plan::Routing;
-use crate::model::settings::{StatusLayout, WriteBack};
+use crate::model::settings::{LayoutSetting, StatusLayout, WriteBack};
 use crate::model::status::{Phase, Status};
 use crate::model::validate::ParsedPlan;
 use crate::model::{Diagnostic, Plan};
@@ -464,20 +464,39 @@ impl Reconciler {
         }
     }
 
+    /// The settings' write-back, with the status layout picked for this head (see
+    /// [`Self::status_layout`]) fixed, so every write of the pass stores status files in
+    /// the same place and the snapshot knows where.
     fn write_back(&self) -> WriteBack {
-        self.report
-            .settings
-            .as_ref()
-            .map(|s| s.write_back.clone())
-            .unwrap_or_else(|| WriteBack {
-                // Settings that do not read name no layout: keep the one in use.
-                status_layout: if self.snapshot.sharded.is_empty() {
-                    StatusLayout::Flat
-                } else {
-                    StatusLayout::Sharded
-                },
+        let status_layout = LayoutSetting::Fixed(self.status_layout());
+        match &self.report.settings {
+            Some(s) => WriteBack {
+                status_layout,
+                ..s.write_back.clone()
+            },
+            None => WriteBack {
+                status_layout,
                 ..WriteBack::default()
-            })
+            },
+        }
+    }
+
+    /// Where status files are stored at this head: the setting's layout, or for `auto`
+    /// the one it picks by the number of plan files. Settings that do not read name no
+    /// layout: the one in use is kept.
+    fn status_layout(&self) -> StatusLayout {
+        let now = if self.snapshot.sharded.is_empty() {
+            StatusLayout::Flat
+        } else {
+            StatusLayout::Sharded
+        };
+        match &self.report.settings {
+            Some(s) => s
+                .write_back
+                .status_layout
+                .resolve(self.report.plan_files, now),
+            None => now,
+        }
     }
 
     /// One pass: fetch, take in any new commits, and reconcile every accepted plan.

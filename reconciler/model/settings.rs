@@ -248,14 +248,14 @@ pub struct WriteBack {
     pub skip_ci: bool,
     pub signing: Option<Signing>,
     /// Where status files are stored (`writeBack.statusLayout`).
-    pub status_layout: StatusLayout,
+    pub status_layout: LayoutSetting,
 }
 
 /// Where the status files are stored. Everything but the Git boundary (the reads of
 /// `source::git`, `history`, and the writer) sees only the logical path
 /// `status/<plan>.yaml`.
 ///
-/// - `Flat`: `status/<plan>.yaml`, every status file in one folder (the default).
+/// - `Flat`: `status/<plan>.yaml`, every status file in one folder.
 /// - `Sharded`: `status/<hh>/<plan>.yaml`, `hh` the two lowercase hex digits of
 ///   `source::status_shard`: 256 folders, so a status commit in a repository of 10,000 plans
 ///   writes a folder of about 40 entries and one of 256, not one of 10,000 (about
@@ -265,11 +265,43 @@ pub struct WriteBack {
 /// repository can move between them: the writer writes each status at the configured
 /// place and deletes it at the other, and the daemon moves every status file in one
 /// commit when the setting changes (`Rollgate-Status-Layout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusLayout {
-    #[default]
     Flat,
     Sharded,
+}
+
+/// The setting `writeBack.statusLayout`: one layout, or `Auto` (the default), which
+/// picks the layout by the repository's size, so a repository that grows past a few
+/// thousand plans stops rewriting a folder of every status file with each transition,
+/// and a small one keeps the folder people can browse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayoutSetting {
+    #[default]
+    Auto,
+    Fixed(StatusLayout),
+}
+
+/// `Auto` shards the status files of a repository with this many plans or more.
+pub const AUTO_SHARD_AT: usize = 2_000;
+/// `Auto` stores the status files of a repository with fewer plans than this flat again.
+/// Between the two, the layout the repository has stays: plans added and removed around
+/// one bound do not move every status file back and forth.
+pub const AUTO_FLAT_BELOW: usize = 1_000;
+
+impl LayoutSetting {
+    /// The layout to store status files in, in a repository of `plans` plan files whose
+    /// status files are stored in `now` (sharded when any is in a shard folder). A pure
+    /// function of the repository's tree, so every replica and every retry on the same
+    /// head picks the same layout.
+    pub fn resolve(self, plans: usize, now: StatusLayout) -> StatusLayout {
+        match self {
+            Self::Fixed(layout) => layout,
+            Self::Auto if plans >= AUTO_SHARD_AT => StatusLayout::Sharded,
+            Self::Auto if plans < AUTO_FLAT_BELOW => StatusLayout::Flat,
+            Self::Auto => now,
+        }
+    }
 }
 
 impl Default for WriteBack {
@@ -284,7 +316,7 @@ impl Default for WriteBack {
             committer: id,
             skip_ci: false,
             signing: None,
-            status_layout: StatusLayout::Flat,
+            status_layout: LayoutSetting::Auto,
         }
     }
 }
@@ -294,7 +326,28 @@ pub const BUILTIN_SOURCE: &str = "builtin";
 
 #[cfg(test)]
 mod tests {
-    use super::endpoint_problem;
+    use super::{AUTO_FLAT_BELOW, AUTO_SHARD_AT, LayoutSetting, StatusLayout, endpoint_problem};
+
+    #[test]
+    fn auto_shards_a_large_repository_keeps_a_small_one_flat_and_does_not_flap_between() {
+        use StatusLayout::{Flat, Sharded};
+        let auto = LayoutSetting::Auto;
+        for now in [Flat, Sharded] {
+            assert_eq!(auto.resolve(0, now), Flat);
+            assert_eq!(auto.resolve(AUTO_FLAT_BELOW - 1, now), Flat);
+            assert_eq!(auto.resolve(AUTO_SHARD_AT, now), Sharded);
+            assert_eq!(auto.resolve(10_000, now), Sharded);
+            // Between the bounds the repository keeps the layout it has.
+            assert_eq!(auto.resolve(AUTO_FLAT_BELOW, now), now);
+            assert_eq!(auto.resolve(AUTO_SHARD_AT - 1, now), now);
+            // A layout that is said is kept at any size.
+            for plans in [0, AUTO_FLAT_BELOW, AUTO_SHARD_AT, 10_000] {
+                assert_eq!(LayoutSetting::Fixed(Flat).resolve(plans, now), Flat);
+                assert_eq!(LayoutSetting::Fixed(Sharded).resolve(plans, now), Sharded);
+            }
+        }
+        assert_eq!(LayoutSetting::default(), auto);
+    }
 
     #[test]
     fn an_aws_endpoint_is_https_or_loopback_and_read_strictly() {

@@ -674,8 +674,10 @@ pub struct WriteBack {
     pub skip_ci: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<Signing>,
-    /// Where status files are stored: `flat` (`status/<plan>.yaml`, the default) or
-    /// `sharded` (`status/<hh>/<plan>.yaml`, 256 folders; for thousands of plans).
+    /// Where status files are stored: `flat` (`status/<plan>.yaml`), `sharded`
+    /// (`status/<hh>/<plan>.yaml`, 256 folders; for thousands of plans), or `auto` (the
+    /// default): sharded from 2,000 plans, flat again below 1,000, and in between as the
+    /// repository has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_layout: Option<StatusLayout>,
 }
@@ -683,6 +685,7 @@ pub struct WriteBack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum StatusLayout {
+    Auto,
     Flat,
     Sharded,
 }

@@ -28,6 +28,7 @@ use anyhow::{Context, Result, anyhow};
 use git2::{ObjectType, Oid, Repository};
 
 use super::{SETTINGS_FILE, Snapshot, is_shard_folder, is_status_path, is_yaml, status_shard};
+use crate::model::settings::LayoutSetting;
 use crate::model::yaml::MAX_FILE_BYTES;
 use crate::model::{Code, Diagnostic};
 
@@ -837,6 +838,46 @@ impl GitSource {
             Some(id) => Ok(Some(self.repo.find_blob(id)?.content().to_vec())),
             None => Ok(None),
         }
+    }
+
+    /// The layout `setting` picks at `commit` ([`LayoutSetting::resolve`]): the plan files
+    /// in `plans/` counted, and the status files stored sharded now when `status/` holds
+    /// a shard folder. For a writer on its own; the daemon picks once per head, from its
+    /// snapshot, and writes with that layout fixed.
+    pub fn status_layout_at(
+        &self,
+        commit: Oid,
+        setting: LayoutSetting,
+    ) -> Result<super::StatusLayout> {
+        if let LayoutSetting::Fixed(layout) = setting {
+            return Ok(layout);
+        }
+        let root = self.root_tree(commit)?;
+        let folder = |name: &str| {
+            root.get_name(name)
+                .filter(|e| e.kind() == Some(ObjectType::Tree))
+                .map(|e| self.repo.find_tree(e.id()))
+                .transpose()
+        };
+        let plans = folder("plans")?.map_or(0, |t| {
+            t.iter()
+                .filter(|e| {
+                    e.kind() == Some(ObjectType::Blob)
+                        && e.filemode() != 0o120000
+                        && e.name().is_ok_and(is_yaml)
+                })
+                .count()
+        });
+        let sharded = folder("status")?.is_some_and(|t| {
+            t.iter()
+                .any(|e| e.kind() == Some(ObjectType::Tree) && e.name().is_ok_and(is_shard_folder))
+        });
+        let now = if sharded {
+            super::StatusLayout::Sharded
+        } else {
+            super::StatusLayout::Flat
+        };
+        Ok(setting.resolve(plans, now))
     }
 
     /// The status files at `commit` not stored where `layout` keeps them (a plan's status

@@ -228,7 +228,10 @@ impl<'a> Writer<'a> {
             }
             tree_id = index.write_tree_to(repo)?;
         }
-        let edits = stored_edits(&spec.edits, self.settings.status_layout);
+        let layout = self
+            .src
+            .status_layout_at(head, self.settings.status_layout)?;
+        let edits = stored_edits(&spec.edits, layout);
         // A large commit's new objects as one pack file, not a loose file each: creating
         // a file costs about 0.8 ms here, a thousand of them most of a mass change's pass.
         tree_id = if spec.edits.len() >= PACK_FROM {

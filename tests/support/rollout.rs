@@ -34,7 +34,8 @@ targets:
 /// [`SETTINGS`] with the status files kept in `layout` (`writeBack.statusLayout`).
 pub fn settings_in(layout: StatusLayout) -> String {
     match layout {
-        StatusLayout::Flat => SETTINGS.to_owned(),
+        // Said, not left to `auto`: the benchmarks' 10,000 plans would be sharded.
+        StatusLayout::Flat => format!("{SETTINGS}writeBack: {{ statusLayout: flat }}\n"),
         StatusLayout::Sharded => format!("{SETTINGS}writeBack: {{ statusLayout: sharded }}\n"),
     }
 }

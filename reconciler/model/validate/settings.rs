@@ -178,8 +178,13 @@ pub fn parse_settings(file: &str, text: &str) -> Result<Settings, Vec<Diagnostic
                 wire::Signing::Gpg(k) => settings::Signing::Gpg { key: k.key.clone() },
             }),
             status_layout: match wb.status_layout {
-                None | Some(wire::StatusLayout::Flat) => settings::StatusLayout::Flat,
-                Some(wire::StatusLayout::Sharded) => settings::StatusLayout::Sharded,
+                None | Some(wire::StatusLayout::Auto) => settings::LayoutSetting::Auto,
+                Some(wire::StatusLayout::Flat) => {
+                    settings::LayoutSetting::Fixed(settings::StatusLayout::Flat)
+                }
+                Some(wire::StatusLayout::Sharded) => {
+                    settings::LayoutSetting::Fixed(settings::StatusLayout::Sharded)
+                }
             },
         };
     }
