@@ -38,7 +38,7 @@ const RESERVED_PACKAGE: &str = "data.rollgate.builtin";
 
 /// The built-in policies, embedded in the binary. Labelled `builtin/<file>` so they never
 /// clash with a repository's `policies/<file>`.
-const BUILTIN_POLICIES: &[(&str, &str)] = &[
+pub(super) const BUILTIN_POLICIES: &[(&str, &str)] = &[
     (
         "builtin/digest.rego",
         include_str!("../../policies/digest.rego"),
@@ -375,16 +375,20 @@ fn is_identifier(s: &str) -> bool {
         && !KEYWORDS.contains(&s)
 }
 
-/// The generated module whose single rule gathers every `deny`/`warn` value, in the
-/// order of `rules`, so evaluation is one engine call.
-pub(super) fn collector_module(rules: &[RuleRef]) -> String {
-    let mut text = String::from("package rollgate_internal__\n\nimport rego.v1\n\nfindings := [\n");
-    for rule in rules {
-        text.push('\t');
-        text.push_str(&rule.path);
-        text.push_str(",\n");
+/// The generated module whose rules gather `deny`/`warn` values in one engine call:
+/// `findings` every one of `rules`, in order; `repo_findings` those of `repo` (the
+/// rules left when the built-ins' pre-check stands for theirs, `native`).
+pub(super) fn collector_module(rules: &[RuleRef], repo: &[RuleRef]) -> String {
+    let mut text = String::from("package rollgate_internal__\n\nimport rego.v1\n");
+    for (name, rules) in [("findings", rules), ("repo_findings", repo)] {
+        text.push_str(&format!("\n{name} := [\n"));
+        for rule in rules {
+            text.push('\t');
+            text.push_str(&rule.path);
+            text.push_str(",\n");
+        }
+        text.push_str("]\n");
     }
-    text.push_str("]\n");
     text
 }
 

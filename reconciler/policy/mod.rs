@@ -21,6 +21,7 @@
 //! files are read without following symlinks and with a size cap.
 
 mod load;
+mod native;
 mod test_runner;
 
 #[cfg(test)]
@@ -45,6 +46,10 @@ pub const EVAL_TIME_LIMIT: Duration = Duration::from_secs(2);
 /// evaluation; generated at load time (see `load::collector_module`).
 const COLLECTOR_RULE: &str = "data.rollgate_internal__.findings";
 
+/// The rule that gathers the `deny` and `warn` of every `rollgate.*` package but the
+/// built-ins, for inputs the built-ins' pre-check proved clean (`native`).
+const REPO_COLLECTOR_RULE: &str = "data.rollgate_internal__.repo_findings";
+
 /// A prepared policy engine: built-in plus repository policies and data.
 ///
 /// Cloning is cheap-ish (the parsed modules are shared) and gives an independent engine:
@@ -54,6 +59,10 @@ pub struct PolicySet {
     engine: Mutex<Engine>,
     /// The `deny`/`warn` rules found at load time, in package order.
     rules: Vec<RuleRef>,
+    /// `rules` but the built-ins', which `native` stands for on the inputs it proves clean.
+    repo_rules: Vec<RuleRef>,
+    /// The built-ins' pre-check, when it applies to this set (`native`).
+    native: Option<native::Prescreen>,
 }
 
 /// One `deny` or `warn` rule of one `rollgate.*` package.
@@ -91,6 +100,8 @@ impl Clone for PolicySet {
         Self {
             engine: Mutex::new(engine),
             rules: self.rules.clone(),
+            repo_rules: self.repo_rules.clone(),
+            native: self.native.clone(),
         }
     }
 }
@@ -246,6 +257,8 @@ impl PolicySet {
                 Self {
                     engine: Mutex::new(Engine::new()),
                     rules: Vec::new(),
+                    repo_rules: Vec::new(),
+                    native: None,
                 }
             }
         }
@@ -253,10 +266,15 @@ impl PolicySet {
 
     fn prepare(mut engine: Engine) -> Result<PolicySet, Vec<Diagnostic>> {
         let rules = load::find_rules(&engine)?;
+        let repo_rules: Vec<RuleRef> = rules
+            .iter()
+            .filter(|r| !native::RULES.contains(&r.path.as_str()))
+            .cloned()
+            .collect();
         engine
             .add_policy(
                 load::COLLECTOR_FILE.to_string(),
-                load::collector_module(&rules),
+                load::collector_module(&rules, &repo_rules),
             )
             .map_err(|e| vec![load::diagnostic(&e, load::COLLECTOR_FILE)])?;
         load::set_limits(&mut engine);
@@ -266,10 +284,40 @@ impl PolicySet {
         engine
             .eval_query("true".to_string(), false)
             .map_err(|e| vec![load::diagnostic(&e, "policies")])?;
+        let native = Self::prescreen(&mut engine, &rules);
         Ok(PolicySet {
             engine: Mutex::new(engine),
             rules,
+            repo_rules,
+            native,
         })
+    }
+
+    /// The built-ins' pre-check, when this set holds the built-in rules it was written
+    /// for, all of them, and no data reaches into `data.rollgate.builtin` (where it
+    /// could stand in for a built-in rule).
+    fn prescreen(engine: &mut Engine, rules: &[RuleRef]) -> Option<native::Prescreen> {
+        let builtin: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.policy.starts_with("rollgate.builtin."))
+            .map(|r| r.path.as_str())
+            .collect();
+        let texts = load::BUILTIN_POLICIES.iter().map(|(_, text)| *text);
+        if builtin != native::RULES || native::fingerprint(texts) != native::BUILTIN_FINGERPRINT {
+            return None;
+        }
+        let data = engine.get_data();
+        let rollgate = &data[&regorus::Value::from("rollgate")];
+        if rollgate[&regorus::Value::from("builtin")] != regorus::Value::Undefined {
+            return None;
+        }
+        let limit =
+            &rollgate[&regorus::Value::from("limits")][&regorus::Value::from("maxFirstStepWeight")];
+        let limit = match limit {
+            regorus::Value::Undefined => None,
+            v => Some(serde_json::to_value(v).ok()?),
+        };
+        Some(native::Prescreen::new(limit.as_ref()))
     }
 
     /// The packages whose `deny`/`warn` rules are evaluated, sorted.
@@ -316,6 +364,21 @@ impl PolicySet {
         shared: &SharedInput,
         fields: &[(&str, &Value)],
     ) -> Result<PolicyOutcome, PolicyError> {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map_or(&Value::Null, |(_, v)| *v)
+        };
+        // The built-ins' pre-check: a plan it proves clean needs only the repository's
+        // own rules evaluated (none: no engine call at all).
+        let clean = self
+            .native
+            .as_ref()
+            .is_some_and(|n| n.clean(field("plan"), field("steps"), field("windowOpen")));
+        if clean && self.repo_rules.is_empty() {
+            return Ok(PolicyOutcome::default());
+        }
         let mut value = regorus::Value::new_object();
         if let Ok(object) = value.as_object_mut() {
             for (key, field) in fields {
@@ -327,17 +390,32 @@ impl PolicySet {
                 }
             }
         }
-        self.evaluate_value(value)
+        if clean {
+            self.evaluate_rules(value, REPO_COLLECTOR_RULE, &self.repo_rules)
+        } else {
+            self.evaluate_value(value)
+        }
     }
 
     fn evaluate_value(&self, input: regorus::Value) -> Result<PolicyOutcome, PolicyError> {
+        self.evaluate_rules(input, COLLECTOR_RULE, &self.rules)
+    }
+
+    /// Evaluate `rules` against `input` in one call of `collector` (the rule that gathers
+    /// them, in order); rule by rule when that fails, to name the culprit.
+    fn evaluate_rules(
+        &self,
+        input: regorus::Value,
+        collector: &str,
+        rules: &[RuleRef],
+    ) -> Result<PolicyOutcome, PolicyError> {
         let started = Instant::now();
         let mut engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
         engine.set_input(input);
-        let collected = engine.eval_rule(COLLECTOR_RULE.to_string());
+        let collected = engine.eval_rule(collector.to_string());
         discard_prints(&mut engine);
         match collected {
-            Ok(value) if value != regorus::Value::Undefined => self.outcome(&value),
+            Ok(value) if value != regorus::Value::Undefined => Self::outcome(rules, &value),
             // The whole budget is spent: say so, without running anything again (so we
             // cannot tell which policy was slow).
             Err(e) if matches!(policy_error(&e, None), PolicyError::TimeLimit { .. }) => {
@@ -350,32 +428,35 @@ impl PolicySet {
             // undefined: evaluate rule by rule, within what is left of the budget, to
             // name the culprit.
             Ok(_) | Err(_) => {
-                let outcome = self.evaluate_each(&mut engine, started);
+                let outcome = Self::evaluate_each(rules, &mut engine, started);
                 load::set_time_limit(&mut engine, EVAL_TIME_LIMIT);
                 outcome
             }
         }
     }
 
-    fn outcome(&self, collected: &regorus::Value) -> Result<PolicyOutcome, PolicyError> {
+    fn outcome(
+        rules: &[RuleRef],
+        collected: &regorus::Value,
+    ) -> Result<PolicyOutcome, PolicyError> {
         let values = collected.as_array().map_err(|e| PolicyError::Eval {
             policy: None,
             message: load::one_line(&e),
         })?;
         let mut outcome = PolicyOutcome::default();
-        for (rule, value) in self.rules.iter().zip(values.iter()) {
+        for (rule, value) in rules.iter().zip(values.iter()) {
             push_findings(&mut outcome, rule, value)?;
         }
         Ok(outcome)
     }
 
     fn evaluate_each(
-        &self,
+        rules: &[RuleRef],
         engine: &mut Engine,
         started: Instant,
     ) -> Result<PolicyOutcome, PolicyError> {
         let mut outcome = PolicyOutcome::default();
-        for rule in &self.rules {
+        for rule in rules {
             let left = EVAL_TIME_LIMIT.saturating_sub(started.elapsed());
             load::set_time_limit(engine, left.max(Duration::from_millis(1)));
             let value = engine.eval_rule(rule.path.clone());
