@@ -284,7 +284,7 @@ impl PolicySet {
         engine
             .eval_query("true".to_string(), false)
             .map_err(|e| vec![load::diagnostic(&e, "policies")])?;
-        let native = Self::prescreen(&mut engine, &rules);
+        let native = Self::prescreen(&engine, &rules);
         Ok(PolicySet {
             engine: Mutex::new(engine),
             rules,
@@ -294,9 +294,19 @@ impl PolicySet {
     }
 
     /// The built-ins' pre-check, when this set holds the built-in rules it was written
-    /// for, all of them, and no data reaches into `data.rollgate.builtin` (where it
-    /// could stand in for a built-in rule).
-    fn prescreen(engine: &mut Engine, rules: &[RuleRef]) -> Option<native::Prescreen> {
+    /// for, all of them, and nothing else reaches into `data.rollgate.builtin`: no data
+    /// (it could stand in for a built-in rule), and no module of package `rollgate`
+    /// other than the built-ins' (a rule ref such as `builtin.digest.deny` joins the
+    /// built-in's rule without declaring its package).
+    fn prescreen(engine: &Engine, rules: &[RuleRef]) -> Option<native::Prescreen> {
+        let packages = engine.get_policy_package_components().ok()?;
+        if packages.iter().any(|p| {
+            p.components.len() <= 1
+                && p.components.first().is_none_or(|c| c == "rollgate")
+                && !p.source_file.starts_with("builtin/")
+        }) {
+            return None;
+        }
         let builtin: Vec<&str> = rules
             .iter()
             .filter(|r| r.policy.starts_with("rollgate.builtin."))

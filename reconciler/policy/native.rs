@@ -443,6 +443,34 @@ mod tests {
     }
 
     #[test]
+    fn a_repository_rule_reaching_into_a_builtin_package_turns_the_prescreen_off() {
+        // `package rollgate` may name a rule by a longer ref (`builtin.digest.deny`), which
+        // joins the built-in's rule without declaring its package.
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("root.rego"),
+            "package rollgate\n\nimport rego.v1\n\n\
+             builtin.digest.deny contains \"from the repository\" if true\n",
+        )
+        .expect("write");
+        let set = PolicySet::load(Some(dir.path())).expect("regorus takes the rule");
+        assert!(set.native.is_none());
+        // and the repository's rule denies a plan every built-in allows
+        let plan = json!({"metadata": {"name": "web"}, "spec": {}});
+        let outcome = set
+            .evaluate_fields(
+                &SharedInput::default(),
+                &[
+                    ("plan", &plan),
+                    ("steps", &json!([])),
+                    ("windowOpen", &json!(true)),
+                ],
+            )
+            .expect("evaluates");
+        assert_eq!(outcome.deny.len(), 1, "{outcome:?}");
+    }
+
+    #[test]
     fn data_reaching_into_the_builtin_packages_turns_the_prescreen_off() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(

@@ -46,19 +46,52 @@ fn layout_commits(w: &World) -> Vec<LoggedCommit> {
         .collect()
 }
 
-#[test]
-fn turning_status_sharding_on_moves_every_status_file_in_one_commit_and_rollouts_go_on() {
-    // Given two plans rolled out with their status files flat
+/// Two plans, `web` and `api`, rolled out with the default settings (a small repository:
+/// status files flat); the world, `web`, and both status files' content (api, web).
+fn rolled_out_flat() -> (World, PlanFile, Vec<String>) {
     let (web, api) = (PlanFile::new("web"), PlanFile::new("api"));
     let mut w = World::new(&[&web, &api]);
     for p in ["web", "api"] {
         w.run_until(p, 10, 40, |s| s.phase == Phase::Succeeded);
     }
     assert_eq!(status_tree(&w), ["status/api.yaml", "status/web.yaml"]);
-    let before: Vec<String> = ["api", "web"]
+    let before = ["api", "web"]
         .iter()
         .map(|p| w.remote.file(&format!("status/{p}.yaml")))
         .collect();
+    (w, web, before)
+}
+
+/// Both status files (api, web) are in their shard folders, and only there, with the
+/// content `before` they had flat; returns their paths, sorted.
+fn assert_moved_to_shards(w: &World, before: &[String]) -> Vec<String> {
+    let mut now = vec![sharded("api"), sharded("web")];
+    now.sort();
+    assert_eq!(status_tree(w), now);
+    let after: Vec<String> = ["api", "web"]
+        .iter()
+        .map(|p| w.remote.file(&sharded(p)))
+        .collect();
+    assert_eq!(after, before, "a move changes no status");
+    now
+}
+
+/// The next pass moves both status files back flat in a second layout commit; web's
+/// rollout to v2 is kept, and the branch only ever moved forward.
+fn assert_moved_back_flat(w: &mut World) {
+    assert_eq!(w.tick().errors, 0);
+    let moves = layout_commits(w);
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    assert_eq!(moves[1].trailer("Rollgate-Status-Layout"), Some("flat"));
+    assert_eq!(status_tree(w), ["status/api.yaml", "status/web.yaml"]);
+    assert_eq!(w.status("web").candidate, "v2");
+    assert_only_fast_forwards(&w.remote);
+}
+
+#[test]
+fn turning_status_sharding_on_moves_every_status_file_in_one_commit_and_rollouts_go_on() {
+    // Given two plans rolled out with their status files flat
+    let (mut w, web, before) = rolled_out_flat();
 
     // When the settings turn sharding on
     w.remote.human_commit(
@@ -84,14 +117,7 @@ fn turning_status_sharding_on_moves_every_status_file_in_one_commit_and_rollouts
     ];
     want.sort();
     assert_eq!(moved, want);
-    let mut now = vec![sharded("api"), sharded("web")];
-    now.sort();
-    assert_eq!(status_tree(&w), now);
-    let after: Vec<String> = ["api", "web"]
-        .iter()
-        .map(|p| w.remote.file(&sharded(p)))
-        .collect();
-    assert_eq!(after, before, "a move changes no status");
+    let now = assert_moved_to_shards(&w, &before);
     // and passes after it move nothing again
     for _ in 0..3 {
         w.wait(10);
@@ -132,13 +158,7 @@ fn turning_status_sharding_on_moves_every_status_file_in_one_commit_and_rollouts
     // When the settings turn it off again, one commit moves them back
     w.remote
         .human_commit("rollgate.yaml", set_layout("flat"), "status flat again");
-    assert_eq!(w.tick().errors, 0);
-    let moves = layout_commits(&w);
-    assert_eq!(moves.len(), 2, "{moves:?}");
-    assert_eq!(moves[1].trailer("Rollgate-Status-Layout"), Some("flat"));
-    assert_eq!(status_tree(&w), ["status/api.yaml", "status/web.yaml"]);
-    assert_eq!(w.status("web").candidate, "v2");
-    assert_only_fast_forwards(&w.remote);
+    assert_moved_back_flat(&mut w);
 }
 
 #[test]
@@ -268,59 +288,25 @@ fn a_checkout_with_sharded_status_files_reads_like_the_repository() {
     assert_eq!(sharded_ones, ["status/both.yaml", "status/web.yaml"]);
 }
 
-/// The human adds (`add`) or removes the plan files `plans/filler-<i>.yaml` of `range` in
-/// one commit: files that are not plans (the gate refuses them), counted as plan files.
-fn fillers(w: &World, range: std::ops::Range<usize>, add: bool) {
-    let human = &w.remote.human;
-    support::git(human, &["pull", "-q", "--rebase", "origin", "main"]);
-    for i in range {
-        let path = human.join(format!("plans/filler-{i:05}.yaml"));
-        if add {
-            std::fs::write(&path, format!("filler: {i}\n")).expect("write");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
-    support::git(human, &["add", "-A"]);
-    support::git(human, &["commit", "-q", "-m", "fillers"]);
-    support::git(human, &["push", "-q", "origin", "main"]);
-}
-
 #[test]
 fn by_default_a_repository_growing_past_the_bound_is_sharded_in_one_commit_and_flat_again_when_it_shrinks()
  {
     use rollgate::model::settings::{AUTO_FLAT_BELOW, AUTO_SHARD_AT};
     // Given two plans rolled out with the default setting (`auto`): a small repository,
     // status files flat
-    let (web, api) = (PlanFile::new("web"), PlanFile::new("api"));
-    let mut w = World::new(&[&web, &api]);
+    let (mut w, web, before) = rolled_out_flat();
     assert!(
         !support::git(&w.remote.bare, &["show", "main:rollgate.yaml"]).contains("statusLayout"),
         "the setting is left to its default"
     );
-    for p in ["web", "api"] {
-        w.run_until(p, 10, 40, |s| s.phase == Phase::Succeeded);
-    }
-    assert_eq!(status_tree(&w), ["status/api.yaml", "status/web.yaml"]);
-    let before: Vec<String> = ["api", "web"]
-        .iter()
-        .map(|p| w.remote.file(&format!("status/{p}.yaml")))
-        .collect();
 
     // When the repository grows to the bound, one commit moves every status file
-    fillers(&w, 0..AUTO_SHARD_AT - 2, true);
+    w.remote.fillers(0..AUTO_SHARD_AT - 2, true);
     assert_eq!(w.tick().errors, 0);
     let moves = layout_commits(&w);
     assert_eq!(moves.len(), 1, "{moves:?}");
     assert_eq!(moves[0].trailer("Rollgate-Status-Layout"), Some("sharded"));
-    let mut now = vec![sharded("api"), sharded("web")];
-    now.sort();
-    assert_eq!(status_tree(&w), now);
-    let after: Vec<String> = ["api", "web"]
-        .iter()
-        .map(|p| w.remote.file(&sharded(p)))
-        .collect();
-    assert_eq!(after, before, "a move changes no status");
+    let now = assert_moved_to_shards(&w, &before);
 
     // and a rollout goes on in the sharded layout
     w.remote
@@ -331,7 +317,8 @@ fn by_default_a_repository_growing_past_the_bound_is_sharded_in_one_commit_and_f
     assert_eq!(status_tree(&w), now, "no flat copy came back");
 
     // When it shrinks between the bounds, nothing moves
-    fillers(&w, AUTO_FLAT_BELOW - 2..AUTO_SHARD_AT - 2, false);
+    w.remote
+        .fillers(AUTO_FLAT_BELOW - 2..AUTO_SHARD_AT - 2, false);
     for _ in 0..2 {
         w.wait(10);
         assert_eq!(w.tick().errors, 0);
@@ -340,12 +327,7 @@ fn by_default_a_repository_growing_past_the_bound_is_sharded_in_one_commit_and_f
     assert_eq!(status_tree(&w), now);
 
     // When it shrinks below the lower bound, one commit moves them back
-    fillers(&w, AUTO_FLAT_BELOW - 3..AUTO_FLAT_BELOW - 2, false);
-    assert_eq!(w.tick().errors, 0);
-    let moves = layout_commits(&w);
-    assert_eq!(moves.len(), 2, "{moves:?}");
-    assert_eq!(moves[1].trailer("Rollgate-Status-Layout"), Some("flat"));
-    assert_eq!(status_tree(&w), ["status/api.yaml", "status/web.yaml"]);
-    assert_eq!(w.status("web").candidate, "v2");
-    assert_only_fast_forwards(&w.remote);
+    w.remote
+        .fillers(AUTO_FLAT_BELOW - 3..AUTO_FLAT_BELOW - 2, false);
+    assert_moved_back_flat(&mut w);
 }

@@ -387,24 +387,6 @@ fn packs(bare: &std::path::Path) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
-/// The remote's human adds plan files `plans/filler-<i>.yaml` for `range` (`add`) or
-/// removes them, in one commit.
-fn fillers(remote: &Remote, range: std::ops::Range<usize>, add: bool) {
-    git(&remote.human, &["pull", "-q", "--rebase", "origin", "main"]);
-    std::fs::create_dir_all(remote.human.join("plans")).expect("plans/");
-    for i in range {
-        let path = remote.human.join(format!("plans/filler-{i:05}.yaml"));
-        if add {
-            std::fs::write(&path, format!("# filler {i}\n")).expect("write");
-        } else {
-            std::fs::remove_file(&path).expect("remove");
-        }
-    }
-    git(&remote.human, &["add", "-A"]);
-    git(&remote.human, &["commit", "-q", "-m", "fillers"]);
-    git(&remote.human, &["push", "-q", "origin", "main"]);
-}
-
 /// Where the remote's main stores `status/hello.yaml` (a writer moves only the status
 /// files it writes; the daemon moves the others, `tests/it/status_layout.rs`).
 fn status_paths(remote: &Remote) -> Vec<String> {
@@ -438,15 +420,11 @@ fn a_writer_on_its_own_stores_status_files_where_auto_puts_them_for_the_reposito
     let plans = git(&remote.bare, &["ls-tree", "--name-only", "main", "plans/"])
         .lines()
         .count();
-    fillers(&remote, 0..AUTO_SHARD_AT - plans, true);
+    remote.fillers(0..AUTO_SHARD_AT - plans, true);
     write(2);
     assert_eq!(status_paths(&remote), std::slice::from_ref(&sharded));
     // and a repository between the bounds keeps the layout it has
-    fillers(
-        &remote,
-        AUTO_FLAT_BELOW - plans..AUTO_SHARD_AT - plans,
-        false,
-    );
+    remote.fillers(AUTO_FLAT_BELOW - plans..AUTO_SHARD_AT - plans, false);
     write(3);
     assert_eq!(status_paths(&remote), std::slice::from_ref(&sharded));
     assert_eq!(
@@ -454,11 +432,7 @@ fn a_writer_on_its_own_stores_status_files_where_auto_puts_them_for_the_reposito
         "plan: hello\nstep: 3"
     );
     // When it shrinks below the lower bound, the status file is flat again
-    fillers(
-        &remote,
-        AUTO_FLAT_BELOW - plans - 1..AUTO_FLAT_BELOW - plans,
-        false,
-    );
+    remote.fillers(AUTO_FLAT_BELOW - plans - 1..AUTO_FLAT_BELOW - plans, false);
     write(4);
     assert_eq!(status_paths(&remote), ["status/hello.yaml"]);
 }
