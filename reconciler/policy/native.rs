@@ -14,9 +14,10 @@
 //! "clean" only where every built-in `deny` body fails on values it reads exactly as
 //! Rego does (truthiness, equality, numbers), and only where no body could raise an
 //! error (a Rego error refuses the plan). It applies only to the embedded texts it was
-//! written for ([`BUILTIN_FINGERPRINT`], checked by a test) and only when no data
-//! file reaches into `data.rollgate.builtin`. `tests.rs` evaluates thousands of
-//! generated inputs both ways and requires the same outcome.
+//! written for ([`BUILTIN_FINGERPRINT`], checked by a test) and only when nothing else
+//! reaches into `data.rollgate.builtin` (a data file, a module of package `rollgate`:
+//! `PolicySet::prescreen`). The tests below evaluate thousands of generated inputs both
+//! ways and require the same outcome.
 
 use serde_json::Value;
 
@@ -44,7 +45,7 @@ pub(super) struct Prescreen {
 
 impl Prescreen {
     /// The pre-check for a set whose `data.rollgate.limits.maxFirstStepWeight` is
-    /// `max_first_weight` (`Value::Null` standing for unset).
+    /// `max_first_weight` (`None`: unset, so the policy's default of 25).
     pub(super) fn new(max_first_weight: Option<&Value>) -> Self {
         let max_first_weight = match max_first_weight {
             None => Some(25.0),
@@ -197,18 +198,14 @@ mod tests {
 
     #[test]
     fn the_prescreen_matches_the_builtin_policies_it_was_written_for() {
-        let texts = crate::policy::load::BUILTIN_POLICIES
-            .iter()
-            .map(|(_, text)| *text);
+        let now = fingerprint(
+            crate::policy::load::BUILTIN_POLICIES
+                .iter()
+                .map(|(_, text)| *text),
+        );
         assert_eq!(
-            fingerprint(texts),
-            BUILTIN_FINGERPRINT,
-            "a built-in policy changed: check reconciler/policy/native.rs against it, then update BUILTIN_FINGERPRINT to {:#x}",
-            fingerprint(
-                crate::policy::load::BUILTIN_POLICIES
-                    .iter()
-                    .map(|(_, t)| *t)
-            )
+            now, BUILTIN_FINGERPRINT,
+            "a built-in policy changed: check reconciler/policy/native.rs against it, then update BUILTIN_FINGERPRINT to {now:#x}"
         );
         // and every set that holds them uses it
         assert!(PolicySet::builtin().native.is_some());
