@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod git;
+pub mod path_remote;
 pub mod remote;
 pub mod watch;
 

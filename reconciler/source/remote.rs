@@ -1,4 +1,6 @@
 //! Git's network side: fetch and push through the `git` command; everything local stays in git2.
+//! A path remote is mostly fetched from and pushed to in-process ([`PathRemote`], with
+//! the same compare-and-swap), `git` doing every 16th transfer and whatever that refuses.
 //!
 //! Why the command and not libgit2's transports (measured, see the README's "Git
 //! remotes"): the `git` command's push is a compare-and-swap on every transport, the
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 use git2::Oid;
 
+use super::path_remote::{Done, PathRemote};
 use crate::github::Secret;
 
 /// A process-wide source of Git over http(s) passwords for `x-access-token`, asked with
@@ -393,13 +396,26 @@ pub fn maintenance_due(n: u32) -> bool {
     n.is_multiple_of(MAINTENANCE_EVERY)
 }
 
-/// A remote and how to reach it: runs `git fetch` and `git push` for a repository.
+/// `+<src>:<dst>` naming one ref each (no pattern): its two refs.
+fn forced_exact(spec: &str) -> Option<(&str, &str)> {
+    let (src, dst) = spec.strip_prefix('+')?.split_once(':')?;
+    let exact = |r: &str| r.starts_with("refs/") && !r.contains('*');
+    (exact(src) && exact(dst)).then_some((src, dst))
+}
+
+/// A remote and how to reach it: runs `git fetch` and `git push` for a repository
+/// (for a path remote, mostly in-process: [`PathRemote`]).
 #[derive(Debug, Clone)]
 pub struct Remote {
     url: RemoteUrl,
     auth: GitAuth,
     /// Fetches so far (shared by clones of this value): see `maintenance_due`.
     fetches: Arc<AtomicU32>,
+    /// Pushes so far (shared by clones of this value): see `maintenance_due`.
+    pushes: Arc<AtomicU32>,
+    /// For a path remote: the repository, fetched from and pushed to in-process
+    /// ([`PathRemote`]) except every `MAINTENANCE_EVERY`th time.
+    path: Option<PathRemote>,
     /// For ssh: the one connection every fetch and push of this remote (and its clones)
     /// goes through. `None` for other schemes, or when no private folder could be had.
     shared_ssh: Option<Arc<SharedSsh>>,
@@ -485,10 +501,16 @@ impl Remote {
             Scheme::Ssh => SharedSsh::new().map(Arc::new),
             _ => None,
         };
+        let path = match url.scheme {
+            Scheme::Local => PathRemote::at(url.as_str()),
+            _ => None,
+        };
         Self {
             url,
             auth,
             fetches: Arc::new(AtomicU32::new(0)),
+            pushes: Arc::new(AtomicU32::new(0)),
+            path,
             shared_ssh,
         }
     }
@@ -504,9 +526,20 @@ impl Remote {
 
     /// Fetch `refspecs` from the remote into the repository at `git_dir`.
     pub fn fetch(&self, git_dir: &Path, refspecs: &[String]) -> Result<(), RemoteError> {
+        let due = maintenance_due(self.fetches.fetch_add(1, Ordering::Relaxed));
+        if !due
+            && let Some(path) = &self.path
+            && let [spec] = refspecs
+            && let Some((src, dst)) = forced_exact(spec)
+        {
+            match path.fetch(git_dir, src, dst) {
+                Done::Done(_) => return Ok(()),
+                Done::UseGit(why) => tracing::debug!(%why, "fetch through git"),
+            }
+        }
         let mut cmd = self.git(git_dir)?;
         cmd.args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]);
-        if !maintenance_due(self.fetches.fetch_add(1, Ordering::Relaxed)) {
+        if !due {
             cmd.arg("--no-auto-maintenance");
         }
         cmd.arg("--").arg(self.url.as_str()).args(refspecs);
@@ -526,6 +559,16 @@ impl Remote {
         branch: &str,
         expected: Option<Oid>,
     ) -> Result<Push, RemoteError> {
+        // A path remote in-process, except every `MAINTENANCE_EVERY`th push, which lets
+        // receive-pack run the remote's auto maintenance (gc of loose objects).
+        if let Some(path) = &self.path
+            && !maintenance_due(self.pushes.fetch_add(1, Ordering::Relaxed))
+        {
+            match path.push(git_dir, commit, branch, expected) {
+                Done::Done(push) => return Ok(push),
+                Done::UseGit(why) => tracing::debug!(%why, "push through git"),
+            }
+        }
         let dst = format!("refs/heads/{branch}");
         let lease = match expected {
             Some(old) => format!("--force-with-lease={dst}:{old}"),

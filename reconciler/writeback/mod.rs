@@ -24,7 +24,7 @@ use crate::source::remote::Push;
 
 mod edits;
 pub mod messages;
-mod pack;
+pub(crate) mod pack;
 
 pub use edits::{put_files, put_files_packed};
 

@@ -210,6 +210,7 @@ fn race(bare: &Path, rollgate_url: &str, auth: GitAuth, access: HumanAccess, pus
     let mut n = 0;
     while !done.load(Ordering::Relaxed) {
         n += 1;
+        let began = std::time::Instant::now();
         match writer.write(|_| Ok(Some(status_spec(n)))).expect("write") {
             WriteOutcome::Pushed { commit, attempts } => {
                 rollgate_lost += attempts - 1;
@@ -220,8 +221,15 @@ fn race(bare: &Path, rollgate_url: &str, auth: GitAuth, access: HumanAccess, pus
         // A rollout writes a few status commits a second, not a flood: pace it so the
         // humans are not starved, yet race them on every write. (Since rollgate retries a
         // lost race after at most 40 ms, back-to-back writes made the humans lose most
-        // races and the path test take 11 minutes.)
-        std::thread::sleep(std::time::Duration::from_millis(40) + jitter(80));
+        // races and the path test take 11 minutes.) Paced from the start of each write,
+        // not its end, at 2-4 a second: a human who lost runs `pull --rebase` and `push`
+        // again, 160-200 ms of `git` here, and a branch that moves every 150 ms beats
+        // that every time. `git push` took 30-60 ms of rollgate's cycle and hid this; the
+        // in-process push to a path remote takes 2 ms, and at a write every 100-200 ms
+        // the two humans made 0.7 pushes a second instead of 4.4 (the path test would
+        // have taken 48 minutes).
+        let next = std::time::Duration::from_millis(250) + jitter(250);
+        std::thread::sleep(next.saturating_sub(began.elapsed()));
     }
     let mut human_subjects = Vec::new();
     let mut human_lost = 0;
