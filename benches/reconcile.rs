@@ -6,10 +6,11 @@
 //! (b) one status commit pushed to the bare remote by `Writer`. Goal: p50 ≤ 20 ms.
 //! (c) both again with 10,000 other plans (finished rollouts) in the repository; plus
 //!     the cost of one idle `tick` of an in-process `Reconciler` over all of them.
-//! (d) Git's floor under (a) and (b), side by side in the same run (the daemon stopped):
-//!     plain `git` fetching a human's one-plan change with the daemon's fetch options,
-//!     and pushing a one-file status commit as the daemon pushes (a compare-and-swap,
-//!     objects sent whole). Neither (a) nor (b) can be faster than these.
+//! (d) plain `git` doing the same transfers, side by side in the same run (the daemon
+//!     stopped): fetching a human's one-plan change with the daemon's fetch options, and
+//!     pushing a one-file status commit as the daemon pushes through `git` (a
+//!     compare-and-swap, objects sent whole). This is the floor over https and ssh; to
+//!     this path remote rollgate goes in-process (`source/path_remote.rs`), below it.
 //! Run: `cargo bench --bench reconcile` (add `-- N` for another count of other plans, and
 //! `-- --sharded` for the sharded status layout, `writeBack.statusLayout: sharded`).
 //! Without `--bench` (under `cargo test`) it is a tiny smoke run.
@@ -292,13 +293,13 @@ fn floors(cfg: &Config, remote: &Remote) {
     }
     report(
         cfg,
-        "(d) floor of (a): plain git fetch of a one-plan change",
+        "(d) plain git, the transfer under (a): fetch of a one-plan change",
         &mut fetch,
         f64::INFINITY,
     );
     report(
         cfg,
-        "(d) floor of (b): plain git push of a one-file status commit",
+        "(d) plain git, the transfer under (b): push of a one-file status commit",
         &mut push,
         f64::INFINITY,
     );
