@@ -125,7 +125,8 @@ impl PathRemote {
             .entries(None)
             .map_err(|e| format!("cannot read its config: {}", e.message()))?;
         while let Some(entry) = entries.next() {
-            let Ok(entry) = entry else { continue };
+            // An entry that cannot be read could be any setting: `git` reads it.
+            let entry = entry.map_err(|e| format!("cannot read its config: {}", e.message()))?;
             let key = entry.name().unwrap_or_default().to_ascii_lowercase();
             if let Some(p) = RECEIVE_CONFIG.iter().find(|p| key.starts_with(*p)) {
                 return Err(format!("its config sets {key} ({p}*)"));
