@@ -401,6 +401,14 @@ impl Objects<'_, '_> {
         Ok(())
     }
 
+    /// `o`'s content: as kept, or read now (a loose object that was to be linked).
+    fn content<'o>(&self, o: &'o Object) -> Result<std::borrow::Cow<'o, [u8]>, String> {
+        Ok(match &o.data {
+            Some(d) => std::borrow::Cow::Borrowed(d.as_slice()),
+            None => std::borrow::Cow::Owned(self.read(o.id, o.kind)?),
+        })
+    }
+
     /// Into `to`: one pack from [`PACK_FROM`] objects; else each, in order, as a hard
     /// link to its loose file (as `git clone --local` does: the file is immutable, and
     /// a link costs no compression, which for a 10,000-entry folder is most of a fetch),
@@ -410,11 +418,8 @@ impl Objects<'_, '_> {
         if self.list.len() >= PACK_FROM {
             let mut pack = Pending::default();
             for o in &self.list {
-                let data = match &o.data {
-                    Some(d) => d.clone(),
-                    None => self.read(o.id, o.kind)?,
-                };
-                pack.add(o.kind, &data).map_err(|e| format!("{e:#}"))?;
+                pack.add(o.kind, &self.content(o)?)
+                    .map_err(|e| format!("{e:#}"))?;
             }
             return pack.write(self.to).map_err(|e| format!("{e:#}"));
         }
@@ -422,12 +427,8 @@ impl Objects<'_, '_> {
             if o.data.is_none() && link(&self.from_dir, &self.to_dir, o.id) {
                 continue;
             }
-            let data = match &o.data {
-                Some(d) => d.clone(),
-                None => self.read(o.id, o.kind)?,
-            };
             self.to
-                .write(o.kind, &data)
+                .write(o.kind, &self.content(o)?)
                 .map_err(|e| e.message().to_owned())?;
         }
         Ok(())
