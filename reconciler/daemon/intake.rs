@@ -59,22 +59,17 @@ impl Reconciler {
                 Err(d) => self.policy_errors = d,
             }
         }
-        let prev_rejected = std::mem::take(&mut self.report.rejected);
-        self.report =
-            gate::check_with(&self.snapshot, &cx, self.policy.as_deref(), &mut self.cache);
+        let prev_rejected = self.report.rejected.clone();
+        gate::check_into(
+            &self.snapshot,
+            &cx,
+            self.policy.as_deref(),
+            &mut self.cache,
+            &mut self.report,
+        );
         if !self.policy_errors.is_empty() {
             // Fail closed: no plan is accepted while the policies do not load.
-            let all: Vec<String> = self
-                .report
-                .accepted
-                .values()
-                .map(|p| p.file.clone())
-                .collect();
-            self.report.rejected.extend(all);
-            self.report.accepted.clear();
-            self.report
-                .diagnostics
-                .extend(self.policy_errors.iter().cloned());
+            self.report.fail_closed(&self.policy_errors);
         }
         let changing: std::collections::HashSet<&str> =
             changed.iter().map(String::as_str).collect();

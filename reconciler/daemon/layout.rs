@@ -25,11 +25,7 @@ impl Reconciler {
         let layout = self.status_layout();
         let misplaced = self
             .snapshot
-            .status_files()
-            .filter(|(path, _)| {
-                (layout == StatusLayout::Sharded) != self.snapshot.sharded.contains(*path)
-            })
-            .count();
+            .misplaced_status(layout == StatusLayout::Sharded);
         if misplaced == 0 || self.dry_run {
             return;
         }

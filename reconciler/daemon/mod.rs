@@ -594,15 +594,27 @@ impl Reconciler {
 
     /// Every accepted plan with its priority, in the order of this pass.
     fn pass_order(&self, cursor: Option<&str>) -> Vec<(String, order::Priority)> {
+        // Only a plan that changed, has commands or is rolling back can be more than
+        // routine: those few are looked up, the rest (10,000 idle plans) cost a clone of
+        // their name (three map look-ups each were 2.3 ms of every pass, #21).
+        let rolling_back: BTreeSet<&str> = self
+            .memo
+            .iter()
+            .filter(|(_, m)| m.rolling_back)
+            .map(|(n, _)| n.as_str())
+            .collect();
         let plans = self
             .report
             .accepted
             .iter()
             .map(|(name, pp)| {
                 let changed = self.fresh.contains(name);
-                let commands: Vec<Command> = self
-                    .commands
-                    .get(name)
+                let commands = self.commands.get(name);
+                let rolling_back = rolling_back.contains(name.as_str());
+                if !changed && commands.is_none_or(Vec::is_empty) && !rolling_back {
+                    return (name.clone(), order::Priority::Routine);
+                }
+                let commands: Vec<Command> = commands
                     .map(|c| c.iter().map(|(_, c)| *c).collect())
                     .unwrap_or_default();
                 // Only a changed plan needs its status read to be ordered.
@@ -612,7 +624,7 @@ impl Reconciler {
                     status: status.as_ref(),
                     changed,
                     commands: &commands,
-                    rolling_back: self.memo.get(name).is_some_and(|m| m.rolling_back),
+                    rolling_back,
                 };
                 (name.clone(), order::priority(&seen))
             })

@@ -129,13 +129,13 @@ pub fn priority(seen: &Seen<'_>) -> Priority {
 /// The pass's order: `plans` (name, priority; in name order) sorted by priority, the
 /// routine ones rotated to start after `cursor` (where a yielded pass stopped).
 pub fn order(plans: Vec<(String, Priority)>, cursor: Option<&str>) -> Vec<(String, Priority)> {
-    let (mut first, routine): (Vec<_>, Vec<_>) = plans
+    let (mut first, mut routine): (Vec<_>, Vec<_>) = plans
         .into_iter()
         .partition(|(_, p)| *p != Priority::Routine);
     first.sort_by_key(|(_, p)| *p);
     let start = cursor.map_or(0, |c| routine.partition_point(|(n, _)| n.as_str() <= c));
-    first.extend(routine[start..].iter().cloned());
-    first.extend(routine[..start].iter().cloned());
+    routine.rotate_left(start);
+    first.append(&mut routine);
     first
 }
 

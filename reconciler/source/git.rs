@@ -396,12 +396,13 @@ impl GitSource {
         // A set: a move of the layout changes every status file (10,000 × 20,000 compares).
         let changing: std::collections::HashSet<&str> =
             changed.iter().map(String::as_str).collect();
-        let kept: usize = snap
-            .files
-            .iter()
-            .filter(|(p, _)| !changing.contains(p.as_str()))
-            .map(|(_, b)| b.len())
-            .sum();
+        // Everything, less what changes: a look-up per changed path, not per file.
+        let kept = snap.files.values().map(Vec::len).sum::<usize>()
+            - changing
+                .iter()
+                .filter_map(|p| snap.files.get(*p))
+                .map(Vec::len)
+                .sum::<usize>();
         self.within_budget(&mut folders, changed, kept)?;
         snap.refused.retain(|d| !changing.contains(d.file.as_str()));
         for path in changed {

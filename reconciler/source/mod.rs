@@ -27,14 +27,44 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn plan_files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
-        self.files.iter().filter(|(p, _)| is_plan_path(p))
+        self.files
+            .range::<str, _>(prefixed("plans/", "plans0"))
+            .filter(|(p, _)| is_plan_path(p))
     }
 
     pub fn status_files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
         self.files
-            .iter()
-            .filter(|(p, _)| p.starts_with("status/") && is_yaml(p))
+            .range::<str, _>(prefixed("status/", "status0"))
+            .filter(|(p, _)| is_yaml(p))
     }
+
+    /// How many status files are not stored as `sharded` says (`true`: in shard
+    /// folders). Both lists are in path order: one walk over both, no look-up per file
+    /// (10,000 look-ups were 1.7 ms of every new head's reaction, #21).
+    pub fn misplaced_status(&self, sharded: bool) -> usize {
+        let mut stored = self.sharded.iter().peekable();
+        let mut misplaced = 0;
+        for (path, _) in self.status_files() {
+            while stored.next_if(|s| s.as_str() < path.as_str()).is_some() {}
+            let in_shard = stored.next_if(|s| *s == path).is_some();
+            if in_shard != sharded {
+                misplaced += 1;
+            }
+        }
+        misplaced
+    }
+}
+
+/// The keys from `from` (a folder, ending in `/`) up to `to`, the same name with `0`,
+/// the byte after `/`: every key in the folder, and no other.
+fn prefixed(
+    from: &'static str,
+    to: &'static str,
+) -> (std::ops::Bound<&'static str>, std::ops::Bound<&'static str>) {
+    (
+        std::ops::Bound::Included(from),
+        std::ops::Bound::Excluded(to),
+    )
 }
 
 pub const SETTINGS_FILE: &str = "rollgate.yaml";
@@ -158,5 +188,45 @@ mod tests {
         }
         assert!(is_shard_folder("0a") && !is_shard_folder("0A") && !is_shard_folder("abc"));
         assert_eq!(s.other(), StatusLayout::Flat);
+    }
+
+    #[test]
+    fn misplaced_status_files_are_counted_by_one_walk_as_a_lookup_per_file_counts_them() {
+        let mut snap = Snapshot::default();
+        for p in [
+            "plans/a.yaml",
+            "status/a.yaml",
+            "status/b.yaml",
+            "status/b.yaml.txt",
+            "status/c.yaml",
+            "status0.yaml",
+            "statut/a.yaml",
+        ] {
+            snap.files.insert(p.to_owned(), Vec::new());
+        }
+        let files: Vec<&str> = snap.status_files().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(files, ["status/a.yaml", "status/b.yaml", "status/c.yaml"]);
+        let plans: Vec<&str> = snap.plan_files().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(plans, ["plans/a.yaml"]);
+        // Stored in shards: b, and a path the snapshot no longer has (before and after
+        // the files, and between them).
+        for p in [
+            "status/0.yaml",
+            "status/b.yaml",
+            "status/bb.yaml",
+            "status/z.yaml",
+        ] {
+            snap.sharded.insert(p.to_owned());
+        }
+        let by_lookup = |sharded: bool| {
+            snap.status_files()
+                .filter(|(p, _)| snap.sharded.contains(*p) != sharded)
+                .count()
+        };
+        assert_eq!(snap.misplaced_status(true), 2);
+        assert_eq!(snap.misplaced_status(false), 1);
+        for sharded in [true, false] {
+            assert_eq!(snap.misplaced_status(sharded), by_lookup(sharded));
+        }
     }
 }

@@ -263,3 +263,158 @@ fn a_cached_gate_reports_what_a_fresh_gate_reports_after_every_kind_of_change() 
         "{outcomes:?}"
     );
 }
+
+/// One plan file's content in `a_patched_report_is_the_whole_report_after_random_changes`.
+fn plan_variant(file: &str, names: &[&str], pick: &mut impl FnMut(usize) -> usize) -> Vec<u8> {
+    let port = 18_100 + u16::try_from(pick(50)).expect("small");
+    let mine = PlanFile::new(file)
+        .port(port)
+        .artifact(&format!("v{}", pick(3)));
+    let other = names[pick(names.len())];
+    let text = match pick(6) {
+        // A plan a built-in policy denies: its first step sends 50%.
+        0 => mine.steps(&["setWeight: 50", "setWeight: 100"]).yaml(),
+        1 => "metadata: [\n".to_owned(),
+        // Another file's name: both are rejected while both say it.
+        2 => PlanFile::new(other).port(port).yaml(),
+        // Promoted from another plan (the promotion policy reads its status), or from
+        // one that does not exist.
+        3 => mine
+            .yaml()
+            .replacen("spec:\n", &format!("spec:\n  promotedFrom: {other}\n"), 1),
+        4 => mine
+            .yaml()
+            .replacen("spec:\n", "spec:\n  promotedFrom: ghost\n", 1),
+        _ => mine.yaml(),
+    };
+    text.into_bytes()
+}
+
+#[test]
+fn a_patched_report_is_the_whole_report_after_random_changes() {
+    // Given eight plan files and their status files, and two gates on one history:
+    // one patches its last report (`check_into`, the daemon's), one makes it whole
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut pick = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        usize::try_from(seed % n as u64).expect("small")
+    };
+    let mut snap = Snapshot {
+        files: BTreeMap::from([("rollgate.yaml".to_owned(), SETTINGS.as_bytes().to_vec())]),
+        ..Snapshot::default()
+    };
+    for n in names {
+        let p = PlanFile::new(n).port(18_000 + u16::from(n.as_bytes()[0]));
+        snap.files.insert(p.path(), p.yaml().into_bytes());
+    }
+    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let policy = Some(&rego as &dyn PolicyEngine);
+    let (mut patched_cache, mut whole_cache) = (GateCache::default(), GateCache::default());
+    let mut report = gate::GateReport::default();
+    assert_eq!(
+        gate::check_into(&snap, &cx(), policy, &mut patched_cache, &mut report),
+        gate::Made::Whole,
+        "nothing to patch at first"
+    );
+    let at = cx().now;
+    let cx = || GateContext { now: at, ..cx() };
+    let (mut patches, mut rejected_seen, mut accepted_seen) = (0, 0, 0);
+    for round in 0..300 {
+        // When one to four files change: a plan rewritten, deleted or refused (too
+        // large, say), a status written, broken, naming another plan or deleted, now and
+        // then a path no plan is at, or the settings
+        let before = (snap.files.clone(), snap.refused.clone());
+        for _ in 0..=pick(4) {
+            let name = names[pick(names.len())];
+            let (plan, status) = (format!("plans/{name}.yaml"), format!("status/{name}.yaml"));
+            snap.refused.retain(|d| d.file != plan);
+            match pick(20) {
+                0..=9 => {
+                    let text = plan_variant(name, &names, &mut pick);
+                    snap.files.insert(plan, text);
+                }
+                10 => {
+                    snap.files.remove(&plan);
+                }
+                11 => {
+                    snap.files.remove(&plan);
+                    snap.refused.push(rollgate::model::Diagnostic::error(
+                        plan.as_str(),
+                        None,
+                        rollgate::model::Code::Io,
+                        "file is larger than 1 MiB",
+                    ));
+                }
+                12..=14 => {
+                    let stable = pick(2) == 0;
+                    let v = format!("v{}", pick(3));
+                    snap.files
+                        .insert(status, status_yaml(name, stable.then_some(v.as_str())));
+                }
+                15 => {
+                    snap.files.insert(status, b"phase: [".to_vec());
+                }
+                16 => {
+                    let other = names[pick(names.len())];
+                    snap.files.insert(status, status_yaml(other, Some("v1")));
+                }
+                17 => {
+                    snap.files.remove(&status);
+                }
+                18 => {
+                    snap.files
+                        .insert(format!("plans/nested/{name}.yaml"), b"x: 1\n".to_vec());
+                }
+                _ if pick(4) == 0 => {
+                    let text = format!("{SETTINGS}# round {round}\n");
+                    snap.files.insert("rollgate.yaml".into(), text.into_bytes());
+                }
+                _ => {}
+            }
+        }
+        let mut paths: std::collections::BTreeSet<String> = before
+            .0
+            .keys()
+            .chain(snap.files.keys())
+            .filter(|p| before.0.get(*p) != snap.files.get(*p))
+            .cloned()
+            .collect();
+        paths.extend(
+            before
+                .1
+                .iter()
+                .chain(&snap.refused)
+                .filter(|d| before.1.contains(d) != snap.refused.contains(d))
+                .map(|d| d.file.clone()),
+        );
+        let paths: Vec<String> = paths.into_iter().collect();
+        patched_cache.invalidate(&paths);
+        whole_cache.invalidate(&paths);
+        let made = gate::check_into(&snap, &cx(), policy, &mut patched_cache, &mut report);
+        let whole = gate::check_with(&snap, &cx(), policy, &mut whole_cache);
+
+        // Then the patched report says exactly what the whole one says
+        assert_eq!(
+            said(&report),
+            said(&whole),
+            "round {round}, after {paths:?}"
+        );
+        assert_eq!(report.plan_files, whole.plan_files, "round {round}");
+        let files = |r: &gate::GateReport| -> Vec<String> {
+            r.accepted.values().map(|p| p.file.clone()).collect()
+        };
+        assert_eq!(files(&report), files(&whole), "round {round}");
+        patches += usize::from(made == gate::Made::Patched);
+        rejected_seen += report.rejected.len();
+        accepted_seen += report.accepted.len();
+    }
+    // And most rounds were patches, over reports that rejected and accepted plans
+    assert!(patches > 150, "{patches} of 300 rounds patched");
+    assert!(
+        rejected_seen > 300 && accepted_seen > 300,
+        "{rejected_seen} {accepted_seen}"
+    );
+}
