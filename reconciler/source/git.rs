@@ -1253,6 +1253,11 @@ mod tests {
         commit_tree(repo, root.write().expect("tree"), parent)
     }
 
+    /// A `GitSource` of `bare` cloned into `dir/clone` (not fetched yet).
+    fn clone_of(bare: &Path, dir: &Path) -> GitSource {
+        GitSource::open(bare.to_str().expect("utf-8"), &dir.join("clone"), "main").expect("open")
+    }
+
     /// A commit of `tree` on `main` of `repo`, on top of `parent`.
     pub(super) fn commit_tree(repo: &Repository, tree: Oid, parent: Option<Oid>) -> Oid {
         let tree = repo.find_tree(tree).expect("tree");
@@ -1440,12 +1445,7 @@ mod tests {
             ],
             None,
         );
-        let src = GitSource::open(
-            bare.to_str().expect("utf-8"),
-            &dir.path().join("clone"),
-            "main",
-        )
-        .expect("open");
+        let src = clone_of(&bare, dir.path());
         assert_eq!(src.fetch().expect("fetch"), first);
         assert_eq!(
             src.file_at(first, "status/a.yaml").expect("read"),
@@ -1493,12 +1493,7 @@ mod tests {
             commits.push(c);
             head = Some(c);
         }
-        let src = GitSource::open(
-            bare.to_str().expect("utf-8"),
-            &dir.path().join("clone"),
-            "main",
-        )
-        .expect("open");
+        let src = clone_of(&bare, dir.path());
         src.fetch().expect("fetch");
         let order = (0..commits.len())
             .chain((0..commits.len()).rev())
@@ -1555,12 +1550,7 @@ mod tests {
             ("status", status, 0o040000),
         ]);
         let head = commit_tree(&repo, root, None);
-        let src = GitSource::open(
-            bare.to_str().expect("utf-8"),
-            &dir.path().join("clone"),
-            "main",
-        )
-        .expect("open");
+        let src = clone_of(&bare, dir.path());
         src.fetch().expect("fetch");
 
         // When each name is looked up through the kept listing (twice: built, then kept)
@@ -1629,12 +1619,7 @@ mod tests {
                 Some(head),
             );
         }
-        let src = GitSource::open(
-            bare.to_str().expect("utf-8"),
-            &dir.path().join("clone"),
-            "main",
-        )
-        .expect("open");
+        let src = clone_of(&bare, dir.path());
         assert_eq!(src.fetch().expect("fetch"), head);
         for _ in 0..2 {
             // (the second time with listings already kept from the first)
