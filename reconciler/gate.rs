@@ -212,6 +212,21 @@ fn status_path_plan(path: &str) -> Option<&str> {
 type StatusViews = HashMap<String, Result<(String, Prepared), String>>;
 
 impl GateCache {
+    /// Parse `files` (path, content) on `workers` threads and keep each parse.
+    fn parse(
+        &mut self,
+        files: &[(&String, &Vec<u8>)],
+        settings: Option<&Settings>,
+        workers: usize,
+    ) {
+        let fresh = parallel_map(files, vec![(); workers], |_, (file, bytes)| {
+            parse_one(file, bytes, settings).map(Arc::new)
+        });
+        for ((file, _), result) in files.iter().zip(fresh) {
+            self.take_parsed(file, result);
+        }
+    }
+
     /// Keep `file`'s parse; its cross-plan key changing (or going) means the
     /// cross-plan checks are to compute again.
     fn take_parsed(&mut self, file: &str, result: Result<Arc<ParsedPlan>, Vec<Diagnostic>>) {
@@ -385,20 +400,16 @@ pub fn check_on(
             .iter()
             .filter(|d| crate::source::is_plan_path(&d.file))
             .count();
-    let settings = report.settings.as_ref();
     let missing: Vec<(&String, &Vec<u8>)> = files
         .iter()
         .copied()
         .filter(|(f, _)| !cache.parsed.contains_key(*f))
         .collect();
-    let fresh = parallel_map(
+    cache.parse(
         &missing,
-        vec![(); workers_for(missing.len())],
-        |_, (file, bytes)| parse_one(file, bytes, settings).map(Arc::new),
+        report.settings.as_ref(),
+        workers_for(missing.len()),
     );
-    for ((file, _), result) in missing.iter().zip(fresh) {
-        cache.take_parsed(file, result);
-    }
     // Every plan file has its entry now: as many entries as files means none is stale
     // (a look-up per plan, 10,000 of them, is not free).
     if cache.parsed.len() > files.len() {

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
     Arc, BTreeMap, BTreeSet, GateCache, GateContext, GateReport, ParsedPlan, PolicyEngine,
-    SETTINGS_FILE, Snapshot, Value, diagnostics, evaluate, judge, parallel_map, parse_one,
-    status_view, validate, workers,
+    SETTINGS_FILE, Snapshot, Value, diagnostics, evaluate, judge, status_view, validate, workers,
+    yaml_json,
 };
 use crate::source::{is_plan_path, is_status_path};
 
@@ -96,15 +96,7 @@ pub(super) fn patch(
         .filter_map(|f| snap.files.get_key_value(*f))
         .filter(|(f, _)| !cache.parsed.contains_key(*f))
         .collect();
-    let settings = report.settings.as_ref();
-    let fresh = parallel_map(
-        &missing,
-        vec![(); workers(missing.len())],
-        |_, (file, bytes)| parse_one(file, bytes, settings).map(Arc::new),
-    );
-    for ((file, _), result) in missing.iter().zip(fresh) {
-        cache.take_parsed(file, result);
-    }
+    cache.parse(&missing, report.settings.as_ref(), workers(missing.len()));
     for f in &plans {
         if !snap.files.contains_key(*f) {
             cache.parsed.remove(*f);
@@ -211,7 +203,17 @@ pub(super) fn patch(
             .map(|(f, p)| (*f, p))
             .collect();
         if !pending.is_empty() {
-            evaluate(snap, cx, engine, cache, settings_json(snap), &pending, None);
+            let settings = snap.files.get(SETTINGS_FILE);
+            let settings = settings.and_then(|b| yaml_json(SETTINGS_FILE, b));
+            evaluate(
+                snap,
+                cx,
+                engine,
+                cache,
+                settings.unwrap_or(Value::Null),
+                &pending,
+                None,
+            );
         }
         for (f, p) in &ok {
             if let Some(result) = cache.findings.get(*f) {
@@ -232,14 +234,4 @@ pub(super) fn patch(
             .count();
     diagnostics::sort(&mut report.diagnostics);
     true
-}
-
-/// `input.settings`: the settings file as JSON (read only when the settings parsed,
-/// as `check_on` reads it).
-fn settings_json(snap: &Snapshot) -> Value {
-    snap.files
-        .get(SETTINGS_FILE)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|text| crate::model::yaml::parse(SETTINGS_FILE, text).ok())
-        .map_or(Value::Null, |n| n.to_json())
 }
