@@ -212,19 +212,46 @@ fn status_path_plan(path: &str) -> Option<&str> {
 type StatusViews = HashMap<String, Result<(String, Prepared), String>>;
 
 impl GateCache {
-    /// Parse `files` (path, content) on `workers` threads and keep each parse.
+    /// Parse `files` (path, content) on `workers` threads and keep each parse. With
+    /// `judge`, each plan it may judge is judged in the same step, while its document
+    /// (`input.plan`) is at hand: the document is dropped there, not kept with the parse
+    /// (kept, documents were 9.2 of the daemon's 25 MiB of heap with 1,000 plans, and
+    /// dropped only after the whole report, the holes they left among the parses kept
+    /// the pages: #21). Returns those findings by file; the caller keeps the ones of
+    /// plans the check goes on to judge (not of plans the cross-plan checks reject:
+    /// those are judged once they pass, on the statuses of then).
     fn parse(
         &mut self,
         files: &[(&String, &Vec<u8>)],
         settings: Option<&Settings>,
         workers: usize,
-    ) {
-        let fresh = parallel_map(files, vec![(); workers], |_, (file, bytes)| {
-            parse_one(file, bytes, settings).map(Arc::new)
+        judge: Option<&Judge<'_>>,
+    ) -> HashMap<String, Result<Findings, String>> {
+        let engines = (0..workers)
+            .map(|_| judge.map(|j| j.engine.fork()))
+            .collect();
+        let shared = judge.map(|j| (&j.shared, j.only));
+        let fresh = parallel_map(files, engines, |engine, (file, bytes)| {
+            let (plan, doc) = parse_one(file, bytes, settings)?;
+            let findings = match (engine, shared) {
+                (Some(engine), Some((shared, only))) if only.is_none_or(|o| o.contains(*file)) => {
+                    Some(engine.evaluate(&policy_input(file, &plan, &doc, shared)))
+                }
+                _ => None,
+            };
+            Ok((plan, findings))
         });
+        let mut judged = HashMap::new();
         for ((file, _), result) in files.iter().zip(fresh) {
+            let result = result.map(|(plan, findings)| {
+                if let Some(findings) = findings {
+                    judged.insert((*file).clone(), findings);
+                }
+                Arc::new(plan)
+            });
             self.take_parsed(file, result);
         }
+        judged
     }
 
     /// Keep `file`'s parse; its cross-plan key changing (or going) means the
@@ -405,10 +432,26 @@ pub fn check_on(
         .copied()
         .filter(|(f, _)| !cache.parsed.contains_key(*f))
         .collect();
-    cache.parse(
+    // Every status file is checked on every pass (a cached view per path costs a look-up);
+    // the views are put together only when policies run.
+    let (diags, stale) = refresh_statuses(snap, cache);
+    report.diagnostics.extend(diags);
+    if stale {
+        cache.statuses_input = None;
+    }
+    // The plans to parse are judged as they are parsed (a plan the cross-plan checks
+    // reject then was judged for nothing: rare, and cheaper than parsing it again).
+    let mut judging = match (policy, &report.settings) {
+        (Some(engine), Some(_)) if missing.iter().any(|(f, _)| may_judge(cx, f)) => {
+            Some(Judge::new(snap, cx, engine, cache, settings_doc.clone()))
+        }
+        _ => None,
+    };
+    let mut judged = cache.parse(
         &missing,
         report.settings.as_ref(),
         workers_for(missing.len()),
+        judging.as_ref(),
     );
     // Every plan file has its entry now: as many entries as files means none is stale
     // (a look-up per plan, 10,000 of them, is not free).
@@ -460,20 +503,23 @@ pub fn check_on(
         ok.clear();
     }
 
-    // Policies, for the plans not judged yet at this content.
+    // Policies, for the plans not judged yet at this content: judged as they were
+    // parsed, or else (parsed by an earlier check that did not judge them) now.
+    for f in ok.keys() {
+        if let Some(findings) = judged.remove(f) {
+            cache.findings.insert(f.clone(), findings);
+        }
+    }
     let pending: Vec<(&String, &Arc<ParsedPlan>)> = ok
         .iter()
         .filter(|(f, _)| policy.is_some() && !cache.findings.contains_key(*f))
         .collect();
-    // Every status file is checked on every pass (a cached view per path costs a look-up);
-    // the views are put together only when policies run.
-    let (diags, stale) = refresh_statuses(snap, cache);
-    report.diagnostics.extend(diags);
-    if stale {
-        cache.statuses_input = None;
-    }
     if let Some(engine) = policy {
-        evaluate(snap, cx, engine, cache, settings_doc, &pending, threads);
+        if !pending.is_empty() {
+            let judging =
+                judging.get_or_insert_with(|| Judge::new(snap, cx, engine, cache, settings_doc));
+            evaluate(snap, judging, cache, &pending, threads);
+        }
         for (file, p) in &ok {
             if let Some(result) = cache.findings.get(file) {
                 judge(file, p, result, &mut report);
@@ -486,45 +532,77 @@ pub fn check_on(
     report
 }
 
-/// Run the policies over `pending` (file, plan) and keep each one's findings in `cache`.
+/// The policies, with the input every plan of a check shares set, and that input.
+struct Judge<'a> {
+    engine: Box<dyn PolicyEngine>,
+    shared: Shared<'a>,
+    only: Option<&'a BTreeSet<String>>,
+}
+
+impl<'a> Judge<'a> {
+    fn new(
+        snap: &Snapshot,
+        cx: &'a GateContext<'a>,
+        engine: &dyn PolicyEngine,
+        cache: &mut GateCache,
+        settings: Value,
+    ) -> Self {
+        let statuses = statuses_input(snap, cache);
+        let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
+        let shared = Shared {
+            settings,
+            base_plans,
+            change: &cx.change,
+            now: cx.now,
+        };
+        let mut prepared = engine.fork();
+        prepared.set_shared(
+            &json!({
+                "change": {
+                    "commit": shared.change.commit,
+                    "author": shared.change.author,
+                    "files": shared.change.files,
+                    "labels": shared.change.labels,
+                },
+                "settings": shared.settings,
+                "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }),
+            &statuses,
+        );
+        Self {
+            engine: prepared,
+            shared,
+            only: cx.only.as_ref(),
+        }
+    }
+}
+
+/// Whether a check in `cx` judges `file`.
+fn may_judge(cx: &GateContext<'_>, file: &str) -> bool {
+    cx.only.as_ref().is_none_or(|o| o.contains(file))
+}
+
+/// Run the policies over `pending` (file, plan), plans parsed by an earlier check and
+/// not judged then, and keep each one's findings in `cache`. Each plan's document is
+/// made again from its file (about 26 µs a plan) and dropped once judged.
 fn evaluate(
     snap: &Snapshot,
-    cx: &GateContext<'_>,
-    engine: &dyn PolicyEngine,
+    judge: &Judge<'_>,
     cache: &mut GateCache,
-    settings: Value,
     pending: &[(&String, &Arc<ParsedPlan>)],
     threads: Option<std::num::NonZeroUsize>,
 ) {
-    if pending.is_empty() {
-        return;
-    }
-    let statuses = statuses_input(snap, cache);
-    let base_plans = cx.base.map(base_plan_docs).unwrap_or_default();
-    let shared = Shared {
-        settings,
-        base_plans,
-        change: &cx.change,
-        now: cx.now,
-    };
-    let mut prepared = engine.fork();
-    prepared.set_shared(
-        &json!({
-            "change": {
-                "commit": shared.change.commit,
-                "author": shared.change.author,
-                "files": shared.change.files,
-                "labels": shared.change.labels,
-            },
-            "settings": shared.settings,
-            "now": shared.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        }),
-        &statuses,
-    );
     let workers = threads.map_or_else(|| workers(pending.len()), std::num::NonZeroUsize::get);
-    let forks = (0..workers).map(|_| prepared.fork()).collect();
+    let forks = (0..workers).map(|_| judge.engine.fork()).collect();
+    let shared = &judge.shared;
     let results = parallel_map(pending, forks, |engine, (file, p)| {
-        engine.evaluate(&policy_input(file, p, &shared))
+        let doc = snap
+            .files
+            .get(*file)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|text| validate::plan_document(file, text))
+            .unwrap_or(Value::Null);
+        engine.evaluate(&policy_input(file, p, &doc, shared))
     });
     for ((file, _), result) in pending.iter().zip(results) {
         cache.findings.insert((*file).clone(), result);
@@ -563,7 +641,7 @@ fn parse_one(
     file: &str,
     bytes: &[u8],
     settings: Option<&Settings>,
-) -> Result<ParsedPlan, Vec<Diagnostic>> {
+) -> Result<(ParsedPlan, Value), Vec<Diagnostic>> {
     if bytes.contains(&0) {
         return Err(vec![Diagnostic::error(
             file,
@@ -587,7 +665,7 @@ fn parse_one(
             "file is not UTF-8 text (an invalid byte here)",
         )]
     })?;
-    validate::parse_plan(file, text, settings)
+    validate::parse_plan_document(file, text, settings)
 }
 
 struct Shared<'a> {
@@ -641,11 +719,16 @@ impl PolicyInput<'_> {
     }
 }
 
-fn policy_input<'a>(file: &str, p: &'a ParsedPlan, s: &'a Shared<'_>) -> PolicyInput<'a> {
+fn policy_input<'a>(
+    file: &str,
+    p: &'a ParsedPlan,
+    doc: &'a Value,
+    s: &'a Shared<'_>,
+) -> PolicyInput<'a> {
     let steps: Vec<Value> = p.plan.steps().iter().map(step_json).collect();
     PolicyInput {
         file: Value::String(file.to_owned()),
-        plan: &p.document,
+        plan: doc,
         steps: Value::Array(steps),
         base_plan: s.base_plans.get(&p.plan.name),
         window_open: Value::Bool(p.plan.windows.is_open(s.now)),
@@ -995,14 +1078,18 @@ spec:
     }
 
     /// Everything a report says, in a comparable form: diagnostics, accepted plans (name,
-    /// file, document), rejected files.
-    type Summary = (Vec<Diagnostic>, Vec<(String, String, Value)>, Vec<String>);
+    /// file, plan), rejected files.
+    type Summary = (
+        Vec<Diagnostic>,
+        Vec<(String, String, crate::model::Plan)>,
+        Vec<String>,
+    );
 
     fn summary(r: &GateReport) -> Summary {
         let accepted = r
             .accepted
             .iter()
-            .map(|(name, p)| (name.clone(), p.file.clone(), p.document.clone()))
+            .map(|(name, p)| (name.clone(), p.file.clone(), p.plan.clone()))
             .collect();
         (
             r.diagnostics.clone(),
@@ -1138,6 +1225,25 @@ spec:
         assert!(!cache.status_misnamed, "named as its path again");
     }
 
+    /// A plan judged after the check that parsed it (its promotion source appeared, or it
+    /// was outside `only`) has its document made again from its file: it must be the
+    /// document its parse gave, for every plan of the corpus that parses.
+    #[test]
+    fn a_plan_document_made_again_is_the_one_its_parse_gave() {
+        let snap = corpus_snapshot();
+        let settings = check(&snap, &context(), None).settings;
+        let mut compared = 0;
+        for (file, bytes) in snap.plan_files() {
+            let Ok((_, doc)) = parse_one(file, bytes, settings.as_ref()) else {
+                continue;
+            };
+            let text = std::str::from_utf8(bytes).expect("parsed, so UTF-8");
+            assert_eq!(validate::plan_document(file, text), Some(doc), "{file}");
+            compared += 1;
+        }
+        assert!(compared >= 20, "only {compared} plans parsed");
+    }
+
     /// Each plan's findings through the gate (one engine and one shared input serving
     /// every plan) equal those of a fresh engine given that plan's whole input, as JSON.
     #[test]
@@ -1171,7 +1277,9 @@ spec:
         };
         let mut judged = 0;
         for p in schema_only.accepted.values() {
-            let mut input = policy_input(&p.file, p, &shared).to_json();
+            let (_, doc) = parse_one(&p.file, &snap.files[&p.file], schema_only.settings.as_ref())
+                .expect("an accepted plan parses");
+            let mut input = policy_input(&p.file, p, &doc, &shared).to_json();
             let object = input.as_object_mut().expect("an object");
             object.insert(
                 "change".into(),

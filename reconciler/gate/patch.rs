@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    Arc, BTreeMap, BTreeSet, GateCache, GateContext, GateReport, ParsedPlan, PolicyEngine,
+    Arc, BTreeMap, BTreeSet, GateCache, GateContext, GateReport, Judge, ParsedPlan, PolicyEngine,
     SETTINGS_FILE, Snapshot, Value, diagnostics, evaluate, judge, status_view, validate, workers,
     yaml_json,
 };
@@ -96,7 +96,14 @@ pub(super) fn patch(
         .filter_map(|f| snap.files.get_key_value(*f))
         .filter(|(f, _)| !cache.parsed.contains_key(*f))
         .collect();
-    cache.parse(&missing, report.settings.as_ref(), workers(missing.len()));
+    // Judged below with the other plans to judge (their documents made again: a patch
+    // parses a few plans).
+    cache.parse(
+        &missing,
+        report.settings.as_ref(),
+        workers(missing.len()),
+        None,
+    );
     for f in &plans {
         if !snap.files.contains_key(*f) {
             cache.parsed.remove(*f);
@@ -205,15 +212,8 @@ pub(super) fn patch(
         if !pending.is_empty() {
             let settings = snap.files.get(SETTINGS_FILE);
             let settings = settings.and_then(|b| yaml_json(SETTINGS_FILE, b));
-            evaluate(
-                snap,
-                cx,
-                engine,
-                cache,
-                settings.unwrap_or(Value::Null),
-                &pending,
-                None,
-            );
+            let judge = Judge::new(snap, cx, engine, cache, settings.unwrap_or(Value::Null));
+            evaluate(snap, &judge, cache, &pending, None);
         }
         for (f, p) in &ok {
             if let Some(result) = cache.findings.get(*f) {

@@ -91,6 +91,58 @@ fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cach
 }
 
 /// What a report says, in a form two reports can be compared by.
+#[test]
+fn a_plan_judged_only_once_its_promotion_source_appears_is_judged_on_its_own_document() {
+    // Given production, promoted from staging, before staging exists: the cross-plan
+    // check rejects it, so its policies have not run
+    let staging = PlanFile::new("staging").artifact("v2");
+    let production = PlanFile::new("production").port(18081).artifact("v2");
+    let prod_yaml = production
+        .yaml()
+        .replacen("spec:\n", "spec:\n  promotedFrom: staging\n", 1);
+    let mut snap = Snapshot {
+        files: BTreeMap::from([
+            ("rollgate.yaml".to_owned(), SETTINGS.as_bytes().to_vec()),
+            (production.path(), prod_yaml.into_bytes()),
+        ]),
+        ..Snapshot::default()
+    };
+    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let policy = Some(&rego as &dyn PolicyEngine);
+    let mut cache = GateCache::default();
+    let first = gate::check_with(&snap, &cx(), policy, &mut cache);
+    assert!(
+        first
+            .diagnostics
+            .iter()
+            .any(|d| d.file == production.path() && d.message.contains("which does not exist")),
+        "{:?}",
+        first.diagnostics
+    );
+
+    // When staging comes, with no successful rollout yet (production's file unchanged:
+    // the gate kept its parse, not its document)
+    snap.files
+        .insert(staging.path(), staging.yaml().into_bytes());
+    cache.invalidate(&[staging.path()]);
+    let second = gate::check_with(&snap, &cx(), policy, &mut cache);
+
+    // Then the promotion policy read production's `promotedFrom` and denied it, as a
+    // gate with nothing kept does
+    assert!(
+        second
+            .diagnostics
+            .iter()
+            .any(|d| d.file == production.path()
+                && d.message
+                    .contains("promoted from \"staging\", which has no successful rollout yet")),
+        "{:?}",
+        second.diagnostics
+    );
+    assert!(!second.accepted.contains_key("production"));
+    assert_eq!(said(&second), said(&gate::check(&snap, &cx(), policy)));
+}
+
 fn said(r: &gate::GateReport) -> (Vec<String>, Vec<String>, Vec<String>) {
     (
         r.accepted.keys().cloned().collect(),

@@ -76,13 +76,14 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// A plan that passed every check, with the document as written (for policies and previews).
+/// A plan that passed every check. Its document as written (what policies see as
+/// `input.plan`) is not kept here: [`parse_plan_document`] gives it beside the plan, and
+/// [`plan_document`] makes it again from the file.
 #[derive(Debug, Clone)]
 pub struct ParsedPlan {
     /// The repo-relative path the plan was read from.
     pub file: String,
     pub plan: Plan,
-    pub document: Value,
     /// Where `metadata.name` is (policy findings point here).
     pub name_pos: Option<Pos>,
     /// Where `spec.promotedFrom` is, when present.
@@ -230,6 +231,25 @@ pub fn parse_plan(
     text: &str,
     settings: Option<&Settings>,
 ) -> Result<ParsedPlan, Vec<Diagnostic>> {
+    parse_plan_document(file, text, settings).map(|(plan, _)| plan)
+}
+
+/// The plan file as policies see it (`input.plan`): the document after the YAML and
+/// schema passes, as [`parse_plan_document`] gives it; `None` when those passes fail.
+pub fn plan_document(file: &str, text: &str) -> Option<Value> {
+    let root = yaml::parse(file, text).ok()?;
+    schema_check::check(file, &root, plan_schema()).0
+}
+
+/// [`parse_plan`], and the plan file as a document (`input.plan`). The document is
+/// not part of [`ParsedPlan`]: a plan's parse lives as long as its file is unchanged,
+/// its document is needed only until its policies ran (kept, documents were over a
+/// third of the daemon's heap, #21).
+pub fn parse_plan_document(
+    file: &str,
+    text: &str,
+    settings: Option<&Settings>,
+) -> Result<(ParsedPlan, Value), Vec<Diagnostic>> {
     let Structured {
         root,
         json,
@@ -268,13 +288,13 @@ pub fn parse_plan(
     let promoted_from_pos = root
         .at(&[PathSeg::Key("spec"), PathSeg::Key("promotedFrom")])
         .map(|n| n.pos);
-    Ok(ParsedPlan {
+    let parsed = ParsedPlan {
         file: file.to_owned(),
         plan,
-        document: json,
         name_pos,
         promoted_from_pos,
-    })
+    };
+    Ok((parsed, json))
 }
 
 /// A path under `spec`.
