@@ -33,14 +33,24 @@ fn cx() -> GateContext<'static> {
     }
 }
 
-#[test]
-fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cache() {
-    // Given production promoted from staging at v2, while staging has run nothing yet
+/// Staging, and production at v2 promoted from it: both plans, and production's file.
+fn promoted_pair() -> (PlanFile, PlanFile, String) {
     let staging = PlanFile::new("staging").artifact("v2");
     let production = PlanFile::new("production").port(18081).artifact("v2");
     let prod_yaml = production
         .yaml()
         .replacen("spec:\n", "spec:\n  promotedFrom: staging\n", 1);
+    (staging, production, prod_yaml)
+}
+
+fn builtin_policies() -> Rego {
+    Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"))
+}
+
+#[test]
+fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cache() {
+    // Given production promoted from staging at v2, while staging has run nothing yet
+    let (staging, production, prod_yaml) = promoted_pair();
     let mut snap = Snapshot {
         files: BTreeMap::from([
             ("rollgate.yaml".to_owned(), SETTINGS.as_bytes().to_vec()),
@@ -53,7 +63,7 @@ fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cach
         ]),
         ..Snapshot::default()
     };
-    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let rego = builtin_policies();
     let policy = Some(&rego as &dyn PolicyEngine);
     let mut cache = GateCache::default();
     let first = gate::check_with(&snap, &cx(), policy, &mut cache);
@@ -90,16 +100,11 @@ fn regression_a_status_change_reaches_the_promotion_policy_through_the_gate_cach
     );
 }
 
-/// What a report says, in a form two reports can be compared by.
 #[test]
 fn a_plan_judged_only_once_its_promotion_source_appears_is_judged_on_its_own_document() {
     // Given production, promoted from staging, before staging exists: the cross-plan
     // check rejects it, so its policies have not run
-    let staging = PlanFile::new("staging").artifact("v2");
-    let production = PlanFile::new("production").port(18081).artifact("v2");
-    let prod_yaml = production
-        .yaml()
-        .replacen("spec:\n", "spec:\n  promotedFrom: staging\n", 1);
+    let (staging, production, prod_yaml) = promoted_pair();
     let mut snap = Snapshot {
         files: BTreeMap::from([
             ("rollgate.yaml".to_owned(), SETTINGS.as_bytes().to_vec()),
@@ -107,7 +112,7 @@ fn a_plan_judged_only_once_its_promotion_source_appears_is_judged_on_its_own_doc
         ]),
         ..Snapshot::default()
     };
-    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let rego = builtin_policies();
     let policy = Some(&rego as &dyn PolicyEngine);
     let mut cache = GateCache::default();
     let first = gate::check_with(&snap, &cx(), policy, &mut cache);
@@ -143,6 +148,7 @@ fn a_plan_judged_only_once_its_promotion_source_appears_is_judged_on_its_own_doc
     assert_eq!(said(&second), said(&gate::check(&snap, &cx(), policy)));
 }
 
+/// What a report says, in a form two reports can be compared by.
 fn said(r: &gate::GateReport) -> (Vec<String>, Vec<String>, Vec<String>) {
     (
         r.accepted.keys().cloned().collect(),
@@ -178,7 +184,7 @@ fn a_cached_gate_reports_what_a_fresh_gate_reports_after_every_kind_of_change() 
         ]),
         ..Snapshot::default()
     };
-    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let rego = builtin_policies();
     let policy = Some(&rego as &dyn PolicyEngine);
     let mut cache = GateCache::default();
     let first = gate::check_with(&snap, &cx(), policy, &mut cache);
@@ -362,7 +368,7 @@ fn a_patched_report_is_the_whole_report_after_random_changes() {
         let p = PlanFile::new(n).port(18_000 + u16::from(n.as_bytes()[0]));
         snap.files.insert(p.path(), p.yaml().into_bytes());
     }
-    let rego = Rego::new(rollgate::policy::PolicySet::load(None).expect("built-in policies"));
+    let rego = builtin_policies();
     let policy = Some(&rego as &dyn PolicyEngine);
     let (mut patched_cache, mut whole_cache) = (GateCache::default(), GateCache::default());
     let mut report = gate::GateReport::default();
