@@ -234,7 +234,7 @@ impl GateCache {
         let fresh = parallel_map(files, engines, |engine, (file, bytes)| {
             let (plan, doc) = parse_one(file, bytes, settings)?;
             let findings = match (engine, shared) {
-                (Some(engine), Some((shared, only))) if only.is_none_or(|o| o.contains(*file)) => {
+                (Some(engine), Some((shared, only))) if may_judge(only, file) => {
                     Some(engine.evaluate(&policy_input(file, &plan, &doc, shared)))
                 }
                 _ => None,
@@ -442,7 +442,7 @@ pub fn check_on(
     // The plans to parse are judged as they are parsed (a plan the cross-plan checks
     // reject then was judged for nothing: rare, and cheaper than parsing it again).
     let mut judging = match (policy, &report.settings) {
-        (Some(engine), Some(_)) if missing.iter().any(|(f, _)| may_judge(cx, f)) => {
+        (Some(engine), Some(_)) if missing.iter().any(|(f, _)| may_judge(cx.only.as_ref(), f)) => {
             Some(Judge::new(snap, cx, engine, cache, settings_doc.clone()))
         }
         _ => None,
@@ -577,9 +577,9 @@ impl<'a> Judge<'a> {
     }
 }
 
-/// Whether a check in `cx` judges `file`.
-fn may_judge(cx: &GateContext<'_>, file: &str) -> bool {
-    cx.only.as_ref().is_none_or(|o| o.contains(file))
+/// Whether a check judges `file`: `only` (`GateContext::only`) names the plans it judges.
+fn may_judge(only: Option<&BTreeSet<String>>, file: &str) -> bool {
+    only.is_none_or(|o| o.contains(file))
 }
 
 /// Run the policies over `pending` (file, plan), plans parsed by an earlier check and
