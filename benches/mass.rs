@@ -7,7 +7,8 @@
 //! (c) CPU of the idle daemon with the 1,000 rollouts paused, over 20 s (utime + stime
 //!     from /proc, so other load hardly changes it). Was 90% of a core.
 //! (d) RSS after 1,000 and after 10,000 finished rollouts (ten mass changes of the same
-//!     1,000 plans, each run to Succeeded). Goal: flat. The statuses are seeded with a
+//!     1,000 plans, each run to Succeeded), each sampled once the daemon rests (no `git`
+//!     child, no CPU for 300 ms). Goal: flat. The statuses are seeded with a
 //!     full history of stable artifacts (`MAX_SUCCEEDED`), the size every status file
 //!     reaches after ten rollouts: seeded with one, each round grew every status file
 //!     (and the daemon's copies of it: snapshot, gate views, policy input) until the
@@ -408,7 +409,9 @@ fn finished_rollouts(n: usize, rounds: usize, say: &dyn Fn(String)) {
         wait_all(&remote, n, Duration::from_secs(900), |s| {
             s.candidate == v && s.phase == Phase::Succeeded
         });
-        std::thread::sleep(Duration::from_millis(500));
+        // Sampled at rest: a `git` fetch that runs git's maintenance (one in 16) keeps
+        // the daemon from its rest, and from handing back the burst's memory, for a while.
+        d.wait_rest(Duration::from_secs(30));
         rss.push(d.kib("VmRSS"));
         anon.push(d.kib("RssAnon"));
         if round == 0 || round + 1 == rounds {
@@ -831,6 +834,28 @@ impl Daemon {
             f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
         // CLK_TCK is 100 on Linux.
         Duration::from_millis(ticks * 10)
+    }
+
+    /// Until the daemon rests: no child process (`git`) and no CPU time for 300 ms, or
+    /// `limit` at most.
+    fn wait_rest(&self, limit: Duration) {
+        let start = Instant::now();
+        let pid = self.child.id().to_string();
+        let has_child = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("children"))
+                        .is_ok_and(|c| !c.trim().is_empty())
+                })
+        };
+        while start.elapsed() < limit {
+            if !has_child() && self.cpu_over(Duration::from_millis(300)).is_zero() && !has_child() {
+                return;
+            }
+        }
     }
 
     fn cpu_over(&self, window: Duration) -> Duration {

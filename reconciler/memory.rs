@@ -19,9 +19,21 @@
 //! (dirty pages decay over 10 s), and an idle daemon allocates nothing; so after a burst
 //! the daemon purges every arena at once.
 //!
+//! `repack`: what `release` cannot hand back is a page that still holds one live block
+//! among freed ones. The status files a mass change leaves behind are made in the middle
+//! of its burst, beside the texts, commits and parses it frees, so after every burst they
+//! sat one or two to a slab, and the daemon's anonymous memory grew 22.1 → 24.2 MiB over
+//! ten mass changes of 1,000 plans, 1.3 MiB of it unused room in jemalloc's 1,024-byte
+//! class (`malloc_stats_print`, per size class). Copying a buffer in place does not help:
+//! the copy lands in one of those holes and frees another. `repack` takes every buffer
+//! out first (into one staging buffer), so their slabs empty and go back, and then
+//! allocates them again side by side.
+//!
 //! Invariants: `release` is called only at a quiet point (`daemon::run`, once after a
 //! burst of passes that moved rollouts, before it sleeps), never per request or per pass:
-//! a purge walks every arena. It frees nothing live and moves no allocation. On MSVC the
+//! a purge walks every arena. It frees nothing live and moves no allocation. `repack`
+//! (before `release`, at the same quiet point) keeps every buffer's bytes and moves only
+//! the buffers it is given. On MSVC the
 //! system allocator stays and `release` does nothing.
 //!
 //! The crate's one `unsafe` block lives here, which is why the crate denies
@@ -54,6 +66,26 @@ pub fn release() -> bool {
     status == 0
 }
 
+/// Allocate `bufs` again, side by side: each one's bytes are copied into one staging
+/// buffer and every buffer is freed before any is allocated again, so the slabs they were
+/// scattered over (one live block among a burst's freed ones) empty and `release` hands
+/// them back. The bytes are unchanged; the spare capacity is dropped.
+pub fn repack(mut bufs: Vec<&mut Vec<u8>>) {
+    let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+    // One large allocation: jemalloc takes it from its own extents, not from the slabs
+    // being emptied.
+    let mut staging = Vec::with_capacity(lens.iter().sum());
+    for b in &mut bufs {
+        staging.extend_from_slice(b);
+        **b = Vec::new();
+    }
+    let mut at = 0;
+    for (b, len) in bufs.into_iter().zip(lens) {
+        *b = staging[at..at + len].to_vec();
+        at += len;
+    }
+}
+
 /// On MSVC the system allocator stays: nothing to hand back.
 #[cfg(target_env = "msvc")]
 pub fn release() -> bool {
@@ -73,6 +105,46 @@ mod tests {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("RssAnon in /proc/self/status")
+    }
+
+    #[test]
+    fn regression_memory_buffers_left_one_to_a_slab_by_a_burst_are_handed_back_once_repacked() {
+        // 40,000 status-file-sized texts (jemalloc's 1,024-byte class, four to a 4 KiB
+        // slab), every one freed but one in four: each slab keeps one live text, as the
+        // status files a mass change leaves behind do. `release` alone hands back none
+        // of those slabs; repacked, the 10,000 survivors fill 2,500 slabs, not 10,000.
+        let (pinned, repacked, kept) = std::thread::spawn(|| {
+            let mut texts: Vec<Vec<u8>> = (0..40_000)
+                .map(|i| format!("{i:>1000}").into_bytes())
+                .collect();
+            let mut i = 0;
+            texts.retain(|_| {
+                i += 1;
+                i % 4 == 0
+            });
+            release();
+            let pinned = rss_anon_kib();
+            repack(texts.iter_mut().collect());
+            release();
+            let repacked = rss_anon_kib();
+            // The k-th survivor was text 4k + 3 (no copy kept for the comparison: it
+            // would sit in the very holes the repack fills).
+            let kept = texts.len() == 10_000
+                && texts
+                    .iter()
+                    .enumerate()
+                    .all(|(k, t)| *t == format!("{:>1000}", 4 * k + 3).into_bytes());
+            (pinned, repacked, kept)
+        })
+        .join()
+        .expect("the burst's thread");
+        assert!(kept, "repack changed a buffer's bytes");
+        // 39 MiB of slabs pinned, 10 MiB after. Other tests may allocate beside it: a
+        // wide margin, 20 of the 29 MiB that can go back.
+        assert!(
+            pinned.saturating_sub(repacked) > 20 * 1024,
+            "anonymous memory {pinned} KiB pinned, {repacked} KiB once repacked"
+        );
     }
 
     #[test]

@@ -972,6 +972,21 @@ impl Reconciler {
     }
 
     /// Tick until nothing moves: every rollout finished or waiting on time or a human.
+    /// Allocate the bytes this daemon keeps between passes (the head's files, and the
+    /// status texts its memos compare against) again side by side (`memory::repack`),
+    /// as it rests after a burst (`daemon::run`, before `memory::release`). Nothing it
+    /// decides on changes.
+    pub fn compact(&mut self) {
+        let mut bufs: Vec<&mut Vec<u8>> = self.snapshot.files.values_mut().collect();
+        for memo in self.memo.values_mut() {
+            if let Some((_, Some(status))) = &mut memo.idle {
+                bufs.push(status);
+            }
+            bufs.extend(memo.parsed.0.iter_mut().map(|(bytes, _)| bytes));
+        }
+        crate::memory::repack(bufs);
+    }
+
     pub fn run_until_idle(&mut self, max_ticks: usize) -> Result<Vec<TickReport>> {
         let mut reports = Vec::new();
         for _ in 0..max_ticks {

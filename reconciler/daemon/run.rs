@@ -7,8 +7,9 @@
 //! cause logged once; a pass that moved something is followed at once by another; an
 //! idle daemon sleeps until the next wake-up the plans asked for, the fetch interval, or
 //! a push (`wake`), whichever comes first; before the first such sleep after passes that
-//! moved rollouts, the memory the burst freed is handed back (`memory::release`), so
-//! pages with nothing live on them do not stay resident. `--once` waits for rollouts that move on by
+//! moved rollouts, what the daemon keeps is allocated again side by side
+//! (`Reconciler::compact`) and the memory the burst freed is handed back
+//! (`memory::release`), so pages with nothing live on them do not stay resident. `--once` waits for rollouts that move on by
 //! themselves within `ONCE_WAITS_AT_MOST`, and reports plans that failed.
 
 use std::sync::atomic::Ordering;
@@ -171,6 +172,7 @@ pub fn run(
         }
         if std::mem::take(&mut burst) {
             let started = std::time::Instant::now();
+            rec.compact();
             let released = crate::memory::release();
             tracing::debug!(
                 released,

@@ -5,7 +5,7 @@
 use crate::support;
 
 use rollgate::model::status::Phase;
-use support::rollout::{PlanFile, World};
+use support::rollout::{PlanFile, World, set_artifact};
 
 /// Promote `plan` with a command commit, as plain git does it.
 fn promote(w: &World, plan: &str) {
@@ -58,4 +58,38 @@ fn regression_a_deleted_plan_leaves_no_memory_behind() {
     // Then only the other one is remembered
     assert_eq!(w.rec.remembered().plans, 1);
     assert!(w.rec.report().accepted.contains_key("web"));
+}
+
+#[test]
+fn compacting_a_resting_daemon_changes_nothing_it_decides_on() {
+    // Given two rollouts run to the end, and the daemon resting after them
+    let web = PlanFile::new("web");
+    let api = PlanFile::new("api").port(20_002);
+    let mut w = World::new(&[&web, &api]);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    let quiet = w.tick();
+    assert_eq!((quiet.transitions, quiet.errors), (0, 0), "{quiet:?}");
+    let commits = w.remote.commits().len();
+    let (web_before, api_before) = (w.rec.status("web"), w.rec.status("api"));
+
+    // When it allocates what it keeps again (`daemon::run` does, before it sleeps)
+    w.rec.compact();
+
+    // Then both are still finished and idle: no pass writes anything
+    for _ in 0..3 {
+        let r = w.tick();
+        assert_eq!((r.transitions, r.actions, r.errors), (0, 0, 0), "{r:?}");
+    }
+    assert_eq!(w.remote.commits().len(), commits);
+    assert_eq!(w.rec.status("web"), web_before);
+    assert_eq!(w.rec.status("api"), api_before);
+
+    // And a change to one of them is rolled out as before, the other left alone
+    w.remote
+        .human_commit(&web.path(), set_artifact("v2"), "web: v2");
+    w.run_until("web", 10, 40, |s| {
+        s.phase == Phase::Succeeded && s.stable.as_deref() == Some("v2")
+    });
+    assert_eq!(w.rec.status("api"), api_before);
 }
