@@ -33,8 +33,8 @@
 //! burst of passes that moved rollouts, before it sleeps), never per request or per pass:
 //! a purge walks every arena. It frees nothing live and moves no allocation. `repack`
 //! (before `release`, at the same quiet point) keeps every buffer's bytes and moves only
-//! the buffers it is given. On MSVC the
-//! system allocator stays and `release` does nothing.
+//! the buffers it is given. On MSVC the system allocator stays and `release` does
+//! nothing.
 //!
 //! The crate's one `unsafe` block lives here, which is why the crate denies
 //! `unsafe_code` instead of forbidding it.

@@ -971,7 +971,6 @@ impl Reconciler {
         }
     }
 
-    /// Tick until nothing moves: every rollout finished or waiting on time or a human.
     /// Allocate the bytes this daemon keeps between passes (the head's files, and the
     /// status texts its memos compare against) again side by side (`memory::repack`),
     /// as it rests after a burst (`daemon::run`, before `memory::release`). Nothing it
@@ -987,6 +986,7 @@ impl Reconciler {
         crate::memory::repack(bufs);
     }
 
+    /// Tick until nothing moves: every rollout finished or waiting on time or a human.
     pub fn run_until_idle(&mut self, max_ticks: usize) -> Result<Vec<TickReport>> {
         let mut reports = Vec::new();
         for _ in 0..max_ticks {

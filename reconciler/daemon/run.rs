@@ -9,8 +9,9 @@
 //! a push (`wake`), whichever comes first; before the first such sleep after passes that
 //! moved rollouts, what the daemon keeps is allocated again side by side
 //! (`Reconciler::compact`) and the memory the burst freed is handed back
-//! (`memory::release`), so pages with nothing live on them do not stay resident. `--once` waits for rollouts that move on by
-//! themselves within `ONCE_WAITS_AT_MOST`, and reports plans that failed.
+//! (`memory::release`), so pages with nothing live on them do not stay resident.
+//! `--once` waits for rollouts that move on by themselves within `ONCE_WAITS_AT_MOST`,
+//! and reports plans that failed.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;

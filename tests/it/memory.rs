@@ -12,6 +12,16 @@ fn promote(w: &World, plan: &str) {
     w.remote.human_promote(plan);
 }
 
+/// Two plans, `web` and `api`, each rolled out to Succeeded.
+fn web_and_api_finished() -> (PlanFile, PlanFile, World) {
+    let web = PlanFile::new("web");
+    let api = PlanFile::new("api").port(20_001);
+    let mut w = World::new(&[&web, &api]);
+    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
+    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    (web, api, w)
+}
+
 #[test]
 fn regression_commands_for_a_plan_that_does_not_exist_are_not_kept() {
     // Given a plan rolled out
@@ -31,11 +41,7 @@ fn regression_commands_for_a_plan_that_does_not_exist_are_not_kept() {
 #[test]
 fn regression_a_deleted_plan_leaves_no_memory_behind() {
     // Given two plans rolled out
-    let web = PlanFile::new("web");
-    let api = PlanFile::new("api").port(20_001);
-    let mut w = World::new(&[&web, &api]);
-    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
-    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    let (_, api, mut w) = web_and_api_finished();
     assert_eq!(w.rec.remembered().plans, 2);
 
     // When one of them turns invalid, it is still remembered (fixed, it goes on)
@@ -63,11 +69,7 @@ fn regression_a_deleted_plan_leaves_no_memory_behind() {
 #[test]
 fn compacting_a_resting_daemon_changes_nothing_it_decides_on() {
     // Given two rollouts run to the end, and the daemon resting after them
-    let web = PlanFile::new("web");
-    let api = PlanFile::new("api").port(20_002);
-    let mut w = World::new(&[&web, &api]);
-    w.run_until("web", 10, 40, |s| s.phase == Phase::Succeeded);
-    w.run_until("api", 10, 40, |s| s.phase == Phase::Succeeded);
+    let (web, _, mut w) = web_and_api_finished();
     let quiet = w.tick();
     assert_eq!((quiet.transitions, quiet.errors), (0, 0), "{quiet:?}");
     let commits = w.remote.commits().len();
