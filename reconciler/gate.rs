@@ -254,6 +254,24 @@ impl GateCache {
         judged
     }
 
+    /// Every plan parse kept, once each.
+    pub fn plans(&self) -> Vec<Arc<ParsedPlan>> {
+        self.parsed
+            .values()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect()
+    }
+
+    /// Replace each plan parse kept by its successor, where `successor` names one
+    /// (`memory::remake`: the same parse, allocated elsewhere).
+    pub fn swap_plans(&mut self, successor: &dyn Fn(&Arc<ParsedPlan>) -> Option<Arc<ParsedPlan>>) {
+        for p in self.parsed.values_mut().filter_map(|r| r.as_mut().ok()) {
+            if let Some(next) = successor(p) {
+                *p = next;
+            }
+        }
+    }
+
     /// Keep `file`'s parse; its cross-plan key changing (or going) means the
     /// cross-plan checks are to compute again.
     fn take_parsed(&mut self, file: &str, result: Result<Arc<ParsedPlan>, Vec<Diagnostic>>) {

@@ -761,8 +761,8 @@ impl Reconciler {
     }
 
     /// A finished rollout seen before with the same plan and status and no command
-    /// waiting: nothing to decide.
-    fn is_idle(&self, name: &str) -> bool {
+    /// waiting: nothing to decide (the pass skips it).
+    pub fn is_idle(&self, name: &str) -> bool {
         let Some(pp) = self.report.accepted.get(name) else {
             return false;
         };
@@ -971,10 +971,10 @@ impl Reconciler {
         }
     }
 
-    /// Allocate the bytes this daemon keeps between passes (the head's files, and the
-    /// status texts its memos compare against) again side by side (`memory::repack`),
-    /// as it rests after a burst (`daemon::run`, before `memory::release`). Nothing it
-    /// decides on changes.
+    /// Allocate what this daemon keeps between passes again side by side, as it rests
+    /// after a burst (`daemon::run`, before `memory::release`): the bytes (the head's
+    /// files, the status texts its memos compare against: `memory::repack`) and the plan
+    /// parses (`memory::remake`). Nothing it decides on changes.
     pub fn compact(&mut self) {
         let mut bufs: Vec<&mut Vec<u8>> = self.snapshot.files.values_mut().collect();
         for memo in self.memo.values_mut() {
@@ -984,6 +984,28 @@ impl Reconciler {
             bufs.extend(memo.parsed.0.iter_mut().map(|(bytes, _)| bytes));
         }
         crate::memory::repack(bufs);
+        let plans = self.cache.plans();
+        crate::memory::remake(plans, |successor| self.swap_plans(successor));
+    }
+
+    /// Give every holder of a plan parse (the gate's cache and report, the memos) its
+    /// successor, where `successor` names one (`compact`).
+    fn swap_plans(&mut self, successor: &dyn Fn(&Arc<ParsedPlan>) -> Option<Arc<ParsedPlan>>) {
+        let swap = |p: &mut Arc<ParsedPlan>| {
+            if let Some(next) = successor(p) {
+                *p = next;
+            }
+        };
+        self.cache.swap_plans(successor);
+        self.report.accepted.values_mut().for_each(swap);
+        for memo in self.memo.values_mut() {
+            if let Some((p, _)) = &mut memo.idle {
+                swap(p);
+            }
+            if let Some(f) = &mut memo.failure {
+                swap(&mut f.plan);
+            }
+        }
     }
 
     /// Tick until nothing moves: every rollout finished or waiting on time or a human.

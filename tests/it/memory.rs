@@ -74,11 +74,23 @@ fn compacting_a_resting_daemon_changes_nothing_it_decides_on() {
     assert_eq!((quiet.transitions, quiet.errors), (0, 0), "{quiet:?}");
     let commits = w.remote.commits().len();
     let (web_before, api_before) = (w.rec.status("web"), w.rec.status("api"));
+    assert!(w.rec.is_idle("web") && w.rec.is_idle("api"));
+    let parse = w.rec.report().accepted["web"].clone();
+    let old_parse = std::sync::Arc::downgrade(&parse);
 
     // When it allocates what it keeps again (`daemon::run` does, before it sleeps)
     w.rec.compact();
 
-    // Then both are still finished and idle: no pass writes anything
+    // Then every holder has the plan's parse made again (none keeps the old one), and
+    // both plans are still seen as idle, which compares parses by address
+    let remade = &w.rec.report().accepted["web"];
+    assert!(!std::sync::Arc::ptr_eq(remade, &parse));
+    assert_eq!(remade.plan, parse.plan);
+    drop(parse);
+    assert!(old_parse.upgrade().is_none(), "a holder kept the old parse");
+    assert!(w.rec.is_idle("web") && w.rec.is_idle("api"));
+
+    // And both are still finished: no pass writes anything
     for _ in 0..3 {
         let r = w.tick();
         assert_eq!((r.transitions, r.actions, r.errors), (0, 0, 0), "{r:?}");
