@@ -272,6 +272,25 @@ impl GateCache {
         }
     }
 
+    /// Make the status files' policy views again side by side (`memory::remake_each`),
+    /// and `input.statuses` from them: the views a burst of status commits made sit
+    /// among the blocks it freed (#21). Called at rest (`Reconciler::compact`) with the
+    /// snapshot the views were brought up to date with; the views changed since
+    /// (`status_changed`) are patched in by the next check, as before.
+    pub fn compact(&mut self, snap: &Snapshot) {
+        // `input.statuses` shares the views: dropped first, so the old ones are freed.
+        let had_input = self.statuses_input.take().is_some();
+        let views: Vec<&mut (String, Prepared)> = self
+            .statuses
+            .values_mut()
+            .filter_map(|v| v.as_mut().ok())
+            .collect();
+        crate::memory::remake_each(views, |(plan, doc)| (plan.clone(), doc.made_again()));
+        if had_input {
+            self.statuses_input = Some(status_docs(snap, &self.statuses));
+        }
+    }
+
     /// Keep `file`'s parse; its cross-plan key changing (or going) means the
     /// cross-plan checks are to compute again.
     fn take_parsed(&mut self, file: &str, result: Result<Arc<ParsedPlan>, Vec<Diagnostic>>) {

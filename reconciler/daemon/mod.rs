@@ -973,8 +973,9 @@ impl Reconciler {
 
     /// Allocate what this daemon keeps between passes again side by side, as it rests
     /// after a burst (`daemon::run`, before `memory::release`): the bytes (the head's
-    /// files, the status texts its memos compare against: `memory::repack`) and the plan
-    /// parses (`memory::remake`). Nothing it decides on changes.
+    /// files, the status texts its memos compare against: `memory::repack`), the plan
+    /// parses (`memory::remake`) and the gate's status views (`GateCache::compact`).
+    /// Nothing it decides on changes.
     pub fn compact(&mut self) {
         let mut bufs: Vec<&mut Vec<u8>> = self.snapshot.files.values_mut().collect();
         for memo in self.memo.values_mut() {
@@ -986,6 +987,7 @@ impl Reconciler {
         crate::memory::repack(bufs);
         let plans = self.cache.plans();
         crate::memory::remake(plans, |successor| self.swap_plans(successor));
+        self.cache.compact(&self.snapshot);
     }
 
     /// Give every holder of a plan parse (the gate's cache and report, the memos) its

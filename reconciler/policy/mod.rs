@@ -181,6 +181,32 @@ impl Prepared {
             map.remove(&regorus::Value::from(key));
         }
     }
+
+    /// The same value in blocks of its own (a clone shares every part): what
+    /// `memory::remake_each` moves a kept view with.
+    pub fn made_again(&self) -> Self {
+        Self(made_again(&self.0))
+    }
+}
+
+/// A copy of `v` that shares no string, list, set or object with it.
+fn made_again(v: &regorus::Value) -> regorus::Value {
+    use regorus::Value as V;
+    match v {
+        V::String(s) => V::from(&**s),
+        V::Array(a) => V::from(a.iter().map(made_again).collect::<Vec<_>>()),
+        V::Set(s) => V::from(
+            s.iter()
+                .map(made_again)
+                .collect::<std::collections::BTreeSet<_>>(),
+        ),
+        V::Object(o) => V::from(
+            o.iter()
+                .map(|(k, v)| (made_again(k), made_again(v)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ),
+        _ => v.clone(),
+    }
 }
 
 /// What the policies said about one input.

@@ -543,3 +543,40 @@ fn regression_a_repository_policy_cannot_join_a_builtin_package() {
     )]);
     assert!(PolicySet::load(Some(&own.path().join("policies"))).is_ok());
 }
+
+/// Every string, list, set and object of `a` and of `b`, side by side: none is the same
+/// allocation.
+fn shares_nothing(a: &regorus::Value, b: &regorus::Value) -> bool {
+    use regorus::Value as V;
+    match (a, b) {
+        (V::String(x), V::String(y)) => !std::ptr::addr_eq(x.as_ptr(), y.as_ptr()),
+        (V::Array(x), V::Array(y)) => {
+            !std::ptr::eq(&**x, &**y) && x.iter().zip(y.iter()).all(|(a, b)| shares_nothing(a, b))
+        }
+        (V::Set(x), V::Set(y)) => {
+            !std::ptr::eq(&**x, &**y) && x.iter().zip(y.iter()).all(|(a, b)| shares_nothing(a, b))
+        }
+        (V::Object(x), V::Object(y)) => {
+            !std::ptr::eq(&**x, &**y)
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|((ka, va), (kb, vb))| shares_nothing(ka, kb) && shares_nothing(va, vb))
+        }
+        _ => true,
+    }
+}
+
+#[test]
+fn a_status_view_made_again_is_equal_to_it_and_shares_no_block_with_it() {
+    let doc = json!({
+        "plan": "web", "phase": "Succeeded", "step": 3, "weight": 100, "fastTrack": false,
+        "succeeded": ["v1", "v2"], "hold": null,
+        "analysis": [{"check": "errors", "passes": 3, "last": {"verdict": "pass"}}],
+    });
+    let view = Prepared::from_json(&doc).expect("prepared");
+    let again = view.made_again();
+    assert_eq!(again, view);
+    assert!(shares_nothing(&view.0, &again.0));
+    // A clone shares: the check itself can fail.
+    assert!(!shares_nothing(&view.0, &view.clone().0));
+}
