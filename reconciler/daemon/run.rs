@@ -7,9 +7,10 @@
 //! cause logged once; a pass that moved something is followed at once by another; an
 //! idle daemon sleeps until the next wake-up the plans asked for, the fetch interval, or
 //! a push (`wake`), whichever comes first; before the first such sleep after passes that
-//! moved rollouts, what the daemon keeps is allocated again side by side
-//! (`Reconciler::compact`) and the memory the burst freed is handed back
-//! (`memory::release`), so pages with nothing live on them do not stay resident.
+//! moved rollouts (unless new work is already waiting: it goes first), the memory the
+//! burst freed is handed back (`memory::release`), so pages with nothing live on them do
+//! not stay resident, after what the daemon keeps is allocated again side by side
+//! (`Reconciler::compact`) when enough has changed since it last was (`compact_due`).
 //! `--once` waits for rollouts that move on by themselves within `ONCE_WAITS_AT_MOST`,
 //! and reports plans that failed.
 
@@ -80,6 +81,8 @@ pub fn run(
     // Passes moved rollouts since the daemon last rested: the burst's freed memory is
     // handed back once it does (`memory`).
     let mut burst = false;
+    // Status and revert commits written since the daemon last compacted (`compact_due`).
+    let mut changes: usize = 0;
     loop {
         if let Some(l) = o.leadership
             && !l.is_leader(Utc::now())
@@ -140,6 +143,7 @@ pub fn run(
             }
         };
         after_pass(rec, &report);
+        changes += report.transitions + report.reverts;
         let moved = report.transitions > 0 || report.reverts > 0 || report.yielded;
         if o.once && !moved {
             // A rollout that moves on by itself soon (an analysis measuring, a timed
@@ -171,11 +175,24 @@ pub fn run(
             burst = true;
             continue;
         }
-        if std::mem::take(&mut burst) {
+        if burst {
+            if o.wake.try_recv().is_ok() {
+                // New work came in as the burst ended: it goes first, and the tidying
+                // waits for the next rest.
+                std::thread::sleep(Duration::from_millis(5));
+                while o.wake.try_recv().is_ok() {}
+                continue;
+            }
+            burst = false;
             let started = std::time::Instant::now();
-            rec.compact();
+            let compacted = compact_due(changes, rec.report().accepted.len());
+            if compacted {
+                rec.compact();
+                changes = 0;
+            }
             let released = crate::memory::release();
             tracing::debug!(
+                compacted,
                 released,
                 took_ms = started.elapsed().as_millis() as u64,
                 "memory freed by the burst handed back"
@@ -192,6 +209,16 @@ pub fn run(
             while o.wake.try_recv().is_ok() {}
         }
     }
+}
+
+/// Whether the daemon, resting after a burst, compacts what it keeps
+/// (`Reconciler::compact`): once the status and revert commits written since it last did
+/// reach an eighth of the plans, and at least 32. A compaction copies every plan's parse
+/// and status view twice (about 100 ms with 10,000 plans): worth it after a mass change,
+/// whose survivors would pin its freed pages, not after each small rollout, whose few
+/// survivors add up slowly until a later rest compacts them with the rest.
+pub fn compact_due(changes: usize, plans: usize) -> bool {
+    changes >= (plans / 8).max(32)
 }
 
 /// The first fetch, retried with backoff while the remote is unreachable (a daemon that
@@ -233,6 +260,20 @@ pub fn failure_backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rest_compacts_after_a_mass_change_and_after_small_rollouts_only_once_they_add_up() {
+        // A mass change of 1,000 plans writes about three commits a plan: compacted.
+        assert!(compact_due(3_000, 1_000));
+        // One rollout (four commits) among 10,000 plans: not yet, nor after 300 of them.
+        assert!(!compact_due(4, 10_000));
+        assert!(!compact_due(1_200, 10_000));
+        // After 313 such rollouts (1,252 commits, an eighth of the plans): compacted.
+        assert!(compact_due(1_252, 10_000));
+        // A small repository compacts after 32 commits, not after every one.
+        assert!(!compact_due(31, 10));
+        assert!(compact_due(32, 10));
+    }
 
     #[test]
     fn the_backoff_doubles_within_a_quarter_and_stops_at_five_minutes() {
