@@ -10,7 +10,9 @@
 //! - a push is a compare-and-swap of the exact old head under the branch's lock file
 //!   (`refs/heads/<b>.lock`, created exclusively: the lock `git receive-pack` takes), the
 //!   old value read under that lock from the loose ref or `packed-refs`. A branch that
-//!   moved, or that another writer holds locked, is [`Push::Rejected`], never overwritten;
+//!   moved, or that another writer holds locked, is [`Push::Rejected`], never overwritten.
+//!   The one lock removed is one a push of this clone's left when it was killed holding
+//!   it (`clear_own_stale_lock`): its update never happened;
 //! - objects before refs: every object a ref is made to name is in that repository
 //!   before the ref moves. Loose objects are written children first (a pack appears
 //!   whole), so an object present has everything it points to present; the copy stops
@@ -206,7 +208,14 @@ impl PathRemote {
         // "must not exist").
         let old = expected.unwrap_or(Oid::ZERO_SHA1);
         let message = "push (rollgate, in-process)";
-        match remote.reference_matching(&dst, commit, true, old, message) {
+        let update = || remote.reference_matching(&dst, commit, true, old, message);
+        let mut done = update();
+        if done.as_ref().is_err_and(|e| e.code() == ErrorCode::Locked)
+            && clear_own_stale_lock(&remote, &local, &dst)
+        {
+            done = update();
+        }
+        match done {
             Ok(_) => Ok(Done::Done(Push::Pushed)),
             Err(e) if e.code() == ErrorCode::Modified => {
                 let now = remote.refname_to_id(&dst).ok();
@@ -218,6 +227,42 @@ impl PathRemote {
             Err(e) => Err(format!("cannot update {dst}: {}", e.message())),
         }
     }
+}
+
+/// How old a branch's lock file must be before `clear_own_stale_lock` takes it for one a
+/// killed push left: a live writer holds it for milliseconds.
+const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Remove the lock on `dst` in `remote` that a push of this clone's left when it died
+/// holding it (a SIGKILL between taking the lock and renaming it into place): a lock file
+/// older than [`STALE_LOCK`] that names a commit of `local` other than the branch's head,
+/// or nothing yet. Left there, it refuses every later push, rollgate's and people's, until
+/// someone removes it by hand. The update it guarded never happened, so removing it loses
+/// nothing. Any other lock (a live writer's, a person's) is left alone. True when removed.
+fn clear_own_stale_lock(remote: &Repository, local: &Repository, dst: &str) -> bool {
+    let lock = remote.path().join(format!("{dst}.lock"));
+    let stale = std::fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_LOCK);
+    if !stale {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return false;
+    };
+    let ours = match text.trim() {
+        "" => true,
+        named => Oid::from_str(named).is_ok_and(|id| {
+            local.find_commit(id).is_ok() && remote.refname_to_id(dst).ok() != Some(id)
+        }),
+    };
+    if !ours {
+        return false;
+    }
+    tracing::warn!(lock = %lock.display(), "removing a branch lock a killed push of this daemon left");
+    std::fs::remove_file(&lock).is_ok()
 }
 
 /// A lost race, said as `git push --porcelain` says it.
@@ -751,6 +796,61 @@ mod tests {
             oid(&git(&w.bare, &["rev-parse", "refs/heads/rollgate-new"])),
             ours
         );
+    }
+
+    /// Make `path`'s modification time `secs` seconds ago.
+    fn age(path: &Path, secs: u64) {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(then))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn regression_a_branch_lock_left_by_a_killed_push_does_not_refuse_every_later_push() {
+        let w = World::new();
+        let base = w.remote_head();
+        // A push of ours took the branch's lock, wrote its commit into it and was killed
+        // before renaming it into place (a SIGKILL of the daemon mid-push).
+        let killed = w.status_commit(base, "phase: Progressing\n");
+        let lock = w.bare.join("refs/heads/main.lock");
+        std::fs::write(&lock, format!("{killed}\n")).expect("lock");
+        // While it is fresh, it may be a live writer's: refused, the lock left alone.
+        let next = w.status_commit(base, "phase: Progressing\nstep: 1\n");
+        assert!(matches!(
+            w.remote().push(&w.clone, next, "main", Some(base)),
+            Done::Done(Push::Rejected(why)) if why.contains("locked")
+        ));
+        assert!(lock.exists());
+        // A commit this clone does not have (a person's push, however old): left alone.
+        std::fs::write(&lock, format!("{}\n", "ab".repeat(20))).expect("lock");
+        age(&lock, 60);
+        assert!(matches!(
+            w.remote().push(&w.clone, next, "main", Some(base)),
+            Done::Done(Push::Rejected(why)) if why.contains("locked")
+        ));
+        assert!(lock.exists());
+        assert_eq!(w.remote_head(), base);
+        // Once stale and naming our own commit, it is removed and the push goes through.
+        std::fs::write(&lock, format!("{killed}\n")).expect("lock");
+        age(&lock, 60);
+        assert_eq!(
+            w.remote().push(&w.clone, next, "main", Some(base)),
+            Done::Done(Push::Pushed)
+        );
+        assert_eq!(w.remote_head(), next);
+        assert!(!lock.exists());
+        // And so is one killed before it wrote anything into it.
+        std::fs::write(&lock, "").expect("lock");
+        age(&lock, 60);
+        let after = w.status_commit(next, "phase: Paused\n");
+        assert_eq!(
+            w.remote().push(&w.clone, after, "main", Some(next)),
+            Done::Done(Push::Pushed)
+        );
+        git(&w.bare, &["fsck", "--connectivity-only", "--no-dangling"]);
     }
 
     #[test]
