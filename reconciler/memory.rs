@@ -36,17 +36,22 @@
 //! it for the while), gives every holder the copy, frees the old ones, and copies them
 //! back. Found with a probe that recorded where every block of 513–768 bytes still live
 //! at rest was made: 1,000 each of the parse, its list of checks and a map of strings,
-//! made again by every mass change in the middle of its burst. Over 20 mass changes of
-//! 1,000 plans the daemon's anonymous memory went 19.3 → 20.1 MiB (it was 20.8 → 21.6
-//! over ten).
+//! made again by every mass change in the middle of its burst. `remake_each` does it for
+//! values with one holder each: the gate's status views (regorus values, 75 blocks a
+//! status file, most of the small blocks left live at rest), copied by
+//! `Prepared::made_again`. With all three, the daemon's anonymous memory over 40 mass
+//! changes of 1,000 plans is 16.4 MiB after the first and 16.7–16.9 MiB from the fourth
+//! on (it was 20.9 → 22.6 MiB with `repack` alone). A compaction copies every plan's
+//! parse and view, so the daemon does it only once enough has changed
+//! (`daemon::run::compact_due`).
 //!
 //! Invariants: `release` is called only at a quiet point (`daemon::run`, once after a
 //! burst of passes that moved rollouts, before it sleeps), never per request or per pass:
 //! a purge walks every arena. It frees nothing live and moves no allocation. `repack`
-//! and `remake` (before `release`, at the same quiet point) keep every value as it was
-//! and move only the values they are given; `remake` leaves the thread on its own
-//! arena. On MSVC the system allocator stays, `release` does nothing and `remake` copies
-//! in place.
+//! and the remakes (before `release`, at the same quiet point) keep every value as it
+//! was and move only the values they are given; they leave the thread on its own arena.
+//! On MSVC the system allocator stays, `release` does nothing and the remakes copy in
+//! place.
 //!
 //! The crate's one `unsafe` block lives here, which is why the crate denies
 //! `unsafe_code` instead of forbidding it.
