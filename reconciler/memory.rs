@@ -217,6 +217,8 @@ pub fn release() -> bool {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use std::sync::Weak;
+
     use super::*;
 
     /// This process's anonymous resident memory, in KiB.
@@ -236,31 +238,25 @@ mod tests {
         // slab), every one freed but one in four: each slab keeps one live text, as the
         // status files a mass change leaves behind do. `release` alone hands back none
         // of those slabs; repacked, the 10,000 survivors fill 2,500 slabs, not 10,000.
-        let (pinned, repacked, kept) = std::thread::spawn(|| {
-            let mut texts: Vec<Vec<u8>> = (0..40_000)
-                .map(|i| format!("{i:>1000}").into_bytes())
-                .collect();
-            let mut i = 0;
-            texts.retain(|_| {
-                i += 1;
-                i % 4 == 0
-            });
-            release();
-            let pinned = rss_anon_kib();
-            repack(texts.iter_mut().collect());
-            release();
-            let repacked = rss_anon_kib();
+        let (pinned, repacked, kept) = tidied(
+            || {
+                one_in_four(
+                    (0..40_000)
+                        .map(|i| format!("{i:>1000}").into_bytes())
+                        .collect(),
+                )
+            },
+            |texts: &mut Vec<Vec<u8>>| repack(texts.iter_mut().collect()),
             // The k-th survivor was text 4k + 3 (no copy kept for the comparison: it
             // would sit in the very holes the repack fills).
-            let kept = texts.len() == 10_000
-                && texts
-                    .iter()
-                    .enumerate()
-                    .all(|(k, t)| *t == format!("{:>1000}", 4 * k + 3).into_bytes());
-            (pinned, repacked, kept)
-        })
-        .join()
-        .expect("the burst's thread");
+            |texts: &Vec<Vec<u8>>| {
+                texts.len() == 10_000
+                    && texts
+                        .iter()
+                        .enumerate()
+                        .all(|(k, t)| *t == format!("{:>1000}", 4 * k + 3).into_bytes())
+            },
+        );
         assert!(kept, "repack changed a buffer's bytes");
         // 39 MiB of slabs pinned, 10 MiB after. Other tests may allocate beside it: a
         // wide margin, 20 of the 29 MiB that can go back.
@@ -284,42 +280,73 @@ mod tests {
         }
     }
 
+    /// All but one in four of `all` dropped, as a burst drops what it made around what
+    /// it keeps: each survivor is left alone on its slab.
+    fn one_in_four<T>(mut all: Vec<T>) -> Vec<T> {
+        let mut i = 0;
+        all.retain(|_| {
+            i += 1;
+            i % 4 == 0
+        });
+        all
+    }
+
+    /// On a thread of its own, as a burst runs: `burst` makes what survives it, then
+    /// `tidy` works on that. Anonymous memory (KiB) before and after `tidy`, each after
+    /// `release`, and what `check` says of the survivors then.
+    fn tidied<S: 'static>(
+        burst: impl FnOnce() -> S + Send + 'static,
+        tidy: impl FnOnce(&mut S) + Send + 'static,
+        check: impl FnOnce(&S) -> bool + Send + 'static,
+    ) -> (u64, u64, bool) {
+        std::thread::spawn(move || {
+            let mut survivors = burst();
+            release();
+            let pinned = rss_anon_kib();
+            tidy(&mut survivors);
+            release();
+            (pinned, rss_anon_kib(), check(&survivors))
+        })
+        .join()
+        .expect("the burst's thread")
+    }
+
     #[test]
     fn regression_memory_values_left_one_to_a_slab_by_a_burst_are_handed_back_once_remade() {
         // 40,000 parses made in a burst, all dropped but one in four, held twice (as the
-        // gate's cache and a memo hold a plan's parse): their blocks sit one to a slab.
-        // Remade, each holder has a copy equal to what it had, both holders the same
-        // copy, nothing holds an old value, and the slabs go back.
-        let (pinned, remade, kept) = std::thread::spawn(|| {
-            let mut cache: Vec<Arc<Parse>> = (0..40_000).map(|i| Arc::new(parse(i))).collect();
-            let mut i = 0;
-            cache.retain(|_| {
-                i += 1;
-                i % 4 == 0
-            });
-            let mut memos: HashMap<usize, Arc<Parse>> = cache.iter().cloned().enumerate().collect();
-            let old: Vec<std::sync::Weak<Parse>> = cache.iter().map(Arc::downgrade).collect();
-            release();
-            let pinned = rss_anon_kib();
-            remake(cache.clone(), |successor| {
-                for p in cache.iter_mut().chain(memos.values_mut()) {
-                    if let Some(next) = successor(p) {
-                        *p = next;
+        // gate's cache and a memo hold a plan's parse). Remade, each holder has a copy
+        // equal to what it had, both holders the same copy, nothing holds an old value,
+        // and the slabs go back.
+        type Held = (
+            Vec<Arc<Parse>>,
+            HashMap<usize, Arc<Parse>>,
+            Vec<Weak<Parse>>,
+        );
+        let (pinned, remade, kept) = tidied(
+            || {
+                let cache = one_in_four((0..40_000).map(|i| Arc::new(parse(i))).collect());
+                let memos: HashMap<usize, Arc<Parse>> = cache.iter().cloned().enumerate().collect();
+                let old = cache.iter().map(Arc::downgrade).collect();
+                (cache, memos, old)
+            },
+            |(cache, memos, _): &mut Held| {
+                remake(cache.clone(), |successor| {
+                    for p in cache.iter_mut().chain(memos.values_mut()) {
+                        if let Some(next) = successor(p) {
+                            *p = next;
+                        }
                     }
-                }
-            });
-            release();
-            let remade = rss_anon_kib();
-            let kept = cache.len() == 10_000
-                && cache
-                    .iter()
-                    .enumerate()
-                    .all(|(k, p)| **p == parse(4 * k + 3) && Arc::ptr_eq(p, &memos[&k]))
-                && old.iter().all(|w| w.upgrade().is_none());
-            (pinned, remade, kept)
-        })
-        .join()
-        .expect("the burst's thread");
+                });
+            },
+            |(cache, memos, old): &Held| {
+                cache.len() == 10_000
+                    && cache
+                        .iter()
+                        .enumerate()
+                        .all(|(k, p)| **p == parse(4 * k + 3) && Arc::ptr_eq(p, &memos[&k]))
+                    && old.iter().all(|w| w.upgrade().is_none())
+            },
+        );
         assert!(kept, "a holder lost its value, or kept an old one");
         // About 65 MiB pinned, 24 after; 38 when the copies are made in the thread's own
         // arena (they land in the holes beside the survivors). nextest runs each test in
@@ -333,27 +360,17 @@ mod tests {
     #[test]
     fn regression_memory_values_of_one_holder_left_one_to_a_slab_are_handed_back_once_remade() {
         // As above, with each survivor held once, by value (the gate's status views).
-        let (pinned, remade, kept) = std::thread::spawn(|| {
-            let mut views: Vec<Parse> = (0..40_000).map(parse).collect();
-            let mut i = 0;
-            views.retain(|_| {
-                i += 1;
-                i % 4 == 0
-            });
-            release();
-            let pinned = rss_anon_kib();
-            remake_each(views.iter_mut().collect(), Parse::clone);
-            release();
-            let remade = rss_anon_kib();
-            let kept = views.len() == 10_000
-                && views
-                    .iter()
-                    .enumerate()
-                    .all(|(k, p)| *p == parse(4 * k + 3));
-            (pinned, remade, kept)
-        })
-        .join()
-        .expect("the burst's thread");
+        let (pinned, remade, kept) = tidied(
+            || one_in_four((0..40_000).map(parse).collect()),
+            |views: &mut Vec<Parse>| remake_each(views.iter_mut().collect(), Parse::clone),
+            |views: &Vec<Parse>| {
+                views.len() == 10_000
+                    && views
+                        .iter()
+                        .enumerate()
+                        .all(|(k, p)| *p == parse(4 * k + 3))
+            },
+        );
         assert!(kept, "a value changed");
         assert!(
             pinned.saturating_sub(remade) > 35 * 1024,
