@@ -275,8 +275,9 @@ impl GateCache {
     /// Make the status files' policy views again side by side (`memory::remake_each`),
     /// and `input.statuses` from them: the views a burst of status commits made sit
     /// among the blocks it freed (#21). Called at rest (`Reconciler::compact`) with the
-    /// snapshot the views were brought up to date with; the views changed since
-    /// (`status_changed`) are patched in by the next check, as before.
+    /// daemon's snapshot: a status file changed since the last check has no view yet
+    /// and is left out here, and the next check patches it in (`status_changed`), as it
+    /// would have.
     pub fn compact(&mut self, snap: &Snapshot) {
         // `input.statuses` shares the views: dropped first, so the old ones are freed.
         let had_input = self.statuses_input.take().is_some();

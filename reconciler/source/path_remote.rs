@@ -236,9 +236,11 @@ const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(5);
 /// Remove the lock on `dst` in `remote` that a push of this clone's left when it died
 /// holding it (a SIGKILL between taking the lock and renaming it into place): a lock file
 /// older than [`STALE_LOCK`] that names a commit of `local` other than the branch's head,
-/// or nothing yet. Left there, it refuses every later push, rollgate's and people's, until
-/// someone removes it by hand. The update it guarded never happened, so removing it loses
-/// nothing. Any other lock (a live writer's, a person's) is left alone. True when removed.
+/// or nothing (no live writer leaves its lock empty for seconds: whoever took it died
+/// before writing). Left there, it refuses every later push, rollgate's and people's,
+/// until someone removes it by hand. The update it guarded never happened, so removing it
+/// loses nothing. Any other lock (a fresh one, one naming a commit this clone never saw)
+/// is left alone. True when removed.
 fn clear_own_stale_lock(remote: &Repository, local: &Repository, dst: &str) -> bool {
     let lock = remote.path().join(format!("{dst}.lock"));
     let stale = std::fs::metadata(&lock)
