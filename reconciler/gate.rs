@@ -266,9 +266,7 @@ impl GateCache {
     /// (`memory::remake`: the same parse, allocated elsewhere).
     pub fn swap_plans(&mut self, successor: &dyn Fn(&Arc<ParsedPlan>) -> Option<Arc<ParsedPlan>>) {
         for p in self.parsed.values_mut().filter_map(|r| r.as_mut().ok()) {
-            if let Some(next) = successor(p) {
-                *p = next;
-            }
+            crate::memory::take_successor(p, successor);
         }
     }
 

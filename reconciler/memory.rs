@@ -180,6 +180,14 @@ pub fn remake_each<T>(mut values: Vec<&mut T>, copy: impl Fn(&T) -> T) {
     flush_thread_cache();
 }
 
+/// Replace `slot` by its successor, where `successor` names one: what each holder does
+/// inside `remake`'s `swap`.
+pub fn take_successor<T>(slot: &mut Arc<T>, successor: &dyn Fn(&Arc<T>) -> Option<Arc<T>>) {
+    if let Some(next) = successor(slot) {
+        *slot = next;
+    }
+}
+
 /// Give every holder (`swap`) `to[i]` for `from[i]`.
 fn hand_over<T>(
     from: &[Arc<T>],
@@ -333,9 +341,7 @@ mod tests {
             |(cache, memos, _): &mut Held| {
                 remake(cache.clone(), |successor| {
                     for p in cache.iter_mut().chain(memos.values_mut()) {
-                        if let Some(next) = successor(p) {
-                            *p = next;
-                        }
+                        take_successor(p, successor);
                     }
                 });
             },

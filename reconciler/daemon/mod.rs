@@ -993,11 +993,7 @@ impl Reconciler {
     /// Give every holder of a plan parse (the gate's cache and report, the memos) its
     /// successor, where `successor` names one (`compact`).
     fn swap_plans(&mut self, successor: &dyn Fn(&Arc<ParsedPlan>) -> Option<Arc<ParsedPlan>>) {
-        let swap = |p: &mut Arc<ParsedPlan>| {
-            if let Some(next) = successor(p) {
-                *p = next;
-            }
-        };
+        let swap = |p: &mut Arc<ParsedPlan>| crate::memory::take_successor(p, successor);
         self.cache.swap_plans(successor);
         self.report.accepted.values_mut().for_each(swap);
         for memo in self.memo.values_mut() {

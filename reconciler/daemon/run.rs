@@ -7,10 +7,10 @@
 //! cause logged once; a pass that moved something is followed at once by another; an
 //! idle daemon sleeps until the next wake-up the plans asked for, the fetch interval, or
 //! a push (`wake`), whichever comes first; before the first such sleep after passes that
-//! moved rollouts (unless new work is already waiting: it goes first), the memory the
-//! burst freed is handed back (`memory::release`), so pages with nothing live on them do
-//! not stay resident, after what the daemon keeps is allocated again side by side
-//! (`Reconciler::compact`) when enough has changed since it last was (`compact_due`).
+//! moved rollouts (unless new work is already waiting: it goes first), what the daemon
+//! keeps is allocated again side by side (`Reconciler::compact`) when enough has changed
+//! since it last was (`compact_due`), and the memory the burst freed is handed back
+//! (`memory::release`), so pages with nothing live on them do not stay resident.
 //! `--once` waits for rollouts that move on by themselves within `ONCE_WAITS_AT_MOST`,
 //! and reports plans that failed.
 
@@ -179,8 +179,7 @@ pub fn run(
             if o.wake.try_recv().is_ok() {
                 // New work came in as the burst ended: it goes first, and the tidying
                 // waits for the next rest.
-                std::thread::sleep(Duration::from_millis(5));
-                while o.wake.try_recv().is_ok() {}
+                coalesce(o.wake);
                 continue;
             }
             burst = false;
@@ -204,11 +203,16 @@ pub fn run(
             .map_or(o.interval, |d| d.min(o.interval))
             .max(Duration::from_millis(20));
         if o.wake.recv_timeout(wait).is_ok() {
-            // Coalesce a burst of file events into one pass.
-            std::thread::sleep(Duration::from_millis(5));
-            while o.wake.try_recv().is_ok() {}
+            coalesce(o.wake);
         }
     }
+}
+
+/// After a first wake-up: take the rest of a burst of file events with it, so they make
+/// one pass.
+fn coalesce(wake: &Receiver<()>) {
+    std::thread::sleep(Duration::from_millis(5));
+    while wake.try_recv().is_ok() {}
 }
 
 /// Whether the daemon, resting after a burst, compacts what it keeps
